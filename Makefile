@@ -1,0 +1,33 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both create (or reuse) .venv and install the pinned dependencies first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data/brain-mri
+MODEL_DIR ?= models
+EPOCHS ?= 30
+SEED ?= 42
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo train bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m beam_pipeline.demo
+
+# Reproduces the committed default model (seeded; CPU takes tens of minutes).
+train: $(STAMP)
+	$(PY) -m trainer.task --data-dir $(DATA) --model-dir $(MODEL_DIR) --epochs $(EPOCHS) --seed $(SEED)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

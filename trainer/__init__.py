@@ -1,0 +1,1 @@
+"""Train a brain-MRI tumor screening CNN and export a versioned artifact."""

@@ -1,0 +1,119 @@
+"""The versioned model artifact: the contract between trainer and scorer.
+
+Layout (documented in models/README.md):
+  <model-dir>/<name>/<version>/model.keras     Keras 3 native format
+  <model-dir>/<name>/<version>/metadata.json   see `build_metadata`
+  <model-dir>/<name>/<version>/model_card.md, eda/, plots and predictions
+
+`metadata.json` carries the sha256 of model.keras; loaders verify it before
+deserialising, so a truncated or swapped file is never scored.
+"""
+import datetime
+import hashlib
+import json
+import os
+
+from trainer import preprocessing
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+MODEL_CARD_FILE = "model_card.md"
+PREDICTIONS_FILE = "validation_predictions.csv"
+
+
+class ArtifactError(ValueError):
+    """A model artifact is missing, incomplete or does not match its metadata."""
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_metadata(*, name, version, model_sha256, input_spec, class_names, threshold,
+                   target_sensitivity, validation_metrics, data_fingerprint, training_config,
+                   extra=None):
+    """The metadata dict; every key here is documented in models/README.md."""
+    import keras
+    import tensorflow as tf
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": str(version),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "model_file": MODEL_FILE,
+        "model_sha256": model_sha256,
+        "input_spec": input_spec.to_dict(),
+        "output": {"name": "tumor_probability", "positive_label": "tumor",
+                   "negative_label": "no_tumor", "class_names": class_names},
+        "threshold": float(threshold),
+        "threshold_target_sensitivity": float(target_sensitivity),
+        "validation_metrics": validation_metrics,
+        "data_fingerprint": data_fingerprint,
+        "training_config": training_config,
+        **(extra or {}),
+    }
+
+
+def write_artifact(model, version_dir, metadata_fields):
+    """Save model.keras, hash it and write metadata.json; returns the metadata."""
+    os.makedirs(version_dir, exist_ok=True)
+    model_path = os.path.join(version_dir, MODEL_FILE)
+    model.save(model_path)
+    metadata = build_metadata(model_sha256=sha256_file(model_path), **metadata_fields)
+    with open(os.path.join(version_dir, METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+    return metadata
+
+
+def read_metadata(version_dir):
+    path = os.path.join(version_dir, METADATA_FILE)
+    if not os.path.exists(path):
+        raise ArtifactError(f"{version_dir}: no {METADATA_FILE}; not a model artifact")
+    with open(path) as f:
+        metadata = json.load(f)
+    missing = [k for k in ("format_version", "name", "version", "model_sha256", "input_spec",
+                           "threshold") if k not in metadata]
+    if missing:
+        raise ArtifactError(f"{path}: missing keys {missing}")
+    if metadata["format_version"] != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format_version {metadata['format_version']} is not "
+                            f"{FORMAT_VERSION}")
+    return metadata
+
+
+def verify(version_dir):
+    """Metadata of a local artifact after checking model.keras against its sha256."""
+    metadata = read_metadata(version_dir)
+    model_path = os.path.join(version_dir, metadata.get("model_file", MODEL_FILE))
+    if not os.path.exists(model_path):
+        raise ArtifactError(f"{version_dir}: {MODEL_FILE} is missing")
+    actual = sha256_file(model_path)
+    if actual != metadata["model_sha256"]:
+        raise ArtifactError(f"{model_path}: sha256 {actual} does not match metadata "
+                            f"{metadata['model_sha256']}; refusing to load")
+    preprocessing.InputSpec.from_dict(metadata["input_spec"])
+    return metadata
+
+
+def load(version_dir):
+    """(model, metadata) from a local artifact, verified and loaded in safe mode."""
+    import keras
+    metadata = verify(version_dir)
+    model = keras.models.load_model(
+        os.path.join(version_dir, metadata.get("model_file", MODEL_FILE)), safe_mode=True, compile=False)
+    return model, metadata
+
+
+def next_version(name_dir):
+    """1 + the largest integer version under `name_dir` (1 when none)."""
+    import tensorflow as tf
+    if not tf.io.gfile.isdir(name_dir):
+        return 1
+    versions = [int(v.rstrip("/")) for v in tf.io.gfile.listdir(name_dir) if v.rstrip("/").isdigit()]
+    return max(versions, default=0) + 1

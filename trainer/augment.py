@@ -1,0 +1,62 @@
+"""Training-time augmentation, run in tf.data (not in the model).
+
+Kept out of the model so the exported artifact is a plain inference graph
+that loads in safe mode and scores identically in Beam. The augmentations
+attack the source confound: scanners and collections differ in contrast,
+gamma, sharpness, noise, JPEG quality and resolution, so each is varied.
+"""
+import math
+
+import tensorflow as tf
+
+
+def _rotate_zoom(image, seed):
+    """Random rotation (+-10 deg), zoom (0.9-1.1) and shift (+-6%) via one affine warp."""
+    s = tf.random.stateless_uniform([4], seed=seed, minval=-1.0, maxval=1.0)
+    angle = s[0] * 10.0 * math.pi / 180.0
+    zoom = 1.0 + 0.1 * s[1]
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    cx, cy = w / 2.0, h / 2.0
+    tx = cx - cos * cx + sin * cy + s[2] * 0.06 * w
+    ty = cy - sin * cx - cos * cy + s[3] * 0.06 * h
+    transform = tf.stack([cos, -sin, tx, sin, cos, ty, 0.0, 0.0])[None]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+    return out[0]
+
+
+def _blur(image):
+    k = tf.constant([1.0, 2.0, 1.0]) / 4.0
+    kernel = tf.reshape(k[:, None] * k[None, :], [3, 3, 1, 1])
+    return tf.nn.conv2d(image[None], kernel, 1, "SAME")[0]
+
+
+def _resolution(image, seed):
+    size = tf.shape(image)[:2]
+    factor = tf.random.stateless_uniform([], seed=seed, minval=0.4, maxval=1.0)
+    small = tf.cast(tf.cast(size, tf.float32) * factor, tf.int32)
+    return tf.image.resize(tf.image.resize(image, small, antialias=True), size)
+
+
+def augment(image, seed):
+    """One random variant of a [0, 1] (H, W, 1) image; deterministic for `seed`."""
+    seeds = tf.random.experimental.stateless_split(seed, 10)
+    u = tf.random.stateless_uniform([8], seed=seeds[0])
+    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+    image = _rotate_zoom(image, seeds[2])
+    gamma = tf.exp(tf.random.stateless_uniform([], seeds[3], -0.4, 0.4))
+    image = tf.pow(tf.clip_by_value(image, 1e-6, 1.0), gamma)
+    contrast = tf.random.stateless_uniform([], seeds[4], 0.75, 1.25)
+    brightness = tf.random.stateless_uniform([], seeds[5], -0.1, 0.1)
+    image = (image - 0.5) * contrast + 0.5 + brightness
+    image = tf.where(u[0] < 0.3, _blur(image), image)
+    image = tf.where(u[1] < 0.3, _resolution(image, seeds[6]), image)
+    noise_std = tf.random.stateless_uniform([], seeds[7], 0.0, 0.04)
+    image = tf.where(u[2] < 0.4, image + noise_std * tf.random.stateless_normal(tf.shape(image), seeds[8]), image)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    jpeg = tf.image.stateless_random_jpeg_quality(image, 30, 95, seeds[9])
+    image = tf.where(u[3] < 0.4, tf.reshape(jpeg, tf.shape(image)), image)
+    return tf.clip_by_value(image, 0.0, 1.0)

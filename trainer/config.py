@@ -1,0 +1,33 @@
+"""One typed training configuration with working defaults.
+
+`task.py` builds it from flags; tests build it directly. It is serialised into
+the artifact's metadata, so every model records how it was made.
+"""
+import dataclasses
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_dir: str = ""
+    model_dir: str = "models"
+    name: str = "brain-tumor-cnn"
+    version: str = ""  # empty: next integer version under model_dir/name
+    image_size: int = 128
+    epochs: int = 30
+    batch_size: int = 32  # per replica
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.2
+    seed: int = 42
+    mixed_precision: bool = False
+    target_sensitivity: float = 0.95
+    class_map: str = ""  # overrides, e.g. "yes=1,no=0"
+    resume: bool = True
+    early_stopping_patience: int = 8
+    dedup_threshold: float = 0.95
+    base_filters: int = 32
+    cpu_replicas: int = 0  # >1 splits the CPU into logical devices for MirroredStrategy
+    bootstrap: int = 1000
+    max_images: int = 0  # 0 = all; a smoke-test cap
+
+    def to_dict(self):
+        return dataclasses.asdict(self)

@@ -1,0 +1,137 @@
+"""The one definition of how image bytes become model input.
+
+The trainer's tf.data pipeline and the Beam scoring pipeline both call
+`prepare`, so a model is always scored on exactly the representation it was
+trained on. The steps target the source confound of public MRI collections:
+borders, padding and overall brightness differ between collections, so the
+image is cropped to the head, centred on a square canvas and its intensities
+are normalised per image from the head's own percentiles.
+
+Bump `PREPROCESSING_ID` whenever the output of `prepare` changes: artifacts
+record it and the scorer refuses an artifact whose id it does not implement.
+"""
+import dataclasses
+import io
+
+import numpy as np
+from PIL import Image
+
+PREPROCESSING_ID = "gray-headcrop-pnorm-v1"
+
+# Pillow refuses images above 2x this many pixels and warns above it; we fail
+# earlier with our own error so a decompression bomb never allocates memory.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+_FOREGROUND_LEVEL = 0.08  # fraction of the robust maximum that counts as head
+_MIN_LINE_FRACTION = 0.04  # rows/cols with fewer head pixels are border/text
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not a decodable raster image; `code` names why."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What the model expects; stored in the artifact's metadata."""
+
+    height: int = 128
+    width: int = 128
+    channels: int = 1
+    dtype: str = "float32"
+    preprocessing: str = PREPROCESSING_ID
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        spec = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        if spec.preprocessing != PREPROCESSING_ID:
+            raise ValueError(
+                f"artifact needs preprocessing {spec.preprocessing!r}, this code "
+                f"implements {PREPROCESSING_ID!r}")
+        if spec.channels != 1 or spec.dtype != "float32":
+            raise ValueError(f"unsupported input spec {spec}")
+        return spec
+
+
+def decode_raster(data):
+    """Decode PNG/JPEG/BMP/TIFF bytes to a 2-D float32 grayscale array.
+
+    16-bit and float images keep their range; colour, palette, CMYK and alpha
+    images are converted to luminance (MRI content is grayscale).
+    """
+    if not data:
+        raise ImageDecodeError("empty_file", "zero-byte file")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Exception as e:  # Pillow raises many types for garbage input
+        raise ImageDecodeError("undecodable_image", f"not a readable image: {e}") from e
+    with im:
+        w, h = im.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise ImageDecodeError(
+                "image_too_large", f"{w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")
+        try:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = np.asarray(im.convert("F") if im.mode != "F" else im, dtype=np.float32)
+            else:
+                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
+                    im = Image.alpha_composite(bg, im)
+                arr = np.asarray(im.convert("L"), dtype=np.float32)
+        except Exception as e:
+            raise ImageDecodeError("undecodable_image", f"image data is corrupt: {e}") from e
+    return arr
+
+
+def _head_box(img01):
+    """Bounding box (r0, r1, c0, c1) of the head; whole image if none found."""
+    mask = img01 > _FOREGROUND_LEVEL
+    h, w = mask.shape
+    rows = np.flatnonzero(mask.sum(axis=1) > _MIN_LINE_FRACTION * w)
+    cols = np.flatnonzero(mask.sum(axis=0) > _MIN_LINE_FRACTION * h)
+    if rows.size < 0.1 * h or cols.size < 0.1 * w:
+        return 0, h, 0, w
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def _resize(img, height, width):
+    out = Image.fromarray(img.astype(np.float32), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.float32)
+
+
+def prepare(gray, spec=InputSpec()):
+    """Turn a 2-D grayscale array (any range) into a (H, W, 1) float32 in [0, 1]."""
+    g = np.nan_to_num(np.asarray(gray, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if g.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale array, got shape {g.shape}")
+    g = g - g.min()
+    top = np.percentile(g, 99.5) if g.size > 1 else 0.0
+    if top <= 0:
+        return np.zeros((spec.height, spec.width, 1), np.float32)
+    g01 = np.clip(g / top, 0.0, 1.0)
+    r0, r1, c0, c1 = _head_box(g01)
+    crop = g01[r0:r1, c0:c1]
+    side = max(crop.shape)
+    canvas = np.zeros((side, side), np.float32)
+    oy, ox = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    canvas[oy:oy + crop.shape[0], ox:ox + crop.shape[1]] = crop
+    small = _resize(canvas, spec.height, spec.width)
+    head = small[small > _FOREGROUND_LEVEL]
+    if head.size >= 16:
+        lo, hi = np.percentile(head, [1.0, 99.0])
+        if hi - lo > 1e-6:
+            small = np.where(small > _FOREGROUND_LEVEL, (small - lo) / (hi - lo) * 0.9 + 0.1, 0.0)
+    return np.clip(small, 0.0, 1.0).astype(np.float32)[..., None]
+
+
+def image_bytes_to_input(data, spec=InputSpec()):
+    """Raster bytes -> model input; the trainer's whole per-file transform."""
+    return prepare(decode_raster(data), spec)

@@ -1,0 +1,66 @@
+"""Entry point (Vertex AI custom-job style): flags in, a validated artifact out.
+
+  python -m trainer.task --data-dir ../shared/data/brain-mri --model-dir models --epochs 30
+"""
+import argparse
+import dataclasses
+import logging
+import sys
+
+from trainer.config import TrainConfig
+
+_HELP = {
+    "data_dir": "folder of labelled images (class folders, Training/Testing parents, or a CSV index); local or gs://",
+    "model_dir": "where <name>/<version>/ is written; local or gs://",
+    "name": "model name (first path level of the artifact)",
+    "version": "artifact version; empty picks 1 + the highest existing integer version",
+    "image_size": "square input size in pixels",
+    "epochs": "maximum epochs (early stopping on validation AUC may stop sooner)",
+    "batch_size": "batch size per replica; the global batch is this x the number of replicas",
+    "learning_rate": "Adam learning rate",
+    "val_fraction": "fraction of images (whole near-duplicate groups) held out for validation",
+    "seed": "seed for the split, initialisation, shuffling and augmentation",
+    "mixed_precision": "train with the mixed_float16 policy (GPUs); the output stays float32",
+    "target_sensitivity": "sensitivity the operating threshold must reach on validation",
+    "class_map": "class-name overrides, e.g. 'yes=1,no=0' (1 = tumor)",
+    "resume": "resume from the backup of an interrupted run with the same model-dir/name",
+    "early_stopping_patience": "epochs without validation-AUC improvement before stopping",
+    "dedup_threshold": "thumbnail correlation at which two images count as near-duplicates",
+    "base_filters": "width of the first conv block (the CNN doubles it per block)",
+    "cpu_replicas": "on a machine without GPUs, split the CPU into this many logical devices "
+                    "and train under MirroredStrategy (testing the distributed path)",
+    "bootstrap": "bootstrap resamples for the 95%% confidence intervals (0 = none)",
+    "max_images": "use at most this many images (0 = all); for smoke tests",
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Train the brain-MRI tumor screening CNN and export a versioned artifact.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
+                                default=field.default, help=_HELP[field.name])
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(field.type), field.type)
+            parser.add_argument(flag, type=kind, default=field.default, help=_HELP[field.name],
+                                required=field.name == "data_dir")
+    return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = parse_args(argv)
+    from trainer import train
+    try:
+        train.train(cfg)
+    except (ValueError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Training orchestration: data -> split -> fit under a strategy -> evaluate -> artifact."""
+import csv
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from trainer import (artifact, dedup, discovery, distribute, eda, input_pipeline, metrics,
+                     model_card, plots, preprocessing, scan)
+
+
+def _join(*parts):
+    return posixpath.join(*parts) if str(parts[0]).startswith("gs://") else os.path.join(*parts)
+
+
+def prepare_data(cfg):
+    """Discover, scan, group and split; returns a dict used by training and the EDA."""
+    class_map = {**discovery.DEFAULT_CLASS_MAP, **discovery.parse_class_map(cfg.class_map)}
+    examples, notes = discovery.discover(cfg.data_dir, class_map)
+    if cfg.max_images and len(examples) > cfg.max_images:
+        rng = np.random.default_rng(cfg.seed)
+        examples = [examples[i] for i in sorted(rng.choice(len(examples), cfg.max_images, replace=False))]
+    used = {c: class_map[c.lower()] for c in sorted({e.class_name for e in examples})
+            if c.lower() in class_map}
+    logging.info("layout %s; class map (1 = tumor): %s", notes["layout"], used)
+    print(f"Data layout: {notes['layout']}; class mapping (1 = tumor, 0 = no tumor): {used}")
+    kept, thumbs, sizes, modes, skipped, fingerprint = scan.scan(examples)
+    skipped += [{"path": p, "reason": "listed in CSV but not found"} for p in notes["missing"]]
+    for s in skipped:
+        print(f"Skipped {s['path']}: {s['reason']}")
+    labels = np.array([e.label for e in kept])
+    if len(set(labels.tolist())) < 2:
+        raise ValueError(f"need both classes to train; found labels {sorted(set(labels.tolist()))}")
+    groups = dedup.group_near_duplicates(thumbs, cfg.dedup_threshold)
+    is_val = dedup.split_groups(groups, labels, cfg.val_fraction, cfg.seed)
+    report = eda.build_report(kept, sizes, modes, groups, is_val, skipped, used)
+    return dict(examples=kept, labels=labels, groups=groups, is_val=is_val,
+                report=report, fingerprint=fingerprint)
+
+
+def _callbacks(work_dir, cfg):
+    import keras
+    return [
+        keras.callbacks.BackupAndRestore(_join(work_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(_join(work_dir, "checkpoints", "best.keras"),
+                                        monitor="val_auc", mode="max", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.early_stopping_patience,
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
+                                          patience=max(2, cfg.early_stopping_patience // 2)),
+        keras.callbacks.TensorBoard(_join(work_dir, "logs")),
+        keras.callbacks.CSVLogger(_join(work_dir, "training_log.csv"), append=True),
+    ]
+
+
+def train(cfg, extra_callbacks=()):
+    """Train per `cfg` and write the artifact; returns (version_dir, metadata)."""
+    import keras
+    import tensorflow as tf
+    strategy = distribute.get_strategy(cfg.cpu_replicas)  # before any other TF op
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    data = prepare_data(cfg)
+    spec = preprocessing.InputSpec(height=cfg.image_size, width=cfg.image_size)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = cfg.batch_size * replicas
+    print(f"Strategy {type(strategy).__name__}: {replicas} replica(s); batch {cfg.batch_size} per "
+          f"replica, {global_batch} global")
+    ex, labels, is_val = data["examples"], data["labels"], data["is_val"]
+    paths = np.array([e.path for e in ex])
+    n_pos, n_neg = labels[~is_val].sum(), (~is_val).sum() - labels[~is_val].sum()
+    weights = {0: len(labels[~is_val]) / (2.0 * max(n_neg, 1)), 1: len(labels[~is_val]) / (2.0 * max(n_pos, 1))}
+    train_ds = input_pipeline.make_dataset(paths[~is_val], labels[~is_val], spec, global_batch,
+                                           training=True, seed=cfg.seed, weights=weights)
+    val_ds = input_pipeline.make_dataset(paths[is_val], labels[is_val], spec, global_batch, training=False)
+
+    with strategy.scope():
+        from trainer.model import make_model
+        model = make_model((spec.height, spec.width, 1), base_filters=cfg.base_filters)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                      loss="binary_crossentropy",
+                      metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+    work_dir = _join(cfg.model_dir, cfg.name, "_work")
+    if not cfg.resume and tf.io.gfile.exists(_join(work_dir, "backup")):
+        tf.io.gfile.rmtree(_join(work_dir, "backup"))
+    t0 = time.time()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                        callbacks=_callbacks(work_dir, cfg) + list(extra_callbacks), verbose=2)
+    fit_seconds = time.time() - t0
+    epochs_run = len(history.history.get("loss", []))
+
+    val_scores = model.predict(val_ds, verbose=0)[:, 0].astype(np.float64)
+    val_labels = labels[is_val]
+    m = metrics.evaluate(val_labels, val_scores, cfg.target_sensitivity,
+                         groups=data["groups"][is_val], bootstrap=cfg.bootstrap)
+    val_classes = np.array([e.class_name for e in ex])[is_val]
+    m["sensitivity_by_class"] = {
+        c: [float((val_scores[val_classes == c] >= m["threshold"]).mean()), int((val_classes == c).sum())]
+        for c in sorted(set(val_classes[val_labels == 1]))}
+    m["specificity_by_class"] = {
+        c: [float((val_scores[val_classes == c] < m["threshold"]).mean()), int((val_classes == c).sum())]
+        for c in sorted(set(val_classes[val_labels == 0]))}
+    from trainer.model import flops_per_image
+    version = cfg.version or str(artifact.next_version(_join(cfg.model_dir, cfg.name)))
+    fields = dict(
+        name=cfg.name, version=version, input_spec=spec, class_names=["no_tumor", "tumor"],
+        threshold=m["threshold"], target_sensitivity=cfg.target_sensitivity, validation_metrics=m,
+        data_fingerprint=data["fingerprint"], training_config=cfg.to_dict(),
+        extra={"training": {"replicas": replicas, "global_batch_size": global_batch,
+                            "strategy": type(strategy).__name__, "epochs_run": epochs_run,
+                            "fit_seconds": round(fit_seconds, 1),
+                            "train_images_per_second": round(epochs_run * int((~is_val).sum()) / fit_seconds, 1),
+                            "params": int(model.count_params()),
+                            "flops_per_image": flops_per_image(model)}})
+    final_dir = _join(cfg.model_dir, cfg.name, version)
+    local_dir = final_dir if not final_dir.startswith("gs://") else tempfile.mkdtemp()
+    if os.path.exists(local_dir) and not final_dir.startswith("gs://"):
+        raise FileExistsError(f"{final_dir} already exists; pick another --version")
+    metadata = artifact.write_artifact(model, local_dir, fields)
+    _write_extras(local_dir, metadata, data, val_scores, paths[is_val], val_classes)
+    if final_dir.startswith("gs://"):
+        _upload(local_dir, final_dir)
+        shutil.rmtree(local_dir)
+    print(f"Artifact written to {final_dir}: AUC {m['roc_auc']:.4f}, threshold {m['threshold']:.4f}, "
+          f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}")
+    return final_dir, metadata
+
+
+def _write_extras(out_dir, metadata, data, val_scores, val_paths, val_classes):
+    val_labels = data["labels"][data["is_val"]]
+    eda.write_report(data["report"], os.path.join(out_dir, "eda"))
+    plots.write_plots(val_labels, val_scores, metadata["threshold"], out_dir)
+    with open(os.path.join(out_dir, artifact.PREDICTIONS_FILE), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "class_name", "label", "group", "score"])
+        for row in zip(val_paths, val_classes, val_labels, data["groups"][data["is_val"]], val_scores):
+            w.writerow([row[0], row[1], int(row[2]), int(row[3]), repr(float(row[4]))])
+    with open(os.path.join(out_dir, artifact.MODEL_CARD_FILE), "w") as f:
+        f.write(model_card.render(metadata, data["report"]))
+
+
+def _upload(local_dir, remote_dir):
+    import tensorflow as tf
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            src = os.path.join(root, name)
+            dst = posixpath.join(remote_dir, os.path.relpath(src, local_dir).replace(os.sep, "/"))
+            tf.io.gfile.makedirs(posixpath.dirname(dst))
+            tf.io.gfile.copy(src, dst, overwrite=True)
