@@ -23,6 +23,7 @@ PREPROCESSING_ID = "gray-headcrop-pnorm-v1"
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 _FOREGROUND_LEVEL = 0.08  # fraction of the robust maximum that counts as head
+_BOX_LEVEL = 0.15  # stricter level for the crop box: JPEG ringing at the edge stays out
 _MIN_LINE_FRACTION = 0.04  # rows/cols with fewer head pixels are border/text
 
 
@@ -92,7 +93,7 @@ def decode_raster(data):
 
 def _head_box(img01):
     """Bounding box (r0, r1, c0, c1) of the head; whole image if none found."""
-    mask = img01 > _FOREGROUND_LEVEL
+    mask = img01 > _BOX_LEVEL
     h, w = mask.shape
     rows = np.flatnonzero(mask.sum(axis=1) > _MIN_LINE_FRACTION * w)
     cols = np.flatnonzero(mask.sum(axis=0) > _MIN_LINE_FRACTION * h)

@@ -1,0 +1,87 @@
+"""Short real training runs on generated images (two logical CPU replicas)."""
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tests import synth
+from trainer import artifact, preprocessing
+from trainer.config import TrainConfig
+from trainer.train import train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synth.write_class_folders(root, {"yes": True, "no": False}, 24, size=64)
+    (root / "no" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return str(root)
+
+
+def _cfg(data_dir, model_dir, **kw):
+    base = dict(data_dir=data_dir, model_dir=str(model_dir), image_size=32, epochs=2, batch_size=4,
+                base_filters=8, cpu_replicas=2, bootstrap=20, early_stopping_patience=5, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_mirrored_training_writes_a_reloadable_artifact(data_dir, tmp_path):
+    version_dir, metadata = train(_cfg(data_dir, tmp_path))
+    assert version_dir == os.path.join(str(tmp_path), "brain-tumor-cnn", "1")
+    t = metadata["training"]
+    assert t["strategy"] == "MirroredStrategy" and t["replicas"] == 2
+    assert t["global_batch_size"] == 8
+    for name in ("model.keras", "metadata.json", "model_card.md", "roc.png", "calibration.png",
+                 "eda/eda.json", "eda/eda.png", "validation_predictions.csv"):
+        assert os.path.exists(os.path.join(version_dir, name)), name
+    eda = json.load(open(os.path.join(version_dir, "eda", "eda.json")))
+    assert eda["groups_crossing_split"] == 0
+    assert [s["path"].endswith("broken.png") for s in eda["skipped_files"]] == [True]
+    assert eda["n_images"] == 48
+
+    model, md = artifact.load(version_dir)  # verifies sha256, safe_mode=True
+    assert md["input_spec"]["height"] == 32
+    spec = preprocessing.InputSpec.from_dict(md["input_spec"])
+    rows = list(csv.DictReader(open(os.path.join(version_dir, "validation_predictions.csv"))))
+    x = np.stack([preprocessing.image_bytes_to_input(open(r["path"], "rb").read(), spec) for r in rows])
+    scores = model.predict(x, verbose=0)[:, 0]
+    np.testing.assert_allclose(scores, [float(r["score"]) for r in rows], rtol=1e-4, atol=1e-5)
+    assert 0.0 <= md["threshold"] <= 1.0
+    assert md["validation_metrics"]["sensitivity"] >= md["threshold_target_sensitivity"]
+
+
+def test_tampered_model_is_refused(data_dir, tmp_path):
+    version_dir, _ = train(_cfg(data_dir, tmp_path, epochs=1, cpu_replicas=0))
+    with open(os.path.join(version_dir, "model.keras"), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(artifact.ArtifactError, match="sha256"):
+        artifact.load(version_dir)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated preemption")
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_interrupted_run_resumes_from_backup(data_dir, tmp_path):
+    cfg = _cfg(data_dir, tmp_path, epochs=4, cpu_replicas=0)
+    first = _EpochRecorder()
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, extra_callbacks=[first, _Interrupt()])
+    assert first.epochs == [0, 1]
+    second = _EpochRecorder()
+    train(cfg, extra_callbacks=[second])
+    assert second.epochs == [2, 3]  # continued from the backup, not from epoch 0
