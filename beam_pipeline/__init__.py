@@ -1,0 +1,1 @@
+"""Screen brain-MRI image archives with a trained model on Apache Beam."""

@@ -1,0 +1,230 @@
+"""Stream the members out of zip, tar and tar.gz archives (local or gs://).
+
+Listing happens once per archive and yields `Chunk`s of member references, so
+the chunks can be reshuffled across workers and each worker reads only its
+own members:
+  zip     the central directory gives each member's offset; a worker seeks to
+          it and inflates that member alone.
+  tar     headers give each member's data offset; a worker seeks and reads.
+  tar.gz  gzip cannot seek, so the lister inflates the stream once and ships
+          member bytes inside the chunk (bounded by chunk_size/chunk_bytes).
+No step holds a whole archive in memory.
+"""
+import dataclasses
+import io
+import os
+import struct
+import tarfile
+import zipfile
+import zlib
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+ZIP_SUFFIXES = (".zip",)
+TAR_SUFFIXES = (".tar",)
+TGZ_SUFFIXES = (".tar.gz", ".tgz")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_member_bytes: int = 512 * 1024 * 1024
+    max_compression_ratio: float = 200.0  # only applied above 1 MiB uncompressed
+    chunk_size: int = 64                 # members per chunk
+    chunk_bytes: int = 32 * 1024 * 1024  # inline bytes per tar.gz chunk
+
+
+@dataclasses.dataclass
+class MemberRef:
+    path: str                 # printable path inside the archive ("" for a loose file)
+    size: int                 # uncompressed bytes
+    locator: object = None    # ZipInfo (zip), data offset (tar), bytes (tar.gz), None (file)
+    error_code: str = None    # set when the lister already knows the member is bad
+    error_message: str = None
+
+
+@dataclasses.dataclass
+class Chunk:
+    source_uri: str
+    kind: str                 # zip / tar / tgz / file
+    index: int
+    refs: list
+
+
+def archive_kind(path):
+    lower = path.lower()
+    if lower.endswith(ZIP_SUFFIXES):
+        return "zip"
+    if lower.endswith(TGZ_SUFFIXES):
+        return "tgz"
+    if lower.endswith(TAR_SUFFIXES):
+        return "tar"
+    return "file"
+
+
+def safe_name(name):
+    """A printable, valid-UTF-8 form of a member name; never used as a disk path."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "backslashreplace")
+    return name.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _open(uri):
+    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _chunks(uri, kind, refs, limits):
+    """Group an iterator of MemberRefs into Chunks, honouring count and byte limits."""
+    batch, inline, index = [], 0, 0
+    for ref in refs:
+        batch.append(ref)
+        if isinstance(ref.locator, bytes):
+            inline += len(ref.locator)
+        if len(batch) >= limits.chunk_size or inline >= limits.chunk_bytes:
+            yield Chunk(uri, kind, index, batch)
+            batch, inline, index = [], 0, index + 1
+    if batch:
+        yield Chunk(uri, kind, index, batch)
+
+
+def _whole_input_error(code, message):
+    return MemberRef(path="", size=0, error_code=code, error_message=message)
+
+
+def _zip_refs(uri, limits):
+    try:
+        f = _open(uri)
+        zf = zipfile.ZipFile(f)
+        infos = zf.infolist()
+    except Exception as e:
+        yield _whole_input_error("archive_corrupt", f"zip index unreadable: {type(e).__name__}: {e}")
+        return
+    for info in infos:
+        if info.is_dir():
+            continue
+        ref = MemberRef(safe_name(info.filename), info.file_size, info)
+        if info.flag_bits & 0x1:
+            ref.error_code, ref.error_message = "encrypted_member", "member is password-protected"
+        elif info.file_size > limits.max_member_bytes:
+            ref.error_code = "member_too_large"
+            ref.error_message = f"{info.file_size} bytes > limit {limits.max_member_bytes}"
+        elif (info.file_size > (1 << 20)
+              and info.file_size > limits.max_compression_ratio * max(info.compress_size, 1)):
+            ref.error_code = "suspicious_compression_ratio"
+            ref.error_message = (f"{info.file_size} bytes from {info.compress_size} compressed "
+                                 f"(ratio > {limits.max_compression_ratio:g})")
+        yield ref
+    f.close()
+
+
+def _tar_member_ref(member, locator, limits):
+    ref = MemberRef(safe_name(member.name), member.size, locator)
+    if member.size > limits.max_member_bytes:
+        ref.locator = None
+        ref.error_code = "member_too_large"
+        ref.error_message = f"{member.size} bytes > limit {limits.max_member_bytes}"
+    return ref
+
+
+def _tar_refs(uri, limits, compressed):
+    """Members of a tar (offsets) or tar.gz (inline bytes), streaming."""
+    try:
+        f = _open(uri)
+        tar = tarfile.open(fileobj=f, mode="r|gz" if compressed else "r:")
+    except Exception as e:
+        yield _whole_input_error("archive_corrupt", f"tar unreadable: {type(e).__name__}: {e}")
+        return
+    try:
+        while True:
+            member = tar.next()
+            if member is None:
+                break
+            tar.members = []  # tarfile caches every header; drop them to stay bounded
+            if not member.isfile():
+                continue
+            if not compressed:
+                yield _tar_member_ref(member, member.offset_data, limits)
+                continue
+            ref = _tar_member_ref(member, None, limits)
+            if ref.error_code is None:
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise EOFError(f"member {ref.path!r} cut at {len(data)} of {member.size} bytes")
+                ref.locator = data
+            yield ref
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        yield _whole_input_error("archive_truncated", f"archive ends early: {type(e).__name__}: {e}")
+    finally:
+        f.close()
+
+
+def list_chunks(uri, size, limits=Limits()):
+    """Chunks of member references for one input file (archive or loose image)."""
+    kind = archive_kind(uri)
+    if kind == "file":
+        ref = MemberRef("", size)
+        if size > limits.max_member_bytes:
+            ref.error_code = "member_too_large"
+            ref.error_message = f"{size} bytes > limit {limits.max_member_bytes}"
+        return [Chunk(uri, "file", 0, [ref])]
+    refs = {"zip": lambda: _zip_refs(uri, limits),
+            "tar": lambda: _tar_refs(uri, limits, compressed=False),
+            "tgz": lambda: _tar_refs(uri, limits, compressed=True)}[kind]()
+    return _chunks(uri, kind, refs, limits)
+
+
+def _read_zip_member(f, info):
+    f.seek(info.header_offset)
+    header = f.read(zipfile.sizeFileHeader)
+    if len(header) != zipfile.sizeFileHeader:
+        raise zipfile.BadZipFile("truncated local file header")
+    fields = struct.unpack(zipfile.structFileHeader, header)
+    if fields[zipfile._FH_SIGNATURE] != zipfile.stringFileHeader:
+        raise zipfile.BadZipFile("bad local file header signature")
+    f.read(fields[zipfile._FH_FILENAME_LENGTH] + fields[zipfile._FH_EXTRA_FIELD_LENGTH])
+    with zipfile.ZipExtFile(f, "r", info, None, False) as member:
+        return member.read()  # verifies the CRC at EOF
+
+
+def read_members(chunk):
+    """Yield (ref, bytes | None, error | None) for every ref of `chunk`, in order.
+
+    A ref the lister already marked bad yields (ref, None, None). One member's
+    failure never stops the others.
+    """
+    if chunk.kind == "tgz":
+        for ref in chunk.refs:
+            yield ref, ref.locator, None
+        return
+    try:
+        f = _open(chunk.source_uri) if any(r.error_code is None for r in chunk.refs) else None
+    except Exception as e:
+        for ref in chunk.refs:
+            yield ref, None, e
+        return
+    try:
+        for ref in chunk.refs:
+            if ref.error_code is not None:
+                yield ref, None, None
+                continue
+            try:
+                if chunk.kind == "zip":
+                    data = _read_zip_member(f, ref.locator)
+                elif chunk.kind == "tar":
+                    f.seek(ref.locator)
+                    data = f.read(ref.size)
+                    if len(data) != ref.size:
+                        raise EOFError(f"member cut at {len(data)} of {ref.size} bytes")
+                else:
+                    data = f.read()
+                yield ref, data, None
+            except Exception as e:
+                yield ref, None, e
+    finally:
+        if f is not None:
+            f.close()
+
+
+def is_resource_fork(path):
+    parts = path.replace("\\", "/").split("/")
+    return "__MACOSX" in parts or os.path.basename(path).startswith("._")

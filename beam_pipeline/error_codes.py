@@ -1,0 +1,33 @@
+"""Every `error_code` a row can carry, with its status and meaning.
+
+docs/reliability.md is generated from this table, so code and docs agree.
+"""
+from beam_pipeline.schema import STATUS_ERROR, STATUS_SKIPPED
+
+CODES = {
+    # member content
+    "empty_file": (STATUS_ERROR, "zero-byte file or member"),
+    "undecodable_image": (STATUS_ERROR, "looks like an image (magic bytes) but Pillow cannot decode it: corrupt or truncated"),
+    "image_too_large": (STATUS_ERROR, "pixel count above the decompression-bomb limit; never decoded"),
+    "dicom_corrupt": (STATUS_ERROR, "DICOM that pydicom cannot parse or whose pixel data is truncated"),
+    "dicom_unsupported_transfer_syntax": (STATUS_ERROR, "DICOM pixel data in a transfer syntax no installed decoder handles"),
+    "not_an_image": (STATUS_SKIPPED, "content is not PNG/JPEG/BMP/TIFF/DICOM (text, other binary)"),
+    "dicom_no_pixel_data": (STATUS_SKIPPED, "DICOM without pixel data (DICOMDIR, structured report, ...)"),
+    "nested_archive": (STATUS_SKIPPED, "an archive inside an archive; policy: not expanded, reported"),
+    "resource_fork": (STATUS_SKIPPED, "macOS metadata (__MACOSX/ or ._ files), not an image"),
+    # member container
+    "member_too_large": (STATUS_ERROR, "uncompressed member size above --max-member-bytes; never read"),
+    "suspicious_compression_ratio": (STATUS_ERROR, "zip member whose size/compressed-size ratio exceeds the zip-bomb limit"),
+    "encrypted_member": (STATUS_ERROR, "password-protected zip member"),
+    "member_read_error": (STATUS_ERROR, "member bytes could not be read (CRC mismatch, truncated data)"),
+    # whole input
+    "archive_corrupt": (STATUS_ERROR, "the archive's index cannot be read; one row for the whole archive"),
+    "archive_truncated": (STATUS_ERROR, "the archive ends early; members before the cut are scored, this row marks the cut"),
+    "input_unreadable": (STATUS_ERROR, "the input file could not be opened or read"),
+    # scoring
+    "inference_error": (STATUS_ERROR, "the model failed on this image's batch"),
+}
+
+
+def status_of(code):
+    return CODES[code][0]

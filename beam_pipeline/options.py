@@ -1,0 +1,30 @@
+"""The scoring job's own flags; every other flag is a standard Beam option."""
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipeline import archives, model_store
+
+
+class ScreeningOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--input", action="append", default=None,
+                            help="glob of archives (.zip .tar .tar.gz .tgz) and loose images "
+                                 "(.png .jpg .bmp .tif .dcm, extension-less DICOM); local or gs://; repeatable")
+        parser.add_argument("--output", default=None,
+                            help="output prefix (local or gs://): images-*.parquet and _SUMMARY.json go here")
+        parser.add_argument("--model", default=model_store.DEFAULT_MODEL,
+                            help="model artifact directory (local or gs://); default: the model in models/")
+        parser.add_argument("--batch-size", dest="batch_size", type=int, default=64,
+                            help="images per model call")
+        parser.add_argument("--threshold", type=float, default=None,
+                            help="operating threshold; default: the artifact's")
+        parser.add_argument("--run-id", dest="run_id", default=None,
+                            help="identifier stored in every row; default: UTC start time")
+        parser.add_argument("--chunk-size", dest="chunk_size", type=int,
+                            default=archives.Limits.chunk_size,
+                            help="archive members per pipeline element")
+        parser.add_argument("--max-member-bytes", dest="max_member_bytes", type=int,
+                            default=archives.Limits.max_member_bytes,
+                            help="members larger than this (uncompressed) are reported, never read")
+        parser.add_argument("--num-shards", dest="num_shards", type=int, default=0,
+                            help="Parquet output shards (0 = runner decides)")

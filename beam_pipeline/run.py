@@ -1,0 +1,116 @@
+"""Score brain-MRI image archives and write one Parquet row per image.
+
+  python -m beam_pipeline.run --input 'archives/*.zip' --output out/run1
+  python -m beam_pipeline.run --input 'gs://bucket/archives/*' --output gs://bucket/out/run1 \\
+      --model gs://bucket/models/brain-tumor-cnn/1 --runner DataflowRunner ...
+
+Job-level problems (missing or tampered model, no input matched, output not
+writable) stop the job with a clear message before any work starts.
+"""
+import datetime
+import json
+import logging
+import sys
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from beam_pipeline import archives, model_store
+from beam_pipeline.options import ScreeningOptions
+from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
+from trainer import artifact
+
+
+class JobError(RuntimeError):
+    """A problem with the job's inputs that must stop it before it starts."""
+
+
+def _check_inputs(patterns):
+    if not patterns:
+        raise JobError("no --input given")
+    empty = [p for p in patterns if not FileSystems.match([p])[0].metadata_list]
+    if empty:
+        raise JobError(f"no input matched {empty}")
+
+
+def _check_output_writable(output):
+    probe = f"{output.rstrip('/')}/_write_probe_{uuid.uuid4().hex}"
+    try:
+        with FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(b"ok")
+        FileSystems.delete([probe])
+    except Exception as e:
+        raise JobError(f"output {output} is not writable: {e}") from e
+
+
+def _model_info(metadata):
+    return {"model_name": metadata["name"], "model_version": str(metadata["version"]),
+            "model_sha256": metadata["model_sha256"]}
+
+
+def build(pipeline, opts, metadata, started_at):
+    """Wire the stages into `pipeline`; returns the summary PCollection."""
+    run_id = opts.run_id
+    threshold = opts.threshold if opts.threshold is not None else metadata["threshold"]
+    limits = archives.Limits(max_member_bytes=opts.max_member_bytes, chunk_size=opts.chunk_size)
+    info = _model_info(metadata)
+    chunks = pipeline | "ExpandArchives" >> ExpandInputs(opts.input, limits)
+    decoded = chunks | "DecodeImages" >> DecodeImages(run_id, metadata["input_spec"], info)
+    scored = decoded.images | "ScoreImages" >> ScoreImages(opts.model, threshold, opts.batch_size, opts.chunk_size)
+    rows = (scored, decoded[ROWS_TAG]) | "AllRows" >> beam.Flatten()
+    return rows | "WriteResults" >> WriteResults(opts.output, run_id, started_at, info, opts.num_shards)
+
+
+def run(argv=None, save_main_session=True, test_pipeline=None):
+    """Build and run the job; returns the PipelineResult (after it finishes)."""
+    options = PipelineOptions(argv)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    opts = options.view_as(ScreeningOptions)
+    if not opts.output:
+        raise JobError("no --output given")
+    if not opts.run_id:
+        opts.run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        metadata = model_store.metadata(opts.model)
+    except (artifact.ArtifactError, ValueError) as e:
+        raise JobError(f"model: {e}") from e
+    _check_inputs(opts.input)
+    _check_output_writable(opts.output)
+    started_at = time.time()
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    build(pipeline, opts, metadata, started_at)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def read_summary(output):
+    with FileSystems.open(output.rstrip("/") + "/_SUMMARY.json",
+                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read())
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run(argv)
+    except JobError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    opts = PipelineOptions(argv).view_as(ScreeningOptions)
+    try:
+        summary = read_summary(opts.output)
+    except Exception:  # e.g. a Dataflow job launched without waiting
+        return 0
+    print(json.dumps({k: summary[k] for k in ("run_id", "rows", "by_status", "by_error_code", "flagged",
+                                              "images_per_second", "output_files")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The image-level Parquet schema: one row per input image (per frame for
+multi-frame DICOM), including images that failed or were skipped.
+
+Defined once here; docs/output_schema.md documents it and the tests read it.
+No patient name, ID or birth date is ever a column.
+"""
+import datetime
+
+import pyarrow as pa
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+STATUS_SKIPPED = "skipped"
+
+IMAGE_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("source_uri", pa.string()),          # the archive or loose file
+    ("member_path", pa.string()),         # path inside the archive; "" for a loose file
+    ("member_size", pa.int64()),          # uncompressed bytes
+    ("content_sha256", pa.string()),
+    ("image_format", pa.string()),        # png, jpeg, bmp, tiff, dicom, or what was sniffed
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("frame_index", pa.int32()),          # 0 unless multi-frame DICOM
+    ("study_instance_uid", pa.string()),
+    ("series_instance_uid", pa.string()),
+    ("sop_instance_uid", pa.string()),
+    ("modality", pa.string()),
+    ("status", pa.string()),              # ok / error / skipped
+    ("error_code", pa.string()),          # see beam_pipeline/error_codes.py
+    ("error_message", pa.string()),
+    ("tumor_probability", pa.float32()),
+    ("predicted_label", pa.string()),     # tumor / no_tumor (null unless ok)
+    ("threshold", pa.float32()),
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+    ("model_sha256", pa.string()),
+    ("scored_at", pa.timestamp("us", tz="UTC")),
+])
+
+COLUMNS = IMAGE_SCHEMA.names
+
+
+def empty_row(**fields):
+    """A row with every column present (nulls where unknown)."""
+    unknown = set(fields) - set(COLUMNS)
+    if unknown:
+        raise KeyError(f"not schema columns: {sorted(unknown)}")
+    row = dict.fromkeys(COLUMNS)
+    row["frame_index"] = 0
+    row.update(fields)
+    return row
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc)

@@ -1,0 +1,223 @@
+"""The pipeline's stages as composite PTransforms.
+
+  ExpandInputs   glob patterns -> Chunk (member references), reshuffled
+  DecodeImages   Chunk -> keyed image batches (main) + finished rows ('rows')
+  ScoreImages    keyed image batches -> scored rows (RunInference)
+  WriteResults   rows -> Parquet + _SUMMARY.json
+
+Elements are chunks of members, not single images: on this machine one Beam
+element costs more than scoring one image, so per-element work is amortised.
+"""
+import hashlib
+import json
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from beam_pipeline import archives, decoding, error_codes, schema
+from beam_pipeline.inference import KerasChunkModelHandler
+from trainer import preprocessing
+
+ROWS_TAG = "rows"
+
+
+class _ListChunks(beam.DoFn):
+    """FileMetadata -> Chunks of member references for that input."""
+
+    def __init__(self, limits):
+        self._limits = limits
+
+    def process(self, file_metadata):
+        yield from archives.list_chunks(file_metadata.path, file_metadata.size_in_bytes, self._limits)
+
+
+class ExpandInputs(beam.PTransform):
+    """PBegin -> PCollection[Chunk], spread across workers by a Reshuffle."""
+
+    def __init__(self, patterns, limits=archives.Limits()):
+        super().__init__()
+        self._patterns = list(patterns)
+        self._limits = limits
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Patterns" >> beam.Create(self._patterns)
+                | "MatchInputs" >> fileio.MatchAll()
+                | "ListMembers" >> beam.ParDo(_ListChunks(self._limits))
+                | "SpreadChunks" >> beam.Reshuffle())
+
+
+class _DecodeChunk(beam.DoFn):
+    """Chunk -> (row templates, stacked model inputs) + finished error/skipped rows."""
+
+    def __init__(self, run_id, input_spec, model_info):
+        self._run_id = run_id
+        self._spec = preprocessing.InputSpec.from_dict(input_spec)
+        self._model_info = model_info
+        self._counts = {s: Metrics.counter("BrainScreening", f"images_{s}") for s in
+                        (schema.STATUS_OK, schema.STATUS_ERROR, schema.STATUS_SKIPPED)}
+
+    def _row(self, chunk, ref, **fields):
+        return schema.empty_row(run_id=self._run_id, source_uri=chunk.source_uri,
+                                member_path=ref.path, member_size=ref.size, **self._model_info, **fields)
+
+    def _failed(self, chunk, ref, code, message, **fields):
+        status = error_codes.status_of(code)
+        self._counts[status].inc()
+        row = self._row(chunk, ref, status=status, error_code=code, error_message=message[:2000],
+                        scored_at=schema.now(), **fields)
+        return beam.pvalue.TaggedOutput(ROWS_TAG, row)
+
+    def process(self, chunk):
+        templates, inputs = [], []
+        for ref, data, err in archives.read_members(chunk):
+            if ref.error_code:
+                yield self._failed(chunk, ref, ref.error_code, ref.error_message or "")
+                continue
+            if err is not None:
+                code = "input_unreadable" if chunk.kind == "file" else "member_read_error"
+                yield self._failed(chunk, ref, code, f"{type(err).__name__}: {err}")
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if archives.is_resource_fork(ref.path):
+                yield self._failed(chunk, ref, "resource_fork", "macOS metadata entry",
+                                   content_sha256=digest)
+                continue
+            try:
+                decoded = decoding.decode(data, ref.path or chunk.source_uri)
+            except decoding.DecodeError as e:
+                yield self._failed(chunk, ref, e.code, str(e), content_sha256=digest,
+                                   image_format=e.image_format)
+                continue
+            for frame in decoded.frames:
+                try:
+                    x = preprocessing.prepare(frame.gray, self._spec)
+                except Exception as e:  # e.g. a degenerate frame shape
+                    yield self._failed(chunk, ref, "undecodable_image", f"preprocessing failed: {e}",
+                                       content_sha256=digest, image_format=decoded.image_format,
+                                       frame_index=frame.frame_index)
+                    continue
+                templates.append(self._row(
+                    chunk, ref, content_sha256=digest, image_format=decoded.image_format,
+                    width=decoded.width, height=decoded.height, frame_index=frame.frame_index,
+                    **decoded.dicom))
+                inputs.append(x)
+        if inputs:
+            yield templates, np.stack(inputs)
+
+
+class DecodeImages(beam.PTransform):
+    """Chunk -> main: (row templates, float32[n, H, W, 1]); ROWS_TAG: finished rows."""
+
+    def __init__(self, run_id, input_spec, model_info):
+        super().__init__()
+        self._fn = _DecodeChunk(run_id, input_spec, model_info)
+
+    def expand(self, chunks):
+        return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, main="images")
+
+
+class _ToRows(beam.DoFn):
+    """(row templates, probabilities) -> one scored row per image."""
+
+    def __init__(self, threshold):
+        self._threshold = threshold
+        self._ok = Metrics.counter("BrainScreening", "images_ok")
+        self._flagged = Metrics.counter("BrainScreening", "images_flagged")
+
+    def process(self, keyed):
+        templates, probs = keyed
+        scored_at = schema.now()
+        for row, p in zip(templates, probs):
+            p = float(p)
+            flagged = p >= self._threshold
+            self._ok.inc()
+            if flagged:
+                self._flagged.inc()
+            yield {**row, "status": schema.STATUS_OK, "tumor_probability": p,
+                   "predicted_label": "tumor" if flagged else "no_tumor",
+                   "threshold": float(self._threshold), "scored_at": scored_at}
+
+
+class ScoreImages(beam.PTransform):
+    """(row templates, image batch) -> scored rows, via RunInference."""
+
+    def __init__(self, model_uri, threshold, batch_size, chunk_size):
+        super().__init__()
+        self._handler = KeyedModelHandler(KerasChunkModelHandler(
+            model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1))))
+        self._threshold = threshold
+
+    def expand(self, batches):
+        return (batches
+                | "RunInference" >> RunInference(self._handler)
+                | "ToRows" >> beam.ParDo(_ToRows(self._threshold)))
+
+
+class _SummaryFn(beam.CombineFn):
+    def create_accumulator(self):
+        return {"rows": 0, "by_status": {}, "by_error_code": {}, "flagged": 0, "sources": set()}
+
+    def add_input(self, acc, row):
+        acc["rows"] += 1
+        acc["by_status"][row["status"]] = acc["by_status"].get(row["status"], 0) + 1
+        if row["error_code"]:
+            acc["by_error_code"][row["error_code"]] = acc["by_error_code"].get(row["error_code"], 0) + 1
+        acc["flagged"] += int(row["predicted_label"] == "tumor")
+        acc["sources"].add(row["source_uri"])
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for a in accs:
+            out["rows"] += a["rows"]
+            out["flagged"] += a["flagged"]
+            out["sources"] |= a["sources"]
+            for key in ("by_status", "by_error_code"):
+                for k, v in a[key].items():
+                    out[key][k] = out[key].get(k, 0) + v
+        return out
+
+    def extract_output(self, acc):
+        return {**acc, "sources": len(acc["sources"])}
+
+
+class _WriteSummary(beam.DoFn):
+    def __init__(self, output, run_id, started_at, model_info):
+        self._output, self._run_id, self._started, self._model = output, run_id, started_at, model_info
+
+    def process(self, summary, images_files):
+        elapsed = time.time() - self._started
+        summary = {"run_id": self._run_id, **summary, "model": self._model,
+                   "elapsed_seconds": round(elapsed, 2),
+                   "images_per_second": round(summary["by_status"].get("ok", 0) / max(elapsed, 1e-9), 2),
+                   "output_files": sorted(images_files)}
+        with FileSystems.create(self._output.rstrip("/") + "/_SUMMARY.json",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
+        yield summary
+
+
+class WriteResults(beam.PTransform):
+    """Rows -> <output>/images-*.parquet and <output>/_SUMMARY.json."""
+
+    def __init__(self, output, run_id, started_at, model_info, num_shards=0):
+        super().__init__()
+        self._output = output.rstrip("/")
+        self._run_id, self._started, self._model_info = run_id, started_at, model_info
+        self._num_shards = num_shards
+
+    def expand(self, rows):
+        written = rows | "WriteParquet" >> beam.io.WriteToParquet(
+            self._output + "/images", schema=schema.IMAGE_SCHEMA, file_name_suffix=".parquet",
+            num_shards=self._num_shards, codec="snappy")
+        summary = rows | "Summarise" >> beam.CombineGlobally(_SummaryFn())
+        return summary | "WriteSummary" >> beam.ParDo(
+            _WriteSummary(self._output, self._run_id, self._started, self._model_info),
+            images_files=beam.pvalue.AsList(written))
