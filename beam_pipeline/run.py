@@ -47,6 +47,16 @@ def _check_output_writable(output):
         raise JobError(f"output {output} is not writable: {e}") from e
 
 
+def _clear_previous_output(output):
+    """A rerun replaces its own results instead of mixing shards of two runs."""
+    old = [m.path for m in FileSystems.match([f"{output.rstrip('/')}/images-*.parquet"])[0].metadata_list]
+    summary = f"{output.rstrip('/')}/_SUMMARY.json"
+    if FileSystems.exists(summary):
+        old.append(summary)
+    if old:
+        FileSystems.delete(old)
+
+
 def _model_info(metadata):
     return {"model_name": metadata["name"], "model_version": str(metadata["version"]),
             "model_sha256": metadata["model_sha256"]}
@@ -80,6 +90,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         raise JobError(f"model: {e}") from e
     _check_inputs(opts.input)
     _check_output_writable(opts.output)
+    _clear_previous_output(opts.output)
     started_at = time.time()
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build(pipeline, opts, metadata, started_at)
