@@ -10,3 +10,48 @@ import tensorflow as tf  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+# ---- a real GCS-API server on loopback (gcp-storage-emulator), shared by tests ----
+import socket  # noqa: E402
+
+import pytest  # noqa: E402
+
+BUCKET = "hospital-archive"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs(monkeypatch_session):
+    from gcp_storage_emulator.server import create_server
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    host = f"http://127.0.0.1:{port}"
+    monkeypatch_session.setenv("STORAGE_EMULATOR_HOST", host)
+    monkeypatch_session.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+    monkeypatch_session.setenv("NO_GCE_CHECK", "True")  # no metadata-server probe
+    yield port
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def monkeypatch_session():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def upload(local_dir, prefix):
+    from google.cloud import storage
+    bucket = storage.Client.create_anonymous_client().bucket(BUCKET)
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, local_dir).replace(os.sep, "/")
+            bucket.blob(f"{prefix}/{rel}").upload_from_filename(path)

@@ -4,53 +4,12 @@ gcp-storage-emulator serves the JSON API; google-cloud-storage (used by
 Beam's GcsIO) talks to it through STORAGE_EMULATOR_HOST. No client mocks.
 """
 import os
-import socket
 
 import pyarrow.fs
 import pyarrow.parquet as pq
-import pytest
-
 from beam_pipeline import run
 from tests import corpus, tiny_model
-
-BUCKET = "hospital-archive"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs(monkeypatch_module):
-    from gcp_storage_emulator.server import create_server
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    host = f"http://127.0.0.1:{port}"
-    monkeypatch_module.setenv("STORAGE_EMULATOR_HOST", host)
-    monkeypatch_module.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
-    monkeypatch_module.setenv("NO_GCE_CHECK", "True")  # no metadata-server probe
-    yield port
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
-def _upload(local_dir, prefix):
-    from google.cloud import storage
-    bucket = storage.Client.create_anonymous_client().bucket(BUCKET)
-    for root, _, files in os.walk(local_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, local_dir).replace(os.sep, "/")
-            bucket.blob(f"{prefix}/{rel}").upload_from_filename(path)
+from tests.conftest import BUCKET, upload as _upload
 
 
 def test_gs_input_model_and_output(gcs, tmp_path):

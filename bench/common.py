@@ -1,0 +1,78 @@
+"""Shared helpers for the benchmarks: inputs, machine facts, table + JSON output."""
+import glob
+import io
+import json
+import os
+import platform
+import tarfile
+import zipfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(REPO, "..", "shared", "data", "brain-mri")
+
+
+def image_bytes(n, seed=0):
+    """n JPEG byte strings: real MRI from ../shared when present, else generated."""
+    files = sorted(glob.glob(os.path.join(SHARED, "*", "*.jpg")))
+    if files:
+        rng = np.random.default_rng(seed)
+        picks = [files[i] for i in rng.choice(len(files), n, replace=n > len(files))]
+        return [open(p, "rb").read() for p in picks], "shared brain-mri JPEGs"
+    import sys
+    sys.path.insert(0, REPO)
+    from beam_pipeline import sample_data
+    return [sample_data.encode(sample_data.synthetic_slice(i, 224, lesion=i % 3 == 0), "JPEG")
+            for i in range(n)], "generated JPEGs"
+
+
+def write_zip(path, blobs, prefix="img"):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for i, b in enumerate(blobs):
+            zf.writestr(f"{prefix}/{i:07d}.jpg", b)
+
+
+def write_tgz(path, blobs, prefix="img"):
+    with tarfile.open(path, "w:gz") as tar:
+        for i, b in enumerate(blobs):
+            info = tarfile.TarInfo(f"{prefix}/{i:07d}.jpg")
+            info.size = len(b)
+            tar.addfile(info, io.BytesIO(b))
+
+
+def machine():
+    model = ""
+    mhz = None
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("cpu MHz") and mhz is None:
+                mhz = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return {"cpu": model, "cores": os.cpu_count(), "mhz": mhz, "memory_gib": round(mem, 1),
+            "python": platform.python_version()}
+
+
+def report(name, rows, extra, out_dir=os.path.join(REPO, "bench", "results")):
+    """Print rows (list of dicts) as a table and write <out_dir>/<name>.json."""
+    cols = list(rows[0])
+    widths = [max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols]
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths)))
+    for k, v in extra.items():
+        print(f"{k}: {v}")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump({"rows": rows, **extra, "machine": machine()}, f, indent=2)
+    print(f"wrote {path}")
+
+
+def _fmt(v):
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
