@@ -8,7 +8,17 @@ in CI and on GPUs in training VMs and Dataflow GPU workers (the GPU image adds
 `tensorflow[and-cuda]`, which only brings the CUDA libraries). Installing
 both wheels would let one silently shadow the other, so only this one is named.
 """
+import glob
+import os
+
 import setuptools
+
+# The committed model ships with the package, so a Dataflow worker that installs
+# the sdist (--setup_file) has the pipeline's default model.
+MODEL_FILES = {}
+for path in glob.glob("models/*/*/*") + glob.glob("models/*/*/eda/*"):
+    if os.path.isfile(path) and "/_work/" not in path:
+        MODEL_FILES.setdefault(os.path.join("share", "brain-mri-screening", os.path.dirname(path)), []).append(path)
 
 REQUIRED = [
     "tensorflow>=2.21,<2.22",
@@ -37,8 +47,7 @@ setuptools.setup(
     description="Train a brain-MRI tumor classifier and screen image archives with Apache Beam.",
     python_requires=">=3.10,<3.13",
     packages=setuptools.find_packages(include=["trainer", "trainer.*", "beam_pipeline", "beam_pipeline.*"]),
-    include_package_data=True,
-    package_data={"beam_pipeline": ["default_model/**/*"]},
+    data_files=sorted(MODEL_FILES.items()),
     install_requires=REQUIRED,
     extras_require={"test": TEST},
     entry_points={

@@ -13,8 +13,23 @@ from apache_beam.io.filesystems import FileSystems
 
 from trainer import artifact
 
+import sys
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = os.path.join(REPO_ROOT, "models", "brain-tumor-cnn", "1")
+DEFAULT_MODEL_PATH = os.path.join("models", "brain-tumor-cnn", "1")
+
+
+def _default_model():
+    """The committed model: $BRAIN_SCREENING_MODEL (worker images), the source
+    tree, or the copy setup.py installs under <prefix>/share (sdist installs on
+    Dataflow workers via --setup_file)."""
+    candidates = [os.path.join(REPO_ROOT, DEFAULT_MODEL_PATH),
+                  os.path.join(sys.prefix, "share", "brain-mri-screening", DEFAULT_MODEL_PATH)]
+    return os.environ.get("BRAIN_SCREENING_MODEL") or next(
+        (c for c in candidates if os.path.isdir(c)), candidates[0])
+
+
+DEFAULT_MODEL = _default_model()
 
 _FILES = (artifact.METADATA_FILE, artifact.MODEL_FILE)
 

@@ -11,7 +11,8 @@ class ScreeningOptions(PipelineOptions):
                             help="glob of archives (.zip .tar .tar.gz .tgz) and loose images "
                                  "(.png .jpg .bmp .tif .dcm, extension-less DICOM); local or gs://; repeatable")
         parser.add_argument("--output", default=None,
-                            help="output prefix (local or gs://): images-*.parquet and _SUMMARY.json go here")
+                            help="output prefix (local or gs://): images-*.parquet and _SUMMARY.json go here; "
+                                 "{date} becomes the UTC date (for schedules)")
         parser.add_argument("--model", default=model_store.DEFAULT_MODEL,
                             help="model artifact directory (local or gs://); default: the model in models/")
         parser.add_argument("--batch-size", dest="batch_size", type=int, default=64,

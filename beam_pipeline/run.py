@@ -10,6 +10,7 @@ writable) stop the job with a clear message before any work starts.
 import datetime
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -82,8 +83,10 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     opts = options.view_as(ScreeningOptions)
     if not opts.output:
         raise JobError("no --output given")
+    now = datetime.datetime.now(datetime.timezone.utc)
     if not opts.run_id:
-        opts.run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        opts.run_id = now.strftime("%Y%m%dT%H%M%SZ")
+    opts.output = opts.output.replace("{date}", now.strftime("%Y-%m-%d"))  # nightly schedules
     try:
         metadata = model_store.metadata(opts.model)
     except (artifact.ArtifactError, ValueError) as e:
@@ -95,7 +98,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build(pipeline, opts, metadata, started_at)
     result = pipeline.run()
-    result.wait_until_finish()
+    if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
+        result.wait_until_finish()
+    result.output = opts.output
     return result
 
 
@@ -109,13 +114,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
     argv = sys.argv[1:] if argv is None else argv
     try:
-        run(argv)
+        result = run(argv)
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    opts = PipelineOptions(argv).view_as(ScreeningOptions)
     try:
-        summary = read_summary(opts.output)
+        summary = read_summary(result.output)
     except Exception:  # e.g. a Dataflow job launched without waiting
         return 0
     print(json.dumps({k: summary[k] for k in ("run_id", "rows", "by_status", "by_error_code", "flagged",
