@@ -70,6 +70,8 @@ def decode_raster(data):
         raise ImageDecodeError("empty_file", "zero-byte file")
     try:
         im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # header declares > 2x Pillow's own limit
+        raise ImageDecodeError("image_too_large", str(e)) from e
     except Exception as e:  # Pillow raises many types for garbage input
         raise ImageDecodeError("undecodable_image", f"not a readable image: {e}") from e
     with im:

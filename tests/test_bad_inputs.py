@@ -1,0 +1,82 @@
+"""Every kind of bad input gets exactly one row with a specific error code,
+and nothing else in the run is lost."""
+import collections
+import glob
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from beam_pipeline import archives, error_codes, run
+from beam_pipeline.transforms import _DecodeChunk
+from tests import bad_inputs, tiny_model
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    inputs, expected, latin, tgz = bad_inputs.build(root)
+    model_dir = tiny_model.write_tiny_artifact(root)
+    out = str(root / "out")
+    run.run(["--input", os.path.join(inputs, "*"), "--output", out, "--model", model_dir, "--chunk-size", "5"])
+    rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
+    return rows, expected, latin, tgz
+
+
+def test_each_bad_member_has_its_code(scored):
+    rows, expected, _, _ = scored
+    got = {(r["source_uri"], r["member_path"], r["frame_index"]): (r["status"], r["error_code"]) for r in rows}
+    for key, want in expected.items():
+        assert got.get(key) == want, key
+    for r in rows:
+        if r["status"] != "ok":
+            assert r["error_code"] in error_codes.CODES
+            assert error_codes.status_of(r["error_code"]) == r["status"]
+            assert r["error_message"]
+
+
+def test_truncated_tar_gz_keeps_members_before_the_cut(scored):
+    rows, _, _, tgz = scored
+    from_tgz = [r for r in rows if r["source_uri"] == tgz]
+    assert [r["error_code"] for r in from_tgz if r["status"] == "error"] == ["archive_truncated"]
+    assert sum(r["status"] == "ok" for r in from_tgz) >= 1
+
+
+def test_odd_member_names_are_recorded_safely(scored):
+    rows, _, latin, _ = scored
+    names = collections.Counter(r["member_path"] for r in rows if r["source_uri"] == latin)
+    assert names["dup.png"] == 2  # duplicates are two members, two rows
+    (odd,) = [n for n in names if n.startswith("caf")]
+    odd.encode("utf-8")  # valid UTF-8 in Parquet
+    assert "\\x" in odd or "é" in odd
+    assert not os.path.exists("../escape.png") and not os.path.exists("/absolute/path.png")
+
+
+def test_unreadable_input_gets_a_row():
+    fn = _DecodeChunk("r", {"height": 32, "width": 32, "channels": 1, "dtype": "float32",
+                            "preprocessing": "gray-headcrop-pnorm-v1"}, {})
+    chunk = archives.list_chunks("/nonexistent/dir/scan.png", 10)[0]
+    (out,) = list(fn.process(chunk))
+    assert out.value["error_code"] == "input_unreadable" and out.value["status"] == "error"
+
+
+def test_job_level_problems(tmp_path):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    img = tmp_path / "x.png"
+    img.write_bytes(bad_inputs._img("L"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(run.JobError, match="not writable"):
+        run.run(["--input", str(img), "--output", str(blocker / "out"), "--model", model_dir])
+    with open(os.path.join(model_dir, "model.keras"), "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(run.JobError, match="sha256"):
+        run.run(["--input", str(img), "--output", str(tmp_path / "o"), "--model", model_dir])
+
+
+def test_every_error_code_is_documented():
+    doc = open(os.path.join(DOCS, "output_schema.md")).read()
+    for code in error_codes.CODES:
+        assert f"`{code}`" in doc, code
