@@ -27,5 +27,8 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--max-member-bytes", dest="max_member_bytes", type=int,
                             default=archives.Limits.max_member_bytes,
                             help="members larger than this (uncompressed) are reported, never read")
+        parser.add_argument("--manifest", default=None,
+                            help="JSON manifest (local or gs://) of inputs already scored; with it, only "
+                                 "new or changed inputs are scored and the manifest is updated on success")
         parser.add_argument("--num-shards", dest="num_shards", type=int, default=0,
                             help="Parquet output shards (0 = runner decides)")

@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_pipeline import archives, model_store
+from beam_pipeline import archives, manifest, model_store
 from beam_pipeline.options import ScreeningOptions
 from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
 from trainer import artifact
@@ -30,12 +30,18 @@ class JobError(RuntimeError):
     """A problem with the job's inputs that must stop it before it starts."""
 
 
-def _check_inputs(patterns):
+def _match_inputs(patterns):
+    """FileMetadata of every input file; fails if a pattern matches nothing."""
     if not patterns:
         raise JobError("no --input given")
-    empty = [p for p in patterns if not FileSystems.match([p])[0].metadata_list]
+    matched, empty = {}, []
+    for pattern, result in zip(patterns, FileSystems.match(list(patterns))):
+        if not result.metadata_list:
+            empty.append(pattern)
+        matched.update({m.path: m for m in result.metadata_list})
     if empty:
         raise JobError(f"no input matched {empty}")
+    return [matched[p] for p in sorted(matched)]
 
 
 def _check_output_writable(output):
@@ -91,17 +97,47 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         metadata = model_store.metadata(opts.model)
     except (artifact.ArtifactError, ValueError) as e:
         raise JobError(f"model: {e}") from e
-    _check_inputs(opts.input)
+    matched = _match_inputs(opts.input)
     _check_output_writable(opts.output)
     _clear_previous_output(opts.output)
+    known = manifest.load(opts.manifest) if opts.manifest else {}
+    todo = manifest.new_or_changed(matched, known) if opts.manifest else matched
+    if opts.manifest:
+        print(f"Manifest {opts.manifest}: {len(matched) - len(todo)} input(s) unchanged and skipped, "
+              f"{len(todo)} new or changed")
+        opts.input = [m.path for m in todo]
     started_at = time.time()
+    if not todo:
+        _write_empty_summary(opts, metadata)
+        return _NothingToDo(opts.output)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build(pipeline, opts, metadata, started_at)
     result = pipeline.run()
     if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
         result.wait_until_finish()
+        if opts.manifest:
+            manifest.save(opts.manifest, {**known, **{m.path: manifest.fingerprint(m) for m in todo}})
     result.output = opts.output
     return result
+
+
+class _NothingToDo:
+    state = "DONE"
+
+    def __init__(self, output):
+        self.output = output
+
+    def wait_until_finish(self, duration=None):
+        return self.state
+
+
+def _write_empty_summary(opts, metadata):
+    summary = {"run_id": opts.run_id, "rows": 0, "by_status": {}, "by_error_code": {}, "flagged": 0,
+               "sources": 0, "model": _model_info(metadata), "elapsed_seconds": 0.0,
+               "images_per_second": 0.0, "output_files": []}
+    with FileSystems.create(f"{opts.output.rstrip('/')}/_SUMMARY.json",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
 
 
 def read_summary(output):
