@@ -26,18 +26,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
+class Emulator:
+    """gcp-storage-emulator on a fixed loopback port; restartable (in memory)."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.server = None
+
+    def start(self):
+        from gcp_storage_emulator.server import create_server
+        self.server = create_server("127.0.0.1", self.port, in_memory=True, default_bucket=BUCKET)
+        self.server.start()
+
+    def stop(self):
+        self.server.stop()
+
+    def restart(self):
+        self.start()
+
+
 @pytest.fixture(scope="session")
 def gcs(monkeypatch_session):
-    from gcp_storage_emulator.server import create_server
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    host = f"http://127.0.0.1:{port}"
-    monkeypatch_session.setenv("STORAGE_EMULATOR_HOST", host)
+    emulator = Emulator()
+    emulator.start()
+    monkeypatch_session.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulator.port}")
     monkeypatch_session.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
     monkeypatch_session.setenv("NO_GCE_CHECK", "True")  # no metadata-server probe
-    yield port
-    server.stop()
+    yield emulator
+    emulator.stop()
 
 
 @pytest.fixture(scope="session")
