@@ -52,6 +52,11 @@ def gcs(monkeypatch_session):
     monkeypatch_session.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulator.port}")
     monkeypatch_session.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
     monkeypatch_session.setenv("NO_GCE_CHECK", "True")  # no metadata-server probe
+    # Beam looks for Application Default Credentials with retries (~30 s) and, on a
+    # machine without any, connects anonymously; start from that conclusion.
+    from apache_beam.internal.gcp import auth
+    monkeypatch_session.setattr(auth._Credentials, "_credentials_init", True)
+    monkeypatch_session.setattr(auth._Credentials, "_credentials", None)
     yield emulator
     emulator.stop()
 
