@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= ../shared/data/brain-mri
 MODEL_DIR ?= models
-EPOCHS ?= 30
+EPOCHS ?= 40
 SEED ?= 42
 STAMP := $(VENV)/.installed
 
@@ -27,7 +27,8 @@ demo: $(STAMP)
 
 # Reproduces the committed default model (seeded; CPU takes tens of minutes).
 train: $(STAMP)
-	$(PY) -m trainer.task --data-dir $(DATA) --model-dir $(MODEL_DIR) --epochs $(EPOCHS) --seed $(SEED)
+	$(PY) -m trainer.task --data-dir $(DATA) --model-dir $(MODEL_DIR) --epochs $(EPOCHS) --seed $(SEED) \
+		--early-stopping-patience 15 --target-sensitivity 0.98 $(TRAIN_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

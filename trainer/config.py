@@ -16,6 +16,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 32  # per replica
     learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"  # cosine (warm-up + cosine decay over all epochs) or plateau
+    weight_decay: float = 1e-4
     val_fraction: float = 0.2
     seed: int = 42
     mixed_precision: bool = False

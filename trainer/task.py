@@ -17,7 +17,10 @@ _HELP = {
     "image_size": "square input size in pixels",
     "epochs": "maximum epochs (early stopping on validation AUC may stop sooner)",
     "batch_size": "batch size per replica; the global batch is this x the number of replicas",
-    "learning_rate": "Adam learning rate",
+    "learning_rate": "peak learning rate (AdamW)",
+    "lr_schedule": "'cosine': one-epoch warm-up then cosine decay to 0 over --epochs; "
+                   "'plateau': constant, cut 0.3x when validation AUC stalls",
+    "weight_decay": "AdamW decoupled weight decay",
     "val_fraction": "fraction of images (whole near-duplicate groups) held out for validation",
     "seed": "seed for the split, initialisation, shuffling and augmentation",
     "mixed_precision": "train with the mixed_float16 policy (GPUs); the output stays float32",

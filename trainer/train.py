@@ -42,19 +42,33 @@ def prepare_data(cfg):
                 report=report, fingerprint=fingerprint)
 
 
+def _optimizer(cfg, steps_per_epoch):
+    import keras
+    if cfg.lr_schedule == "cosine":
+        total = max(cfg.epochs * steps_per_epoch, 2)
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=total - steps_per_epoch if total > steps_per_epoch else 1,
+            warmup_target=cfg.learning_rate, warmup_steps=min(steps_per_epoch, total - 1))
+    elif cfg.lr_schedule == "plateau":
+        lr = cfg.learning_rate
+    else:
+        raise ValueError(f"--lr-schedule must be cosine or plateau, got {cfg.lr_schedule!r}")
+    return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+
+
 def _callbacks(work_dir, cfg):
     import keras
+    plateau = [keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
+                                                 patience=max(2, cfg.early_stopping_patience // 2))]
     return [
         keras.callbacks.BackupAndRestore(_join(work_dir, "backup")),
         keras.callbacks.ModelCheckpoint(_join(work_dir, "checkpoints", "best.keras"),
                                         monitor="val_auc", mode="max", save_best_only=True),
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.early_stopping_patience,
                                       restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
-                                          patience=max(2, cfg.early_stopping_patience // 2)),
         keras.callbacks.TensorBoard(_join(work_dir, "logs")),
         keras.callbacks.CSVLogger(_join(work_dir, "training_log.csv"), append=True),
-    ]
+    ] + (plateau if cfg.lr_schedule == "plateau" else [])
 
 
 def train(cfg, extra_callbacks=()):
@@ -82,10 +96,14 @@ def train(cfg, extra_callbacks=()):
     with strategy.scope():
         from trainer.model import make_model
         model = make_model((spec.height, spec.width, 1), base_filters=cfg.base_filters)
-        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        steps_per_epoch = int(np.ceil((~is_val).sum() / global_batch))
+        model.compile(optimizer=_optimizer(cfg, steps_per_epoch),
                       loss="binary_crossentropy",
                       metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
-    work_dir = _join(cfg.model_dir, cfg.name, "_work")
+    # Chosen before training: an interrupted run (no artifact yet) gets the same
+    # version, hence the same work dir and backup, when it is started again.
+    version = cfg.version or str(artifact.next_version(_join(cfg.model_dir, cfg.name)))
+    work_dir = _join(cfg.model_dir, cfg.name, "_work", version)
     if not cfg.resume and tf.io.gfile.exists(_join(work_dir, "backup")):
         tf.io.gfile.rmtree(_join(work_dir, "backup"))
     t0 = time.time()
@@ -106,7 +124,6 @@ def train(cfg, extra_callbacks=()):
         c: [float((val_scores[val_classes == c] < m["threshold"]).mean()), int((val_classes == c).sum())]
         for c in sorted(set(val_classes[val_labels == 0]))}
     from trainer.model import flops_per_image
-    version = cfg.version or str(artifact.next_version(_join(cfg.model_dir, cfg.name)))
     fields = dict(
         name=cfg.name, version=version, input_spec=spec, class_names=["no_tumor", "tumor"],
         threshold=m["threshold"], target_sensitivity=cfg.target_sensitivity, validation_metrics=m,
