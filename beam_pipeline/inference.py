@@ -7,13 +7,13 @@ paid once per chunk; RunInference groups chunks up to `batch_size` images
 (a fixed number of chunks per call) and shares one loaded model per worker process.
 """
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_pipeline import model_store
 
 
 class KerasChunkModelHandler(ModelHandler):
-    """Examples: float32 arrays (n, H, W, 1). Predictions: float32 arrays (n,)."""
+    """Examples: float32 arrays (n, H, W, 1). Predictions: PredictionResult(chunk, probs[n])."""
 
     def __init__(self, model_uri, batch_size=64, chunks_per_batch=1):
         # A fixed count of chunks per batch. (Weighting BatchElements by images per
@@ -33,7 +33,7 @@ class KerasChunkModelHandler(ModelHandler):
         probs = np.concatenate([
             np.asarray(model.predict_on_batch(x[i:i + self._batch_size]), np.float32).reshape(-1)
             for i in range(0, len(x), self._batch_size)]) if len(x) else np.zeros(0, np.float32)
-        return np.split(probs, np.cumsum(sizes)[:-1])
+        return [PredictionResult(chunk, p) for chunk, p in zip(batch, np.split(probs, np.cumsum(sizes)[:-1]))]
 
     def get_num_bytes(self, batch):
         return int(sum(chunk.nbytes for chunk in batch))

@@ -1,4 +1,6 @@
 """The scoring job's own flags; every other flag is a standard Beam option."""
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import archives, model_store
@@ -30,5 +32,10 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--manifest", default=None,
                             help="JSON manifest (local or gs://) of inputs already scored; with it, only "
                                  "new or changed inputs are scored and the manifest is updated on success")
+        parser.add_argument("--heatmaps", action=argparse.BooleanOptionalAction, default=True,
+                            help="write a Grad-CAM overlay PNG under <output>/heatmaps/ for each flagged image")
+        parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                            help="write <output>/report.html after the run (rebuild any time with "
+                                 "python -m beam_pipeline.report <output>)")
         parser.add_argument("--num-shards", dest="num_shards", type=int, default=0,
                             help="Parquet output shards (0 = runner decides)")

@@ -56,7 +56,9 @@ def _check_output_writable(output):
 
 def _clear_previous_output(output):
     """A rerun replaces its own results instead of mixing shards of two runs."""
-    old = [m.path for m in FileSystems.match([f"{output.rstrip('/')}/images-*.parquet"])[0].metadata_list]
+    prefix = output.rstrip("/")
+    old = [m.path for r in FileSystems.match([f"{prefix}/images-*.parquet", f"{prefix}/studies-*.parquet",
+                                              f"{prefix}/heatmaps/*.png"]) for m in r.metadata_list]
     summary = f"{output.rstrip('/')}/_SUMMARY.json"
     if FileSystems.exists(summary):
         old.append(summary)
@@ -77,7 +79,9 @@ def build(pipeline, opts, metadata, started_at):
     info = _model_info(metadata)
     chunks = pipeline | "ExpandArchives" >> ExpandInputs(opts.input, limits)
     decoded = chunks | "DecodeImages" >> DecodeImages(run_id, metadata["input_spec"], info)
-    scored = decoded.images | "ScoreImages" >> ScoreImages(opts.model, threshold, opts.batch_size, opts.chunk_size)
+    scored = decoded.images | "ScoreImages" >> ScoreImages(
+        opts.model, threshold, opts.batch_size, opts.chunk_size,
+        heatmap_output=opts.output if opts.heatmaps else None)
     rows = (scored, decoded[ROWS_TAG]) | "AllRows" >> beam.Flatten()
     return rows | "WriteResults" >> WriteResults(opts.output, run_id, started_at, info, opts.num_shards)
 
@@ -134,7 +138,7 @@ class _NothingToDo:
 def _write_empty_summary(opts, metadata):
     summary = {"run_id": opts.run_id, "rows": 0, "by_status": {}, "by_error_code": {}, "flagged": 0,
                "sources": 0, "model": _model_info(metadata), "elapsed_seconds": 0.0,
-               "images_per_second": 0.0, "output_files": []}
+               "images_per_second": 0.0, "output_files": [], "study_files": []}
     with FileSystems.create(f"{opts.output.rstrip('/')}/_SUMMARY.json",
                             compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())

@@ -35,10 +35,31 @@ IMAGE_SCHEMA = pa.schema([
     ("model_name", pa.string()),
     ("model_version", pa.string()),
     ("model_sha256", pa.string()),
+    ("heatmap_path", pa.string()),        # Grad-CAM overlay PNG for flagged images, else null
     ("scored_at", pa.timestamp("us", tz="UTC")),
 ])
 
 COLUMNS = IMAGE_SCHEMA.names
+
+# One row per DICOM study+series; non-DICOM images are grouped by archive and folder.
+STUDY_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("study_key", pa.string()),           # study/series UIDs, or source_uri!folder for non-DICOM
+    ("study_instance_uid", pa.string()),
+    ("series_instance_uid", pa.string()),
+    ("source_uri", pa.string()),          # an input holding the group's images (the first seen)
+    ("folder", pa.string()),              # member folder for non-DICOM groups, else null
+    ("modality", pa.string()),
+    ("n_images", pa.int64()),             # ok (scored) images
+    ("n_flagged", pa.int64()),
+    ("max_probability", pa.float32()),
+    ("mean_probability", pa.float32()),
+    ("flagged", pa.bool_()),              # any image at or above threshold
+    ("top_members", pa.list_(pa.string())),  # member paths of the highest-probability images
+    ("threshold", pa.float32()),
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+])
 
 
 def empty_row(**fields):

@@ -2,8 +2,9 @@
 
   ExpandInputs   glob patterns -> Chunk (member references), reshuffled
   DecodeImages   Chunk -> keyed image batches (main) + finished rows ('rows')
-  ScoreImages    keyed image batches -> scored rows (RunInference)
-  WriteResults   rows -> Parquet + _SUMMARY.json
+  ScoreImages    keyed image batches -> scored rows (RunInference); Grad-CAM
+                 heatmaps for the flagged subset only
+  WriteResults   rows -> image + study Parquet tables and _SUMMARY.json
 
 Elements are chunks of members, not single images: on this machine one Beam
 element costs more than scoring one image, so per-element work is amortised.
@@ -19,12 +20,15 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.utils import shared
 
-from beam_pipeline import archives, decoding, error_codes, schema
+from beam_pipeline import archives, decoding, error_codes, gradcam, model_store, schema
 from beam_pipeline.inference import KerasChunkModelHandler
+from beam_pipeline.studies import AggregateStudies
 from trainer import preprocessing
 
 ROWS_TAG = "rows"
+FLAGGED_TAG = "flagged"
 
 
 class _ListChunks(beam.DoFn):
@@ -124,40 +128,91 @@ class DecodeImages(beam.PTransform):
 
 
 class _ToRows(beam.DoFn):
-    """(row templates, probabilities) -> one scored row per image."""
+    """(row templates, PredictionResult) -> one scored row per image.
 
-    def __init__(self, threshold):
+    Flagged rows go to FLAGGED_TAG with their model input when heatmaps are on.
+    """
+
+    def __init__(self, threshold, heatmaps):
         self._threshold = threshold
+        self._heatmaps = heatmaps
         self._ok = Metrics.counter("BrainScreening", "images_ok")
         self._flagged = Metrics.counter("BrainScreening", "images_flagged")
 
     def process(self, keyed):
-        templates, probs = keyed
+        templates, result = keyed
         scored_at = schema.now()
-        for row, p in zip(templates, probs):
+        for row, x, p in zip(templates, result.example, result.inference):
             p = float(p)
             flagged = p >= self._threshold
             self._ok.inc()
-            if flagged:
-                self._flagged.inc()
-            yield {**row, "status": schema.STATUS_OK, "tumor_probability": p,
+            row = {**row, "status": schema.STATUS_OK, "tumor_probability": p,
                    "predicted_label": "tumor" if flagged else "no_tumor",
                    "threshold": float(self._threshold), "scored_at": scored_at}
+            if flagged:
+                self._flagged.inc()
+                if self._heatmaps:
+                    yield beam.pvalue.TaggedOutput(FLAGGED_TAG, (row, x))
+                    continue
+            yield row
+
+
+class _Explainer:
+    """Per-process holder of the model and its Grad-CAM function (shared by threads)."""
+
+    def __init__(self, explain):
+        self.explain = explain
+
+
+class _AddHeatmap(beam.DoFn):
+    """(flagged row, model input) -> row with heatmap_path; writes the overlay PNG."""
+
+    def __init__(self, model_uri, output):
+        self._model_uri = model_uri
+        self._dir = output.rstrip("/") + "/heatmaps"
+        self._shared = shared.Shared()
+
+    def setup(self):
+        def load():
+            model, _ = model_store.load(self._model_uri)
+            return _Explainer(gradcam.make_explainer(model))
+        self._explainer = self._shared.acquire(load)
+
+    def process(self, element):
+        row, x = element
+        heat = self._explainer.explain(x[None])[0]
+        name = f"{row['content_sha256'][:20]}_{row['frame_index']}.png"
+        path = f"{self._dir}/{name}"
+        with FileSystems.create(path, mime_type="image/png",
+                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(gradcam.overlay_png(x, heat, row["tumor_probability"]))
+        yield {**row, "heatmap_path": path}
 
 
 class ScoreImages(beam.PTransform):
-    """(row templates, image batch) -> scored rows, via RunInference."""
+    """(row templates, image batch) -> scored rows, via RunInference.
 
-    def __init__(self, model_uri, threshold, batch_size, chunk_size):
+    With `heatmap_output`, flagged images (and only they) get a Grad-CAM overlay.
+    """
+
+    def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmap_output=None):
         super().__init__()
+        self._model_uri = model_uri
         self._handler = KeyedModelHandler(KerasChunkModelHandler(
             model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1))))
         self._threshold = threshold
+        self._heatmap_output = heatmap_output
 
     def expand(self, batches):
-        return (batches
-                | "RunInference" >> RunInference(self._handler)
-                | "ToRows" >> beam.ParDo(_ToRows(self._threshold)))
+        scored = (batches
+                  | "RunInference" >> RunInference(self._handler)
+                  | "ToRows" >> beam.ParDo(_ToRows(self._threshold, bool(self._heatmap_output)))
+                  .with_outputs(FLAGGED_TAG, main="rows"))
+        if not self._heatmap_output:
+            return scored.rows
+        explained = scored[FLAGGED_TAG] | "GradCam" >> beam.ParDo(
+            _AddHeatmap(self._model_uri, self._heatmap_output))
+        return (scored.rows, explained) | "MergeScored" >> beam.Flatten()
 
 
 class _SummaryFn(beam.CombineFn):
@@ -192,9 +247,10 @@ class _WriteSummary(beam.DoFn):
     def __init__(self, output, run_id, started_at, model_info):
         self._output, self._run_id, self._started, self._model = output, run_id, started_at, model_info
 
-    def process(self, summary, images_files):
+    def process(self, summary, images_files, study_files):
         elapsed = time.time() - self._started
         summary = {"run_id": self._run_id, **summary, "model": self._model,
+                   "study_files": sorted(study_files),
                    "elapsed_seconds": round(elapsed, 2),
                    "images_per_second": round(summary["by_status"].get("ok", 0) / max(elapsed, 1e-9), 2),
                    "output_files": sorted(images_files)}
@@ -205,7 +261,7 @@ class _WriteSummary(beam.DoFn):
 
 
 class WriteResults(beam.PTransform):
-    """Rows -> <output>/images-*.parquet and <output>/_SUMMARY.json."""
+    """Rows -> <output>/images-*.parquet, <output>/studies-*.parquet, <output>/_SUMMARY.json."""
 
     def __init__(self, output, run_id, started_at, model_info, num_shards=0):
         super().__init__()
@@ -217,7 +273,12 @@ class WriteResults(beam.PTransform):
         written = rows | "WriteParquet" >> beam.io.WriteToParquet(
             self._output + "/images", schema=schema.IMAGE_SCHEMA, file_name_suffix=".parquet",
             num_shards=self._num_shards, codec="snappy")
+        studies = (rows
+                   | "AggregateStudies" >> AggregateStudies()
+                   | "WriteStudies" >> beam.io.WriteToParquet(
+                       self._output + "/studies", schema=schema.STUDY_SCHEMA, file_name_suffix=".parquet",
+                       num_shards=self._num_shards, codec="snappy"))
         summary = rows | "Summarise" >> beam.CombineGlobally(_SummaryFn())
         return summary | "WriteSummary" >> beam.ParDo(
             _WriteSummary(self._output, self._run_id, self._started, self._model_info),
-            images_files=beam.pvalue.AsList(written))
+            images_files=beam.pvalue.AsList(written), study_files=beam.pvalue.AsList(studies))

@@ -14,6 +14,7 @@ import pytest
 
 from beam_pipeline import decoding, inference, run
 from tests import synth, tiny_model
+from tests.rows import stable
 
 
 @pytest.fixture()
@@ -31,7 +32,7 @@ def _run(root, model_dir, name):
     run.run(["--input", str(root / "*.zip"), "--output", out, "--model", model_dir, "--run-id", "r",
              "--chunk-size", "5", "--runner", "BundleBasedDirectRunner"])
     rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
-    return sorted(tuple(sorted((k, v) for k, v in r.items() if k != "scored_at")) for r in rows)
+    return stable(rows)
 
 
 def _fail_first_call(monkeypatch, owner, name, seen):

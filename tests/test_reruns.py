@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from beam_pipeline import run
 from tests import synth, tiny_model
+from tests.rows import stable
 
 
 def _zip(path, seeds):
@@ -21,10 +22,6 @@ def _rows(out):
     return pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
 
 
-def _stable(rows):
-    return sorted(tuple(sorted((k, v) for k, v in r.items() if k != "scored_at")) for r in rows)
-
-
 def test_rerun_with_same_run_id_replaces_output(tmp_path):
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     _zip(tmp_path / "a.zip", range(5))
@@ -35,7 +32,7 @@ def test_rerun_with_same_run_id_replaces_output(tmp_path):
     run.run(argv + ["--num-shards", "2"])  # a different shard count must not leave old shards behind
     second = _rows(str(tmp_path / "out"))
     assert len(first) == len(second) == 5
-    assert _stable(first) == _stable(second)
+    assert stable(first) == stable(second)
 
 
 def test_manifest_scores_only_new_or_changed_archives(tmp_path):
