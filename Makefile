@@ -9,7 +9,7 @@ EPOCHS ?= 40
 SEED ?= 42
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo train bench clean
+.PHONY: venv browser test demo train bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ $(STAMP): setup.py
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# Debian's chromium renders the HTML report in the browser test (needs root or sudo once).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)

@@ -18,11 +18,11 @@ def last_conv_layer(model):
     return convs[-1]
 
 
-def make_explainer(model):
+def make_explainer(model, layer_name=None):
     """A callable x[n, H, W, 1] -> heatmaps[n, H, W] in [0, 1] for `model`."""
     import keras
     import tensorflow as tf
-    conv = last_conv_layer(model)
+    conv = model.get_layer(layer_name) if layer_name else last_conv_layer(model)
     grad_model = keras.Model(model.inputs, [conv.output, model.output])
 
     @tf.function(reduce_retracing=True)

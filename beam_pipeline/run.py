@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_pipeline import archives, manifest, model_store
+from beam_pipeline import archives, manifest, model_store, report
 from beam_pipeline.options import ScreeningOptions
 from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
 from trainer import artifact
@@ -59,9 +59,7 @@ def _clear_previous_output(output):
     prefix = output.rstrip("/")
     old = [m.path for r in FileSystems.match([f"{prefix}/images-*.parquet", f"{prefix}/studies-*.parquet",
                                               f"{prefix}/heatmaps/*.png"]) for m in r.metadata_list]
-    summary = f"{output.rstrip('/')}/_SUMMARY.json"
-    if FileSystems.exists(summary):
-        old.append(summary)
+    old += [p for p in (f"{prefix}/_SUMMARY.json", f"{prefix}/report.html") if FileSystems.exists(p)]
     if old:
         FileSystems.delete(old)
 
@@ -83,7 +81,7 @@ def build(pipeline, opts, metadata, started_at):
         opts.model, threshold, opts.batch_size, opts.chunk_size,
         heatmap_output=opts.output if opts.heatmaps else None)
     rows = (scored, decoded[ROWS_TAG]) | "AllRows" >> beam.Flatten()
-    return rows | "WriteResults" >> WriteResults(opts.output, run_id, started_at, info, opts.num_shards)
+    return rows | "WriteResults" >> WriteResults(opts.output, run_id, started_at, info, opts.model, opts.num_shards)
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
@@ -113,12 +111,16 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     started_at = time.time()
     if not todo:
         _write_empty_summary(opts, metadata)
+        if opts.report:
+            report.write_report(opts.output)
         return _NothingToDo(opts.output)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build(pipeline, opts, metadata, started_at)
     result = pipeline.run()
     if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
         result.wait_until_finish()
+        if opts.report:
+            report.write_report(opts.output)
         if opts.manifest:
             manifest.save(opts.manifest, {**known, **{m.path: manifest.fingerprint(m) for m in todo}})
     result.output = opts.output
@@ -138,7 +140,7 @@ class _NothingToDo:
 def _write_empty_summary(opts, metadata):
     summary = {"run_id": opts.run_id, "rows": 0, "by_status": {}, "by_error_code": {}, "flagged": 0,
                "sources": 0, "model": _model_info(metadata), "elapsed_seconds": 0.0,
-               "images_per_second": 0.0, "output_files": [], "study_files": []}
+               "images_per_second": 0.0, "output_files": [], "study_files": [], "model_uri": opts.model}
     with FileSystems.create(f"{opts.output.rstrip('/')}/_SUMMARY.json",
                             compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())

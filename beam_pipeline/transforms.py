@@ -244,12 +244,13 @@ class _SummaryFn(beam.CombineFn):
 
 
 class _WriteSummary(beam.DoFn):
-    def __init__(self, output, run_id, started_at, model_info):
+    def __init__(self, output, run_id, started_at, model_info, model_uri):
         self._output, self._run_id, self._started, self._model = output, run_id, started_at, model_info
+        self._model_uri = model_uri
 
     def process(self, summary, images_files, study_files):
         elapsed = time.time() - self._started
-        summary = {"run_id": self._run_id, **summary, "model": self._model,
+        summary = {"run_id": self._run_id, **summary, "model": self._model, "model_uri": self._model_uri,
                    "study_files": sorted(study_files),
                    "elapsed_seconds": round(elapsed, 2),
                    "images_per_second": round(summary["by_status"].get("ok", 0) / max(elapsed, 1e-9), 2),
@@ -263,8 +264,9 @@ class _WriteSummary(beam.DoFn):
 class WriteResults(beam.PTransform):
     """Rows -> <output>/images-*.parquet, <output>/studies-*.parquet, <output>/_SUMMARY.json."""
 
-    def __init__(self, output, run_id, started_at, model_info, num_shards=0):
+    def __init__(self, output, run_id, started_at, model_info, model_uri, num_shards=0):
         super().__init__()
+        self._model_uri = model_uri
         self._output = output.rstrip("/")
         self._run_id, self._started, self._model_info = run_id, started_at, model_info
         self._num_shards = num_shards
@@ -280,5 +282,5 @@ class WriteResults(beam.PTransform):
                        num_shards=self._num_shards, codec="snappy"))
         summary = rows | "Summarise" >> beam.CombineGlobally(_SummaryFn())
         return summary | "WriteSummary" >> beam.ParDo(
-            _WriteSummary(self._output, self._run_id, self._started, self._model_info),
+            _WriteSummary(self._output, self._run_id, self._started, self._model_info, self._model_uri),
             images_files=beam.pvalue.AsList(written), study_files=beam.pvalue.AsList(studies))

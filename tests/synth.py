@@ -8,8 +8,12 @@ import numpy as np
 from PIL import Image
 
 
-def brain_slice(seed, size=96, lesion=False, quadrant=None):
-    """uint8 grayscale slice: an elliptic head with texture, and a lesion if asked."""
+def brain_slice(seed, size=96, lesion=False, quadrant=None, radius=None, rim=False):
+    """uint8 grayscale slice: an elliptic head with texture, and a lesion if asked.
+
+    `rim` adds a bright skull rim, so per-image intensity normalisation is set by
+    the rim in every image and a lesion is only visible locally.
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     cy, cx = 0.5 + rng.uniform(-0.05, 0.05, 2)
@@ -17,13 +21,16 @@ def brain_slice(seed, size=96, lesion=False, quadrant=None):
     head = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
     img = np.where(head, 90 + 40 * np.sin(xx * rng.uniform(8, 20)) * np.cos(yy * rng.uniform(8, 20)), 0)
     img = img + rng.normal(0, 6, img.shape) * head
+    if rim:
+        r2 = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
+        img = np.where(head & (r2 > 0.8), 250, img)
     if lesion:
         if quadrant is None:
             ly, lx = cy + rng.uniform(-0.15, 0.15), cx + rng.uniform(-0.15, 0.15)
         else:
             ly = cy + (-0.17 if quadrant in ("tl", "tr") else 0.17)
             lx = cx + (-0.17 if quadrant in ("tl", "bl") else 0.17)
-        r = rng.uniform(0.07, 0.1)
+        r = radius or rng.uniform(0.07, 0.1)
         img = np.where(((yy - ly) ** 2 + (xx - lx) ** 2) <= r * r, 245, img)
     return np.clip(img, 0, 255).astype(np.uint8)
 

@@ -1,0 +1,173 @@
+"""Self-contained HTML run report, built from a run's outputs alone.
+
+  python -m beam_pipeline.report <output-prefix>
+
+Reads _SUMMARY.json, the image and study Parquet tables, the heatmap PNGs
+and the model's metadata, and writes <output>/report.html with every image
+inlined (data: URIs): it opens offline, from a bucket download or an e-mail.
+"""
+import base64
+import glob
+import html
+import io
+import json
+import os
+import sys
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline import model_store
+
+MAX_FLAGGED_STUDIES = 50
+MAX_ERRORS = 200
+
+
+def _read(path):
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def _table(pattern):
+    paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    if not paths:
+        return []
+    return [row for p in sorted(paths) for row in pq.read_table(io.BytesIO(_read(p))).to_pylist()]
+
+
+def _data_uri(png):
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _histogram_png(probs, threshold):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.hist(probs, bins=40, range=(0, 1), color="#4c72b0")
+    ax.axvline(threshold, color="#c44e52", lw=2, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("tumor probability")
+    ax.set_ylabel("images")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _model_metadata(summary):
+    uri = summary.get("model_uri") or model_store.DEFAULT_MODEL
+    try:
+        return model_store.metadata(uri)
+    except Exception:
+        return None
+
+
+def _esc(v):
+    return html.escape("" if v is None else str(v))
+
+
+def render(output):
+    prefix = output.rstrip("/")
+    summary = json.loads(_read(prefix + "/_SUMMARY.json"))
+    images = _table(prefix + "/images-*.parquet")
+    studies = _table(prefix + "/studies-*.parquet")
+    ok = [r for r in images if r["status"] == "ok"]
+    threshold = ok[0]["threshold"] if ok else float("nan")
+    by_study = {}
+    from beam_pipeline.studies import study_key
+    for r in ok:
+        by_study.setdefault(study_key(r), []).append(r)
+    flagged = sorted((s for s in studies if s["flagged"]), key=lambda s: -s["max_probability"])
+    md = _model_metadata(summary)
+    parts = [f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>Brain-MRI screening run {_esc(summary['run_id'])}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}}
+table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}}
+.notice{{background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px}}
+.study{{border:1px solid #bbb;margin:12px 0;padding:8px}} .study img{{margin:4px;border:1px solid #999}}
+.prob{{font-weight:bold;color:#c44e52}}
+</style></head><body>
+<h1>Brain-MRI screening run <code>{_esc(summary['run_id'])}</code></h1>
+<p class="notice"><b>Screening aid, not a diagnostic device.</b> Scores prioritise studies for a radiologist;
+every study still needs a radiologist's read.</p>
+<h2>Summary</h2><table id="summary">
+<tr><th>rows (images)</th><td>{summary['rows']}</td></tr>
+<tr><th>by status</th><td>{_esc(json.dumps(summary['by_status']))}</td></tr>
+<tr><th>flagged images</th><td>{summary['flagged']}</td></tr>
+<tr><th>flagged studies / series</th><td>{len(flagged)} of {len(studies)}</td></tr>
+<tr><th>throughput</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>
+<tr><th>inputs</th><td>{summary['sources']}</td></tr>
+</table>"""]
+    if ok:
+        parts.append(f'<h2>Probabilities</h2><img id="histogram" alt="histogram of tumor probabilities" '
+                     f'src="{_data_uri(_histogram_png([r["tumor_probability"] for r in ok], threshold))}">')
+    parts.append(f'<h2>Flagged studies ({len(flagged)})</h2><div id="flagged">')
+    for s in flagged[:MAX_FLAGGED_STUDIES]:
+        title = (f"Study {s['study_instance_uid']} / series {s['series_instance_uid']}" if s["study_instance_uid"]
+                 else f"{os.path.basename(s['source_uri'] or '')} : {s['folder'] or '/'}")
+        parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
+                     f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
+                     f'{s["n_flagged"]} of {s["n_images"]} images flagged; modality {_esc(s["modality"] or "-")}</p>')
+        top = sorted((r for r in by_study.get(s["study_key"], []) if r["heatmap_path"]),
+                     key=lambda r: -r["tumor_probability"])[:4]
+        for r in top:
+            try:
+                src = _data_uri(_read(r["heatmap_path"]))
+            except Exception:
+                continue
+            parts.append(f'<figure style="display:inline-block"><img class="heatmap" src="{src}" '
+                         f'alt="input and Grad-CAM overlay of {_esc(r["member_path"])}" width="256">'
+                         f'<figcaption>{_esc(r["member_path"] or os.path.basename(r["source_uri"]))} '
+                         f'p={r["tumor_probability"]:.3f}</figcaption></figure>')
+        parts.append("</div>")
+    parts.append("</div>")
+    errors = [r for r in images if r["status"] != "ok"]
+    parts.append(f'<h2>Errors and skipped inputs ({len(errors)})</h2><table id="errors">'
+                 "<tr><th>status</th><th>code</th><th>input</th><th>member</th><th>message</th></tr>")
+    for r in errors[:MAX_ERRORS]:
+        parts.append(f"<tr><td>{_esc(r['status'])}</td><td>{_esc(r['error_code'])}</td>"
+                     f"<td>{_esc(os.path.basename(r['source_uri']))}</td><td>{_esc(r['member_path'])}</td>"
+                     f"<td>{_esc((r['error_message'] or '')[:200])}</td></tr>")
+    parts.append("</table>")
+    parts.append('<h2>Model</h2><table id="model">')
+    m = summary["model"]
+    parts.append(f"<tr><th>name / version</th><td>{_esc(m['model_name'])} v{_esc(m['model_version'])}</td></tr>"
+                 f"<tr><th>sha256</th><td><code>{_esc(m['model_sha256'])}</code></td></tr>")
+    if md and md.get("validation_metrics"):
+        v = md["validation_metrics"]
+        parts.append(f"<tr><th>validation</th><td>AUC {v['roc_auc']:.4f}; sensitivity {v['sensitivity']:.3f}, "
+                     f"specificity {v['specificity']:.3f} at threshold {md['threshold']:.4f} (n={v['n']})</td></tr>")
+    parts.append("<tr><th>intended use</th><td>Screening aid that prioritises brain-MRI studies for a "
+                 "radiologist. Research model; <b>not a diagnostic device</b>.</td></tr></table>")
+    parts.append("""<script>
+window.addEventListener('load', function () {
+  var imgs = Array.from(document.images);
+  document.body.dataset.imagesTotal = imgs.length;
+  document.body.dataset.imagesLoaded = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+});
+</script></body></html>""")
+    return "\n".join(parts)
+
+
+def write_report(output):
+    path = output.rstrip("/") + "/report.html"
+    with FileSystems.create(path, mime_type="text/html", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(render(output).encode())
+    return path
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m beam_pipeline.report <output-prefix>", file=sys.stderr)
+        return 2
+    print(write_report(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

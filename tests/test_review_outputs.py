@@ -1,0 +1,100 @@
+"""Review outputs: the study/series table, heatmaps for flagged images only, and
+the HTML report rendered in headless Chromium."""
+import glob
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from beam_pipeline import report, run, sample_data
+from tests import tiny_model
+
+
+@pytest.fixture(scope="module")
+def review_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review")
+    sample = sample_data.write_sample_archives(str(root / "in"), n_images=24)
+    model_dir = tiny_model.write_tiny_artifact(root)
+    probe = str(root / "probe")
+    run.run(["--input", str(root / "in" / "*"), "--output", probe, "--model", model_dir, "--no-heatmaps",
+             "--no-report"])
+    probs = [r["tumor_probability"] for r in pq.read_table(glob.glob(probe + "/images-*.parquet")).to_pylist()
+             if r["status"] == "ok"]
+    threshold = float(np.percentile(probs, 70))  # flag roughly the top 30%
+    out = str(root / "out")
+    run.run(["--input", str(root / "in" / "*"), "--output", out, "--model", model_dir,
+             "--threshold", repr(threshold), "--run-id", "review"])
+    images = pq.read_table(glob.glob(out + "/images-*.parquet")).to_pylist()
+    studies = pq.read_table(glob.glob(out + "/studies-*.parquet")).to_pylist()
+    return out, images, studies, threshold, sample
+
+
+def test_study_table_aggregates_series_and_folders(review_run):
+    _, images, studies, threshold, _ = review_run
+    ok = [r for r in images if r["status"] == "ok"]
+    dicom = [s for s in studies if s["study_instance_uid"]]
+    assert len(dicom) == 2  # two generated DICOM studies, one series each
+    for s in dicom:
+        members = [r for r in ok if r["study_instance_uid"] == s["study_instance_uid"]]
+        assert s["n_images"] == len(members) == 6
+        assert s["modality"] == "MR"
+        assert s["max_probability"] == pytest.approx(max(r["tumor_probability"] for r in members))
+        assert s["n_flagged"] == sum(r["tumor_probability"] >= threshold for r in members)
+        assert s["flagged"] == (s["n_flagged"] > 0)
+        best = max(members, key=lambda r: r["tumor_probability"])
+        assert s["top_members"][0] == best["member_path"]
+    folders = {s["folder"] for s in studies if not s["study_instance_uid"]}
+    assert folders == {"patient_00", "patient_01"}
+    assert sum(s["n_images"] for s in studies) == len(ok)
+
+
+def test_heatmaps_for_flagged_images_only(review_run):
+    _, images, _, threshold, _ = review_run
+    ok = [r for r in images if r["status"] == "ok"]
+    flagged = [r for r in ok if r["tumor_probability"] >= threshold]
+    assert flagged and len(flagged) < len(ok)
+    for r in ok:
+        if r in flagged:
+            assert r["heatmap_path"] and open(r["heatmap_path"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert r["heatmap_path"] is None
+
+
+def test_report_rebuilds_from_outputs(review_run):
+    out = review_run[0]
+    before = open(os.path.join(out, "report.html")).read()
+    assert report.main([out]) == 0
+    after = open(os.path.join(out, "report.html")).read()
+    strip = lambda s: re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", s)  # noqa: E731
+    assert strip(before) == strip(after)
+    assert "http://" not in strip(after) and "https://" not in strip(after)  # self-contained
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=5000"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's chromium)")
+def test_report_renders_in_headless_chromium(review_run, tmp_path):
+    out, _, studies, _, _ = review_run
+    url = "file://" + os.path.abspath(os.path.join(out, "report.html"))
+    common = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(common + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    n_flagged = sum(s["flagged"] for s in studies)
+    assert n_flagged > 0
+    assert len(re.findall(r'<div class="study"', dom)) == n_flagged
+    total = int(re.search(r'data-images-total="(\d+)"', dom).group(1))
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
+    assert total >= 2 and loaded == total  # histogram + heatmaps all decoded by the browser
+    assert "not a diagnostic device" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(common + ["--window-size=1200,1800", f"--screenshot={shot}", url],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    shutil.copy(shot, os.path.join(out, "report_screenshot.png"))
