@@ -4,6 +4,7 @@
 #   docker build --target worker   -t $REPO/brain-screening-worker:0.1.0 .
 #   docker build --target worker-gpu -t $REPO/brain-screening-worker-gpu:0.1.0 .
 #   docker build --target launcher -t $REPO/brain-screening-launcher:0.1.0 .
+#   docker build --target trainer  -t $REPO/brain-screening-trainer:0.1.0 .
 #
 # PYTHON_VERSION and BEAM_VERSION must match setup.py (tests/test_packaging.py checks).
 ARG PYTHON_VERSION=3.11
@@ -53,3 +54,12 @@ COPY --from=template-base /opt/google/dataflow/python_template_launcher /opt/goo
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/brain-screening/beam_pipeline/run.py \
     FLEX_TEMPLATE_PYTHON_SETUP_FILE=/opt/brain-screening/setup.py \
     BRAIN_SCREENING_NO_WAIT=1
+
+# ---- Trainer (Vertex AI custom job or a multi-GPU VM): MirroredStrategy over all GPUs
+FROM tensorflow/tensorflow:2.21.0-gpu AS trainer
+WORKDIR /opt/brain-screening
+COPY setup.py README.md ./
+COPY trainer ./trainer
+COPY beam_pipeline ./beam_pipeline
+RUN pip install --no-cache-dir .
+ENTRYPOINT ["python", "-m", "trainer.task"]

@@ -12,6 +12,17 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from beam_pipeline import model_store
 
 
+def _gpu_memory_growth():
+    """Dataflow starts one SDK process per vCPU and all of them see the GPU; without
+    memory growth the first process's TensorFlow reserves all GPU memory."""
+    import tensorflow as tf
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process
+            pass
+
+
 class KerasChunkModelHandler(ModelHandler):
     """Examples: float32 arrays (n, H, W, 1). Predictions: PredictionResult(chunk, probs[n])."""
 
@@ -24,6 +35,7 @@ class KerasChunkModelHandler(ModelHandler):
         self._batch_size = batch_size
 
     def load_model(self):
+        _gpu_memory_growth()
         model, _ = model_store.load(self._model_uri)
         return model
 
