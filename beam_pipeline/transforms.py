@@ -22,10 +22,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.utils import shared
 
-from beam_pipeline import archives, decoding, error_codes, gradcam, model_store, schema
+from beam_pipeline import archives, decoding, error_codes, model_store, schema
 from beam_pipeline.inference import KerasChunkModelHandler
 from beam_pipeline.studies import AggregateStudies
-from trainer import preprocessing
+from trainer import gradcam, preprocessing
 
 ROWS_TAG = "rows"
 FLAGGED_TAG = "flagged"

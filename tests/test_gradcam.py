@@ -3,7 +3,7 @@ in generated slices must put its heatmap mass in the lesion's quadrant."""
 import numpy as np
 import pytest
 
-from beam_pipeline import gradcam
+from trainer import gradcam
 from tests import synth
 from trainer import preprocessing
 
