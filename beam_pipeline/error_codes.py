@@ -24,8 +24,6 @@ CODES = {
     "archive_corrupt": (STATUS_ERROR, "the archive's index cannot be read; one row for the whole archive"),
     "archive_truncated": (STATUS_ERROR, "the archive ends early; members before the cut are scored, this row marks the cut"),
     "input_unreadable": (STATUS_ERROR, "the input file could not be opened or read"),
-    # scoring
-    "inference_error": (STATUS_ERROR, "the model failed on this image's batch"),
 }
 
 
