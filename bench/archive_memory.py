@@ -62,6 +62,7 @@ def main():
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-archive-"))
     args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
     blobs, _ = common.image_bytes(min(args.members, 2000))
     cases = []
     big = os.path.join(args.work, "big.zip")

@@ -18,14 +18,16 @@ from bench.scoring import pipeline_run, startup_seconds  # noqa: E402
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=int, default=250)
-    parser.add_argument("--model", default=os.path.join(common.REPO, "models", "brain-tumor-cnn", "1"))
+    parser.add_argument("--model", default=os.path.join(common.REPO, "models", "brain-tumor-cnn", "2"))
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-scaling-"))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mode", default="multi_threading", help="DirectRunner running mode with --workers > 1")
     args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
     blobs, source = common.image_bytes(16 * args.base)
     startup = startup_seconds(args.model)
     extra = ["--direct_num_workers", str(args.workers), "--direct_running_mode",
-             "multi_processing" if args.workers > 1 else "in_memory"]
+             args.mode if args.workers > 1 else "in_memory"]
     rows, base_time = [], None
     for factor in (1, 4, 16):
         n = factor * args.base
@@ -37,7 +39,7 @@ def main():
         rows.append({"factor": factor, "images": n, "wall_s": wall, "minus_startup_s": work,
                      "images_per_s": n / work, "time_ratio_vs_1x": work / base_time})
     common.report("scaling", rows, {"source": source, "startup_seconds": round(startup, 2),
-                                    "workers": args.workers,
+                                    "workers": args.workers, "mode": args.mode,
                                     "linear": rows[-1]["time_ratio_vs_1x"] <= 17.0})
 
 

@@ -6,7 +6,7 @@ Packs N images (half into a zip, half into a tar.gz), then times
   limit      one process: read members, decode + preprocess (the same functions
              the pipeline calls), model.predict_on_batch at --batch-size;
   pipeline   `python -m beam_pipeline.run` in a fresh process on DirectRunner
-             (1 worker in_memory; 2 workers multi_processing), wall time
+             (1 worker in_memory; 2 workers multi_threading and multi_processing), wall time
              including start-up, plus the start-up alone (imports + model load).
 Ratio = pipeline images/s / limit images/s, all measured in this one run.
 """
@@ -54,6 +54,8 @@ def startup_seconds(model_dir):
 def pipeline_run(inputs, out, model_dir, batch_size, chunk_size, extra):
     cmd = [sys.executable, "-m", "beam_pipeline.run", "--output", out, "--model", model_dir,
            "--batch-size", str(batch_size), "--chunk-size", str(chunk_size), "--run-id", "bench", *extra]
+    if "--heatmaps" not in extra:  # the limit loop scores only; review outputs are timed separately
+        cmd += ["--no-heatmaps", "--no-report"]
     for p in inputs:
         cmd += ["--input", p]
     t0 = time.perf_counter()
@@ -64,11 +66,12 @@ def pipeline_run(inputs, out, model_dir, batch_size, chunk_size, extra):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=4000)
-    parser.add_argument("--model", default=os.path.join(common.REPO, "models", "brain-tumor-cnn", "1"))
+    parser.add_argument("--model", default=os.path.join(common.REPO, "models", "brain-tumor-cnn", "2"))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-scoring-"))
     args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
     blobs, source = common.image_bytes(args.n)
     zip_path, tgz_path = os.path.join(args.work, "a.zip"), os.path.join(args.work, "b.tar.gz")
     common.write_zip(zip_path, blobs[: args.n // 2])
@@ -81,6 +84,8 @@ def main():
     rows = [{"stage": "limit: decode+preprocess+predict loop", "images": n, "seconds": secs,
              "images_per_s": limit_ips, "ratio_to_limit": 1.0}]
     for label, extra in [("pipeline DirectRunner 1 worker", ["--direct_num_workers", "1"]),
+                         ("pipeline DirectRunner 2 workers multi_threading",
+                          ["--direct_num_workers", "2", "--direct_running_mode", "multi_threading"]),
                          ("pipeline DirectRunner 2 workers multi_processing",
                           ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])]:
         wall = pipeline_run(inputs, os.path.join(args.work, "out"), args.model, args.batch_size,

@@ -79,6 +79,8 @@ Plots: `roc.png`, `calibration.png`.
 - Validation numbers come from one group split of one public data set.
 
 ## Retrain on local data
-`python -m trainer.task --data-dir <folder with class folders or a CSV> --model-dir models
---epochs {cfg['epochs']} --seed {cfg['seed']}` (see `python -m trainer.task --help`).
+`make train DATA=<folder with class folders, Training/Testing parents, or a CSV index> MODEL_DIR=models`
+or `python -m trainer.task --data-dir <folder> --model-dir models --epochs {cfg['epochs']} --seed {cfg['seed']}
+--target-sensitivity {cfg['target_sensitivity']}` (see `python -m trainer.task --help`). The new artifact gets
+the next version number; point the pipeline at it with `--model <model-dir>/{metadata['name']}/<version>`.
 """
