@@ -119,9 +119,10 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     result = pipeline.run()
     if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
         result.wait_until_finish()
-        if opts.report:
+        finished = FileSystems.exists(f"{opts.output.rstrip('/')}/_SUMMARY.json")  # not for --dry_run
+        if opts.report and finished:
             report.write_report(opts.output)
-        if opts.manifest:
+        if opts.manifest and finished:
             manifest.save(opts.manifest, {**known, **{m.path: manifest.fingerprint(m) for m in todo}})
     result.output = opts.output
     return result

@@ -164,8 +164,11 @@ class _Explainer:
         self.explain = explain
 
 
-class _AddHeatmap(beam.DoFn):
-    """(flagged row, model input) -> row with heatmap_path; writes the overlay PNG."""
+class _AddHeatmaps(beam.DoFn):
+    """Batch of (flagged row, model input) -> rows with heatmap_path; writes overlay PNGs.
+
+    Batched so one Grad-CAM call explains many images (one call per image cost
+    more than the scoring itself)."""
 
     def __init__(self, model_uri, output):
         self._model_uri = model_uri
@@ -178,15 +181,14 @@ class _AddHeatmap(beam.DoFn):
             return _Explainer(gradcam.make_explainer(model))
         self._explainer = self._shared.acquire(load)
 
-    def process(self, element):
-        row, x = element
-        heat = self._explainer.explain(x[None])[0]
-        name = f"{row['content_sha256'][:20]}_{row['frame_index']}.png"
-        path = f"{self._dir}/{name}"
-        with FileSystems.create(path, mime_type="image/png",
-                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write(gradcam.overlay_png(x, heat, row["tumor_probability"]))
-        yield {**row, "heatmap_path": path}
+    def process(self, batch):
+        heats = self._explainer.explain(np.stack([x for _, x in batch]))
+        for (row, x), heat in zip(batch, heats):
+            path = f"{self._dir}/{row['content_sha256'][:20]}_{row['frame_index']}.png"
+            with FileSystems.create(path, mime_type="image/png",
+                                    compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                f.write(gradcam.overlay_png(x, heat, row["tumor_probability"]))
+            yield {**row, "heatmap_path": path}
 
 
 class ScoreImages(beam.PTransform):
@@ -210,8 +212,9 @@ class ScoreImages(beam.PTransform):
                   .with_outputs(FLAGGED_TAG, main="rows"))
         if not self._heatmap_output:
             return scored.rows
-        explained = scored[FLAGGED_TAG] | "GradCam" >> beam.ParDo(
-            _AddHeatmap(self._model_uri, self._heatmap_output))
+        explained = (scored[FLAGGED_TAG]
+                     | "BatchFlagged" >> beam.BatchElements(min_batch_size=16, max_batch_size=64)
+                     | "GradCam" >> beam.ParDo(_AddHeatmaps(self._model_uri, self._heatmap_output)))
         return (scored.rows, explained) | "MergeScored" >> beam.Flatten()
 
 

@@ -61,22 +61,28 @@ def _erase(image, seed, max_side=0.3):
     return tf.where(inside, 0.0, image)
 
 
+def _maybe(apply, fn, image):
+    """fn(image) when `apply`, else image; only the chosen branch is computed."""
+    return tf.cond(apply, fn, lambda: image)
+
+
 def augment(image, seed):
     """One random variant of a [0, 1] (H, W, 1) image; deterministic for `seed`."""
     seeds = tf.random.experimental.stateless_split(seed, 12)
     u = tf.random.stateless_uniform([8], seed=seeds[0])
     image = tf.image.stateless_random_flip_left_right(image, seeds[1])
     image = _rotate_zoom(image, seeds[2])
-    image = tf.where(u[4] < 0.4, _erase(image, seeds[10]), image)
+    image = _maybe(u[4] < 0.4, lambda: _erase(image, seeds[10]), image)
     gamma = tf.exp(tf.random.stateless_uniform([], seeds[3], -0.4, 0.4))
     image = tf.pow(tf.clip_by_value(image, 1e-6, 1.0), gamma)
     gain = tf.random.stateless_uniform([], seeds[4], 0.8, 1.2)
     image = image * gain
-    image = tf.where(u[0] < 0.3, _blur(image), image)
-    image = tf.where(u[1] < 0.3, _resolution(image, seeds[6]), image)
+    image = _maybe(u[0] < 0.3, lambda: _blur(image), image)
+    image = _maybe(u[1] < 0.3, lambda: _resolution(image, seeds[6]), image)
     noise_std = tf.random.stateless_uniform([], seeds[7], 0.0, 0.04)
-    image = tf.where(u[2] < 0.4, image + noise_std * tf.random.stateless_normal(tf.shape(image), seeds[8]), image)
+    image = _maybe(u[2] < 0.4, lambda: image + noise_std * tf.random.stateless_normal(tf.shape(image), seeds[8]),
+                   image)
     image = tf.clip_by_value(image, 0.0, 1.0)
-    jpeg = tf.image.stateless_random_jpeg_quality(image, 30, 95, seeds[9])
-    image = tf.where(u[3] < 0.4, tf.reshape(jpeg, tf.shape(image)), image)
+    image = _maybe(u[3] < 0.4, lambda: tf.reshape(tf.image.stateless_random_jpeg_quality(image, 30, 95, seeds[9]),
+                                                  tf.shape(image)), image)
     return tf.clip_by_value(image, 0.0, 1.0)

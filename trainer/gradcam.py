@@ -56,5 +56,5 @@ def overlay_png(image, heat, probability=None, scale=2):
     if probability is not None:
         ImageDraw.Draw(im).text((4, 4), f"p={probability:.3f}", fill=(255, 255, 0))
     buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
+    im.save(buf, format="PNG")
     return buf.getvalue()
