@@ -63,8 +63,11 @@ def _print_summary(summary, output):
     print(f"Flagged at the model's threshold: {len(flagged)}")
     for r in flagged[:10]:
         print(f"  {r['tumor_probability']:.3f}  {os.path.basename(r['source_uri'])}:{r['member_path']}")
-    print(f"\nParquet: {', '.join(summary['output_files'])}")
-    print(f"Summary: {os.path.join(output, '_SUMMARY.json')}")
+    print(f"\nImage table (Parquet): {', '.join(summary['output_files'])}")
+    print(f"Study table (Parquet): {', '.join(summary.get('study_files', []))}")
+    print(f"Grad-CAM heatmaps:     {os.path.join(output, 'heatmaps')}/ ({len(flagged)} flagged images)")
+    print(f"Run report:            {os.path.join(output, 'report.html')}  <- open in a browser")
+    print(f"Summary:               {os.path.join(output, '_SUMMARY.json')}")
 
 
 if __name__ == "__main__":
