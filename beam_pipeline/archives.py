@@ -11,7 +11,6 @@ own members:
 No step holds a whole archive in memory.
 """
 import dataclasses
-import io
 import os
 import struct
 import tarfile

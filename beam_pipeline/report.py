@@ -7,7 +7,6 @@ and the model's metadata, and writes <output>/report.html with every image
 inlined (data: URIs): it opens offline, from a bucket download or an e-mail.
 """
 import base64
-import glob
 import html
 import io
 import json
@@ -19,6 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import model_store
+from beam_pipeline import summary as run_summary
 
 MAX_FLAGGED_STUDIES = 50
 MAX_ERRORS = 200
@@ -71,7 +71,7 @@ def _esc(v):
 
 def render(output):
     prefix = output.rstrip("/")
-    summary = json.loads(_read(prefix + "/_SUMMARY.json"))
+    summary = run_summary.read(output)
     images = _table(prefix + "/images-*.parquet")
     studies = _table(prefix + "/studies-*.parquet")
     ok = [r for r in images if r["status"] == "ok"]

@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_pipeline import archives, manifest, model_store, report
+from beam_pipeline import archives, manifest, model_store, report, summary
 from beam_pipeline.options import ScreeningOptions
 from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
 from trainer import artifact
@@ -110,7 +110,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         opts.input = [m.path for m in todo]
     started_at = time.time()
     if not todo:
-        _write_empty_summary(opts, metadata)
+        summary.write(opts.output, opts.run_id, summary.EMPTY_COUNTS, _model_info(metadata), opts.model, 0.0)
         if opts.report:
             report.write_report(opts.output)
         return _NothingToDo(opts.output)
@@ -119,7 +119,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     result = pipeline.run()
     if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
         result.wait_until_finish()
-        finished = FileSystems.exists(f"{opts.output.rstrip('/')}/_SUMMARY.json")  # not for --dry_run
+        finished = summary.exists(opts.output)  # not after --dry_run
         if opts.report and finished:
             report.write_report(opts.output)
         if opts.manifest and finished:
@@ -138,19 +138,8 @@ class _NothingToDo:
         return self.state
 
 
-def _write_empty_summary(opts, metadata):
-    summary = {"run_id": opts.run_id, "rows": 0, "by_status": {}, "by_error_code": {}, "flagged": 0,
-               "sources": 0, "model": _model_info(metadata), "elapsed_seconds": 0.0,
-               "images_per_second": 0.0, "output_files": [], "study_files": [], "model_uri": opts.model}
-    with FileSystems.create(f"{opts.output.rstrip('/')}/_SUMMARY.json",
-                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
-
-
 def read_summary(output):
-    with FileSystems.open(output.rstrip("/") + "/_SUMMARY.json",
-                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return json.loads(f.read())
+    return summary.read(output)
 
 
 def main(argv=None):
@@ -162,10 +151,10 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        summary = read_summary(result.output)
+        counts = summary.read(result.output)
     except Exception:  # e.g. a Dataflow job launched without waiting
         return 0
-    print(json.dumps({k: summary[k] for k in ("run_id", "rows", "by_status", "by_error_code", "flagged",
+    print(json.dumps({k: counts[k] for k in ("run_id", "rows", "by_status", "by_error_code", "flagged",
                                               "images_per_second", "output_files")}, indent=2))
     return 0
 

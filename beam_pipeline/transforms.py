@@ -10,7 +10,6 @@ Elements are chunks of members, not single images: on this machine one Beam
 element costs more than scoring one image, so per-element work is amortised.
 """
 import hashlib
-import json
 import time
 
 import apache_beam as beam
@@ -22,7 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.utils import shared
 
-from beam_pipeline import archives, decoding, error_codes, model_store, schema
+from beam_pipeline import archives, decoding, error_codes, model_store, schema, summary
 from beam_pipeline.inference import KerasChunkModelHandler
 from beam_pipeline.studies import AggregateStudies
 from trainer import gradcam, preprocessing
@@ -220,7 +219,7 @@ class ScoreImages(beam.PTransform):
 
 class _SummaryFn(beam.CombineFn):
     def create_accumulator(self):
-        return {"rows": 0, "by_status": {}, "by_error_code": {}, "flagged": 0, "sources": set()}
+        return {**summary.EMPTY_COUNTS, "by_status": {}, "by_error_code": {}, "sources": set()}
 
     def add_input(self, acc, row):
         acc["rows"] += 1
@@ -248,20 +247,12 @@ class _SummaryFn(beam.CombineFn):
 
 class _WriteSummary(beam.DoFn):
     def __init__(self, output, run_id, started_at, model_info, model_uri):
-        self._output, self._run_id, self._started, self._model = output, run_id, started_at, model_info
-        self._model_uri = model_uri
+        self._output, self._run_id, self._started = output, run_id, started_at
+        self._model_info, self._model_uri = model_info, model_uri
 
-    def process(self, summary, images_files, study_files):
-        elapsed = time.time() - self._started
-        summary = {"run_id": self._run_id, **summary, "model": self._model, "model_uri": self._model_uri,
-                   "study_files": sorted(study_files),
-                   "elapsed_seconds": round(elapsed, 2),
-                   "images_per_second": round(summary["by_status"].get("ok", 0) / max(elapsed, 1e-9), 2),
-                   "output_files": sorted(images_files)}
-        with FileSystems.create(self._output.rstrip("/") + "/_SUMMARY.json",
-                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
-        yield summary
+    def process(self, counts, images_files, study_files):
+        yield summary.write(self._output, self._run_id, counts, self._model_info, self._model_uri,
+                            time.time() - self._started, images_files, study_files)
 
 
 class WriteResults(beam.PTransform):
@@ -283,7 +274,7 @@ class WriteResults(beam.PTransform):
                    | "WriteStudies" >> beam.io.WriteToParquet(
                        self._output + "/studies", schema=schema.STUDY_SCHEMA, file_name_suffix=".parquet",
                        num_shards=self._num_shards, codec="snappy"))
-        summary = rows | "Summarise" >> beam.CombineGlobally(_SummaryFn())
-        return summary | "WriteSummary" >> beam.ParDo(
+        counts = rows | "Summarise" >> beam.CombineGlobally(_SummaryFn())
+        return counts | "WriteSummary" >> beam.ParDo(
             _WriteSummary(self._output, self._run_id, self._started, self._model_info, self._model_uri),
             images_files=beam.pvalue.AsList(written), study_files=beam.pvalue.AsList(studies))

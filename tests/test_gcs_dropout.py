@@ -3,15 +3,12 @@ comes back 3 s later: the GCS client's retries carry the job through and
 the output equals a clean run. Uses its own on-disk emulator so it can be
 stopped and restarted on the same port without losing objects.
 """
-import glob
-import os
 import threading
 import time
 import zipfile
 
 import pyarrow.fs
 import pyarrow.parquet as pq
-import pytest
 
 from beam_pipeline import archives, run
 from tests import synth, tiny_model

@@ -3,7 +3,6 @@ import glob
 import os
 
 import apache_beam as beam
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline

@@ -12,9 +12,10 @@ import csv
 import dataclasses
 import io
 import os
-import posixpath
 
 import tensorflow as tf
+
+from trainer.paths import join
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -52,19 +53,16 @@ def parse_class_map(text):
     return out
 
 
-def _join(*parts):
-    return posixpath.join(*parts) if parts[0].startswith("gs://") else os.path.join(*parts)
-
 
 def _subdirs(path):
     return sorted(e.rstrip("/") for e in tf.io.gfile.listdir(path)
-                  if tf.io.gfile.isdir(_join(path, e.rstrip("/"))))
+                  if tf.io.gfile.isdir(join(path, e.rstrip("/"))))
 
 
 def _images_under(path):
     found = []
     for root, _, files in tf.io.gfile.walk(path):
-        found += [_join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        found += [join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(found)
 
 
@@ -78,12 +76,12 @@ def _from_class_folders(root, class_map, source):
     examples = []
     for d in dirs:
         label = class_map[d.lower()]
-        examples += [Example(p, label, d, source) for p in _images_under(_join(root, d))]
+        examples += [Example(p, label, d, source) for p in _images_under(join(root, d))]
     return examples
 
 
 def _find_csv(root):
-    return sorted(_join(root, f) for f in tf.io.gfile.listdir(root) if f.lower().endswith(".csv"))
+    return sorted(join(root, f) for f in tf.io.gfile.listdir(root) if f.lower().endswith(".csv"))
 
 
 def _from_csv(csv_path, root):
@@ -130,7 +128,7 @@ def discover(root, class_map=None):
     if split_parents:
         examples = []
         for parent in split_parents:
-            examples += _from_class_folders(_join(root, parent), class_map, parent)
+            examples += _from_class_folders(join(root, parent), class_map, parent)
         return examples, {"layout": "split_parents", "parents": split_parents, "missing": []}
     usable = [d for d in dirs if d.lower() in class_map]
     csvs = _find_csv(root)

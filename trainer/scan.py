@@ -5,11 +5,11 @@ never crashes on one bad file.
 """
 import concurrent.futures
 import hashlib
+import io
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
-import io
 
 from trainer import dedup, preprocessing
 

@@ -11,10 +11,8 @@ import numpy as np
 
 from trainer import (artifact, dedup, discovery, distribute, eda, input_pipeline, metrics,
                      model_card, plots, preprocessing, scan)
+from trainer.paths import join
 
-
-def _join(*parts):
-    return posixpath.join(*parts) if str(parts[0]).startswith("gs://") else os.path.join(*parts)
 
 
 def prepare_data(cfg):
@@ -61,13 +59,13 @@ def _callbacks(work_dir, cfg):
     plateau = [keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
                                                  patience=max(2, cfg.early_stopping_patience // 2))]
     return [
-        keras.callbacks.BackupAndRestore(_join(work_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(_join(work_dir, "checkpoints", "best.keras"),
+        keras.callbacks.BackupAndRestore(join(work_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(join(work_dir, "checkpoints", "best.keras"),
                                         monitor="val_auc", mode="max", save_best_only=True),
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.early_stopping_patience,
                                       restore_best_weights=True),
-        keras.callbacks.TensorBoard(_join(work_dir, "logs")),
-        keras.callbacks.CSVLogger(_join(work_dir, "training_log.csv"), append=True),
+        keras.callbacks.TensorBoard(join(work_dir, "logs")),
+        keras.callbacks.CSVLogger(join(work_dir, "training_log.csv"), append=True),
     ] + (plateau if cfg.lr_schedule == "plateau" else [])
 
 
@@ -102,10 +100,10 @@ def train(cfg, extra_callbacks=()):
                       metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
     # Chosen before training: an interrupted run (no artifact yet) gets the same
     # version, hence the same work dir and backup, when it is started again.
-    version = cfg.version or str(artifact.next_version(_join(cfg.model_dir, cfg.name)))
-    work_dir = _join(cfg.model_dir, cfg.name, "_work", version)
-    if not cfg.resume and tf.io.gfile.exists(_join(work_dir, "backup")):
-        tf.io.gfile.rmtree(_join(work_dir, "backup"))
+    version = cfg.version or str(artifact.next_version(join(cfg.model_dir, cfg.name)))
+    work_dir = join(cfg.model_dir, cfg.name, "_work", version)
+    if not cfg.resume and tf.io.gfile.exists(join(work_dir, "backup")):
+        tf.io.gfile.rmtree(join(work_dir, "backup"))
     t0 = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
                         callbacks=_callbacks(work_dir, cfg) + list(extra_callbacks), verbose=2)
@@ -134,7 +132,7 @@ def train(cfg, extra_callbacks=()):
                             "train_images_per_second": round(epochs_run * int((~is_val).sum()) / fit_seconds, 1),
                             "params": int(model.count_params()),
                             "flops_per_image": flops_per_image(model)}})
-    final_dir = _join(cfg.model_dir, cfg.name, version)
+    final_dir = join(cfg.model_dir, cfg.name, version)
     local_dir = final_dir if not final_dir.startswith("gs://") else tempfile.mkdtemp()
     if os.path.exists(local_dir) and not final_dir.startswith("gs://"):
         raise FileExistsError(f"{final_dir} already exists; pick another --version")
