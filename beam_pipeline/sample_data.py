@@ -36,8 +36,9 @@ def encode(arr, fmt):
     return buf.getvalue()
 
 
-def dicom_bytes(arr, patient_index, study_uid, series_uid, instance, modality="MR"):
-    """A 16-bit MONOCHROME2 DICOM with fabricated patient fields and real UIDs."""
+def dicom_bytes(arr, patient_index, study_uid, series_uid, instance, modality="MR",
+                photometric="MONOCHROME2", window=(2048, 4096)):
+    """A 16-bit grayscale DICOM with fabricated patient fields and real UIDs."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -54,10 +55,10 @@ def dicom_bytes(arr, patient_index, study_uid, series_uid, instance, modality="M
     ds.PatientBirthDate = "19000101"
     pixels = (arr.astype(np.uint16) * 16)  # 12-bit range, as scanners store it
     ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.WindowCenter, ds.WindowWidth = window
     ds.PixelData = pixels.tobytes()
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
