@@ -44,6 +44,21 @@ def _dicom(name):
         return f.read()
 
 
+def mpeg2_dicom():
+    """A DICOM whose pixel data claims MPEG-2 video: a transfer syntax no installed decoder handles."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML
+    from beam_pipeline import sample_data
+    ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(synth.brain_slice(5, 32), 0, "1.2", "1.2.3", 1)))
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 64])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def _set_encrypted_flag(zip_bytes, member_name):
     """Set general-purpose bit 0 (encrypted) on one member's local and central headers."""
     data = bytearray(zip_bytes)
@@ -82,6 +97,7 @@ ZIP_MEMBERS = {
     "no_pixels.dcm": (_dicom("rtstruct.dcm"), "skipped", "dicom_no_pixel_data"),
     "truncated.dcm": (_dicom("MR_truncated.dcm"), "error", "dicom_corrupt"),
     "lossy_bad_stream.dcm": (_dicom("JPEG-lossy.dcm"), "error", "dicom_unsupported_transfer_syntax"),
+    "mpeg2.dcm": (mpeg2_dicom(), "error", "dicom_unsupported_transfer_syntax"),
     "secret.png": (_img("L"), "error", "encrypted_member"),
     "zip_bomb.dcm": (b"\x00" * (64 << 20), "error", "suspicious_compression_ratio"),
 }
