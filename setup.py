@@ -17,7 +17,8 @@ import setuptools
 # the sdist (--setup_file) has the pipeline's default model.
 MODEL_FILES = {}
 for path in glob.glob("models/*/*/*") + glob.glob("models/*/*/eda/*"):
-    if os.path.isfile(path) and "/_work/" not in path:
+    # gradcam_sample.png shows training images: generated locally, never shipped
+    if os.path.isfile(path) and "/_work/" not in path and not path.endswith("gradcam_sample.png"):
         MODEL_FILES.setdefault(os.path.join("share", "brain-mri-screening", os.path.dirname(path)), []).append(path)
 
 REQUIRED = [
