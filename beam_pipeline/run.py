@@ -30,12 +30,17 @@ class JobError(RuntimeError):
     """A problem with the job's inputs that must stop it before it starts."""
 
 
-def _match_inputs(patterns):
-    """FileMetadata of every input file; fails if a pattern matches nothing."""
+def _match_inputs(patterns, full):
+    """FileMetadata of the input files; fails if a pattern matches nothing.
+
+    Unless `full`, one match per pattern is enough: the pipeline's own
+    MatchAll lists the inputs, so a large bucket is not listed twice.
+    """
     if not patterns:
         raise JobError("no --input given")
     matched, empty = {}, []
-    for pattern, result in zip(patterns, FileSystems.match(list(patterns))):
+    limits = None if full else [1] * len(patterns)
+    for pattern, result in zip(patterns, FileSystems.match(list(patterns), limits)):
         if not result.metadata_list:
             empty.append(pattern)
         matched.update({m.path: m for m in result.metadata_list})
@@ -99,7 +104,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         metadata = model_store.metadata(opts.model)
     except (artifact.ArtifactError, ValueError) as e:
         raise JobError(f"model: {e}") from e
-    matched = _match_inputs(opts.input)
+    matched = _match_inputs(opts.input, full=bool(opts.manifest))
     _check_output_writable(opts.output)
     _clear_previous_output(opts.output)
     known = manifest.load(opts.manifest) if opts.manifest else {}

@@ -65,7 +65,8 @@ def dicom_bytes(arr, patient_index, study_uid, series_uid, instance, modality="M
     return buf.getvalue()
 
 
-def _tar_add(tar, name, data):
+def tar_add(tar, name, data):
+    """Add `data` to an open TarFile as a regular file member `name`."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
@@ -99,9 +100,9 @@ def write_sample_archives(out_dir, n_images=36, seed=0):
                 i = half + s * 100 + j
                 lesion = s == 1 and j in (2, 3, 4)
                 name = f"study_{s}/series_1/IM{j:04d}.dcm"
-                _tar_add(tar, name, dicom_bytes(synthetic_slice(seed + i, lesion=lesion), s, study, series, j + 1))
+                tar_add(tar, name, dicom_bytes(synthetic_slice(seed + i, lesion=lesion), s, study, series, j + 1))
                 if lesion:
                     lesions.append(name)
-        _tar_add(tar, "study_1/series_1/IM9999.dcm", b"DICM? no: truncated upload")
+        tar_add(tar, "study_1/series_1/IM9999.dcm", b"DICM? no: truncated upload")
     members = half + 2 + 2 * ((n_images - half) // 2) + 1
     return {"files": [zip_path, tgz_path], "members": members, "lesion_members": lesions}

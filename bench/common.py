@@ -1,6 +1,5 @@
 """Shared helpers for the benchmarks: inputs, machine facts, table + JSON output."""
 import glob
-import io
 import json
 import os
 import platform
@@ -8,6 +7,8 @@ import tarfile
 import zipfile
 
 import numpy as np
+
+from beam_pipeline import sample_data  # scripts put the repository on sys.path first
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(REPO, "..", "shared", "data", "brain-mri")
@@ -20,9 +21,6 @@ def image_bytes(n, seed=0):
         rng = np.random.default_rng(seed)
         picks = [files[i] for i in rng.choice(len(files), n, replace=n > len(files))]
         return [open(p, "rb").read() for p in picks], "shared brain-mri JPEGs"
-    import sys
-    sys.path.insert(0, REPO)
-    from beam_pipeline import sample_data
     return [sample_data.encode(sample_data.synthetic_slice(i, 224, lesion=i % 3 == 0), "JPEG")
             for i in range(n)], "generated JPEGs"
 
@@ -36,9 +34,7 @@ def write_zip(path, blobs, prefix="img"):
 def write_tgz(path, blobs, prefix="img"):
     with tarfile.open(path, "w:gz") as tar:
         for i, b in enumerate(blobs):
-            info = tarfile.TarInfo(f"{prefix}/{i:07d}.jpg")
-            info.size = len(b)
-            tar.addfile(info, io.BytesIO(b))
+            sample_data.tar_add(tar, f"{prefix}/{i:07d}.jpg", b)
 
 
 def machine():

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from beam_pipeline.sample_data import tar_add
 from tests import synth
 
 
@@ -124,10 +125,7 @@ def build(root):
     tbuf = io.BytesIO()
     with tarfile.open(fileobj=tbuf, mode="w:gz") as tar:
         for i in range(6):
-            data = synth.encode(synth.brain_slice(50 + i, 64), "PNG") + os.urandom(20000)
-            info = tarfile.TarInfo(f"t/{i}.png")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            tar_add(tar, f"t/{i}.png", synth.encode(synth.brain_slice(50 + i, 64), "PNG") + os.urandom(20000))
     raw = tbuf.getvalue()
     open(tgz, "wb").write(raw[: len(raw) // 2])  # cut in the middle of the gzip stream
     expected[(tgz, "", 0)] = ("error", "archive_truncated")
@@ -135,8 +133,5 @@ def build(root):
     latin = os.path.join(inputs, "names.tar")
     with tarfile.open(latin, "w", encoding="latin-1") as tar:
         for name in ("caf\xe9/scan.png", "dup.png", "dup.png"):
-            data = synth.encode(synth.brain_slice(len(name), 64))
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            tar_add(tar, name, synth.encode(synth.brain_slice(len(name), 64)))
     return inputs, expected, latin, tgz

@@ -11,6 +11,7 @@ import zipfile
 
 from pydicom.data import get_testdata_file
 
+from beam_pipeline.sample_data import tar_add
 from tests import synth
 
 
@@ -18,11 +19,6 @@ def _dicom(name):
     with open(get_testdata_file(name, download=False), "rb") as f:
         return f.read()
 
-
-def _tar_add(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
 
 
 def build(root):
@@ -63,20 +59,20 @@ def build(root):
     t = os.path.join(inputs, "study_b.tar.gz")
     with tarfile.open(t, "w:gz") as tar:
         for i in range(4):
-            _tar_add(tar, f"b/{i}.jpg", synth.encode(synth.brain_slice(20 + i, 80), "JPEG"))
+            tar_add(tar, f"b/{i}.jpg", synth.encode(synth.brain_slice(20 + i, 80), "JPEG"))
             ok(t, f"b/{i}.jpg")
-        _tar_add(tar, "b/ct.dcm", _dicom("CT_small.dcm"))
+        tar_add(tar, "b/ct.dcm", _dicom("CT_small.dcm"))
         ok(t, "b/ct.dcm")
-        _tar_add(tar, "b/truncated.dcm", _dicom("MR_truncated.dcm"))
+        tar_add(tar, "b/truncated.dcm", _dicom("MR_truncated.dcm"))
         bad(t, "b/truncated.dcm", "error", "dicom_corrupt")
 
     p = os.path.join(inputs, "study_c.tar")
     with tarfile.open(p, "w") as tar:
-        _tar_add(tar, "c/a.bmp", synth.encode(synth.brain_slice(30, 64), "BMP"))
+        tar_add(tar, "c/a.bmp", synth.encode(synth.brain_slice(30, 64), "BMP"))
         ok(p, "c/a.bmp")
-        _tar_add(tar, "c/b.tif", synth.encode(synth.brain_slice(31, 64), "TIFF"))
+        tar_add(tar, "c/b.tif", synth.encode(synth.brain_slice(31, 64), "TIFF"))
         ok(p, "c/b.tif")
-        _tar_add(tar, "c/png_named.dcm", synth.encode(synth.brain_slice(32, 64)))
+        tar_add(tar, "c/png_named.dcm", synth.encode(synth.brain_slice(32, 64)))
         ok(p, "c/png_named.dcm")
 
     loose = os.path.join(inputs, "loose.png")

@@ -1,7 +1,6 @@
 """Conservation over a few thousand mixed members: rows out == members in, per source."""
 import collections
 import glob
-import io
 import os
 import tarfile
 import zipfile
@@ -9,6 +8,7 @@ import zipfile
 import pyarrow.parquet as pq
 
 from beam_pipeline import run
+from beam_pipeline.sample_data import tar_add
 from tests import synth, tiny_model
 
 GOOD = [synth.encode(synth.brain_slice(i, 32, lesion=i % 2 == 0)) for i in range(16)]
@@ -32,10 +32,7 @@ def test_rows_equal_members_per_source(tmp_path):
     path = str(inputs / "t.tar.gz")
     with tarfile.open(path, "w:gz") as tar:
         for i in range(700):
-            data = _member(i)
-            info = tarfile.TarInfo(f"t/m{i:05d}.png")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            tar_add(tar, f"t/m{i:05d}.png", _member(i))
     members_in[path] = 700
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     out = str(tmp_path / "out")
