@@ -56,3 +56,35 @@ def write_class_folders(root, classes, per_class, size=64, fmt="PNG", seed=0):
                 f.write(encode(brain_slice(seed + 1000 * ci + i, size, lesion), fmt))
             paths.append(p)
     return paths
+
+
+def write_sequence_collection(root, patients, per_patient=4, size=64, sequences=("flair", "t1-pre"),
+                              site="AA", seed=0):
+    """An LGG-like collection: root/<sequence>/{tumor,notumor}/TCGA_<site>_<patient>_<date>_<slice>.png.
+
+    Each patient has slices in every sequence with the same file names (as in
+    the LGG copy); odd slices hold a lesion. A masks/ folder mirrors the tumor
+    slices. Returns the patient keys.
+    """
+    import os
+    keys = []
+    for p in range(patients):
+        key = f"TCGA_{site}_{p:04d}_2001010{p % 9 + 1}"
+        keys.append(key)
+        for s in range(per_patient):
+            lesion = s % 2 == 1
+            name = f"{key}_{s + 1}.png"
+            base_seed = seed + 100 * p + s
+            for qi, seq in enumerate(sequences):
+                d = os.path.join(root, seq, "tumor" if lesion else "notumor")
+                os.makedirs(d, exist_ok=True)
+                img = brain_slice(base_seed, size, lesion=lesion)
+                if qi % 2:
+                    img = np.where(img > 0, 255 - img, 0).astype(np.uint8)  # another contrast
+                with open(os.path.join(d, name), "wb") as f:
+                    f.write(encode(img))
+            if lesion:
+                os.makedirs(os.path.join(root, "masks"), exist_ok=True)
+                with open(os.path.join(root, "masks", name), "wb") as f:
+                    f.write(encode(((brain_slice(base_seed, size, lesion=True) >= 245) * 255).astype(np.uint8)))
+    return keys

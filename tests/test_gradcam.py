@@ -65,3 +65,22 @@ def test_overlay_is_a_png():
     heat[5:20, 5:20] = 1
     png = gradcam.overlay_png(np.random.rand(SIZE, SIZE, 1), heat, 0.9)
     assert png.startswith(b"\x89PNG")
+
+
+def test_saturated_slice_still_gets_a_heatmap(lesion_model):
+    """p > 0.999999 saturates the sigmoid in float32; the heatmap comes from the logit."""
+    import keras
+    x = _x(20_000, True, "tl")[None]
+    saturated = keras.models.clone_model(lesion_model)
+    saturated.set_weights(lesion_model.get_weights())
+    dense = saturated.layers[-1]
+    assert float(lesion_model.predict(x, verbose=0)[0, 0]) > 0.5
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel * 200.0, bias * 200.0])
+    p = float(saturated.predict(x, verbose=0)[0, 0])
+    assert p > 0.999999, p
+    heat = gradcam.make_explainer(saturated)(x)[0]
+    assert heat.max() == 1.0
+    h = SIZE // 2
+    peak = np.unravel_index(np.argmax(heat), heat.shape)
+    assert peak[0] < h and peak[1] < h, peak

@@ -8,7 +8,10 @@ import dataclasses
 
 @dataclasses.dataclass
 class TrainConfig:
-    data_dir: str = ""
+    data_dir: list = dataclasses.field(default_factory=list)  # one or more collections
+    eval_data_dir: list = dataclasses.field(default_factory=list)  # scored only, never trained on
+    group_pattern: str = ""  # regex; its first group is a patient key (split unit)
+    holdout_pattern: str = ""  # regex; matching images form a held-out site
     model_dir: str = "models"
     name: str = "brain-tumor-cnn"
     version: str = ""  # empty: next integer version under model_dir/name
@@ -30,6 +33,13 @@ class TrainConfig:
     cpu_replicas: int = 0  # >1 splits the CPU into logical devices for MirroredStrategy
     bootstrap: int = 1000
     max_images: int = 0  # 0 = all; a smoke-test cap
+    augment: str = "contrast"  # "v2" (geometry + photometrics) or "contrast" (+ tissue-contrast changes)
+    balance_sources: bool = True  # equal share of each training collection in every batch
+
+    def __post_init__(self):
+        for name in ("data_dir", "eval_data_dir"):
+            value = getattr(self, name)
+            setattr(self, name, [value] if isinstance(value, str) and value else list(value or []))
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -5,7 +5,13 @@ Accepted layouts under `--data-dir` (local or gs://):
   (b) `Training/` and `Testing/` parents, each holding class folders (both are
       pooled: the trainer makes its own leakage-safe split);
   (c) a CSV index with an image column and a 0/1 class column, such as the
-      Kaggle "Brain Tumor.csv".
+      Kaggle "Brain Tumor.csv";
+  (d) MRI-sequence folders (`flair/ t1-pre/ t1-post/`), each holding class
+      folders, as in the LGG collection; folders without class folders (such
+      as `masks/`) are ignored and listed in the notes.
+Every example records its collection (the data directory's name) and its MRI
+sequence (layout d; "" where unknown), so metrics can be reported per source:
+a pooled number hides a model that learned the sequence instead of the tumor.
 The class-name -> label mapping is explicit and can be overridden.
 """
 import csv
@@ -40,6 +46,8 @@ class Example:
     label: int
     class_name: str
     source: str  # the split parent or CSV name it came from ("" for layout a)
+    collection: str = ""  # name of the data directory it was found in
+    sequence: str = ""  # MRI-sequence folder (layout d), "" where unknown
 
 
 def parse_class_map(text):
@@ -66,7 +74,7 @@ def _images_under(path):
     return sorted(found)
 
 
-def _from_class_folders(root, class_map, source):
+def _from_class_folders(root, class_map, source, sequence=""):
     dirs = [d for d in _subdirs(root) if not d.startswith((".", "_"))]
     unknown = [d for d in dirs if d.lower() not in class_map]
     if unknown:
@@ -76,8 +84,20 @@ def _from_class_folders(root, class_map, source):
     examples = []
     for d in dirs:
         label = class_map[d.lower()]
-        examples += [Example(p, label, d, source) for p in _images_under(join(root, d))]
+        examples += [Example(p, label, d, source, sequence=sequence) for p in _images_under(join(root, d))]
     return examples
+
+
+def _sequence_folders(root, dirs, class_map):
+    """Layout (d): {sequence: class folders} for dirs whose subfolders are all classes."""
+    found, ignored = {}, []
+    for d in dirs:
+        subs = [s for s in _subdirs(join(root, d)) if not s.startswith((".", "_"))]
+        if subs and all(s.lower() in class_map for s in subs):
+            found[d] = subs
+        else:
+            ignored.append(d)
+    return found, ignored
 
 
 def _find_csv(root):
@@ -114,11 +134,37 @@ def _from_csv(csv_path, root):
     return examples, missing
 
 
+def discover_all(roots, class_map=None):
+    """`discover` over several data directories; collections must have distinct names."""
+    examples, notes = [], {"layout": [], "missing": []}
+    names = [collection_name(r) for r in roots]
+    if len(set(names)) != len(names):
+        raise DiscoveryError(f"data directories {list(roots)} share a folder name; "
+                             "per-source metrics need distinct names")
+    for root in roots:
+        ex, n = discover(root, class_map)
+        examples += ex
+        notes["layout"].append(f"{collection_name(root)}: {n['layout']}")
+        notes["missing"] += n["missing"]
+    notes["layout"] = "; ".join(notes["layout"])
+    return examples, notes
+
+
+def collection_name(root):
+    return root.rstrip("/").rsplit("/", 1)[-1]
+
+
 def discover(root, class_map=None):
     """(examples, notes): every labelled image under `root` and what was found.
 
     `notes` holds the layout name and any CSV rows whose image is missing.
     """
+    examples, notes = _discover(root, class_map)
+    name = collection_name(root)
+    return [dataclasses.replace(e, collection=name) for e in examples], notes
+
+
+def _discover(root, class_map=None):
     class_map = {**DEFAULT_CLASS_MAP, **(class_map or {})}
     if not tf.io.gfile.isdir(root):
         raise DiscoveryError(f"data directory {root} does not exist")
@@ -137,6 +183,14 @@ def discover(root, class_map=None):
             raise DiscoveryError(f"{root}: several CSV files {csvs}; keep one index")
         examples, missing = _from_csv(csvs[0], root)
         return examples, {"layout": "csv", "csv": csvs[0], "missing": missing}
+    if dirs and not usable:
+        sequences, ignored = _sequence_folders(root, dirs, class_map)
+        if sequences:
+            examples = []
+            for seq in sequences:
+                examples += _from_class_folders(join(root, seq), class_map, "", sequence=seq)
+            return examples, {"layout": "sequence_folders", "sequences": sorted(sequences),
+                              "ignored": ignored, "missing": []}
     if dirs:
         return _from_class_folders(root, class_map, ""), {"layout": "class_folders", "missing": []}
     raise DiscoveryError(

@@ -11,12 +11,17 @@ import os
 import numpy as np
 
 
-def build_report(examples, sizes, modes, group_ids, is_val, skipped, class_map_used):
+def build_report(examples, sizes, modes, group_ids, is_val, skipped, class_map_used, is_holdout=None):
     counts = collections.Counter((e.class_name, e.source) for e in examples)
+    is_holdout = np.zeros(len(examples), bool) if is_holdout is None else np.asarray(is_holdout)
+    side = np.where(is_holdout, 2, np.where(is_val, 1, 0))
+    per_source = collections.Counter(
+        (e.collection + (f"/{e.sequence}" if e.sequence else ""), e.label, int(s))
+        for e, s in zip(examples, side))
     per_class = collections.Counter(e.class_name for e in examples)
     labels = np.array([e.label for e in examples])
     group_ids = np.asarray(group_ids)
-    crossing = sum(1 for g in np.unique(group_ids) if len(set(is_val[group_ids == g])) > 1)
+    crossing = sum(1 for g in np.unique(group_ids) if len(set(side[group_ids == g].tolist())) > 1)
     group_sizes = np.bincount(group_ids) if len(group_ids) else np.array([0])
     return {
         "n_images": len(examples),
@@ -32,7 +37,10 @@ def build_report(examples, sizes, modes, group_ids, is_val, skipped, class_map_u
         "groups_with_more_than_one_image": int((group_sizes > 1).sum()),
         "largest_group": int(group_sizes.max()),
         "groups_crossing_split": int(crossing),
-        "split": {"train": int((~is_val).sum()), "validation": int(is_val.sum()),
+        "counts_per_source": [{"source": src, "label": lab, "split": ("train", "validation", "held_out_site")[s],
+                               "count": n} for (src, lab, s), n in sorted(per_source.items())],
+        "split": {"train": int((side == 0).sum()), "validation": int(is_val.sum()),
+                  "held_out_site": int(is_holdout.sum()),
                   "validation_tumor_fraction": float(labels[is_val].mean()) if is_val.any() else 0.0},
         "skipped_files": skipped,
     }

@@ -4,6 +4,11 @@ Computed only for flagged images, on the exact model input, from the last
 convolution layer (Selvaraju et al., 2017): channel weights are the mean
 gradient of the tumor logit over each feature map; the heatmap is the ReLU
 of the weighted sum, upsampled to the input size.
+
+The logit is recomputed from the input of the final Dense layer rather than
+from the sigmoid output: for confident slices (p > 0.999999 in float32) the
+sigmoid saturates, its gradient is zero and the heatmap would be blank for
+exactly the most obvious tumors.
 """
 import io
 
@@ -18,19 +23,31 @@ def last_conv_layer(model):
     return convs[-1]
 
 
+def output_dense_layer(model):
+    """The final Dense layer with one unit (its pre-activation is the tumor logit)."""
+    import keras
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    if not dense or dense[-1].units != 1:
+        raise ValueError(f"model {model.name} has no one-unit output Dense layer for Grad-CAM")
+    return dense[-1]
+
+
 def make_explainer(model, layer_name=None):
     """A callable x[n, H, W, 1] -> heatmaps[n, H, W] in [0, 1] for `model`."""
     import keras
     import tensorflow as tf
     conv = model.get_layer(layer_name) if layer_name else last_conv_layer(model)
-    grad_model = keras.Model(model.inputs, [conv.output, model.output])
+    head = output_dense_layer(model)
+    grad_model = keras.Model(model.inputs, [conv.output, head.input])
+    kernel, bias = head.kernel, head.bias
 
     @tf.function(reduce_retracing=True)
     def explain(x):
         with tf.GradientTape() as tape:
-            feats, prob = grad_model(x, training=False)
-            prob = tf.clip_by_value(tf.cast(prob[:, 0], tf.float32), 1e-6, 1 - 1e-6)
-            logit = tf.math.log(prob) - tf.math.log1p(-prob)
+            feats, pre = grad_model(x, training=False)
+            logit = tf.matmul(tf.cast(pre, tf.float32), tf.cast(kernel, tf.float32))[:, 0]
+            if bias is not None:
+                logit += tf.cast(bias[0], tf.float32)
         grads = tape.gradient(logit, feats)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feats, axis=-1))[..., None]
@@ -58,3 +75,21 @@ def overlay_png(image, heat, probability=None, scale=2):
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def dilate(mask, pixels):
+    """Binary dilation by a (2 * pixels + 1) square; a heatmap at 1/8 resolution blurs past edges."""
+    from PIL import Image, ImageFilter
+    if pixels <= 0:
+        return np.asarray(mask, bool)
+    im = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255)
+    return np.asarray(im.filter(ImageFilter.MaxFilter(2 * pixels + 1))) > 0
+
+
+def heat_in_mask(heat, mask):
+    """(share of heat mass inside `mask`, whether the heat peak lies inside it)."""
+    heat = np.asarray(heat, np.float64)
+    mask = np.asarray(mask, bool)
+    total = heat.sum()
+    share = float(heat[mask].sum() / total) if total > 0 else 0.0
+    return share, bool(mask.flat[int(np.argmax(heat))]) if total > 0 else False

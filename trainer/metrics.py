@@ -132,3 +132,22 @@ def evaluate(labels, scores, target_sensitivity, groups=None, bootstrap=1000):
         "expected_calibration_error": expected_calibration_error(labels, scores),
         "ci95": bootstrap_ci(labels, scores, threshold, n=bootstrap, groups=groups) if bootstrap else {},
     }
+
+
+def evaluate_at(labels, scores, threshold, groups=None, bootstrap=1000):
+    """AUC, sensitivity and specificity of one subset at a threshold chosen elsewhere.
+
+    Per-source and held-out-site figures use the artifact's threshold: a new
+    site does not get to pick its own.
+    """
+    labels = np.asarray(labels)
+    r = rates(labels, scores, threshold)
+    mixed = 0 < labels.sum() < len(labels)
+    out = {"n": int(len(labels)), "n_positive": int(labels.sum()),
+           "roc_auc": roc_auc(labels, scores) if mixed else None,
+           **{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}}
+    if groups is not None:
+        out["n_groups"] = int(len(np.unique(groups)))
+    if bootstrap and mixed:
+        out["ci95"] = bootstrap_ci(labels, scores, threshold, n=bootstrap, groups=groups)
+    return out

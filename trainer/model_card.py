@@ -5,6 +5,76 @@ def _pct(x):
     return f"{100 * x:.1f}%"
 
 
+def _num(v, fmt):
+    return "n/a" if v is None else format(v, fmt)
+
+
+def _ci(m, key, pct):
+    ci = m.get("ci95", {}).get(key)
+    if not ci:
+        return ""
+    lo, hi = ci
+    return f" ({_pct(lo)}-{_pct(hi)})" if pct else f" ({lo:.3f}-{hi:.3f})"
+
+
+def source_table(by_source):
+    """Markdown rows: source, n (tumor), groups, AUC, sensitivity, specificity (95% CIs by group)."""
+    lines = ["| source | n (tumor) | groups | AUC | sensitivity | specificity |",
+             "|---|---|---|---|---|---|"]
+    for k, m in by_source.items():
+        sens = "n/a" if m["sensitivity"] is None else _pct(m["sensitivity"]) + _ci(m, "sensitivity", True)
+        spec = "n/a" if m["specificity"] is None else _pct(m["specificity"]) + _ci(m, "specificity", True)
+        lines.append(f"| {k} | {m['n']} ({m['n_positive']}) | {m.get('n_groups', '')} | "
+                     f"{_num(m['roc_auc'], '.3f')}{_ci(m, 'auc', False)} | {sens} | {spec} |")
+    return "\n".join(lines)
+
+
+_SPLIT_TITLES = {
+    "validation": "Validation split (patients / near-duplicate groups held out)",
+    "held_out_site": "Held-out site (every image of the institution matching the hold-out pattern; "
+                     "never trained on, not used for the threshold)",
+    "external": "External collections (scored only; never trained on)",
+}
+
+
+def _by_source_section(m):
+    parts = []
+    for split, table in m.get("by_source", {}).items():
+        parts.append(f"### {_SPLIT_TITLES.get(split, split)}\n{source_table(table)}\n")
+    if not parts:
+        return ""
+    return ("## Metrics per source (at the operating threshold; 95% CIs by patient/group bootstrap)\n"
+            + "\n".join(parts))
+
+
+def _generalisation_section(metadata):
+    checks = metadata.get("generalisation") or []
+    if not checks:
+        return ""
+    out = ["## Generalisation checks (separate training runs, same recipe unless stated)"]
+    for c in checks:
+        out.append(f"### {c['title']}\n{c.get('description', '')}\n\n{source_table(c['by_source'])}\n")
+    return "\n".join(out)
+
+
+def _localisation_section(metadata):
+    loc = metadata.get("localisation")
+    if not loc:
+        return ""
+    lines = ["## Does it look at the tumor? (Grad-CAM vs expert masks)",
+             f"Tumor slices with a mask; masks moved into model-input coordinates with the image's own "
+             f"head crop and dilated by {loc['dilate_px']} px of the {loc['input_size']} px input. "
+             "Heat share = Grad-CAM mass inside the dilated mask; pointing game = heat peak inside it. "
+             "Command: `python -m trainer.localisation <artifact> --mask-dir ../shared/data/lgg/masks`.",
+             "", "| split/source | n | heat share in mask (mean / median) | pointing game | dilated mask area |",
+             "|---|---|---|---|---|"]
+    for k, v in loc["by_split_and_source"].items():
+        lines.append(f"| {k} | {v['n']} | {_pct(v['mean_heat_share_in_mask'])} / "
+                     f"{_pct(v['median_heat_share_in_mask'])} | {_pct(v['pointing_game_hit_rate'])} | "
+                     f"{_pct(v['mean_dilated_mask_area_fraction'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(metadata, eda):
     m = metadata["validation_metrics"]
     ci = m.get("ci95", {})
@@ -38,11 +108,14 @@ decisions, and every flagged or unflagged study still needs a radiologist's read
   `model.keras` sha256 `{metadata['model_sha256']}`.
 
 ## Training data
-- {eda['n_images']} images from `{cfg['data_dir']}`; classes {eda['counts_per_class']}
+- {eda['n_images']} images from {', '.join(f'`{d}`' for d in _dirs(cfg['data_dir']))}; classes {eda['counts_per_class']}
   ({_pct(eda['binary_balance']['tumor_fraction'])} tumor).
-- Near-duplicate groups: {eda['near_duplicate_groups']} (thumbnail correlation >= {cfg['dedup_threshold']});
-  split by group, {eda['groups_crossing_split']} groups cross train/validation.
-- Split: {eda['split']['train']} train / {eda['split']['validation']} validation (seed {cfg['seed']}).
+- Split units: {eda['near_duplicate_groups']} groups (near-duplicates at thumbnail correlation >= {cfg['dedup_threshold']},
+  joined with patient keys from `{cfg.get('group_pattern') or '(none)'}`); {eda['groups_crossing_split']} groups cross
+  train/validation/held-out site.
+- Split: {eda['split']['train']} train / {eda['split']['validation']} validation / {eda['split'].get('held_out_site', 0)}
+  held-out site (pattern `{cfg.get('holdout_pattern') or '(none)'}`; seed {cfg['seed']}).
+- Augmentation `{cfg.get('augment', 'v2')}`; sources balanced per batch: {metadata.get('training', {}).get('balanced_sources', False)}.
 - Skipped unreadable files: {len(eda['skipped_files'])}.
 - Data fingerprint: `{metadata['data_fingerprint']}`.
 
@@ -62,6 +135,9 @@ Sensitivity by tumor type at the operating threshold:
 |---|---|---|
 {per_type}
 
+{_by_source_section(m)}
+{_generalisation_section(metadata)}
+{_localisation_section(metadata)}
 ## Operating threshold
 `{metadata['threshold']:.4f}`: the highest threshold that reaches the target sensitivity of
 {_pct(metadata['threshold_target_sensitivity'])} on validation, which gives the best specificity
@@ -84,3 +160,7 @@ or `python -m trainer.task --data-dir <folder> --model-dir models --epochs {cfg[
 --target-sensitivity {cfg['target_sensitivity']}` (see `python -m trainer.task --help`). The new artifact gets
 the next version number; point the pipeline at it with `--model <model-dir>/{metadata['name']}/<version>`.
 """
+
+
+def _dirs(value):
+    return [value] if isinstance(value, str) else list(value)

@@ -110,29 +110,55 @@ def _resize(img, height, width):
     return np.asarray(out, dtype=np.float32)
 
 
-def prepare(gray, spec=InputSpec()):
-    """Turn a 2-D grayscale array (any range) into a (H, W, 1) float32 in [0, 1]."""
+def _normalise(gray):
+    """(g01, None) with intensities scaled to [0, 1] by the 99.5th percentile, or (None, reason)."""
     g = np.nan_to_num(np.asarray(gray, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if g.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale array, got shape {g.shape}")
     g = g - g.min()
     top = np.percentile(g, 99.5) if g.size > 1 else 0.0
     if top <= 0:
-        return np.zeros((spec.height, spec.width, 1), np.float32)
-    g01 = np.clip(g / top, 0.0, 1.0)
-    r0, r1, c0, c1 = _head_box(g01)
-    crop = g01[r0:r1, c0:c1]
+        return None
+    return np.clip(g / top, 0.0, 1.0)
+
+
+def _square_crop(img, box):
+    """The box's content centred on a zero square canvas (the head keeps its aspect ratio)."""
+    r0, r1, c0, c1 = box
+    crop = img[r0:r1, c0:c1]
     side = max(crop.shape)
     canvas = np.zeros((side, side), np.float32)
     oy, ox = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
     canvas[oy:oy + crop.shape[0], ox:ox + crop.shape[1]] = crop
-    small = _resize(canvas, spec.height, spec.width)
+    return canvas
+
+
+def prepare(gray, spec=InputSpec()):
+    """Turn a 2-D grayscale array (any range) into a (H, W, 1) float32 in [0, 1]."""
+    g01 = _normalise(gray)
+    if g01 is None:
+        return np.zeros((spec.height, spec.width, 1), np.float32)
+    small = _resize(_square_crop(g01, _head_box(g01)), spec.height, spec.width)
     head = small[small > _FOREGROUND_LEVEL]
     if head.size >= 16:
         lo, hi = np.percentile(head, [1.0, 99.0])
         if hi - lo > 1e-6:
             small = np.where(small > _FOREGROUND_LEVEL, (small - lo) / (hi - lo) * 0.9 + 0.1, 0.0)
     return np.clip(small, 0.0, 1.0).astype(np.float32)[..., None]
+
+
+def project_mask(gray, mask, spec=InputSpec()):
+    """A mask of `gray` (same shape) moved into model-input coordinates, (H, W) float in [0, 1].
+
+    Uses the crop box `prepare` takes from the image itself, so a tumor mask
+    lines up with the model input and its Grad-CAM heatmap.
+    """
+    mask = np.asarray(mask, np.float32)
+    if mask.shape != np.shape(gray):
+        raise ValueError(f"mask shape {mask.shape} differs from image shape {np.shape(gray)}")
+    g01 = _normalise(gray)
+    box = _head_box(g01) if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
+    return np.clip(_resize(_square_crop(mask / max(mask.max(), 1e-6), box), spec.height, spec.width), 0, 1)
 
 
 def image_bytes_to_input(data, spec=InputSpec()):

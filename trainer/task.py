@@ -10,7 +10,18 @@ import sys
 from trainer.config import TrainConfig
 
 _HELP = {
-    "data_dir": "folder of labelled images (class folders, Training/Testing parents, or a CSV index); local or gs://",
+    "data_dir": "folder of labelled images (class folders, Training/Testing parents, MRI-sequence folders "
+                "or a CSV index); local or gs://; repeat for several collections",
+    "eval_data_dir": "labelled collection that is only scored, never trained on (cross-collection "
+                     "check); repeatable",
+    "group_pattern": "regex on the file name whose first group is a patient key: images with the same "
+                     "key stay on one side of the split (e.g. 'TCGA_[A-Z0-9]+_[A-Z0-9]+'); "
+                     "near-duplicate groups always apply",
+    "holdout_pattern": "regex on the file name; matching images are held out entirely as an unseen "
+                       "site and reported separately (e.g. 'TCGA_FG_')",
+    "augment": "'v2': geometry and photometrics; 'contrast': plus tissue-contrast remapping, "
+               "inversion and bias field",
+    "balance_sources": "draw every training batch equally from each collection",
     "model_dir": "where <name>/<version>/ is written; local or gs://",
     "name": "model name (first path level of the artifact)",
     "version": "artifact version; empty picks 1 + the highest existing integer version",
@@ -43,13 +54,17 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        if field.type in (bool, "bool"):
+        if field.type in (list, "list"):
+            parser.add_argument(flag, action="append", default=[], help=_HELP[field.name],
+                                required=field.name == "data_dir")
+        elif field.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 default=field.default, help=_HELP[field.name])
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(field.type), field.type)
+            choices = {"augment": ["v2", "contrast"], "lr_schedule": ["cosine", "plateau"]}.get(field.name)
             parser.add_argument(flag, type=kind, default=field.default, help=_HELP[field.name],
-                                required=field.name == "data_dir")
+                                choices=choices)
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 

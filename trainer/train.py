@@ -3,41 +3,85 @@ import csv
 import logging
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import time
 
 import numpy as np
 
-from trainer import (artifact, dedup, discovery, distribute, eda, input_pipeline, metrics,
+from trainer import (artifact, dedup, discovery, distribute, eda, evaluation, input_pipeline, metrics,
                      model_card, plots, preprocessing, scan)
 from trainer.paths import join
 
 
 
-def prepare_data(cfg):
-    """Discover, scan, group and split; returns a dict used by training and the EDA."""
-    class_map = {**discovery.DEFAULT_CLASS_MAP, **discovery.parse_class_map(cfg.class_map)}
-    examples, notes = discovery.discover(cfg.data_dir, class_map)
+def _pattern_keys(examples, pattern):
+    """First regex group of each file name (None where it does not match)."""
+    if not pattern:
+        return [None] * len(examples)
+    rx = re.compile(pattern)
+    keys = []
+    for e in examples:
+        m = rx.search(posixpath.basename(e.path.replace("\\", "/")))
+        keys.append((m.group(1) if m.groups() else m.group(0)) if m else None)
+    return keys
+
+
+def load_collections(roots, cfg, class_map):
+    """Discover, scan and group the images of several collections."""
+    examples, notes = discovery.discover_all(roots, class_map)
     if cfg.max_images and len(examples) > cfg.max_images:
         rng = np.random.default_rng(cfg.seed)
         examples = [examples[i] for i in sorted(rng.choice(len(examples), cfg.max_images, replace=False))]
-    used = {c: class_map[c.lower()] for c in sorted({e.class_name for e in examples})
-            if c.lower() in class_map}
-    logging.info("layout %s; class map (1 = tumor): %s", notes["layout"], used)
-    print(f"Data layout: {notes['layout']}; class mapping (1 = tumor, 0 = no tumor): {used}")
     kept, thumbs, sizes, modes, skipped, fingerprint = scan.scan(examples)
     skipped += [{"path": p, "reason": "listed in CSV but not found"} for p in notes["missing"]]
     for s in skipped:
         print(f"Skipped {s['path']}: {s['reason']}")
+    groups = dedup.group_near_duplicates(thumbs, cfg.dedup_threshold)
+    groups = dedup.merge_with_keys(groups, _pattern_keys(kept, cfg.group_pattern))
+    return kept, sizes, modes, skipped, fingerprint, groups, notes
+
+
+def prepare_data(cfg):
+    """Discover, scan, group and split; returns a dict used by training and the EDA.
+
+    Split units are near-duplicate groups joined with patient keys
+    (`group_pattern`); images matching `holdout_pattern` are a held-out site
+    that is neither trained on nor used to choose the threshold.
+    """
+    class_map = {**discovery.DEFAULT_CLASS_MAP, **discovery.parse_class_map(cfg.class_map)}
+    kept, sizes, modes, skipped, fingerprint, groups, notes = load_collections(cfg.data_dir, cfg, class_map)
+    used = {c: class_map[c.lower()] for c in sorted({e.class_name for e in kept})
+            if c.lower() in class_map}
+    logging.info("layout %s; class map (1 = tumor): %s", notes["layout"], used)
+    print(f"Data layout: {notes['layout']}; class mapping (1 = tumor, 0 = no tumor): {used}")
     labels = np.array([e.label for e in kept])
     if len(set(labels.tolist())) < 2:
         raise ValueError(f"need both classes to train; found labels {sorted(set(labels.tolist()))}")
-    groups = dedup.group_near_duplicates(thumbs, cfg.dedup_threshold)
-    is_val = dedup.split_groups(groups, labels, cfg.val_fraction, cfg.seed)
-    report = eda.build_report(kept, sizes, modes, groups, is_val, skipped, used)
-    return dict(examples=kept, labels=labels, groups=groups, is_val=is_val,
-                report=report, fingerprint=fingerprint)
+    is_holdout = np.array([k is not None for k in _pattern_keys(kept, cfg.holdout_pattern)], bool)
+    if cfg.holdout_pattern and is_holdout.all():
+        raise ValueError(f"--holdout-pattern {cfg.holdout_pattern!r} matches every image")
+    # A group that touches the held-out site goes there whole.
+    held_groups = np.unique(groups[is_holdout])
+    is_holdout |= np.isin(groups, held_groups)
+    # Each collection is split on its own (stratified by label), so every source
+    # holds its share of validation, and a collection's split does not change
+    # when another collection is added.
+    is_val = np.zeros(len(kept), bool)
+    collections = np.array([e.collection for e in kept])
+    for name in sorted(set(collections.tolist())):
+        rest = np.flatnonzero(~is_holdout & (collections == name))
+        if len(rest):
+            is_val[rest] = dedup.split_groups(groups[rest], labels[rest], cfg.val_fraction, cfg.seed)
+    report = eda.build_report(kept, sizes, modes, groups, is_val, skipped, used, is_holdout=is_holdout)
+    external = None
+    if cfg.eval_data_dir:
+        ex, _, _, ext_skipped, _, ext_groups, _ = load_collections(cfg.eval_data_dir, cfg, class_map)
+        external = dict(examples=ex, labels=np.array([e.label for e in ex]), groups=ext_groups,
+                        skipped=ext_skipped)
+    return dict(examples=kept, labels=labels, groups=groups, is_val=is_val, is_holdout=is_holdout,
+                report=report, fingerprint=fingerprint, external=external)
 
 
 def _optimizer(cfg, steps_per_epoch):
@@ -83,18 +127,26 @@ def train(cfg, extra_callbacks=()):
     global_batch = cfg.batch_size * replicas
     print(f"Strategy {type(strategy).__name__}: {replicas} replica(s); batch {cfg.batch_size} per "
           f"replica, {global_batch} global")
-    ex, labels, is_val = data["examples"], data["labels"], data["is_val"]
+    ex, labels, is_val, is_holdout = data["examples"], data["labels"], data["is_val"], data["is_holdout"]
+    is_train = ~is_val & ~is_holdout
     paths = np.array([e.path for e in ex])
-    n_pos, n_neg = labels[~is_val].sum(), (~is_val).sum() - labels[~is_val].sum()
-    weights = {0: len(labels[~is_val]) / (2.0 * max(n_neg, 1)), 1: len(labels[~is_val]) / (2.0 * max(n_pos, 1))}
-    train_ds = input_pipeline.make_dataset(paths[~is_val], labels[~is_val], spec, global_batch,
-                                           training=True, seed=cfg.seed, weights=weights)
+    sources = np.array([e.collection for e in ex])
+    n_train = int(is_train.sum())
+    steps_per_epoch = int(np.ceil(n_train / global_batch))
+    balanced = cfg.balance_sources and len(set(sources[is_train].tolist())) > 1
+    if balanced:
+        train_ds = input_pipeline.make_balanced_dataset(
+            paths[is_train], labels[is_train], sources[is_train], spec, global_batch, seed=cfg.seed,
+            augment_mode=cfg.augment)
+    else:
+        train_ds = input_pipeline.make_dataset(
+            paths[is_train], labels[is_train], spec, global_batch, training=True, seed=cfg.seed,
+            weights=input_pipeline.class_weights(labels[is_train]), augment_mode=cfg.augment)
     val_ds = input_pipeline.make_dataset(paths[is_val], labels[is_val], spec, global_batch, training=False)
 
     with strategy.scope():
         from trainer.model import make_model
         model = make_model((spec.height, spec.width, 1), base_filters=cfg.base_filters)
-        steps_per_epoch = int(np.ceil((~is_val).sum() / global_batch))
         model.compile(optimizer=_optimizer(cfg, steps_per_epoch),
                       loss="binary_crossentropy",
                       metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
@@ -106,11 +158,12 @@ def train(cfg, extra_callbacks=()):
         tf.io.gfile.rmtree(join(work_dir, "backup"))
     t0 = time.time()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                        steps_per_epoch=steps_per_epoch if balanced else None,
                         callbacks=_callbacks(work_dir, cfg) + list(extra_callbacks), verbose=2)
     fit_seconds = time.time() - t0
     epochs_run = len(history.history.get("loss", []))
 
-    val_scores = model.predict(val_ds, verbose=0)[:, 0].astype(np.float64)
+    val_scores = _predict(model, val_ds)
     val_labels = labels[is_val]
     m = metrics.evaluate(val_labels, val_scores, cfg.target_sensitivity,
                          groups=data["groups"][is_val], bootstrap=cfg.bootstrap)
@@ -121,6 +174,20 @@ def train(cfg, extra_callbacks=()):
     m["specificity_by_class"] = {
         c: [float((val_scores[val_classes == c] < m["threshold"]).mean()), int((val_classes == c).sum())]
         for c in sorted(set(val_classes[val_labels == 0]))}
+    scored = [("validation", np.flatnonzero(is_val), val_scores, ex, labels, data["groups"])]
+    if is_holdout.any():
+        idx = np.flatnonzero(is_holdout)
+        scored.append(("held_out_site", idx, _predict(model, input_pipeline.make_dataset(
+            paths[idx], labels[idx], spec, global_batch, training=False)), ex, labels, data["groups"]))
+    external = data["external"]
+    if external and external["examples"]:
+        e_paths = np.array([e.path for e in external["examples"]])
+        scored.append(("external", np.arange(len(e_paths)), _predict(model, input_pipeline.make_dataset(
+            e_paths, external["labels"], spec, global_batch, training=False)),
+            external["examples"], external["labels"], external["groups"]))
+    m["by_source"] = {split: evaluation.per_source([exs[i] for i in idx], labs[idx], grps[idx], scores,
+                                                   m["threshold"], cfg.bootstrap, pooled=split != "validation")
+                      for split, idx, scores, exs, labs, grps in scored}
     from trainer.model import flops_per_image
     fields = dict(
         name=cfg.name, version=version, input_spec=spec, class_names=["no_tumor", "tumor"],
@@ -129,7 +196,8 @@ def train(cfg, extra_callbacks=()):
         extra={"training": {"replicas": replicas, "global_batch_size": global_batch,
                             "strategy": type(strategy).__name__, "epochs_run": epochs_run,
                             "fit_seconds": round(fit_seconds, 1),
-                            "train_images_per_second": round(epochs_run * int((~is_val).sum()) / fit_seconds, 1),
+                            "train_images_per_second": round(epochs_run * n_train / fit_seconds, 1),
+                            "balanced_sources": bool(balanced),
                             "params": int(model.count_params()),
                             "flops_per_image": flops_per_image(model)}})
     final_dir = join(cfg.model_dir, cfg.name, version)
@@ -137,7 +205,7 @@ def train(cfg, extra_callbacks=()):
     if os.path.exists(local_dir) and not final_dir.startswith("gs://"):
         raise FileExistsError(f"{final_dir} already exists; pick another --version")
     metadata = artifact.write_artifact(model, local_dir, fields)
-    _write_extras(local_dir, metadata, data, val_scores, paths[is_val], val_classes)
+    _write_extras(local_dir, metadata, data, scored)
     if final_dir.startswith("gs://"):
         _upload(local_dir, final_dir)
         shutil.rmtree(local_dir)
@@ -146,15 +214,22 @@ def train(cfg, extra_callbacks=()):
     return final_dir, metadata
 
 
-def _write_extras(out_dir, metadata, data, val_scores, val_paths, val_classes):
+def _predict(model, ds):
+    return model.predict(ds, verbose=0)[:, 0].astype(np.float64)
+
+
+def _write_extras(out_dir, metadata, data, scored):
+    """EDA, plots, the model card and every scored row (validation, held-out site, external)."""
     val_labels = data["labels"][data["is_val"]]
     eda.write_report(data["report"], os.path.join(out_dir, "eda"))
-    plots.write_plots(val_labels, val_scores, metadata["threshold"], out_dir)
+    plots.write_plots(val_labels, scored[0][2], metadata["threshold"], out_dir)
     with open(os.path.join(out_dir, artifact.PREDICTIONS_FILE), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "class_name", "label", "group", "score"])
-        for row in zip(val_paths, val_classes, val_labels, data["groups"][data["is_val"]], val_scores):
-            w.writerow([row[0], row[1], int(row[2]), int(row[3]), repr(float(row[4]))])
+        w.writerow(["path", "class_name", "label", "group", "score", "split", "source"])
+        for split, idx, scores, exs, labs, grps in scored:
+            for i, score in zip(idx, scores, strict=True):
+                w.writerow([exs[i].path, exs[i].class_name, int(labs[i]), int(grps[i]), repr(float(score)),
+                            split, evaluation.source_key(exs[i])])
     with open(os.path.join(out_dir, artifact.MODEL_CARD_FILE), "w") as f:
         f.write(model_card.render(metadata, data["report"]))
 
