@@ -10,10 +10,13 @@ own members:
           member bytes inside the chunk (bounded by chunk_size/chunk_bytes).
 No step holds a whole archive in memory.
 """
+import bisect
 import dataclasses
 import os
 import struct
+import stat
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 
@@ -23,6 +26,9 @@ from apache_beam.io.filesystems import FileSystems
 ZIP_SUFFIXES = (".zip",)
 TAR_SUFFIXES = (".tar",)
 TGZ_SUFFIXES = (".tar.gz", ".tgz")
+TBZ_SUFFIXES = (".tar.bz2", ".tbz2", ".tbz")
+TXZ_SUFFIXES = (".tar.xz", ".txz")
+_STREAM_MODES = {"tgz": "r|gz", "tbz": "r|bz2", "txz": "r|xz"}  # compressed tars: inline bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,16 +62,32 @@ def archive_kind(path):
         return "zip"
     if lower.endswith(TGZ_SUFFIXES):
         return "tgz"
+    if lower.endswith(TBZ_SUFFIXES):
+        return "tbz"
+    if lower.endswith(TXZ_SUFFIXES):
+        return "txz"
     if lower.endswith(TAR_SUFFIXES):
         return "tar"
     return "file"
 
 
 def safe_name(name):
-    """A printable, valid-UTF-8 form of a member name; never used as a disk path."""
+    """A printable, valid-UTF-8 form of a member name; never used as a disk path.
+
+    Control and format characters (newline, ESC, BEL, right-to-left override)
+    are escaped, so a name cannot forge a line in a log or reorder text in the
+    report.
+    """
     if isinstance(name, bytes):
         name = name.decode("utf-8", "backslashreplace")
-    return name.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(_escape(c) if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c
+                   for c in name)
+
+
+def _escape(c):
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _open(uri):
@@ -95,14 +117,30 @@ def _zip_refs(uri, limits):
         f = _open(uri)
         zf = zipfile.ZipFile(f)
         infos = zf.infolist()
+        archive_size = f.seek(0, os.SEEK_END)
     except Exception as e:
         yield _whole_input_error("archive_corrupt", f"zip index unreadable: {type(e).__name__}: {e}")
         return
-    for info in infos:
-        if info.is_dir():
-            continue
-        ref = MemberRef(safe_name(info.filename), info.file_size, info)
-        if info.flag_bits & 0x1:
+    # Entries whose local data would overlap another's (several central-directory
+    # entries pointing at one member inflate it many times: a zip bomb).
+    starts = sorted({i.header_offset for i in infos})
+    seen_offsets = set()
+    for n, info in enumerate(infos):
+        name = info.filename
+        if name.endswith("/") and info.file_size == 0:
+            continue  # a directory entry: structure, not a member
+        ref = MemberRef(safe_name(name) if name else f"(unnamed member {n})", info.file_size, info)
+        data_end = info.header_offset + zipfile.sizeFileHeader + len(info.orig_filename.encode("utf-8",
+                                                                                            "surrogateescape"))
+        at = bisect.bisect_right(starts, info.header_offset)
+        nxt = starts[at] if at < len(starts) else archive_size
+        if info.header_offset in seen_offsets:
+            ref.error_code, ref.error_message = "overlapping_member", "entry shares its data with an earlier entry"
+        elif data_end + info.compress_size > nxt:
+            ref.error_code = "member_size_mismatch"
+            ref.error_message = (f"declared compressed size {info.compress_size} runs past the next member "
+                                 f"or the end of the archive")
+        elif info.flag_bits & 0x1:
             ref.error_code, ref.error_message = "encrypted_member", "member is password-protected"
         elif info.file_size > limits.max_member_bytes:
             ref.error_code = "member_too_large"
@@ -112,54 +150,105 @@ def _zip_refs(uri, limits):
             ref.error_code = "suspicious_compression_ratio"
             ref.error_message = (f"{info.file_size} bytes from {info.compress_size} compressed "
                                  f"(ratio > {limits.max_compression_ratio:g})")
+        seen_offsets.add(info.header_offset)
         yield ref
     f.close()
 
 
+def _skipped_entry(member):
+    """A coded ref for a tar entry that is not a regular file (links are never followed)."""
+    if member.issym() or member.islnk():
+        kind = "symbolic link" if member.issym() else "hard link"
+        return MemberRef(safe_name(member.name), 0, None, "link_member",
+                         f"{kind} to {safe_name(member.linkname)!r}; links are not followed")
+    kinds = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
+    return MemberRef(safe_name(member.name), 0, None, "special_member",
+                     f"{kinds.get(member.type, 'unknown entry type ' + repr(member.type))}, not a file")
+
+
 def _tar_member_ref(member, locator, limits):
     ref = MemberRef(safe_name(member.name), member.size, locator)
-    if member.size > limits.max_member_bytes:
+    if member.issparse():
+        ref.locator = None
+        ref.error_code = "sparse_member"
+        ref.error_message = "sparse tar member: its stored bytes are not the file's content"
+    elif member.size > limits.max_member_bytes:
         ref.locator = None
         ref.error_code = "member_too_large"
         ref.error_message = f"{member.size} bytes > limit {limits.max_member_bytes}"
     return ref
 
 
-def _tar_refs(uri, limits, compressed):
-    """Members of a tar (offsets) or tar.gz (inline bytes), streaming."""
+def _tar_refs(uri, limits, kind, archive_size=0):
+    """Members of a tar (offsets) or compressed tar (inline bytes), streaming.
+
+    Every entry but a directory gets a ref: links, devices and FIFOs with a
+    code. In a compressed tar, a member whose bytes would take the inflated
+    total past `max_compression_ratio` x the archive's size is coded and not
+    held (a tar.gz of zeros is a zip bomb too).
+    """
+    compressed = kind != "tar"
     try:
         f = _open(uri)
-        tar = tarfile.open(fileobj=f, mode="r|gz" if compressed else "r:")
+        tar = tarfile.open(fileobj=f, mode=_STREAM_MODES[kind] if compressed else "r:")
     except Exception as e:
         yield _whole_input_error("archive_corrupt", f"tar unreadable: {type(e).__name__}: {e}")
         return
+    inflated = 0
+    budget = limits.max_compression_ratio * max(archive_size, 1 << 20)
     try:
         while True:
             member = tar.next()
             if member is None:
                 break
             tar.members = []  # tarfile caches every header; drop them to stay bounded
+            if member.isdir():
+                continue
             if not member.isfile():
+                yield _skipped_entry(member)
                 continue
             if not compressed:
                 yield _tar_member_ref(member, member.offset_data, limits)
                 continue
             ref = _tar_member_ref(member, None, limits)
+            inflated += member.size
+            if ref.error_code is None and inflated > budget:
+                ref.error_code = "suspicious_compression_ratio"
+                ref.error_message = (f"{inflated} bytes inflated from a {archive_size}-byte archive "
+                                     f"(ratio > {limits.max_compression_ratio:g})")
             if ref.error_code is None:
                 data = tar.extractfile(member).read()
                 if len(data) != member.size:
                     raise EOFError(f"member {ref.path!r} cut at {len(data)} of {member.size} bytes")
                 ref.locator = data
             yield ref
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
         yield _whole_input_error("archive_truncated", f"archive ends early: {type(e).__name__}: {e}")
     finally:
         f.close()
 
 
+def _not_regular(uri):
+    """A reason when a local input is a FIFO, socket or device (opening a FIFO blocks forever)."""
+    if "://" in uri:
+        return None
+    try:
+        mode = os.stat(uri).st_mode
+    except OSError:
+        return None  # the reader reports it as unreadable
+    if stat.S_ISREG(mode):
+        return None
+    return {stat.S_ISFIFO(mode): "a FIFO", stat.S_ISSOCK(mode): "a socket",
+            stat.S_ISCHR(mode): "a character device", stat.S_ISBLK(mode): "a block device"}.get(True, "not a file")
+
+
 def list_chunks(uri, size, limits=Limits()):
     """Chunks of member references for one input file (archive or loose image)."""
     kind = archive_kind(uri)
+    reason = _not_regular(uri)
+    if reason:
+        return [Chunk(uri, "file", 0, [MemberRef("", 0, None, "not_a_regular_file",
+                                                 f"input is {reason}; never opened")])]
     if kind == "file":
         ref = MemberRef("", size)
         if size > limits.max_member_bytes:
@@ -167,8 +256,10 @@ def list_chunks(uri, size, limits=Limits()):
             ref.error_message = f"{size} bytes > limit {limits.max_member_bytes}"
         return [Chunk(uri, "file", 0, [ref])]
     refs = {"zip": lambda: _zip_refs(uri, limits),
-            "tar": lambda: _tar_refs(uri, limits, compressed=False),
-            "tgz": lambda: _tar_refs(uri, limits, compressed=True)}[kind]()
+            "tar": lambda: _tar_refs(uri, limits, "tar"),
+            "tgz": lambda: _tar_refs(uri, limits, "tgz", size),
+            "tbz": lambda: _tar_refs(uri, limits, "tbz", size),
+            "txz": lambda: _tar_refs(uri, limits, "txz", size)}[kind]()
     return _chunks(uri, kind, refs, limits)
 
 
@@ -191,7 +282,7 @@ def read_members(chunk):
     A ref the lister already marked bad yields (ref, None, None). One member's
     failure never stops the others.
     """
-    if chunk.kind == "tgz":
+    if chunk.kind in _STREAM_MODES:
         for ref in chunk.refs:
             yield ref, ref.locator, None
         return

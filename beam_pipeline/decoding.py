@@ -20,6 +20,15 @@ _RASTER_MAGIC = (
 _ARCHIVE_MAGIC = ((b"PK\x03\x04", "zip"), (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"),
                   (b"7z\xbc\xaf\x27\x1c", "7z"), (b"Rar!", "rar"))
 _DICOM_EXTENSIONS = (".dcm", ".dicom", "")
+# A DICOM without the 128-byte preamble starts with an element of group 0002 or
+# 0008 (little-endian); anything else is not worth a forced parse (pydicom
+# crawls through a file of zeros at ~0.7 s/MiB).
+_BARE_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
+
+# Resource limits, decided once and checked before any pixel buffer exists.
+MAX_FRAME_PIXELS = preprocessing.MAX_IMAGE_PIXELS  # rows x columns x samples of one frame
+MAX_FRAMES = 1024                                   # frames (DICOM) or pages (TIFF) per member
+MAX_MEMBER_PIXELS = 128 * 1024 * 1024               # all frames of one member together
 
 
 class DecodeError(Exception):
@@ -56,17 +65,36 @@ def sniff(data, name=""):
             return fmt
     if len(data) > 262 and data[257:262] == b"ustar":
         return "tar"
-    if os.path.splitext(name)[1].lower() in _DICOM_EXTENSIONS:
+    if os.path.splitext(name)[1].lower() in _DICOM_EXTENSIONS and data[:2] in _BARE_DICOM_STARTS:
         return "dicom?"
     return None
 
 
 def decode(data, name=""):
-    """Decoded frames of one image; raises DecodeError with a code from error_codes."""
+    """Decoded frames of one image; raises DecodeError with a code from error_codes.
+
+    No other exception escapes: a decoder bug or an input nobody anticipated
+    becomes that member's coded row, never a failed bundle.
+    """
+    try:
+        return _decode(data, name)
+    except DecodeError:
+        raise
+    except MemoryError as e:
+        raise DecodeError("image_too_large", "decoding ran out of memory", sniff(data, name)) from e
+    except Exception as e:
+        fmt = sniff(data, name)
+        code = "dicom_corrupt" if fmt in ("dicom", "dicom?") else "undecodable_image"
+        raise DecodeError(code, f"unexpected decoder failure: {type(e).__name__}: {e}", fmt) from e
+
+
+def _decode(data, name):
     if not data:
         raise DecodeError("empty_file", "zero-byte file")
     fmt = sniff(data, name)
-    if fmt in ("png", "jpeg", "bmp", "tiff"):
+    if fmt == "tiff":
+        return _decode_tiff(data)
+    if fmt in ("png", "jpeg", "bmp"):
         try:
             gray = preprocessing.decode_raster(data)
         except preprocessing.ImageDecodeError as e:
@@ -77,6 +105,92 @@ def decode(data, name=""):
     if fmt in ("zip", "gzip", "bzip2", "7z", "rar", "tar"):
         raise DecodeError("nested_archive", f"{fmt} archive inside an archive is not expanded", fmt)
     raise DecodeError("not_an_image", "content is not PNG, JPEG, BMP, TIFF or DICOM", "unknown")
+
+
+def _decode_tiff(data):
+    """Every page of a (multi-page) TIFF is a frame, as for multi-frame DICOM."""
+    from PIL import Image, ImageSequence
+    try:
+        im = Image.open(io.BytesIO(data))
+        n = getattr(im, "n_frames", 1)
+    except Exception as e:
+        raise DecodeError("undecodable_image", f"not a readable image: {e}", "tiff") from e
+    if n > MAX_FRAMES:
+        raise DecodeError("too_many_frames", f"{n} pages > limit {MAX_FRAMES}", "tiff")
+    frames, total = [], 0
+    with im:
+        for i, page in enumerate(ImageSequence.Iterator(im)):
+            w, h = page.size
+            total += w * h
+            if total > MAX_MEMBER_PIXELS:
+                raise DecodeError("image_too_large", f"pages hold more than {MAX_MEMBER_PIXELS} pixels", "tiff")
+            buf = io.BytesIO()
+            try:
+                page.save(buf, format="TIFF")
+                gray = preprocessing.decode_raster(buf.getvalue())
+            except preprocessing.ImageDecodeError as e:
+                raise DecodeError(e.code, f"page {i}: {e}", "tiff") from e
+            except Exception as e:
+                raise DecodeError("undecodable_image", f"page {i}: {e}", "tiff") from e
+            frames.append(Frame(gray, i))
+    h, w = frames[0].gray.shape
+    return Decoded("tiff", w, h, frames)
+
+
+def _check_dicom_size(ds):
+    """Refuse pixel data whose declared size breaks a limit, before pydicom allocates it."""
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as e:
+        raise DecodeError("dicom_corrupt", f"unreadable image dimensions: {e}", "dicom") from e
+    if min(rows, cols, samples, frames) < 1:
+        raise DecodeError("dicom_corrupt", f"image dimensions {rows}x{cols}x{samples}, {frames} frames",
+                          "dicom")
+    if rows * cols * samples > MAX_FRAME_PIXELS:
+        raise DecodeError("image_too_large", f"{cols}x{rows}x{samples} samples per frame exceeds the limit "
+                          f"of {MAX_FRAME_PIXELS}", "dicom")
+    if frames > MAX_FRAMES:
+        raise DecodeError("too_many_frames", f"{frames} frames > limit {MAX_FRAMES}", "dicom")
+    if rows * cols * samples * frames > MAX_MEMBER_PIXELS:
+        raise DecodeError("image_too_large", f"{frames} frames of {cols}x{rows} exceed the limit of "
+                          f"{MAX_MEMBER_PIXELS} pixels per member", "dicom")
+
+
+def _dicom_gray(frame, ds):
+    """One frame as float32 grayscale through the modality LUT and, where valid, the VOI LUT.
+
+    Windowing is for display; `prepare` normalises intensities itself, so an
+    invalid window (WindowWidth 0, common in secondary captures) is ignored
+    rather than failing the image. An invalid modality LUT changes what the
+    values mean and is an error.
+    """
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric == "PALETTE COLOR":
+        try:
+            return np.asarray(apply_color_lut(frame, ds), np.float32).mean(axis=-1)
+        except Exception as e:
+            raise DecodeError("dicom_invalid_lut", f"palette colour LUT unusable: {type(e).__name__}: {e}",
+                              "dicom") from e
+    if frame.ndim == 3:
+        return np.asarray(frame, np.float32).mean(axis=-1)
+    try:
+        gray = np.asarray(apply_modality_lut(frame, ds), np.float32)
+    except Exception as e:
+        raise DecodeError("dicom_invalid_lut", f"modality LUT/rescale unusable: {type(e).__name__}: {e}",
+                          "dicom") from e
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        try:
+            windowed = np.asarray(apply_voi_lut(gray, ds, index=0, prefer_lut=True), np.float32)
+            if windowed.shape == gray.shape and np.isfinite(windowed).all():
+                gray = windowed
+        except Exception:
+            pass  # invalid window: keep the modality values (see docstring)
+    if photometric == "MONOCHROME1":
+        gray = gray.max() - gray
+    return gray
 
 
 _UID_FIELDS = {"StudyInstanceUID": "study_instance_uid", "SeriesInstanceUID": "series_instance_uid",
@@ -99,6 +213,7 @@ def _decode_dicom(data, force):
     uids = {col: str(ds.get(tag)) if ds.get(tag) is not None else None for tag, col in _UID_FIELDS.items()}
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DecodeError("dicom_no_pixel_data", "DICOM has no pixel data", "dicom")
+    _check_dicom_size(ds)
     try:
         pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as e:
@@ -110,18 +225,11 @@ def _decode_dicom(data, force):
         raise DecodeError("dicom_corrupt", f"pixel data unreadable: {type(e).__name__}: {e}", "dicom") from e
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    frames = pixels if n_frames > 1 else pixels[None]
+    frames = np.asarray(pixels)
+    while frames.ndim < 3 + (samples > 1):  # single frames come without the frame axis
+        frames = frames[None]
     out = []
     for i, frame in enumerate(frames):
-        if samples > 1:
-            gray = np.asarray(frame, np.float32).mean(axis=-1)
-        else:
-            gray = apply_modality_lut(frame, ds)
-            if "WindowCenter" in ds or "VOILUTSequence" in ds:
-                gray = apply_voi_lut(gray, ds, index=0, prefer_lut=True)
-            gray = np.asarray(gray, np.float32)
-            if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
-                gray = gray.max() - gray
-        out.append(Frame(gray, i))
+        out.append(Frame(_dicom_gray(np.asarray(frame), ds), i))
     h, w = out[0].gray.shape[:2]
     return Decoded("dicom", int(w), int(h), out, uids)

@@ -10,6 +10,8 @@ CODES = {
     "undecodable_image": (STATUS_ERROR, "looks like an image (magic bytes) but Pillow cannot decode it: corrupt or truncated"),
     "image_too_large": (STATUS_ERROR, "pixel count above the decompression-bomb limit; never decoded"),
     "dicom_corrupt": (STATUS_ERROR, "DICOM that pydicom cannot parse or whose pixel data is truncated"),
+    "dicom_invalid_lut": (STATUS_ERROR, "DICOM modality LUT/rescale or palette that cannot be applied (an invalid VOI window is ignored instead)"),
+    "too_many_frames": (STATUS_ERROR, "more frames (DICOM) or pages (TIFF) than the per-member limit; never decoded"),
     "dicom_unsupported_transfer_syntax": (STATUS_ERROR, "DICOM pixel data in a transfer syntax no installed decoder handles"),
     "not_an_image": (STATUS_SKIPPED, "content is not PNG/JPEG/BMP/TIFF/DICOM (text, other binary)"),
     "dicom_no_pixel_data": (STATUS_SKIPPED, "DICOM without pixel data (DICOMDIR, structured report, ...)"),
@@ -19,10 +21,16 @@ CODES = {
     "member_too_large": (STATUS_ERROR, "uncompressed member size above --max-member-bytes; never read"),
     "suspicious_compression_ratio": (STATUS_ERROR, "zip member whose size/compressed-size ratio exceeds the zip-bomb limit"),
     "encrypted_member": (STATUS_ERROR, "password-protected zip member"),
+    "overlapping_member": (STATUS_ERROR, "zip entry that shares its data with an earlier entry (overlapping-entry zip bomb); never inflated"),
+    "member_size_mismatch": (STATUS_ERROR, "zip entry whose declared compressed size runs past the next member or the archive's end"),
+    "sparse_member": (STATUS_ERROR, "sparse tar member: its stored bytes are not the file's content; not decoded"),
+    "link_member": (STATUS_SKIPPED, "tar symbolic or hard link; links are never followed"),
+    "special_member": (STATUS_SKIPPED, "tar device or FIFO entry, not a file"),
     "member_read_error": (STATUS_ERROR, "member bytes could not be read (CRC mismatch, truncated data)"),
     # whole input
     "archive_corrupt": (STATUS_ERROR, "the archive's index cannot be read; one row for the whole archive"),
     "archive_truncated": (STATUS_ERROR, "the archive ends early; members before the cut are scored, this row marks the cut"),
+    "not_a_regular_file": (STATUS_ERROR, "the input is a FIFO, socket or device; never opened (a FIFO would block forever)"),
     "input_unreadable": (STATUS_ERROR, "the input file could not be opened or read"),
 }
 

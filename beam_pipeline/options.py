@@ -10,7 +10,7 @@ class ScreeningOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--input", action="append", default=None,
-                            help="glob of archives (.zip .tar .tar.gz .tgz) and loose images "
+                            help="glob of archives (.zip .tar .tar.gz .tgz .tar.bz2 .tar.xz) and loose images "
                                  "(.png .jpg .bmp .tif .dcm, extension-less DICOM); local or gs://; repeatable")
         parser.add_argument("--output", default=None,
                             help="output prefix (local or gs://): images-*.parquet and _SUMMARY.json go here; "

@@ -40,6 +40,10 @@ class _ListChunks(beam.DoFn):
         yield from archives.list_chunks(file_metadata.path, file_metadata.size_in_bytes, self._limits)
 
 
+def _first(values):
+    return next(iter(values))
+
+
 class ExpandInputs(beam.PTransform):
     """PBegin -> PCollection[Chunk], spread across workers by a Reshuffle."""
 
@@ -52,6 +56,10 @@ class ExpandInputs(beam.PTransform):
         return (pbegin
                 | "Patterns" >> beam.Create(self._patterns)
                 | "MatchInputs" >> fileio.MatchAll()
+                # An input matched by two globs is one input: scored and counted once.
+                | "KeyByPath" >> beam.Map(lambda m: (m.path, m))
+                | "OnePerPath" >> beam.CombinePerKey(_first)
+                | "Inputs" >> beam.Values()
                 | "ListMembers" >> beam.ParDo(_ListChunks(self._limits))
                 | "SpreadChunks" >> beam.Reshuffle())
 

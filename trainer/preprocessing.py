@@ -133,12 +133,33 @@ def _square_crop(img, box):
     return canvas
 
 
+def _square_resized(img, box, height, width):
+    """The box's content on a square canvas, resized to height x width.
+
+    Ordinary slices are padded at full size and then resized (the v1/v2
+    definition). A strip such as a 1 x 20000 PNG would need a 20000 x 20000
+    canvas (1.6 GB), so when padding would more than quadruple the pixels and
+    exceed 4 Mpx, the crop is resized first and padded at the target size.
+    """
+    r0, r1, c0, c1 = box
+    ch, cw = r1 - r0, c1 - c0
+    side = max(ch, cw)
+    if side * side <= max(4 * ch * cw, 1 << 22):
+        return _resize(_square_crop(img, box), height, width)
+    sh, sw = max(1, round(ch * height / side)), max(1, round(cw * width / side))
+    small = _resize(np.ascontiguousarray(img[r0:r1, c0:c1]), sh, sw)
+    canvas = np.zeros((height, width), np.float32)
+    oy, ox = (height - sh) // 2, (width - sw) // 2
+    canvas[oy:oy + sh, ox:ox + sw] = small
+    return canvas
+
+
 def prepare(gray, spec=InputSpec()):
     """Turn a 2-D grayscale array (any range) into a (H, W, 1) float32 in [0, 1]."""
     g01 = _normalise(gray)
     if g01 is None:
         return np.zeros((spec.height, spec.width, 1), np.float32)
-    small = _resize(_square_crop(g01, _head_box(g01)), spec.height, spec.width)
+    small = _square_resized(g01, _head_box(g01), spec.height, spec.width)
     head = small[small > _FOREGROUND_LEVEL]
     if head.size >= 16:
         lo, hi = np.percentile(head, [1.0, 99.0])
@@ -158,7 +179,7 @@ def project_mask(gray, mask, spec=InputSpec()):
         raise ValueError(f"mask shape {mask.shape} differs from image shape {np.shape(gray)}")
     g01 = _normalise(gray)
     box = _head_box(g01) if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
-    return np.clip(_resize(_square_crop(mask / max(mask.max(), 1e-6), box), spec.height, spec.width), 0, 1)
+    return np.clip(_square_resized(mask / max(mask.max(), 1e-6), box, spec.height, spec.width), 0, 1)
 
 
 def image_bytes_to_input(data, spec=InputSpec()):
