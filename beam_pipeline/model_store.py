@@ -66,3 +66,23 @@ def metadata(uri):
 
 def load(uri):
     return artifact.load(stage(uri))
+
+
+def resolve(uri):
+    """The artifact directory a user meant by `uri`; (directory, note or None).
+
+    Accepts the version directory itself, its model.keras file, and (local)
+    a name folder holding integer versions, which means the newest one.
+    """
+    if uri.endswith(artifact.MODEL_FILE):
+        return uri[: -len(artifact.MODEL_FILE)].rstrip("/\\") or ".", f"--model {uri}: using its folder"
+    if _is_local(uri) and os.path.isdir(uri) and not os.path.exists(os.path.join(uri, artifact.METADATA_FILE)):
+        versions = sorted((int(v) for v in os.listdir(uri)
+                           if v.isdigit() and os.path.exists(os.path.join(uri, v, artifact.METADATA_FILE))))
+        if versions:
+            chosen = os.path.join(uri, str(versions[-1]))
+            return chosen, f"--model {uri}: versions {versions} found; using the newest, {chosen}"
+        raise artifact.ArtifactError(f"{uri} has no {artifact.METADATA_FILE} and no version folders "
+                                     f"(<name>/<integer>/{artifact.METADATA_FILE}); entries: "
+                                     f"{sorted(os.listdir(uri))[:10]}")
+    return uri, None

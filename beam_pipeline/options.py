@@ -11,12 +11,15 @@ class ScreeningOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         parser.add_argument("--input", action="append", default=None,
                             help="glob of archives (.zip .tar .tar.gz .tgz .tar.bz2 .tar.xz) and loose images "
-                                 "(.png .jpg .bmp .tif .dcm, extension-less DICOM); local or gs://; repeatable")
+                                 "(.png .jpg .bmp .tif .dcm, extension-less DICOM); local or gs://; a folder "
+                                 "(or a gs:// prefix ending in /) means every file under it, recursively; "
+                                 "repeatable")
         parser.add_argument("--output", default=None,
                             help="output prefix (local or gs://): images-*.parquet and _SUMMARY.json go here; "
                                  "{date} becomes the UTC date (for schedules)")
         parser.add_argument("--model", default=model_store.DEFAULT_MODEL,
-                            help="model artifact directory (local or gs://); default: the model in models/")
+                            help="model artifact: its version folder (local or gs://), its model.keras, "
+                                 "or a local name folder (the newest version is used)")
         parser.add_argument("--batch-size", dest="batch_size", type=int, default=64,
                             help="images per model call")
         parser.add_argument("--threshold", type=float, default=None,
@@ -39,3 +42,8 @@ class ScreeningOptions(PipelineOptions):
                                  "python -m beam_pipeline.report <output>)")
         parser.add_argument("--num-shards", dest="num_shards", type=int, default=0,
                             help="Parquet output shards (0 = runner decides)")
+        parser.add_argument("--max-error-fraction", dest="max_error_fraction", type=float, default=0.05,
+                            help="exit 3 when more than this share of rows has status error (skipped rows, "
+                                 "such as text files, do not count)")
+        parser.add_argument("--verbose", action="store_true", default=False,
+                            help="show TensorFlow and Beam logging")

@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_pipeline import archives, manifest, model_store, report, summary
+from beam_pipeline import archives, cli, manifest, model_store, report, summary
 from beam_pipeline.options import ScreeningOptions
 from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
 from trainer import artifact
@@ -91,11 +91,24 @@ def build(pipeline, opts, metadata, started_at):
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     """Build and run the job; returns the PipelineResult (after it finishes)."""
-    options = PipelineOptions(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cli.check_flags(argv)
+        options = PipelineOptions(argv)
+        opts = options.view_as(ScreeningOptions)
+        cli.validate(opts)
+    except cli.UsageError as e:
+        raise JobError(str(e)) from e
     options.view_as(SetupOptions).save_main_session = save_main_session
-    opts = options.view_as(ScreeningOptions)
     if not opts.output:
         raise JobError("no --output given")
+    opts.input = cli.expand_folders(opts.input)
+    try:
+        opts.model, note = model_store.resolve(opts.model)
+    except artifact.ArtifactError as e:
+        raise JobError(f"model: {e}") from e
+    if note:
+        print(note)
     now = datetime.datetime.now(datetime.timezone.utc)
     if not opts.run_id:
         opts.run_id = now.strftime("%Y%m%dT%H%M%SZ")
@@ -106,7 +119,6 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         raise JobError(f"model: {e}") from e
     matched = _match_inputs(opts.input, full=bool(opts.manifest))
     _check_output_writable(opts.output)
-    _clear_previous_output(opts.output)
     known = manifest.load(opts.manifest) if opts.manifest else {}
     todo = manifest.new_or_changed(matched, known) if opts.manifest else matched
     if opts.manifest:
@@ -115,10 +127,15 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         opts.input = [m.path for m in todo]
     started_at = time.time()
     if not todo:
-        summary.write(opts.output, opts.run_id, summary.EMPTY_COUNTS, _model_info(metadata), opts.model, 0.0)
-        if opts.report:
-            report.write_report(opts.output)
+        # Nothing new: earlier results at this output stay as they are.
+        if not summary.exists(opts.output):
+            summary.write(opts.output, opts.run_id, summary.EMPTY_COUNTS, _model_info(metadata), opts.model, 0.0)
+            if opts.report:
+                report.write_report(opts.output)
+        else:
+            print(f"Nothing new to score; the results already in {opts.output} are left as they are")
         return _NothingToDo(opts.output)
+    _clear_previous_output(opts.output)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build(pipeline, opts, metadata, started_at)
     result = pipeline.run()
@@ -147,21 +164,48 @@ def read_summary(output):
     return summary.read(output)
 
 
+EXIT_OK, EXIT_JOB_ERROR, EXIT_TOO_MANY_ERRORS = 0, 2, 3
+
+
+def exit_code(counts, max_error_fraction):
+    """(code, reason) from a run's summary counts."""
+    rows = counts.get("rows", 0)
+    errors = counts.get("by_status", {}).get("error", 0)
+    fraction = errors / rows if rows else 0.0
+    if fraction > max_error_fraction:
+        return EXIT_TOO_MANY_ERRORS, (f"{errors} of {rows} rows are errors ({fraction:.1%} > "
+                                      f"--max-error-fraction {max_error_fraction:.1%})")
+    return EXIT_OK, f"{rows} rows, {errors} errors ({fraction:.1%} <= {max_error_fraction:.1%})"
+
+
 def main(argv=None):
-    logging.basicConfig(level=logging.WARNING)
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    if not verbose:
+        cli.quiet_tensorflow()
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR)
     try:
         result = run(argv)
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_JOB_ERROR
     try:
         counts = summary.read(result.output)
     except Exception:  # e.g. a Dataflow job launched without waiting
-        return 0
+        print(f"Submitted; results will be written under {result.output}")
+        return EXIT_OK
     print(json.dumps({k: counts[k] for k in ("run_id", "rows", "by_status", "by_error_code", "flagged",
                                               "images_per_second", "output_files")}, indent=2))
-    return 0
+    max_fraction = PipelineOptions(argv).view_as(ScreeningOptions).max_error_fraction
+    code, reason = exit_code(counts, max_fraction)
+    prefix = result.output.rstrip("/")
+    print("Outputs:")
+    for label, path in (("image table", f"{prefix}/images-*.parquet"), ("study table", f"{prefix}/studies-*.parquet"),
+                        ("heatmaps", f"{prefix}/heatmaps/"), ("report", f"{prefix}/report.html"),
+                        ("summary", f"{prefix}/_SUMMARY.json")):
+        print(f"  {label:12s} {path}")
+    print(f"Exit {code}: {reason}")
+    return code
 
 
 if __name__ == "__main__":

@@ -59,3 +59,20 @@ def test_manifest_scores_only_new_or_changed_archives(tmp_path):
     s3, out3 = night("n3")
     assert s3["rows"] == 5
     assert {os.path.basename(r["source_uri"]) for r in _rows(out3)} == {"mon.zip", "wed.zip"}
+
+
+def test_second_run_with_nothing_new_keeps_the_results(tmp_path):
+    """Same output, same day, --manifest: the second run finds nothing new and deletes nothing."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _zip(inputs / "mon.zip", range(4))
+    mf = str(tmp_path / "manifest.json")
+    out = str(tmp_path / "out")
+    argv = ["--input", str(inputs / "*.zip"), "--output", out, "--model", model_dir, "--manifest", mf]
+    run.run(argv)
+    first = _rows(out)
+    assert len(first) == 4
+    run.run(argv)
+    assert stable(_rows(out)) == stable(first)
+    assert run.read_summary(out)["rows"] == 4

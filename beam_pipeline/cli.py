@@ -1,0 +1,141 @@
+"""The command line of `brain-score`: our flags first, Beam's behind --help-beam.
+
+Beam's PipelineOptions silently discards flags it does not know, so a typo
+(`--treshold 0.5`) would run the night with the artifact's threshold and exit
+0. Here every flag must be known to this job or to some Beam options class;
+an unknown one is an error with a did-you-mean hint. Values are validated
+before any work starts.
+"""
+import argparse
+import difflib
+import os
+import sys
+
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+from beam_pipeline.options import ScreeningOptions
+
+DESCRIPTION = """Score brain-MRI images in archives (zip, tar, tar.gz/bz2/xz) and loose files
+(PNG/JPEG/BMP/TIFF/DICOM) with a trained model and write one Parquet row per image.
+
+Exit codes: 0 = done and the share of images with an error row is at most
+--max-error-fraction; 3 = done, but more errors than that; 2 = job-level problem
+before any work (bad flag or value, missing/tampered model, no input, output not
+writable or owned by someone else)."""
+
+
+class UsageError(ValueError):
+    """A flag or value that stops the job before it starts (exit 2)."""
+
+
+def _all_classes():
+    seen, todo = {}, list(PipelineOptions.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        seen.setdefault(str(cls), cls)
+        todo.extend(cls.__subclasses__())
+    return list(seen.values())
+
+
+def beam_parser():
+    """Every flag any PipelineOptions class defines (as Beam's own get_all_options builds it)."""
+    parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    for cls in _all_classes():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
+def own_parser():
+    parser = argparse.ArgumentParser(
+        prog="brain-score", description=DESCRIPTION, allow_abbrev=False, add_help=False,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=30),
+        epilog="Every Apache Beam pipeline option (--runner, --project, --region, --temp_location, "
+               "--direct_num_workers, ...) is accepted too: see --help-beam.")
+    ScreeningOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    parser.add_argument("--help-beam", action="store_true", help="list Apache Beam's own options and exit")
+    for action in parser._actions:  # defaults in every line, as ArgumentDefaultsHelpFormatter would
+        if action.help and action.default not in (None, argparse.SUPPRESS, False) and "%(default)" not in action.help:
+            action.help += " (default: %(default)s)"
+    return parser
+
+
+def _option_strings(parser):
+    return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+
+
+def check_flags(argv):
+    """Raise UsageError for a flag no options class knows; print help and exit for -h/--help(-beam)."""
+    own = own_parser()
+    if "-h" in argv or "--help" in argv:
+        own.print_help()
+        sys.exit(0)
+    if "--help-beam" in argv:
+        parser = beam_parser()
+        parser.add_argument("-h", "--help", action="help")
+        parser.print_help()
+        sys.exit(0)
+    parser = beam_parser()
+    _, unknown = parser.parse_known_args(argv)
+    bad = [u.split("=", 1)[0] for u in unknown if u.startswith("-")]
+    if bad:
+        known = _option_strings(parser)
+        hints = []
+        for flag in bad:
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+            hints.append(f"{flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise UsageError(f"unknown flag(s): {', '.join(hints)}; see brain-score --help")
+    stray = [u for u in unknown if not u.startswith("-")]
+    if stray:
+        raise UsageError(f"unexpected argument(s) {stray}: every value belongs to a flag, e.g. --input PATTERN")
+
+
+def validate(opts):
+    """Values that would only fail (or silently do nothing) deep inside the run."""
+    def need(ok, message):
+        if not ok:
+            raise UsageError(message)
+    if opts.threshold is not None:
+        need(opts.threshold == opts.threshold and 0.0 < opts.threshold < 1.0,
+             f"--threshold must be strictly between 0 and 1, got {opts.threshold}")
+    need(opts.batch_size >= 1, f"--batch-size must be >= 1, got {opts.batch_size}")
+    need(opts.chunk_size >= 1, f"--chunk-size must be >= 1, got {opts.chunk_size}")
+    need(opts.max_member_bytes >= 1, f"--max-member-bytes must be >= 1, got {opts.max_member_bytes}")
+    need(opts.num_shards >= 0, f"--num-shards must be >= 0, got {opts.num_shards}")
+    need(0.0 <= opts.max_error_fraction <= 1.0,
+         f"--max-error-fraction must be between 0 and 1, got {opts.max_error_fraction}")
+
+
+def expand_folders(patterns):
+    """A local folder given as --input means every file under it, recursively."""
+    out = []
+    for p in patterns or []:
+        if "://" not in p and os.path.isdir(p):
+            out.append(os.path.join(p, "**"))
+        elif "://" in p and p.endswith("/"):
+            out.append(p + "**")
+        else:
+            out.append(p)
+    return out
+
+
+def quiet_tensorflow():
+    """Import TensorFlow with its start-up noise hidden (absl/oneDNN/CUDA lines on stderr).
+
+    TensorFlow 2.21 writes those lines from C++ before absl logging is set
+    up, so TF_CPP_MIN_LOG_LEVEL does not reach them: stderr is pointed at
+    /dev/null for the import and the device probe only. Python exceptions
+    still surface (they are raised after stderr is restored).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

@@ -1,0 +1,89 @@
+"""The command line: our own help, typos rejected, values validated, exit codes cron can trust."""
+import os
+import zipfile
+
+import pytest
+
+from beam_pipeline import cli, run
+from tests import bad_inputs, synth, tiny_model
+
+
+def test_help_lists_our_flags_with_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.check_flags(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--input", "--output", "--model", "--threshold", "--batch-size", "--max-error-fraction",
+                 "--help-beam"):
+        assert flag in text, flag
+    assert "(default: 64)" in text and "Exit codes" in text
+    assert "--temp_location TEMP_LOCATION" not in text  # Beam's own flags stay behind --help-beam
+
+
+def test_beam_help_lists_beam_flags(capsys):
+    with pytest.raises(SystemExit):
+        cli.check_flags(["--help-beam"])
+    assert "--runner" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--treshold", "0.5"], "did you mean --threshold"),
+    (["--inptu", "x"], "did you mean --input"),
+    (["--threshold", "2"], "strictly between 0 and 1"),
+    (["--threshold", "nan"], "strictly between 0 and 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--chunk-size", "-1"], "--chunk-size must be >= 1"),
+    (["--max-member-bytes", "-1"], "--max-member-bytes must be >= 1"),
+    (["--max-error-fraction", "1.5"], "--max-error-fraction"),
+    (["stray"], "unexpected argument"),
+])
+def test_bad_flags_and_values_exit_2_before_work(tmp_path, capsys, argv, message):
+    code = run.main(["--input", str(tmp_path / "none.png"), "--output", str(tmp_path / "out")] + argv)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_beam_flags_still_pass(tmp_path):
+    cli.check_flags(["--runner", "DirectRunner", "--direct_num_workers", "2", "--input", "x"])
+
+
+def test_folder_input_means_every_file_under_it_and_exit_codes(tmp_path, capsys):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    tree = tmp_path / "export" / "day1" / "series"
+    tree.mkdir(parents=True)
+    for i in range(3):
+        (tree / f"img{i}.png").write_bytes(synth.encode(synth.brain_slice(i, 32)))
+    with zipfile.ZipFile(tmp_path / "export" / "more.zip", "w") as zf:
+        zf.writestr("a.png", synth.encode(synth.brain_slice(9, 32)))
+    out = str(tmp_path / "out")
+    assert run.main(["--input", str(tmp_path / "export"), "--output", out, "--model", model_dir]) == 0
+    assert run.read_summary(out)["rows"] == 4 and run.read_summary(out)["by_status"] == {"ok": 4}
+    printed = capsys.readouterr().out
+    assert "report.html" in printed and "Exit 0" in printed
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"broken{i}.png").write_bytes(bad_inputs._img("L")[:100])
+    (bad / "ok.png").write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    out2 = str(tmp_path / "out2")
+    assert run.main(["--input", str(bad), "--output", out2, "--model", model_dir]) == 3
+    assert "3 of 4 rows are errors" in capsys.readouterr().out
+    assert run.main(["--input", str(bad), "--output", out2, "--model", model_dir,
+                     "--max-error-fraction", "0.8"]) == 0
+
+
+def test_model_given_as_file_or_name_folder(tmp_path, capsys):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    img = tmp_path / "x.png"
+    img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    out = str(tmp_path / "o")
+    assert run.main(["--input", str(img), "--output", out, "--model",
+                     os.path.join(model_dir, "model.keras")]) == 0
+    name_dir = os.path.dirname(model_dir)
+    assert run.main(["--input", str(img), "--output", out, "--model", name_dir]) == 0
+    assert "using the newest" in capsys.readouterr().out
+    empty = tmp_path / "empty_models"
+    empty.mkdir()
+    assert run.main(["--input", str(img), "--output", out, "--model", str(empty)]) == 2
+    assert "no version folders" in capsys.readouterr().err
