@@ -85,3 +85,18 @@ def test_training_on_two_collections_reports_every_source(tmp_path):
     assert not any("TCGA_FG_" in r for r in train_val)
     card = open(os.path.join(version_dir, "model_card.md")).read()
     assert "lgg/flair" in card and "held-out site" in card.lower()
+
+    # Threshold chosen again on brain-mri alone, and this run attached as its own check.
+    from trainer import generalisation
+    assert generalisation.main([version_dir, "--threshold-sources", "^brain-mri$", "--check", version_dir]) == 0
+    md2 = json.load(open(os.path.join(version_dir, "metadata.json")))
+    import csv
+    val = [r for r in csv.DictReader(open(os.path.join(version_dir, "validation_predictions.csv")))
+           if r["split"] == "validation" and r["source"] == "brain-mri"]
+    want = metrics.choose_threshold([int(r["label"]) for r in val], [float(r["score"]) for r in val],
+                                    md["threshold_target_sensitivity"])
+    assert md2["threshold"] == want and md2["validation_metrics"]["n"] == len(val)
+    assert md2["validation_metrics"]["threshold_sources"] == "^brain-mri$"
+    assert md2["generalisation"][0]["by_source"].keys() == {"brats-sample/flair"}
+    card = open(os.path.join(version_dir, "model_card.md")).read()
+    assert "Generalisation checks" in card and "Trained on brain-mri, lgg only" in card

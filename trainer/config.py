@@ -25,6 +25,7 @@ class TrainConfig:
     seed: int = 42
     mixed_precision: bool = False
     target_sensitivity: float = 0.95
+    threshold_sources: str = ""  # regex over validation sources that choose the threshold ("" = all)
     class_map: str = ""  # overrides, e.g. "yes=1,no=0"
     resume: bool = True
     early_stopping_patience: int = 8

@@ -23,16 +23,55 @@ def source_key(example):
     return f"{example.collection}/{example.sequence}" if example.sequence else example.collection
 
 
-def per_source(examples, labels, groups, scores, threshold, bootstrap=1000, pooled=True):
+def per_source(keys, labels, groups, scores, threshold, bootstrap=1000, pooled=True):
     """{source: metrics at `threshold`} (+ "all" when several sources and `pooled`)."""
     labels, groups, scores = np.asarray(labels), np.asarray(groups), np.asarray(scores)
-    keys = np.array([source_key(e) for e in examples])
+    keys = np.asarray(keys)
     out = {k: metrics.evaluate_at(labels[keys == k], scores[keys == k], threshold,
                                   groups=groups[keys == k], bootstrap=bootstrap)
            for k in sorted(set(keys.tolist()))}
     if pooled and len(out) > 1:
         out["all"] = metrics.evaluate_at(labels, scores, threshold, groups=groups, bootstrap=bootstrap)
     return out
+
+
+def operating_metrics(rows, target_sensitivity, threshold_sources="", bootstrap=1000):
+    """Threshold and every metric of an artifact from its scored rows.
+
+    `rows`: dicts with split (validation / held_out_site / external), source,
+    label, group, score and class_name, as in validation_predictions.csv.
+    The threshold is chosen on the validation rows whose source matches the
+    `threshold_sources` regex (all when empty): sources with noisy labels
+    (LGG's T1 "tumor" slices, many with no visible lesion) would otherwise
+    drag a 98%-sensitivity threshold to almost zero. The top-level figures
+    describe that set; `by_source` gives every split and source at the same
+    threshold.
+    """
+    import re
+    val = [r for r in rows if r["split"] == "validation"]
+    rx = re.compile(threshold_sources) if threshold_sources else None
+    chosen = [r for r in val if rx is None or rx.search(r["source"])]
+    if not chosen:
+        raise ValueError(f"--threshold-sources {threshold_sources!r} matches no validation source "
+                         f"({sorted({r['source'] for r in val})})")
+    lab = np.array([int(r["label"]) for r in chosen])
+    sc = np.array([float(r["score"]) for r in chosen])
+    cls = np.array([r["class_name"] for r in chosen])
+    m = metrics.evaluate(lab, sc, target_sensitivity, groups=np.array([r["group"] for r in chosen]),
+                         bootstrap=bootstrap)
+    m["threshold_sources"] = threshold_sources or "all"
+    m["sensitivity_by_class"] = {c: [float((sc[cls == c] >= m["threshold"]).mean()), int((cls == c).sum())]
+                                 for c in sorted(set(cls[lab == 1]))}
+    m["specificity_by_class"] = {c: [float((sc[cls == c] < m["threshold"]).mean()), int((cls == c).sum())]
+                                 for c in sorted(set(cls[lab == 0]))}
+    m["by_source"] = {}
+    for split in ("validation", "held_out_site", "external"):
+        part = [r for r in rows if r["split"] == split]
+        if part:
+            m["by_source"][split] = per_source(
+                [r["source"] for r in part], [int(r["label"]) for r in part], [r["group"] for r in part],
+                [float(r["score"]) for r in part], m["threshold"], bootstrap, pooled=split != "validation")
+    return m
 
 
 def main(argv=None):
@@ -60,7 +99,8 @@ def main(argv=None):
     scores = model.predict(ds, verbose=0)[:, 0].astype(np.float64)
     result = {"artifact": args.artifact, "model_sha256": md["model_sha256"], "threshold": md["threshold"],
               "skipped": len(skipped),
-              "by_source": per_source(examples, labels, groups, scores, md["threshold"], args.bootstrap)}
+              "by_source": per_source([source_key(e) for e in examples], labels, groups, scores, md["threshold"],
+                                args.bootstrap)}
     text = json.dumps(result, indent=2)
     if args.out:
         with open(args.out, "w") as f:

@@ -37,13 +37,36 @@ def check_entry(check_dir):
     }
 
 
+def rethreshold(artifact_dir, metadata, threshold_sources):
+    """Recompute threshold and metrics from the artifact's own scored rows (no model call)."""
+    import csv
+    import numpy as np
+    from trainer import evaluation, plots
+    with open(os.path.join(artifact_dir, artifact.PREDICTIONS_FILE)) as f:
+        rows = list(csv.DictReader(f))
+    cfg = metadata["training_config"]
+    m = evaluation.operating_metrics(rows, metadata["threshold_target_sensitivity"], threshold_sources,
+                                     cfg.get("bootstrap", 1000))
+    metadata["validation_metrics"] = m
+    metadata["threshold"] = m["threshold"]
+    cfg["threshold_sources"] = threshold_sources
+    val = [r for r in rows if r["split"] == "validation"]
+    plots.write_plots(np.array([int(r["label"]) for r in val]), np.array([float(r["score"]) for r in val]),
+                      m["threshold"], artifact_dir)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", help="version directory whose card gets the checks")
     parser.add_argument("--check", action="append", default=[], help="artifact of a check run; repeatable")
+    parser.add_argument("--threshold-sources", default=None,
+                        help="choose the threshold again from validation_predictions.csv on these sources "
+                             "(the trainer's --threshold-sources, applied after the fact; same function)")
     args = parser.parse_args(argv)
     md_path = os.path.join(args.artifact, artifact.METADATA_FILE)
     metadata = artifact.read_metadata(args.artifact)
+    if args.threshold_sources is not None:
+        rethreshold(args.artifact, metadata, args.threshold_sources)
     if args.check:
         metadata["generalisation"] = [check_entry(d) for d in args.check]
     loc = os.path.join(args.artifact, "localisation.json")

@@ -36,6 +36,8 @@ _HELP = {
     "seed": "seed for the split, initialisation, shuffling and augmentation",
     "mixed_precision": "train with the mixed_float16 policy (GPUs); the output stays float32",
     "target_sensitivity": "sensitivity the operating threshold must reach on validation",
+    "threshold_sources": "regex over validation sources ('collection' or 'collection/sequence') on which "
+                         "the threshold is chosen; empty = all (leave out sources with noisy labels)",
     "class_map": "class-name overrides, e.g. 'yes=1,no=0' (1 = tumor)",
     "resume": "resume from the backup of an interrupted run with the same model-dir/name",
     "early_stopping_patience": "epochs without validation-AUC improvement before stopping",

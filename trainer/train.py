@@ -163,18 +163,7 @@ def train(cfg, extra_callbacks=()):
     fit_seconds = time.time() - t0
     epochs_run = len(history.history.get("loss", []))
 
-    val_scores = _predict(model, val_ds)
-    val_labels = labels[is_val]
-    m = metrics.evaluate(val_labels, val_scores, cfg.target_sensitivity,
-                         groups=data["groups"][is_val], bootstrap=cfg.bootstrap)
-    val_classes = np.array([e.class_name for e in ex])[is_val]
-    m["sensitivity_by_class"] = {
-        c: [float((val_scores[val_classes == c] >= m["threshold"]).mean()), int((val_classes == c).sum())]
-        for c in sorted(set(val_classes[val_labels == 1]))}
-    m["specificity_by_class"] = {
-        c: [float((val_scores[val_classes == c] < m["threshold"]).mean()), int((val_classes == c).sum())]
-        for c in sorted(set(val_classes[val_labels == 0]))}
-    scored = [("validation", np.flatnonzero(is_val), val_scores, ex, labels, data["groups"])]
+    scored = [("validation", np.flatnonzero(is_val), _predict(model, val_ds), ex, labels, data["groups"])]
     if is_holdout.any():
         idx = np.flatnonzero(is_holdout)
         scored.append(("held_out_site", idx, _predict(model, input_pipeline.make_dataset(
@@ -185,9 +174,8 @@ def train(cfg, extra_callbacks=()):
         scored.append(("external", np.arange(len(e_paths)), _predict(model, input_pipeline.make_dataset(
             e_paths, external["labels"], spec, global_batch, training=False)),
             external["examples"], external["labels"], external["groups"]))
-    m["by_source"] = {split: evaluation.per_source([exs[i] for i in idx], labs[idx], grps[idx], scores,
-                                                   m["threshold"], cfg.bootstrap, pooled=split != "validation")
-                      for split, idx, scores, exs, labs, grps in scored}
+    rows = _scored_rows(scored)
+    m = evaluation.operating_metrics(rows, cfg.target_sensitivity, cfg.threshold_sources, cfg.bootstrap)
     from trainer.model import flops_per_image
     fields = dict(
         name=cfg.name, version=version, input_spec=spec, class_names=["no_tumor", "tumor"],
@@ -205,7 +193,7 @@ def train(cfg, extra_callbacks=()):
     if os.path.exists(local_dir) and not final_dir.startswith("gs://"):
         raise FileExistsError(f"{final_dir} already exists; pick another --version")
     metadata = artifact.write_artifact(model, local_dir, fields)
-    _write_extras(local_dir, metadata, data, scored)
+    _write_extras(local_dir, metadata, data, rows)
     if final_dir.startswith("gs://"):
         _upload(local_dir, final_dir)
         shutil.rmtree(local_dir)
@@ -218,18 +206,31 @@ def _predict(model, ds):
     return model.predict(ds, verbose=0)[:, 0].astype(np.float64)
 
 
-def _write_extras(out_dir, metadata, data, scored):
+def _scored_rows(scored):
+    """One dict per scored image (the columns of validation_predictions.csv)."""
+    rows = []
+    for split, idx, scores, exs, labs, grps in scored:
+        for i, score in zip(idx, scores, strict=True):
+            rows.append({"path": exs[i].path, "class_name": exs[i].class_name, "label": int(labs[i]),
+                         "group": int(grps[i]), "score": float(score), "split": split,
+                         "source": evaluation.source_key(exs[i])})
+    return rows
+
+
+PREDICTION_COLUMNS = ["path", "class_name", "label", "group", "score", "split", "source"]
+
+
+def _write_extras(out_dir, metadata, data, rows):
     """EDA, plots, the model card and every scored row (validation, held-out site, external)."""
-    val_labels = data["labels"][data["is_val"]]
     eda.write_report(data["report"], os.path.join(out_dir, "eda"))
-    plots.write_plots(val_labels, scored[0][2], metadata["threshold"], out_dir)
+    val = [r for r in rows if r["split"] == "validation"]
+    plots.write_plots(np.array([r["label"] for r in val]), np.array([r["score"] for r in val]),
+                      metadata["threshold"], out_dir)
     with open(os.path.join(out_dir, artifact.PREDICTIONS_FILE), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "class_name", "label", "group", "score", "split", "source"])
-        for split, idx, scores, exs, labs, grps in scored:
-            for i, score in zip(idx, scores, strict=True):
-                w.writerow([exs[i].path, exs[i].class_name, int(labs[i]), int(grps[i]), repr(float(score)),
-                            split, evaluation.source_key(exs[i])])
+        w.writerow(PREDICTION_COLUMNS)
+        for r in rows:
+            w.writerow([r[c] if c != "score" else repr(r[c]) for c in PREDICTION_COLUMNS])
     with open(os.path.join(out_dir, artifact.MODEL_CARD_FILE), "w") as f:
         f.write(model_card.render(metadata, data["report"]))
 
