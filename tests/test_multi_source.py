@@ -100,3 +100,38 @@ def test_training_on_two_collections_reports_every_source(tmp_path):
     assert md2["generalisation"][0]["by_source"].keys() == {"brats-sample/flair"}
     card = open(os.path.join(version_dir, "model_card.md")).read()
     assert "Generalisation checks" in card and "Trained on brain-mri, lgg only" in card
+
+
+def test_lesion_supervised_training_exports_the_plain_model(tmp_path):
+    """Masks train a second head; the artifact is the one-output CNN the scorer expects."""
+    from trainer import artifact, augment
+    from trainer.train import _mask_specs, train
+    import tensorflow as tf
+    lgg = tmp_path / "lgg"
+    synth.write_sequence_collection(lgg, patients=6, per_patient=4, site="DU")
+    mri = tmp_path / "brain-mri"
+    synth.write_class_folders(mri, {"glioma": True, "notumor": False}, 8, size=64)
+    examples, _ = discovery.discover_all([str(mri), str(lgg)])
+    specs = dict(zip((e.path for e in examples), _mask_specs(examples, [str(mri), str(lgg)], "flair")))
+    for e in examples:
+        s = specs[e.path]
+        if e.collection == "brain-mri" or (e.label == 1 and e.sequence != "flair"):
+            assert s == ""
+        elif e.label == 0:
+            assert s == "-"
+        else:
+            assert s.endswith(os.path.basename(e.path))
+    # the mask follows the image through flips, rotations and zooms
+    x = tf.constant(synth.brain_slice(4, 64, lesion=True, quadrant="tl")[..., None] / 255.0, tf.float32)
+    m = tf.cast(x >= 245 / 255.0, tf.float32)
+    for i in range(5):
+        xa, ma = augment.augment_with_mask(x, m, tf.constant([3, i], tf.int64))
+        bright = xa.numpy()[..., 0] > 0.7
+        assert ma.numpy()[..., 0][bright].mean() > ma.numpy().mean()
+    cfg = TrainConfig(data_dir=[str(mri), str(lgg)], group_pattern=GROUP, model_dir=str(tmp_path / "m"),
+                      image_size=32, epochs=1, batch_size=8, base_filters=8, bootstrap=0, seed=1,
+                      lesion_weight=1.0)
+    version_dir, md = train(cfg)
+    model, _ = artifact.load(version_dir)
+    assert len(model.outputs) == 1 and model.output_shape == (None, 1)
+    assert md["training_config"]["lesion_weight"] == 1.0

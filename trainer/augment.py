@@ -134,9 +134,27 @@ def augment(image, seed, mode="v2"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
     seeds = tf.random.experimental.stateless_split(seed, 12)
     u = tf.random.stateless_uniform([8], seed=seeds[0])
+    image = _geometric(image, seeds, u)
+    return _photometric(image, seeds, u)
+
+
+def augment_with_mask(image, mask, seed, mode="v2"):
+    """`augment` for an image and its lesion mask: the mask follows every geometric change."""
+    if mode == "contrast":
+        image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
+    seeds = tf.random.experimental.stateless_split(seed, 12)
+    u = tf.random.stateless_uniform([8], seed=seeds[0])
+    both = _geometric(tf.concat([image, mask], axis=-1), seeds, u)
+    return _photometric(both[..., :1], seeds, u), tf.clip_by_value(both[..., 1:], 0.0, 1.0)
+
+
+def _geometric(image, seeds, u):
     image = tf.image.stateless_random_flip_left_right(image, seeds[1])
     image = _rotate_zoom(image, seeds[2])
-    image = _maybe(u[4] < 0.4, lambda: _erase(image, seeds[10]), image)
+    return _maybe(u[4] < 0.4, lambda: _erase(image, seeds[10]), image)
+
+
+def _photometric(image, seeds, u):
     gamma = tf.exp(tf.random.stateless_uniform([], seeds[3], -0.4, 0.4))
     image = tf.pow(tf.clip_by_value(image, 1e-6, 1.0), gamma)
     gain = tf.random.stateless_uniform([], seeds[4], 0.8, 1.2)

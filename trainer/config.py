@@ -36,6 +36,8 @@ class TrainConfig:
     max_images: int = 0  # 0 = all; a smoke-test cap
     augment: str = "contrast"  # "v2" (geometry + photometrics) or "contrast" (+ tissue-contrast changes)
     balance_sources: bool = True  # equal share of each training collection in every batch
+    lesion_weight: float = 0.0  # > 0: also learn tumor masks (collections with masks/), loss weight
+    mask_sequence: str = "flair"  # the sequence folder the masks/ were drawn on
 
     def __post_init__(self):
         for name in ("data_dir", "eval_data_dir"):

@@ -78,3 +78,72 @@ def _examples(paths, labels, spec, training, seed, cache, weights, augment_mode)
         ds = ds.map(lambda x, y: (x, y, tf.gather(w, tf.cast(y[0], tf.int32))),
                     num_parallel_calls=AUTOTUNE)
     return ds
+
+
+# ---- lesion-supervised training (tumor masks where a collection has them) ----
+MASK_UNKNOWN, MASK_EMPTY = "", "-"
+
+
+def _lesion_loader(spec):
+    """(image, mask at input size, mask known) for a path and its mask spec (path, "-" or "")."""
+    def load(path, mask):
+        with tf.io.gfile.GFile(path.decode(), "rb") as f:
+            gray = preprocessing.decode_raster(f.read())
+        x = preprocessing.prepare(gray, spec)
+        mask = mask.decode()
+        if mask in (MASK_UNKNOWN, MASK_EMPTY):
+            return x, np.zeros_like(x), np.float32(mask == MASK_EMPTY)
+        with tf.io.gfile.GFile(mask, "rb") as f:
+            m = preprocessing.project_mask(gray, preprocessing.decode_raster(f.read()), spec)
+        return x, m[..., None].astype(np.float32), np.float32(1.0)
+
+    def tf_load(path, mask, label, weight):
+        x, m, known = tf.numpy_function(load, [path, mask], (tf.float32, tf.float32, tf.float32),
+                                        stateful=False)
+        x.set_shape((spec.height, spec.width, 1))
+        m.set_shape((spec.height, spec.width, 1))
+        known.set_shape(())
+        return x, m, known, label, weight
+    return tf_load
+
+
+def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride):
+    labels = np.asarray(labels, np.float32)
+    w = class_weights(labels)
+    weights = np.where(labels > 0.5, w[1], w[0]).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), list(masks), labels[:, None], weights))
+    ds = ds.map(_lesion_loader(spec), num_parallel_calls=AUTOTUNE, deterministic=True).cache()
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        counter = tf.data.Dataset.counter(start=seed * 1_000_003)
+
+        def aug(e, i):
+            x, m = augment.augment_with_mask(e[0], e[1], tf.stack([tf.cast(seed, tf.int64), i]), augment_mode)
+            return (x, m) + tuple(e[2:])
+        ds = tf.data.Dataset.zip((ds, counter)).map(aug, num_parallel_calls=AUTOTUNE)
+
+    def to_keras(x, m, known, label, weight):
+        target = tf.nn.avg_pool2d(m[None], stride, stride, "VALID")[0]  # share of each cell that is lesion
+        cell_weight = known * tf.ones(tf.shape(target)[:2])  # the loss is per cell
+        return x, {"tumor_probability": label, "lesion_map": target}, {"tumor_probability": weight,
+                                                                        "lesion_map": cell_weight}
+    return ds.map(to_keras, num_parallel_calls=AUTOTUNE)
+
+
+def make_lesion_dataset(paths, labels, masks, sources, spec, global_batch_size, training, seed=0,
+                        augment_mode="v2", stride=16, balanced=True):
+    """Batches of (image, {label, lesion target}, {class weight, mask known}).
+
+    Sources are drawn equally when `balanced` and training (endless then).
+    """
+    paths, labels, masks, sources = (np.asarray(a) for a in (paths, labels, masks, sources))
+    if not (training and balanced and len(set(sources.tolist())) > 1):
+        ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride)
+        return ds.batch(global_batch_size).prefetch(AUTOTUNE)
+    parts = []
+    for i, src in enumerate(sorted(set(sources.tolist()))):
+        m = sources == src
+        parts.append(_lesion_examples(paths[m], labels[m], masks[m], spec, True, seed + 7 * i,
+                                      augment_mode, stride).repeat())
+    ds = tf.data.Dataset.sample_from_datasets(parts, weights=[1.0 / len(parts)] * len(parts), seed=seed)
+    return ds.batch(global_batch_size).prefetch(AUTOTUNE)

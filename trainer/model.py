@@ -46,3 +46,18 @@ def flops_per_image(model):
         elif isinstance(layer, layers.Dense):
             total += 2 * layer.input.shape[-1] * layer.units
     return int(total)
+
+
+def with_lesion_head(model):
+    """A training-only twin of `model` that also maps the lesion on the last conv grid.
+
+    A 1x1 convolution on the last feature map predicts, per cell, the share
+    covered by tumor; trained on masks where a collection has them, it makes
+    the shared features find the lesion instead of the sequence or slice level.
+    The exported artifact is `model` itself (same layers, one output), so the
+    scorer and Grad-CAM see the usual single-output CNN.
+    """
+    feats = model.get_layer("last_conv").output
+    lesion = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lesion_map")(feats)
+    return keras.Model(model.inputs, {"tumor_probability": model.output, "lesion_map": lesion},
+                       name="brain_tumor_cnn_with_lesion_head")

@@ -22,6 +22,9 @@ _HELP = {
     "augment": "'v2': geometry and photometrics; 'contrast': plus tissue-contrast remapping, "
                "inversion and bias field",
     "balance_sources": "draw every training batch equally from each collection",
+    "lesion_weight": "> 0: a training-only head also learns the tumor masks of collections with a masks/ "
+                     "folder (loss weight); the exported model is unchanged in shape",
+    "mask_sequence": "sequence folder whose images the masks/ were drawn on",
     "model_dir": "where <name>/<version>/ is written; local or gs://",
     "name": "model name (first path level of the artifact)",
     "version": "artifact version; empty picks 1 + the highest existing integer version",

@@ -98,15 +98,15 @@ def _optimizer(cfg, steps_per_epoch):
     return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
 
 
-def _callbacks(work_dir, cfg):
+def _callbacks(work_dir, cfg, monitor="val_auc"):
     import keras
-    plateau = [keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.3,
+    plateau = [keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.3,
                                                  patience=max(2, cfg.early_stopping_patience // 2))]
     return [
         keras.callbacks.BackupAndRestore(join(work_dir, "backup")),
         keras.callbacks.ModelCheckpoint(join(work_dir, "checkpoints", "best.keras"),
-                                        monitor="val_auc", mode="max", save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.early_stopping_patience,
+                                        monitor=monitor, mode="max", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=cfg.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.TensorBoard(join(work_dir, "logs")),
         keras.callbacks.CSVLogger(join(work_dir, "training_log.csv"), append=True),
@@ -144,12 +144,36 @@ def train(cfg, extra_callbacks=()):
             weights=input_pipeline.class_weights(labels[is_train]), augment_mode=cfg.augment)
     val_ds = input_pipeline.make_dataset(paths[is_val], labels[is_val], spec, global_batch, training=False)
 
+    lesion = cfg.lesion_weight > 0
+    if lesion:
+        masks = np.array(_mask_specs(ex, cfg.data_dir, cfg.mask_sequence))
+        n_masks = int(sum(m not in (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY) for m in masks))
+        print(f"Lesion supervision: {n_masks} tumor masks, "
+              f"{int((masks == input_pipeline.MASK_EMPTY).sum())} known-empty slices")
+        if not n_masks:
+            raise ValueError("--lesion-weight needs a masks/ folder in a sequence-folder collection")
+        train_ds = input_pipeline.make_lesion_dataset(
+            paths[is_train], labels[is_train], masks[is_train], sources[is_train], spec, global_batch, True,
+            seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources)
+        fit_val_ds = input_pipeline.make_lesion_dataset(
+            paths[is_val], labels[is_val], masks[is_val], sources[is_val], spec, global_batch, False)
+    else:
+        fit_val_ds = val_ds
     with strategy.scope():
-        from trainer.model import make_model
+        from trainer.model import make_model, with_lesion_head
         model = make_model((spec.height, spec.width, 1), base_filters=cfg.base_filters)
-        model.compile(optimizer=_optimizer(cfg, steps_per_epoch),
-                      loss="binary_crossentropy",
-                      metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+        auc = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
+        if lesion:
+            fit_model = with_lesion_head(model)
+            fit_model.compile(optimizer=_optimizer(cfg, steps_per_epoch),
+                              loss={"tumor_probability": "binary_crossentropy",
+                                    "lesion_map": "binary_crossentropy"},
+                              loss_weights={"tumor_probability": 1.0, "lesion_map": cfg.lesion_weight},
+                              metrics={"tumor_probability": auc})
+        else:
+            fit_model = model
+            model.compile(optimizer=_optimizer(cfg, steps_per_epoch), loss="binary_crossentropy", metrics=auc)
+    monitor = "val_tumor_probability_auc" if lesion else "val_auc"
     # Chosen before training: an interrupted run (no artifact yet) gets the same
     # version, hence the same work dir and backup, when it is started again.
     version = cfg.version or str(artifact.next_version(join(cfg.model_dir, cfg.name)))
@@ -157,9 +181,9 @@ def train(cfg, extra_callbacks=()):
     if not cfg.resume and tf.io.gfile.exists(join(work_dir, "backup")):
         tf.io.gfile.rmtree(join(work_dir, "backup"))
     t0 = time.time()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
-                        steps_per_epoch=steps_per_epoch if balanced else None,
-                        callbacks=_callbacks(work_dir, cfg) + list(extra_callbacks), verbose=2)
+    history = fit_model.fit(train_ds, validation_data=fit_val_ds, epochs=cfg.epochs,
+                            steps_per_epoch=steps_per_epoch if balanced else None,
+                            callbacks=_callbacks(work_dir, cfg, monitor) + list(extra_callbacks), verbose=2)
     fit_seconds = time.time() - t0
     epochs_run = len(history.history.get("loss", []))
 
@@ -200,6 +224,37 @@ def train(cfg, extra_callbacks=()):
     print(f"Artifact written to {final_dir}: AUC {m['roc_auc']:.4f}, threshold {m['threshold']:.4f}, "
           f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}")
     return final_dir, metadata
+
+
+def _mask_specs(examples, roots, mask_sequence):
+    """Per example: its tumor mask path, MASK_EMPTY (a negative of a collection with masks) or MASK_UNKNOWN.
+
+    A collection's `masks/` folder holds masks named like the images of the
+    `mask_sequence` folder they were drawn on (LGG: FLAIR). Negatives of such a
+    collection are known to be lesion-free in every sequence; positives of
+    other sequences stay unknown (LGG's T1 lesions are often invisible).
+    """
+    import tensorflow as tf
+    by_name = {}
+    for root in roots:
+        mdir = join(root, "masks")
+        if tf.io.gfile.isdir(mdir):
+            by_name[discovery.collection_name(root)] = (
+                mdir, {os.path.splitext(f)[0] for f in tf.io.gfile.listdir(mdir)})
+    out = []
+    for e in examples:
+        if e.collection not in by_name:
+            out.append(input_pipeline.MASK_UNKNOWN)
+            continue
+        mdir, stems = by_name[e.collection]
+        stem = os.path.splitext(posixpath.basename(e.path.replace("\\", "/")))[0]
+        if e.label == 0:
+            out.append(input_pipeline.MASK_EMPTY)
+        elif e.sequence == mask_sequence and stem in stems:
+            out.append(join(mdir, stem + ".png"))
+        else:
+            out.append(input_pipeline.MASK_UNKNOWN)
+    return out
 
 
 def _predict(model, ds):
