@@ -159,8 +159,7 @@ def _skipped_entry(member):
     """A coded ref for a tar entry that is not a regular file (links are never followed)."""
     if member.issym() or member.islnk():
         kind = "symbolic link" if member.issym() else "hard link"
-        return MemberRef(safe_name(member.name), 0, None, "link_member",
-                         f"{kind} to {safe_name(member.linkname)!r}; links are not followed")
+        return MemberRef(safe_name(member.name), 0, None, "link_member", f"{kind}; links are not followed")
     kinds = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
     return MemberRef(safe_name(member.name), 0, None, "special_member",
                      f"{kinds.get(member.type, 'unknown entry type ' + repr(member.type))}, not a file")

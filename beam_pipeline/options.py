@@ -1,9 +1,10 @@
 """The scoring job's own flags; every other flag is a standard Beam option."""
 import argparse
+import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import archives, model_store
+from beam_pipeline import archives, model_store, pseudonym
 
 
 class ScreeningOptions(PipelineOptions):
@@ -45,5 +46,13 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--max-error-fraction", dest="max_error_fraction", type=float, default=0.05,
                             help="exit 3 when more than this share of rows has status error (skipped rows, "
                                  "such as text files, do not count)")
+        parser.add_argument("--keep-paths", dest="keep_paths", action="store_true", default=False,
+                            help="write real input and member paths into the outputs; by default every path "
+                                 "component becomes a keyed pseudonym (folder and file names of exports often "
+                                 "hold patient names or MRNs)")
+        parser.add_argument("--pseudonym-key-file", dest="pseudonym_key_file",
+                            default=os.environ.get("BRAIN_SCREENING_PSEUDONYM_KEY", pseudonym.DEFAULT_KEY_FILE),
+                            help="secret key for path pseudonyms, created on first use; keep it to map "
+                                 "pseudonyms back (python -m beam_pipeline.pseudonym)")
         parser.add_argument("--verbose", action="store_true", default=False,
                             help="show TensorFlow and Beam logging")

@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_pipeline import archives, cli, manifest, model_store, report, summary
+from beam_pipeline import archives, cli, manifest, model_store, pseudonym, report, summary
 from beam_pipeline.options import ScreeningOptions
 from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
 from trainer import artifact
@@ -74,14 +74,14 @@ def _model_info(metadata):
             "model_sha256": metadata["model_sha256"]}
 
 
-def build(pipeline, opts, metadata, started_at):
+def build(pipeline, opts, metadata, started_at, pseudonym_key=None):
     """Wire the stages into `pipeline`; returns the summary PCollection."""
     run_id = opts.run_id
     threshold = opts.threshold if opts.threshold is not None else metadata["threshold"]
     limits = archives.Limits(max_member_bytes=opts.max_member_bytes, chunk_size=opts.chunk_size)
     info = _model_info(metadata)
     chunks = pipeline | "ExpandArchives" >> ExpandInputs(opts.input, limits)
-    decoded = chunks | "DecodeImages" >> DecodeImages(run_id, metadata["input_spec"], info)
+    decoded = chunks | "DecodeImages" >> DecodeImages(run_id, metadata["input_spec"], info, pseudonym_key)
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.model, threshold, opts.batch_size, opts.chunk_size,
         heatmap_output=opts.output if opts.heatmaps else None)
@@ -119,6 +119,10 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         raise JobError(f"model: {e}") from e
     matched = _match_inputs(opts.input, full=bool(opts.manifest))
     _check_output_writable(opts.output)
+    try:
+        key = None if opts.keep_paths else pseudonym.load_or_create_key(opts.pseudonym_key_file)
+    except (OSError, ValueError) as e:
+        raise JobError(f"pseudonym key: {e} (or pass --keep-paths)") from e
     known = manifest.load(opts.manifest) if opts.manifest else {}
     todo = manifest.new_or_changed(matched, known) if opts.manifest else matched
     if opts.manifest:
@@ -137,7 +141,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         return _NothingToDo(opts.output)
     _clear_previous_output(opts.output)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, opts, metadata, started_at)
+    build(pipeline, opts, metadata, started_at, key)
     result = pipeline.run()
     if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
         result.wait_until_finish()

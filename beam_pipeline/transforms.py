@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.utils import shared
 
-from beam_pipeline import archives, decoding, error_codes, model_store, schema, summary
+from beam_pipeline import archives, decoding, error_codes, model_store, pseudonym, schema, summary
 from beam_pipeline.inference import KerasChunkModelHandler
 from beam_pipeline.studies import AggregateStudies
 from trainer import gradcam, preprocessing
@@ -67,20 +67,24 @@ class ExpandInputs(beam.PTransform):
 class _DecodeChunk(beam.DoFn):
     """Chunk -> (row templates, stacked model inputs) + finished error/skipped rows."""
 
-    def __init__(self, run_id, input_spec, model_info):
+    def __init__(self, run_id, input_spec, model_info, pseudonym_key=None):
         self._run_id = run_id
+        self._ps = pseudonym.Pseudonymiser(pseudonym_key)
         self._spec = preprocessing.InputSpec.from_dict(input_spec)
         self._model_info = model_info
         self._counts = {s: Metrics.counter("BrainScreening", f"images_{s}") for s in
                         (schema.STATUS_OK, schema.STATUS_ERROR, schema.STATUS_SKIPPED)}
 
     def _row(self, chunk, ref, **fields):
-        return schema.empty_row(run_id=self._run_id, source_uri=chunk.source_uri,
-                                member_path=ref.path, member_size=ref.size, **self._model_info, **fields)
+        return schema.empty_row(run_id=self._run_id, source_uri=self._ps.uri(chunk.source_uri),
+                                member_path=self._ps.member(ref.path), member_size=ref.size,
+                                **self._model_info, **fields)
 
     def _failed(self, chunk, ref, code, message, **fields):
         status = error_codes.status_of(code)
         self._counts[status].inc()
+        message = self._ps.scrub(message, (ref.path, self._ps.member(ref.path)),
+                                 (chunk.source_uri, self._ps.uri(chunk.source_uri)))
         row = self._row(chunk, ref, status=status, error_code=code, error_message=message[:2000],
                         scored_at=schema.now(), **fields)
         return beam.pvalue.TaggedOutput(ROWS_TAG, row)
@@ -124,11 +128,14 @@ class _DecodeChunk(beam.DoFn):
 
 
 class DecodeImages(beam.PTransform):
-    """Chunk -> main: (row templates, float32[n, H, W, 1]); ROWS_TAG: finished rows."""
+    """Chunk -> main: (row templates, float32[n, H, W, 1]); ROWS_TAG: finished rows.
 
-    def __init__(self, run_id, input_spec, model_info):
+    With a `pseudonym_key`, paths in rows are keyed pseudonyms (see pseudonym.py).
+    """
+
+    def __init__(self, run_id, input_spec, model_info, pseudonym_key=None):
         super().__init__()
-        self._fn = _DecodeChunk(run_id, input_spec, model_info)
+        self._fn = _DecodeChunk(run_id, input_spec, model_info, pseudonym_key)
 
     def expand(self, chunks):
         return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, main="images")

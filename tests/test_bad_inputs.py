@@ -20,7 +20,7 @@ def scored(tmp_path_factory):
     inputs, expected, latin, tgz = bad_inputs.build(root)
     model_dir = tiny_model.write_tiny_artifact(root)
     out = str(root / "out")
-    run.run(["--input", os.path.join(inputs, "*"), "--output", out, "--model", model_dir, "--chunk-size", "5"])
+    run.run(["--input", os.path.join(inputs, "*"), "--keep-paths", "--output", out, "--model", model_dir, "--chunk-size", "5"])
     rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
     return rows, expected, latin, tgz
 
@@ -69,11 +69,11 @@ def test_job_level_problems(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(run.JobError, match="not writable"):
-        run.run(["--input", str(img), "--output", str(blocker / "out"), "--model", model_dir])
+        run.run(["--input", str(img), "--keep-paths", "--output", str(blocker / "out"), "--model", model_dir])
     with open(os.path.join(model_dir, "model.keras"), "ab") as f:
         f.write(b"tampered")
     with pytest.raises(run.JobError, match="sha256"):
-        run.run(["--input", str(img), "--output", str(tmp_path / "o"), "--model", model_dir])
+        run.run(["--input", str(img), "--keep-paths", "--output", str(tmp_path / "o"), "--model", model_dir])
 
 
 def test_every_error_code_is_documented():

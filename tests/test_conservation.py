@@ -36,7 +36,7 @@ def test_rows_equal_members_per_source(tmp_path):
     members_in[path] = 700
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     out = str(tmp_path / "out")
-    run.run(["--input", str(inputs / "*"), "--output", out, "--model", model_dir, "--batch-size", "128"])
+    run.run(["--input", str(inputs / "*"), "--keep-paths", "--output", out, "--model", model_dir, "--batch-size", "128"])
     rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet")),
                          columns=["source_uri", "member_path", "frame_index", "status"]).to_pylist()
     keys = [(r["source_uri"], r["member_path"], r["frame_index"]) for r in rows]

@@ -29,7 +29,7 @@ def inputs(tmp_path):
 
 def _run(root, model_dir, name):
     out = str(root / name)
-    run.run(["--input", str(root / "*.zip"), "--output", out, "--model", model_dir, "--run-id", "r",
+    run.run(["--input", str(root / "*.zip"), "--keep-paths", "--output", out, "--model", model_dir, "--run-id", "r",
              "--chunk-size", "5", "--runner", "BundleBasedDirectRunner"])
     rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
     return stable(rows)

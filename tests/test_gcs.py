@@ -19,7 +19,7 @@ def test_gs_input_model_and_output(gcs, tmp_path):
     _upload(model_dir, "models/tiny/1")
     out = f"gs://{BUCKET}/results/run1"
     run.run(["--input", f"gs://{BUCKET}/archives/*.zip", "--input", f"gs://{BUCKET}/archives/*.tar*",
-             "--output", out, "--model", f"gs://{BUCKET}/models/tiny/1", "--run-id", "gcs-run"])
+             "--keep-paths", "--output", out, "--model", f"gs://{BUCKET}/models/tiny/1", "--run-id", "gcs-run"])
 
     fs = pyarrow.fs.GcsFileSystem(anonymous=True, endpoint_override=f"127.0.0.1:{gcs.port}", scheme="http")
     files = [f.path for f in fs.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/results/run1"))

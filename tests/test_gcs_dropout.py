@@ -48,7 +48,7 @@ def test_storage_outage_mid_run_is_retried(gcs, tmp_path, monkeypatch):
             return real_open(uri)
         monkeypatch.setattr(archives, "_open", open_during_outage)
         out = f"gs://{BUCKET}/outage/out"
-        run.run(["--input", f"gs://{BUCKET}/outage/in/*.zip", "--output", out,
+        run.run(["--input", f"gs://{BUCKET}/outage/in/*.zip", "--keep-paths", "--output", out,
                  "--model", f"gs://{BUCKET}/outage/model"])
         assert len(events) == 2, "the outage happened and the server came back"
         fs = pyarrow.fs.GcsFileSystem(anonymous=True, endpoint_override=f"127.0.0.1:{gcs.port}", scheme="http")

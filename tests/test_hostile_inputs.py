@@ -33,7 +33,7 @@ def hostile_run(tmp_path_factory):
     out = str(root / "out")
     # The zip is matched twice (two globs): it must still be scored once.
     run.run(["--input", os.path.join(inputs, "*"), "--input", os.path.join(inputs, "hostile.zip"),
-             "--output", out, "--model", model_dir, "--chunk-size", "4"])
+             "--keep-paths", "--output", out, "--model", model_dir, "--chunk-size", "4"])
     rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
     return rows, expected
 

@@ -27,7 +27,7 @@ def _run(root, inputs, model_dir, name, extra=()):
     out = str(root / name)
     argv = ["--input", os.path.join(inputs, "*.zip"), "--input", os.path.join(inputs, "*.tar*"),
             "--input", os.path.join(inputs, "loose.png"), "--input", os.path.join(inputs, "IM*"),
-            "--output", out, "--model", model_dir, "--run-id", "test-run", "--chunk-size", "4",
+            "--keep-paths", "--output", out, "--model", model_dir, "--run-id", "test-run", "--chunk-size", "4",
             "--batch-size", "8", *extra]
     run.run(argv, test_pipeline=TestPipeline(argv=argv) if not extra else None)
     table = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet")))
@@ -103,10 +103,10 @@ def test_expand_inputs_fans_out_member_chunks(setup):
 
 def test_job_level_errors_stop_before_work(setup, tmp_path):
     root, inputs, _, model_dir = setup
-    base = ["--output", str(tmp_path / "o"), "--model", model_dir]
+    base = ["--keep-paths", "--output", str(tmp_path / "o"), "--model", model_dir]
     with pytest.raises(run.JobError, match="no input matched"):
         run.run(["--input", str(tmp_path / "nothing*.zip"), *base])
     with pytest.raises(run.JobError, match="model"):
-        run.run(["--input", os.path.join(inputs, "*.zip"), "--output", str(tmp_path / "o"),
+        run.run(["--input", os.path.join(inputs, "*.zip"), "--keep-paths", "--output", str(tmp_path / "o"),
                  "--model", str(tmp_path / "no_model")])
     assert run.main(["--input", str(tmp_path / "nothing*.zip"), *base]) == 2

@@ -25,7 +25,7 @@ def _rows(out):
 def test_rerun_with_same_run_id_replaces_output(tmp_path):
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     _zip(tmp_path / "a.zip", range(5))
-    argv = ["--input", str(tmp_path / "*.zip"), "--output", str(tmp_path / "out"), "--model", model_dir,
+    argv = ["--input", str(tmp_path / "*.zip"), "--keep-paths", "--output", str(tmp_path / "out"), "--model", model_dir,
             "--run-id", "night-1"]
     run.run(argv)
     first = _rows(str(tmp_path / "out"))
@@ -46,7 +46,7 @@ def test_manifest_scores_only_new_or_changed_archives(tmp_path):
 
     def night(name):
         out = str(tmp_path / name)
-        run.run(["--input", str(inputs / "*.zip"), "--output", out, "--model", model_dir, "--manifest", mf])
+        run.run(["--input", str(inputs / "*.zip"), "--keep-paths", "--output", out, "--model", model_dir, "--manifest", mf])
         return run.read_summary(out), out
 
     s1, out1 = night("n1")
@@ -69,7 +69,7 @@ def test_second_run_with_nothing_new_keeps_the_results(tmp_path):
     _zip(inputs / "mon.zip", range(4))
     mf = str(tmp_path / "manifest.json")
     out = str(tmp_path / "out")
-    argv = ["--input", str(inputs / "*.zip"), "--output", out, "--model", model_dir, "--manifest", mf]
+    argv = ["--input", str(inputs / "*.zip"), "--keep-paths", "--output", out, "--model", model_dir, "--manifest", mf]
     run.run(argv)
     first = _rows(out)
     assert len(first) == 4

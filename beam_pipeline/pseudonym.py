@@ -1,0 +1,113 @@
+"""Keyed pseudonyms for file and member paths, so outputs carry no patient identifiers.
+
+Hospital exports are often named after the patient: `/exports/MRN123456/
+SMITH_JOHN/scan1.dcm`. By default every path component of an input (past the
+scheme and bucket) and of an archive member is replaced by
+`p-<12 hex of HMAC-SHA256(key, component)>`, extensions kept: the same name
+always gets the same pseudonym under one key (rows of one folder stay
+together, night after night), and only the key's holder can map a pseudonym
+back (`python -m beam_pipeline.pseudonym --find p-... <tree>`). `--keep-paths`
+writes real paths instead. DICOM UIDs are not touched.
+"""
+import argparse
+import hashlib
+import hmac
+import os
+import posixpath
+import secrets
+import sys
+
+DEFAULT_KEY_FILE = os.path.join(os.path.expanduser("~"), ".config", "brain-screening", "pseudonym.key")
+PREFIX = "p-"
+
+
+def load_or_create_key(path=DEFAULT_KEY_FILE):
+    """32 random bytes kept in `path` (created 0600 on first use); hex string."""
+    if os.path.exists(path):
+        with open(path) as f:
+            key = f.read().strip()
+        if len(key) < 32:
+            raise ValueError(f"pseudonym key file {path} holds no usable key")
+        return key
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+class Pseudonymiser:
+    """Maps paths to keyed pseudonyms; `None` key means real paths (--keep-paths)."""
+
+    def __init__(self, key_hex=None):
+        self._key = bytes.fromhex(key_hex) if key_hex else None
+
+    @property
+    def active(self):
+        return self._key is not None
+
+    def component(self, name):
+        if not self.active or name in ("", ".", ".."):
+            return name
+        stem, ext = _split_ext(name)
+        digest = hmac.new(self._key, stem.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+        return f"{PREFIX}{digest[:12]}{ext}"
+
+    def member(self, path):
+        """An archive member path, component by component ("" stays "")."""
+        if not self.active or not path:
+            return path
+        return "/".join(self.component(c) for c in path.replace("\\", "/").split("/"))
+
+    def uri(self, uri):
+        """An input path or URI: scheme and bucket kept, every other component replaced."""
+        if not self.active:
+            return uri
+        if "://" in uri:
+            scheme, rest = uri.split("://", 1)
+            bucket, _, path = rest.partition("/")
+            return f"{scheme}://{bucket}/" + self.member(path)
+        absolute = uri.startswith("/")
+        out = self.member(uri.lstrip("/"))
+        return "/" + out if absolute else out
+
+    def scrub(self, text, *pairs):
+        """`text` with each real string of `pairs` ((real, pseudonym), ...) replaced."""
+        if not self.active:
+            return text
+        for real, fake in pairs:
+            if real:
+                text = text.replace(real, fake)
+        return text
+
+
+def _split_ext(name):
+    lower = name.lower()
+    for ext in (".tar.gz", ".tar.bz2", ".tar.xz"):
+        if lower.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)], name[-len(ext):]
+    stem, ext = posixpath.splitext(name)
+    return (stem, ext) if stem else (name, "")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Find the real file behind a pseudonymised path.")
+    parser.add_argument("--key-file", default=DEFAULT_KEY_FILE, help="the key the runs used")
+    parser.add_argument("--find", required=True, help="a pseudonymised source_uri or member path (or part)")
+    parser.add_argument("tree", help="local folder to search (the inputs of the run)")
+    args = parser.parse_args(argv)
+    with open(args.key_file) as f:
+        ps = Pseudonymiser(f.read().strip())
+    found = 0
+    for root, dirs, files in os.walk(args.tree):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if args.find in ps.uri(os.path.abspath(path)) or ps.component(name) == args.find:
+                print(path)
+                found += 1
+    return 0 if found else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

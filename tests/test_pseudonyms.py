@@ -1,0 +1,69 @@
+"""No patient identifier from folder or file names reaches any output by default."""
+import glob
+import os
+import zipfile
+
+import pyarrow.parquet as pq
+
+from beam_pipeline import pseudonym, run
+from tests import synth, tiny_model
+
+IDENTIFIERS = ("MRN123456", "SMITH_JOHN", "19610203", "ACC998877")
+
+
+def _tree(root):
+    d = root / "exports" / "MRN123456" / "SMITH_JOHN_19610203"
+    d.mkdir(parents=True)
+    for i in range(3):
+        (d / f"ACC998877_{i}.png").write_bytes(synth.encode(synth.brain_slice(i, 32, lesion=i == 0)))
+    (d / "ACC998877_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with zipfile.ZipFile(root / "exports" / "MRN123456" / "SMITH_JOHN.zip", "w") as zf:
+        zf.writestr("SMITH_JOHN/MRN123456/slice1.png", synth.encode(synth.brain_slice(7, 32)))
+        zf.writestr("SMITH_JOHN/MRN123456/cut.png", synth.encode(synth.brain_slice(8, 32))[:60])
+    return root / "exports"
+
+
+def test_outputs_carry_no_identifiers_from_paths(tmp_path, capsys):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=0.01)  # flags everything: heatmaps too
+    inputs = _tree(tmp_path / "in")
+    out = tmp_path / "out"
+    assert run.main(["--input", str(inputs), "--output", str(out), "--model", model_dir,
+                     "--max-error-fraction", "1"]) == 0
+    printed = capsys.readouterr()
+    rows = pq.read_table(glob.glob(str(out / "images-*.parquet"))).to_pylist()
+    assert len(rows) == 6
+    texts = [repr(rows), repr(pq.read_table(glob.glob(str(out / "studies-*.parquet"))).to_pylist()),
+             (out / "report.html").read_text(), (out / "_SUMMARY.json").read_text(),
+             " ".join(os.listdir(out / "heatmaps")), printed.out, printed.err]
+    assert os.listdir(out / "heatmaps")
+    for text in texts:
+        for ident in IDENTIFIERS:
+            assert ident not in text, ident
+    # Stable pseudonyms: the same folder gets the same pseudonym; extensions are kept.
+    members = sorted(r["member_path"] for r in rows if r["member_path"])
+    assert len(members) == 2 and members[0].split("/")[:2] == members[1].split("/")[:2]
+    assert all(m.endswith(".png") and m.startswith(pseudonym.PREFIX) for m in members)
+    # The key's holder can find the real file again.
+    key_file = os.environ["BRAIN_SCREENING_PSEUDONYM_KEY"]
+    zip_row = next(r for r in rows if r["member_path"])
+    leaf = zip_row["source_uri"].rsplit("/", 1)[1]
+    assert pseudonym.main(["--key-file", key_file, "--find", leaf, str(inputs)]) == 0
+    assert capsys.readouterr().out.strip().endswith("SMITH_JOHN.zip")
+
+
+def test_keep_paths_opts_in(tmp_path):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    inputs = _tree(tmp_path / "in")
+    out = tmp_path / "out"
+    run.run(["--input", str(inputs), "--output", str(out), "--model", model_dir, "--keep-paths"])
+    rows = pq.read_table(glob.glob(str(out / "images-*.parquet"))).to_pylist()
+    assert any("MRN123456" in r["source_uri"] for r in rows)
+
+
+def test_pseudonyms_are_keyed():
+    a, b = pseudonym.Pseudonymiser("11" * 32), pseudonym.Pseudonymiser("22" * 32)
+    assert a.uri("/x/MRN1/scan.tar.gz") == a.uri("/x/MRN1/scan.tar.gz")
+    assert a.uri("/x/MRN1/scan.tar.gz").endswith(".tar.gz")
+    assert a.uri("/x/MRN1/scan.tar.gz") != b.uri("/x/MRN1/scan.tar.gz")
+    assert a.uri("gs://bucket/MRN1/a.dcm").startswith("gs://bucket/p-")
+    assert pseudonym.Pseudonymiser(None).member("MRN1/a.png") == "MRN1/a.png"
