@@ -112,6 +112,47 @@ def _bias_field(image, seed, strength=0.35):
     return tf.where(image > _HEAD, tf.clip_by_value(image * field, 0.1, 1.0), image)
 
 
+def _fill(mask):
+    """Fill a (H, W, 1) 0/1 mask between its outermost pixels along rows and columns (holes closed)."""
+    def span(m, axis):
+        fwd = tf.math.cumsum(m, axis=axis) > 0
+        bwd = tf.math.cumsum(m, axis=axis, reverse=True) > 0
+        return tf.cast(fwd & bwd, tf.float32)
+    return span(mask, 0) * span(mask, 1)
+
+
+def skull_strip(stack, seed):
+    """Imitate a skull-stripped scan: keep an eroded core of the head, crop to it, resize.
+
+    Research collections (BraTS and others) are often skull-stripped and cropped
+    to the brain; a model that has only seen whole heads reads that as a new
+    kind of image. The head (filled) is eroded by 4-14 px of 128, everything
+    outside is zeroed, and the result is zoomed to the same square framing
+    `prepare` gives, on every channel of `stack` (image, and lesion mask if
+    present), so a mask stays aligned.
+    """
+    h, w = tf.shape(stack)[0], tf.shape(stack)[1]
+    head = _fill(tf.cast(stack[..., :1] > _HEAD, tf.float32))
+    steps = tf.random.stateless_uniform([], seed, 4, 15, dtype=tf.int32) * h // 128
+    core = tf.while_loop(lambda i, m: i < steps,
+                         lambda i, m: (i + 1, -tf.nn.max_pool2d(-m[None], 3, 1, "SAME")[0]),
+                         (tf.constant(0), head))[1]
+    rows = tf.where(tf.reduce_any(core[..., 0] > 0, axis=1))[:, 0]
+    cols = tf.where(tf.reduce_any(core[..., 0] > 0, axis=0))[:, 0]
+
+    def crop():
+        r0, r1 = tf.cast(rows[0], tf.float32), tf.cast(rows[-1] + 1, tf.float32)
+        c0, c1 = tf.cast(cols[0], tf.float32), tf.cast(cols[-1] + 1, tf.float32)
+        side = tf.maximum(r1 - r0, c1 - c0)
+        cy, cx = (r0 + r1) / 2.0, (c0 + c1) / 2.0
+        hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+        box = tf.stack([(cy - side / 2) / hf, (cx - side / 2) / wf, (cy + side / 2) / hf, (cx + side / 2) / wf])
+        out = tf.image.crop_and_resize((stack * core)[None], box[None], [0], tf.stack([h, w]),
+                                       extrapolation_value=0.0)[0]
+        return tf.where(out[..., :1] > 0.02, out, tf.concat([tf.zeros_like(out[..., :1]), out[..., 1:]], -1))
+    return tf.cond(tf.size(rows) > h // 8, crop, lambda: stack)
+
+
 def contrast(image, seed):
     """Tissue-contrast changes inside the head; the background stays 0."""
     seeds = tf.random.experimental.stateless_split(seed, 5)
@@ -123,28 +164,45 @@ def contrast(image, seed):
     return image
 
 
+MODES = ("v2", "contrast", "contrast-strip")
+
+
 def augment(image, seed, mode="v2"):
     """One random variant of a [0, 1] (H, W, 1) image; deterministic for `seed`.
 
-    mode "v2" is the v2 recipe; "contrast" first applies `contrast`.
+    mode "v2" is the v2 recipe; "contrast" first applies `contrast`;
+    "contrast-strip" also imitates skull stripping in 30 % of draws.
     """
-    if mode not in ("v2", "contrast"):
-        raise ValueError(f"augment mode must be v2 or contrast, got {mode!r}")
-    if mode == "contrast":
+    if mode not in MODES:
+        raise ValueError(f"augment mode must be one of {MODES}, got {mode!r}")
+    if mode.startswith("contrast"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
+    if mode == "contrast-strip":
+        image = _maybe_strip(image, seed)
     seeds = tf.random.experimental.stateless_split(seed, 12)
     u = tf.random.stateless_uniform([8], seed=seeds[0])
     image = _geometric(image, seeds, u)
     return _photometric(image, seeds, u)
 
 
+def _maybe_strip(stack, seed):
+    s = tf.random.experimental.stateless_fold_in(seed, 104729)
+    u = tf.random.stateless_uniform([], seed=s)
+    return _maybe(u < 0.3, lambda: skull_strip(stack, tf.random.experimental.stateless_fold_in(s, 1)), stack)
+
+
 def augment_with_mask(image, mask, seed, mode="v2"):
     """`augment` for an image and its lesion mask: the mask follows every geometric change."""
-    if mode == "contrast":
+    if mode not in MODES:
+        raise ValueError(f"augment mode must be one of {MODES}, got {mode!r}")
+    if mode.startswith("contrast"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
+    both = tf.concat([image, mask], axis=-1)
+    if mode == "contrast-strip":
+        both = _maybe_strip(both, seed)
     seeds = tf.random.experimental.stateless_split(seed, 12)
     u = tf.random.stateless_uniform([8], seed=seeds[0])
-    both = _geometric(tf.concat([image, mask], axis=-1), seeds, u)
+    both = _geometric(both, seeds, u)
     return _photometric(both[..., :1], seeds, u), tf.clip_by_value(both[..., 1:], 0.0, 1.0)
 
 

@@ -20,7 +20,7 @@ _HELP = {
     "holdout_pattern": "regex on the file name; matching images are held out entirely as an unseen "
                        "site and reported separately (e.g. 'TCGA_FG_')",
     "augment": "'v2': geometry and photometrics; 'contrast': plus tissue-contrast remapping, "
-               "inversion and bias field",
+               "inversion and bias field; 'contrast-strip': plus imitated skull stripping",
     "balance_sources": "draw every training batch equally from each collection",
     "lesion_weight": "> 0: a training-only head also learns the tumor masks of collections with a masks/ "
                      "folder (loss weight); the exported model is unchanged in shape",
@@ -67,7 +67,8 @@ def parse_args(argv=None):
                                 default=field.default, help=_HELP[field.name])
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(field.type), field.type)
-            choices = {"augment": ["v2", "contrast"], "lr_schedule": ["cosine", "plateau"]}.get(field.name)
+            choices = {"augment": ["v2", "contrast", "contrast-strip"],
+                       "lr_schedule": ["cosine", "plateau"]}.get(field.name)
             parser.add_argument(flag, type=kind, default=field.default, help=_HELP[field.name],
                                 choices=choices)
     return TrainConfig(**vars(parser.parse_args(argv)))
