@@ -85,3 +85,31 @@ def test_interrupted_run_resumes_from_backup(data_dir, tmp_path):
     second = _EpochRecorder()
     train(cfg, extra_callbacks=[second])
     assert second.epochs == [2, 3]  # continued from the backup, not from epoch 0
+
+
+def test_cpu_replicas_flag_works_in_a_fresh_process(data_dir, tmp_path):
+    """The real entry point splits the CPU itself (conftest's split hides this in-process)."""
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer.task", "--data-dir", data_dir, "--model-dir", str(tmp_path),
+         "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--base-filters", "8",
+         "--cpu-replicas", "2", "--bootstrap", "0"],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True,
+        timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    md = json.load(open(os.path.join(str(tmp_path), "brain-tumor-cnn", "1", "metadata.json")))
+    assert md["training"]["replicas"] == 2
+
+
+def test_published_version_is_never_overwritten(data_dir, tmp_path):
+    (tmp_path / "brain-tumor-cnn" / "7").mkdir(parents=True)
+    (tmp_path / "brain-tumor-cnn" / "7" / "metadata.json").write_text("{}")
+    calls = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            calls.append(1)
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        train(_cfg(data_dir, tmp_path, version="7", cpu_replicas=0), extra_callbacks=[Spy()])
+    assert not calls  # refused before training, not after

@@ -19,11 +19,17 @@ def get_strategy(cpu_replicas=0):
         strategy = tf.distribute.MirroredStrategy()
     elif cpu_replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
+        # Asking for logical devices would initialise the runtime, after which the
+        # split can no longer be set: read the configuration instead.
+        configured = tf.config.get_logical_device_configuration(cpu) or []
+        if len(configured) < cpu_replicas:
+            try:
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+            except RuntimeError as e:
+                raise ValueError(f"cannot split the CPU into {cpu_replicas} devices after TensorFlow "
+                                 f"started ({len(configured) or 1} configured): {e}") from e
         logical = tf.config.list_logical_devices("CPU")
-        if len(logical) < cpu_replicas:
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
-            logical = tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in logical[:cpu_replicas]])
     else:
         strategy = tf.distribute.get_strategy()

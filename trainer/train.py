@@ -177,6 +177,7 @@ def train(cfg, extra_callbacks=()):
     # Chosen before training: an interrupted run (no artifact yet) gets the same
     # version, hence the same work dir and backup, when it is started again.
     version = cfg.version or str(artifact.next_version(join(cfg.model_dir, cfg.name)))
+    _refuse_existing(join(cfg.model_dir, cfg.name, version))  # before hours of training, not after
     work_dir = join(cfg.model_dir, cfg.name, "_work", version)
     if not cfg.resume and tf.io.gfile.exists(join(work_dir, "backup")):
         tf.io.gfile.rmtree(join(work_dir, "backup"))
@@ -214,8 +215,7 @@ def train(cfg, extra_callbacks=()):
                             "flops_per_image": flops_per_image(model)}})
     final_dir = join(cfg.model_dir, cfg.name, version)
     local_dir = final_dir if not final_dir.startswith("gs://") else tempfile.mkdtemp()
-    if os.path.exists(local_dir) and not final_dir.startswith("gs://"):
-        raise FileExistsError(f"{final_dir} already exists; pick another --version")
+    _refuse_existing(final_dir)
     metadata = artifact.write_artifact(model, local_dir, fields)
     _write_extras(local_dir, metadata, data, rows)
     if final_dir.startswith("gs://"):
@@ -255,6 +255,15 @@ def _mask_specs(examples, roots, mask_sequence):
         else:
             out.append(input_pipeline.MASK_UNKNOWN)
     return out
+
+
+def _refuse_existing(final_dir):
+    """A published version (local or gs://) is never overwritten."""
+    import tensorflow as tf
+    if tf.io.gfile.exists(join(final_dir, artifact.METADATA_FILE)) or (
+            not final_dir.startswith("gs://") and os.path.exists(final_dir)):
+        raise FileExistsError(f"{final_dir} already exists; a published version is never overwritten: "
+                              "pick another --version")
 
 
 def _predict(model, ds):
@@ -297,4 +306,4 @@ def _upload(local_dir, remote_dir):
             src = os.path.join(root, name)
             dst = posixpath.join(remote_dir, os.path.relpath(src, local_dir).replace(os.sep, "/"))
             tf.io.gfile.makedirs(posixpath.dirname(dst))
-            tf.io.gfile.copy(src, dst, overwrite=True)
+            tf.io.gfile.copy(src, dst, overwrite=False)
