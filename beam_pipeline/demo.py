@@ -6,6 +6,7 @@ research model, not a diagnostic device; the output says both.
 import argparse
 import glob
 import os
+import shutil
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ def main(argv=None):
     sample = sample_data.write_sample_archives(inputs, args.images)
     print(f"[1/3] Generated {sample['members']} members in {', '.join(sample['files'])}")
     output = os.path.join(args.out, "results")
+    shutil.rmtree(output, ignore_errors=True)  # the demo's own results, regenerated every time
     print(f"[2/3] Scoring on DirectRunner with {args.model}")
     started = time.time()
     stop = threading.Event()

@@ -17,16 +17,45 @@ def fingerprint(metadata):
     return {"size": int(metadata.size_in_bytes), "updated": float(metadata.last_updated_in_seconds or 0)}
 
 
+class ManifestError(ValueError):
+    """A manifest that cannot be trusted: the job stops before it touches anything."""
+
+
 def load(path):
     if not FileSystems.exists(path):
         return {}
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return json.loads(f.read().decode()).get("inputs", {})
+        raw = f.read()
+    try:
+        entries = json.loads(raw.decode())["inputs"]
+        if not isinstance(entries, dict) or not all(
+                isinstance(v, dict) and {"size", "updated"} <= set(v) for v in entries.values()):
+            raise TypeError("'inputs' is not a mapping of input -> {size, updated}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"manifest {path} is unreadable ({type(e).__name__}: {e}); move it away to "
+                            "rescore everything, or restore its backup") from e
+    return entries
 
 
 def save(path, entries):
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(json.dumps({"inputs": entries}, indent=1, sort_keys=True).encode())
+    """Write the manifest so that a reader sees the old or the new one, never a cut file.
+
+    Local files are written beside it and renamed (atomic on POSIX); on GCS an
+    object upload only becomes visible when complete, so writing it directly is
+    already all-or-nothing.
+    """
+    data = json.dumps({"inputs": entries}, indent=1, sort_keys=True).encode()
+    if "://" in path:
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(data)
+        return
+    import os
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def new_or_changed(matched, known):

@@ -161,11 +161,16 @@ def write_report(output):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m beam_pipeline.report <output-prefix>", file=sys.stderr)
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_pipeline.report",
+        description="Rebuild <output>/report.html from a finished run's tables and _SUMMARY.json.")
+    parser.add_argument("output", help="the run's --output prefix (local or gs://)")
+    args = parser.parse_args(argv)
+    if not run_summary.exists(args.output):
+        print(f"error: {args.output} holds no finished run (no _SUMMARY.json)", file=sys.stderr)
         return 2
-    print(write_report(argv[0]))
+    print(write_report(args.output))
     return 0
 
 

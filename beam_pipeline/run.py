@@ -59,6 +59,32 @@ def _check_output_writable(output):
         raise JobError(f"output {output} is not writable: {e}") from e
 
 
+OWNER_MARKER = "_BRAIN_SCREENING_OUTPUT"
+
+
+def _claim_output(output, run_id):
+    """Refuse a non-empty output this job did not create; mark a new one as ours.
+
+    Reruns replace this job's own tables, heatmaps and report, so pointing
+    --output at a folder that holds someone else's `images-*.parquet` or
+    `report.html` would delete them.
+    """
+    prefix = output.rstrip("/")
+    marker = f"{prefix}/{OWNER_MARKER}"
+    if FileSystems.exists(marker):
+        return
+    try:
+        present = [m.path for m in FileSystems.match([f"{prefix}/*"])[0].metadata_list]
+    except Exception:  # a missing folder matches nothing
+        present = []
+    present = [p for p in present if "/_write_probe_" not in p]
+    if present:
+        raise JobError(f"output {output} already holds {len(present)} file(s) that this job did not write "
+                       f"(no {OWNER_MARKER} marker), e.g. {sorted(present)[0]}; choose a new or empty output")
+    with FileSystems.create(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(json.dumps({"created_by": "brain-mri-screening", "first_run_id": run_id}).encode())
+
+
 def _clear_previous_output(output):
     """A rerun replaces its own results instead of mixing shards of two runs."""
     prefix = output.rstrip("/")
@@ -119,11 +145,15 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         raise JobError(f"model: {e}") from e
     matched = _match_inputs(opts.input, full=bool(opts.manifest))
     _check_output_writable(opts.output)
+    _claim_output(opts.output, opts.run_id)
     try:
         key = None if opts.keep_paths else pseudonym.load_or_create_key(opts.pseudonym_key_file)
     except (OSError, ValueError) as e:
         raise JobError(f"pseudonym key: {e} (or pass --keep-paths)") from e
-    known = manifest.load(opts.manifest) if opts.manifest else {}
+    try:
+        known = manifest.load(opts.manifest) if opts.manifest else {}
+    except manifest.ManifestError as e:
+        raise JobError(str(e)) from e
     todo = manifest.new_or_changed(matched, known) if opts.manifest else matched
     if opts.manifest:
         print(f"Manifest {opts.manifest}: {len(matched) - len(todo)} input(s) unchanged and skipped, "

@@ -87,3 +87,43 @@ def test_model_given_as_file_or_name_folder(tmp_path, capsys):
     empty.mkdir()
     assert run.main(["--input", str(img), "--output", out, "--model", str(empty)]) == 2
     assert "no version folders" in capsys.readouterr().err
+
+
+def test_output_owned_by_someone_else_is_refused(tmp_path, capsys):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    img = tmp_path / "x.png"
+    img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    theirs = tmp_path / "shared_folder"
+    theirs.mkdir()
+    (theirs / "images-00000-of-00001.parquet").write_bytes(b"someone else's table")
+    (theirs / "report.html").write_text("their report")
+    assert run.main(["--input", str(img), "--output", str(theirs), "--model", model_dir]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert (theirs / "images-00000-of-00001.parquet").read_bytes() == b"someone else's table"
+    assert (theirs / "report.html").read_text() == "their report"
+    ours = tmp_path / "ours"
+    assert run.main(["--input", str(img), "--output", str(ours), "--model", model_dir]) == 0
+    assert run.main(["--input", str(img), "--output", str(ours), "--model", model_dir]) == 0  # our own: rerun ok
+
+
+def test_corrupt_manifest_is_a_job_error_that_touches_nothing(tmp_path, capsys):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    img = tmp_path / "x.png"
+    img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    out = tmp_path / "out"
+    mf = tmp_path / "manifest.json"
+    assert run.main(["--input", str(img), "--output", str(out), "--model", model_dir, "--manifest", str(mf)]) == 0
+    before = sorted(os.listdir(out))
+    for bad in ('{"inputs": {"a": 1', '["a", "b"]', '{"inputs": [1, 2]}'):
+        mf.write_text(bad)
+        assert run.main(["--input", str(img), "--output", str(out), "--model", model_dir,
+                         "--manifest", str(mf)]) == 2
+        assert "manifest" in capsys.readouterr().err
+        assert sorted(os.listdir(out)) == before
+
+
+def test_report_cli_explains_itself(capsys):
+    from beam_pipeline import report
+    with pytest.raises(SystemExit) as e:
+        report.main(["--help"])
+    assert e.value.code == 0 and "report.html" in capsys.readouterr().out

@@ -59,6 +59,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", help="version directory whose card gets the checks")
     parser.add_argument("--check", action="append", default=[], help="artifact of a check run; repeatable")
+    parser.add_argument("--notes", default=None,
+                        help="markdown file: what was tried and measured for this model (shown in the card)")
     parser.add_argument("--threshold-sources", default=None,
                         help="choose the threshold again from validation_predictions.csv on these sources "
                              "(the trainer's --threshold-sources, applied after the fact; same function)")
@@ -69,6 +71,9 @@ def main(argv=None):
         rethreshold(args.artifact, metadata, args.threshold_sources)
     if args.check:
         metadata["generalisation"] = [check_entry(d) for d in args.check]
+    if args.notes:
+        with open(args.notes) as f:
+            metadata["development_notes"] = f.read()
     loc = os.path.join(args.artifact, "localisation.json")
     if os.path.exists(loc):
         with open(loc) as f:

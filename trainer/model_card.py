@@ -138,6 +138,7 @@ Sensitivity by tumor type at the operating threshold:
 {_by_source_section(m)}
 {_generalisation_section(metadata)}
 {_localisation_section(metadata)}
+{metadata.get('development_notes', '')}
 ## Operating threshold
 `{metadata['threshold']:.4f}`: the highest threshold that reaches the target sensitivity of
 {_pct(metadata['threshold_target_sensitivity'])} on validation, which gives the best specificity
@@ -152,11 +153,16 @@ Plots: `roc.png`, `calibration.png`.
   cannot prove it is gone: validate on local data before use.
 - Trained on JPEG slices; DICOM inputs are windowed and normalised to a comparable range but
   differ from the training distribution.
-- Validation numbers come from one group split of one public data set.
+- Slice level: in public sets tumor-free slices are often taken far from the tumor (other
+  anatomical levels), so a slice classifier can learn the level instead of the lesion; the
+  per-source tables and the localisation figures above show how far that goes.
+- Validation numbers come from one group split of the training collections; the held-out site
+  and external rows are the better guide to a new hospital, and local validation is still needed.
 
 ## Retrain on local data
-`make train DATA=<folder with class folders, Training/Testing parents, or a CSV index> MODEL_DIR=models`
-or `python -m trainer.task --data-dir <folder> --model-dir models --epochs {cfg['epochs']} --seed {cfg['seed']}
+`make train DATA="<collection folders>" MODEL_DIR=models` (class folders, Training/Testing parents,
+MRI-sequence folders or a CSV index), or `python -m trainer.task --data-dir <folder> [--data-dir ...]
+--model-dir models --epochs {cfg['epochs']} --seed {cfg['seed']}
 --target-sensitivity {cfg['target_sensitivity']}` (see `python -m trainer.task --help`). The new artifact gets
 the next version number; point the pipeline at it with `--model <model-dir>/{metadata['name']}/<version>`.
 """
