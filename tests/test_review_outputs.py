@@ -20,13 +20,13 @@ def review_run(tmp_path_factory):
     sample = sample_data.write_sample_archives(str(root / "in"), n_images=24)
     model_dir = tiny_model.write_tiny_artifact(root)
     probe = str(root / "probe")
-    run.run(["--input", str(root / "in" / "*"), "--output", probe, "--model", model_dir, "--no-heatmaps",
+    run.run(["--input", str(root / "in" / "*"), "--keep-paths", "--output", probe, "--model", model_dir, "--no-heatmaps",
              "--no-report"])
     probs = [r["tumor_probability"] for r in pq.read_table(glob.glob(probe + "/images-*.parquet")).to_pylist()
              if r["status"] == "ok"]
     threshold = float(np.percentile(probs, 70))  # flag roughly the top 30%
     out = str(root / "out")
-    run.run(["--input", str(root / "in" / "*"), "--output", out, "--model", model_dir,
+    run.run(["--input", str(root / "in" / "*"), "--keep-paths", "--output", out, "--model", model_dir,
              "--threshold", repr(threshold), "--run-id", "review"])
     images = pq.read_table(glob.glob(out + "/images-*.parquet")).to_pylist()
     studies = pq.read_table(glob.glob(out + "/studies-*.parquet")).to_pylist()
