@@ -20,7 +20,7 @@ COPY beam_pipeline ./beam_pipeline
 COPY models ./models
 RUN pip install --no-cache-dir . \
  && python -c "import beam_pipeline.run, trainer.preprocessing"
-ENV BRAIN_SCREENING_MODEL=/opt/brain-screening/models/brain-tumor-cnn/2
+ENV BRAIN_SCREENING_MODEL=/opt/brain-screening/models/brain-tumor-cnn/3
 # The SDK image's entrypoint (/opt/apache/beam/boot) and default user are kept.
 
 # ---- GPU worker: CUDA runtime + Python + Beam's boot copied in -------------------
@@ -44,7 +44,7 @@ COPY models ./models
 RUN pip install --no-cache-dir --upgrade pip \
  && pip install --no-cache-dir . "tensorflow[and-cuda]>=2.21,<2.22"
 COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam
-ENV BRAIN_SCREENING_MODEL=/opt/brain-screening/models/brain-tumor-cnn/2
+ENV BRAIN_SCREENING_MODEL=/opt/brain-screening/models/brain-tumor-cnn/3
 ENTRYPOINT ["/opt/apache/beam/boot"]
 
 # ---- Flex Template launcher (also usable as the CPU worker image) ---------------

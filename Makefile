@@ -42,13 +42,14 @@ test: $(STAMP) browser
 demo: $(STAMP)
 	$(PY) -m beam_pipeline.demo
 
-# Reproduces the committed default model v3 (seeded; ~50 min on 2 CPU cores):
+# Reproduces the committed default model v3 (seeded; ~40 min of fit on 2 CPU cores):
 # make train TRAIN_ARGS="--version 3"
 train: $(STAMP)
 	$(PY) -m trainer.task $(foreach d,$(DATA),--data-dir $(d)) $(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) \
 		--group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --epochs $(EPOCHS) --seed $(SEED) \
-		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast $(TRAIN_ARGS)
+		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
+		$(TRAIN_ARGS)
 
 # Cross-collection checks for a model card (each ~15 min): the same recipe trained on one
 # collection and scored on the others, then attached with Grad-CAM localisation:
@@ -63,7 +64,7 @@ checks: $(STAMP)
 		--threshold-sources '^lgg/flair$$'
 	$(PY) -m trainer.localisation $(ARTIFACT) --mask-dir $(SHARED)/lgg/masks
 	$(PY) -m trainer.generalisation $(ARTIFACT) --check $(CHECK_DIR)/mri/brain-tumor-cnn/1 \
-		--check $(CHECK_DIR)/lgg/brain-tumor-cnn/1
+		--check $(CHECK_DIR)/lgg/brain-tumor-cnn/1 $(if $(NOTES),--notes $(NOTES))
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

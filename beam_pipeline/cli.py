@@ -127,6 +127,8 @@ def quiet_tensorflow():
     /dev/null for the import and the device probe only. Python exceptions
     still surface (they are raised after stderr is restored).
     """
+    import logging
+    logging.getLogger().setLevel(logging.ERROR)  # Beam's root-logger warnings (resource module, ...)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)

@@ -28,6 +28,8 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=36, help="images in the sample archives")
     parser.add_argument("--model", default=model_store.DEFAULT_MODEL)
     args = parser.parse_args(argv)
+    from beam_pipeline import cli
+    cli.quiet_tensorflow()
     print(NOTICE)
     inputs = os.path.join(args.out, "inputs")
     sample = sample_data.write_sample_archives(inputs, args.images)

@@ -16,7 +16,7 @@ from trainer import artifact
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL_PATH = os.path.join("models", "brain-tumor-cnn", "2")
+DEFAULT_MODEL_PATH = os.path.join("models", "brain-tumor-cnn", "3")
 
 
 def _default_model():

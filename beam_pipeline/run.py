@@ -2,7 +2,7 @@
 
   python -m beam_pipeline.run --input 'archives/*.zip' --output out/run1
   python -m beam_pipeline.run --input 'gs://bucket/archives/*' --output gs://bucket/out/run1 \\
-      --model gs://bucket/models/brain-tumor-cnn/2 --runner DataflowRunner ...
+      --model gs://bucket/models/brain-tumor-cnn/3 --runner DataflowRunner ...
 
 Job-level problems (missing or tampered model, no input matched, output not
 writable) stop the job with a clear message before any work starts.

@@ -11,6 +11,7 @@ import numpy as np
 from beam_pipeline import sample_data  # scripts put the repository on sys.path first
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODEL = os.path.join(REPO, "models", "brain-tumor-cnn", "3")  # = model_store.DEFAULT_MODEL_PATH
 SHARED = os.path.join(REPO, "..", "shared", "data", "brain-mri")
 
 

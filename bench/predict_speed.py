@@ -1,6 +1,6 @@
 """CPU `model.predict` throughput of an artifact at a given batch size (issue target: >= 150 images/s).
 
-  .venv/bin/python bench/predict_speed.py [--model models/brain-tumor-cnn/2] [--batch-size 64]
+  .venv/bin/python bench/predict_speed.py [--model <default model>] [--batch-size 64]
 """
 import argparse
 import os
@@ -15,7 +15,7 @@ from bench import common  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.path.join(common.REPO, "models", "brain-tumor-cnn", "2"))
+    parser.add_argument("--model", default=common.DEFAULT_MODEL)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)

@@ -17,7 +17,7 @@ from bench.scoring import pipeline_run  # noqa: E402
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--model", default=os.path.join(common.REPO, "models", "brain-tumor-cnn", "2"))
+    parser.add_argument("--model", default=common.DEFAULT_MODEL)
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-review-"))
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)

@@ -18,7 +18,7 @@ from bench.scoring import pipeline_run, startup_seconds  # noqa: E402
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=int, default=250)
-    parser.add_argument("--model", default=os.path.join(common.REPO, "models", "brain-tumor-cnn", "2"))
+    parser.add_argument("--model", default=common.DEFAULT_MODEL)
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-scaling-"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--mode", default="multi_threading", help="DirectRunner running mode with --workers > 1")

@@ -66,7 +66,7 @@ def pipeline_run(inputs, out, model_dir, batch_size, chunk_size, extra):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=4000)
-    parser.add_argument("--model", default=os.path.join(common.REPO, "models", "brain-tumor-cnn", "2"))
+    parser.add_argument("--model", default=common.DEFAULT_MODEL)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-scoring-"))

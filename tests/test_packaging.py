@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = "models/brain-tumor-cnn/2"
+DEFAULT_MODEL = "models/brain-tumor-cnn/3"
 
 
 def _setup_py():

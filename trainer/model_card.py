@@ -119,7 +119,7 @@ decisions, and every flagged or unflagged study still needs a radiologist's read
 - Skipped unreadable files: {len(eda['skipped_files'])}.
 - Data fingerprint: `{metadata['data_fingerprint']}`.
 
-## Validation metrics (group-held-out validation split, n={m['n']})
+## Validation metrics (group-held-out validation split; threshold sources `{m.get('threshold_sources', 'all')}`, n={m['n']})
 | metric | value |
 |---|---|
 | ROC AUC | {with_ci('roc_auc')} |
