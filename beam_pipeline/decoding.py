@@ -8,6 +8,7 @@ goes through pydicom with its modality and VOI LUTs.
 import dataclasses
 import io
 import os
+import zlib
 
 import numpy as np
 
@@ -29,6 +30,10 @@ _BARE_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
 MAX_FRAME_PIXELS = preprocessing.MAX_IMAGE_PIXELS  # rows x columns x samples of one frame
 MAX_FRAMES = 1024                                   # frames (DICOM) or pages (TIFF) per member
 MAX_MEMBER_PIXELS = 128 * 1024 * 1024               # all frames of one member together
+# A Deflated-transfer-syntax DICOM is inflated whole by pydicom before any
+# header can be read, so its inflated size is checked first, like a zip member's.
+MAX_INFLATE_RATIO = 200.0
+_DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
 
 
 class DecodeError(Exception):
@@ -197,8 +202,47 @@ _UID_FIELDS = {"StudyInstanceUID": "study_instance_uid", "SeriesInstanceUID": "s
                "SOPInstanceUID": "sop_instance_uid", "Modality": "modality"}
 
 
+def _meta_end(data):
+    """Offset where the dataset starts after the 128-byte preamble, 'DICM' and group 0002."""
+    pos = 132
+    while pos + 8 <= len(data):
+        group = int.from_bytes(data[pos:pos + 2], "little")
+        if group != 0x0002:
+            return pos
+        vr = data[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length = int.from_bytes(data[pos + 8:pos + 12], "little")
+            pos += 12 + length
+        else:
+            pos += 8 + int.from_bytes(data[pos + 6:pos + 8], "little")
+    return len(data)
+
+
+def _check_deflated(data):
+    """Refuse a deflated DICOM whose dataset would inflate past the ratio limit (never held whole)."""
+    end = _meta_end(data)
+    if _DEFLATED_UID not in data[:end]:
+        return
+    limit = int(max(1 << 20, MAX_INFLATE_RATIO * len(data)))
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = 0
+        chunk = inflater.decompress(data[end:], 1 << 20)
+        while chunk:
+            inflated += len(chunk)
+            if inflated > limit:
+                raise DecodeError("suspicious_compression_ratio",
+                                  f"deflated DICOM inflates past {limit} bytes from {len(data)} "
+                                  f"(ratio > {MAX_INFLATE_RATIO:g})", "dicom")
+            chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+    except zlib.error as e:
+        raise DecodeError("dicom_corrupt", f"deflated dataset unreadable: {e}", "dicom") from e
+
+
 def _decode_dicom(data, force):
     import pydicom
+    if not force:
+        _check_deflated(data)
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=force)

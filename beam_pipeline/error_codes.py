@@ -19,7 +19,7 @@ CODES = {
     "resource_fork": (STATUS_SKIPPED, "macOS metadata (__MACOSX/ or ._ files), not an image"),
     # member container
     "member_too_large": (STATUS_ERROR, "uncompressed member size above --max-member-bytes; never read"),
-    "suspicious_compression_ratio": (STATUS_ERROR, "zip member whose size/compressed-size ratio exceeds the zip-bomb limit"),
+    "suspicious_compression_ratio": (STATUS_ERROR, "zip member, compressed-tar member or deflated DICOM whose inflated/compressed ratio exceeds the zip-bomb limit (200x); never held whole"),
     "encrypted_member": (STATUS_ERROR, "password-protected zip member"),
     "overlapping_member": (STATUS_ERROR, "zip entry that shares its data with an earlier entry (overlapping-entry zip bomb); never inflated"),
     "member_size_mismatch": (STATUS_ERROR, "zip entry whose declared compressed size runs past the next member or the archive's end"),

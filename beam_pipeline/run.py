@@ -11,6 +11,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -91,8 +92,14 @@ def _clear_previous_output(output):
     old = [m.path for r in FileSystems.match([f"{prefix}/images-*.parquet", f"{prefix}/studies-*.parquet",
                                               f"{prefix}/heatmaps/*.png"]) for m in r.metadata_list]
     old += [p for p in (f"{prefix}/_SUMMARY.json", f"{prefix}/report.html") if FileSystems.exists(p)]
+    # Write-in-progress shards a killed run left behind (Beam's file sinks stage under beam-temp-*).
+    old += [m.path for m in FileSystems.match([f"{prefix}/beam-temp-*/**"])[0].metadata_list]
     if old:
         FileSystems.delete(old)
+    if "://" not in prefix and os.path.isdir(prefix):
+        for name in os.listdir(prefix):
+            if name.startswith("beam-temp-") and os.path.isdir(os.path.join(prefix, name)):
+                shutil.rmtree(os.path.join(prefix, name), ignore_errors=True)
 
 
 def _model_info(metadata):

@@ -31,6 +31,11 @@ def _dicom(mutate=None, arr=None, **kw):
     return buf.getvalue()
 
 
+def _testdata(name):
+    from pydicom.data import get_testdata_file
+    return get_testdata_file(name, download=False)
+
+
 def _set(**attrs):
     def mutate(ds):
         for k, v in attrs.items():
@@ -97,7 +102,8 @@ ZIP_MEMBERS = {
     "palette_with_window.dcm": (lambda: _dicom(_palette_with_window), [(0, "error", "dicom_invalid_lut")]),
     "strip_1x20000.png": (lambda: synth.encode(np.full((1, 20000), 200, np.uint8)), [(0, "ok", None)]),
     "strip_20000x1.png": (lambda: synth.encode(np.full((20000, 1), 200, np.uint8)), [(0, "ok", None)]),
-    "huge_deflated.dcm": (lambda: _huge_deflated_dicom(), [(0, "error", "image_too_large")]),
+    "huge_deflated.dcm": (lambda: _huge_deflated_dicom(), [(0, "error", "suspicious_compression_ratio")]),
+    "real_deflated.dcm": (lambda: open(_testdata("image_dfl.dcm"), "rb").read(), [(0, "ok", None)]),
     "zeros.dcm": (lambda: b"\x00" * (2 << 20), [(0, "skipped", "not_an_image")]),
 }
 

@@ -76,3 +76,18 @@ def test_second_run_with_nothing_new_keeps_the_results(tmp_path):
     run.run(argv)
     assert stable(_rows(out)) == stable(first)
     assert run.read_summary(out)["rows"] == 4
+
+
+def test_stale_beam_temp_of_a_killed_run_is_removed(tmp_path):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    _zip(tmp_path / "a.zip", range(2))
+    out = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "*.zip"), "--output", str(out), "--model", model_dir]
+    run.run(argv)
+    stale = out / "beam-temp-images-0123456789abcdef"
+    stale.mkdir()
+    (stale / "part-of-a-killed-run.parquet").write_bytes(b"half")
+    run.run(argv)
+    assert not stale.exists()
+    assert not glob.glob(str(out / "beam-temp-*"))
+    assert len(_rows(str(out))) == 2
