@@ -134,31 +134,21 @@ def train(cfg, extra_callbacks=()):
     n_train = int(is_train.sum())
     steps_per_epoch = int(np.ceil(n_train / global_batch))
     balanced = cfg.balance_sources and len(set(sources[is_train].tolist())) > 1
-    if balanced:
-        train_ds = input_pipeline.make_balanced_dataset(
-            paths[is_train], labels[is_train], sources[is_train], spec, global_batch, seed=cfg.seed,
-            augment_mode=cfg.augment)
-    else:
-        train_ds = input_pipeline.make_dataset(
-            paths[is_train], labels[is_train], spec, global_batch, training=True, seed=cfg.seed,
-            weights=input_pipeline.class_weights(labels[is_train]), augment_mode=cfg.augment)
-    val_ds = input_pipeline.make_dataset(paths[is_val], labels[is_val], spec, global_batch, training=False)
-
     lesion = cfg.lesion_weight > 0
+    val_ds = input_pipeline.make_dataset(paths[is_val], labels[is_val], spec, global_batch, training=False)
     if lesion:
-        masks = np.array(_mask_specs(ex, cfg.data_dir, cfg.mask_sequence))
-        n_masks = int(sum(m not in (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY) for m in masks))
-        print(f"Lesion supervision: {n_masks} tumor masks, "
-              f"{int((masks == input_pipeline.MASK_EMPTY).sum())} known-empty slices")
-        if not n_masks:
-            raise ValueError("--lesion-weight needs a masks/ folder in a sequence-folder collection")
-        train_ds = input_pipeline.make_lesion_dataset(
-            paths[is_train], labels[is_train], masks[is_train], sources[is_train], spec, global_batch, True,
-            seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources)
-        fit_val_ds = input_pipeline.make_lesion_dataset(
-            paths[is_val], labels[is_val], masks[is_val], sources[is_val], spec, global_batch, False)
+        train_ds, fit_val_ds = _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec,
+                                                global_batch)
     else:
         fit_val_ds = val_ds
+        if balanced:
+            train_ds = input_pipeline.make_balanced_dataset(
+                paths[is_train], labels[is_train], sources[is_train], spec, global_batch, seed=cfg.seed,
+                augment_mode=cfg.augment)
+        else:
+            train_ds = input_pipeline.make_dataset(
+                paths[is_train], labels[is_train], spec, global_batch, training=True, seed=cfg.seed,
+                weights=input_pipeline.class_weights(labels[is_train]), augment_mode=cfg.augment)
     with strategy.scope():
         from trainer.model import make_model, with_lesion_head
         model = make_model((spec.height, spec.width, 1), base_filters=cfg.base_filters)
@@ -224,6 +214,22 @@ def train(cfg, extra_callbacks=()):
     print(f"Artifact written to {final_dir}: AUC {m['roc_auc']:.4f}, threshold {m['threshold']:.4f}, "
           f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}")
     return final_dir, metadata
+
+
+def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, global_batch):
+    """(train, validation) datasets that also carry lesion targets for the lesion head."""
+    masks = np.array(_mask_specs(ex, cfg.data_dir, cfg.mask_sequence))
+    n_masks = int(sum(m not in (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY) for m in masks))
+    print(f"Lesion supervision: {n_masks} tumor masks, "
+          f"{int((masks == input_pipeline.MASK_EMPTY).sum())} known-empty slices")
+    if not n_masks:
+        raise ValueError("--lesion-weight needs a masks/ folder in a sequence-folder collection")
+    train_ds = input_pipeline.make_lesion_dataset(
+        paths[is_train], labels[is_train], masks[is_train], sources[is_train], spec, global_batch, True,
+        seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources)
+    val_ds = input_pipeline.make_lesion_dataset(
+        paths[is_val], labels[is_val], masks[is_val], sources[is_val], spec, global_batch, False)
+    return train_ds, val_ds
 
 
 def _mask_specs(examples, roots, mask_sequence):
