@@ -92,14 +92,16 @@ def _clear_previous_output(output):
     old = [m.path for r in FileSystems.match([f"{prefix}/images-*.parquet", f"{prefix}/studies-*.parquet",
                                               f"{prefix}/heatmaps/*.png"]) for m in r.metadata_list]
     old += [p for p in (f"{prefix}/_SUMMARY.json", f"{prefix}/report.html") if FileSystems.exists(p)]
-    # Write-in-progress shards a killed run left behind (Beam's file sinks stage under beam-temp-*).
-    old += [m.path for m in FileSystems.match([f"{prefix}/beam-temp-*/**"])[0].metadata_list]
-    if old:
-        FileSystems.delete(old)
-    if "://" not in prefix and os.path.isdir(prefix):
+    # Write-in-progress shards a killed run left behind (Beam's file sinks stage under beam-temp-*):
+    # objects on GCS, folders on local disk.
+    if "://" in prefix:
+        old += [m.path for m in FileSystems.match([f"{prefix}/beam-temp-*/**"])[0].metadata_list]
+    elif os.path.isdir(prefix):
         for name in os.listdir(prefix):
             if name.startswith("beam-temp-") and os.path.isdir(os.path.join(prefix, name)):
                 shutil.rmtree(os.path.join(prefix, name), ignore_errors=True)
+    if old:
+        FileSystems.delete(old)
 
 
 def _model_info(metadata):
@@ -175,7 +177,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
                 report.write_report(opts.output)
         else:
             print(f"Nothing new to score; the results already in {opts.output} are left as they are")
-        return _NothingToDo(opts.output)
+        return _NothingToDo(opts.output, opts.max_error_fraction)
     _clear_previous_output(opts.output)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build(pipeline, opts, metadata, started_at, key)
@@ -188,14 +190,16 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         if opts.manifest and finished:
             manifest.save(opts.manifest, {**known, **{m.path: manifest.fingerprint(m) for m in todo}})
     result.output = opts.output
+    result.max_error_fraction = opts.max_error_fraction
     return result
 
 
 class _NothingToDo:
     state = "DONE"
 
-    def __init__(self, output):
+    def __init__(self, output, max_error_fraction):
         self.output = output
+        self.max_error_fraction = max_error_fraction
 
     def wait_until_finish(self, duration=None):
         return self.state
@@ -237,8 +241,7 @@ def main(argv=None):
         return EXIT_OK
     print(json.dumps({k: counts[k] for k in ("run_id", "rows", "by_status", "by_error_code", "flagged",
                                               "images_per_second", "output_files")}, indent=2))
-    max_fraction = PipelineOptions(argv).view_as(ScreeningOptions).max_error_fraction
-    code, reason = exit_code(counts, max_fraction)
+    code, reason = exit_code(counts, result.max_error_fraction)
     prefix = result.output.rstrip("/")
     print("Outputs:")
     for label, path in (("image table", f"{prefix}/images-*.parquet"), ("study table", f"{prefix}/studies-*.parquet"),

@@ -50,14 +50,16 @@ def make_balanced_dataset(paths, labels, sources, spec, global_batch_size, seed=
     weights are computed per source, so each source is class-balanced too.
     """
     paths, labels, sources = np.asarray(paths), np.asarray(labels), np.asarray(sources)
-    parts = []
-    for i, src in enumerate(sorted(set(sources.tolist()))):
-        m = sources == src
-        parts.append(_examples(paths[m], labels[m], spec, True, seed + 7 * i, True,
-                               class_weights(labels[m]), augment_mode).repeat())
-    ds = tf.data.Dataset.sample_from_datasets(parts, weights=[1.0 / len(parts)] * len(parts),
-                                              seed=seed)
+    ds = _draw_sources_equally(sources, seed, lambda m, part_seed: _examples(
+        paths[m], labels[m], spec, True, part_seed, True, class_weights(labels[m]), augment_mode))
     return ds.batch(global_batch_size, drop_remainder=False).prefetch(AUTOTUNE)
+
+
+def _draw_sources_equally(sources, seed, make_part):
+    """Endless mix of `make_part(mask, seed)` datasets, one per source, drawn with equal probability."""
+    parts = [make_part(sources == src, seed + 7 * i).repeat()
+             for i, src in enumerate(sorted(set(sources.tolist())))]
+    return tf.data.Dataset.sample_from_datasets(parts, weights=[1.0 / len(parts)] * len(parts), seed=seed)
 
 
 def _examples(paths, labels, spec, training, seed, cache, weights, augment_mode):
@@ -140,10 +142,6 @@ def make_lesion_dataset(paths, labels, masks, sources, spec, global_batch_size, 
     if not (training and balanced and len(set(sources.tolist())) > 1):
         ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride)
         return ds.batch(global_batch_size).prefetch(AUTOTUNE)
-    parts = []
-    for i, src in enumerate(sorted(set(sources.tolist()))):
-        m = sources == src
-        parts.append(_lesion_examples(paths[m], labels[m], masks[m], spec, True, seed + 7 * i,
-                                      augment_mode, stride).repeat())
-    ds = tf.data.Dataset.sample_from_datasets(parts, weights=[1.0 / len(parts)] * len(parts), seed=seed)
+    ds = _draw_sources_equally(sources, seed, lambda m, part_seed: _lesion_examples(
+        paths[m], labels[m], masks[m], spec, True, part_seed, augment_mode, stride))
     return ds.batch(global_batch_size).prefetch(AUTOTUNE)
