@@ -243,7 +243,6 @@ def _decode_dicom(data, force):
     import pydicom
     if not force:
         _check_deflated(data)
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
         ds.ensure_file_meta() if hasattr(ds, "ensure_file_meta") else None
@@ -267,7 +266,6 @@ def _decode_dicom(data, force):
                           f"no decoder for transfer syntax {name}: {e}", "dicom") from e
     except Exception as e:
         raise DecodeError("dicom_corrupt", f"pixel data unreadable: {type(e).__name__}: {e}", "dicom") from e
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     frames = np.asarray(pixels)
     while frames.ndim < 3 + (samples > 1):  # single frames come without the frame axis

@@ -4,14 +4,12 @@ The inputs are synthetic (generated here, no patient data) and the model is a
 research model, not a diagnostic device; the output says both.
 """
 import argparse
-import glob
 import os
-import shutil
 import sys
 import threading
 import time
 
-from beam_pipeline import model_store, run, sample_data
+from beam_pipeline import model_store, results_store, run, sample_data
 
 NOTICE = ("NOTE: the sample inputs are generated (synthetic head-like images, fabricated DICOM "
           "fields).\n      The model is a research model, NOT a diagnostic device.")
@@ -34,8 +32,7 @@ def main(argv=None):
     inputs = os.path.join(args.out, "inputs")
     sample = sample_data.write_sample_archives(inputs, args.images)
     print(f"[1/3] Generated {sample['members']} members in {', '.join(sample['files'])}")
-    output = os.path.join(args.out, "results")
-    shutil.rmtree(output, ignore_errors=True)  # the demo's own results, regenerated every time
+    output = os.path.join(args.out, "screening")  # each rerun replaces results/ in one step
     print(f"[2/3] Scoring on DirectRunner with {args.model}")
     started = time.time()
     stop = threading.Event()
@@ -50,6 +47,7 @@ def main(argv=None):
     finally:
         stop.set()
     summary = run.read_summary(output)
+    output = results_store.results_dir(output)
     print(f"[3/3] Done in {time.time() - started:.1f}s")
     _print_summary(summary, output)
     print(NOTICE)
@@ -58,7 +56,7 @@ def main(argv=None):
 
 def _print_summary(summary, output):
     import pyarrow.parquet as pq
-    rows = pq.read_table(glob.glob(os.path.join(output, "images-*.parquet"))).to_pylist()
+    rows = pq.read_table(summary["output_files"]).to_pylist()
     print(f"\nRows: {summary['rows']} (one per image)  by status: {summary['by_status']}")
     if summary["by_error_code"]:
         print(f"Errors/skips by code: {summary['by_error_code']}")

@@ -31,7 +31,7 @@ def _default_model():
 
 DEFAULT_MODEL = _default_model()
 
-_FILES = (artifact.METADATA_FILE, artifact.MODEL_FILE)
+_FILES = (artifact.METADATA_FILE, artifact.MODEL_FILE, artifact.SUMS_FILE)
 
 
 def _is_local(uri):
@@ -62,6 +62,21 @@ def stage(uri):
 def metadata(uri):
     """Verified metadata (sha256 checked) of the artifact at `uri`."""
     return artifact.verify(stage(uri))
+
+
+def check_model_matches_metadata(uri):
+    """Load the model once before the job starts: a model whose input shape is not the one
+    metadata.json declares would otherwise fail inside scoring, on every worker."""
+    model, md = load(uri)
+    spec = md["input_spec"]
+    want = (spec["height"], spec["width"], spec.get("channels", 1))
+    got = tuple(model.input_shape[1:])
+    if got != want:
+        raise artifact.ArtifactError(f"model {uri} takes inputs of shape {got} but its metadata.json declares "
+                                     f"{want}; the artifact is inconsistent")
+    if len(model.outputs) != 1 or tuple(model.output_shape[1:]) != (1,):
+        raise artifact.ArtifactError(f"model {uri} must have one output of shape (1,), has "
+                                     f"{[tuple(o.shape) for o in model.outputs]}")
 
 
 def load(uri):

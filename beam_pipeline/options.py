@@ -14,9 +14,10 @@ class ScreeningOptions(PipelineOptions):
                             help="glob of archives (.zip .tar .tar.gz .tgz .tar.bz2 .tar.xz) and loose images "
                                  "(.png .jpg .bmp .tif .dcm, extension-less DICOM); local or gs://; a folder "
                                  "(or a gs:// prefix ending in /) means every file under it, recursively; "
-                                 "repeatable")
+                                 "repeatable, or a comma-separated list")
         parser.add_argument("--output", default=None,
-                            help="output prefix (local or gs://): images-*.parquet and _SUMMARY.json go here; "
+                            help="output folder (local or gs://); the finished result is <output>/results/ (tables, "
+                                 "heatmaps, report, _SUMMARY.json), replaced in one step when a run completes; "
                                  "{date} becomes the UTC date (for schedules)")
         parser.add_argument("--model", default=model_store.DEFAULT_MODEL,
                             help="model artifact: its version folder (local or gs://), its model.keras, "
@@ -37,9 +38,9 @@ class ScreeningOptions(PipelineOptions):
                             help="JSON manifest (local or gs://) of inputs already scored; with it, only "
                                  "new or changed inputs are scored and the manifest is updated on success")
         parser.add_argument("--heatmaps", action=argparse.BooleanOptionalAction, default=True,
-                            help="write a Grad-CAM overlay PNG under <output>/heatmaps/ for each flagged image")
+                            help="write a Grad-CAM overlay PNG under <output>/results/heatmaps/ for each flagged image")
         parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                            help="write <output>/report.html after the run (rebuild any time with "
+                            help="write <output>/results/report.html after the run (rebuild any time with "
                                  "python -m beam_pipeline.report <output>)")
         parser.add_argument("--num-shards", dest="num_shards", type=int, default=0,
                             help="Parquet output shards (0 = runner decides)")
@@ -54,5 +55,11 @@ class ScreeningOptions(PipelineOptions):
                             default=os.environ.get("BRAIN_SCREENING_PSEUDONYM_KEY", pseudonym.DEFAULT_KEY_FILE),
                             help="secret key for path pseudonyms, created on first use; keep it to map "
                                  "pseudonyms back (python -m beam_pipeline.pseudonym)")
+        parser.add_argument("--log-format", dest="log_format", choices=("text", "json"), default="text",
+                            help="console messages as short text lines, or one JSON object per line "
+                                 "(ts, level, event, message, fields) for log collectors")
+        parser.add_argument("--config", default=None,
+                            help="YAML file of flag: value pairs (lists for repeatable flags), read before "
+                                 "the command line's flags, which win")
         parser.add_argument("--verbose", action="store_true", default=False,
                             help="show TensorFlow and Beam logging")

@@ -3,7 +3,7 @@
   python -m beam_pipeline.report <output-prefix>
 
 Reads _SUMMARY.json, the image and study Parquet tables, the heatmap PNGs
-and the model's metadata, and writes <output>/report.html with every image
+and the model's metadata of one result folder, and writes report.html there with every image
 inlined (data: URIs): it opens offline, from a bucket download or an e-mail.
 """
 import base64
@@ -11,6 +11,7 @@ import html
 import io
 import json
 import os
+import posixpath
 import sys
 
 import pyarrow.parquet as pq
@@ -69,9 +70,11 @@ def _esc(v):
     return html.escape("" if v is None else str(v))
 
 
-def render(output):
-    prefix = output.rstrip("/")
-    summary = run_summary.read(output)
+def render(folder):
+    """HTML for the result in `folder` (a promoted results/ folder or a staging folder)."""
+    prefix = folder.rstrip("/")
+    summary = run_summary.read(folder)
+    totals = summary.get("result") or summary  # a result can hold several incremental runs
     images = _table(prefix + "/images-*.parquet")
     studies = _table(prefix + "/studies-*.parquet")
     ok = [r for r in images if r["status"] == "ok"]
@@ -95,12 +98,13 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 <p class="notice"><b>Screening aid, not a diagnostic device.</b> Scores prioritise studies for a radiologist;
 every study still needs a radiologist's read.</p>
 <h2>Summary</h2><table id="summary">
-<tr><th>rows (images)</th><td>{summary['rows']}</td></tr>
-<tr><th>by status</th><td>{_esc(json.dumps(summary['by_status']))}</td></tr>
-<tr><th>flagged images</th><td>{summary['flagged']}</td></tr>
+<tr><th>rows (images)</th><td>{totals['rows']}</td></tr>
+<tr><th>by status</th><td>{_esc(json.dumps(totals['by_status']))}</td></tr>
+<tr><th>flagged images</th><td>{totals['flagged']}</td></tr>
+<tr><th>runs in this result</th><td>{_esc(", ".join(totals.get("run_ids", [summary["run_id"]])))}</td></tr>
 <tr><th>flagged studies / series</th><td>{len(flagged)} of {len(studies)}</td></tr>
-<tr><th>throughput</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>
-<tr><th>inputs</th><td>{summary['sources']}</td></tr>
+<tr><th>throughput (last run)</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>
+<tr><th>inputs</th><td>{totals['sources']}</td></tr>
 </table>"""]
     if ok:
         parts.append(f'<h2>Probabilities</h2><img id="histogram" alt="histogram of tumor probabilities" '
@@ -116,7 +120,8 @@ every study still needs a radiologist's read.</p>
                      key=lambda r: -r["tumor_probability"])[:4]
         for r in top:
             try:
-                src = _data_uri(_read(r["heatmap_path"]))
+                # Read from this folder: rows name the promoted path, which a staged report precedes.
+                src = _data_uri(_read(f"{prefix}/heatmaps/{posixpath.basename(r['heatmap_path'])}"))
             except Exception:
                 continue
             parts.append(f'<figure style="display:inline-block"><img class="heatmap" src="{src}" '
@@ -153,10 +158,10 @@ window.addEventListener('load', function () {
     return "\n".join(parts)
 
 
-def write_report(output):
-    path = output.rstrip("/") + "/report.html"
+def write_report(folder):
+    path = folder.rstrip("/") + "/report.html"
     with FileSystems.create(path, mime_type="text/html", compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(render(output).encode())
+        f.write(render(folder).encode())
     return path
 
 
@@ -164,14 +169,16 @@ def main(argv=None):
     import argparse
     parser = argparse.ArgumentParser(
         prog="python -m beam_pipeline.report",
-        description="Rebuild <output>/report.html from a finished run's tables and _SUMMARY.json.")
-    parser.add_argument("output", help="the run's --output prefix (local or gs://)")
+        description="Rebuild <output>/results/report.html from a finished run's tables and _SUMMARY.json.")
+    parser.add_argument("output", help="the run's --output prefix (local or gs://), or its results/ folder")
     args = parser.parse_args(argv)
-    if not run_summary.exists(args.output):
-        print(f"error: {args.output} holds no finished run (no _SUMMARY.json)", file=sys.stderr)
-        return 2
-    print(write_report(args.output))
-    return 0
+    from beam_pipeline import results_store
+    for folder in (results_store.results_dir(args.output), args.output):
+        if run_summary.exists(folder):
+            print(write_report(folder))
+            return 0
+    print(f"error: {args.output} holds no finished run (no results/_SUMMARY.json)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import datetime
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -21,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_pipeline import archives, cli, manifest, model_store, pseudonym, report, summary
+from beam_pipeline import archives, cli, console, finalise, manifest, model_store, pseudonym, results_store, storage_access, summary
 from beam_pipeline.options import ScreeningOptions
 from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
 from trainer import artifact
@@ -60,74 +59,31 @@ def _check_output_writable(output):
         raise JobError(f"output {output} is not writable: {e}") from e
 
 
-OWNER_MARKER = "_BRAIN_SCREENING_OUTPUT"
-
-
-def _claim_output(output, run_id):
-    """Refuse a non-empty output this job did not create; mark a new one as ours.
-
-    Reruns replace this job's own tables, heatmaps and report, so pointing
-    --output at a folder that holds someone else's `images-*.parquet` or
-    `report.html` would delete them.
-    """
-    prefix = output.rstrip("/")
-    marker = f"{prefix}/{OWNER_MARKER}"
-    if FileSystems.exists(marker):
-        return
-    try:
-        present = [m.path for m in FileSystems.match([f"{prefix}/*"])[0].metadata_list]
-    except Exception:  # a missing folder matches nothing
-        present = []
-    present = [p for p in present if "/_write_probe_" not in p]
-    if present:
-        raise JobError(f"output {output} already holds {len(present)} file(s) that this job did not write "
-                       f"(no {OWNER_MARKER} marker), e.g. {sorted(present)[0]}; choose a new or empty output")
-    with FileSystems.create(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(json.dumps({"created_by": "brain-mri-screening", "first_run_id": run_id}).encode())
-
-
-def _clear_previous_output(output):
-    """A rerun replaces its own results instead of mixing shards of two runs."""
-    prefix = output.rstrip("/")
-    old = [m.path for r in FileSystems.match([f"{prefix}/images-*.parquet", f"{prefix}/studies-*.parquet",
-                                              f"{prefix}/heatmaps/*.png"]) for m in r.metadata_list]
-    old += [p for p in (f"{prefix}/_SUMMARY.json", f"{prefix}/report.html") if FileSystems.exists(p)]
-    # Write-in-progress shards a killed run left behind (Beam's file sinks stage under beam-temp-*):
-    # objects on GCS, folders on local disk.
-    if "://" in prefix:
-        old += [m.path for m in FileSystems.match([f"{prefix}/beam-temp-*/**"])[0].metadata_list]
-    elif os.path.isdir(prefix):
-        for name in os.listdir(prefix):
-            if name.startswith("beam-temp-") and os.path.isdir(os.path.join(prefix, name)):
-                shutil.rmtree(os.path.join(prefix, name), ignore_errors=True)
-    if old:
-        FileSystems.delete(old)
-
-
 def _model_info(metadata):
     return {"model_name": metadata["name"], "model_version": str(metadata["version"]),
             "model_sha256": metadata["model_sha256"]}
 
 
-def build(pipeline, opts, metadata, started_at, pseudonym_key=None):
-    """Wire the stages into `pipeline`; returns the summary PCollection."""
-    run_id = opts.run_id
+def build(pipeline, opts, metadata, plan, pseudonym_key=None):
+    """Wire the stages into `pipeline`; returns the PCollection of the promoted run summary."""
     threshold = opts.threshold if opts.threshold is not None else metadata["threshold"]
     limits = archives.Limits(max_member_bytes=opts.max_member_bytes, chunk_size=opts.chunk_size)
-    info = _model_info(metadata)
-    chunks = pipeline | "ExpandArchives" >> ExpandInputs(opts.input, limits)
-    decoded = chunks | "DecodeImages" >> DecodeImages(run_id, metadata["input_spec"], info, pseudonym_key)
+    heatmap_dirs = (f"{plan.staging}/heatmaps", f"{results_store.results_dir(opts.output)}/heatmaps") \
+        if opts.heatmaps else None
+    chunks = pipeline | "ExpandInputs" >> ExpandInputs(opts.input, limits)
+    decoded = chunks | "DecodeImages" >> DecodeImages(plan.run_id, metadata["input_spec"], plan.model_info,
+                                                      pseudonym_key)
     scored = decoded.images | "ScoreImages" >> ScoreImages(
-        opts.model, threshold, opts.batch_size, opts.chunk_size,
-        heatmap_output=opts.output if opts.heatmaps else None)
+        opts.model, threshold, opts.batch_size, opts.chunk_size, heatmap_dirs=heatmap_dirs)
     rows = (scored, decoded[ROWS_TAG]) | "AllRows" >> beam.Flatten()
-    return rows | "WriteResults" >> WriteResults(opts.output, run_id, started_at, info, opts.model, opts.num_shards)
+    return rows | "WriteResults" >> WriteResults(plan, opts.num_shards)
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     """Build and run the job; returns the PipelineResult (after it finishes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        argv = cli.apply_config(argv)
         cli.check_flags(argv)
         options = PipelineOptions(argv)
         opts = options.view_as(ScreeningOptions)
@@ -137,24 +93,32 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     options.view_as(SetupOptions).save_main_session = save_main_session
     if not opts.output:
         raise JobError("no --output given")
-    opts.input = cli.expand_folders(opts.input)
+    opts.input = cli.expand_folders(cli.split_input_lists(opts.input))
+    try:
+        storage_access.check([*opts.input, opts.output, opts.model, opts.manifest], options)
+    except storage_access.AccessError as e:
+        raise JobError(str(e)) from e
     try:
         opts.model, note = model_store.resolve(opts.model)
     except artifact.ArtifactError as e:
         raise JobError(f"model: {e}") from e
     if note:
-        print(note)
+        console.emit("model", note)
     now = datetime.datetime.now(datetime.timezone.utc)
     if not opts.run_id:
         opts.run_id = now.strftime("%Y%m%dT%H%M%SZ")
     opts.output = opts.output.replace("{date}", now.strftime("%Y-%m-%d"))  # nightly schedules
     try:
         metadata = model_store.metadata(opts.model)
+        model_store.check_model_matches_metadata(opts.model)
     except (artifact.ArtifactError, ValueError) as e:
         raise JobError(f"model: {e}") from e
     matched = _match_inputs(opts.input, full=bool(opts.manifest))
     _check_output_writable(opts.output)
-    _claim_output(opts.output, opts.run_id)
+    try:
+        results_store.claim(opts.output, opts.run_id)
+    except results_store.OutputError as e:
+        raise JobError(str(e)) from e
     try:
         key = None if opts.keep_paths else pseudonym.load_or_create_key(opts.pseudonym_key_file)
     except (OSError, ValueError) as e:
@@ -165,30 +129,32 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         raise JobError(str(e)) from e
     todo = manifest.new_or_changed(matched, known) if opts.manifest else matched
     if opts.manifest:
-        print(f"Manifest {opts.manifest}: {len(matched) - len(todo)} input(s) unchanged and skipped, "
-              f"{len(todo)} new or changed")
+        console.emit("manifest", f"Manifest {opts.manifest}: {len(matched) - len(todo)} input(s) unchanged and "
+                     f"skipped, {len(todo)} new or changed", unchanged=len(matched) - len(todo), todo=len(todo))
         opts.input = [m.path for m in todo]
-    started_at = time.time()
+    plan = finalise.Plan(
+        output=opts.output, stage_id=f"{opts.run_id}-{uuid.uuid4().hex[:8]}", run_id=opts.run_id,
+        started_at=time.time(), model_info=_model_info(metadata), model_uri=opts.model,
+        write_report=opts.report, manifest_path=opts.manifest,
+        manifest_entries={m.path: manifest.fingerprint(m) for m in todo} if opts.manifest else None,
+        carry_over=bool(opts.manifest))
     if not todo:
         # Nothing new: earlier results at this output stay as they are.
-        if not summary.exists(opts.output):
-            summary.write(opts.output, opts.run_id, summary.EMPTY_COUNTS, _model_info(metadata), opts.model, 0.0)
-            if opts.report:
-                report.write_report(opts.output)
+        if summary.exists(results_store.results_dir(opts.output)):
+            console.emit("nothing_new", f"Nothing new to score; the results already in {opts.output} "
+                         "are left as they are")
         else:
-            print(f"Nothing new to score; the results already in {opts.output} are left as they are")
-        return _NothingToDo(opts.output, opts.max_error_fraction)
-    _clear_previous_output(opts.output)
+            finalise.finalise(plan, summary.EMPTY_COUNTS)
+        return _NothingToDo(opts.output, opts.max_error_fraction, opts.run_id)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, opts, metadata, started_at, key)
-    result = pipeline.run()
-    if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
-        result.wait_until_finish()
-        finished = summary.exists(opts.output)  # not after --dry_run
-        if opts.report and finished:
-            report.write_report(opts.output)
-        if opts.manifest and finished:
-            manifest.save(opts.manifest, {**known, **{m.path: manifest.fingerprint(m) for m in todo}})
+    build(pipeline, opts, metadata, plan, key)
+    console.emit("start", f"Run {opts.run_id}: {len(todo)} input(s), model {metadata['name']} "
+                 f"v{metadata['version']}, output {opts.output}", run_id=opts.run_id, inputs=len(todo))
+    with console.Progress():
+        result = pipeline.run()
+        if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
+            result.wait_until_finish()
+    result.run_id = opts.run_id
     result.output = opts.output
     result.max_error_fraction = opts.max_error_fraction
     return result
@@ -197,16 +163,18 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
 class _NothingToDo:
     state = "DONE"
 
-    def __init__(self, output, max_error_fraction):
+    def __init__(self, output, max_error_fraction, run_id):
         self.output = output
         self.max_error_fraction = max_error_fraction
+        self.run_id = run_id
 
     def wait_until_finish(self, duration=None):
         return self.state
 
 
 def read_summary(output):
-    return summary.read(output)
+    """The summary of the current result at `output`."""
+    return summary.read(results_store.results_dir(output))
 
 
 EXIT_OK, EXIT_JOB_ERROR, EXIT_TOO_MANY_ERRORS = 0, 2, 3
@@ -225,30 +193,43 @@ def exit_code(counts, max_error_fraction):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = cli.apply_config(argv)
+    except cli.UsageError as e:
+        console.emit("exit", str(e), level="error", exit_code=EXIT_JOB_ERROR)
+        return EXIT_JOB_ERROR
     verbose = "--verbose" in argv
+    console.set_format(cli.log_format(argv))
     if not verbose:
         cli.quiet_tensorflow()
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR)
     try:
         result = run(argv)
     except JobError as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.emit("exit", str(e), level="error", exit_code=EXIT_JOB_ERROR)
         return EXIT_JOB_ERROR
     try:
-        counts = summary.read(result.output)
+        counts = read_summary(result.output)
     except Exception:  # e.g. a Dataflow job launched without waiting
-        print(f"Submitted; results will be written under {result.output}")
+        console.emit("submitted", f"Submitted; the result will be promoted to "
+                                  f"{results_store.results_dir(result.output)}", exit_code=EXIT_OK)
         return EXIT_OK
-    print(json.dumps({k: counts[k] for k in ("run_id", "rows", "by_status", "by_error_code", "flagged",
-                                              "images_per_second", "output_files")}, indent=2))
-    code, reason = exit_code(counts, result.max_error_fraction)
-    prefix = result.output.rstrip("/")
-    print("Outputs:")
-    for label, path in (("image table", f"{prefix}/images-*.parquet"), ("study table", f"{prefix}/studies-*.parquet"),
-                        ("heatmaps", f"{prefix}/heatmaps/"), ("report", f"{prefix}/report.html"),
-                        ("summary", f"{prefix}/_SUMMARY.json")):
-        print(f"  {label:12s} {path}")
-    print(f"Exit {code}: {reason}")
+    prefix = results_store.results_dir(result.output)
+    if isinstance(result, _NothingToDo):
+        code, reason = EXIT_OK, "nothing new to score"
+    else:
+        if counts["run_id"] != result.run_id:
+            console.emit("superseded", f"another run ({counts['run_id']}) promoted its result after this one; "
+                                       "its counts follow", level="warning")
+        code, reason = exit_code(counts, result.max_error_fraction)
+    keys = ("run_id", "rows", "by_status", "by_error_code", "flagged", "images_per_second")
+    console.emit("summary", json.dumps({k: counts[k] for k in keys}, indent=2), **{k: counts[k] for k in keys})
+    outputs = {"image table": f"{prefix}/images-*.parquet", "study table": f"{prefix}/studies-*.parquet",
+               "heatmaps": f"{prefix}/heatmaps/", "report": f"{prefix}/report.html",
+               "summary": f"{prefix}/_SUMMARY.json"}
+    console.emit("outputs", "Outputs:\n" + "\n".join(f"  {k:12s} {v}" for k, v in outputs.items()),
+                 outputs=outputs)
+    console.emit("exit", f"Exit {code}: {reason}", exit_code=code)
     return code
 
 

@@ -4,13 +4,13 @@
   DecodeImages   Chunk -> keyed image batches (main) + finished rows ('rows')
   ScoreImages    keyed image batches -> scored rows (RunInference); Grad-CAM
                  heatmaps for the flagged subset only
-  WriteResults   rows -> image + study Parquet tables and _SUMMARY.json
+  WriteResults   rows -> image + study Parquet tables in staging, then
+                 Finalise (finalise.py): summary, report, promotion, manifest
 
 Elements are chunks of members, not single images: on this machine one Beam
 element costs more than scoring one image, so per-element work is amortised.
 """
 import hashlib
-import time
 
 import apache_beam as beam
 import numpy as np
@@ -21,7 +21,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.utils import shared
 
-from beam_pipeline import archives, decoding, error_codes, model_store, pseudonym, schema, summary
+from beam_pipeline import archives, console, decoding, error_codes, model_store, pseudonym, schema, summary
+from beam_pipeline.finalise import Finalise
 from beam_pipeline.inference import KerasChunkModelHandler
 from beam_pipeline.studies import AggregateStudies
 from trainer import gradcam, preprocessing
@@ -37,7 +38,9 @@ class _ListChunks(beam.DoFn):
         self._limits = limits
 
     def process(self, file_metadata):
-        yield from archives.list_chunks(file_metadata.path, file_metadata.size_in_bytes, self._limits)
+        for chunk in archives.list_chunks(file_metadata.path, file_metadata.size_in_bytes, self._limits):
+            console.COUNTS.add(listed=len(chunk.refs))
+            yield chunk
 
 
 def _first(values):
@@ -83,6 +86,7 @@ class _DecodeChunk(beam.DoFn):
     def _failed(self, chunk, ref, code, message, **fields):
         status = error_codes.status_of(code)
         self._counts[status].inc()
+        console.COUNTS.add(errors=int(status == schema.STATUS_ERROR))
         message = self._ps.scrub(message, (ref.path, self._ps.member(ref.path)),
                                  (chunk.source_uri, self._ps.uri(chunk.source_uri)))
         row = self._row(chunk, ref, status=status, error_code=code, error_message=message[:2000],
@@ -156,6 +160,7 @@ class _ToRows(beam.DoFn):
     def process(self, keyed):
         templates, result = keyed
         scored_at = schema.now()
+        console.COUNTS.add(scored=len(templates))
         for row, x, p in zip(templates, result.example, result.inference):
             p = float(p)
             flagged = p >= self._threshold
@@ -184,9 +189,10 @@ class _AddHeatmaps(beam.DoFn):
     Batched so one Grad-CAM call explains many images (one call per image cost
     more than the scoring itself)."""
 
-    def __init__(self, model_uri, output):
+    def __init__(self, model_uri, write_dir, final_dir):
         self._model_uri = model_uri
-        self._dir = output.rstrip("/") + "/heatmaps"
+        self._dir = write_dir.rstrip("/")
+        self._final_dir = final_dir.rstrip("/")  # where rows say the PNG is once the result is promoted
         self._shared = shared.Shared()
 
     def setup(self):
@@ -198,37 +204,38 @@ class _AddHeatmaps(beam.DoFn):
     def process(self, batch):
         heats = self._explainer.explain(np.stack([x for _, x in batch]))
         for (row, x), heat in zip(batch, heats):
-            path = f"{self._dir}/{row['content_sha256'][:20]}_{row['frame_index']}.png"
-            with FileSystems.create(path, mime_type="image/png",
+            name = f"{row['content_sha256'][:20]}_{row['frame_index']}.png"
+            with FileSystems.create(f"{self._dir}/{name}", mime_type="image/png",
                                     compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 f.write(gradcam.overlay_png(x, heat, row["tumor_probability"]))
-            yield {**row, "heatmap_path": path}
+            yield {**row, "heatmap_path": f"{self._final_dir}/{name}"}
 
 
 class ScoreImages(beam.PTransform):
     """(row templates, image batch) -> scored rows, via RunInference.
 
-    With `heatmap_output`, flagged images (and only they) get a Grad-CAM overlay.
+    With `heatmap_dirs` (write folder, folder rows name), flagged images (and
+    only they) get a Grad-CAM overlay.
     """
 
-    def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmap_output=None):
+    def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmap_dirs=None):
         super().__init__()
         self._model_uri = model_uri
         self._handler = KeyedModelHandler(KerasChunkModelHandler(
             model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1))))
         self._threshold = threshold
-        self._heatmap_output = heatmap_output
+        self._heatmap_dirs = heatmap_dirs
 
     def expand(self, batches):
         scored = (batches
                   | "RunInference" >> RunInference(self._handler)
-                  | "ToRows" >> beam.ParDo(_ToRows(self._threshold, bool(self._heatmap_output)))
+                  | "ToRows" >> beam.ParDo(_ToRows(self._threshold, bool(self._heatmap_dirs)))
                   .with_outputs(FLAGGED_TAG, main="rows"))
-        if not self._heatmap_output:
+        if not self._heatmap_dirs:
             return scored.rows
         explained = (scored[FLAGGED_TAG]
                      | "BatchFlagged" >> beam.BatchElements(min_batch_size=16, max_batch_size=64)
-                     | "GradCam" >> beam.ParDo(_AddHeatmaps(self._model_uri, self._heatmap_output)))
+                     | "GradCam" >> beam.ParDo(_AddHeatmaps(self._model_uri, *self._heatmap_dirs)))
         return (scored.rows, explained) | "MergeScored" >> beam.Flatten()
 
 
@@ -260,36 +267,24 @@ class _SummaryFn(beam.CombineFn):
         return {**acc, "sources": len(acc["sources"])}
 
 
-class _WriteSummary(beam.DoFn):
-    def __init__(self, output, run_id, started_at, model_info, model_uri):
-        self._output, self._run_id, self._started = output, run_id, started_at
-        self._model_info, self._model_uri = model_info, model_uri
-
-    def process(self, counts, images_files, study_files):
-        yield summary.write(self._output, self._run_id, counts, self._model_info, self._model_uri,
-                            time.time() - self._started, images_files, study_files)
-
-
 class WriteResults(beam.PTransform):
-    """Rows -> <output>/images-*.parquet, <output>/studies-*.parquet, <output>/_SUMMARY.json."""
+    """Rows -> image + study Parquet tables in the run's staging folder, then Finalise.
 
-    def __init__(self, output, run_id, started_at, model_info, model_uri, num_shards=0):
+    Returns the promoted run summary (one element)."""
+
+    def __init__(self, plan, num_shards=0):
         super().__init__()
-        self._model_uri = model_uri
-        self._output = output.rstrip("/")
-        self._run_id, self._started, self._model_info = run_id, started_at, model_info
+        self._plan = plan
         self._num_shards = num_shards
 
+    def _parquet(self, name, schema_):
+        return beam.io.WriteToParquet(f"{self._plan.staging}/{name}-{self._plan.stage_id}", schema=schema_,
+                                      file_name_suffix=".parquet", num_shards=self._num_shards, codec="snappy")
+
     def expand(self, rows):
-        written = rows | "WriteParquet" >> beam.io.WriteToParquet(
-            self._output + "/images", schema=schema.IMAGE_SCHEMA, file_name_suffix=".parquet",
-            num_shards=self._num_shards, codec="snappy")
+        written = rows | "WriteParquet" >> self._parquet("images", schema.IMAGE_SCHEMA)
         studies = (rows
                    | "AggregateStudies" >> AggregateStudies()
-                   | "WriteStudies" >> beam.io.WriteToParquet(
-                       self._output + "/studies", schema=schema.STUDY_SCHEMA, file_name_suffix=".parquet",
-                       num_shards=self._num_shards, codec="snappy"))
+                   | "WriteStudies" >> self._parquet("studies", schema.STUDY_SCHEMA))
         counts = rows | "Summarise" >> beam.CombineGlobally(_SummaryFn())
-        return counts | "WriteSummary" >> beam.ParDo(
-            _WriteSummary(self._output, self._run_id, self._started, self._model_info, self._model_uri),
-            images_files=beam.pvalue.AsList(written), study_files=beam.pvalue.AsList(studies))
+        return counts | "Finalise" >> Finalise(self._plan, written, studies)

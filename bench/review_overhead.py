@@ -4,7 +4,6 @@ the same run with and without them, wall time ratio.
   .venv/bin/python bench/review_overhead.py [--n 1000]
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -12,6 +11,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
 from bench.scoring import pipeline_run  # noqa: E402
+from beam_pipeline import run  # noqa: E402
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
                          ("with heatmaps + report", ["--heatmaps", "--report"])]:
         out = os.path.join(args.work, label.split()[0])
         wall = pipeline_run([path], out, args.model, 64, 64, extra)
-        summary = json.load(open(os.path.join(out, "_SUMMARY.json")))
+        summary = run.read_summary(out)
         rows.append({"run": label, "images": args.n, "flagged": summary["flagged"], "wall_s": wall})
     for r in rows:
         r["ratio_to_without"] = r["wall_s"] / rows[0]["wall_s"]

@@ -9,7 +9,6 @@ import os
 import struct
 import tarfile
 import zipfile
-import zlib
 
 import numpy as np
 from PIL import Image

@@ -1,15 +1,14 @@
 """Every kind of bad input gets exactly one row with a specific error code,
 and nothing else in the run is lost."""
 import collections
-import glob
 import os
 
-import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import archives, error_codes, run
 from beam_pipeline.transforms import _DecodeChunk
 from tests import bad_inputs, tiny_model
+from tests import rows as rows_mod
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -21,7 +20,7 @@ def scored(tmp_path_factory):
     model_dir = tiny_model.write_tiny_artifact(root)
     out = str(root / "out")
     run.run(["--input", os.path.join(inputs, "*"), "--keep-paths", "--output", out, "--model", model_dir, "--chunk-size", "5"])
-    rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
+    rows = rows_mod.images(out)
     return rows, expected, latin, tgz
 
 

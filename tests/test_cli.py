@@ -6,6 +6,7 @@ import pytest
 
 from beam_pipeline import cli, run
 from tests import bad_inputs, synth, tiny_model
+from tests import rows as rows_mod
 
 
 def test_help_lists_our_flags_with_defaults(capsys):
@@ -127,3 +128,79 @@ def test_report_cli_explains_itself(capsys):
     with pytest.raises(SystemExit) as e:
         report.main(["--help"])
     assert e.value.code == 0 and "report.html" in capsys.readouterr().out
+
+
+def test_artifact_integrity_covers_metadata_and_the_model_input_shape(tmp_path, capsys):
+    """An edited threshold, an unsealed artifact or a metadata input size the model does not take: exit 2."""
+    import json
+    from trainer import artifact
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    img = tmp_path / "x.png"
+    img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    argv = ["--input", str(img), "--output", str(tmp_path / "o"), "--model", model_dir]
+    md_path = os.path.join(model_dir, "metadata.json")
+    md = json.load(open(md_path))
+    json.dump({**md, "threshold": 0.01}, open(md_path, "w"))
+    assert run.main(argv) == 2
+    assert "metadata.json was changed after the artifact was sealed" in capsys.readouterr().err
+    json.dump({**md, "input_spec": {**md["input_spec"], "height": 64, "width": 64}}, open(md_path, "w"))
+    artifact.seal(model_dir)  # consistent sums, inconsistent content
+    assert run.main(argv) == 2
+    assert "declares (64, 64, 1)" in capsys.readouterr().err
+    json.dump(md, open(md_path, "w"))
+    os.remove(os.path.join(model_dir, "SHA256SUMS"))
+    assert run.main(argv) == 2
+    assert "python -m trainer.artifact seal" in capsys.readouterr().err
+    artifact.seal(model_dir)
+    assert run.main(argv) == 0
+    assert run.read_summary(str(tmp_path / "o"))["rows"] == 1
+
+
+def test_json_log_format_gives_one_parseable_object_per_line(tmp_path, capsys):
+    import json
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    img = tmp_path / "x.png"
+    img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    assert run.main(["--input", str(img), "--output", str(tmp_path / "o"), "--model", model_dir,
+                     "--log-format", "json"]) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in out.splitlines()]
+    events = [r["event"] for r in records]
+    assert events[0] == "start" and events[-3:] == ["summary", "outputs", "exit"]
+    assert records[-1]["exit_code"] == 0 and records[-2]["outputs"]["report"].endswith("results/report.html")
+    assert run.main(["--input", str(tmp_path / "nothing-*.zip"), "--output", str(tmp_path / "o"),
+                     "--model", model_dir, "--log-format", "json"]) == 2
+    err = json.loads(capsys.readouterr().err)
+    assert err["level"] == "error" and err["exit_code"] == 2 and "no input matched" in err["message"]
+
+
+def test_progress_line_reports_counts_and_rate(capsys):
+    import time
+    from beam_pipeline import console
+    with console.Progress(interval=0.05):
+        console.COUNTS.add(listed=120, scored=100, errors=3)
+        time.sleep(0.2)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "members listed" in ln]
+    assert lines and "120 members listed, 100 images scored, 3 errors" in lines[-1]
+
+
+def test_config_file_and_comma_separated_inputs(tmp_path, capsys):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(synth.encode(synth.brain_slice(len(name), 32)))
+    out = tmp_path / "o"
+    config = tmp_path / "nightly.yaml"
+    config.write_text(f"input:\n  - {tmp_path / 'a.png'},{tmp_path / 'b.png'}\noutput: {out}\nmodel: {model_dir}\n"
+                      "threshold: 0.9\nheatmaps: false\nkeep-paths: true\n")
+    assert run.main(["--config", str(config), "--threshold", "0.7"]) == 0  # the command line wins
+    summary = run.read_summary(str(out))
+    assert summary["rows"] == 2
+    rows = rows_mod.images(out)
+    assert {round(r["threshold"], 5) for r in rows} == {0.7} and not any(r["heatmap_path"] for r in rows)
+    assert {os.path.basename(r["source_uri"]) for r in rows} == {"a.png", "b.png"}
+    config.write_text("treshold: 0.5\n")
+    assert run.main(["--config", str(config)]) == 2
+    assert "did you mean --threshold" in capsys.readouterr().err
+    config.write_text("- just\n- a list\n")
+    assert run.main(["--config", str(config)]) == 2
+    assert "expected a mapping" in capsys.readouterr().err

@@ -1,15 +1,13 @@
 """Conservation over a few thousand mixed members: rows out == members in, per source."""
 import collections
-import glob
-import os
 import tarfile
 import zipfile
 
-import pyarrow.parquet as pq
 
 from beam_pipeline import run
 from beam_pipeline.sample_data import tar_add
 from tests import synth, tiny_model
+from tests import rows as rows_mod
 
 GOOD = [synth.encode(synth.brain_slice(i, 32, lesion=i % 2 == 0)) for i in range(16)]
 BAD = [b"", b"plain text", b"\x89PNG\r\n\x1a\n garbage", b"\xff\xd8\xff\xe0 cut"]
@@ -37,8 +35,7 @@ def test_rows_equal_members_per_source(tmp_path):
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     out = str(tmp_path / "out")
     run.run(["--input", str(inputs / "*"), "--keep-paths", "--output", out, "--model", model_dir, "--batch-size", "128"])
-    rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet")),
-                         columns=["source_uri", "member_path", "frame_index", "status"]).to_pylist()
+    rows = rows_mod.images(out, columns=["source_uri", "member_path", "frame_index", "status"])
     keys = [(r["source_uri"], r["member_path"], r["frame_index"]) for r in rows]
     assert len(keys) == len(set(keys)) == sum(members_in.values()) == 3100
     assert dict(collections.Counter(r["source_uri"] for r in rows)) == members_in

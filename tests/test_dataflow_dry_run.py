@@ -33,9 +33,9 @@ def test_dataflow_job_graph_and_options(gcs, tmp_path):
     ], save_main_session=False)
     job = result.job
     names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
-    for step in ("ExpandArchives/MatchInputs", "ExpandArchives/ListMembers", "ExpandArchives/SpreadChunks",
+    for step in ("ExpandInputs/MatchInputs", "ExpandInputs/ListMembers", "ExpandInputs/SpreadChunks",
                  "DecodeImages/Decode", "ScoreImages/RunInference", "ScoreImages/ToRows",
-                 "WriteResults/WriteParquet", "WriteResults/WriteSummary"):
+                 "WriteResults/WriteParquet", "WriteResults/Finalise/Promote"):
         assert any(n == step or n.startswith(step + "/") for n in names), step
     envs = job.proto_pipeline.components.environments.values()
     assert any(IMAGE.encode() in e.payload for e in envs)

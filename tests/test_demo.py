@@ -1,11 +1,10 @@
 """The README's demo, end to end on a small generated input."""
-import glob
 import json
 import os
 
 import pyarrow.parquet as pq
 
-from beam_pipeline import demo
+from beam_pipeline import demo, results_store
 from tests import tiny_model
 
 
@@ -15,8 +14,8 @@ def test_demo_runs_and_outputs_are_consistent(tmp_path, capsys):
     assert demo.main(["--out", str(out), "--images", "12", "--model", model_dir]) == 0
     printed = capsys.readouterr().out
     assert "NOT a diagnostic device" in printed and "generated" in printed
-    summary = json.load(open(out / "results" / "_SUMMARY.json"))
-    rows = pq.read_table(glob.glob(str(out / "results" / "images-*.parquet"))).to_pylist()
+    summary = json.load(open(out / "screening" / "results" / "_SUMMARY.json"))
+    rows = pq.read_table(results_store.reader_glob(str(out / "screening"))).to_pylist()
     # 6 zip images + readme + corrupt jpeg; 2 studies x 3 DICOM + 1 bad upload
     assert summary["rows"] == len(rows) == 15
     assert summary["by_status"] == {"ok": 12, "error": 1, "skipped": 2}

@@ -5,15 +5,13 @@ BundleBasedDirectRunner is used because it retries failed bundles (up to 4
 attempts) and discards the outputs of failed attempts, as Dataflow does; the
 FnApiRunner behind the default DirectRunner does not retry.
 """
-import glob
-import os
 import zipfile
 
-import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import decoding, inference, run
 from tests import synth, tiny_model
+from tests import rows as rows_mod
 from tests.rows import stable
 
 
@@ -31,7 +29,7 @@ def _run(root, model_dir, name):
     out = str(root / name)
     run.run(["--input", str(root / "*.zip"), "--keep-paths", "--output", out, "--model", model_dir, "--run-id", "r",
              "--chunk-size", "5", "--runner", "BundleBasedDirectRunner"])
-    rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
+    rows = rows_mod.images(out)
     return stable(rows)
 
 

@@ -52,7 +52,7 @@ def test_storage_outage_mid_run_is_retried(gcs, tmp_path, monkeypatch):
                  "--model", f"gs://{BUCKET}/outage/model"])
         assert len(events) == 2, "the outage happened and the server came back"
         fs = pyarrow.fs.GcsFileSystem(anonymous=True, endpoint_override=f"127.0.0.1:{gcs.port}", scheme="http")
-        files = [f.path for f in fs.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/outage/out"))
+        files = [f.path for f in fs.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/outage/out/results"))
                  if f.path.rsplit("/", 1)[-1].startswith("images-")]
         rows = pq.read_table(files, filesystem=fs).to_pylist()
         assert sorted(r["member_path"] for r in rows) == [f"m{i}.png" for i in range(10)]

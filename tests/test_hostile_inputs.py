@@ -5,7 +5,6 @@ exactly its expected row), a fuzz test of the list and decode steps, and the
 worst single members decoded under a memory cap in a subprocess.
 """
 import collections
-import glob
 import io
 import os
 import random
@@ -15,12 +14,12 @@ import tarfile
 import textwrap
 import zipfile
 
-import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import archives, error_codes, run, sample_data
 from beam_pipeline.transforms import _DecodeChunk
 from tests import bad_inputs, hostile_inputs, synth, tiny_model
+from tests import rows as rows_mod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +33,7 @@ def hostile_run(tmp_path_factory):
     # The zip is matched twice (two globs): it must still be scored once.
     run.run(["--input", os.path.join(inputs, "*"), "--input", os.path.join(inputs, "hostile.zip"),
              "--keep-paths", "--output", out, "--model", model_dir, "--chunk-size", "4"])
-    rows = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
+    rows = rows_mod.images(out)
     return rows, expected
 
 

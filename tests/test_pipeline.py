@@ -1,5 +1,4 @@
 """End-to-end scoring on generated archives with a tiny model in the artifact format."""
-import glob
 import os
 
 import apache_beam as beam
@@ -8,7 +7,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipeline import archives, decoding, run, schema
+from beam_pipeline import archives, decoding, results_store, run, schema
 from beam_pipeline.transforms import ExpandInputs
 from tests import corpus, tiny_model
 from tests.rows import stable
@@ -30,7 +29,7 @@ def _run(root, inputs, model_dir, name, extra=()):
             "--keep-paths", "--output", out, "--model", model_dir, "--run-id", "test-run", "--chunk-size", "4",
             "--batch-size", "8", *extra]
     run.run(argv, test_pipeline=TestPipeline(argv=argv) if not extra else None)
-    table = pq.read_table(glob.glob(os.path.join(out, "images-*.parquet")))
+    table = pq.read_table(results_store.reader_glob(out))
     assert table.schema.equals(schema.IMAGE_SCHEMA, check_metadata=False)
     return out, table.to_pylist()
 

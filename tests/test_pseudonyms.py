@@ -1,12 +1,11 @@
 """No patient identifier from folder or file names reaches any output by default."""
-import glob
 import os
 import zipfile
 
-import pyarrow.parquet as pq
 
 from beam_pipeline import pseudonym, run
 from tests import synth, tiny_model
+from tests import rows as rows_mod
 
 IDENTIFIERS = ("MRN123456", "SMITH_JOHN", "19610203", "ACC998877")
 
@@ -30,12 +29,12 @@ def test_outputs_carry_no_identifiers_from_paths(tmp_path, capsys):
     assert run.main(["--input", str(inputs), "--output", str(out), "--model", model_dir,
                      "--max-error-fraction", "1"]) == 0
     printed = capsys.readouterr()
-    rows = pq.read_table(glob.glob(str(out / "images-*.parquet"))).to_pylist()
+    rows = rows_mod.images(out)
     assert len(rows) == 6
-    texts = [repr(rows), repr(pq.read_table(glob.glob(str(out / "studies-*.parquet"))).to_pylist()),
-             (out / "report.html").read_text(), (out / "_SUMMARY.json").read_text(),
-             " ".join(os.listdir(out / "heatmaps")), printed.out, printed.err]
-    assert os.listdir(out / "heatmaps")
+    texts = [repr(rows), repr(rows_mod.images(out, "studies-*.parquet")),
+             open(rows_mod.result_file(out, "report.html")).read(), open(rows_mod.result_file(out, "_SUMMARY.json")).read(),
+             " ".join(os.listdir(rows_mod.result_file(out, "heatmaps"))), printed.out, printed.err]
+    assert os.listdir(rows_mod.result_file(out, "heatmaps"))
     for text in texts:
         for ident in IDENTIFIERS:
             assert ident not in text, ident
@@ -56,7 +55,7 @@ def test_keep_paths_opts_in(tmp_path):
     inputs = _tree(tmp_path / "in")
     out = tmp_path / "out"
     run.run(["--input", str(inputs), "--output", str(out), "--model", model_dir, "--keep-paths"])
-    rows = pq.read_table(glob.glob(str(out / "images-*.parquet"))).to_pylist()
+    rows = rows_mod.images(out)
     assert any("MRN123456" in r["source_uri"] for r in rows)
 
 

@@ -1,14 +1,13 @@
 """Nightly reruns: the same run id replaces its own output; the manifest makes
 runs incremental (only new or changed archives are scored)."""
-import glob
 import os
 import time
 import zipfile
 
-import pyarrow.parquet as pq
 
 from beam_pipeline import run
 from tests import synth, tiny_model
+from tests import rows as rows_mod
 from tests.rows import stable
 
 
@@ -19,7 +18,7 @@ def _zip(path, seeds):
 
 
 def _rows(out):
-    return pq.read_table(glob.glob(os.path.join(out, "images-*.parquet"))).to_pylist()
+    return rows_mod.images(out)
 
 
 def test_rerun_with_same_run_id_replaces_output(tmp_path):
@@ -78,16 +77,19 @@ def test_second_run_with_nothing_new_keeps_the_results(tmp_path):
     assert run.read_summary(out)["rows"] == 4
 
 
-def test_stale_beam_temp_of_a_killed_run_is_removed(tmp_path):
+def test_staging_of_a_dead_run_is_removed_by_the_next_run(tmp_path):
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     _zip(tmp_path / "a.zip", range(2))
     out = tmp_path / "out"
     argv = ["--input", str(tmp_path / "*.zip"), "--output", str(out), "--model", model_dir]
     run.run(argv)
-    stale = out / "beam-temp-images-0123456789abcdef"
-    stale.mkdir()
-    (stale / "part-of-a-killed-run.parquet").write_bytes(b"half")
+    dead, young = out / "_staging" / "night-0-dead", out / "_staging" / "night-1-running"
+    for stage in (dead, young):
+        (stage / "beam-temp-images-0123").mkdir(parents=True)
+        (stage / "beam-temp-images-0123" / "part.parquet").write_bytes(b"half")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(dead, (two_days_ago, two_days_ago))
     run.run(argv)
-    assert not stale.exists()
-    assert not glob.glob(str(out / "beam-temp-*"))
+    assert not dead.exists()
+    assert young.exists()  # could be a run still going
     assert len(_rows(str(out))) == 2

@@ -1,17 +1,16 @@
 """Review outputs: the study/series table, heatmaps for flagged images only, and
 the HTML report rendered in headless Chromium."""
-import glob
 import os
 import re
 import shutil
 import subprocess
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import report, run, sample_data
 from tests import tiny_model
+from tests import rows as rows_mod
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +21,14 @@ def review_run(tmp_path_factory):
     probe = str(root / "probe")
     run.run(["--input", str(root / "in" / "*"), "--keep-paths", "--output", probe, "--model", model_dir, "--no-heatmaps",
              "--no-report"])
-    probs = [r["tumor_probability"] for r in pq.read_table(glob.glob(probe + "/images-*.parquet")).to_pylist()
+    probs = [r["tumor_probability"] for r in rows_mod.images(probe)
              if r["status"] == "ok"]
     threshold = float(np.percentile(probs, 70))  # flag roughly the top 30%
     out = str(root / "out")
     run.run(["--input", str(root / "in" / "*"), "--keep-paths", "--output", out, "--model", model_dir,
              "--threshold", repr(threshold), "--run-id", "review"])
-    images = pq.read_table(glob.glob(out + "/images-*.parquet")).to_pylist()
-    studies = pq.read_table(glob.glob(out + "/studies-*.parquet")).to_pylist()
+    images = rows_mod.images(out)
+    studies = rows_mod.images(out, "studies-*.parquet")
     return out, images, studies, threshold, sample
 
 
@@ -66,9 +65,9 @@ def test_heatmaps_for_flagged_images_only(review_run):
 
 def test_report_rebuilds_from_outputs(review_run):
     out = review_run[0]
-    before = open(os.path.join(out, "report.html")).read()
+    before = open(rows_mod.result_file(out, "report.html")).read()
     assert report.main([out]) == 0
-    after = open(os.path.join(out, "report.html")).read()
+    after = open(rows_mod.result_file(out, "report.html")).read()
     strip = lambda s: re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", s)  # noqa: E731
     assert strip(before) == strip(after)
     assert "http://" not in strip(after) and "https://" not in strip(after)  # self-contained
@@ -83,7 +82,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's chromium)")
 def test_report_renders_in_headless_chromium(review_run, tmp_path):
     out, _, studies, _, _ = review_run
-    url = "file://" + os.path.abspath(os.path.join(out, "report.html"))
+    url = "file://" + os.path.abspath(rows_mod.result_file(out, "report.html"))
     common = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(common + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     n_flagged = sum(s["flagged"] for s in studies)

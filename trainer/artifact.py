@@ -5,8 +5,14 @@ Layout (documented in models/README.md):
   <model-dir>/<name>/<version>/metadata.json   see `build_metadata`
   <model-dir>/<name>/<version>/model_card.md, eda/, plots and predictions
 
-`metadata.json` carries the sha256 of model.keras; loaders verify it before
-deserialising, so a truncated or swapped file is never scored.
+  <model-dir>/<name>/<version>/SHA256SUMS      sha256 of model.keras and metadata.json
+
+`metadata.json` carries the sha256 of model.keras, and SHA256SUMS (sha256sum's
+format, checkable with `sha256sum -c`) covers both files that decide a score:
+loaders verify them before deserialising, so a truncated or swapped model, or a
+threshold or input size edited in metadata.json, is never scored. It guards
+against accidents and half-copied folders, not against someone who rewrites
+the sums too (that would need a signature).
 """
 import datetime
 import hashlib
@@ -20,6 +26,8 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 MODEL_CARD_FILE = "model_card.md"
 PREDICTIONS_FILE = "validation_predictions.csv"
+SUMS_FILE = "SHA256SUMS"
+SEALED_FILES = (MODEL_FILE, METADATA_FILE)
 
 
 class ArtifactError(ValueError):
@@ -68,7 +76,37 @@ def write_artifact(model, version_dir, metadata_fields):
     metadata = build_metadata(model_sha256=sha256_file(model_path), **metadata_fields)
     with open(os.path.join(version_dir, METADATA_FILE), "w") as f:
         json.dump(metadata, f, indent=2, sort_keys=True)
+    seal(version_dir)
     return metadata
+
+
+def seal(version_dir):
+    """(Re)write SHA256SUMS; every tool that changes metadata.json on purpose calls this."""
+    lines = [f"{sha256_file(os.path.join(version_dir, name))}  {name}\n" for name in SEALED_FILES]
+    tmp = os.path.join(version_dir, SUMS_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+    os.replace(tmp, os.path.join(version_dir, SUMS_FILE))
+
+
+def check_sums(version_dir):
+    """Raise ArtifactError unless SHA256SUMS exists and matches every sealed file."""
+    path = os.path.join(version_dir, SUMS_FILE)
+    if not os.path.exists(path):
+        raise ArtifactError(f"{version_dir}: no {SUMS_FILE}; if this artifact is trusted, seal it with "
+                            f"python -m trainer.artifact seal {version_dir}")
+    with open(path) as f:
+        listed = dict(reversed(line.rstrip("\n").split("  ", 1)) for line in f if line.strip())
+    for name in SEALED_FILES:
+        if name not in listed:
+            raise ArtifactError(f"{path} does not cover {name}")
+        if not os.path.exists(os.path.join(version_dir, name)):
+            raise ArtifactError(f"{version_dir}: {name} is missing")
+        actual = sha256_file(os.path.join(version_dir, name))
+        if actual != listed[name]:
+            raise ArtifactError(f"{version_dir}/{name} was changed after the artifact was sealed (sha256 "
+                                f"{actual[:12]}... is not {listed[name][:12]}... in {SUMS_FILE}); refusing to "
+                                "load. Restore it, or re-seal if the change is intended")
 
 
 def read_metadata(version_dir):
@@ -88,7 +126,8 @@ def read_metadata(version_dir):
 
 
 def verify(version_dir):
-    """Metadata of a local artifact after checking model.keras against its sha256."""
+    """Metadata of a local artifact after checking SHA256SUMS and model.keras against its sha256."""
+    check_sums(version_dir)
     metadata = read_metadata(version_dir)
     model_path = os.path.join(version_dir, metadata.get("model_file", MODEL_FILE))
     if not os.path.exists(model_path):
@@ -117,3 +156,28 @@ def next_version(name_dir):
         return 1
     versions = [int(v.rstrip("/")) for v in tf.io.gfile.listdir(name_dir) if v.rstrip("/").isdigit()]
     return max(versions, default=0) + 1
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m trainer.artifact",
+                                     description="Check or (re)seal a model artifact's SHA256SUMS.")
+    parser.add_argument("command", choices=("verify", "seal"))
+    parser.add_argument("version_dir")
+    args = parser.parse_args(argv)
+    if args.command == "seal":
+        read_metadata(args.version_dir)
+        seal(args.version_dir)
+        print(f"sealed {os.path.join(args.version_dir, SUMS_FILE)}")
+        return 0
+    try:
+        md = verify(args.version_dir)
+    except ArtifactError as e:
+        print(f"error: {e}")
+        return 2
+    print(f"ok: {md['name']} version {md['version']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -81,6 +81,7 @@ def main(argv=None):
     with open(md_path + ".tmp", "w") as f:
         json.dump(metadata, f, indent=2, sort_keys=True)
     os.replace(md_path + ".tmp", md_path)
+    artifact.seal(args.artifact)
     with open(os.path.join(args.artifact, "eda", "eda.json")) as f:
         eda = json.load(f)
     with open(os.path.join(args.artifact, artifact.MODEL_CARD_FILE), "w") as f:

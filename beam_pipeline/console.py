@@ -1,0 +1,91 @@
+"""What the operator sees: short lines for people, or JSON lines for log collectors.
+
+Every message of `brain-score` goes through `emit`, so `--log-format json`
+gives one JSON object per line (`ts`, `level`, `event`, `message` and the
+event's fields) that Cloud Logging, Loki or Splunk can parse, and the text
+mode stays quiet: notes, a progress line every few seconds, the outputs and
+the exit reason.
+"""
+import datetime
+import json
+import sys
+import threading
+import time
+
+_FORMAT = {"value": "text"}
+
+
+def set_format(fmt):
+    _FORMAT["value"] = fmt
+
+
+def emit(event, message, level="info", **fields):
+    stream = sys.stderr if level == "error" else sys.stdout
+    if _FORMAT["value"] == "json":
+        record = {"ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+                  "level": level, "event": event, "message": message, **fields}
+        stream.write(json.dumps(record, default=str) + "\n")
+    else:
+        stream.write(("error: " if level == "error" else "") + message + "\n")
+    stream.flush()
+
+
+class _Counts:
+    """Progress counters of the DoFns running in this process (DirectRunner's in-memory and
+    multi-threading modes). Workers in other processes (multi_processing, Dataflow) keep their
+    own; their progress is on the runner's job page and in the Beam metrics."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts = {}
+
+    def add(self, **deltas):
+        with self._lock:
+            for k, v in deltas.items():
+                self._counts[k] = self._counts.get(k, 0) + v
+
+    def snapshot(self):
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self):
+        with self._lock:
+            self._counts.clear()
+
+
+COUNTS = _Counts()
+
+
+class Progress:
+    """A line every `interval` seconds while the job runs: members listed, images scored, errors, rate."""
+
+    def __init__(self, interval=None):
+        self._interval = interval or (5.0 if sys.stdout.isatty() else 30.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+        self._started = time.time()
+
+    def __enter__(self):
+        COUNTS.reset()
+        self._started = time.time()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+    def line(self):
+        c = COUNTS.snapshot()
+        elapsed = time.time() - self._started
+        scored = c.get("scored", 0)
+        fields = {"elapsed_s": round(elapsed, 1), "members_listed": c.get("listed", 0), "images_scored": scored,
+                  "errors": c.get("errors", 0), "images_per_second": round(scored / max(elapsed, 1e-9), 1)}
+        text = (f"[{elapsed:6.0f}s] {fields['members_listed']:,} members listed, {scored:,} images scored, "
+                f"{fields['errors']:,} errors, {fields['images_per_second']:.0f} images/s")
+        return text, fields
+
+    def _loop(self):
+        while not self._stop.wait(self._interval):
+            text, fields = self.line()
+            emit("progress", text, **fields)

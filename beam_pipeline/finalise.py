@@ -1,0 +1,111 @@
+"""The job's last stage: summary, report, promotion of the result, manifest update.
+
+It runs inside the pipeline, after the Parquet sinks have finished (their
+file lists are its side inputs), so a Dataflow or Flex Template job that
+nobody waits for still updates its manifest and writes its report. The order
+is what keeps results safe:
+
+  1. everything is written into the run's staging folder (invisible to readers);
+  2. an incremental (--manifest) run first copies the current result's tables
+     and heatmaps in, so its result holds the earlier runs' rows too;
+  3. the staging folder is promoted (results_store.promote);
+  4. only then is the manifest updated: a run that dies before 3 is redone
+     in full by the next one.
+"""
+import dataclasses
+import posixpath
+import time
+
+import apache_beam as beam
+
+from beam_pipeline import manifest, report, results_store, summary
+
+CARRIED_PREFIXES = ("images-", "studies-", "heatmaps/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the finalisation of one run needs to know, decided before the job starts."""
+    output: str
+    stage_id: str
+    run_id: str
+    started_at: float
+    model_info: dict
+    model_uri: str
+    write_report: bool = True
+    manifest_path: str = None
+    manifest_entries: dict = None  # inputs scored by this run -> fingerprint
+    carry_over: bool = False
+
+    @property
+    def staging(self):
+        return results_store.staging_dir(self.output, self.stage_id)
+
+    def final_path(self, staged_path):
+        """Where a file written into staging is found once the result is promoted."""
+        rel = staged_path[len(self.staging) + 1:] if staged_path.startswith(self.staging + "/") \
+            else posixpath.basename(staged_path)
+        return f"{results_store.results_dir(self.output)}/{rel}"
+
+
+def finalise(plan, counts, images_files=(), study_files=()):
+    """Steps 1-4 above; returns the summary that was promoted."""
+    images = [plan.final_path(p) for p in images_files]
+    studies = [plan.final_path(p) for p in study_files]
+    elapsed = time.time() - plan.started_at
+    with results_store.finalise_lock(plan.output):
+        result = None
+        if plan.carry_over:
+            result = _carry_over(plan, counts, images, studies)
+        run_summary = summary.build(plan.run_id, counts, plan.model_info, plan.model_uri, elapsed,
+                                    images, studies, result)
+        summary.write(plan.staging, run_summary)
+        if plan.write_report:
+            report.write_report(plan.staging)
+        results_store.promote(plan.output, plan.staging)
+        if plan.manifest_path:
+            # Reloaded under the lock: a run that finished meanwhile keeps its entries.
+            manifest.save(plan.manifest_path, {**manifest.load(plan.manifest_path), **plan.manifest_entries})
+    results_store.remove_stale_staging(plan.output, keep=(plan.stage_id,))
+    return run_summary
+
+
+def _carry_over(plan, counts, images, studies):
+    """Bring the current result's rows into this run's result; returns the merged 'result' entry."""
+    names = [n for n in results_store.current_files(plan.output) if n.startswith(CARRIED_PREFIXES)]
+    results = results_store.results_dir(plan.output)
+    try:
+        previous = summary.read(results)["result"]
+    except Exception:  # no current result, or one written before results carried their history
+        previous = {"run_ids": [], **summary.EMPTY_COUNTS}
+        names = []
+    results_store.carry_over(plan.output, plan.staging, names)
+    merged = summary.merge_counts(previous, counts)
+    carried_images = [f"{results}/{n}" for n in names if n.startswith("images-")]
+    carried_studies = [f"{results}/{n}" for n in names if n.startswith("studies-")]
+    return {"run_ids": [*previous.get("run_ids", []), plan.run_id], **merged,
+            "output_files": sorted(carried_images + list(images)),
+            "study_files": sorted(carried_studies + list(studies))}
+
+
+class _FinaliseFn(beam.DoFn):
+    def __init__(self, plan):
+        self._plan = plan
+
+    def process(self, counts, images_files, study_files):
+        yield finalise(self._plan, counts, images_files, study_files)
+
+
+class Finalise(beam.PTransform):
+    """counts (one element) + the sinks' file lists -> the promoted run summary."""
+
+    def __init__(self, plan, images_files, study_files):
+        super().__init__()
+        self._plan = plan
+        self._images_files = images_files
+        self._study_files = study_files
+
+    def expand(self, counts):
+        return counts | "Promote" >> beam.ParDo(
+            _FinaliseFn(self._plan), images_files=beam.pvalue.AsList(self._images_files),
+            study_files=beam.pvalue.AsList(self._study_files))
