@@ -55,6 +55,7 @@ setuptools.setup(
         "console_scripts": [
             "brain-train=trainer.task:main",
             "brain-score=beam_pipeline.run:main",
+            "brain-validate=beam_pipeline.validate:main",
         ]
     },
 )

@@ -20,7 +20,8 @@ DESCRIPTION = """Score brain-MRI images in archives (zip, tar, tar.gz/bz2/xz) an
 (PNG/JPEG/BMP/TIFF/DICOM) with a trained model and write one Parquet row per image.
 
 Exit codes: 0 = done and the share of images with an error row is at most
---max-error-fraction; 3 = done, but more errors than that; 2 = job-level problem
+--max-error-fraction; 3 = done, but more errors than that; 4 = done, but the input
+drifted (with --fail-on-drift); 2 = job-level problem
 before any work (bad flag or value, missing/tampered model, no input, output not
 writable or owned by someone else)."""
 

@@ -18,7 +18,7 @@ import time
 
 import apache_beam as beam
 
-from beam_pipeline import manifest, report, results_store, summary
+from beam_pipeline import drift, manifest, report, results_store, summary
 
 CARRIED_PREFIXES = ("images-", "studies-", "heatmaps/")
 
@@ -36,6 +36,7 @@ class Plan:
     manifest_path: str = None
     manifest_entries: dict = None  # inputs scored by this run -> fingerprint
     carry_over: bool = False
+    drift_reference: dict = None  # drift.reference_of(metadata)
 
     @property
     def staging(self):
@@ -59,6 +60,7 @@ def finalise(plan, counts, images_files=(), study_files=()):
             result = _carry_over(plan, counts, images, studies)
         run_summary = summary.build(plan.run_id, counts, plan.model_info, plan.model_uri, elapsed,
                                     images, studies, result)
+        run_summary["drift"] = drift.assess(counts, plan.drift_reference)
         summary.write(plan.staging, run_summary)
         if plan.write_report:
             report.write_report(plan.staging)

@@ -46,9 +46,11 @@ def stage(uri):
             raise artifact.ArtifactError(f"model artifact {uri} does not exist")
         return uri
     local = tempfile.mkdtemp(prefix="model-")
-    for name in _FILES:
+    for name in _FILES + artifact.OPTIONAL_SEALED_FILES:
         src = uri.rstrip("/") + "/" + name
         if not FileSystems.exists(src):
+            if name in artifact.OPTIONAL_SEALED_FILES:
+                continue
             raise artifact.ArtifactError(f"model artifact {uri} has no {name}")
         with FileSystems.open(src) as fin, open(os.path.join(local, name), "wb") as fout:
             while True:
@@ -62,6 +64,20 @@ def stage(uri):
 def metadata(uri):
     """Verified metadata (sha256 checked) of the artifact at `uri`."""
     return artifact.verify(stage(uri))
+
+
+def load_reference(uri):
+    """The artifact's OOD reference (trainer/ood.py), or None for an artifact without one."""
+    from trainer import ood
+    local = stage(uri)
+    md = artifact.verify(local)
+    path = ood.reference_path(local)
+    if not md.get("ood"):
+        return None
+    if not os.path.exists(path):
+        raise artifact.ArtifactError(f"model {uri}: metadata.json names an OOD reference but "
+                                     f"{ood.REFERENCE_FILE} is missing")
+    return ood.Reference.load(path)
 
 
 def check_model_matches_metadata(uri):

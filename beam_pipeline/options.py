@@ -26,6 +26,9 @@ class ScreeningOptions(PipelineOptions):
                             help="images per model call")
         parser.add_argument("--threshold", type=float, default=None,
                             help="operating threshold; default: the artifact's")
+        parser.add_argument("--site-profile", dest="site_profile", default=None,
+                            help="site_profile.json from brain-validate: use the threshold this site validated "
+                                 "(refused for another model); rows record it in threshold_source")
         parser.add_argument("--run-id", dest="run_id", default=None,
                             help="identifier stored in every row; default: UTC start time")
         parser.add_argument("--chunk-size", dest="chunk_size", type=int,
@@ -47,6 +50,9 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--max-error-fraction", dest="max_error_fraction", type=float, default=0.05,
                             help="exit 3 when more than this share of rows has status error (skipped rows, "
                                  "such as text files, do not count)")
+        parser.add_argument("--fail-on-drift", dest="fail_on_drift", action="store_true", default=False,
+                            help="exit 4 when the night's input drifted from the model's validation data "
+                                 "(out-of-distribution share or probability distribution; docs/new_site.md)")
         parser.add_argument("--keep-paths", dest="keep_paths", action="store_true", default=False,
                             help="write real input and member paths into the outputs; by default every path "
                                  "component becomes a keyed pseudonym (folder and file names of exports often "

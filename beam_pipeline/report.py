@@ -66,6 +66,21 @@ def _model_metadata(summary):
         return None
 
 
+def _drift_html(drift):
+    """The first thing on the page: did tonight's input move away from the validation data?"""
+    if not drift:
+        return ""
+    if not drift.get("assessed"):
+        return f'<p id="drift" class="drift-none">Drift not assessed: {_esc(drift.get("reason"))}</p>'
+    if drift.get("drifted"):
+        items = "".join(f"<li>{_esc(r)}</li>" for r in drift["reasons"])
+        return (f'<div id="drift" class="drift-warning"><b>Input drift: scores tonight are less trustworthy.</b>'
+                f'<ul>{items}</ul>Validate the model on local data before relying on it (docs/new_site.md).</div>')
+    return (f'<p id="drift" class="drift-ok">No drift: {drift["ood_rate"]:.1%} of images out of distribution '
+            f'(limit {drift["ood_rate_limit"]:.0%}), probability PSI {drift["score_psi"]:.2f} '
+            f'(limit {drift["score_psi_limit"]}).</p>')
+
+
 def _esc(v):
     return html.escape("" if v is None else str(v))
 
@@ -93,14 +108,17 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 .notice{{background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px}}
 .study{{border:1px solid #bbb;margin:12px 0;padding:8px}} .study img{{margin:4px;border:1px solid #999}}
 .prob{{font-weight:bold;color:#c44e52}}
+.drift-warning{{background:#f8d7da;border:1px solid #c44e52;padding:8px 12px}}
 </style></head><body>
 <h1>Brain-MRI screening run <code>{_esc(summary['run_id'])}</code></h1>
 <p class="notice"><b>Screening aid, not a diagnostic device.</b> Scores prioritise studies for a radiologist;
 every study still needs a radiologist's read.</p>
+{_drift_html(summary.get('drift'))}
 <h2>Summary</h2><table id="summary">
 <tr><th>rows (images)</th><td>{totals['rows']}</td></tr>
 <tr><th>by status</th><td>{_esc(json.dumps(totals['by_status']))}</td></tr>
 <tr><th>flagged images</th><td>{totals['flagged']}</td></tr>
+<tr><th>out of distribution (below threshold, not judged)</th><td>{totals.get('out_of_distribution', 0)}</td></tr>
 <tr><th>runs in this result</th><td>{_esc(", ".join(totals.get("run_ids", [summary["run_id"]])))}</td></tr>
 <tr><th>flagged studies / series</th><td>{len(flagged)} of {len(studies)}</td></tr>
 <tr><th>throughput (last run)</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>

@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from beam_pipeline import archives, cli, console, finalise, manifest, model_store, pseudonym, results_store, storage_access, summary
+from beam_pipeline import archives, cli, console, drift, finalise, manifest, model_store, pseudonym, results_store, site_profile, storage_access, summary
 from beam_pipeline.options import ScreeningOptions
 from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
 from trainer import artifact
@@ -64,9 +64,25 @@ def _model_info(metadata):
             "model_sha256": metadata["model_sha256"]}
 
 
+def _threshold(opts, metadata):
+    """(threshold, source) from --threshold, --site-profile or the artifact; a profile must match the model."""
+    if opts.site_profile:
+        if opts.threshold is not None:
+            raise JobError("--threshold and --site-profile both set a threshold; give one")
+        try:
+            profile, profile_id = site_profile.load(opts.site_profile)
+            site_profile.check_model(profile, metadata, opts.site_profile)
+        except site_profile.ProfileError as e:
+            raise JobError(str(e)) from e
+        return float(profile["threshold"]), f"site_profile:{profile_id}"
+    if opts.threshold is not None:
+        return opts.threshold, "flag"
+    return metadata["threshold"], "artifact"
+
+
 def build(pipeline, opts, metadata, plan, pseudonym_key=None):
     """Wire the stages into `pipeline`; returns the PCollection of the promoted run summary."""
-    threshold = opts.threshold if opts.threshold is not None else metadata["threshold"]
+    threshold, threshold_source = _threshold(opts, metadata)
     limits = archives.Limits(max_member_bytes=opts.max_member_bytes, chunk_size=opts.chunk_size)
     heatmap_dirs = (f"{plan.staging}/heatmaps", f"{results_store.results_dir(opts.output)}/heatmaps") \
         if opts.heatmaps else None
@@ -74,7 +90,8 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None):
     decoded = chunks | "DecodeImages" >> DecodeImages(plan.run_id, metadata["input_spec"], plan.model_info,
                                                       pseudonym_key)
     scored = decoded.images | "ScoreImages" >> ScoreImages(
-        opts.model, threshold, opts.batch_size, opts.chunk_size, heatmap_dirs=heatmap_dirs)
+        opts.model, threshold, opts.batch_size, opts.chunk_size, heatmap_dirs=heatmap_dirs,
+        ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source)
     rows = (scored, decoded[ROWS_TAG]) | "AllRows" >> beam.Flatten()
     return rows | "WriteResults" >> WriteResults(plan, opts.num_shards)
 
@@ -113,6 +130,10 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         model_store.check_model_matches_metadata(opts.model)
     except (artifact.ArtifactError, ValueError) as e:
         raise JobError(f"model: {e}") from e
+    threshold, threshold_source = _threshold(opts, metadata)  # a bad profile stops the job here
+    if threshold_source != "artifact":
+        console.emit("threshold", f"Threshold {threshold:.4f} from {threshold_source} "
+                                  f"(the artifact's: {metadata['threshold']:.4f})")
     matched = _match_inputs(opts.input, full=bool(opts.manifest))
     _check_output_writable(opts.output)
     try:
@@ -137,7 +158,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         started_at=time.time(), model_info=_model_info(metadata), model_uri=opts.model,
         write_report=opts.report, manifest_path=opts.manifest,
         manifest_entries={m.path: manifest.fingerprint(m) for m in todo} if opts.manifest else None,
-        carry_over=bool(opts.manifest))
+        carry_over=bool(opts.manifest), drift_reference=drift.reference_of(metadata))
     if not todo:
         # Nothing new: earlier results at this output stay as they are.
         if summary.exists(results_store.results_dir(opts.output)):
@@ -155,6 +176,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
             result.wait_until_finish()
     result.run_id = opts.run_id
+    result.fail_on_drift = opts.fail_on_drift
     result.output = opts.output
     result.max_error_fraction = opts.max_error_fraction
     return result
@@ -177,7 +199,7 @@ def read_summary(output):
     return summary.read(results_store.results_dir(output))
 
 
-EXIT_OK, EXIT_JOB_ERROR, EXIT_TOO_MANY_ERRORS = 0, 2, 3
+EXIT_OK, EXIT_JOB_ERROR, EXIT_TOO_MANY_ERRORS, EXIT_DRIFT = 0, 2, 3, 4
 
 
 def exit_code(counts, max_error_fraction):
@@ -222,8 +244,13 @@ def main(argv=None):
             console.emit("superseded", f"another run ({counts['run_id']}) promoted its result after this one; "
                                        "its counts follow", level="warning")
         code, reason = exit_code(counts, result.max_error_fraction)
-    keys = ("run_id", "rows", "by_status", "by_error_code", "flagged", "images_per_second")
-    console.emit("summary", json.dumps({k: counts[k] for k in keys}, indent=2), **{k: counts[k] for k in keys})
+        drift_info = counts.get("drift") or {}
+        if drift_info.get("drifted"):
+            console.emit("drift", "Drift: " + "; ".join(drift_info["reasons"]), level="warning", **drift_info)
+            if code == EXIT_OK and result.fail_on_drift:
+                code, reason = EXIT_DRIFT, "input drifted from the model's validation data (--fail-on-drift)"
+    keys = ("run_id", "rows", "by_status", "by_error_code", "flagged", "out_of_distribution", "images_per_second")
+    console.emit("summary", json.dumps({k: counts.get(k) for k in keys}, indent=2), **{k: counts.get(k) for k in keys})
     outputs = {"image table": f"{prefix}/images-*.parquet", "study table": f"{prefix}/studies-*.parquet",
                "heatmaps": f"{prefix}/heatmaps/", "report": f"{prefix}/report.html",
                "summary": f"{prefix}/_SUMMARY.json"}

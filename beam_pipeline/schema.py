@@ -12,6 +12,17 @@ STATUS_OK = "ok"
 STATUS_ERROR = "error"
 STATUS_SKIPPED = "skipped"
 
+LABEL_TUMOR = "tumor"
+LABEL_NO_TUMOR = "no_tumor"
+LABEL_OOD = "out_of_distribution"  # below threshold, but unlike the training images: never a silent negative
+
+
+def label(probability, threshold, in_distribution=True):
+    """The one place a row's label is decided (report, studies and summary read it)."""
+    if probability >= threshold:
+        return LABEL_TUMOR
+    return LABEL_NO_TUMOR if in_distribution is not False else LABEL_OOD
+
 IMAGE_SCHEMA = pa.schema([
     ("run_id", pa.string()),
     ("source_uri", pa.string()),          # the archive or loose file
@@ -30,8 +41,11 @@ IMAGE_SCHEMA = pa.schema([
     ("error_code", pa.string()),          # see beam_pipeline/error_codes.py
     ("error_message", pa.string()),
     ("tumor_probability", pa.float32()),
-    ("predicted_label", pa.string()),     # tumor / no_tumor (null unless ok)
+    ("predicted_label", pa.string()),     # tumor / no_tumor / out_of_distribution (null unless ok)
+    ("ood_score", pa.float32()),          # distance from the training images (trainer/ood.py); null without a reference
+    ("in_distribution", pa.bool_()),      # ood_score <= the artifact's OOD threshold
     ("threshold", pa.float32()),
+    ("threshold_source", pa.string()),    # artifact / flag / site_profile:<profile sha256[:12]> (ok rows)
     ("model_name", pa.string()),
     ("model_version", pa.string()),
     ("model_sha256", pa.string()),

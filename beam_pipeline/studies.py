@@ -7,6 +7,8 @@ import posixpath
 
 import apache_beam as beam
 
+from beam_pipeline import schema
+
 TOP_K = 5
 
 
@@ -25,7 +27,7 @@ class StudyCombineFn(beam.CombineFn):
     def add_input(self, acc, row):
         p = float(row["tumor_probability"])
         acc["n"] += 1
-        acc["flagged"] += int(row["predicted_label"] == "tumor")
+        acc["flagged"] += int(row["predicted_label"] == schema.LABEL_TUMOR)
         acc["sum"] += p
         acc["max"] = max(acc["max"], p)
         label = row["member_path"] or posixpath.basename(row["source_uri"])

@@ -7,8 +7,10 @@ import json
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-EMPTY_COUNTS = {"rows": 0, "by_status": {}, "by_error_code": {}, "flagged": 0, "sources": 0}
-COUNT_KEYS = ("rows", "flagged", "sources")
+SCORE_BINS = 10
+EMPTY_COUNTS = {"rows": 0, "by_status": {}, "by_error_code": {}, "flagged": 0, "out_of_distribution": 0,
+                "sources": 0, "score_histogram": [0] * SCORE_BINS}
+COUNT_KEYS = ("rows", "flagged", "out_of_distribution", "sources")
 
 
 def _path(folder):
@@ -18,6 +20,8 @@ def _path(folder):
 def merge_counts(a, b):
     """Counts of two runs' rows together (an incremental run carries earlier rows over)."""
     out = {k: a.get(k, 0) + b.get(k, 0) for k in COUNT_KEYS}
+    out["score_histogram"] = [x + y for x, y in zip(a.get("score_histogram") or [0] * SCORE_BINS,
+                                                    b.get("score_histogram") or [0] * SCORE_BINS, strict=True)]
     for key in ("by_status", "by_error_code"):
         out[key] = dict(a.get(key, {}))
         for k, v in b.get(key, {}).items():
@@ -32,7 +36,8 @@ def build(run_id, counts, model_info, model_uri, elapsed, images_files=(), study
                "images_per_second": round(counts["by_status"].get("ok", 0) / max(elapsed, 1e-9), 2),
                "output_files": sorted(images_files), "study_files": sorted(study_files)}
     summary["result"] = result or {"run_ids": [run_id], **{k: counts[k] for k in (*COUNT_KEYS, "by_status",
-                                                                                  "by_error_code")},
+                                                                                  "by_error_code",
+                                                                                  "score_histogram")},
                                    "output_files": sorted(images_files), "study_files": sorted(study_files)}
     return summary
 

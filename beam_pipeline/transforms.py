@@ -151,9 +151,11 @@ class _ToRows(beam.DoFn):
     Flagged rows go to FLAGGED_TAG with their model input when heatmaps are on.
     """
 
-    def __init__(self, threshold, heatmaps):
+    def __init__(self, threshold, heatmaps, ood_threshold=None, threshold_source="artifact"):
         self._threshold = threshold
+        self._threshold_source = threshold_source
         self._heatmaps = heatmaps
+        self._ood_threshold = ood_threshold
         self._ok = Metrics.counter("BrainScreening", "images_ok")
         self._flagged = Metrics.counter("BrainScreening", "images_flagged")
 
@@ -161,14 +163,18 @@ class _ToRows(beam.DoFn):
         templates, result = keyed
         scored_at = schema.now()
         console.COUNTS.add(scored=len(templates))
-        for row, x, p in zip(templates, result.example, result.inference):
+        probs, oods = result.inference
+        oods = [None] * len(templates) if oods is None else oods
+        for row, x, p, ood in zip(templates, result.example, probs, oods, strict=True):
             p = float(p)
-            flagged = p >= self._threshold
+            in_dist = None if ood is None else bool(ood <= self._ood_threshold)
+            label = schema.label(p, self._threshold, in_dist)
             self._ok.inc()
-            row = {**row, "status": schema.STATUS_OK, "tumor_probability": p,
-                   "predicted_label": "tumor" if flagged else "no_tumor",
-                   "threshold": float(self._threshold), "scored_at": scored_at}
-            if flagged:
+            row = {**row, "status": schema.STATUS_OK, "tumor_probability": p, "predicted_label": label,
+                   "ood_score": None if ood is None else float(ood), "in_distribution": in_dist,
+                   "threshold": float(self._threshold), "threshold_source": self._threshold_source,
+                   "scored_at": scored_at}
+            if label == schema.LABEL_TUMOR:
                 self._flagged.inc()
                 if self._heatmaps:
                     yield beam.pvalue.TaggedOutput(FLAGGED_TAG, (row, x))
@@ -203,7 +209,7 @@ class _AddHeatmaps(beam.DoFn):
 
     def process(self, batch):
         heats = self._explainer.explain(np.stack([x for _, x in batch]))
-        for (row, x), heat in zip(batch, heats):
+        for (row, x), heat in zip(batch, heats, strict=True):
             name = f"{row['content_sha256'][:20]}_{row['frame_index']}.png"
             with FileSystems.create(f"{self._dir}/{name}", mime_type="image/png",
                                     compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -218,18 +224,22 @@ class ScoreImages(beam.PTransform):
     only they) get a Grad-CAM overlay.
     """
 
-    def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmap_dirs=None):
+    def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmap_dirs=None, ood_threshold=None,
+                 threshold_source="artifact"):
         super().__init__()
         self._model_uri = model_uri
         self._handler = KeyedModelHandler(KerasChunkModelHandler(
             model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1))))
         self._threshold = threshold
         self._heatmap_dirs = heatmap_dirs
+        self._ood_threshold = ood_threshold
+        self._threshold_source = threshold_source
 
     def expand(self, batches):
         scored = (batches
                   | "RunInference" >> RunInference(self._handler)
-                  | "ToRows" >> beam.ParDo(_ToRows(self._threshold, bool(self._heatmap_dirs)))
+                  | "ToRows" >> beam.ParDo(_ToRows(self._threshold, bool(self._heatmap_dirs), self._ood_threshold,
+                                 self._threshold_source))
                   .with_outputs(FLAGGED_TAG, main="rows"))
         if not self._heatmap_dirs:
             return scored.rows
@@ -241,14 +251,18 @@ class ScoreImages(beam.PTransform):
 
 class _SummaryFn(beam.CombineFn):
     def create_accumulator(self):
-        return {**summary.EMPTY_COUNTS, "by_status": {}, "by_error_code": {}, "sources": set()}
+        return {**summary.EMPTY_COUNTS, "by_status": {}, "by_error_code": {}, "sources": set(),
+                "score_histogram": [0] * summary.SCORE_BINS}
 
     def add_input(self, acc, row):
         acc["rows"] += 1
         acc["by_status"][row["status"]] = acc["by_status"].get(row["status"], 0) + 1
         if row["error_code"]:
             acc["by_error_code"][row["error_code"]] = acc["by_error_code"].get(row["error_code"], 0) + 1
-        acc["flagged"] += int(row["predicted_label"] == "tumor")
+        acc["flagged"] += int(row["predicted_label"] == schema.LABEL_TUMOR)
+        acc["out_of_distribution"] += int(row["in_distribution"] is False)
+        if row["tumor_probability"] is not None:
+            acc["score_histogram"][min(int(row["tumor_probability"] * summary.SCORE_BINS), summary.SCORE_BINS - 1)] += 1
         acc["sources"].add(row["source_uri"])
         return acc
 
@@ -257,6 +271,8 @@ class _SummaryFn(beam.CombineFn):
         for a in accs:
             out["rows"] += a["rows"]
             out["flagged"] += a["flagged"]
+            out["out_of_distribution"] += a["out_of_distribution"]
+            out["score_histogram"] = [x + y for x, y in zip(out["score_histogram"], a["score_histogram"], strict=True)]
             out["sources"] |= a["sources"]
             for key in ("by_status", "by_error_code"):
                 for k, v in a[key].items():

@@ -5,7 +5,7 @@ from trainer import artifact, preprocessing
 from trainer.model import make_model
 
 
-def write_tiny_artifact(root, size=32, threshold=0.5, seed=0):
+def write_tiny_artifact(root, size=32, threshold=0.5, seed=0, ood=False):
     keras.utils.set_random_seed(seed)
     spec = preprocessing.InputSpec(height=size, width=size)
     model = make_model((size, size, 1), base_filters=4, dropout=0.0)
@@ -14,4 +14,21 @@ def write_tiny_artifact(root, size=32, threshold=0.5, seed=0):
         name="tiny", version="1", input_spec=spec, class_names=["no_tumor", "tumor"],
         threshold=threshold, target_sensitivity=0.95, validation_metrics={},
         data_fingerprint="none", training_config={}))
+    if ood:
+        attach_ood_reference(version_dir, model, spec)
     return version_dir
+
+
+def attach_ood_reference(version_dir, model, spec, n=240):
+    """An OOD reference fitted on generated brain slices (the tiny model's 'training data')."""
+    import numpy as np
+    from tests import synth
+    from trainer import ood
+    xs = [preprocessing.prepare(synth.brain_slice(s, 64, lesion=bool(s % 2)).astype(np.float32), spec)
+          for s in range(n)]
+    labels = np.array([s % 2 for s in range(n)])
+    train, val = slice(0, n // 2), slice(n // 2, n)
+    _, train_f = ood.features_of(xs[train], model)
+    val_p, val_f = ood.features_of(xs[val], model)
+    ref = ood.fit(train_f, labels[train], val_f, list(range(n - n // 2)))
+    ood.attach(version_dir, ref, val_p)

@@ -28,6 +28,7 @@ MODEL_CARD_FILE = "model_card.md"
 PREDICTIONS_FILE = "validation_predictions.csv"
 SUMS_FILE = "SHA256SUMS"
 SEALED_FILES = (MODEL_FILE, METADATA_FILE)
+OPTIONAL_SEALED_FILES = ("ood_reference.npz",)  # sealed when present (trainer/ood.py)
 
 
 class ArtifactError(ValueError):
@@ -82,7 +83,8 @@ def write_artifact(model, version_dir, metadata_fields):
 
 def seal(version_dir):
     """(Re)write SHA256SUMS; every tool that changes metadata.json on purpose calls this."""
-    lines = [f"{sha256_file(os.path.join(version_dir, name))}  {name}\n" for name in SEALED_FILES]
+    names = [*SEALED_FILES, *(n for n in OPTIONAL_SEALED_FILES if os.path.exists(os.path.join(version_dir, n)))]
+    lines = [f"{sha256_file(os.path.join(version_dir, name))}  {name}\n" for name in names]
     tmp = os.path.join(version_dir, SUMS_FILE + ".tmp")
     with open(tmp, "w") as f:
         f.writelines(lines)
@@ -97,7 +99,8 @@ def check_sums(version_dir):
                             f"python -m trainer.artifact seal {version_dir}")
     with open(path) as f:
         listed = dict(reversed(line.rstrip("\n").split("  ", 1)) for line in f if line.strip())
-    for name in SEALED_FILES:
+    present = [n for n in OPTIONAL_SEALED_FILES if n in listed or os.path.exists(os.path.join(version_dir, n))]
+    for name in [*SEALED_FILES, *present]:
         if name not in listed:
             raise ArtifactError(f"{path} does not cover {name}")
         if not os.path.exists(os.path.join(version_dir, name)):

@@ -75,6 +75,28 @@ def _localisation_section(metadata):
     return "\n".join(lines) + "\n"
 
 
+def _ood_section(metadata):
+    o = metadata.get("ood")
+    if not o:
+        return ""
+    lines = ["## Out-of-distribution guard",
+             f"Method: {o['method']} over {', '.join(o['components'])}; fitted on {o['n_train']} training "
+             f"images; threshold {o['threshold']:.3f} set on {o['n_validation_threshold']} validation images; "
+             f"false-OOD rate on the other {o['n_validation_check']} validation images: "
+             f"{_pct(o['validation_false_ood_rate'])}. Scoring adds `ood_score` and `in_distribution` to every "
+             "row; an image below the tumor threshold but out of distribution is labelled `out_of_distribution`, "
+             "never `no_tumor`. Built with `python -m trainer.ood build <artifact>`.", ""]
+    if o.get("evaluation"):
+        lines += ["| case | n | AUROC (guard) | AUROC (max-probability baseline) | share flagged OOD |",
+                  "|---|---|---|---|---|"]
+        for r in o["evaluation"]:
+            lines.append(f"| {r['case']} | {r['n']} | {_num(r.get('auroc_mahalanobis'), '.3f')} | "
+                         f"{_num(r.get('auroc_max_probability'), '.3f')} | {_pct(r['flagged_ood'])} |")
+        lines += ["", "Command: `python -m trainer.ood measure <artifact> --brats ../shared/data/brats-sample "
+                  "--record`."]
+    return "\n".join(lines) + "\n"
+
+
 def render(metadata, eda):
     m = metadata["validation_metrics"]
     ci = m.get("ci95", {})
@@ -138,6 +160,7 @@ Sensitivity by tumor type at the operating threshold:
 {_by_source_section(m)}
 {_generalisation_section(metadata)}
 {_localisation_section(metadata)}
+{_ood_section(metadata)}
 {metadata.get('development_notes', '')}
 ## Operating threshold
 `{metadata['threshold']:.4f}`: the highest threshold that reaches the target sensitivity of

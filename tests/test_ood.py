@@ -1,0 +1,86 @@
+"""The out-of-distribution guard and the drift check: never a silent negative for an image
+unlike the training data, and a night whose input moved is visible (and can fail)."""
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from beam_pipeline import drift, run, schema
+from tests import rows as rows_mod
+from tests import synth, tiny_model
+from trainer import artifact, ood
+
+
+def test_reference_separates_a_shifted_distribution_with_known_false_ood_rate():
+    rng = np.random.default_rng(0)
+    d = 8
+    train = {"f": rng.normal(0, 1, (2000, d))}
+    labels = rng.integers(0, 2, 2000)
+    train["f"][labels == 1] += 2.0  # two classes
+    val_labels = rng.integers(0, 2, 4000)
+    val = {"f": rng.normal(0, 1, (4000, d)) + 2.0 * val_labels[:, None]}
+    ref = ood.fit(train, labels, val, val_groups=np.arange(4000))
+    assert 0.02 < ref.info["validation_false_ood_rate"] < 0.06  # 4 % target, measured on the other half
+    far = {"f": rng.normal(0, 1, (500, d)) + np.r_[6.0, np.zeros(d - 1)]}
+    assert np.mean(ref.score(far) > ref.threshold) > 0.95
+    assert ood._auroc(ref.score(val), ref.score(far)) > 0.99
+
+
+def test_reference_round_trips_and_is_sealed(tmp_path):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, ood=True)
+    md = artifact.verify(model_dir)
+    assert md["ood"]["method"] == "mahalanobis-sum-of-layers+input-histogram"
+    assert "ood_reference.npz" in open(os.path.join(model_dir, "SHA256SUMS")).read()
+    ref = ood.Reference.load(ood.reference_path(model_dir))
+    assert ref.threshold == md["ood"]["threshold"] and ref.names[-1] == ood.HISTOGRAM
+    with open(ood.reference_path(model_dir), "ab") as f:
+        f.write(b"tampered")
+    try:
+        artifact.verify(model_dir)
+        raise AssertionError("a changed reference must be refused")
+    except artifact.ArtifactError as e:
+        assert "ood_reference.npz was changed" in str(e)
+
+
+def _noise(seed, size=64):
+    return np.random.default_rng(seed).integers(0, 256, (size, size)).astype(np.uint8)
+
+
+def test_out_of_distribution_images_are_flagged_never_silently_negative(tmp_path, capsys):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=0.999, ood=True)  # nothing flagged as tumor
+    with zipfile.ZipFile(tmp_path / "night.zip", "w") as zf:
+        for s in range(1000, 1060):  # brain slices the reference never saw
+            zf.writestr(f"brain/{s}.png", synth.encode(synth.brain_slice(s, 64, lesion=bool(s % 2))))
+        for s in range(40):
+            zf.writestr(f"noise/{s}.png", synth.encode(_noise(s)))
+    out = str(tmp_path / "out")
+    argv = ["--input", str(tmp_path / "night.zip"), "--keep-paths", "--output", out, "--model", model_dir]
+    assert run.main(argv) == 0  # drift is reported, not fatal, without --fail-on-drift
+    rows = rows_mod.images(out)
+    brain = [r for r in rows if r["member_path"].startswith("brain/")]
+    noise = [r for r in rows if r["member_path"].startswith("noise/")]
+    assert all(r["ood_score"] is not None for r in rows)
+    assert np.mean([r["in_distribution"] for r in brain]) >= 0.85
+    assert all(r["in_distribution"] is False for r in noise)
+    assert {r["predicted_label"] for r in noise} == {schema.LABEL_OOD}  # not "no_tumor"
+    summary = run.read_summary(out)
+    assert summary["out_of_distribution"] == sum(not r["in_distribution"] for r in rows)
+    assert summary["drift"]["assessed"] and summary["drift"]["drifted"]
+    assert any("out of distribution" in reason for reason in summary["drift"]["reasons"])
+    page = open(rows_mod.result_file(out, "report.html")).read()
+    assert "Input drift" in page and "out of distribution (below threshold, not judged)" in page
+    assert run.main(argv + ["--fail-on-drift"]) == 4
+    assert "Exit 4" in capsys.readouterr().out
+
+
+def test_drift_rules():
+    reference = {"score_histogram": [5, 1, 1, 1, 1, 1, 1, 1, 1, 5], "ood_rate": 0.03}
+    same = {"by_status": {"ok": 180}, "out_of_distribution": 5, "score_histogram": [50, 10, 10, 10, 10, 10, 10, 10, 10, 50]}
+    assert drift.assess(same, reference)["drifted"] is False
+    shifted = {**same, "score_histogram": [0, 0, 0, 0, 90, 90, 0, 0, 0, 0]}
+    assert "PSI" in drift.assess(shifted, reference)["reasons"][0]
+    few = {**same, "by_status": {"ok": 10}}
+    assert drift.assess(few, reference)["assessed"] is False
+    assert drift.assess(same, None)["assessed"] is False
+    assert json.dumps(drift.assess(shifted, reference))  # goes into _SUMMARY.json

@@ -1,0 +1,110 @@
+"""brain-validate on generated labelled data, and the site profile round trip."""
+import csv
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from beam_pipeline import pseudonym, run, validate
+from tests import rows as rows_mod
+from tests import synth, tiny_model
+from trainer import metrics
+
+
+def test_evaluate_known_answer():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(60), np.zeros(140)].astype(int)
+    p = np.r_[rng.uniform(0.6, 1.0, 60), rng.uniform(0.0, 0.5, 140)]  # perfectly separable
+    groups = np.arange(200) // 2  # two images per patient
+    r = validate.evaluate(y, p, groups, np.array([""] * 200), [True] * 200, artifact_threshold=0.55,
+                          target=0.95, required_lower=0.80, bootstrap=200)
+    assert r["roc_auc"] == 1.0 and r["sensitivity"] >= 0.95 - 1e-9 and r["specificity"] == 1.0
+    assert r["site_threshold"] == metrics.choose_threshold(y, p, 0.95)
+    assert r["at_artifact_threshold"]["sensitivity"] == 1.0 and r["meets"]
+    few = validate.evaluate(y[::10], p[::10], groups[::10], np.array([""] * 20), [None] * 20, 0.55, 0.95, 0.85, 200)
+    # 6 tumors, all found: the bootstrap says [1, 1]; Wilson over 6 patients says >= 0.61, so not met.
+    assert few["sensitivity"] == 1.0 and abs(few["sensitivity_wilson_lower95"] - 0.610) < 0.001
+    assert not few["meets"] and "below the required" in few["verdict"]
+
+
+def _sample(root, n=16):
+    for i in range(n):
+        cls = "tumor" if i % 2 else "notumor"
+        seq = "flair" if i % 4 < 2 else "t1"
+        path = root / seq / cls / f"MRN{1000 + i}_slice.png"  # patient identifiers in names
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(synth.encode(synth.brain_slice(i, 32, lesion=bool(i % 2))))
+
+
+def test_validate_a_sample_folder_then_apply_the_site_profile(tmp_path, capsys):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    sample = tmp_path / "local_sample"
+    _sample(sample)
+    out = tmp_path / "validation"
+    code = validate.main(["--sample", str(sample), "--output", str(out), "--model", model_dir, "--bootstrap", "100"])
+    assert code in (0, 3)  # the untrained tiny model may or may not meet the bar; the figures must be right
+    result = json.load(open(out / "validation.json"))
+    assert result["n_images"] == 16 and result["n_positive"] == 8 and result["unmatched_labels"] == 0
+    assert set(result["by_subgroup"]) == {"flair", "t1"}
+    # Known answer: the AUC of the scored rows against the folder labels, computed here independently.
+    summary = run.read_summary(str(out / "scores"))
+    rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
+    assert len(rows) == 16
+    ps = pseudonym.Pseudonymiser(pseudonym.load_or_create_key(os.environ["BRAIN_SCREENING_PSEUDONYM_KEY"]))
+    label_of = {ps.uri(os.path.join(d, f)): int(os.path.basename(d) == "tumor")
+                for d, _, files in os.walk(sample) for f in files}
+    assert not any("MRN" in r["source_uri"] for r in rows)  # pseudonymised as in every run
+    y = [label_of[r["source_uri"]] for r in rows]
+    assert abs(result["roc_auc"] - metrics.roc_auc(y, [r["tumor_probability"] for r in rows])) < 1e-9
+    page = open(out / "validation.html").read()
+    assert 'id="verdict"' in page and 'id="calibration"' in page and "MRN" not in page
+    profile = json.load(open(out / "site_profile.json"))
+    assert profile["threshold"] == result["site_threshold"] and profile["model_sha256"] in open(
+        os.path.join(model_dir, "metadata.json")).read()
+
+    # brain-score --site-profile: the site threshold, recorded per row
+    img = tmp_path / "night.png"
+    img.write_bytes(synth.encode(synth.brain_slice(99, 32)))
+    night = tmp_path / "night"
+    argv = ["--input", str(img), "--output", str(night), "--model", model_dir,
+            "--site-profile", str(out / "site_profile.json")]
+    assert run.main(argv) == 0
+    (row,) = rows_mod.images(night)
+    assert abs(row["threshold"] - profile["threshold"]) < 1e-6 and row["threshold_source"].startswith("site_profile:")
+    assert run.main(argv + ["--threshold", "0.5"]) == 2
+    assert "both set a threshold" in capsys.readouterr().err
+    other = tiny_model.write_tiny_artifact(tmp_path / "other", seed=7)
+    assert run.main(["--input", str(img), "--output", str(tmp_path / "night2"), "--model", other,
+                     "--site-profile", str(out / "site_profile.json")]) == 2
+    assert "not for this model" in capsys.readouterr().err
+
+
+def test_validate_scores_of_an_earlier_run_with_a_labels_csv(tmp_path):
+    """Labels made from the scores themselves: the answer (AUC 1, the site threshold) is known."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    for i in range(30):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"{i}.png").write_bytes(synth.encode(synth.brain_slice(i, 32, lesion=bool(i % 3))))
+    scores = tmp_path / "scores"
+    assert run.main(["--input", str(tmp_path / "in"), "--output", str(scores), "--model", model_dir]) == 0
+    rows = rows_mod.images(scores)
+    median = float(np.median([r["tumor_probability"] for r in rows]))
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source_uri", "label"])
+        for r in rows:
+            w.writerow([r["source_uri"], "tumor" if r["tumor_probability"] > median else "no_tumor"])
+    out = tmp_path / "v"
+    validate.main(["--scores", str(scores), "--labels", str(labels), "--output", str(out), "--model", model_dir,
+                   "--bootstrap", "100"])
+    result = json.load(open(out / "validation.json"))
+    y = np.array([r["tumor_probability"] > median for r in rows])
+    p = np.array([r["tumor_probability"] for r in rows])
+    assert result["roc_auc"] == 1.0 and result["n_images"] == 30
+    assert result["site_threshold"] == metrics.choose_threshold(y, p, 0.95)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nx,1\n")
+    assert validate.main(["--scores", str(scores), "--labels", str(bad), "--output", str(out),
+                          "--model", model_dir]) == 2
