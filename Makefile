@@ -28,13 +28,16 @@ $(STAMP): setup.py
 
 venv: $(STAMP)
 
-# Debian's chromium renders the HTML report in the browser test (needs root or sudo once).
-# If it cannot be installed the browser test is skipped with a reason, and this says so loudly.
+# Debian packages the tests use: chromium renders the HTML report in the browser test; orthanc and
+# orthanc-dicomweb are the PACS the DICOMweb tests search (needs root or sudo once). If they cannot be
+# installed those tests are skipped with a reason, and this says so loudly.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc orthanc-dicomweb"; \
+	  [ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
-	  || echo "WARNING: could not install chromium; the report browser test will be skipped"; }
+	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+	  || echo "WARNING: could not install$$missing; the browser and DICOMweb tests will be skipped"; }
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests

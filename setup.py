@@ -35,9 +35,17 @@ REQUIRED = [
     "pylibjpeg-libjpeg>=2.3,<3",
     "pylibjpeg-openjpeg>=2.4,<3",
     "matplotlib>=3.8,<4",
+    "onnxruntime>=1.20,<2",  # the CPU inference engine (docs/performance.md)
+    "dicomweb-client>=0.59,<1",  # dicomweb:// inputs (QIDO-RS / WADO-RS)
+    "highdicom>=0.23,<1",  # --write-back: DICOM Structured Reports
+]
+
+EXPORT = [
+    "tf2onnx>=1.17,<2",  # python -m trainer.export: model.keras -> model.onnx
 ]
 
 TEST = [
+    *EXPORT,
     "pytest>=8,<10",
     "gcp-storage-emulator>=2024.8.3",
 ]
@@ -50,7 +58,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["trainer", "trainer.*", "beam_pipeline", "beam_pipeline.*"]),
     data_files=sorted(MODEL_FILES.items()),
     install_requires=REQUIRED,
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "export": EXPORT},
     entry_points={
         "console_scripts": [
             "brain-train=trainer.task:main",

@@ -51,7 +51,7 @@ class MemberRef:
 @dataclasses.dataclass
 class Chunk:
     source_uri: str
-    kind: str                 # zip / tar / tgz / file
+    kind: str                 # zip / tar / tgz / tbz / txz / file / dicomweb
     index: int
     refs: list
 
@@ -284,6 +284,17 @@ def read_members(chunk):
     if chunk.kind in _STREAM_MODES:
         for ref in chunk.refs:
             yield ref, ref.locator, None
+        return
+    if chunk.kind == "dicomweb":  # locator: (base URL, study, series, sop, max bytes)
+        from beam_pipeline import dicomweb
+        for ref in chunk.refs:
+            if ref.error_code is not None:
+                yield ref, None, None
+                continue
+            try:
+                yield ref, dicomweb.retrieve(*ref.locator), None
+            except Exception as e:  # HTTP errors after retries, a 404 for a deleted instance, ...
+                yield ref, None, e
         return
     try:
         f = _open(chunk.source_uri) if any(r.error_code is None for r in chunk.refs) else None

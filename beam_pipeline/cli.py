@@ -105,6 +105,9 @@ def validate(opts):
     need(opts.max_member_bytes >= 1, f"--max-member-bytes must be >= 1, got {opts.max_member_bytes}")
     need(opts.run_id is None or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", opts.run_id) is not None,
          f"--run-id must be 1-64 letters, digits, '.', '_' or '-' (it names files), got {opts.run_id!r}")
+    need(opts.model_copies >= 0, f"--model-copies must be >= 0, got {opts.model_copies}")
+    need(opts.dicomweb_max_parallel >= 1,
+         f"--dicomweb-max-parallel must be >= 1, got {opts.dicomweb_max_parallel}")
     need(opts.num_shards >= 0, f"--num-shards must be >= 0, got {opts.num_shards}")
     need(0.0 <= opts.max_error_fraction <= 1.0,
          f"--max-error-fraction must be between 0 and 1, got {opts.max_error_fraction}")
@@ -162,7 +165,11 @@ def apply_config(argv):
 
 def split_input_lists(patterns):
     """One --input may hold a comma- or newline-separated list: Flex Template parameters cannot repeat."""
-    return [p.strip() for value in patterns or [] for p in re.split(r"[,\n]", value) if p.strip()]
+    out = []
+    for value in patterns or []:  # a DICOMweb query may hold commas (StudyDate ranges do not, lists do)
+        out += [value.strip()] if value.startswith(("dicomweb://", "dicomwebs://")) else \
+            [p.strip() for p in re.split(r"[,\n]", value) if p.strip()]
+    return out
 
 
 def log_format(argv):
@@ -179,7 +186,9 @@ def expand_folders(patterns):
     """A local folder given as --input means every file under it, recursively."""
     out = []
     for p in patterns or []:
-        if "://" not in p and os.path.isdir(p):
+        if p.startswith(("dicomweb://", "dicomwebs://")):
+            out.append(p)
+        elif "://" not in p and os.path.isdir(p):
             out.append(os.path.join(p, "**"))
         elif "://" in p and p.endswith("/"):
             out.append(p + "**")

@@ -37,10 +37,11 @@ _DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
 
 
 class DecodeError(Exception):
-    def __init__(self, code, message, image_format=None):
+    def __init__(self, code, message, image_format=None, fields=None):
         super().__init__(message)
         self.code = code
         self.image_format = image_format
+        self.fields = fields or {}  # DICOM header fields read before the failure (UIDs, ...)
 
 
 @dataclasses.dataclass
@@ -55,7 +56,7 @@ class Decoded:
     width: int
     height: int
     frames: list
-    dicom: dict = dataclasses.field(default_factory=dict)  # UIDs and modality only
+    dicom: dict = dataclasses.field(default_factory=dict)  # header fields of _DICOM_FIELDS only
 
 
 def sniff(data, name=""):
@@ -198,8 +199,24 @@ def _dicom_gray(frame, ds):
     return gray
 
 
-_UID_FIELDS = {"StudyInstanceUID": "study_instance_uid", "SeriesInstanceUID": "series_instance_uid",
-               "SOPInstanceUID": "sop_instance_uid", "Modality": "modality"}
+# Header fields copied into rows: what a worklist needs to find the image, never a patient identifier
+# (the accession number is pseudonymised by the pipeline unless --keep-accession-numbers).
+_DICOM_FIELDS = {"StudyInstanceUID": ("study_instance_uid", str), "SeriesInstanceUID": ("series_instance_uid", str),
+                 "SOPInstanceUID": ("sop_instance_uid", str), "Modality": ("modality", str),
+                 "AccessionNumber": ("accession_number", str), "StudyDate": ("study_date", str),
+                 "SeriesDescription": ("series_description", str), "SeriesNumber": ("series_number", int),
+                 "InstanceNumber": ("instance_number", int)}
+
+
+def _header_fields(ds):
+    out = {}
+    for keyword, (col, cast) in _DICOM_FIELDS.items():
+        try:
+            value = ds.get(keyword)
+            out[col] = cast(value) if value not in (None, "") else None
+        except Exception:  # a malformed value (e.g. SeriesNumber "A1") is left out, never fatal
+            out[col] = None
+    return out
 
 
 def _meta_end(data):
@@ -253,7 +270,15 @@ def _decode_dicom(data, force):
         raise DecodeError("dicom_corrupt", f"pydicom cannot parse: {type(e).__name__}: {e}", "dicom") from e
     if force and "SOPClassUID" not in ds and "PixelData" not in ds:
         raise DecodeError("not_an_image", "content is not PNG, JPEG, BMP, TIFF or DICOM", "unknown")
-    uids = {col: str(ds.get(tag)) if ds.get(tag) is not None else None for tag, col in _UID_FIELDS.items()}
+    uids = _header_fields(ds)
+    try:
+        return _decode_dicom_pixels(ds, uids)
+    except DecodeError as e:
+        e.fields = uids  # an error row still says which instance it is
+        raise
+
+
+def _decode_dicom_pixels(ds, uids):
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DecodeError("dicom_no_pixel_data", "DICOM has no pixel data", "dicom")
     _check_dicom_size(ds)

@@ -62,7 +62,11 @@ def _print_summary(summary, output):
         print(f"Errors/skips by code: {summary['by_error_code']}")
     flagged = sorted((r for r in rows if r["predicted_label"] == "tumor"),
                      key=lambda r: -r["tumor_probability"])
-    print(f"Flagged at the model's threshold: {len(flagged)}")
+    print(f"Flagged at the model's threshold: {len(flagged)}; out of distribution (unlike the training "
+          f"images): {summary.get('out_of_distribution', 0)}")
+    d = summary.get("drift") or {}
+    print("Drift: " + ("; ".join(d["reasons"]) if d.get("drifted") else
+                       "none" if d.get("assessed") else f"not assessed ({d.get('reason')})"))
     for r in flagged[:10]:
         print(f"  {r['tumor_probability']:.3f}  {os.path.basename(r['source_uri'])}:{r['member_path']}")
     print(f"\nImage table (Parquet): {', '.join(summary['output_files'])}")

@@ -37,6 +37,7 @@ class Plan:
     manifest_entries: dict = None  # inputs scored by this run -> fingerprint
     carry_over: bool = False
     drift_reference: dict = None  # drift.reference_of(metadata)
+    engine: str = "tensorflow"
 
     @property
     def staging(self):
@@ -49,7 +50,7 @@ class Plan:
         return f"{results_store.results_dir(self.output)}/{rel}"
 
 
-def finalise(plan, counts, images_files=(), study_files=()):
+def finalise(plan, counts, images_files=(), study_files=(), write_back=None):
     """Steps 1-4 above; returns the summary that was promoted."""
     images = [plan.final_path(p) for p in images_files]
     studies = [plan.final_path(p) for p in study_files]
@@ -61,6 +62,9 @@ def finalise(plan, counts, images_files=(), study_files=()):
         run_summary = summary.build(plan.run_id, counts, plan.model_info, plan.model_uri, elapsed,
                                     images, studies, result)
         run_summary["drift"] = drift.assess(counts, plan.drift_reference)
+        run_summary["engine"] = plan.engine
+        if write_back is not None:
+            run_summary["write_back"] = write_back
         summary.write(plan.staging, run_summary)
         if plan.write_report:
             report.write_report(plan.staging)
@@ -94,20 +98,22 @@ class _FinaliseFn(beam.DoFn):
     def __init__(self, plan):
         self._plan = plan
 
-    def process(self, counts, images_files, study_files):
-        yield finalise(self._plan, counts, images_files, study_files)
+    def process(self, counts, images_files, study_files, write_back=()):
+        yield finalise(self._plan, counts, images_files, study_files, write_back[0] if write_back else None)
 
 
 class Finalise(beam.PTransform):
-    """counts (one element) + the sinks' file lists -> the promoted run summary."""
+    """counts (one element) + the sinks' file lists (+ the PACS write-back tally) -> the promoted summary."""
 
-    def __init__(self, plan, images_files, study_files):
+    def __init__(self, plan, images_files, study_files, write_back=None):
         super().__init__()
         self._plan = plan
         self._images_files = images_files
         self._study_files = study_files
+        self._write_back = write_back
 
     def expand(self, counts):
+        extra = {"write_back": beam.pvalue.AsList(self._write_back)} if self._write_back is not None else {}
         return counts | "Promote" >> beam.ParDo(
             _FinaliseFn(self._plan), images_files=beam.pvalue.AsList(self._images_files),
-            study_files=beam.pvalue.AsList(self._study_files))
+            study_files=beam.pvalue.AsList(self._study_files), **extra)

@@ -14,7 +14,16 @@ class ScreeningOptions(PipelineOptions):
                             help="glob of archives (.zip .tar .tar.gz .tgz .tar.bz2 .tar.xz) and loose images "
                                  "(.png .jpg .bmp .tif .dcm, extension-less DICOM); local or gs://; a folder "
                                  "(or a gs:// prefix ending in /) means every file under it, recursively; "
+                                 "dicomweb[s]://host/path?StudyDate=20261101-20261126&Modality=MR searches a "
+                                 "PACS (QIDO-RS) and retrieves every matching instance (WADO-RS); "
                                  "repeatable, or a comma-separated list")
+        parser.add_argument("--dicomweb-max-parallel", dest="dicomweb_max_parallel", type=int,
+                            default=4,
+                            help="concurrent WADO-RS retrievals per worker process for dicomweb:// inputs, so "
+                                 "a PACS is never flooded")
+        parser.add_argument("--write-back", dest="write_back", action="store_true", default=False,
+                            help="store a DICOM Structured Report per scored series into its study in the PACS "
+                                 "(STOW-RS; needs exactly one dicomweb:// input)")
         parser.add_argument("--output", default=None,
                             help="output folder (local or gs://); the finished result is <output>/results/ (tables, "
                                  "heatmaps, report, _SUMMARY.json), replaced in one step when a run completes; "
@@ -22,6 +31,12 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--model", default=model_store.DEFAULT_MODEL,
                             help="model artifact: its version folder (local or gs://), its model.keras, "
                                  "or a local name folder (the newest version is used)")
+        parser.add_argument("--engine", choices=("auto", "tensorflow", "onnxruntime"), default="auto",
+                            help="inference engine: auto = ONNX Runtime on CPU workers when the artifact has "
+                                 "model.onnx (measured faster, docs/performance.md), TensorFlow on GPU workers")
+        parser.add_argument("--model-copies", dest="model_copies", type=int, default=0,
+                            help="GPU workers: load this many model copies per worker VM, shared by its SDK "
+                                 "processes (Beam's large-model mode), instead of one per process; 0 = per process")
         parser.add_argument("--batch-size", dest="batch_size", type=int, default=64,
                             help="images per model call")
         parser.add_argument("--threshold", type=float, default=None,
@@ -57,6 +72,10 @@ class ScreeningOptions(PipelineOptions):
                             help="write real input and member paths into the outputs; by default every path "
                                  "component becomes a keyed pseudonym (folder and file names of exports often "
                                  "hold patient names or MRNs)")
+        parser.add_argument("--keep-accession-numbers", dest="keep_accession_numbers", action="store_true",
+                            default=False,
+                            help="write DICOM accession numbers in clear; by default each is a keyed pseudonym "
+                                 "(the same key as paths), so a night's rows can still be grouped by exam")
         parser.add_argument("--pseudonym-key-file", dest="pseudonym_key_file",
                             default=os.environ.get("BRAIN_SCREENING_PSEUDONYM_KEY", pseudonym.DEFAULT_KEY_FILE),
                             help="secret key for path pseudonyms, created on first use; keep it to map "

@@ -18,9 +18,9 @@ import uuid
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions
 
-from beam_pipeline import archives, cli, console, drift, finalise, manifest, model_store, pseudonym, results_store, site_profile, storage_access, summary
+from beam_pipeline import archives, cli, console, dicomweb, drift, finalise, inference, manifest, model_store, pseudonym, results_store, site_profile, storage_access, summary
 from beam_pipeline.options import ScreeningOptions
 from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
 from trainer import artifact
@@ -80,7 +80,7 @@ def _threshold(opts, metadata):
     return metadata["threshold"], "artifact"
 
 
-def build(pipeline, opts, metadata, plan, pseudonym_key=None):
+def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None):
     """Wire the stages into `pipeline`; returns the PCollection of the promoted run summary."""
     threshold, threshold_source = _threshold(opts, metadata)
     limits = archives.Limits(max_member_bytes=opts.max_member_bytes, chunk_size=opts.chunk_size)
@@ -88,12 +88,18 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None):
         if opts.heatmaps else None
     chunks = pipeline | "ExpandInputs" >> ExpandInputs(opts.input, limits)
     decoded = chunks | "DecodeImages" >> DecodeImages(plan.run_id, metadata["input_spec"], plan.model_info,
-                                                      pseudonym_key)
+                                                      pseudonym_key, opts.dicomweb_max_parallel, accession_key)
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.model, threshold, opts.batch_size, opts.chunk_size, heatmap_dirs=heatmap_dirs,
-        ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source)
+        ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source,
+        engine=opts.engine, model_copies=opts.model_copies)
     rows = (scored, decoded[ROWS_TAG]) | "AllRows" >> beam.Flatten()
-    return rows | "WriteResults" >> WriteResults(plan, opts.num_shards)
+    back = None
+    if opts.write_back:
+        from beam_pipeline import write_back
+        back = write_back.WriteBack(next(p for p in opts.input if dicomweb.is_dicomweb(p)), plan.model_info,
+                                    threshold)
+    return rows | "WriteResults" >> WriteResults(plan, opts.num_shards, back)
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
@@ -131,19 +137,39 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     except (artifact.ArtifactError, ValueError) as e:
         raise JobError(f"model: {e}") from e
     threshold, threshold_source = _threshold(opts, metadata)  # a bad profile stops the job here
+    service_options = options.view_as(GoogleCloudOptions).dataflow_service_options or []
+    try:
+        opts.engine = inference.resolve_engine(opts.engine, metadata,
+                                               gpu_workers=any("worker_accelerator" in o for o in service_options))
+    except ValueError as e:
+        raise JobError(str(e)) from e
     if threshold_source != "artifact":
         console.emit("threshold", f"Threshold {threshold:.4f} from {threshold_source} "
                                   f"(the artifact's: {metadata['threshold']:.4f})")
-    matched = _match_inputs(opts.input, full=bool(opts.manifest))
+    web = [p for p in opts.input if dicomweb.is_dicomweb(p)]
+    for uri in web:
+        try:
+            dicomweb.check(uri)
+        except Exception as e:
+            raise JobError(f"DICOMweb input {uri.partition('?')[0]} does not answer QIDO-RS: "
+                           f"{type(e).__name__}: {e}") from e
+    files = [p for p in opts.input if not dicomweb.is_dicomweb(p)]
+    if opts.write_back and len(web) != 1:
+        raise JobError("--write-back stores reports into the PACS the images came from: give exactly one "
+                       f"dicomweb:// input (got {len(web)})")
+    matched = _match_inputs(files, full=bool(opts.manifest)) if files else []
     _check_output_writable(opts.output)
     try:
         results_store.claim(opts.output, opts.run_id)
     except results_store.OutputError as e:
         raise JobError(str(e)) from e
     try:
-        key = None if opts.keep_paths else pseudonym.load_or_create_key(opts.pseudonym_key_file)
+        secret = None if opts.keep_paths and opts.keep_accession_numbers else \
+            pseudonym.load_or_create_key(opts.pseudonym_key_file)
     except (OSError, ValueError) as e:
-        raise JobError(f"pseudonym key: {e} (or pass --keep-paths)") from e
+        raise JobError(f"pseudonym key: {e} (or pass --keep-paths --keep-accession-numbers)") from e
+    key = None if opts.keep_paths else secret
+    accession_key = None if opts.keep_accession_numbers else secret
     try:
         known = manifest.load(opts.manifest) if opts.manifest else {}
     except manifest.ManifestError as e:
@@ -152,14 +178,14 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     if opts.manifest:
         console.emit("manifest", f"Manifest {opts.manifest}: {len(matched) - len(todo)} input(s) unchanged and "
                      f"skipped, {len(todo)} new or changed", unchanged=len(matched) - len(todo), todo=len(todo))
-        opts.input = [m.path for m in todo]
+        opts.input = [m.path for m in todo] + web  # a PACS is searched anew (filter it by StudyDate)
     plan = finalise.Plan(
         output=opts.output, stage_id=f"{opts.run_id}-{uuid.uuid4().hex[:8]}", run_id=opts.run_id,
         started_at=time.time(), model_info=_model_info(metadata), model_uri=opts.model,
         write_report=opts.report, manifest_path=opts.manifest,
         manifest_entries={m.path: manifest.fingerprint(m) for m in todo} if opts.manifest else None,
-        carry_over=bool(opts.manifest), drift_reference=drift.reference_of(metadata))
-    if not todo:
+        carry_over=bool(opts.manifest), drift_reference=drift.reference_of(metadata), engine=opts.engine)
+    if not todo and not web:
         # Nothing new: earlier results at this output stay as they are.
         if summary.exists(results_store.results_dir(opts.output)):
             console.emit("nothing_new", f"Nothing new to score; the results already in {opts.output} "
@@ -168,9 +194,10 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
             finalise.finalise(plan, summary.EMPTY_COUNTS)
         return _NothingToDo(opts.output, opts.max_error_fraction, opts.run_id)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, opts, metadata, plan, key)
-    console.emit("start", f"Run {opts.run_id}: {len(todo)} input(s), model {metadata['name']} "
-                 f"v{metadata['version']}, output {opts.output}", run_id=opts.run_id, inputs=len(todo))
+    build(pipeline, opts, metadata, plan, key, accession_key)
+    console.emit("start", f"Run {opts.run_id}: {len(todo) + len(web)} input(s), model {metadata['name']} "
+                 f"v{metadata['version']} on {opts.engine}, output {opts.output}", run_id=opts.run_id,
+                 inputs=len(todo) + len(web), engine=opts.engine)
     with console.Progress():
         result = pipeline.run()
         if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits

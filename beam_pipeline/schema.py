@@ -37,6 +37,11 @@ IMAGE_SCHEMA = pa.schema([
     ("series_instance_uid", pa.string()),
     ("sop_instance_uid", pa.string()),
     ("modality", pa.string()),
+    ("accession_number", pa.string()),    # keyed pseudonym (p-...) unless --keep-accession-numbers
+    ("study_date", pa.string()),          # DICOM DA, YYYYMMDD
+    ("series_description", pa.string()),
+    ("series_number", pa.int32()),
+    ("instance_number", pa.int32()),
     ("status", pa.string()),              # ok / error / skipped
     ("error_code", pa.string()),          # see beam_pipeline/error_codes.py
     ("error_message", pa.string()),

@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.utils import shared
 
-from beam_pipeline import archives, console, decoding, error_codes, model_store, pseudonym, schema, summary
+from beam_pipeline import archives, console, decoding, dicomweb, error_codes, model_store, pseudonym, schema, summary
 from beam_pipeline.finalise import Finalise
 from beam_pipeline.inference import KerasChunkModelHandler
 from beam_pipeline.studies import AggregateStudies
@@ -47,36 +47,99 @@ def _first(values):
     return next(iter(values))
 
 
+class _SearchStudies(beam.DoFn):
+    """dicomweb:// input -> (input, Study Instance UID) for every matching study (QIDO-RS, paged)."""
+
+    def process(self, uri):
+        try:
+            for study in dicomweb.search_studies(uri):
+                yield uri, study
+        except Exception as e:
+            yield beam.pvalue.TaggedOutput("failed", archives.Chunk(uri.partition("?")[0], "dicomweb", 0, [
+                archives.MemberRef("", 0, None, "input_unreadable", f"QIDO-RS search failed: {type(e).__name__}: {e}")]))
+
+
+class _ListStudy(beam.DoFn):
+    """(input, study) -> Chunks of that study's instances (one ref per SOP Instance UID)."""
+
+    def __init__(self, limits):
+        self._limits = limits
+
+    def process(self, item):
+        uri, study = item
+        base, _ = dicomweb.parse(uri)
+        source = f"{uri.partition('?')[0].rstrip('/')}/studies/{study}"
+        try:
+            refs = [archives.MemberRef(f"{series}/{sop}", 0, (base, study, series, sop, self._limits.max_member_bytes))
+                    for series, sop in dicomweb.instances(uri, study)]
+        except Exception as e:
+            refs = [archives.MemberRef("", 0, None, "input_unreadable",
+                                       f"QIDO-RS series/instance search failed: {type(e).__name__}: {e}")]
+        for index in range(0, len(refs), self._limits.chunk_size):
+            chunk = archives.Chunk(source, "dicomweb", index // self._limits.chunk_size,
+                                   refs[index:index + self._limits.chunk_size])
+            console.COUNTS.add(listed=len(chunk.refs))
+            yield chunk
+
+
 class ExpandInputs(beam.PTransform):
-    """PBegin -> PCollection[Chunk], spread across workers by a Reshuffle."""
+    """PBegin -> PCollection[Chunk], spread across workers by a Reshuffle.
+
+    File globs (local or gs://) are matched and listed; dicomweb:// inputs are
+    searched study by study (dicomweb.py)."""
 
     def __init__(self, patterns, limits=archives.Limits()):
         super().__init__()
-        self._patterns = list(patterns)
+        self._patterns = [p for p in patterns if not dicomweb.is_dicomweb(p)]
+        self._dicomweb = [p for p in patterns if dicomweb.is_dicomweb(p)]
         self._limits = limits
 
     def expand(self, pbegin):
-        return (pbegin
+        branches = []
+        if self._patterns:
+            branches.append(
+                pbegin
                 | "Patterns" >> beam.Create(self._patterns)
                 | "MatchInputs" >> fileio.MatchAll()
                 # An input matched by two globs is one input: scored and counted once.
                 | "KeyByPath" >> beam.Map(lambda m: (m.path, m))
                 | "OnePerPath" >> beam.CombinePerKey(_first)
                 | "Inputs" >> beam.Values()
-                | "ListMembers" >> beam.ParDo(_ListChunks(self._limits))
-                | "SpreadChunks" >> beam.Reshuffle())
+                | "ListMembers" >> beam.ParDo(_ListChunks(self._limits)))
+        if self._dicomweb:
+            studies = (pbegin
+                       | "DicomwebInputs" >> beam.Create(sorted(set(self._dicomweb)))
+                       | "SearchStudies" >> beam.ParDo(_SearchStudies()).with_outputs("failed", main="studies"))
+            branches.append(studies.failed)
+            branches.append(studies.studies
+                            | "SpreadStudies" >> beam.Reshuffle()
+                            | "ListStudyInstances" >> beam.ParDo(_ListStudy(self._limits)))
+        chunks = branches[0] if len(branches) == 1 else tuple(branches) | "AllChunks" >> beam.Flatten()
+        return chunks | "SpreadChunks" >> beam.Reshuffle()
 
 
 class _DecodeChunk(beam.DoFn):
     """Chunk -> (row templates, stacked model inputs) + finished error/skipped rows."""
 
-    def __init__(self, run_id, input_spec, model_info, pseudonym_key=None):
+    def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
+                 accession_key=None):
+        self._dicomweb_max_parallel = dicomweb_max_parallel or dicomweb.DEFAULT_MAX_PARALLEL
         self._run_id = run_id
         self._ps = pseudonym.Pseudonymiser(pseudonym_key)
+        self._accession = pseudonym.Pseudonymiser(accession_key)  # None key: in clear (opted in)
         self._spec = preprocessing.InputSpec.from_dict(input_spec)
         self._model_info = model_info
         self._counts = {s: Metrics.counter("BrainScreening", f"images_{s}") for s in
                         (schema.STATUS_OK, schema.STATUS_ERROR, schema.STATUS_SKIPPED)}
+
+    def setup(self):
+        dicomweb.configure(self._dicomweb_max_parallel)
+
+    def _dicom(self, fields):
+        """Header fields for a row: the accession number, an identifier, as a keyed pseudonym."""
+        if fields.get("accession_number"):
+            fields = {**fields, "accession_number": self._accession.component(fields["accession_number"])}
+        return fields
 
     def _row(self, chunk, ref, **fields):
         return schema.empty_row(run_id=self._run_id, source_uri=self._ps.uri(chunk.source_uri),
@@ -112,7 +175,7 @@ class _DecodeChunk(beam.DoFn):
                 decoded = decoding.decode(data, ref.path or chunk.source_uri)
             except decoding.DecodeError as e:
                 yield self._failed(chunk, ref, e.code, str(e), content_sha256=digest,
-                                   image_format=e.image_format)
+                                   image_format=e.image_format, **self._dicom(e.fields))
                 continue
             for frame in decoded.frames:
                 try:
@@ -125,7 +188,7 @@ class _DecodeChunk(beam.DoFn):
                 templates.append(self._row(
                     chunk, ref, content_sha256=digest, image_format=decoded.image_format,
                     width=decoded.width, height=decoded.height, frame_index=frame.frame_index,
-                    **decoded.dicom))
+                    **self._dicom(decoded.dicom)))
                 inputs.append(x)
         if inputs:
             yield templates, np.stack(inputs)
@@ -137,9 +200,10 @@ class DecodeImages(beam.PTransform):
     With a `pseudonym_key`, paths in rows are keyed pseudonyms (see pseudonym.py).
     """
 
-    def __init__(self, run_id, input_spec, model_info, pseudonym_key=None):
+    def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
+                 accession_key=None):
         super().__init__()
-        self._fn = _DecodeChunk(run_id, input_spec, model_info, pseudonym_key)
+        self._fn = _DecodeChunk(run_id, input_spec, model_info, pseudonym_key, dicomweb_max_parallel, accession_key)
 
     def expand(self, chunks):
         return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, main="images")
@@ -225,11 +289,12 @@ class ScoreImages(beam.PTransform):
     """
 
     def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmap_dirs=None, ood_threshold=None,
-                 threshold_source="artifact"):
+                 threshold_source="artifact", engine="tensorflow", model_copies=0):
         super().__init__()
         self._model_uri = model_uri
         self._handler = KeyedModelHandler(KerasChunkModelHandler(
-            model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1))))
+            model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1)), engine=engine,
+            model_copies=model_copies))
         self._threshold = threshold
         self._heatmap_dirs = heatmap_dirs
         self._ood_threshold = ood_threshold
@@ -288,10 +353,11 @@ class WriteResults(beam.PTransform):
 
     Returns the promoted run summary (one element)."""
 
-    def __init__(self, plan, num_shards=0):
+    def __init__(self, plan, num_shards=0, write_back=None):
         super().__init__()
         self._plan = plan
         self._num_shards = num_shards
+        self._write_back = write_back  # a write_back.WriteBack, or None
 
     def _parquet(self, name, schema_):
         return beam.io.WriteToParquet(f"{self._plan.staging}/{name}-{self._plan.stage_id}", schema=schema_,
@@ -303,4 +369,5 @@ class WriteResults(beam.PTransform):
                    | "AggregateStudies" >> AggregateStudies()
                    | "WriteStudies" >> self._parquet("studies", schema.STUDY_SCHEMA))
         counts = rows | "Summarise" >> beam.CombineGlobally(_SummaryFn())
-        return counts | "Finalise" >> Finalise(self._plan, written, studies)
+        stored = rows | "WriteBack" >> self._write_back if self._write_back else None
+        return counts | "Finalise" >> Finalise(self._plan, written, studies, stored)

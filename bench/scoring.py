@@ -6,8 +6,10 @@ Packs N images (half into a zip, half into a tar.gz), then times
   limit      one process: read members, decode + preprocess (the same functions
              the pipeline calls), model.predict_on_batch at --batch-size;
   pipeline   `python -m beam_pipeline.run` in a fresh process on DirectRunner
-             (1 worker in_memory; 2 workers multi_threading and multi_processing), wall time
-             including start-up, plus the start-up alone (imports + model load).
+             (1 worker in_memory; 2 workers multi_threading and multi_processing), with
+             --engine tensorflow and onnxruntime, wall time including start-up, plus the
+             start-up alone (imports + model load). The limit loop is TensorFlow predict
+             only; the pipeline also computes the OOD guard's features.
 Ratio = pipeline images/s / limit images/s, all measured in this one run.
 """
 import argparse
@@ -83,11 +85,14 @@ def main():
     startup = startup_seconds(args.model)
     rows = [{"stage": "limit: decode+preprocess+predict loop", "images": n, "seconds": secs,
              "images_per_s": limit_ips, "ratio_to_limit": 1.0}]
-    for label, extra in [("pipeline DirectRunner 1 worker", ["--direct_num_workers", "1"]),
-                         ("pipeline DirectRunner 2 workers multi_threading",
-                          ["--direct_num_workers", "2", "--direct_running_mode", "multi_threading"]),
-                         ("pipeline DirectRunner 2 workers multi_processing",
-                          ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])]:
+    configs = []
+    for engine in ("tensorflow", "onnxruntime"):  # the pipeline also computes the OOD guard's features
+        configs += [(f"pipeline [{engine}] DirectRunner 1 worker", ["--direct_num_workers", "1", "--engine", engine]),
+                    (f"pipeline [{engine}] DirectRunner 2 workers multi_threading",
+                     ["--direct_num_workers", "2", "--direct_running_mode", "multi_threading", "--engine", engine])]
+    configs.append(("pipeline [auto] DirectRunner 2 workers multi_processing",
+                    ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]))
+    for label, extra in configs:
         wall = pipeline_run(inputs, os.path.join(args.work, "out"), args.model, args.batch_size,
                             args.chunk_size, extra)
         rows.append({"stage": label, "images": n, "seconds": wall, "images_per_s": n / wall,

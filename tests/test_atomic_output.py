@@ -64,14 +64,20 @@ def test_promotion_is_atomic_for_a_reader(tmp_path):
     assert [os.path.basename(p) for p in glob.glob(f"{out}/_previous/*")] == ["run79"]  # only the last one kept
 
 
-def test_incremental_run_on_the_same_output_keeps_earlier_rows(tmp_path):
+def _incremental_setup(tmp_path, first_zip, n, *extra):
+    """(inputs folder, manifest, output, argv) for --manifest runs over inputs/*.zip."""
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     inputs = tmp_path / "in"
     inputs.mkdir()
-    _zip(inputs / "morning.zip", range(4))
+    _zip(inputs / first_zip, range(n))
     mf, out = str(tmp_path / "manifest.json"), str(tmp_path / "out")
     argv = ["--input", str(inputs / "*.zip"), "--keep-paths", "--output", out, "--model", model_dir,
-            "--manifest", mf]
+            "--manifest", mf, *extra]
+    return inputs, mf, out, argv
+
+
+def test_incremental_run_on_the_same_output_keeps_earlier_rows(tmp_path):
+    inputs, mf, out, argv = _incremental_setup(tmp_path, "morning.zip", 4)
     run.run(argv + ["--run-id", "am"])
     first = rows_mod.images(out)
     _zip(inputs / "afternoon.zip", range(4, 7))
@@ -111,13 +117,7 @@ def _wait_for(predicate, timeout, proc):
 
 
 def test_kill_minus_9_mid_run_keeps_the_previous_result_and_the_rerun_scores_everything(tmp_path):
-    model_dir = tiny_model.write_tiny_artifact(tmp_path)
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    _zip(inputs / "monday.zip", range(3))
-    mf, out = str(tmp_path / "manifest.json"), str(tmp_path / "out")
-    argv = ["--input", str(inputs / "*.zip"), "--keep-paths", "--output", out, "--model", model_dir,
-            "--manifest", mf, "--chunk-size", "8"]
+    inputs, mf, out, argv = _incremental_setup(tmp_path, "monday.zip", 3, "--chunk-size", "8")
     run.run(argv + ["--run-id", "monday"])
     before, manifest_before = stable(rows_mod.images(out)), open(mf).read()
     _zip(inputs / "tuesday.zip", range(3, 1503), size=48)  # long enough to be killed mid-run

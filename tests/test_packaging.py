@@ -25,6 +25,7 @@ def test_sdist_contains_packages_and_default_model(tmp_path):
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
     for needed in ("setup.py", "trainer/preprocessing.py", "trainer/artifact.py", "beam_pipeline/run.py",
                    "beam_pipeline/transforms.py", f"{DEFAULT_MODEL}/model.keras", f"{DEFAULT_MODEL}/metadata.json", f"{DEFAULT_MODEL}/SHA256SUMS",
+                   f"{DEFAULT_MODEL}/model.onnx", f"{DEFAULT_MODEL}/ood_reference.npz",
                    f"{DEFAULT_MODEL}/model_card.md"):
         assert needed in names, needed
     assert not any("_work" in n or n.startswith("tests/") for n in names)

@@ -1,0 +1,162 @@
+"""PACS out: a DICOM Structured Report per scored series, stored back into its study.
+
+Radiologists see results where they read: in the viewer, next to the images.
+For every series scored from a dicomweb:// input, `--write-back` stores (STOW-RS)
+a Comprehensive SR into the same study, built with highdicom:
+
+  Diagnostic imaging report (LOINC 18748-4)
+    CONTAINS Finding: brain tumor suspected / not suspected / images unlike the
+             training data (not judged)              [coding scheme 99BRAINSCREEN]
+    CONTAINS Maximum tumor probability (num, UCUM {ratio}), Operating threshold (num)
+    CONTAINS Algorithm: model name, version, sha256; "research screening aid, not a
+             diagnostic device" (text)
+    CONTAINS Source: one image reference per scored instance
+
+Patient and study attributes come from the source instances' own metadata
+(WADO-RS, one request per series), never from our rows. UIDs are derived
+deterministically (ISO/IEC 9834-8 `2.25.` UUID form) from the source series
+UID, the model's sha256 and the threshold, so a rerun, or a bundle the runner
+retries, stores the same SR again (the PACS keeps one; the test saw duplicates
+with random UIDs) and a new model or threshold gives a new one. A store that
+fails is counted in `_SUMMARY.json` (`write_back`); the scores stay in the tables.
+"""
+import apache_beam as beam
+import numpy as np
+
+from beam_pipeline import dicomweb, schema
+
+SCHEME = "99BRAINSCREEN"
+MANUFACTURER = "brain-mri-screening (open source)"
+
+
+def _codes():
+    from highdicom.sr import CodedConcept
+    return {
+        "report": CodedConcept("18748-4", "LN", "Diagnostic imaging report"),
+        "finding": CodedConcept("121071", "DCM", "Finding"),
+        schema.LABEL_TUMOR: CodedConcept("TUMOR_SUSPECTED", SCHEME, "Brain tumor suspected"),
+        schema.LABEL_NO_TUMOR: CodedConcept("NO_TUMOR_SUSPECTED", SCHEME, "No brain tumor suspected"),
+        schema.LABEL_OOD: CodedConcept("NOT_JUDGED_OOD", SCHEME, "Images unlike the training data: not judged"),
+        "probability": CodedConcept("MAX_TUMOR_PROB", SCHEME, "Maximum tumor probability"),
+        "threshold": CodedConcept("THRESHOLD", SCHEME, "Operating threshold"),
+        "algorithm": CodedConcept("ALGORITHM", SCHEME, "Algorithm"),
+        "source": CodedConcept("260753009", "SCT", "Source"),
+        "ratio": CodedConcept("{ratio}", "UCUM", "ratio"),
+    }
+
+
+def series_finding(rows):
+    """The series' label: tumor if any image is; else not judged if any image is out of distribution."""
+    labels = {r["predicted_label"] for r in rows}
+    for label in (schema.LABEL_TUMOR, schema.LABEL_OOD):
+        if label in labels:
+            return label
+    return schema.LABEL_NO_TUMOR
+
+
+def _uuid_uid(*parts):
+    """A `2.25.` UID from a name-based UUID (version 5 layout over sha256): same parts, same UID."""
+    import hashlib
+    import uuid
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()[:16]
+    return f"2.25.{uuid.UUID(bytes=digest, version=5).int}"
+
+
+def uids(series_uid, model_sha256, threshold):
+    """(SR series UID, SR instance UID): deterministic, so a rerun does not duplicate the report."""
+    src = (series_uid, model_sha256, f"{threshold:.6f}")
+    return _uuid_uid(*src, "sr-series"), _uuid_uid(*src, "sr-instance")
+
+
+def build_sr(evidence, rows, model_info, threshold):
+    """A highdicom ComprehensiveSR for one series' scored `rows`, evidence = the source datasets."""
+    import highdicom as hd
+    c = _codes()
+    finding = series_finding(rows)
+    probs = [r["tumor_probability"] for r in rows]
+    by_sop = {ds.SOPInstanceUID: ds for ds in evidence}
+    items = [
+        hd.sr.CodeContentItem(c["finding"], c[finding], relationship_type="CONTAINS"),
+        hd.sr.NumContentItem(c["probability"], float(np.max(probs)), c["ratio"], relationship_type="CONTAINS"),
+        hd.sr.NumContentItem(c["threshold"], float(threshold), c["ratio"], relationship_type="CONTAINS"),
+        hd.sr.TextContentItem(c["algorithm"], f"{model_info['model_name']} v{model_info['model_version']} "
+                              f"sha256 {model_info['model_sha256']}; research screening aid, not a diagnostic "
+                              "device", relationship_type="CONTAINS"),
+    ]
+    for r in sorted(rows, key=lambda r: r["sop_instance_uid"]):
+        ds = by_sop.get(r["sop_instance_uid"])
+        if ds is not None:
+            items.append(hd.sr.ImageContentItem(c["source"], ds.SOPClassUID, ds.SOPInstanceUID,
+                                                relationship_type="CONTAINS"))
+    root = hd.sr.ContainerContentItem(c["report"])
+    root.ContentSequence = hd.sr.ContentSequence(items)
+    series_uid, sop_uid = uids(rows[0]["series_instance_uid"], model_info["model_sha256"], threshold)
+    return hd.sr.ComprehensiveSR(
+        evidence=[by_sop[r["sop_instance_uid"]] for r in rows if r["sop_instance_uid"] in by_sop],
+        content=hd.sr.ContentSequence([root], is_root=True), series_instance_uid=series_uid, series_number=9901,
+        sop_instance_uid=sop_uid, instance_number=1, manufacturer=MANUFACTURER, is_complete=True)
+
+
+# Type 2 attributes (present, may be empty) of the Patient and General Study modules that the SR copies
+# from its evidence; archives often omit them, and highdicom then refuses to build the report.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def series_evidence(base, study, series):
+    """Source datasets (metadata only, no pixels) of one series, via WADO-RS."""
+    from pydicom import Dataset
+    out = []
+    for m in dicomweb.client(base).retrieve_series_metadata(study, series):
+        ds = Dataset.from_json(m)
+        for keyword in _TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+        out.append(ds)
+    return out
+
+
+class _StoreReport(beam.DoFn):
+    """(series UID, rows) -> (stored, failed, error text): one SR stored per series."""
+
+    def __init__(self, base, model_info, threshold):
+        self._base, self._model_info, self._threshold = base, model_info, threshold
+
+    def process(self, keyed):
+        _, rows = keyed
+        rows = list(rows)
+        try:
+            evidence = series_evidence(self._base, rows[0]["study_instance_uid"], rows[0]["series_instance_uid"])
+            sr = build_sr(evidence, rows, self._model_info, self._threshold)
+            dicomweb.client(self._base).store_instances([sr])
+            yield 1, 0, ""
+        except Exception as e:  # the PACS refused or is down: the scores are still in the tables
+            yield 0, 1, f"{type(e).__name__}: {e}"[:300]
+
+
+def _merge(results):
+    out = {"series_stored": 0, "series_failed": 0, "errors": []}
+    for stored, failed, error in results:
+        out["series_stored"] += stored
+        out["series_failed"] += failed
+        if error and len(out["errors"]) < 5:
+            out["errors"].append(error)
+    return out
+
+
+class WriteBack(beam.PTransform):
+    """Scored rows -> one SR per DICOM series stored into the PACS; returns one summary dict."""
+
+    def __init__(self, dicomweb_uri, model_info, threshold):
+        super().__init__()
+        self._base, _ = dicomweb.parse(dicomweb_uri)
+        self._model_info, self._threshold = model_info, threshold
+
+    def expand(self, rows):
+        return (rows
+                | "ScoredDicom" >> beam.Filter(lambda r: r["status"] == schema.STATUS_OK and r["series_instance_uid"])
+                | "BySeries" >> beam.Map(lambda r: (r["series_instance_uid"], r))
+                | "GroupSeries" >> beam.GroupByKey()
+                | "StoreReports" >> beam.ParDo(_StoreReport(self._base, self._model_info, self._threshold))
+                | "Tally" >> beam.combiners.ToList()
+                | "Merge" >> beam.Map(_merge))

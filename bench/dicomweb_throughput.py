@@ -1,0 +1,88 @@
+"""Scoring from a PACS (Orthanc, DICOMweb) vs from a local zip of the same instances, same run.
+
+  .venv/bin/python bench/dicomweb_throughput.py [--studies 10 --per-study 40 --size 256]
+
+Loads generated 16-bit MR instances into a local Orthanc (tests/orthanc.py; Debian packages orthanc,
+orthanc-dicomweb), writes the same bytes into a zip, and times:
+  fetch     WADO-RS retrieval alone (dicomweb.retrieve, 4 threads) vs reading the zip's members;
+  pipeline  brain-score on the dicomweb:// input vs on the zip (2 workers multi_threading, no review outputs).
+"""
+import argparse
+import concurrent.futures
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import common  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studies", type=int, default=10)
+    parser.add_argument("--per-study", type=int, default=40)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--model", default=common.DEFAULT_MODEL)
+    args = parser.parse_args()
+    from pydicom.uid import generate_uid
+    from beam_pipeline import archives, dicomweb, sample_data
+    from tests import orthanc
+    if not orthanc.available():
+        sys.exit(orthanc.SKIP_REASON)
+    work = Path(tempfile.mkdtemp(prefix="bench-dicomweb-"))
+    url, proc = orthanc.start(work)
+    try:
+        blobs = []
+        for p in range(args.studies):
+            study, series = generate_uid(), generate_uid()
+            for n in range(args.per_study):
+                arr = sample_data.synthetic_slice(p * 1000 + n, args.size, lesion=bool(n % 3 == 0))
+                blobs.append(sample_data.dicom_bytes(arr, p, study, series, n))
+        for b in blobs:
+            orthanc.upload(url, b)
+        zpath = work / "same.zip"
+        with zipfile.ZipFile(zpath, "w") as zf:
+            for i, b in enumerate(blobs):
+                zf.writestr(f"{i:05d}.dcm", b)
+        n = len(blobs)
+        uri = f"dicomweb://{url.split('://', 1)[1]}/dicom-web"
+        refs = [(s, se, sop) for s in dicomweb.search_studies(uri) for se, sop in dicomweb.instances(uri, s)]
+        base, _ = dicomweb.parse(uri)
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            list(ex.map(lambda r: dicomweb.retrieve(base, *r, 1 << 30), refs))
+        fetch_web = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for chunk in archives.list_chunks(str(zpath), os.path.getsize(zpath)):
+            for _ in archives.read_members(chunk):
+                pass
+        fetch_zip = time.perf_counter() - t0
+        rows = [{"stage": "fetch: WADO-RS retrieve (4 threads)", "instances": len(refs), "seconds": fetch_web,
+                 "instances_per_s": len(refs) / fetch_web},
+                {"stage": "fetch: zip members", "instances": n, "seconds": fetch_zip, "instances_per_s": n / fetch_zip}]
+        for label, inp in (("pipeline: dicomweb://", uri), ("pipeline: zip", str(zpath))):
+            cmd = [sys.executable, "-m", "beam_pipeline.run", "--input", inp, "--output", str(work / label[10:13]),
+                   "--model", args.model, "--no-heatmaps", "--no-report", "--direct_num_workers", "2",
+                   "--direct_running_mode", "multi_threading", "--max-error-fraction", "1"]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, cwd=common.REPO)
+            wall = time.perf_counter() - t0
+            rows.append({"stage": label, "instances": n, "seconds": wall, "instances_per_s": n / wall})
+        for r in rows:
+            r["ratio_to_zip"] = None
+        rows[0]["ratio_to_zip"] = rows[0]["instances_per_s"] / rows[1]["instances_per_s"]
+        rows[2]["ratio_to_zip"] = rows[2]["instances_per_s"] / rows[3]["instances_per_s"]
+        rows[1]["ratio_to_zip"] = rows[3]["ratio_to_zip"] = 1.0
+        common.report("dicomweb_throughput", rows, {"instance": f"{args.size}x{args.size} 16-bit MR, uncompressed",
+                                                    "server": "Orthanc (Debian) on loopback"})
+    finally:
+        orthanc.stop(proc)
+
+
+if __name__ == "__main__":
+    main()

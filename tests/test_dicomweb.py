@@ -1,0 +1,145 @@
+"""DICOMweb in: a real Orthanc loaded with generated MR studies, searched and scored by brain-score."""
+import io
+import time
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from beam_pipeline import run, sample_data
+from tests import rows as rows_mod
+from tests import tiny_model
+from tests.orthanc import orthanc, upload  # noqa: F401  (orthanc is a fixture)
+
+
+def _instance(patient, study, series, s, n, date, corrupt=False):
+    arr = sample_data.synthetic_slice(n + 31 * patient, 48, lesion=bool(n % 2))
+    ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(arr, patient, study, series, n)))
+    ds.StudyDate = date
+    ds.AccessionNumber = f"ACC{patient:05d}"
+    ds.SeriesDescription = ("AX FLAIR", "AX T1 POST")[s]
+    ds.SeriesNumber = 1 + s
+    if corrupt:
+        ds.PixelData = ds.PixelData[:100]  # header says 48x48 16-bit; the pixels are cut
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return ds.SOPInstanceUID, buf.getvalue()
+
+
+def _load(url):
+    """3 studies (2 in November, 1 in October) x 2 series x 3 instances, one broken instance."""
+    expected = {}
+    for patient, date in ((1, "20261103"), (2, "20261120"), (3, "20261015")):
+        study = generate_uid()
+        for s in range(2):
+            series = generate_uid()
+            for n in range(3):
+                corrupt = patient == 2 and s == 1 and n == 2
+                sop, data = _instance(patient, study, series, s, n, date, corrupt)
+                upload(url, data)
+                expected[sop] = (date, corrupt)
+    return expected
+
+
+@pytest.fixture(scope="module")
+def pacs(orthanc):  # noqa: F811
+    """(Orthanc URL, {SOP Instance UID: (StudyDate, corrupt)}) once per module."""
+    return orthanc, _load(orthanc)
+
+
+def test_pacs_search_and_scoring(pacs, tmp_path, capsys):
+    orthanc, expected = pacs
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    host = orthanc.split("://", 1)[1]
+    out = tmp_path / "out"
+    query = f"dicomweb://{host}/dicom-web?StudyDate=20261101-20261126&Modality=MR"
+    assert run.main(["--input", query, "--output", str(out), "--model", model_dir,
+                     "--dicomweb-max-parallel", "2", "--max-error-fraction", "0.2"]) == 0
+    rows = rows_mod.images(out)
+    november = {sop: v for sop, v in expected.items() if v[0].startswith("202611")}
+    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(november)
+    assert len(rows) == len(november) == 12  # one row per instance, the broken one included
+    bad = [r for r in rows if r["status"] != "ok"]
+    assert len(bad) == 1 and bad[0]["error_code"] == "dicom_corrupt"
+    assert {r["modality"] for r in rows if r["status"] == "ok"} == {"MR"}
+    assert all(r["study_instance_uid"] for r in rows if r["status"] == "ok")
+    studies = rows_mod.images(out, "studies-*.parquet")
+    assert len(studies) == 4  # 2 studies x 2 series
+    assert "FAKE-" not in repr(rows) and "DEMO^PATIENT" not in repr(rows) and "ACC0" not in repr(rows)
+    assert {r["accession_number"][:2] for r in rows} == {"p-"}  # a keyed pseudonym, one per exam
+    assert len({r["accession_number"] for r in rows}) == 2
+    assert {r["series_description"] for r in rows} == {"AX FLAIR", "AX T1 POST"}
+    assert {r["study_date"] for r in rows} == {"20261103", "20261120"}
+    assert sorted({r["instance_number"] for r in rows}) == [0, 1, 2]
+    assert bad[0]["sop_instance_uid"] and bad[0]["series_number"] in (1, 2)  # an error row still says which
+
+
+def test_unreachable_pacs_fails_before_work(tmp_path, capsys):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    started = time.time()
+    assert run.main(["--input", "dicomweb://127.0.0.1:9/dicom-web", "--output", str(tmp_path / "o"),
+                     "--model", model_dir]) == 2
+    assert "does not answer QIDO-RS" in capsys.readouterr().err
+    assert time.time() - started < 60
+
+
+def _srs(url):
+    from dicomweb_client.api import DICOMwebClient
+    c = DICOMwebClient(f"{url}/dicom-web")
+    found = c.search_for_instances(search_filters={"Modality": "SR"})
+    return c, [(i["0020000D"]["Value"][0], i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in found]
+
+
+def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
+    import highdicom as hd
+    orthanc, _ = pacs
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    host = orthanc.split("://", 1)[1]
+    before = len(_srs(orthanc)[1])
+    query = f"dicomweb://{host}/dicom-web?StudyDate=20261015"  # the October study: 2 series, 6 instances
+    argv = ["--input", query, "--output", str(tmp_path / "out"), "--model", model_dir, "--write-back"]
+    assert run.main(argv) == 0
+    summary = run.read_summary(str(tmp_path / "out"))
+    assert summary["write_back"] == {"series_stored": 2, "series_failed": 0, "errors": []}
+    client, srs = _srs(orthanc)
+    assert len(srs) == before + 2
+    rows = [r for r in rows_mod.images(tmp_path / "out") if r["status"] == "ok"]
+    for study, series, sop in srs[-2:]:
+        sr = hd.sr.srread(io.BytesIO(_part10(client.retrieve_instance(study, series, sop))))
+        assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33" and sr.Modality == "SR"  # Comprehensive SR
+        assert sr.ConceptNameCodeSequence[0].CodeValue == "18748-4"
+        assert sr.StudyInstanceUID == study and sr.PatientID.startswith("FAKE-")  # copied from the source, into its study
+        items = {item.name.meaning: item for item in sr.ContentSequence}
+        source = [i.referenced_sop_instance_uid for i in sr.ContentSequence if i.name.meaning == "Source"]
+        series_rows = [r for r in rows if r["sop_instance_uid"] in source]
+        assert len(series_rows) == 3
+        assert abs(items["Maximum tumor probability"].value - max(r["tumor_probability"] for r in series_rows)) < 1e-5
+        assert items["Finding"].value.scheme_designator == "99BRAINSCREEN"
+        assert "not a diagnostic device" in items["Algorithm"].value
+    assert run.main(argv) == 0  # a rerun stores the same UIDs: no duplicates
+    assert len(_srs(orthanc)[1]) == before + 2
+
+
+def _part10(ds):
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=False)
+    return buf.getvalue()
+
+
+def test_dataflow_job_with_a_dicomweb_input_builds(pacs, gcs, tmp_path):  # noqa: F811
+    """DataflowRunner --dry_run: the DICOMweb stages and the write-back are in the job graph."""
+    from tests.conftest import BUCKET, upload as gcs_upload
+    orthanc_url, _ = pacs
+    gcs_upload(tiny_model.write_tiny_artifact(tmp_path), "dw/models/tiny/1")
+    result = run.run([
+        "--input", f"dicomweb://{orthanc_url.split('://', 1)[1]}/dicom-web?Modality=MR", "--write-back",
+        "--output", f"gs://{BUCKET}/dw/out", "--model", f"gs://{BUCKET}/dw/models/tiny/1",
+        "--runner", "DataflowRunner", "--dry_run=True", "--no_auth", "--project", "hospital-ml",
+        "--region", "europe-west4", "--temp_location", f"gs://{BUCKET}/dw/tmp",
+        "--staging_location", f"gs://{BUCKET}/dw/staging", "--sdk_location", "container",
+        "--sdk_container_image", "us-central1-docker.pkg.dev/hospital-ml/screening/brain-screening-worker:0.1.0",
+    ], save_main_session=False)
+    names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
+    for step in ("ExpandInputs/SearchStudies", "ExpandInputs/ListStudyInstances", "DecodeImages/Decode",
+                 "WriteResults/WriteBack/StoreReports", "WriteResults/Finalise/Promote"):
+        assert any(n == step or n.startswith(step + "/") for n in names), step

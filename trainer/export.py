@@ -1,0 +1,108 @@
+"""Export an artifact's model to ONNX for the faster CPU engine (ONNX Runtime).
+
+  python -m trainer.export models/brain-tumor-cnn/3
+
+Writes `model.onnx` beside `model.keras`: the same weights, with the OOD
+guard's pooled activations as extra outputs when the artifact has an OOD
+reference (one forward pass gives probability and features, as on
+TensorFlow). The export is refused unless ONNX Runtime reproduces
+TensorFlow's probabilities within PARITY_TOLERANCE on the artifact's own
+validation images (or generated inputs when those are not on this machine);
+the measured difference, the opset and the output names go into
+metadata.json["engines"], and SHA256SUMS is re-sealed. TensorFlow stays the
+engine for training, GPUs and Grad-CAM.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+
+ONNX_FILE = "model.onnx"
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+def _scoring_model(model, with_features):
+    from trainer import ood
+    return ood.feature_model(model) if with_features else model
+
+
+def convert(model, path, with_features):
+    """Write the ONNX graph of the scoring model; returns its output names in order."""
+    import tensorflow as tf
+    import tf2onnx
+    scoring = _scoring_model(model, with_features)
+    h, w, c = model.input_shape[1:]
+    spec = (tf.TensorSpec((None, h, w, c), tf.float32, name="image"),)
+
+    @tf.function(input_signature=spec)
+    def forward(x):
+        return scoring(x, training=False)
+
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=OPSET, output_path=path)
+    return [o.name for o in proto.graph.output]
+
+
+def parity_inputs(version_dir, spec, n=256):
+    """Up to n of the artifact's validation images, else generated head-like inputs."""
+    from trainer import ood, preprocessing
+    try:
+        paths = [r["path"] for r in ood._split_rows(version_dir) if r["split"] == "validation"]
+        paths = [p for p in paths if os.path.exists(p)][:n]
+    except OSError:
+        paths = []
+    if paths:
+        return np.stack(ood.read_inputs(paths, spec)), "validation images"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:spec.height, 0:spec.width] / spec.height - 0.5
+    imgs = [((xx / rng.uniform(0.3, 0.45)) ** 2 + (yy / rng.uniform(0.3, 0.45)) ** 2 < 1)
+            * rng.uniform(0.2, 1.0, (spec.height, spec.width)) for _ in range(64)]
+    return np.stack([preprocessing.prepare(i.astype(np.float32), spec) for i in imgs]), "generated inputs"
+
+
+def export(version_dir):
+    """Convert, check parity, record and seal; returns the metadata["engines"] entry."""
+    import onnxruntime as ort
+    from trainer import artifact, ood, preprocessing
+    model, metadata = artifact.load(version_dir)
+    spec = preprocessing.InputSpec.from_dict(metadata["input_spec"])
+    with_features = bool(metadata.get("ood"))
+    path = os.path.join(version_dir, ONNX_FILE)
+    tmp = path + ".tmp"
+    outputs = convert(model, tmp, with_features)
+    x, what = parity_inputs(version_dir, spec)
+    sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})
+    want = _scoring_model(model, with_features).predict(x, batch_size=64, verbose=0)
+    want = want if isinstance(want, list) else [want]
+    dp = float(np.max(np.abs(np.asarray(got[0]).reshape(-1) - np.asarray(want[0]).reshape(-1))))
+    if dp > PARITY_TOLERANCE:
+        os.remove(tmp)
+        raise artifact.ArtifactError(f"ONNX Runtime differs from TensorFlow by {dp:.2e} > {PARITY_TOLERANCE}; "
+                                     "not exported")
+    os.replace(tmp, path)
+    entry = {"file": ONNX_FILE, "opset": OPSET, "outputs": outputs,
+             "feature_outputs": ood.layer_names(model) if with_features else [],
+             "max_abs_probability_difference": dp, "parity_checked_on": f"{len(x)} {what}"}
+    md_path = os.path.join(version_dir, artifact.METADATA_FILE)
+    with open(md_path) as f:
+        md = json.load(f)
+    md.setdefault("engines", {})["onnxruntime"] = entry
+    with open(md_path, "w") as f:
+        json.dump(md, f, indent=2, sort_keys=True)
+    artifact.seal(version_dir)
+    return entry
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact")
+    args = parser.parse_args(argv)
+    print(json.dumps(export(args.artifact), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
