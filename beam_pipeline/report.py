@@ -14,6 +14,8 @@ import os
 import posixpath
 import sys
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -30,11 +32,23 @@ def _read(path):
         return f.read()
 
 
-def _table(pattern):
+def _table(pattern, columns=None):
+    """An Arrow table of the matching Parquet files, only `columns` read (None if no file).
+
+    The report never holds the image table as Python rows: at the 10 M images a night of
+    docs/dataflow.md that would be tens of GB. It reads the columns it needs, computes counts and
+    the histogram in Arrow/NumPy, and turns into rows only what the page shows (bounded)."""
+    import pyarrow as pa
     paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    if not paths:
-        return []
-    return [row for p in sorted(paths) for row in pq.read_table(io.BytesIO(_read(p))).to_pylist()]
+    tables = []
+    for path in sorted(paths):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables) if tables else None
+
+
+_IMAGE_COLUMNS = ["status", "error_code", "error_message", "source_uri", "member_path", "tumor_probability",
+                  "threshold", "heatmap_path", "study_instance_uid", "series_instance_uid"]
 
 
 def _data_uri(png):
@@ -90,15 +104,31 @@ def render(folder):
     prefix = folder.rstrip("/")
     summary = run_summary.read(folder)
     totals = summary.get("result") or summary  # a result can hold several incremental runs
-    images = _table(prefix + "/images-*.parquet")
-    studies = _table(prefix + "/studies-*.parquet")
-    ok = [r for r in images if r["status"] == "ok"]
-    threshold = ok[0]["threshold"] if ok else float("nan")
-    by_study = {}
+    import pyarrow.compute as pc
     from beam_pipeline.studies import study_key
-    for r in ok:
-        by_study.setdefault(study_key(r), []).append(r)
-    flagged = sorted((s for s in studies if s["flagged"]), key=lambda s: -s["max_probability"])
+    images = _table(prefix + "/images-*.parquet", _IMAGE_COLUMNS)
+    study_table = _table(prefix + "/studies-*.parquet")
+    n_studies = 0 if study_table is None else study_table.num_rows
+    flagged_table = None if study_table is None else study_table.filter(pc.field("flagged"))
+    n_flagged = 0 if flagged_table is None else flagged_table.num_rows
+    flagged = [] if flagged_table is None else flagged_table.sort_by(
+        [("max_probability", "descending")]).slice(0, MAX_FLAGGED_STUDIES).to_pylist()
+    ok = images.filter(pc.field("status") == "ok") if images is not None else None
+    probs = ok.column("tumor_probability").to_numpy() if ok is not None and ok.num_rows else np.zeros(0)
+    threshold = ok.column("threshold")[0].as_py() if probs.size else float("nan")
+    # Heatmap rows of the studies on the page only (top MAX_FLAGGED_STUDIES), as Python rows.
+    by_study = {}
+    if ok is not None and flagged:
+        shown_uids = [s["study_instance_uid"] for s in flagged if s["study_instance_uid"]]
+        shown_sources = [s["source_uri"] for s in flagged if not s["study_instance_uid"]]
+        near = ok.filter(pc.is_valid(pc.field("heatmap_path")) & (
+            pc.is_in(pc.field("study_instance_uid"), pa.array(shown_uids, pa.string())) |
+            pc.is_in(pc.field("source_uri"), pa.array(shown_sources, pa.string()))))
+        for r in near.to_pylist():
+            by_study.setdefault(study_key(r), []).append(r)
+    bad = images.filter(pc.field("status") != "ok") if images is not None else None
+    n_errors = 0 if bad is None else bad.num_rows
+    errors = [] if bad is None else bad.slice(0, MAX_ERRORS).to_pylist()
     md = _model_metadata(summary)
     parts = [f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>Brain-MRI screening run {_esc(summary['run_id'])}</title>
@@ -120,15 +150,16 @@ every study still needs a radiologist's read.</p>
 <tr><th>flagged images</th><td>{totals['flagged']}</td></tr>
 <tr><th>out of distribution (below threshold, not judged)</th><td>{totals.get('out_of_distribution', 0)}</td></tr>
 <tr><th>runs in this result</th><td>{_esc(", ".join(totals.get("run_ids", [summary["run_id"]])))}</td></tr>
-<tr><th>flagged studies / series</th><td>{len(flagged)} of {len(studies)}</td></tr>
+<tr><th>flagged studies / series</th><td>{n_flagged} of {n_studies}</td></tr>
 <tr><th>throughput (last run)</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>
 <tr><th>inputs</th><td>{totals['sources']}</td></tr>
 </table>"""]
-    if ok:
+    if probs.size:
         parts.append(f'<h2>Probabilities</h2><img id="histogram" alt="histogram of tumor probabilities" '
-                     f'src="{_data_uri(_histogram_png([r["tumor_probability"] for r in ok], threshold))}">')
-    parts.append(f'<h2>Flagged studies ({len(flagged)})</h2><div id="flagged">')
-    for s in flagged[:MAX_FLAGGED_STUDIES]:
+                     f'src="{_data_uri(_histogram_png(probs, threshold))}">')
+    shown = f" (showing the {len(flagged)} highest)" if n_flagged > len(flagged) else ""
+    parts.append(f'<h2>Flagged studies ({n_flagged}){shown}</h2><div id="flagged">')
+    for s in flagged:
         title = (f"Study {s['study_instance_uid']} / series {s['series_instance_uid']}" if s["study_instance_uid"]
                  else f"{os.path.basename(s['source_uri'] or '')} : {s['folder'] or '/'}")
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
@@ -148,10 +179,10 @@ every study still needs a radiologist's read.</p>
                          f'p={r["tumor_probability"]:.3f}</figcaption></figure>')
         parts.append("</div>")
     parts.append("</div>")
-    errors = [r for r in images if r["status"] != "ok"]
-    parts.append(f'<h2>Errors and skipped inputs ({len(errors)})</h2><table id="errors">'
+    more = f" (showing the first {len(errors)})" if n_errors > len(errors) else ""
+    parts.append(f'<h2>Errors and skipped inputs ({n_errors}){more}</h2><table id="errors">'
                  "<tr><th>status</th><th>code</th><th>input</th><th>member</th><th>message</th></tr>")
-    for r in errors[:MAX_ERRORS]:
+    for r in errors:
         parts.append(f"<tr><td>{_esc(r['status'])}</td><td>{_esc(r['error_code'])}</td>"
                      f"<td>{_esc(os.path.basename(r['source_uri']))}</td><td>{_esc(r['member_path'])}</td>"
                      f"<td>{_esc((r['error_message'] or '')[:200])}</td></tr>")

@@ -80,6 +80,22 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's chromium)")
+def test_report_shows_a_bounded_page_and_says_so(review_run, monkeypatch):
+    """The page lists the top studies and the first errors, with a notice, whatever the run's size."""
+    out = review_run[0]
+    folder = rows_mod.result_file(out, "")
+    full = report.render(folder)
+    n_shown = full.count('class="study"')
+    assert n_shown >= 2 and "showing the" not in full
+    monkeypatch.setattr(report, "MAX_FLAGGED_STUDIES", 1)
+    monkeypatch.setattr(report, "MAX_ERRORS", 1)
+    page = report.render(folder)
+    assert page.count('class="study"') == 1 and "(showing the 1 highest)" in page
+    assert "(showing the first 1)" in page
+    top = max(float(m) for m in re.findall(r'data-max-probability="([0-9.]+)"', full))
+    assert f'data-max-probability="{top:.4f}"' in page  # the highest study is the one kept
+
+
 def test_report_renders_in_headless_chromium(review_run, tmp_path):
     out, _, studies, _, _ = review_run
     url = "file://" + os.path.abspath(rows_mod.result_file(out, "report.html"))
