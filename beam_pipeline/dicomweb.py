@@ -79,7 +79,13 @@ def _value(item, tag):
     return str(v[0]) if v else None
 
 
-STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+STUDY_UID, SERIES_UID, SOP_UID, MODALITY, SERIES_DESCRIPTION = "0020000D", "0020000E", "00080018", "00080060", \
+    "0008103E"
+# Series that are not images to screen: reports, key objects, presentation states, segmentations, ...
+NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "SEG", "REG", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "AU", "ECG"}
+# Our own write-back (--write-back) must never be screened again: its overlays are images too, and a
+# rerun over the same studies would score them and write reports about its own reports.
+OWN_SERIES_PREFIX = "Grad-CAM overlay (brain-mri-screening"
 
 
 def _paged(search, **kwargs):
@@ -103,10 +109,14 @@ def search_studies(uri):
 
 
 def instances(uri, study):
-    """(series UID, SOP Instance UID) of every instance of one study."""
+    """(series UID, SOP Instance UID) of every image instance of one study (see NON_IMAGE_MODALITIES)."""
     base, _ = parse(uri)
     c = client(base)
-    for series in _paged(c.search_for_series, study_instance_uid=study, fields=[SERIES_UID]):
+    for series in _paged(c.search_for_series, study_instance_uid=study,
+                         fields=[SERIES_UID, MODALITY, SERIES_DESCRIPTION]):
+        if _value(series, MODALITY) in NON_IMAGE_MODALITIES or \
+                (_value(series, SERIES_DESCRIPTION) or "").startswith(OWN_SERIES_PREFIX):
+            continue
         series_uid = _value(series, SERIES_UID)
         for inst in _paged(c.search_for_instances, study_instance_uid=study, series_instance_uid=series_uid,
                            fields=[SOP_UID]):

@@ -98,7 +98,7 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
     if opts.write_back:
         from beam_pipeline import write_back
         back = write_back.WriteBack(next(p for p in opts.input if dicomweb.is_dicomweb(p)), plan.model_info,
-                                    threshold)
+                                    threshold, heatmap_dirs[0] if heatmap_dirs else None)
     return rows | "WriteResults" >> WriteResults(plan, opts.num_shards, back)
 
 

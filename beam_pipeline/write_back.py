@@ -12,6 +12,9 @@ a Comprehensive SR into the same study, built with highdicom:
              diagnostic device" (text)
     CONTAINS Source: one image reference per scored instance
 
+and, for each flagged image with a Grad-CAM overlay, a Secondary Capture (RGB,
+highdicom) of input + overlay in a series of its own, oriented like its source.
+
 Patient and study attributes come from the source instances' own metadata
 (WADO-RS, one request per series), never from our rows. UIDs are derived
 deterministically (ISO/IEC 9834-8 `2.25.` UUID form) from the source series
@@ -116,11 +119,67 @@ def series_evidence(base, study, series):
     return out
 
 
-class _StoreReport(beam.DoFn):
-    """(series UID, rows) -> (stored, failed, error text): one SR stored per series."""
+_AXES = (("L", "R"), ("P", "A"), ("H", "F"))
 
-    def __init__(self, base, model_info, threshold):
+
+def patient_orientation(ds):
+    """(row, column) direction letters from ImageOrientationPatient or PatientOrientation; None if unknown.
+
+    The overlay keeps the source's in-plane axes (head crop, square pad, resize), so it keeps its
+    orientation; without one we store no overlay rather than claim a wrong one."""
+    iop = ds.get("ImageOrientationPatient")
+    if iop is not None and len(iop) == 6:
+        letters = []
+        for vec in (iop[:3], iop[3:]):
+            axis = int(np.argmax(np.abs(vec)))
+            letters.append(_AXES[axis][0] if vec[axis] > 0 else _AXES[axis][1])
+        return tuple(letters)
+    po = ds.get("PatientOrientation")
+    return (str(po[0]), str(po[1])) if po is not None and len(po) == 2 else None
+
+
+def build_overlay(ref, png_bytes, model_info, threshold, number):
+    """A Secondary Capture of a flagged image's input + Grad-CAM overlay, in the source's study."""
+    import io
+
+    import highdicom as hd
+    from PIL import Image
+    orientation = patient_orientation(ref)
+    if orientation is None:
+        return None
+    pixels = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB"))
+    series_uid, _ = uids(ref.SeriesInstanceUID, model_info["model_sha256"], threshold)
+    sc_series = _uuid_uid(series_uid, "sc-series")
+    return hd.sc.SCImage.from_ref_dataset(
+        ref, pixels, "RGB", 8, "PATIENT", sc_series, 9902, _uuid_uid(ref.SOPInstanceUID, series_uid, "sc"), number,
+        MANUFACTURER, patient_orientation=orientation,
+        series_description=f"{dicomweb.OWN_SERIES_PREFIX}, research, not diagnostic)")
+
+
+class _StoreReport(beam.DoFn):
+    """(series UID, rows) -> (stored, failed, error text, overlays stored): one SR per series, and a
+    Secondary Capture of the Grad-CAM overlay for each flagged image that has one."""
+
+    def __init__(self, base, model_info, threshold, heatmap_dir=None):
         self._base, self._model_info, self._threshold = base, model_info, threshold
+        self._heatmap_dir = heatmap_dir  # the run's staging heatmaps/ (rows name the promoted path)
+
+    def _overlays(self, rows, evidence):
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+        by_sop = {ds.SOPInstanceUID: ds for ds in evidence}
+        out = []
+        for number, r in enumerate(sorted((r for r in rows if r["heatmap_path"]),
+                                          key=lambda r: r["sop_instance_uid"]), start=1):
+            ref = by_sop.get(r["sop_instance_uid"])
+            if ref is None:
+                continue
+            name = r["heatmap_path"].rsplit("/", 1)[-1]
+            with FileSystems.open(f"{self._heatmap_dir}/{name}", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                sc = build_overlay(ref, f.read(), self._model_info, self._threshold, number)
+            if sc is not None:
+                out.append(sc)
+        return out
 
     def process(self, keyed):
         _, rows = keyed
@@ -128,17 +187,19 @@ class _StoreReport(beam.DoFn):
         try:
             evidence = series_evidence(self._base, rows[0]["study_instance_uid"], rows[0]["series_instance_uid"])
             sr = build_sr(evidence, rows, self._model_info, self._threshold)
-            dicomweb.client(self._base).store_instances([sr])
-            yield 1, 0, ""
+            overlays = self._overlays(rows, evidence) if self._heatmap_dir else []
+            dicomweb.client(self._base).store_instances([sr, *overlays])
+            yield 1, 0, "", len(overlays)
         except Exception as e:  # the PACS refused or is down: the scores are still in the tables
-            yield 0, 1, f"{type(e).__name__}: {e}"[:300]
+            yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0
 
 
 def _merge(results):
-    out = {"series_stored": 0, "series_failed": 0, "errors": []}
-    for stored, failed, error in results:
+    out = {"series_stored": 0, "series_failed": 0, "overlays_stored": 0, "errors": []}
+    for stored, failed, error, overlays in results:
         out["series_stored"] += stored
         out["series_failed"] += failed
+        out["overlays_stored"] += overlays
         if error and len(out["errors"]) < 5:
             out["errors"].append(error)
     return out
@@ -147,16 +208,18 @@ def _merge(results):
 class WriteBack(beam.PTransform):
     """Scored rows -> one SR per DICOM series stored into the PACS; returns one summary dict."""
 
-    def __init__(self, dicomweb_uri, model_info, threshold):
+    def __init__(self, dicomweb_uri, model_info, threshold, heatmap_dir=None):
         super().__init__()
         self._base, _ = dicomweb.parse(dicomweb_uri)
         self._model_info, self._threshold = model_info, threshold
+        self._heatmap_dir = heatmap_dir
 
     def expand(self, rows):
         return (rows
                 | "ScoredDicom" >> beam.Filter(lambda r: r["status"] == schema.STATUS_OK and r["series_instance_uid"])
                 | "BySeries" >> beam.Map(lambda r: (r["series_instance_uid"], r))
                 | "GroupSeries" >> beam.GroupByKey()
-                | "StoreReports" >> beam.ParDo(_StoreReport(self._base, self._model_info, self._threshold))
+                | "StoreReports" >> beam.ParDo(_StoreReport(self._base, self._model_info, self._threshold,
+                                                            self._heatmap_dir))
                 | "Tally" >> beam.combiners.ToList()
                 | "Merge" >> beam.Map(_merge))

@@ -19,6 +19,7 @@ def _instance(patient, study, series, s, n, date, corrupt=False):
     ds.AccessionNumber = f"ACC{patient:05d}"
     ds.SeriesDescription = ("AX FLAIR", "AX T1 POST")[s]
     ds.SeriesNumber = 1 + s
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]  # axial
     if corrupt:
         ds.PixelData = ds.PixelData[:100]  # header says 48x48 16-bit; the pixels are cut
     buf = io.BytesIO()
@@ -97,10 +98,11 @@ def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
     host = orthanc.split("://", 1)[1]
     before = len(_srs(orthanc)[1])
     query = f"dicomweb://{host}/dicom-web?StudyDate=20261015"  # the October study: 2 series, 6 instances
-    argv = ["--input", query, "--output", str(tmp_path / "out"), "--model", model_dir, "--write-back"]
+    argv = ["--input", query, "--output", str(tmp_path / "out"), "--model", model_dir, "--write-back",
+            "--threshold", "0.001"]  # every image flagged: every one gets a Grad-CAM overlay
     assert run.main(argv) == 0
     summary = run.read_summary(str(tmp_path / "out"))
-    assert summary["write_back"] == {"series_stored": 2, "series_failed": 0, "errors": []}
+    assert summary["write_back"] == {"series_stored": 2, "series_failed": 0, "overlays_stored": 6, "errors": []}
     client, srs = _srs(orthanc)
     assert len(srs) == before + 2
     rows = [r for r in rows_mod.images(tmp_path / "out") if r["status"] == "ok"]
@@ -116,8 +118,18 @@ def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
         assert abs(items["Maximum tumor probability"].value - max(r["tumor_probability"] for r in series_rows)) < 1e-5
         assert items["Finding"].value.scheme_designator == "99BRAINSCREEN"
         assert "not a diagnostic device" in items["Algorithm"].value
+    found = client.search_for_instances(search_filters={"Modality": "OT"})
+    assert len(found) == 6
+    one = found[0]
+    sc = client.retrieve_instance(one["0020000D"]["Value"][0], one["0020000E"]["Value"][0], one["00080018"]["Value"][0])
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.PhotometricInterpretation == "RGB"  # Secondary Capture
+    assert list(sc.PatientOrientation) == ["L", "P"] and "Grad-CAM" in sc.SeriesDescription
+    assert sc.StudyInstanceUID in {s for s, _, _ in srs} and sc.pixel_array.shape[-1] == 3
     assert run.main(argv) == 0  # a rerun stores the same UIDs: no duplicates
     assert len(_srs(orthanc)[1]) == before + 2
+    # ... and never screens the reports and overlays it stored into the study (6 source images only)
+    assert len(rows_mod.images(tmp_path / "out")) == 6
+    assert len(client.search_for_instances(search_filters={"Modality": "OT"})) == 6
 
 
 def _part10(ds):
