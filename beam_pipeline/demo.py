@@ -71,6 +71,7 @@ def _print_summary(summary, output):
         print(f"  {r['tumor_probability']:.3f}  {os.path.basename(r['source_uri'])}:{r['member_path']}")
     print(f"\nImage table (Parquet): {', '.join(summary['output_files'])}")
     print(f"Study table (Parquet): {', '.join(summary.get('study_files', []))}")
+    print(f"Series table:          {', '.join(summary.get('series_files', []))}")
     print(f"Grad-CAM heatmaps:     {os.path.join(output, 'heatmaps')}/ ({len(flagged)} flagged images)")
     print(f"Run report:            {os.path.join(output, 'report.html')}  <- open in a browser")
     print(f"Summary:               {os.path.join(output, '_SUMMARY.json')}")

@@ -20,7 +20,7 @@ import apache_beam as beam
 
 from beam_pipeline import drift, manifest, report, results_store, summary
 
-CARRIED_PREFIXES = ("images-", "studies-", "heatmaps/")
+CARRIED_PREFIXES = ("images-", "series-", "studies-", "heatmaps/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +50,11 @@ class Plan:
         return f"{results_store.results_dir(self.output)}/{rel}"
 
 
-def finalise(plan, counts, images_files=(), study_files=(), write_back=None):
+def finalise(plan, counts, images_files=(), study_files=(), write_back=None, series_files=()):
     """Steps 1-4 above; returns the summary that was promoted."""
     images = [plan.final_path(p) for p in images_files]
     studies = [plan.final_path(p) for p in study_files]
+    series = [plan.final_path(p) for p in series_files]
     elapsed = time.time() - plan.started_at
     with results_store.finalise_lock(plan.output):
         result = None
@@ -63,6 +64,8 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None):
                                     images, studies, result)
         run_summary["drift"] = drift.assess(counts, plan.drift_reference)
         run_summary["engine"] = plan.engine
+        run_summary["series_files"] = sorted(series)
+        run_summary["result"]["series_files"] = sorted(set(run_summary["result"].get("series_files", [])) | set(series))
         if write_back is not None:
             run_summary["write_back"] = write_back
         summary.write(plan.staging, run_summary)
@@ -89,31 +92,35 @@ def _carry_over(plan, counts, images, studies):
     merged = summary.merge_counts(previous, counts)
     carried_images = [f"{results}/{n}" for n in names if n.startswith("images-")]
     carried_studies = [f"{results}/{n}" for n in names if n.startswith("studies-")]
+    carried_series = [f"{results}/{n}" for n in names if n.startswith("series-")]
     return {"run_ids": [*previous.get("run_ids", []), plan.run_id], **merged,
             "output_files": sorted(carried_images + list(images)),
-            "study_files": sorted(carried_studies + list(studies))}
+            "study_files": sorted(carried_studies + list(studies)), "series_files": carried_series}
 
 
 class _FinaliseFn(beam.DoFn):
     def __init__(self, plan):
         self._plan = plan
 
-    def process(self, counts, images_files, study_files, write_back=()):
-        yield finalise(self._plan, counts, images_files, study_files, write_back[0] if write_back else None)
+    def process(self, counts, images_files, study_files, series_files, write_back=()):
+        yield finalise(self._plan, counts, images_files, study_files, write_back[0] if write_back else None,
+                       series_files)
 
 
 class Finalise(beam.PTransform):
     """counts (one element) + the sinks' file lists (+ the PACS write-back tally) -> the promoted summary."""
 
-    def __init__(self, plan, images_files, study_files, write_back=None):
+    def __init__(self, plan, images_files, study_files, write_back=None, series_files=None):
         super().__init__()
         self._plan = plan
         self._images_files = images_files
         self._study_files = study_files
+        self._series_files = series_files
         self._write_back = write_back
 
     def expand(self, counts):
         extra = {"write_back": beam.pvalue.AsList(self._write_back)} if self._write_back is not None else {}
         return counts | "Promote" >> beam.ParDo(
             _FinaliseFn(self._plan), images_files=beam.pvalue.AsList(self._images_files),
-            study_files=beam.pvalue.AsList(self._study_files), **extra)
+            study_files=beam.pvalue.AsList(self._study_files),
+            series_files=beam.pvalue.AsList(self._series_files), **extra)

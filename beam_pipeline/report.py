@@ -95,6 +95,23 @@ def _drift_html(drift):
             f'(limit {drift["score_psi_limit"]}).</p>')
 
 
+def _worklist_html(worklist, total):
+    """Studies by highest tumor probability: the order a radiologist should read them in."""
+    if not worklist:
+        return ""
+    shown = f" (showing the {len(worklist)} highest of {total})" if total > len(worklist) else ""
+    rows = []
+    for s in worklist:
+        what = (f"accession {s['accession_number'] or '-'}, {s['study_date'] or 'no date'}"
+                if s["group_kind"] == "dicom_study" else f"folder {s['folder'] or '/'} of {os.path.basename(s['source_uri'] or '')}")
+        rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
+                    f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
+                    f"{s['n_series']} series</td><td>{_esc(', '.join(s['flagged_series']) or '-')}</td></tr>")
+    return (f'<h2>Worklist: studies by highest probability{shown}</h2><table id="worklist"><tr><th>max p</th>'
+            '<th>study</th><th>modalities</th><th>flagged slices</th><th>flagged series</th></tr>'
+            + "".join(rows) + "</table>")
+
+
 def _esc(v):
     return html.escape("" if v is None else str(v))
 
@@ -107,7 +124,11 @@ def render(folder):
     import pyarrow.compute as pc
     from beam_pipeline.studies import study_key
     images = _table(prefix + "/images-*.parquet", _IMAGE_COLUMNS)
-    study_table = _table(prefix + "/studies-*.parquet")
+    study_table = _table(prefix + "/series-*.parquet")  # the flagged section shows series with heatmaps
+    worklist_table = _table(prefix + "/studies-*.parquet")
+    worklist = [] if worklist_table is None else worklist_table.sort_by(
+        [("max_probability", "descending")]).slice(0, MAX_FLAGGED_STUDIES).to_pylist()
+    n_exams = 0 if worklist_table is None else worklist_table.num_rows
     n_studies = 0 if study_table is None else study_table.num_rows
     flagged_table = None if study_table is None else study_table.filter(pc.field("flagged"))
     n_flagged = 0 if flagged_table is None else flagged_table.num_rows
@@ -150,15 +171,16 @@ every study still needs a radiologist's read.</p>
 <tr><th>flagged images</th><td>{totals['flagged']}</td></tr>
 <tr><th>out of distribution (below threshold, not judged)</th><td>{totals.get('out_of_distribution', 0)}</td></tr>
 <tr><th>runs in this result</th><td>{_esc(", ".join(totals.get("run_ids", [summary["run_id"]])))}</td></tr>
-<tr><th>flagged studies / series</th><td>{n_flagged} of {n_studies}</td></tr>
+<tr><th>flagged series / folders</th><td>{n_flagged} of {n_studies}</td></tr>
 <tr><th>throughput (last run)</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>
 <tr><th>inputs</th><td>{totals['sources']}</td></tr>
 </table>"""]
+    parts.append(_worklist_html(worklist, n_exams))
     if probs.size:
         parts.append(f'<h2>Probabilities</h2><img id="histogram" alt="histogram of tumor probabilities" '
                      f'src="{_data_uri(_histogram_png(probs, threshold))}">')
     shown = f" (showing the {len(flagged)} highest)" if n_flagged > len(flagged) else ""
-    parts.append(f'<h2>Flagged studies ({n_flagged}){shown}</h2><div id="flagged">')
+    parts.append(f'<h2>Flagged series ({n_flagged}){shown}</h2><div id="flagged">')
     for s in flagged:
         title = (f"Study {s['study_instance_uid']} / series {s['series_instance_uid']}" if s["study_instance_uid"]
                  else f"{os.path.basename(s['source_uri'] or '')} : {s['folder'] or '/'}")

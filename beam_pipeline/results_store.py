@@ -5,7 +5,8 @@
     <output>/_previous/<run>/           the result before the current one, kept until the next
                                         promotion so that a reader who listed it can finish reading
     <output>/results/                   the current complete result: images-*.parquet,
-                                        studies-*.parquet, heatmaps/, report.html, _SUMMARY.json
+                                        series-*.parquet, studies-*.parquet, heatmaps/,
+                                        report.html, _SUMMARY.json
 
 Reader contract (docs/reliability.md): glob `<output>/**/images-*.parquet`
 and skip every path with a component starting with `_` or `.` (Hadoop's,

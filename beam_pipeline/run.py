@@ -279,6 +279,7 @@ def main(argv=None):
     keys = ("run_id", "rows", "by_status", "by_error_code", "flagged", "out_of_distribution", "images_per_second")
     console.emit("summary", json.dumps({k: counts.get(k) for k in keys}, indent=2), **{k: counts.get(k) for k in keys})
     outputs = {"image table": f"{prefix}/images-*.parquet", "study table": f"{prefix}/studies-*.parquet",
+               "series table": f"{prefix}/series-*.parquet",
                "heatmaps": f"{prefix}/heatmaps/", "report": f"{prefix}/report.html",
                "summary": f"{prefix}/_SUMMARY.json"}
     console.emit("outputs", "Outputs:\n" + "\n".join(f"  {k:12s} {v}" for k, v in outputs.items()),

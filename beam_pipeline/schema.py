@@ -60,8 +60,8 @@ IMAGE_SCHEMA = pa.schema([
 
 COLUMNS = IMAGE_SCHEMA.names
 
-# One row per DICOM study+series; non-DICOM images are grouped by archive and folder.
-STUDY_SCHEMA = pa.schema([
+# One row per DICOM series; non-DICOM images are grouped by archive and folder (how exports lay out a series).
+SERIES_SCHEMA = pa.schema([
     ("run_id", pa.string()),
     ("study_key", pa.string()),           # study/series UIDs, or source_uri!folder for non-DICOM
     ("study_instance_uid", pa.string()),
@@ -69,12 +69,37 @@ STUDY_SCHEMA = pa.schema([
     ("source_uri", pa.string()),          # an input holding the group's images (the first seen)
     ("folder", pa.string()),              # member folder for non-DICOM groups, else null
     ("modality", pa.string()),
+    ("series_description", pa.string()),
+    ("series_number", pa.int32()),
     ("n_images", pa.int64()),             # ok (scored) images
     ("n_flagged", pa.int64()),
     ("max_probability", pa.float32()),
     ("mean_probability", pa.float32()),
     ("flagged", pa.bool_()),              # any image at or above threshold
     ("top_members", pa.list_(pa.string())),  # member paths of the highest-probability images
+    ("threshold", pa.float32()),
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+])
+
+# One row per DICOM study (StudyInstanceUID), the unit a radiologist's worklist shows; a non-DICOM
+# archive folder is its own row, labelled group_kind = "folder".
+STUDY_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("study_key", pa.string()),           # StudyInstanceUID, or source_uri!folder for non-DICOM
+    ("group_kind", pa.string()),          # dicom_study / folder
+    ("study_instance_uid", pa.string()),
+    ("accession_number", pa.string()),    # keyed pseudonym unless --keep-accession-numbers
+    ("study_date", pa.string()),
+    ("source_uri", pa.string()),
+    ("folder", pa.string()),
+    ("modalities", pa.list_(pa.string())),
+    ("n_series", pa.int64()),
+    ("n_images", pa.int64()),
+    ("n_flagged", pa.int64()),            # flagged slices
+    ("max_probability", pa.float32()),
+    ("flagged", pa.bool_()),
+    ("flagged_series", pa.list_(pa.string())),  # series descriptions (or UIDs / folders) with a flagged slice
     ("threshold", pa.float32()),
     ("model_name", pa.string()),
     ("model_version", pa.string()),

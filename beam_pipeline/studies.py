@@ -1,7 +1,9 @@
-"""Study/series aggregation: radiologists review studies, not loose slices.
+"""Series and study tables: radiologists review studies, not loose slices.
 
-DICOM images group by (StudyInstanceUID, SeriesInstanceUID); other images by
-their archive and folder, which is how exports lay out one series.
+Series: DICOM images group by (StudyInstanceUID, SeriesInstanceUID); other
+images by their archive and folder, which is how exports lay out one series.
+Studies: series rows group by StudyInstanceUID (a non-DICOM folder stays one
+row, labelled as a folder), the worklist unit.
 """
 import posixpath
 
@@ -37,7 +39,8 @@ class StudyCombineFn(beam.CombineFn):
         if acc["first"] is None:
             acc["first"] = {k: row.get(k) for k in ("study_instance_uid", "series_instance_uid", "source_uri",
                                                     "member_path", "modality", "threshold", "run_id",
-                                                    "model_name", "model_version")}
+                                                    "model_name", "model_version", "series_description",
+                                                    "series_number", "accession_number", "study_date")}
         return acc
 
     def merge_accumulators(self, accs):
@@ -58,7 +61,9 @@ class StudyCombineFn(beam.CombineFn):
             "run_id": f.get("run_id"), "study_instance_uid": f.get("study_instance_uid"),
             "series_instance_uid": f.get("series_instance_uid"), "source_uri": f.get("source_uri"),
             "folder": None if dicom else posixpath.dirname(f.get("member_path") or ""),
-            "modality": f.get("modality"), "n_images": acc["n"], "n_flagged": acc["flagged"],
+            "modality": f.get("modality"), "series_description": f.get("series_description"),
+            "series_number": f.get("series_number"), "accession_number": f.get("accession_number"),
+            "study_date": f.get("study_date"), "n_images": acc["n"], "n_flagged": acc["flagged"],
             "max_probability": acc["max"], "mean_probability": acc["sum"] / max(acc["n"], 1),
             "flagged": acc["flagged"] > 0, "top_members": [m for _, m in acc["top"]],
             "threshold": f.get("threshold"), "model_name": f.get("model_name"),
@@ -66,12 +71,70 @@ class StudyCombineFn(beam.CombineFn):
         }
 
 
-class AggregateStudies(beam.PTransform):
-    """Image rows -> one STUDY_SCHEMA row per study/series (ok rows only)."""
+def _series_row(key, row):
+    """A SERIES_SCHEMA row (the combine also carries study-level fields for AggregateStudies)."""
+    return {**{k: row[k] for k in schema.SERIES_SCHEMA.names if k in row}, "study_key": key}
+
+
+class AggregateSeries(beam.PTransform):
+    """Image rows -> one SERIES_SCHEMA row per DICOM series or archive folder (ok rows only).
+
+    Returns the series rows with their study-level fields (accession, date) still attached;
+    write them with `series_table_row`."""
 
     def expand(self, rows):
         return (rows
                 | "OkRows" >> beam.Filter(lambda r: r["status"] == "ok")
-                | "KeyByStudy" >> beam.Map(lambda r: (study_key(r), r))
-                | "CombinePerStudy" >> beam.CombinePerKey(StudyCombineFn())
+                | "KeyBySeries" >> beam.Map(lambda r: (study_key(r), r))
+                | "CombinePerSeries" >> beam.CombinePerKey(StudyCombineFn())
+                | "WithKey" >> beam.MapTuple(lambda key, row: {**row, "study_key": key}))
+
+
+def series_table_row(row):
+    return {k: row.get(k) for k in schema.SERIES_SCHEMA.names}
+
+
+def _study_of(series):
+    if series["study_instance_uid"]:
+        return series["study_instance_uid"]
+    return series["study_key"]  # a folder of non-DICOM images is its own "study"
+
+
+class _StudyFromSeries(beam.CombineFn):
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, series):
+        acc.append(series)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [s for a in accs for s in a]
+
+    def extract_output(self, series):
+        first = series[0]
+        dicom = bool(first["study_instance_uid"])
+        flagged = [s for s in series if s["flagged"]]
+        return {
+            "run_id": first["run_id"], "group_kind": "dicom_study" if dicom else "folder",
+            "study_instance_uid": first["study_instance_uid"], "accession_number": first.get("accession_number"),
+            "study_date": first.get("study_date"), "source_uri": first["source_uri"],
+            "folder": None if dicom else first["folder"],
+            "modalities": sorted({s["modality"] for s in series if s["modality"]}),
+            "n_series": len(series), "n_images": sum(s["n_images"] for s in series),
+            "n_flagged": sum(s["n_flagged"] for s in series),
+            "max_probability": max(s["max_probability"] for s in series), "flagged": bool(flagged),
+            "flagged_series": sorted(s.get("series_description") or s["series_instance_uid"] or s["folder"] or "/"
+                                     for s in flagged),
+            "threshold": first["threshold"], "model_name": first["model_name"],
+            "model_version": first["model_version"]}
+
+
+class AggregateStudies(beam.PTransform):
+    """Series rows (from AggregateSeries) -> one STUDY_SCHEMA row per study or folder."""
+
+    def expand(self, series):
+        return (series
+                | "KeyByStudy" >> beam.Map(lambda s: (_study_of(s), s))
+                | "CombinePerStudy" >> beam.CombinePerKey(_StudyFromSeries())
                 | "ToStudyRows" >> beam.MapTuple(lambda key, row: {**row, "study_key": key}))

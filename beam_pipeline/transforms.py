@@ -24,7 +24,7 @@ from apache_beam.utils import shared
 from beam_pipeline import archives, console, decoding, dicomweb, error_codes, model_store, pseudonym, schema, summary
 from beam_pipeline.finalise import Finalise
 from beam_pipeline.inference import KerasChunkModelHandler
-from beam_pipeline.studies import AggregateStudies
+from beam_pipeline.studies import AggregateSeries, AggregateStudies, series_table_row
 from trainer import gradcam, preprocessing
 
 ROWS_TAG = "rows"
@@ -365,9 +365,13 @@ class WriteResults(beam.PTransform):
 
     def expand(self, rows):
         written = rows | "WriteParquet" >> self._parquet("images", schema.IMAGE_SCHEMA)
-        studies = (rows
+        series = rows | "AggregateSeries" >> AggregateSeries()
+        series_files = (series
+                        | "SeriesRows" >> beam.Map(series_table_row)
+                        | "WriteSeries" >> self._parquet("series", schema.SERIES_SCHEMA))
+        studies = (series
                    | "AggregateStudies" >> AggregateStudies()
                    | "WriteStudies" >> self._parquet("studies", schema.STUDY_SCHEMA))
         counts = rows | "Summarise" >> beam.CombineGlobally(_SummaryFn())
         stored = rows | "WriteBack" >> self._write_back if self._write_back else None
-        return counts | "Finalise" >> Finalise(self._plan, written, studies, stored)
+        return counts | "Finalise" >> Finalise(self._plan, written, studies, stored, series_files)

@@ -64,8 +64,11 @@ def test_pacs_search_and_scoring(pacs, tmp_path, capsys):
     assert len(bad) == 1 and bad[0]["error_code"] == "dicom_corrupt"
     assert {r["modality"] for r in rows if r["status"] == "ok"} == {"MR"}
     assert all(r["study_instance_uid"] for r in rows if r["status"] == "ok")
+    assert len(rows_mod.images(out, "series-*.parquet")) == 4  # 2 studies x 2 series
     studies = rows_mod.images(out, "studies-*.parquet")
-    assert len(studies) == 4  # 2 studies x 2 series
+    assert len(studies) == 2 and {s["n_series"] for s in studies} == {2}  # one row per StudyInstanceUID
+    assert {s["study_date"] for s in studies} == {"20261103", "20261120"}
+    assert all(s["accession_number"].startswith("p-") for s in studies)
     assert "FAKE-" not in repr(rows) and "DEMO^PATIENT" not in repr(rows) and "ACC0" not in repr(rows)
     assert {r["accession_number"][:2] for r in rows} == {"p-"}  # a keyed pseudonym, one per exam
     assert len({r["accession_number"] for r in rows}) == 2

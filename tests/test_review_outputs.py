@@ -28,11 +28,26 @@ def review_run(tmp_path_factory):
     run.run(["--input", str(root / "in" / "*"), "--keep-paths", "--output", out, "--model", model_dir,
              "--threshold", repr(threshold), "--run-id", "review"])
     images = rows_mod.images(out)
-    studies = rows_mod.images(out, "studies-*.parquet")
+    studies = rows_mod.images(out, "series-*.parquet")
     return out, images, studies, threshold, sample
 
 
-def test_study_table_aggregates_series_and_folders(review_run):
+def test_study_table_one_row_per_study_or_folder(review_run):
+    out, images, series, threshold, _ = review_run
+    studies = rows_mod.images(out, "studies-*.parquet")
+    dicom = [s for s in studies if s["group_kind"] == "dicom_study"]
+    assert len(dicom) == 2 and all(s["n_series"] == 1 and s["modalities"] == ["MR"] for s in dicom)
+    for s in dicom:
+        mine = [x for x in series if x["study_instance_uid"] == s["study_instance_uid"]]
+        assert s["max_probability"] == pytest.approx(max(x["max_probability"] for x in mine))
+        assert s["n_flagged"] == sum(x["n_flagged"] for x in mine)
+    assert {s["folder"] for s in studies if s["group_kind"] == "folder"} == {"patient_00", "patient_01"}
+    assert sum(s["n_images"] for s in studies) == sum(x["n_images"] for x in series)
+    page = open(rows_mod.result_file(out, "report.html")).read()
+    assert 'id="worklist"' in page
+
+
+def test_series_table_aggregates_series_and_folders(review_run):
     _, images, studies, threshold, _ = review_run
     ok = [r for r in images if r["status"] == "ok"]
     dicom = [s for s in studies if s["study_instance_uid"]]
