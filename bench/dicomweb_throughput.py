@@ -9,7 +9,6 @@ orthanc-dicomweb), writes the same bytes into a zip, and times:
 """
 import argparse
 import concurrent.futures
-import io
 import os
 import subprocess
 import sys
