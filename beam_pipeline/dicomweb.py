@@ -98,14 +98,28 @@ def _paged(search, **kwargs):
         offset += PAGE
 
 
+N_SERIES, N_INSTANCES = "00201206", "00201208"  # NumberOfStudyRelatedSeries / ...Instances
+
+
 def search_studies(uri):
-    """Study Instance UIDs matching the input's filters, every page."""
+    """(Study Instance UID, fingerprint) of every study matching the input's filters, every page.
+
+    The fingerprint (series and instance counts the server reports) is what --manifest
+    remembers: a study that gained a series or an instance is scored again."""
     base, filters = parse(uri)
     c = client(base)
-    for item in _paged(c.search_for_studies, search_filters=filters or None, fields=[STUDY_UID]):
+    for item in _paged(c.search_for_studies, search_filters=filters or None,
+                       fields=[STUDY_UID, N_SERIES, N_INSTANCES]):
         uid = _value(item, STUDY_UID)
         if uid:
-            yield uid
+            counts = [_value(item, tag) for tag in (N_SERIES, N_INSTANCES)]
+            yield uid, {"series": int(counts[0]) if counts[0] else None,
+                        "instances": int(counts[1]) if counts[1] else None}
+
+
+def manifest_key(uri, study):
+    """The manifest entry of one study of a DICOMweb input (server root + Study Instance UID)."""
+    return f"{uri.partition('?')[0].rstrip('/')}#study={study}"
 
 
 def instances(uri, study):

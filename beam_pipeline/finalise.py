@@ -50,7 +50,8 @@ class Plan:
         return f"{results_store.results_dir(self.output)}/{rel}"
 
 
-def finalise(plan, counts, images_files=(), study_files=(), write_back=None, series_files=()):
+def finalise(plan, counts, images_files=(), study_files=(), write_back=None, series_files=(),
+             study_fingerprints=()):
     """Steps 1-4 above; returns the summary that was promoted."""
     images = [plan.final_path(p) for p in images_files]
     studies = [plan.final_path(p) for p in study_files]
@@ -74,7 +75,8 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
         results_store.promote(plan.output, plan.staging)
         if plan.manifest_path:
             # Reloaded under the lock: a run that finished meanwhile keeps its entries.
-            manifest.save(plan.manifest_path, {**manifest.load(plan.manifest_path), **plan.manifest_entries})
+            manifest.save(plan.manifest_path, {**manifest.load(plan.manifest_path), **plan.manifest_entries,
+                                               **dict(study_fingerprints)})
     results_store.remove_stale_staging(plan.output, keep=(plan.stage_id,))
     return run_summary
 
@@ -102,24 +104,28 @@ class _FinaliseFn(beam.DoFn):
     def __init__(self, plan):
         self._plan = plan
 
-    def process(self, counts, images_files, study_files, series_files, write_back=()):
+    def process(self, counts, images_files, study_files, series_files, write_back=(), study_fingerprints=()):
         yield finalise(self._plan, counts, images_files, study_files, write_back[0] if write_back else None,
-                       series_files)
+                       series_files, study_fingerprints)
 
 
 class Finalise(beam.PTransform):
     """counts (one element) + the sinks' file lists (+ the PACS write-back tally) -> the promoted summary."""
 
-    def __init__(self, plan, images_files, study_files, write_back=None, series_files=None):
+    def __init__(self, plan, images_files, study_files, write_back=None, series_files=None,
+                 study_fingerprints=None):
         super().__init__()
         self._plan = plan
         self._images_files = images_files
         self._study_files = study_files
         self._series_files = series_files
         self._write_back = write_back
+        self._study_fingerprints = study_fingerprints
 
     def expand(self, counts):
         extra = {"write_back": beam.pvalue.AsList(self._write_back)} if self._write_back is not None else {}
+        if self._study_fingerprints is not None:
+            extra["study_fingerprints"] = beam.pvalue.AsList(self._study_fingerprints)
         return counts | "Promote" >> beam.ParDo(
             _FinaliseFn(self._plan), images_files=beam.pvalue.AsList(self._images_files),
             study_files=beam.pvalue.AsList(self._study_files),

@@ -3,6 +3,9 @@
 The manifest is one JSON file (local or gs://) mapping each scored input's
 URI to its fingerprint: size and last-modified time as the filesystem reports
 them (on GCS the update time changes with every new generation of an object).
+A study of a DICOMweb input is keyed `<server root>#study=<Study Instance UID>`
+with the series and instance counts the server reports, so a study that gained
+images is scored again.
 An input whose fingerprint is unchanged is skipped; a new or rewritten input
 is scored. The manifest is updated only after a run succeeds, so a failed
 run is simply redone by the next one.
@@ -29,8 +32,10 @@ def load(path):
     try:
         entries = json.loads(raw.decode())["inputs"]
         if not isinstance(entries, dict) or not all(
-                isinstance(v, dict) and {"size", "updated"} <= set(v) for v in entries.values()):
-            raise TypeError("'inputs' is not a mapping of input -> {size, updated}")
+                isinstance(v, dict) and ({"size", "updated"} <= set(v) or {"series", "instances"} <= set(v))
+                for v in entries.values()):
+            raise TypeError("'inputs' is not a mapping of input -> {size, updated} (files) or "
+                            "{series, instances} (DICOMweb studies)")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ManifestError(f"manifest {path} is unreadable ({type(e).__name__}: {e}); move it away to "
                             "rescore everything, or restore its backup") from e
@@ -56,6 +61,11 @@ def save(path, entries):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def known_studies(entries):
+    """The DICOMweb study entries of a loaded manifest."""
+    return {k: v for k, v in entries.items() if "#study=" in k}
 
 
 def new_or_changed(matched, known):

@@ -80,13 +80,14 @@ def _threshold(opts, metadata):
     return metadata["threshold"], "artifact"
 
 
-def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None):
+def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None, known_studies=None):
     """Wire the stages into `pipeline`; returns the PCollection of the promoted run summary."""
     threshold, threshold_source = _threshold(opts, metadata)
     limits = archives.Limits(max_member_bytes=opts.max_member_bytes, chunk_size=opts.chunk_size)
     heatmap_dirs = (f"{plan.staging}/heatmaps", f"{results_store.results_dir(opts.output)}/heatmaps") \
         if opts.heatmaps else None
-    chunks = pipeline | "ExpandInputs" >> ExpandInputs(opts.input, limits)
+    expander = ExpandInputs(opts.input, limits, known_studies)
+    chunks = pipeline | "ExpandInputs" >> expander
     decoded = chunks | "DecodeImages" >> DecodeImages(plan.run_id, metadata["input_spec"], plan.model_info,
                                                       pseudonym_key, opts.dicomweb_max_parallel, accession_key)
     scored = decoded.images | "ScoreImages" >> ScoreImages(
@@ -99,7 +100,8 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
         from beam_pipeline import write_back
         back = write_back.WriteBack(next(p for p in opts.input if dicomweb.is_dicomweb(p)), plan.model_info,
                                     threshold, heatmap_dirs[0] if heatmap_dirs else None)
-    return rows | "WriteResults" >> WriteResults(plan, opts.num_shards, back)
+    fingerprints = expander.study_fingerprints if opts.manifest else None
+    return rows | "WriteResults" >> WriteResults(plan, opts.num_shards, back, fingerprints)
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
@@ -175,9 +177,12 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     except manifest.ManifestError as e:
         raise JobError(str(e)) from e
     todo = manifest.new_or_changed(matched, known) if opts.manifest else matched
-    if opts.manifest:
+    if opts.manifest and files:
         console.emit("manifest", f"Manifest {opts.manifest}: {len(matched) - len(todo)} input(s) unchanged and "
                      f"skipped, {len(todo)} new or changed", unchanged=len(matched) - len(todo), todo=len(todo))
+    if opts.manifest and web:
+        console.emit("manifest", f"Manifest {opts.manifest}: DICOMweb studies are compared with it as they are "
+                     f"found ({len(manifest.known_studies(known))} known)")
         opts.input = [m.path for m in todo] + web  # a PACS is searched anew (filter it by StudyDate)
     plan = finalise.Plan(
         output=opts.output, stage_id=f"{opts.run_id}-{uuid.uuid4().hex[:8]}", run_id=opts.run_id,
@@ -194,7 +199,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
             finalise.finalise(plan, summary.EMPTY_COUNTS)
         return _NothingToDo(opts.output, opts.max_error_fraction, opts.run_id)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, opts, metadata, plan, key, accession_key)
+    build(pipeline, opts, metadata, plan, key, accession_key, manifest.known_studies(known))
     console.emit("start", f"Run {opts.run_id}: {len(todo) + len(web)} input(s), model {metadata['name']} "
                  f"v{metadata['version']} on {opts.engine}, output {opts.output}", run_id=opts.run_id,
                  inputs=len(todo) + len(web), engine=opts.engine)

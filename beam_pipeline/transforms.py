@@ -48,11 +48,23 @@ def _first(values):
 
 
 class _SearchStudies(beam.DoFn):
-    """dicomweb:// input -> (input, Study Instance UID) for every matching study (QIDO-RS, paged)."""
+    """dicomweb:// input -> (input, Study Instance UID) for every matching study (QIDO-RS, paged).
+
+    Studies whose fingerprint equals the manifest's (`known`) are skipped; every other one
+    also goes to the 'fingerprints' output, which finalisation writes into the manifest."""
+
+    def __init__(self, known=None):
+        self._known = dict(known or {})
+        self._skipped = Metrics.counter("BrainScreening", "studies_unchanged")
 
     def process(self, uri):
         try:
-            for study in dicomweb.search_studies(uri):
+            for study, fingerprint in dicomweb.search_studies(uri):
+                key = dicomweb.manifest_key(uri, study)
+                if fingerprint["instances"] is not None and self._known.get(key) == fingerprint:
+                    self._skipped.inc()
+                    continue
+                yield beam.pvalue.TaggedOutput("fingerprints", (key, fingerprint))
                 yield uri, study
         except Exception as e:
             yield beam.pvalue.TaggedOutput("failed", archives.Chunk(uri.partition("?")[0], "dicomweb", 0, [
@@ -88,11 +100,13 @@ class ExpandInputs(beam.PTransform):
     File globs (local or gs://) are matched and listed; dicomweb:// inputs are
     searched study by study (dicomweb.py)."""
 
-    def __init__(self, patterns, limits=archives.Limits()):
+    def __init__(self, patterns, limits=archives.Limits(), known_studies=None):
         super().__init__()
         self._patterns = [p for p in patterns if not dicomweb.is_dicomweb(p)]
         self._dicomweb = [p for p in patterns if dicomweb.is_dicomweb(p)]
         self._limits = limits
+        self._known_studies = known_studies
+        self.study_fingerprints = None  # set by expand() for DICOMweb inputs: (manifest key, fingerprint)
 
     def expand(self, pbegin):
         branches = []
@@ -109,7 +123,9 @@ class ExpandInputs(beam.PTransform):
         if self._dicomweb:
             studies = (pbegin
                        | "DicomwebInputs" >> beam.Create(sorted(set(self._dicomweb)))
-                       | "SearchStudies" >> beam.ParDo(_SearchStudies()).with_outputs("failed", main="studies"))
+                       | "SearchStudies" >> beam.ParDo(_SearchStudies(self._known_studies)).with_outputs(
+                           "failed", "fingerprints", main="studies"))
+            self.study_fingerprints = studies.fingerprints
             branches.append(studies.failed)
             branches.append(studies.studies
                             | "SpreadStudies" >> beam.Reshuffle()
@@ -353,11 +369,12 @@ class WriteResults(beam.PTransform):
 
     Returns the promoted run summary (one element)."""
 
-    def __init__(self, plan, num_shards=0, write_back=None):
+    def __init__(self, plan, num_shards=0, write_back=None, study_fingerprints=None):
         super().__init__()
         self._plan = plan
         self._num_shards = num_shards
         self._write_back = write_back  # a write_back.WriteBack, or None
+        self._study_fingerprints = study_fingerprints  # DICOMweb studies scored, for the manifest
 
     def _parquet(self, name, schema_):
         return beam.io.WriteToParquet(f"{self._plan.staging}/{name}-{self._plan.stage_id}", schema=schema_,
@@ -374,4 +391,5 @@ class WriteResults(beam.PTransform):
                    | "WriteStudies" >> self._parquet("studies", schema.STUDY_SCHEMA))
         counts = rows | "Summarise" >> beam.CombineGlobally(_SummaryFn())
         stored = rows | "WriteBack" >> self._write_back if self._write_back else None
-        return counts | "Finalise" >> Finalise(self._plan, written, studies, stored, series_files)
+        return counts | "Finalise" >> Finalise(self._plan, written, studies, stored, series_files,
+                                               self._study_fingerprints)

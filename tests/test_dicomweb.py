@@ -158,3 +158,33 @@ def test_dataflow_job_with_a_dicomweb_input_builds(pacs, gcs, tmp_path):  # noqa
     for step in ("ExpandInputs/SearchStudies", "ExpandInputs/ListStudyInstances", "DecodeImages/Decode",
                  "WriteResults/WriteBack/StoreReports", "WriteResults/Finalise/Promote"):
         assert any(n == step or n.startswith(step + "/") for n in names), step
+
+
+def test_manifest_makes_pacs_nights_incremental_by_study(pacs, tmp_path):
+    """--manifest with a DICOMweb input: a night scores only new studies and studies that gained images."""
+    import json
+    orthanc, _ = pacs
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    first_study, first_series = generate_uid(), generate_uid()
+    for n in range(4):
+        upload(orthanc, _instance(7, first_study, first_series, 0, n, "20261201")[1])
+    mf, out = str(tmp_path / "manifest.json"), str(tmp_path / "out")
+    argv = ["--input", f"dicomweb://{orthanc.split('://', 1)[1]}/dicom-web?StudyDate=20261201",
+            "--output", out, "--model", model_dir, "--manifest", mf]
+    assert run.main(argv + ["--run-id", "night1"]) == 0
+    assert run.read_summary(out)["rows"] == 4
+    keys = json.load(open(mf))["inputs"]
+    assert list(keys) == [f"http://{orthanc.split('://', 1)[1]}/dicom-web#study={first_study}".replace(
+        "http://", "dicomweb://")] and keys[next(iter(keys))] == {"series": 1, "instances": 4}
+    second_study = generate_uid()
+    for n in range(2):
+        upload(orthanc, _instance(8, second_study, generate_uid(), 0, n, "20261201")[1])
+    assert run.main(argv + ["--run-id", "night2"]) == 0
+    summary = run.read_summary(out)
+    assert summary["rows"] == 2 and summary["result"]["rows"] == 6  # only the new study scored tonight
+    upload(orthanc, _instance(7, first_study, first_series, 0, 4, "20261201")[1])  # a late image
+    assert run.main(argv + ["--run-id", "night3"]) == 0
+    assert run.read_summary(out)["rows"] == 5  # the study that changed, scored again
+    assert run.main(argv + ["--run-id", "night4"]) == 0
+    summary = run.read_summary(out)
+    assert summary["rows"] == 0 and summary["result"]["rows"] == 4 + 2 + 5  # nothing new tonight; nothing lost
