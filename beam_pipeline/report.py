@@ -9,7 +9,6 @@ inlined (data: URIs): it opens offline, from a bucket download or an e-mail.
 import base64
 import html
 import io
-import json
 import os
 import posixpath
 import sys
@@ -102,14 +101,48 @@ def _worklist_html(worklist, total):
     shown = f" (showing the {len(worklist)} highest of {total})" if total > len(worklist) else ""
     rows = []
     for s in worklist:
-        what = (f"accession {s['accession_number'] or '-'}, {s['study_date'] or 'no date'}"
+        what = (f"exam {s['accession_number'] or '-'}, {_date(s['study_date'])}"
                 if s["group_kind"] == "dicom_study" else f"folder {s['folder'] or '/'} of {os.path.basename(s['source_uri'] or '')}")
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
                     f"{s['n_series']} series</td><td>{_esc(', '.join(s['flagged_series']) or '-')}</td></tr>")
-    return (f'<h2>Worklist: studies by highest probability{shown}</h2><table id="worklist"><tr><th>max p</th>'
+    return (f'<h2>Worklist: studies by highest probability{shown}</h2><p>All flagged studies: '
+            '<a href="flagged_studies.csv">flagged_studies.csv</a></p><table id="worklist"><tr><th>max p</th>'
             '<th>study</th><th>modalities</th><th>flagged slices</th><th>flagged series</th></tr>'
             + "".join(rows) + "</table>")
+
+
+def _date(da):
+    return f"{da[:4]}-{da[4:6]}-{da[6:8]}" if da and len(da) == 8 and da.isdigit() else "no date"
+
+
+def _in_words(by_status, by_error_code):
+    """'1,234 scored, 3 errors (2 dicom_corrupt, 1 not_an_image), 2 skipped' instead of a raw dict."""
+    words = [f"{by_status.get('ok', 0):,} scored"]
+    for status, noun in (("error", "error"), ("skipped", "skipped")):
+        n = by_status.get(status, 0)
+        if n:
+            words.append(f"{n:,} {noun}{'s' if noun == 'error' and n != 1 else ''}")
+    if by_error_code:
+        words[-1] += " (" + ", ".join(f"{v:,} {k}" for k, v in sorted(by_error_code.items(), key=lambda kv: -kv[1])) + ")"
+    return ", ".join(words)
+
+
+def flagged_csv(folder):
+    """CSV of every flagged study, highest probability first, for the worklist system or a spreadsheet."""
+    import csv
+    import pyarrow.compute as pc
+    table = _table(folder.rstrip("/") + "/studies-*.parquet")
+    out = io.StringIO()
+    cols = ["max_probability", "group_kind", "accession_number", "study_date", "study_instance_uid", "source_uri",
+            "folder", "modalities", "n_series", "n_images", "n_flagged", "flagged_series"]
+    w = csv.writer(out)
+    w.writerow(cols)
+    if table is not None:
+        for r in table.filter(pc.field("flagged")).sort_by([("max_probability", "descending")]).to_pylist():
+            w.writerow([f"{r['max_probability']:.4f}" if c == "max_probability" else
+                        ";".join(r[c]) if isinstance(r[c], list) else r[c] for c in cols])
+    return out.getvalue()
 
 
 def _esc(v):
@@ -167,7 +200,7 @@ every study still needs a radiologist's read.</p>
 {_drift_html(summary.get('drift'))}
 <h2>Summary</h2><table id="summary">
 <tr><th>rows (images)</th><td>{totals['rows']}</td></tr>
-<tr><th>by status</th><td>{_esc(json.dumps(totals['by_status']))}</td></tr>
+<tr><th>by status</th><td>{_esc(_in_words(totals['by_status'], totals.get('by_error_code', {})))}</td></tr>
 <tr><th>flagged images</th><td>{totals['flagged']}</td></tr>
 <tr><th>out of distribution (below threshold, not judged)</th><td>{totals.get('out_of_distribution', 0)}</td></tr>
 <tr><th>runs in this result</th><td>{_esc(", ".join(totals.get("run_ids", [summary["run_id"]])))}</td></tr>
@@ -182,8 +215,10 @@ every study still needs a radiologist's read.</p>
     shown = f" (showing the {len(flagged)} highest)" if n_flagged > len(flagged) else ""
     parts.append(f'<h2>Flagged series ({n_flagged}){shown}</h2><div id="flagged">')
     for s in flagged:
-        title = (f"Study {s['study_instance_uid']} / series {s['series_instance_uid']}" if s["study_instance_uid"]
-                 else f"{os.path.basename(s['source_uri'] or '')} : {s['folder'] or '/'}")
+        # No 60-character UIDs as headings: what a radiologist recognises (series, exam, date).
+        title = (f"Series {s.get('series_number') or '?'} {s.get('series_description') or s['modality'] or ''}"
+                 f" of exam {s.get('accession_number') or '-'}, {_date(s.get('study_date'))}"
+                 if s["study_instance_uid"] else f"{os.path.basename(s['source_uri'] or '')} : {s['folder'] or '/'}")
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
                      f'{s["n_flagged"]} of {s["n_images"]} images flagged; modality {_esc(s["modality"] or "-")}</p>')
@@ -230,6 +265,10 @@ window.addEventListener('load', function () {
 
 
 def write_report(folder):
+    """report.html and, beside it, flagged_studies.csv (every flagged study; the page shows the top ones)."""
+    with FileSystems.create(folder.rstrip("/") + "/flagged_studies.csv", mime_type="text/csv",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(flagged_csv(folder).encode())
     path = folder.rstrip("/") + "/report.html"
     with FileSystems.create(path, mime_type="text/html", compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(render(folder).encode())

@@ -71,6 +71,8 @@ SERIES_SCHEMA = pa.schema([
     ("modality", pa.string()),
     ("series_description", pa.string()),
     ("series_number", pa.int32()),
+    ("accession_number", pa.string()),    # keyed pseudonym unless --keep-accession-numbers
+    ("study_date", pa.string()),
     ("n_images", pa.int64()),             # ok (scored) images
     ("n_flagged", pa.int64()),
     ("max_probability", pa.float32()),

@@ -33,6 +33,7 @@ def test_outputs_carry_no_identifiers_from_paths(tmp_path, capsys):
     assert len(rows) == 6
     texts = [repr(rows), repr(rows_mod.images(out, "studies-*.parquet")), repr(rows_mod.images(out, "series-*.parquet")),
              open(rows_mod.result_file(out, "report.html")).read(), open(rows_mod.result_file(out, "_SUMMARY.json")).read(),
+             open(rows_mod.result_file(out, "flagged_studies.csv")).read(),
              " ".join(os.listdir(rows_mod.result_file(out, "heatmaps"))), printed.out, printed.err]
     assert os.listdir(rows_mod.result_file(out, "heatmaps"))
     for text in texts:

@@ -44,7 +44,15 @@ def test_study_table_one_row_per_study_or_folder(review_run):
     assert {s["folder"] for s in studies if s["group_kind"] == "folder"} == {"patient_00", "patient_01"}
     assert sum(s["n_images"] for s in studies) == sum(x["n_images"] for x in series)
     page = open(rows_mod.result_file(out, "report.html")).read()
-    assert 'id="worklist"' in page
+    assert 'id="worklist"' in page and "flagged_studies.csv" in page
+    assert " scored" in page and "{&quot;ok&quot;" not in page  # counts in words, not a raw dict
+    headings = re.findall(r"<h3>(.*?)</h3>", page)
+    assert headings and not any(s["study_instance_uid"] in h for h in headings for s in dicom)  # no UIDs
+    import csv
+    flagged = list(csv.DictReader(open(rows_mod.result_file(out, "flagged_studies.csv"))))
+    assert len(flagged) == sum(s["flagged"] for s in studies)
+    assert [float(r["max_probability"]) for r in flagged] == sorted((float(r["max_probability"]) for r in flagged),
+                                                                     reverse=True)
 
 
 def test_series_table_aggregates_series_and_folders(review_run):
