@@ -183,7 +183,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     if opts.manifest and web:
         console.emit("manifest", f"Manifest {opts.manifest}: DICOMweb studies are compared with it as they are "
                      f"found ({len(manifest.known_studies(known))} known)")
-        opts.input = [m.path for m in todo] + web  # a PACS is searched anew (filter it by StudyDate)
+    if opts.manifest:
+        opts.input = [m.path for m in todo] + web  # files: only new or changed; a PACS: studies checked in-job
     plan = finalise.Plan(
         output=opts.output, stage_id=f"{opts.run_id}-{uuid.uuid4().hex[:8]}", run_id=opts.run_id,
         started_at=time.time(), model_info=_model_info(metadata), model_uri=opts.model,
