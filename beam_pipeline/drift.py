@@ -7,10 +7,11 @@ Two signals, both against the reference stored in the artifact by
   flag), against its rate on the model's own validation images: drift when it
   exceeds max(3 x that rate, 10 %);
 - the distribution of tumor probabilities, against the validation images'
-  (10 bins), as a population stability index: drift when PSI > 0.25, the
-  usual "significant shift" level. The score distribution also moves with
-  the share of tumors in the input (the validation set is half tumors), so a
-  site with few tumors can read a moderate PSI without any scanner change.
+  (10 bins), as a population stability index: a *warning* when PSI > 0.25,
+  the usual "significant shift" level, but not drift: the score distribution
+  also moves with the share of tumors in the input (validation is about half
+  tumors). 150 random slices of the model's own training collection (72 %
+  tumors) read PSI 0.27, so PSI alone would fail nights that are fine.
 
 Nights with fewer than MIN_ROWS scored images are not assessed.
 """
@@ -50,13 +51,15 @@ def assess(counts, reference):
     ood_rate = counts.get("out_of_distribution", 0) / scored
     ood_limit = max(OOD_RATE_FACTOR * reference["ood_rate"], OOD_RATE_FLOOR)
     score_psi = psi(reference["score_histogram"], counts.get("score_histogram") or [])
-    reasons = []
+    reasons, warnings = [], []
     if ood_rate > ood_limit:
         reasons.append(f"{ood_rate:.1%} of images are out of distribution (validation: "
                        f"{reference['ood_rate']:.1%}; limit {ood_limit:.0%})")
     if score_psi > PSI_LIMIT:
-        reasons.append(f"tumor-probability distribution shifted from validation (PSI {score_psi:.2f} > {PSI_LIMIT})")
-    return {"assessed": True, "drifted": bool(reasons), "reasons": reasons, "scored_images": scored,
+        warnings.append(f"tumor-probability distribution differs from validation (PSI {score_psi:.2f} > "
+                        f"{PSI_LIMIT}); expected when the share of tumors differs, a scanner change otherwise")
+    return {"assessed": True, "drifted": bool(reasons), "reasons": reasons, "warnings": warnings,
+            "scored_images": scored,
             "ood_rate": round(ood_rate, 4), "ood_rate_limit": round(ood_limit, 4),
             "validation_ood_rate": reference["ood_rate"], "score_psi": round(score_psi, 4),
             "score_psi_limit": PSI_LIMIT}

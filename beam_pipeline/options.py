@@ -67,7 +67,7 @@ class ScreeningOptions(PipelineOptions):
                                  "such as text files, do not count)")
         parser.add_argument("--fail-on-drift", dest="fail_on_drift", action="store_true", default=False,
                             help="exit 4 when the night's input drifted from the model's validation data "
-                                 "(out-of-distribution share or probability distribution; docs/new_site.md)")
+                                 "(share of out-of-distribution images; docs/new_site.md)")
         parser.add_argument("--keep-paths", dest="keep_paths", action="store_true", default=False,
                             help="write real input and member paths into the outputs; by default every path "
                                  "component becomes a keyed pseudonym (folder and file names of exports often "

@@ -89,9 +89,9 @@ def _drift_html(drift):
         items = "".join(f"<li>{_esc(r)}</li>" for r in drift["reasons"])
         return (f'<div id="drift" class="drift-warning"><b>Input drift: scores tonight are less trustworthy.</b>'
                 f'<ul>{items}</ul>Validate the model on local data before relying on it (docs/new_site.md).</div>')
+    warn = "".join(f" Note: {_esc(w)}." for w in drift.get("warnings", []))
     return (f'<p id="drift" class="drift-ok">No drift: {drift["ood_rate"]:.1%} of images out of distribution '
-            f'(limit {drift["ood_rate_limit"]:.0%}), probability PSI {drift["score_psi"]:.2f} '
-            f'(limit {drift["score_psi_limit"]}).</p>')
+            f'(limit {drift["ood_rate_limit"]:.0%}); probability PSI {drift["score_psi"]:.2f}.{warn}</p>')
 
 
 def _worklist_html(worklist, total):

@@ -278,6 +278,8 @@ def main(argv=None):
                                        "its counts follow", level="warning")
         code, reason = exit_code(counts, result.max_error_fraction)
         drift_info = counts.get("drift") or {}
+        for warning in drift_info.get("warnings", []):
+            console.emit("drift_warning", f"Note: {warning}", level="warning")
         if drift_info.get("drifted"):
             console.emit("drift", "Drift: " + "; ".join(drift_info["reasons"]), level="warning", **drift_info)
             if code == EXIT_OK and result.fail_on_drift:

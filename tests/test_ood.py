@@ -79,7 +79,10 @@ def test_drift_rules():
     same = {"by_status": {"ok": 180}, "out_of_distribution": 5, "score_histogram": [50, 10, 10, 10, 10, 10, 10, 10, 10, 50]}
     assert drift.assess(same, reference)["drifted"] is False
     shifted = {**same, "score_histogram": [0, 0, 0, 0, 90, 90, 0, 0, 0, 0]}
-    assert "PSI" in drift.assess(shifted, reference)["reasons"][0]
+    result = drift.assess(shifted, reference)
+    assert result["drifted"] is False and "PSI" in result["warnings"][0]  # prevalence moves it too: a warning
+    many_ood = {**same, "out_of_distribution": 40}
+    assert drift.assess(many_ood, reference)["drifted"] is True
     few = {**same, "by_status": {"ok": 10}}
     assert drift.assess(few, reference)["assessed"] is False
     assert drift.assess(same, None)["assessed"] is False
