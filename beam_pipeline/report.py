@@ -155,7 +155,7 @@ def render(folder):
     summary = run_summary.read(folder)
     totals = summary.get("result") or summary  # a result can hold several incremental runs
     import pyarrow.compute as pc
-    from beam_pipeline.studies import study_key
+    from beam_pipeline.studies import series_label, study_key
     images = _table(prefix + "/images-*.parquet", _IMAGE_COLUMNS)
     study_table = _table(prefix + "/series-*.parquet")  # the flagged section shows series with heatmaps
     worklist_table = _table(prefix + "/studies-*.parquet")
@@ -216,8 +216,8 @@ every study still needs a radiologist's read.</p>
     parts.append(f'<h2>Flagged series ({n_flagged}){shown}</h2><div id="flagged">')
     for s in flagged:
         # No 60-character UIDs as headings: what a radiologist recognises (series, exam, date).
-        title = (f"Series {s.get('series_number') or '?'} {s.get('series_description') or s['modality'] or ''}"
-                 f" of exam {s.get('accession_number') or '-'}, {_date(s.get('study_date'))}"
+        title = (f"{series_label(s)} ({s['modality'] or '-'}) of exam {s.get('accession_number') or '-'}, "
+                 f"{_date(s.get('study_date'))}"
                  if s["study_instance_uid"] else f"{os.path.basename(s['source_uri'] or '')} : {s['folder'] or '/'}")
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '

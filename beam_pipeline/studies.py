@@ -100,6 +100,17 @@ def _study_of(series):
     return series["study_key"]  # a folder of non-DICOM images is its own "study"
 
 
+def series_label(series):
+    """What a reader recognises a series by: its description, else its number, else the UID's tail."""
+    if series.get("series_description"):
+        return series["series_description"]
+    if series.get("series_number") is not None:
+        return f"series {series['series_number']}"
+    if series.get("series_instance_uid"):
+        return f"series ...{series['series_instance_uid'][-6:]}"
+    return series.get("folder") or "/"
+
+
 class _StudyFromSeries(beam.CombineFn):
     def create_accumulator(self):
         return []
@@ -124,8 +135,7 @@ class _StudyFromSeries(beam.CombineFn):
             "n_series": len(series), "n_images": sum(s["n_images"] for s in series),
             "n_flagged": sum(s["n_flagged"] for s in series),
             "max_probability": max(s["max_probability"] for s in series), "flagged": bool(flagged),
-            "flagged_series": sorted(s.get("series_description") or s["series_instance_uid"] or s["folder"] or "/"
-                                     for s in flagged),
+            "flagged_series": sorted(series_label(s) for s in flagged),
             "threshold": first["threshold"], "model_name": first["model_name"],
             "model_version": first["model_version"]}
 

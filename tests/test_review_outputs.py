@@ -48,6 +48,8 @@ def test_study_table_one_row_per_study_or_folder(review_run):
     assert " scored" in page and "{&quot;ok&quot;" not in page  # counts in words, not a raw dict
     headings = re.findall(r"<h3>(.*?)</h3>", page)
     assert headings and not any(s["study_instance_uid"] in h for h in headings for s in dicom)  # no UIDs
+    worklist = page[page.index('id="worklist"'):page.index("</table>", page.index('id="worklist"'))]
+    assert not any(x["series_instance_uid"] in worklist for x in series if x["series_instance_uid"])
     import csv
     flagged = list(csv.DictReader(open(rows_mod.result_file(out, "flagged_studies.csv"))))
     assert len(flagged) == sum(s["flagged"] for s in studies)
