@@ -64,9 +64,6 @@ class _OnnxScorer:
         return probs, self.reference.score(feats)
 
 
-ENGINES = ("auto", "tensorflow", "onnxruntime")
-
-
 def resolve_engine(requested, metadata, gpu_workers):
     """The engine a run uses: ONNX Runtime on CPU when the artifact has it, else TensorFlow.
 

@@ -233,8 +233,3 @@ def finalise_lock(output):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def read_json(path):
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return json.loads(f.read())

@@ -71,11 +71,6 @@ class StudyCombineFn(beam.CombineFn):
         }
 
 
-def _series_row(key, row):
-    """A SERIES_SCHEMA row (the combine also carries study-level fields for AggregateStudies)."""
-    return {**{k: row[k] for k in schema.SERIES_SCHEMA.names if k in row}, "study_key": key}
-
-
 class AggregateSeries(beam.PTransform):
     """Image rows -> one SERIES_SCHEMA row per DICOM series or archive folder (ok rows only).
 
