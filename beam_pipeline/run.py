@@ -80,9 +80,12 @@ def _threshold(opts, metadata):
     return metadata["threshold"], "artifact"
 
 
-def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None, known_studies=None):
-    """Wire the stages into `pipeline`; returns the PCollection of the promoted run summary."""
-    threshold, threshold_source = _threshold(opts, metadata)
+def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None, known_studies=None,
+          threshold=None):
+    """Wire the stages into `pipeline`; returns the PCollection of the promoted run summary.
+
+    `threshold`: the (value, source) pair run() already decided, so a site profile is read once."""
+    threshold, threshold_source = threshold or _threshold(opts, metadata)
     limits = archives.Limits(max_member_bytes=opts.max_member_bytes, chunk_size=opts.chunk_size)
     heatmap_dirs = (f"{plan.staging}/heatmaps", f"{results_store.results_dir(opts.output)}/heatmaps") \
         if opts.heatmaps else None
@@ -200,7 +203,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
             finalise.finalise(plan, summary.EMPTY_COUNTS)
         return _NothingToDo(opts.output, opts.max_error_fraction, opts.run_id)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, opts, metadata, plan, key, accession_key, manifest.known_studies(known))
+    build(pipeline, opts, metadata, plan, key, accession_key, manifest.known_studies(known),
+          (threshold, threshold_source))
     console.emit("start", f"Run {opts.run_id}: {len(todo) + len(web)} input(s), model {metadata['name']} "
                  f"v{metadata['version']} on {opts.engine}, output {opts.output}", run_id=opts.run_id,
                  inputs=len(todo) + len(web), engine=opts.engine)
