@@ -197,18 +197,25 @@ def expand_folders(patterns):
     return out
 
 
+def quiet_logging():
+    """Beam's root-logger warnings off and TensorFlow's C++ log level down, before anything imports them."""
+    import logging
+    logging.getLogger().setLevel(logging.ERROR)  # Beam's root-logger warnings (resource module, ...)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def quiet_tensorflow():
     """Import TensorFlow with its start-up noise hidden (absl/oneDNN/CUDA lines on stderr).
 
     TensorFlow 2.21 writes those lines from C++ before absl logging is set
     up, so TF_CPP_MIN_LOG_LEVEL does not reach them: stderr is pointed at
     /dev/null for the import and the device probe only. Python exceptions
-    still surface (they are raised after stderr is restored).
+    still surface (they are raised after stderr is restored). Called only by
+    runs that use TensorFlow (its engine, or Grad-CAM heatmaps): the import
+    is 5 s of start-up that an ONNX Runtime run without heatmaps does not pay.
     """
-    import logging
-    logging.getLogger().setLevel(logging.ERROR)  # Beam's root-logger warnings (resource module, ...)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    quiet_logging()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)

@@ -138,7 +138,6 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     opts.output = opts.output.replace("{date}", now.strftime("%Y-%m-%d"))  # nightly schedules
     try:
         metadata = model_store.metadata(opts.model)
-        model_store.check_model_matches_metadata(opts.model)
     except (artifact.ArtifactError, ValueError) as e:
         raise JobError(f"model: {e}") from e
     threshold, threshold_source = _threshold(opts, metadata)  # a bad profile stops the job here
@@ -148,6 +147,12 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
                                                gpu_workers=any("worker_accelerator" in o for o in service_options))
     except ValueError as e:
         raise JobError(str(e)) from e
+    if not opts.verbose and (opts.engine == "tensorflow" or opts.heatmaps):
+        cli.quiet_tensorflow()  # before the first import of TensorFlow, which prints from C++
+    try:
+        model_store.check_model_matches_metadata(opts.model, opts.engine)
+    except (artifact.ArtifactError, ValueError) as e:
+        raise JobError(f"model: {e}") from e
     if threshold_source != "artifact":
         console.emit("threshold", f"Threshold {threshold:.4f} from {threshold_source} "
                                   f"(the artifact's: {metadata['threshold']:.4f})")
@@ -260,7 +265,7 @@ def main(argv=None):
     verbose = "--verbose" in argv
     console.set_format(cli.log_format(argv))
     if not verbose:
-        cli.quiet_tensorflow()
+        cli.quiet_logging()
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR)
     try:
         result = run(argv)

@@ -47,10 +47,36 @@ def test_onnx_engine_needs_an_exported_artifact_and_a_sealed_file(tmp_path, caps
     assert "no model.onnx" in capsys.readouterr().err
     assert run.main(argv) == 0  # auto: TensorFlow when there is no model.onnx
     export.export(model_dir)
+    md_path = os.path.join(model_dir, "metadata.json")
+    md = json.load(open(md_path))
+    json.dump({**md, "input_spec": {**md["input_spec"], "height": 64, "width": 64}}, open(md_path, "w"))
+    artifact.seal(model_dir)  # consistent sums, a metadata input size the ONNX graph does not take
+    assert run.main(argv + ["--engine", "onnxruntime"]) == 2
+    assert "declares (64, 64, 1)" in capsys.readouterr().err
+    json.dump(md, open(md_path, "w"))
+    artifact.seal(model_dir)
     with open(os.path.join(model_dir, "model.onnx"), "ab") as f:
         f.write(b"x")
     with pytest.raises(artifact.ArtifactError, match="model.onnx was changed"):
         artifact.verify(model_dir)
+
+
+def test_a_cpu_run_on_onnx_runtime_never_imports_tensorflow(tmp_path):
+    """TensorFlow's import is 5 s of launcher start-up; a DirectRunner CPU run scores without it."""
+    import subprocess
+    import sys
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, ood=True)
+    export.export(model_dir)
+    img = tmp_path / "x.png"
+    img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    code = ("import sys; from beam_pipeline import run; "
+            f"code = run.main(['--input', {str(img)!r}, '--output', {str(tmp_path / 'o')!r}, '--model', "
+            f"{model_dir!r}, '--engine', 'onnxruntime', '--no-heatmaps']); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules); sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False False"
 
 
 def test_model_handler_keeps_beams_contract(tmp_path):

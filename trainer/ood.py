@@ -46,13 +46,16 @@ def input_histogram(x):
 
     The network's features miss what it never had to tell apart (a flat CT brain
     window looks like a dark MRI to it); the intensity profile of the normalised
-    input does not.
+    input does not. Equal to np.histogram(v[v > 0.05], 16, (0, 1)) per image, in
+    one bincount for the batch (16 equal bins of [0, 1]: v * 16 is exact, so no edge is ambiguous).
     """
     x = np.asarray(x)[..., 0]
-    fg = x > 0.05
-    h = np.stack([np.histogram(v[m], bins=HIST_BINS, range=(0, 1))[0] / max(int(m.sum()), 1)
-                  for v, m in zip(x, fg)]) if len(x) else np.zeros((0, HIST_BINS))
-    return np.c_[h, fg.mean(axis=(1, 2))].astype(np.float32)
+    n, pixels = len(x), int(np.prod(x.shape[1:]))
+    where = np.flatnonzero(x.reshape(-1) > 0.05)
+    bins = np.minimum((x.reshape(-1)[where] * np.float32(HIST_BINS)).astype(np.int64), HIST_BINS - 1)
+    counts = np.bincount(where // pixels * HIST_BINS + bins, minlength=n * HIST_BINS).reshape(n, HIST_BINS)
+    share = counts.sum(axis=1)
+    return np.c_[counts / np.maximum(share, 1)[:, None], share / max(pixels, 1)].astype(np.float32)
 
 
 class Component:

@@ -110,16 +110,61 @@ def _resize(img, height, width):
     return np.asarray(out, dtype=np.float32)
 
 
+def _lerp(a, b, t):
+    """NumPy's own interpolation between order statistics (np.percentile, method 'linear')."""
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
+
+
+def _percentiles(values, qs):
+    """np.percentile(values, qs) (method 'linear'), bit for bit, by selection on fewer values.
+
+    Like NumPy, a float `qs` gives a value of the array's dtype and a list gives float64s.
+
+    np.percentile partitions around both neighbours of every requested rank; the
+    99.5th percentile of a 512 x 512 slice cost 4 ms of the ~6 ms of preprocessing.
+    For a rank in the top tail, a bound from a strided sample keeps only the
+    values above it (one vectorised pass), and the exact ranks are selected among
+    those; if the sample's bound was not low enough the whole array is partitioned.
+    """
+    flat = values.reshape(-1)
+    n = flat.size
+    ranks = []
+    for q in ([qs] if isinstance(qs, float) else qs):
+        virtual = q / 100.0 * (n - 1)
+        k = int(np.floor(virtual))
+        gamma = virtual - k if isinstance(qs, float) else np.float64(virtual - k)
+        ranks.append((k, min(k + 1, n - 1), gamma))
+    lowest = min(k for k, _, _ in ranks)
+    offset, pool = 0, flat
+    if n > 8192 and lowest > 0.9 * n:
+        sample = flat[:: n // 4096]
+        j = int(sample.size * lowest / n) - 4 * int(np.sqrt(sample.size)) - 8
+        if j > 0:
+            top = flat[flat >= np.partition(sample, j)[j]]
+            if n - top.size <= lowest:
+                offset, pool = n - top.size, top
+    wanted = sorted({r - offset for k, k1, _ in ranks for r in (k, k1)})
+    part = np.partition(pool, wanted)
+    out = [_lerp(part[k - offset], part[k1 - offset], t) for k, k1, t in ranks]
+    return out[0] if isinstance(qs, float) else out
+
+
 def _normalise(gray):
-    """(g01, None) with intensities scaled to [0, 1] by the 99.5th percentile, or (None, reason)."""
-    g = np.nan_to_num(np.asarray(gray, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    """Intensities scaled to [0, 1] by the 99.5th percentile above the minimum; None for a flat image."""
+    g = np.asarray(gray, dtype=np.float32)
     if g.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale array, got shape {g.shape}")
-    g = g - g.min()
-    top = np.percentile(g, 99.5) if g.size > 1 else 0.0
+    if not np.isfinite(g).all():  # the check is a fifth of the cost of the copy it avoids
+        g = np.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+    low = g.min()
+    if low != 0:
+        g = g - low
+    top = _percentiles(g, 99.5) if g.size > 1 else 0.0
     if top <= 0:
         return None
-    return np.clip(g / top, 0.0, 1.0)
+    out = np.divide(g, top, dtype=np.float32)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _square_crop(img, box):
@@ -162,7 +207,7 @@ def prepare(gray, spec=InputSpec()):
     small = _square_resized(g01, _head_box(g01), spec.height, spec.width)
     head = small[small > _FOREGROUND_LEVEL]
     if head.size >= 16:
-        lo, hi = np.percentile(head, [1.0, 99.0])
+        lo, hi = _percentiles(head, [1.0, 99.0])
         if hi - lo > 1e-6:
             small = np.where(small > _FOREGROUND_LEVEL, (small - lo) / (hi - lo) * 0.9 + 0.1, 0.0)
     return np.clip(small, 0.0, 1.0).astype(np.float32)[..., None]

@@ -1,0 +1,40 @@
+"""Deterministic raw rasters that pin `prepare()` (tests/test_preprocessing.py).
+
+Generated from NumPy's PCG64 stream only (no codec involved), so the same
+arrays come out on any machine; cases cover what `prepare` branches on.
+"""
+import numpy as np
+
+from tests import synth
+
+
+def cases():
+    """{name: 2-D array}: 8-bit and 16-bit heads, padding, a strip, flat and non-finite images."""
+    rng = np.random.default_rng(20261128)
+    head = synth.brain_slice(5, 224, lesion=True).astype(np.float32)
+    wide = np.zeros((200, 320), np.float32)
+    wide[10:190, 70:250] = synth.brain_slice(6, 180)
+    mr16 = synth.brain_slice(7, 512, lesion=True).astype(np.float32) * 16.0 + rng.normal(0, 3, (512, 512))
+    nan = head.copy()
+    nan[:20, :20] = np.nan
+    nan[30, 30] = np.inf
+    return {
+        "head_224_uint8": head.astype(np.uint8),
+        "head_224_float": head,
+        "wide_padded": wide,
+        "mr_512_16bit": np.clip(mr16, 0, 65535).astype(np.uint16),
+        "strip_3x900": (rng.random((3, 900)) * 255).astype(np.float32),
+        "noise_97x131": (rng.random((97, 131)) * 1000).astype(np.float32),
+        "flat": np.full((64, 64), 7.0, np.float32),
+        "non_finite": nan,
+    }
+
+
+def write():
+    """Record the current `prepare` outputs as the golden file of the current PREPROCESSING_ID."""
+    import os
+
+    from trainer import preprocessing
+    path = os.path.join(os.path.dirname(__file__), "golden", f"prepare_{preprocessing.PREPROCESSING_ID}.npz")
+    np.savez_compressed(path, **{k: preprocessing.prepare(v) for k, v in cases().items()})
+    return path

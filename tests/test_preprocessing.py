@@ -1,0 +1,87 @@
+"""`prepare()` is pinned to its PREPROCESSING_ID, and training and scoring feed the model the same array.
+
+A model is only valid on the preprocessing it was trained with; an
+optimisation of `prepare` that changed its output by a rounding would shift
+every score of every deployed artifact without anyone noticing.
+"""
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+
+from beam_pipeline import archives
+from beam_pipeline.transforms import DecodeImages
+from tests import golden_inputs, synth
+from trainer import input_pipeline, preprocessing
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", f"prepare_{preprocessing.PREPROCESSING_ID}.npz")
+
+
+def test_prepare_output_is_pinned_to_its_preprocessing_id():
+    # A deliberate change of prepare() bumps PREPROCESSING_ID and writes a new golden file:
+    #   python -c "from tests import golden_inputs as g; g.write()"
+    assert os.path.exists(GOLDEN), f"no golden outputs for {preprocessing.PREPROCESSING_ID}"
+    golden = np.load(GOLDEN)
+    cases = golden_inputs.cases()
+    assert sorted(golden.files) == sorted(cases)
+    for name, raw in cases.items():
+        got = preprocessing.prepare(raw)
+        assert got.dtype == np.float32 and got.shape == golden[name].shape, name
+        np.testing.assert_allclose(got, golden[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_percentiles_equal_numpys_bit_for_bit():
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        n = int(rng.integers(1, 300_000 if i % 10 == 0 else 20_000))
+        a = (rng.random(n) * rng.integers(1, 5000)).astype(np.float32)
+        if i % 3 == 0:
+            a = np.round(a)  # ties, as in 8-bit images
+        if i % 4 == 0:
+            a[: n // 2] = 0  # a black background
+        if i % 7 == 0:
+            a[rng.integers(0, n, max(1, n // 50))] = 1e6  # bright outliers in the tail
+        for qs in (99.5, 1.0, [1.0, 99.0], [0.0, 100.0], [99.5]):
+            got, want = preprocessing._percentiles(a, qs), np.percentile(a, qs)
+            got, want = np.atleast_1d(np.asarray(got)), np.atleast_1d(want)
+            assert got.dtype == want.dtype and np.array_equal(got, want), (n, qs, got, want)
+
+
+def _tfdata_inputs(paths, spec):
+    ds = input_pipeline.make_dataset(paths, [0] * len(paths), spec, global_batch_size=len(paths),
+                                     training=False, cache=False)
+    return next(iter(ds))[0].numpy()
+
+
+def test_training_and_scoring_paths_give_the_same_model_input(tmp_path):
+    spec = preprocessing.InputSpec()
+    blobs = {"a.png": synth.encode(synth.brain_slice(1, 224, lesion=True), "PNG"),
+             "b.jpg": synth.encode(synth.brain_slice(2, 200), "JPEG"),
+             "c.png": synth.encode((synth.brain_slice(3, 160).astype(np.uint16) * 200), "PNG")}
+    paths = []
+    for name, data in blobs.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    trained_on = dict(zip(blobs, _tfdata_inputs(paths, spec)))
+
+    chunks = [archives.Chunk(p, "file", 0, [archives.MemberRef("", len(blobs[os.path.basename(p)]))])
+              for p in paths]
+
+    def same_arrays(batches):
+        scored = {}
+        for templates, x in batches:
+            for row, arr in zip(templates, x, strict=True):
+                scored[os.path.basename(row["source_uri"])] = arr
+        assert sorted(scored) == sorted(trained_on)
+        for name, arr in scored.items():
+            np.testing.assert_array_equal(arr, trained_on[name], err_msg=name)
+
+    model_info = {"model_name": "m", "model_version": "1", "model_sha256": "0" * 64}
+    with TestPipeline() as p:
+        decoded = (p | beam.Create(chunks)
+                   | DecodeImages("parity", spec.to_dict(), model_info))
+        assert_that(decoded.images, same_arrays)
