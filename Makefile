@@ -18,12 +18,15 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo train checks bench clean
+.PHONY: venv browser test demo train checks bench clean constraints
 
-$(STAMP): setup.py
+CONSTRAINTS := requirements/constraints.txt
+
+# Installs the exact versions CI ran (requirements/constraints.txt); pyproject.toml keeps the ranges.
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -40,7 +43,17 @@ browser:
 	  || echo "WARNING: could not install$$missing; the browser and DICOMweb tests will be skipped"; }
 
 test: $(STAMP) browser
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
+
+# After a change to the dependencies in pyproject.toml: resolve the ranges afresh in a scratch
+# environment and record the exact versions (review the diff, then commit it).
+constraints:
+	rm -rf /tmp/brain-screening-constraints && $(PYTHON) -m venv /tmp/brain-screening-constraints
+	/tmp/brain-screening-constraints/bin/pip install --quiet --upgrade pip
+	/tmp/brain-screening-constraints/bin/pip install --quiet '.[test]'
+	{ sed -n '1,3p' $(CONSTRAINTS); /tmp/brain-screening-constraints/bin/pip freeze --exclude-editable \
+	  | grep -v '^brain-mri-screening'; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 demo: $(STAMP)
 	$(PY) -m beam_pipeline.demo

@@ -13,8 +13,8 @@ No step holds a whole archive in memory.
 import bisect
 import dataclasses
 import os
-import struct
 import stat
+import struct
 import tarfile
 import unicodedata
 import zipfile

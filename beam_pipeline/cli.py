@@ -106,6 +106,7 @@ def validate(opts):
     need(opts.run_id is None or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", opts.run_id) is not None,
          f"--run-id must be 1-64 letters, digits, '.', '_' or '-' (it names files), got {opts.run_id!r}")
     need(opts.model_copies >= 0, f"--model-copies must be >= 0, got {opts.model_copies}")
+    need(opts.inference_threads >= 0, f"--inference-threads must be >= 0, got {opts.inference_threads}")
     need(opts.dicomweb_max_parallel >= 1,
          f"--dicomweb-max-parallel must be >= 1, got {opts.dicomweb_max_parallel}")
     need(opts.num_shards >= 0, f"--num-shards must be >= 0, got {opts.num_shards}")

@@ -6,6 +6,8 @@ element is already a stacked chunk (n, H, W, 1), so per-element overhead is
 paid once per chunk; RunInference groups chunks up to `batch_size` images
 (a fixed number of chunks per call) and shares one loaded model per worker process.
 """
+import os
+
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -46,9 +48,13 @@ class _Scorer:
 class _OnnxScorer:
     """The same contract as _Scorer, on ONNX Runtime (model.onnx from `python -m trainer.export`)."""
 
-    def __init__(self, onnx_path, reference, feature_names):
+    def __init__(self, onnx_path, reference, feature_names, threads=0):
         import onnxruntime as ort
-        self.session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.reference = reference
         self.names = feature_names
@@ -89,7 +95,8 @@ class KerasChunkModelHandler(ModelHandler):
     Predictions: PredictionResult(chunk, (probs[n], ood_scores[n] or None)); the
     OOD score comes from the same forward pass when the artifact has a reference."""
 
-    def __init__(self, model_uri, batch_size=64, chunks_per_batch=1, engine="tensorflow", model_copies=0):
+    def __init__(self, model_uri, batch_size=64, chunks_per_batch=1, engine="tensorflow", model_copies=0,
+                 threads=0):
         # A fixed count of chunks per batch. (Weighting BatchElements by images per
         # chunk emits an empty batch when the first chunk outweighs its initial
         # target, which KeyedModelHandler cannot unpack.)
@@ -98,6 +105,7 @@ class KerasChunkModelHandler(ModelHandler):
         self._batch_size = batch_size
         self._engine = engine
         self._model_copies = model_copies  # > 0: one model per worker VM shared by its processes (GPU)
+        self._threads = threads  # ONNX Runtime intra-op threads; 0 = its default (all cores)
         self._model_id = None
 
     def update_model_path(self, model_path=None):
@@ -125,12 +133,11 @@ class KerasChunkModelHandler(ModelHandler):
         self._identify()
         reference = model_store.load_reference(self._model_uri)
         if self._engine == "onnxruntime":
-            import os
             from trainer import artifact
             local = model_store.stage(self._model_uri)
             md = artifact.verify(local)
             entry = md["engines"]["onnxruntime"]
-            return _OnnxScorer(os.path.join(local, entry["file"]), reference, entry["feature_outputs"])
+            return _OnnxScorer(os.path.join(local, entry["file"]), reference, entry["feature_outputs"], self._threads)
         _gpu_memory_growth()
         model, _ = model_store.load(self._model_uri)
         return _Scorer(model, reference)

@@ -13,20 +13,25 @@ from apache_beam.io.filesystems import FileSystems
 
 from trainer import artifact
 
-import sys
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL_PATH = os.path.join("models", "brain-tumor-cnn", "3")
+# The one place the default model is named; models/README.md describes it.
+DEFAULT_MODEL_PATH = os.path.join("brain-tumor-cnn", "3")
 
 
 def _default_model():
-    """The committed model: $BRAIN_SCREENING_MODEL (worker images), the source
-    tree, or the copy setup.py installs under <prefix>/share (sdist installs on
-    Dataflow workers via --setup_file)."""
-    candidates = [os.path.join(REPO_ROOT, DEFAULT_MODEL_PATH),
-                  os.path.join(sys.prefix, "share", "brain-mri-screening", DEFAULT_MODEL_PATH)]
-    return os.environ.get("BRAIN_SCREENING_MODEL") or next(
-        (c for c in candidates if os.path.isdir(c)), candidates[0])
+    """The committed model: $BRAIN_SCREENING_MODEL (worker images), else the installed
+    `brain_screening_models` package (the repository's models/ folder in a source
+    checkout or an editable install; package data in a wheel or a Dataflow sdist)."""
+    if os.environ.get("BRAIN_SCREENING_MODEL"):
+        return os.environ["BRAIN_SCREENING_MODEL"]
+    try:
+        import brain_screening_models
+        root = os.path.dirname(os.path.abspath(brain_screening_models.__file__))
+    except ImportError:  # running from a source tree that was never installed
+        root = os.path.join(REPO_ROOT, "models")
+    if not os.path.isdir(os.path.join(root, DEFAULT_MODEL_PATH)):
+        root = os.path.join(REPO_ROOT, "models")
+    return os.path.join(root, DEFAULT_MODEL_PATH)
 
 
 DEFAULT_MODEL = _default_model()
@@ -120,8 +125,8 @@ def resolve(uri):
     if uri.endswith(artifact.MODEL_FILE):
         return uri[: -len(artifact.MODEL_FILE)].rstrip("/\\") or ".", f"--model {uri}: using its folder"
     if _is_local(uri) and os.path.isdir(uri) and not os.path.exists(os.path.join(uri, artifact.METADATA_FILE)):
-        versions = sorted((int(v) for v in os.listdir(uri)
-                           if v.isdigit() and os.path.exists(os.path.join(uri, v, artifact.METADATA_FILE))))
+        versions = sorted(int(v) for v in os.listdir(uri)
+                           if v.isdigit() and os.path.exists(os.path.join(uri, v, artifact.METADATA_FILE)))
         if versions:
             chosen = os.path.join(uri, str(versions[-1]))
             return chosen, f"--model {uri}: versions {versions} found; using the newest, {chosen}"

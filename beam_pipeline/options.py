@@ -37,6 +37,11 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--model-copies", dest="model_copies", type=int, default=0,
                             help="GPU workers: load this many model copies per worker VM, shared by its SDK "
                                  "processes (Beam's large-model mode), instead of one per process; 0 = per process")
+        parser.add_argument("--inference-threads", dest="inference_threads", type=int, default=0,
+                            help="CPU threads of each worker process's ONNX Runtime session; 0 = auto: the "
+                                 "machine's vCPUs divided by the SDK processes the runner starts on it (one "
+                                 "per vCPU on Dataflow and DirectRunner multi_processing), so that decoding in "
+                                 "one process overlaps scoring in another instead of threads competing")
         parser.add_argument("--batch-size", dest="batch_size", type=int, default=64,
                             help="images per model call")
         parser.add_argument("--threshold", type=float, default=None,

@@ -131,6 +131,7 @@ def _in_words(by_status, by_error_code):
 def flagged_csv(folder):
     """CSV of every flagged study, highest probability first, for the worklist system or a spreadsheet."""
     import csv
+
     import pyarrow.compute as pc
     table = _table(folder.rstrip("/") + "/studies-*.parquet")
     out = io.StringIO()
@@ -155,6 +156,7 @@ def render(folder):
     summary = run_summary.read(folder)
     totals = summary.get("result") or summary  # a result can hold several incremental runs
     import pyarrow.compute as pc
+
     from beam_pipeline.studies import series_label, study_key
     images = _table(prefix + "/images-*.parquet", _IMAGE_COLUMNS)
     study_table = _table(prefix + "/series-*.parquet")  # the flagged section shows series with heatmaps

@@ -20,9 +20,24 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions
 
-from beam_pipeline import archives, cli, console, dicomweb, drift, finalise, inference, manifest, model_store, pseudonym, results_store, site_profile, storage_access, summary
+from beam_pipeline import (
+    archives,
+    cli,
+    console,
+    dicomweb,
+    drift,
+    finalise,
+    inference,
+    manifest,
+    model_store,
+    pseudonym,
+    results_store,
+    site_profile,
+    storage_access,
+    summary,
+)
 from beam_pipeline.options import ScreeningOptions
-from beam_pipeline.transforms import DecodeImages, ExpandInputs, ROWS_TAG, ScoreImages, WriteResults
+from beam_pipeline.transforms import ROWS_TAG, DecodeImages, ExpandInputs, ScoreImages, WriteResults
 from trainer import artifact
 
 
@@ -40,7 +55,7 @@ def _match_inputs(patterns, full):
         raise JobError("no --input given")
     matched, empty = {}, []
     limits = None if full else [1] * len(patterns)
-    for pattern, result in zip(patterns, FileSystems.match(list(patterns), limits)):
+    for pattern, result in zip(patterns, FileSystems.match(list(patterns), limits), strict=True):
         if not result.metadata_list:
             empty.append(pattern)
         matched.update({m.path: m for m in result.metadata_list})
@@ -80,6 +95,27 @@ def _threshold(opts, metadata):
     return metadata["threshold"], "artifact"
 
 
+def _inference_threads(requested, options):
+    """ONNX Runtime threads per scoring process: `requested`, else the vCPUs shared out among the
+    processes (or threads) that score at once on one machine; 0 = ONNX Runtime's default, every core.
+
+    With one SDK process per vCPU (Dataflow, DirectRunner multi_processing), every process
+    taking every core makes threads compete with the other processes' decoding instead of
+    overlapping it (bench/scoring.py)."""
+    from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, StandardOptions
+    if requested:
+        return requested
+    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+    if "Dataflow" in runner:  # one SDK process per vCPU of the worker, unless told to run one process
+        single = "no_use_multiple_sdk_containers" in (options.view_as(DebugOptions).experiments or [])
+        return 0 if single else 1
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode in ("multi_threading", "multi_processing"):
+        cores = os.cpu_count() or 1
+        return max(1, cores // (direct.direct_num_workers or cores))
+    return 0
+
+
 def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None, known_studies=None,
           threshold=None):
     """Wire the stages into `pipeline`; returns the PCollection of the promoted run summary.
@@ -96,7 +132,7 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.model, threshold, opts.batch_size, opts.chunk_size, heatmap_dirs=heatmap_dirs,
         ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source,
-        engine=opts.engine, model_copies=opts.model_copies)
+        engine=opts.engine, model_copies=opts.model_copies, threads=opts.inference_threads)
     rows = (scored, decoded[ROWS_TAG]) | "AllRows" >> beam.Flatten()
     back = None
     if opts.write_back:
@@ -147,6 +183,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
                                                gpu_workers=any("worker_accelerator" in o for o in service_options))
     except ValueError as e:
         raise JobError(str(e)) from e
+    opts.inference_threads = _inference_threads(opts.inference_threads, options)
     if not opts.verbose and (opts.engine == "tensorflow" or opts.heatmaps):
         cli.quiet_tensorflow()  # before the first import of TensorFlow, which prints from C++
     try:

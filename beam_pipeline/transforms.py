@@ -100,8 +100,9 @@ class ExpandInputs(beam.PTransform):
     File globs (local or gs://) are matched and listed; dicomweb:// inputs are
     searched study by study (dicomweb.py)."""
 
-    def __init__(self, patterns, limits=archives.Limits(), known_studies=None):
+    def __init__(self, patterns, limits=None, known_studies=None):
         super().__init__()
+        limits = limits or archives.Limits()
         self._patterns = [p for p in patterns if not dicomweb.is_dicomweb(p)]
         self._dicomweb = [p for p in patterns if dicomweb.is_dicomweb(p)]
         self._limits = limits
@@ -305,12 +306,12 @@ class ScoreImages(beam.PTransform):
     """
 
     def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmap_dirs=None, ood_threshold=None,
-                 threshold_source="artifact", engine="tensorflow", model_copies=0):
+                 threshold_source="artifact", engine="tensorflow", model_copies=0, threads=0):
         super().__init__()
         self._model_uri = model_uri
         self._handler = KeyedModelHandler(KerasChunkModelHandler(
             model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1)), engine=engine,
-            model_copies=model_copies))
+            model_copies=model_copies, threads=threads))
         self._threshold = threshold
         self._heatmap_dirs = heatmap_dirs
         self._ood_threshold = ood_threshold

@@ -54,14 +54,17 @@ def machine():
             "python": platform.python_version()}
 
 
-def report(name, rows, extra, out_dir=os.path.join(REPO, "bench", "results")):
+RESULTS = os.path.join(REPO, "bench", "results")
+
+
+def report(name, rows, extra, out_dir=RESULTS):
     """Print rows (list of dicts) as a table and write <out_dir>/<name>.json."""
     cols = list(rows[0])
     widths = [max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols]
-    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print(" | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     print("-|-".join("-" * w for w in widths))
     for r in rows:
-        print(" | ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths)))
+        print(" | ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
     for k, v in extra.items():
         print(f"{k}: {v}")
     os.makedirs(out_dir, exist_ok=True)

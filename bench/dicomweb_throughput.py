@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--model", default=common.DEFAULT_MODEL)
     args = parser.parse_args()
     from pydicom.uid import generate_uid
+
     from beam_pipeline import archives, dicomweb, sample_data
     from tests import orthanc
     if not orthanc.available():

@@ -9,9 +9,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from beam_pipeline import run  # noqa: E402
 from bench import common  # noqa: E402
 from bench.scoring import pipeline_run  # noqa: E402
-from beam_pipeline import run  # noqa: E402
 
 
 def main():

@@ -1,16 +1,19 @@
-"""Scoring throughput: the Beam pipeline vs a tight decode+predict loop (the limit).
+"""Scoring throughput: the whole Beam job vs a tight decode+preprocess+score loop (the limit).
 
-  .venv/bin/python bench/scoring.py --n 4000
+  .venv/bin/python bench/scoring.py --n 20000
 
-Packs N images (half into a zip, half into a tar.gz), then times
-  limit      one process: read members, decode + preprocess (the same functions
-             the pipeline calls), model.predict_on_batch at --batch-size;
-  pipeline   `python -m beam_pipeline.run` in a fresh process on DirectRunner
-             (1 worker in_memory; 2 workers multi_threading and multi_processing), with
-             --engine tensorflow and onnxruntime, wall time including start-up, plus the
-             start-up alone (imports + model load). The limit loop is TensorFlow predict
-             only; the pipeline also computes the OOD guard's features.
-Ratio = pipeline images/s / limit images/s, all measured in this one run.
+Packs N images (half into a zip, half into a tar.gz), then times, per engine,
+  limit      no Beam: read members, decode + preprocess (the functions the pipeline
+             calls), score batches of --batch-size with the pipeline's own scorer (the
+             engine's forward pass + the OOD guard), nothing written; in one process
+             (the engine's threads on every core) and, for ONNX Runtime, in one process
+             per vCPU (one input each, one thread each; time of the slower process).
+             The faster of the two is the limit;
+  pipeline   `python -m beam_pipeline.run` in a fresh process on DirectRunner, scoring
+             only (--no-heatmaps --no-report), wall time including start-up, plus the
+             start-up alone (imports + model check), measured in its own process.
+Ratio = pipeline images/s / limit images/s of the same engine, all in this one run.
+vCPU ms per image = wall seconds x vCPUs / images (the Dataflow bill's unit).
 """
 import argparse
 import os
@@ -25,12 +28,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
 
 
-def limit_loop(paths, model_dir, batch_size):
+def limit_loop(paths, model_dir, batch_size, engine, threads=0):
     from beam_pipeline import archives, decoding, model_store
+    from beam_pipeline.inference import KerasChunkModelHandler
     from trainer import preprocessing
-    model, md = model_store.load(model_dir)
-    spec = preprocessing.InputSpec.from_dict(md["input_spec"])
-    model.predict_on_batch(np.zeros((batch_size, spec.height, spec.width, 1), np.float32))  # warm-up
+    spec = preprocessing.InputSpec.from_dict(model_store.metadata(model_dir)["input_spec"])
+    score = KerasChunkModelHandler(model_dir, batch_size, engine=engine, threads=threads).load_model()
+    score(np.zeros((batch_size, spec.height, spec.width, 1), np.float32))  # warm-up
     t0 = time.perf_counter()
     n, batch = 0, []
     for path in paths:
@@ -38,18 +42,36 @@ def limit_loop(paths, model_dir, batch_size):
             for _, data, _ in archives.read_members(chunk):
                 batch.append(preprocessing.prepare(decoding.decode(data).frames[0].gray, spec))
                 if len(batch) == batch_size:
-                    model.predict_on_batch(np.stack(batch))
+                    score(np.stack(batch))
                     n, batch = n + len(batch), []
     if batch:
-        model.predict_on_batch(np.stack(batch))
+        score(np.stack(batch))
         n += len(batch)
     return n, time.perf_counter() - t0
 
 
-def startup_seconds(model_dir):
-    code = ("import time; t=time.time(); import apache_beam, tensorflow; "
-            "from beam_pipeline import model_store; model_store.load(%r); print(time.time()-t)" % model_dir)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+def _limit_part(job):
+    return limit_loop(*job)
+
+
+def limit_processes(paths, model_dir, batch_size, engine, processes):
+    """The same loop in `processes` processes (one input each), ONNX Runtime threads shared out among them:
+    the other way to use every core without Beam. Wall time from start to the last process's end."""
+    import multiprocessing
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    jobs = [(paths[i::processes], model_dir, batch_size, engine, threads) for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        t0 = time.perf_counter()
+        parts = pool.map(_limit_part, jobs)
+        wall = time.perf_counter() - t0
+    return sum(n for n, _ in parts), wall, max(s for _, s in parts)
+
+
+def startup_seconds(model_dir, engine):
+    """What the launcher does before the first image: imports and the model check (no TensorFlow on ONNX)."""
+    code = ("import time; t=time.time(); import apache_beam; from beam_pipeline import run, model_store; "
+            f"model_store.check_model_matches_metadata({model_dir!r}, {engine!r}); print(time.time()-t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=common.REPO)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -71,6 +93,8 @@ def main():
     parser.add_argument("--model", default=common.DEFAULT_MODEL)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--engines", default="onnxruntime,tensorflow", help="comma-separated")
+    parser.add_argument("--workers", default="1,2", help="DirectRunner worker counts to run, comma-separated")
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-scoring-"))
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -80,26 +104,36 @@ def main():
     common.write_tgz(tgz_path, blobs[args.n // 2:])
     inputs = [zip_path, tgz_path]
 
-    n, secs = limit_loop(inputs, args.model, args.batch_size)
-    limit_ips = n / secs
-    startup = startup_seconds(args.model)
-    rows = [{"stage": "limit: decode+preprocess+predict loop", "images": n, "seconds": secs,
-             "images_per_s": limit_ips, "ratio_to_limit": 1.0}]
-    configs = []
-    for engine in ("tensorflow", "onnxruntime"):  # the pipeline also computes the OOD guard's features
-        configs += [(f"pipeline [{engine}] DirectRunner 1 worker", ["--direct_num_workers", "1", "--engine", engine]),
-                    (f"pipeline [{engine}] DirectRunner 2 workers multi_threading",
-                     ["--direct_num_workers", "2", "--direct_running_mode", "multi_threading", "--engine", engine])]
-    configs.append(("pipeline [auto] DirectRunner 2 workers multi_processing",
-                    ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]))
-    for label, extra in configs:
-        wall = pipeline_run(inputs, os.path.join(args.work, "out"), args.model, args.batch_size,
-                            args.chunk_size, extra)
-        rows.append({"stage": label, "images": n, "seconds": wall, "images_per_s": n / wall,
-                     "ratio_to_limit": n / wall / limit_ips})
-        after = wall - startup
-        rows.append({"stage": label + " (minus start-up)", "images": n, "seconds": after,
-                     "images_per_s": n / after, "ratio_to_limit": n / after / limit_ips})
+    vcpus = os.cpu_count()
+    rows, limits, startups = [], {}, {}
+    for engine in args.engines.split(","):
+        n, secs = limit_loop(inputs, args.model, args.batch_size, engine)
+        loops = [(f"limit [{engine}]: decode+preprocess+score loop, 1 process", secs)]
+        if engine == "onnxruntime" and vcpus > 1:  # TensorFlow's threads are fixed once it starts
+            n2, wall2, slowest = limit_processes(inputs, args.model, args.batch_size, engine, vcpus)
+            assert n2 == n
+            loops.append((f"limit [{engine}]: the same loop in {vcpus} processes, "
+                          f"{max(1, vcpus // vcpus)} thread each", slowest))
+        limit_ips = max(n / t for _, t in loops)  # the better way to use this machine is the limit
+        startup = startup_seconds(args.model, engine)
+        limits[engine], startups[engine] = limit_ips, round(startup, 2)
+        for label, t in loops:
+            rows.append({"stage": label, "images": n, "seconds": t, "images_per_s": n / t,
+                         "ratio_to_limit": n / t / limit_ips, "vcpu_ms_per_image": t * vcpus / n * 1e3})
+        for workers, mode in ((1, "in_memory"), (2, "multi_processing")):
+            if str(workers) not in args.workers.split(","):
+                continue
+            label = f"pipeline [{engine}] DirectRunner {workers} worker{'s' * (workers > 1)} {mode}"
+            wall = pipeline_run(inputs, os.path.join(args.work, "out"), args.model, args.batch_size, args.chunk_size,
+                                ["--direct_num_workers", str(workers), "--direct_running_mode", mode,
+                                 "--engine", engine])
+            rows.append({"stage": label, "images": n, "seconds": wall, "images_per_s": n / wall,
+                         "ratio_to_limit": n / wall / limit_ips, "vcpu_ms_per_image": wall * vcpus / n * 1e3})
+            rows.append({"stage": label + " (minus start-up)", "images": n, "seconds": wall - startup,
+                         "images_per_s": n / (wall - startup), "ratio_to_limit": n / (wall - startup) / limit_ips,
+                         "vcpu_ms_per_image": (wall - startup) * vcpus / n * 1e3})
+        rows.append({"stage": f"start-up [{engine}] (imports + model check)", "images": 0, "seconds": startup,
+                     "images_per_s": 0.0, "ratio_to_limit": 0.0, "vcpu_ms_per_image": 0.0})
     from beam_pipeline import model_store
     from trainer.model import flops_per_image
     model, _ = model_store.load(args.model)
@@ -108,9 +142,10 @@ def main():
     peak = (mach["cores"] * (mach["mhz"] or 0) * 1e6 * 64) if mach["mhz"] else None  # AVX-512: 2 FMA x 16 fp32 x 2
     common.report("scoring", rows, {
         "source": source, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-        "startup_seconds": round(startup, 2), "model_flops_per_image": flops,
-        "limit_gflops_per_s": round(flops * limit_ips / 1e9, 2),
-        "fraction_of_cpu_peak_in_limit_loop": round(flops * limit_ips / peak, 4) if peak else None,
+        "startup_seconds": startups, "model_flops_per_image": flops,
+        "limit_gflops_per_s": {e: round(flops * ips / 1e9, 2) for e, ips in limits.items()},
+        "fraction_of_cpu_peak_in_limit_loop": {e: round(flops * ips / peak, 4) for e, ips in limits.items()}
+        if peak else None,
         "cpu_peak_assumption": "cores x MHz x 64 fp32 FLOPs/cycle (AVX-512, 2 FMA units)"})
 
 

@@ -29,6 +29,7 @@ def main():
     args = parser.parse_args()
     import keras
     import tensorflow as tf
+
     from trainer import input_pipeline, preprocessing
     from trainer.model import make_model
 

@@ -50,6 +50,7 @@ def mpeg2_dicom():
     import pydicom
     from pydicom.encaps import encapsulate
     from pydicom.uid import MPEG2MPML
+
     from beam_pipeline import sample_data
     ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(synth.brain_slice(5, 32), 0, "1.2", "1.2.3", 1)))
     ds.file_meta.TransferSyntaxUID = MPEG2MPML

@@ -6,6 +6,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Path pseudonyms use a key made for this test session, never the user's own.
 import tempfile  # noqa: E402
+
 os.environ["BRAIN_SCREENING_PSEUDONYM_KEY"] = os.path.join(tempfile.mkdtemp(prefix="pseudonym-"), "key")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

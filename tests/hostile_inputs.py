@@ -45,8 +45,8 @@ def _set(**attrs):
 def _raw_value(keyword, value_bytes):
     """Overwrite an element with raw bytes (pydicom refuses to write an invalid DS/IS itself)."""
     def mutate(ds):
-        from pydicom.dataelem import RawDataElement
         from pydicom.datadict import tag_for_keyword
+        from pydicom.dataelem import RawDataElement
         tag = tag_for_keyword(keyword)
         ds[tag] = RawDataElement(tag, "DS", len(value_bytes), value_bytes, 0, False, True)
     return mutate
@@ -188,9 +188,9 @@ def _tar_entry_types(path):
         info.size = len(png)
         header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
         header[156] = ord("S")
-        header[483:495] = ("%011o\0" % len(png)).encode()  # realsize
+        header[483:495] = f"{len(png):011o}\0".encode()  # realsize
         header[148:156] = b" " * 8
-        header[148:155] = ("%06o\0" % sum(header)).encode()
+        header[148:155] = f"{sum(header):06o}\0".encode()
         tar.fileobj.write(bytes(header) + png + b"\0" * ((512 - len(png) % 512) % 512))
         tar.offset += len(header) + len(png) + (512 - len(png) % 512) % 512
     return {"scans/a.png": [(0, "ok", None)], "scans/sym.png": [(0, "skipped", "link_member")],

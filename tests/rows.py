@@ -13,6 +13,7 @@ def stable(rows):
 def images(out, name="images-*.parquet", **kwargs):
     """Rows of the current result, read the way docs/reliability.md tells readers to."""
     import pyarrow.parquet as pq
+
     from beam_pipeline import results_store
     paths = results_store.reader_glob(str(out), name)
     assert paths, f"no {name} visible under {out}"

@@ -13,10 +13,9 @@ import threading
 import time
 import zipfile
 
-
 from beam_pipeline import results_store, run
-from tests import synth, tiny_model
 from tests import rows as rows_mod
+from tests import synth, tiny_model
 from tests.rows import stable
 
 

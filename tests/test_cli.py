@@ -133,6 +133,7 @@ def test_report_cli_explains_itself(capsys):
 def test_artifact_integrity_covers_metadata_and_the_model_input_shape(tmp_path, capsys):
     """An edited threshold, an unsealed artifact or a metadata input size the model does not take: exit 2."""
     import json
+
     from trainer import artifact
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     img = tmp_path / "x.png"
@@ -176,6 +177,7 @@ def test_json_log_format_gives_one_parseable_object_per_line(tmp_path, capsys):
 
 def test_progress_line_reports_counts_and_rate(capsys):
     import time
+
     from beam_pipeline import console
     with console.Progress(interval=0.05):
         console.COUNTS.add(listed=120, scored=100, errors=3)

@@ -3,11 +3,10 @@ import collections
 import tarfile
 import zipfile
 
-
 from beam_pipeline import run
 from beam_pipeline.sample_data import tar_add
-from tests import synth, tiny_model
 from tests import rows as rows_mod
+from tests import synth, tiny_model
 
 GOOD = [synth.encode(synth.brain_slice(i, 32, lesion=i % 2 == 0)) for i in range(16)]
 BAD = [b"", b"plain text", b"\x89PNG\r\n\x1a\n garbage", b"\xff\xd8\xff\xe0 cut"]

@@ -49,9 +49,9 @@ def pacs(orthanc):  # noqa: F811
 
 
 def test_pacs_search_and_scoring(pacs, tmp_path, capsys):
-    orthanc, expected = pacs
+    server, expected = pacs
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
-    host = orthanc.split("://", 1)[1]
+    host = server.split("://", 1)[1]
     out = tmp_path / "out"
     query = f"dicomweb://{host}/dicom-web?StudyDate=20261101-20261126&Modality=MR"
     assert run.main(["--input", query, "--output", str(out), "--model", model_dir,
@@ -96,17 +96,17 @@ def _srs(url):
 
 def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
     import highdicom as hd
-    orthanc, _ = pacs
+    server, _ = pacs
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
-    host = orthanc.split("://", 1)[1]
-    before = len(_srs(orthanc)[1])
+    host = server.split("://", 1)[1]
+    before = len(_srs(server)[1])
     query = f"dicomweb://{host}/dicom-web?StudyDate=20261015"  # the October study: 2 series, 6 instances
     argv = ["--input", query, "--output", str(tmp_path / "out"), "--model", model_dir, "--write-back",
             "--threshold", "0.001"]  # every image flagged: every one gets a Grad-CAM overlay
     assert run.main(argv) == 0
     summary = run.read_summary(str(tmp_path / "out"))
     assert summary["write_back"] == {"series_stored": 2, "series_failed": 0, "overlays_stored": 6, "errors": []}
-    client, srs = _srs(orthanc)
+    client, srs = _srs(server)
     assert len(srs) == before + 2
     rows = [r for r in rows_mod.images(tmp_path / "out") if r["status"] == "ok"]
     for study, series, sop in srs[-2:]:
@@ -129,7 +129,7 @@ def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
     assert list(sc.PatientOrientation) == ["L", "P"] and "Grad-CAM" in sc.SeriesDescription
     assert sc.StudyInstanceUID in {s for s, _, _ in srs} and sc.pixel_array.shape[-1] == 3
     assert run.main(argv) == 0  # a rerun stores the same UIDs: no duplicates
-    assert len(_srs(orthanc)[1]) == before + 2
+    assert len(_srs(server)[1]) == before + 2
     # ... and never screens the reports and overlays it stored into the study (6 source images only)
     assert len(rows_mod.images(tmp_path / "out")) == 6
     assert len(client.search_for_instances(search_filters={"Modality": "OT"})) == 6
@@ -143,7 +143,8 @@ def _part10(ds):
 
 def test_dataflow_job_with_a_dicomweb_input_builds(pacs, gcs, tmp_path):  # noqa: F811
     """DataflowRunner --dry_run: the DICOMweb stages and the write-back are in the job graph."""
-    from tests.conftest import BUCKET, upload as gcs_upload
+    from tests.conftest import BUCKET
+    from tests.conftest import upload as gcs_upload
     orthanc_url, _ = pacs
     gcs_upload(tiny_model.write_tiny_artifact(tmp_path), "dw/models/tiny/1")
     result = run.run([
@@ -163,26 +164,26 @@ def test_dataflow_job_with_a_dicomweb_input_builds(pacs, gcs, tmp_path):  # noqa
 def test_manifest_makes_pacs_nights_incremental_by_study(pacs, tmp_path):
     """--manifest with a DICOMweb input: a night scores only new studies and studies that gained images."""
     import json
-    orthanc, _ = pacs
+    server, _ = pacs
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     first_study, first_series = generate_uid(), generate_uid()
     for n in range(4):
-        upload(orthanc, _instance(7, first_study, first_series, 0, n, "20261201")[1])
+        upload(server, _instance(7, first_study, first_series, 0, n, "20261201")[1])
     mf, out = str(tmp_path / "manifest.json"), str(tmp_path / "out")
-    argv = ["--input", f"dicomweb://{orthanc.split('://', 1)[1]}/dicom-web?StudyDate=20261201",
+    argv = ["--input", f"dicomweb://{server.split('://', 1)[1]}/dicom-web?StudyDate=20261201",
             "--output", out, "--model", model_dir, "--manifest", mf]
     assert run.main(argv + ["--run-id", "night1"]) == 0
     assert run.read_summary(out)["rows"] == 4
     keys = json.load(open(mf))["inputs"]
-    assert list(keys) == [f"http://{orthanc.split('://', 1)[1]}/dicom-web#study={first_study}".replace(
+    assert list(keys) == [f"http://{server.split('://', 1)[1]}/dicom-web#study={first_study}".replace(
         "http://", "dicomweb://")] and keys[next(iter(keys))] == {"series": 1, "instances": 4}
     second_study = generate_uid()
     for n in range(2):
-        upload(orthanc, _instance(8, second_study, generate_uid(), 0, n, "20261201")[1])
+        upload(server, _instance(8, second_study, generate_uid(), 0, n, "20261201")[1])
     assert run.main(argv + ["--run-id", "night2"]) == 0
     summary = run.read_summary(out)
     assert summary["rows"] == 2 and summary["result"]["rows"] == 6  # only the new study scored tonight
-    upload(orthanc, _instance(7, first_study, first_series, 0, 4, "20261201")[1])  # a late image
+    upload(server, _instance(7, first_study, first_series, 0, 4, "20261201")[1])  # a late image
     assert run.main(argv + ["--run-id", "night3"]) == 0
     assert run.read_summary(out)["rows"] == 5  # the study that changed, scored again
     assert run.main(argv + ["--run-id", "night4"]) == 0

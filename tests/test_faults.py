@@ -10,8 +10,8 @@ import zipfile
 import pytest
 
 from beam_pipeline import decoding, inference, run
-from tests import synth, tiny_model
 from tests import rows as rows_mod
+from tests import synth, tiny_model
 from tests.rows import stable
 
 

@@ -7,9 +7,11 @@ import os
 
 import pyarrow.fs
 import pyarrow.parquet as pq
+
 from beam_pipeline import run
 from tests import corpus, tiny_model
-from tests.conftest import BUCKET, upload as _upload
+from tests.conftest import BUCKET
+from tests.conftest import upload as _upload
 
 
 def test_gs_input_model_and_output(gcs, tmp_path):

@@ -3,9 +3,8 @@ in generated slices must put its heatmap mass in the lesion's quadrant."""
 import numpy as np
 import pytest
 
-from trainer import gradcam
 from tests import synth
-from trainer import preprocessing
+from trainer import gradcam, preprocessing
 
 SIZE = 96
 

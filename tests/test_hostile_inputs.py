@@ -18,7 +18,7 @@ import pytest
 
 from beam_pipeline import archives, error_codes, run, sample_data
 from beam_pipeline.transforms import _DecodeChunk
-from tests import bad_inputs, hostile_inputs, synth, tiny_model
+from tests import hostile_inputs, synth, tiny_model
 from tests import rows as rows_mod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -104,15 +104,16 @@ def test_training_on_two_collections_reports_every_source(tmp_path):
 
 def test_lesion_supervised_training_exports_the_plain_model(tmp_path):
     """Masks train a second head; the artifact is the one-output CNN the scorer expects."""
+    import tensorflow as tf
+
     from trainer import artifact, augment
     from trainer.train import _mask_specs, train
-    import tensorflow as tf
     lgg = tmp_path / "lgg"
     synth.write_sequence_collection(lgg, patients=6, per_patient=4, site="DU")
     mri = tmp_path / "brain-mri"
     synth.write_class_folders(mri, {"glioma": True, "notumor": False}, 8, size=64)
     examples, _ = discovery.discover_all([str(mri), str(lgg)])
-    specs = dict(zip((e.path for e in examples), _mask_specs(examples, [str(mri), str(lgg)], "flair")))
+    specs = dict(zip((e.path for e in examples), _mask_specs(examples, [str(mri), str(lgg)], "flair"), strict=True))
     for e in examples:
         s = specs[e.path]
         if e.collection == "brain-mri" or (e.label == 1 and e.sequence != "flair"):

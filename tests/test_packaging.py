@@ -1,46 +1,116 @@
-"""Packaging facts Dataflow depends on: the sdist carries code and the default
-model, and the worker images pin the same Beam and Python as setup.py."""
+"""Packaging facts Dataflow and the images depend on: the sdist and the wheel carry the code and the
+default model, the worker images pin the Beam and Python of pyproject.toml, and the trainer runs without Beam."""
 import os
 import re
 import subprocess
 import sys
 import tarfile
+import zipfile
 
 import pytest
 
+from beam_pipeline import model_store
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the TOML reader pip itself uses
+    from pip._vendor import tomli as tomllib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = "models/brain-tumor-cnn/3"
+DEFAULT_MODEL = f"models/{model_store.DEFAULT_MODEL_PATH}"
+MODEL_FILES = ("model.keras", "metadata.json", "SHA256SUMS", "model.onnx", "ood_reference.npz", "model_card.md")
+needs_model = pytest.mark.skipif(not os.path.isdir(os.path.join(REPO, DEFAULT_MODEL)), reason="no committed model yet")
 
 
-def _setup_py():
-    return open(os.path.join(REPO, "setup.py")).read()
+def _project():
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(REPO, DEFAULT_MODEL)), reason="no committed model yet")
+@needs_model
 def test_sdist_contains_packages_and_default_model(tmp_path):
-    # What Beam runs for --setup_file: `python setup.py sdist`.
+    # What Beam runs for --setup_file when `build` is not installed: `python setup.py sdist`.
     subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
                    cwd=REPO, check=True, capture_output=True)
     (sdist,) = list(tmp_path.glob("*.tar.gz"))
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
-    for needed in ("setup.py", "trainer/preprocessing.py", "trainer/artifact.py", "beam_pipeline/run.py",
-                   "beam_pipeline/transforms.py", f"{DEFAULT_MODEL}/model.keras", f"{DEFAULT_MODEL}/metadata.json", f"{DEFAULT_MODEL}/SHA256SUMS",
-                   f"{DEFAULT_MODEL}/model.onnx", f"{DEFAULT_MODEL}/ood_reference.npz",
-                   f"{DEFAULT_MODEL}/model_card.md"):
+    for needed in ("setup.py", "pyproject.toml", "trainer/preprocessing.py", "trainer/artifact.py",
+                   "beam_pipeline/run.py", "beam_pipeline/transforms.py", "models/__init__.py",
+                   *(f"{DEFAULT_MODEL}/{f}" for f in MODEL_FILES)):
         assert needed in names, needed
-    assert not any("_work" in n or n.startswith("tests/") for n in names)
+    assert not any("_work" in n or n.startswith("tests/") or n.endswith("gradcam_sample.png") for n in names)
 
 
-def test_docker_images_pin_setup_versions():
+@needs_model
+def test_wheel_installs_the_default_model_as_package_data(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), REPO], check=True, capture_output=True)
+    (wheel,) = list(tmp_path.glob("*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in MODEL_FILES:
+        assert f"brain_screening_models/{model_store.DEFAULT_MODEL_PATH}/{f}" in names, f
+    assert "beam_pipeline/run.py" in names and "trainer/task.py" in names
+    assert not any("_work/" in n or n.endswith("gradcam_sample.png") for n in names)
+    # Installed from the wheel (outside the source tree), the pipeline finds its default model there.
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = "from beam_pipeline import model_store; print(model_store.DEFAULT_MODEL)"
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    env.pop("BRAIN_SCREENING_MODEL", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out.startswith(str(target)) and os.path.exists(os.path.join(out, "model.keras")), out
+
+
+def test_trainer_needs_no_beam():
+    """The trainer image carries no Beam: importing the training entry point must not need it."""
+    blocked = ["apache_beam", "pyarrow", "onnxruntime", "dicomweb_client", "highdicom"]
+    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {blocked!r}: raise ImportError('blocked ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import trainer.task, trainer.train, trainer.ood, trainer.gradcam, trainer.evaluation\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_docker_images_pin_project_versions():
     dockerfile = open(os.path.join(REPO, "Dockerfile")).read()
     beam = re.search(r"^ARG BEAM_VERSION=(\S+)", dockerfile, re.M).group(1)
     python = re.search(r"^ARG PYTHON_VERSION=(\S+)", dockerfile, re.M).group(1)
-    lo, hi = re.search(r'"apache-beam\[gcp\]>=([\d.]+),<([\d.]+)"', _setup_py()).groups()
+    project = _project()
+    deps = {re.split(r"[\[<>=]", d, maxsplit=1)[0]: d for d in project["dependencies"]}
+    lo, hi = re.search(r">=([\d.]+),<([\d.]+)", deps["apache-beam"]).groups()
     as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
     assert as_tuple(lo) <= as_tuple(beam) < as_tuple(hi)
-    py_lo, py_hi = re.search(r'python_requires=">=([\d.]+),<([\d.]+)"', _setup_py()).groups()
+    py_lo, py_hi = re.search(r">=([\d.]+),<([\d.]+)", project["requires-python"]).groups()
     assert as_tuple(py_lo) <= as_tuple(python) < as_tuple(py_hi)
-    assert f"{sys.version_info.major}.{sys.version_info.minor}" == python, \
-        "CI and the worker image should run the same Python"
-    assert "ENTRYPOINT [\"/opt/apache/beam/boot\"]" in dockerfile
+    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in dockerfile
     assert "COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam" in dockerfile
+    # Every base image is a fixed tag or a digest argument; no :latest.
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", dockerfile, re.M))
+    for base in re.findall(r"^FROM (\S+)", dockerfile, re.M):
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), base)
+        if image == "${LAUNCHER_BASE}":
+            continue  # no default: the builder passes a verified digest
+        assert not image.endswith(":latest") and (re.search(r":[\w.-]+$", image) or "@sha256:" in image) \
+            or image in {"worker", "beam-sdk", "requirements"}, base
+    # Dependencies are installed before the code is copied in (a code edit does not reinstall TensorFlow).
+    for stage in re.split(r"^FROM ", dockerfile, flags=re.M)[1:]:
+        if "pip install" in stage and "COPY trainer" in stage:
+            assert stage.index("-c /tmp/constraints.txt") < stage.index("COPY trainer"), stage.split()[0]
+
+
+def test_constraints_pin_every_dependency_exactly():
+    pins = {}
+    for line in open(os.path.join(REPO, "requirements", "constraints.txt")):
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.strip().partition("==")
+            assert version, f"not an exact pin: {line!r}"
+            pins[re.sub(r"[-_.]+", "-", name.lower())] = version
+    project = _project()
+    wanted = project["dependencies"] + [d for k, v in project["optional-dependencies"].items() if k != "gpu"
+                                        for d in v if not d.startswith("brain-mri-screening")]
+    for dep in wanted:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=;]", dep, maxsplit=1)[0].strip().lower())
+        assert name in pins, f"{name} is not pinned in requirements/constraints.txt"

@@ -8,8 +8,6 @@ import os
 
 import apache_beam as beam
 import numpy as np
-import pytest
-import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
@@ -66,7 +64,7 @@ def test_training_and_scoring_paths_give_the_same_model_input(tmp_path):
     for name, data in blobs.items():
         (tmp_path / name).write_bytes(data)
         paths.append(str(tmp_path / name))
-    trained_on = dict(zip(blobs, _tfdata_inputs(paths, spec)))
+    trained_on = dict(zip(blobs, _tfdata_inputs(paths, spec), strict=True))
 
     chunks = [archives.Chunk(p, "file", 0, [archives.MemberRef("", len(blobs[os.path.basename(p)]))])
               for p in paths]

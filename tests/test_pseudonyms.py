@@ -2,10 +2,9 @@
 import os
 import zipfile
 
-
 from beam_pipeline import pseudonym, run
-from tests import synth, tiny_model
 from tests import rows as rows_mod
+from tests import synth, tiny_model
 
 IDENTIFIERS = ("MRN123456", "SMITH_JOHN", "19610203", "ACC998877")
 

@@ -4,10 +4,9 @@ import os
 import time
 import zipfile
 
-
 from beam_pipeline import run
-from tests import synth, tiny_model
 from tests import rows as rows_mod
+from tests import synth, tiny_model
 from tests.rows import stable
 
 

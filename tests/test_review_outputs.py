@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from beam_pipeline import report, run, sample_data
-from tests import tiny_model
 from tests import rows as rows_mod
+from tests import tiny_model
 
 
 @pytest.fixture(scope="module")

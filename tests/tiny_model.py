@@ -22,6 +22,7 @@ def write_tiny_artifact(root, size=32, threshold=0.5, seed=0, ood=False):
 def attach_ood_reference(version_dir, model, spec, n=240):
     """An OOD reference fitted on generated brain slices (the tiny model's 'training data')."""
     import numpy as np
+
     from tests import synth
     from trainer import ood
     xs = [preprocessing.prepare(synth.brain_slice(s, 64, lesion=bool(s % 2)).astype(np.float32), spec)

@@ -52,7 +52,7 @@ def group_near_duplicates(thumbs, threshold=DEFAULT_THRESHOLD, block=1024):
     for start in range(0, n, block):
         corr = thumbs[start:start + block] @ thumbs.T
         rows, cols = np.nonzero(corr >= threshold)
-        for r, c in zip(rows + start, cols):
+        for r, c in zip(rows + start, cols, strict=True):
             if c > r:
                 uf.union(r, c)
     roots = np.array([uf.find(i) for i in range(n)])

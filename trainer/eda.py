@@ -17,7 +17,7 @@ def build_report(examples, sizes, modes, group_ids, is_val, skipped, class_map_u
     side = np.where(is_holdout, 2, np.where(is_val, 1, 0))
     per_source = collections.Counter(
         (e.collection + (f"/{e.sequence}" if e.sequence else ""), e.label, int(s))
-        for e, s in zip(examples, side))
+        for e, s in zip(examples, side, strict=True))
     per_class = collections.Counter(e.class_name for e in examples)
     labels = np.array([e.label for e in examples])
     group_ids = np.asarray(group_ids)

@@ -64,6 +64,7 @@ def parity_inputs(version_dir, spec, n=256):
 def export(version_dir):
     """Convert, check parity, record and seal; returns the metadata["engines"] entry."""
     import onnxruntime as ort
+
     from trainer import artifact, ood, preprocessing
     model, metadata = artifact.load(version_dir)
     spec = preprocessing.InputSpec.from_dict(metadata["input_spec"])

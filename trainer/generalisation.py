@@ -40,7 +40,9 @@ def check_entry(check_dir):
 def rethreshold(artifact_dir, metadata, threshold_sources):
     """Recompute threshold and metrics from the artifact's own scored rows (no model call)."""
     import csv
+
     import numpy as np
+
     from trainer import evaluation, plots
     with open(os.path.join(artifact_dir, artifact.PREDICTIONS_FILE)) as f:
         rows = list(csv.DictReader(f))

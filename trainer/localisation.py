@@ -22,6 +22,7 @@ import numpy as np
 def evaluate(model, spec, rows, mask_dir, dilate_px, batch=32):
     """{split/source: figures} over tumor rows that have a mask."""
     import tensorflow as tf
+
     from trainer import gradcam, preprocessing
     explain = gradcam.make_explainer(model)
     picked = []

@@ -161,7 +161,7 @@ def feature_model(model):
 def split_outputs(model_names, outputs, x):
     """(probabilities, {component: features}) from a feature_model call on inputs `x`."""
     probs = np.asarray(outputs[0], np.float32).reshape(-1)
-    feats = {n: np.asarray(o) for n, o in zip(model_names, outputs[1:])}
+    feats = {n: np.asarray(o) for n, o in zip(model_names, outputs[1:], strict=True)}
     feats[HISTOGRAM] = input_histogram(x)
     return probs, feats
 

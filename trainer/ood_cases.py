@@ -103,6 +103,7 @@ def resliced(brats_root, per_volume=4):
 def sagittal_mri():
     """matplotlib's 16-bit MRI sample (s1045.ima): a real sagittal head slice."""
     import gzip
+
     import matplotlib.cbook as cbook
     with cbook.get_sample_data("s1045.ima.gz", asfileobj=True) as f:
         raw = f.read()

@@ -32,7 +32,7 @@ def scan(examples, workers=8):
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(_scan_one, examples))
     kept, thumbs, sizes, modes, skipped, hashes = [], [], [], [], [], []
-    for ex, r in zip(examples, results):
+    for ex, r in zip(examples, results, strict=True):
         if "error" in r:
             skipped.append({"path": ex.path, "reason": r["error"]})
             continue

@@ -10,10 +10,20 @@ import time
 
 import numpy as np
 
-from trainer import (artifact, dedup, discovery, distribute, eda, evaluation, input_pipeline, metrics,
-                     model_card, plots, preprocessing, scan)
+from trainer import (
+    artifact,
+    dedup,
+    discovery,
+    distribute,
+    eda,
+    evaluation,
+    input_pipeline,
+    model_card,
+    plots,
+    preprocessing,
+    scan,
+)
 from trainer.paths import join
-
 
 
 def _pattern_keys(examples, pattern):
