@@ -26,29 +26,39 @@ def _gpu_memory_growth():
 
 
 class _Scorer:
-    """What one worker process loads: the model, and the OOD guard's feature model and reference."""
+    """What one worker process loads: the model, as one graph that also returns the OOD guard's
+    features (with a reference) and the class-activation map (where it equals Grad-CAM)."""
 
     def __init__(self, model, reference):
+        from trainer import gradcam, ood
         self.model = model
         self.reference = reference
-        if reference is not None:
-            from trainer import ood
-            self.names = ood.layer_names(model)
-            self.features = ood.feature_model(model)
+        self.names = ood.layer_names(model) if reference is not None else []
+        self.has_cam = gradcam.cam_head(model) is not None
+        self.features = ood.feature_model(model, self.names, cam=self.has_cam)
 
     def __call__(self, x):
-        """(probabilities[n], ood_scores[n] or None) for a batch of model inputs."""
-        if self.reference is None:
-            return np.asarray(self.model.predict_on_batch(x), np.float32).reshape(-1), None
-        from trainer import ood
-        probs, feats = ood.split_outputs(self.names, self.features.predict_on_batch(x), x)
-        return probs, self.reference.score(feats)
+        """(probabilities[n], ood_scores[n] or None, cam maps[n, h, w, 1] or None) for a batch."""
+        outputs = self.features.predict_on_batch(x)
+        outputs = outputs if isinstance(outputs, list) else [outputs]
+        return _split(outputs, self.names, self.reference, self.has_cam, x)
+
+
+def _split(outputs, names, reference, has_cam, x):
+    from trainer import ood
+    probs = np.asarray(outputs[0], np.float32).reshape(-1)
+    cams = np.asarray(outputs[-1], np.float32) if has_cam else None
+    if reference is None:
+        return probs, None, cams
+    feats = {n: np.asarray(o) for n, o in zip(names, outputs[1:1 + len(names)], strict=True)}
+    feats[ood.HISTOGRAM] = ood.input_histogram(x)
+    return probs, reference.score(feats), cams
 
 
 class _OnnxScorer:
     """The same contract as _Scorer, on ONNX Runtime (model.onnx from `python -m trainer.export`)."""
 
-    def __init__(self, onnx_path, reference, feature_names, threads=0):
+    def __init__(self, onnx_path, reference, feature_names, threads=0, has_cam=False):
         import onnxruntime as ort
         options = ort.SessionOptions()
         if threads:
@@ -57,17 +67,19 @@ class _OnnxScorer:
         self.session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.reference = reference
-        self.names = feature_names
+        self.names = feature_names if reference is not None else []
+        self.has_cam = has_cam
 
     def __call__(self, x):
         outputs = self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})
-        probs = np.asarray(outputs[0], np.float32).reshape(-1)
-        if self.reference is None:
-            return probs, None
-        from trainer import ood
-        feats = dict(zip(self.names, outputs[1:], strict=True))
-        feats[ood.HISTOGRAM] = ood.input_histogram(x)
-        return probs, self.reference.score(feats)
+        return _split(outputs, self.names, self.reference, self.has_cam, x)
+
+
+def scores_heatmaps(metadata, engine):
+    """Whether this engine's scoring pass returns the heatmaps' class-activation maps (no Grad-CAM model)."""
+    if engine == "onnxruntime":
+        return bool((metadata.get("engines") or {}).get("onnxruntime", {}).get("cam_output"))
+    return False  # TensorFlow: decided when the model is loaded (gradcam.cam_head); TensorFlow is loaded anyway
 
 
 def resolve_engine(requested, metadata, gpu_workers):
@@ -92,8 +104,8 @@ def resolve_engine(requested, metadata, gpu_workers):
 class KerasChunkModelHandler(ModelHandler):
     """Examples: float32 arrays (n, H, W, 1).
 
-    Predictions: PredictionResult(chunk, (probs[n], ood_scores[n] or None)); the
-    OOD score comes from the same forward pass when the artifact has a reference."""
+    Predictions: PredictionResult(chunk, (probs[n], ood_scores[n] or None, cam maps or None)); the
+    OOD score and the class-activation map come from the same forward pass (trainer/gradcam.py: cam_head)."""
 
     def __init__(self, model_uri, batch_size=64, chunks_per_batch=1, engine="tensorflow", model_copies=0,
                  threads=0):
@@ -137,7 +149,8 @@ class KerasChunkModelHandler(ModelHandler):
             local = model_store.stage(self._model_uri)
             md = artifact.verify(local)
             entry = md["engines"]["onnxruntime"]
-            return _OnnxScorer(os.path.join(local, entry["file"]), reference, entry["feature_outputs"], self._threads)
+            return _OnnxScorer(os.path.join(local, entry["file"]), reference, entry["feature_outputs"], self._threads,
+                               has_cam=bool(entry.get("cam_output")))
         _gpu_memory_growth()
         model, _ = model_store.load(self._model_uri)
         return _Scorer(model, reference)
@@ -146,12 +159,14 @@ class KerasChunkModelHandler(ModelHandler):
         sizes = [len(chunk) for chunk in batch]
         x = np.concatenate(batch, axis=0) if len(batch) > 1 else batch[0]
         parts = [model(x[i:i + self._batch_size]) for i in range(0, len(x), self._batch_size)]
-        probs = np.concatenate([p for p, _ in parts]) if parts else np.zeros(0, np.float32)
-        oods = np.concatenate([o for _, o in parts]) if parts and parts[0][1] is not None else None
         cuts = np.cumsum(sizes)[:-1]
-        ood_split = np.split(oods, cuts) if oods is not None else [None] * len(batch)
-        return [PredictionResult(chunk, (p, o), model_id=self._model_id)
-                for chunk, p, o in zip(batch, np.split(probs, cuts), ood_split, strict=True)]
+
+        def per_chunk(k):  # output k of every part, split back into chunks (None where the model has none)
+            if not parts or parts[0][k] is None:
+                return [None] * len(batch)
+            return np.split(np.concatenate([part[k] for part in parts]), cuts)
+        return [PredictionResult(chunk, (p, o, c), model_id=self._model_id)
+                for chunk, p, o, c in zip(batch, per_chunk(0), per_chunk(1), per_chunk(2), strict=True)]
 
     def get_num_bytes(self, batch):
         return int(sum(chunk.nbytes for chunk in batch))

@@ -34,9 +34,8 @@ def _read(path):
 def _table(pattern, columns=None):
     """An Arrow table of the matching Parquet files, only `columns` read (None if no file).
 
-    The report never holds the image table as Python rows: at the 10 M images a night of
-    docs/dataflow.md that would be tens of GB. It reads the columns it needs, computes counts and
-    the histogram in Arrow/NumPy, and turns into rows only what the page shows (bounded)."""
+    For the aggregated tables (series, studies: one row per series or study). The image table,
+    10 M rows a night in docs/dataflow.md, is never loaded whole: _scan_images streams it."""
     import pyarrow as pa
     paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     tables = []
@@ -54,12 +53,15 @@ def _data_uri(png):
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _histogram_png(probs, threshold):
+HISTOGRAM_BINS = 40
+
+
+def _histogram_png(counts, threshold):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 2.6))
-    ax.hist(probs, bins=40, range=(0, 1), color="#4c72b0")
+    ax.stairs(counts, np.linspace(0, 1, len(counts) + 1), fill=True, color="#4c72b0")
     ax.axvline(threshold, color="#c44e52", lw=2, label=f"threshold {threshold:.3f}")
     ax.set_xlabel("tumor probability")
     ax.set_ylabel("images")
@@ -69,6 +71,36 @@ def _histogram_png(probs, threshold):
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _scan_images(pattern, shown_uids, shown_sources):
+    """One pass over the image table in record batches: the probability histogram, the threshold,
+    the error count with the first MAX_ERRORS error rows, and the heatmap rows of the studies shown.
+
+    Memory is one batch plus what the page shows, whatever the number of rows
+    (bench/report_memory.py: peak RSS at 100 k and 1 M rows)."""
+    import pyarrow.compute as pc
+    counts = np.zeros(HISTOGRAM_BINS, np.int64)
+    threshold, n_errors, errors, near = None, 0, [], []
+    uids, sources = pa.array(shown_uids, pa.string()), pa.array(shown_sources, pa.string())
+    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=_IMAGE_COLUMNS):
+                ok = pc.equal(batch.column("status"), "ok")
+                probs = pc.filter(batch.column("tumor_probability"), ok).to_numpy(zero_copy_only=False)
+                counts += np.histogram(probs, HISTOGRAM_BINS, (0.0, 1.0))[0]
+                if threshold is None and len(probs):
+                    threshold = pc.filter(batch.column("threshold"), ok)[0].as_py()
+                bad = batch.filter(pc.invert(ok))
+                n_errors += bad.num_rows
+                if len(errors) < MAX_ERRORS:
+                    errors += bad.slice(0, MAX_ERRORS - len(errors)).to_pylist()
+                if len(uids) or len(sources):
+                    shown = pc.and_(ok, pc.and_(pc.is_valid(batch.column("heatmap_path")), pc.or_(
+                        pc.is_in(batch.column("study_instance_uid"), uids),
+                        pc.is_in(batch.column("source_uri"), sources))))
+                    near += batch.filter(shown).to_pylist()
+    return counts, threshold, n_errors, errors, near
 
 
 def _model_metadata(summary):
@@ -158,7 +190,6 @@ def render(folder):
     import pyarrow.compute as pc
 
     from beam_pipeline.studies import series_label, study_key
-    images = _table(prefix + "/images-*.parquet", _IMAGE_COLUMNS)
     study_table = _table(prefix + "/series-*.parquet")  # the flagged section shows series with heatmaps
     worklist_table = _table(prefix + "/studies-*.parquet")
     worklist = [] if worklist_table is None else worklist_table.sort_by(
@@ -169,22 +200,13 @@ def render(folder):
     n_flagged = 0 if flagged_table is None else flagged_table.num_rows
     flagged = [] if flagged_table is None else flagged_table.sort_by(
         [("max_probability", "descending")]).slice(0, MAX_FLAGGED_STUDIES).to_pylist()
-    ok = images.filter(pc.field("status") == "ok") if images is not None else None
-    probs = ok.column("tumor_probability").to_numpy() if ok is not None and ok.num_rows else np.zeros(0)
-    threshold = ok.column("threshold")[0].as_py() if probs.size else float("nan")
     # Heatmap rows of the studies on the page only (top MAX_FLAGGED_STUDIES), as Python rows.
+    counts, threshold, n_errors, errors, near = _scan_images(
+        prefix + "/images-*.parquet", [s["study_instance_uid"] for s in flagged if s["study_instance_uid"]],
+        [s["source_uri"] for s in flagged if not s["study_instance_uid"]])
     by_study = {}
-    if ok is not None and flagged:
-        shown_uids = [s["study_instance_uid"] for s in flagged if s["study_instance_uid"]]
-        shown_sources = [s["source_uri"] for s in flagged if not s["study_instance_uid"]]
-        near = ok.filter(pc.is_valid(pc.field("heatmap_path")) & (
-            pc.is_in(pc.field("study_instance_uid"), pa.array(shown_uids, pa.string())) |
-            pc.is_in(pc.field("source_uri"), pa.array(shown_sources, pa.string()))))
-        for r in near.to_pylist():
-            by_study.setdefault(study_key(r), []).append(r)
-    bad = images.filter(pc.field("status") != "ok") if images is not None else None
-    n_errors = 0 if bad is None else bad.num_rows
-    errors = [] if bad is None else bad.slice(0, MAX_ERRORS).to_pylist()
+    for r in near:
+        by_study.setdefault(study_key(r), []).append(r)
     md = _model_metadata(summary)
     parts = [f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>Brain-MRI screening run {_esc(summary['run_id'])}</title>
@@ -211,9 +233,9 @@ every study still needs a radiologist's read.</p>
 <tr><th>inputs</th><td>{totals['sources']}</td></tr>
 </table>"""]
     parts.append(_worklist_html(worklist, n_exams))
-    if probs.size:
+    if counts.sum():
         parts.append(f'<h2>Probabilities</h2><img id="histogram" alt="histogram of tumor probabilities" '
-                     f'src="{_data_uri(_histogram_png(probs, threshold))}">')
+                     f'src="{_data_uri(_histogram_png(counts, threshold))}">')
     shown = f" (showing the {len(flagged)} highest)" if n_flagged > len(flagged) else ""
     parts.append(f'<h2>Flagged series ({n_flagged}){shown}</h2><div id="flagged">')
     for s in flagged:

@@ -37,7 +37,11 @@ from beam_pipeline import (
     summary,
 )
 from beam_pipeline.options import ScreeningOptions
-from beam_pipeline.transforms import ROWS_TAG, DecodeImages, ExpandInputs, ScoreImages, WriteResults
+from beam_pipeline.stages.decode import ROWS_TAG, DecodeImages
+from beam_pipeline.stages.expand import ExpandInputs
+from beam_pipeline.stages.heatmaps import AddHeatmaps
+from beam_pipeline.stages.score import FLAGGED_TAG, ScoreImages
+from beam_pipeline.stages.tables import WriteResults
 from trainer import artifact
 
 
@@ -118,27 +122,31 @@ def _inference_threads(requested, options):
 
 def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None, known_studies=None,
           threshold=None):
-    """Wire the stages into `pipeline`; returns the PCollection of the promoted run summary.
+    """Wire the stages (beam_pipeline/stages/) into `pipeline`; returns the PCollection of the promoted
+    run summary. Reads as the data flow: expand -> decode -> score -> heatmaps -> rows -> tables + finalise.
 
     `threshold`: the (value, source) pair run() already decided, so a site profile is read once."""
     threshold, threshold_source = threshold or _threshold(opts, metadata)
     limits = archives.Limits(max_member_bytes=opts.max_member_bytes, chunk_size=opts.chunk_size)
-    heatmap_dirs = (f"{plan.staging}/heatmaps", f"{results_store.results_dir(opts.output)}/heatmaps") \
-        if opts.heatmaps else None
     expander = ExpandInputs(opts.input, limits, known_studies)
     chunks = pipeline | "ExpandInputs" >> expander
     decoded = chunks | "DecodeImages" >> DecodeImages(plan.run_id, metadata["input_spec"], plan.model_info,
                                                       pseudonym_key, opts.dicomweb_max_parallel, accession_key)
     scored = decoded.images | "ScoreImages" >> ScoreImages(
-        opts.model, threshold, opts.batch_size, opts.chunk_size, heatmap_dirs=heatmap_dirs,
+        opts.model, threshold, opts.batch_size, opts.chunk_size, heatmaps=opts.heatmaps,
         ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source,
         engine=opts.engine, model_copies=opts.model_copies, threads=opts.inference_threads)
-    rows = (scored, decoded[ROWS_TAG]) | "AllRows" >> beam.Flatten()
+    parts = [scored.rows, decoded[ROWS_TAG]]
+    heatmap_dir = f"{plan.staging}/heatmaps" if opts.heatmaps else None
+    if opts.heatmaps:
+        parts.append(scored[FLAGGED_TAG] | "AddHeatmaps" >> AddHeatmaps(
+            opts.model, heatmap_dir, f"{results_store.results_dir(opts.output)}/heatmaps"))
+    rows = tuple(parts) | "AllRows" >> beam.Flatten()
     back = None
     if opts.write_back:
         from beam_pipeline import write_back
         back = write_back.WriteBack(next(p for p in opts.input if dicomweb.is_dicomweb(p)), plan.model_info,
-                                    threshold, heatmap_dirs[0] if heatmap_dirs else None)
+                                    threshold, heatmap_dir)
     fingerprints = expander.study_fingerprints if opts.manifest else None
     return rows | "WriteResults" >> WriteResults(plan, opts.num_shards, back, fingerprints)
 
@@ -184,7 +192,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     except ValueError as e:
         raise JobError(str(e)) from e
     opts.inference_threads = _inference_threads(opts.inference_threads, options)
-    if not opts.verbose and (opts.engine == "tensorflow" or opts.heatmaps):
+    grad_cam_on_tensorflow = opts.heatmaps and not inference.scores_heatmaps(metadata, opts.engine)
+    if not opts.verbose and (opts.engine == "tensorflow" or grad_cam_on_tensorflow):
         cli.quiet_tensorflow()  # before the first import of TensorFlow, which prints from C++
     try:
         model_store.check_model_matches_metadata(opts.model, opts.engine)

@@ -15,14 +15,26 @@ DEFAULT_MODEL = os.path.join(REPO, "models", "brain-tumor-cnn", "3")  # = model_
 SHARED = os.path.join(REPO, "..", "shared", "data", "brain-mri")
 
 
-def image_bytes(n, seed=0):
-    """n JPEG byte strings: real MRI from ../shared when present, else generated."""
+def image_bytes(n, seed=0, tumor_share=None):
+    """n JPEG byte strings: real MRI from ../shared when present, else generated.
+
+    `tumor_share`: the fraction drawn from the tumor classes (the rest from notumor);
+    default: the collection's own mix (72 % tumors)."""
     files = sorted(glob.glob(os.path.join(SHARED, "*", "*.jpg")))
+    rng = np.random.default_rng(seed)
     if files:
-        rng = np.random.default_rng(seed)
-        picks = [files[i] for i in rng.choice(len(files), n, replace=n > len(files))]
+        if tumor_share is None:
+            picks = [files[i] for i in rng.choice(len(files), n, replace=n > len(files))]
+        else:
+            tumor = [f for f in files if os.path.basename(os.path.dirname(f)) != "notumor"]
+            normal = [f for f in files if os.path.basename(os.path.dirname(f)) == "notumor"]
+            k = round(n * tumor_share)
+            picks = [tumor[i] for i in rng.choice(len(tumor), k, replace=k > len(tumor))] + \
+                    [normal[i] for i in rng.choice(len(normal), n - k, replace=n - k > len(normal))]
+            picks = [picks[i] for i in rng.permutation(n)]
         return [open(p, "rb").read() for p in picks], "shared brain-mri JPEGs"
-    return [sample_data.encode(sample_data.synthetic_slice(i, 224, lesion=i % 3 == 0), "JPEG")
+    share = 1 / 3 if tumor_share is None else tumor_share
+    return [sample_data.encode(sample_data.synthetic_slice(i, 224, lesion=rng.random() < share), "JPEG")
             for i in range(n)], "generated JPEGs"
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from beam_pipeline import archives, error_codes, run
-from beam_pipeline.transforms import _DecodeChunk
+from beam_pipeline.stages.decode import _DecodeChunk
 from tests import bad_inputs, tiny_model
 from tests import rows as rows_mod
 

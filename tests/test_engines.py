@@ -62,37 +62,22 @@ def test_onnx_engine_needs_an_exported_artifact_and_a_sealed_file(tmp_path, caps
 
 
 def test_a_cpu_run_on_onnx_runtime_never_imports_tensorflow(tmp_path):
-    """TensorFlow's import is 5 s of launcher start-up; a DirectRunner CPU run scores without it."""
+    """TensorFlow's import is 5 s of start-up: an ONNX Runtime run scores and draws heatmaps without it
+    (the scoring pass returns the class-activation map, trainer/gradcam.py: cam_head)."""
     import subprocess
     import sys
-    model_dir = tiny_model.write_tiny_artifact(tmp_path, ood=True)
-    export.export(model_dir)
-    img = tmp_path / "x.png"
-    img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, ood=True, threshold=0.0)  # every in-distribution image flagged
+    assert export.export(model_dir)["cam_output"]
+    for s in range(6):
+        (tmp_path / f"{s}.png").write_bytes(synth.encode(synth.brain_slice(s, 64, lesion=True)))
+    out = tmp_path / "o"
     code = ("import sys; from beam_pipeline import run; "
-            f"code = run.main(['--input', {str(img)!r}, '--output', {str(tmp_path / 'o')!r}, '--model', "
-            f"{model_dir!r}, '--engine', 'onnxruntime', '--no-heatmaps']); "
+            f"code = run.main(['--input', {str(tmp_path / '*.png')!r}, '--output', {str(out)!r}, '--model', "
+            f"{model_dir!r}, '--engine', 'onnxruntime', '--keep-paths']); "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules); sys.exit(code)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False False"
-
-
-def test_model_handler_keeps_beams_contract(tmp_path):
-    from beam_pipeline.inference import KerasChunkModelHandler
-    first = tiny_model.write_tiny_artifact(tmp_path / "a")
-    second = tiny_model.write_tiny_artifact(tmp_path / "b", seed=3)
-    handler = KerasChunkModelHandler(first)
-    with pytest.raises(ValueError, match="no inference_args"):
-        handler.validate_inference_args({"batch_size": 8})
-    handler.validate_inference_args(None)
-    assert not handler.share_model_across_processes() and handler.model_copies() == 1
-    assert KerasChunkModelHandler(first, model_copies=2).share_model_across_processes()
-    x = np.stack([np.zeros((32, 32, 1), np.float32), np.ones((32, 32, 1), np.float32) * 0.5])
-    (r1,) = handler.run_inference([x], handler.load_model())
-    sha = json.load(open(os.path.join(first, "metadata.json")))["model_sha256"]
-    assert r1.model_id == f"tiny/1/{sha[:12]}/tensorflow"
-    handler.update_model_path(second)
-    (r2,) = handler.run_inference([x], handler.load_model())
-    assert r2.model_id != r1.model_id and not np.allclose(r1.inference[0], r2.inference[0])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False False"
+    drawn = [r for r in rows_mod.images(out) if r["heatmap_path"]]
+    assert drawn and all(os.path.getsize(r["heatmap_path"]) > 1000 for r in drawn)

@@ -83,3 +83,27 @@ def test_saturated_slice_still_gets_a_heatmap(lesion_model):
     h = SIZE // 2
     peak = np.unravel_index(np.argmax(heat), heat.shape)
     assert peak[0] < h and peak[1] < h, peak
+
+
+def test_heatmap_from_the_scoring_pass_equals_grad_cam():
+    """For the product's head (last conv -> GAP -> Dropout -> Dense) the scoring pass's CAM map, upsampled,
+    is Grad-CAM: the pipeline draws heatmaps without a second model or a gradient."""
+    import keras
+
+    from trainer import ood
+    from trainer.model import make_model
+    keras.utils.set_random_seed(4)
+    model = make_model((64, 64, 1), base_filters=8)
+    x = np.stack([preprocessing.prepare(synth.brain_slice(s, 96, lesion=s % 2 == 0).astype(np.float32),
+                                        preprocessing.InputSpec(64, 64)) for s in range(12)])
+    assert gradcam.cam_head(model) is not None
+    cams = ood.feature_model(model, [], cam=True).predict_on_batch(x)[-1]
+    got = gradcam.heatmaps_from_cam(cams, (64, 64))
+    want = gradcam.make_explainer(model)(x)
+    assert got.shape == want.shape == (12, 64, 64)
+    assert (want.max(axis=(1, 2)) > 0.99).sum() >= 10  # real maps, not blank ones
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_heads_without_a_cam_keep_grad_cam(lesion_model):
+    assert gradcam.cam_head(lesion_model) is None  # global max pooling: gradients are not the kernel

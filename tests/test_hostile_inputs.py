@@ -17,7 +17,7 @@ import zipfile
 import pytest
 
 from beam_pipeline import archives, error_codes, run, sample_data
-from beam_pipeline.transforms import _DecodeChunk
+from beam_pipeline.stages.decode import _DecodeChunk
 from tests import hostile_inputs, synth, tiny_model
 from tests import rows as rows_mod
 

@@ -35,7 +35,7 @@ def test_sdist_contains_packages_and_default_model(tmp_path):
     (sdist,) = list(tmp_path.glob("*.tar.gz"))
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
     for needed in ("setup.py", "pyproject.toml", "trainer/preprocessing.py", "trainer/artifact.py",
-                   "beam_pipeline/run.py", "beam_pipeline/transforms.py", "models/__init__.py",
+                   "beam_pipeline/run.py", "beam_pipeline/stages/score.py", "models/__init__.py",
                    *(f"{DEFAULT_MODEL}/{f}" for f in MODEL_FILES)):
         assert needed in names, needed
     assert not any("_work" in n or n.startswith("tests/") or n.endswith("gradcam_sample.png") for n in names)
@@ -49,7 +49,7 @@ def test_wheel_installs_the_default_model_as_package_data(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for f in MODEL_FILES:
         assert f"brain_screening_models/{model_store.DEFAULT_MODEL_PATH}/{f}" in names, f
-    assert "beam_pipeline/run.py" in names and "trainer/task.py" in names
+    assert {"beam_pipeline/run.py", "beam_pipeline/stages/score.py", "trainer/task.py"} <= names
     assert not any("_work/" in n or n.endswith("gradcam_sample.png") for n in names)
     # Installed from the wheel (outside the source tree), the pipeline finds its default model there.
     target = tmp_path / "site"

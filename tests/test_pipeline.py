@@ -8,7 +8,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import archives, decoding, results_store, run, schema
-from beam_pipeline.transforms import ExpandInputs
+from beam_pipeline.stages.expand import ExpandInputs
 from tests import corpus, tiny_model
 from tests.rows import stable
 from trainer import artifact, preprocessing

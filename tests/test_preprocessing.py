@@ -12,7 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from beam_pipeline import archives
-from beam_pipeline.transforms import DecodeImages
+from beam_pipeline.stages.decode import DecodeImages
 from tests import golden_inputs, synth
 from trainer import input_pipeline, preprocessing
 

@@ -4,13 +4,14 @@
 
 Writes `model.onnx` beside `model.keras`: the same weights, with the OOD
 guard's pooled activations as extra outputs when the artifact has an OOD
-reference (one forward pass gives probability and features, as on
-TensorFlow). The export is refused unless ONNX Runtime reproduces
+reference, and the class-activation map that equals Grad-CAM for this head
+(trainer/gradcam.py: cam_head), so one forward pass gives probability,
+features and heatmap, as on TensorFlow. The export is refused unless ONNX Runtime reproduces
 TensorFlow's probabilities within PARITY_TOLERANCE on the artifact's own
 validation images (or generated inputs when those are not on this machine);
 the measured difference, the opset and the output names go into
 metadata.json["engines"], and SHA256SUMS is re-sealed. TensorFlow stays the
-engine for training, GPUs and Grad-CAM.
+engine for training, GPUs and Grad-CAM of models whose head has no CAM.
 """
 import argparse
 import json
@@ -24,8 +25,9 @@ PARITY_TOLERANCE = 1e-4
 
 
 def _scoring_model(model, with_features):
-    from trainer import ood
-    return ood.feature_model(model) if with_features else model
+    """Probability, the OOD features when the artifact has a reference, and the CAM map where the head allows."""
+    from trainer import gradcam, ood
+    return ood.feature_model(model, None if with_features else [], cam=gradcam.cam_head(model) is not None)
 
 
 def convert(model, path, with_features):
@@ -65,7 +67,7 @@ def export(version_dir):
     """Convert, check parity, record and seal; returns the metadata["engines"] entry."""
     import onnxruntime as ort
 
-    from trainer import artifact, ood, preprocessing
+    from trainer import artifact, gradcam, ood, preprocessing
     model, metadata = artifact.load(version_dir)
     spec = preprocessing.InputSpec.from_dict(metadata["input_spec"])
     with_features = bool(metadata.get("ood"))
@@ -78,13 +80,18 @@ def export(version_dir):
     want = _scoring_model(model, with_features).predict(x, batch_size=64, verbose=0)
     want = want if isinstance(want, list) else [want]
     dp = float(np.max(np.abs(np.asarray(got[0]).reshape(-1) - np.asarray(want[0]).reshape(-1))))
-    if dp > PARITY_TOLERANCE:
+    dcam = None
+    if gradcam.cam_head(model) is not None:  # the heatmap maps, relative to their peak
+        peak = max(float(np.max(want[-1])), 1e-6)
+        dcam = float(np.max(np.abs(np.asarray(got[-1]) - np.asarray(want[-1])))) / peak
+    if dp > PARITY_TOLERANCE or (dcam is not None and dcam > PARITY_TOLERANCE):
         os.remove(tmp)
-        raise artifact.ArtifactError(f"ONNX Runtime differs from TensorFlow by {dp:.2e} > {PARITY_TOLERANCE}; "
-                                     "not exported")
+        raise artifact.ArtifactError(f"ONNX Runtime differs from TensorFlow by {dp:.2e} (probability), "
+                                     f"{dcam} (heatmap map, relative) > {PARITY_TOLERANCE}; not exported")
     os.replace(tmp, path)
     entry = {"file": ONNX_FILE, "opset": OPSET, "outputs": outputs,
              "feature_outputs": ood.layer_names(model) if with_features else [],
+             "cam_output": dcam is not None, "max_relative_cam_difference": dcam,
              "max_abs_probability_difference": dp, "parity_checked_on": f"{len(x)} {what}"}
     md_path = os.path.join(version_dir, artifact.METADATA_FILE)
     with open(md_path) as f:

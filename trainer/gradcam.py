@@ -32,6 +32,66 @@ def output_dense_layer(model):
     return dense[-1]
 
 
+def cam_head(model):
+    """(last conv layer, output Dense) when Grad-CAM equals CAM from the forward pass, else None.
+
+    For last conv -> GlobalAveragePooling -> [Dropout] -> Dense(1), the gradient of
+    the logit w.r.t. every position of feature map k is w_k / (H*W), so Grad-CAM's
+    channel weights are the Dense kernel up to a positive factor that the
+    normalisation by the peak removes: relu(A . w), upsampled, is the heatmap.
+    The scoring pass can then return it, and no second model, gradient or
+    TensorFlow is needed for heatmaps (bench/review_overhead.py).
+    """
+    import keras
+    conv, head = last_conv_layer(model), output_dense_layer(model)
+    layer = _producer(head.input)
+    while isinstance(layer, keras.layers.Dropout):
+        layer = _producer(layer.input)
+    if isinstance(layer, keras.layers.GlobalAveragePooling2D) and _producer(layer.input) is conv:
+        return conv, head
+    return None
+
+
+def _producer(tensor):
+    return tensor._keras_history[0]
+
+
+def cam_output(model):
+    """A layer output relu(A . w) of shape (n, h, w, 1) on the last conv's map, or None (cam_head)."""
+    import keras
+    found = cam_head(model)
+    if found is None:
+        return None
+    conv, head = found
+    kernel = np.asarray(head.kernel, np.float32)  # (k, 1)
+    layer = keras.layers.Conv2D(1, 1, use_bias=False, activation="relu", dtype="float32", name="cam_map")
+    out = layer(conv.output)
+    layer.set_weights([kernel.reshape(1, 1, -1, 1)])
+    return out
+
+
+def _resize_matrix(n_in, n_out):
+    """Bilinear interpolation matrix (n_out, n_in) with half-pixel centres and edge clamping:
+    the sampling of tf.image.resize(method='bilinear'), which make_explainer uses."""
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    lo = np.floor(src)
+    frac = src - lo
+    m = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, np.clip(lo, 0, n_in - 1).astype(int)), 1 - frac)
+    np.add.at(m, (rows, np.clip(lo + 1, 0, n_in - 1).astype(int)), frac)
+    return m
+
+
+def heatmaps_from_cam(cams, size):
+    """(n, h, w[, 1]) relu(A . w) maps -> (n, H, W) heatmaps in [0, 1], as make_explainer returns them."""
+    cams = np.asarray(cams, np.float64).reshape(len(cams), *np.shape(cams)[1:3])
+    ry, rx = _resize_matrix(cams.shape[1], size[0]), _resize_matrix(cams.shape[2], size[1])
+    up = np.einsum("yh,nhw,xw->nyx", ry, cams, rx)
+    peak = up.max(axis=(1, 2), keepdims=True)
+    return np.divide(up, peak, out=np.zeros_like(up), where=peak > 0).astype(np.float32)
+
+
 def make_explainer(model, layer_name=None):
     """A callable x[n, H, W, 1] -> heatmaps[n, H, W] in [0, 1] for `model`."""
     import keras

@@ -150,12 +150,19 @@ def fit(train, train_labels, val, val_groups, false_ood=DEFAULT_VALIDATION_FALSE
     return ref
 
 
-def feature_model(model):
-    """One call: [tumor probability, pooled activations of every layer in layer_names()]."""
+def feature_model(model, names=None, cam=False):
+    """One call: [tumor probability, pooled activations of `names` (default: layer_names()), CAM map if `cam`].
+
+    With `cam` (and a head where it equals Grad-CAM, gradcam.cam_head), the last output
+    is relu(A . w) on the last conv's map, so the scoring pass also yields heatmaps."""
     import keras
+
+    from trainer import gradcam
+    names = layer_names(model) if names is None else names
     pooled = [keras.layers.GlobalAveragePooling2D(name=f"ood_pool_{n}")(model.get_layer(n).output)
-              for n in layer_names(model)]
-    return keras.Model(model.inputs, [model.output, *pooled])
+              for n in names]
+    extra = [gradcam.cam_output(model)] if cam else []
+    return keras.Model(model.inputs, [model.output, *pooled, *[e for e in extra if e is not None]])
 
 
 def split_outputs(model_names, outputs, x):

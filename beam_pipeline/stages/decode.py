@@ -1,0 +1,107 @@
+"""Stage 2, DecodeImages: Chunk -> (row templates, stacked model inputs) + finished error rows.
+
+Reads each member, sniffs its format, decodes it (decoding.py) and preprocesses it with the trainer's
+`prepare`, the one definition of the model input. Every member that cannot become a model input leaves
+as a finished row with a coded reason on the ROWS_TAG output: nothing is dropped.
+"""
+import hashlib
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from beam_pipeline import archives, console, decoding, dicomweb, error_codes, pseudonym, schema
+from trainer import preprocessing
+
+ROWS_TAG = "rows"
+
+
+class _DecodeChunk(beam.DoFn):
+    """Chunk -> (row templates, stacked model inputs) + finished error/skipped rows."""
+
+    def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
+                 accession_key=None):
+        self._dicomweb_max_parallel = dicomweb_max_parallel or dicomweb.DEFAULT_MAX_PARALLEL
+        self._run_id = run_id
+        self._ps = pseudonym.Pseudonymiser(pseudonym_key)
+        self._accession = pseudonym.Pseudonymiser(accession_key)  # None key: in clear (opted in)
+        self._spec = preprocessing.InputSpec.from_dict(input_spec)
+        self._model_info = model_info
+        self._counts = {s: Metrics.counter("BrainScreening", f"images_{s}") for s in
+                        (schema.STATUS_OK, schema.STATUS_ERROR, schema.STATUS_SKIPPED)}
+
+    def setup(self):
+        dicomweb.configure(self._dicomweb_max_parallel)
+
+    def _dicom(self, fields):
+        """Header fields for a row: the accession number, an identifier, as a keyed pseudonym."""
+        if fields.get("accession_number"):
+            fields = {**fields, "accession_number": self._accession.component(fields["accession_number"])}
+        return fields
+
+    def _row(self, chunk, ref, **fields):
+        return schema.empty_row(run_id=self._run_id, source_uri=self._ps.uri(chunk.source_uri),
+                                member_path=self._ps.member(ref.path), member_size=ref.size,
+                                **self._model_info, **fields)
+
+    def _failed(self, chunk, ref, code, message, **fields):
+        status = error_codes.status_of(code)
+        self._counts[status].inc()
+        console.COUNTS.add(errors=int(status == schema.STATUS_ERROR))
+        message = self._ps.scrub(message, (ref.path, self._ps.member(ref.path)),
+                                 (chunk.source_uri, self._ps.uri(chunk.source_uri)))
+        row = self._row(chunk, ref, status=status, error_code=code, error_message=message[:2000],
+                        scored_at=schema.now(), **fields)
+        return beam.pvalue.TaggedOutput(ROWS_TAG, row)
+
+    def process(self, chunk):
+        templates, inputs = [], []
+        for ref, data, err in archives.read_members(chunk):
+            if ref.error_code:
+                yield self._failed(chunk, ref, ref.error_code, ref.error_message or "")
+                continue
+            if err is not None:
+                code = "input_unreadable" if chunk.kind == "file" else "member_read_error"
+                yield self._failed(chunk, ref, code, f"{type(err).__name__}: {err}")
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if archives.is_resource_fork(ref.path):
+                yield self._failed(chunk, ref, "resource_fork", "macOS metadata entry",
+                                   content_sha256=digest)
+                continue
+            try:
+                decoded = decoding.decode(data, ref.path or chunk.source_uri)
+            except decoding.DecodeError as e:
+                yield self._failed(chunk, ref, e.code, str(e), content_sha256=digest,
+                                   image_format=e.image_format, **self._dicom(e.fields))
+                continue
+            for frame in decoded.frames:
+                try:
+                    x = preprocessing.prepare(frame.gray, self._spec)
+                except Exception as e:  # e.g. a degenerate frame shape
+                    yield self._failed(chunk, ref, "undecodable_image", f"preprocessing failed: {e}",
+                                       content_sha256=digest, image_format=decoded.image_format,
+                                       frame_index=frame.frame_index)
+                    continue
+                templates.append(self._row(
+                    chunk, ref, content_sha256=digest, image_format=decoded.image_format,
+                    width=decoded.width, height=decoded.height, frame_index=frame.frame_index,
+                    **self._dicom(decoded.dicom)))
+                inputs.append(x)
+        if inputs:
+            yield templates, np.stack(inputs)
+
+
+class DecodeImages(beam.PTransform):
+    """Chunk -> main: (row templates, float32[n, H, W, 1]); ROWS_TAG: finished rows.
+
+    With a `pseudonym_key`, paths in rows are keyed pseudonyms (see pseudonym.py).
+    """
+
+    def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
+                 accession_key=None):
+        super().__init__()
+        self._fn = _DecodeChunk(run_id, input_spec, model_info, pseudonym_key, dicomweb_max_parallel, accession_key)
+
+    def expand(self, chunks):
+        return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, main="images")

@@ -1,0 +1,115 @@
+"""Stage 1, ExpandInputs: input patterns -> Chunks (references to up to --chunk-size archive members).
+
+File globs (local or gs://) are matched and each archive is listed on a worker; dicomweb:// inputs are
+searched study by study (QIDO-RS). A Reshuffle spreads the chunks across workers. Elements are chunks of
+members, not single images: on this machine one Beam element costs more than scoring one image.
+"""
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+
+from beam_pipeline import archives, console, dicomweb
+
+
+class _ListChunks(beam.DoFn):
+    """FileMetadata -> Chunks of member references for that input."""
+
+    def __init__(self, limits):
+        self._limits = limits
+
+    def process(self, file_metadata):
+        for chunk in archives.list_chunks(file_metadata.path, file_metadata.size_in_bytes, self._limits):
+            console.COUNTS.add(listed=len(chunk.refs))
+            yield chunk
+
+
+def _first(values):
+    return next(iter(values))
+
+
+class _SearchStudies(beam.DoFn):
+    """dicomweb:// input -> (input, Study Instance UID) for every matching study (QIDO-RS, paged).
+
+    Studies whose fingerprint equals the manifest's (`known`) are skipped; every other one
+    also goes to the 'fingerprints' output, which finalisation writes into the manifest."""
+
+    def __init__(self, known=None):
+        self._known = dict(known or {})
+        self._skipped = Metrics.counter("BrainScreening", "studies_unchanged")
+
+    def process(self, uri):
+        try:
+            for study, fingerprint in dicomweb.search_studies(uri):
+                key = dicomweb.manifest_key(uri, study)
+                if fingerprint["instances"] is not None and self._known.get(key) == fingerprint:
+                    self._skipped.inc()
+                    continue
+                yield beam.pvalue.TaggedOutput("fingerprints", (key, fingerprint))
+                yield uri, study
+        except Exception as e:
+            yield beam.pvalue.TaggedOutput("failed", archives.Chunk(uri.partition("?")[0], "dicomweb", 0, [
+                archives.MemberRef("", 0, None, "input_unreadable", f"QIDO-RS search failed: {type(e).__name__}: {e}")]))
+
+
+class _ListStudy(beam.DoFn):
+    """(input, study) -> Chunks of that study's instances (one ref per SOP Instance UID)."""
+
+    def __init__(self, limits):
+        self._limits = limits
+
+    def process(self, item):
+        uri, study = item
+        base, _ = dicomweb.parse(uri)
+        source = f"{uri.partition('?')[0].rstrip('/')}/studies/{study}"
+        try:
+            refs = [archives.MemberRef(f"{series}/{sop}", 0, (base, study, series, sop, self._limits.max_member_bytes))
+                    for series, sop in dicomweb.instances(uri, study)]
+        except Exception as e:
+            refs = [archives.MemberRef("", 0, None, "input_unreadable",
+                                       f"QIDO-RS series/instance search failed: {type(e).__name__}: {e}")]
+        for index in range(0, len(refs), self._limits.chunk_size):
+            chunk = archives.Chunk(source, "dicomweb", index // self._limits.chunk_size,
+                                   refs[index:index + self._limits.chunk_size])
+            console.COUNTS.add(listed=len(chunk.refs))
+            yield chunk
+
+
+class ExpandInputs(beam.PTransform):
+    """PBegin -> PCollection[Chunk], spread across workers by a Reshuffle.
+
+    File globs (local or gs://) are matched and listed; dicomweb:// inputs are
+    searched study by study (dicomweb.py)."""
+
+    def __init__(self, patterns, limits=None, known_studies=None):
+        super().__init__()
+        limits = limits or archives.Limits()
+        self._patterns = [p for p in patterns if not dicomweb.is_dicomweb(p)]
+        self._dicomweb = [p for p in patterns if dicomweb.is_dicomweb(p)]
+        self._limits = limits
+        self._known_studies = known_studies
+        self.study_fingerprints = None  # set by expand() for DICOMweb inputs: (manifest key, fingerprint)
+
+    def expand(self, pbegin):
+        branches = []
+        if self._patterns:
+            branches.append(
+                pbegin
+                | "Patterns" >> beam.Create(self._patterns)
+                | "MatchInputs" >> fileio.MatchAll()
+                # An input matched by two globs is one input: scored and counted once.
+                | "KeyByPath" >> beam.Map(lambda m: (m.path, m))
+                | "OnePerPath" >> beam.CombinePerKey(_first)
+                | "Inputs" >> beam.Values()
+                | "ListMembers" >> beam.ParDo(_ListChunks(self._limits)))
+        if self._dicomweb:
+            studies = (pbegin
+                       | "DicomwebInputs" >> beam.Create(sorted(set(self._dicomweb)))
+                       | "SearchStudies" >> beam.ParDo(_SearchStudies(self._known_studies)).with_outputs(
+                           "failed", "fingerprints", main="studies"))
+            self.study_fingerprints = studies.fingerprints
+            branches.append(studies.failed)
+            branches.append(studies.studies
+                            | "SpreadStudies" >> beam.Reshuffle()
+                            | "ListStudyInstances" >> beam.ParDo(_ListStudy(self._limits)))
+        chunks = branches[0] if len(branches) == 1 else tuple(branches) | "AllChunks" >> beam.Flatten()
+        return chunks | "SpreadChunks" >> beam.Reshuffle()

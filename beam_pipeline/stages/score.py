@@ -1,0 +1,70 @@
+"""Stage 3, ScoreImages: (row templates, image batch) -> scored rows, via Beam's RunInference.
+
+One forward pass gives the probability, the OOD score and (where it equals Grad-CAM) the heatmap's
+class-activation map; the label is decided once, in `schema.label`. Flagged rows leave on FLAGGED_TAG,
+with their model input and map, when heatmaps are on (stage 4, heatmaps.py).
+"""
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from beam_pipeline import console, schema
+from beam_pipeline.inference import KerasChunkModelHandler
+
+FLAGGED_TAG = "flagged"
+
+
+class _ToRows(beam.DoFn):
+    """(row templates, PredictionResult) -> one scored row per image.
+
+    Flagged rows go to FLAGGED_TAG with their model input when heatmaps are on.
+    """
+
+    def __init__(self, threshold, heatmaps, ood_threshold=None, threshold_source="artifact"):
+        self._threshold = threshold
+        self._threshold_source = threshold_source
+        self._heatmaps = heatmaps
+        self._ood_threshold = ood_threshold
+        self._ok = Metrics.counter("BrainScreening", "images_ok")
+        self._flagged = Metrics.counter("BrainScreening", "images_flagged")
+
+    def process(self, keyed):
+        templates, result = keyed
+        scored_at = schema.now()
+        console.COUNTS.add(scored=len(templates))
+        probs, oods, cams = result.inference
+        oods = [None] * len(templates) if oods is None else oods
+        cams = [None] * len(templates) if cams is None else cams
+        for row, x, p, ood, cam in zip(templates, result.example, probs, oods, cams, strict=True):
+            p = float(p)
+            in_dist = None if ood is None else bool(ood <= self._ood_threshold)
+            label = schema.label(p, self._threshold, in_dist)
+            self._ok.inc()
+            row = {**row, "status": schema.STATUS_OK, "tumor_probability": p, "predicted_label": label,
+                   "ood_score": None if ood is None else float(ood), "in_distribution": in_dist,
+                   "threshold": float(self._threshold), "threshold_source": self._threshold_source,
+                   "scored_at": scored_at}
+            if label == schema.LABEL_TUMOR:
+                self._flagged.inc()
+                if self._heatmaps:
+                    yield beam.pvalue.TaggedOutput(FLAGGED_TAG, (row, x, cam))
+                    continue
+            yield row
+
+
+class ScoreImages(beam.PTransform):
+    """(row templates, image batch) -> main: scored rows; FLAGGED_TAG: (flagged row, model input, CAM map)
+    when `heatmaps` is on (those rows leave only there, to come back from AddHeatmaps)."""
+
+    def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmaps=False, ood_threshold=None,
+                 threshold_source="artifact", engine="tensorflow", model_copies=0, threads=0):
+        super().__init__()
+        self._handler = KeyedModelHandler(KerasChunkModelHandler(
+            model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1)), engine=engine,
+            model_copies=model_copies, threads=threads))
+        self._to_rows = _ToRows(threshold, heatmaps, ood_threshold, threshold_source)
+
+    def expand(self, batches):
+        return (batches
+                | "RunInference" >> RunInference(self._handler)
+                | "ToRows" >> beam.ParDo(self._to_rows).with_outputs(FLAGGED_TAG, main="rows"))
