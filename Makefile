@@ -42,9 +42,12 @@ browser:
 	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
 	  || echo "WARNING: could not install$$missing; the browser and DICOMweb tests will be skipped"; }
 
+# Tests run in parallel processes (pytest-xdist), a test module's tests together so module fixtures
+# (a PACS, a pipeline run) start once: 6.4 -> 3.5 minutes on the 2-vCPU development VM.
+TEST_WORKERS ?= auto
 test: $(STAMP) browser
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadscope tests
 
 # After a change to the dependencies in pyproject.toml: resolve the ranges afresh in a scratch
 # environment and record the exact versions (review the diff, then commit it).

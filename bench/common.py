@@ -8,10 +8,10 @@ import zipfile
 
 import numpy as np
 
-from beam_pipeline import sample_data  # scripts put the repository on sys.path first
+from beam_pipeline import model_store, sample_data  # scripts put the repository on sys.path first
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = os.path.join(REPO, "models", "brain-tumor-cnn", "3")  # = model_store.DEFAULT_MODEL_PATH
+DEFAULT_MODEL = model_store.DEFAULT_MODEL
 SHARED = os.path.join(REPO, "..", "shared", "data", "brain-mri")
 
 

@@ -35,7 +35,11 @@ def _training(work):
     cmd = [sys.executable, "-m", "trainer.task", "--data-dir", data, "--model-dir", os.path.join(work, "models"),
            "--epochs", "3", "--mixed-precision", "--bootstrap", "0", "--batch-size", "32", "--version", "1"]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO)
+    try:  # on a GPU this takes about a minute; mixed_float16 on a CPU takes far longer
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO, timeout=600)
+    except subprocess.TimeoutExpired as e:
+        return {"check": "train: MirroredStrategy + mixed_float16", "ok": False, "replicas": "?",
+                "seconds": 600.0, "detail": f"timed out: {(e.stderr or b'')[-1000:]!r}"}
     wall = time.perf_counter() - t0
     artifact = os.path.join(work, "models", "brain-tumor-cnn", "1")
     ok = out.returncode == 0 and os.path.exists(os.path.join(artifact, "metadata.json"))
