@@ -47,6 +47,7 @@ browser:
 TEST_WORKERS ?= auto
 test: $(STAMP) browser
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadscope tests
 
 # After a change to the dependencies in pyproject.toml: resolve the ranges afresh in a scratch

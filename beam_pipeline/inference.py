@@ -6,7 +6,10 @@ element is already a stacked chunk (n, H, W, 1), so per-element overhead is
 paid once per chunk; RunInference groups chunks up to `batch_size` images
 (a fixed number of chunks per call) and shares one loaded model per worker process.
 """
+from __future__ import annotations
+
 import os
+from typing import Any
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -75,14 +78,14 @@ class _OnnxScorer:
         return _split(outputs, self.names, self.reference, self.has_cam, x)
 
 
-def scores_heatmaps(metadata, engine):
+def scores_heatmaps(metadata: dict[str, Any], engine: str) -> bool:
     """Whether this engine's scoring pass returns the heatmaps' class-activation maps (no Grad-CAM model)."""
     if engine == "onnxruntime":
         return bool((metadata.get("engines") or {}).get("onnxruntime", {}).get("cam_output"))
     return False  # TensorFlow: decided when the model is loaded (gradcam.cam_head); TensorFlow is loaded anyway
 
 
-def resolve_engine(requested, metadata, gpu_workers):
+def resolve_engine(requested: str, metadata: dict[str, Any], gpu_workers: bool) -> str:
     """The engine a run uses: ONNX Runtime on CPU when the artifact has it, else TensorFlow.
 
     Measured on this project's CPU machine (bench/engines.py) ONNX Runtime is the
@@ -107,8 +110,8 @@ class KerasChunkModelHandler(ModelHandler):
     Predictions: PredictionResult(chunk, (probs[n], ood_scores[n] or None, cam maps or None)); the
     OOD score and the class-activation map come from the same forward pass (trainer/gradcam.py: cam_head)."""
 
-    def __init__(self, model_uri, batch_size=64, chunks_per_batch=1, engine="tensorflow", model_copies=0,
-                 threads=0):
+    def __init__(self, model_uri: str, batch_size: int = 64, chunks_per_batch: int = 1, engine: str = "tensorflow",
+                 model_copies: int = 0, threads: int = 0) -> None:
         # A fixed count of chunks per batch. (Weighting BatchElements by images per
         # chunk emits an empty batch when the first chunk outweighs its initial
         # target, which KeyedModelHandler cannot unpack.)
@@ -116,26 +119,26 @@ class KerasChunkModelHandler(ModelHandler):
         self._model_uri = model_uri
         self._batch_size = batch_size
         self._engine = engine
-        self._model_copies = model_copies  # > 0: one model per worker VM shared by its processes (GPU)
+        self._copies = model_copies  # > 0: one model per worker VM shared by its processes (GPU)
         self._threads = threads  # ONNX Runtime intra-op threads; 0 = its default (all cores)
-        self._model_id = None
+        self._model_id: str | None = None
 
-    def update_model_path(self, model_path=None):
+    def update_model_path(self, model_path: str | None = None) -> None:
         """Beam's model-update hook: the next load_model reads the new artifact (verified like the first)."""
         if model_path:
             self._model_uri = model_path
             self._model_id = None
 
-    def validate_inference_args(self, inference_args):
+    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         if inference_args:
             raise ValueError(f"this handler takes no inference_args (got {sorted(inference_args)}); "
                              "set the batch size and engine with the job's flags")
 
-    def share_model_across_processes(self):
-        return self._model_copies > 0
+    def share_model_across_processes(self) -> bool:
+        return self._copies > 0
 
-    def model_copies(self):
-        return max(self._model_copies, 1)
+    def model_copies(self) -> int:
+        return max(self._copies, 1)
 
     def _identify(self):
         md = model_store.metadata(self._model_uri)
@@ -155,7 +158,7 @@ class KerasChunkModelHandler(ModelHandler):
         model, _ = model_store.load(self._model_uri)
         return _Scorer(model, reference)
 
-    def run_inference(self, batch, model, inference_args=None):
+    def run_inference(self, batch: Any, model: Any, inference_args: dict[str, Any] | None = None) -> Any:
         sizes = [len(chunk) for chunk in batch]
         x = np.concatenate(batch, axis=0) if len(batch) > 1 else batch[0]
         parts = [model(x[i:i + self._batch_size]) for i in range(0, len(x), self._batch_size)]
@@ -168,8 +171,8 @@ class KerasChunkModelHandler(ModelHandler):
         return [PredictionResult(chunk, (p, o, c), model_id=self._model_id)
                 for chunk, p, o, c in zip(batch, per_chunk(0), per_chunk(1), per_chunk(2), strict=True)]
 
-    def get_num_bytes(self, batch):
+    def get_num_bytes(self, batch: Any) -> int:
         return int(sum(chunk.nbytes for chunk in batch))
 
-    def get_metrics_namespace(self):
+    def get_metrics_namespace(self) -> str:
         return "BrainScreening"

@@ -10,12 +10,16 @@ from the sigmoid output: for confident slices (p > 0.999999 in float32) the
 sigmoid saturates, its gradient is zero and the heatmap would be blank for
 exactly the most obvious tumors.
 """
+from __future__ import annotations
+
 import io
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 
-def last_conv_layer(model):
+def last_conv_layer(model: Any) -> Any:
     import keras
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     if not convs:
@@ -23,7 +27,7 @@ def last_conv_layer(model):
     return convs[-1]
 
 
-def output_dense_layer(model):
+def output_dense_layer(model: Any) -> Any:
     """The final Dense layer with one unit (its pre-activation is the tumor logit)."""
     import keras
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
@@ -32,7 +36,7 @@ def output_dense_layer(model):
     return dense[-1]
 
 
-def cam_head(model):
+def cam_head(model: Any) -> tuple[Any, Any] | None:
     """(last conv layer, output Dense) when Grad-CAM equals CAM from the forward pass, else None.
 
     For last conv -> GlobalAveragePooling -> [Dropout] -> Dense(1), the gradient of
@@ -56,7 +60,7 @@ def _producer(tensor):
     return tensor._keras_history[0]
 
 
-def cam_output(model):
+def cam_output(model: Any) -> Any:
     """A layer output relu(A . w) of shape (n, h, w, 1) on the last conv's map, or None (cam_head)."""
     import keras
     found = cam_head(model)
@@ -83,7 +87,7 @@ def _resize_matrix(n_in, n_out):
     return m
 
 
-def heatmaps_from_cam(cams, size):
+def heatmaps_from_cam(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(n, h, w[, 1]) relu(A . w) maps -> (n, H, W) heatmaps in [0, 1], as make_explainer returns them."""
     cams = np.asarray(cams, np.float64).reshape(len(cams), *np.shape(cams)[1:3])
     ry, rx = _resize_matrix(cams.shape[1], size[0]), _resize_matrix(cams.shape[2], size[1])
@@ -92,7 +96,7 @@ def heatmaps_from_cam(cams, size):
     return np.divide(up, peak, out=np.zeros_like(up), where=peak > 0).astype(np.float32)
 
 
-def make_explainer(model, layer_name=None):
+def make_explainer(model: Any, layer_name: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """A callable x[n, H, W, 1] -> heatmaps[n, H, W] in [0, 1] for `model`."""
     import keras
     import tensorflow as tf
@@ -118,7 +122,7 @@ def make_explainer(model, layer_name=None):
     return lambda x: explain(tf.convert_to_tensor(np.asarray(x, np.float32))).numpy()
 
 
-_FONT = []
+_FONT: list[Any] = []
 
 
 def _font():
@@ -129,7 +133,7 @@ def _font():
     return _FONT[0]
 
 
-def overlay_png(image, heat, probability=None, scale=2):
+def overlay_png(image: np.ndarray, heat: np.ndarray, probability: float | None = None, scale: int = 2) -> bytes:
     """PNG bytes: the model input beside it with the heatmap blended in (jet colours).
 
     zlib level 1: a third of the default level's encoding time for files within a few
@@ -151,7 +155,7 @@ def overlay_png(image, heat, probability=None, scale=2):
     return buf.getvalue()
 
 
-def dilate(mask, pixels):
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
     """Binary dilation by a (2 * pixels + 1) square; a heatmap at 1/8 resolution blurs past edges."""
     from PIL import Image, ImageFilter
     if pixels <= 0:
@@ -160,7 +164,7 @@ def dilate(mask, pixels):
     return np.asarray(im.filter(ImageFilter.MaxFilter(2 * pixels + 1))) > 0
 
 
-def heat_in_mask(heat, mask):
+def heat_in_mask(heat: np.ndarray, mask: np.ndarray) -> tuple[float, bool]:
     """(share of heat mass inside `mask`, whether the heat peak lies inside it)."""
     heat = np.asarray(heat, np.float64)
     mask = np.asarray(mask, bool)

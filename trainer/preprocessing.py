@@ -10,8 +10,11 @@ are normalised per image from the head's own percentiles.
 Bump `PREPROCESSING_ID` whenever the output of `prepare` changes: artifacts
 record it and the scorer refuses an artifact whose id it does not implement.
 """
+from __future__ import annotations
+
 import dataclasses
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,7 +33,7 @@ _MIN_LINE_FRACTION = 0.04  # rows/cols with fewer head pixels are border/text
 class ImageDecodeError(ValueError):
     """Bytes that are not a decodable raster image; `code` names why."""
 
-    def __init__(self, code, message):
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -45,11 +48,11 @@ class InputSpec:
     dtype: str = "float32"
     preprocessing: str = PREPROCESSING_ID
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
         spec = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
         if spec.preprocessing != PREPROCESSING_ID:
             raise ValueError(
@@ -60,7 +63,7 @@ class InputSpec:
         return spec
 
 
-def decode_raster(data):
+def decode_raster(data: bytes) -> np.ndarray:
     """Decode PNG/JPEG/BMP/TIFF bytes to a 2-D float32 grayscale array.
 
     16-bit and float images keep their range; colour, palette, CMYK and alpha
@@ -83,11 +86,11 @@ def decode_raster(data):
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 arr = np.asarray(im.convert("F") if im.mode != "F" else im, dtype=np.float32)
             else:
+                flat: Image.Image = im
                 if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    im = im.convert("RGBA")
                     bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                    im = Image.alpha_composite(bg, im)
-                arr = np.asarray(im.convert("L"), dtype=np.float32)
+                    flat = Image.alpha_composite(bg, im.convert("RGBA"))
+                arr = np.asarray(flat.convert("L"), dtype=np.float32)
         except Exception as e:
             raise ImageDecodeError("undecodable_image", f"image data is corrupt: {e}") from e
     return arr
@@ -199,7 +202,7 @@ def _square_resized(img, box, height, width):
     return canvas
 
 
-def prepare(gray, spec=InputSpec()):
+def prepare(gray: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     """Turn a 2-D grayscale array (any range) into a (H, W, 1) float32 in [0, 1]."""
     g01 = _normalise(gray)
     if g01 is None:
@@ -213,7 +216,7 @@ def prepare(gray, spec=InputSpec()):
     return np.clip(small, 0.0, 1.0).astype(np.float32)[..., None]
 
 
-def project_mask(gray, mask, spec=InputSpec()):
+def project_mask(gray: np.ndarray, mask: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     """A mask of `gray` (same shape) moved into model-input coordinates, (H, W) float in [0, 1].
 
     Uses the crop box `prepare` takes from the image itself, so a tumor mask
@@ -227,6 +230,6 @@ def project_mask(gray, mask, spec=InputSpec()):
     return np.clip(_square_resized(mask / max(mask.max(), 1e-6), box, spec.height, spec.width), 0, 1)
 
 
-def image_bytes_to_input(data, spec=InputSpec()):
+def image_bytes_to_input(data: bytes, spec: InputSpec = InputSpec()) -> np.ndarray:
     """Raster bytes -> model input; the trainer's whole per-file transform."""
     return prepare(decode_raster(data), spec)

@@ -4,6 +4,8 @@ One forward pass gives the probability, the OOD score and (where it equals Grad-
 class-activation map; the label is decided once, in `schema.label`. Flagged rows leave on FLAGGED_TAG,
 with their model input and map, when heatmaps are on (stage 4, heatmaps.py).
 """
+from typing import Any
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -59,7 +61,7 @@ class ScoreImages(beam.PTransform):
     def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmaps=False, ood_threshold=None,
                  threshold_source="artifact", engine="tensorflow", model_copies=0, threads=0):
         super().__init__()
-        self._handler = KeyedModelHandler(KerasChunkModelHandler(
+        self._handler: Any = KeyedModelHandler(KerasChunkModelHandler(
             model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1)), engine=engine,
             model_copies=model_copies, threads=threads))
         self._to_rows = _ToRows(threshold, heatmaps, ood_threshold, threshold_source)
