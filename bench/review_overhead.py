@@ -1,7 +1,7 @@
 """Cost of the review outputs (heatmaps for flagged images + HTML report): the same run with and
 without them, at a realistic share of flagged images (10 %) and at the brain-mri collection's (70 %).
 
-  .venv/bin/python bench/review_overhead.py [--n 4000]
+  .venv/bin/python bench/review_overhead.py [--n 8000]
 
 For each tumor share, N real slices (../shared brain-mri; generated when absent) are drawn with that
 share from the tumor classes, packed into one zip and scored twice with the default engine: once with
@@ -22,8 +22,9 @@ from bench.scoring import pipeline_run  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=4000)
-    parser.add_argument("--shares", default="0.1,0.7", help="tumor shares to draw, comma-separated")
+    parser.add_argument("--n", type=int, default=8000)
+    parser.add_argument("--shares", default="0.0,0.7",
+                        help="tumor shares to draw, comma-separated (0.0: ~13 %% flagged, 0.7: ~73 %%)")
     parser.add_argument("--engines", default="auto", help="engines to run, comma-separated")
     parser.add_argument("--model", default=common.DEFAULT_MODEL)
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-review-"))
