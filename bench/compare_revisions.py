@@ -26,6 +26,7 @@ def main():
     parser.add_argument("--runner-flags", default="--direct_num_workers 2 --direct_running_mode multi_processing")
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-revisions-"))
     args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
     blobs, source = common.image_bytes(args.n)
     inputs = [os.path.join(args.work, "a.zip"), os.path.join(args.work, "b.tar.gz")]
     common.write_zip(inputs[0], blobs[: args.n // 2])
