@@ -34,7 +34,6 @@ class _Scorer:
 
     def __init__(self, model, reference):
         from trainer import gradcam, ood
-        self.model = model
         self.reference = reference
         self.names = ood.layer_names(model) if reference is not None else []
         self.has_cam = gradcam.cam_head(model) is not None
@@ -48,13 +47,12 @@ class _Scorer:
 
 
 def _split(outputs, names, reference, has_cam, x):
+    """(probabilities, OOD scores or None, CAM maps or None) from [probability, *features of names, cam?]."""
     from trainer import ood
-    probs = np.asarray(outputs[0], np.float32).reshape(-1)
     cams = np.asarray(outputs[-1], np.float32) if has_cam else None
     if reference is None:
-        return probs, None, cams
-    feats = {n: np.asarray(o) for n, o in zip(names, outputs[1:1 + len(names)], strict=True)}
-    feats[ood.HISTOGRAM] = ood.input_histogram(x)
+        return np.asarray(outputs[0], np.float32).reshape(-1), None, cams
+    probs, feats = ood.split_outputs(names, outputs[:1 + len(names)], x)
     return probs, reference.score(feats), cams
 
 
@@ -153,7 +151,7 @@ class KerasChunkModelHandler(ModelHandler):
             md = artifact.verify(local)
             entry = md["engines"]["onnxruntime"]
             return _OnnxScorer(os.path.join(local, entry["file"]), reference, entry["feature_outputs"], self._threads,
-                               has_cam=bool(entry.get("cam_output")))
+                               has_cam=scores_heatmaps(md, "onnxruntime"))
         _gpu_memory_growth()
         model, _ = model_store.load(self._model_uri)
         return _Scorer(model, reference)
