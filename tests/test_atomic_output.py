@@ -53,7 +53,9 @@ def test_promotion_is_atomic_for_a_reader(tmp_path):
     t.start()
     for n in range(1, 80):
         results_store.promote(out, stage(n))
-        time.sleep(0.005)  # runs are minutes apart; a reader gets one promotion's time to list
+        # Runs are minutes apart; a reader gets one promotion's time to list. 50 ms, not 5: with the suite
+        # in parallel processes a CPU-starved reader once held a listing across two promotions.
+        time.sleep(0.05)
     stop.set()
     t.join()
     assert len(seen) > 100
