@@ -121,7 +121,9 @@ def test_kill_minus_9_mid_run_keeps_the_previous_result_and_the_rerun_scores_eve
     inputs, mf, out, argv = _incremental_setup(tmp_path, "monday.zip", 3, "--chunk-size", "8")
     run.run(argv + ["--run-id", "monday"])
     before, manifest_before = stable(rows_mod.images(out)), open(mf).read()
-    _zip(inputs / "tuesday.zip", range(3, 1503), size=48)  # long enough to be killed mid-run
+    # Measured from beam-temp-* to exit: ~4 s at 400 images (6 s at 1,500), ample for a kill polled
+    # every 50 ms; the assertions below fail if the run got to promote first.
+    _zip(inputs / "tuesday.zip", range(3, 403), size=48)
     proc = _cli(argv + ["--run-id", "tuesday"])
     # Killed once it has begun writing its tables (Beam's sinks stage under beam-temp-*).
     started = _wait_for(lambda: glob.glob(f"{out}/_staging/tuesday-*/beam-temp-*"), 120, proc)
@@ -133,7 +135,7 @@ def test_kill_minus_9_mid_run_keeps_the_previous_result_and_the_rerun_scores_eve
     assert open(mf).read() == manifest_before  # tuesday.zip is not recorded as scored
     run.run(argv + ["--run-id", "tuesday-again"])
     rows = rows_mod.images(out)
-    assert len(rows) == 3 + 1500
+    assert len(rows) == 3 + 400
     assert {r["run_id"] for r in rows} == {"monday", "tuesday-again"}
 
 

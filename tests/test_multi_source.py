@@ -50,8 +50,12 @@ def test_metrics_at_a_fixed_threshold_handle_one_class_subsets():
     assert m["roc_auc"] == 0.75 and "ci95" in m
 
 
-def test_training_on_two_collections_reports_every_source(tmp_path):
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory):
+    """One training run with every part of `make train`'s recipe: two collections, a held-out site,
+    an external collection, and the lesion head trained from masks. Returns (data root, version, metadata)."""
     from trainer.train import train
+    tmp_path = tmp_path_factory.mktemp("recipe")
     mri = tmp_path / "brain-mri"
     synth.write_class_folders(mri, {"glioma": True, "notumor": False}, 12, size=64)
     lgg = tmp_path / "lgg"
@@ -66,8 +70,13 @@ def test_training_on_two_collections_reports_every_source(tmp_path):
     cfg = TrainConfig(data_dir=[str(mri), str(lgg)], eval_data_dir=[str(tmp_path / "brats-sample")],
                       group_pattern=GROUP, holdout_pattern="^TCGA_FG_", model_dir=str(tmp_path / "m"),
                       image_size=32, epochs=1, batch_size=8, base_filters=8, bootstrap=10, seed=1,
-                      val_fraction=0.3)
+                      val_fraction=0.3, lesion_weight=1.0)
     version_dir, md = train(cfg)
+    return tmp_path, version_dir, md
+
+
+def test_training_on_two_collections_reports_every_source(recipe_run):
+    _, version_dir, md = recipe_run
     by = md["validation_metrics"]["by_source"]
     assert set(by["held_out_site"]) == {"lgg/flair", "lgg/t1-pre", "all"}
     assert by["held_out_site"]["all"]["n"] == 2 * 4 * 2
@@ -102,16 +111,14 @@ def test_training_on_two_collections_reports_every_source(tmp_path):
     assert "Generalisation checks" in card and "Trained on brain-mri, lgg only" in card
 
 
-def test_lesion_supervised_training_exports_the_plain_model(tmp_path):
+def test_lesion_supervised_training_exports_the_plain_model(recipe_run):
     """Masks train a second head; the artifact is the one-output CNN the scorer expects."""
     import tensorflow as tf
 
     from trainer import artifact, augment
-    from trainer.train import _mask_specs, train
-    lgg = tmp_path / "lgg"
-    synth.write_sequence_collection(lgg, patients=6, per_patient=4, site="DU")
-    mri = tmp_path / "brain-mri"
-    synth.write_class_folders(mri, {"glioma": True, "notumor": False}, 8, size=64)
+    from trainer.train import _mask_specs
+    root, version_dir, md = recipe_run
+    mri, lgg = root / "brain-mri", root / "lgg"
     examples, _ = discovery.discover_all([str(mri), str(lgg)])
     specs = dict(zip((e.path for e in examples), _mask_specs(examples, [str(mri), str(lgg)], "flair"), strict=True))
     for e in examples:
@@ -129,10 +136,6 @@ def test_lesion_supervised_training_exports_the_plain_model(tmp_path):
         xa, ma = augment.augment_with_mask(x, m, tf.constant([3, i], tf.int64))
         bright = xa.numpy()[..., 0] > 0.7
         assert ma.numpy()[..., 0][bright].mean() > ma.numpy().mean()
-    cfg = TrainConfig(data_dir=[str(mri), str(lgg)], group_pattern=GROUP, model_dir=str(tmp_path / "m"),
-                      image_size=32, epochs=1, batch_size=8, base_filters=8, bootstrap=0, seed=1,
-                      lesion_weight=1.0)
-    version_dir, md = train(cfg)
     model, _ = artifact.load(version_dir)
     assert len(model.outputs) == 1 and model.output_shape == (None, 1)
     assert md["training_config"]["lesion_weight"] == 1.0

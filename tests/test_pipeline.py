@@ -22,6 +22,13 @@ def setup(tmp_path_factory):
     return root, inputs, expected, model_dir
 
 
+@pytest.fixture(scope="module")
+def in_memory(setup):
+    """The corpus scored once in a TestPipeline; the tests below read this one result."""
+    root, inputs, _, model_dir = setup
+    return _run(root, inputs, model_dir, "out_inmem")
+
+
 def _run(root, inputs, model_dir, name, extra=()):
     out = str(root / name)
     argv = ["--input", os.path.join(inputs, "*.zip"), "--input", os.path.join(inputs, "*.tar*"),
@@ -47,9 +54,9 @@ def _direct_probability(model, spec, source, member, frame):
     return float(model.predict(preprocessing.prepare(gray, spec)[None], verbose=0)[0, 0])
 
 
-def test_one_row_per_member_with_right_status(setup):
-    root, inputs, expected, model_dir = setup
-    out, rows = _run(root, inputs, model_dir, "out_inmem")
+def test_one_row_per_member_with_right_status(setup, in_memory):
+    expected = setup[2]
+    out, rows = in_memory
     got = {(r["source_uri"], r["member_path"], r["frame_index"]): (r["status"], r["error_code"]) for r in rows}
     assert len(rows) == len(got)  # no duplicates
     assert got == expected
@@ -59,9 +66,9 @@ def test_one_row_per_member_with_right_status(setup):
     assert all(r["run_id"] == "test-run" and r["model_name"] == "tiny" for r in rows)
 
 
-def test_probabilities_equal_direct_model_calls(setup):
-    root, inputs, expected, model_dir = setup
-    _, rows = _run(root, inputs, model_dir, "out_probs")
+def test_probabilities_equal_direct_model_calls(setup, in_memory):
+    model_dir = setup[3]
+    _, rows = in_memory
     model, md = artifact.load(model_dir)
     spec = preprocessing.InputSpec.from_dict(md["input_spec"])
     ok_rows = [r for r in rows if r["status"] == "ok"]
@@ -72,9 +79,8 @@ def test_probabilities_equal_direct_model_calls(setup):
         assert r["predicted_label"] == ("tumor" if r["tumor_probability"] >= md["threshold"] else "no_tumor")
 
 
-def test_dicom_rows_carry_uids_but_no_patient_identifiers(setup):
-    root, inputs, _, model_dir = setup
-    _, rows = _run(root, inputs, model_dir, "out_dicom")
+def test_dicom_rows_carry_uids_but_no_patient_identifiers(in_memory):
+    _, rows = in_memory
     mr = [r for r in rows if r["member_path"] == "series2/mr.dcm"][0]
     assert mr["image_format"] == "dicom" and mr["modality"] == "MR"
     assert mr["study_instance_uid"] and mr["sop_instance_uid"]
@@ -83,9 +89,9 @@ def test_dicom_rows_carry_uids_but_no_patient_identifiers(setup):
     assert "CompressedSamples^MR1" not in blob and "4MR1" not in blob
 
 
-def test_multi_processing_matches_in_memory(setup):
+def test_multi_processing_matches_in_memory(setup, in_memory):
     root, inputs, _, model_dir = setup
-    _, a = _run(root, inputs, model_dir, "out_a")
+    _, a = in_memory
     _, b = _run(root, inputs, model_dir, "out_b", extra=(
         "--runner", "DirectRunner", "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"))
 

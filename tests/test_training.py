@@ -1,4 +1,4 @@
-"""Short real training runs on generated images (two logical CPU replicas)."""
+"""Short real training runs on generated images."""
 import csv
 import json
 import os
@@ -21,16 +21,37 @@ def data_dir(tmp_path_factory):
     return str(root)
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _cfg(data_dir, model_dir, **kw):
     base = dict(data_dir=data_dir, model_dir=str(model_dir), image_size=32, epochs=2, batch_size=4,
-                base_filters=8, cpu_replicas=2, bootstrap=20, early_stopping_patience=5, seed=3)
+                base_filters=8, cpu_replicas=0, bootstrap=20, early_stopping_patience=5, seed=3)
     base.update(kw)
     return TrainConfig(**base)
 
 
-def test_mirrored_training_writes_a_reloadable_artifact(data_dir, tmp_path):
-    version_dir, metadata = train(_cfg(data_dir, tmp_path))
-    assert version_dir == os.path.join(str(tmp_path), "brain-tumor-cnn", "1")
+@pytest.fixture(scope="module")
+def cli_artifact(data_dir, tmp_path_factory):
+    """One real `python -m trainer.task` run with MirroredStrategy over two logical CPUs, in a fresh
+    process: the entry point must split the CPU itself, before TensorFlow initialises its devices."""
+    import subprocess
+    import sys
+    model_dir = tmp_path_factory.mktemp("cli-model")
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer.task", "--data-dir", data_dir, "--model-dir", str(model_dir),
+         "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--base-filters", "8",
+         "--cpu-replicas", "2", "--bootstrap", "20", "--early-stopping-patience", "5", "--seed", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return str(model_dir), out.stdout + out.stderr
+
+
+def test_mirrored_training_from_the_cli_writes_a_reloadable_artifact(cli_artifact):
+    model_dir, console = cli_artifact
+    version_dir = os.path.join(model_dir, "brain-tumor-cnn", "1")
+    assert f"Artifact written to {version_dir}" in console
+    metadata = json.load(open(os.path.join(version_dir, "metadata.json")))
     t = metadata["training"]
     assert t["strategy"] == "MirroredStrategy" and t["replicas"] == 2
     assert t["global_batch_size"] == 8
@@ -43,6 +64,7 @@ def test_mirrored_training_writes_a_reloadable_artifact(data_dir, tmp_path):
     assert eda["n_images"] == 48
 
     model, md = artifact.load(version_dir)  # verifies sha256, safe_mode=True
+    assert md == metadata
     assert md["input_spec"]["height"] == 32
     spec = preprocessing.InputSpec.from_dict(md["input_spec"])
     rows = list(csv.DictReader(open(os.path.join(version_dir, "validation_predictions.csv"))))
@@ -53,12 +75,14 @@ def test_mirrored_training_writes_a_reloadable_artifact(data_dir, tmp_path):
     assert md["validation_metrics"]["sensitivity"] >= md["threshold_target_sensitivity"]
 
 
-def test_tampered_model_is_refused(data_dir, tmp_path):
-    version_dir, _ = train(_cfg(data_dir, tmp_path, epochs=1, cpu_replicas=0))
-    with open(os.path.join(version_dir, "model.keras"), "ab") as f:
+def test_tampered_model_is_refused(cli_artifact, tmp_path):
+    import shutil
+    version_dir = shutil.copytree(os.path.join(cli_artifact[0], "brain-tumor-cnn", "1"), tmp_path / "1")
+    artifact.load(str(version_dir))  # the copy itself is intact
+    with open(version_dir / "model.keras", "ab") as f:
         f.write(b"x")
     with pytest.raises(artifact.ArtifactError, match="sha256"):
-        artifact.load(version_dir)
+        artifact.load(str(version_dir))
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -77,7 +101,7 @@ class _EpochRecorder(keras.callbacks.Callback):
 
 
 def test_interrupted_run_resumes_from_backup(data_dir, tmp_path):
-    cfg = _cfg(data_dir, tmp_path, epochs=4, cpu_replicas=0)
+    cfg = _cfg(data_dir, tmp_path, epochs=4)
     first = _EpochRecorder()
     with pytest.raises(KeyboardInterrupt):
         train(cfg, extra_callbacks=[first, _Interrupt()])
@@ -85,21 +109,6 @@ def test_interrupted_run_resumes_from_backup(data_dir, tmp_path):
     second = _EpochRecorder()
     train(cfg, extra_callbacks=[second])
     assert second.epochs == [2, 3]  # continued from the backup, not from epoch 0
-
-
-def test_cpu_replicas_flag_works_in_a_fresh_process(data_dir, tmp_path):
-    """The real entry point splits the CPU itself (conftest's split hides this in-process)."""
-    import subprocess
-    import sys
-    out = subprocess.run(
-        [sys.executable, "-m", "trainer.task", "--data-dir", data_dir, "--model-dir", str(tmp_path),
-         "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--base-filters", "8",
-         "--cpu-replicas", "2", "--bootstrap", "0"],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True,
-        timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    md = json.load(open(os.path.join(str(tmp_path), "brain-tumor-cnn", "1", "metadata.json")))
-    assert md["training"]["replicas"] == 2
 
 
 def test_published_version_is_never_overwritten(data_dir, tmp_path):
@@ -111,5 +120,5 @@ def test_published_version_is_never_overwritten(data_dir, tmp_path):
         def on_train_begin(self, logs=None):
             calls.append(1)
     with pytest.raises(FileExistsError, match="never overwritten"):
-        train(_cfg(data_dir, tmp_path, version="7", cpu_replicas=0), extra_callbacks=[Spy()])
+        train(_cfg(data_dir, tmp_path, version="7"), extra_callbacks=[Spy()])
     assert not calls  # refused before training, not after
