@@ -170,3 +170,29 @@ def test_worst_members_decode_under_a_memory_cap(member):
     assert out.returncode == 0, out.stderr[-2000:]
     (_, rows) = hostile_inputs.ZIP_MEMBERS[member]
     assert out.stdout.strip() == (rows[0][2] or "ok")
+
+
+_BOMB_PROBE = textwrap.dedent("""
+    import io, resource, sys, tarfile, tempfile
+    sys.path.insert(0, {root!r})
+    from beam_pipeline import archives, sample_data
+    path = tempfile.mktemp(suffix=".tar.bz2")
+    with tarfile.open(path, "w:bz2") as tar:  # ~200 bytes on disk
+        sample_data.tar_add(tar, "zeros.dcm", bytes(210 << 20))
+        sample_data.tar_add(tar, "after.png", b"png")
+    resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+    refs = [r for c in archives.list_chunks(path, 200) for r in c.refs]
+    print([(r.path, r.error_code) for r in refs])
+""")
+
+
+def test_a_tiny_tar_bz2_bomb_is_listed_quickly_in_bounded_memory():
+    """A few hundred bytes of tar.bz2 that inflate to 210 MiB: coded, and listed in about a second.
+    tarfile's own "r|bz2" stream inflated it in one piece and copied the rest on every 10 KiB read:
+    minutes of CPU per file (a night's worker lost to one e-mail attachment)."""
+    code = _BOMB_PROBE.format(root=ROOT, cap=MEMORY_CAP)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str([("zeros.dcm", "suspicious_compression_ratio"),
+                                      ("after.png", "suspicious_compression_ratio")])
