@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -31,18 +32,29 @@ def _read(path):
         return f.read()
 
 
-def _table(pattern, columns=None):
-    """An Arrow table of the matching Parquet files, only `columns` read (None if no file).
+BATCH_ROWS = 65536
 
-    For the aggregated tables (series, studies: one row per series or study). The image table,
-    10 M rows a night in docs/dataflow.md, is never loaded whole: _scan_images streams it."""
-    import pyarrow as pa
-    paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    tables = []
-    for path in sorted(paths):
+
+def _batches(pattern, columns=None):
+    """Record batches of every Parquet file matching `pattern`, in file order: no table is read whole
+    (the image table is 10 M rows a night in docs/dataflow.md; series and study tables 1/20 and 1/100 of it)."""
+    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            tables.append(pq.read_table(f, columns=columns))
-    return pa.concat_tables(tables) if tables else None
+            yield from pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+
+
+def _top(pattern, k, flagged_only=False):
+    """(the k rows of highest max_probability, as dicts; rows; flagged rows) of a series or study table,
+    in one streaming pass that holds k rows and one batch. Ties keep file order, as a full sort would."""
+    best, n, n_flagged = None, 0, 0
+    for batch in _batches(pattern):
+        n += batch.num_rows
+        flags = batch.column("flagged")
+        n_flagged += pc.sum(flags).as_py() or 0
+        part = pa.Table.from_batches([batch.filter(flags) if flagged_only else batch])
+        best = part if best is None else pa.concat_tables([best, part])
+        best = best.sort_by([("max_probability", "descending")]).slice(0, k)
+    return ([] if best is None else best.to_pylist()), n, n_flagged
 
 
 _IMAGE_COLUMNS = ["status", "error_code", "error_message", "source_uri", "member_path", "tumor_probability",
@@ -79,27 +91,24 @@ def _scan_images(pattern, shown_uids, shown_sources):
 
     Memory is one batch plus what the page shows, whatever the number of rows
     (bench/report_memory.py: peak RSS at 100 k and 1 M rows)."""
-    import pyarrow.compute as pc
     counts = np.zeros(HISTOGRAM_BINS, np.int64)
     threshold, n_errors, errors, near = None, 0, [], []
     uids, sources = pa.array(shown_uids, pa.string()), pa.array(shown_sources, pa.string())
-    for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=_IMAGE_COLUMNS):
-                ok = pc.equal(batch.column("status"), "ok")
-                probs = pc.filter(batch.column("tumor_probability"), ok).to_numpy(zero_copy_only=False)
-                counts += np.histogram(probs, HISTOGRAM_BINS, (0.0, 1.0))[0]
-                if threshold is None and len(probs):
-                    threshold = pc.filter(batch.column("threshold"), ok)[0].as_py()
-                bad = batch.filter(pc.invert(ok))
-                n_errors += bad.num_rows
-                if len(errors) < MAX_ERRORS:
-                    errors += bad.slice(0, MAX_ERRORS - len(errors)).to_pylist()
-                if len(uids) or len(sources):
-                    shown = pc.and_(ok, pc.and_(pc.is_valid(batch.column("heatmap_path")), pc.or_(
-                        pc.is_in(batch.column("study_instance_uid"), uids),
-                        pc.is_in(batch.column("source_uri"), sources))))
-                    near += batch.filter(shown).to_pylist()
+    for batch in _batches(pattern, _IMAGE_COLUMNS):
+        ok = pc.equal(batch.column("status"), "ok")
+        probs = pc.filter(batch.column("tumor_probability"), ok).to_numpy(zero_copy_only=False)
+        counts += np.histogram(probs, HISTOGRAM_BINS, (0.0, 1.0))[0]
+        if threshold is None and len(probs):
+            threshold = pc.filter(batch.column("threshold"), ok)[0].as_py()
+        bad = batch.filter(pc.invert(ok))
+        n_errors += bad.num_rows
+        if len(errors) < MAX_ERRORS:
+            errors += bad.slice(0, MAX_ERRORS - len(errors)).to_pylist()
+        if len(uids) or len(sources):
+            shown = pc.and_(ok, pc.and_(pc.is_valid(batch.column("heatmap_path")), pc.or_(
+                pc.is_in(batch.column("study_instance_uid"), uids),
+                pc.is_in(batch.column("source_uri"), sources))))
+            near += batch.filter(shown).to_pylist()
     return counts, threshold, n_errors, errors, near
 
 
@@ -163,16 +172,16 @@ def _in_words(by_status, by_error_code):
 def flagged_csv(folder):
     """CSV of every flagged study, highest probability first, for the worklist system or a spreadsheet."""
     import csv
-
-    import pyarrow.compute as pc
-    table = _table(folder.rstrip("/") + "/studies-*.parquet")
     out = io.StringIO()
     cols = ["max_probability", "group_kind", "accession_number", "study_date", "study_instance_uid", "source_uri",
             "folder", "modalities", "n_series", "n_images", "n_flagged", "flagged_series"]
     w = csv.writer(out)
     w.writerow(cols)
-    if table is not None:
-        for r in table.filter(pc.field("flagged")).sort_by([("max_probability", "descending")]).to_pylist():
+    # Flagged studies only (the file lists them all), and only the columns written.
+    flagged = [pa.Table.from_batches([b.filter(b.column("flagged")).select(cols)])
+               for b in _batches(folder.rstrip("/") + "/studies-*.parquet", cols + ["flagged"])]
+    if flagged:
+        for r in pa.concat_tables(flagged).sort_by([("max_probability", "descending")]).to_pylist():
             w.writerow([f"{r['max_probability']:.4f}" if c == "max_probability" else
                         ";".join(r[c]) if isinstance(r[c], list) else r[c] for c in cols])
     return out.getvalue()
@@ -187,19 +196,11 @@ def render(folder):
     prefix = folder.rstrip("/")
     summary = run_summary.read(folder)
     totals = summary.get("result") or summary  # a result can hold several incremental runs
-    import pyarrow.compute as pc
 
     from beam_pipeline.studies import series_label, study_key
-    study_table = _table(prefix + "/series-*.parquet")  # the flagged section shows series with heatmaps
-    worklist_table = _table(prefix + "/studies-*.parquet")
-    worklist = [] if worklist_table is None else worklist_table.sort_by(
-        [("max_probability", "descending")]).slice(0, MAX_FLAGGED_STUDIES).to_pylist()
-    n_exams = 0 if worklist_table is None else worklist_table.num_rows
-    n_studies = 0 if study_table is None else study_table.num_rows
-    flagged_table = None if study_table is None else study_table.filter(pc.field("flagged"))
-    n_flagged = 0 if flagged_table is None else flagged_table.num_rows
-    flagged = [] if flagged_table is None else flagged_table.sort_by(
-        [("max_probability", "descending")]).slice(0, MAX_FLAGGED_STUDIES).to_pylist()
+    # The flagged section shows series with heatmaps; the worklist, studies. Both the top ones only.
+    flagged, n_studies, n_flagged = _top(prefix + "/series-*.parquet", MAX_FLAGGED_STUDIES, flagged_only=True)
+    worklist, n_exams, _ = _top(prefix + "/studies-*.parquet", MAX_FLAGGED_STUDIES)
     # Heatmap rows of the studies on the page only (top MAX_FLAGGED_STUDIES), as Python rows.
     counts, threshold, n_errors, errors, near = _scan_images(
         prefix + "/images-*.parquet", [s["study_instance_uid"] for s in flagged if s["study_instance_uid"]],

@@ -104,7 +104,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--virtual-time-budget=5000"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's chromium)")
 def test_report_shows_a_bounded_page_and_says_so(review_run, monkeypatch):
     """The page lists the top studies and the first errors, with a notice, whatever the run's size."""
     out = review_run[0]
@@ -121,6 +120,27 @@ def test_report_shows_a_bounded_page_and_says_so(review_run, monkeypatch):
     assert f'data-max-probability="{top:.4f}"' in page  # the highest study is the one kept
 
 
+def test_top_rows_stream_in_batches_and_equal_a_full_sort(tmp_path, monkeypatch):
+    """The page's top series/studies come from one pass in record batches (bounded memory at any run
+    size); the result is the full sort's, ties in file order, across files and batches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(3)
+    n = 230
+    table = pa.table({"id": list(range(n)), "max_probability": rng.choice([0.1, 0.5, 0.75, 0.9], n),
+                      "flagged": rng.random(n) < 0.4})
+    pq.write_table(table.slice(0, 100), tmp_path / "series-00000-of-00002.parquet", row_group_size=30)
+    pq.write_table(table.slice(100), tmp_path / "series-00001-of-00002.parquet", row_group_size=30)
+    monkeypatch.setattr(report, "BATCH_ROWS", 7)
+    want = table.sort_by([("max_probability", "descending")])
+    for flagged_only in (False, True):
+        top, rows, flagged = report._top(str(tmp_path / "series-*.parquet"), 12, flagged_only)
+        expected = want.filter(want.column("flagged")) if flagged_only else want
+        assert [r["id"] for r in top] == expected.column("id").to_pylist()[:12]
+        assert rows == n and flagged == sum(table.column("flagged").to_pylist())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's chromium)")
 def test_report_renders_in_headless_chromium(review_run, tmp_path):
     out, _, studies, _, _ = review_run
     url = "file://" + os.path.abspath(rows_mod.result_file(out, "report.html"))
