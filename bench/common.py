@@ -10,6 +10,12 @@ import numpy as np
 
 from beam_pipeline import model_store, sample_data  # scripts put the repository on sys.path first
 
+# Peak RSS of the process evaluating it, in MiB: /proc/self/status VmHWM belongs to the process's own
+# address space. Not getrusage's ru_maxrss: Linux carries the parent's high-water mark into a child across
+# fork/vfork + exec, so a 500 MiB benchmark parent made every child report >= 500 MiB.
+PEAK_RSS_MIB = ("int(next(line.split()[1] for line in open('/proc/self/status') "
+                "if line.startswith('VmHWM:'))) / 1024")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = model_store.DEFAULT_MODEL
 SHARED = os.path.join(REPO, "..", "shared", "data", "brain-mri")

@@ -5,7 +5,7 @@
 For each size, writes a synthetic result folder (every column of the image table filled, in Parquet
 files of 100 k rows as Dataflow shards would be; series and study tables at 20 images per series and 5
 series per study; 10 % of images flagged, 1 % errors; a heatmap PNG for each of the first flagged rows),
-then runs `report.write_report` in a fresh process and reads its peak RSS (ru_maxrss). The first row is
+then runs `report.write_report` in a fresh process and reads its peak RSS (VmHWM). The first row is
 that process's imports alone, the floor every report pays.
 """
 import argparse
@@ -96,10 +96,9 @@ def _png():
 
 
 def peak_rss_mib(code):
-    out = subprocess.run([sys.executable, "-c", code + "\nimport resource; "
-                          "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+    out = subprocess.run([sys.executable, "-c", code + "\nprint(" + common.PEAK_RSS_MIB + ")"],
                          capture_output=True, text=True, check=True, cwd=common.REPO)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main():
