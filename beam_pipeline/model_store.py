@@ -8,6 +8,7 @@ per-process cache directory, then checked against its sha256 by
 import functools
 import os
 import tempfile
+import threading
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -112,8 +113,22 @@ def check_model_matches_metadata(uri, engine="tensorflow"):
         raise artifact.ArtifactError(f"model {uri} must have one probability output of shape (1,), has {outputs}")
 
 
+_loaded = {}  # {(local folder, model sha256): Keras model}: the last model this process loaded
+_loading = threading.Lock()
+
+
 def load(uri):
-    return artifact.load(stage(uri))
+    """(model, metadata), verified on every call; one Keras model per process while the artifact is
+    unchanged: the launcher's check, an in-process scorer and Grad-CAM share it instead of
+    deserialising one each (a small local run loaded the same model two or three times)."""
+    local = stage(uri)
+    md = artifact.verify(local)  # metadata read afresh: a re-chosen threshold is not a new model
+    key = (os.path.abspath(local), md["model_sha256"])
+    with _loading:
+        if key not in _loaded:
+            _loaded.clear()  # keep one: a long-lived process scoring with a new model frees the old
+            _loaded[key] = artifact.load(local)[0]
+        return _loaded[key], md
 
 
 def resolve(uri):
