@@ -19,13 +19,28 @@ from beam_pipeline import model_store
 
 def _gpu_memory_growth():
     """Dataflow starts one SDK process per vCPU and all of them see the GPU; without
-    memory growth the first process's TensorFlow reserves all GPU memory."""
+    memory growth the first process's TensorFlow reserves all GPU memory. Returns the GPUs."""
     import tensorflow as tf
-    for gpu in tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised in this process
             pass
+    return gpus
+
+
+def _tensorflow_threads(threads):
+    """TensorFlow's own pools sized like ONNX Runtime's session (`--inference-threads`): with one scoring
+    process per vCPU, every process's pools taking every core spin-wait against each other (the test
+    suite in 2 processes on 2 vCPUs: 341 -> 308 CPU-s, bench/scoring.py for scoring). Settable only
+    before TensorFlow initialises; a process that already ran TensorFlow keeps what it has."""
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass
 
 
 class _Scorer:
@@ -118,7 +133,7 @@ class KerasChunkModelHandler(ModelHandler):
         self._batch_size = batch_size
         self._engine = engine
         self._copies = model_copies  # > 0: one model per worker VM shared by its processes (GPU)
-        self._threads = threads  # ONNX Runtime intra-op threads; 0 = its default (all cores)
+        self._threads = threads  # CPU threads of the engine per process; 0 = its default (all cores)
         self._model_id: str | None = None
 
     def update_model_path(self, model_path: str | None = None) -> None:
@@ -152,7 +167,8 @@ class KerasChunkModelHandler(ModelHandler):
             entry = md["engines"]["onnxruntime"]
             return _OnnxScorer(os.path.join(local, entry["file"]), reference, entry["feature_outputs"], self._threads,
                                has_cam=scores_heatmaps(md, "onnxruntime"))
-        _gpu_memory_growth()
+        if not _gpu_memory_growth() and self._threads:
+            _tensorflow_threads(self._threads)
         model, _ = model_store.load(self._model_uri)
         return _Scorer(model, reference)
 

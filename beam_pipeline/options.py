@@ -38,7 +38,8 @@ class ScreeningOptions(PipelineOptions):
                             help="GPU workers: load this many model copies per worker VM, shared by its SDK "
                                  "processes (Beam's large-model mode), instead of one per process; 0 = per process")
         parser.add_argument("--inference-threads", dest="inference_threads", type=int, default=0,
-                            help="CPU threads of each worker process's ONNX Runtime session; 0 = auto: the "
+                            help="CPU threads of each worker process's engine (ONNX Runtime, or TensorFlow "
+                                 "without a GPU); 0 = auto: the "
                                  "machine's vCPUs divided by the SDK processes the runner starts on it (one "
                                  "per vCPU on Dataflow and DirectRunner multi_processing), so that decoding in "
                                  "one process overlaps scoring in another instead of threads competing")

@@ -100,8 +100,9 @@ def _threshold(opts, metadata):
 
 
 def _inference_threads(requested, options):
-    """ONNX Runtime threads per scoring process: `requested`, else the vCPUs shared out among the
-    processes (or threads) that score at once on one machine; 0 = ONNX Runtime's default, every core.
+    """Engine threads per scoring process (ONNX Runtime; TensorFlow on CPU): `requested`, else the vCPUs
+    shared out among the processes (or threads) that score at once on one machine; 0 = the engine's
+    default, every core.
 
     With one SDK process per vCPU (Dataflow, DirectRunner multi_processing), every process
     taking every core makes threads compete with the other processes' decoding instead of
