@@ -43,7 +43,8 @@ browser:
 	  || echo "WARNING: could not install$$missing; the browser and DICOMweb tests will be skipped"; }
 
 # Tests run in parallel processes (pytest-xdist), a test module's tests together so module fixtures
-# (a PACS, a pipeline run) start once: 6.4 -> 3.5 minutes on the 2-vCPU development VM.
+# (a PACS, a pipeline run) start once; tests/conftest.py shares the vCPUs out among the processes' thread
+# pools. 2-vCPU development VM: 6.4 min serial, 3.5 -> ~3.1 min for this target (docs/performance.md).
 TEST_WORKERS ?= auto
 test: $(STAMP) browser
 	$(PY) -m ruff check .
