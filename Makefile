@@ -44,7 +44,7 @@ browser:
 
 # Tests run in parallel processes (pytest-xdist), a test module's tests together so module fixtures
 # (a PACS, a pipeline run) start once; tests/conftest.py shares the vCPUs out among the processes' thread
-# pools. 2-vCPU development VM: 6.4 min serial, 3.5 -> ~3.1 min for this target (docs/performance.md).
+# pools. 2-vCPU development VM: 6.4 min serial; 2.8-3.5 min for this target (docs/performance.md).
 TEST_WORKERS ?= auto
 test: $(STAMP) browser
 	$(PY) -m ruff check .
