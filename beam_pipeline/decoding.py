@@ -199,13 +199,22 @@ def _dicom_gray(frame, ds):
     return gray
 
 
+def _pixel_area(spacing):
+    """PixelSpacing (row, column spacing in mm) -> the area of one pixel in mm²; ValueError when not two
+    positive finite numbers (the row is kept, the area left unknown)."""
+    values = [float(v) for v in spacing]
+    if len(values) != 2 or not all(0 < v < 1e3 for v in values):
+        raise ValueError(f"PixelSpacing {spacing!r}")
+    return values[0] * values[1]
+
+
 # Header fields copied into rows: what a worklist needs to find the image, never a patient identifier
 # (the accession number is pseudonymised by the pipeline unless --keep-accession-numbers).
 _DICOM_FIELDS = {"StudyInstanceUID": ("study_instance_uid", str), "SeriesInstanceUID": ("series_instance_uid", str),
                  "SOPInstanceUID": ("sop_instance_uid", str), "Modality": ("modality", str),
                  "AccessionNumber": ("accession_number", str), "StudyDate": ("study_date", str),
                  "SeriesDescription": ("series_description", str), "SeriesNumber": ("series_number", int),
-                 "InstanceNumber": ("instance_number", int)}
+                 "InstanceNumber": ("instance_number", int), "PixelSpacing": ("pixel_area_mm2", _pixel_area)}
 
 
 def _header_fields(ds):

@@ -51,7 +51,7 @@ class _Scorer:
         from trainer import gradcam, ood
         self.reference = reference
         self.names = ood.layer_names(model) if reference is not None else []
-        self.has_cam = gradcam.cam_head(model) is not None
+        self.has_cam = gradcam.has_review_map(model)
         self.features = ood.feature_model(model, self.names, cam=self.has_cam)
 
     def __call__(self, x):

@@ -136,12 +136,14 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.model, threshold, opts.batch_size, opts.chunk_size, heatmaps=opts.heatmaps,
         ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source,
-        engine=opts.engine, model_copies=opts.model_copies, threads=opts.inference_threads)
+        engine=opts.engine, model_copies=opts.model_copies, threads=opts.inference_threads,
+        lesion_map=metadata.get("head") == "lesion_map")
     parts = [scored.rows, decoded[ROWS_TAG]]
     heatmap_dir = f"{plan.staging}/heatmaps" if opts.heatmaps else None
     if opts.heatmaps:
         parts.append(scored[FLAGGED_TAG] | "AddHeatmaps" >> AddHeatmaps(
-            opts.model, heatmap_dir, f"{results_store.results_dir(opts.output)}/heatmaps"))
+            opts.model, heatmap_dir, f"{results_store.results_dir(opts.output)}/heatmaps",
+            lesion_map=metadata.get("head") == "lesion_map"))
     rows = tuple(parts) | "AllRows" >> beam.Flatten()
     back = None
     if opts.write_back:

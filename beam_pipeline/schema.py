@@ -54,7 +54,11 @@ IMAGE_SCHEMA = pa.schema([
     ("model_name", pa.string()),
     ("model_version", pa.string()),
     ("model_sha256", pa.string()),
-    ("heatmap_path", pa.string()),        # Grad-CAM overlay PNG for flagged images, else null
+    ("heatmap_path", pa.string()),        # review overlay PNG (lesion map or Grad-CAM) for flagged images, else null
+    ("input_scale", pa.float32()),        # source pixels per model-input pixel (the head crop's side / input side)
+    ("pixel_area_mm2", pa.float32()),     # DICOM PixelSpacing row x column, else null
+    ("lesion_area_px", pa.float32()),     # lesion-map area >= 0.5, in source pixels; null unless a lesion-map model
+    ("lesion_area_mm2", pa.float32()),    # the same in mm² where the pixel spacing is known
     ("scored_at", pa.timestamp("us", tz="UTC")),
 ])
 
@@ -79,6 +83,9 @@ SERIES_SCHEMA = pa.schema([
     ("mean_probability", pa.float32()),
     ("flagged", pa.bool_()),              # any image at or above threshold
     ("top_members", pa.list_(pa.string())),  # member paths of the highest-probability images
+    ("max_lesion_area_px", pa.float32()),  # largest lesion-map area of one slice (source pixels); null without
+    ("max_lesion_area_mm2", pa.float32()),  # the same slice's area in mm² where the pixel spacing is known
+    ("largest_lesion_member", pa.string()),  # the slice with that largest lesion (as in top_members)
     ("threshold", pa.float32()),
     ("model_name", pa.string()),
     ("model_version", pa.string()),
@@ -102,6 +109,10 @@ STUDY_SCHEMA = pa.schema([
     ("max_probability", pa.float32()),
     ("flagged", pa.bool_()),
     ("flagged_series", pa.list_(pa.string())),  # series descriptions (or UIDs / folders) with a flagged slice
+    ("max_lesion_area_px", pa.float32()),  # the largest lesion-map area of one slice in the study
+    ("max_lesion_area_mm2", pa.float32()),
+    ("largest_lesion_series", pa.string()),  # series label of the slice with the largest lesion
+    ("largest_lesion_member", pa.string()),
     ("threshold", pa.float32()),
     ("model_name", pa.string()),
     ("model_version", pa.string()),

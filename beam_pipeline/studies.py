@@ -24,7 +24,7 @@ class StudyCombineFn(beam.CombineFn):
     """Scored image rows of one group -> a STUDY_SCHEMA row (without run-level fields)."""
 
     def create_accumulator(self):
-        return {"n": 0, "flagged": 0, "sum": 0.0, "max": -1.0, "top": [], "first": None}
+        return {"n": 0, "flagged": 0, "sum": 0.0, "max": -1.0, "top": [], "first": None, "lesion": None}
 
     def add_input(self, acc, row):
         p = float(row["tumor_probability"])
@@ -36,6 +36,7 @@ class StudyCombineFn(beam.CombineFn):
         if row.get("frame_index"):
             label += f"#frame{row['frame_index']}"
         acc["top"] = sorted(acc["top"] + [(p, label)], reverse=True)[:TOP_K]
+        acc["lesion"] = _larger(acc["lesion"], _lesion_of(row, label))
         if acc["first"] is None:
             acc["first"] = {k: row.get(k) for k in ("study_instance_uid", "series_instance_uid", "source_uri",
                                                     "member_path", "modality", "threshold", "run_id",
@@ -52,6 +53,7 @@ class StudyCombineFn(beam.CombineFn):
             out["max"] = max(out["max"], a["max"])
             out["top"] = sorted(out["top"] + a["top"], reverse=True)[:TOP_K]
             out["first"] = out["first"] or a["first"]
+            out["lesion"] = _larger(out["lesion"], a["lesion"])
         return out
 
     def extract_output(self, acc):
@@ -68,7 +70,28 @@ class StudyCombineFn(beam.CombineFn):
             "flagged": acc["flagged"] > 0, "top_members": [m for _, m in acc["top"]],
             "threshold": f.get("threshold"), "model_name": f.get("model_name"),
             "model_version": f.get("model_version"),
+            **_lesion_columns(acc["lesion"]),
         }
+
+
+def _lesion_of(row, label):
+    """(area px, area mm² or None, member label) of a row from a lesion-map model, else None."""
+    if row.get("lesion_area_px") is None:
+        return None
+    return (float(row["lesion_area_px"]), row.get("lesion_area_mm2"), label)
+
+
+def _larger(a, b):
+    """The larger lesion of two (ties: the smaller member label, so the result does not depend on order)."""
+    if a is None or b is None:
+        return a or b
+    return max(a, b, key=lambda t: (t[0], [-ord(c) for c in t[2]]))
+
+
+def _lesion_columns(lesion):
+    if lesion is None:
+        return {"max_lesion_area_px": None, "max_lesion_area_mm2": None, "largest_lesion_member": None}
+    return {"max_lesion_area_px": lesion[0], "max_lesion_area_mm2": lesion[1], "largest_lesion_member": lesion[2]}
 
 
 class AggregateSeries(beam.PTransform):
@@ -121,6 +144,8 @@ class _StudyFromSeries(beam.CombineFn):
         first = series[0]
         dicom = bool(first["study_instance_uid"])
         flagged = [s for s in series if s["flagged"]]
+        with_lesion = [s for s in series if s.get("max_lesion_area_px") is not None]
+        largest = max(with_lesion, key=lambda s: (s["max_lesion_area_px"], series_label(s)), default=None)
         return {
             "run_id": first["run_id"], "group_kind": "dicom_study" if dicom else "folder",
             "study_instance_uid": first["study_instance_uid"], "accession_number": first.get("accession_number"),
@@ -132,7 +157,11 @@ class _StudyFromSeries(beam.CombineFn):
             "max_probability": max(s["max_probability"] for s in series), "flagged": bool(flagged),
             "flagged_series": sorted(series_label(s) for s in flagged),
             "threshold": first["threshold"], "model_name": first["model_name"],
-            "model_version": first["model_version"]}
+            "model_version": first["model_version"],
+            "max_lesion_area_px": largest and largest["max_lesion_area_px"],
+            "max_lesion_area_mm2": largest and largest["max_lesion_area_mm2"],
+            "largest_lesion_series": largest and series_label(largest),
+            "largest_lesion_member": largest and largest["largest_lesion_member"]}
 
 
 class AggregateStudies(beam.PTransform):

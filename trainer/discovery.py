@@ -177,14 +177,16 @@ def _discover(root, class_map=None):
             examples += _from_class_folders(join(root, parent), class_map, parent)
         return examples, {"layout": "split_parents", "parents": split_parents, "missing": []}
     usable = [d for d in dirs if d.lower() in class_map]
+    # Sequence folders win over a CSV beside them: BraTS-PEDs ships a manifest.csv
+    # (text labels, one row per sequence) next to its flair/ t2/ ... folders.
+    sequences, ignored = _sequence_folders(root, dirs, class_map) if dirs and not usable else ([], [])
     csvs = _find_csv(root)
-    if csvs and not usable:
+    if csvs and not usable and not sequences:
         if len(csvs) > 1:
             raise DiscoveryError(f"{root}: several CSV files {csvs}; keep one index")
         examples, missing = _from_csv(csvs[0], root)
         return examples, {"layout": "csv", "csv": csvs[0], "missing": missing}
     if dirs and not usable:
-        sequences, ignored = _sequence_folders(root, dirs, class_map)
         if sequences:
             examples = []
             for seq in sequences:

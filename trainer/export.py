@@ -27,7 +27,7 @@ PARITY_TOLERANCE = 1e-4
 def _scoring_model(model, with_features):
     """Probability, the OOD features when the artifact has a reference, and the CAM map where the head allows."""
     from trainer import gradcam, ood
-    return ood.feature_model(model, None if with_features else [], cam=gradcam.cam_head(model) is not None)
+    return ood.feature_model(model, None if with_features else [], cam=gradcam.has_review_map(model))
 
 
 def convert(model, path, with_features):
@@ -81,7 +81,7 @@ def export(version_dir):
     want = want if isinstance(want, list) else [want]
     dp = float(np.max(np.abs(np.asarray(got[0]).reshape(-1) - np.asarray(want[0]).reshape(-1))))
     dcam = None
-    if gradcam.cam_head(model) is not None:  # the heatmap maps, relative to their peak
+    if gradcam.has_review_map(model):  # the heatmap maps, relative to their peak
         peak = max(float(np.max(want[-1])), 1e-6)
         dcam = float(np.max(np.abs(np.asarray(got[-1]) - np.asarray(want[-1])))) / peak
     if dp > PARITY_TOLERANCE or (dcam is not None and dcam > PARITY_TOLERANCE):

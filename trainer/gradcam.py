@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+LESION_MAP = "lesion_map"  # the layer in which trainer/unet.py models give their per-pixel tumor probability
+
 
 def last_conv_layer(model: Any) -> Any:
     import keras
@@ -47,6 +49,8 @@ def cam_head(model: Any) -> tuple[Any, Any] | None:
     TensorFlow is needed for heatmaps (bench/review_overhead.py).
     """
     import keras
+    if is_lesion_model(model):  # its review map is its own lesion map (review_output)
+        return None
     conv, head = last_conv_layer(model), output_dense_layer(model)
     layer = _producer(head.input)
     while isinstance(layer, keras.layers.Dropout):
@@ -54,6 +58,24 @@ def cam_head(model: Any) -> tuple[Any, Any] | None:
     if isinstance(layer, keras.layers.GlobalAveragePooling2D) and _producer(layer.input) is conv:
         return conv, head
     return None
+
+
+def is_lesion_model(model: Any) -> bool:
+    """A lesion-first model (trainer/unet.py): its slice score is read from a `lesion_map` layer."""
+    return any(layer.name == LESION_MAP for layer in model.layers)
+
+
+def has_review_map(model: Any) -> bool:
+    """Whether the scoring pass can return the review map: the lesion map, or a CAM equal to Grad-CAM."""
+    return is_lesion_model(model) or cam_head(model) is not None
+
+
+def review_output(model: Any) -> Any:
+    """The map a reviewer sees, as a layer output (n, h, w, 1): the model's own lesion map (tumor
+    probability per cell) for a lesion-first model, else relu(A . w) where it equals Grad-CAM, else None."""
+    if is_lesion_model(model):
+        return model.get_layer(LESION_MAP).output
+    return cam_output(model)
 
 
 def _producer(tensor):
@@ -87,11 +109,16 @@ def _resize_matrix(n_in, n_out):
     return m
 
 
-def heatmaps_from_cam(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(n, h, w[, 1]) relu(A . w) maps -> (n, H, W) heatmaps in [0, 1], as make_explainer returns them."""
+def heatmaps_from_cam(cams: np.ndarray, size: tuple[int, int], relative: bool = True) -> np.ndarray:
+    """(n, h, w[, 1]) relu(A . w) maps -> (n, H, W) heatmaps in [0, 1], as make_explainer returns them.
+
+    `relative=False` for lesion maps: they are probabilities already, and dividing by the peak
+    would paint the faintest map of a tumor-free slice as bright as a tumor."""
     cams = np.asarray(cams, np.float64).reshape(len(cams), *np.shape(cams)[1:3])
     ry, rx = _resize_matrix(cams.shape[1], size[0]), _resize_matrix(cams.shape[2], size[1])
     up = ry @ cams @ rx.T  # (H, h) @ (n, h, w) @ (w, W), broadcast over n
+    if not relative:
+        return np.clip(up, 0.0, 1.0).astype(np.float32)
     peak = up.max(axis=(1, 2), keepdims=True)
     return np.divide(up, peak, out=np.zeros_like(up), where=peak > 0).astype(np.float32)
 
@@ -146,6 +173,38 @@ def overlay_png(image: np.ndarray, heat: np.ndarray, probability: float | None =
     alpha = 0.45 * np.clip(heat, 0, 1)[..., None]
     blended = base * (1 - alpha) + colour * alpha
     pair = np.concatenate([base, np.ones((gray.shape[0], 4, 3)), blended], axis=1)
+    im = Image.fromarray((pair * 255).astype(np.uint8)).resize(
+        (pair.shape[1] * scale, pair.shape[0] * scale), Image.Resampling.NEAREST)
+    if probability is not None:
+        ImageDraw.Draw(im).text((4, 4), f"p={probability:.3f}", fill=(255, 255, 0), font=_font())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+LESION_LEVEL = 0.5  # the lesion map's own decision level: outlined, filled above it
+
+
+def lesion_overlay_png(image: np.ndarray, lesion: np.ndarray, probability: float | None = None,
+                       scale: int = 2) -> bytes:
+    """PNG bytes: the model input beside it with the lesion map drawn as a radiologist reads one:
+    cells at or above LESION_LEVEL filled in red (opacity by probability) inside a yellow outline,
+    weaker evidence (0.2-0.5) as a faint orange wash, the anatomy left visible everywhere."""
+    from PIL import Image, ImageDraw
+    gray = np.clip(np.asarray(image, np.float32).reshape(lesion.shape), 0, 1)
+    p = np.clip(np.asarray(lesion, np.float32), 0, 1)
+    base = np.repeat(gray[..., None], 3, axis=-1)
+    inside = p >= LESION_LEVEL
+    faint = (p >= 0.2) & ~inside
+    out = base.copy()
+    red, orange, yellow = np.array([1.0, 0.1, 0.1]), np.array([1.0, 0.55, 0.1]), np.array([1.0, 1.0, 0.0])
+    a = (0.25 + 0.35 * p)[..., None]
+    out = np.where(inside[..., None], base * (1 - a) + red * a, out)
+    out = np.where(faint[..., None], base * 0.8 + orange * 0.2, out)
+    edge = inside & ~(np.pad(inside, 1)[2:, 1:-1] & np.pad(inside, 1)[:-2, 1:-1]
+                      & np.pad(inside, 1)[1:-1, 2:] & np.pad(inside, 1)[1:-1, :-2])
+    out[edge] = yellow
+    pair = np.concatenate([base, np.ones((gray.shape[0], 4, 3)), out], axis=1)
     im = Image.fromarray((pair * 255).astype(np.uint8)).resize(
         (pair.shape[1] * scale, pair.shape[0] * scale), Image.Resampling.NEAREST)
     if probability is not None:

@@ -153,15 +153,16 @@ def fit(train, train_labels, val, val_groups, false_ood=DEFAULT_VALIDATION_FALSE
 def feature_model(model, names=None, cam=False):
     """One call: [tumor probability, pooled activations of `names` (default: layer_names()), CAM map if `cam`].
 
-    With `cam` (and a head where it equals Grad-CAM, gradcam.cam_head), the last output
-    is relu(A . w) on the last conv's map, so the scoring pass also yields heatmaps."""
+    With `cam`, the last output is the review map (gradcam.review_output): a lesion-first model's
+    own lesion map, or relu(A . w) on the last conv's map where that equals Grad-CAM
+    (gradcam.cam_head), so the scoring pass also yields heatmaps."""
     import keras
 
     from trainer import gradcam
     names = layer_names(model) if names is None else names
     pooled = [keras.layers.GlobalAveragePooling2D(name=f"ood_pool_{n}")(model.get_layer(n).output)
               for n in names]
-    extra = [gradcam.cam_output(model)] if cam else []
+    extra = [gradcam.review_output(model)] if cam else []
     return keras.Model(model.inputs, [model.output, *pooled, *[e for e in extra if e is not None]])
 
 

@@ -204,10 +204,26 @@ def _square_resized(img, box, height, width):
 
 def prepare(gray: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     """Turn a 2-D grayscale array (any range) into a (H, W, 1) float32 in [0, 1]."""
+    return prepare_with_scale(gray, spec)[0]
+
+
+def prepare_with_scale(gray: np.ndarray, spec: InputSpec = InputSpec()) -> tuple[np.ndarray, float]:
+    """`prepare`, and the side of one model-input pixel in source pixels.
+
+    The scale turns an area on the model input (a lesion map) back into source
+    pixels, and with the DICOM pixel spacing into mm², without a second pass.
+    """
     g01 = _normalise(gray)
     if g01 is None:
-        return np.zeros((spec.height, spec.width, 1), np.float32)
-    small = _square_resized(g01, _head_box(g01), spec.height, spec.width)
+        h, w = np.shape(gray)
+        return np.zeros((spec.height, spec.width, 1), np.float32), max(h, w) / spec.height
+    box = _head_box(g01)
+    scale = max(box[1] - box[0], box[3] - box[2]) / spec.height
+    return _finish(_square_resized(g01, box, spec.height, spec.width)), float(scale)
+
+
+def _finish(small: np.ndarray) -> np.ndarray:
+    """Head intensities stretched to [0.1, 1] between their 1st and 99th percentiles; background 0."""
     head = small[small > _FOREGROUND_LEVEL]
     if head.size >= 16:
         lo, hi = _percentiles(head, [1.0, 99.0])

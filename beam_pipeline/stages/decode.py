@@ -77,7 +77,7 @@ class _DecodeChunk(beam.DoFn):
                 continue
             for frame in decoded.frames:
                 try:
-                    x = preprocessing.prepare(frame.gray, self._spec)
+                    x, scale = preprocessing.prepare_with_scale(frame.gray, self._spec)
                 except Exception as e:  # e.g. a degenerate frame shape
                     yield self._failed(chunk, ref, "undecodable_image", f"preprocessing failed: {e}",
                                        content_sha256=digest, image_format=decoded.image_format,
@@ -86,7 +86,7 @@ class _DecodeChunk(beam.DoFn):
                 templates.append(self._row(
                     chunk, ref, content_sha256=digest, image_format=decoded.image_format,
                     width=decoded.width, height=decoded.height, frame_index=frame.frame_index,
-                    **self._dicom(decoded.dicom)))
+                    input_scale=scale, **self._dicom(decoded.dicom)))
                 inputs.append(x)
         if inputs:
             yield templates, np.stack(inputs)

@@ -24,8 +24,9 @@ class _AddHeatmaps(beam.DoFn):
     batched (one call per image cost more than the scoring itself), with the model loaded
     on first need, once per process."""
 
-    def __init__(self, model_uri, write_dir, final_dir):
+    def __init__(self, model_uri, write_dir, final_dir, lesion_map=False):
         self._model_uri = model_uri
+        self._lesion_map = lesion_map  # the model's own lesion map (probabilities): drawn as outline + fill
         self._dir = write_dir.rstrip("/")
         self._final_dir = final_dir.rstrip("/")  # where rows say the PNG is once the result is promoted
         self._shared = shared.Shared()
@@ -33,20 +34,27 @@ class _AddHeatmaps(beam.DoFn):
     def _explain(self, x):
         def load():
             model, _ = model_store.load(self._model_uri)
+            if gradcam.is_lesion_model(model):
+                import keras
+                twin = keras.Model(model.inputs, gradcam.review_output(model))
+                return _Explainer(lambda x: gradcam.heatmaps_from_cam(
+                    twin.predict_on_batch(np.asarray(x, np.float32)), x.shape[1:3], relative=False))
             return _Explainer(gradcam.make_explainer(model))
         return self._shared.acquire(load).explain(x)
 
     def process(self, batch):
         x = np.stack([x for _, x, _ in batch])
         if all(cam is not None for _, _, cam in batch):
-            heats = gradcam.heatmaps_from_cam(np.stack([cam for _, _, cam in batch]), x.shape[1:3])
+            heats = gradcam.heatmaps_from_cam(np.stack([cam for _, _, cam in batch]), x.shape[1:3],
+                                              relative=not self._lesion_map)
         else:
             heats = self._explain(x)
         for (row, x, _), heat in zip(batch, heats, strict=True):
             name = f"{row['content_sha256'][:20]}_{row['frame_index']}.png"
             with FileSystems.create(f"{self._dir}/{name}", mime_type="image/png",
                                     compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                f.write(gradcam.overlay_png(x, heat, row["tumor_probability"]))
+                draw = gradcam.lesion_overlay_png if self._lesion_map else gradcam.overlay_png
+                f.write(draw(x, heat, row["tumor_probability"]))
             yield {**row, "heatmap_path": f"{self._final_dir}/{name}"}
 
 
@@ -54,9 +62,9 @@ class AddHeatmaps(beam.PTransform):
     """(flagged row, model input, CAM map or None) -> the row with heatmap_path; overlay PNGs written to
     `write_dir` (staging), rows naming them under `final_dir` (where the promoted result will have them)."""
 
-    def __init__(self, model_uri, write_dir, final_dir):
+    def __init__(self, model_uri, write_dir, final_dir, lesion_map=False):
         super().__init__()
-        self._fn = _AddHeatmaps(model_uri, write_dir, final_dir)
+        self._fn = _AddHeatmaps(model_uri, write_dir, final_dir, lesion_map)
 
     def expand(self, flagged):
         return (flagged

@@ -1,19 +1,33 @@
 """Stage 3, ScoreImages: (row templates, image batch) -> scored rows, via Beam's RunInference.
 
-One forward pass gives the probability, the OOD score and (where it equals Grad-CAM) the heatmap's
-class-activation map; the label is decided once, in `schema.label`. Flagged rows leave on FLAGGED_TAG,
+One forward pass gives the probability, the OOD score and the review map (a lesion-first model's own
+lesion map, from which the lesion area is read; else the class-activation map where it equals Grad-CAM); the label is decided once, in `schema.label`. Flagged rows leave on FLAGGED_TAG,
 with their model input and map, when heatmaps are on (stage 4, heatmaps.py).
 """
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_pipeline import console, schema
 from beam_pipeline.inference import KerasChunkModelHandler
+from trainer.gradcam import LESION_LEVEL
 
 FLAGGED_TAG = "flagged"
+
+
+def lesion_area(lesion_map, input_side, input_scale, pixel_area_mm2):
+    """{lesion_area_px, lesion_area_mm2}: the map's cells at or above 0.5 as an area of the source image.
+
+    A cell covers (input_side / map side)² model-input pixels, each input_scale² source pixels."""
+    m = np.asarray(lesion_map).reshape(np.shape(lesion_map)[0], -1)
+    cells = int(np.count_nonzero(m >= LESION_LEVEL))
+    if input_scale is None:
+        return {"lesion_area_px": None, "lesion_area_mm2": None}
+    px = cells * (input_side / m.shape[0]) ** 2 * float(input_scale) ** 2
+    return {"lesion_area_px": px, "lesion_area_mm2": px * pixel_area_mm2 if pixel_area_mm2 else None}
 
 
 class _ToRows(beam.DoFn):
@@ -22,8 +36,9 @@ class _ToRows(beam.DoFn):
     Flagged rows go to FLAGGED_TAG with their model input when heatmaps are on.
     """
 
-    def __init__(self, threshold, heatmaps, ood_threshold=None, threshold_source="artifact"):
+    def __init__(self, threshold, heatmaps, ood_threshold=None, threshold_source="artifact", lesion_map=False):
         self._threshold = threshold
+        self._lesion_map = lesion_map
         self._threshold_source = threshold_source
         self._heatmaps = heatmaps
         self._ood_threshold = ood_threshold
@@ -46,6 +61,8 @@ class _ToRows(beam.DoFn):
                    "ood_score": None if ood is None else float(ood), "in_distribution": in_dist,
                    "threshold": float(self._threshold), "threshold_source": self._threshold_source,
                    "scored_at": scored_at}
+            if self._lesion_map and cam is not None:
+                row.update(lesion_area(cam, x.shape[0], row.get("input_scale"), row.get("pixel_area_mm2")))
             if label == schema.LABEL_TUMOR:
                 self._flagged.inc()
                 if self._heatmaps:
@@ -59,12 +76,12 @@ class ScoreImages(beam.PTransform):
     when `heatmaps` is on (those rows leave only there, to come back from AddHeatmaps)."""
 
     def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmaps=False, ood_threshold=None,
-                 threshold_source="artifact", engine="tensorflow", model_copies=0, threads=0):
+                 threshold_source="artifact", engine="tensorflow", model_copies=0, threads=0, lesion_map=False):
         super().__init__()
         self._handler: Any = KeyedModelHandler(KerasChunkModelHandler(
             model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1)), engine=engine,
             model_copies=model_copies, threads=threads))
-        self._to_rows = _ToRows(threshold, heatmaps, ood_threshold, threshold_source)
+        self._to_rows = _ToRows(threshold, heatmaps, ood_threshold, threshold_source, lesion_map)
 
     def expand(self, batches):
         return (batches

@@ -1,0 +1,205 @@
+"""The lesion-first model (v4): its score comes from its map, the map is what reviewers see, areas add up."""
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from beam_pipeline import run, sample_data
+from tests import rows as rows_mod
+from tests import synth, tiny_model
+from trainer import gradcam, lesion_data, lesion_eval, preprocessing
+
+
+def test_slice_score_is_the_highest_window_mean_of_the_lesion_map():
+    import keras
+
+    from trainer import unet
+    keras.utils.set_random_seed(3)
+    model = unet.make_unet((32, 32, 1), filters=(4, 8, 8, 16))
+    x = np.random.default_rng(0).random((5, 32, 32, 1)).astype(np.float32)
+    score, lesion = keras.Model(model.inputs, [model.output, model.get_layer("lesion_map").output]).predict(
+        x, verbose=0)
+    assert lesion.shape == (5, 16, 16, 1) and score.shape == (5, 1)
+    w = unet.POOL_WINDOW
+    m = lesion[..., 0]
+    windows = np.stack([m[:, i:i + 16 - w + 1, j:j + 16 - w + 1] for i in range(w) for j in range(w)]).mean(0)
+    np.testing.assert_allclose(score[:, 0], windows.reshape(5, -1).max(1), rtol=1e-5, atol=1e-6)
+    assert gradcam.is_lesion_model(model) and gradcam.cam_head(model) is None and gradcam.has_review_map(model)
+
+
+def _inputs(root):
+    """Two loose PNG slices and a two-slice DICOM series with PixelSpacing 0.5 x 0.8 mm, in a zip."""
+    import pydicom
+    pngs = []
+    for s in range(2):
+        p = root / f"slice{s}.png"
+        p.write_bytes(synth.encode(synth.brain_slice(s, 48, lesion=True)))
+        pngs.append(p)
+    with zipfile.ZipFile(root / "series.zip", "w") as zf:
+        for i in range(2):
+            arr = synth.brain_slice(10 + i, 40, lesion=True)
+            ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(arr, 0, "1.2.3", "1.2.3.4", i + 1)))
+            ds.PixelSpacing = [0.5, 0.8]
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            zf.writestr(f"im{i}.dcm", buf.getvalue())
+    return pngs, root / "series.zip"
+
+
+def _expected_area(gray, size=32):
+    """A map at 1 in every cell covers the whole model input: (input side x scale)² source pixels."""
+    _, scale = preprocessing.prepare_with_scale(gray.astype(np.float32), preprocessing.InputSpec(size, size))
+    return (size * scale) ** 2
+
+
+def test_rows_carry_the_lesion_area_and_series_the_largest_lesion(tmp_path):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, lesion_bias=5.0)  # map ~1 everywhere
+    pngs, zipped = _inputs(tmp_path)
+    out = tmp_path / "out"
+    assert run.main(["--input", str(pngs[0]), "--input", str(pngs[1]), "--input", str(zipped), "--keep-paths",
+                     "--output", str(out), "--model", model_dir, "--engine", "tensorflow"]) == 0
+    rows = {os.path.basename(r["member_path"] or r["source_uri"]): r for r in rows_mod.images(out)}
+    assert set(rows) == {"slice0.png", "slice1.png", "im0.dcm", "im1.dcm"}
+    for s in range(2):
+        r = rows[f"slice{s}.png"]
+        assert r["tumor_probability"] > 0.99 and r["predicted_label"] == "tumor"
+        assert r["lesion_area_px"] == pytest.approx(_expected_area(synth.brain_slice(s, 48, lesion=True)), rel=1e-4)
+        assert r["lesion_area_mm2"] is None and r["pixel_area_mm2"] is None
+        assert r["heatmap_path"] and os.path.exists(rows_mod.result_file(out, "heatmaps/" +
+                                                                         os.path.basename(r["heatmap_path"])))
+    for i in range(2):
+        r = rows[f"im{i}.dcm"]
+        assert r["pixel_area_mm2"] == pytest.approx(0.4)
+        assert r["lesion_area_mm2"] == pytest.approx(r["lesion_area_px"] * 0.4, rel=1e-5)
+    series = rows_mod.images(out, "series-*.parquet")
+    dicom = next(s for s in series if s["series_instance_uid"] == "1.2.3.4")
+    largest = max((rows["im0.dcm"], rows["im1.dcm"]), key=lambda r: r["lesion_area_px"])
+    assert dicom["max_lesion_area_px"] == pytest.approx(largest["lesion_area_px"])
+    assert dicom["max_lesion_area_mm2"] == pytest.approx(largest["lesion_area_mm2"])
+    assert dicom["largest_lesion_member"] == largest["member_path"]
+    study = next(s for s in rows_mod.images(out, "studies-*.parquet") if s["study_instance_uid"] == "1.2.3")
+    assert study["max_lesion_area_mm2"] == pytest.approx(largest["lesion_area_mm2"])
+    assert study["largest_lesion_member"] == largest["member_path"]
+
+
+def test_an_empty_lesion_map_flags_nothing_and_measures_no_area(tmp_path):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, lesion_bias=-5.0)
+    pngs, _ = _inputs(tmp_path)
+    out = tmp_path / "out"
+    assert run.main(["--input", str(pngs[0]), "--output", str(out), "--model", model_dir,
+                     "--engine", "tensorflow"]) == 0
+    (row,) = rows_mod.images(out)
+    assert row["tumor_probability"] < 0.01 and row["predicted_label"] == "no_tumor"
+    assert row["lesion_area_px"] == 0.0 and row["heatmap_path"] is None
+    (series,) = rows_mod.images(out, "series-*.parquet")
+    assert series["max_lesion_area_px"] == 0.0
+
+
+def test_onnx_runtime_returns_the_same_lesion_map(tmp_path):
+    from trainer import export
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, lesion_bias=5.0, seed=1)
+    entry = export.export(model_dir)
+    assert entry["cam_output"] and entry["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+    pngs, zipped = _inputs(tmp_path)
+    got = {}
+    for engine in ("tensorflow", "onnxruntime"):
+        out = tmp_path / engine
+        assert run.main(["--input", str(zipped), "--keep-paths", "--output", str(out), "--model", model_dir,
+                         "--engine", engine]) == 0
+        got[engine] = {r["member_path"]: r for r in rows_mod.images(out)}
+    for k, r in got["tensorflow"].items():
+        assert got["onnxruntime"][k]["lesion_area_px"] == pytest.approx(r["lesion_area_px"])
+
+
+def test_lesion_overlay_outlines_and_fills_the_map():
+    from PIL import Image
+    image = np.full((32, 32, 1), 0.5, np.float32)
+    lesion = np.zeros((32, 32), np.float32)
+    lesion[8:20, 10:22] = 0.9
+    lesion[0:4, 0:4] = 0.3  # weak evidence: a faint wash, no outline
+    png = Image.open(io.BytesIO(gradcam.lesion_overlay_png(image, lesion, None, scale=1))).convert("RGB")
+    right = np.asarray(png)[:, 36:]  # the overlay half (input | 4 px gap | overlay)
+    assert tuple(right[8, 15]) == (255, 255, 0)  # outline at the lesion's edge
+    r, g, b = right[14, 15].astype(int)
+    assert r > 180 and g < 110 and b < 110  # filled red inside
+    assert tuple(right[30, 30]) == (127, 127, 127)  # anatomy untouched outside
+    r, g, b = right[1, 1].astype(int)
+    assert r > g > b and r < 200  # a faint orange wash
+
+
+def test_heatmaps_of_lesion_maps_keep_their_probabilities():
+    maps = np.full((2, 4, 4, 1), 0.1, np.float32)
+    maps[0, 1:3, 1:3] = 0.8
+    rel = gradcam.heatmaps_from_cam(maps, (8, 8))
+    absolute = gradcam.heatmaps_from_cam(maps, (8, 8), relative=False)
+    assert rel[1].max() == pytest.approx(1.0)  # Grad-CAM's rule would paint a flat 0.1 map at full strength
+    assert absolute[1].max() == pytest.approx(0.1) and absolute[0].max() == pytest.approx(0.8)
+
+
+def test_sampling_balances_class_within_each_level_bin():
+    cols = np.array(["a"] * 10 + ["b"] * 4)
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0])
+    level = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.5, 0.5, 0.5, 0.5])
+    w = lesion_data.sampling_weights(cols, labels, level, {"a": 0.5, "b": 0.5})
+    low = level < 0.2
+    a = cols == "a"
+    assert w[a].sum() == pytest.approx(0.5) and w[~a].sum() == pytest.approx(0.5)
+    assert w[a & low & (labels == 1)].sum() == pytest.approx(w[a & low & (labels == 0)].sum())  # 4 vs 1 slices
+    assert w[a & ~low].sum() == pytest.approx(w[a & low].sum())  # a one-class bin keeps its level's share
+
+
+def test_levels_follow_the_patient_stack_and_the_head_share():
+    from trainer.discovery import Example
+    ex = [Example(f"/d/lgg/flair/tumor/TCGA_AA_0001_20010101_{z}.png", 1, "tumor", "", "lgg", "flair")
+          for z in (3, 5, 11)] + [Example(f"/d/m/no/{i}.png", 0, "no", "", "mri") for i in range(3)]
+    lv = lesion_data.levels(ex, [0, 0, 0, 0.2, 0.6, 0.4])
+    np.testing.assert_allclose(lv, [0.0, 0.25, 1.0, 0.0, 1.0, 0.5])
+
+
+def test_lesion_figures_of_a_perfect_and_a_misplaced_map():
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[:, 2:4, 2:4] = 255
+    perfect = (masks[:, ::2, ::2] > 0).astype(np.float32)  # a 4x4 map of the 8x8 masks
+    f = lesion_eval.lesion_figures(perfect, masks)
+    assert f == {"n": 2, "dice_mean": 1.0, "dice_median": 1.0, "pointing_game": 1.0, "mass_inside_mask": 1.0}
+    wrong = np.zeros_like(perfect)
+    wrong[:, 3, 3] = 1.0
+    lesion_eval.DILATE_CELLS, saved = 0, lesion_eval.DILATE_CELLS
+    try:
+        g = lesion_eval.lesion_figures(wrong, masks)
+    finally:
+        lesion_eval.DILATE_CELLS = saved
+    assert g["dice_mean"] == 0.0 and g["pointing_game"] == 0.0 and g["mass_inside_mask"] == 0.0
+
+
+def test_sequence_folders_win_over_a_manifest_csv_beside_them(tmp_path):
+    from trainer import discovery
+    synth.write_sequence_collection(str(tmp_path / "ped"), patients=2, per_patient=2, size=32,
+                                    sequences=("t2", "flair"))
+    (tmp_path / "ped" / "manifest.csv").write_text("collection,seq,label,file\nped,t2,tumor,x.png\n")
+    ex, notes = discovery.discover(str(tmp_path / "ped"))
+    assert notes["layout"] == "sequence_folders" and {e.sequence for e in ex} == {"t2", "flair"}
+
+
+def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
+    """The whole recipe, tiny: masks where a collection has them, labels only elsewhere, one artifact."""
+    from trainer import artifact, lesion_train
+    synth.write_sequence_collection(str(tmp_path / "lgg"), patients=6, per_patient=6, size=48,
+                                    sequences=("flair", "t1-pre"))
+    synth.write_class_folders(str(tmp_path / "mri"), {"yes": True, "no": False}, 24, size=48)
+    lesion_train.main(["--data-dir", str(tmp_path / "lgg"), "--data-dir", str(tmp_path / "mri"),
+                       "--shares", "lgg=0.5,mri=0.5", "--image-size", "32", "--filters", "4,8,8,16",
+                       "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", "--bootstrap", "10",
+                       "--threshold-sources", "", "--model-dir", str(tmp_path / "models"), "--version", "1",
+                       "--cache-dir", str(tmp_path / "cache")])
+    version_dir = tmp_path / "models" / "brain-tumor-cnn" / "1"
+    model, md = artifact.load(str(version_dir))
+    assert md["head"] == "lesion_map" and gradcam.is_lesion_model(model)
+    assert 0.0 <= md["threshold"] <= 1.0
+    lesion = json.loads((version_dir / "lesion.json").read_text())
+    assert any(k.startswith("validation/lgg/flair") for k in lesion["map_figures"])
+    assert "validation" in lesion["level_bins"]
+    assert md["training_config"]["filters"] == [4, 8, 8, 16]

@@ -1,0 +1,159 @@
+"""In-memory training set for the lesion-first model: prepared inputs, aligned masks, levels.
+
+Every image goes through `preprocessing.prepare` once (the one preprocessing
+the scorer uses) and its tumor mask through `project_mask` (the same crop), so
+augmentation in tf.data works on arrays and a CPU epoch is not spent decoding
+JPEGs. The arrays are cached as one .npz keyed by the file list.
+
+Mask knowledge per slice (`pixel_weight`):
+  - a collection's `masks/` folder holds masks named like its tumor slices;
+    for collections whose masks were drawn on every sequence (`MASK_ALL_SEQUENCES`,
+    BraTS-PEDs) they apply to all sequences; for LGG they were drawn on FLAIR, and
+    T1 slices (where a low-grade glioma is often invisible) get a low weight;
+  - a tumor-free slice of such a collection is an all-negative map;
+  - a slice without a mask (brain-mri) trains the map only through the slice
+    score (multiple-instance loss).
+
+Anatomical level (`level`, 0 = lowest of the patient's slices, 1 = highest) is
+the slice's position in its patient's stack where file names carry it; for
+collections without patients it is the head's share of the raw image, scaled
+to [0, 1] within the collection. Training batches are balanced on level bins.
+"""
+import hashlib
+import multiprocessing
+import os
+import posixpath
+import re
+
+import numpy as np
+
+from trainer import preprocessing
+
+MASK_ALL_SEQUENCES = ("brats-ped",)
+T1_MASK_WEIGHT = 0.25  # LGG FLAIR-drawn masks on T1 slices: noisy, the lesion often invisible
+_SLICE_RX = re.compile(r"^(.+)_z?(\d+)\.\w+$")
+
+
+def _stem(path):
+    return os.path.splitext(posixpath.basename(path.replace("\\", "/")))[0]
+
+
+def mask_plan(examples, roots):
+    """Per example: (mask path or "" , pixel weight); weight 0 = the map is trained by the slice score only."""
+    by_collection = {}
+    for root in roots:
+        mdir = os.path.join(root, "masks")
+        if os.path.isdir(mdir):
+            name = os.path.basename(os.path.normpath(root))
+            by_collection[name] = (mdir, {os.path.splitext(f)[0]: f for f in os.listdir(mdir)})
+    plan = []
+    for e in examples:
+        if e.collection not in by_collection:
+            plan.append(("", 0.0))
+            continue
+        mdir, stems = by_collection[e.collection]
+        if e.label == 0:
+            plan.append(("", 1.0))
+            continue
+        f = stems.get(_stem(e.path))
+        if f is None:
+            plan.append(("", 0.0))
+        elif e.collection in MASK_ALL_SEQUENCES or e.sequence in ("flair", "t2"):
+            plan.append((os.path.join(mdir, f), 1.0))
+        else:
+            plan.append((os.path.join(mdir, f), T1_MASK_WEIGHT))
+    return plan
+
+
+def _load_one(args):
+    path, mask_path, size = args
+    spec = preprocessing.InputSpec(height=size, width=size)
+    with open(path, "rb") as f:
+        gray = preprocessing.decode_raster(f.read())
+    x = preprocessing.prepare(gray, spec)[..., 0]
+    g01 = gray - gray.min()
+    top = np.percentile(g01, 99.5)
+    head_share = float(np.mean(g01 > 0.08 * top)) if top > 0 else 0.0
+    if mask_path:
+        with open(mask_path, "rb") as f:
+            m = preprocessing.decode_raster(f.read())
+        if m.shape != gray.shape:  # a mask saved at another size than its slice
+            from PIL import Image
+            m = np.asarray(Image.fromarray(m).resize(gray.shape[::-1], Image.Resampling.NEAREST), np.float32)
+        mask = preprocessing.project_mask(gray, (m > 127).astype(np.float32), spec)
+    else:
+        mask = np.zeros((size, size), np.float32)
+    return x.astype(np.float16), (mask * 255).round().astype(np.uint8), head_share
+
+
+def levels(examples, head_shares):
+    """Anatomical level in [0, 1] per example (see module docstring)."""
+    out = np.full(len(examples), np.nan)
+    patients = {}
+    for i, e in enumerate(examples):
+        m = _SLICE_RX.match(posixpath.basename(e.path.replace("\\", "/")))
+        if m and (e.collection.startswith("lgg") or "brats" in e.collection):
+            patients.setdefault((e.collection, m.group(1)), []).append((i, int(m.group(2))))
+    for members in patients.values():
+        z = np.array([s for _, s in members], float)
+        lo, hi = z.min(), z.max()
+        for (i, _), zi in zip(members, z, strict=True):
+            out[i] = (zi - lo) / (hi - lo) if hi > lo else 0.5
+    shares = np.asarray(head_shares, float)
+    for name in {e.collection for e in examples}:
+        idx = [i for i, e in enumerate(examples) if e.collection == name and np.isnan(out[i])]
+        if idx:  # rank of the head's share within the collection: comparable across fields of view
+            ranks = np.argsort(np.argsort(shares[idx]))
+            out[idx] = ranks / max(len(idx) - 1, 1)
+    return out
+
+
+def build(examples, roots, size=128, cache_dir=None, processes=None):
+    """dict(x (n,H,W) f16, mask (n,H,W) u8, pixel_weight, level, head_share) for `examples`."""
+    plan = mask_plan(examples, roots)
+    key = hashlib.sha256(repr([(e.path, m, w, size) for e, (m, w) in zip(examples, plan, strict=True)])
+                         .encode()).hexdigest()[:16]
+    cache = os.path.join(cache_dir, f"lesion-cache-{key}.npz") if cache_dir else None
+    if cache and os.path.exists(cache):
+        with np.load(cache) as z:
+            return {k: z[k] for k in z.files}
+    jobs = [(e.path, m, size) for e, (m, _) in zip(examples, plan, strict=True)]
+    with multiprocessing.get_context("spawn").Pool(processes or os.cpu_count()) as pool:
+        loaded = pool.map(_load_one, jobs, chunksize=64)
+    data = {"x": np.stack([r[0] for r in loaded]), "mask": np.stack([r[1] for r in loaded]),
+            "pixel_weight": np.array([w for _, w in plan], np.float32),
+            "head_share": np.array([r[2] for r in loaded], np.float32)}
+    data["level"] = levels(examples, data["head_share"]).astype(np.float32)
+    if cache:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = cache + ".tmp.npz"
+        np.savez(tmp, **data)
+        os.replace(tmp, cache)
+    return data
+
+
+def level_bins(level, n_bins=5):
+    return np.minimum((np.asarray(level) * n_bins).astype(int), n_bins - 1)
+
+
+def sampling_weights(collections, labels, level, shares):
+    """Per-example draw probability: each collection its share; within it every (level bin, class) cell equal.
+
+    A level bin that holds only one class (the vertex of a glioma series) keeps
+    its share of the collection with that class alone, so no bin is left out.
+    """
+    collections, labels = np.asarray(collections), np.asarray(labels)
+    bins = level_bins(level)
+    w = np.zeros(len(labels))
+    for name, share in shares.items():
+        in_c = collections == name
+        if not in_c.any():
+            continue
+        present = sorted(set(bins[in_c].tolist()))
+        for b in present:
+            cell = in_c & (bins == b)
+            classes = sorted(set(labels[cell].tolist()))
+            for c in classes:
+                members = cell & (labels == c)
+                w[members] = share / len(present) / len(classes) / members.sum()
+    return w / w.sum()

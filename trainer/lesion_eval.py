@@ -1,0 +1,126 @@
+"""What a lesion-first model is judged on, beyond slice AUC: where its map points and how it treats levels.
+
+- Slice metrics per split and source (trainer/evaluation.py), threshold chosen
+  on validation sources that carry clean labels.
+- Lesion map on validation and held-out LGG FLAIR tumor slices: Dice of the
+  map at 0.5, the pointing game (map peak inside the mask dilated by 4 input
+  pixels) and the share of the map's mass inside that dilated mask.
+- Tumor-free slices by anatomical level bin: a slice classifier flags whole
+  levels (posterior fossa, vertex); the table shows the median score and the
+  share flagged per bin.
+
+  python -m trainer.lesion_eval models/brain-tumor-cnn/_work/4/best.keras ...same data flags as lesion_train
+"""
+import csv
+import json
+import os
+
+import numpy as np
+
+from trainer import evaluation, lesion_data
+
+DILATE_CELLS = 2  # on the 64x64 map: 4 pixels of the 128 px input
+
+
+def _downsample(mask_u8, size):
+    n, h, _ = mask_u8.shape
+    f = h // size
+    return (mask_u8.astype(np.float32) / 255.0).reshape(n, size, f, size, f).mean(axis=(2, 4)) >= 0.5
+
+
+def _dilate(mask, cells):
+    out = mask.copy()
+    for _ in range(cells):
+        m = out.copy()
+        m[:, 1:] |= out[:, :-1]
+        m[:, :-1] |= out[:, 1:]
+        m[:, :, 1:] |= out[:, :, :-1]
+        m[:, :, :-1] |= out[:, :, 1:]
+        out = m
+    return out
+
+
+def lesion_figures(maps, masks_u8):
+    """Dice at 0.5, pointing game and mass inside the dilated mask, over slices with a mask."""
+    maps = maps.astype(np.float32)
+    truth = _downsample(masks_u8, maps.shape[1])
+    keep = truth.reshape(len(truth), -1).any(axis=1)
+    maps, truth = maps[keep], truth[keep]
+    if not len(maps):
+        return {"n": 0}
+    pred = maps >= 0.5
+    inter = (pred & truth).reshape(len(maps), -1).sum(1)
+    dice = 2 * inter / np.maximum(pred.reshape(len(maps), -1).sum(1) + truth.reshape(len(maps), -1).sum(1), 1)
+    dil = _dilate(truth, DILATE_CELLS)
+    flat = maps.reshape(len(maps), -1)
+    peak_in = dil.reshape(len(maps), -1)[np.arange(len(maps)), flat.argmax(1)]
+    mass_in = (flat * dil.reshape(len(maps), -1)).sum(1) / np.maximum(flat.sum(1), 1e-9)
+    return {"n": int(len(maps)), "dice_mean": round(float(dice.mean()), 4),
+            "dice_median": round(float(np.median(dice)), 4),
+            "pointing_game": round(float(peak_in.mean()), 4), "mass_inside_mask": round(float(mass_in.mean()), 4)}
+
+
+def level_table(scores, labels, level, sources, threshold, n_bins=5):
+    """{source: [{bin, n, median score, share flagged}]} for tumor-free slices."""
+    bins = lesion_data.level_bins(level, n_bins)
+    out = {}
+    for s in sorted(set(sources.tolist())):
+        rows = []
+        for b in range(n_bins):
+            sel = (sources == s) & (labels == 0) & (bins == b)
+            if sel.any():
+                rows.append({"bin": f"{b / n_bins:.1f}-{(b + 1) / n_bins:.1f}", "n": int(sel.sum()),
+                             "median": round(float(np.median(scores[sel])), 4),
+                             "flagged": round(float((scores[sel] >= threshold).mean()), 4)})
+        if rows:
+            out[s] = rows
+    return out
+
+
+def evaluate_all(model, data, arrays, ext, ext_arrays, args):
+    """Rows, metrics, lesion figures and level tables for validation, held-out site and external sets."""
+    from trainer.lesion_train import predict
+    ex, labels, groups = data["examples"], data["labels"], data["groups"]
+    parts = [("validation", np.flatnonzero(data["is_val"]), ex, labels, groups, arrays)]
+    if data["is_holdout"].any():
+        parts.append(("held_out_site", np.flatnonzero(data["is_holdout"]), ex, labels, groups, arrays))
+    if ext_arrays is not None:
+        parts.append(("external", np.arange(len(ext["examples"])), ext["examples"], ext["labels"], ext["groups"],
+                      ext_arrays))
+    rows, scored = [], {}
+    for split, idx, exs, labs, grps, arr in parts:
+        scores, maps = predict(model, arr["x"][idx])
+        scored[split] = (idx, scores, maps, exs, labs, arr)
+        for i, s in zip(idx, scores, strict=True):
+            rows.append({"path": exs[i].path, "class_name": exs[i].class_name, "label": int(labs[i]),
+                         "group": int(grps[i]), "score": float(s), "split": split,
+                         "source": evaluation.source_key(exs[i]), "level": float(arr["level"][i])})
+    m = evaluation.operating_metrics(rows, args.target_sensitivity, args.threshold_sources, args.bootstrap)
+    lesion = {"map_figures": {}, "level_bins": {}}
+    for split, (idx, scores, maps, exs, labs, arr) in scored.items():
+        src = np.array([evaluation.source_key(exs[i]) for i in idx])
+        for s in sorted(set(src.tolist())):
+            sel = (src == s) & (labs[idx] == 1) & (arr["mask"][idx].reshape(len(idx), -1).max(1) > 0)
+            if sel.any() and (s.endswith("flair") or s.endswith("t2")):
+                lesion["map_figures"][f"{split}/{s}"] = lesion_figures(maps[sel], arr["mask"][idx][sel])
+        lesion["level_bins"][split] = level_table(scores, np.asarray(labs)[idx], arr["level"][idx], src,
+                                                  m["threshold"])
+    return {"metrics": m, "lesion": lesion, "rows": rows}
+
+
+COLUMNS = ["path", "class_name", "label", "group", "score", "split", "source", "level"]
+
+
+def write_extras(out_dir, metadata, data, report):
+    """validation_predictions.csv (with level) and lesion.json beside the artifact; the card (model_card)."""
+    from trainer import artifact, eda, model_card
+    eda.write_report(data["report"], os.path.join(out_dir, "eda"))
+    with open(os.path.join(out_dir, artifact.PREDICTIONS_FILE), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for r in report["rows"]:
+            w.writerow([repr(r[c]) if c in ("score", "level") else r[c] for c in COLUMNS])
+    with open(os.path.join(out_dir, "lesion.json"), "w") as f:
+        json.dump(report["lesion"], f, indent=2)
+    with open(os.path.join(out_dir, artifact.MODEL_CARD_FILE), "w") as f:
+        f.write(model_card.render(metadata, data["report"]))

@@ -1,0 +1,248 @@
+"""Train the lesion-first model (v4): pixel loss where masks exist, slice loss everywhere.
+
+  python -m trainer.lesion_train --data-dir ../shared/data/brain-mri --data-dir ../shared/data/lgg \
+      --data-dir ../shared/data/brats-ped --eval-data-dir ../shared/data/brats-sample \
+      --holdout-pattern '^TCGA_FG_' --model-dir models --version 4
+
+Losses (trainer/unet.py for the model):
+  - lesion map: BCE + soft Dice against the mask, weighted per slice by how
+    well its mask is known (lesion_data.mask_plan); a tumor-free slice of a
+    masked collection is an all-negative map, so it teaches "no lesion here" at
+    every level, and every pixel outside a tumor's mask does the same at the
+    tumor's own level;
+  - slice score (max of the windowed map): BCE against the slice label, the
+    multiple-instance loss that lets label-only collections (brain-mri) train
+    the map.
+Batches are drawn with equal weight per (collection, level bin, class) cell
+(lesion_data.sampling_weights). The checkpoint kept is the epoch with the best
+mean validation AUC over sources; the held-out site and external collections
+are scored only at the end.
+"""
+import argparse
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from trainer import artifact, distribute, evaluation, lesion_data, lesion_eval, preprocessing
+from trainer.config import TrainConfig
+
+DEFAULT_SHARES = {"brain-mri": 0.4, "lgg": 0.42, "brats-ped": 0.18}
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p.add_argument("--data-dir", action="append", required=True)
+    p.add_argument("--eval-data-dir", action="append", default=[])
+    p.add_argument("--group-pattern", default=r"^((?:TCGA_|.*brats).+)_z?\d+\.\w+$")
+    p.add_argument("--holdout-pattern", default="")
+    p.add_argument("--threshold-sources", default=r"^(brain-mri|lgg/flair)$")
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument("--model-dir", default="models")
+    p.add_argument("--name", default="brain-tumor-cnn")
+    p.add_argument("--version", default="")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--filters", default="16,32,64,128")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--steps-per-epoch", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=32, help="per replica")
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--dice-weight", type=float, default=1.0)
+    p.add_argument("--slice-weight", type=float, default=1.0)
+    p.add_argument("--augment", default="contrast-strip")
+    p.add_argument("--shares", default=",".join(f"{k}={v}" for k, v in DEFAULT_SHARES.items()),
+                   help="collection=share of each batch")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cache-dir", default="/tmp/brain-screening-lesion-cache")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--max-images", type=int, default=0)
+    args = p.parse_args(argv)
+    args.filters = tuple(int(f) for f in args.filters.split(","))
+    args.shares = {k: float(v) for k, v in (s.split("=") for s in args.shares.split(","))}
+    return args
+
+
+def pixel_loss(dice_weight):
+    """BCE + soft Dice per slice; y_true = (mask, weight) on the map's grid."""
+    import keras.ops as K
+
+    def loss(y_true, y_pred):
+        mask, weight = y_true[..., :1], y_true[:, 0, 0, 1]
+        p = K.clip(y_pred, 1e-6, 1 - 1e-6)
+        bce = -K.mean(mask * K.log(p) + (1 - mask) * K.log(1 - p), axis=(1, 2, 3))
+        inter = K.sum(p * mask, axis=(1, 2, 3))
+        dice = 1.0 - (2.0 * inter + 1.0) / (K.sum(p, axis=(1, 2, 3)) + K.sum(mask, axis=(1, 2, 3)) + 1.0)
+        return weight * (bce + dice_weight * dice)
+    return loss
+
+
+def slice_loss(y_true, y_pred):
+    """BCE of the pooled map against the slice label; y_true = (label, weight)."""
+    import keras.ops as K
+    p = K.clip(y_pred[:, 0], 1e-6, 1 - 1e-6)
+    label, weight = y_true[:, 0], y_true[:, 1]
+    return -weight * (label * K.log(p) + (1 - label) * K.log(1 - p))
+
+
+def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed, augment_mode):
+    """Infinite tf.data stream of augmented (image, {score target, map target}) batches."""
+    import tensorflow as tf
+
+    from trainer import augment
+    rng = np.random.default_rng(seed)
+    x, mask, pix_w = data["x"], data["mask"], data["pixel_weight"]
+
+    def draws():
+        while True:
+            for i in rng.choice(idx, size=4096, p=probs):
+                yield (x[i].astype(np.float32)[..., None], mask[i].astype(np.float32)[..., None] / 255.0,
+                       np.float32(labels[i]), np.float32(pix_w[i]), np.float32(slice_w[i]))
+
+    size = x.shape[1]
+    sig = (tf.TensorSpec((size, size, 1), tf.float32), tf.TensorSpec((size, size, 1), tf.float32),
+           tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32))
+    ds = tf.data.Dataset.from_generator(draws, output_signature=sig)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+    def aug(item, s):
+        image, m, label, pw, sw = item
+        image, m = augment.augment_with_mask(image, m, s, mode=augment_mode)
+        image, m = tf.ensure_shape(image, (size, size, 1)), tf.ensure_shape(m, (size, size, 1))
+        m = tf.image.resize(m, (map_size, map_size), method="area")
+        m = tf.cast(m >= 0.5, tf.float32)
+        map_target = tf.concat([m, tf.fill(tf.shape(m), pw)], axis=-1)
+        return image, {"tumor_probability": tf.stack([label, sw]), "lesion_map": map_target}
+
+    return (tf.data.Dataset.zip((ds, seeds)).map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch, drop_remainder=True).prefetch(4))
+
+
+def predict(model, x, batch=128):
+    """(slice scores, lesion maps) of prepared inputs (n, H, W) f16."""
+    import keras
+    twin = getattr(model, "_score_and_map", None)
+    if twin is None:
+        twin = keras.Model(model.inputs, [model.output, model.get_layer("lesion_map").output])
+        model._score_and_map = twin
+    scores, maps = [], []
+    for i in range(0, len(x), batch):
+        s, m = twin.predict_on_batch(x[i:i + batch].astype(np.float32)[..., None])
+        scores.append(np.asarray(s).reshape(-1))
+        maps.append(np.asarray(m)[..., 0].astype(np.float16))
+    return np.concatenate(scores).astype(np.float64), np.concatenate(maps)
+
+
+class ValidationAuc:
+    """Keras callback: mean per-source validation AUC each epoch; keeps the best weights."""
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class _Cb(keras.callbacks.Callback):
+            def __init__(self, model_ref, x, labels, sources, log_path):
+                super().__init__()
+                self.ref, self.x, self.labels, self.sources = model_ref, x, labels, sources
+                self.best, self.best_weights, self.log_path = -1.0, None, log_path
+
+            def on_epoch_end(self, epoch, logs=None):
+                from trainer import metrics
+                scores, _ = predict(self.ref, self.x)
+                per = {s: metrics.roc_auc(self.labels[self.sources == s], scores[self.sources == s])
+                       for s in sorted(set(self.sources.tolist()))}
+                per = {s: a for s, a in per.items() if a == a}
+                mean = float(np.mean(list(per.values())))
+                line = {"epoch": epoch + 1, "mean_val_auc": round(mean, 4),
+                        **{k: round(v, 4) for k, v in (logs or {}).items()},
+                        **{f"val_auc/{s}": round(a, 4) for s, a in per.items()}}
+                print(json.dumps(line), flush=True)
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+                if mean > self.best:
+                    self.best, self.best_weights = mean, self.ref.get_weights()
+
+        return _Cb(*args, **kwargs)
+
+
+def main(argv=None):
+    args = _parse(argv)
+    logging.basicConfig(level=logging.WARNING)
+    import keras
+    strategy = distribute.get_strategy()
+    keras.utils.set_random_seed(args.seed)
+    from trainer.train import prepare_data
+    cfg = TrainConfig(data_dir=args.data_dir, eval_data_dir=args.eval_data_dir, group_pattern=args.group_pattern,
+                      holdout_pattern=args.holdout_pattern, seed=args.seed, image_size=args.image_size,
+                      max_images=args.max_images, model_dir=args.model_dir, name=args.name, epochs=args.epochs,
+                      batch_size=args.batch_size, learning_rate=args.learning_rate, augment=args.augment,
+                      target_sensitivity=args.target_sensitivity, threshold_sources=args.threshold_sources)
+    t0 = time.time()
+    data = prepare_data(cfg)
+    ex, labels = data["examples"], data["labels"]
+    arrays = lesion_data.build(ex, args.data_dir, args.image_size, args.cache_dir)
+    ext = data["external"]
+    ext_arrays = lesion_data.build(ext["examples"], args.eval_data_dir, args.image_size, args.cache_dir) \
+        if ext and ext["examples"] else None
+    print(f"Prepared {len(ex)} training-collection and {len(ext['examples']) if ext else 0} external slices "
+          f"in {time.time() - t0:.0f} s", flush=True)
+    sources = np.array([evaluation.source_key(e) for e in ex])
+    collections = np.array([e.collection for e in ex])
+    is_train = ~data["is_val"] & ~data["is_holdout"]
+    idx = np.flatnonzero(is_train)
+    probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
+    # LGG's T1 "tumor" labels are noisy (lesion often invisible): half weight on their slice loss.
+    slice_w = np.where((collections == "lgg") & (labels == 1) & np.char.startswith(sources, "lgg/t1"), 0.5, 1.0)
+    slice_w = slice_w * args.slice_weight
+    map_size = args.image_size // 2
+    replicas = strategy.num_replicas_in_sync
+    global_batch = args.batch_size * replicas
+    train_ds = make_train_dataset(arrays, idx, labels, probs, slice_w, map_size, global_batch, args.seed,
+                                  args.augment)
+    version = args.version or str(artifact.next_version(os.path.join(args.model_dir, args.name)))
+    final_dir = os.path.join(args.model_dir, args.name, version)
+    if os.path.exists(final_dir):
+        raise SystemExit(f"{final_dir} already exists; a published version is never overwritten")
+    work_dir = os.path.join(args.model_dir, args.name, "_work", version)
+    os.makedirs(work_dir, exist_ok=True)
+    from trainer import unet
+    with strategy.scope():
+        model = unet.make_unet((args.image_size, args.image_size, 1), args.filters)
+        fit_model = unet.training_model(model)
+        total = args.epochs * args.steps_per_epoch
+        lr = keras.optimizers.schedules.CosineDecay(0.0, total - args.steps_per_epoch, warmup_target=args.learning_rate,
+                                                    warmup_steps=args.steps_per_epoch)
+        fit_model.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=1e-4),
+                          loss={"tumor_probability": slice_loss, "lesion_map": pixel_loss(args.dice_weight)})
+    val = np.flatnonzero(data["is_val"])
+    cb = ValidationAuc(model, arrays["x"][val], labels[val], sources[val], os.path.join(work_dir, "epochs.jsonl"))
+    print(f"Strategy {type(strategy).__name__}: {replicas} replica(s), global batch {global_batch}; "
+          f"{len(idx)} training slices, {len(val)} validation; {model.count_params()} parameters", flush=True)
+    t_fit = time.time()
+    fit_model.fit(train_ds, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, callbacks=[cb], verbose=2)
+    fit_seconds = time.time() - t_fit
+    model.set_weights(cb.best_weights)
+    model.save(os.path.join(work_dir, "best.keras"))
+    report = lesion_eval.evaluate_all(model, data, arrays, ext, ext_arrays, args)
+    spec = preprocessing.InputSpec(height=args.image_size, width=args.image_size)
+    from trainer.model import flops_per_image
+    fields = dict(
+        name=args.name, version=version, input_spec=spec, class_names=["no_tumor", "tumor"],
+        threshold=report["metrics"]["threshold"], target_sensitivity=args.target_sensitivity,
+        validation_metrics=report["metrics"], data_fingerprint=data["fingerprint"],
+        training_config={**cfg.to_dict(), **{k: v for k, v in vars(args).items()
+                                                if k not in ("data_dir", "eval_data_dir")}},
+        extra={"head": "lesion_map", "lesion": report["lesion"],
+               "training": {"replicas": replicas, "global_batch_size": global_batch,
+                            "strategy": type(strategy).__name__, "epochs_run": args.epochs,
+                            "best_epoch_mean_val_auc": round(cb.best, 4),
+                            "fit_seconds": round(fit_seconds, 1),
+                            "train_images_per_second": round(total * global_batch / fit_seconds, 1),
+                            "params": int(model.count_params()), "flops_per_image": flops_per_image(model)}})
+    metadata = artifact.write_artifact(model, final_dir, fields)
+    lesion_eval.write_extras(final_dir, metadata, data, report)
+    print(f"Artifact written to {final_dir}: threshold {metadata['threshold']:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

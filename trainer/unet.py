@@ -1,0 +1,62 @@
+"""Model v4: a lesion-first detector, a small U-Net whose slice score is read from its lesion map.
+
+A slice classifier (v1-v3) learns whatever separates tumor from tumor-free
+slices in its training collections: anatomical level, sequence, source. Here
+the network predicts, per pixel, the probability of tumor, and the slice
+probability is the highest mean of that map over a small window
+(AveragePooling -> GlobalMaxPooling: a smooth top-k of about 36 input pixels).
+A slice can therefore only score high where the map finds a lesion, and every
+pixel outside a tumor mask is a negative at the tumor's own level.
+
+Built from stock Keras layers only, so the artifact loads in safe mode, needs
+no custom objects in the scoring worker and exports to ONNX unchanged. The
+stem works at half the input resolution (as v3 does): the map is 64x64 for a
+128x128 input, which keeps the network near 0.35 GFLOPs per slice.
+"""
+import keras
+from keras import layers
+
+POOL_WINDOW = 3  # cells of the 64x64 map averaged before the max (~6x6 input pixels)
+LESION_MAP = "lesion_map"  # == trainer.gradcam.LESION_MAP: how scorers recognise the head
+OUTPUT = "tumor_probability"
+
+
+def _conv(x, filters, name):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def make_unet(input_shape=(128, 128, 1), filters=(16, 32, 64, 128), pool_window=POOL_WINDOW):
+    """Single-output Keras model (slice probability); the lesion map is the layer `lesion_map`.
+
+    Encoder blocks end in `enc{i}_pool` and the bottleneck in `last_conv`, the
+    layers the OOD guard pools (trainer/ood.py: layer_names).
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Conv2D(filters[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    skips = []
+    for i, f in enumerate(filters[:-1]):
+        x = _conv(x, f, f"enc{i + 1}a")
+        x = _conv(x, f, f"enc{i + 1}b")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{i + 1}_pool")(x)
+    x = _conv(x, filters[-1], "bottleneck")
+    x = layers.Conv2D(filters[-1], 3, padding="same", activation="relu", name="last_conv")(x)
+    for i in reversed(range(len(skips))):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{i + 1}_up")(x)
+        x = layers.Concatenate(name=f"dec{i + 1}_cat")([x, skips[i]])
+        x = _conv(x, filters[i], f"dec{i + 1}")
+    logits = layers.Conv2D(1, 1, dtype="float32", name="lesion_logits")(x)
+    lesion = layers.Activation("sigmoid", dtype="float32", name=LESION_MAP)(logits)
+    pooled = layers.AveragePooling2D(pool_window, strides=1, name="lesion_window")(lesion)
+    score = layers.GlobalMaxPooling2D(name=OUTPUT, dtype="float32")(pooled)
+    return keras.Model(inputs, score, name="brain_tumor_unet")
+
+
+def training_model(model):
+    """Twin of `model` with both outputs, for the pixel and the slice loss."""
+    return keras.Model(model.inputs, {OUTPUT: model.output, LESION_MAP: model.get_layer(LESION_MAP).output},
+                       name="brain_tumor_unet_training")
