@@ -50,6 +50,9 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--site-profile", dest="site_profile", default=None,
                             help="site_profile.json from brain-validate: use the threshold this site validated "
                                  "(refused for another model); rows record it in threshold_source")
+        parser.add_argument("--force-site-profile", dest="force_site_profile", action="store_true", default=False,
+                            help="apply a --site-profile whose validation did not meet its checks (warned, and "
+                                 "recorded as site_profile:<id>:forced in every row)")
         parser.add_argument("--run-id", dest="run_id", default=None,
                             help="identifier stored in every row; default: UTC start time")
         parser.add_argument("--chunk-size", dest="chunk_size", type=int,

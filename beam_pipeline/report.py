@@ -162,11 +162,20 @@ def _worklist_html(worklist, total):
                 if s["group_kind"] == "dicom_study" else f"folder {s['folder'] or '/'} of {os.path.basename(s['source_uri'] or '')}")
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
-                    f"{s['n_series']} series</td><td>{_esc(', '.join(s['flagged_series']) or '-')}</td></tr>")
+                    f"{s['n_series']} series{_lesion_note(s)}</td><td>{_esc(', '.join(s['flagged_series']) or '-')}</td></tr>")
     return (f'<h2>Worklist: studies by highest probability{shown}</h2><p>All flagged studies: '
             '<a href="flagged_studies.csv">flagged_studies.csv</a></p><table id="worklist"><tr><th>max p</th>'
             '<th>study</th><th>modalities</th><th>flagged slices</th><th>flagged series</th></tr>'
             + "".join(rows) + "</table>")
+
+
+def _lesion_note(row):
+    """', largest lesion 310 mm²' (px without a pixel spacing) for rows of a lesion-map model, else ''."""
+    if row.get("max_lesion_area_px") is None:
+        return ""
+    if row.get("max_lesion_area_mm2") is not None:
+        return f", largest lesion {row['max_lesion_area_mm2']:.0f} mm²"
+    return f", largest lesion {row['max_lesion_area_px']:.0f} px"
 
 
 def _date(da):
@@ -262,7 +271,8 @@ every study still needs a radiologist's read.</p>
                  if s["study_instance_uid"] else f"{os.path.basename(s['source_uri'] or '')} : {s['folder'] or '/'}")
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
-                     f'{s["n_flagged"]} of {s["n_images"]} images flagged; modality {_esc(s["modality"] or "-")}</p>')
+                     f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}; '
+                     f'modality {_esc(s["modality"] or "-")}</p>')
         top = sorted((r for r in by_study.get(s["study_key"], []) if r["heatmap_path"]),
                      key=lambda r: -r["tumor_probability"])[:4]
         for r in top:
@@ -272,7 +282,7 @@ every study still needs a radiologist's read.</p>
             except Exception:
                 continue
             parts.append(f'<figure style="display:inline-block"><img class="heatmap" src="{src}" '
-                         f'alt="input and Grad-CAM overlay of {_esc(r["member_path"])}" width="256">'
+                         f'alt="input and review overlay (lesion map or Grad-CAM) of {_esc(r["member_path"])}" width="256">'
                          f'<figcaption>{_esc(r["member_path"] or os.path.basename(r["source_uri"]))} '
                          f'p={r["tumor_probability"]:.3f}</figcaption></figure>')
         parts.append("</div>")

@@ -89,10 +89,14 @@ def _threshold(opts, metadata):
         if opts.threshold is not None:
             raise JobError("--threshold and --site-profile both set a threshold; give one")
         try:
-            profile, profile_id = site_profile.load(opts.site_profile)
+            profile, profile_id = site_profile.load(opts.site_profile, force=opts.force_site_profile)
             site_profile.check_model(profile, metadata, opts.site_profile)
         except site_profile.ProfileError as e:
             raise JobError(str(e)) from e
+        if opts.force_site_profile and (not profile["meets"] or profile.get("forced")):
+            print(f"WARNING: --force-site-profile: applying {opts.site_profile}, whose validation did not meet "
+                  "its checks; every row records it", file=sys.stderr)
+            return float(profile["threshold"]), f"site_profile:{profile_id}:forced"
         return float(profile["threshold"]), f"site_profile:{profile_id}"
     if opts.threshold is not None:
         return opts.threshold, "flag"

@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 
 FORMAT = "brain-screening-site-profile/1"
 REQUIRED = ("format", "model_name", "model_version", "model_sha256", "threshold", "target_sensitivity",
-            "n_images", "n_positive", "created_at")
+            "n_images", "n_positive", "created_at", "meets")
 
 
 class ProfileError(ValueError):
@@ -29,7 +29,18 @@ def build(metadata, threshold, target_sensitivity, validation):
             **validation}
 
 
-def load(path):
+def _seal_of(profile):
+    body = {k: v for k, v in profile.items() if k != "seal_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write(profile, path):
+    """Write `profile` sealed: a hand-edited threshold or verdict no longer matches its seal."""
+    with open(path, "w") as f:
+        json.dump({**profile, "seal_sha256": _seal_of(profile)}, f, indent=2)
+
+
+def load(path, force=False):
     """(profile, id): id is the first 12 hex digits of the file's sha256, recorded in every row."""
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -43,8 +54,16 @@ def load(path):
     if profile["format"] != FORMAT:
         raise ProfileError(f"site profile {path} has format {profile['format']!r}, expected {FORMAT!r}")
     t = profile["threshold"]
-    if not isinstance(t, (int, float)) or not 0.0 < t < 1.0:
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 < t < 1.0:
         raise ProfileError(f"site profile {path}: threshold {t!r} is not strictly between 0 and 1")
+    if profile.get("seal_sha256") != _seal_of(profile):
+        raise ProfileError(f"site profile {path} was edited after brain-validate wrote it (or has no seal): "
+                           "validate again instead of editing it")
+    if not profile.get("meets") or profile.get("forced"):
+        if not force:
+            raise ProfileError(f"site profile {path} records a validation that did not meet its checks "
+                               f"({profile.get('status', 'not met')}): do not rely on the model here yet; "
+                               "--force-site-profile applies it anyway (recorded in every row)")
     return profile, hashlib.sha256(raw).hexdigest()[:12]
 
 

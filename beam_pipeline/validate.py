@@ -11,9 +11,13 @@ Or take the output of an earlier brain-score run and a labels CSV keyed by
 (1/0 or tumor/no_tumor) and optional `group` (patient/study) and `subgroup`
 (e.g. series description) columns.
 
-Writes validation.json, validation.html and site_profile.json (the site
-threshold for --target-sensitivity, bound to the model's sha256) and prints
-a plain verdict. Exit 0 when the verdict is met, 3 when not, 2 on bad input.
+Writes validation.json and validation.html and prints a plain verdict: "meets"
+only when every check holds over patients (enough tumor and tumor-free
+patients, lower bounds of sensitivity, specificity and AUC; see `evaluate`).
+Only then is site_profile.json written (the site threshold, bound to the
+model's sha256 and sealed); --force writes it anyway, marked forced. Exit 0
+when the verdict is "meets", 3 when "not met" or "insufficient sample", 2 on
+bad input.
 """
 import argparse
 import base64
@@ -53,8 +57,31 @@ def _label_value(text):
     raise ValidationError(f"label {text!r} is neither tumor (1/tumor/yes) nor no tumor (0/no_tumor/no)")
 
 
-def sample_labels(sample, key):
-    """{pseudonymised source_uri: (label, group, subgroup)} for the files under `sample`."""
+def _is_class_folder(name):
+    return name.lower() in POSITIVE or name.lower() in NEGATIVE
+
+
+def patient_of(rel, group_pattern=None):
+    """The patient (group) of a sample file, from its path relative to the sample root.
+
+    With `group_pattern`, its first group (else the whole match) on the file name, as in the trainer;
+    otherwise the folder that holds the file, unless that is a class folder (`tumor/P7/1.png` and
+    `notumor/P7/9.png` are one patient, P7). None when neither applies: the image is its own group."""
+    parts = rel.replace("\\", "/").split("/")
+    if group_pattern:
+        m = group_pattern.search(parts[-1])
+        if m:
+            return "pattern:" + (m.group(1) if m.groups() else m.group(0))
+    if len(parts) >= 2 and not _is_class_folder(parts[-2]):
+        return "folder:" + parts[-2]
+    return None
+
+
+def sample_labels(sample, key, group_pattern=None):
+    """{pseudonymised source_uri: (label, group, subgroup)} for the files under `sample`.
+
+    Groups are patients (patient_of); an image without one is its own group. Group keys are
+    pseudonymised like paths, so a folder named after a patient never reaches an output."""
     from beam_pipeline import pseudonym
     ps = pseudonym.Pseudonymiser(key)
     out = {}
@@ -67,7 +94,9 @@ def sample_labels(sample, key):
                 continue
             parts = rel.split(os.sep)
             subgroup = parts[0] if len(parts) > 2 and _label_of_path(parts[0] + "/x") is None else ""
-            out[ps.uri(path)] = (label, ps.uri(path), subgroup)
+            patient = patient_of(rel, group_pattern)
+            group = ps.uri(path) if patient is None else ps.component(patient)
+            out[ps.uri(path)] = (label, group, subgroup)
     if not out:
         raise ValidationError(f"{sample}: no images under class folders ({sorted(POSITIVE)} / {sorted(NEGATIVE)})")
     return out
@@ -118,44 +147,112 @@ def wilson_lower(proportion, n, z=1.96):
     return float((centre - spread) / (1 + z * z / n))
 
 
-def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, required_lower, bootstrap=1000):
+def _site_threshold(y, p, target, required_lower, specificity_floor, n_pos_groups, n_neg_groups):
+    """The highest threshold whose sensitivity reaches `target` with a Wilson lower bound (over the
+    tumor patients) >= `required_lower` and whose specificity's bound stays >= the floor; when none
+    does, the highest that reaches `target` (metrics.choose_threshold), and the checks say why it fails.
+
+    The threshold that just reaches the target sits on the edge of the tumors' scores: on a sample
+    that separates perfectly it would still miss 5 % of tumors, and no sample could meet the bound."""
+    from trainer import metrics
+    fallback = metrics.choose_threshold(y, p, target)
+    pos, neg = p[y == 1], p[y == 0]
+    for t in np.unique(pos)[::-1]:
+        sens = float(np.mean(pos >= t))
+        if sens < target:
+            continue
+        spec = float(np.mean(neg < t))
+        if wilson_lower(sens, n_pos_groups) >= required_lower and wilson_lower(spec, n_neg_groups) >= specificity_floor:
+            return float(t)
+    return fallback
+
+
+DEFAULT_MIN_PATIENTS = 20
+DEFAULT_SPECIFICITY_FLOOR = 0.5
+DEFAULT_AUC_FLOOR = 0.8
+MEETS, NOT_MET, INSUFFICIENT = "meets", "not met", "insufficient sample"
+
+
+def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, required_lower, bootstrap=1000,
+             specificity_floor=DEFAULT_SPECIFICITY_FLOOR, auc_floor=DEFAULT_AUC_FLOOR,
+             min_patients=DEFAULT_MIN_PATIENTS):
+    """Every figure, and a verdict that is "meets" only when every check holds over patients.
+
+    Checks: at least `min_patients` tumor and tumor-free patients (else "insufficient sample");
+    at the site threshold, the sensitivity's lower 95% bound >= `required_lower` and the
+    specificity's >= `specificity_floor`; the AUC's lower bound >= `auc_floor`. Each lower bound
+    is the smaller of the patient bootstrap's and (for proportions) Wilson's over patients: a
+    bootstrap at a threshold chosen on the same images is optimistic, and a sample whose images
+    are each their own "patient" would otherwise count one patient's 20 slices as 20 patients.
+    """
     from trainer import metrics
     if len(y) < 10 or y.sum() == 0 or y.sum() == len(y):
         raise ValidationError(f"{len(y)} labelled images with {int(y.sum())} tumors: need both classes "
-                              "and at least 10 images")
-    site_threshold = metrics.choose_threshold(y, p, target)
+                              "and at least 10 images (labels are matched to the scored rows' pseudonymised "
+                              "paths; see docs/new_site.md)")
+    n_pos_groups = len(np.unique(groups[y == 1]))
+    n_neg_groups = len(np.unique(groups[y == 0]))
+    site_threshold = _site_threshold(y, p, target, required_lower, specificity_floor, n_pos_groups, n_neg_groups)
     at_artifact = metrics.evaluate_at(y, p, artifact_threshold, groups, bootstrap)
     at_site = metrics.evaluate_at(y, p, site_threshold, groups, bootstrap)
-    # The bootstrap at a threshold chosen on the same images is optimistic (a threshold below every
-    # tumor gives [1, 1]); the Wilson bound over the tumor patients/studies is not. The verdict takes the lower.
-    n_pos_groups = len(np.unique(groups[y == 1]))
+    ci = at_site.get("ci95", {})
     wilson = wilson_lower(at_site["sensitivity"], n_pos_groups)
-    lower = min(at_site.get("ci95", {}).get("sensitivity", [1.0])[0], wilson)
-    meets = bool(lower >= required_lower)
-    verdict = (f"At the site threshold {site_threshold:.4f}, sensitivity is {at_site['sensitivity']:.3f} "
-               f"(lower 95% bound {lower:.3f}; {int(y.sum())} tumor images in {n_pos_groups} patients/studies) "
-               f"and specificity {at_site['specificity']:.3f}. "
-               + (f"The lower CI bound {lower:.3f} meets the required {required_lower:.3f}."
-                  if meets else
-                  f"The lower CI bound {lower:.3f} is below the required {required_lower:.3f}: do not rely on "
-                  "the model here yet; add labelled studies (docs/new_site.md) or review its errors."))
+    lower = min(ci.get("sensitivity", [1.0])[0], wilson)
+    spec_wilson = wilson_lower(at_site["specificity"], n_neg_groups)
+    spec_lower = min(ci.get("specificity", [1.0])[0], spec_wilson)
+    auc = metrics.roc_auc(y, p)
+    auc_lower = ci.get("auc", [0.0])[0] if ci.get("auc") else 0.0
+    images_are_groups = len(np.unique(groups)) == len(y)
+    checks = [
+        ("tumor patients", n_pos_groups >= min_patients, f"{n_pos_groups}",
+         f"only {n_pos_groups} tumor patients (need >= {min_patients})"),
+        ("tumor-free patients", n_neg_groups >= min_patients, f"{n_neg_groups}",
+         f"only {n_neg_groups} tumor-free patients (need >= {min_patients})"),
+        ("sensitivity lower bound", lower >= required_lower, f"{lower:.3f}",
+         f"the sensitivity's lower bound {lower:.3f} is below the required {required_lower:.3f}"),
+        ("specificity lower bound", spec_lower >= specificity_floor, f"{spec_lower:.3f}",
+         f"the specificity's lower bound {spec_lower:.3f} is below the required {specificity_floor:.3f}"),
+        ("AUC lower bound", auc_lower >= auc_floor, f"{auc_lower:.3f}",
+         f"the AUC's lower bound {auc_lower:.3f} is below the required {auc_floor:.3f}"),
+    ]
+    failed = [why for _, ok, _, why in checks if not ok]
+    status = MEETS if not failed else INSUFFICIENT if not (checks[0][1] and checks[1][1]) else NOT_MET
+    offered = at_site["specificity"] >= specificity_floor and status == MEETS
+    head = (f"At the site threshold {site_threshold:.4f}, sensitivity is {at_site['sensitivity']:.3f} "
+            f"(lower 95% bound {lower:.3f}) and specificity {at_site['specificity']:.3f} (lower 95% bound "
+            f"{spec_lower:.3f}); AUC {auc:.3f} (lower bound {auc_lower:.3f}); {int(y.sum())} tumor images "
+            f"in {n_pos_groups} patients/studies, {int(len(y) - y.sum())} tumor-free images in {n_neg_groups}. ")
+    if status == MEETS:
+        verdict = head + "MEETS every check: the site threshold may be used here."
+    else:
+        verdict = (head + f"{status.upper()}: " + "; ".join(failed) + ". Do not rely on the model here yet; "
+                   "add labelled patients (docs/new_site.md) or review its errors.")
+    if images_are_groups:
+        verdict += (" WARNING: every image is its own group, so patients are not known: give --group-pattern "
+                    "or put each patient's images in a folder of their own.")
     by_subgroup = {}
     for s in sorted(set(subgroups.tolist())):
         m = subgroups == s
         by_subgroup[s or "(all)"] = metrics.evaluate_at(y[m], p[m], site_threshold, groups[m], 0)
     known = [v for v in in_dist if v is not None]
     return {"n_images": int(len(y)), "n_positive": int(y.sum()), "n_groups": int(len(np.unique(groups))),
-            "roc_auc": metrics.roc_auc(y, p), "auc_ci95": at_site.get("ci95", {}).get("auc"),
+            "n_positive_groups": n_pos_groups, "n_negative_groups": n_neg_groups,
+            "every_image_its_own_group": bool(images_are_groups),
+            "roc_auc": auc, "auc_ci95": ci.get("auc"), "auc_lower95": auc_lower,
             "target_sensitivity": target, "required_sensitivity_lower_bound": required_lower,
+            "specificity_floor": specificity_floor, "auc_floor": auc_floor, "min_patients": min_patients,
             "artifact_threshold": artifact_threshold, "at_artifact_threshold": at_artifact,
-            "site_threshold": site_threshold, "at_site_threshold": at_site,
-            "sensitivity": at_site["sensitivity"], "sensitivity_ci95": at_site["ci95"]["sensitivity"],
+            "site_threshold": site_threshold, "site_threshold_offered": bool(offered),
+            "at_site_threshold": at_site,
+            "sensitivity": at_site["sensitivity"], "sensitivity_ci95": ci.get("sensitivity"),
             "sensitivity_wilson_lower95": wilson, "sensitivity_lower95": lower,
-            "specificity": at_site["specificity"], "specificity_ci95": at_site["ci95"]["specificity"],
+            "specificity": at_site["specificity"], "specificity_ci95": ci.get("specificity"),
+            "specificity_wilson_lower95": spec_wilson, "specificity_lower95": spec_lower,
+            "checks": [{"check": n, "passed": bool(ok), "value": v} for n, ok, v, _ in checks],
             "calibration": metrics.calibration_curve(y, p),
             "expected_calibration_error": metrics.expected_calibration_error(y, p),
             "out_of_distribution_share": (float(np.mean([not v for v in known])) if known else None),
-            "by_subgroup": by_subgroup, "meets": meets, "verdict": verdict}
+            "by_subgroup": by_subgroup, "status": status, "meets": status == MEETS, "verdict": verdict}
 
 
 def _calibration_png(curve):
@@ -182,6 +279,8 @@ def render_html(result, metadata):
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{m['n']}</td><td>{m['n_positive']}</td>"
                    f"<td>{fmt(m, 'sensitivity')}</td><td>{fmt(m, 'specificity')}</td></tr>"
                    for name, m in result["by_subgroup"].items())
+    checks = "".join(f"<tr><td>{html.escape(c['check'])}</td><td>{html.escape(c['value'])}</td>"
+                     f"<td>{'yes' if c['passed'] else '<b>NO</b>'}</td></tr>" for c in result.get("checks", []))
     a, s = result["at_artifact_threshold"], result["at_site_threshold"]
     ci = result["auc_ci95"]
     auc_ci = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
@@ -198,6 +297,8 @@ out of distribution: {'n/a' if result['out_of_distribution_share'] is None else 
 <tr><td>model's own</td><td>{result['artifact_threshold']:.4f}</td><td>{fmt(a, 'sensitivity')}</td><td>{fmt(a, 'specificity')}</td></tr>
 <tr><td>site (target sensitivity {result['target_sensitivity']})</td><td>{result['site_threshold']:.4f}</td>
 <td>{fmt(s, 'sensitivity')}</td><td>{fmt(s, 'specificity')}</td></tr></table>
+<h2>Checks (all must pass for "meets")</h2><table id="checks"><tr><th>check</th><th>value</th><th>passed</th></tr>
+{checks}</table>
 <h2>By subgroup (site threshold)</h2><table><tr><th>subgroup</th><th>images</th><th>tumor</th><th>sensitivity</th>
 <th>specificity</th></tr>{rows}</table>
 <h2>Calibration</h2><img id="calibration" alt="calibration curve" src="data:image/png;base64,{_calibration_png(result['calibration'])}">
@@ -217,6 +318,24 @@ def main(argv=None):
     parser.add_argument("--required-lower-bound", type=float, default=0.90,
                         help="the verdict is met when the sensitivity's lower 95%% CI bound at the site threshold "
                              "reaches this (default: %(default)s)")
+    parser.add_argument("--specificity-floor", type=float, default=DEFAULT_SPECIFICITY_FLOOR,
+                        help="the specificity's lower 95%% bound at the site threshold must reach this: a tool that "
+                             "flags most tumor-free patients is not usable (default: %(default)s)")
+    parser.add_argument("--auc-floor", type=float, default=DEFAULT_AUC_FLOOR,
+                        help="the AUC's lower 95%% bound (patient bootstrap) must reach this (default: %(default)s)")
+    parser.add_argument("--min-patients", type=int, default=DEFAULT_MIN_PATIENTS,
+                        help="tumor and tumor-free patients each; fewer gives 'insufficient sample' "
+                             "(default: %(default)s)")
+    parser.add_argument("--group-pattern", default=None,
+                        help="regex on a sample file's name whose first group is its patient, as in the trainer; "
+                             "without it the folder holding the image is the patient, unless that is a class "
+                             "folder (then every image is its own group, and the verdict says so)")
+    parser.add_argument("--pseudonym-key-file", default=None,
+                        help="key for path pseudonyms, as in brain-score (default: $BRAIN_SCREENING_PSEUDONYM_KEY or "
+                             "brain-score's default key file)")
+    parser.add_argument("--force", action="store_true", default=False,
+                        help="write site_profile.json even when the verdict is not 'meets' (recorded in it; "
+                             "brain-score refuses it unless told --force-site-profile)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     args = parser.parse_args(argv)
     from beam_pipeline import cli, model_store, pseudonym, run, site_profile
@@ -224,18 +343,34 @@ def main(argv=None):
     try:
         if args.scores and not args.labels:
             raise ValidationError("--scores needs --labels")
-        if not 0 < args.target_sensitivity < 1 or not 0 < args.required_lower_bound < 1:
-            raise ValidationError("--target-sensitivity and --required-lower-bound must be in (0, 1)")
+        if not all(0 < v < 1 for v in (args.target_sensitivity, args.required_lower_bound,
+                                           args.specificity_floor, args.auc_floor)):
+            raise ValidationError("--target-sensitivity, --required-lower-bound, --specificity-floor and "
+                                  "--auc-floor must be in (0, 1)")
+        if args.min_patients < 1:
+            raise ValidationError("--min-patients must be at least 1")
+        import re
+        try:
+            group_rx = re.compile(args.group_pattern) if args.group_pattern else None
+        except re.error as e:
+            raise ValidationError(f"--group-pattern {args.group_pattern!r}: {e}") from e
+        key_file = args.pseudonym_key_file or os.environ.get("BRAIN_SCREENING_PSEUDONYM_KEY",
+                                                             pseudonym.DEFAULT_KEY_FILE)
         model, _ = model_store.resolve(args.model or model_store.DEFAULT_MODEL)
         metadata = model_store.metadata(model)
         if args.sample:
-            key = pseudonym.load_or_create_key(os.environ.get("BRAIN_SCREENING_PSEUDONYM_KEY",
-                                                              pseudonym.DEFAULT_KEY_FILE))
+            key = pseudonym.load_or_create_key(key_file)
             sample = os.path.abspath(args.sample)
-            labels, key_col = sample_labels(sample, key), "source_uri"
+            labels, key_col = sample_labels(sample, key, group_rx), "source_uri"
+            groups = {g for _, g, _ in labels.values()}
+            print(f"{len(labels)} labelled images in {len(groups)} patient groups "
+                  f"({'--group-pattern' if group_rx else 'one folder per patient'})")
+            if len(groups) == len(labels):
+                print("WARNING: every image is its own group: patients are unknown, so the sample size is "
+                      "overstated; give --group-pattern or one folder per patient", file=sys.stderr)
             scores = os.path.join(args.output, "scores")
             run.run(["--input", sample, "--output", scores, "--model", model, "--no-heatmaps", "--no-report",
-                     "--log-format", "text"])
+                     "--log-format", "text", "--pseudonym-key-file", key_file])
         else:
             key_col, labels = csv_labels(args.labels)
             scores = args.scores
@@ -247,7 +382,8 @@ def main(argv=None):
         rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
         y, p, groups, subgroups, in_dist, unmatched = join(rows, key_col, labels)
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,
-                          args.required_lower_bound, args.bootstrap)
+                          args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
+                          args.min_patients)
         result["unmatched_labels"] = unmatched
     except (ValidationError, run.JobError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -257,13 +393,23 @@ def main(argv=None):
         json.dump(result, f, indent=2)
     with open(os.path.join(args.output, "validation.html"), "w") as f:
         f.write(render_html(result, metadata))
-    profile = site_profile.build(metadata, result["site_threshold"], args.target_sensitivity, {
-        k: result[k] for k in ("n_images", "n_positive", "n_groups", "roc_auc", "sensitivity", "sensitivity_ci95",
-                               "specificity", "specificity_ci95", "meets", "verdict")})
-    with open(os.path.join(args.output, "site_profile.json"), "w") as f:
-        json.dump(profile, f, indent=2)
+    written = ["validation.html", "validation.json"]
+    profile_path = os.path.join(args.output, "site_profile.json")
+    if os.path.exists(profile_path):  # an earlier run's profile must not outlive this verdict
+        os.remove(profile_path)
+    if result["meets"] or args.force:
+        profile = site_profile.build(metadata, result["site_threshold"], args.target_sensitivity, {
+            **{k: result[k] for k in ("n_images", "n_positive", "n_groups", "n_positive_groups", "n_negative_groups",
+                                      "roc_auc", "auc_lower95", "sensitivity", "sensitivity_lower95", "specificity",
+                                      "specificity_lower95", "status", "meets", "verdict")},
+            "forced": not result["meets"]})
+        site_profile.write(profile, profile_path)
+        written.append("site_profile.json")
     print(result["verdict"])
-    for name in ("validation.html", "validation.json", "site_profile.json"):
+    if not result["meets"]:
+        print("No site profile written" + (" (--force: written anyway, marked forced)" if args.force else
+                                           " (the verdict is not 'meets')"), file=sys.stderr)
+    for name in written:
         print(f"  {os.path.join(args.output, name)}")
     return 0 if result["meets"] else 3
 

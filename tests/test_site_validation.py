@@ -22,10 +22,56 @@ def test_evaluate_known_answer():
     assert r["roc_auc"] == 1.0 and r["sensitivity"] >= 0.95 - 1e-9 and r["specificity"] == 1.0
     assert r["site_threshold"] == metrics.choose_threshold(y, p, 0.95)
     assert r["at_artifact_threshold"]["sensitivity"] == 1.0 and r["meets"]
-    few = validate.evaluate(y[::10], p[::10], groups[::10], np.array([""] * 20), [None] * 20, 0.55, 0.95, 0.85, 200)
+    few = validate.evaluate(y[::10], p[::10], groups[::10], np.array([""] * 20), [None] * 20, 0.55, 0.95, 0.85, 200,
+                            min_patients=5)
     # 6 tumors, all found: the bootstrap says [1, 1]; Wilson over 6 patients says >= 0.61, so not met.
     assert few["sensitivity"] == 1.0 and abs(few["sensitivity_wilson_lower95"] - 0.610) < 0.001
-    assert not few["meets"] and "below the required" in few["verdict"]
+    assert not few["meets"] and few["status"] == "not met" and "below the required" in few["verdict"]
+
+
+def _per_patient(n_patients, slices, separable, seed=0):
+    """(y, p, groups): half the patients with tumor slices, half tumor-free, `slices` images each;
+    scores separate the classes, or are noise (an at-chance model)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_patients) % 2, slices)
+    p = np.where(y == 1, rng.uniform(0.6, 1.0, y.size), rng.uniform(0.0, 0.4, y.size)) if separable \
+        else rng.uniform(0.0, 1.0, y.size)
+    return y, p, np.repeat(np.arange(n_patients), slices)
+
+
+def test_an_at_chance_model_never_meets_whatever_the_sample_size():
+    for n_patients, slices in ((14, 20), (60, 20), (400, 1)):
+        y, p, g = _per_patient(n_patients, slices, separable=False, seed=n_patients)
+        r = validate.evaluate(y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300)
+        assert abs(r["roc_auc"] - 0.5) < 0.1
+        assert not r["meets"] and "MEETS" not in r["verdict"] and not r["site_threshold_offered"]
+        # Sensitivity 0.95 on noise needs a threshold near 0: specificity ~0.05, far below the floor.
+        assert r["specificity"] < 0.2 and "specificity's lower bound" in r["verdict"]
+
+
+def test_a_few_patients_are_an_insufficient_sample_even_when_perfectly_separated():
+    y, p, g = _per_patient(14, 20, separable=True)  # 7 + 7 patients, 280 images
+    r = validate.evaluate(y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300)
+    assert r["roc_auc"] == 1.0 and r["status"] == "insufficient sample" and not r["meets"]
+    assert "only 7 tumor patients" in r["verdict"]
+    # The same 280 images each counted as a patient would pass the counts: the verdict says they are not.
+    each = validate.evaluate(y, p, np.arange(y.size), np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300)
+    assert each["every_image_its_own_group"] and "every image is its own group" in each["verdict"]
+
+
+def test_a_good_sample_of_enough_patients_meets():
+    y, p, g = _per_patient(100, 3, separable=True)  # 50 + 50: Wilson over 30 found of 30 is only 0.886
+    r = validate.evaluate(y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300)
+    assert r["status"] == "meets" and r["meets"] and r["site_threshold_offered"]
+    assert all(c["passed"] for c in r["checks"])
+
+
+def test_patients_from_a_pattern_or_their_folder():
+    import re
+    rx = re.compile(r"^(.+)_\d+\.png$")
+    assert validate.patient_of("tumor/case07_12.png", rx) == validate.patient_of("notumor/case07_80.png", rx)
+    assert validate.patient_of("tumor/P7/1.png") == validate.patient_of("notumor/P7/9.png") == "folder:P7"
+    assert validate.patient_of("flair/tumor/1.png") is None  # held by a class folder: its own group
 
 
 def _sample(root, n=16):
@@ -43,8 +89,14 @@ def test_validate_a_sample_folder_then_apply_the_site_profile(tmp_path, capsys):
     _sample(sample)
     out = tmp_path / "validation"
     code = validate.main(["--sample", str(sample), "--output", str(out), "--model", model_dir, "--bootstrap", "100"])
-    assert code in (0, 3)  # the untrained tiny model may or may not meet the bar; the figures must be right
+    assert code == 3  # 16 images, each its own patient: never "meets"
+    assert not (out / "site_profile.json").exists()
+    assert "every image is its own group" in capsys.readouterr().err
+    code = validate.main(["--sample", str(sample), "--output", str(out), "--model", model_dir, "--bootstrap", "100",
+                          "--force"])
+    assert code == 3
     result = json.load(open(out / "validation.json"))
+    assert result["status"] == "insufficient sample" and result["n_positive_groups"] == 8
     assert result["n_images"] == 16 and result["n_positive"] == 8 and result["unmatched_labels"] == 0
     assert set(result["by_subgroup"]) == {"flair", "t1"}
     # Known answer: the AUC of the scored rows against the folder labels, computed here independently.
@@ -62,21 +114,32 @@ def test_validate_a_sample_folder_then_apply_the_site_profile(tmp_path, capsys):
     profile = json.load(open(out / "site_profile.json"))
     assert profile["threshold"] == result["site_threshold"] and profile["model_sha256"] in open(
         os.path.join(model_dir, "metadata.json")).read()
+    assert profile["forced"] and not profile["meets"]
 
-    # brain-score --site-profile: the site threshold, recorded per row
+    # brain-score --site-profile refuses a profile that did not meet its checks, unless forced (recorded)
     img = tmp_path / "night.png"
     img.write_bytes(synth.encode(synth.brain_slice(99, 32)))
     night = tmp_path / "night"
     argv = ["--input", str(img), "--output", str(night), "--model", model_dir,
             "--site-profile", str(out / "site_profile.json")]
-    assert run.main(argv) == 0
+    assert run.main(argv) == 2
+    assert "did not meet its checks" in capsys.readouterr().err
+    assert run.main(argv + ["--force-site-profile"]) == 0
     (row,) = rows_mod.images(night)
-    assert abs(row["threshold"] - profile["threshold"]) < 1e-6 and row["threshold_source"].startswith("site_profile:")
+    assert abs(row["threshold"] - profile["threshold"]) < 1e-6
+    assert row["threshold_source"].startswith("site_profile:") and row["threshold_source"].endswith(":forced")
+    # An edited profile (a friendlier threshold, a verdict changed to "meets") is refused outright.
+    edited = dict(profile, threshold=0.9, meets=True, forced=False)
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    assert run.main(["--input", str(img), "--output", str(tmp_path / "e"), "--model", model_dir,
+                     "--site-profile", str(tmp_path / "edited.json"), "--force-site-profile"]) == 2
+    assert "was edited" in capsys.readouterr().err
+    argv = argv + ["--force-site-profile"]
     assert run.main(argv + ["--threshold", "0.5"]) == 2
     assert "both set a threshold" in capsys.readouterr().err
     other = tiny_model.write_tiny_artifact(tmp_path / "other", seed=7)
     assert run.main(["--input", str(img), "--output", str(tmp_path / "night2"), "--model", other,
-                     "--site-profile", str(out / "site_profile.json")]) == 2
+                     "--site-profile", str(out / "site_profile.json"), "--force-site-profile"]) == 2
     assert "not for this model" in capsys.readouterr().err
 
 

@@ -71,9 +71,6 @@ def _load_one(args):
     with open(path, "rb") as f:
         gray = preprocessing.decode_raster(f.read())
     x = preprocessing.prepare(gray, spec)[..., 0]
-    g01 = gray - gray.min()
-    top = np.percentile(g01, 99.5)
-    head_share = float(np.mean(g01 > 0.08 * top)) if top > 0 else 0.0
     if mask_path:
         with open(mask_path, "rb") as f:
             m = preprocessing.decode_raster(f.read())
@@ -83,7 +80,15 @@ def _load_one(args):
         mask = preprocessing.project_mask(gray, (m > 127).astype(np.float32), spec)
     else:
         mask = np.zeros((size, size), np.float32)
-    return x.astype(np.float16), (mask * 255).round().astype(np.uint8), head_share
+    return x.astype(np.float16), (mask * 255).round().astype(np.uint8), head_share(gray)
+
+
+def head_share(gray):
+    """Share of the raw image that is head (above 8 % of the robust maximum): low near the skull base
+    and the vertex, high mid-brain, for images framed the same way."""
+    g01 = gray - gray.min()
+    top = np.percentile(g01, 99.5)
+    return float(np.mean(g01 > 0.08 * top)) if top > 0 else 0.0
 
 
 def levels(examples, head_shares):

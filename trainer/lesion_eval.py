@@ -9,7 +9,9 @@
   levels (posterior fossa, vertex); the table shows the median score and the
   share flagged per bin.
 
-  python -m trainer.lesion_eval models/brain-tumor-cnn/_work/4/best.keras ...same data flags as lesion_train
+Tumor-free slices by level for any artifact from its validation_predictions.csv (v3 before, v4 after):
+
+  python -m trainer.lesion_eval levels models/brain-tumor-cnn/3 models/brain-tumor-cnn/4 --out levels.json
 """
 import csv
 import json
@@ -77,6 +79,62 @@ def level_table(scores, labels, level, sources, threshold, n_bins=5):
     return out
 
 
+SERIES_RULES = {"any slice": 1, "2 neighbouring slices": 2}
+
+
+def _runs(flags):
+    """Longest run of consecutive True values."""
+    best = cur = 0
+    for f in flags:
+        cur = cur + 1 if f else 0
+        best = max(best, cur)
+    return best
+
+
+def series_table(rows, threshold):
+    """{split/source: {rule: sensitivity, specificity, n}} over series parts of patient stacks.
+
+    No collection has a tumor-free *series*: every patient of LGG and BraTS has a tumor. So a
+    patient's stack in one sequence is split into its tumor slices (a positive part) and its
+    tumor-free slices (a negative part, from other levels); a rule flags a part when it finds
+    `k` neighbouring slices (in slice order) at or above the threshold.
+    """
+    parts = {}
+    for r in rows:
+        m = lesion_data._SLICE_RX.match(os.path.basename(r["path"]))
+        if not m or not (r["source"].startswith("lgg") or "brats" in r["source"]):
+            continue
+        parts.setdefault((f"{r['split']}/{r['source']}", m.group(1), r["label"]), []).append(
+            (int(m.group(2)), r["score"] >= threshold))
+    out = {}
+    for (key, _, label), members in parts.items():
+        flags = [f for _, f in sorted(members)]
+        for rule, k in SERIES_RULES.items():
+            cell = out.setdefault(key, {}).setdefault(rule, {"tp": 0, "pos": 0, "tn": 0, "neg": 0})
+            hit = _runs(flags) >= k
+            if label == 1:
+                cell["pos"] += 1
+                cell["tp"] += int(hit)
+            else:
+                cell["neg"] += 1
+                cell["tn"] += int(not hit)
+    for rules in out.values():
+        for rule, c in rules.items():
+            rules[rule] = {"sensitivity": round(c["tp"] / c["pos"], 4) if c["pos"] else None,
+                           "specificity": round(c["tn"] / c["neg"], 4) if c["neg"] else None,
+                           "positive_parts": c["pos"], "negative_parts": c["neg"]}
+    return dict(sorted(out.items()))
+
+
+def t2_coverage(examples, labels, is_train):
+    """Training T2 slices with a tumor, and their patients (the sequence no other collection covers)."""
+    idx = [i for i in np.flatnonzero(is_train) if examples[i].sequence == "t2" and labels[i] == 1]
+    patients = {lesion_data._SLICE_RX.match(os.path.basename(examples[i].path)).group(1) for i in idx
+                if lesion_data._SLICE_RX.match(os.path.basename(examples[i].path))}
+    return {"tumor_slices": len(idx), "patients": len(patients),
+            "collections": sorted({examples[i].collection for i in idx})}
+
+
 def evaluate_all(model, data, arrays, ext, ext_arrays, args):
     """Rows, metrics, lesion figures and level tables for validation, held-out site and external sets."""
     from trainer.lesion_train import predict
@@ -105,6 +163,8 @@ def evaluate_all(model, data, arrays, ext, ext_arrays, args):
                 lesion["map_figures"][f"{split}/{s}"] = lesion_figures(maps[sel], arr["mask"][idx][sel])
         lesion["level_bins"][split] = level_table(scores, np.asarray(labs)[idx], arr["level"][idx], src,
                                                   m["threshold"])
+    lesion["series"] = series_table(rows, m["threshold"])
+    lesion["t2_coverage"] = t2_coverage(ex, labels, ~data["is_val"] & ~data["is_holdout"])
     return {"metrics": m, "lesion": lesion, "rows": rows}
 
 
@@ -124,3 +184,67 @@ def write_extras(out_dir, metadata, data, report):
         json.dump(report["lesion"], f, indent=2)
     with open(os.path.join(out_dir, artifact.MODEL_CARD_FILE), "w") as f:
         f.write(model_card.render(metadata, data["report"]))
+
+
+def _row_levels(rows):
+    """Level of each prediction row (lesion_data.levels), decoding images only where no stack position exists."""
+    from trainer.discovery import Example
+    ex = [Example(r["path"], int(r["label"]), r["class_name"], "", *(r["source"].split("/", 1) + [""])[:2])
+          for r in rows]
+    shares = []
+    for e in ex:
+        m = lesion_data._SLICE_RX.match(os.path.basename(e.path))
+        if m and (e.collection.startswith("lgg") or "brats" in e.collection):
+            shares.append(0.0)
+            continue
+        from trainer import preprocessing
+        with open(e.path, "rb") as f:
+            shares.append(lesion_data.head_share(preprocessing.decode_raster(f.read())))
+    return lesion_data.levels(ex, shares)
+
+
+def levels_of_artifact(version_dir):
+    """{split: level table} at the artifact's own threshold, from its scored rows."""
+    with open(os.path.join(version_dir, "metadata.json")) as f:
+        threshold = json.load(f)["threshold"]
+    with open(os.path.join(version_dir, "validation_predictions.csv")) as f:
+        rows = [r for r in csv.DictReader(f) if os.path.exists(r["path"])]
+    lv = _row_levels(rows)
+    out = {"threshold": threshold}
+    for split in sorted({r["split"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["split"] == split]
+        out[split] = level_table(np.array([float(rows[i]["score"]) for i in idx]),
+                                 np.array([int(rows[i]["label"]) for i in idx]), lv[idx],
+                                 np.array([rows[i]["source"] for i in idx]), threshold)
+    return out
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m trainer.lesion_eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    lv = sub.add_parser("levels", help="tumor-free slices by level bin for artifacts (their own thresholds)")
+    lv.add_argument("artifacts", nargs="+")
+    lv.add_argument("--out", default="")
+    args = p.parse_args(argv)
+    result = {a: levels_of_artifact(a) for a in args.artifacts}
+    for a, tables in result.items():
+        print(f"## {a} (threshold {tables['threshold']:.4f})")
+        print("| split | source | level bin | n | median | flagged |")
+        print("|---|---|---|---|---|---|")
+        for split, by_source in tables.items():
+            if split == "threshold":
+                continue
+            for source, bins in by_source.items():
+                for b in bins:
+                    print(f"| {split} | {source} | {b['bin']} | {b['n']} | {b['median']:.3f} | "
+                          f"{100 * b['flagged']:.1f}% |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -58,6 +58,9 @@ def _parse(argv):
     p.add_argument("--cache-dir", default="/tmp/brain-screening-lesion-cache")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--from-checkpoint", default="",
+                   help="skip training: evaluate this saved model (the run's _work/<version>/best.keras, whose "
+                        "fit.json beside it gives the fit figures) and write the artifact")
     args = p.parse_args(argv)
     args.filters = tuple(int(f) for f in args.filters.split(","))
     args.shares = {k: float(v) for k, v in (s.split("=") for s in args.shares.split(","))}
@@ -218,11 +221,19 @@ def main(argv=None):
     cb = ValidationAuc(model, arrays["x"][val], labels[val], sources[val], os.path.join(work_dir, "epochs.jsonl"))
     print(f"Strategy {type(strategy).__name__}: {replicas} replica(s), global batch {global_batch}; "
           f"{len(idx)} training slices, {len(val)} validation; {model.count_params()} parameters", flush=True)
-    t_fit = time.time()
-    fit_model.fit(train_ds, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, callbacks=[cb], verbose=2)
-    fit_seconds = time.time() - t_fit
-    model.set_weights(cb.best_weights)
-    model.save(os.path.join(work_dir, "best.keras"))
+    if args.from_checkpoint:
+        model = keras.saving.load_model(args.from_checkpoint)
+        with open(os.path.join(os.path.dirname(args.from_checkpoint), "fit.json")) as f:
+            fit = json.load(f)
+    else:
+        t_fit = time.time()
+        fit_model.fit(train_ds, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, callbacks=[cb],
+                      verbose=2)
+        fit = {"fit_seconds": round(time.time() - t_fit, 1), "best_epoch_mean_val_auc": round(cb.best, 4)}
+        model.set_weights(cb.best_weights)
+        model.save(os.path.join(work_dir, "best.keras"))
+        with open(os.path.join(work_dir, "fit.json"), "w") as f:
+            json.dump(fit, f)
     report = lesion_eval.evaluate_all(model, data, arrays, ext, ext_arrays, args)
     spec = preprocessing.InputSpec(height=args.image_size, width=args.image_size)
     from trainer.model import flops_per_image
@@ -235,9 +246,9 @@ def main(argv=None):
         extra={"head": "lesion_map", "lesion": report["lesion"],
                "training": {"replicas": replicas, "global_batch_size": global_batch,
                             "strategy": type(strategy).__name__, "epochs_run": args.epochs,
-                            "best_epoch_mean_val_auc": round(cb.best, 4),
-                            "fit_seconds": round(fit_seconds, 1),
-                            "train_images_per_second": round(total * global_batch / fit_seconds, 1),
+                            "best_epoch_mean_val_auc": fit["best_epoch_mean_val_auc"],
+                            "fit_seconds": fit["fit_seconds"],
+                            "train_images_per_second": round(total * global_batch / fit["fit_seconds"], 1),
                             "params": int(model.count_params()), "flops_per_image": flops_per_image(model)}})
     metadata = artifact.write_artifact(model, final_dir, fields)
     lesion_eval.write_extras(final_dir, metadata, data, report)

@@ -97,6 +97,50 @@ def _ood_section(metadata):
     return "\n".join(lines) + "\n"
 
 
+def _lesion_section(metadata):
+    """Lesion-map figures, tumor-free slices by level, series-level rules and T2 coverage (v4 and later)."""
+    les = metadata.get("lesion")
+    if not les:
+        return ""
+    thr = metadata["threshold"]
+    out = ["## The lesion map (the model's own output; Dice at 0.5, peak and mass inside the mask dilated by "
+           "4 px of the 128 px input)",
+           "| split/source | tumor slices with a mask | Dice (mean / median) | pointing game | map mass inside mask |",
+           "|---|---|---|---|---|"]
+    for k, v in les.get("map_figures", {}).items():
+        if v.get("n"):
+            out.append(f"| {k} | {v['n']} | {v['dice_mean']:.3f} / {v['dice_median']:.3f} | "
+                       f"{_pct(v['pointing_game'])} | {_pct(v['mass_inside_mask'])} |")
+    out += ["", f"## Tumor-free slices by anatomical level (threshold {thr:.4f})",
+            "Level = position in the patient's stack (0 = lowest slice of the patient, 1 = highest) for "
+            "LGG and BraTS; for `brain-mri` (no patients) the rank of the head's share of the image. A slice "
+            "classifier flags whole levels; here no bin should have its median above the threshold.", "",
+            "| split | source | level bin | n | median probability | flagged |", "|---|---|---|---|---|---|"]
+    for split, by_source in les.get("level_bins", {}).items():
+        for source, bins in by_source.items():
+            for b in bins:
+                out.append(f"| {split} | {source} | {b['bin']} | {b['n']} | {b['median']:.3f} | "
+                           f"{_pct(b['flagged'])} |")
+    series = les.get("series") or {}
+    if series:
+        out += ["", "## Series-level operating point",
+                "Every LGG and BraTS patient has a tumor, so no collection has a tumor-free series: each "
+                "patient's stack in one sequence is split into its tumor slices (positive part) and its "
+                "tumor-free slices (negative part) and each rule is applied to the parts, in slice order.", "",
+                "| split/source | rule | sensitivity (parts) | specificity (parts) |", "|---|---|---|---|"]
+        for key, rules in series.items():
+            for rule, v in rules.items():
+                sens = "n/a" if v["sensitivity"] is None else f"{_pct(v['sensitivity'])} ({v['positive_parts']})"
+                spec = "n/a" if v["specificity"] is None else f"{_pct(v['specificity'])} ({v['negative_parts']})"
+                out.append(f"| {key} | {rule} | {sens} | {spec} |")
+    t2 = les.get("t2_coverage")
+    if t2:
+        out += ["", "## T2 coverage", f"Training saw {t2['tumor_slices']} T2 slices with a tumor from "
+                f"{t2['patients']} patients ({', '.join(t2['collections']) or 'none'}); every other T2 "
+                "slice it saw was tumor-free or came through contrast augmentation."]
+    return "\n".join(out) + "\n"
+
+
 def render(metadata, eda):
     m = metadata["validation_metrics"]
     ci = m.get("ci95", {})
@@ -122,7 +166,7 @@ diagnostic device**: it must not be used to rule out disease or to make treatmen
 decisions, and every flagged or unflagged study still needs a radiologist's read.
 
 ## Model
-- From-scratch CNN (no pretrained weights), input {spec['height']}x{spec['width']}x{spec['channels']}
+- {_architecture(metadata)}, input {spec['height']}x{spec['width']}x{spec['channels']}
   {spec['dtype']}, preprocessing `{spec['preprocessing']}` (head crop, square canvas,
   per-image percentile intensity normalisation).
 - Output: probability of tumor (glioma, meningioma or pituitary vs no tumor).
@@ -160,6 +204,7 @@ Sensitivity by tumor type at the operating threshold:
 {_by_source_section(m)}
 {_generalisation_section(metadata)}
 {_localisation_section(metadata)}
+{_lesion_section(metadata)}
 {_ood_section(metadata)}
 {metadata.get('development_notes', '')}
 ## Operating threshold
@@ -189,6 +234,15 @@ MRI-sequence folders or a CSV index), or `python -m trainer.task --data-dir <fol
 --target-sensitivity {cfg['target_sensitivity']}` (see `python -m trainer.task --help`). The new artifact gets
 the next version number; point the pipeline at it with `--model <model-dir>/{metadata['name']}/<version>`.
 """
+
+
+def _architecture(metadata):
+    if metadata.get("head") == "lesion_map":
+        return ("Lesion-first U-Net, trained from scratch (no pretrained weights): a per-pixel tumor "
+                "probability map at half the input resolution; the slice probability is the highest "
+                "mean of that map over a 3x3-cell window, so a slice scores high only where the map "
+                "finds a lesion (trainer/unet.py)")
+    return "From-scratch CNN (no pretrained weights)"
 
 
 def _dirs(value):
