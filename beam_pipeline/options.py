@@ -85,6 +85,11 @@ class ScreeningOptions(PipelineOptions):
                             default=False,
                             help="write DICOM accession numbers in clear; by default each is a keyed pseudonym "
                                  "(the same key as paths), so a night's rows can still be grouped by exam")
+        parser.add_argument("--keep-series-descriptions", dest="keep_series_descriptions", action="store_true",
+                            default=False,
+                            help="write DICOM series descriptions as the scanner wrote them; by default only MRI "
+                                 "vocabulary (AX, FLAIR, T1, POST, GAD, ...) is kept, so a name or MRN typed into "
+                                 "the description reaches no output")
         parser.add_argument("--pseudonym-key-file", dest="pseudonym_key_file",
                             default=os.environ.get("BRAIN_SCREENING_PSEUDONYM_KEY", pseudonym.DEFAULT_KEY_FILE),
                             help="secret key for path pseudonyms, created on first use; keep it to map "

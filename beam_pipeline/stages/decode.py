@@ -10,7 +10,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from beam_pipeline import archives, console, decoding, dicomweb, error_codes, pseudonym, schema
+from beam_pipeline import archives, console, decoding, dicomweb, error_codes, free_text, pseudonym, schema
 from trainer import preprocessing
 
 ROWS_TAG = "rows"
@@ -20,7 +20,8 @@ class _DecodeChunk(beam.DoFn):
     """Chunk -> (row templates, stacked model inputs) + finished error/skipped rows."""
 
     def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
-                 accession_key=None):
+                 accession_key=None, keep_descriptions=False):
+        self._keep_descriptions = keep_descriptions
         self._dicomweb_max_parallel = dicomweb_max_parallel or dicomweb.DEFAULT_MAX_PARALLEL
         self._run_id = run_id
         self._ps = pseudonym.Pseudonymiser(pseudonym_key)
@@ -37,6 +38,8 @@ class _DecodeChunk(beam.DoFn):
         """Header fields for a row: the accession number, an identifier, as a keyed pseudonym."""
         if fields.get("accession_number"):
             fields = {**fields, "accession_number": self._accession.component(fields["accession_number"])}
+        if fields.get("series_description") and not self._keep_descriptions:
+            fields = {**fields, "series_description": free_text.scrub_description(fields["series_description"])}
         return fields
 
     def _row(self, chunk, ref, **fields):
@@ -95,13 +98,15 @@ class _DecodeChunk(beam.DoFn):
 class DecodeImages(beam.PTransform):
     """Chunk -> main: (row templates, float32[n, H, W, 1]); ROWS_TAG: finished rows.
 
-    With a `pseudonym_key`, paths in rows are keyed pseudonyms (see pseudonym.py).
+    With a `pseudonym_key`, paths in rows are keyed pseudonyms (see pseudonym.py); series descriptions
+    keep only MRI vocabulary (free_text.py) unless `keep_descriptions`.
     """
 
     def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
-                 accession_key=None):
+                 accession_key=None, keep_descriptions=False):
         super().__init__()
-        self._fn = _DecodeChunk(run_id, input_spec, model_info, pseudonym_key, dicomweb_max_parallel, accession_key)
+        self._fn = _DecodeChunk(run_id, input_spec, model_info, pseudonym_key, dicomweb_max_parallel, accession_key,
+                                keep_descriptions)
 
     def expand(self, chunks):
         return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, main="images")
