@@ -40,3 +40,27 @@ def scrub_description(text):
     if text is None:
         return None
     return " ".join(t.upper() for t in _TOKEN.findall(str(text)) if _kept(t))
+
+
+_QUOTED = re.compile(r"'[^'\n]{0,200}'|\"[^\"\n]{0,200}\"")
+_DESCRIPTIONS: set = set()
+
+
+def _attribute_names():
+    """DICOM attribute names ('Photometric Interpretation'): safe to quote, unlike the values beside them."""
+    if not _DESCRIPTIONS:
+        from pydicom.datadict import DicomDictionary
+        _DESCRIPTIONS.update(entry[2] for entry in DicomDictionary.values())
+        _DESCRIPTIONS.update(entry[4] for entry in DicomDictionary.values())
+    return _DESCRIPTIONS
+
+
+def scrub_message(text):
+    """An error message without the values a decoder quoted from the file ("... value 'SMITH^JOHN'").
+
+    Libraries quote header values, file names and member names in their messages; every quoted
+    string except a DICOM attribute's name becomes '<withheld>'."""
+    if not text:
+        return text
+    names = _attribute_names()
+    return _QUOTED.sub(lambda m: m.group(0) if m.group(0)[1:-1] in names else "'<withheld>'", str(text))

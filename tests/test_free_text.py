@@ -56,3 +56,25 @@ def _files_holding(out, needle):
     result = os.path.dirname(rows_mod.result_file(out, "x"))
     return sorted(name for root, _, files in os.walk(result) for name in files
                   if needle in open(os.path.join(root, name), "rb").read())
+
+
+def test_error_messages_never_quote_header_values(tmp_path):
+    import pydicom
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(synth.brain_slice(1, 32), 0, "1.2.3", "1.2.3.4", 1)))
+    ds.PhotometricInterpretation = "SMITH^JOHN"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    (tmp_path / "bad.dcm").write_bytes(buf.getvalue())
+    out = tmp_path / "out"
+    run.main(["--input", str(tmp_path / "bad.dcm"), "--output", str(out), "--model", model_dir])
+    (row,) = rows_mod.images(out)
+    assert row["status"] == "error" and row["error_message"]
+    assert "SMITH" not in row["error_message"] and "<withheld>" in row["error_message"]
+    assert _files_holding(out, b"SMITH") == []
+
+
+def test_scrub_message_keeps_attribute_names():
+    msg = "(0028,0004) 'Photometric Interpretation' value 'DOE^JANE' and member 'scans\\\\DOE_JANE\\\\1.dcm'"
+    assert free_text.scrub_message(msg) == ("(0028,0004) 'Photometric Interpretation' value '<withheld>' and "
+                                            "member '<withheld>'")

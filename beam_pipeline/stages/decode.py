@@ -53,7 +53,8 @@ class _DecodeChunk(beam.DoFn):
         console.COUNTS.add(errors=int(status == schema.STATUS_ERROR))
         message = self._ps.scrub(message, (ref.path, self._ps.member(ref.path)),
                                  (chunk.source_uri, self._ps.uri(chunk.source_uri)))
-        row = self._row(chunk, ref, status=status, error_code=code, error_message=message[:2000],
+        row = self._row(chunk, ref, status=status, error_code=code,
+                        error_message=free_text.scrub_message(message)[:2000],
                         scored_at=schema.now(), **fields)
         return beam.pvalue.TaggedOutput(ROWS_TAG, row)
 
