@@ -265,8 +265,21 @@ def _check_deflated(data):
         raise DecodeError("dicom_corrupt", f"deflated dataset unreadable: {e}", "dicom") from e
 
 
+def _quiet_pydicom():
+    """pydicom warns about invalid header values by quoting them ("Invalid value for VR CS: 'SMITH^JOHN'")
+    on stderr and in its log: reading validation off and its logger at ERROR, so no value reaches a log.
+    The rows' error codes say what was wrong."""
+    import logging
+
+    import pydicom
+    if pydicom.config.settings.reading_validation_mode != pydicom.config.IGNORE:
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
 def _decode_dicom(data, force):
     import pydicom
+    _quiet_pydicom()
     if not force:
         _check_deflated(data)
     try:
