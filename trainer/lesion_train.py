@@ -52,6 +52,10 @@ def _parse(argv):
     p.add_argument("--dice-weight", type=float, default=1.0)
     p.add_argument("--slice-weight", type=float, default=1.0)
     p.add_argument("--augment", default="contrast-strip")
+    p.add_argument("--t1-tumor-slices", choices=("outside", "weighted"), default="outside",
+                   help="LGG T1 tumor slices (FLAIR-drawn masks, lesion often invisible): 'outside' trains only "
+                        "the tissue outside the dilated mask, as negatives; 'weighted' trains the mask at weight "
+                        "0.25 and the slice label at 0.5 (the first v4 run)")
     p.add_argument("--shares", default=",".join(f"{k}={v}" for k, v in DEFAULT_SHARES.items()),
                    help="collection=share of each batch")
     p.add_argument("--seed", type=int, default=42)
@@ -68,17 +72,21 @@ def _parse(argv):
 
 
 def pixel_loss(dice_weight):
-    """BCE + soft Dice per slice; y_true = (mask, weight) on the map's grid."""
+    """Weighted BCE + soft Dice per slice; y_true = (mask, per-pixel weight, Dice weight) on the map's grid."""
     import keras.ops as K
 
     def loss(y_true, y_pred):
-        mask, weight = y_true[..., :1], y_true[:, 0, 0, 1]
+        mask, weight, dice_w = y_true[..., :1], y_true[..., 1:2], y_true[:, 0, 0, 2]
         p = K.clip(y_pred, 1e-6, 1 - 1e-6)
-        bce = -K.mean(mask * K.log(p) + (1 - mask) * K.log(1 - p), axis=(1, 2, 3))
+        bce = -K.mean(weight * (mask * K.log(p) + (1 - mask) * K.log(1 - p)), axis=(1, 2, 3))
         inter = K.sum(p * mask, axis=(1, 2, 3))
         dice = 1.0 - (2.0 * inter + 1.0) / (K.sum(p, axis=(1, 2, 3)) + K.sum(mask, axis=(1, 2, 3)) + 1.0)
-        return weight * (bce + dice_weight * dice)
+        return bce + dice_weight * dice_w * dice
     return loss
+
+
+OUTSIDE_ONLY = -1.0  # pixel weight of a slice whose mask is only known to bound the lesion (lesion_data)
+OUTSIDE_MARGIN = 4  # map cells (8 input pixels) around such a mask that stay unjudged
 
 
 def slice_loss(y_true, y_pred):
@@ -115,7 +123,12 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
         image, m = tf.ensure_shape(image, (size, size, 1)), tf.ensure_shape(m, (size, size, 1))
         m = tf.image.resize(m, (map_size, map_size), method="area")
         m = tf.cast(m >= 0.5, tf.float32)
-        map_target = tf.concat([m, tf.fill(tf.shape(m), pw)], axis=-1)
+        outside = pw == OUTSIDE_ONLY
+        grown = tf.nn.max_pool2d(m[None], 2 * OUTSIDE_MARGIN + 1, 1, "SAME")[0]
+        weight = tf.where(outside, 1.0 - grown, tf.fill(tf.shape(m), pw))
+        dice_w = tf.where(outside, 0.0, pw)
+        map_target = tf.concat([tf.where(outside, tf.zeros_like(m), m), weight, tf.fill(tf.shape(m), dice_w)],
+                               axis=-1)
         return image, {"tumor_probability": tf.stack([label, sw]), "lesion_map": map_target}
 
     return (tf.data.Dataset.zip((ds, seeds)).map(aug, num_parallel_calls=tf.data.AUTOTUNE)
@@ -194,9 +207,13 @@ def main(argv=None):
     is_train = ~data["is_val"] & ~data["is_holdout"]
     idx = np.flatnonzero(is_train)
     probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
-    # LGG's T1 "tumor" labels are noisy (lesion often invisible): half weight on their slice loss.
-    slice_w = np.where((collections == "lgg") & (labels == 1) & np.char.startswith(sources, "lgg/t1"), 0.5, 1.0)
-    slice_w = slice_w * args.slice_weight
+    # LGG's T1 "tumor" labels are noisy (lesion often invisible on T1): asking the pooled map to find
+    # a lesion there teaches level and anatomy, the confound this model exists to break. With
+    # --t1-tumor-slices outside they train only as negatives outside the (dilated) FLAIR mask.
+    noisy = arrays["pixel_weight"] == lesion_data.T1_MASK_WEIGHT
+    if args.t1_tumor_slices == "outside":
+        arrays["pixel_weight"] = np.where(noisy, OUTSIDE_ONLY, arrays["pixel_weight"]).astype(np.float32)
+    slice_w = np.where(noisy, 0.0 if args.t1_tumor_slices == "outside" else 0.5, 1.0) * args.slice_weight
     map_size = args.image_size // 2
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
