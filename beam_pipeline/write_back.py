@@ -22,6 +22,11 @@ UID, the model's sha256 and the threshold, so a rerun, or a bundle the runner
 retries, stores the same SR again (the PACS keeps one; the test saw duplicates
 with random UIDs) and a new model or threshold gives a new one. A store that
 fails is counted in `_SUMMARY.json` (`write_back`); the scores stay in the tables.
+
+Only rows scored from that same server are written back (a DICOM file in a local archive that
+claims a PACS study's UIDs never gets a report there), and a series UID found in more than one
+study is refused and counted (`series_refused`): the report would land in one patient's study
+with another patient's result.
 """
 import apache_beam as beam
 import numpy as np
@@ -184,25 +189,50 @@ class _StoreReport(beam.DoFn):
     def process(self, keyed):
         _, rows = keyed
         rows = list(rows)
+        studies = {r["study_instance_uid"] for r in rows}
+        if len(studies) != 1:  # one series UID in two studies: whichever study got the SR would be wrong
+            yield 0, 0, f"series_spans_studies: a series UID found in {len(studies)} studies; no report stored", 0, 1
+            return
         try:
             evidence = series_evidence(self._base, rows[0]["study_instance_uid"], rows[0]["series_instance_uid"])
             sr = build_sr(evidence, rows, self._model_info, self._threshold)
             overlays = self._overlays(rows, evidence) if self._heatmap_dir else []
             dicomweb.client(self._base).store_instances([sr, *overlays])
-            yield 1, 0, "", len(overlays)
+            yield 1, 0, "", len(overlays), 0
         except Exception as e:  # the PACS refused or is down: the scores are still in the tables
-            yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0
+            yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0, 0
 
 
 def _merge(results):
-    out = {"series_stored": 0, "series_failed": 0, "overlays_stored": 0, "errors": []}
-    for stored, failed, error, overlays in results:
+    out = {"series_stored": 0, "series_failed": 0, "series_refused": 0, "overlays_stored": 0, "errors": []}
+    for stored, failed, error, overlays, refused in results:
         out["series_stored"] += stored
         out["series_failed"] += failed
+        out["series_refused"] += refused
         out["overlays_stored"] += overlays
         if error and len(out["errors"]) < 5:
             out["errors"].append(error)
     return out
+
+
+def server_of(uri):
+    """'http(s)://host[:port]' of a dicomweb(s):// or http(s):// URI, credentials dropped, host lower-case.
+
+    Rows keep the scheme and host of their input even when their paths are pseudonymised, so a row
+    can be traced to the server it came from."""
+    if "://" not in (uri or ""):
+        return None
+    scheme, rest = uri.split("://", 1)
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1].lower()
+    return f"{'https' if scheme in ('dicomwebs', 'https') else 'http'}://{netloc}"
+
+
+def _from_server(row, server):
+    """A scored DICOM row that came from `server`: a file or another server's instance never gets a
+    report in this PACS, whatever UIDs it claims."""
+    return (row["status"] == schema.STATUS_OK and bool(row["series_instance_uid"])
+            and str(row["source_uri"] or "").startswith(("dicomweb://", "dicomwebs://"))
+            and server_of(row["source_uri"]) == server)
 
 
 class WriteBack(beam.PTransform):
@@ -211,12 +241,13 @@ class WriteBack(beam.PTransform):
     def __init__(self, dicomweb_uri, model_info, threshold, heatmap_dir=None):
         super().__init__()
         self._base, _ = dicomweb.parse(dicomweb_uri)
+        self._server = server_of(dicomweb_uri)
         self._model_info, self._threshold = model_info, threshold
         self._heatmap_dir = heatmap_dir
 
     def expand(self, rows):
         return (rows
-                | "ScoredDicom" >> beam.Filter(lambda r: r["status"] == schema.STATUS_OK and r["series_instance_uid"])
+                | "ScoredDicom" >> beam.Filter(_from_server, self._server)
                 | "BySeries" >> beam.Map(lambda r: (r["series_instance_uid"], r))
                 | "GroupSeries" >> beam.GroupByKey()
                 | "StoreReports" >> beam.ParDo(_StoreReport(self._base, self._model_info, self._threshold,

@@ -105,7 +105,8 @@ def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
             "--threshold", "0.001"]  # every image flagged: every one gets a Grad-CAM overlay
     assert run.main(argv) == 0
     summary = run.read_summary(str(tmp_path / "out"))
-    assert summary["write_back"] == {"series_stored": 2, "series_failed": 0, "overlays_stored": 6, "errors": []}
+    assert summary["write_back"] == {"series_stored": 2, "series_failed": 0, "series_refused": 0,
+                                     "overlays_stored": 6, "errors": []}
     client, srs = _srs(server)
     assert len(srs) == before + 2
     rows = [r for r in rows_mod.images(tmp_path / "out") if r["status"] == "ok"]
@@ -189,3 +190,42 @@ def test_manifest_makes_pacs_nights_incremental_by_study(pacs, tmp_path):
     assert run.main(argv + ["--run-id", "night4"]) == 0
     summary = run.read_summary(out)
     assert summary["rows"] == 0 and summary["result"]["rows"] == 4 + 2 + 5  # nothing new tonight; nothing lost
+
+
+def test_write_back_never_writes_into_the_wrong_study(pacs, tmp_path):
+    """Two patients' studies that share a series UID get no report (refused, counted); a local DICOM that
+    claims a PACS study's UIDs gets none either, and does not change the PACS series' report."""
+    import zipfile
+
+    import highdicom as hd
+    server, _ = pacs
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    host = server.split("://", 1)[1]
+    shared_series = generate_uid()
+    for patient in (7, 8):  # two studies, one series UID
+        _, data = _instance(patient, generate_uid(), shared_series, 0, 0, "20250101")
+        upload(server, data)
+    own_study, own_series = generate_uid(), generate_uid()
+    for n in range(2):
+        _, data = _instance(9, own_study, own_series, 0, n, "20250102")
+        upload(server, data)
+    # A crafted file with that PACS series' UIDs, scored in the same night from a zip
+    crafted = pydicom.dcmread(io.BytesIO(_instance(9, own_study, own_series, 0, 5, "20250102")[1]))
+    with zipfile.ZipFile(tmp_path / "local.zip", "w") as zf:
+        zf.writestr("crafted.dcm", _part10(crafted))
+    client, before = _srs(server)
+    out = tmp_path / "out"
+    argv = ["--input", f"dicomweb://{host}/dicom-web?StudyDate=20250101-20250102", "--input",
+            str(tmp_path / "local.zip"), "--output", str(out), "--model", model_dir, "--write-back",
+            "--no-heatmaps"]
+    assert run.main(argv) == 0
+    wb = run.read_summary(str(out))["write_back"]
+    assert wb["series_stored"] == 1 and wb["series_refused"] == 1 and wb["series_failed"] == 0
+    assert any("series_spans_studies" in e for e in wb["errors"])
+    _, after = _srs(server)
+    new = [s for s in after if s not in before]
+    assert [study for study, _, _ in new] == [own_study]
+    (study, series, sop), = new
+    sr = hd.sr.srread(io.BytesIO(_part10(client.retrieve_instance(study, series, sop))))
+    source = {i.referenced_sop_instance_uid for i in sr.ContentSequence if i.name.meaning == "Source"}
+    assert len(source) == 2 and crafted.SOPInstanceUID not in source
