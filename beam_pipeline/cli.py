@@ -110,6 +110,15 @@ def validate(opts):
     need(opts.dicomweb_max_parallel >= 1,
          f"--dicomweb-max-parallel must be >= 1, got {opts.dicomweb_max_parallel}")
     need(opts.num_shards >= 0, f"--num-shards must be >= 0, got {opts.num_shards}")
+    from beam_pipeline import dicomweb
+    need(not any(dicomweb.has_userinfo(p) for p in (opts.input or [])),
+         "a dicomweb:// input holds credentials (user:password@host): they would be printed in logs and written "
+         "into every row; put them in a file (mode 600) and pass --dicomweb-credentials FILE")
+    if opts.dicomweb_credentials:
+        try:
+            dicomweb.read_credentials(opts.dicomweb_credentials)
+        except dicomweb.CredentialsError as e:
+            raise UsageError(str(e)) from e
     need(0.0 <= opts.max_error_fraction <= 1.0,
          f"--max-error-fraction must be between 0 and 1, got {opts.max_error_fraction}")
 

@@ -16,6 +16,7 @@ threads), searches are paginated, and transient HTTP errors (408, 429, 503,
 504) are retried with exponential back-off by dicomweb-client.
 """
 import io
+import os
 import threading
 import urllib.parse
 
@@ -24,7 +25,40 @@ PAGE = 500
 DEFAULT_MAX_PARALLEL = 4
 _STUDY_FILTER_ALIASES = {"Modality": "ModalitiesInStudy"}
 
-_state = {"max_parallel": DEFAULT_MAX_PARALLEL, "semaphore": None, "clients": {}}
+_state = {"max_parallel": DEFAULT_MAX_PARALLEL, "semaphore": None, "clients": {}, "credentials_file": None}
+
+
+class CredentialsError(ValueError):
+    """A credentials file that is missing, unreadable, readable by others, or not in a known form."""
+
+
+def has_userinfo(uri):
+    """True for dicomweb://user[:password]@host...: such a URI would print the secret wherever it is shown."""
+    return is_dicomweb(uri) and "@" in uri.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+
+
+def read_credentials(path):
+    """('basic', (user, password)) or ('bearer', token) from a file only its owner can read.
+
+    One line: `user:password`, or `Bearer <token>`. The secret never goes into a URI, a row, the
+    manifest or a log: only this file's path travels with the job."""
+    import stat
+    try:
+        st = os.stat(path)
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError as e:
+        raise CredentialsError(f"--dicomweb-credentials {path}: cannot read it ({type(e).__name__})") from e
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CredentialsError(f"--dicomweb-credentials {path} is readable by others (mode "
+                               f"{stat.S_IMODE(st.st_mode):o}): chmod 600 it")
+    if text.lower().startswith("bearer ") and len(text.split()) == 2:
+        return "bearer", text.split()[1]
+    user, sep, password = text.partition(":")
+    if not sep or not user or "\n" in text:
+        raise CredentialsError(f"--dicomweb-credentials {path}: expected one line 'user:password' or "
+                               "'Bearer <token>'")
+    return "basic", (user, password)
 _lock = threading.Lock()
 
 
@@ -43,8 +77,12 @@ def parse(uri):
     return base, filters
 
 
-def configure(max_parallel):
+def configure(max_parallel, credentials_file=None):
+    """Per process: the retrieval limit, and the credentials file clients are made with."""
     with _lock:
+        if credentials_file != _state["credentials_file"]:
+            _state["credentials_file"] = credentials_file
+            _state["clients"].clear()
         if _state["semaphore"] is None or _state["max_parallel"] != max_parallel:
             _state["max_parallel"] = max_parallel
             _state["semaphore"] = threading.BoundedSemaphore(max_parallel)
@@ -61,13 +99,24 @@ def client(base):
     """One dicomweb-client per base URL and process (its requests session is reused)."""
     with _lock:
         if base not in _state["clients"]:
+            import requests
             from dicomweb_client.api import DICOMwebClient
-            session = None
             if "healthcare.googleapis.com" in base:
                 import google.auth
                 from google.auth.transport.requests import AuthorizedSession
                 credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
                 session = AuthorizedSession(credentials)
+            else:
+                session = requests.Session()
+                if _state["credentials_file"]:
+                    kind, secret = read_credentials(_state["credentials_file"])
+                    if kind == "basic":
+                        session.auth = secret
+                    else:
+                        session.headers["Authorization"] = f"Bearer {secret}"
+            # A redirect is refused, not followed: data from another host would be trusted as this PACS's,
+            # and a credential could follow it there.
+            session.max_redirects = 0
             c = DICOMwebClient(base, session=session, timeout=(10, 120))
             c.set_http_retry_params(retry=True, max_attempts=4, wait_exponential_multiplier=500)
             _state["clients"][base] = c

@@ -21,6 +21,10 @@ class ScreeningOptions(PipelineOptions):
                             default=4,
                             help="concurrent WADO-RS retrievals per worker process for dicomweb:// inputs, so "
                                  "a PACS is never flooded")
+        parser.add_argument("--dicomweb-credentials", dest="dicomweb_credentials", default=None,
+                            help="file (mode 600) with one line 'user:password' or 'Bearer <token>' for a "
+                                 "DICOMweb server that needs a login; never put credentials in the URI "
+                                 "(default: none; Google Healthcare API uses application-default credentials)")
         parser.add_argument("--write-back", dest="write_back", action="store_true", default=False,
                             help="store a DICOM Structured Report per scored series into its study in the PACS "
                                  "(STOW-RS; needs exactly one dicomweb:// input)")

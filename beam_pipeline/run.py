@@ -133,11 +133,12 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
     `threshold`: the (value, source) pair run() already decided, so a site profile is read once."""
     threshold, threshold_source = threshold or _threshold(opts, metadata)
     limits = archives.Limits(max_member_bytes=opts.max_member_bytes, chunk_size=opts.chunk_size)
-    expander = ExpandInputs(opts.input, limits, known_studies)
+    expander = ExpandInputs(opts.input, limits, known_studies, credentials_file=opts.dicomweb_credentials)
     chunks = pipeline | "ExpandInputs" >> expander
     decoded = chunks | "DecodeImages" >> DecodeImages(plan.run_id, metadata["input_spec"], plan.model_info,
                                                       pseudonym_key, opts.dicomweb_max_parallel, accession_key,
-                                                      keep_descriptions=opts.keep_series_descriptions)
+                                                      keep_descriptions=opts.keep_series_descriptions,
+                                                      credentials_file=opts.dicomweb_credentials)
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.model, threshold, opts.batch_size, opts.chunk_size, heatmaps=opts.heatmaps,
         ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source,
@@ -154,7 +155,7 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
     if opts.write_back:
         from beam_pipeline import write_back
         back = write_back.WriteBack(next(p for p in opts.input if dicomweb.is_dicomweb(p)), plan.model_info,
-                                    threshold, heatmap_dir)
+                                    threshold, heatmap_dir, credentials_file=opts.dicomweb_credentials)
     fingerprints = expander.study_fingerprints if opts.manifest else None
     return rows | "WriteResults" >> WriteResults(plan, opts.num_shards, back, fingerprints)
 
@@ -211,6 +212,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         console.emit("threshold", f"Threshold {threshold:.4f} from {threshold_source} "
                                   f"(the artifact's: {metadata['threshold']:.4f})")
     web = [p for p in opts.input if dicomweb.is_dicomweb(p)]
+    dicomweb.configure(opts.dicomweb_max_parallel, opts.dicomweb_credentials)
     for uri in web:
         try:
             dicomweb.check(uri)

@@ -165,9 +165,13 @@ class _StoreReport(beam.DoFn):
     """(series UID, rows) -> (stored, failed, error text, overlays stored): one SR per series, and a
     Secondary Capture of the Grad-CAM overlay for each flagged image that has one."""
 
-    def __init__(self, base, model_info, threshold, heatmap_dir=None):
+    def __init__(self, base, model_info, threshold, heatmap_dir=None, credentials_file=None):
         self._base, self._model_info, self._threshold = base, model_info, threshold
         self._heatmap_dir = heatmap_dir  # the run's staging heatmaps/ (rows name the promoted path)
+        self._credentials_file = credentials_file
+
+    def setup(self):
+        dicomweb.configure(dicomweb.DEFAULT_MAX_PARALLEL, self._credentials_file)
 
     def _overlays(self, rows, evidence):
         from apache_beam.io.filesystem import CompressionTypes
@@ -238,8 +242,9 @@ def _from_server(row, server):
 class WriteBack(beam.PTransform):
     """Scored rows -> one SR per DICOM series stored into the PACS; returns one summary dict."""
 
-    def __init__(self, dicomweb_uri, model_info, threshold, heatmap_dir=None):
+    def __init__(self, dicomweb_uri, model_info, threshold, heatmap_dir=None, credentials_file=None):
         super().__init__()
+        self._credentials_file = credentials_file
         self._base, _ = dicomweb.parse(dicomweb_uri)
         self._server = server_of(dicomweb_uri)
         self._model_info, self._threshold = model_info, threshold
@@ -251,6 +256,6 @@ class WriteBack(beam.PTransform):
                 | "BySeries" >> beam.Map(lambda r: (r["series_instance_uid"], r))
                 | "GroupSeries" >> beam.GroupByKey()
                 | "StoreReports" >> beam.ParDo(_StoreReport(self._base, self._model_info, self._threshold,
-                                                            self._heatmap_dir))
+                                                            self._heatmap_dir, self._credentials_file))
                 | "Tally" >> beam.combiners.ToList()
                 | "Merge" >> beam.Map(_merge))

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -31,12 +32,14 @@ def available():
     return os.path.exists(BINARY) and os.path.exists(PLUGIN)
 
 
-def start(root):
-    """Start Orthanc with its data under `root`; returns (base URL, process). Raises if it does not come up."""
+def start(root, users=None):
+    """Start Orthanc with its data under `root`; returns (base URL, process). Raises if it does not come up.
+
+    `users` ({name: password}): HTTP basic authentication required for every request."""
     port = _free_port()
     config = {"Name": "brain-screening-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
               "HttpPort": port, "DicomServerEnabled": False, "DicomPort": _free_port(),
-              "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+              "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
               "Plugins": [PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
     (root / "orthanc.json").write_text(json.dumps(config))
     log = open(root / "orthanc.log", "w")
@@ -49,6 +52,9 @@ def start(root):
             with urllib.request.urlopen(f"{url}/system", timeout=1) as r:
                 if r.status == 200:
                     return url, proc
+        except urllib.error.HTTPError as e:
+            if e.code == 401 and users:  # up, and asking for the login it was configured with
+                return url, proc
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
@@ -80,9 +86,12 @@ def orthanc(tmp_path_factory):
         stop(proc)
 
 
-def upload(url, dicom_bytes):
-    """Store one instance through Orthanc's REST API; returns its answer."""
-    req = urllib.request.Request(f"{url}/instances", data=dicom_bytes, method="POST",
-                                 headers={"Content-Type": "application/dicom"})
+def upload(url, dicom_bytes, auth=None):
+    """Store one instance through Orthanc's REST API; returns its answer. `auth`: (user, password)."""
+    headers = {"Content-Type": "application/dicom"}
+    if auth:
+        import base64
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    req = urllib.request.Request(f"{url}/instances", data=dicom_bytes, method="POST", headers=headers)
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())

@@ -20,8 +20,9 @@ class _DecodeChunk(beam.DoFn):
     """Chunk -> (row templates, stacked model inputs) + finished error/skipped rows."""
 
     def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
-                 accession_key=None, keep_descriptions=False):
+                 accession_key=None, keep_descriptions=False, credentials_file=None):
         self._keep_descriptions = keep_descriptions
+        self._credentials_file = credentials_file
         self._dicomweb_max_parallel = dicomweb_max_parallel or dicomweb.DEFAULT_MAX_PARALLEL
         self._run_id = run_id
         self._ps = pseudonym.Pseudonymiser(pseudonym_key)
@@ -32,7 +33,7 @@ class _DecodeChunk(beam.DoFn):
                         (schema.STATUS_OK, schema.STATUS_ERROR, schema.STATUS_SKIPPED)}
 
     def setup(self):
-        dicomweb.configure(self._dicomweb_max_parallel)
+        dicomweb.configure(self._dicomweb_max_parallel, self._credentials_file)
 
     def _dicom(self, fields):
         """Header fields for a row: the accession number, an identifier, as a keyed pseudonym."""
@@ -104,10 +105,10 @@ class DecodeImages(beam.PTransform):
     """
 
     def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
-                 accession_key=None, keep_descriptions=False):
+                 accession_key=None, keep_descriptions=False, credentials_file=None):
         super().__init__()
         self._fn = _DecodeChunk(run_id, input_spec, model_info, pseudonym_key, dicomweb_max_parallel, accession_key,
-                                keep_descriptions)
+                                keep_descriptions, credentials_file)
 
     def expand(self, chunks):
         return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, main="images")

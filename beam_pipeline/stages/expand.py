@@ -33,9 +33,13 @@ class _SearchStudies(beam.DoFn):
     Studies whose fingerprint equals the manifest's (`known`) are skipped; every other one
     also goes to the 'fingerprints' output, which finalisation writes into the manifest."""
 
-    def __init__(self, known=None):
+    def __init__(self, known=None, credentials_file=None):
         self._known = dict(known or {})
+        self._credentials_file = credentials_file
         self._skipped = Metrics.counter("BrainScreening", "studies_unchanged")
+
+    def setup(self):
+        dicomweb.configure(dicomweb.DEFAULT_MAX_PARALLEL, self._credentials_file)
 
     def process(self, uri):
         try:
@@ -54,8 +58,12 @@ class _SearchStudies(beam.DoFn):
 class _ListStudy(beam.DoFn):
     """(input, study) -> Chunks of that study's instances (one ref per SOP Instance UID)."""
 
-    def __init__(self, limits):
+    def __init__(self, limits, credentials_file=None):
         self._limits = limits
+        self._credentials_file = credentials_file
+
+    def setup(self):
+        dicomweb.configure(dicomweb.DEFAULT_MAX_PARALLEL, self._credentials_file)
 
     def process(self, item):
         uri, study = item
@@ -80,8 +88,9 @@ class ExpandInputs(beam.PTransform):
     File globs (local or gs://) are matched and listed; dicomweb:// inputs are
     searched study by study (dicomweb.py)."""
 
-    def __init__(self, patterns, limits=None, known_studies=None):
+    def __init__(self, patterns, limits=None, known_studies=None, credentials_file=None):
         super().__init__()
+        self._credentials_file = credentials_file
         limits = limits or archives.Limits()
         self._patterns = [p for p in patterns if not dicomweb.is_dicomweb(p)]
         self._dicomweb = [p for p in patterns if dicomweb.is_dicomweb(p)]
@@ -104,12 +113,12 @@ class ExpandInputs(beam.PTransform):
         if self._dicomweb:
             studies = (pbegin
                        | "DicomwebInputs" >> beam.Create(sorted(set(self._dicomweb)))
-                       | "SearchStudies" >> beam.ParDo(_SearchStudies(self._known_studies)).with_outputs(
+                       | "SearchStudies" >> beam.ParDo(_SearchStudies(self._known_studies, self._credentials_file)).with_outputs(
                            "failed", "fingerprints", main="studies"))
             self.study_fingerprints = studies.fingerprints
             branches.append(studies.failed)
             branches.append(studies.studies
                             | "SpreadStudies" >> beam.Reshuffle()
-                            | "ListStudyInstances" >> beam.ParDo(_ListStudy(self._limits)))
+                            | "ListStudyInstances" >> beam.ParDo(_ListStudy(self._limits, self._credentials_file)))
         chunks = branches[0] if len(branches) == 1 else tuple(branches) | "AllChunks" >> beam.Flatten()
         return chunks | "SpreadChunks" >> beam.Reshuffle()
