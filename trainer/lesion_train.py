@@ -52,6 +52,12 @@ def _parse(argv):
     p.add_argument("--dice-weight", type=float, default=1.0)
     p.add_argument("--slice-weight", type=float, default=1.0)
     p.add_argument("--augment", default="contrast-strip")
+    p.add_argument("--label-only-negatives", choices=("train", "skip"), default="skip",
+                   help="tumor-free slices of collections without masks (brain-mri): 'skip' leaves them out of "
+                        "training (in brain-mri they come from another source, mostly T2/FLAIR: the slice loss "
+                        "taught 'FLAIR-looking means no lesion' and LGG FLAIR validation AUC fell from 0.80 to "
+                        "0.56 while brain-mri rose); tumor-free tissue is learnt from masked collections, at "
+                        "every level; 'train' keeps them (the first two v4 runs)")
     p.add_argument("--t1-tumor-slices", choices=("outside", "weighted"), default="outside",
                    help="LGG T1 tumor slices (FLAIR-drawn masks, lesion often invisible): 'outside' trains only "
                         "the tissue outside the dilated mask, as negatives; 'weighted' trains the mask at weight "
@@ -205,6 +211,8 @@ def main(argv=None):
     sources = np.array([evaluation.source_key(e) for e in ex])
     collections = np.array([e.collection for e in ex])
     is_train = ~data["is_val"] & ~data["is_holdout"]
+    if args.label_only_negatives == "skip":
+        is_train &= ~((arrays["pixel_weight"] == 0) & (labels == 0))
     idx = np.flatnonzero(is_train)
     probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
     # LGG's T1 "tumor" labels are noisy (lesion often invisible on T1): asking the pooled map to find
