@@ -58,6 +58,10 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
     series = [plan.final_path(p) for p in series_files]
     elapsed = time.time() - plan.started_at
     with results_store.finalise_lock(plan.output):
+        done = _already_promoted(plan)
+        if done is not None:  # a retried bundle: the result is this run's already; only the manifest may lag
+            _update_manifest(plan, study_fingerprints)
+            return done
         result = None
         if plan.carry_over:
             result = _carry_over(plan, counts, images, studies)
@@ -65,6 +69,7 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
                                     images, studies, result)
         run_summary["drift"] = drift.assess(counts, plan.drift_reference)
         run_summary["engine"] = plan.engine
+        run_summary["stage_id"] = plan.stage_id  # lets a retry of this step see that it already promoted
         run_summary["series_files"] = sorted(series)
         run_summary["result"]["series_files"] = sorted(set(run_summary["result"].get("series_files", [])) | set(series))
         if write_back is not None:
@@ -73,12 +78,30 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
         if plan.write_report:
             report.write_report(plan.staging)
         results_store.promote(plan.output, plan.staging)
-        if plan.manifest_path:
-            # Reloaded under the lock: a run that finished meanwhile keeps its entries.
-            manifest.save(plan.manifest_path, {**manifest.load(plan.manifest_path), **plan.manifest_entries,
-                                               **dict(study_fingerprints)})
+        _update_manifest(plan, study_fingerprints)
     results_store.remove_stale_staging(plan.output, keep=(plan.stage_id,))
     return run_summary
+
+
+def _already_promoted(plan):
+    """The promoted summary when it is this run's own (same staging id), else None.
+
+    Beam and Dataflow may retry any bundle, this one too. Run again, steps 1-3 would carry the
+    promoted result (this run's rows included) into an empty staging folder and promote that:
+    the image tables gone, run ids and counts doubled. The promoted summary names its staging id."""
+    try:
+        current = summary.read(results_store.results_dir(plan.output))
+    except Exception:  # no result yet, or one that cannot be read: not this run's
+        return None
+    return current if current.get("stage_id") == plan.stage_id else None
+
+
+def _update_manifest(plan, study_fingerprints):
+    if plan.manifest_path:
+        # Reloaded under the lock: a run that finished meanwhile keeps its entries. A dict merge, so
+        # doing it twice (a retry) changes nothing.
+        manifest.save(plan.manifest_path, {**manifest.load(plan.manifest_path), **plan.manifest_entries,
+                                           **dict(study_fingerprints)})
 
 
 def _carry_over(plan, counts, images, studies):

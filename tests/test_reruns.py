@@ -92,3 +92,33 @@ def test_staging_of_a_dead_run_is_removed_by_the_next_run(tmp_path):
     assert not dead.exists()
     assert young.exists()  # could be a run still going
     assert len(_rows(str(out))) == 2
+
+
+def test_a_retried_finalise_changes_nothing(tmp_path, monkeypatch):
+    """Beam may retry the last bundle: Finalise called again with the same plan keeps the result and the
+    manifest as the first call left them (it emptied results/ of its image table and doubled run ids)."""
+    import json
+
+    from beam_pipeline import finalise
+    calls = []
+    real = finalise.finalise
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finalise, "finalise", recording)
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    _zip(tmp_path / "mon.zip", range(3))
+    out, manifest = tmp_path / "out", tmp_path / "state" / "manifest.json"
+    manifest.parent.mkdir()
+    assert run.main(["--input", str(tmp_path / "mon.zip"), "--keep-paths", "--output", str(out), "--model", model_dir,
+                     "--run-id", "night1", "--manifest", str(manifest)]) == 0
+    assert len(calls) == 1
+    before_rows, before_summary = _rows(str(out)), run.read_summary(str(out))
+    before_manifest = json.loads(manifest.read_text())
+    again = real(*calls[0][0], **calls[0][1])  # the retry
+    assert again["result"]["run_ids"] == ["night1"] and again["result"]["rows"] == before_summary["result"]["rows"]
+    assert stable(_rows(str(out))) == stable(before_rows) and len(before_rows) == 3
+    assert run.read_summary(str(out)) == before_summary
+    assert json.loads(manifest.read_text()) == before_manifest
