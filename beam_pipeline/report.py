@@ -58,7 +58,7 @@ def _top(pattern, k, flagged_only=False):
 
 
 _IMAGE_COLUMNS = ["status", "error_code", "error_message", "source_uri", "member_path", "tumor_probability",
-                  "threshold", "heatmap_path", "study_instance_uid", "series_instance_uid"]
+                  "threshold", "threshold_source", "heatmap_path", "study_instance_uid", "series_instance_uid"]
 
 
 def _data_uri(data, mime="image/png"):
@@ -108,10 +108,11 @@ def _scan_images(pattern, shown_uids, shown_sources):
     Memory is one batch plus what the page shows, whatever the number of rows
     (bench/report_memory.py: peak RSS at 100 k and 1 M rows)."""
     counts = np.zeros(HISTOGRAM_BINS, np.int64)
-    threshold, n_errors, errors, near = None, 0, [], []
+    threshold, n_errors, errors, near, threshold_sources = None, 0, [], [], set()
     uids, sources = pa.array(shown_uids, pa.string()), pa.array(shown_sources, pa.string())
     for batch in _batches(pattern, _IMAGE_COLUMNS):
         ok = pc.equal(batch.column("status"), "ok")
+        threshold_sources.update(pc.unique(pc.filter(batch.column("threshold_source"), ok)).to_pylist())
         probs = pc.filter(batch.column("tumor_probability"), ok).to_numpy(zero_copy_only=False)
         counts += np.histogram(probs, HISTOGRAM_BINS, (0.0, 1.0))[0]
         if threshold is None and len(probs):
@@ -125,7 +126,31 @@ def _scan_images(pattern, shown_uids, shown_sources):
                 pc.is_in(batch.column("study_instance_uid"), uids),
                 pc.is_in(batch.column("source_uri"), sources))))
             near += batch.filter(shown).to_pylist()
-    return counts, threshold, n_errors, errors, near
+    return counts, threshold, n_errors, errors, near, threshold_sources
+
+
+def _validation_html(threshold_sources, md):
+    """Whether this site validated the model, where the reader looks first. Errs on the side of "not".
+
+    Validated only when every scored row used a site profile that met its checks; otherwise, in red,
+    what the model did on collections it never saw (its card's external figures)."""
+    sources = {s for s in threshold_sources if s}
+    if sources and all(s.startswith("site_profile:") and not s.endswith(":forced") for s in sources):
+        ids = ", ".join(sorted(s.split(":")[1] for s in sources))
+        return (f'<p id="validation" class="validated">Site threshold applied: this model was validated at this '
+                f'site (site profile {_esc(ids)}, brain-validate verdict "meets").</p>')
+    if any(s.endswith(":forced") for s in sources):
+        why = "a site profile whose validation did <b>not</b> meet its checks was forced onto this run"
+    else:
+        why = "no site profile was applied (threshold from the model" + (
+            " or --threshold)" if "flag" in sources else ")")
+    external = ((md or {}).get("validation_metrics") or {}).get("by_source", {}).get("external", {})
+    figures = "; ".join(f"{_esc(k)} AUC {v['roc_auc']:.2f}" for k, v in external.items()
+                        if k != "all" and v.get("roc_auc") is not None)
+    seen = f" On collections it never saw: {figures}." if figures else ""
+    return (f'<p id="validation" class="drift-warning"><b>Not validated at this site:</b> {why}. Its scores here '
+            f"may be far from its own validation figures.{seen} Run brain-validate on local labelled patients "
+            "(docs/new_site.md) before anyone relies on it.</p>")
 
 
 def _model_metadata(summary):
@@ -227,7 +252,7 @@ def render(folder):
     flagged, n_studies, n_flagged = _top(prefix + "/series-*.parquet", MAX_FLAGGED_STUDIES, flagged_only=True)
     worklist, n_exams, _ = _top(prefix + "/studies-*.parquet", MAX_FLAGGED_STUDIES)
     # Heatmap rows of the studies on the page only (top MAX_FLAGGED_STUDIES), as Python rows.
-    counts, threshold, n_errors, errors, near = _scan_images(
+    counts, threshold, n_errors, errors, near, threshold_sources = _scan_images(
         prefix + "/images-*.parquet", [s["study_instance_uid"] for s in flagged if s["study_instance_uid"]],
         [s["source_uri"] for s in flagged if not s["study_instance_uid"]])
     by_study = {}
@@ -243,10 +268,12 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 .study{{border:1px solid #bbb;margin:12px 0;padding:8px}} .study img{{margin:4px;border:1px solid #999}}
 .prob{{font-weight:bold;color:#c44e52}}
 .drift-warning{{background:#f8d7da;border:1px solid #c44e52;padding:8px 12px}}
+.validated{{background:#d4edda;border:1px solid #5a9;padding:8px 12px}}
 </style></head><body>
 <h1>Brain-MRI screening run <code>{_esc(summary['run_id'])}</code></h1>
 <p class="notice"><b>Screening aid, not a diagnostic device.</b> Scores prioritise studies for a radiologist;
 every study still needs a radiologist's read.</p>
+{_validation_html(threshold_sources, md)}
 {_drift_html(summary.get('drift'))}
 <h2>Summary</h2><table id="summary">
 <tr><th>rows (images)</th><td>{totals['rows']}</td></tr>

@@ -171,3 +171,27 @@ def test_validate_scores_of_an_earlier_run_with_a_labels_csv(tmp_path):
     bad.write_text("path,label\nx,1\n")
     assert validate.main(["--scores", str(scores), "--labels", str(bad), "--output", str(out),
                           "--model", model_dir]) == 2
+
+
+def test_the_report_says_whether_this_site_validated_the_model(tmp_path):
+    from beam_pipeline import model_store, site_profile
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    img = tmp_path / "x.png"
+    img.write_bytes(synth.encode(synth.brain_slice(3, 32)))
+
+    def page(*extra):
+        out = tmp_path / f"o{len(os.listdir(tmp_path))}"
+        assert run.main(["--input", str(img), "--output", str(out), "--model", model_dir, *extra]) == 0
+        return open(rows_mod.result_file(out, "report.html")).read()
+
+    unvalidated = page()
+    assert 'id="validation" class="drift-warning"' in unvalidated and "Not validated at this site" in unvalidated
+    metadata = model_store.metadata(model_dir)
+    for meets, name in ((True, "good.json"), (False, "failed.json")):
+        profile = site_profile.build(metadata, 0.4, 0.95, {"n_images": 200, "n_positive": 100, "meets": meets,
+                                                            "forced": not meets})
+        site_profile.write(profile, str(tmp_path / name))
+    good = page("--site-profile", str(tmp_path / "good.json"))
+    assert 'class="validated"' in good and "Not validated" not in good
+    forced = page("--site-profile", str(tmp_path / "failed.json"), "--force-site-profile")
+    assert "Not validated at this site" in forced and "forced onto this run" in forced
