@@ -219,6 +219,40 @@ def levels_of_artifact(version_dir):
     return out
 
 
+def _rates_at(labels, scores, sensitivity=None, specificity=None):
+    """Specificity at the highest threshold reaching `sensitivity`, or sensitivity at the lowest reaching
+    `specificity` (the issue's operating points, read off the ROC)."""
+    pos, neg = np.sort(scores[labels == 1]), np.sort(scores[labels == 0])
+    if not len(pos) or not len(neg):
+        return None
+    if sensitivity is not None:
+        t = pos[int(np.floor((1 - sensitivity) * len(pos)))]
+        return float(np.mean(neg < t))
+    t = neg[min(int(np.ceil(specificity * len(neg))), len(neg) - 1)]
+    return float(np.mean(pos > t))
+
+
+def compare(artifacts):
+    """{artifact: {split/source: {n, auc, spec@sens0.90, sens@spec0.95}}} from their scored rows."""
+    from trainer import metrics
+    out = {}
+    for a in artifacts:
+        with open(os.path.join(a, "validation_predictions.csv")) as f:
+            rows = list(csv.DictReader(f))
+        table = {}
+        for key in sorted({f"{r['split']}/{r['source']}" for r in rows}):
+            sel = [r for r in rows if f"{r['split']}/{r['source']}" == key]
+            y = np.array([int(r["label"]) for r in sel])
+            p = np.array([float(r["score"]) for r in sel])
+            if len(set(y.tolist())) < 2:
+                continue
+            table[key] = {"n": len(sel), "auc": round(float(metrics.roc_auc(y, p)), 4),
+                          "spec_at_sens_0.90": round(_rates_at(y, p, sensitivity=0.90), 4),
+                          "sens_at_spec_0.95": round(_rates_at(y, p, specificity=0.95), 4)}
+        out[a] = table
+    return out
+
+
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="python -m trainer.lesion_eval", description=__doc__,
@@ -227,7 +261,25 @@ def main(argv=None):
     lv = sub.add_parser("levels", help="tumor-free slices by level bin for artifacts (their own thresholds)")
     lv.add_argument("artifacts", nargs="+")
     lv.add_argument("--out", default="")
+    cmp_ = sub.add_parser("compare", help="AUC and the issue's operating points per split/source, side by side")
+    cmp_.add_argument("artifacts", nargs="+")
+    cmp_.add_argument("--out", default="")
     args = p.parse_args(argv)
+    if args.command == "compare":
+        result = compare(args.artifacts)
+        keys = sorted({k for t in result.values() for k in t})
+        print("| split/source | n | " + " | ".join(f"{os.path.basename(a.rstrip('/'))}: AUC / spec@sens.90 / "
+                                                  f"sens@spec.95" for a in args.artifacts) + " |")
+        print("|---|---|" + "---|" * len(args.artifacts))
+        for k in keys:
+            n = next(t[k]["n"] for t in result.values() if k in t)
+            cells = [f"{t[k]['auc']:.3f} / {t[k]['spec_at_sens_0.90']:.3f} / {t[k]['sens_at_spec_0.95']:.3f}"
+                     if k in t else "-" for t in result.values()]
+            print(f"| {k} | {n} | " + " | ".join(cells) + " |")
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
     result = {a: levels_of_artifact(a) for a in args.artifacts}
     for a, tables in result.items():
         print(f"## {a} (threshold {tables['threshold']:.4f})")
