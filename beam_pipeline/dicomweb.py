@@ -15,7 +15,6 @@ A PACS must never be flooded: each worker process holds at most
 threads), searches are paginated, and transient HTTP errors (408, 429, 503,
 504) are retried with exponential back-off by dicomweb-client.
 """
-import io
 import os
 import threading
 import urllib.parse
@@ -25,7 +24,8 @@ PAGE = 500
 DEFAULT_MAX_PARALLEL = 4
 _STUDY_FILTER_ALIASES = {"Modality": "ModalitiesInStudy"}
 
-_state = {"max_parallel": DEFAULT_MAX_PARALLEL, "semaphore": None, "clients": {}, "credentials_file": None}
+_state = {"max_parallel": DEFAULT_MAX_PARALLEL, "semaphore": None, "clients": {}, "sessions": {},
+          "credentials_file": None}
 
 
 class CredentialsError(ValueError):
@@ -83,6 +83,7 @@ def configure(max_parallel, credentials_file=None):
         if credentials_file != _state["credentials_file"]:
             _state["credentials_file"] = credentials_file
             _state["clients"].clear()
+            _state["sessions"].clear()
         if _state["semaphore"] is None or _state["max_parallel"] != max_parallel:
             _state["max_parallel"] = max_parallel
             _state["semaphore"] = threading.BoundedSemaphore(max_parallel)
@@ -120,6 +121,7 @@ def client(base):
             c = DICOMwebClient(base, session=session, timeout=(10, 120))
             c.set_http_retry_params(retry=True, max_attempts=4, wait_exponential_multiplier=500)
             _state["clients"][base] = c
+            _state["sessions"][base] = session
         return _state["clients"][base]
 
 
@@ -194,14 +196,100 @@ def check(uri):
     client(base).search_for_studies(limit=1, search_filters=filters or None, fields=[STUDY_UID])
 
 
-def retrieve(base, study, series, sop, max_bytes):
-    """The instance's Part 10 bytes (WADO-RS), within this process's concurrency limit."""
-    import pydicom
-    with _semaphore():
-        ds = client(base).retrieve_instance(study, series, sop)
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=False)
-    data = buf.getvalue()
-    if len(data) > max_bytes:
-        raise ValueError(f"instance of {len(data)} bytes > limit {max_bytes}")
-    return data
+RETRIEVE_DEADLINE_S = 120.0  # one instance, start to end, however the server paces its bytes
+_READ_TIMEOUT_S = 30.0  # the longest a single socket read may wait
+_TRANSIENT = {408, 429, 500, 502, 503, 504}
+_ATTEMPTS = 3
+
+
+class RetrieveError(ValueError):
+    """An instance that could not be fetched within the limits; `code` is the row's error code."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def retrieve(base, study, series, sop, max_bytes, deadline_s=None):
+    """The instance's Part 10 bytes exactly as the server sends them (WADO-RS), within this process's
+    concurrency limit.
+
+    Streamed: refused as soon as it passes `max_bytes` (never held whole, never parsed and written
+    again) or `deadline_s` (a server that dribbles a byte every few seconds cannot hold the job), and
+    a content-encoded body is refused rather than inflated. Transient HTTP errors are retried."""
+    import time
+    deadline_s = RETRIEVE_DEADLINE_S if deadline_s is None else deadline_s
+    client(base)
+    session = _state["sessions"][base]
+    url = f"{base}/studies/{study}/series/{series}/instances/{sop}"
+    headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+               "Accept-Encoding": "identity"}
+    start = time.monotonic()
+    for attempt in range(_ATTEMPTS):
+        with _semaphore():
+            status, content_type, body = _stream(session, url, headers, max_bytes, start + deadline_s)
+        if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < deadline_s / 2:
+            time.sleep(0.5 * 2 ** attempt)
+            continue
+        if status >= 400:
+            raise RetrieveError("member_read_error", f"WADO-RS answered HTTP {status}")
+        return _first_part(body, content_type)
+    raise RetrieveError("member_read_error", "WADO-RS kept failing")  # not reached: the loop returns or raises
+
+
+def _stream(session, url, headers, max_bytes, deadline):
+    """(status, content type, body) of one GET, read in pieces against the size limit and the deadline."""
+    import time
+    try:
+        resp = session.get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S))
+    except Exception as e:
+        raise RetrieveError("member_read_error", f"WADO-RS request failed: {type(e).__name__}") from e
+    with resp:
+        if resp.status_code >= 400:
+            return resp.status_code, "", b""
+        if resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
+            raise RetrieveError("member_read_error", "the server sent a content-encoded instance; refused")
+        limit = max_bytes + 64 * 1024  # the multipart framing around the instance
+        declared = resp.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RetrieveError("member_too_large", f"instance of {int(declared)} bytes > limit {max_bytes}")
+        body = bytearray()
+        try:
+            while True:
+                piece = resp.raw.read1(1 << 16)
+                if not piece:
+                    break
+                body += piece
+                if len(body) > limit:
+                    raise RetrieveError("member_too_large", f"instance larger than the limit of {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise RetrieveError("dicomweb_timeout", f"instance not received within the deadline "
+                                        f"({len(body)} bytes so far)")
+        except RetrieveError:
+            raise
+        except Exception as e:
+            raise RetrieveError("dicomweb_timeout" if "timed out" in str(e).lower() else "member_read_error",
+                                f"WADO-RS body unreadable: {type(e).__name__}") from e
+        return resp.status_code, resp.headers.get("Content-Type", ""), bytes(body)
+
+
+def _first_part(body, content_type):
+    """The first part of a multipart/related body (or the body itself for application/dicom)."""
+    if not content_type.lower().startswith("multipart/"):
+        return body
+    boundary = None
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        raise RetrieveError("member_read_error", "multipart answer without a boundary")
+    delimiter = b"--" + boundary.encode()
+    start = body.find(delimiter)
+    head_end = body.find(b"\r\n\r\n", start) if start >= 0 else -1
+    if head_end < 0:
+        raise RetrieveError("member_read_error", "multipart answer without a part")
+    end = body.find(b"\r\n" + delimiter, head_end + 4)
+    if end < 0:
+        raise RetrieveError("member_read_error", "multipart answer cut short")
+    return body[head_end + 4:end]

@@ -27,6 +27,8 @@ CODES = {
     "link_member": (STATUS_SKIPPED, "tar symbolic or hard link; links are never followed"),
     "special_member": (STATUS_SKIPPED, "tar device or FIFO entry, not a file"),
     "member_read_error": (STATUS_ERROR, "member bytes could not be read (CRC mismatch, truncated data)"),
+    "dicomweb_timeout": (STATUS_ERROR, "a DICOMweb instance did not arrive within the retrieval deadline "
+                                       "(120 s per instance, however the server paces its bytes)"),
     # whole input
     "archive_corrupt": (STATUS_ERROR, "the archive's index cannot be read; one row for the whole archive"),
     "archive_truncated": (STATUS_ERROR, "the archive ends early; members before the cut are scored, this row marks the cut"),

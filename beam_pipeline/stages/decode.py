@@ -66,7 +66,8 @@ class _DecodeChunk(beam.DoFn):
                 yield self._failed(chunk, ref, ref.error_code, ref.error_message or "")
                 continue
             if err is not None:
-                code = "input_unreadable" if chunk.kind == "file" else "member_read_error"
+                code = getattr(err, "code", None) or ("input_unreadable" if chunk.kind == "file" else
+                                                      "member_read_error")
                 yield self._failed(chunk, ref, code, f"{type(err).__name__}: {err}")
                 continue
             digest = hashlib.sha256(data).hexdigest()
