@@ -304,6 +304,9 @@ def exit_code(counts, max_error_fraction):
     """(code, reason) from a run's summary counts."""
     rows = counts.get("rows", 0)
     errors = counts.get("by_status", {}).get("error", 0)
+    if rows and not counts.get("by_status", {}).get("ok", 0):  # every member skipped or failed: no screening
+        return EXIT_TOO_MANY_ERRORS, (f"no image was scored: all {rows} rows are skipped or errors "
+                                      f"({', '.join(f'{k} {v}' for k, v in sorted(counts.get('by_status', {}).items()))})")
     fraction = errors / rows if rows else 0.0
     if fraction > max_error_fraction:
         return EXIT_TOO_MANY_ERRORS, (f"{errors} of {rows} rows are errors ({fraction:.1%} > "

@@ -206,3 +206,13 @@ def test_config_file_and_comma_separated_inputs(tmp_path, capsys):
     config.write_text("- just\n- a list\n")
     assert run.main(["--config", str(config)]) == 2
     assert "expected a mapping" in capsys.readouterr().err
+
+
+def test_a_night_that_scored_no_image_does_not_exit_ok(tmp_path, capsys):
+    """Five text files named .jpg: every row skipped, nothing screened; exit 3, not 0."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    for i in range(5):
+        (tmp_path / f"scan{i}.jpg").write_text("not an image at all\n")
+    code = run.main(["--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"), "--model", model_dir])
+    assert code == run.EXIT_TOO_MANY_ERRORS
+    assert "Exit 3: no image was scored" in capsys.readouterr().out
