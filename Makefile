@@ -66,7 +66,7 @@ demo: $(STAMP)
 # Reproduces model v4, the lesion-first U-Net (seeded; wall time in its model card):
 # make train TRAIN_ARGS="--version 4"
 LESION_DATA ?= $(SHARED)/brain-mri $(SHARED)/lgg $(SHARED)/brats-ped
-LESION_EPOCHS ?= 16
+LESION_EPOCHS ?= 12
 train: $(STAMP)
 	$(PY) -m trainer.lesion_train $(foreach d,$(LESION_DATA),--data-dir $(d)) \
 		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --holdout-pattern '$(HOLDOUT)' \
@@ -81,14 +81,14 @@ train-v3: $(STAMP)
 		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
 		$(TRAIN_ARGS)
 
-# Cross-collection check of the v4 recipe (~25 min on 2 cores): trained without brain-mri (LGG masks +
+# Cross-collection check of the v4 recipe (~20 min on 2 cores): trained without brain-mri (LGG masks +
 # BraTS-PEDs), scored on all of brain-mri and on brats-sample, then attached to the card:
 # make checks ARTIFACT=models/brain-tumor-cnn/4
 checks: $(STAMP)
 	$(PY) -m trainer.lesion_train --data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped \
 		--eval-data-dir $(SHARED)/brain-mri --eval-data-dir $(SHARED)/brats-sample --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '^lgg/flair$$' --shares lgg=0.7,brats-ped=0.3 --model-dir $(CHECK_DIR)/no-mri \
-		--version 1 --epochs 10 --steps-per-epoch 250 --seed $(SEED)
+		--version 1 --epochs 8 --steps-per-epoch 250 --seed $(SEED)
 	$(PY) -m trainer.generalisation $(ARTIFACT) --check $(CHECK_DIR)/no-mri/brain-tumor-cnn/1 $(if $(NOTES),--notes $(NOTES))
 
 # The v3 classifier's checks (each ~15 min), with Grad-CAM localisation:
