@@ -83,6 +83,7 @@ def main():
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--name", default="engines", help="results file name under bench/results/ (default: %(default)s)")
     args = parser.parse_args()
     from trainer import artifact, export, preprocessing
     md = artifact.verify(args.model)
@@ -114,7 +115,7 @@ def main():
                          "max_abs_dp_vs_tf": f"{float(np.max(np.abs(probs - ref_probs))):.1e}"})
     for r in rows:
         r.setdefault("error", "")
-    common.report("engines", rows, {"inputs": f"{len(x)} {what}", "model": args.model,
+    common.report(args.name, rows, {"inputs": f"{len(x)} {what}", "model": args.model,
                                     "note": "each engine computes probability + OOD feature outputs"})
 
 
