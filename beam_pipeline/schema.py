@@ -64,13 +64,14 @@ IMAGE_SCHEMA = pa.schema([
 
 COLUMNS = IMAGE_SCHEMA.names
 
-# One row per DICOM series; non-DICOM images are grouped by archive and folder (how exports lay out a series).
+# One row per DICOM series; non-DICOM images are grouped by archive and folder, loose files by the folder
+# that holds them (how exports lay out a series).
 SERIES_SCHEMA = pa.schema([
     ("run_id", pa.string()),
-    ("study_key", pa.string()),           # study/series UIDs, or source_uri!folder for non-DICOM
+    ("study_key", pa.string()),           # study/series UIDs, source_uri!folder for archives, <folder>/ for loose files
     ("study_instance_uid", pa.string()),
     ("series_instance_uid", pa.string()),
-    ("source_uri", pa.string()),          # an input holding the group's images (the first seen)
+    ("source_uri", pa.string()),          # an input holding the group's images (the first seen; loose files: their folder)
     ("folder", pa.string()),              # member folder for non-DICOM groups, else null
     ("modality", pa.string()),
     ("series_description", pa.string()),

@@ -1,7 +1,8 @@
 """Series and study tables: radiologists review studies, not loose slices.
 
 Series: DICOM images group by (StudyInstanceUID, SeriesInstanceUID); other
-images by their archive and folder, which is how exports lay out one series.
+images by their archive and folder, loose files by the folder that holds them,
+which is how exports lay out one series.
 Studies: series rows group by StudyInstanceUID (a non-DICOM folder stays one
 row, labelled as a folder), the worklist unit.
 """
@@ -15,9 +16,13 @@ TOP_K = 5
 
 
 def study_key(row):
+    """DICOM: study/series UIDs. Archive members: the archive and the member's folder. Loose files: the
+    folder that holds them (a folder of 360 PNG slices was 360 one-image "studies" on the worklist)."""
     if row.get("study_instance_uid"):
         return f"{row['study_instance_uid']}/{row.get('series_instance_uid') or ''}"
-    return f"{row['source_uri']}!{posixpath.dirname(row['member_path'] or '')}"
+    if not row["member_path"]:
+        return f"{posixpath.dirname(row['source_uri'])}/"
+    return f"{row['source_uri']}!{posixpath.dirname(row['member_path'])}"
 
 
 class StudyCombineFn(beam.CombineFn):
@@ -59,9 +64,11 @@ class StudyCombineFn(beam.CombineFn):
     def extract_output(self, acc):
         f = acc["first"] or {}
         dicom = bool(f.get("study_instance_uid"))
+        loose = not dicom and not f.get("member_path")
         return {
             "run_id": f.get("run_id"), "study_instance_uid": f.get("study_instance_uid"),
-            "series_instance_uid": f.get("series_instance_uid"), "source_uri": f.get("source_uri"),
+            "series_instance_uid": f.get("series_instance_uid"),
+            "source_uri": posixpath.dirname(f.get("source_uri") or "") if loose else f.get("source_uri"),
             "folder": None if dicom else posixpath.dirname(f.get("member_path") or ""),
             "modality": f.get("modality"), "series_description": f.get("series_description"),
             "series_number": f.get("series_number"), "accession_number": f.get("accession_number"),

@@ -203,3 +203,4 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
     assert any(k.startswith("validation/lgg/flair") for k in lesion["map_figures"])
     assert "validation" in lesion["level_bins"]
     assert md["training_config"]["filters"] == [4, 8, 8, 16]
+

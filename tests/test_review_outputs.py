@@ -10,7 +10,7 @@ import pytest
 
 from beam_pipeline import report, run, sample_data
 from tests import rows as rows_mod
-from tests import tiny_model
+from tests import synth, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +158,19 @@ def test_report_renders_in_headless_chromium(review_run, tmp_path):
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000
     shutil.copy(shot, os.path.join(out, "report_screenshot.png"))
+
+
+def test_loose_files_in_one_folder_are_one_series(tmp_path):
+    """A folder of loose slices is one series and one worklist row, not one per image."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    for folder, n in (("patient_a", 3), ("patient_b", 2)):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / "in" / folder / f"{i}.png").write_bytes(synth.encode(synth.brain_slice(i, 32)))
+    out = tmp_path / "out"
+    assert run.main(["--input", str(tmp_path / "in"), "--keep-paths", "--output", str(out), "--model", model_dir]) == 0
+    series = rows_mod.images(out, "series-*.parquet")
+    assert sorted(s["n_images"] for s in series) == [2, 3]
+    assert {os.path.basename(s["source_uri"]) for s in series} == {"patient_a", "patient_b"}
+    studies = rows_mod.images(out, "studies-*.parquet")
+    assert sorted(s["n_images"] for s in studies) == [2, 3]
