@@ -114,6 +114,12 @@ def validate(opts):
     need(not any(dicomweb.has_userinfo(p) for p in (opts.input or [])),
          "a dicomweb:// input holds credentials (user:password@host): they would be printed in logs and written "
          "into every row; put them in a file (mode 600) and pass --dicomweb-credentials FILE")
+    for p in opts.input or []:
+        if dicomweb.is_dicomweb(p):
+            try:
+                dicomweb.check_filters(p)
+            except ValueError as e:
+                raise UsageError(str(e)) from e
     if opts.dicomweb_credentials:
         try:
             dicomweb.read_credentials(opts.dicomweb_credentials)

@@ -23,6 +23,20 @@ SCHEMES = ("dicomweb://", "dicomwebs://")
 PAGE = 500
 DEFAULT_MAX_PARALLEL = 4
 _STUDY_FILTER_ALIASES = {"Modality": "ModalitiesInStudy"}
+# QIDO-RS study-level matching keys (PS3.18 Table 10.6.1-5, plus common attributes servers match on);
+# a misspelt key ("StudyDat=") would otherwise be ignored by the server, which then returns every study.
+STUDY_FILTER_KEYS = {"StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "Modality",
+                     "ReferringPhysicianName", "PatientName", "PatientID", "StudyInstanceUID", "StudyID",
+                     "StudyDescription", "InstitutionName", "IssuerOfPatientID", "limit", "offset", "fuzzymatching"}
+
+
+def check_filters(uri):
+    """Raise ValueError for a query key QIDO-RS study search does not know (see STUDY_FILTER_KEYS)."""
+    query = uri.split("://", 1)[1].partition("?")[2]
+    unknown = sorted({k for k, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)} - STUDY_FILTER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown DICOMweb study filter(s) {unknown}: a server ignores a key it does not know and "
+                         f"returns every study; known: {sorted(STUDY_FILTER_KEYS - {'limit', 'offset'})}")
 
 _state = {"max_parallel": DEFAULT_MAX_PARALLEL, "semaphore": None, "clients": {}, "sessions": {},
           "credentials_file": None}

@@ -104,3 +104,12 @@ def test_slow_huge_and_flaky_instances_are_bounded(hostile, tmp_path, monkeypatc
     assert rows[by_behaviour["flaky"]]["status"] == "ok" and _Handler.hits[by_behaviour["flaky"]] == 2
     assert rows[by_behaviour["slow"]]["error_code"] == "dicomweb_timeout"
     assert rows[by_behaviour["huge"]]["error_code"] == "member_too_large"
+
+
+def test_a_misspelt_study_filter_is_refused_before_any_work(tmp_path, capsys):
+    """A server ignores a key it does not know and returns every study: 'StudyDat=' would score the whole PACS."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    code = run.main(["--input", "dicomweb://127.0.0.1:9/dicom-web?StudyDat=20261201", "--output", str(tmp_path / "o"),
+                     "--model", model_dir])
+    assert code == 2 and "unknown DICOMweb study filter(s) ['StudyDat']" in capsys.readouterr().err
+    dicomweb.check_filters("dicomweb://pacs/dicom-web?StudyDate=20261201-20261202&Modality=MR")  # known keys pass
