@@ -91,14 +91,22 @@ def head_share(gray):
     return float(np.mean(g01 > 0.08 * top)) if top > 0 else 0.0
 
 
+def stack_position(path, collection):
+    """(patient, slice number) of a slice in a patient's stack (LGG, BraTS file names), else None."""
+    m = _SLICE_RX.match(posixpath.basename(path.replace("\\", "/")))
+    if m and (collection.startswith("lgg") or "brats" in collection):
+        return m.group(1), int(m.group(2))
+    return None
+
+
 def levels(examples, head_shares):
     """Anatomical level in [0, 1] per example (see module docstring)."""
     out = np.full(len(examples), np.nan)
     patients = {}
     for i, e in enumerate(examples):
-        m = _SLICE_RX.match(posixpath.basename(e.path.replace("\\", "/")))
-        if m and (e.collection.startswith("lgg") or "brats" in e.collection):
-            patients.setdefault((e.collection, m.group(1)), []).append((i, int(m.group(2))))
+        pos = stack_position(e.path, e.collection)
+        if pos:
+            patients.setdefault((e.collection, pos[0]), []).append((i, pos[1]))
     for members in patients.values():
         z = np.array([s for _, s in members], float)
         lo, hi = z.min(), z.max()

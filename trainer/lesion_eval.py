@@ -101,11 +101,10 @@ def series_table(rows, threshold):
     """
     parts = {}
     for r in rows:
-        m = lesion_data._SLICE_RX.match(os.path.basename(r["path"]))
-        if not m or not (r["source"].startswith("lgg") or "brats" in r["source"]):
-            continue
-        parts.setdefault((f"{r['split']}/{r['source']}", m.group(1), r["label"]), []).append(
-            (int(m.group(2)), r["score"] >= threshold))
+        pos = lesion_data.stack_position(r["path"], r["source"].split("/")[0])
+        if pos:
+            parts.setdefault((f"{r['split']}/{r['source']}", pos[0], r["label"]), []).append(
+                (pos[1], r["score"] >= threshold))
     out = {}
     for (key, _, label), members in parts.items():
         flags = [f for _, f in sorted(members)]
@@ -129,8 +128,8 @@ def series_table(rows, threshold):
 def t2_coverage(examples, labels, is_train):
     """Training T2 slices with a tumor, and their patients (the sequence no other collection covers)."""
     idx = [i for i in np.flatnonzero(is_train) if examples[i].sequence == "t2" and labels[i] == 1]
-    patients = {lesion_data._SLICE_RX.match(os.path.basename(examples[i].path)).group(1) for i in idx
-                if lesion_data._SLICE_RX.match(os.path.basename(examples[i].path))}
+    positions = [lesion_data.stack_position(examples[i].path, examples[i].collection) for i in idx]
+    patients = {pos[0] for pos in positions if pos}
     return {"tumor_slices": len(idx), "patients": len(patients),
             "collections": sorted({examples[i].collection for i in idx})}
 
@@ -188,16 +187,15 @@ def write_extras(out_dir, metadata, data, report):
 
 def _row_levels(rows):
     """Level of each prediction row (lesion_data.levels), decoding images only where no stack position exists."""
+    from trainer import preprocessing
     from trainer.discovery import Example
     ex = [Example(r["path"], int(r["label"]), r["class_name"], "", *(r["source"].split("/", 1) + [""])[:2])
           for r in rows]
     shares = []
     for e in ex:
-        m = lesion_data._SLICE_RX.match(os.path.basename(e.path))
-        if m and (e.collection.startswith("lgg") or "brats" in e.collection):
+        if lesion_data.stack_position(e.path, e.collection):
             shares.append(0.0)
             continue
-        from trainer import preprocessing
         with open(e.path, "rb") as f:
             shares.append(lesion_data.head_share(preprocessing.decode_raster(f.read())))
     return lesion_data.levels(ex, shares)

@@ -20,8 +20,10 @@ stem works at half the input resolution (as v3 does): the map is 64x64 for a
 import keras
 from keras import layers
 
+from trainer import gradcam
+
 POOL_WINDOW = 3  # cells of the 64x64 map averaged before the max (~6x6 input pixels)
-LESION_MAP = "lesion_map"  # == trainer.gradcam.LESION_MAP: how scorers recognise the head
+LESION_MAP = gradcam.LESION_MAP  # how scorers recognise the head
 OUTPUT = "tumor_probability"
 
 
