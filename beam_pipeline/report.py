@@ -122,9 +122,12 @@ def _scan_images(pattern, shown_uids, shown_sources):
         if len(errors) < MAX_ERRORS:
             errors += bad.slice(0, MAX_ERRORS - len(errors)).to_pylist()
         if len(uids) or len(sources):
+            # A loose file's series is named by the folder holding it (studies.study_key).
+            folder = pc.replace_substring_regex(batch.column("source_uri"), pattern="/[^/]*$", replacement="")
+            loose = pc.and_(pc.equal(batch.column("member_path"), ""), pc.is_in(folder, sources))
             shown = pc.and_(ok, pc.and_(pc.is_valid(batch.column("heatmap_path")), pc.or_(
                 pc.is_in(batch.column("study_instance_uid"), uids),
-                pc.is_in(batch.column("source_uri"), sources))))
+                pc.or_(pc.is_in(batch.column("source_uri"), sources), loose))))
             near += batch.filter(shown).to_pylist()
     return counts, threshold, n_errors, errors, near, threshold_sources
 
