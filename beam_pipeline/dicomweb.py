@@ -30,6 +30,16 @@ STUDY_FILTER_KEYS = {"StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInS
                      "StudyDescription", "InstitutionName", "IssuerOfPatientID", "limit", "offset", "fuzzymatching"}
 
 
+def resolve_dates(uri, now):
+    """`{today}` / `{yesterday}` in a dicomweb:// query -> DICOM dates (YYYYMMDD) of `now`, so one
+    nightly config moves its StudyDate window: `?StudyDate={yesterday}-{today}`."""
+    if not is_dicomweb(uri):
+        return uri
+    import datetime
+    yesterday = now - datetime.timedelta(days=1)
+    return uri.replace("{today}", now.strftime("%Y%m%d")).replace("{yesterday}", yesterday.strftime("%Y%m%d"))
+
+
 def check_filters(uri):
     """Raise ValueError for a query key QIDO-RS study search does not know (see STUDY_FILTER_KEYS)."""
     query = uri.split("://", 1)[1].partition("?")[2]
@@ -153,33 +163,66 @@ NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "SEG", "REG", "RTSTRUCT", "RTPLAN", "R
 OWN_SERIES_PREFIX = "Grad-CAM overlay (brain-mri-screening"
 
 
-def _paged(search, **kwargs):
-    offset = 0
-    while True:
-        page = search(limit=PAGE, offset=offset, **kwargs)
+QIDO_MAX_BYTES = 64 << 20  # one QIDO-RS page of JSON (500 studies take well under 1 MB)
+QIDO_DEADLINE_S = 120.0  # one QIDO-RS request, start to end
+MAX_PAGES = 2000  # 1,000,000 results of one search: past this the server is not paging
+
+
+def qido(base, path, params):
+    """The JSON answer of one QIDO-RS request, bounded like an instance retrieval: streamed against
+    a size cap and a total deadline, content encoding refused, transient errors retried."""
+    import json
+    import time
+    client(base)
+    session = _state["sessions"][base]
+    url = f"{base}/{path}?{urllib.parse.urlencode(params, doseq=True)}" if params else f"{base}/{path}"
+    headers = {"Accept": "application/dicom+json", "Accept-Encoding": "identity"}
+    start = time.monotonic()
+    for attempt in range(_ATTEMPTS):
+        status, _, body = _stream(session, url, headers, QIDO_MAX_BYTES, start + QIDO_DEADLINE_S, "QIDO-RS answer")
+        if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < QIDO_DEADLINE_S / 2:
+            time.sleep(0.5 * 2 ** attempt)
+            continue
+        break
+    if status == 204 or (status < 300 and not body.strip()):
+        return []
+    if status >= 400:
+        raise RetrieveError("input_unreadable", f"QIDO-RS answered HTTP {status}", transient=status in _TRANSIENT)
+    try:
+        answer = json.loads(body)
+    except ValueError as e:
+        raise RetrieveError("input_unreadable", "QIDO-RS answer is not JSON") from e
+    if not isinstance(answer, list) or not all(isinstance(item, dict) for item in answer):
+        raise RetrieveError("input_unreadable", "QIDO-RS answer is not a list of datasets")
+    return answer
+
+
+def _paged(base, path, params):
+    """Every result of a QIDO-RS search, page by page. Stops, with an error, on a server that does
+    not page (the same page again: it ignores `offset`) or past MAX_PAGES."""
+    offset, previous = 0, None
+    for _ in range(MAX_PAGES):
+        page = qido(base, path, {**params, "limit": PAGE, "offset": offset})
+        if page and page == previous:
+            raise RetrieveError("input_unreadable", f"QIDO-RS returned the same page for offset {offset} as for "
+                                f"{offset - PAGE}: the server ignores the offset parameter; search narrower (e.g. StudyDate)")
         yield from page
         if len(page) < PAGE:
             return
-        offset += PAGE
-
-
-N_SERIES, N_INSTANCES = "00201206", "00201208"  # NumberOfStudyRelatedSeries / ...Instances
+        previous, offset = page, offset + PAGE
+    raise RetrieveError("input_unreadable", f"QIDO-RS search still paging after {MAX_PAGES * PAGE} results; "
+                        "search narrower (e.g. StudyDate)")
 
 
 def search_studies(uri):
-    """(Study Instance UID, fingerprint) of every study matching the input's filters, every page.
-
-    The fingerprint (series and instance counts the server reports) is what --manifest
-    remembers: a study that gained a series or an instance is scored again."""
+    """Study Instance UID of every study matching the input's filters, every page, each once."""
     base, filters = parse(uri)
-    c = client(base)
-    for item in _paged(c.search_for_studies, search_filters=filters or None,
-                       fields=[STUDY_UID, N_SERIES, N_INSTANCES]):
+    seen = set()
+    for item in _paged(base, "studies", {**filters, "includefield": [STUDY_UID]}):
         uid = _value(item, STUDY_UID)
-        if uid:
-            counts = [_value(item, tag) for tag in (N_SERIES, N_INSTANCES)]
-            yield uid, {"series": int(counts[0]) if counts[0] else None,
-                        "instances": int(counts[1]) if counts[1] else None}
+        if uid and uid not in seen:
+            seen.add(uid)
+            yield uid
 
 
 def manifest_key(uri, study):
@@ -188,26 +231,43 @@ def manifest_key(uri, study):
 
 
 def instances(uri, study):
-    """(series UID, SOP Instance UID) of every image instance of one study (see NON_IMAGE_MODALITIES)."""
+    """(series UID, SOP Instance UID) of every image instance of one study (see NON_IMAGE_MODALITIES),
+    and the number of series the server listed (0: it knows no series of this study)."""
     base, _ = parse(uri)
-    c = client(base)
-    for series in _paged(c.search_for_series, study_instance_uid=study,
-                         fields=[SERIES_UID, MODALITY, SERIES_DESCRIPTION]):
+    listed = _paged(base, f"studies/{study}/series",
+                    {"includefield": [SERIES_UID, MODALITY, SERIES_DESCRIPTION]})
+    series_list = [s for s in listed if _value(s, SERIES_UID)]
+    found = []
+    for series in series_list:
         if _value(series, MODALITY) in NON_IMAGE_MODALITIES or \
                 (_value(series, SERIES_DESCRIPTION) or "").startswith(OWN_SERIES_PREFIX):
             continue
         series_uid = _value(series, SERIES_UID)
-        for inst in _paged(c.search_for_instances, study_instance_uid=study, series_instance_uid=series_uid,
-                           fields=[SOP_UID]):
+        for inst in _paged(base, f"studies/{study}/series/{series_uid}/instances", {"includefield": SOP_UID}):
             sop = _value(inst, SOP_UID)
             if sop:
-                yield series_uid, sop
+                found.append((series_uid, sop))
+    return sorted(set(found)), len(series_list)
+
+
+def fingerprint(refs):
+    """What --manifest remembers of a study: its image instances' UIDs (hashed), so a replaced
+    instance rescores and the job's own SR and overlay series (not image series) change nothing."""
+    import hashlib
+    digest = hashlib.sha256("\n".join(f"{se}/{sop}" for se, sop in sorted(refs)).encode()).hexdigest()
+    return {"series": len({se for se, _ in refs}), "instances": len(refs), "uids_sha256": digest}
+
+
+def manifest_key_of_source(source_uri):
+    """The manifest key of the study a row's (unpseudonymised) source URI names, or None."""
+    root, sep, study = source_uri.rpartition("/studies/")
+    return manifest_key(root, study) if sep and "/" not in study else None
 
 
 def check(uri):
     """Fail before the job starts when the server does not answer QIDO-RS."""
     base, filters = parse(uri)
-    client(base).search_for_studies(limit=1, search_filters=filters or None, fields=[STUDY_UID])
+    qido(base, "studies", {**filters, "limit": 1, "includefield": STUDY_UID})
 
 
 RETRIEVE_DEADLINE_S = 120.0  # one instance, start to end, however the server paces its bytes
@@ -217,11 +277,15 @@ _ATTEMPTS = 3
 
 
 class RetrieveError(ValueError):
-    """An instance that could not be fetched within the limits; `code` is the row's error code."""
+    """A DICOMweb answer that could not be had within the limits; `code` is the row's error code.
 
-    def __init__(self, code, message):
+    `transient`: worth trying again next night (timeouts, 5xx, connection failures); a study with
+    such a row is not recorded in --manifest."""
+
+    def __init__(self, code, message, transient=False):
         super().__init__(message)
         self.code = code
+        self.transient = transient
 
 
 def retrieve(base, study, series, sop, max_bytes, deadline_s=None):
@@ -241,32 +305,37 @@ def retrieve(base, study, series, sop, max_bytes, deadline_s=None):
     start = time.monotonic()
     for attempt in range(_ATTEMPTS):
         with _semaphore():
-            status, content_type, body = _stream(session, url, headers, max_bytes, start + deadline_s)
+            status, content_type, body = _stream(session, url, headers, max_bytes, start + deadline_s, "instance")
         if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < deadline_s / 2:
             time.sleep(0.5 * 2 ** attempt)
             continue
         if status >= 400:
-            raise RetrieveError("member_read_error", f"WADO-RS answered HTTP {status}")
+            raise RetrieveError("member_read_error", f"WADO-RS answered HTTP {status}",
+                                transient=status in _TRANSIENT)
         return _first_part(body, content_type)
     raise RetrieveError("member_read_error", "WADO-RS kept failing")  # not reached: the loop returns or raises
 
 
-def _stream(session, url, headers, max_bytes, deadline):
+def _stream(session, url, headers, max_bytes, deadline, what):
     """(status, content type, body) of one GET, read in pieces against the size limit and the deadline."""
     import time
     try:
         resp = session.get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S))
     except Exception as e:
-        raise RetrieveError("member_read_error", f"WADO-RS request failed: {type(e).__name__}") from e
+        raise RetrieveError("member_read_error", f"request for the {what} failed: {type(e).__name__}",
+                            transient=True) from e
     with resp:
         if resp.status_code >= 400:
             return resp.status_code, "", b""
+        if 300 <= resp.status_code < 400:
+            raise RetrieveError("member_read_error", f"the server redirected the request for the {what}; "
+                                "redirects are refused")
         if resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
-            raise RetrieveError("member_read_error", "the server sent a content-encoded instance; refused")
-        limit = max_bytes + 64 * 1024  # the multipart framing around the instance
+            raise RetrieveError("member_read_error", f"the server sent a content-encoded {what}; refused")
+        limit = max_bytes + 64 * 1024  # the multipart framing around an instance
         declared = resp.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise RetrieveError("member_too_large", f"instance of {int(declared)} bytes > limit {max_bytes}")
+            raise RetrieveError("member_too_large", f"{what} of {int(declared)} bytes > limit {max_bytes}")
         body = bytearray()
         try:
             while True:
@@ -275,15 +344,15 @@ def _stream(session, url, headers, max_bytes, deadline):
                     break
                 body += piece
                 if len(body) > limit:
-                    raise RetrieveError("member_too_large", f"instance larger than the limit of {max_bytes} bytes")
+                    raise RetrieveError("member_too_large", f"{what} larger than the limit of {max_bytes} bytes")
                 if time.monotonic() > deadline:
-                    raise RetrieveError("dicomweb_timeout", f"instance not received within the deadline "
-                                        f"({len(body)} bytes so far)")
+                    raise RetrieveError("dicomweb_timeout", f"{what} not received within the deadline "
+                                        f"({len(body)} bytes so far)", transient=True)
         except RetrieveError:
             raise
         except Exception as e:
             raise RetrieveError("dicomweb_timeout" if "timed out" in str(e).lower() else "member_read_error",
-                                f"WADO-RS body unreadable: {type(e).__name__}") from e
+                                f"{what} unreadable: {type(e).__name__}", transient=True) from e
         return resp.status_code, resp.headers.get("Content-Type", ""), bytes(body)
 
 

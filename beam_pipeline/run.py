@@ -37,7 +37,7 @@ from beam_pipeline import (
     summary,
 )
 from beam_pipeline.options import ScreeningOptions
-from beam_pipeline.stages.decode import ROWS_TAG, DecodeImages
+from beam_pipeline.stages.decode import PENDING_TAG, ROWS_TAG, DecodeImages
 from beam_pipeline.stages.expand import ExpandInputs
 from beam_pipeline.stages.heatmaps import AddHeatmaps
 from beam_pipeline.stages.score import FLAGGED_TAG, ScoreImages
@@ -156,7 +156,12 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
         from beam_pipeline import write_back
         back = write_back.WriteBack(next(p for p in opts.input if dicomweb.is_dicomweb(p)), plan.model_info,
                                     threshold, heatmap_dir, credentials_file=opts.dicomweb_credentials)
-    fingerprints = expander.study_fingerprints if opts.manifest else None
+    fingerprints = None
+    if opts.manifest and expander.study_fingerprints is not None:
+        # A study with an instance that failed for a reason worth retrying stays out of the manifest.
+        pending = beam.pvalue.AsList(decoded[PENDING_TAG])
+        fingerprints = expander.study_fingerprints | "CompleteStudies" >> beam.Filter(
+            lambda item, pending: item[0] not in set(pending), pending)
     return rows | "WriteResults" >> WriteResults(plan, opts.num_shards, back, fingerprints)
 
 
@@ -189,6 +194,11 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     if not opts.run_id:
         opts.run_id = now.strftime("%Y%m%dT%H%M%SZ")
     opts.output = opts.output.replace("{date}", now.strftime("%Y-%m-%d"))  # nightly schedules
+    resolved = [dicomweb.resolve_dates(p, now) for p in opts.input]
+    for before, after in zip(opts.input, resolved, strict=True):
+        if before != after:
+            console.emit("input", f"Input {after}")
+    opts.input = resolved
     try:
         metadata = model_store.metadata(opts.model)
     except (artifact.ArtifactError, ValueError) as e:
@@ -277,6 +287,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     result.fail_on_drift = opts.fail_on_drift
     result.output = opts.output
     result.max_error_fraction = opts.max_error_fraction
+    result.incremental = bool(opts.manifest)
     return result
 
 
@@ -300,10 +311,16 @@ def read_summary(output):
 EXIT_OK, EXIT_JOB_ERROR, EXIT_TOO_MANY_ERRORS, EXIT_DRIFT = 0, 2, 3, 4
 
 
-def exit_code(counts, max_error_fraction):
-    """(code, reason) from a run's summary counts."""
+def exit_code(counts, max_error_fraction, incremental=False):
+    """(code, reason) from a run's summary counts. A run that found nothing at all exits 3 (a query
+    matching no study, a glob matching only empty archives), unless it is incremental: then an
+    empty night means nothing new since the manifest."""
     rows = counts.get("rows", 0)
     errors = counts.get("by_status", {}).get("error", 0)
+    if not rows:
+        return (EXIT_OK, "nothing new since the manifest") if incremental else \
+            (EXIT_TOO_MANY_ERRORS, "nothing was scored: the inputs hold no image (a DICOMweb query that matches "
+                                   "no study, an empty archive)")
     if rows and not counts.get("by_status", {}).get("ok", 0):  # every member skipped or failed: no screening
         return EXIT_TOO_MANY_ERRORS, (f"no image was scored: all {rows} rows are skipped or errors "
                                       f"({', '.join(f'{k} {v}' for k, v in sorted(counts.get('by_status', {}).items()))})")
@@ -344,7 +361,7 @@ def main(argv=None):
         if counts["run_id"] != result.run_id:
             console.emit("superseded", f"another run ({counts['run_id']}) promoted its result after this one; "
                                        "its counts follow", level="warning")
-        code, reason = exit_code(counts, result.max_error_fraction)
+        code, reason = exit_code(counts, result.max_error_fraction, getattr(result, "incremental", False))
         drift_info = counts.get("drift") or {}
         for warning in drift_info.get("warnings", []):
             console.emit("drift_warning", f"Note: {warning}", level="warning")

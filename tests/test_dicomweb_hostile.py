@@ -27,6 +27,7 @@ def _instance(n):
 class _Handler(BaseHTTPRequestHandler):
     instances = {}  # sop -> (behaviour, Part 10 bytes)
     hits = {}
+    search = "ok"  # how the study search answers: ok / no-paging / drip / gzip / empty-study
 
     def log_message(self, *args):
         pass
@@ -43,7 +44,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         parts = path.split("/")
         if path.endswith("/studies"):
-            return self._json([{"0020000D": {"vr": "UI", "Value": [STUDY]}}])
+            return self._search()
+        if path.endswith("/series") and self.search == "empty-study" and parts[-2] != STUDY:
+            return self._json([])
         if path.endswith("/series"):
             return self._json([{"0020000E": {"vr": "UI", "Value": [SERIES]}, "00080060": {"vr": "CS", "Value": ["MR"]}}])
         if path.endswith("/instances"):
@@ -51,7 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
         sop = parts[-1]
         behaviour, data = self.instances[sop]
         self.hits[sop] = self.hits.get(sop, 0) + 1
-        if behaviour == "flaky" and self.hits[sop] == 1:
+        if behaviour == "down" or (behaviour == "flaky" and self.hits[sop] == 1):
             self.send_response(503)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -77,9 +80,38 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+    def _search(self):
+        study = {"0020000D": {"vr": "UI", "Value": [STUDY]}}
+        if self.search == "no-paging":  # a full page whatever the offset: paging would never end
+            return self._json([{"0020000D": {"vr": "UI", "Value": [f"{STUDY}.{n}"]}} for n in range(dicomweb.PAGE)])
+        if self.search == "empty-study":  # listed, but no series behind it (yet)
+            return self._json([study, {"0020000D": {"vr": "UI", "Value": [STUDY + ".9"]}}])
+        if self.search == "none":
+            return self._json([])
+        if self.search not in ("drip", "gzip"):
+            return self._json([study])
+        body = json.dumps([study] * 50).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        if self.search == "gzip":
+            import gzip
+            body = gzip.compress(body)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for i in range(0, len(body), 1 if self.search == "drip" else len(body)):
+                self.wfile.write(body[i:i + (1 if self.search == "drip" else len(body))])
+                self.wfile.flush()
+                if self.search == "drip":
+                    time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
 @pytest.fixture()
 def hostile():
-    _Handler.instances, _Handler.hits = {}, {}
+    _Handler.instances, _Handler.hits, _Handler.search = {}, {}, "ok"
     for n, behaviour in enumerate(("ok", "slow", "huge", "flaky")):
         sop, data = _instance(n)
         _Handler.instances[sop] = (behaviour, data)
@@ -113,3 +145,75 @@ def test_a_misspelt_study_filter_is_refused_before_any_work(tmp_path, capsys):
                      "--model", model_dir])
     assert code == 2 and "unknown DICOMweb study filter(s) ['StudyDat']" in capsys.readouterr().err
     dicomweb.check_filters("dicomweb://pacs/dicom-web?StudyDate=20261201-20261202&Modality=MR")  # known keys pass
+
+
+@pytest.mark.parametrize("search, message", [
+    ("no-paging", "ignores the offset parameter"),
+    ("drip", "not received within the deadline"),
+    ("gzip", "content-encoded QIDO-RS answer; refused"),
+])
+def test_a_study_search_that_never_ends_or_floods_is_stopped(hostile, tmp_path, monkeypatch, capsys, search, message):
+    """A server that ignores `offset`, dribbles its QIDO answer or gzips it: stopped in bounded time, with
+    a job-level error at the launch check (drip, gzip) or a coded row (paging found out during the job)."""
+    host, _ = hostile
+    _Handler.search = search
+    monkeypatch.setattr(dicomweb, "PAGE", 3)
+    monkeypatch.setattr(dicomweb, "QIDO_DEADLINE_S", 2.0)
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    code = run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--model", model_dir,
+                     "--max-error-fraction", "1"])
+    assert time.monotonic() - started < 60
+    if search != "no-paging":
+        assert code == 2 and message in capsys.readouterr().err
+        return
+    rows = rows_mod.images(out)  # the server ignores offset for instance listings too: every listing stops
+    assert {r["error_code"] for r in rows} == {"input_unreadable"} and code == 3
+    assert sum(message in r["error_message"] for r in rows) == len(rows) == 1 + 3  # the search + 3 studies
+
+
+def test_the_manifest_records_only_studies_that_were_fully_tried(hostile, tmp_path, monkeypatch):
+    """An instance the server keeps failing (HTTP 500) leaves its study pending: not in the manifest, scored
+    again next night; a study listed without series gets a row and stays pending too."""
+    host, by_behaviour = hostile
+    _Handler.search = "empty-study"
+    for sop, (behaviour, data) in list(_Handler.instances.items()):
+        if behaviour in ("slow", "huge"):
+            del _Handler.instances[sop]
+        elif behaviour == "flaky":
+            _Handler.instances[sop] = ("down", data)
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    out, mf = tmp_path / "out", tmp_path / "manifest.json"
+    argv = ["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--model", model_dir,
+            "--manifest", str(mf), "--max-error-fraction", "1"]
+    run.main(argv + ["--run-id", "night1"])
+    codes = sorted(str(r["error_code"]) for r in rows_mod.images(out))
+    assert codes == ["None", "member_read_error", "study_empty"]
+    assert json.loads(mf.read_text())["inputs"] == {}  # neither study is done
+    down = by_behaviour["flaky"]
+    _Handler.instances[down] = ("ok", _Handler.instances[down][1])  # the server recovers
+    run.main(argv + ["--run-id", "night2"])
+    night2 = [r for r in rows_mod.images(out) if r["run_id"] == "night2"]
+    assert sorted(str(r["status"]) for r in night2) == ["error", "ok", "ok"]  # both instances again + the empty study
+    entries = json.loads(mf.read_text())["inputs"]
+    assert list(entries) == [f"dicomweb://{host}/dicom-web#study={STUDY}"]
+    assert entries[next(iter(entries))]["instances"] == 2
+    run.main(argv + ["--run-id", "night3"])
+    assert [r["error_code"] for r in rows_mod.images(out) if r["run_id"] == "night3"] == ["study_empty"]
+
+
+def test_a_query_matching_nothing_says_so_and_exits_3(hostile, tmp_path, capsys):
+    """`{yesterday}`/`{today}` resolve at launch; a night whose query finds no study is not a silent success."""
+    import datetime
+    host, _ = hostile
+    _Handler.search = "none"
+    now = datetime.datetime(2026, 3, 1, 2, 0, tzinfo=datetime.timezone.utc)
+    assert dicomweb.resolve_dates("dicomweb://h/dicom-web?StudyDate={yesterday}-{today}", now) == \
+        "dicomweb://h/dicom-web?StudyDate=20260228-20260301"
+    code = run.main(["--input", f"dicomweb://{host}/dicom-web?StudyDate={{yesterday}}-{{today}}",
+                     "--output", str(tmp_path / "out"), "--model", tiny_model.write_tiny_artifact(tmp_path)])
+    out = capsys.readouterr().out
+    today = datetime.datetime.now(datetime.timezone.utc)
+    assert code == 3 and "nothing was scored" in out
+    assert f"StudyDate={(today - datetime.timedelta(days=1)):%Y%m%d}-{today:%Y%m%d}" in out

@@ -59,12 +59,16 @@ def _parse(argv):
     p.add_argument("--dice-weight", type=float, default=1.0)
     p.add_argument("--slice-weight", type=float, default=1.0)
     p.add_argument("--augment", default="contrast-strip")
-    p.add_argument("--label-only-negatives", choices=("train", "skip"), default="skip",
+    p.add_argument("--label-only-negatives", choices=("train", "pixel", "skip"), default="skip",
                    help="tumor-free slices of collections without masks (brain-mri): 'skip' leaves them out of "
                         "training (in brain-mri they come from another source, mostly T2/FLAIR: the slice loss "
                         "taught 'FLAIR-looking means no lesion' and LGG FLAIR validation AUC fell from 0.80 to "
                         "0.56 while brain-mri rose); tumor-free tissue is learnt from masked collections, at "
-                        "every level; 'train' keeps them (the first two v4 runs)")
+                        "every level; 'train' keeps them (the first two v4 runs); 'pixel' trains them as all-negative maps, "
+                        "like the tumor-free slices of masked collections")
+    p.add_argument("--head-masked", action="store_true",
+                   help="multiply the lesion map by a head mask before pooling (unet.head_mask), so label-only "
+                        "tumor slices cannot push evidence into the background")
     p.add_argument("--t1-tumor-slices", choices=("outside", "weighted"), default="outside",
                    help="LGG T1 tumor slices (FLAIR-drawn masks, lesion often invisible): 'outside' trains only "
                         "the tissue outside the dilated mask, as negatives; 'weighted' trains the mask at weight "
@@ -197,7 +201,7 @@ def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, tota
 
     from trainer import unet
     with strategy.scope():
-        model = unet.make_unet((args.image_size, args.image_size, 1), args.filters)
+        model = unet.make_unet((args.image_size, args.image_size, 1), args.filters, head_masked=args.head_masked)
         fit_model = unet.training_model(model)
         lr = keras.optimizers.schedules.CosineDecay(0.0, total - args.steps_per_epoch, warmup_target=args.learning_rate,
                                                     warmup_steps=args.steps_per_epoch)
@@ -241,8 +245,11 @@ def main(argv=None):
     sources = np.array([evaluation.source_key(e) for e in ex])
     collections = np.array([e.collection for e in ex])
     is_train = ~data["is_val"] & ~data["is_holdout"]
+    label_only_negative = (arrays["pixel_weight"] == 0) & (labels == 0)
     if args.label_only_negatives == "skip":
-        is_train &= ~((arrays["pixel_weight"] == 0) & (labels == 0))
+        is_train &= ~label_only_negative
+    elif args.label_only_negatives == "pixel":  # a tumor-free slice: every pixel is known to be negative
+        arrays["pixel_weight"] = np.where(label_only_negative, 1.0, arrays["pixel_weight"]).astype(np.float32)
     idx = np.flatnonzero(is_train)
     probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
     # LGG's T1 "tumor" labels are noisy (lesion often invisible on T1): asking the pooled map to find

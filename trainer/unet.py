@@ -23,6 +23,8 @@ from keras import layers
 from trainer import gradcam
 
 POOL_WINDOW = 3  # cells of the 64x64 map averaged before the max (~6x6 input pixels)
+HEAD_LEVEL = 0.05  # prepare() puts the head in [0.1, 1] and the background at 0
+HEAD_WINDOW = 5  # map cells (10 input pixels): specks smaller than half of it (burned-in text) are not head
 LESION_MAP = gradcam.LESION_MAP  # how scorers recognise the head
 OUTPUT = "tumor_probability"
 
@@ -39,11 +41,35 @@ def _conv(x, filters, name, norm="group"):
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def make_unet(input_shape=(128, 128, 1), filters=(16, 32, 64, 128), pool_window=POOL_WINDOW, norm="group"):
+def _step(x, level, sharpness, name):
+    """sigmoid(sharpness * (x - level)) from stock layers: a frozen 1x1 convolution and a sigmoid."""
+    x = layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(sharpness),
+                      bias_initializer=keras.initializers.Constant(-sharpness * level), trainable=False,
+                      name=f"{name}_step")(x)
+    return layers.Activation("sigmoid", name=name)(x)
+
+
+def head_mask(inputs, map_downsample=2):
+    """Soft head mask on the map's grid, computed from the input itself (no weights to learn).
+
+    Why: a slice loss on label-only slices (brain-mri) let the map write a
+    slice classifier's answer into the zero-padded corner, a place no mask
+    supervises strongly (run F, docs/model_v4_notes.md). Multiplying the map by
+    the head before pooling means a slice can only score where there is head.
+    """
+    x = layers.AveragePooling2D(map_downsample, name="head_downsample")(inputs)
+    x = _step(x, HEAD_LEVEL, 200.0, "head_foreground")
+    x = layers.AveragePooling2D(HEAD_WINDOW, strides=1, padding="same", name="head_window")(x)
+    return _step(x, 0.5, 20.0, "head_mask")
+
+
+def make_unet(input_shape=(128, 128, 1), filters=(16, 32, 64, 128), pool_window=POOL_WINDOW, norm="group",
+              head_masked=False):
     """Single-output Keras model (slice probability); the lesion map is the layer `lesion_map`.
 
     Encoder blocks end in `enc{i}_pool` and the bottleneck in `last_conv`, the
-    layers the OOD guard pools (trainer/ood.py: layer_names).
+    layers the OOD guard pools (trainer/ood.py: layer_names). With
+    `head_masked`, `lesion_map` is the network's map times `head_mask`.
     """
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Conv2D(filters[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
@@ -62,7 +88,11 @@ def make_unet(input_shape=(128, 128, 1), filters=(16, 32, 64, 128), pool_window=
         x = layers.Concatenate(name=f"dec{i + 1}_cat")([x, skips[i]])
         x = _conv(x, filters[i], f"dec{i + 1}", norm)
     logits = layers.Conv2D(1, 1, dtype="float32", name="lesion_logits")(x)
-    lesion = layers.Activation("sigmoid", dtype="float32", name=LESION_MAP)(logits)
+    if head_masked:
+        raw = layers.Activation("sigmoid", dtype="float32", name="lesion_raw")(logits)
+        lesion = layers.Multiply(dtype="float32", name=LESION_MAP)([raw, head_mask(inputs)])
+    else:
+        lesion = layers.Activation("sigmoid", dtype="float32", name=LESION_MAP)(logits)
     pooled = layers.AveragePooling2D(pool_window, strides=1, name="lesion_window")(lesion)
     score = layers.GlobalMaxPooling2D(name=OUTPUT, dtype="float32")(pooled)
     return keras.Model(inputs, score, name="brain_tumor_unet")

@@ -14,6 +14,7 @@ from beam_pipeline import archives, console, decoding, dicomweb, error_codes, fr
 from trainer import preprocessing
 
 ROWS_TAG = "rows"
+PENDING_TAG = "pending"  # manifest keys of DICOMweb studies with an instance worth retrying next night
 
 
 class _DecodeChunk(beam.DoFn):
@@ -66,6 +67,8 @@ class _DecodeChunk(beam.DoFn):
                 yield self._failed(chunk, ref, ref.error_code, ref.error_message or "")
                 continue
             if err is not None:
+                if getattr(err, "transient", False) and chunk.kind == "dicomweb":
+                    yield beam.pvalue.TaggedOutput(PENDING_TAG, dicomweb.manifest_key_of_source(chunk.source_uri))
                 code = getattr(err, "code", None) or ("input_unreadable" if chunk.kind == "file" else
                                                       "member_read_error")
                 yield self._failed(chunk, ref, code, f"{type(err).__name__}: {err}")
@@ -99,7 +102,8 @@ class _DecodeChunk(beam.DoFn):
 
 
 class DecodeImages(beam.PTransform):
-    """Chunk -> main: (row templates, float32[n, H, W, 1]); ROWS_TAG: finished rows.
+    """Chunk -> main: (row templates, float32[n, H, W, 1]); ROWS_TAG: finished rows; PENDING_TAG:
+    studies not to record in the manifest.
 
     With a `pseudonym_key`, paths in rows are keyed pseudonyms (see pseudonym.py); series descriptions
     keep only MRI vocabulary (free_text.py) unless `keep_descriptions`.
@@ -112,4 +116,4 @@ class DecodeImages(beam.PTransform):
                                 keep_descriptions, credentials_file)
 
     def expand(self, chunks):
-        return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, main="images")
+        return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, PENDING_TAG, main="images")

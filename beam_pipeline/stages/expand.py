@@ -28,27 +28,17 @@ def _first(values):
 
 
 class _SearchStudies(beam.DoFn):
-    """dicomweb:// input -> (input, Study Instance UID) for every matching study (QIDO-RS, paged).
+    """dicomweb:// input -> (input, Study Instance UID) for every matching study (QIDO-RS, paged)."""
 
-    Studies whose fingerprint equals the manifest's (`known`) are skipped; every other one
-    also goes to the 'fingerprints' output, which finalisation writes into the manifest."""
-
-    def __init__(self, known=None, credentials_file=None):
-        self._known = dict(known or {})
+    def __init__(self, credentials_file=None):
         self._credentials_file = credentials_file
-        self._skipped = Metrics.counter("BrainScreening", "studies_unchanged")
 
     def setup(self):
         dicomweb.configure(dicomweb.DEFAULT_MAX_PARALLEL, self._credentials_file)
 
     def process(self, uri):
         try:
-            for study, fingerprint in dicomweb.search_studies(uri):
-                key = dicomweb.manifest_key(uri, study)
-                if fingerprint["instances"] is not None and self._known.get(key) == fingerprint:
-                    self._skipped.inc()
-                    continue
-                yield beam.pvalue.TaggedOutput("fingerprints", (key, fingerprint))
+            for study in dicomweb.search_studies(uri):
                 yield uri, study
         except Exception as e:
             yield beam.pvalue.TaggedOutput("failed", archives.Chunk(uri.partition("?")[0], "dicomweb", 0, [
@@ -56,11 +46,19 @@ class _SearchStudies(beam.DoFn):
 
 
 class _ListStudy(beam.DoFn):
-    """(input, study) -> Chunks of that study's instances (one ref per SOP Instance UID)."""
+    """(input, study) -> Chunks of that study's instances (one ref per SOP Instance UID).
 
-    def __init__(self, limits, credentials_file=None):
+    A study whose image instances are those the manifest (`known`) remembers is skipped; every
+    other listed study also goes to the 'fingerprints' output, which finalisation writes into the
+    manifest unless one of its instances failed for a reason worth retrying. A study the server
+    lists without any series, or whose listing fails, gets a row and no fingerprint: it is tried
+    again next night."""
+
+    def __init__(self, limits, known=None, credentials_file=None):
         self._limits = limits
+        self._known = dict(known or {})
         self._credentials_file = credentials_file
+        self._skipped = Metrics.counter("BrainScreening", "studies_unchanged")
 
     def setup(self):
         dicomweb.configure(dicomweb.DEFAULT_MAX_PARALLEL, self._credentials_file)
@@ -69,17 +67,37 @@ class _ListStudy(beam.DoFn):
         uri, study = item
         base, _ = dicomweb.parse(uri)
         source = f"{uri.partition('?')[0].rstrip('/')}/studies/{study}"
+        key = dicomweb.manifest_key(uri, study)
         try:
-            refs = [archives.MemberRef(f"{series}/{sop}", 0, (base, study, series, sop, self._limits.max_member_bytes))
-                    for series, sop in dicomweb.instances(uri, study)]
+            found, n_series = dicomweb.instances(uri, study)
         except Exception as e:
-            refs = [archives.MemberRef("", 0, None, "input_unreadable",
-                                       f"QIDO-RS series/instance search failed: {type(e).__name__}: {e}")]
+            yield self._one_row(source, "input_unreadable",
+                                f"QIDO-RS series/instance search failed: {type(e).__name__}: {e}")
+            return
+        fingerprint = dicomweb.fingerprint(found)
+        if self._known.get(key) == fingerprint:
+            self._skipped.inc()
+            return
+        if not found:
+            if n_series == 0:  # listed as a study but no series: mid-transfer, or a server fault
+                yield self._one_row(source, "study_empty", "QIDO-RS listed the study but no series in it")
+                return
+            yield beam.pvalue.TaggedOutput("fingerprints", (key, fingerprint))
+            yield self._one_row(source, "no_image_series", f"{n_series} series, none of them images to screen")
+            return
+        yield beam.pvalue.TaggedOutput("fingerprints", (key, fingerprint))
+        refs = [archives.MemberRef(f"{series}/{sop}", 0, (base, study, series, sop, self._limits.max_member_bytes))
+                for series, sop in found]
         for index in range(0, len(refs), self._limits.chunk_size):
             chunk = archives.Chunk(source, "dicomweb", index // self._limits.chunk_size,
                                    refs[index:index + self._limits.chunk_size])
             console.COUNTS.add(listed=len(chunk.refs))
             yield chunk
+
+    @staticmethod
+    def _one_row(source, code, message):
+        console.COUNTS.add(listed=1)
+        return archives.Chunk(source, "dicomweb", 0, [archives.MemberRef("", 0, None, code, message)])
 
 
 class ExpandInputs(beam.PTransform):
@@ -113,12 +131,15 @@ class ExpandInputs(beam.PTransform):
         if self._dicomweb:
             studies = (pbegin
                        | "DicomwebInputs" >> beam.Create(sorted(set(self._dicomweb)))
-                       | "SearchStudies" >> beam.ParDo(_SearchStudies(self._known_studies, self._credentials_file)).with_outputs(
-                           "failed", "fingerprints", main="studies"))
-            self.study_fingerprints = studies.fingerprints
+                       | "SearchStudies" >> beam.ParDo(_SearchStudies(self._credentials_file)).with_outputs(
+                           "failed", main="studies"))
+            listed = (studies.studies
+                      | "SpreadStudies" >> beam.Reshuffle()
+                      | "ListStudyInstances" >> beam.ParDo(
+                          _ListStudy(self._limits, self._known_studies, self._credentials_file)).with_outputs(
+                          "fingerprints", main="chunks"))
+            self.study_fingerprints = listed.fingerprints
             branches.append(studies.failed)
-            branches.append(studies.studies
-                            | "SpreadStudies" >> beam.Reshuffle()
-                            | "ListStudyInstances" >> beam.ParDo(_ListStudy(self._limits, self._credentials_file)))
+            branches.append(listed.chunks)
         chunks = branches[0] if len(branches) == 1 else tuple(branches) | "AllChunks" >> beam.Flatten()
         return chunks | "SpreadChunks" >> beam.Reshuffle()
