@@ -98,6 +98,7 @@ def check_model_matches_metadata(uri, engine="tensorflow"):
     if engine == "onnxruntime":
         import onnxruntime as ort
         local = stage(uri)
+        artifact.check_onnx_binding(local, md)
         session = ort.InferenceSession(os.path.join(local, md["engines"]["onnxruntime"]["file"]),
                                        providers=["CPUExecutionProvider"])
         got = tuple(session.get_inputs()[0].shape[1:])

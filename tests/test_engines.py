@@ -66,7 +66,7 @@ def test_a_cpu_run_on_onnx_runtime_never_imports_tensorflow(tmp_path):
     (the scoring pass returns the class-activation map, trainer/gradcam.py: cam_head)."""
     import subprocess
     import sys
-    model_dir = tiny_model.write_tiny_artifact(tmp_path, ood=True, threshold=0.0)  # every in-distribution image flagged
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, ood=True, threshold=1e-6)  # every in-distribution image flagged
     assert export.export(model_dir)["cam_output"]
     for s in range(6):
         (tmp_path / f"{s}.png").write_bytes(synth.encode(synth.brain_slice(s, 64, lesion=True)))
@@ -81,3 +81,64 @@ def test_a_cpu_run_on_onnx_runtime_never_imports_tensorflow(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "False False"
     drawn = [r for r in rows_mod.images(out) if r["heatmap_path"]]
     assert drawn and all(os.path.getsize(r["heatmap_path"]) > 1000 for r in drawn)
+
+
+def _reseal(model_dir, **changes):
+    md_path = os.path.join(model_dir, "metadata.json")
+    md = json.load(open(md_path))
+    md.update(changes)
+    with open(md_path, "w") as f:
+        f.write(json.dumps(md).replace('"NaN"', "NaN"))
+    artifact.seal(model_dir)  # sums that agree: only the contract can refuse it
+
+
+@pytest.mark.parametrize("threshold", ["NaN", -0.2, 1.5, None, 0, "0.5"])
+def test_a_resealed_artifact_with_an_impossible_threshold_is_refused_at_launch(tmp_path, capsys, threshold):
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    _reseal(model_dir, threshold=threshold)
+    img = tmp_path / "x.png"
+    img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    assert run.main(["--input", str(img), "--output", str(tmp_path / "o"), "--model", model_dir]) == 2
+    assert "is not a probability strictly between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_tampered_or_foreign_onnx_graph_is_refused_at_launch(tmp_path, capsys):
+    """A re-sealed model.onnx that trainer.export did not write from this model.keras never scores."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    export.export(model_dir)
+    img = tmp_path / "x.png"
+    img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
+    argv = ["--input", str(img), "--output", str(tmp_path / "o"), "--model", model_dir, "--engine", "onnxruntime"]
+    other = tiny_model.write_tiny_artifact(tmp_path / "other", seed=1)
+    export.export(other)
+    with open(os.path.join(other, "model.onnx"), "rb") as f:
+        foreign = f.read()
+    with open(os.path.join(model_dir, "model.onnx"), "wb") as f:
+        f.write(foreign)  # another model's graph, same shapes
+    artifact.seal(model_dir)
+    assert run.main(argv) == 2
+    assert "is not the graph trainer.export wrote from model.keras" in capsys.readouterr().err
+    md = json.load(open(os.path.join(model_dir, "metadata.json")))
+    _reseal(model_dir, engines={"onnxruntime": {**md["engines"]["onnxruntime"], "keras_sha256": "0" * 64}})
+    assert run.main(argv) == 2
+    assert "exported from another model.keras" in capsys.readouterr().err
+
+
+def test_an_ood_reference_built_after_the_export_re_exports_the_graph(tmp_path):
+    """`trainer.ood build` after `trainer.export` used to leave a graph without the feature outputs the
+    reference needs (KeyError on every worker); attaching a reference now exports again."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    export.export(model_dir)
+    model, md = artifact.load(model_dir)
+    assert md["engines"]["onnxruntime"]["feature_outputs"] == []
+    from trainer import preprocessing
+    tiny_model.attach_ood_reference(model_dir, model, preprocessing.InputSpec.from_dict(md["input_spec"]))
+    md = artifact.verify(model_dir)
+    assert md["engines"]["onnxruntime"]["feature_outputs"] == [c for c in md["ood"]["components"]
+                                                               if c != "input_histogram"]
+    artifact.check_onnx_binding(model_dir, md)
+    broken = {**md["engines"]["onnxruntime"], "feature_outputs": []}
+    _reseal(model_dir, engines={"onnxruntime": broken})
+    with pytest.raises(artifact.ArtifactError, match="reference was built after the export"):
+        artifact.verify(model_dir)

@@ -37,7 +37,7 @@ def _zip_with_description(path, description):
 
 
 def test_a_name_and_mrn_in_the_series_description_reach_no_output(tmp_path):
-    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=0.0)  # everything flagged: every output written
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=1e-6)  # everything flagged: every output written
     _zip_with_description(tmp_path / "s.zip", "SMITH^JOHN MRN 12345678 AX FLAIR")
     out = tmp_path / "out"
     assert run.main(["--input", str(tmp_path / "s.zip"), "--output", str(out), "--model", model_dir]) == 0

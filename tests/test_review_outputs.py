@@ -162,7 +162,7 @@ def test_report_renders_in_headless_chromium(review_run, tmp_path):
 
 def test_loose_files_in_one_folder_are_one_series(tmp_path):
     """A folder of loose slices is one series and one worklist row, not one per image."""
-    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=0.0)  # every slice flagged, with a heatmap
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=1e-6)  # every slice flagged, with a heatmap
     for folder, n in (("patient_a", 3), ("patient_b", 2)):
         (tmp_path / "in" / folder).mkdir(parents=True)
         for i in range(n):

@@ -128,6 +128,47 @@ def read_metadata(version_dir):
     return metadata
 
 
+def contract_problems(metadata):
+    """Sentences for every rule of metadata.json that does not hold (empty: the contract holds).
+
+    The rules tie fields written by different tools (train, ood build, export) together, so an
+    artifact edited out of order is refused when the job starts, not on every worker."""
+    import math
+    problems = []
+    t = metadata.get("threshold")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 < t < 1.0:
+        problems.append(f"threshold {t!r} is not a probability strictly between 0 and 1")
+    ood = metadata.get("ood") or {}
+    if ood:
+        ot = ood.get("threshold")
+        if isinstance(ot, bool) or not isinstance(ot, (int, float)) or not math.isfinite(ot) or ot <= 0:
+            problems.append(f"OOD threshold {ot!r} is not a positive number")
+    onnx = (metadata.get("engines") or {}).get("onnxruntime")
+    if onnx:
+        layers = [c for c in ood.get("components", []) if c != "input_histogram"]
+        if ood and list(onnx.get("feature_outputs") or []) != layers:
+            problems.append(f"the ONNX graph outputs the features {onnx.get('feature_outputs') or []} but the OOD "
+                            f"reference needs {layers} (the reference was built after the export): run "
+                            "python -m trainer.export again")
+        if onnx.get("keras_sha256") not in (None, metadata.get("model_sha256")):
+            problems.append("the ONNX graph was exported from another model.keras (sha256 "
+                            f"{str(onnx['keras_sha256'])[:12]}...) than the one metadata.json names")
+    return problems
+
+
+def check_onnx_binding(version_dir, metadata):
+    """Raise unless model.onnx is the file `trainer.export` wrote from this artifact's model.keras."""
+    onnx = (metadata.get("engines") or {}).get("onnxruntime") or {}
+    if not onnx.get("keras_sha256") or not onnx.get("sha256"):
+        raise ArtifactError(f"{version_dir}: the ONNX export records no binding to model.keras (exported by an "
+                            f"older version); run python -m trainer.export {version_dir}, or score with "
+                            "--engine tensorflow")
+    actual = sha256_file(os.path.join(version_dir, onnx["file"]))
+    if actual != onnx["sha256"]:
+        raise ArtifactError(f"{version_dir}/{onnx['file']} is not the graph trainer.export wrote from model.keras "
+                            f"(sha256 {actual[:12]}... is not {onnx['sha256'][:12]}...); re-export it")
+
+
 def verify(version_dir):
     """Metadata of a local artifact after checking SHA256SUMS and model.keras against its sha256."""
     check_sums(version_dir)
@@ -140,6 +181,9 @@ def verify(version_dir):
         raise ArtifactError(f"{model_path}: sha256 {actual} does not match metadata "
                             f"{metadata['model_sha256']}; refusing to load")
     preprocessing.InputSpec.from_dict(metadata["input_spec"])
+    problems = contract_problems(metadata)
+    if problems:
+        raise ArtifactError(f"{version_dir}/{METADATA_FILE}: " + "; ".join(problems))
     return metadata
 
 

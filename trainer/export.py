@@ -90,6 +90,7 @@ def export(version_dir):
                                      f"{dcam} (heatmap map, relative) > {PARITY_TOLERANCE}; not exported")
     os.replace(tmp, path)
     entry = {"file": ONNX_FILE, "opset": OPSET, "outputs": outputs,
+             "sha256": artifact.sha256_file(path), "keras_sha256": metadata["model_sha256"],
              "feature_outputs": ood.layer_names(model) if with_features else [],
              "cam_output": dcam is not None, "max_relative_cam_difference": dcam,
              "max_abs_probability_difference": dp, "parity_checked_on": f"{len(x)} {what}"}

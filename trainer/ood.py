@@ -243,9 +243,14 @@ def attach(version_dir, ref, validation_probabilities):
         metadata = json.load(f)
     metadata["ood"] = {"file": REFERENCE_FILE, **ref.info, "threshold": ref.threshold}
     metadata["reference_score_histogram"] = [int(v) for v in ref.score_histogram]
+    # An ONNX graph exported before this reference lacks the feature outputs it needs: export again.
+    stale_onnx = (metadata.get("engines") or {}).pop("onnxruntime", None)
     with open(md_path, "w") as f:
         json.dump(metadata, f, indent=2, sort_keys=True)
     artifact.seal(version_dir)
+    if stale_onnx:
+        from trainer import export
+        export.export(version_dir)
 
 
 def _auroc(in_scores, out_scores):
