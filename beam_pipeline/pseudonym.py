@@ -37,6 +37,40 @@ def load_or_create_key(path=DEFAULT_KEY_FILE):
     return key
 
 
+KEY_ID_FILE = "_PSEUDONYM_KEY_ID"
+
+
+def key_id(key_hex):
+    """A public fingerprint of a key: tells whether two runs used the same key, reveals nothing of it."""
+    return hmac.new(bytes.fromhex(key_hex), b"brain-screening key id", hashlib.sha256).hexdigest()[:16]
+
+
+def load_key_for(output, path=DEFAULT_KEY_FILE):
+    """The key for runs into `output`: created on the output's first run only.
+
+    Once a result was written with a key, its id is kept in `<output>/_PSEUDONYM_KEY_ID`; a missing
+    key file is then an error (a new key would silently change every pseudonym between nights),
+    and so is a different key."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    marker = f"{output.rstrip('/')}/{KEY_ID_FILE}"
+    recorded = None
+    if FileSystems.exists(marker):
+        with FileSystems.open(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            recorded = f.read().decode().strip()
+        if not os.path.exists(path):
+            raise ValueError(f"key file {path} is missing, but results in {output} were pseudonymised with key "
+                             f"{recorded}; restore the key file (a new key would change every pseudonym)")
+    key = load_or_create_key(path)
+    if recorded is None:
+        with FileSystems.create(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(key_id(key).encode())
+    elif recorded != key_id(key):
+        raise ValueError(f"key file {path} (id {key_id(key)}) is not the key the results in {output} were "
+                         f"pseudonymised with (id {recorded}); pass that key's file with --pseudonym-key-file")
+    return key
+
+
 class Pseudonymiser:
     """Maps paths to keyed pseudonyms; `None` key means real paths (--keep-paths)."""
 

@@ -87,6 +87,45 @@ def reader_glob(output, name="images-*.parquet"):
     return sorted(p for p in paths if visible(p, output))
 
 
+def check_no_links(output):
+    """Refuse an output whose results/, _previous/ or _staging/ (or anything in the last two) is a
+    symbolic link: promotion and clean-up delete inside them, and would delete the link's target."""
+    if is_remote(output):
+        return
+    base = _prefix(output)
+    for name in (RESULTS, PREVIOUS, STAGING):
+        path = os.path.join(base, name)
+        inside = [os.path.join(path, n) for n in os.listdir(path)] if os.path.isdir(path) and name != RESULTS \
+            else []
+        for p in (path, *inside):
+            if os.path.islink(p):
+                raise OutputError(f"output {output}: {os.path.relpath(p, base)} is a symbolic link; the job deletes "
+                                  "inside these folders and never follows a link there. Remove the link")
+
+
+def check_not_inside_inputs(output, inputs):
+    """Refuse an output inside a folder input (or a recursive glob's folder): the next run would score
+    the job's own heatmaps."""
+    if is_remote(output):
+        return
+    out = os.path.realpath(_prefix(output))
+    for pattern in inputs:
+        if is_remote(pattern) or "://" in pattern:
+            continue
+        root = pattern
+        if any(c in pattern for c in "*?["):
+            if "**" not in pattern:
+                continue
+            root = pattern[:min(pattern.index(c) for c in "*?[" if c in pattern)]
+            root = root if root.endswith(os.sep) else os.path.dirname(root)
+        elif not os.path.isdir(pattern):
+            continue
+        root = os.path.realpath(root or ".")
+        if out == root or out.startswith(root.rstrip(os.sep) + os.sep):
+            raise OutputError(f"output {output} is inside the input {pattern}: the next run would score its own "
+                              "heatmaps; choose an output outside the inputs")
+
+
 def claim(output, run_id):
     """Refuse a non-empty output this job did not create; mark a new one as ours.
 

@@ -78,6 +78,22 @@ def _check_output_writable(output):
         raise JobError(f"output {output} is not writable: {e}") from e
 
 
+def _check_manifest_location(path, output):
+    """The manifest is written after promotion: a folder that does not exist would fail every night
+    after the result was promoted, and one inside the output's managed folders is replaced by the
+    promotion itself (and re-read as empty)."""
+    out = output.rstrip("/")
+    managed = [f"{out}/{name}/" for name in (results_store.RESULTS, results_store.STAGING, results_store.PREVIOUS)]
+    target = path if "://" in path else os.path.abspath(path)
+    if any(target.startswith(m if "://" in m else os.path.abspath(m) + "/") for m in managed):
+        raise JobError(f"--manifest {path} is inside the output's results/, _staging/ or _previous/, which each "
+                       "promotion replaces; keep it beside the output (e.g. {output}/manifest.json)")
+    if "://" not in path:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise JobError(f"--manifest {path}: its folder {folder} does not exist or is not writable")
+
+
 def _model_info(metadata):
     return {"model_name": metadata["name"], "model_version": str(metadata["version"]),
             "model_sha256": metadata["model_sha256"]}
@@ -236,12 +252,16 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     matched = _match_inputs(files, full=bool(opts.manifest)) if files else []
     _check_output_writable(opts.output)
     try:
+        results_store.check_no_links(opts.output)
+        results_store.check_not_inside_inputs(opts.output, files)
         results_store.claim(opts.output, opts.run_id)
     except results_store.OutputError as e:
         raise JobError(str(e)) from e
+    if opts.manifest:
+        _check_manifest_location(opts.manifest, opts.output)
     try:
         secret = None if opts.keep_paths and opts.keep_accession_numbers else \
-            pseudonym.load_or_create_key(opts.pseudonym_key_file)
+            pseudonym.load_key_for(opts.output, opts.pseudonym_key_file)
     except (OSError, ValueError) as e:
         raise JobError(f"pseudonym key: {e} (or pass --keep-paths --keep-accession-numbers)") from e
     key = None if opts.keep_paths else secret
