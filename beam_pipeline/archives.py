@@ -103,8 +103,9 @@ def _open(uri):
 
 def _chunks(uri, kind, refs, limits):
     """Group an iterator of MemberRefs into Chunks, honouring count and byte limits."""
-    batch, inline, index = [], 0, 0
+    batch, inline, index, seen = [], 0, 0, False
     for ref in refs:
+        seen = True
         batch.append(ref)
         if isinstance(ref.locator, bytes):
             inline += len(ref.locator)
@@ -113,6 +114,8 @@ def _chunks(uri, kind, refs, limits):
             batch, inline, index = [], 0, index + 1
     if batch:
         yield Chunk(uri, kind, index, batch)
+    if not seen:  # every input a row: an archive without a single file is reported, not silently dropped
+        yield Chunk(uri, kind, 0, [_whole_input_error("archive_empty", "the archive holds no file")])
 
 
 def _whole_input_error(code, message):
@@ -198,7 +201,9 @@ def _tar_refs(uri, limits, kind, archive_size=0):
     try:
         f = _open(uri)
         stream = _DECOMPRESSORS[kind](f) if compressed else f
-        tar = tarfile.open(fileobj=stream, mode="r|" if compressed else "r:")
+        # ignore_zeros: read on past an end-of-archive block, as GNU `tar -i` does (concatenated tars,
+        # `cat a.tar b.tar`, would otherwise lose every member after the first archive's end).
+        tar = tarfile.open(fileobj=stream, mode="r|" if compressed else "r:", ignore_zeros=True)
     except Exception as e:
         if f is not None:
             f.close()

@@ -34,6 +34,7 @@ CODES = {
     "archive_truncated": (STATUS_ERROR, "the archive ends early; members before the cut are scored, this row marks the cut"),
     "not_a_regular_file": (STATUS_ERROR, "the input is a FIFO, socket or device; never opened (a FIFO would block forever)"),
     "input_unreadable": (STATUS_ERROR, "the input file could not be opened or read"),
+    "archive_empty": (STATUS_SKIPPED, "an archive (zip, tar, ...) that holds no file; one row for the whole archive"),
     "study_empty": (STATUS_ERROR, "a DICOMweb study listed by QIDO-RS without any series; not recorded in the "
                                   "manifest, so the next night tries it again"),
     "no_image_series": (STATUS_SKIPPED, "a DICOMweb study whose series are all non-images (SR, KO, PR, ...) or "

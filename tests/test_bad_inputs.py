@@ -79,3 +79,38 @@ def test_every_error_code_is_documented():
     doc = open(os.path.join(DOCS, "output_schema.md")).read()
     for code in error_codes.CODES:
         assert f"`{code}`" in doc, code
+
+
+def test_concatenated_tars_keep_every_member_and_an_empty_archive_gets_a_row(tmp_path):
+    """`cat a.tar b.tar` holds an end-of-archive block in the middle: GNU `tar -i` reads on, and so do
+    we; an all-zero .tar and a zip with no entry each get one row instead of none."""
+    import io
+    import tarfile
+    import zipfile
+
+    from tests import synth
+
+    def tar_of(names):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for n in names:
+                data = synth.encode(synth.brain_slice(len(n), 32))
+                info = tarfile.TarInfo(n)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cat.tar").write_bytes(tar_of(["a1.png", "a2.png"]) + tar_of(["b1.png", "b2.png"]))
+    (tmp_path / "in" / "zeros.tar").write_bytes(b"\0" * 10240)
+    with zipfile.ZipFile(tmp_path / "in" / "none.zip", "w"):
+        pass
+    refs = [r.path for c in archives.list_chunks(str(tmp_path / "in" / "cat.tar"), 0) for r in c.refs]
+    assert refs == ["a1.png", "a2.png", "b1.png", "b2.png"]
+    out = tmp_path / "out"
+    run.main(["--input", str(tmp_path / "in"), "--keep-paths", "--output", str(out),
+              "--model", tiny_model.write_tiny_artifact(tmp_path)])
+    rows = rows_mod.images(out)
+    by_source = collections.Counter(os.path.basename(r["source_uri"]) for r in rows)
+    assert by_source == {"cat.tar": 4, "zeros.tar": 1, "none.zip": 1}
+    assert sorted(r["error_code"] for r in rows if r["status"] != "ok") == ["archive_empty", "archive_empty"]
