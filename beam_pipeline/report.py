@@ -52,13 +52,15 @@ def _top(pattern, k, flagged_only=False):
         flags = batch.column("flagged")
         n_flagged += pc.sum(flags).as_py() or 0
         part = pa.Table.from_batches([batch.filter(flags) if flagged_only else batch])
-        best = part if best is None else pa.concat_tables([best, part])
+        # promote: a table written before a column was added reads as nulls in that column
+        best = part if best is None else pa.concat_tables([best, part], promote_options="default")
         best = best.sort_by([("max_probability", "descending")]).slice(0, k)
     return ([] if best is None else best.to_pylist()), n, n_flagged
 
 
 _IMAGE_COLUMNS = ["status", "error_code", "error_message", "source_uri", "member_path", "tumor_probability",
-                  "threshold", "threshold_source", "heatmap_path", "study_instance_uid", "series_instance_uid"]
+                  "threshold", "threshold_source", "heatmap_path", "study_instance_uid", "series_instance_uid",
+                  "series_description", "series_number", "instance_number", "in_distribution"]
 
 
 def _data_uri(data, mime="image/png"):
@@ -190,11 +192,42 @@ def _worklist_html(worklist, total):
                 if s["group_kind"] == "dicom_study" else f"folder {s['folder'] or '/'} of {os.path.basename(s['source_uri'] or '')}")
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
-                    f"{s['n_series']} series{_lesion_note(s)}</td><td>{_esc(', '.join(s['flagged_series']) or '-')}</td></tr>")
+                    f"{s['n_series']} series{_lesion_note(s)}</td><td>{_esc(', '.join(s['flagged_series']) or '-')}</td>"
+                    f"{_ood_cell(s)}</tr>")
     return (f'<h2>Worklist: studies by highest probability{shown}</h2><p>All flagged studies: '
             '<a href="flagged_studies.csv">flagged_studies.csv</a></p><table id="worklist"><tr><th>max p</th>'
-            '<th>study</th><th>modalities</th><th>flagged slices</th><th>flagged series</th></tr>'
+            '<th>study</th><th>modalities</th><th>flagged slices</th><th>flagged series</th>'
+            '<th>out of distribution</th></tr>'
             + "".join(rows) + "</table>")
+
+
+def _ood_cell(row):
+    """The study's share of images unlike the model's training images: its scores are less trustworthy."""
+    n, total = row.get("n_out_of_distribution"), row.get("n_images") or 0
+    if n is None:
+        return "<td>-</td>"
+    cls = ' class="ood"' if n else ""
+    return f"<td{cls}>{n} of {total}{' (scores less trustworthy)' if n else ''}</td>"
+
+
+def _ood_note(row):
+    n = row.get("n_out_of_distribution")
+    return f', <b class="ood">{n} out of distribution</b>' if n else ""
+
+
+def _caption(r):
+    """What a reader finds the image by: series (description, number) and instance number; the file for
+    non-DICOM images. Out-of-distribution images are marked."""
+    if r.get("series_instance_uid"):
+        series = r.get("series_description") or (f"series {r['series_number']}" if r.get("series_number") is not None
+                                                 else "series ..." + r["series_instance_uid"][-6:])
+        if r.get("series_description") and r.get("series_number") is not None:
+            series += f" (series {r['series_number']})"
+        where = f"{series}, image {r['instance_number'] if r.get('instance_number') is not None else '?'}"
+    else:
+        where = r["member_path"] or os.path.basename(r["source_uri"])
+    ood = ' <b class="ood">out of distribution</b>' if r.get("in_distribution") is False else ""
+    return f"{_esc(where)} p={r['tumor_probability']:.3f}{ood}"
 
 
 def _lesion_note(row):
@@ -272,6 +305,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 .prob{{font-weight:bold;color:#c44e52}}
 .drift-warning{{background:#f8d7da;border:1px solid #c44e52;padding:8px 12px}}
 .validated{{background:#d4edda;border:1px solid #5a9;padding:8px 12px}}
+.ood{{color:#8a5a00;background:#fff3cd}}
 </style></head><body>
 <h1>Brain-MRI screening run <code>{_esc(summary['run_id'])}</code></h1>
 <p class="notice"><b>Screening aid, not a diagnostic device.</b> Scores prioritise studies for a radiologist;
@@ -301,7 +335,7 @@ every study still needs a radiologist's read.</p>
                  if s["study_instance_uid"] else f"{os.path.basename(s['source_uri'] or '')} : {s['folder'] or '/'}")
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
-                     f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}; '
+                     f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '
                      f'modality {_esc(s["modality"] or "-")}</p>')
         top = sorted((r for r in by_study.get(s["study_key"], []) if r["heatmap_path"]),
                      key=lambda r: -r["tumor_probability"])[:4]
@@ -311,10 +345,11 @@ every study still needs a radiologist's read.</p>
                 src = _data_uri(_read(f"{prefix}/heatmaps/{posixpath.basename(r['heatmap_path'])}"))
             except Exception:
                 continue
-            parts.append(f'<figure style="display:inline-block"><img class="heatmap" src="{src}" '
-                         f'alt="input and review overlay (lesion map or Grad-CAM) of {_esc(r["member_path"])}" width="256">'
-                         f'<figcaption>{_esc(r["member_path"] or os.path.basename(r["source_uri"]))} '
-                         f'p={r["tumor_probability"]:.3f}</figcaption></figure>')
+            # The thumbnail opens the full-size overlay (heatmaps/ beside this page).
+            full = f"heatmaps/{posixpath.basename(r['heatmap_path'])}"
+            parts.append(f'<figure style="display:inline-block"><a href="{_esc(full)}" target="_blank">'
+                         f'<img class="heatmap" src="{src}" alt="input and review overlay (lesion map or Grad-CAM) of '
+                         f'{_esc(r["member_path"])}" width="256"></a><figcaption>{_caption(r)}</figcaption></figure>')
         parts.append("</div>")
     parts.append("</div>")
     more = f" (showing the first {len(errors)})" if n_errors > len(errors) else ""

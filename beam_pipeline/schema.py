@@ -80,6 +80,7 @@ SERIES_SCHEMA = pa.schema([
     ("study_date", pa.string()),
     ("n_images", pa.int64()),             # ok (scored) images
     ("n_flagged", pa.int64()),
+    ("n_out_of_distribution", pa.int64()),  # scored images the OOD guard found unlike the training images
     ("max_probability", pa.float32()),
     ("mean_probability", pa.float32()),
     ("flagged", pa.bool_()),              # any image at or above threshold
@@ -107,6 +108,7 @@ STUDY_SCHEMA = pa.schema([
     ("n_series", pa.int64()),
     ("n_images", pa.int64()),
     ("n_flagged", pa.int64()),            # flagged slices
+    ("n_out_of_distribution", pa.int64()),  # scored slices the OOD guard found unlike the training images
     ("max_probability", pa.float32()),
     ("flagged", pa.bool_()),
     ("flagged_series", pa.list_(pa.string())),  # series descriptions (or UIDs / folders) with a flagged slice

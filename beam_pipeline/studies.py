@@ -29,12 +29,13 @@ class StudyCombineFn(beam.CombineFn):
     """Scored image rows of one group -> a STUDY_SCHEMA row (without run-level fields)."""
 
     def create_accumulator(self):
-        return {"n": 0, "flagged": 0, "sum": 0.0, "max": -1.0, "top": [], "first": None, "lesion": None}
+        return {"n": 0, "flagged": 0, "ood": 0, "sum": 0.0, "max": -1.0, "top": [], "first": None, "lesion": None}
 
     def add_input(self, acc, row):
         p = float(row["tumor_probability"])
         acc["n"] += 1
         acc["flagged"] += int(row["predicted_label"] == schema.LABEL_TUMOR)
+        acc["ood"] += int(row.get("in_distribution") is False)
         acc["sum"] += p
         acc["max"] = max(acc["max"], p)
         label = row["member_path"] or posixpath.basename(row["source_uri"])
@@ -54,6 +55,7 @@ class StudyCombineFn(beam.CombineFn):
         for a in accs:
             out["n"] += a["n"]
             out["flagged"] += a["flagged"]
+            out["ood"] += a["ood"]
             out["sum"] += a["sum"]
             out["max"] = max(out["max"], a["max"])
             out["top"] = sorted(out["top"] + a["top"], reverse=True)[:TOP_K]
@@ -73,7 +75,7 @@ class StudyCombineFn(beam.CombineFn):
             "modality": f.get("modality"), "series_description": f.get("series_description"),
             "series_number": f.get("series_number"), "accession_number": f.get("accession_number"),
             "study_date": f.get("study_date"), "n_images": acc["n"], "n_flagged": acc["flagged"],
-            "max_probability": acc["max"], "mean_probability": acc["sum"] / max(acc["n"], 1),
+            "n_out_of_distribution": acc["ood"], "max_probability": acc["max"], "mean_probability": acc["sum"] / max(acc["n"], 1),
             "flagged": acc["flagged"] > 0, "top_members": [m for _, m in acc["top"]],
             "threshold": f.get("threshold"), "model_name": f.get("model_name"),
             "model_version": f.get("model_version"),
@@ -161,6 +163,7 @@ class _StudyFromSeries(beam.CombineFn):
             "modalities": sorted({s["modality"] for s in series if s["modality"]}),
             "n_series": len(series), "n_images": sum(s["n_images"] for s in series),
             "n_flagged": sum(s["n_flagged"] for s in series),
+            "n_out_of_distribution": sum(s.get("n_out_of_distribution") or 0 for s in series),
             "max_probability": max(s["max_probability"] for s in series), "flagged": bool(flagged),
             "flagged_series": sorted(series_label(s) for s in flagged),
             "threshold": first["threshold"], "model_name": first["model_name"],

@@ -87,3 +87,34 @@ def test_drift_rules():
     assert drift.assess(few, reference)["assessed"] is False
     assert drift.assess(same, None)["assessed"] is False
     assert json.dumps(drift.assess(shifted, reference))  # goes into _SUMMARY.json
+
+
+def test_out_of_distribution_is_marked_per_study_and_per_flagged_image(tmp_path):
+    """A study of noise-like images flagged as tumor: its worklist row shows its out-of-distribution share,
+    and its flagged images' captions say so, next to series and instance number."""
+    import io
+
+    import pydicom
+
+    from beam_pipeline import sample_data
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=1e-6, ood=True)  # every image flagged
+    with zipfile.ZipFile(tmp_path / "night.zip", "w") as zf:
+        for n in range(6):
+            arr = _noise(n) if n < 4 else synth.brain_slice(1000 + n, 64)
+            ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(arr, 0, "1.2.3.4", "1.2.3.4.5", n + 1)))
+            ds.SeriesDescription, ds.SeriesNumber = "AX FLAIR", 7
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            zf.writestr(f"{n}.dcm", buf.getvalue())
+    out = str(tmp_path / "out")
+    run.main(["--input", str(tmp_path / "night.zip"), "--output", out, "--model", model_dir])
+    rows = rows_mod.images(out)
+    n_ood = sum(r["in_distribution"] is False for r in rows)
+    assert n_ood >= 4
+    (study,) = rows_mod.images(out, "studies-*.parquet")
+    (series,) = rows_mod.images(out, "series-*.parquet")
+    assert study["n_out_of_distribution"] == series["n_out_of_distribution"] == n_ood
+    page = open(rows_mod.result_file(out, "report.html")).read()
+    assert f"{n_ood} of 6 (scores less trustworthy)" in page
+    assert "AX FLAIR (series 7), image 1 p=" in page and 'out of distribution</b></figcaption>' in page
+    assert 'href="heatmaps/' in page
