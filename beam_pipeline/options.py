@@ -97,7 +97,7 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--pseudonym-key-file", dest="pseudonym_key_file",
                             default=os.environ.get("BRAIN_SCREENING_PSEUDONYM_KEY", pseudonym.DEFAULT_KEY_FILE),
                             help="secret key for path pseudonyms, created on first use; keep it to map "
-                                 "pseudonyms back (python -m beam_pipeline.pseudonym)")
+                                 "pseudonyms back (python -m beam_pipeline.reidentify)")
         parser.add_argument("--log-format", dest="log_format", choices=("text", "json"), default="text",
                             help="console messages as short text lines, or one JSON object per line "
                                  "(ts, level, event, message, fields) for log collectors")
