@@ -13,6 +13,7 @@ is what keeps results safe:
      in full by the next one.
 """
 import dataclasses
+import json
 import posixpath
 import time
 
@@ -62,6 +63,13 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
         if done is not None:  # a retried bundle: the result is this run's already; only the manifest may lag
             _update_manifest(plan, study_fingerprints)
             return done
+        if plan.carry_over and not counts.get("rows") and results_store.current_files(plan.output):
+            # Nothing new tonight (every study unchanged since the manifest): the day's result, its
+            # report and drift verdict stay exactly as they are; no empty table is added.
+            _update_manifest(plan, study_fingerprints)
+            results_store.remove_tree(plan.staging)
+            _record_last_run(plan, promoted=False)
+            return summary.read(results_store.results_dir(plan.output))
         result = None
         if plan.carry_over:
             result = _carry_over(plan, counts, images, studies)
@@ -81,6 +89,29 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
         _update_manifest(plan, study_fingerprints)
     results_store.remove_stale_staging(plan.output, keep=(plan.stage_id,))
     return run_summary
+
+
+LAST_RUN = "_LAST_RUN.json"  # beside results/: which run ended last, and whether it promoted a result
+
+
+def _record_last_run(plan, promoted):
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    path = f"{plan.output.rstrip('/')}/{LAST_RUN}"
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(json.dumps({"run_id": plan.run_id, "promoted": promoted}).encode())
+
+
+def last_run(output):
+    """The record `_record_last_run` left, or {}."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    try:
+        with FileSystems.open(f"{output.rstrip('/')}/{LAST_RUN}",
+                              compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return json.loads(f.read().decode())
+    except Exception:
+        return {}
 
 
 def _already_promoted(plan):

@@ -377,6 +377,8 @@ def main(argv=None):
     prefix = results_store.results_dir(result.output)
     if isinstance(result, _NothingToDo):
         code, reason = EXIT_OK, "nothing new to score"
+    elif finalise.last_run(result.output) == {"run_id": result.run_id, "promoted": False}:
+        code, reason = EXIT_OK, "nothing new since the manifest; the result is unchanged"
     else:
         if counts["run_id"] != result.run_id:
             console.emit("superseded", f"another run ({counts['run_id']}) promoted its result after this one; "

@@ -189,7 +189,8 @@ def test_manifest_makes_pacs_nights_incremental_by_study(pacs, tmp_path):
     assert run.read_summary(out)["rows"] == 5  # the study that changed, scored again
     assert run.main(argv + ["--run-id", "night4"]) == 0
     summary = run.read_summary(out)
-    assert summary["rows"] == 0 and summary["result"]["rows"] == 4 + 2 + 5  # nothing new tonight; nothing lost
+    # nothing new tonight: the result stays night 3's, nothing lost
+    assert summary["run_id"] == "night3" and summary["result"]["rows"] == 4 + 2 + 5
 
 
 def test_write_back_never_writes_into_the_wrong_study(pacs, tmp_path):

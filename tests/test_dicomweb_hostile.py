@@ -217,3 +217,28 @@ def test_a_query_matching_nothing_says_so_and_exits_3(hostile, tmp_path, capsys)
     today = datetime.datetime.now(datetime.timezone.utc)
     assert code == 3 and "nothing was scored" in out
     assert f"StudyDate={(today - datetime.timedelta(days=1)):%Y%m%d}-{today:%Y%m%d}" in out
+
+
+def test_a_night_with_nothing_new_leaves_the_result_byte_identical(hostile, tmp_path, capsys):
+    """Every study unchanged since the manifest: no new table, no re-rendered report, no lost drift verdict."""
+    import hashlib
+    import os
+    host, _ = hostile
+    for sop, (_behaviour, data) in list(_Handler.instances.items()):
+        _Handler.instances[sop] = ("ok", data)
+    out, mf = tmp_path / "out", tmp_path / "manifest.json"
+    argv = ["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--manifest", str(mf),
+            "--model", tiny_model.write_tiny_artifact(tmp_path)]
+
+    def snapshot():
+        root = out / "results"
+        return {os.path.relpath(os.path.join(d, f), root): hashlib.sha256(open(os.path.join(d, f), "rb").read())
+                .hexdigest() for d, _, fs in os.walk(root) for f in fs}
+
+    assert run.main(argv + ["--run-id", "night1"]) == 0
+    before = snapshot()
+    capsys.readouterr()
+    assert run.main(argv + ["--run-id", "night2"]) == 0
+    assert "nothing new since the manifest; the result is unchanged" in capsys.readouterr().out
+    assert snapshot() == before
+    assert not os.listdir(out / "_staging")
