@@ -40,7 +40,7 @@ MANUFACTURER = "brain-mri-screening (open source)"
 def _codes():
     from highdicom.sr import CodedConcept
     return {
-        "report": CodedConcept("18748-4", "LN", "Diagnostic imaging report"),
+        "report": CodedConcept("BRAIN_SCREEN_REPORT", SCHEME, "Automated brain-MRI tumor screening (research)"),
         "finding": CodedConcept("121071", "DCM", "Finding"),
         schema.LABEL_TUMOR: CodedConcept("TUMOR_SUSPECTED", SCHEME, "Brain tumor suspected"),
         schema.LABEL_NO_TUMOR: CodedConcept("NO_TUMOR_SUSPECTED", SCHEME, "No brain tumor suspected"),
@@ -70,14 +70,37 @@ def _uuid_uid(*parts):
     return f"2.25.{uuid.UUID(bytes=digest, version=5).int}"
 
 
-def uids(series_uid, model_sha256, threshold):
-    """(SR series UID, SR instance UID): deterministic, so a rerun does not duplicate the report."""
+def uids(series_uid, model_sha256, threshold, content=""):
+    """(SR series UID, SR instance UID): deterministic, so a rerun of the same content does not duplicate
+    the report; new content (a late image, a changed score) gets a new instance in the same SR series,
+    which supersedes the earlier one (see _StoreReport)."""
     src = (series_uid, model_sha256, f"{threshold:.6f}")
-    return _uuid_uid(*src, "sr-series"), _uuid_uid(*src, "sr-instance")
+    return _uuid_uid(*src, "sr-series"), _uuid_uid(*src, "sr-instance", content)
 
 
-def build_sr(evidence, rows, model_info, threshold):
-    """A highdicom ComprehensiveSR for one series' scored `rows`, evidence = the source datasets."""
+def content_digest(rows):
+    """What the SR says, in one string: finding, highest probability and the images it covers."""
+    probs = [r["tumor_probability"] for r in rows]
+    return "|".join([series_finding(rows), f"{float(np.max(probs)):.4f}",
+                     *sorted(str(r["sop_instance_uid"]) for r in rows)])
+
+
+SR_SERIES_BASE, OVERLAY_SERIES_BASE = 990000, 980000  # + the source series number: stable, never a scanner's
+
+
+def own_series_number(base, source_number):
+    try:
+        return base + int(source_number) % 10000
+    except (TypeError, ValueError):
+        return base
+
+
+def build_sr(evidence, rows, model_info, threshold, previous=(), instance_number=1):
+    """A highdicom ComprehensiveSR for one series' scored `rows`, evidence = the source datasets.
+
+    Marked as what it is: title "Automated brain-MRI tumor screening (research)", CompletionFlag
+    PARTIAL (a screening score, not a read), VerificationFlag UNVERIFIED; `previous` SRs of this
+    series (earlier content) are listed as predecessor documents."""
     import highdicom as hd
     c = _codes()
     finding = series_finding(rows)
@@ -98,11 +121,34 @@ def build_sr(evidence, rows, model_info, threshold):
                                                 relationship_type="CONTAINS"))
     root = hd.sr.ContainerContentItem(c["report"])
     root.ContentSequence = hd.sr.ContentSequence(items)
-    series_uid, sop_uid = uids(rows[0]["series_instance_uid"], model_info["model_sha256"], threshold)
-    return hd.sr.ComprehensiveSR(
+    series_uid, sop_uid = uids(rows[0]["series_instance_uid"], model_info["model_sha256"], threshold,
+                               content_digest(rows))
+    source = evidence[0] if evidence else None
+    sr = hd.sr.ComprehensiveSR(
         evidence=[by_sop[r["sop_instance_uid"]] for r in rows if r["sop_instance_uid"] in by_sop],
-        content=hd.sr.ContentSequence([root], is_root=True), series_instance_uid=series_uid, series_number=9901,
-        sop_instance_uid=sop_uid, instance_number=1, manufacturer=MANUFACTURER, is_complete=True)
+        content=hd.sr.ContentSequence([root], is_root=True), series_instance_uid=series_uid,
+        series_number=own_series_number(SR_SERIES_BASE, source.get("SeriesNumber") if source else None),
+        sop_instance_uid=sop_uid, instance_number=instance_number, manufacturer=MANUFACTURER, is_complete=False,
+        is_verified=False, previous_versions=list(previous) or None,
+        series_description=f"Automated tumor screening (research) of series {_source_label(source)}"[:64])
+    _stamp_series_time(sr)
+    return sr
+
+
+def _source_label(ds):
+    """'7 AX FLAIR': the source series' number and (scrubbed) description, what a PACS list shows."""
+    from beam_pipeline import free_text
+    if ds is None:
+        return "?"
+    number = ds.get("SeriesNumber")
+    description = free_text.scrub_description(str(ds.get("SeriesDescription") or ""))
+    return " ".join(str(v) for v in (number, description) if v not in (None, "")) or "?"
+
+
+def _stamp_series_time(ds):
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
 # Type 2 attributes (present, may be empty) of the Patient and General Study modules that the SR copies
@@ -144,7 +190,10 @@ def patient_orientation(ds):
 
 
 def build_overlay(ref, png_bytes, model_info, threshold, number):
-    """A Secondary Capture of a flagged image's input + Grad-CAM overlay, in the source's study."""
+    """A Secondary Capture of a flagged image's input + review overlay, in the source's study.
+
+    BurnedInAnnotation YES (the overlay is drawn into the pixels); its series description names the
+    source series, and its series number is derived from the source's."""
     import io
 
     import highdicom as hd
@@ -155,15 +204,56 @@ def build_overlay(ref, png_bytes, model_info, threshold, number):
     pixels = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB"))
     series_uid, _ = uids(ref.SeriesInstanceUID, model_info["model_sha256"], threshold)
     sc_series = _uuid_uid(series_uid, "sc-series")
-    return hd.sc.SCImage.from_ref_dataset(
-        ref, pixels, "RGB", 8, "PATIENT", sc_series, 9902, _uuid_uid(ref.SOPInstanceUID, series_uid, "sc"), number,
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref, pixels, "RGB", 8, "PATIENT", sc_series, own_series_number(OVERLAY_SERIES_BASE, ref.get("SeriesNumber")),
+        _uuid_uid(ref.SOPInstanceUID, series_uid, "sc", hashlib_hex(png_bytes)), number,
         MANUFACTURER, patient_orientation=orientation,
-        series_description=f"{dicomweb.OWN_SERIES_PREFIX}, research, not diagnostic)")
+        series_description=f"{dicomweb.OWN_SERIES_PREFIX}, research) series {_source_label(ref)}"[:64])
+    sc.BurnedInAnnotation = "YES"
+    _stamp_series_time(sc)
+    return sc
+
+
+def hashlib_hex(data):
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def _stored_reports(base, study, sr_series):
+    """Metadata of the SRs this job stored earlier in one SR series (QIDO-RS, then WADO-RS metadata)."""
+    from pydicom import Dataset
+    try:
+        found = dicomweb.qido(base, f"studies/{study}/series/{sr_series}/instances", {"includefield": ["00080018"]})
+    except dicomweb.RetrieveError:
+        return []
+    out = []
+    for item in found:
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, sr_series
+        ds.SOPInstanceUID = dicomweb._value(item, "00080018")
+        ds.SOPClassUID = dicomweb._value(item, "00080016") or "1.2.840.10008.5.1.4.1.1.88.33"
+        out.append(ds)
+    return out
+
+
+def _delete(base, study, series, sop):
+    """DICOMweb DELETE of a superseded SR where the server allows it (dcm4chee, Google Cloud); True if
+    deleted. Orthanc's plugin does not: there the new SR names the old one as its predecessor."""
+    dicomweb.client(base)
+    session = dicomweb._state["sessions"][base]
+    try:
+        resp = session.delete(f"{base}/studies/{study}/series/{series}/instances/{sop}", timeout=(10, 30))
+        return 200 <= resp.status_code < 300
+    except Exception:
+        return False
 
 
 class _StoreReport(beam.DoFn):
-    """(series UID, rows) -> (stored, failed, error text, overlays stored): one SR per series, and a
-    Secondary Capture of the Grad-CAM overlay for each flagged image that has one."""
+    """(series UID, rows) -> (stored, failed, error text, overlays stored, refused, superseded and kept):
+    one SR per series, and a Secondary Capture of the review overlay for each flagged image that has one.
+
+    A series whose content changed since an earlier night gets a new SR that names the earlier ones as
+    predecessors; they are deleted where the server allows DICOMweb DELETE, else counted."""
 
     def __init__(self, base, model_info, threshold, heatmap_dir=None, credentials_file=None):
         self._base, self._model_info, self._threshold = base, model_info, threshold
@@ -195,21 +285,33 @@ class _StoreReport(beam.DoFn):
         rows = list(rows)
         studies = {r["study_instance_uid"] for r in rows}
         if len(studies) != 1:  # one series UID in two studies: whichever study got the SR would be wrong
-            yield 0, 0, f"series_spans_studies: a series UID found in {len(studies)} studies; no report stored", 0, 1
+            yield 0, 0, f"series_spans_studies: a series UID found in {len(studies)} studies; no report stored", 0, 1, 0
             return
+        study = rows[0]["study_instance_uid"]
         try:
-            evidence = series_evidence(self._base, rows[0]["study_instance_uid"], rows[0]["series_instance_uid"])
-            sr = build_sr(evidence, rows, self._model_info, self._threshold)
+            evidence = series_evidence(self._base, study, rows[0]["series_instance_uid"])
+            sr_series, sr_uid = uids(rows[0]["series_instance_uid"], self._model_info["model_sha256"],
+                                     self._threshold, content_digest(rows))
+            stored = _stored_reports(self._base, study, sr_series)
+            earlier = [ds for ds in stored if ds.SOPInstanceUID != sr_uid]
+            if len(earlier) < len(stored):  # this very content is stored already (a rerun, a retried bundle)
+                yield 1, 0, "", 0, 0, 0
+                return
+            sr = build_sr(evidence, rows, self._model_info, self._threshold, previous=earlier,
+                          instance_number=len(earlier) + 1)
             overlays = self._overlays(rows, evidence) if self._heatmap_dir else []
             dicomweb.client(self._base).store_instances([sr, *overlays])
-            yield 1, 0, "", len(overlays), 0
+            deleted = sum(_delete(self._base, study, sr_series, ds.SOPInstanceUID) for ds in earlier)
+            yield 1, 0, "", len(overlays), 0, len(earlier) - deleted
         except Exception as e:  # the PACS refused or is down: the scores are still in the tables
-            yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0, 0
+            yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0, 0, 0
 
 
 def _merge(results):
-    out = {"series_stored": 0, "series_failed": 0, "series_refused": 0, "overlays_stored": 0, "errors": []}
-    for stored, failed, error, overlays, refused in results:
+    out = {"series_stored": 0, "series_failed": 0, "series_refused": 0, "overlays_stored": 0,
+           "superseded_kept": 0, "errors": []}
+    for stored, failed, error, overlays, refused, kept in results:
+        out["superseded_kept"] += kept
         out["series_stored"] += stored
         out["series_failed"] += failed
         out["series_refused"] += refused

@@ -106,14 +106,17 @@ def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
     assert run.main(argv) == 0
     summary = run.read_summary(str(tmp_path / "out"))
     assert summary["write_back"] == {"series_stored": 2, "series_failed": 0, "series_refused": 0,
-                                     "overlays_stored": 6, "errors": []}
+                                     "overlays_stored": 6, "superseded_kept": 0, "errors": []}
     client, srs = _srs(server)
     assert len(srs) == before + 2
     rows = [r for r in rows_mod.images(tmp_path / "out") if r["status"] == "ok"]
     for study, series, sop in srs[-2:]:
         sr = hd.sr.srread(io.BytesIO(_part10(client.retrieve_instance(study, series, sop))))
         assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33" and sr.Modality == "SR"  # Comprehensive SR
-        assert sr.ConceptNameCodeSequence[0].CodeValue == "18748-4"
+        assert sr.ConceptNameCodeSequence[0].CodeMeaning == "Automated brain-MRI tumor screening (research)"
+        assert sr.CompletionFlag == "PARTIAL" and sr.VerificationFlag == "UNVERIFIED"
+        assert sr.SeriesDescription.startswith("Automated tumor screening (research) of series") and sr.SeriesDate
+        assert sr.SeriesNumber >= 990000
         assert sr.StudyInstanceUID == study and sr.PatientID.startswith("FAKE-")  # copied from the source, into its study
         items = {item.name.meaning: item for item in sr.ContentSequence}
         source = [i.referenced_sop_instance_uid for i in sr.ContentSequence if i.name.meaning == "Source"]
@@ -128,6 +131,7 @@ def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
     sc = client.retrieve_instance(one["0020000D"]["Value"][0], one["0020000E"]["Value"][0], one["00080018"]["Value"][0])
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.PhotometricInterpretation == "RGB"  # Secondary Capture
     assert list(sc.PatientOrientation) == ["L", "P"] and "Grad-CAM" in sc.SeriesDescription
+    assert sc.BurnedInAnnotation == "YES" and ", research) series " in sc.SeriesDescription and sc.SeriesTime
     assert sc.StudyInstanceUID in {s for s, _, _ in srs} and sc.pixel_array.shape[-1] == 3
     assert run.main(argv) == 0  # a rerun stores the same UIDs: no duplicates
     assert len(_srs(server)[1]) == before + 2
@@ -230,3 +234,35 @@ def test_write_back_never_writes_into_the_wrong_study(pacs, tmp_path):
     sr = hd.sr.srread(io.BytesIO(_part10(client.retrieve_instance(study, series, sop))))
     source = {i.referenced_sop_instance_uid for i in sr.ContentSequence if i.name.meaning == "Source"}
     assert len(source) == 2 and crafted.SOPInstanceUID not in source
+
+
+def test_a_rescored_series_supersedes_its_earlier_report(pacs, tmp_path):
+    """A late image changes a series' result: the new SR names the old one as its predecessor, and the
+    PACS's newest SR in that series says what the tables say."""
+    import highdicom as hd
+    from dicomweb_client.api import DICOMwebClient
+    server, _ = pacs
+    client = DICOMwebClient(f"{server}/dicom-web")
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    study, series = generate_uid(), generate_uid()
+    for n in range(2):
+        upload(server, _instance(9, study, series, 0, n, "20261202")[1])
+    host = server.split("://", 1)[1]
+    argv = ["--input", f"dicomweb://{host}/dicom-web?StudyInstanceUID={study}", "--model", model_dir,
+            "--write-back", "--threshold", "0.001"]
+    assert run.main(argv + ["--output", str(tmp_path / "n1")]) == 0
+    upload(server, _instance(9, study, series, 0, 2, "20261202")[1])  # a late image
+    assert run.main(argv + ["--output", str(tmp_path / "n2")]) == 0
+    wb = run.read_summary(str(tmp_path / "n2"))["write_back"]
+    assert wb["series_stored"] == 1 and wb["superseded_kept"] == 1  # Orthanc's DICOMweb has no DELETE
+    found = [i for i in client.search_for_instances(study_instance_uid=study, search_filters={"Modality": "SR"})]
+    assert len(found) == 2
+    srs = [hd.sr.srread(io.BytesIO(_part10(client.retrieve_instance(study, i["0020000E"]["Value"][0],
+                                                                     i["00080018"]["Value"][0])))) for i in found]
+    newest = max(srs, key=lambda sr: int(sr.InstanceNumber))
+    older = min(srs, key=lambda sr: int(sr.InstanceNumber))
+    predecessor = newest.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert predecessor.ReferencedSOPInstanceUID == older.SOPInstanceUID
+    assert len([i for i in newest.ContentSequence if i.name.meaning == "Source"]) == 3
+    assert run.main(argv + ["--output", str(tmp_path / "n3")]) == 0  # same content again: nothing new stored
+    assert len(client.search_for_instances(study_instance_uid=study, search_filters={"Modality": "SR"})) == 2
