@@ -30,6 +30,48 @@ def emit(event, message, level="info", **fields):
     stream.flush()
 
 
+# Libraries whose failures on one image already become a coded row: their log records (pydicom logs a
+# decoder's traceback at ERROR before raising) would repeat the row on the console, in another format.
+_PER_IMAGE_LOGGERS = ("pydicom", "PIL", "libjpeg", "openjpeg", "pylibjpeg")
+
+
+class _LibraryHandler:
+    """Routes library log records (and Python warnings) through `emit`: one line per record in the
+    console's format, first line of the message only; per-image libraries dropped unless verbose."""
+
+    def __init__(self, verbose):
+        import logging
+
+        class Handler(logging.Handler):
+            def emit(self, record):
+                if not verbose and record.name.split(".")[0] in _PER_IMAGE_LOGGERS + ("py",):
+                    return
+                try:
+                    text = record.getMessage()
+                except Exception:
+                    text = str(record.msg)
+                if not verbose:
+                    text = text.splitlines()[0] if text else ""
+                elif record.exc_info:
+                    text += "\n" + logging.Formatter().formatException(record.exc_info)
+                level = "error" if record.levelno >= logging.ERROR else \
+                    "warning" if record.levelno >= logging.WARNING else "info"
+                globals()["emit"]("library_log", f"{record.name}: {text}", level=level, logger=record.name)
+
+        self.handler = Handler()
+
+
+def install_log_handler(verbose=False):
+    """Library logging and warnings in the console's format (`--log-format json`: every line parses)."""
+    import logging
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(_LibraryHandler(verbose).handler)
+    root.setLevel(logging.INFO if verbose else logging.ERROR)
+    logging.captureWarnings(True)
+
+
 class _Counts:
     """Progress counters of the DoFns running in this process (DirectRunner's in-memory and
     multi-threading modes). Workers in other processes (multi_processing, Dataflow) keep their

@@ -9,7 +9,6 @@ writable) stop the job with a clear message before any work starts.
 """
 import datetime
 import json
-import logging
 import os
 import sys
 import time
@@ -362,7 +361,7 @@ def main(argv=None):
     console.set_format(cli.log_format(argv))
     if not verbose:
         cli.quiet_logging()
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR)
+    console.install_log_handler(verbose)
     try:
         result = run(argv)
     except JobError as e:

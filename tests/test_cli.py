@@ -216,3 +216,23 @@ def test_a_night_that_scored_no_image_does_not_exit_ok(tmp_path, capsys):
     code = run.main(["--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"), "--model", model_dir])
     assert code == run.EXIT_TOO_MANY_ERRORS
     assert "Exit 3: no image was scored" in capsys.readouterr().out
+
+
+def test_json_logs_stay_json_when_libraries_log(tmp_path, capsys):
+    """pydicom logs a decoder traceback at ERROR before it raises (the member becomes a coded row): with
+    --log-format json every console line, library records included, is one JSON object."""
+    import json
+
+    from tests import bad_inputs
+    inputs, _, _, _ = bad_inputs.build(tmp_path)
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    argv = ["--input", os.path.join(inputs, "*"), "--output", str(tmp_path / "o"), "--model", model_dir,
+            "--log-format", "json", "--max-error-fraction", "1"]
+    run.main(argv)
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).splitlines()
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+    run.main(argv + ["--verbose", "--output", str(tmp_path / "o2")])  # verbose: the library records shown
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in (captured.out + captured.err).splitlines() if line.startswith("{")]
+    assert any(r["event"] == "library_log" and r["logger"].startswith("pydicom") for r in records)
