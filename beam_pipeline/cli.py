@@ -114,6 +114,11 @@ def validate(opts):
     need(not any(dicomweb.has_userinfo(p) for p in (opts.input or [])),
          "a dicomweb:// input holds credentials (user:password@host): they would be printed in logs and written "
          "into every row; put them in a file (mode 600) and pass --dicomweb-credentials FILE")
+    if opts.group_pattern:
+        try:
+            re.compile(opts.group_pattern)
+        except re.error as e:
+            raise UsageError(f"--group-pattern {opts.group_pattern!r} is not a regular expression: {e}") from e
     for p in opts.input or []:
         if dicomweb.is_dicomweb(p):
             try:

@@ -40,7 +40,10 @@ def _batches(pattern, columns=None):
     (the image table is 10 M rows a night in docs/dataflow.md; series and study tables 1/20 and 1/100 of it)."""
     for path in sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+            pf = pq.ParquetFile(f)
+            # a table written before a column was added: read what it has (readers use row.get)
+            present = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+            yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=present)
 
 
 def _top(pattern, k, flagged_only=False):
@@ -188,8 +191,9 @@ def _worklist_html(worklist, total):
     shown = f" (showing the {len(worklist)} highest of {total})" if total > len(worklist) else ""
     rows = []
     for s in worklist:
-        what = (f"exam {s['accession_number'] or '-'}, {_date(s['study_date'])}"
-                if s["group_kind"] == "dicom_study" else f"folder {s['folder'] or '/'} of {os.path.basename(s['source_uri'] or '')}")
+        what = (f"exam {s['accession_number'] or '-'}, {_date(s['study_date'])}" if s["group_kind"] == "dicom_study"
+                else f"patient {s.get('patient_group')}" if s["group_kind"] == "patient"
+                else f"folder {s['folder'] or '/'} of {os.path.basename(s['source_uri'] or '')}")
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
                     f"{s['n_series']} series{_lesion_note(s)}</td><td>{_esc(', '.join(s['flagged_series']) or '-')}</td>"
@@ -260,16 +264,17 @@ def flagged_csv(folder):
     import csv
     out = io.StringIO()
     cols = ["max_probability", "group_kind", "accession_number", "study_date", "study_instance_uid", "source_uri",
-            "folder", "modalities", "n_series", "n_images", "n_flagged", "flagged_series"]
+            "folder", "patient_group", "modalities", "n_series", "n_images", "n_flagged", "flagged_series"]
     w = csv.writer(out)
     w.writerow(cols)
     # Flagged studies only (the file lists them all), and only the columns written.
-    flagged = [pa.Table.from_batches([b.filter(b.column("flagged")).select(cols)])
+    flagged = [pa.Table.from_batches([b.filter(b.column("flagged")).select([c for c in cols if c in b.schema.names])])
                for b in _batches(folder.rstrip("/") + "/studies-*.parquet", cols + ["flagged"])]
     if flagged:
-        for r in pa.concat_tables(flagged).sort_by([("max_probability", "descending")]).to_pylist():
+        rows = pa.concat_tables(flagged, promote_options="default").sort_by([("max_probability", "descending")])
+        for r in rows.to_pylist():
             w.writerow([f"{r['max_probability']:.4f}" if c == "max_probability" else
-                        ";".join(r[c]) if isinstance(r[c], list) else r[c] for c in cols])
+                        ";".join(r[c]) if isinstance(r.get(c), list) else r.get(c) for c in cols])
     return out.getvalue()
 
 

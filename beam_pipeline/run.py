@@ -153,7 +153,8 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
     decoded = chunks | "DecodeImages" >> DecodeImages(plan.run_id, metadata["input_spec"], plan.model_info,
                                                       pseudonym_key, opts.dicomweb_max_parallel, accession_key,
                                                       keep_descriptions=opts.keep_series_descriptions,
-                                                      credentials_file=opts.dicomweb_credentials)
+                                                      credentials_file=opts.dicomweb_credentials,
+                                                      group_pattern=opts.group_pattern)
     scored = decoded.images | "ScoreImages" >> ScoreImages(
         opts.model, threshold, opts.batch_size, opts.chunk_size, heatmaps=opts.heatmaps,
         ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source,

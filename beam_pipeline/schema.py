@@ -42,6 +42,7 @@ IMAGE_SCHEMA = pa.schema([
     ("series_description", pa.string()),
     ("series_number", pa.int32()),
     ("instance_number", pa.int32()),
+    ("patient_group", pa.string()),       # --group-pattern's patient of a non-DICOM image (keyed pseudonym), else null
     ("status", pa.string()),              # ok / error / skipped
     ("error_code", pa.string()),          # see beam_pipeline/error_codes.py
     ("error_message", pa.string()),
@@ -73,6 +74,7 @@ SERIES_SCHEMA = pa.schema([
     ("series_instance_uid", pa.string()),
     ("source_uri", pa.string()),          # an input holding the group's images (the first seen; loose files: their folder)
     ("folder", pa.string()),              # member folder for non-DICOM groups, else null
+    ("patient_group", pa.string()),       # --group-pattern's patient (keyed pseudonym) of non-DICOM images, else null
     ("modality", pa.string()),
     ("series_description", pa.string()),
     ("series_number", pa.int32()),
@@ -98,12 +100,13 @@ SERIES_SCHEMA = pa.schema([
 STUDY_SCHEMA = pa.schema([
     ("run_id", pa.string()),
     ("study_key", pa.string()),           # StudyInstanceUID, or source_uri!folder for non-DICOM
-    ("group_kind", pa.string()),          # dicom_study / folder
+    ("group_kind", pa.string()),          # dicom_study / patient (--group-pattern) / folder
     ("study_instance_uid", pa.string()),
     ("accession_number", pa.string()),    # keyed pseudonym unless --keep-accession-numbers
     ("study_date", pa.string()),
     ("source_uri", pa.string()),
     ("folder", pa.string()),
+    ("patient_group", pa.string()),       # group_kind patient: the --group-pattern patient (keyed pseudonym)
     ("modalities", pa.list_(pa.string())),
     ("n_series", pa.int64()),
     ("n_images", pa.int64()),

@@ -20,9 +20,10 @@ def study_key(row):
     folder that holds them (a folder of 360 PNG slices was 360 one-image "studies" on the worklist)."""
     if row.get("study_instance_uid"):
         return f"{row['study_instance_uid']}/{row.get('series_instance_uid') or ''}"
+    patient = f"#{row['patient_group']}" if row.get("patient_group") else ""  # one folder, many patients
     if not row["member_path"]:
-        return f"{posixpath.dirname(row['source_uri'])}/"
-    return f"{row['source_uri']}!{posixpath.dirname(row['member_path'])}"
+        return f"{posixpath.dirname(row['source_uri'])}/{patient}"
+    return f"{row['source_uri']}!{posixpath.dirname(row['member_path'])}{patient}"
 
 
 class StudyCombineFn(beam.CombineFn):
@@ -47,7 +48,8 @@ class StudyCombineFn(beam.CombineFn):
             acc["first"] = {k: row.get(k) for k in ("study_instance_uid", "series_instance_uid", "source_uri",
                                                     "member_path", "modality", "threshold", "run_id",
                                                     "model_name", "model_version", "series_description",
-                                                    "series_number", "accession_number", "study_date")}
+                                                    "series_number", "accession_number", "study_date",
+                                                    "patient_group")}
         return acc
 
     def merge_accumulators(self, accs):
@@ -72,7 +74,7 @@ class StudyCombineFn(beam.CombineFn):
             "series_instance_uid": f.get("series_instance_uid"),
             "source_uri": posixpath.dirname(f.get("source_uri") or "") if loose else f.get("source_uri"),
             "folder": None if dicom else posixpath.dirname(f.get("member_path") or ""),
-            "modality": f.get("modality"), "series_description": f.get("series_description"),
+            "patient_group": None if dicom else f.get("patient_group"), "modality": f.get("modality"), "series_description": f.get("series_description"),
             "series_number": f.get("series_number"), "accession_number": f.get("accession_number"),
             "study_date": f.get("study_date"), "n_images": acc["n"], "n_flagged": acc["flagged"],
             "n_out_of_distribution": acc["ood"], "max_probability": acc["max"], "mean_probability": acc["sum"] / max(acc["n"], 1),
@@ -124,6 +126,8 @@ def series_table_row(row):
 def _study_of(series):
     if series["study_instance_uid"]:
         return series["study_instance_uid"]
+    if series.get("patient_group"):  # --group-pattern: a patient's folders of images are one "study"
+        return f"patient:{series['patient_group']}"
     return series["study_key"]  # a folder of non-DICOM images is its own "study"
 
 
@@ -150,16 +154,18 @@ class _StudyFromSeries(beam.CombineFn):
         return [s for a in accs for s in a]
 
     def extract_output(self, series):
-        first = series[0]
+        first = min(series, key=lambda s: s["study_key"])  # not the arrival order: the same row every run
         dicom = bool(first["study_instance_uid"])
+        patient = None if dicom else first.get("patient_group")
         flagged = [s for s in series if s["flagged"]]
         with_lesion = [s for s in series if s.get("max_lesion_area_px") is not None]
         largest = max(with_lesion, key=lambda s: (s["max_lesion_area_px"], series_label(s)), default=None)
         return {
-            "run_id": first["run_id"], "group_kind": "dicom_study" if dicom else "folder",
+            "run_id": first["run_id"],
+            "group_kind": "dicom_study" if dicom else "patient" if patient else "folder", "patient_group": patient,
             "study_instance_uid": first["study_instance_uid"], "accession_number": first.get("accession_number"),
             "study_date": first.get("study_date"), "source_uri": first["source_uri"],
-            "folder": None if dicom else first["folder"],
+            "folder": None if dicom or patient else first["folder"],
             "modalities": sorted({s["modality"] for s in series if s["modality"]}),
             "n_series": len(series), "n_images": sum(s["n_images"] for s in series),
             "n_flagged": sum(s["n_flagged"] for s in series),

@@ -176,3 +176,27 @@ def test_loose_files_in_one_folder_are_one_series(tmp_path):
     assert sorted(s["n_images"] for s in studies) == [2, 3]
     page = open(rows_mod.result_file(out, "report.html")).read()
     assert page.count('class="heatmap"') == 5  # the folder series show their slices' overlays
+
+
+def test_a_group_pattern_makes_one_study_per_patient(tmp_path, capsys):
+    """Loose files of several patients in class folders (`tumor/P7_12.png`, `notumor/P7_3.png`): with
+    --group-pattern each patient is one worklist row spanning both folders, named by a pseudonym."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=1e-6)
+    for label, n in (("tumor", 3), ("notumor", 2)):
+        (tmp_path / "in" / label).mkdir(parents=True)
+        for patient in ("SMITH7", "JONES8"):
+            for i in range(n):
+                (tmp_path / "in" / label / f"{patient}_{i}.png").write_bytes(synth.encode(synth.brain_slice(i, 32)))
+    out = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "in"), "--output", str(out), "--model", model_dir,
+            "--pseudonym-key-file", str(tmp_path / "key")]
+    assert run.main(argv + ["--group-pattern", r"^([A-Z]+\d+)_"]) == 0
+    studies = rows_mod.images(out, "studies-*.parquet")
+    assert sorted((s["group_kind"], s["n_images"], s["n_series"]) for s in studies) == [("patient", 5, 2)] * 2
+    assert all(s["patient_group"].startswith("p-") for s in studies)
+    series = rows_mod.images(out, "series-*.parquet")
+    assert sorted(s["n_images"] for s in series) == [2, 2, 3, 3]  # a folder's patients are separate series
+    page = open(rows_mod.result_file(out, "report.html")).read()
+    assert f"patient {studies[0]['patient_group']}" in page and "SMITH" not in page
+    assert run.main(argv + ["--output", str(tmp_path / "o2"), "--group-pattern", "(unclosed"]) == 2
+    assert "--group-pattern '(unclosed' is not a regular expression" in capsys.readouterr().err

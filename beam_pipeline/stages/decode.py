@@ -21,8 +21,9 @@ class _DecodeChunk(beam.DoFn):
     """Chunk -> (row templates, stacked model inputs) + finished error/skipped rows."""
 
     def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
-                 accession_key=None, keep_descriptions=False, credentials_file=None):
+                 accession_key=None, keep_descriptions=False, credentials_file=None, group_pattern=None):
         self._keep_descriptions = keep_descriptions
+        self._group_pattern = group_pattern
         self._credentials_file = credentials_file
         self._dicomweb_max_parallel = dicomweb_max_parallel or dicomweb.DEFAULT_MAX_PARALLEL
         self._run_id = run_id
@@ -43,6 +44,18 @@ class _DecodeChunk(beam.DoFn):
         if fields.get("series_description") and not self._keep_descriptions:
             fields = {**fields, "series_description": free_text.scrub_description(fields["series_description"])}
         return fields
+
+    def _patient(self, chunk, ref):
+        """The patient a non-DICOM image belongs to by --group-pattern (pseudonymised like paths), or None."""
+        if not self._group_pattern:
+            return None
+        import posixpath
+        import re
+        name = posixpath.basename((ref.path or chunk.source_uri).replace("\\", "/"))
+        m = re.search(self._group_pattern, name)
+        if not m:
+            return None
+        return self._ps.component(m.group(1) if m.groups() else m.group(0))
 
     def _row(self, chunk, ref, **fields):
         return schema.empty_row(run_id=self._run_id, source_uri=self._ps.uri(chunk.source_uri),
@@ -92,10 +105,12 @@ class _DecodeChunk(beam.DoFn):
                                        content_sha256=digest, image_format=decoded.image_format,
                                        frame_index=frame.frame_index)
                     continue
+                dicom = self._dicom(decoded.dicom)
                 templates.append(self._row(
                     chunk, ref, content_sha256=digest, image_format=decoded.image_format,
+                    patient_group=None if dicom.get("study_instance_uid") else self._patient(chunk, ref),
                     width=decoded.width, height=decoded.height, frame_index=frame.frame_index,
-                    input_scale=scale, **self._dicom(decoded.dicom)))
+                    input_scale=scale, **dicom))
                 inputs.append(x)
         if inputs:
             yield templates, np.stack(inputs)
@@ -110,10 +125,10 @@ class DecodeImages(beam.PTransform):
     """
 
     def __init__(self, run_id, input_spec, model_info, pseudonym_key=None, dicomweb_max_parallel=None,
-                 accession_key=None, keep_descriptions=False, credentials_file=None):
+                 accession_key=None, keep_descriptions=False, credentials_file=None, group_pattern=None):
         super().__init__()
         self._fn = _DecodeChunk(run_id, input_spec, model_info, pseudonym_key, dicomweb_max_parallel, accession_key,
-                                keep_descriptions, credentials_file)
+                                keep_descriptions, credentials_file, group_pattern)
 
     def expand(self, chunks):
         return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, PENDING_TAG, main="images")
