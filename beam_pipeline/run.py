@@ -41,7 +41,7 @@ from beam_pipeline.stages.expand import ExpandInputs
 from beam_pipeline.stages.heatmaps import AddHeatmaps
 from beam_pipeline.stages.score import FLAGGED_TAG, ScoreImages
 from beam_pipeline.stages.tables import WriteResults
-from trainer import artifact
+from trainer import artifact, gradcam
 
 
 class JobError(RuntimeError):
@@ -159,13 +159,13 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
         opts.model, threshold, opts.batch_size, opts.chunk_size, heatmaps=opts.heatmaps,
         ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source,
         engine=opts.engine, model_copies=opts.model_copies, threads=opts.inference_threads,
-        lesion_map=metadata.get("head") == "lesion_map")
+        lesion_map=metadata.get("head") == "lesion_map", map_level=gradcam.map_level(metadata))
     parts = [scored.rows, decoded[ROWS_TAG]]
     heatmap_dir = f"{plan.staging}/heatmaps" if opts.heatmaps else None
     if opts.heatmaps:
         parts.append(scored[FLAGGED_TAG] | "AddHeatmaps" >> AddHeatmaps(
             opts.model, heatmap_dir, f"{results_store.results_dir(opts.output)}/heatmaps",
-            lesion_map=metadata.get("head") == "lesion_map"))
+            lesion_map=metadata.get("head") == "lesion_map", map_level=gradcam.map_level(metadata)))
     rows = tuple(parts) | "AllRows" >> beam.Flatten()
     back = None
     if opts.write_back:

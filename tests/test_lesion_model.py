@@ -164,7 +164,12 @@ def test_lesion_figures_of_a_perfect_and_a_misplaced_map():
     masks[:, 2:4, 2:4] = 255
     perfect = (masks[:, ::2, ::2] > 0).astype(np.float32)  # a 4x4 map of the 8x8 masks
     f = lesion_eval.lesion_figures(perfect, masks)
-    assert f == {"n": 2, "dice_mean": 1.0, "dice_median": 1.0, "pointing_game": 1.0, "mass_inside_mask": 1.0}
+    assert f == {"n": 2, "dice_mean": 1.0, "dice_median": 1.0, "map_level": 0.5, "dice_mean_at_map_level": 1.0,
+                 "dice_median_at_map_level": 1.0, "pointing_game": 1.0, "mass_inside_mask": 1.0}
+    low = perfect * 0.3  # calibrated low: nothing at 0.5, all of it at the level chosen on validation
+    level = lesion_eval.choose_map_level(low, masks)
+    assert level == 0.3 and lesion_eval.lesion_figures(low, masks, level)["dice_mean_at_map_level"] == 1.0
+    assert lesion_eval.lesion_figures(low, masks, level)["dice_mean"] == 0.0
     wrong = np.zeros_like(perfect)
     wrong[:, 3, 3] = 1.0
     lesion_eval.DILATE_CELLS, saved = 0, lesion_eval.DILATE_CELLS
@@ -204,3 +209,15 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
     assert "validation" in lesion["level_bins"]
     assert md["training_config"]["filters"] == [4, 8, 8, 16]
 
+
+
+def test_the_artifacts_map_level_sets_outline_and_area():
+    from beam_pipeline.stages.score import lesion_area
+    from trainer import gradcam
+    assert gradcam.map_level({"lesion": {"map_level": 0.25}}) == 0.25
+    assert gradcam.map_level({}) == gradcam.map_level({"lesion": {"map_level": float("nan")}}) == 0.5
+    cam = np.full((4, 4, 1), 0.3, np.float32)
+    assert lesion_area(cam, 8, 1.0, None)["lesion_area_px"] == 0
+    assert lesion_area(cam, 8, 1.0, None, level=0.25)["lesion_area_px"] == 64.0
+    image = np.full((4, 4), 0.5, np.float32)
+    assert gradcam.lesion_overlay_png(image, cam[..., 0]) != gradcam.lesion_overlay_png(image, cam[..., 0], level=0.25)

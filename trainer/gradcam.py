@@ -182,20 +182,27 @@ def overlay_png(image: np.ndarray, heat: np.ndarray, probability: float | None =
     return buf.getvalue()
 
 
-LESION_LEVEL = 0.5  # the lesion map's own decision level: outlined, filled above it
+LESION_LEVEL = 0.5  # the lesion map's decision level (outlined, filled, measured) unless the artifact has one
+
+
+def map_level(metadata: dict) -> float:
+    """The artifact's lesion-map level (metadata lesion.map_level, chosen on validation masks), else 0.5."""
+    level = (metadata.get("lesion") or {}).get("map_level")
+    return float(level) if isinstance(level, (int, float)) and 0 < level < 1 else LESION_LEVEL
 
 
 def lesion_overlay_png(image: np.ndarray, lesion: np.ndarray, probability: float | None = None,
-                       scale: int = 2) -> bytes:
+                       scale: int = 2, level: float = LESION_LEVEL) -> bytes:
     """PNG bytes: the model input beside it with the lesion map drawn as a radiologist reads one:
-    cells at or above LESION_LEVEL filled in red (opacity by probability) inside a yellow outline,
-    weaker evidence (0.2-0.5) as a faint orange wash, the anatomy left visible everywhere."""
+    cells at or above `level` (the artifact's map level, chosen on validation masks) filled in red
+    (opacity by probability) inside a yellow outline, weaker evidence (from 0.4 x level) as a faint
+    orange wash, the anatomy left visible everywhere."""
     from PIL import Image, ImageDraw
     gray = np.clip(np.asarray(image, np.float32).reshape(lesion.shape), 0, 1)
     p = np.clip(np.asarray(lesion, np.float32), 0, 1)
     base = np.repeat(gray[..., None], 3, axis=-1)
-    inside = p >= LESION_LEVEL
-    faint = (p >= 0.2) & ~inside
+    inside = p >= level
+    faint = (p >= 0.4 * level) & ~inside
     out = base.copy()
     red, orange, yellow = np.array([1.0, 0.1, 0.1]), np.array([1.0, 0.55, 0.1]), np.array([1.0, 1.0, 0.0])
     a = (0.25 + 0.35 * p)[..., None]

@@ -24,8 +24,9 @@ class _AddHeatmaps(beam.DoFn):
     batched (one call per image cost more than the scoring itself), with the model loaded
     on first need, once per process."""
 
-    def __init__(self, model_uri, write_dir, final_dir, lesion_map=False):
+    def __init__(self, model_uri, write_dir, final_dir, lesion_map=False, map_level=gradcam.LESION_LEVEL):
         self._model_uri = model_uri
+        self._map_level = map_level
         self._lesion_map = lesion_map  # the model's own lesion map (probabilities): drawn as outline + fill
         self._dir = write_dir.rstrip("/")
         self._final_dir = final_dir.rstrip("/")  # where rows say the PNG is once the result is promoted
@@ -53,8 +54,10 @@ class _AddHeatmaps(beam.DoFn):
             name = f"{row['content_sha256'][:20]}_{row['frame_index']}.png"
             with FileSystems.create(f"{self._dir}/{name}", mime_type="image/png",
                                     compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                draw = gradcam.lesion_overlay_png if self._lesion_map else gradcam.overlay_png
-                f.write(draw(x, heat, row["tumor_probability"]))
+                if self._lesion_map:
+                    f.write(gradcam.lesion_overlay_png(x, heat, row["tumor_probability"], level=self._map_level))
+                else:
+                    f.write(gradcam.overlay_png(x, heat, row["tumor_probability"]))
             yield {**row, "heatmap_path": f"{self._final_dir}/{name}"}
 
 
@@ -62,9 +65,9 @@ class AddHeatmaps(beam.PTransform):
     """(flagged row, model input, CAM map or None) -> the row with heatmap_path; overlay PNGs written to
     `write_dir` (staging), rows naming them under `final_dir` (where the promoted result will have them)."""
 
-    def __init__(self, model_uri, write_dir, final_dir, lesion_map=False):
+    def __init__(self, model_uri, write_dir, final_dir, lesion_map=False, map_level=gradcam.LESION_LEVEL):
         super().__init__()
-        self._fn = _AddHeatmaps(model_uri, write_dir, final_dir, lesion_map)
+        self._fn = _AddHeatmaps(model_uri, write_dir, final_dir, lesion_map, map_level)
 
     def expand(self, flagged):
         return (flagged

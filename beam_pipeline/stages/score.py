@@ -18,12 +18,13 @@ from trainer.gradcam import LESION_LEVEL
 FLAGGED_TAG = "flagged"
 
 
-def lesion_area(lesion_map, input_side, input_scale, pixel_area_mm2):
-    """{lesion_area_px, lesion_area_mm2}: the map's cells at or above 0.5 as an area of the source image.
+def lesion_area(lesion_map, input_side, input_scale, pixel_area_mm2, level=LESION_LEVEL):
+    """{lesion_area_px, lesion_area_mm2}: the map's cells at or above `level` (the artifact's map level)
+    as an area of the source image.
 
     A cell covers (input_side / map side)² model-input pixels, each input_scale² source pixels."""
     m = np.asarray(lesion_map).reshape(np.shape(lesion_map)[0], -1)
-    cells = int(np.count_nonzero(m >= LESION_LEVEL))
+    cells = int(np.count_nonzero(m >= level))
     if input_scale is None:
         return {"lesion_area_px": None, "lesion_area_mm2": None}
     px = cells * (input_side / m.shape[0]) ** 2 * float(input_scale) ** 2
@@ -36,9 +37,11 @@ class _ToRows(beam.DoFn):
     Flagged rows go to FLAGGED_TAG with their model input when heatmaps are on.
     """
 
-    def __init__(self, threshold, heatmaps, ood_threshold=None, threshold_source="artifact", lesion_map=False):
+    def __init__(self, threshold, heatmaps, ood_threshold=None, threshold_source="artifact", lesion_map=False,
+                 map_level=LESION_LEVEL):
         self._threshold = threshold
         self._lesion_map = lesion_map
+        self._map_level = map_level
         self._threshold_source = threshold_source
         self._heatmaps = heatmaps
         self._ood_threshold = ood_threshold
@@ -62,7 +65,8 @@ class _ToRows(beam.DoFn):
                    "threshold": float(self._threshold), "threshold_source": self._threshold_source,
                    "scored_at": scored_at}
             if self._lesion_map and cam is not None:
-                row.update(lesion_area(cam, x.shape[0], row.get("input_scale"), row.get("pixel_area_mm2")))
+                row.update(lesion_area(cam, x.shape[0], row.get("input_scale"), row.get("pixel_area_mm2"),
+                                       self._map_level))
             if label == schema.LABEL_TUMOR:
                 self._flagged.inc()
                 if self._heatmaps:
@@ -76,12 +80,13 @@ class ScoreImages(beam.PTransform):
     when `heatmaps` is on (those rows leave only there, to come back from AddHeatmaps)."""
 
     def __init__(self, model_uri, threshold, batch_size, chunk_size, heatmaps=False, ood_threshold=None,
-                 threshold_source="artifact", engine="tensorflow", model_copies=0, threads=0, lesion_map=False):
+                 threshold_source="artifact", engine="tensorflow", model_copies=0, threads=0, lesion_map=False,
+                 map_level=LESION_LEVEL):
         super().__init__()
         self._handler: Any = KeyedModelHandler(KerasChunkModelHandler(
             model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1)), engine=engine,
             model_copies=model_copies, threads=threads))
-        self._to_rows = _ToRows(threshold, heatmaps, ood_threshold, threshold_source, lesion_map)
+        self._to_rows = _ToRows(threshold, heatmaps, ood_threshold, threshold_source, lesion_map, map_level)
 
     def expand(self, batches):
         return (batches
