@@ -78,7 +78,7 @@ def patient_of(rel, group_pattern=None):
 
 
 def sample_labels(sample, key, group_pattern=None):
-    """{pseudonymised source_uri: (label, group, subgroup)} for the files under `sample`.
+    """{pseudonymised source_uri: (label, group, subgroup, path)} for the files under `sample`.
 
     Groups are patients (patient_of); an image without one is its own group. Group keys are
     pseudonymised like paths, so a folder named after a patient never reaches an output."""
@@ -96,7 +96,7 @@ def sample_labels(sample, key, group_pattern=None):
             subgroup = parts[0] if len(parts) > 2 and _label_of_path(parts[0] + "/x") is None else ""
             patient = patient_of(rel, group_pattern)
             group = ps.uri(path) if patient is None else ps.component(patient)
-            out[ps.uri(path)] = (label, group, subgroup)
+            out[ps.uri(path)] = (label, group, subgroup, path)  # the path: thumbnails in validation.html
     if not out:
         raise ValidationError(f"{sample}: no images under class folders ({sorted(POSITIVE)} / {sorted(NEGATIVE)})")
     return out
@@ -118,8 +118,8 @@ def csv_labels(path):
 
 
 def join(rows, key_col, labels):
-    """(y, p, groups, subgroups, in_distribution, unmatched) over scored rows that have a label."""
-    y, p, g, sg, ind = [], [], [], [], []
+    """(y, p, groups, subgroups, in_distribution, unmatched, keys) over scored rows that have a label."""
+    y, p, g, sg, ind, keys = [], [], [], [], [], []
     matched = set()
     for r in rows:
         if r["status"] != "ok":
@@ -127,15 +127,16 @@ def join(rows, key_col, labels):
         key = r[key_col] if key_col != "member_path" or r["member_path"] else r["source_uri"]
         if key not in labels:
             continue
-        label, group, subgroup = labels[key]
+        label, group, subgroup = labels[key][:3]
         matched.add(key)
         y.append(label)
         p.append(r["tumor_probability"])
         g.append(r.get("study_instance_uid") or group)
         sg.append(subgroup or r.get("modality") or "")
         ind.append(r.get("in_distribution"))
+        keys.append(key)
     return (np.array(y), np.array(p, np.float64), np.array(g), np.array(sg), ind,
-            len(set(labels) - matched))
+            len(set(labels) - matched), keys)
 
 
 def wilson_lower(proportion, n, z=1.96):
@@ -271,7 +272,80 @@ def _calibration_png(curve):
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def render_html(result, metadata):
+MAX_CASES = 8
+
+
+def cases(y, p, keys, subgroups, threshold, paths=None):
+    """The missed tumors (lowest scores) and the worst false positives (highest) at `threshold`, each
+    with its key (pseudonymised), subgroup, score and, where the real file is known (`paths`), a
+    thumbnail of the model's input: what a reviewer looks at first."""
+    def one(i):
+        return {"key": keys[i], "subgroup": str(subgroups[i]), "probability": float(p[i]),
+                "thumbnail": _thumbnail(paths.get(keys[i])) if paths else None}
+    missed = [i for i in np.argsort(p) if y[i] == 1 and p[i] < threshold][:MAX_CASES]
+    false_pos = [i for i in np.argsort(-p) if y[i] == 0 and p[i] >= threshold][:MAX_CASES]
+    return {"missed_tumors": [one(i) for i in missed], "worst_false_positives": [one(i) for i in false_pos]}
+
+
+def _thumbnail(path):
+    """Base64 PNG of the model input of the image at `path` (128 px), or None if it cannot be read."""
+    if not path:
+        return None
+    try:
+        from PIL import Image
+
+        from trainer import preprocessing
+        with open(path, "rb") as f:
+            x = preprocessing.prepare(preprocessing.decode_raster(f.read()), preprocessing.InputSpec())[..., 0]
+        buf = io.BytesIO()
+        Image.fromarray((np.clip(x, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+    except Exception:
+        return None
+
+
+def _roc_png(y, p, points):
+    """ROC curve with the operating points marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainer import metrics
+    fpr, tpr, _ = metrics.roc_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "--", color="#999")
+    ax.plot(fpr, tpr, color="#4c72b0")
+    for name, (sens, spec), colour in zip(points, points.values(), ("#c44e52", "#55a868"), strict=False):
+        ax.plot([1 - spec], [sens], "o", color=colour, label=name)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _confusion_html(name, m):
+    c = m.get("confusion_matrix") or {}
+    return (f"<tr><td>{html.escape(name)}</td><td>{c.get('tp', '-')}</td><td>{c.get('fn', '-')}</td>"
+            f"<td>{c.get('fp', '-')}</td><td>{c.get('tn', '-')}</td></tr>")
+
+
+def _cases_html(title, items, anchor):
+    if not items:
+        return f'<h2 id="{anchor}">{title}</h2><p>None at the site threshold.</p>'
+    cells = "".join(
+        '<figure style="display:inline-block;margin:4px">'
+        + (f'<img src="data:image/png;base64,{c["thumbnail"]}" width="128" alt="model input">'
+           if c.get("thumbnail") else "")
+        + f'<figcaption>p={c["probability"]:.3f} {html.escape(c["subgroup"])}<br><code>'
+        f'{html.escape(str(c["key"])[-40:])}</code></figcaption></figure>' for c in items)
+    return f'<h2 id="{anchor}">{title}</h2><div>{cells}</div>'
+
+
+def render_html(result, metadata, curve=None):
     def fmt(m, k):
         ci = (m.get("ci95") or {}).get(k)
         v = m.get(k)
@@ -297,6 +371,12 @@ out of distribution: {'n/a' if result['out_of_distribution_share'] is None else 
 <tr><td>model's own</td><td>{result['artifact_threshold']:.4f}</td><td>{fmt(a, 'sensitivity')}</td><td>{fmt(a, 'specificity')}</td></tr>
 <tr><td>site (target sensitivity {result['target_sensitivity']})</td><td>{result['site_threshold']:.4f}</td>
 <td>{fmt(s, 'sensitivity')}</td><td>{fmt(s, 'specificity')}</td></tr></table>
+<h2>Confusion (images)</h2><table id="confusion"><tr><th>threshold</th><th>tumor found</th><th>tumor missed</th>
+<th>false alarms</th><th>correctly clear</th></tr>{_confusion_html("model's own", a)}{_confusion_html("site", s)}</table>
+{f'<h2>ROC</h2><img id="roc" alt="ROC curve" src="data:image/png;base64,{curve}">' if curve else ""}
+{_cases_html("Missed tumors (lowest scores)", result.get("cases", {}).get("missed_tumors", []), "missed")}
+{_cases_html("Worst false positives (highest scores)", result.get("cases", {}).get("worst_false_positives", []),
+             "false-positives")}
 <h2>Checks (all must pass for "meets")</h2><table id="checks"><tr><th>check</th><th>value</th><th>passed</th></tr>
 {checks}</table>
 <h2>By subgroup (site threshold)</h2><table><tr><th>subgroup</th><th>images</th><th>tumor</th><th>sensitivity</th>
@@ -362,7 +442,7 @@ def main(argv=None):
             key = pseudonym.load_or_create_key(key_file)
             sample = os.path.abspath(args.sample)
             labels, key_col = sample_labels(sample, key, group_rx), "source_uri"
-            groups = {g for _, g, _ in labels.values()}
+            groups = {v[1] for v in labels.values()}
             print(f"{len(labels)} labelled images in {len(groups)} patient groups "
                   f"({'--group-pattern' if group_rx else 'one folder per patient'})")
             if len(groups) == len(labels):
@@ -380,19 +460,26 @@ def main(argv=None):
             raise ValidationError(f"{scores} was scored with another model ({summary['model']['model_name']} "
                                   f"v{summary['model']['model_version']}); validate the model that scored it")
         rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
-        y, p, groups, subgroups, in_dist, unmatched = join(rows, key_col, labels)
+        y, p, groups, subgroups, in_dist, unmatched, keys = join(rows, key_col, labels)
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,
                           args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
                           args.min_patients)
         result["unmatched_labels"] = unmatched
+        result["cases"] = cases(y, p, keys, subgroups, result["site_threshold"],
+                                {k: v[3] for k, v in labels.items() if len(v) > 3})
+        points = {f"model's own ({result['artifact_threshold']:.3f})": (
+            result["at_artifact_threshold"]["sensitivity"], result["at_artifact_threshold"]["specificity"]),
+            f"site ({result['site_threshold']:.3f})": (result["sensitivity"], result["specificity"])}
+        curve = _roc_png(y, p, points)
     except (ValidationError, run.JobError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "validation.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump({**result, "cases": {k: [{**c, "thumbnail": None} for c in v]
+                                       for k, v in result.get("cases", {}).items()}}, f, indent=2)
     with open(os.path.join(args.output, "validation.html"), "w") as f:
-        f.write(render_html(result, metadata))
+        f.write(render_html(result, metadata, curve))
     written = ["validation.html", "validation.json"]
     profile_path = os.path.join(args.output, "site_profile.json")
     if os.path.exists(profile_path):  # an earlier run's profile must not outlive this verdict

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from beam_pipeline import pseudonym, run, validate
 from tests import rows as rows_mod
@@ -111,6 +112,16 @@ def test_validate_a_sample_folder_then_apply_the_site_profile(tmp_path, capsys):
     assert abs(result["roc_auc"] - metrics.roc_auc(y, [r["tumor_probability"] for r in rows])) < 1e-9
     page = open(out / "validation.html").read()
     assert 'id="verdict"' in page and 'id="calibration"' in page and "MRN" not in page
+    assert 'id="roc"' in page and 'id="confusion"' in page
+    cases = result["cases"]  # at the site threshold, recomputed here from the rows
+    p_of = {r["source_uri"]: r["tumor_probability"] for r in rows}
+    missed = sorted(p for k, p in p_of.items() if label_of[k] == 1 and p < result["site_threshold"])
+    false_pos = sorted((p for k, p in p_of.items() if label_of[k] == 0 and p >= result["site_threshold"]),
+                       reverse=True)
+    assert [c["probability"] for c in cases["missed_tumors"]] == pytest.approx(missed[:validate.MAX_CASES])
+    assert [c["probability"] for c in cases["worst_false_positives"]] == pytest.approx(false_pos[:validate.MAX_CASES])
+    shown = len(cases["missed_tumors"]) + len(cases["worst_false_positives"])
+    assert shown and page.count('alt="model input"') == shown  # each with the image it was scored on
     profile = json.load(open(out / "site_profile.json"))
     assert profile["threshold"] == result["site_threshold"] and profile["model_sha256"] in open(
         os.path.join(model_dir, "metadata.json")).read()
