@@ -114,3 +114,9 @@ def test_concatenated_tars_keep_every_member_and_an_empty_archive_gets_a_row(tmp
     by_source = collections.Counter(os.path.basename(r["source_uri"]) for r in rows)
     assert by_source == {"cat.tar": 4, "zeros.tar": 1, "none.zip": 1}
     assert sorted(r["error_code"] for r in rows if r["status"] != "ok") == ["archive_empty", "archive_empty"]
+
+
+def test_an_error_message_is_one_line_of_bounded_length():
+    from beam_pipeline.stages.decode import one_sentence
+    assert one_sentence("ValueError: bad\nTraceback (most recent call last):\n  File ...") == "ValueError: bad"
+    assert len(one_sentence("x" * 5000)) == 300 and one_sentence("") == ""

@@ -17,6 +17,13 @@ ROWS_TAG = "rows"
 PENDING_TAG = "pending"  # manifest keys of DICOMweb studies with an instance worth retrying next night
 
 
+def one_sentence(message, limit=300):
+    """A row's error message: its first line, at most `limit` characters (a library's multi-line
+    traceback text belongs in --verbose logs, not in a table a worklist reads)."""
+    first = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    return first if len(first) <= limit else first[:limit - 3] + "..."
+
+
 class _DecodeChunk(beam.DoFn):
     """Chunk -> (row templates, stacked model inputs) + finished error/skipped rows."""
 
@@ -69,7 +76,7 @@ class _DecodeChunk(beam.DoFn):
         message = self._ps.scrub(message, (ref.path, self._ps.member(ref.path)),
                                  (chunk.source_uri, self._ps.uri(chunk.source_uri)))
         row = self._row(chunk, ref, status=status, error_code=code,
-                        error_message=free_text.scrub_message(message)[:2000],
+                        error_message=one_sentence(free_text.scrub_message(message)),
                         scored_at=schema.now(), **fields)
         return beam.pvalue.TaggedOutput(ROWS_TAG, row)
 
