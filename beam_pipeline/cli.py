@@ -166,11 +166,17 @@ def apply_config(argv):
         raise UsageError(f"--config {path}: {e}") from e
     if not isinstance(config, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag: value, got {type(config).__name__}")
-    negatable = {a.option_strings[0] for a in own_parser()._actions
-                 if isinstance(a, argparse.BooleanOptionalAction)}
+    actions = own_parser()._actions
+    negatable = {a.option_strings[0] for a in actions if isinstance(a, argparse.BooleanOptionalAction)}
+    switches = {o for a in actions if a.nargs == 0 for o in a.option_strings}
     expanded = []
     for key, value in config.items():
         flag = "--" + str(key).lstrip("-")
+        if isinstance(value, bool) != (flag in switches) and flag in {o for a in actions for o in a.option_strings}:
+            if flag in switches:
+                raise UsageError(f"--config {path}: {key} is a switch: write true or false, not {value!r}")
+            raise UsageError(f"--config {path}: {key} was read by YAML as the boolean {value} (YAML reads NO, off, "
+                             "yes, ... unquoted as booleans); quote the value")
         if isinstance(value, bool):
             if value:
                 expanded.append(flag)
@@ -181,6 +187,12 @@ def apply_config(argv):
             if isinstance(v, (dict, list)) or v is None:
                 raise UsageError(f"--config {path}: {key} must be a value or a list of values")
             expanded += [flag, str(v)]
+    from_file = sum(1 for a in expanded if a == "--input")
+    from_line = sum(1 for a in out if a == "--input" or a.startswith("--input="))
+    if from_file and from_line:  # both are scored: say so, a config's inputs are easy to forget
+        from beam_pipeline import console
+        console.emit("inputs", f"Inputs: {from_file} from --config {path} and {from_line} from the command line, "
+                               "all scored")
     return expanded + out
 
 

@@ -206,6 +206,15 @@ def test_config_file_and_comma_separated_inputs(tmp_path, capsys):
     config.write_text("- just\n- a list\n")
     assert run.main(["--config", str(config)]) == 2
     assert "expected a mapping" in capsys.readouterr().err
+    config.write_text(f"run-id: NO\noutput: {out}\nmodel: {model_dir}\ninput: {tmp_path / 'a.png'}\n")
+    assert run.main(["--config", str(config)]) == 2  # YAML reads NO as false: never silently dropped
+    assert "run-id was read by YAML as the boolean False" in capsys.readouterr().err
+    config.write_text(f"keep-paths: sometimes\noutput: {out}\n")
+    assert run.main(["--config", str(config)]) == 2
+    assert "keep-paths is a switch" in capsys.readouterr().err
+    config.write_text(f"input: {tmp_path / 'a.png'}\noutput: {out}\nmodel: {model_dir}\n")
+    assert run.main(["--config", str(config), "--input", str(tmp_path / "b.png")]) == 0
+    assert "Inputs: 1 from --config" in capsys.readouterr().out and run.read_summary(str(out))["rows"] == 2
 
 
 def test_a_night_that_scored_no_image_does_not_exit_ok(tmp_path, capsys):
