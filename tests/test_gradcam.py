@@ -107,3 +107,22 @@ def test_heatmap_from_the_scoring_pass_equals_grad_cam():
 
 def test_heads_without_a_cam_keep_grad_cam(lesion_model):
     assert gradcam.cam_head(lesion_model) is None  # global max pooling: gradients are not the kernel
+
+
+def test_overlays_are_drawn_from_the_head_only_so_burned_in_text_is_blanked():
+    """A name burned into the image beside the head is in the model input (prepare crops to the head's
+    box, which the text widens) but not in the review overlay."""
+    from PIL import Image, ImageDraw
+
+    from tests import synth
+    from trainer import preprocessing
+    img = Image.fromarray(synth.brain_slice(3, 256))
+    ImageDraw.Draw(img).text((4, 4), "SMITH^JOHN 1961", fill=255)
+    gray = np.asarray(img, np.float32)
+    x = preprocessing.prepare(gray, preprocessing.InputSpec())[..., 0]
+    text_rows = slice(0, 3)  # the crop box grew to take the text in: it sits in the input's top rows
+    assert x[text_rows].max() > 0.5  # the text survived preprocessing
+    masked, heat = gradcam.head_only(x, np.ones_like(x))
+    assert masked[text_rows].max() == 0 and heat[text_rows].max() == 0
+    centre = (slice(48, 80), slice(48, 80))
+    assert np.array_equal(masked[centre], x[centre])  # the head itself is untouched

@@ -160,6 +160,60 @@ def _font():
     return _FONT[0]
 
 
+def head_mask(image: np.ndarray, level: float = 0.05, window: int = 5, margin: int = 2) -> np.ndarray:
+    """Boolean mask of the head in a model input: the largest connected region of foreground after
+    a `window`-pixel box filter (thin strokes of burned-in text fall below half of a window), grown by
+    `margin` pixels so the skull's edge stays.
+
+    Why: review overlays are embedded in reports and stored in the PACS, and a name or date burned
+    into the image beside the head would travel with them; outside the head there is nothing to read."""
+    from collections import deque
+    img = np.asarray(image, np.float32).reshape(np.shape(image)[:2])
+    fg = (img > level).astype(np.float32)
+    pad = window // 2
+    c = np.pad(fg, pad).cumsum(0).cumsum(1)
+    c = np.pad(c, ((1, 0), (1, 0)))
+    h, w = fg.shape
+    box = (c[window:window + h, window:window + w] - c[:h, window:window + w] - c[window:window + h, :w]
+           + c[:h, :w]) / (window * window)
+    solid = box >= 0.5
+    seen = np.zeros_like(solid)
+    best: list = []
+    for start in zip(*np.nonzero(solid), strict=True):
+        if seen[start]:
+            continue
+        part, todo = [], deque([start])
+        seen[start] = True
+        while todo:
+            r, col = todo.popleft()
+            part.append((r, col))
+            for nr, nc in ((r + 1, col), (r - 1, col), (r, col + 1), (r, col - 1)):
+                if 0 <= nr < h and 0 <= nc < w and solid[nr, nc] and not seen[nr, nc]:
+                    seen[nr, nc] = True
+                    todo.append((nr, nc))
+        if len(part) > len(best):
+            best = part
+    mask = np.zeros_like(solid)
+    if best:
+        rows, cols = zip(*best, strict=True)
+        mask[list(rows), list(cols)] = True
+    for _ in range(margin):
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        mask = grown
+    return mask
+
+
+def head_only(image: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(image, heat) blanked outside `head_mask`: what review overlays are drawn from."""
+    m = head_mask(image)
+    img = np.asarray(image, np.float32).reshape(m.shape)
+    return img * m, np.asarray(heat, np.float32).reshape(m.shape) * m
+
+
 def overlay_png(image: np.ndarray, heat: np.ndarray, probability: float | None = None, scale: int = 2) -> bytes:
     """PNG bytes: the model input beside it with the heatmap blended in (jet colours).
 

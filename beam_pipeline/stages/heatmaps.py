@@ -51,6 +51,7 @@ class _AddHeatmaps(beam.DoFn):
         else:
             heats = self._explain(x)
         for (row, x, _), heat in zip(batch, heats, strict=True):
+            x, heat = gradcam.head_only(x, heat)  # burned-in text beside the head never reaches a report
             name = f"{row['content_sha256'][:20]}_{row['frame_index']}.png"
             with FileSystems.create(f"{self._dir}/{name}", mime_type="image/png",
                                     compression_type=CompressionTypes.UNCOMPRESSED) as f:
