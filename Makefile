@@ -31,6 +31,11 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
 
 venv: $(STAMP)
 
+# All CPU benchmarks (about an hour on 2 cores), with the encoders bench/dicom_job.py needs.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	bash bench/run_all.sh
+
 # Debian packages the tests use: chromium renders the HTML report in the browser test; orthanc and
 # orthanc-dicomweb are the PACS the DICOMweb tests search (needs root or sudo once). If they cannot be
 # installed those tests are skipped with a reason, and this says so loudly.
