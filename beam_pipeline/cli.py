@@ -14,6 +14,7 @@ import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from beam_pipeline import errors
 from beam_pipeline.options import ScreeningOptions
 
 DESCRIPTION = """Score brain-MRI images in archives (zip, tar, tar.gz/bz2/xz) and loose files
@@ -26,7 +27,7 @@ before any work (bad flag or value, missing/tampered model, no input, output not
 writable or owned by someone else)."""
 
 
-class UsageError(ValueError):
+class UsageError(errors.ScreeningError, ValueError):
     """A flag or value that stops the job before it starts (exit 2)."""
 
 

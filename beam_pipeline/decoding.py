@@ -12,6 +12,7 @@ import zlib
 
 import numpy as np
 
+from beam_pipeline import errors
 from trainer import preprocessing
 
 _RASTER_MAGIC = (
@@ -36,7 +37,7 @@ MAX_INFLATE_RATIO = 200.0
 _DEFLATED_UID = b"1.2.840.10008.1.2.1.99"
 
 
-class DecodeError(Exception):
+class DecodeError(errors.ScreeningError):
     def __init__(self, code, message, image_format=None, fields=None):
         super().__init__(message)
         self.code = code

@@ -19,6 +19,8 @@ import os
 import threading
 import urllib.parse
 
+from beam_pipeline import errors
+
 SCHEMES = ("dicomweb://", "dicomwebs://")
 PAGE = 500
 DEFAULT_MAX_PARALLEL = 4
@@ -52,7 +54,7 @@ _state = {"max_parallel": DEFAULT_MAX_PARALLEL, "semaphore": None, "clients": {}
           "credentials_file": None}
 
 
-class CredentialsError(ValueError):
+class CredentialsError(errors.ScreeningError, ValueError):
     """A credentials file that is missing, unreadable, readable by others, or not in a known form."""
 
 
@@ -276,7 +278,7 @@ _TRANSIENT = {408, 429, 500, 502, 503, 504}
 _ATTEMPTS = 3
 
 
-class RetrieveError(ValueError):
+class RetrieveError(errors.ScreeningError, ValueError):
     """A DICOMweb answer that could not be had within the limits; `code` is the row's error code.
 
     `transient`: worth trying again next night (timeouts, 5xx, connection failures); a study with

@@ -117,7 +117,7 @@ def resolve_engine(requested: str, metadata: dict[str, Any], gpu_workers: bool) 
     return "onnxruntime"
 
 
-class KerasChunkModelHandler(ModelHandler):
+class ChunkModelHandler(ModelHandler):
     """Examples: float32 arrays (n, H, W, 1).
 
     Predictions: PredictionResult(chunk, (probs[n], ood_scores[n] or None, cam maps or None)); the

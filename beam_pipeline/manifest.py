@@ -15,12 +15,14 @@ import json
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline import errors
+
 
 def fingerprint(metadata):
     return {"size": int(metadata.size_in_bytes), "updated": float(metadata.last_updated_in_seconds or 0)}
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.ScreeningError, ValueError):
     """A manifest that cannot be trusted: the job stops before it touches anything."""
 
 

@@ -127,7 +127,7 @@ def _scan_images(pattern, shown_uids, shown_sources):
         if len(errors) < MAX_ERRORS:
             errors += bad.slice(0, MAX_ERRORS - len(errors)).to_pylist()
         if len(uids) or len(sources):
-            # A loose file's series is named by the folder holding it (studies.study_key).
+            # A loose file's series is named by the folder holding it (studies.series_key).
             folder = pc.replace_substring_regex(batch.column("source_uri"), pattern="/[^/]*$", replacement="")
             loose = pc.and_(pc.equal(batch.column("member_path"), ""), pc.is_in(folder, sources))
             shown = pc.and_(ok, pc.and_(pc.is_valid(batch.column("heatmap_path")), pc.or_(
@@ -288,9 +288,9 @@ def render(folder):
     summary = run_summary.read(folder)
     totals = summary.get("result") or summary  # a result can hold several incremental runs
 
-    from beam_pipeline.studies import series_label, study_key
+    from beam_pipeline.studies import series_key, series_label
     # The flagged section shows series with heatmaps; the worklist, studies. Both the top ones only.
-    flagged, n_studies, n_flagged = _top(prefix + "/series-*.parquet", MAX_FLAGGED_STUDIES, flagged_only=True)
+    flagged, n_series, n_flagged = _top(prefix + "/series-*.parquet", MAX_FLAGGED_STUDIES, flagged_only=True)
     worklist, n_exams, _ = _top(prefix + "/studies-*.parquet", MAX_FLAGGED_STUDIES)
     # Heatmap rows of the studies on the page only (top MAX_FLAGGED_STUDIES), as Python rows.
     counts, threshold, n_errors, errors, near, threshold_sources = _scan_images(
@@ -298,7 +298,7 @@ def render(folder):
         [s["source_uri"] for s in flagged if not s["study_instance_uid"]])
     by_study = {}
     for r in near:
-        by_study.setdefault(study_key(r), []).append(r)
+        by_study.setdefault(series_key(r), []).append(r)
     md = _model_metadata(summary)
     parts = [f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>Brain-MRI screening run {_esc(summary['run_id'])}</title>
@@ -323,7 +323,7 @@ every study still needs a radiologist's read.</p>
 <tr><th>flagged images</th><td>{totals['flagged']}</td></tr>
 <tr><th>out of distribution (below threshold, not judged)</th><td>{totals.get('out_of_distribution', 0)}</td></tr>
 <tr><th>runs in this result</th><td>{_esc(", ".join(totals.get("run_ids", [summary["run_id"]])))}</td></tr>
-<tr><th>flagged series / folders</th><td>{n_flagged} of {n_studies}</td></tr>
+<tr><th>flagged series / folders</th><td>{n_flagged} of {n_series}</td></tr>
 <tr><th>throughput (last run)</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>
 <tr><th>inputs</th><td>{totals['sources']}</td></tr>
 </table>"""]

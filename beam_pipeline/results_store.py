@@ -30,6 +30,8 @@ import time
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline import errors
+
 OWNER_MARKER = "_BRAIN_SCREENING_OUTPUT"
 RESULTS = "results"
 STAGING = "_staging"
@@ -38,7 +40,7 @@ LOCK = "_FINALISE.lock"
 STALE_STAGING_SECONDS = 24 * 3600  # a staging folder older than this belongs to a dead run
 
 
-class OutputError(RuntimeError):
+class OutputError(errors.ScreeningError, RuntimeError):
     """An output location the job must not write to."""
 
 

@@ -25,6 +25,7 @@ from beam_pipeline import (
     console,
     dicomweb,
     drift,
+    errors,
     finalise,
     inference,
     manifest,
@@ -36,7 +37,7 @@ from beam_pipeline import (
     summary,
 )
 from beam_pipeline.options import ScreeningOptions
-from beam_pipeline.stages.decode import PENDING_TAG, ROWS_TAG, DecodeImages
+from beam_pipeline.stages.decode import ERROR_ROWS_TAG, PENDING_TAG, DecodeImages
 from beam_pipeline.stages.expand import ExpandInputs
 from beam_pipeline.stages.heatmaps import AddHeatmaps
 from beam_pipeline.stages.score import FLAGGED_TAG, ScoreImages
@@ -44,7 +45,7 @@ from beam_pipeline.stages.tables import WriteResults
 from trainer import artifact, gradcam
 
 
-class JobError(RuntimeError):
+class JobError(errors.ScreeningError, RuntimeError):
     """A problem with the job's inputs that must stop it before it starts."""
 
 
@@ -160,7 +161,7 @@ def build(pipeline, opts, metadata, plan, pseudonym_key=None, accession_key=None
         ood_threshold=(metadata.get("ood") or {}).get("threshold"), threshold_source=threshold_source,
         engine=opts.engine, model_copies=opts.model_copies, threads=opts.inference_threads,
         lesion_map=metadata.get("head") == "lesion_map", map_level=gradcam.map_level(metadata))
-    parts = [scored.rows, decoded[ROWS_TAG]]
+    parts = [scored.rows, decoded[ERROR_ROWS_TAG]]
     heatmap_dir = f"{plan.staging}/heatmaps" if opts.heatmaps else None
     if opts.heatmaps:
         parts.append(scored[FLAGGED_TAG] | "AddHeatmaps" >> AddHeatmaps(
@@ -365,7 +366,7 @@ def main(argv=None):
     console.install_log_handler(verbose)
     try:
         result = run(argv)
-    except JobError as e:
+    except errors.ScreeningError as e:  # the job's own problems: one sentence, exit 2 (a bug keeps its traceback)
         console.emit("exit", str(e), level="error", exit_code=EXIT_JOB_ERROR)
         return EXIT_JOB_ERROR
     try:

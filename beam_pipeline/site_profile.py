@@ -11,12 +11,14 @@ import json
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipeline import errors
+
 FORMAT = "brain-screening-site-profile/1"
 REQUIRED = ("format", "model_name", "model_version", "model_sha256", "threshold", "target_sensitivity",
             "n_images", "n_positive", "created_at", "meets")
 
 
-class ProfileError(ValueError):
+class ProfileError(errors.ScreeningError, ValueError):
     pass
 
 

@@ -9,11 +9,13 @@ server probe unless this is a Google Cloud VM), and can each bucket be listed
 """
 import os
 
+from beam_pipeline import errors
+
 PROBE_TIMEOUT_S = 15
 ADC_FILE = os.path.join("~", ".config", "gcloud", "application_default_credentials.json")
 
 
-class AccessError(RuntimeError):
+class AccessError(errors.ScreeningError, RuntimeError):
     pass
 
 

@@ -15,7 +15,7 @@ from beam_pipeline import schema
 TOP_K = 5
 
 
-def study_key(row):
+def series_key(row):
     """DICOM: study/series UIDs. Archive members: the archive and the member's folder. Loose files: the
     folder that holds them (a folder of 360 PNG slices was 360 one-image "studies" on the worklist)."""
     if row.get("study_instance_uid"):
@@ -26,8 +26,8 @@ def study_key(row):
     return f"{row['source_uri']}!{posixpath.dirname(row['member_path'])}{patient}"
 
 
-class StudyCombineFn(beam.CombineFn):
-    """Scored image rows of one group -> a STUDY_SCHEMA row (without run-level fields)."""
+class SeriesCombineFn(beam.CombineFn):
+    """Scored image rows of one series (or folder) -> a SERIES_SCHEMA row (without run-level fields)."""
 
     def create_accumulator(self):
         return {"n": 0, "flagged": 0, "ood": 0, "sum": 0.0, "max": -1.0, "top": [], "first": None, "lesion": None}
@@ -114,8 +114,8 @@ class AggregateSeries(beam.PTransform):
     def expand(self, rows):
         return (rows
                 | "OkRows" >> beam.Filter(lambda r: r["status"] == "ok")
-                | "KeyBySeries" >> beam.Map(lambda r: (study_key(r), r))
-                | "CombinePerSeries" >> beam.CombinePerKey(StudyCombineFn())
+                | "KeyBySeries" >> beam.Map(lambda r: (series_key(r), r))
+                | "CombinePerSeries" >> beam.CombinePerKey(SeriesCombineFn())
                 | "WithKey" >> beam.MapTuple(lambda key, row: {**row, "study_key": key}))
 
 

@@ -30,11 +30,13 @@ import sys
 
 import numpy as np
 
+from beam_pipeline import errors
+
 POSITIVE = {"tumor", "tumour", "yes", "positive", "glioma", "meningioma", "pituitary", "1"}
 NEGATIVE = {"notumor", "no_tumor", "no-tumor", "no", "negative", "normal", "0"}
 
 
-class ValidationError(ValueError):
+class ValidationError(errors.ScreeningError, ValueError):
     pass
 
 

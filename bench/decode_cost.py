@@ -161,8 +161,8 @@ def main():
         notes[f"draft_{target}_max_abs_input_difference"] = float(np.abs(full - drafted).max())
         notes[f"draft_{target}_mean_abs_input_difference"] = float(np.abs(full - drafted).mean())
         try:
-            from beam_pipeline.inference import KerasChunkModelHandler
-            score = KerasChunkModelHandler(args.model, 64, engine="onnxruntime").load_model()
+            from beam_pipeline.inference import ChunkModelHandler
+            score = ChunkModelHandler(args.model, 64, engine="onnxruntime").load_model()
             p_full, p_draft = score(full)[0], score(drafted)[0]
             notes[f"draft_{target}_max_abs_probability_difference"] = float(np.abs(p_full - p_draft).max())
         except Exception as e:  # no model.onnx: the input difference still stands

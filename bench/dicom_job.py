@@ -134,8 +134,8 @@ def main():
     args = parser.parse_args()
     from pydicom.uid import generate_uid
 
-    from beam_pipeline.inference import KerasChunkModelHandler
-    score = KerasChunkModelHandler(args.model, 64, engine="onnxruntime").load_model()
+    from beam_pipeline.inference import ChunkModelHandler
+    score = ChunkModelHandler(args.model, 64, engine="onnxruntime").load_model()
     spec = preprocessing.InputSpec()
     rng = np.random.default_rng(0)
     slices, _, source = _slices(args.slices)

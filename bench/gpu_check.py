@@ -54,12 +54,12 @@ def _training(work):
 
 
 def _scoring(model_dir):
-    from beam_pipeline.inference import KerasChunkModelHandler
+    from beam_pipeline.inference import ChunkModelHandler
     rows = []
     x = np.random.default_rng(0).random((1024, 128, 128, 1)).astype(np.float32)
     for engine in ("tensorflow", "onnxruntime"):
         for batch in (64, 256):
-            score = KerasChunkModelHandler(model_dir, batch, engine=engine).load_model()
+            score = ChunkModelHandler(model_dir, batch, engine=engine).load_model()
             score(x[:batch])  # warm-up (and GPU kernels)
             t0 = time.perf_counter()
             for i in range(0, len(x), batch):

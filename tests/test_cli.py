@@ -245,3 +245,21 @@ def test_json_logs_stay_json_when_libraries_log(tmp_path, capsys):
     captured = capsys.readouterr()
     records = [json.loads(line) for line in (captured.out + captured.err).splitlines() if line.startswith("{")]
     assert any(r["event"] == "library_log" and r["logger"].startswith("pydicom") for r in records)
+
+
+def test_the_jobs_own_errors_share_one_base():
+    """So the launcher tells a problem to explain (exit 2, one sentence) from a bug (a traceback)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import beam_pipeline
+    from beam_pipeline import errors
+    found = []
+    for info in pkgutil.walk_packages(beam_pipeline.__path__, "beam_pipeline."):
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == info.name and issubclass(cls, Exception):
+                found.append(name)
+                assert issubclass(cls, errors.ScreeningError), f"{info.name}.{name}"
+    assert len(found) >= 10

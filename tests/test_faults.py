@@ -58,7 +58,7 @@ def test_transient_inference_failure_is_retried(inputs, monkeypatch):
     root, model_dir = inputs
     clean = _run(root, model_dir, "clean")
     seen = []
-    _fail_first_call(monkeypatch, inference.KerasChunkModelHandler, "run_inference", seen)
+    _fail_first_call(monkeypatch, inference.ChunkModelHandler, "run_inference", seen)
     faulty = _run(root, model_dir, "faulty")
     assert seen == [1]
     assert faulty == clean

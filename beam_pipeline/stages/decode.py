@@ -2,7 +2,7 @@
 
 Reads each member, sniffs its format, decodes it (decoding.py) and preprocesses it with the trainer's
 `prepare`, the one definition of the model input. Every member that cannot become a model input leaves
-as a finished row with a coded reason on the ROWS_TAG output: nothing is dropped.
+as a finished row with a coded reason on the ERROR_ROWS_TAG output: nothing is dropped.
 """
 import hashlib
 
@@ -13,7 +13,7 @@ from apache_beam.metrics import Metrics
 from beam_pipeline import archives, console, decoding, dicomweb, error_codes, free_text, pseudonym, schema
 from trainer import preprocessing
 
-ROWS_TAG = "rows"
+ERROR_ROWS_TAG = "rows"
 PENDING_TAG = "pending"  # manifest keys of DICOMweb studies with an instance worth retrying next night
 
 
@@ -78,7 +78,7 @@ class _DecodeChunk(beam.DoFn):
         row = self._row(chunk, ref, status=status, error_code=code,
                         error_message=one_sentence(free_text.scrub_message(message)),
                         scored_at=schema.now(), **fields)
-        return beam.pvalue.TaggedOutput(ROWS_TAG, row)
+        return beam.pvalue.TaggedOutput(ERROR_ROWS_TAG, row)
 
     def process(self, chunk):
         templates, inputs = [], []
@@ -124,7 +124,7 @@ class _DecodeChunk(beam.DoFn):
 
 
 class DecodeImages(beam.PTransform):
-    """Chunk -> main: (row templates, float32[n, H, W, 1]); ROWS_TAG: finished rows; PENDING_TAG:
+    """Chunk -> main: (row templates, float32[n, H, W, 1]); ERROR_ROWS_TAG: finished rows; PENDING_TAG:
     studies not to record in the manifest.
 
     With a `pseudonym_key`, paths in rows are keyed pseudonyms (see pseudonym.py); series descriptions
@@ -138,4 +138,4 @@ class DecodeImages(beam.PTransform):
                                 keep_descriptions, credentials_file, group_pattern)
 
     def expand(self, chunks):
-        return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ROWS_TAG, PENDING_TAG, main="images")
+        return chunks | "Decode" >> beam.ParDo(self._fn).with_outputs(ERROR_ROWS_TAG, PENDING_TAG, main="images")

@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_pipeline import console, schema
-from beam_pipeline.inference import KerasChunkModelHandler
+from beam_pipeline.inference import ChunkModelHandler
 from trainer.gradcam import LESION_LEVEL
 
 FLAGGED_TAG = "flagged"
@@ -83,7 +83,7 @@ class ScoreImages(beam.PTransform):
                  threshold_source="artifact", engine="tensorflow", model_copies=0, threads=0, lesion_map=False,
                  map_level=LESION_LEVEL):
         super().__init__()
-        self._handler: Any = KeyedModelHandler(KerasChunkModelHandler(
+        self._handler: Any = KeyedModelHandler(ChunkModelHandler(
             model_uri, batch_size, chunks_per_batch=max(1, batch_size // max(chunk_size, 1)), engine=engine,
             model_copies=model_copies, threads=threads))
         self._to_rows = _ToRows(threshold, heatmaps, ood_threshold, threshold_source, lesion_map, map_level)
