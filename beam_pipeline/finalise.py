@@ -72,7 +72,7 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
             return summary.read(results_store.results_dir(plan.output))
         result = None
         if plan.carry_over:
-            result = _carry_over(plan, counts, images, studies)
+            result = _carry_over(plan, counts, images, studies, series)
         run_summary = summary.build(plan.run_id, counts, plan.model_info, plan.model_uri, elapsed,
                                     images, studies, result)
         run_summary["drift"] = drift.assess(counts, plan.drift_reference)
@@ -135,7 +135,40 @@ def _update_manifest(plan, study_fingerprints):
                                            **dict(study_fingerprints)})
 
 
-def _carry_over(plan, counts, images, studies):
+def _drop_rescored(plan, carried, fresh):
+    """Remove from the carried study (or series) tables the rows this run scored again, so the worklist
+    lists each study once, from its newest scoring (a late image rescored the whole study)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    results = results_store.results_dir(plan.output)
+    keys = set()
+    for path in fresh:
+        staged = f"{plan.staging}/{path[len(results) + 1:]}" if path.startswith(results + "/") else path
+        with FileSystems.open(staged, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            keys.update(pq.read_table(f, columns=["study_key"]).column("study_key").to_pylist())
+    if not keys:
+        return
+    for name in carried:
+        path = f"{plan.staging}/{name}"
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            table = pq.read_table(f)
+        stale = pc.is_in(table.column("study_key"), value_set=pa.array(sorted(keys)))
+        if not pc.any(stale).as_py():
+            continue
+        kept = table.filter(pc.invert(stale))
+        # A new file, never the carried one rewritten in place: locally it is a hard link to the
+        # promoted result's file, which must stay as it is until this result replaces it.
+        tmp = f"{path}.tmp"
+        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            pq.write_table(kept, f)
+        FileSystems.delete([path])
+        FileSystems.rename([tmp], [path])
+
+
+def _carry_over(plan, counts, images, studies, series=()):
     """Bring the current result's rows into this run's result; returns the merged 'result' entry."""
     names = [n for n in results_store.current_files(plan.output) if n.startswith(CARRIED_PREFIXES)]
     results = results_store.results_dir(plan.output)
@@ -145,6 +178,8 @@ def _carry_over(plan, counts, images, studies):
         previous = {"run_ids": [], **summary.EMPTY_COUNTS}
         names = []
     results_store.carry_over(plan.output, plan.staging, names)
+    for prefix, fresh in (("studies-", studies), ("series-", series)):
+        _drop_rescored(plan, [n for n in names if n.startswith(prefix)], fresh)
     merged = summary.merge_counts(previous, counts)
     carried_images = [f"{results}/{n}" for n in names if n.startswith("images-")]
     carried_studies = [f"{results}/{n}" for n in names if n.startswith("studies-")]

@@ -191,6 +191,10 @@ def test_manifest_makes_pacs_nights_incremental_by_study(pacs, tmp_path):
     upload(server, _instance(7, first_study, first_series, 0, 4, "20261201")[1])  # a late image
     assert run.main(argv + ["--run-id", "night3"]) == 0
     assert run.read_summary(out)["rows"] == 5  # the study that changed, scored again
+    studies = rows_mod.images(out, "studies-*.parquet")  # each study once, from its newest scoring
+    assert sorted((s["study_instance_uid"] == first_study, s["n_images"]) for s in studies) == [(False, 2), (True, 5)]
+    series = rows_mod.images(out, "series-*.parquet")
+    assert len(series) == len({s["study_key"] for s in series}) == 3
     assert run.main(argv + ["--run-id", "night4"]) == 0
     summary = run.read_summary(out)
     # nothing new tonight: the result stays night 3's, nothing lost
