@@ -33,7 +33,7 @@ venv: $(STAMP)
 
 # All CPU benchmarks (about an hour on 2 cores), with the encoders bench/dicom_job.py needs.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[bench]'
 	bash bench/run_all.sh
 
 # Debian packages the tests use: chromium renders the HTML report in the browser test; orthanc and
