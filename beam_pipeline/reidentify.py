@@ -55,9 +55,6 @@ def _from_file(path, add):
             for ref, data, _ in archives.read_members(chunk):
                 for part in (ref.path or "").replace("\\", "/").split("/"):
                     add(part, "archive member path component")
-                if data is None and chunk.kind == "file":
-                    with open(path, "rb") as f:
-                        data = f.read(1 << 20)
                 if data and data[128:132] == b"DICM":
                     _from_header(data, add)
     except Exception:  # an unreadable input names nothing; the job reported it already
