@@ -337,7 +337,10 @@ every study still needs a radiologist's read.</p>
         # No 60-character UIDs as headings: what a radiologist recognises (series, exam, date).
         title = (f"{series_label(s)} ({s['modality'] or '-'}) of exam {s.get('accession_number') or '-'}, "
                  f"{_date(s.get('study_date'))}"
-                 if s["study_instance_uid"] else f"{os.path.basename(s['source_uri'] or '')} : {s['folder'] or '/'}")
+                 if s["study_instance_uid"] else
+                 f"folder {series_label(s)} of patient {s['patient_group']}" if s.get("patient_group") else
+                 f"{os.path.basename(s['source_uri'] or '')} : {s['folder']}" if s.get("folder") else
+                 f"folder {series_label(s)}")
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
                      f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '

@@ -139,7 +139,10 @@ def series_label(series):
         return f"series {series['series_number']}"
     if series.get("series_instance_uid"):
         return f"series ...{series['series_instance_uid'][-6:]}"
-    return series.get("folder") or "/"
+    if series.get("folder"):
+        return series["folder"]
+    # loose files: the folder that holds them (its name, pseudonymised like every path component)
+    return posixpath.basename((series.get("source_uri") or "").rstrip("/")) or "/"
 
 
 class _StudyFromSeries(beam.CombineFn):
