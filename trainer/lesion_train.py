@@ -167,9 +167,17 @@ def predict(model, x, batch=128):
     return np.concatenate(scores).astype(np.float64), np.concatenate(maps)
 
 
-def validation_callback(model, x, labels, sources, log_path):
-    """A Keras callback: mean per-source validation AUC after each epoch, logged; keeps the best weights
-    (`.best`, `.best_weights`). Built here so Keras is imported only when training."""
+def validation_callback(model, x, labels, sources, log_path, select=""):
+    """A Keras callback: per-source validation AUC after each epoch, logged; keeps the weights of the
+    epoch with the best mean AUC over the sources matching `select` (a regex; all when empty) as
+    `.best`, `.best_weights`. Built here so Keras is imported only when training.
+
+    Why a selection: run I (14 epochs, docs/model_v4_notes.md) kept epoch 2, whose mean over all sources
+    was lifted by LGG T1 validation AUCs (noisy labels: the lesion is often invisible on T1), although its
+    FLAIR AUC was 0.79 against 0.91 at the last epoch. Selecting on the threshold sources (the sources
+    whose labels are trusted) avoids that."""
+    import re
+
     import keras
 
     from trainer import metrics
@@ -182,7 +190,8 @@ def validation_callback(model, x, labels, sources, log_path):
             per = {s: metrics.roc_auc(labels[sources == s], scores[sources == s])
                    for s in sorted(set(sources.tolist()))}
             per = {s: a for s, a in per.items() if a == a}
-            mean = float(np.mean(list(per.values())))
+            chosen = [a for s_, a in per.items() if re.search(select, s_)] if select else []
+            mean = float(np.mean(chosen or list(per.values())))
             line = {"epoch": epoch + 1, "mean_val_auc": round(mean, 4),
                     **{k: round(v, 4) for k, v in (logs or {}).items()},
                     **{f"val_auc/{s}": round(a, 4) for s, a in per.items()}}
@@ -208,12 +217,14 @@ def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, tota
         fit_model.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=1e-4),
                           loss={"tumor_probability": slice_loss, "lesion_map": pixel_loss(args.dice_weight)})
     val = np.flatnonzero(data["is_val"])
-    cb = validation_callback(model, arrays["x"][val], labels[val], sources[val], os.path.join(work_dir, "epochs.jsonl"))
+    cb = validation_callback(model, arrays["x"][val], labels[val], sources[val], os.path.join(work_dir, "epochs.jsonl"),
+                             args.threshold_sources)
     print(f"Strategy {type(strategy).__name__}: {strategy.num_replicas_in_sync} replica(s); {len(val)} validation "
           f"slices; {model.count_params()} parameters", flush=True)
     t_fit = time.time()
     fit_model.fit(train_ds, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, callbacks=[cb], verbose=2)
     fit = {"fit_seconds": round(time.time() - t_fit, 1), "best_epoch_mean_val_auc": round(cb.best, 4)}
+    model.save(os.path.join(work_dir, "last.keras"))  # kept: the selection rule can be revisited without retraining
     model.set_weights(cb.best_weights)
     model.save(os.path.join(work_dir, "best.keras"))
     with open(os.path.join(work_dir, "fit.json"), "w") as f:
