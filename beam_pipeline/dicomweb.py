@@ -151,7 +151,13 @@ def client(base):
         return _state["clients"][base]
 
 
-def _value(item, tag):
+def session(base):
+    """The requests session of `base`'s client (credentials, no redirects): for requests the client lacks."""
+    client(base)
+    return _state["sessions"][base]
+
+
+def value(item, tag):
     v = item.get(tag, {}).get("Value")
     return str(v[0]) if v else None
 
@@ -175,13 +181,12 @@ def qido(base, path, params):
     a size cap and a total deadline, content encoding refused, transient errors retried."""
     import json
     import time
-    client(base)
-    session = _state["sessions"][base]
+    http = session(base)
     url = f"{base}/{path}?{urllib.parse.urlencode(params, doseq=True)}" if params else f"{base}/{path}"
     headers = {"Accept": "application/dicom+json", "Accept-Encoding": "identity"}
     start = time.monotonic()
     for attempt in range(_ATTEMPTS):
-        status, _, body = _stream(session, url, headers, QIDO_MAX_BYTES, start + QIDO_DEADLINE_S, "QIDO-RS answer")
+        status, _, body = _stream(http, url, headers, QIDO_MAX_BYTES, start + QIDO_DEADLINE_S, "QIDO-RS answer")
         if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < QIDO_DEADLINE_S / 2:
             time.sleep(0.5 * 2 ** attempt)
             continue
@@ -199,7 +204,7 @@ def qido(base, path, params):
     return answer
 
 
-def _paged(base, path, params):
+def paged(base, path, params):
     """Every result of a QIDO-RS search, page by page. Stops, with an error, on a server that does
     not page (the same page again: it ignores `offset`) or past MAX_PAGES."""
     offset, previous = 0, None
@@ -220,8 +225,8 @@ def search_studies(uri):
     """Study Instance UID of every study matching the input's filters, every page, each once."""
     base, filters = parse(uri)
     seen = set()
-    for item in _paged(base, "studies", {**filters, "includefield": [STUDY_UID]}):
-        uid = _value(item, STUDY_UID)
+    for item in paged(base, "studies", {**filters, "includefield": [STUDY_UID]}):
+        uid = value(item, STUDY_UID)
         if uid and uid not in seen:
             seen.add(uid)
             yield uid
@@ -236,17 +241,17 @@ def instances(uri, study):
     """(series UID, SOP Instance UID) of every image instance of one study (see NON_IMAGE_MODALITIES),
     and the number of series the server listed (0: it knows no series of this study)."""
     base, _ = parse(uri)
-    listed = _paged(base, f"studies/{study}/series",
+    listed = paged(base, f"studies/{study}/series",
                     {"includefield": [SERIES_UID, MODALITY, SERIES_DESCRIPTION]})
-    series_list = [s for s in listed if _value(s, SERIES_UID)]
+    series_list = [s for s in listed if value(s, SERIES_UID)]
     found = []
     for series in series_list:
-        if _value(series, MODALITY) in NON_IMAGE_MODALITIES or \
-                (_value(series, SERIES_DESCRIPTION) or "").startswith(OWN_SERIES_PREFIX):
+        if value(series, MODALITY) in NON_IMAGE_MODALITIES or \
+                (value(series, SERIES_DESCRIPTION) or "").startswith(OWN_SERIES_PREFIX):
             continue
-        series_uid = _value(series, SERIES_UID)
-        for inst in _paged(base, f"studies/{study}/series/{series_uid}/instances", {"includefield": SOP_UID}):
-            sop = _value(inst, SOP_UID)
+        series_uid = value(series, SERIES_UID)
+        for inst in paged(base, f"studies/{study}/series/{series_uid}/instances", {"includefield": SOP_UID}):
+            sop = value(inst, SOP_UID)
             if sop:
                 found.append((series_uid, sop))
     return sorted(set(found)), len(series_list)
@@ -299,15 +304,14 @@ def retrieve(base, study, series, sop, max_bytes, deadline_s=None):
     a content-encoded body is refused rather than inflated. Transient HTTP errors are retried."""
     import time
     deadline_s = RETRIEVE_DEADLINE_S if deadline_s is None else deadline_s
-    client(base)
-    session = _state["sessions"][base]
+    http = session(base)
     url = f"{base}/studies/{study}/series/{series}/instances/{sop}"
     headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
                "Accept-Encoding": "identity"}
     start = time.monotonic()
     for attempt in range(_ATTEMPTS):
         with _semaphore():
-            status, content_type, body = _stream(session, url, headers, max_bytes, start + deadline_s, "instance")
+            status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, "instance")
         if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < deadline_s / 2:
             time.sleep(0.5 * 2 ** attempt)
             continue

@@ -78,11 +78,11 @@ def _from_header(data, add):
 def _from_dicomweb(uri, credentials_file, add):
     base, filters = dicomweb.parse(uri)
     dicomweb.configure(dicomweb.DEFAULT_MAX_PARALLEL, credentials_file)
-    for item in dicomweb._paged(base, "studies", {**filters, "includefield": ["00080050", "00080020", "0020000D"]}):
-        acc = dicomweb._value(item, "00080050")
+    for item in dicomweb.paged(base, "studies", {**filters, "includefield": ["00080050", "00080020", "0020000D"]}):
+        acc = dicomweb.value(item, "00080050")
         if acc:
-            add(acc, f"accession number, study date {dicomweb._value(item, '00080020') or '-'}, "
-                     f"StudyInstanceUID {dicomweb._value(item, '0020000D') or '-'}")
+            add(acc, f"accession number, study date {dicomweb.value(item, '00080020') or '-'}, "
+                     f"StudyInstanceUID {dicomweb.value(item, '0020000D') or '-'}")
 
 
 def reidentified(text, found, escape=True):

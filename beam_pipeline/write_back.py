@@ -230,8 +230,8 @@ def _stored_reports(base, study, sr_series):
     for item in found:
         ds = Dataset()
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, sr_series
-        ds.SOPInstanceUID = dicomweb._value(item, "00080018")
-        ds.SOPClassUID = dicomweb._value(item, "00080016") or "1.2.840.10008.5.1.4.1.1.88.33"
+        ds.SOPInstanceUID = dicomweb.value(item, "00080018")
+        ds.SOPClassUID = dicomweb.value(item, "00080016") or "1.2.840.10008.5.1.4.1.1.88.33"
         out.append(ds)
     return out
 
@@ -239,10 +239,8 @@ def _stored_reports(base, study, sr_series):
 def _delete(base, study, series, sop):
     """DICOMweb DELETE of a superseded SR where the server allows it (dcm4chee, Google Cloud); True if
     deleted. Orthanc's plugin does not: there the new SR names the old one as its predecessor."""
-    dicomweb.client(base)
-    session = dicomweb._state["sessions"][base]
     try:
-        resp = session.delete(f"{base}/studies/{study}/series/{series}/instances/{sop}", timeout=(10, 30))
+        resp = dicomweb.session(base).delete(f"{base}/studies/{study}/series/{series}/instances/{sop}", timeout=(10, 30))
         return 200 <= resp.status_code < 300
     except Exception:
         return False
