@@ -84,7 +84,9 @@ def test_dicom_rows_carry_uids_but_no_patient_identifiers(in_memory):
     mr = [r for r in rows if r["member_path"] == "series2/mr.dcm"][0]
     assert mr["image_format"] == "dicom" and mr["modality"] == "MR"
     assert mr["study_instance_uid"] and mr["sop_instance_uid"]
-    assert not any(k.startswith("patient") for k in rows[0])
+    # no DICOM patient field becomes a column; the one "patient" column is --group-pattern's pseudonym of
+    # non-DICOM file names, empty for DICOM rows
+    assert [k for k in rows[0] if k.startswith("patient")] == ["patient_group"] and mr["patient_group"] is None
     blob = repr(rows)
     assert "CompressedSamples^MR1" not in blob and "4MR1" not in blob
 
