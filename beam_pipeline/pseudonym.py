@@ -21,16 +21,25 @@ DEFAULT_KEY_FILE = os.path.join(os.path.expanduser("~"), ".config", "brain-scree
 PREFIX = "p-"
 
 
+def _exists(path):
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+        return FileSystems.exists(path)
+    return os.path.exists(path)
+
+
 def load_or_create_key(path=DEFAULT_KEY_FILE):
     """32 random bytes kept in `path` (created 0600 on first use); hex string."""
-    if os.path.exists(path):
-        with open(path) as f:
-            key = f.read().strip()
-        if len(key) < 32:
-            raise ValueError(f"pseudonym key file {path} holds no usable key")
+    if _exists(path):
+        return read_key(path)
+    key = secrets.token_hex(32)
+    if "://" in path:  # a bucket object: its IAM, not a file mode, keeps it private
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write((key + "\n").encode())
         return key
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    key = secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
@@ -58,7 +67,7 @@ def load_key_for(output, path=DEFAULT_KEY_FILE):
     if FileSystems.exists(marker):
         with FileSystems.open(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             recorded = f.read().decode().strip()
-        if not os.path.exists(path):
+        if not _exists(path):
             raise ValueError(f"key file {path} is missing, but results in {output} were pseudonymised with key "
                              f"{recorded}; restore the key file (a new key would change every pseudonym)")
     key = load_or_create_key(path)
@@ -68,6 +77,42 @@ def load_key_for(output, path=DEFAULT_KEY_FILE):
     elif recorded != key_id(key):
         raise ValueError(f"key file {path} (id {key_id(key)}) is not the key the results in {output} were "
                          f"pseudonymised with (id {recorded}); pass that key's file with --pseudonym-key-file")
+    return key
+
+
+class KeyRef:
+    """Where a worker finds the key (its file) and which key it must be (its public id): what travels
+    in the pickled job graph instead of the key itself, which would be uploaded with the graph and
+    stored with the job (Dataflow keeps the graph in its staging bucket).
+
+    On Dataflow the file must be readable by the workers: give --pseudonym-key-file a gs:// path
+    (bucket IAM guards it) or bake the file into the worker image."""
+
+    def __init__(self, path, key_hex):
+        self.path = path
+        self.key_id = key_id(key_hex)
+
+    def load(self):
+        key = read_key(self.path)
+        if key_id(key) != self.key_id:
+            from beam_pipeline import errors
+            raise errors.ScreeningError(f"pseudonym key file {self.path} on this worker holds another key (id "
+                                        f"{key_id(key)}, the job was launched with {self.key_id})")
+        return key
+
+
+def read_key(path):
+    """The key in `path` (local or gs://); ValueError when it holds none."""
+    if "://" in path:
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            key = f.read().decode().strip()
+    else:
+        with open(path) as f:
+            key = f.read().strip()
+    if len(key) < 32:
+        raise ValueError(f"pseudonym key file {path} holds no usable key")
     return key
 
 

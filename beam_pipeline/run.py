@@ -265,8 +265,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
             pseudonym.load_key_for(opts.output, opts.pseudonym_key_file)
     except (OSError, ValueError) as e:
         raise JobError(f"pseudonym key: {e} (or pass --keep-paths --keep-accession-numbers)") from e
-    key = None if opts.keep_paths else secret
-    accession_key = None if opts.keep_accession_numbers else secret
+    ref = pseudonym.KeyRef(opts.pseudonym_key_file, secret) if secret else None
+    key = None if opts.keep_paths else ref
+    accession_key = None if opts.keep_accession_numbers else ref
     try:
         known = manifest.load(opts.manifest) if opts.manifest else {}
     except manifest.ManifestError as e:

@@ -2,6 +2,8 @@
 import os
 import zipfile
 
+import pytest
+
 from beam_pipeline import pseudonym, run
 from tests import rows as rows_mod
 from tests import synth, tiny_model
@@ -66,3 +68,28 @@ def test_pseudonyms_are_keyed():
     assert a.uri("/x/MRN1/scan.tar.gz") != b.uri("/x/MRN1/scan.tar.gz")
     assert a.uri("gs://bucket/MRN1/a.dcm").startswith("gs://bucket/p-")
     assert pseudonym.Pseudonymiser(None).member("MRN1/a.png") == "MRN1/a.png"
+
+
+def test_the_key_never_travels_in_the_pickled_job_graph(tmp_path):
+    """Workers get the key file's path and the key's public id, and read the key themselves: the graph
+    (uploaded and kept by Dataflow) holds no key; a worker with another key in that file refuses."""
+    import pickle
+
+    from apache_beam.internal import pickler
+
+    from beam_pipeline import errors
+    from beam_pipeline.stages.decode import DecodeImages
+    key_file = tmp_path / "key"
+    key = pseudonym.load_or_create_key(str(key_file))
+    ref = pseudonym.KeyRef(str(key_file), key)
+    transform = DecodeImages("r", {"height": 32, "width": 32, "channels": 1, "dtype": "float32",
+                                   "preprocessing": "gray-headcrop-pnorm-v1"}, {}, ref, accession_key=ref)
+    graph = pickler.dumps(transform)
+    assert key.encode() not in graph and key.encode() not in pickle.dumps(ref)
+    fn = pickler.loads(graph)._fn
+    fn.setup()
+    assert fn._ps.component("SMITH_JOHN") == pseudonym.Pseudonymiser(key).component("SMITH_JOHN")
+    key_file.write_text("cd" * 32 + "\n")
+    other = pickler.loads(graph)._fn
+    with pytest.raises(errors.ScreeningError, match="holds another key"):
+        other.setup()

@@ -34,8 +34,9 @@ class _DecodeChunk(beam.DoFn):
         self._credentials_file = credentials_file
         self._dicomweb_max_parallel = dicomweb_max_parallel or dicomweb.DEFAULT_MAX_PARALLEL
         self._run_id = run_id
-        self._ps = pseudonym.Pseudonymiser(pseudonym_key)
-        self._accession = pseudonym.Pseudonymiser(accession_key)  # None key: in clear (opted in)
+        # Key references (file + id), not keys: the graph is pickled and, on Dataflow, stored with the job.
+        self._key_refs = (pseudonym_key, accession_key)
+        self._ps = self._accession = None
         self._spec = preprocessing.InputSpec.from_dict(input_spec)
         self._model_info = model_info
         self._counts = {s: Metrics.counter("BrainScreening", f"images_{s}") for s in
@@ -43,6 +44,14 @@ class _DecodeChunk(beam.DoFn):
 
     def setup(self):
         dicomweb.configure(self._dicomweb_max_parallel, self._credentials_file)
+        self._load_keys()
+
+    def _load_keys(self):
+        """Pseudonymisers from the key references (None: in clear, opted in); once per DoFn instance."""
+        if self._ps is None:
+            path_ref, accession_ref = self._key_refs
+            self._ps = pseudonym.Pseudonymiser(path_ref.load() if path_ref else None)
+            self._accession = pseudonym.Pseudonymiser(accession_ref.load() if accession_ref else None)
 
     def _dicom(self, fields):
         """Header fields for a row: the accession number, an identifier, as a keyed pseudonym."""
@@ -81,6 +90,7 @@ class _DecodeChunk(beam.DoFn):
         return beam.pvalue.TaggedOutput(ERROR_ROWS_TAG, row)
 
     def process(self, chunk):
+        self._load_keys()
         templates, inputs = [], []
         for ref, data, err in archives.read_members(chunk):
             if ref.error_code:
@@ -127,7 +137,7 @@ class DecodeImages(beam.PTransform):
     """Chunk -> main: (row templates, float32[n, H, W, 1]); ERROR_ROWS_TAG: finished rows; PENDING_TAG:
     studies not to record in the manifest.
 
-    With a `pseudonym_key`, paths in rows are keyed pseudonyms (see pseudonym.py); series descriptions
+    With a `pseudonym_key` (a pseudonym.KeyRef), paths in rows are keyed pseudonyms (see pseudonym.py); series descriptions
     keep only MRI vocabulary (free_text.py) unless `keep_descriptions`.
     """
 
