@@ -114,3 +114,28 @@ def test_constraints_pin_every_dependency_exactly():
     for dep in wanted:
         name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=;]", dep, maxsplit=1)[0].strip().lower())
         assert name in pins, f"{name} is not pinned in requirements/constraints.txt"
+
+
+# The scoring worker's view of the training package, until a serving core of its own exists (issue 27):
+# the runtime modules below and nothing else (no fitting, data discovery or training input pipeline).
+SERVING_MODULES = {"preprocessing", "artifact", "gradcam", "ood", "metrics"}
+
+
+def test_the_pipeline_uses_only_the_serving_part_of_the_trainer():
+    import ast
+    import glob
+    used = {}
+    for path in glob.glob(os.path.join(REPO, "beam_pipeline", "**", "*.py"), recursive=True):
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom) and node.module == "trainer":
+                names = {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trainer."):
+                names = {node.module.split(".")[1]}
+            elif isinstance(node, ast.Import):
+                names = {a.name.split(".")[1] for a in node.names if a.name.startswith("trainer.")}
+            else:
+                continue
+            for name in names:
+                used.setdefault(name, set()).add(os.path.relpath(path, REPO))
+    extra = {k: sorted(v) for k, v in used.items() if k not in SERVING_MODULES}
+    assert not extra, f"beam_pipeline imports training code: {extra}"
