@@ -29,6 +29,9 @@ def reference_of(metadata):
     hist = metadata.get("reference_score_histogram")
     if not hist or "validation_false_ood_rate" not in ood:
         return None
+    from beam_pipeline.summary import SCORE_BINS
+    if len(hist) != SCORE_BINS:  # trainer.ood.SCORE_BINS and the pipeline's tally must agree
+        return None
     return {"score_histogram": list(hist), "ood_rate": float(ood["validation_false_ood_rate"])}
 
 

@@ -75,7 +75,11 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
             result = _carry_over(plan, counts, images, studies, series)
         run_summary = summary.build(plan.run_id, counts, plan.model_info, plan.model_uri, elapsed,
                                     images, studies, result)
-        run_summary["drift"] = drift.assess(counts, plan.drift_reference)
+        # The day's verdict is over the whole promoted result (every run of this output), so a small
+        # second run cannot turn an earlier red drift banner into "not assessed"; the run's own beside it.
+        run_summary["drift"] = drift.assess(run_summary["result"], plan.drift_reference)
+        if len(run_summary["result"].get("run_ids", [])) > 1:
+            run_summary["drift_last_run"] = drift.assess(counts, plan.drift_reference)
         run_summary["engine"] = plan.engine
         run_summary["stage_id"] = plan.stage_id  # lets a retry of this step see that it already promoted
         run_summary["series_files"] = sorted(series)

@@ -118,3 +118,35 @@ def test_out_of_distribution_is_marked_per_study_and_per_flagged_image(tmp_path)
     assert f"{n_ood} of 6 (scores less trustworthy)" in page
     assert "AX FLAIR (series 7), image 1 p=" in page and 'out of distribution</b></figcaption>' in page
     assert 'href="heatmaps/' in page
+
+
+def test_the_drift_histogram_has_one_bin_count_in_both_packages():
+    from beam_pipeline import drift, summary
+    from trainer import ood as trainer_ood
+    assert trainer_ood.SCORE_BINS == summary.SCORE_BINS
+    md = {"ood": {"validation_false_ood_rate": 0.03}, "reference_score_histogram": [1] * summary.SCORE_BINS}
+    assert drift.reference_of(md) is not None
+    assert drift.reference_of({**md, "reference_score_histogram": [1] * 7}) is None
+
+
+def test_a_small_second_run_keeps_the_days_drift_verdict(tmp_path):
+    """The report's drift banner is over the day's whole result: a second run of 5 images (too few to
+    assess alone) must not turn the first run's red banner into 'Drift not assessed'."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=0.999, ood=True)
+    with zipfile.ZipFile(tmp_path / "night.zip", "w") as zf:
+        for s in range(60):
+            zf.writestr(f"noise/{s}.png", synth.encode(_noise(s)))
+    with zipfile.ZipFile(tmp_path / "late.zip", "w") as zf:
+        for s in range(5):
+            zf.writestr(f"brain/{s}.png", synth.encode(synth.brain_slice(2000 + s, 64)))
+    out = str(tmp_path / "out")
+    argv = ["--keep-paths", "--output", out, "--model", model_dir, "--manifest", str(tmp_path / "m.json")]
+    run.main(["--input", str(tmp_path / "night.zip"), *argv])
+    assert run.read_summary(out)["drift"]["drifted"]
+    run.main(["--input", str(tmp_path / "night.zip"), "--input", str(tmp_path / "late.zip"), *argv])
+    summary = run.read_summary(out)
+    assert summary["rows"] == 5 and summary["result"]["rows"] == 65
+    assert summary["drift"]["assessed"] and summary["drift"]["drifted"]
+    assert not summary["drift_last_run"]["assessed"]
+    page = open(rows_mod.result_file(out, "report.html")).read()
+    assert "Input drift" in page and "Drift not assessed" not in page

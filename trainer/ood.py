@@ -233,10 +233,14 @@ def build(version_dir, max_train=None, seed=0):
     return ref
 
 
+SCORE_BINS = 10  # the drift reference's probability bins; beam_pipeline.summary.SCORE_BINS tallies the same
+# (a test holds them equal; an artifact whose histogram has another length gets no drift verdict)
+
+
 def attach(version_dir, ref, validation_probabilities):
     """Store `ref` in the artifact: the .npz, metadata["ood"] and the drift reference; then re-seal."""
     from trainer import artifact
-    ref.score_histogram = np.histogram(validation_probabilities, bins=10, range=(0, 1))[0]
+    ref.score_histogram = np.histogram(validation_probabilities, bins=SCORE_BINS, range=(0, 1))[0]
     ref.save(reference_path(version_dir))
     md_path = os.path.join(version_dir, artifact.METADATA_FILE)
     with open(md_path) as f:
