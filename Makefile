@@ -77,7 +77,7 @@ LESION_EPOCHS ?= 8
 train: $(STAMP)
 	$(PY) -m trainer.lesion_train $(foreach d,$(LESION_DATA),--data-dir $(d)) \
 		$(foreach d,$(LESION_EVAL),--eval-data-dir $(d)) --holdout-pattern '$(HOLDOUT)' \
-		--threshold-sources '^lgg/flair$$' --shares lgg=0.7,brats-ped=0.3 \
+		--threshold-sources '^lgg/flair$$' --shares lgg=0.7,brats-ped=0.3 --select-on all \
 		--model-dir $(MODEL_DIR) --epochs $(LESION_EPOCHS) --steps-per-epoch 250 --seed $(SEED) $(TRAIN_ARGS)
 	@echo "then: python -m trainer.ood build <artifact>; python -m trainer.export <artifact>"
 

@@ -66,6 +66,9 @@ def _parse(argv):
                         "0.56 while brain-mri rose); tumor-free tissue is learnt from masked collections, at "
                         "every level; 'train' keeps them (the first two v4 runs); 'pixel' trains them as all-negative maps, "
                         "like the tumor-free slices of masked collections")
+    p.add_argument("--select-on", choices=("threshold-sources", "all"), default="threshold-sources",
+                   help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
+                        "labels), or all of them (how v4 was made; LGG T1 labels are noisy)")
     p.add_argument("--head-masked", action="store_true",
                    help="multiply the lesion map by a head mask before pooling (unet.head_mask), so label-only "
                         "tumor slices cannot push evidence into the background")
@@ -218,7 +221,7 @@ def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, tota
                           loss={"tumor_probability": slice_loss, "lesion_map": pixel_loss(args.dice_weight)})
     val = np.flatnonzero(data["is_val"])
     cb = validation_callback(model, arrays["x"][val], labels[val], sources[val], os.path.join(work_dir, "epochs.jsonl"),
-                             args.threshold_sources)
+                             args.threshold_sources if args.select_on == "threshold-sources" else "")
     print(f"Strategy {type(strategy).__name__}: {strategy.num_replicas_in_sync} replica(s); {len(val)} validation "
           f"slices; {model.count_params()} parameters", flush=True)
     t_fit = time.time()
