@@ -208,6 +208,11 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
     assert any(k.startswith("validation/lgg/flair") for k in lesion["map_figures"])
     assert "validation" in lesion["level_bins"]
     assert md["training_config"]["filters"] == [4, 8, 8, 16]
+    assert md["lesion"]["map_level"] in lesion_eval.MAP_LEVELS  # chosen on validation masks
+    # For artifacts trained before the level existed: chosen again from their rows, stored and re-sealed.
+    again = lesion_eval.map_level_of_artifact(str(version_dir), write=True)
+    assert again["map_level"] == md["lesion"]["map_level"]
+    assert artifact.verify(str(version_dir))["lesion"]["map_level"] == again["map_level"]
 
 
 

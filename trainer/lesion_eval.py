@@ -254,6 +254,53 @@ def levels_of_artifact(version_dir):
     return out
 
 
+def _mask_of(path):
+    """The mask file beside a masked collection's slice: <collection>/masks/<same stem>.*, or None."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(path)))  # <collection>/<sequence>/<class>/<file>
+    stem = os.path.splitext(os.path.basename(path))[0]
+    mdir = os.path.join(root, "masks")
+    if not os.path.isdir(mdir):
+        return None
+    hits = [f for f in os.listdir(mdir) if os.path.splitext(f)[0] == stem]
+    return os.path.join(mdir, hits[0]) if hits else None
+
+
+def map_level_of_artifact(version_dir, write=False):
+    """Choose a lesion-map artifact's map level on its validation FLAIR/T2 tumor slices with masks and
+    report the map figures at it for every split; with `write`, store both in its metadata (re-sealed:
+    model.keras is untouched, so the ONNX binding holds). For artifacts trained before the level existed."""
+    from trainer import artifact
+    from trainer.lesion_train import predict
+    model, md = artifact.load(version_dir)
+    size = md["input_spec"]["height"]
+    with open(os.path.join(version_dir, "validation_predictions.csv")) as f:
+        rows = [r for r in csv.DictReader(f) if r["label"] == "1" and r["source"].endswith(("flair", "t2"))
+                and os.path.exists(r["path"])]
+    by_key = {}
+    for r in rows:
+        mask = _mask_of(r["path"])
+        if mask:
+            x, m, _ = lesion_data._load_one((r["path"], mask, size))
+            by_key.setdefault(f"{r['split']}/{r['source']}", []).append((x, m))
+    maps = {k: (predict(model, np.stack([x for x, _ in v]))[1], np.stack([m for _, m in v]))
+            for k, v in by_key.items()}
+    val = [k for k in maps if k.startswith("validation/")]
+    if not val:
+        raise ValueError(f"{version_dir}: no validation FLAIR/T2 tumor slice with a mask to choose a level on")
+    level = choose_map_level(np.concatenate([maps[k][0] for k in val]), np.concatenate([maps[k][1] for k in val]))
+    figures = {k: lesion_figures(mp, mk, level) for k, (mp, mk) in sorted(maps.items())}
+    if write:
+        path = os.path.join(version_dir, artifact.METADATA_FILE)
+        with open(path) as f:
+            metadata = json.load(f)
+        metadata.setdefault("lesion", {})["map_level"] = level
+        metadata["lesion"]["map_figures"] = figures
+        with open(path, "w") as f:
+            json.dump(metadata, f, indent=2, sort_keys=True)
+        artifact.seal(version_dir)
+    return {"map_level": level, "map_figures": figures}
+
+
 def _rates_at(labels, scores, sensitivity=None, specificity=None):
     """Specificity at the highest threshold reaching `sensitivity`, or sensitivity at the lowest reaching
     `specificity` (the issue's operating points, read off the ROC)."""
@@ -296,10 +343,17 @@ def main(argv=None):
     lv = sub.add_parser("levels", help="tumor-free slices by level bin for artifacts (their own thresholds)")
     lv.add_argument("artifacts", nargs="+")
     lv.add_argument("--out", default="")
+    ml = sub.add_parser("map-level", help="choose a lesion-map artifact's map level on validation masks and "
+                                          "report Dice/pointing/mass at it (--write stores it, re-sealed)")
+    ml.add_argument("artifact")
+    ml.add_argument("--write", action="store_true")
     cmp_ = sub.add_parser("compare", help="AUC and the issue's operating points per split/source, side by side")
     cmp_.add_argument("artifacts", nargs="+")
     cmp_.add_argument("--out", default="")
     args = p.parse_args(argv)
+    if args.command == "map-level":
+        print(json.dumps(map_level_of_artifact(args.artifact, args.write), indent=2))
+        return 0
     if args.command == "compare":
         result = compare(args.artifacts)
         keys = sorted({k for t in result.values() for k in t})

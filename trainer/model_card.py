@@ -103,14 +103,22 @@ def _lesion_section(metadata):
     if not les:
         return ""
     thr = metadata["threshold"]
-    out = ["## The lesion map (the model's own output; Dice at 0.5, peak and mass inside the mask dilated by "
+    level = les.get("map_level")
+    at = f"Dice at 0.5 and at the map level {level} chosen on validation masks" if level else "Dice at 0.5"
+    out = [f"## The lesion map (the model's own output; {at}, peak and mass inside the mask dilated by "
            "4 px of the 128 px input)",
-           "| split/source | tumor slices with a mask | Dice (mean / median) | pointing game | map mass inside mask |",
-           "|---|---|---|---|---|"]
+           "| split/source | tumor slices with a mask | Dice (mean / median) | "
+           + ("Dice at the map level (mean / median) | " if level else "") + "pointing game | map mass inside mask |",
+           "|---|---|---|---|---|" + ("---|" if level else "")]
     for k, v in les.get("map_figures", {}).items():
         if v.get("n"):
-            out.append(f"| {k} | {v['n']} | {v['dice_mean']:.3f} / {v['dice_median']:.3f} | "
+            at_level = (f"{v['dice_mean_at_map_level']:.3f} / {v['dice_median_at_map_level']:.3f} | "
+                        if level and "dice_mean_at_map_level" in v else "- | " if level else "")
+            out.append(f"| {k} | {v['n']} | {v['dice_mean']:.3f} / {v['dice_median']:.3f} | {at_level}"
                        f"{_pct(v['pointing_game'])} | {_pct(v['mass_inside_mask'])} |")
+    if level:
+        out += ["", f"The review overlay outlines, fills and measures (lesion area) the map at {level}: the map is "
+                "calibrated low, and at 0.5 it outlines only the lesion's core."]
     out += ["", f"## Tumor-free slices by anatomical level (threshold {thr:.4f})",
             "Level = position in the patient's stack (0 = lowest slice of the patient, 1 = highest) for "
             "LGG and BraTS; for `brain-mri` (no patients) the rank of the head's share of the image. A slice "
