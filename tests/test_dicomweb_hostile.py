@@ -123,7 +123,16 @@ def hostile():
 
 
 def test_slow_huge_and_flaky_instances_are_bounded(hostile, tmp_path, monkeypatch):
+    import resource
+
+    from tests import hostile_inputs
     host, by_behaviour = hostile
+    bomb = pydicom.dcmread(io.BytesIO(hostile_inputs._huge_deflated_dicom()))
+    bomb.StudyInstanceUID, bomb.SeriesInstanceUID = STUDY, SERIES
+    buf = io.BytesIO()
+    bomb.save_as(buf, enforce_file_format=True)
+    _Handler.instances[bomb.SOPInstanceUID] = ("ok", buf.getvalue())  # ~300 KB, 288 MB once inflated
+    by_behaviour["deflated-bomb"] = bomb.SOPInstanceUID
     monkeypatch.setattr(dicomweb, "RETRIEVE_DEADLINE_S", 3.0)
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     out = tmp_path / "out"
@@ -136,6 +145,9 @@ def test_slow_huge_and_flaky_instances_are_bounded(hostile, tmp_path, monkeypatc
     assert rows[by_behaviour["flaky"]]["status"] == "ok" and _Handler.hits[by_behaviour["flaky"]] == 2
     assert rows[by_behaviour["slow"]]["error_code"] == "dicomweb_timeout"
     assert rows[by_behaviour["huge"]]["error_code"] == "member_too_large"
+    # the inflate guard that holds for files holds for DICOMweb bodies: raw Part 10 bytes, same decoder
+    assert rows[by_behaviour["deflated-bomb"]]["error_code"] == "suspicious_compression_ratio"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 2.5 * 2 ** 20  # KiB: under bar 11's 2.5 GB
 
 
 def test_a_misspelt_study_filter_is_refused_before_any_work(tmp_path, capsys):
