@@ -36,7 +36,8 @@ class _DecodeChunk(beam.DoFn):
         self._run_id = run_id
         # Key references (file + id), not keys: the graph is pickled and, on Dataflow, stored with the job.
         self._key_refs = (pseudonym_key, accession_key)
-        self._ps = self._accession = None
+        self._keys_loaded = False
+        self._ps = self._accession = pseudonym.Pseudonymiser(None)  # until _load_keys reads the keys
         self._spec = preprocessing.InputSpec.from_dict(input_spec)
         self._model_info = model_info
         self._counts = {s: Metrics.counter("BrainScreening", f"images_{s}") for s in
@@ -48,10 +49,11 @@ class _DecodeChunk(beam.DoFn):
 
     def _load_keys(self):
         """Pseudonymisers from the key references (None: in clear, opted in); once per DoFn instance."""
-        if self._ps is None:
+        if not self._keys_loaded:  # set only once both loaded: a failed load never leaves paths in clear
             path_ref, accession_ref = self._key_refs
             self._ps = pseudonym.Pseudonymiser(path_ref.load() if path_ref else None)
             self._accession = pseudonym.Pseudonymiser(accession_ref.load() if accession_ref else None)
+            self._keys_loaded = True
 
     def _dicom(self, fields):
         """Header fields for a row: the accession number, an identifier, as a keyed pseudonym."""
