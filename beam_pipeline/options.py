@@ -92,7 +92,8 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--group-pattern", dest="group_pattern", default=None,
                             help="regex on the file name of non-DICOM images whose first group names the patient "
                                  "(as in brain-validate and the trainer), e.g. '^(TCGA_\\w+?_\\d+)_'; series and "
-                                 "study rows then group by patient instead of by folder. DICOM groups by its UIDs")
+                                 "study rows then group by patient instead of by folder. DICOM groups by its UIDs (default: none: "
+                                 "non-DICOM images group by the folder holding them)")
         parser.add_argument("--keep-series-descriptions", dest="keep_series_descriptions", action="store_true",
                             default=False,
                             help="write DICOM series descriptions as the scanner wrote them; by default only MRI "
