@@ -94,6 +94,11 @@ class ScreeningOptions(PipelineOptions):
                                  "(as in brain-validate and the trainer), e.g. '^(TCGA_\\w+?_\\d+)_'; series and "
                                  "study rows then group by patient instead of by folder. DICOM groups by its UIDs (default: none: "
                                  "non-DICOM images group by the folder holding them)")
+        parser.add_argument("--reading-room", dest="reading_room", default=None,
+                            help="after the run, also write a reading-room copy of the report with clear "
+                                 "accession numbers and paths to this local file, outside --output (for use "
+                                 "inside the hospital; the tables and results/report.html stay pseudonymised; "
+                                 "python -m beam_pipeline.reidentify does the same later) (default: none)")
         parser.add_argument("--keep-series-descriptions", dest="keep_series_descriptions", action="store_true",
                             default=False,
                             help="write DICOM series descriptions as the scanner wrote them; by default only MRI "

@@ -16,6 +16,7 @@ time (file and folder names, DICOM headers of files and archive members,
 QIDO-RS for dicomweb:// inputs).
 """
 import argparse
+import glob
 import html
 import os
 import re
@@ -39,7 +40,12 @@ def clear_values(inputs, key, credentials_file=None):
         if dicomweb.is_dicomweb(uri):
             _from_dicomweb(uri, credentials_file, add)
             continue
-        paths = [os.path.join(d, f) for d, _, fs in os.walk(uri) for f in fs] if os.path.isdir(uri) else [uri]
+        if os.path.isdir(uri):
+            paths = [os.path.join(d, f) for d, _, fs in os.walk(uri) for f in fs]
+        elif any(c in uri for c in "*?["):  # a pattern, as brain-score records a folder input ("<folder>/**")
+            paths = [p for p in glob.glob(uri, recursive=True) if os.path.isfile(p)]
+        else:
+            paths = [uri]
         for path in paths:
             for part in os.path.abspath(path).split(os.sep):
                 add(part, "path component")
@@ -139,21 +145,36 @@ def main(argv=None):
             else:
                 print(f"{p}\t{clear[0]}\t({clear[1]})")
         return 1 if missing else 0
-    from beam_pipeline import report, results_store
-    out_root = os.path.realpath(args.output)
-    if os.path.realpath(args.to).startswith(out_root.rstrip(os.sep) + os.sep):
-        print(f"error: --to {args.to} is inside the output; the reading-room page holds identifiers and must "
-              "not sit beside the pseudonymised result", file=sys.stderr)
+    try:
+        write_reading_room(args.output, args.to, found)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    results = results_store.results_dir(args.output)
+    print(f"Reading-room report: {args.to} ({len(found)} pseudonyms resolvable from the inputs)")
+    return 0
+
+
+def check_outside(output, to):
+    """ValueError when `to` is inside `output`: the page holds identifiers and must not sit beside the
+    pseudonymised result (nor be promoted, copied or served with it)."""
+    out_root = os.path.realpath(output)
+    target = os.path.realpath(to)
+    if target == out_root or target.startswith(out_root.rstrip(os.sep) + os.sep):
+        raise ValueError(f"--to {to} is inside the output {output}; the reading-room page holds identifiers and "
+                         "must not sit beside the pseudonymised result")
+
+
+def write_reading_room(output, to, found):
+    """The result's report with every resolvable pseudonym in clear, written to `to` (outside `output`)."""
+    from beam_pipeline import report, results_store
+    check_outside(output, to)
+    results = results_store.results_dir(output)
     page = reidentified(report.render(results), found)
     page = page.replace('href="heatmaps/', f'href="{os.path.abspath(results)}/heatmaps/')  # the page lives elsewhere
     page = page.replace("<h1>", '<p class="drift-warning"><b>Reading-room copy with patient identifiers:</b> '
                                 "for use inside the hospital only; do not forward.</p><h1>", 1)
-    with open(args.to, "w") as f:
+    with open(to, "w") as f:
         f.write(page)
-    print(f"Reading-room report: {args.to} ({len(found)} pseudonyms resolvable from the inputs)")
-    return 0
 
 
 if __name__ == "__main__":

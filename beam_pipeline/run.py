@@ -260,6 +260,14 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
         raise JobError(str(e)) from e
     if opts.manifest:
         _check_manifest_location(opts.manifest, opts.output)
+    if opts.reading_room:
+        from beam_pipeline import reidentify
+        try:
+            if "://" in opts.reading_room:
+                raise ValueError(f"--reading-room {opts.reading_room}: a local file inside the hospital, not a URL")
+            reidentify.check_outside(opts.output, opts.reading_room)
+        except ValueError as e:
+            raise JobError(str(e)) from e
     try:
         secret = None if opts.keep_paths and opts.keep_accession_numbers else \
             pseudonym.load_key_for(opts.output, opts.pseudonym_key_file)
@@ -310,6 +318,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     result.output = opts.output
     result.max_error_fraction = opts.max_error_fraction
     result.incremental = bool(opts.manifest)
+    result.reading_room = (opts.reading_room, list(opts.input), opts.pseudonym_key_file, opts.dicomweb_credentials)
     return result
 
 
@@ -331,6 +340,18 @@ def read_summary(output):
 
 
 EXIT_OK, EXIT_JOB_ERROR, EXIT_TOO_MANY_ERRORS, EXIT_DRIFT = 0, 2, 3, 4
+
+
+def _write_reading_room(output, to, inputs, key_file, credentials_file):
+    """--reading-room: the report with clear identifiers, outside the output; its path, or why not."""
+    from beam_pipeline import reidentify
+    try:
+        key = pseudonym.read_key(key_file)
+        reidentify.write_reading_room(output, to, reidentify.clear_values(inputs, key, credentials_file))
+        return to
+    except Exception as e:  # the result stands; only the extra page is missing
+        console.emit("reading_room", f"reading-room report not written: {e}", level="warning")
+        return f"(not written: {type(e).__name__})"
 
 
 def exit_code(counts, max_error_fraction, incremental=False):
@@ -399,6 +420,9 @@ def main(argv=None):
                "series table": f"{prefix}/series-*.parquet",
                "heatmaps": f"{prefix}/heatmaps/", "report": f"{prefix}/report.html",
                "summary": f"{prefix}/_SUMMARY.json"}
+    room = getattr(result, "reading_room", (None,))
+    if room[0]:
+        outputs["reading room"] = _write_reading_room(result.output, *room)
     console.emit("outputs", "Outputs:\n" + "\n".join(f"  {k:12s} {v}" for k, v in outputs.items()),
                  outputs=outputs)
     console.emit("exit", f"Exit {code}: {reason}", exit_code=code)

@@ -49,3 +49,17 @@ def test_resolve_and_the_reading_room_report(tmp_path, capsys):
     promoted = open(rows_mod.result_file(out, "report.html")).read()
     assert acc in promoted and "ACC-20261201-77" not in promoted  # the promoted report stays pseudonymised
     assert reidentify.main(["report", *base, str(out), "--to", str(out / "results" / "rr.html")]) == 2
+
+
+def test_brain_score_writes_the_reading_room_copy_when_asked(tmp_path, capsys):
+    exports = _exam(tmp_path)
+    out, room = tmp_path / "out", tmp_path / "reading-room" / "today.html"
+    room.parent.mkdir()
+    argv = ["--input", str(exports), "--pseudonym-key-file", str(tmp_path / "key"),
+            "--model", tiny_model.write_tiny_artifact(tmp_path, threshold=1e-6)]
+    assert run.main(argv + ["--output", str(out / "inside"), "--reading-room", str(out / "inside" / "r.html")]) == 2
+    assert "is inside the output" in capsys.readouterr().err
+    assert run.main(argv + ["--output", str(out), "--reading-room", str(room)]) == 0
+    assert f"reading room {room}" in capsys.readouterr().out
+    assert "exam ACC-20261201-77" in room.read_text()
+    assert "ACC-20261201-77" not in open(rows_mod.result_file(out, "report.html")).read()
