@@ -309,10 +309,17 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     console.emit("start", f"Run {opts.run_id}: {len(todo) + len(web)} input(s), model {metadata['name']} "
                  f"v{metadata['version']} on {opts.engine}, output {opts.output}", run_id=opts.run_id,
                  inputs=len(todo) + len(web), engine=opts.engine)
-    with console.Progress():
-        result = pipeline.run()
-        if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
-            result.wait_until_finish()
+    # Dead runs' staging (a full disk, a kill) must not block this one: cleared before any work.
+    results_store.remove_stale_staging(opts.output)
+    try:
+        with console.Progress():
+            result = pipeline.run()
+            if not os.environ.get("BRAIN_SCREENING_NO_WAIT"):  # a Flex Template launcher only submits
+                result.wait_until_finish()
+    except BaseException:
+        # A run that fails (a full disk, an interrupt) takes its own staging with it; the result stays.
+        results_store.remove_tree(plan.staging)
+        raise
     result.run_id = opts.run_id
     result.fail_on_drift = opts.fail_on_drift
     result.output = opts.output

@@ -68,3 +68,36 @@ def test_a_lost_or_different_pseudonym_key_is_an_error_once_results_exist(tmp_pa
     assert "is not the key the results" in capsys.readouterr().err
     key.write_text(first)
     assert run.main(argv) == 0
+
+
+def test_a_dead_runs_staging_never_blocks_the_next_night(tmp_path, monkeypatch):
+    """A run that fails (here: the disk fills while finalising) takes its own staging with it and leaves the
+    previous result; a dead run's staging older than a day is cleared before the next run does any work."""
+    import pytest
+
+    from beam_pipeline import finalise, results_store
+    data, model_dir = _setup(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--input", data, "--output", str(out), "--model", model_dir, "--pseudonym-key-file",
+            str(tmp_path / "key"), "--run-id", "night1"]
+    assert run.main(argv) == 0
+    before = sorted(os.listdir(out / "results"))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(finalise, "finalise", disk_full)
+    with pytest.raises(Exception, match="No space left on device"):
+        run.run(argv[:-1] + ["night2"])
+    monkeypatch.undo()
+    assert os.listdir(out / "_staging") == [] and sorted(os.listdir(out / "results")) == before
+    dead = out / "_staging" / "night0-deadbeef"
+    (dead / "heatmaps").mkdir(parents=True)
+    (dead / "heatmaps" / "big.png").write_bytes(b"\0" * 1024)
+    old = results_store.STALE_STAGING_SECONDS + 60
+    for p in (dead / "heatmaps" / "big.png", dead / "heatmaps", dead):
+        os.utime(p, (os.path.getmtime(p) - old, os.path.getmtime(p) - old))
+    seen = []
+    real = finalise.finalise
+    monkeypatch.setattr(finalise, "finalise", lambda *a, **k: (seen.append(dead.exists()), real(*a, **k))[1])
+    assert run.main(argv[:-1] + ["night3"]) == 0
+    assert seen == [False]  # gone before the run's work, not only after a successful promotion
