@@ -13,6 +13,8 @@ CODES = {
     "dicom_invalid_lut": (STATUS_ERROR, "DICOM modality LUT/rescale or palette that cannot be applied (an invalid VOI window is ignored instead)"),
     "too_many_frames": (STATUS_ERROR, "more frames (DICOM) or pages (TIFF) than the per-member limit; never decoded"),
     "dicom_unsupported_transfer_syntax": (STATUS_ERROR, "DICOM pixel data in a transfer syntax no installed decoder handles"),
+    "blank_image": (STATUS_SKIPPED, "an image with no head the preprocessing could find (blank, or a few "
+                                    "hundred pixels above the vertex): not judged rather than scored 0"),
     "not_an_image": (STATUS_SKIPPED, "content is not PNG/JPEG/BMP/TIFF/DICOM (text, other binary)"),
     "dicom_no_pixel_data": (STATUS_SKIPPED, "DICOM without pixel data (DICOMDIR, structured report, ...)"),
     "nested_archive": (STATUS_SKIPPED, "an archive inside an archive; policy: not expanded, reported"),

@@ -120,3 +120,23 @@ def test_an_error_message_is_one_line_of_bounded_length():
     from beam_pipeline.stages.decode import one_sentence
     assert one_sentence("ValueError: bad\nTraceback (most recent call last):\n  File ...") == "ValueError: bad"
     assert len(one_sentence("x" * 5000)) == 300 and one_sentence("") == ""
+
+
+def test_an_image_with_no_head_is_not_judged(tmp_path):
+    """A blank slice, or one with a few hundred pixels above the vertex (a brats-sample 'tumor' slice has
+    0.4 % non-zero pixels), prepares to an all-zero input: scored it would be a confident 0.000, a miss
+    nobody sees. It gets a skipped row instead."""
+    import numpy as np
+
+    from tests import synth
+    blank, speck = np.zeros((240, 240), np.uint8), np.zeros((240, 240), np.uint8)
+    speck[100:115, 100:115] = 180
+    for name, arr in (("blank.png", blank), ("speck.png", speck), ("head.png", synth.brain_slice(1, 64))):
+        (tmp_path / name).write_bytes(synth.encode(arr))
+    out = tmp_path / "out"
+    run.main(["--input", str(tmp_path / "*.png"), "--keep-paths", "--output", str(out),
+              "--model", tiny_model.write_tiny_artifact(tmp_path)])
+    rows = {os.path.basename(r["source_uri"]): r for r in rows_mod.images(out)}
+    assert (rows["blank.png"]["status"], rows["blank.png"]["error_code"]) == ("skipped", "blank_image")
+    assert rows["speck.png"]["error_code"] == "blank_image" and rows["speck.png"]["tumor_probability"] is None
+    assert rows["head.png"]["status"] == "ok"

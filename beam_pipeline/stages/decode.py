@@ -124,6 +124,12 @@ class _DecodeChunk(beam.DoFn):
                                        content_sha256=digest, image_format=decoded.image_format,
                                        frame_index=frame.frame_index)
                     continue
+                if not np.any(x):  # nothing the model could read: a confident "no tumor" would be a guess
+                    yield self._failed(chunk, ref, "blank_image", "no head found in the image (blank or almost "
+                                       "blank, e.g. above the vertex); not judged", content_sha256=digest,
+                                       image_format=decoded.image_format, frame_index=frame.frame_index,
+                                       **self._dicom(decoded.dicom))
+                    continue
                 dicom = self._dicom(decoded.dicom)
                 templates.append(self._row(
                     chunk, ref, content_sha256=digest, image_format=decoded.image_format,
