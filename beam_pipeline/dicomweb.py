@@ -180,17 +180,10 @@ def qido(base, path, params):
     """The JSON answer of one QIDO-RS request, bounded like an instance retrieval: streamed against
     a size cap and a total deadline, content encoding refused, transient errors retried."""
     import json
-    import time
     http = session(base)
     url = f"{base}/{path}?{urllib.parse.urlencode(params, doseq=True)}" if params else f"{base}/{path}"
     headers = {"Accept": "application/dicom+json", "Accept-Encoding": "identity"}
-    start = time.monotonic()
-    for attempt in range(_ATTEMPTS):
-        status, _, body = _stream(http, url, headers, QIDO_MAX_BYTES, start + QIDO_DEADLINE_S, "QIDO-RS answer")
-        if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < QIDO_DEADLINE_S / 2:
-            time.sleep(0.5 * 2 ** attempt)
-            continue
-        break
+    status, _, body = _get(http, url, headers, QIDO_MAX_BYTES, QIDO_DEADLINE_S, "QIDO-RS answer")
     if status == 204 or (status < 300 and not body.strip()):
         return []
     if status >= 400:
@@ -302,24 +295,31 @@ def retrieve(base, study, series, sop, max_bytes, deadline_s=None):
     Streamed: refused as soon as it passes `max_bytes` (never held whole, never parsed and written
     again) or `deadline_s` (a server that dribbles a byte every few seconds cannot hold the job), and
     a content-encoded body is refused rather than inflated. Transient HTTP errors are retried."""
-    import time
     deadline_s = RETRIEVE_DEADLINE_S if deadline_s is None else deadline_s
     http = session(base)
     url = f"{base}/studies/{study}/series/{series}/instances/{sop}"
     headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
                "Accept-Encoding": "identity"}
+    status, content_type, body = _get(http, url, headers, max_bytes, deadline_s, "instance", _semaphore)
+    if status >= 400:
+        raise RetrieveError("member_read_error", f"WADO-RS answered HTTP {status}", transient=status in _TRANSIENT)
+    return _first_part(body, content_type)
+
+
+def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
+    """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors
+    with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)."""
+    import contextlib
+    import time
     start = time.monotonic()
     for attempt in range(_ATTEMPTS):
-        with _semaphore():
-            status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, "instance")
+        with (gate() if gate else contextlib.nullcontext()):
+            status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, what)
         if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < deadline_s / 2:
             time.sleep(0.5 * 2 ** attempt)
             continue
-        if status >= 400:
-            raise RetrieveError("member_read_error", f"WADO-RS answered HTTP {status}",
-                                transient=status in _TRANSIENT)
-        return _first_part(body, content_type)
-    raise RetrieveError("member_read_error", "WADO-RS kept failing")  # not reached: the loop returns or raises
+        return status, content_type, body
+    return status, content_type, body  # not reached: the last attempt returns
 
 
 def _stream(session, url, headers, max_bytes, deadline, what):
