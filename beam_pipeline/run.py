@@ -87,7 +87,7 @@ def _check_manifest_location(path, output):
     target = path if "://" in path else os.path.abspath(path)
     if any(target.startswith(m if "://" in m else os.path.abspath(m) + "/") for m in managed):
         raise JobError(f"--manifest {path} is inside the output's results/, _staging/ or _previous/, which each "
-                       "promotion replaces; keep it beside the output (e.g. {output}/manifest.json)")
+                       f"promotion replaces; keep it beside the output (e.g. {output.rstrip('/')}/manifest.json)")
     if "://" not in path:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
