@@ -38,14 +38,27 @@ def _stem(path):
     return os.path.splitext(posixpath.basename(path.replace("\\", "/")))[0]
 
 
-def mask_plan(examples, roots):
-    """Per example: (mask path or "" , pixel weight); weight 0 = the map is trained by the slice score only."""
+def mask_plan(examples, roots, masks_dirs=None):
+    """Per example: (mask path or "" , pixel weight); weight 0 = the map is trained by the slice score only.
+
+    `masks_dirs` ({collection: folder}) adds masks kept outside a collection
+    (brain-mri's figshare borders, `trainer.figshare_masks`); they were drawn on
+    the very image they are named after, so they carry full weight whatever the
+    sequence.
+    """
     by_collection = {}
     for root in roots:
         mdir = os.path.join(root, "masks")
         if os.path.isdir(mdir):
             name = os.path.basename(os.path.normpath(root))
             by_collection[name] = (mdir, {os.path.splitext(f)[0]: f for f in os.listdir(mdir)})
+    drawn_here = set()
+    for name, mdir in (masks_dirs or {}).items():
+        if name in by_collection:
+            raise ValueError(f"collection {name} already has a masks/ folder; --masks-dir would shadow it")
+        by_collection[name] = (mdir, {os.path.splitext(f)[0]: f for f in os.listdir(mdir)
+                                      if f.lower().endswith(".png")})
+        drawn_here.add(name)
     plan = []
     for e in examples:
         if e.collection not in by_collection:
@@ -58,7 +71,7 @@ def mask_plan(examples, roots):
         f = stems.get(_stem(e.path))
         if f is None:
             plan.append(("", 0.0))
-        elif e.collection in MASK_ALL_SEQUENCES or e.sequence in ("flair", "t2"):
+        elif e.collection in drawn_here or e.collection in MASK_ALL_SEQUENCES or e.sequence in ("flair", "t2"):
             plan.append((os.path.join(mdir, f), 1.0))
         else:
             plan.append((os.path.join(mdir, f), T1_MASK_WEIGHT))
@@ -121,9 +134,9 @@ def levels(examples, head_shares):
     return out
 
 
-def build(examples, roots, size=128, cache_dir=None, processes=None):
+def build(examples, roots, size=128, cache_dir=None, processes=None, masks_dirs=None):
     """dict(x (n,H,W) f16, mask (n,H,W) u8, pixel_weight, level, head_share) for `examples`."""
-    plan = mask_plan(examples, roots)
+    plan = mask_plan(examples, roots, masks_dirs)
     key = hashlib.sha256(repr([(e.path, m, w, size) for e, (m, w) in zip(examples, plan, strict=True)])
                          .encode()).hexdigest()[:16]
     cache = os.path.join(cache_dir, f"lesion-cache-{key}.npz") if cache_dir else None

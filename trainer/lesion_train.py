@@ -66,6 +66,13 @@ def _parse(argv):
                         "0.56 while brain-mri rose); tumor-free tissue is learnt from masked collections, at "
                         "every level; 'train' keeps them (the first two v4 runs); 'pixel' trains them as all-negative maps, "
                         "like the tumor-free slices of masked collections")
+    p.add_argument("--masks-dir", action="append", default=[], metavar="COLLECTION=DIR",
+                   help="tumor masks kept outside a collection, named like its tumor slices and drawn on them "
+                        "(brain-mri=DIR from trainer.figshare_masks); the collection's tumor-free slices then "
+                        "train as all-negative maps")
+    p.add_argument("--label-only-tumors", choices=("train", "skip"), default="train",
+                   help="tumor slices without a mask: 'train' teaches the map through the pooled slice loss "
+                        "(runs E-H: it found the corner, then the head's rim); 'skip' leaves them out")
     p.add_argument("--select-on", choices=("threshold-sources", "all"), default="threshold-sources",
                    help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
                         "labels), or all of them (how v4 was made; LGG T1 labels are noisy)")
@@ -88,6 +95,10 @@ def _parse(argv):
     args = p.parse_args(argv)
     args.filters = tuple(int(f) for f in args.filters.split(","))
     args.shares = {k: float(v) for k, v in (s.split("=") for s in args.shares.split(","))}
+    bad = [m for m in args.masks_dir if "=" not in m or not os.path.isdir(m.split("=", 1)[1])]
+    if bad:
+        p.error(f"--masks-dir wants COLLECTION=DIR with an existing folder: {bad}")
+    args.masks_dir = dict(m.split("=", 1) for m in args.masks_dir)
     return args
 
 
@@ -250,7 +261,7 @@ def main(argv=None):
     t0 = time.time()
     data = prepare_data(cfg)
     ex, labels = data["examples"], data["labels"]
-    arrays = lesion_data.build(ex, args.data_dir, args.image_size, args.cache_dir)
+    arrays = lesion_data.build(ex, args.data_dir, args.image_size, args.cache_dir, masks_dirs=args.masks_dir)
     ext = data["external"]
     ext_arrays = lesion_data.build(ext["examples"], args.eval_data_dir, args.image_size, args.cache_dir) \
         if ext and ext["examples"] else None
@@ -260,6 +271,8 @@ def main(argv=None):
     collections = np.array([e.collection for e in ex])
     is_train = ~data["is_val"] & ~data["is_holdout"]
     label_only_negative = (arrays["pixel_weight"] == 0) & (labels == 0)
+    if args.label_only_tumors == "skip":
+        is_train &= ~((arrays["pixel_weight"] == 0) & (labels == 1))
     if args.label_only_negatives == "skip":
         is_train &= ~label_only_negative
     elif args.label_only_negatives == "pixel":  # a tumor-free slice: every pixel is known to be negative
