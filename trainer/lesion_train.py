@@ -73,6 +73,9 @@ def _parse(argv):
     p.add_argument("--label-only-tumors", choices=("train", "skip"), default="train",
                    help="tumor slices without a mask: 'train' teaches the map through the pooled slice loss "
                         "(runs E-H: it found the corner, then the head's rim); 'skip' leaves them out")
+    p.add_argument("--init-from", default="",
+                   help="start from this model's weights (a model.keras of the same architecture), e.g. to teach "
+                        "a working lesion map new collections instead of training from scratch")
     p.add_argument("--select-on", choices=("threshold-sources", "all"), default="threshold-sources",
                    help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
                         "labels), or all of them (how v4 was made; LGG T1 labels are noisy)")
@@ -225,6 +228,8 @@ def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, tota
     from trainer import unet
     with strategy.scope():
         model = unet.make_unet((args.image_size, args.image_size, 1), args.filters, head_masked=args.head_masked)
+        if args.init_from:
+            model.set_weights(keras.saving.load_model(args.init_from).get_weights())
         fit_model = unet.training_model(model)
         lr = keras.optimizers.schedules.CosineDecay(0.0, total - args.steps_per_epoch, warmup_target=args.learning_rate,
                                                     warmup_steps=args.steps_per_epoch)
