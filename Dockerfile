@@ -40,11 +40,11 @@ COPY --from=requirements /src/base.txt /tmp/base.txt
 COPY requirements/constraints.txt /tmp/constraints.txt
 RUN pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/base.txt
 COPY pyproject.toml setup.py README.md ./
-COPY trainer ./trainer
+COPY screening_core ./screening_core
 COPY beam_pipeline ./beam_pipeline
 COPY models ./models
 RUN pip install --no-cache-dir --no-deps . \
- && python -c "import beam_pipeline.run, trainer.preprocessing; from beam_pipeline import model_store; \
+ && python -c "import beam_pipeline.run, screening_core.preprocessing; from beam_pipeline import model_store; \
 import os; assert os.path.isdir(model_store.DEFAULT_MODEL), model_store.DEFAULT_MODEL"
 # The SDK image's entrypoint (/opt/apache/beam/boot) and default user are kept.
 
@@ -60,7 +60,7 @@ COPY --from=requirements /src/base.txt /tmp/base.txt
 COPY requirements/constraints.txt /tmp/constraints.txt
 RUN python3 -m pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/base.txt
 COPY pyproject.toml setup.py README.md ./
-COPY trainer ./trainer
+COPY screening_core ./screening_core
 COPY beam_pipeline ./beam_pipeline
 COPY models ./models
 RUN python3 -m pip install --no-cache-dir --no-deps . \
@@ -83,6 +83,7 @@ COPY --from=requirements /src/train.txt /tmp/train.txt
 COPY requirements/constraints.txt /tmp/constraints.txt
 RUN python3 -m pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/train.txt
 COPY pyproject.toml setup.py README.md ./
+COPY screening_core ./screening_core
 COPY trainer ./trainer
 COPY beam_pipeline ./beam_pipeline
 COPY models ./models

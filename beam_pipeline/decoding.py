@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 
 from beam_pipeline import errors
-from trainer import preprocessing
+from screening_core import preprocessing
 
 _RASTER_MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"BM", "bmp"),

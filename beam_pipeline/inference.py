@@ -48,7 +48,7 @@ class _Scorer:
     features (with a reference) and the class-activation map (where it equals Grad-CAM)."""
 
     def __init__(self, model, reference):
-        from trainer import gradcam, ood
+        from screening_core import gradcam, ood
         self.reference = reference
         self.names = ood.layer_names(model) if reference is not None else []
         self.has_cam = gradcam.has_review_map(model)
@@ -63,7 +63,7 @@ class _Scorer:
 
 def _split(outputs, names, reference, has_cam, x):
     """(probabilities, OOD scores or None, CAM maps or None) from [probability, *features of names, cam?]."""
-    from trainer import ood
+    from screening_core import ood
     cams = np.asarray(outputs[-1], np.float32) if has_cam else None
     if reference is None:
         return np.asarray(outputs[0], np.float32).reshape(-1), None, cams
@@ -121,7 +121,7 @@ class ChunkModelHandler(ModelHandler):
     """Examples: float32 arrays (n, H, W, 1).
 
     Predictions: PredictionResult(chunk, (probs[n], ood_scores[n] or None, cam maps or None)); the
-    OOD score and the class-activation map come from the same forward pass (trainer/gradcam.py: cam_head)."""
+    OOD score and the class-activation map come from the same forward pass (screening_core/gradcam.py: cam_head)."""
 
     def __init__(self, model_uri: str, batch_size: int = 64, chunks_per_batch: int = 1, engine: str = "tensorflow",
                  model_copies: int = 0, threads: int = 0) -> None:
@@ -161,7 +161,7 @@ class ChunkModelHandler(ModelHandler):
         self._identify()
         reference = model_store.load_reference(self._model_uri)
         if self._engine == "onnxruntime":
-            from trainer import artifact
+            from screening_core import artifact
             local = model_store.stage(self._model_uri)
             md = artifact.verify(local)
             entry = md["engines"]["onnxruntime"]

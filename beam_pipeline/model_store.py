@@ -3,7 +3,7 @@
 Keras loads `.keras` files from local paths, so a remote artifact is copied
 with Beam's FileSystems (the same IO the pipeline uses, GCS included) into a
 per-process cache directory, then checked against its sha256 by
-`trainer.artifact`, the single definition of the artifact format.
+`screening_core.artifact`, the single definition of the artifact format.
 """
 import functools
 import os
@@ -12,7 +12,7 @@ import threading
 
 from apache_beam.io.filesystems import FileSystems
 
-from trainer import artifact
+from screening_core import artifact
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The one place the default model is named; models/README.md describes it.
@@ -74,7 +74,7 @@ def metadata(uri):
 
 def load_reference(uri):
     """The artifact's OOD reference (trainer/ood.py), or None for an artifact without one."""
-    from trainer import ood
+    from screening_core import ood
     local = stage(uri)
     md = artifact.verify(local)
     path = ood.reference_path(local)

@@ -42,7 +42,7 @@ from beam_pipeline.stages.expand import ExpandInputs
 from beam_pipeline.stages.heatmaps import AddHeatmaps
 from beam_pipeline.stages.score import FLAGGED_TAG, ScoreImages
 from beam_pipeline.stages.tables import WriteResults
-from trainer import artifact, gradcam
+from screening_core import artifact, gradcam
 
 
 class JobError(errors.ScreeningError, RuntimeError):

@@ -157,7 +157,7 @@ def _site_threshold(y, p, target, required_lower, specificity_floor, n_pos_group
 
     The threshold that just reaches the target sits on the edge of the tumors' scores: on a sample
     that separates perfectly it would still miss 5 % of tumors, and no sample could meet the bound."""
-    from trainer import metrics
+    from screening_core import metrics
     fallback = metrics.choose_threshold(y, p, target)
     pos, neg = p[y == 1], p[y == 0]
     for t in np.unique(pos)[::-1]:
@@ -188,7 +188,7 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     bootstrap at a threshold chosen on the same images is optimistic, and a sample whose images
     are each their own "patient" would otherwise count one patient's 20 slices as 20 patients.
     """
-    from trainer import metrics
+    from screening_core import metrics
     if len(y) < 10 or y.sum() == 0 or y.sum() == len(y):
         raise ValidationError(f"{len(y)} labelled images with {int(y.sum())} tumors: need both classes "
                               "and at least 10 images (labels are matched to the scored rows' pseudonymised "
@@ -296,7 +296,7 @@ def _thumbnail(path):
     try:
         from PIL import Image
 
-        from trainer import preprocessing
+        from screening_core import preprocessing
         with open(path, "rb") as f:
             x = preprocessing.prepare(preprocessing.decode_raster(f.read()), preprocessing.InputSpec())[..., 0]
         buf = io.BytesIO()
@@ -312,7 +312,7 @@ def _roc_png(y, p, points):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from trainer import metrics
+    from screening_core import metrics
     fpr, tpr, _ = metrics.roc_curve(y, p)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], "--", color="#999")

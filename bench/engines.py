@@ -31,7 +31,8 @@ if engine == "tensorflow":
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from trainer import artifact, ood
+    from screening_core import artifact
+    from trainer import ood
     model, md = artifact.load(model_dir)
     fm = ood.feature_model(model) if md.get("ood") else model
     def call(b):
@@ -85,7 +86,8 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--name", default="engines", help="results file name under bench/results/ (default: %(default)s)")
     args = parser.parse_args()
-    from trainer import artifact, export, preprocessing
+    from screening_core import artifact, preprocessing
+    from trainer import export
     md = artifact.verify(args.model)
     spec = preprocessing.InputSpec.from_dict(md["input_spec"])
     x, what = export.parity_inputs(args.model, spec, n=args.images)

@@ -20,7 +20,7 @@ def main():
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from trainer import artifact
+    from screening_core import artifact
     from trainer.model import flops_per_image
     model, md = artifact.load(args.model)
     spec = md["input_spec"]

@@ -90,7 +90,7 @@ def write_result(folder, rows, rng):
 
 
 def _png():
-    from trainer import gradcam
+    from screening_core import gradcam
     x = np.random.default_rng(0).random((128, 128))
     return gradcam.overlay_png(x, x, 0.9)
 

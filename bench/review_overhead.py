@@ -6,7 +6,7 @@ without them, at a realistic share of flagged images (10 %) and at the brain-mri
 For each tumor share, N real slices (../shared brain-mri; generated when absent) are drawn with that
 share from the tumor classes, packed into one zip and scored twice with the default engine: once with
 --no-heatmaps --no-report, once with both. Ratio = wall time with / without, same inputs, this one run.
-The heatmaps come from the scoring pass (class-activation maps, trainer/gradcam.py: cam_head) when the
+The heatmaps come from the scoring pass (class-activation maps, screening_core/gradcam.py: cam_head) when the
 artifact's engine returns them, else from Grad-CAM on TensorFlow (--engine tensorflow rows).
 """
 import argparse

@@ -31,7 +31,7 @@ from bench import common  # noqa: E402
 def limit_loop(paths, model_dir, batch_size, engine, threads=0):
     from beam_pipeline import archives, decoding, model_store
     from beam_pipeline.inference import ChunkModelHandler
-    from trainer import preprocessing
+    from screening_core import preprocessing
     spec = preprocessing.InputSpec.from_dict(model_store.metadata(model_dir)["input_spec"])
     score = ChunkModelHandler(model_dir, batch_size, engine=engine, threads=threads).load_model()
     score(np.zeros((batch_size, spec.height, spec.width, 1), np.float32))  # warm-up

@@ -30,7 +30,8 @@ def main():
     import keras
     import tensorflow as tf
 
-    from trainer import input_pipeline, preprocessing
+    from screening_core import preprocessing
+    from trainer import input_pipeline
     from trainer.model import make_model
 
     files = sorted(glob.glob(os.path.join(common.SHARED, "*", "*.jpg")))

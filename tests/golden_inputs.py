@@ -34,7 +34,7 @@ def write():
     """Record the current `prepare` outputs as the golden file of the current PREPROCESSING_ID."""
     import os
 
-    from trainer import preprocessing
+    from screening_core import preprocessing
     path = os.path.join(os.path.dirname(__file__), "golden", f"prepare_{preprocessing.PREPROCESSING_ID}.npz")
     np.savez_compressed(path, **{k: preprocessing.prepare(v) for k, v in cases().items()})
     return path

@@ -1,8 +1,9 @@
 import numpy as np
 import tensorflow as tf
 
+from screening_core import preprocessing
 from tests import synth
-from trainer import augment, preprocessing
+from trainer import augment
 
 
 def test_augment_is_seeded_bounded_and_keeps_background_black():

@@ -134,7 +134,7 @@ def test_artifact_integrity_covers_metadata_and_the_model_input_shape(tmp_path, 
     """An edited threshold, an unsealed artifact or a metadata input size the model does not take: exit 2."""
     import json
 
-    from trainer import artifact
+    from screening_core import artifact
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     img = tmp_path / "x.png"
     img.write_bytes(synth.encode(synth.brain_slice(1, 32)))
@@ -151,7 +151,7 @@ def test_artifact_integrity_covers_metadata_and_the_model_input_shape(tmp_path, 
     json.dump(md, open(md_path, "w"))
     os.remove(os.path.join(model_dir, "SHA256SUMS"))
     assert run.main(argv) == 2
-    assert "python -m trainer.artifact seal" in capsys.readouterr().err
+    assert "python -m screening_core.artifact seal" in capsys.readouterr().err
     artifact.seal(model_dir)
     assert run.main(argv) == 0
     assert run.read_summary(str(tmp_path / "o"))["rows"] == 1

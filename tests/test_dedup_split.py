@@ -3,8 +3,9 @@ import io
 import numpy as np
 from PIL import Image
 
+from screening_core import preprocessing
 from tests import synth
-from trainer import dedup, preprocessing
+from trainer import dedup
 
 
 def _variants(base, rng):

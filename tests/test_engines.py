@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from beam_pipeline import run
+from screening_core import artifact
 from tests import rows as rows_mod
 from tests import synth, tiny_model
-from trainer import artifact, export
+from trainer import export
 
 
 def test_export_then_both_engines_give_the_same_rows(tmp_path, capsys):
@@ -63,7 +64,7 @@ def test_onnx_engine_needs_an_exported_artifact_and_a_sealed_file(tmp_path, caps
 
 def test_a_cpu_run_on_onnx_runtime_never_imports_tensorflow(tmp_path):
     """TensorFlow's import is 5 s of start-up: an ONNX Runtime run scores and draws heatmaps without it
-    (the scoring pass returns the class-activation map, trainer/gradcam.py: cam_head)."""
+    (the scoring pass returns the class-activation map, screening_core/gradcam.py: cam_head)."""
     import subprocess
     import sys
     model_dir = tiny_model.write_tiny_artifact(tmp_path, ood=True, threshold=1e-6)  # every in-distribution image flagged
@@ -132,7 +133,7 @@ def test_an_ood_reference_built_after_the_export_re_exports_the_graph(tmp_path):
     export.export(model_dir)
     model, md = artifact.load(model_dir)
     assert md["engines"]["onnxruntime"]["feature_outputs"] == []
-    from trainer import preprocessing
+    from screening_core import preprocessing
     tiny_model.attach_ood_reference(model_dir, model, preprocessing.InputSpec.from_dict(md["input_spec"]))
     md = artifact.verify(model_dir)
     assert md["engines"]["onnxruntime"]["feature_outputs"] == [c for c in md["ood"]["components"]

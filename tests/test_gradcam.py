@@ -3,8 +3,8 @@ in generated slices must put its heatmap mass in the lesion's quadrant."""
 import numpy as np
 import pytest
 
+from screening_core import gradcam, preprocessing
 from tests import synth
-from trainer import gradcam, preprocessing
 
 SIZE = 96
 
@@ -114,8 +114,8 @@ def test_overlays_are_drawn_from_the_head_only_so_burned_in_text_is_blanked():
     box, which the text widens) but not in the review overlay."""
     from PIL import Image, ImageDraw
 
+    from screening_core import preprocessing
     from tests import synth
-    from trainer import preprocessing
     img = Image.fromarray(synth.brain_slice(3, 256))
     ImageDraw.Draw(img).text((4, 4), "SMITH^JOHN 1961", fill=255)
     gray = np.asarray(img, np.float32)

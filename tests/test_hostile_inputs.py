@@ -145,7 +145,7 @@ _MEMORY_PROBE = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from tests import hostile_inputs
     from beam_pipeline import decoding
-    from trainer import preprocessing
+    from screening_core import preprocessing
     data = hostile_inputs.ZIP_MEMBERS[sys.argv[1]][0]()
     resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
     try:

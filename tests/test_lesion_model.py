@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from beam_pipeline import run, sample_data
+from screening_core import gradcam, preprocessing
 from tests import rows as rows_mod
 from tests import synth, tiny_model
-from trainer import gradcam, lesion_data, lesion_eval, preprocessing
+from trainer import lesion_data, lesion_eval
 
 
 def test_slice_score_is_the_highest_window_mean_of_the_lesion_map():
@@ -191,7 +192,8 @@ def test_sequence_folders_win_over_a_manifest_csv_beside_them(tmp_path):
 
 def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
     """The whole recipe, tiny: masks where a collection has them, labels only elsewhere, one artifact."""
-    from trainer import artifact, lesion_train
+    from screening_core import artifact
+    from trainer import lesion_train
     synth.write_sequence_collection(str(tmp_path / "lgg"), patients=6, per_patient=6, size=48,
                                     sequences=("flair", "t1-pre"))
     synth.write_class_folders(str(tmp_path / "mri"), {"yes": True, "no": False}, 24, size=48)
@@ -218,7 +220,7 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
 
 def test_the_artifacts_map_level_sets_outline_and_area():
     from beam_pipeline.stages.score import lesion_area
-    from trainer import gradcam
+    from screening_core import gradcam
     assert gradcam.map_level({"lesion": {"map_level": 0.25}}) == 0.25
     assert gradcam.map_level({}) == gradcam.map_level({"lesion": {"map_level": float("nan")}}) == 0.5
     cam = np.full((4, 4, 1), 0.3, np.float32)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trainer import metrics
+from screening_core import metrics
 
 
 def test_threshold_selection_on_known_scores():

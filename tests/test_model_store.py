@@ -5,8 +5,8 @@ import os
 import pytest
 
 from beam_pipeline import model_store
+from screening_core import artifact
 from tests import tiny_model
-from trainer import artifact
 
 
 def test_load_shares_one_model_and_rereads_metadata(tmp_path):

@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
+from screening_core import metrics
 from tests import synth
-from trainer import dedup, discovery, evaluation, metrics
+from trainer import dedup, discovery, evaluation
 from trainer.config import TrainConfig
 
 GROUP = r"^((?:TCGA_|.*brats).+)_\d+\.\w+$"
@@ -115,7 +116,8 @@ def test_lesion_supervised_training_exports_the_plain_model(recipe_run):
     """Masks train a second head; the artifact is the one-output CNN the scorer expects."""
     import tensorflow as tf
 
-    from trainer import artifact, augment
+    from screening_core import artifact
+    from trainer import augment
     from trainer.train import _mask_specs
     root, version_dir, md = recipe_run
     mri, lgg = root / "brain-mri", root / "lgg"

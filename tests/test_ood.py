@@ -7,9 +7,10 @@ import zipfile
 import numpy as np
 
 from beam_pipeline import drift, run, schema
+from screening_core import artifact
 from tests import rows as rows_mod
 from tests import synth, tiny_model
-from trainer import artifact, ood
+from trainer import ood
 
 
 def test_reference_separates_a_shifted_distribution_with_known_false_ood_rate():

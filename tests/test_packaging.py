@@ -34,7 +34,7 @@ def test_sdist_contains_packages_and_default_model(tmp_path):
                    cwd=REPO, check=True, capture_output=True)
     (sdist,) = list(tmp_path.glob("*.tar.gz"))
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
-    for needed in ("setup.py", "pyproject.toml", "trainer/preprocessing.py", "trainer/artifact.py",
+    for needed in ("setup.py", "pyproject.toml", "screening_core/preprocessing.py", "screening_core/artifact.py",
                    "beam_pipeline/run.py", "beam_pipeline/stages/score.py", "models/__init__.py",
                    *(f"{DEFAULT_MODEL}/{f}" for f in MODEL_FILES)):
         assert needed in names, needed
@@ -69,7 +69,7 @@ def test_trainer_needs_no_beam():
     code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
             f"        if name.split('.')[0] in {blocked!r}: raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
-            "import trainer.task, trainer.train, trainer.ood, trainer.gradcam, trainer.evaluation\nprint('ok')")
+            "import trainer.task, trainer.train, trainer.ood, screening_core.gradcam, trainer.evaluation\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
@@ -97,8 +97,8 @@ def test_docker_images_pin_project_versions():
             or image in {"worker", "beam-sdk", "requirements"}, base
     # Dependencies are installed before the code is copied in (a code edit does not reinstall TensorFlow).
     for stage in re.split(r"^FROM ", dockerfile, flags=re.M)[1:]:
-        if "pip install" in stage and "COPY trainer" in stage:
-            assert stage.index("-c /tmp/constraints.txt") < stage.index("COPY trainer"), stage.split()[0]
+        if "pip install" in stage and "COPY screening_core" in stage:
+            assert stage.index("-c /tmp/constraints.txt") < stage.index("COPY screening_core"), stage.split()[0]
 
 
 def test_constraints_pin_every_dependency_exactly():
@@ -116,26 +116,42 @@ def test_constraints_pin_every_dependency_exactly():
         assert name in pins, f"{name} is not pinned in requirements/constraints.txt"
 
 
-# The scoring worker's view of the training package, until a serving core of its own exists (issue 27):
-# the runtime modules below and nothing else (no fitting, data discovery or training input pipeline).
-SERVING_MODULES = {"preprocessing", "artifact", "gradcam", "ood", "metrics"}
-
-
-def test_the_pipeline_uses_only_the_serving_part_of_the_trainer():
+def _imports(package):
+    """{imported top-level package: files of `package` importing it}, relative imports excluded."""
     import ast
     import glob
     used = {}
-    for path in glob.glob(os.path.join(REPO, "beam_pipeline", "**", "*.py"), recursive=True):
+    for path in glob.glob(os.path.join(REPO, package, "**", "*.py"), recursive=True):
         for node in ast.walk(ast.parse(open(path).read())):
-            if isinstance(node, ast.ImportFrom) and node.module == "trainer":
-                names = {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trainer."):
-                names = {node.module.split(".")[1]}
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                tops = {node.module.split(".")[0]}
             elif isinstance(node, ast.Import):
-                names = {a.name.split(".")[1] for a in node.names if a.name.startswith("trainer.")}
+                tops = {a.name.split(".")[0] for a in node.names}
             else:
                 continue
-            for name in names:
-                used.setdefault(name, set()).add(os.path.relpath(path, REPO))
-    extra = {k: sorted(v) for k, v in used.items() if k not in SERVING_MODULES}
-    assert not extra, f"beam_pipeline imports training code: {extra}"
+            for top in tops:
+                used.setdefault(top, set()).add(os.path.relpath(path, REPO))
+    return used
+
+
+def test_dependencies_point_into_the_serving_core_and_never_back():
+    """trainer -> screening_core <- beam_pipeline: the scoring worker needs no training code, the core
+    neither package, and no circle can form."""
+    pipeline, core, trainer = _imports("beam_pipeline"), _imports("screening_core"), _imports("trainer")
+    assert "trainer" not in pipeline, f"beam_pipeline imports training code: {sorted(pipeline['trainer'])}"
+    assert not {"trainer", "beam_pipeline"} & set(core), {k: core[k] for k in ("trainer", "beam_pipeline") if k in core}
+    assert "beam_pipeline" not in trainer, f"the trainer imports the pipeline: {sorted(trainer['beam_pipeline'])}"
+    assert "screening_core" in pipeline and "screening_core" in trainer
+
+
+def test_the_scoring_job_imports_without_the_training_package(tmp_path):
+    """What the worker images hold (Dockerfile: no trainer/ folder): the job's modules import and
+    nothing pulls the training package in."""
+    import shutil
+    for name in ("screening_core", "beam_pipeline"):
+        shutil.copytree(os.path.join(REPO, name), tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys; import beam_pipeline.run, beam_pipeline.stages.score, beam_pipeline.validate; "
+            "assert 'trainer' not in sys.modules, sorted(m for m in sys.modules if m.startswith('trainer'))")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

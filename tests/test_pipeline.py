@@ -9,9 +9,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import archives, decoding, results_store, run, schema
 from beam_pipeline.stages.expand import ExpandInputs
+from screening_core import artifact, preprocessing
 from tests import corpus, tiny_model
 from tests.rows import stable
-from trainer import artifact, preprocessing
 
 
 @pytest.fixture(scope="module")

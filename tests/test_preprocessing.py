@@ -13,8 +13,9 @@ from apache_beam.testing.util import assert_that
 
 from beam_pipeline import archives
 from beam_pipeline.stages.decode import DecodeImages
+from screening_core import preprocessing
 from tests import golden_inputs, synth
-from trainer import input_pipeline, preprocessing
+from trainer import input_pipeline
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", f"prepare_{preprocessing.PREPROCESSING_ID}.npz")
 

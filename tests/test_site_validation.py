@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline import pseudonym, run, validate
+from screening_core import metrics
 from tests import rows as rows_mod
 from tests import synth, tiny_model
-from trainer import metrics
 
 
 def test_evaluate_known_answer():

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
+from screening_core import artifact, preprocessing
 from tests import synth
-from trainer import artifact, preprocessing
 from trainer.config import TrainConfig
 from trainer.train import train
 

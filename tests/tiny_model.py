@@ -5,7 +5,7 @@ import tempfile
 
 import keras
 
-from trainer import artifact, preprocessing
+from screening_core import artifact, preprocessing
 from trainer.model import make_model
 
 _built = {}  # (size, threshold, seed, ood) -> a version folder this process wrote; copies are handed out

@@ -8,7 +8,7 @@ the units of the split.
 """
 import numpy as np
 
-from trainer import preprocessing
+from screening_core import preprocessing
 
 THUMB_SIZE = 48
 DEFAULT_THRESHOLD = 0.95

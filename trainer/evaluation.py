@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from trainer import metrics
+from screening_core import metrics
 
 
 def source_key(example):
@@ -84,7 +84,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64, help="images per predict batch")
     parser.add_argument("--out", default="", help="write the metrics JSON here as well")
     args = parser.parse_args(argv)
-    from trainer import artifact, input_pipeline, preprocessing, train
+    from screening_core import artifact, preprocessing
+    from trainer import input_pipeline, train
     from trainer.config import TrainConfig
     model, md = artifact.load(args.artifact)
     spec = preprocessing.InputSpec.from_dict(md["input_spec"])

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from trainer import artifact, gradcam, preprocessing
+from screening_core import artifact, gradcam, preprocessing
 
 
 def _groups(rows, threshold, per_group, seed):

@@ -5,7 +5,7 @@
 Writes `model.onnx` beside `model.keras`: the same weights, with the OOD
 guard's pooled activations as extra outputs when the artifact has an OOD
 reference, and the class-activation map that equals Grad-CAM for this head
-(trainer/gradcam.py: cam_head), so one forward pass gives probability,
+(screening_core/gradcam.py: cam_head), so one forward pass gives probability,
 features and heatmap, as on TensorFlow. The export is refused unless ONNX Runtime reproduces
 TensorFlow's probabilities within PARITY_TOLERANCE on the artifact's own
 validation images (or generated inputs when those are not on this machine);
@@ -26,7 +26,8 @@ PARITY_TOLERANCE = 1e-4
 
 def _scoring_model(model, with_features):
     """Probability, the OOD features when the artifact has a reference, and the CAM map where the head allows."""
-    from trainer import gradcam, ood
+    from screening_core import gradcam
+    from trainer import ood
     return ood.feature_model(model, None if with_features else [], cam=gradcam.has_review_map(model))
 
 
@@ -48,7 +49,8 @@ def convert(model, path, with_features):
 
 def parity_inputs(version_dir, spec, n=256):
     """Up to n of the artifact's validation images, else generated head-like inputs."""
-    from trainer import ood, preprocessing
+    from screening_core import preprocessing
+    from trainer import ood
     try:
         paths = [r["path"] for r in ood._split_rows(version_dir) if r["split"] == "validation"]
         paths = [p for p in paths if os.path.exists(p)][:n]
@@ -67,7 +69,8 @@ def export(version_dir):
     """Convert, check parity, record and seal; returns the metadata["engines"] entry."""
     import onnxruntime as ort
 
-    from trainer import artifact, gradcam, ood, preprocessing
+    from screening_core import artifact, gradcam, preprocessing
+    from trainer import ood
     model, metadata = artifact.load(version_dir)
     spec = preprocessing.InputSpec.from_dict(metadata["input_spec"])
     with_features = bool(metadata.get("ood"))

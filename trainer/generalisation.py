@@ -16,7 +16,8 @@ import json
 import os
 import sys
 
-from trainer import artifact, model_card
+from screening_core import artifact
+from trainer import model_card
 
 
 def check_entry(check_dir):

@@ -8,7 +8,8 @@ only the cheap, random augmentation runs every epoch.
 import numpy as np
 import tensorflow as tf
 
-from trainer import augment, preprocessing
+from screening_core import preprocessing
+from trainer import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 

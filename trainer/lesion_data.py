@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from trainer import preprocessing
+from screening_core import preprocessing
 
 MASK_ALL_SEQUENCES = ("brats-ped",)
 T1_MASK_WEIGHT = 0.25  # LGG FLAIR-drawn masks on T1 slices: noisy, the lesion often invisible

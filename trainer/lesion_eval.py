@@ -209,7 +209,8 @@ COLUMNS = ["path", "class_name", "label", "group", "score", "split", "source", "
 
 def write_extras(out_dir, metadata, data, report):
     """validation_predictions.csv (with level) and lesion.json beside the artifact; the card (model_card)."""
-    from trainer import artifact, eda, model_card
+    from screening_core import artifact
+    from trainer import eda, model_card
     eda.write_report(data["report"], os.path.join(out_dir, "eda"))
     with open(os.path.join(out_dir, artifact.PREDICTIONS_FILE), "w", newline="") as f:
         w = csv.writer(f)
@@ -224,7 +225,7 @@ def write_extras(out_dir, metadata, data, report):
 
 def _row_levels(rows):
     """Level of each prediction row (lesion_data.levels), decoding images only where no stack position exists."""
-    from trainer import preprocessing
+    from screening_core import preprocessing
     from trainer.discovery import Example
     ex = [Example(r["path"], int(r["label"]), r["class_name"], "", *(r["source"].split("/", 1) + [""])[:2])
           for r in rows]
@@ -269,7 +270,7 @@ def map_level_of_artifact(version_dir, write=False):
     """Choose a lesion-map artifact's map level on its validation FLAIR/T2 tumor slices with masks and
     report the map figures at it for every split; with `write`, store both in its metadata (re-sealed:
     model.keras is untouched, so the ONNX binding holds). For artifacts trained before the level existed."""
-    from trainer import artifact
+    from screening_core import artifact
     from trainer.lesion_train import predict
     model, md = artifact.load(version_dir)
     size = md["input_spec"]["height"]
@@ -316,7 +317,7 @@ def _rates_at(labels, scores, sensitivity=None, specificity=None):
 
 def compare(artifacts):
     """{artifact: {split/source: {n, auc, spec@sens0.90, sens@spec0.95}}} from their scored rows."""
-    from trainer import metrics
+    from screening_core import metrics
     out = {}
     for a in artifacts:
         with open(os.path.join(a, "validation_predictions.csv")) as f:

@@ -28,7 +28,8 @@ import time
 
 import numpy as np
 
-from trainer import artifact, distribute, evaluation, lesion_data, lesion_eval, preprocessing
+from screening_core import artifact, preprocessing
+from trainer import distribute, evaluation, lesion_data, lesion_eval
 from trainer.config import TrainConfig
 
 # brain-mri (labels only) is the one source of meningiomas and pituitary tumors, but its slice loss
@@ -197,7 +198,7 @@ def validation_callback(model, x, labels, sources, log_path, select=""):
 
     import keras
 
-    from trainer import metrics
+    from screening_core import metrics
 
     class ValidationAuc(keras.callbacks.Callback):
         best, best_weights = -1.0, None

@@ -23,7 +23,7 @@ def evaluate(model, spec, rows, mask_dir, dilate_px, batch=32):
     """{split/source: figures} over tumor rows that have a mask."""
     import tensorflow as tf
 
-    from trainer import gradcam, preprocessing
+    from screening_core import gradcam, preprocessing
     explain = gradcam.make_explainer(model)
     picked = []
     for r in rows:
@@ -40,12 +40,12 @@ def evaluate(model, spec, rows, mask_dir, dilate_px, batch=32):
             with tf.io.gfile.GFile(mask_path, "rb") as f:
                 mask = preprocessing.decode_raster(f.read())
             xs.append(preprocessing.prepare(gray, spec))
-            masks.append(gradcam.dilate(preprocessing.project_mask(gray, mask, spec) > 0.5, dilate_px))
+            masks.append(dilate(preprocessing.project_mask(gray, mask, spec) > 0.5, dilate_px))
             keys.append(f"{r.get('split', 'validation')}/{r.get('source', '')}")
             scores.append(float(r["score"]))
         heats = explain(np.stack(xs))
         for key, heat, mask, score in zip(keys, heats, masks, scores, strict=True):
-            share, hit = gradcam.heat_in_mask(heat, mask)
+            share, hit = heat_in_mask(heat, mask)
             d = out.setdefault(key, {"share": [], "hit": [], "mask_area": [], "score": []})
             d["share"].append(share)
             d["hit"].append(hit)
@@ -66,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--dilate", type=int, default=4,
                         help="dilate masks by this many model-input pixels (Grad-CAM is 1/16 resolution)")
     args = parser.parse_args(argv)
-    from trainer import artifact, preprocessing
+    from screening_core import artifact, preprocessing
     model, md = artifact.load(args.artifact)
     spec = preprocessing.InputSpec.from_dict(md["input_spec"])
     with open(os.path.join(args.artifact, artifact.PREDICTIONS_FILE)) as f:
@@ -85,3 +85,21 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Binary dilation by a (2 * pixels + 1) square; a heatmap at 1/8 resolution blurs past edges."""
+    from PIL import Image, ImageFilter
+    if pixels <= 0:
+        return np.asarray(mask, bool)
+    im = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255)
+    return np.asarray(im.filter(ImageFilter.MaxFilter(2 * pixels + 1))) > 0
+
+
+def heat_in_mask(heat: np.ndarray, mask: np.ndarray) -> tuple[float, bool]:
+    """(share of heat mass inside `mask`, whether the heat peak lies inside it)."""
+    heat = np.asarray(heat, np.float64)
+    mask = np.asarray(mask, bool)
+    total = heat.sum()
+    share = float(heat[mask].sum() / total) if total > 0 else 0.0
+    return share, bool(mask.flat[int(np.argmax(heat))]) if total > 0 else False

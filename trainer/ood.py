@@ -30,90 +30,20 @@ import os
 
 import numpy as np
 
-REFERENCE_FILE = "ood_reference.npz"
-HISTOGRAM = "input_histogram"
+from screening_core.ood import (  # noqa: F401  (the runtime half, re-exported for the CLI)
+    HISTOGRAM,
+    REFERENCE_FILE,
+    SCORE_BINS,
+    Component,
+    Reference,
+    feature_model,
+    input_histogram,
+    layer_names,
+    reference_path,
+    split_outputs,
+)
+
 DEFAULT_VALIDATION_FALSE_OOD = 0.04  # threshold quantile on one half of validation; < 5 % on the other
-HIST_BINS = 16
-
-
-def layer_names(model):
-    """The layers whose pooled activations describe an image: every block's output and the last conv."""
-    return [layer.name for layer in model.layers if layer.name.endswith("_pool")] + ["last_conv"]
-
-
-def input_histogram(x):
-    """(n, 17): histogram of each model input's foreground intensities + foreground share.
-
-    The network's features miss what it never had to tell apart (a flat CT brain
-    window looks like a dark MRI to it); the intensity profile of the normalised
-    input does not. Equal to np.histogram(v[v > 0.05], 16, (0, 1)) per image, in
-    one bincount for the batch (16 equal bins of [0, 1]: v * 16 is exact, so no edge is ambiguous).
-    """
-    x = np.asarray(x)[..., 0]
-    n, pixels = len(x), int(np.prod(x.shape[1:]))
-    where = np.flatnonzero(x.reshape(-1) > 0.05)
-    bins = np.minimum((x.reshape(-1)[where] * np.float32(HIST_BINS)).astype(np.int64), HIST_BINS - 1)
-    counts = np.bincount(where // pixels * HIST_BINS + bins, minlength=n * HIST_BINS).reshape(n, HIST_BINS)
-    share = counts.sum(axis=1)
-    return np.c_[counts / np.maximum(share, 1)[:, None], share / max(pixels, 1)].astype(np.float32)
-
-
-class Component:
-    """Mahalanobis distance to the nearer class mean, shared covariance, for one feature set."""
-
-    def __init__(self, name, means, precision, scale=1.0):
-        self.name = name
-        self.means = np.asarray(means, np.float64)
-        self.precision = np.asarray(precision, np.float64)
-        self.scale = float(scale)
-
-    def distance(self, features):
-        f = np.asarray(features, np.float64)
-        d = f[:, None, :] - self.means[None, :, :]
-        return np.einsum("nkd,de,nke->nk", d, self.precision, d).min(axis=1)
-
-    @classmethod
-    def fit(cls, name, features, labels):
-        x, y = np.asarray(features, np.float64), np.asarray(labels)
-        classes = sorted(set(y.tolist()))
-        means = np.stack([x[y == c].mean(axis=0) for c in classes])
-        centred = np.concatenate([x[y == c] - means[i] for i, c in enumerate(classes)])
-        cov, _ = ledoit_wolf(centred)
-        return cls(name, means, np.linalg.pinv(cov))
-
-
-class Reference:
-    """Sum over feature sets of their Mahalanobis distances, each divided by its validation scale."""
-
-    def __init__(self, components, threshold, score_histogram=None, info=None):
-        self.components = list(components)
-        self.threshold = float(threshold)
-        self.score_histogram = None if score_histogram is None else np.asarray(score_histogram, np.float64)
-        self.info = dict(info or {})
-
-    @property
-    def names(self):
-        return [c.name for c in self.components]
-
-    def score(self, features):
-        """OOD score per image; `features` maps component name -> (n, d) array."""
-        return np.sum([c.distance(features[c.name]) / c.scale for c in self.components], axis=0).astype(np.float32)
-
-    def save(self, path):
-        arrays = {"threshold": self.threshold, "info": json.dumps(self.info), "names": json.dumps(self.names),
-                  "score_histogram": np.zeros(0) if self.score_histogram is None else self.score_histogram}
-        for i, c in enumerate(self.components):
-            arrays.update({f"means_{i}": c.means, f"precision_{i}": c.precision, f"scale_{i}": c.scale})
-        np.savez(path, **arrays)
-
-    @classmethod
-    def load(cls, path):
-        with np.load(path, allow_pickle=False) as z:
-            names = json.loads(str(z["names"]))
-            comps = [Component(n, z[f"means_{i}"], z[f"precision_{i}"], float(z[f"scale_{i}"]))
-                     for i, n in enumerate(names)]
-            hist = z["score_histogram"]
-            return cls(comps, float(z["threshold"]), hist if hist.size else None, json.loads(str(z["info"])))
 
 
 def ledoit_wolf(x):
@@ -127,6 +57,15 @@ def ledoit_wolf(x):
     return (1 - shrink) * s + shrink * mu * np.eye(d), shrink
 
 
+def fit_component(name, features, labels):
+    x, y = np.asarray(features, np.float64), np.asarray(labels)
+    classes = sorted(set(y.tolist()))
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    centred = np.concatenate([x[y == c] - means[i] for i, c in enumerate(classes)])
+    cov, _ = ledoit_wolf(centred)
+    return Component(name, means, np.linalg.pinv(cov))
+
+
 def fit(train, train_labels, val, val_groups, false_ood=DEFAULT_VALIDATION_FALSE_OOD, seed=0):
     """Reference from training features; scales and threshold from validation half A; check on half B.
 
@@ -134,7 +73,7 @@ def fit(train, train_labels, val, val_groups, false_ood=DEFAULT_VALIDATION_FALSE
     (patient / near-duplicate group), so the reported false-OOD rate is measured
     on images the threshold never saw.
     """
-    comps = [Component.fit(name, train[name], train_labels) for name in train]
+    comps = [fit_component(name, train[name], train_labels) for name in train]
     groups = np.asarray(val_groups)
     uniq = np.unique(groups)
     half_a = np.isin(groups, np.random.default_rng(seed).permutation(uniq)[: len(uniq) // 2])
@@ -150,34 +89,6 @@ def fit(train, train_labels, val, val_groups, false_ood=DEFAULT_VALIDATION_FALSE
     return ref
 
 
-def feature_model(model, names=None, cam=False):
-    """One call: [tumor probability, pooled activations of `names` (default: layer_names()), CAM map if `cam`].
-
-    With `cam`, the last output is the review map (gradcam.review_output): a lesion-first model's
-    own lesion map, or relu(A . w) on the last conv's map where that equals Grad-CAM
-    (gradcam.cam_head), so the scoring pass also yields heatmaps."""
-    import keras
-
-    from trainer import gradcam
-    names = layer_names(model) if names is None else names
-    pooled = [keras.layers.GlobalAveragePooling2D(name=f"ood_pool_{n}")(model.get_layer(n).output)
-              for n in names]
-    extra = [gradcam.review_output(model)] if cam else []
-    return keras.Model(model.inputs, [model.output, *pooled, *[e for e in extra if e is not None]])
-
-
-def split_outputs(model_names, outputs, x):
-    """(probabilities, {component: features}) from a feature_model call on inputs `x`."""
-    probs = np.asarray(outputs[0], np.float32).reshape(-1)
-    feats = {n: np.asarray(o) for n, o in zip(model_names, outputs[1:], strict=True)}
-    feats[HISTOGRAM] = input_histogram(x)
-    return probs, feats
-
-
-def reference_path(version_dir):
-    return os.path.join(version_dir, REFERENCE_FILE)
-
-
 def features_of(inputs, model, batch=64):
     """(probabilities, {component: features}) of preprocessed model inputs."""
     fm, names = feature_model(model), layer_names(model)
@@ -191,7 +102,7 @@ def features_of(inputs, model, batch=64):
 
 
 def read_inputs(paths, spec):
-    from trainer import preprocessing
+    from screening_core import preprocessing
     out = []
     for p in paths:
         with open(p, "rb") as f:
@@ -218,7 +129,7 @@ def training_images(version_dir, metadata):
 
 def build(version_dir, max_train=None, seed=0):
     """Fit the reference for the artifact in `version_dir`, write it, record it in metadata, re-seal."""
-    from trainer import artifact, preprocessing
+    from screening_core import artifact, preprocessing
     model, metadata = artifact.load(version_dir)
     spec = preprocessing.InputSpec.from_dict(metadata["input_spec"])
     paths, labels = training_images(version_dir, metadata)
@@ -233,13 +144,12 @@ def build(version_dir, max_train=None, seed=0):
     return ref
 
 
-SCORE_BINS = 10  # the drift reference's probability bins; beam_pipeline.summary.SCORE_BINS tallies the same
 # (a test holds them equal; an artifact whose histogram has another length gets no drift verdict)
 
 
 def attach(version_dir, ref, validation_probabilities):
     """Store `ref` in the artifact: the .npz, metadata["ood"] and the drift reference; then re-seal."""
-    from trainer import artifact
+    from screening_core import artifact
     ref.score_histogram = np.histogram(validation_probabilities, bins=SCORE_BINS, range=(0, 1))[0]
     ref.save(reference_path(version_dir))
     md_path = os.path.join(version_dir, artifact.METADATA_FILE)
@@ -258,7 +168,7 @@ def attach(version_dir, ref, validation_probabilities):
 
 
 def _auroc(in_scores, out_scores):
-    from trainer import metrics
+    from screening_core import metrics
     labels = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
     return float(metrics.roc_auc(labels, np.r_[in_scores, out_scores]))
 
@@ -268,7 +178,8 @@ def measure(version_dir, brats_root=None, extra=()):
 
     `extra`: (name, folder) pairs of further collections the model never trained on.
     """
-    from trainer import artifact, ood_cases, preprocessing
+    from screening_core import artifact, preprocessing
+    from trainer import ood_cases
     model, metadata = artifact.load(version_dir)
     spec = preprocessing.InputSpec.from_dict(metadata["input_spec"])
     ref = Reference.load(reference_path(version_dir))
@@ -323,7 +234,7 @@ def main(argv=None):
         print(f"{r['case']:62s} {r['n']:5d} {r.get('auroc_mahalanobis', float('nan')):10.3f} "
               f"{r.get('auroc_max_probability', float('nan')):10.3f} {r['flagged_ood']:9.3f}")
     if args.record:
-        from trainer import artifact
+        from screening_core import artifact
         md_path = os.path.join(args.artifact, artifact.METADATA_FILE)
         with open(md_path) as f:
             metadata = json.load(f)

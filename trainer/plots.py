@@ -1,7 +1,7 @@
 """ROC and calibration plots for the artifact (matplotlib, no display)."""
 import os
 
-from trainer import metrics
+from screening_core import metrics
 
 
 def write_plots(labels, scores, threshold, out_dir):

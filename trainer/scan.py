@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from trainer import dedup, preprocessing
+from screening_core import preprocessing
+from trainer import dedup
 
 
 def _scan_one(example):

@@ -20,7 +20,7 @@ stem works at half the input resolution (as v3 does): the map is 64x64 for a
 import keras
 from keras import layers
 
-from trainer import gradcam
+from screening_core import gradcam
 
 POOL_WINDOW = 3  # cells of the 64x64 map averaged before the max (~6x6 input pixels)
 HEAD_LEVEL = 0.05  # prepare() puts the head in [0.1, 1] and the background at 0

@@ -11,7 +11,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from beam_pipeline import archives, console, decoding, dicomweb, error_codes, free_text, pseudonym, schema
-from trainer import preprocessing
+from screening_core import preprocessing
 
 ERROR_ROWS_TAG = "rows"
 PENDING_TAG = "pending"  # manifest keys of DICOMweb studies with an instance worth retrying next night

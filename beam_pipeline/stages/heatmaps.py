@@ -6,7 +6,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
 from beam_pipeline import model_store
-from trainer import gradcam
+from screening_core import gradcam
 
 
 class _Explainer:

@@ -13,7 +13,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from beam_pipeline import console, schema
 from beam_pipeline.inference import ChunkModelHandler
-from trainer.gradcam import LESION_LEVEL
+from screening_core.gradcam import LESION_LEVEL
 
 FLAGGED_TAG = "flagged"
 

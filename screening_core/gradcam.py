@@ -273,21 +273,3 @@ def lesion_overlay_png(image: np.ndarray, lesion: np.ndarray, probability: float
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Binary dilation by a (2 * pixels + 1) square; a heatmap at 1/8 resolution blurs past edges."""
-    from PIL import Image, ImageFilter
-    if pixels <= 0:
-        return np.asarray(mask, bool)
-    im = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255)
-    return np.asarray(im.filter(ImageFilter.MaxFilter(2 * pixels + 1))) > 0
-
-
-def heat_in_mask(heat: np.ndarray, mask: np.ndarray) -> tuple[float, bool]:
-    """(share of heat mass inside `mask`, whether the heat peak lies inside it)."""
-    heat = np.asarray(heat, np.float64)
-    mask = np.asarray(mask, bool)
-    total = heat.sum()
-    share = float(heat[mask].sum() / total) if total > 0 else 0.0
-    return share, bool(mask.flat[int(np.argmax(heat))]) if total > 0 else False

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 
-from trainer import preprocessing
+from screening_core import preprocessing
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
@@ -96,7 +96,7 @@ def check_sums(version_dir):
     path = os.path.join(version_dir, SUMS_FILE)
     if not os.path.exists(path):
         raise ArtifactError(f"{version_dir}: no {SUMS_FILE}; if this artifact is trusted, seal it with "
-                            f"python -m trainer.artifact seal {version_dir}")
+                            f"python -m screening_core.artifact seal {version_dir}")
     with open(path) as f:
         listed = dict(reversed(line.rstrip("\n").split("  ", 1)) for line in f if line.strip())
     present = [n for n in OPTIONAL_SEALED_FILES if n in listed or os.path.exists(os.path.join(version_dir, n))]
@@ -207,7 +207,7 @@ def next_version(name_dir):
 
 def main(argv=None):
     import argparse
-    parser = argparse.ArgumentParser(prog="python -m trainer.artifact",
+    parser = argparse.ArgumentParser(prog="python -m screening_core.artifact",
                                      description="Check or (re)seal a model artifact's SHA256SUMS.")
     parser.add_argument("command", choices=("verify", "seal"))
     parser.add_argument("version_dir")
