@@ -1,0 +1,40 @@
+"""The launcher's exit code comes from the job and the runner's state, never from whether a file reads."""
+import dataclasses
+
+import pytest
+
+from beam_pipeline import job as job_mod
+from beam_pipeline import run
+
+
+class _Result:
+    def __init__(self, state, job):
+        self.state, self.screening_job = state, job
+
+
+def _job(tmp_path, wait=True):
+    flags = type("Flags", (), {"max_error_fraction": 0.05, "manifest": None, "fail_on_drift": False,
+                               "reading_room": None})()
+    fields = {f.name: None for f in dataclasses.fields(job_mod.Job)}
+    return job_mod.Job(**{**fields, "output": str(tmp_path / "out"), "run_id": "night", "inputs": (),
+                          "wait": wait, "flags": flags, "nothing_to_do": False})
+
+
+@pytest.mark.parametrize("state, wait, code, says", [
+    ("RUNNING", False, run.EXIT_OK, "Submitted"),  # a Flex Template launcher: submitted, counts not ours
+    ("FAILED", True, run.EXIT_JOB_ERROR, "state FAILED"),
+    ("CANCELLED", True, run.EXIT_JOB_ERROR, "state CANCELLED"),
+    ("DONE", True, run.EXIT_JOB_ERROR, "cannot be read"),  # finished, no summary: never a success
+])
+def test_exit_code_follows_the_runner_state(tmp_path, monkeypatch, capsys, state, wait, code, says):
+    job = _job(tmp_path, wait)
+    monkeypatch.setattr(run, "run", lambda argv: _Result(state, job))
+    assert run.main(["--input", "x", "--output", job.output]) == code
+    out = capsys.readouterr()
+    assert says in out.out + out.err
+
+
+def test_the_job_is_frozen(tmp_path):
+    job = _job(tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.output = "elsewhere"
