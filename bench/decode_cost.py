@@ -24,7 +24,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beam_pipeline import decoding  # noqa: E402
 from bench import common  # noqa: E402
-from trainer import preprocessing  # noqa: E402
+from screening_core import preprocessing  # noqa: E402
 
 
 def _slices(n):

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from beam_pipeline import decoding  # noqa: E402
 from bench import common  # noqa: E402
 from bench.decode_cost import _gdcm_jpeg_lossless, _mr16, _slices  # noqa: E402
-from trainer import preprocessing  # noqa: E402
+from screening_core import preprocessing  # noqa: E402
 
 SERIES_LEN = 20
 SYNTAXES = ("explicit-le", "rle", "j2k-lossless", "j2k-lossy", "jpeg-ls-lossless", "jpeg-lossless-p14",

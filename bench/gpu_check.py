@@ -45,7 +45,7 @@ def _training(work):
     ok = out.returncode == 0 and os.path.exists(os.path.join(artifact, "metadata.json"))
     replicas = "?"
     if ok:
-        from trainer import artifact as art
+        from screening_core import artifact as art
         replicas = art.verify(artifact).get("training", {}).get("replicas", "?")
         art.load(artifact)
     return {"check": "train: MirroredStrategy + mixed_float16, 3 epochs, 320 images", "ok": ok,

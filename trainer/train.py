@@ -10,19 +10,8 @@ import time
 
 import numpy as np
 
-from trainer import (
-    artifact,
-    dedup,
-    discovery,
-    distribute,
-    eda,
-    evaluation,
-    input_pipeline,
-    model_card,
-    plots,
-    preprocessing,
-    scan,
-)
+from screening_core import artifact, preprocessing
+from trainer import dedup, discovery, distribute, eda, evaluation, input_pipeline, model_card, plots, scan
 from trainer.paths import join
 
 
