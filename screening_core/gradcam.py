@@ -214,19 +214,10 @@ def head_only(image: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return img * m, np.asarray(heat, np.float32).reshape(m.shape) * m
 
 
-def overlay_png(image: np.ndarray, heat: np.ndarray, probability: float | None = None, scale: int = 2) -> bytes:
-    """PNG bytes: the model input beside it with the heatmap blended in (jet colours).
-
-    zlib level 1: a third of the default level's encoding time for files within a few
-    per cent of its size (bench/review_overhead.py); these are review thumbnails."""
-    from matplotlib import colormaps
+def _side_by_side_png(base: np.ndarray, drawn: np.ndarray, probability: float | None, scale: int) -> bytes:
+    """The input and its annotated copy side by side, upscaled, the probability in the corner."""
     from PIL import Image, ImageDraw
-    gray = np.clip(np.asarray(image, np.float32).reshape(heat.shape), 0, 1)
-    base = np.repeat(gray[..., None], 3, axis=-1)
-    colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
-    alpha = 0.45 * np.clip(heat, 0, 1)[..., None]
-    blended = base * (1 - alpha) + colour * alpha
-    pair = np.concatenate([base, np.ones((gray.shape[0], 4, 3)), blended], axis=1)
+    pair = np.concatenate([base, np.ones((base.shape[0], 4, 3)), drawn], axis=1)
     im = Image.fromarray((pair * 255).astype(np.uint8)).resize(
         (pair.shape[1] * scale, pair.shape[0] * scale), Image.Resampling.NEAREST)
     if probability is not None:
@@ -234,6 +225,20 @@ def overlay_png(image: np.ndarray, heat: np.ndarray, probability: float | None =
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def overlay_png(image: np.ndarray, heat: np.ndarray, probability: float | None = None, scale: int = 2) -> bytes:
+    """PNG bytes: the model input beside it with the heatmap blended in (jet colours).
+
+    zlib level 1: a third of the default level's encoding time for files within a few
+    per cent of its size (bench/review_overhead.py); these are review thumbnails."""
+    from matplotlib import colormaps
+    gray = np.clip(np.asarray(image, np.float32).reshape(heat.shape), 0, 1)
+    base = np.repeat(gray[..., None], 3, axis=-1)
+    colour = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    alpha = 0.45 * np.clip(heat, 0, 1)[..., None]
+    blended = base * (1 - alpha) + colour * alpha
+    return _side_by_side_png(base, blended, probability, scale)
 
 
 LESION_LEVEL = 0.5  # the lesion map's decision level (outlined, filled, measured) unless the artifact has one
@@ -251,7 +256,6 @@ def lesion_overlay_png(image: np.ndarray, lesion: np.ndarray, probability: float
     cells at or above `level` (the artifact's map level, chosen on validation masks) filled in red
     (opacity by probability) inside a yellow outline, weaker evidence (from 0.4 x level) as a faint
     orange wash, the anatomy left visible everywhere."""
-    from PIL import Image, ImageDraw
     gray = np.clip(np.asarray(image, np.float32).reshape(lesion.shape), 0, 1)
     p = np.clip(np.asarray(lesion, np.float32), 0, 1)
     base = np.repeat(gray[..., None], 3, axis=-1)
@@ -265,11 +269,4 @@ def lesion_overlay_png(image: np.ndarray, lesion: np.ndarray, probability: float
     edge = inside & ~(np.pad(inside, 1)[2:, 1:-1] & np.pad(inside, 1)[:-2, 1:-1]
                       & np.pad(inside, 1)[1:-1, 2:] & np.pad(inside, 1)[1:-1, :-2])
     out[edge] = yellow
-    pair = np.concatenate([base, np.ones((gray.shape[0], 4, 3)), out], axis=1)
-    im = Image.fromarray((pair * 255).astype(np.uint8)).resize(
-        (pair.shape[1] * scale, pair.shape[0] * scale), Image.Resampling.NEAREST)
-    if probability is not None:
-        ImageDraw.Draw(im).text((4, 4), f"p={probability:.3f}", fill=(255, 255, 0), font=_font())
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return _side_by_side_png(base, out, probability, scale)
