@@ -51,7 +51,7 @@ def main():
                 zf.writestr(f"{i:05d}.dcm", b)
         n = len(blobs)
         uri = f"dicomweb://{url.split('://', 1)[1]}/dicom-web"
-        refs = [(s, se, sop) for s in dicomweb.search_studies(uri) for se, sop in dicomweb.instances(uri, s)]
+        refs = [(s, se, sop) for s in dicomweb.search_studies(uri) for se, sop in dicomweb.instances(uri, s)[0]]
         base, _ = dicomweb.parse(uri)
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
