@@ -6,6 +6,8 @@ Loads generated 16-bit MR instances into a local Orthanc (tests/orthanc.py; Debi
 orthanc-dicomweb), writes the same bytes into a zip, and times:
   fetch     WADO-RS retrieval alone (dicomweb.retrieve, 4 threads) vs reading the zip's members;
   pipeline  brain-score on the dicomweb:// input vs on the zip (2 workers multi_threading, no review outputs).
+The server runs on the same machine: its CPU seconds during each stage (`server_cpu_s`) say how much of
+the gap is the PACS's own work, which a real PACS does on its own hardware.
 """
 import argparse
 import concurrent.futures
@@ -19,6 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import common  # noqa: E402
+
+
+def _cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -53,26 +61,28 @@ def main():
         uri = f"dicomweb://{url.split('://', 1)[1]}/dicom-web"
         refs = [(s, se, sop) for s in dicomweb.search_studies(uri) for se, sop in dicomweb.instances(uri, s)[0]]
         base, _ = dicomweb.parse(uri)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds(proc.pid)
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
             list(ex.map(lambda r: dicomweb.retrieve(base, *r, 1 << 30), refs))
-        fetch_web = time.perf_counter() - t0
+        fetch_web, fetch_cpu = time.perf_counter() - t0, _cpu_seconds(proc.pid) - c0
         t0 = time.perf_counter()
         for chunk in archives.list_chunks(str(zpath), os.path.getsize(zpath)):
             for _ in archives.read_members(chunk):
                 pass
         fetch_zip = time.perf_counter() - t0
         rows = [{"stage": "fetch: WADO-RS retrieve (4 threads)", "instances": len(refs), "seconds": fetch_web,
-                 "instances_per_s": len(refs) / fetch_web},
-                {"stage": "fetch: zip members", "instances": n, "seconds": fetch_zip, "instances_per_s": n / fetch_zip}]
+                 "instances_per_s": len(refs) / fetch_web, "server_cpu_s": fetch_cpu},
+                {"stage": "fetch: zip members", "instances": n, "seconds": fetch_zip, "instances_per_s": n / fetch_zip,
+                 "server_cpu_s": 0.0}]
         for label, inp in (("pipeline: dicomweb://", uri), ("pipeline: zip", str(zpath))):
             cmd = [sys.executable, "-m", "beam_pipeline.run", "--input", inp, "--output", str(work / label[10:13]),
                    "--model", args.model, "--no-heatmaps", "--no-report", "--direct_num_workers", "2",
                    "--direct_running_mode", "multi_threading", "--max-error-fraction", "1"]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _cpu_seconds(proc.pid)
             subprocess.run(cmd, check=True, capture_output=True, cwd=common.REPO)
             wall = time.perf_counter() - t0
-            rows.append({"stage": label, "instances": n, "seconds": wall, "instances_per_s": n / wall})
+            rows.append({"stage": label, "instances": n, "seconds": wall, "instances_per_s": n / wall,
+                         "server_cpu_s": _cpu_seconds(proc.pid) - c0})
         for r in rows:
             r["ratio_to_zip"] = None
         rows[0]["ratio_to_zip"] = rows[0]["instances_per_s"] / rows[1]["instances_per_s"]
