@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo train train-v3 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo train train-v3 train-v7 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -80,6 +80,25 @@ train: $(STAMP)
 		--threshold-sources '^lgg/flair$$' --shares lgg=0.7,brats-ped=0.3 --select-on all \
 		--model-dir $(MODEL_DIR) --epochs $(LESION_EPOCHS) --steps-per-epoch 250 --seed $(SEED) $(TRAIN_ARGS)
 	@echo "then: python -m trainer.ood build <artifact>; python -m trainer.export <artifact>"
+
+# Reproduces v6 and v7 (v4 fine-tuned with brain-mri tumor masks; seeded; ~35 min of fit on 2 CPU cores) into
+# MODEL_DIR (another folder than models/, which holds them):
+# the masks come from the figshare collection's borders (trainer/figshare_masks.py says where to get the two
+# public inputs). make train-v7 FIGSHARE_IMAGES=<RCS-YOLO>/dataset-brain-tumor/categorized \
+#   FIGSHARE_BORDERS=<brainscan_AI>/data/tumor_metadata.csv
+FIGSHARE_MASKS ?= ../data/brain-mri-masks
+V7_ARGS = --data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(SHARED)/brain-mri \
+	--eval-data-dir $(SHARED)/brats-sample --holdout-pattern '$(HOLDOUT)' --masks-dir brain-mri=$(FIGSHARE_MASKS) \
+	--label-only-tumors skip --shares lgg=0.5,brats-ped=0.25,brain-mri=0.25 --steps-per-epoch 250 --seed $(SEED) \
+	--model-dir $(MODEL_DIR)
+train-v7: $(STAMP)
+	test -d $(FIGSHARE_MASKS) || $(PY) -m trainer.figshare_masks --brain-mri $(SHARED)/brain-mri \
+		--figshare-images $(FIGSHARE_IMAGES) --borders $(FIGSHARE_BORDERS) --out $(FIGSHARE_MASKS)
+	$(PY) -m trainer.lesion_train $(V7_ARGS) --init-from models/brain-tumor-cnn/4/model.keras \
+		--learning-rate 1e-3 --epochs 5 --version 6
+	$(PY) -m trainer.lesion_train $(V7_ARGS) --init-from $(MODEL_DIR)/brain-tumor-cnn/6/model.keras \
+		--learning-rate 5e-4 --epochs 6 --version 7
+	@echo "then, for each: python -m trainer.lesion_eval map-level <artifact> --write; python -m trainer.ood build <artifact>; python -m trainer.export <artifact>"
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
