@@ -125,6 +125,11 @@ def main(argv=None):
     p.add_argument("--borders", required=True, help="CSV with file, label_name, tumorBorder")
     p.add_argument("--out", required=True, help="folder for <brain-mri stem>.png masks (pass to lesion_train --masks-dir)")
     a = p.parse_args(argv)
+    missing = [f"{flag} {path}" for flag, path, ok in (
+        ("--brain-mri", a.brain_mri, os.path.isdir), ("--figshare-images", a.figshare_images, os.path.isdir),
+        ("--borders", a.borders, os.path.isfile)) if not ok(path)]
+    if missing:
+        p.error(f"not found: {', '.join(missing)}")
     per_class = build(a.brain_mri, a.figshare_images, a.borders, a.out)
     for c, (m, n) in per_class.items():
         print(f"{c}: {m} of {n} slices masked")
