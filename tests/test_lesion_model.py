@@ -152,6 +152,30 @@ def test_sampling_balances_class_within_each_level_bin():
     assert w[a & ~low].sum() == pytest.approx(w[a & low].sum())  # a one-class bin keeps its level's share
 
 
+def test_hard_negatives_are_drawn_more_often_and_nothing_else_moves():
+    probs = np.full(6, 1 / 6)
+    labels = np.array([0, 0, 0, 1, 1, 0])
+    scores = np.array([0.9, 0.05, 0.5, 0.99, 0.01, 0.2])  # slice 3 is a tumor: never a "hard negative"
+    w = lesion_data.boost_hard_negatives(probs, labels, scores, threshold=0.5, factor=4)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] == pytest.approx(4 * w[1]) and w[2] == pytest.approx(4 * w[1])  # at the threshold counts as flagged
+    assert w[3] == pytest.approx(w[1]) and w[5] == pytest.approx(w[1])
+    with pytest.raises(ValueError, match=">= 1"):
+        lesion_data.boost_hard_negatives(probs, labels, scores, 0.5, 0.5)
+    with pytest.raises(ValueError, match="aligned"):
+        lesion_data.boost_hard_negatives(probs, labels[:3], scores, 0.5, 2)
+
+
+def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
+    from trainer import lesion_train
+    with pytest.raises(SystemExit):
+        lesion_train._parse(["--data-dir", str(tmp_path), "--hard-negatives", "4"])
+    assert "needs --init-from" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lesion_train._parse(["--data-dir", str(tmp_path), "--hard-negatives", "0.5"])
+    assert ">= 1" in capsys.readouterr().err
+
+
 def test_levels_follow_the_patient_stack_and_the_head_share():
     from trainer.discovery import Example
     ex = [Example(f"/d/lgg/flair/tumor/TCGA_AA_0001_20010101_{z}.png", 1, "tumor", "", "lgg", "flair")

@@ -77,6 +77,9 @@ def _parse(argv):
     p.add_argument("--init-from", default="",
                    help="start from this model's weights (a model.keras of the same architecture), e.g. to teach "
                         "a working lesion map new collections instead of training from scratch")
+    p.add_argument("--hard-negatives", type=float, default=1.0, metavar="FACTOR",
+                   help="draw each tumor-free training slice that the --init-from model scores at or above its "
+                        "threshold FACTOR times as often (1 = off); needs --init-from with its metadata.json")
     p.add_argument("--select-on", choices=("threshold-sources", "all"), default="threshold-sources",
                    help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
                         "labels), or all of them (how v4 was made; LGG T1 labels are noisy)")
@@ -103,6 +106,12 @@ def _parse(argv):
     if bad:
         p.error(f"--masks-dir wants COLLECTION=DIR with an existing folder: {bad}")
     args.masks_dir = dict(m.split("=", 1) for m in args.masks_dir)
+    if args.hard_negatives < 1:
+        p.error(f"--hard-negatives must be >= 1, got {args.hard_negatives}")
+    if args.hard_negatives > 1 and not (args.init_from and os.path.isfile(
+            os.path.join(os.path.dirname(args.init_from), "metadata.json"))):
+        p.error("--hard-negatives needs --init-from pointing at an artifact's model.keras (its metadata.json "
+                "gives the threshold)")
     return args
 
 
@@ -252,6 +261,20 @@ def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, tota
     return model, fit
 
 
+def _mine_hard_negatives(args, x, labels, probs):
+    """Score the training slices' tumor-free members with the --init-from model; boost those it flags."""
+    import keras
+    with open(os.path.join(os.path.dirname(args.init_from), "metadata.json")) as f:
+        threshold = float(json.load(f)["threshold"])
+    neg = np.flatnonzero(labels == 0)
+    scores = np.zeros(len(labels))
+    scores[neg], _ = predict(keras.saving.load_model(args.init_from), x[neg])
+    hard = int(np.sum(scores[neg] >= threshold))
+    print(f"Hard negatives: {hard} of {len(neg)} tumor-free training slices score >= {threshold:.4f} with "
+          f"{args.init_from}; drawn {args.hard_negatives:g}x as often", flush=True)
+    return lesion_data.boost_hard_negatives(probs, labels, scores, threshold, args.hard_negatives)
+
+
 def main(argv=None):
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -285,6 +308,8 @@ def main(argv=None):
         arrays["pixel_weight"] = np.where(label_only_negative, 1.0, arrays["pixel_weight"]).astype(np.float32)
     idx = np.flatnonzero(is_train)
     probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
+    if args.hard_negatives > 1:
+        probs = _mine_hard_negatives(args, arrays["x"][idx], labels[idx], probs)
     # LGG's T1 "tumor" labels are noisy (lesion often invisible on T1): asking the pooled map to find
     # a lesion there teaches level and anatomy, the confound this model exists to break. With
     # --t1-tumor-slices outside they train only as negatives outside the (dilated) FLAIR mask.
