@@ -37,13 +37,14 @@ bench: $(STAMP)
 	bash bench/run_all.sh
 
 # Debian packages the tests use: chromium renders the HTML report in the browser test; orthanc and
-# orthanc-dicomweb are the PACS the DICOMweb tests search; openssl makes the TLS test's certificate (needs
-# root or sudo once). If they cannot be
+# orthanc-dicomweb are the PACS the DICOMweb tests search; openssl makes the TLS test's certificate;
+# dicom3tools' dciodvfy checks the SR and overlays write-back stores (needs root or sudo once). If they cannot be
 # installed those tests are skipped with a reason, and this says so loudly.
 browser:
 	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc orthanc-dicomweb"; \
 	  command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	  command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
 	  [ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \

@@ -131,8 +131,19 @@ def build_sr(evidence, rows, model_info, threshold, previous=(), instance_number
         sop_instance_uid=sop_uid, instance_number=instance_number, manufacturer=MANUFACTURER, is_complete=False,
         is_verified=False, previous_versions=list(previous) or None,
         series_description=f"Automated tumor screening (research) of series {_source_label(source)}"[:64])
+    sr.CodingSchemeIdentificationSequence = [_scheme_identification()]
     _stamp_series_time(sr)
     return sr
+
+
+def _scheme_identification():
+    """Our private coding scheme, declared in the SR as PS3.3 C.12.1.1.4 asks of a private scheme."""
+    from pydicom.dataset import Dataset
+    item = Dataset()
+    item.CodingSchemeDesignator = SCHEME
+    item.CodingSchemeName = "Automated brain-MRI tumor screening findings"
+    item.CodingSchemeResponsibleOrganization = MANUFACTURER
+    return item
 
 
 def _source_label(ds):
@@ -210,6 +221,9 @@ def build_overlay(ref, png_bytes, model_info, threshold, number):
         MANUFACTURER, patient_orientation=orientation,
         series_description=f"{dicomweb.OWN_SERIES_PREFIX}, research) series {_source_label(ref)}"[:64])
     sc.BurnedInAnnotation = "YES"
+    # Laterality (General Series, type 2C) is required for a paired body part; naming the body part
+    # says it is not one (dciodvfy reports the SC as missing Laterality otherwise)
+    sc.BodyPartExamined = str(ref.get("BodyPartExamined") or "BRAIN")[:16]
     _stamp_series_time(sc)
     return sc
 
