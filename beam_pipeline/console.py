@@ -98,6 +98,47 @@ class _Counts:
 COUNTS = _Counts()
 
 
+class _Studies:
+    """How far each PACS study is: instances listed and instances retrieved (read or failed), in this
+    process. A 100,000-instance study runs for an hour and writes nothing until the end; the progress
+    line says how far it is. Studies are shown by the order they were listed in ("study #3"), never
+    by a UID: the console is not a place for identifiers."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._order, self._total, self._done = {}, {}, {}
+
+    def listed(self, study, n):
+        with self._lock:
+            self._order.setdefault(study, len(self._order) + 1)
+            self._total[study] = self._total.get(study, 0) + n
+
+    def retrieved(self, study, n=1):
+        with self._lock:
+            self._done[study] = self._done.get(study, 0) + n
+
+    def snapshot(self):
+        """(studies listed, studies fully retrieved, (number, retrieved, total) of the largest study
+        under way or None)."""
+        with self._lock:
+            done = {s: min(self._done.get(s, 0), t) for s, t in self._total.items()}
+            complete = sum(done[s] >= t for s, t in self._total.items())
+            going = [(t, s) for s, t in self._total.items() if 0 < done[s] < t]
+            if not going:
+                return len(self._total), complete, None
+            t, s = max(going, key=lambda ts: (ts[0], -self._order[ts[1]]))
+            return len(self._total), complete, (self._order[s], done[s], t)
+
+    def reset(self):
+        with self._lock:
+            self._order.clear()
+            self._total.clear()
+            self._done.clear()
+
+
+STUDIES = _Studies()
+
+
 class Progress:
     """A line every `interval` seconds while the job runs: members listed, images scored, errors, rate."""
 
@@ -109,6 +150,7 @@ class Progress:
 
     def __enter__(self):
         COUNTS.reset()
+        STUDIES.reset()
         self._started = time.time()
         self._thread.start()
         return self
@@ -125,6 +167,15 @@ class Progress:
                   "errors": c.get("errors", 0), "images_per_second": round(scored / max(elapsed, 1e-9), 1)}
         text = (f"[{elapsed:6.0f}s] {fields['members_listed']:,} members listed, {scored:,} images scored, "
                 f"{fields['errors']:,} errors, {fields['images_per_second']:.0f} images/s")
+        n_studies, complete, largest = STUDIES.snapshot()
+        if n_studies:
+            fields.update(studies_listed=n_studies, studies_retrieved=complete)
+            text += f"; {complete:,} of {n_studies:,} studies retrieved"
+            if largest:
+                number, got, total = largest
+                fields["largest_study_under_way"] = {"number": number, "instances_retrieved": got,
+                                                     "instances": total}
+                text += f"; study #{number}: {got:,} of {total:,} instances ({100 * got / total:.0f} %)"
         return text, fields
 
     def _loop(self):

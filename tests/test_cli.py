@@ -186,6 +186,25 @@ def test_progress_line_reports_counts_and_rate(capsys):
     assert lines and "120 members listed, 100 images scored, 3 errors" in lines[-1]
 
 
+def test_progress_line_says_how_far_the_largest_pacs_study_is_without_naming_it():
+    from beam_pipeline import console
+    uid = "1.2.826.0.1.3680043.8.498.777"
+    with console.Progress(interval=3600) as progress:
+        console.STUDIES.listed("dicomweb://pacs/dicom-web/studies/1.2.3", 4)
+        console.STUDIES.listed(f"dicomweb://pacs/dicom-web/studies/{uid}", 60_000)
+        console.STUDIES.listed(f"dicomweb://pacs/dicom-web/studies/{uid}", 40_000)  # a second chunk of listing
+        console.STUDIES.listed("dicomweb://pacs/dicom-web/studies/1.2.4", 10)
+        console.STUDIES.retrieved("dicomweb://pacs/dicom-web/studies/1.2.3", 4)
+        console.STUDIES.retrieved(f"dicomweb://pacs/dicom-web/studies/{uid}", 25_000)
+        console.STUDIES.retrieved("dicomweb://pacs/dicom-web/studies/1.2.4", 3)
+        text, fields = progress.line()
+    assert "1 of 3 studies retrieved; study #2: 25,000 of 100,000 instances (25 %)" in text
+    assert fields["largest_study_under_way"] == {"number": 2, "instances_retrieved": 25_000, "instances": 100_000}
+    assert uid not in text and "1.2.3" not in text and "pacs" not in text
+    with console.Progress(interval=3600) as progress:  # a new job starts from nothing; file inputs add nothing
+        assert "studies" not in progress.line()[0]
+
+
 def test_config_file_and_comma_separated_inputs(tmp_path, capsys):
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     for name in ("a.png", "b.png"):

@@ -95,6 +95,8 @@ class _DecodeChunk(beam.DoFn):
         self._load_keys()
         templates, inputs = [], []
         for ref, data, err in archives.read_members(chunk):
+            if chunk.kind == "dicomweb":
+                console.STUDIES.retrieved(chunk.source_uri)
             if ref.error_code:
                 yield self._failed(chunk, ref, ref.error_code, ref.error_message or "")
                 continue

@@ -86,6 +86,7 @@ class _ListStudy(beam.DoFn):
             yield self._one_row(source, "no_image_series", f"{n_series} series, none of them images to screen")
             return
         yield beam.pvalue.TaggedOutput("fingerprints", (key, fingerprint))
+        console.STUDIES.listed(source, len(found))
         refs = [archives.MemberRef(f"{series}/{sop}", 0, (base, study, series, sop, self._limits.max_member_bytes))
                 for series, sop in found]
         for index in range(0, len(refs), self._limits.chunk_size):
