@@ -94,7 +94,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--engines", default="onnxruntime,tensorflow", help="comma-separated")
-    parser.add_argument("--workers", default="1,2", help="DirectRunner worker counts to run, comma-separated")
+    parser.add_argument("--modes", default="default,in_memory:1,multi_threading:2,multi_processing:2",
+                        help="DirectRunner modes to run, comma-separated: MODE:WORKERS, or 'default' (no runner "
+                             "flags: what a user who types the README's command gets)")
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-scoring-"))
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -120,13 +122,15 @@ def main():
         for label, t in loops:
             rows.append({"stage": label, "images": n, "seconds": t, "images_per_s": n / t,
                          "ratio_to_limit": n / t / limit_ips, "vcpu_ms_per_image": t * vcpus / n * 1e3})
-        for workers, mode in ((1, "in_memory"), (2, "multi_processing")):
-            if str(workers) not in args.workers.split(","):
-                continue
-            label = f"pipeline [{engine}] DirectRunner {workers} worker{'s' * (workers > 1)} {mode}"
+        for spec in args.modes.split(","):
+            if spec == "default":
+                label, flags = f"pipeline [{engine}] DirectRunner, default flags", []
+            else:
+                mode, workers = spec.split(":")
+                label = f"pipeline [{engine}] DirectRunner {workers} worker{'s' * (int(workers) > 1)} {mode}"
+                flags = ["--direct_num_workers", workers, "--direct_running_mode", mode]
             wall = pipeline_run(inputs, os.path.join(args.work, "out"), args.model, args.batch_size, args.chunk_size,
-                                ["--direct_num_workers", str(workers), "--direct_running_mode", mode,
-                                 "--engine", engine])
+                                [*flags, "--engine", engine])
             rows.append({"stage": label, "images": n, "seconds": wall, "images_per_s": n / wall,
                          "ratio_to_limit": n / wall / limit_ips, "vcpu_ms_per_image": wall * vcpus / n * 1e3})
             rows.append({"stage": label + " (minus start-up)", "images": n, "seconds": wall - startup,

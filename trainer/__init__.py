@@ -1,1 +1,13 @@
 """Train a brain-MRI tumor screening CNN and export a versioned artifact."""
+
+import argparse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The trainer tools' --help: module docstrings as written, every flag with its default (flags
+    without a help text too)."""
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from screening_core import metrics
+from trainer import HelpFormatter
 
 
 def source_key(example):
@@ -75,7 +76,7 @@ def operating_metrics(rows, target_sensitivity, threshold_sources="", bootstrap=
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("artifact", help="model version directory (model.keras + metadata.json)")
     parser.add_argument("--data-dir", action="append", required=True,
                         help="labelled collection (any layout the trainer accepts); repeatable")

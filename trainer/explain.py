@@ -20,6 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 from screening_core import artifact, gradcam, preprocessing
+from trainer import HelpFormatter
 
 
 def _groups(rows, threshold, per_group, seed):
@@ -35,7 +36,7 @@ def _groups(rows, threshold, per_group, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("artifact")
     parser.add_argument("--per-group", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,8 @@ import os
 
 import numpy as np
 
+from trainer import HelpFormatter
+
 ONNX_FILE = "model.onnx"
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -109,7 +111,7 @@ def export(version_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("artifact")
     args = parser.parse_args(argv)
     print(json.dumps(export(args.artifact), indent=2))

@@ -39,6 +39,8 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
+from trainer import HelpFormatter
+
 MIN_R = 0.98
 FIGSHARE_CLASS_FOLDERS = {"0": "pituitary", "1": "meningioma", "2": "glioma"}
 TUMOR_CLASSES = ("glioma", "meningioma", "pituitary")
@@ -119,7 +121,7 @@ def build(brain_mri, images_dir, borders_csv, out_dir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False, formatter_class=HelpFormatter)
     p.add_argument("--brain-mri", required=True, help="the brain-mri collection (class folders)")
     p.add_argument("--figshare-images", required=True, help="folder with the figshare class folders 0/1/2 of <index>.jpg")
     p.add_argument("--borders", required=True, help="CSV with file, label_name, tumorBorder")

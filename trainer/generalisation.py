@@ -17,7 +17,7 @@ import os
 import sys
 
 from screening_core import artifact
-from trainer import model_card
+from trainer import HelpFormatter, model_card
 
 
 def check_entry(check_dir):
@@ -59,7 +59,7 @@ def rethreshold(artifact_dir, metadata, threshold_sources):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("artifact", help="version directory whose card gets the checks")
     parser.add_argument("--check", action="append", default=[], help="artifact of a check run; repeatable")
     parser.add_argument("--notes", default=None,

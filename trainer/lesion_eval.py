@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from trainer import evaluation, lesion_data
+from trainer import HelpFormatter, evaluation, lesion_data
 
 DILATE_CELLS = 2  # on the 64x64 map: 4 pixels of the 128 px input
 
@@ -339,7 +339,7 @@ def compare(artifacts):
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="python -m trainer.lesion_eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     lv = sub.add_parser("levels", help="tumor-free slices by level bin for artifacts (their own thresholds)")
     lv.add_argument("artifacts", nargs="+")

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from screening_core import artifact, preprocessing
-from trainer import distribute, evaluation, lesion_data, lesion_eval
+from trainer import HelpFormatter, distribute, evaluation, lesion_data, lesion_eval
 from trainer.config import TrainConfig
 
 # brain-mri (labels only) is the one source of meningiomas and pituitary tumors, but its slice loss
@@ -41,7 +41,7 @@ DEFAULT_SHARES = {"brain-mri": 0.15, "lgg": 0.55, "brats-ped": 0.3}
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", action="append", required=True)
     p.add_argument("--eval-data-dir", action="append", default=[])
     p.add_argument("--group-pattern", default=r"^((?:TCGA_|.*brats).+)_z?\d+\.\w+$")

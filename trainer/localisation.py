@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from trainer import HelpFormatter
+
 
 def evaluate(model, spec, rows, mask_dir, dilate_px, batch=32):
     """{split/source: figures} over tumor rows that have a mask."""
@@ -60,7 +62,7 @@ def evaluate(model, spec, rows, mask_dir, dilate_px, batch=32):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("artifact", help="model version directory")
     parser.add_argument("--mask-dir", required=True, help="folder of tumor masks named like the images (.png)")
     parser.add_argument("--dilate", type=int, default=4,

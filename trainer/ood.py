@@ -42,6 +42,7 @@ from screening_core.ood import (  # noqa: F401  (the runtime half, re-exported f
     reference_path,
     split_outputs,
 )
+from trainer import HelpFormatter
 
 DEFAULT_VALIDATION_FALSE_OOD = 0.04  # threshold quantile on one half of validation; < 5 % on the other
 
@@ -211,7 +212,7 @@ def measure(version_dir, brats_root=None, extra=()):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m trainer.ood", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="fit and store the reference of an artifact (needs its training data)")
     b.add_argument("artifact")

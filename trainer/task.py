@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import sys
 
+from trainer import HelpFormatter
 from trainer.config import TrainConfig
 
 _HELP = {
@@ -56,7 +57,7 @@ _HELP = {
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Train the brain-MRI tumor screening CNN and export a versioned artifact.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.type in (list, "list"):
