@@ -170,10 +170,40 @@ def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
     from trainer import lesion_train
     with pytest.raises(SystemExit):
         lesion_train._parse(["--data-dir", str(tmp_path), "--hard-negatives", "4"])
-    assert "needs --init-from" in capsys.readouterr().err
+    assert "need --init-from" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         lesion_train._parse(["--data-dir", str(tmp_path), "--hard-negatives", "0.5"])
     assert ">= 1" in capsys.readouterr().err
+
+
+def test_pseudo_masks_are_the_init_models_map_where_it_is_confident(tmp_path):
+    import argparse
+
+    import keras
+
+    from trainer import lesion_train, unet
+    keras.utils.set_random_seed(3)
+    model = unet.make_unet((32, 32, 1), filters=(4, 8, 8, 16))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    rng = np.random.default_rng(1)
+    arrays = {"x": rng.random((4, 32, 32)).astype(np.float16), "mask": np.zeros((4, 32, 32), np.uint8),
+              "pixel_weight": np.array([0, 0, 1, 0], np.float32)}
+    labels = np.array([1, 1, 1, 0])
+    is_train = np.array([True, False, True, True])  # slice 1 is validation: never touched
+    scores, maps = lesion_train.predict(model, arrays["x"])
+    args = argparse.Namespace(init_from=path, pseudo_masks=float(scores[0]) - 1e-6)
+    lesion_train._pseudo_masks(args, arrays, labels, is_train)
+    # slice 0: an unmasked training tumor slice scored at the bar -> its map (cells >= half the peak) at 0.5
+    expected = np.kron(maps[0].astype(np.float32) >= 0.5 * maps[0].astype(np.float32).max(), np.ones((2, 2)))
+    np.testing.assert_array_equal(arrays["mask"][0] > 0, expected)
+    assert arrays["pixel_weight"][0] == lesion_train.PSEUDO_MASK_WEIGHT and arrays["mask"][0].max() == 255
+    # validation, an already masked slice and a tumor-free slice keep what they had
+    assert arrays["mask"][1:].max() == 0 and list(arrays["pixel_weight"][1:]) == [0, 1, 0]
+    args.pseudo_masks = float(scores[0]) + 1e-3  # below the bar: left as it was (and then skipped)
+    arrays["pixel_weight"][0], arrays["mask"][0] = 0, 0
+    lesion_train._pseudo_masks(args, arrays, labels, is_train)
+    assert arrays["pixel_weight"][0] == 0 and arrays["mask"][0].max() == 0
 
 
 def test_levels_follow_the_patient_stack_and_the_head_share():

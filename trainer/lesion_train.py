@@ -80,6 +80,10 @@ def _parse(argv):
     p.add_argument("--hard-negatives", type=float, default=1.0, metavar="FACTOR",
                    help="draw each tumor-free training slice that the --init-from model scores at or above its "
                         "threshold FACTOR times as often (1 = off); needs --init-from with its metadata.json")
+    p.add_argument("--pseudo-masks", type=float, default=0.0, metavar="MIN_SCORE",
+                   help="tumor slices without a mask that the --init-from model scores at or above MIN_SCORE "
+                        "train its lesion map (cells at or above half the map's peak) as their mask, at pixel "
+                        "weight 0.5 (0 = off: they follow --label-only-tumors)")
     p.add_argument("--select-on", choices=("threshold-sources", "all"), default="threshold-sources",
                    help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
                         "labels), or all of them (how v4 was made; LGG T1 labels are noisy)")
@@ -108,9 +112,11 @@ def _parse(argv):
     args.masks_dir = dict(m.split("=", 1) for m in args.masks_dir)
     if args.hard_negatives < 1:
         p.error(f"--hard-negatives must be >= 1, got {args.hard_negatives}")
-    if args.hard_negatives > 1 and not (args.init_from and os.path.isfile(
+    if not 0 <= args.pseudo_masks < 1:
+        p.error(f"--pseudo-masks is a score in [0, 1), got {args.pseudo_masks}")
+    if (args.hard_negatives > 1 or args.pseudo_masks) and not (args.init_from and os.path.isfile(
             os.path.join(os.path.dirname(args.init_from), "metadata.json"))):
-        p.error("--hard-negatives needs --init-from pointing at an artifact's model.keras (its metadata.json "
+        p.error("--hard-negatives and --pseudo-masks need --init-from pointing at an artifact's model.keras (its metadata.json "
                 "gives the threshold)")
     return args
 
@@ -261,6 +267,37 @@ def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, tota
     return model, fit
 
 
+PSEUDO_MASK_WEIGHT = 0.5  # a model's own map as a mask: trusted less than a radiologist's outline
+
+
+def _pseudo_masks(args, arrays, labels, is_train):
+    """Give training tumor slices without a mask the --init-from model's lesion map as a mask where that
+    model is confident (score >= --pseudo-masks), in place (arrays["mask"], arrays["pixel_weight"]).
+
+    Why: two thirds of brain-mri's tumor slices (the SARTAJ gliomas among them) have no outline, and
+    every use of them through the pooled slice loss taught a shortcut (runs E-H); a map that already
+    points at the lesion (v7-L: pointing game 0.89-0.92) can supervise pixels where it is sure."""
+    import keras
+    todo = np.flatnonzero(is_train & (labels == 1) & (arrays["pixel_weight"] == 0))
+    if not len(todo):
+        return
+    scores, maps = predict(keras.saving.load_model(args.init_from), arrays["x"][todo])
+    size = arrays["mask"].shape[1]
+    kept = 0
+    for i, score, m in zip(todo, scores, maps, strict=True):
+        if score < args.pseudo_masks:
+            continue
+        m = m.astype(np.float32)
+        cells = m >= 0.5 * m.max()
+        up = np.kron(cells, np.ones((size // m.shape[0], size // m.shape[1]), bool))
+        arrays["mask"][i] = up.astype(np.uint8) * 255
+        arrays["pixel_weight"][i] = PSEUDO_MASK_WEIGHT
+        kept += 1
+    print(f"Pseudo-masks: {kept} of {len(todo)} training tumor slices without a mask score >= "
+          f"{args.pseudo_masks:g} with {args.init_from}; their maps train as masks at weight "
+          f"{PSEUDO_MASK_WEIGHT}", flush=True)
+
+
 def _mine_hard_negatives(args, x, labels, probs):
     """Score the training slices' tumor-free members with the --init-from model; boost those it flags."""
     import keras
@@ -300,6 +337,8 @@ def main(argv=None):
     collections = np.array([e.collection for e in ex])
     is_train = ~data["is_val"] & ~data["is_holdout"]
     label_only_negative = (arrays["pixel_weight"] == 0) & (labels == 0)
+    if args.pseudo_masks:
+        _pseudo_masks(args, arrays, labels, is_train)
     if args.label_only_tumors == "skip":
         is_train &= ~((arrays["pixel_weight"] == 0) & (labels == 1))
     if args.label_only_negatives == "skip":
