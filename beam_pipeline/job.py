@@ -165,17 +165,16 @@ def _inference_threads(requested, options):
 
 
 
-# What a DirectRunner job runs as when the user sets neither --direct_running_mode nor --direct_num_workers
-# (bench/scoring.py --modes, docs/performance.md): one worker per vCPU.
-DEFAULT_DIRECT_MODE = "multi_threading"
+# What a DirectRunner job runs as when the user sets neither --direct_running_mode nor --direct_num_workers.
+# Measured (bench/scoring.py --n 5612 --modes ..., bench/results/scoring_modes.json, 2 vCPUs): in_memory 1
+# worker 209 images/s, multi_threading 2 workers 211-218, multi_processing 2 workers 215: within the
+# machine's noise, so Beam's own default stays, and it is the one that keeps the progress line counting
+# (workers in other processes count in their own memory).
+DEFAULT_DIRECT_MODE, DEFAULT_DIRECT_WORKERS = "in_memory", 1
 
 
 def _direct_defaults(argv, options):
-    """Fill in the DirectRunner flags the user left out with the fastest mode measured here, and say so.
-
-    Beam's own default (one bundle at a time, in_memory) left a vCPU idle: 0.65 of the one-process
-    limit on 5,612 JPEGs. Worker threads stay in this process, so the progress line keeps counting
-    (worker processes, multi_processing, count in their own memory)."""
+    """Fill in the DirectRunner flags the user left out with the measured default, and say so."""
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
     runner = options.view_as(StandardOptions).runner
     if runner not in (None, "DirectRunner", "SwitchingDirectRunner"):
@@ -183,9 +182,9 @@ def _direct_defaults(argv, options):
     if any(a.split("=", 1)[0] in ("--direct_running_mode", "--direct_num_workers") for a in argv):
         return None
     direct = options.view_as(DirectOptions)
-    direct.direct_running_mode, direct.direct_num_workers = DEFAULT_DIRECT_MODE, os.cpu_count() or 1
-    return (f"DirectRunner: {direct.direct_num_workers} workers ({DEFAULT_DIRECT_MODE}; "
-            "--direct_running_mode/--direct_num_workers to change)")
+    direct.direct_running_mode, direct.direct_num_workers = DEFAULT_DIRECT_MODE, DEFAULT_DIRECT_WORKERS
+    return (f"DirectRunner: {DEFAULT_DIRECT_WORKERS} worker ({DEFAULT_DIRECT_MODE}; the other modes measured no "
+            "faster on 2 vCPUs, docs/performance.md; --direct_running_mode/--direct_num_workers to change)")
 
 
 def resolve(argv, save_main_session=True):

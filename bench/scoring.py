@@ -98,6 +98,7 @@ def main():
                         help="DirectRunner modes to run, comma-separated: MODE:WORKERS, or 'default' (no runner "
                              "flags: what a user who types the README's command gets)")
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-scoring-"))
+    parser.add_argument("--result-name", default="scoring", help="bench/results/<name>.json")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     blobs, source = common.image_bytes(args.n)
@@ -144,7 +145,7 @@ def main():
     flops = flops_per_image(model)
     mach = common.machine()
     peak = (mach["cores"] * (mach["mhz"] or 0) * 1e6 * 64) if mach["mhz"] else None  # AVX-512: 2 FMA x 16 fp32 x 2
-    common.report("scoring", rows, {
+    common.report(args.result_name, rows, {
         "source": source, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
         "startup_seconds": startups, "model_flops_per_image": flops,
         "limit_gflops_per_s": {e: round(flops * ips / 1e9, 2) for e, ips in limits.items()},

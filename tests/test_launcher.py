@@ -41,20 +41,18 @@ def test_the_job_is_frozen(tmp_path):
 
 
 @pytest.mark.parametrize("argv, mode, workers", [
-    ([], job_mod.DEFAULT_DIRECT_MODE, "cpus"),  # nothing said: one worker per vCPU, printed
+    ([], job_mod.DEFAULT_DIRECT_MODE, "default"),  # nothing said: the measured default, printed
     (["--direct_running_mode", "in_memory"], "in_memory", 1),  # the user's choice stays
     (["--direct_num_workers=3"], "in_memory", 3),
     (["--runner", "DataflowRunner"], "in_memory", 1),  # not a DirectRunner: nothing to fill in
 ])
 def test_directrunner_flags_left_out_get_the_measured_default(argv, mode, workers):
-    import os
-
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
     options = PipelineOptions(argv)
     note = job_mod._direct_defaults(argv, options)
     direct = options.view_as(DirectOptions)
     assert direct.direct_running_mode == mode
-    assert direct.direct_num_workers == (os.cpu_count() if workers == "cpus" else workers)
-    assert (note is not None) == (workers == "cpus")
+    assert direct.direct_num_workers == (job_mod.DEFAULT_DIRECT_WORKERS if workers == "default" else workers)
+    assert (note is not None) == (workers == "default")
     if note:
-        assert f"{os.cpu_count()} workers" in note and "--direct_running_mode" in note
+        assert job_mod.DEFAULT_DIRECT_MODE in note and "--direct_running_mode" in note

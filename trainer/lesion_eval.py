@@ -42,7 +42,7 @@ def _dilate(mask, cells):
     return out
 
 
-MAP_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 11))  # candidate map levels, 0.05-0.5
+MAP_LEVELS = (0.01, 0.02, 0.03) + tuple(round(0.05 * i, 2) for i in range(1, 11))  # candidate map levels, 0.01-0.5
 
 
 def _dice(maps, truth, level):
