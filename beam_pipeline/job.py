@@ -62,6 +62,7 @@ class Job:
     nothing_to_do: bool
     wait: bool  # False under a Flex Template launcher, which only submits
     flags: Any  # the validated ScreeningOptions view, read only
+    runner_note: str = ""  # how a DirectRunner job runs when the user chose nothing (shown in the start line)
 
     @property
     def lesion_map(self):
@@ -183,8 +184,8 @@ def _direct_defaults(argv, options):
         return None
     direct = options.view_as(DirectOptions)
     direct.direct_running_mode, direct.direct_num_workers = DEFAULT_DIRECT_MODE, DEFAULT_DIRECT_WORKERS
-    return (f"DirectRunner: {DEFAULT_DIRECT_WORKERS} worker ({DEFAULT_DIRECT_MODE}; the other modes measured no "
-            "faster on 2 vCPUs, docs/performance.md; --direct_running_mode/--direct_num_workers to change)")
+    return (f"DirectRunner {DEFAULT_DIRECT_MODE}, {DEFAULT_DIRECT_WORKERS} worker (the measured default; "
+            "--direct_running_mode/--direct_num_workers to change)")
 
 
 def resolve(argv, save_main_session=True):
@@ -230,9 +231,7 @@ def resolve(argv, save_main_session=True):
                                           gpu_workers=any("worker_accelerator" in o for o in service_options))
     except ValueError as e:
         raise JobError(str(e)) from e
-    runner_note = _direct_defaults(argv, options)
-    if runner_note:
-        console.emit("runner", runner_note)
+    runner_note = _direct_defaults(argv, options) or ""
     threads = _inference_threads(opts.inference_threads, options)
     grad_cam_on_tensorflow = opts.heatmaps and not inference.scores_heatmaps(metadata, engine)
     if not opts.verbose and (engine == "tensorflow" or grad_cam_on_tensorflow):
@@ -305,4 +304,4 @@ def resolve(argv, save_main_session=True):
                pseudonym_key=None if opts.keep_paths else ref,
                accession_key=None if opts.keep_accession_numbers else ref,
                known_studies=manifest.known_studies(known), nothing_to_do=not todo and not web,
-               wait=not os.environ.get("BRAIN_SCREENING_NO_WAIT"), flags=opts)
+               wait=not os.environ.get("BRAIN_SCREENING_NO_WAIT"), flags=opts, runner_note=runner_note)

@@ -85,8 +85,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     pipeline = test_pipeline or beam.Pipeline(options=job.options)
     build(pipeline, job)
     console.emit("start", f"Run {job.run_id}: {len(job.inputs)} input(s), model {job.metadata['name']} "
-                 f"v{job.metadata['version']} on {job.engine}, output {job.output}", run_id=job.run_id,
-                 inputs=len(job.inputs), engine=job.engine)
+                 f"v{job.metadata['version']} on {job.engine}, output {job.output}"
+                 + (f"; {job.runner_note}" if job.runner_note else ""), run_id=job.run_id,
+                 inputs=len(job.inputs), engine=job.engine, runner=job.runner_note or None)
     # Dead runs' staging (a full disk, a kill) must not block this one: cleared before any work.
     results_store.remove_stale_staging(job.output)
     try:
