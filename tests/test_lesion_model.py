@@ -265,6 +265,7 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
     assert "validation" in lesion["level_bins"]
     assert md["training_config"]["filters"] == [4, 8, 8, 16]
     assert md["lesion"]["map_level"] in lesion_eval.MAP_LEVELS  # chosen on validation masks
+    assert (version_dir / "roc.png").stat().st_size > 0 and (version_dir / "calibration.png").exists()  # the card names them
     # For artifacts trained before the level existed: chosen again from their rows, stored and re-sealed.
     again = lesion_eval.map_level_of_artifact(str(version_dir), write=True)
     assert again["map_level"] == md["lesion"]["map_level"]

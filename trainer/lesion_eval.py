@@ -219,8 +219,22 @@ def write_extras(out_dir, metadata, data, report):
             w.writerow([repr(r[c]) if c in ("score", "level") else r[c] for c in COLUMNS])
     with open(os.path.join(out_dir, "lesion.json"), "w") as f:
         json.dump(report["lesion"], f, indent=2)
+    write_plots(out_dir, metadata, report["rows"])
     with open(os.path.join(out_dir, artifact.MODEL_CARD_FILE), "w") as f:
         f.write(model_card.render(metadata, data["report"]))
+
+
+def write_plots(out_dir, metadata, rows):
+    """roc.png and calibration.png (the card names them) over the validation rows of the threshold
+    sources: the rows the card's validation metrics and the threshold come from."""
+    import re
+
+    from trainer import plots
+    sources = (metadata.get("training_config") or {}).get("threshold_sources") or ""
+    val = [r for r in rows if r["split"] == "validation" and (not sources or re.search(sources, r["source"]))]
+    if val:
+        plots.write_plots(np.array([int(r["label"]) for r in val]), np.array([float(r["score"]) for r in val]),
+                          metadata["threshold"], out_dir)
 
 
 def _row_levels(rows):
@@ -351,7 +365,19 @@ def main(argv=None):
     cmp_ = sub.add_parser("compare", help="AUC and the issue's operating points per split/source, side by side")
     cmp_.add_argument("artifacts", nargs="+")
     cmp_.add_argument("--out", default="")
+    pl = sub.add_parser("plots", help="write roc.png and calibration.png of artifacts from their "
+                                      "validation_predictions.csv (artifacts made before the lesion trainer drew them)")
+    pl.add_argument("artifacts", nargs="+")
     args = p.parse_args(argv)
+    if args.command == "plots":
+        from screening_core import artifact
+        for a in args.artifacts:
+            with open(os.path.join(a, "metadata.json")) as f:
+                metadata = json.load(f)
+            with open(os.path.join(a, artifact.PREDICTIONS_FILE), newline="") as f:
+                write_plots(a, metadata, list(csv.DictReader(f)))
+            print(f"{a}: roc.png, calibration.png")
+        return 0
     if args.command == "map-level":
         print(json.dumps(map_level_of_artifact(args.artifact, args.write), indent=2))
         return 0
