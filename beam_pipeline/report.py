@@ -186,6 +186,7 @@ def _drift_html(drift):
 
 def _worklist_html(worklist, total):
     """Studies by highest tumor probability: the order a radiologist should read them in."""
+    from beam_pipeline.studies import place_label
     if not worklist:
         return ""
     shown = f" (showing the {len(worklist)} highest of {total})" if total > len(worklist) else ""
@@ -193,7 +194,7 @@ def _worklist_html(worklist, total):
     for s in worklist:
         what = (f"exam {s['accession_number'] or '-'}, {_date(s['study_date'])}" if s["group_kind"] == "dicom_study"
                 else f"patient {s.get('patient_group')}" if s["group_kind"] == "patient"
-                else f"folder {s['folder'] or '/'} of {os.path.basename(s['source_uri'] or '')}")
+                else f"folder {place_label(s)}")
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
                     f"{s['n_series']} series{_lesion_note(s)}</td><td>{_esc(', '.join(s['flagged_series']) or '-')}</td>"
@@ -288,7 +289,7 @@ def render(folder):
     summary = run_summary.read(folder)
     totals = summary.get("result") or summary  # a result can hold several incremental runs
 
-    from beam_pipeline.studies import series_key, series_label
+    from beam_pipeline.studies import place_label, series_key, series_label
     # The flagged section shows series with heatmaps; the worklist, studies. Both the top ones only.
     flagged, n_series, n_flagged = _top(prefix + "/series-*.parquet", MAX_FLAGGED_STUDIES, flagged_only=True)
     worklist, n_exams, _ = _top(prefix + "/studies-*.parquet", MAX_FLAGGED_STUDIES)
@@ -339,8 +340,7 @@ every study still needs a radiologist's read.</p>
                  f"{_date(s.get('study_date'))}"
                  if s["study_instance_uid"] else
                  f"folder {series_label(s)} of patient {s['patient_group']}" if s.get("patient_group") else
-                 f"{os.path.basename(s['source_uri'] or '')} : {s['folder']}" if s.get("folder") else
-                 f"folder {series_label(s)}")
+                 f"folder {place_label(s)}")
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
                      f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '

@@ -141,8 +141,18 @@ def series_label(series):
         return f"series ...{series['series_instance_uid'][-6:]}"
     if series.get("folder"):
         return series["folder"]
-    # loose files: the folder that holds them (its name, pseudonymised like every path component)
-    return posixpath.basename((series.get("source_uri") or "").rstrip("/")) or "/"
+    return place_label(series)  # loose files: the folder that holds them
+
+
+def place_label(series):
+    """Where a non-DICOM series' images are, as a reader finds them: the last two parts of the folder or
+    archive path (pseudonymised like every path component), and the folder inside an archive.
+
+    Two parts, not one: `flair/tumor`, `t1/tumor`, ... are four worklist rows that a bare `tumor`
+    made indistinguishable."""
+    parts = [p for p in (series.get("source_uri") or "").replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    where = "/".join(parts[-2:]) or "/"
+    return f"{where} : {series['folder']}" if series.get("folder") else where
 
 
 class _StudyFromSeries(beam.CombineFn):

@@ -178,6 +178,25 @@ def test_loose_files_in_one_folder_are_one_series(tmp_path):
     assert page.count('class="heatmap"') == 5  # the folder series show their slices' overlays
 
 
+def test_same_named_class_folders_stay_apart_in_the_worklist(tmp_path):
+    """`flair/tumor` and `t2/tumor` (a sample laid out by sequence and class) are two worklist rows that
+    say which is which; a bare `tumor` made them indistinguishable."""
+    from beam_pipeline import studies
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, threshold=1e-6)
+    for seq in ("flair", "t2"):
+        (tmp_path / "in" / seq / "tumor").mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "in" / seq / "tumor" / f"{i}.png").write_bytes(synth.encode(synth.brain_slice(i, 32)))
+    out = tmp_path / "out"
+    assert run.main(["--input", str(tmp_path / "in"), "--keep-paths", "--output", str(out), "--model", model_dir]) == 0
+    worklist = rows_mod.images(out, "studies-*.parquet")
+    assert sorted(studies.place_label(s) for s in worklist) == ["flair/tumor", "t2/tumor"]
+    assert sorted(s["flagged_series"][0] for s in worklist) == ["flair/tumor", "t2/tumor"]
+    page = open(rows_mod.result_file(out, "report.html")).read()
+    assert "folder flair/tumor" in page and "folder t2/tumor" in page
+    assert studies.place_label({"source_uri": "gs://b/night/a.zip", "folder": "p1/s2"}) == "night/a.zip : p1/s2"
+
+
 def test_a_group_pattern_makes_one_study_per_patient(tmp_path, capsys):
     """Loose files of several patients in class folders (`tumor/P7_12.png`, `notumor/P7_3.png`): with
     --group-pattern each patient is one worklist row spanning both folders, named by a pseudonym."""
