@@ -63,6 +63,38 @@ class Chunk:
     refs: list
 
 
+# A chunk of one PACS study's instances; "dicomweb-series" holds every listed instance of one series,
+# which is then fetched with one series request (dicomweb.retrieve_series) before any one by one.
+DICOMWEB_KINDS = ("dicomweb", "dicomweb-series")
+
+
+def _read_dicomweb(chunk):
+    """(ref, bytes, error) for every ref of a DICOMweb chunk: a whole series from one series request
+    where the chunk holds it, then every instance that answer did not deliver with a request of its own
+    (a server without series retrieval, a cut or slow answer), so every ref still gets its row."""
+    from beam_pipeline import dicomweb
+    pending = {}
+    for ref in chunk.refs:
+        if ref.error_code is not None:
+            yield ref, None, None
+        else:
+            pending[ref.locator[3]] = ref
+    if chunk.kind == "dicomweb-series" and len(pending) > 1:
+        base, study, series, _, max_bytes = next(iter(pending.values())).locator
+        try:
+            for sop, data in dicomweb.retrieve_series(base, study, series, set(pending), max_bytes):
+                ref = pending.pop(sop, None)
+                if ref is not None:
+                    yield ref, data, None
+        except Exception:  # noqa: BLE001 (refused, cut, slow or not offered: the fallback below covers it)
+            pass  # what the series answer did not deliver is fetched one by one below
+    for ref in pending.values():
+        try:
+            yield ref, dicomweb.retrieve(*ref.locator), None
+        except Exception as e:  # HTTP errors after retries, a 404 for a deleted instance, ...
+            yield ref, None, e
+
+
 def archive_kind(path):
     lower = path.lower()
     if lower.endswith(ZIP_SUFFIXES):
@@ -301,16 +333,8 @@ def read_members(chunk):
         for ref in chunk.refs:
             yield ref, ref.locator, None
         return
-    if chunk.kind == "dicomweb":  # locator: (base URL, study, series, sop, max bytes)
-        from beam_pipeline import dicomweb
-        for ref in chunk.refs:
-            if ref.error_code is not None:
-                yield ref, None, None
-                continue
-            try:
-                yield ref, dicomweb.retrieve(*ref.locator), None
-            except Exception as e:  # HTTP errors after retries, a 404 for a deleted instance, ...
-                yield ref, None, e
+    if chunk.kind in DICOMWEB_KINDS:  # locator: (base URL, study, series, sop, max bytes)
+        yield from _read_dicomweb(chunk)
         return
     try:
         f = _open(chunk.source_uri) if any(r.error_code is None for r in chunk.refs) else None

@@ -306,6 +306,106 @@ def retrieve(base, study, series, sop, max_bytes, deadline_s=None):
     return _first_part(body, content_type)
 
 
+SERIES_SECONDS_PER_INSTANCE = 2.0  # a series answer's deadline: RETRIEVE_DEADLINE_S + this per instance
+_FRAMING = 64 * 1024  # multipart headers and delimiters around one instance
+
+
+def retrieve_series(base, study, series, wanted, max_bytes):
+    """Yield (SOP Instance UID, Part 10 bytes) for the instances of one series, from one WADO-RS
+    series request: bench/dicomweb_series_probe.py measured 4-6x the per-instance rate on Orthanc, at
+    a sixth of its CPU.
+
+    Streamed part by part (one part in memory at a time), each part held to `max_bytes` and the whole
+    answer to a deadline of RETRIEVE_DEADLINE_S + SERIES_SECONDS_PER_INSTANCE per wanted instance and to
+    twice as many parts as `wanted` holds (plus 8); it ends as soon as every wanted instance is in. Parts whose SOP Instance UID is not in `wanted` (an instance stored
+    after the listing), or whose header cannot be read, are skipped. Raises RetrieveError when the answer
+    cannot be had within the limits or is not a multipart answer; the caller fetches whatever it did not
+    get one instance at a time, so every instance still ends in a row."""
+    import time
+    deadline = time.monotonic() + RETRIEVE_DEADLINE_S + SERIES_SECONDS_PER_INSTANCE * len(wanted)
+    url = f"{base}/studies/{study}/series/{series}"
+    headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+               "Accept-Encoding": "identity"}
+    with _semaphore():
+        try:
+            resp = session(base).get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S))
+        except Exception as e:
+            raise RetrieveError("member_read_error", f"series request failed: {type(e).__name__}") from e
+        with resp:
+            if resp.status_code >= 300:
+                raise RetrieveError("member_read_error", f"series retrieval answered HTTP {resp.status_code}")
+            if resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
+                raise RetrieveError("member_read_error", "the server sent a content-encoded series; refused")
+            boundary = _boundary(resp.headers.get("Content-Type", ""))
+            yield from _parts(resp, boundary, wanted, max_bytes + _FRAMING, deadline)
+
+
+def _boundary(content_type):
+    if not content_type.lower().startswith("multipart/"):
+        raise RetrieveError("member_read_error", "series answer is not multipart")
+    for param in content_type.split(";")[1:]:
+        key, _, value_ = param.strip().partition("=")
+        if key.lower() == "boundary" and value_.strip().strip('"'):
+            return value_.strip().strip('"').encode()
+    raise RetrieveError("member_read_error", "multipart answer without a boundary")
+
+
+def _parts(resp, boundary, wanted, part_limit, deadline):
+    """(SOP Instance UID, bytes) of each wanted part of a streamed multipart/related body.
+
+    `buf` holds the unread rest of the answer from the current part's delimiter on; the search for the
+    next delimiter resumes where the last one stopped, so a large part costs one pass."""
+    import time
+    delimiter = b"\r\n--" + boundary
+    buf = bytearray(b"\r\n")  # the first delimiter has no CRLF before it
+    aligned, scan, parts, delivered = False, 0, 0, set()
+    while True:
+        if not aligned and (first := buf.find(delimiter)) >= 0:
+            del buf[:first]  # a preamble before the first part is ignored
+            aligned = True
+        if aligned:
+            if buf.startswith(delimiter + b"--"):
+                return  # the closing delimiter
+            head_end = buf.find(b"\r\n\r\n", len(delimiter))
+            if head_end >= 0:
+                end = buf.find(delimiter, max(head_end + 4, scan))
+                if end >= 0:
+                    body = bytes(buf[head_end + 4:end])
+                    del buf[:end]
+                    scan, parts = 0, parts + 1
+                    sop = _sop_of(body)
+                    if sop in wanted and sop not in delivered:
+                        delivered.add(sop)
+                        yield sop, body
+                    if len(delivered) == len(wanted) or parts >= 2 * len(wanted) + 8:
+                        return  # all there; or a server that keeps sending parts nobody listed
+                    continue
+                scan = max(head_end + 4, len(buf) - len(delimiter))
+        if len(buf) > part_limit:
+            raise RetrieveError("member_too_large", "a part of the series answer is larger than the limit")
+        if time.monotonic() > deadline:
+            raise RetrieveError("dicomweb_timeout", "series answer not received within its deadline")
+        try:
+            piece = resp.raw.read1(1 << 16)
+        except Exception as e:
+            raise RetrieveError("member_read_error", f"series answer unreadable: {type(e).__name__}") from e
+        if not piece:
+            return  # the server closed the answer: what was not delivered is fetched one by one
+        buf += piece
+
+
+def _sop_of(part):
+    """The SOP Instance UID of a Part 10 instance, from its header only; None if unreadable."""
+    import io
+
+    import pydicom
+    try:
+        ds = pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True, specific_tags=[(0x0008, 0x0018)])
+        return str(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID") or "") or None
+    except Exception:
+        return None
+
+
 def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
     """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors
     with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)."""

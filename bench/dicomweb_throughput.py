@@ -4,7 +4,9 @@
 
 Loads generated 16-bit MR instances into a local Orthanc (tests/orthanc.py; Debian packages orthanc,
 orthanc-dicomweb), writes the same bytes into a zip, and times:
-  fetch     WADO-RS retrieval alone (dicomweb.retrieve, 4 threads) vs reading the zip's members;
+  fetch     WADO-RS retrieval alone, one request per instance (dicomweb.retrieve) and one per series
+            (dicomweb.retrieve_series, what the job does for a series that fits a chunk), 4 threads,
+            vs reading the zip's members;
   pipeline  brain-score on the dicomweb:// input vs on the zip (2 workers multi_threading, no review outputs).
 The server runs on the same machine: its CPU seconds during each stage (`server_cpu_s`) say how much of
 the gap is the PACS's own work, which a real PACS does on its own hardware.
@@ -65,6 +67,15 @@ def main():
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
             list(ex.map(lambda r: dicomweb.retrieve(base, *r, 1 << 30), refs))
         fetch_web, fetch_cpu = time.perf_counter() - t0, _cpu_seconds(proc.pid) - c0
+        by_series = {}
+        for study, series, sop in refs:
+            by_series.setdefault((study, series), set()).add(sop)
+        t0, c0 = time.perf_counter(), _cpu_seconds(proc.pid)
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            got = sum(ex.map(lambda kv: sum(1 for _ in dicomweb.retrieve_series(base, *kv[0], kv[1], 1 << 30)),
+                             by_series.items()))
+        assert got == len(refs), (got, len(refs))
+        fetch_series, series_cpu = time.perf_counter() - t0, _cpu_seconds(proc.pid) - c0
         t0 = time.perf_counter()
         for chunk in archives.list_chunks(str(zpath), os.path.getsize(zpath)):
             for _ in archives.read_members(chunk):
@@ -88,6 +99,9 @@ def main():
         rows[0]["ratio_to_zip"] = rows[0]["instances_per_s"] / rows[1]["instances_per_s"]
         rows[2]["ratio_to_zip"] = rows[2]["instances_per_s"] / rows[3]["instances_per_s"]
         rows[1]["ratio_to_zip"] = rows[3]["ratio_to_zip"] = 1.0
+        rows.insert(1, {"stage": "fetch: WADO-RS series retrieve (4 threads)", "instances": len(refs),
+                        "seconds": fetch_series, "instances_per_s": len(refs) / fetch_series,
+                        "server_cpu_s": series_cpu, "ratio_to_zip": len(refs) / fetch_series / rows[1]["instances_per_s"]})
         common.report("dicomweb_throughput", rows, {"instance": f"{args.size}x{args.size} 16-bit MR, uncompressed",
                                                     "server": "Orthanc (Debian) on loopback"})
     finally:

@@ -78,6 +78,34 @@ def test_pacs_search_and_scoring(pacs, tmp_path, capsys):
     assert bad[0]["sop_instance_uid"] and bad[0]["series_number"] in (1, 2)  # an error row still says which
 
 
+def test_a_series_is_fetched_with_one_request(pacs, tmp_path, monkeypatch):
+    """Orthanc answers WADO-RS series retrieval: every instance of a series comes from one request
+    (bench/dicomweb_series_probe.py: 4-6x the per-instance rate), none one by one, same rows."""
+    from beam_pipeline import dicomweb
+    server, expected = pacs
+    one_by_one, series_requests = [], []
+    real_series = dicomweb.retrieve_series
+
+    def retrieve(*args, **kwargs):
+        one_by_one.append(args[3])
+        raise AssertionError("an instance was fetched one by one")
+
+    def retrieve_series(*args, **kwargs):
+        series_requests.append(args[2])
+        return real_series(*args, **kwargs)
+    monkeypatch.setattr(dicomweb, "retrieve", retrieve)
+    monkeypatch.setattr(dicomweb, "retrieve_series", retrieve_series)
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    out = tmp_path / "out"
+    query = f"dicomweb://{server.split('://', 1)[1]}/dicom-web?StudyDate=20261101-20261126&Modality=MR"
+    assert run.main(["--input", query, "--output", str(out), "--model", model_dir, "--max-error-fraction", "0.2"]) == 0
+    rows = rows_mod.images(out)
+    november = {sop for sop, v in expected.items() if v[0].startswith("202611")}
+    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(november) and not one_by_one
+    assert len(series_requests) == len(set(series_requests)) == 4  # 2 studies x 2 series, one request each
+    assert [r["error_code"] for r in rows if r["status"] != "ok"] == ["dicom_corrupt"]  # same bytes, same rows
+
+
 def test_unreachable_pacs_fails_before_work(tmp_path, capsys):
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     started = time.time()

@@ -28,6 +28,8 @@ class _Handler(BaseHTTPRequestHandler):
     instances = {}  # sop -> (behaviour, Part 10 bytes)
     hits = {}
     search = "ok"  # how the study search answers: ok / no-paging / drip / gzip / empty-study
+    series = "none"  # how a series retrieval answers: none (404) / first (one part, then the end) / drip
+    series_hits = 0
 
     def log_message(self, *args):
         pass
@@ -51,6 +53,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json([{"0020000E": {"vr": "UI", "Value": [SERIES]}, "00080060": {"vr": "CS", "Value": ["MR"]}}])
         if path.endswith("/instances"):
             return self._json([{"00080018": {"vr": "UI", "Value": [sop]}} for sop in self.instances])
+        if parts[-2] == "series":
+            return self._series()
         sop = parts[-1]
         behaviour, data = self.instances[sop]
         self.hits[sop] = self.hits.get(sop, 0) + 1
@@ -79,6 +83,30 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+
+    def _series(self):
+        type(self).series_hits += 1
+        if self.series == "none":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        first = next(data for behaviour, data in self.instances.values() if behaviour == "ok")
+        body = (f"preamble\r\n--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + first
+                + f"\r\n--{BOUNDARY}--\r\n".encode())
+        self.send_response(200)
+        self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={BOUNDARY}')
+        self.end_headers()
+        try:
+            if self.series == "drip":  # headers, then a byte every 0.3 s: the series deadline must cut it
+                for b in body:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            else:
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _search(self):
         study = {"0020000D": {"vr": "UI", "Value": [STUDY]}}
@@ -112,6 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture()
 def hostile():
     _Handler.instances, _Handler.hits, _Handler.search = {}, {}, "ok"
+    _Handler.series, _Handler.series_hits = "none", 0
     for n, behaviour in enumerate(("ok", "slow", "huge", "flaky")):
         sop, data = _instance(n)
         _Handler.instances[sop] = (behaviour, data)
@@ -254,3 +283,54 @@ def test_a_night_with_nothing_new_leaves_the_result_byte_identical(hostile, tmp_
     assert "nothing new since the manifest; the result is unchanged" in capsys.readouterr().out
     assert snapshot() == before
     assert not os.listdir(out / "_staging")
+
+
+@pytest.mark.parametrize("series", ["none", "first", "drip"])
+def test_a_series_answer_that_is_refused_cut_or_slow_loses_no_instance(hostile, tmp_path, monkeypatch, series):
+    """The job asks for the whole series first; whatever that answer does not deliver (404, an answer
+    holding one instance of four, one that dribbles past its deadline) is fetched instance by instance:
+    every instance gets the row it gets without series retrieval, within a bounded time."""
+    host, by_behaviour = hostile
+    _Handler.series = series
+    monkeypatch.setattr(dicomweb, "RETRIEVE_DEADLINE_S", 1.5)  # the slow instance sends 5 of its bytes
+    monkeypatch.setattr(dicomweb, "SERIES_SECONDS_PER_INSTANCE", 0.25)
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    assert run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--model", model_dir,
+                     "--keep-paths", "--max-member-bytes", str(1 << 20), "--max-error-fraction", "1"]) == 0
+    assert time.monotonic() - started < 90 and _Handler.series_hits == 1
+    rows = {r["sop_instance_uid"] or r["member_path"].rsplit("/", 1)[-1]: r for r in rows_mod.images(out)}
+    assert len(rows) == 4
+    assert rows[by_behaviour["ok"]]["status"] == "ok"
+    # the one instance the "first" answer delivered is never asked for again
+    assert _Handler.hits.get(by_behaviour["ok"], 0) == (0 if series == "first" else 1)
+    assert rows[by_behaviour["flaky"]]["status"] == "ok"
+    assert rows[by_behaviour["slow"]]["error_code"] == "dicomweb_timeout"
+    assert rows[by_behaviour["huge"]]["error_code"] == "member_too_large"
+
+
+class _Raw:
+    """A response body read in small pieces, as a socket gives it."""
+
+    def __init__(self, data, piece=7):
+        self._data, self._piece = memoryview(data), piece
+
+    def read1(self, _n):
+        out, self._data = bytes(self._data[:self._piece]), self._data[self._piece:]
+        return out
+
+
+def test_the_series_reader_streams_parts_and_keeps_only_the_listed_instances():
+    (a, da), (b, db), (c, dc) = _instance(0), _instance(1), _instance(2)
+    part = (lambda data: f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n")
+    body = b"preamble\r\n" + part(da) + part(b"not dicom at all") + part(db) + part(dc) + f"--{BOUNDARY}--\r\n".encode()
+    resp = type("Resp", (), {"raw": _Raw(body)})()
+    got = list(dicomweb._parts(resp, BOUNDARY.encode(), {a, c, "9.9"}, 1 << 20, time.monotonic() + 30))
+    assert got == [(a, da), (c, dc)]  # b was not listed; the unreadable part is skipped
+    resp = type("Resp", (), {"raw": _Raw(body)})()
+    with pytest.raises(dicomweb.RetrieveError, match="larger than the limit"):
+        list(dicomweb._parts(resp, BOUNDARY.encode(), {a, b, c}, 1000, time.monotonic() + 30))
+    resp = type("Resp", (), {"raw": _Raw(body)})()
+    with pytest.raises(dicomweb.RetrieveError, match="deadline"):
+        list(dicomweb._parts(resp, BOUNDARY.encode(), {a, b, c}, 1 << 20, time.monotonic() - 1))

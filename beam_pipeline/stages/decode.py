@@ -95,13 +95,13 @@ class _DecodeChunk(beam.DoFn):
         self._load_keys()
         templates, inputs = [], []
         for ref, data, err in archives.read_members(chunk):
-            if chunk.kind == "dicomweb":
+            if chunk.kind in archives.DICOMWEB_KINDS:
                 console.STUDIES.retrieved(chunk.source_uri)
             if ref.error_code:
                 yield self._failed(chunk, ref, ref.error_code, ref.error_message or "")
                 continue
             if err is not None:
-                if getattr(err, "transient", False) and chunk.kind == "dicomweb":
+                if getattr(err, "transient", False) and chunk.kind in archives.DICOMWEB_KINDS:
                     yield beam.pvalue.TaggedOutput(PENDING_TAG, dicomweb.manifest_key_of_source(chunk.source_uri))
                 code = getattr(err, "code", None) or ("input_unreadable" if chunk.kind == "file" else
                                                       "member_read_error")

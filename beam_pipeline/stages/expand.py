@@ -4,6 +4,8 @@ File globs (local or gs://) are matched and each archive is listed on a worker; 
 searched study by study (QIDO-RS). A Reshuffle spreads the chunks across workers. Elements are chunks of
 members, not single images: on this machine one Beam element costs more than scoring one image.
 """
+import itertools
+
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
@@ -87,13 +89,20 @@ class _ListStudy(beam.DoFn):
             return
         yield beam.pvalue.TaggedOutput("fingerprints", (key, fingerprint))
         console.STUDIES.listed(source, len(found))
-        refs = [archives.MemberRef(f"{series}/{sop}", 0, (base, study, series, sop, self._limits.max_member_bytes))
-                for series, sop in found]
-        for index in range(0, len(refs), self._limits.chunk_size):
-            chunk = archives.Chunk(source, "dicomweb", index // self._limits.chunk_size,
-                                   refs[index:index + self._limits.chunk_size])
+        for index, chunk in enumerate(self._series_chunks(source, base, study, found)):
             console.COUNTS.add(listed=len(chunk.refs))
-            yield chunk
+            yield archives.Chunk(chunk.source_uri, chunk.kind, index, chunk.refs)
+
+    def _series_chunks(self, source, base, study, found):
+        """Chunks that never straddle two series; one that holds a whole series is read with one series
+        request ("dicomweb-series"), a series larger than a chunk one instance at a time."""
+        size = self._limits.chunk_size
+        for series, members in itertools.groupby(found, key=lambda f: f[0]):
+            refs = [archives.MemberRef(f"{series}/{sop}", 0, (base, study, series, sop, self._limits.max_member_bytes))
+                    for _, sop in members]
+            kind = "dicomweb-series" if 1 < len(refs) <= size else "dicomweb"
+            for start in range(0, len(refs), size):
+                yield archives.Chunk(source, kind, 0, refs[start:start + size])
 
     @staticmethod
     def _one_row(source, code, message):
