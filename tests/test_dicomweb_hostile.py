@@ -336,3 +336,15 @@ def test_the_series_reader_streams_parts_and_keeps_only_the_listed_instances():
     resp = type("Resp", (), {"raw": _Raw(body)})()
     with pytest.raises(dicomweb.RetrieveError, match="deadline"):
         list(dicomweb._parts(resp, BOUNDARY.encode(), {a, b, c}, 1 << 20, time.monotonic() - 1))
+
+
+def test_pacs_chunks_hold_whole_series_up_to_four_chunks_worth():
+    from beam_pipeline import archives
+    from beam_pipeline.stages import expand
+    lister = expand._ListStudy(archives.Limits(chunk_size=2))
+    found = [("s1", "a")] + [("s2", f"b{i}") for i in range(8)] + [("s3", f"c{i}") for i in range(9)]
+    chunks = list(lister._series_chunks("src", "http://pacs", "st", found))
+    shape = [(c.kind, len(c.refs), {r.locator[2] for r in c.refs}) for c in chunks]
+    assert shape == [("dicomweb", 1, {"s1"}),  # one instance: nothing to gain from a series request
+                     ("dicomweb-series", 8, {"s2"}),  # 4 chunks' worth: one series request
+                     *[("dicomweb", n, {"s3"}) for n in (2, 2, 2, 2, 1)]]  # larger: one by one, never mixed

@@ -47,6 +47,9 @@ class _SearchStudies(beam.DoFn):
                 archives.MemberRef("", 0, None, "input_unreadable", f"QIDO-RS search failed: {type(e).__name__}: {e}")]))
 
 
+SERIES_CHUNK_FACTOR = 4  # a whole series up to this many chunks' worth of instances is one chunk
+
+
 class _ListStudy(beam.DoFn):
     """(input, study) -> Chunks of that study's instances (one ref per SOP Instance UID).
 
@@ -94,15 +97,18 @@ class _ListStudy(beam.DoFn):
             yield archives.Chunk(chunk.source_uri, chunk.kind, index, chunk.refs)
 
     def _series_chunks(self, source, base, study, found):
-        """Chunks that never straddle two series; one that holds a whole series is read with one series
-        request ("dicomweb-series"), a series larger than a chunk one instance at a time."""
+        """Chunks that never straddle two series. A series of up to SERIES_CHUNK_FACTOR chunks' worth of
+        instances (a 3-D MR series of 176-256 slices at the default 64) is one chunk, read with one series
+        request ("dicomweb-series"); a larger one is split into chunks read one instance at a time."""
         size = self._limits.chunk_size
         for series, members in itertools.groupby(found, key=lambda f: f[0]):
             refs = [archives.MemberRef(f"{series}/{sop}", 0, (base, study, series, sop, self._limits.max_member_bytes))
                     for _, sop in members]
-            kind = "dicomweb-series" if 1 < len(refs) <= size else "dicomweb"
+            if 1 < len(refs) <= SERIES_CHUNK_FACTOR * size:
+                yield archives.Chunk(source, "dicomweb-series", 0, refs)
+                continue
             for start in range(0, len(refs), size):
-                yield archives.Chunk(source, kind, 0, refs[start:start + size])
+                yield archives.Chunk(source, "dicomweb", 0, refs[start:start + size])
 
     @staticmethod
     def _one_row(source, code, message):
