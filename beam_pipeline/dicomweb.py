@@ -317,8 +317,9 @@ def retrieve_series(base, study, series, wanted, max_bytes):
 
     Streamed part by part (one part in memory at a time), each part held to `max_bytes` and the whole
     answer to a deadline of RETRIEVE_DEADLINE_S + SERIES_SECONDS_PER_INSTANCE per wanted instance and to
-    twice as many parts as `wanted` holds (plus 8); it ends as soon as every wanted instance is in. Parts whose SOP Instance UID is not in `wanted` (an instance stored
-    after the listing), or whose header cannot be read, are skipped. Raises RetrieveError when the answer
+    twice as many parts as `wanted` holds (plus 8); it ends as soon as every wanted instance is in.
+    Parts whose SOP Instance UID is not in `wanted` (an instance stored after the listing), or whose
+    header cannot be read, are skipped. Raises RetrieveError when the answer
     cannot be had within the limits or is not a multipart answer; the caller fetches whatever it did not
     get one instance at a time, so every instance still ends in a row."""
     import time
