@@ -72,8 +72,12 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour != "huge":
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self._send(body, drip=behaviour == "slow")
+
+    def _send(self, body, drip):
+        """The body at once, or a byte every 0.3 s (each read returns in time, the whole never does)."""
         try:
-            if behaviour == "slow":  # a byte every 0.3 s: each read returns in time, the whole never does
+            if drip:
                 for b in body:
                     self.wfile.write(bytes([b]))
                     self.wfile.flush()
@@ -82,7 +86,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass
-
 
     def _series(self):
         type(self).series_hits += 1
@@ -97,16 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={BOUNDARY}')
         self.end_headers()
-        try:
-            if self.series == "drip":  # headers, then a byte every 0.3 s: the series deadline must cut it
-                for b in body:
-                    self.wfile.write(bytes([b]))
-                    self.wfile.flush()
-                    time.sleep(0.3)
-            else:
-                self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        self._send(body, drip=self.series == "drip")  # a dribbled answer: the series deadline must cut it
 
     def _search(self):
         study = {"0020000D": {"vr": "UI", "Value": [STUDY]}}
