@@ -342,6 +342,7 @@ def retrieve_series(base, study, series, wanted, max_bytes):
 
 
 def _boundary(content_type):
+    """The boundary of a multipart answer's Content-Type, as bytes."""
     if not content_type.lower().startswith("multipart/"):
         raise RetrieveError("member_read_error", "series answer is not multipart")
     for param in content_type.split(";")[1:]:
@@ -467,14 +468,7 @@ def _first_part(body, content_type):
     """The first part of a multipart/related body (or the body itself for application/dicom)."""
     if not content_type.lower().startswith("multipart/"):
         return body
-    boundary = None
-    for param in content_type.split(";")[1:]:
-        key, _, value = param.strip().partition("=")
-        if key.lower() == "boundary":
-            boundary = value.strip().strip('"')
-    if not boundary:
-        raise RetrieveError("member_read_error", "multipart answer without a boundary")
-    delimiter = b"--" + boundary.encode()
+    delimiter = b"--" + _boundary(content_type)
     start = body.find(delimiter)
     head_end = body.find(b"\r\n\r\n", start) if start >= 0 else -1
     if head_end < 0:
