@@ -193,7 +193,7 @@ def test_pseudo_masks_are_the_init_models_map_where_it_is_confident(tmp_path):
     is_train = np.array([True, False, True, True])  # slice 1 is validation: never touched
     scores, maps = lesion_train.predict(model, arrays["x"])
     args = argparse.Namespace(init_from=path, pseudo_masks=float(scores[0]) - 1e-6)
-    lesion_train._pseudo_masks(args, arrays, labels, is_train)
+    lesion_train._pseudo_masks(args, model, arrays, labels, is_train)
     # slice 0: an unmasked training tumor slice scored at the bar -> its map (cells >= half the peak) at 0.5
     expected = np.kron(maps[0].astype(np.float32) >= 0.5 * maps[0].astype(np.float32).max(), np.ones((2, 2)))
     np.testing.assert_array_equal(arrays["mask"][0] > 0, expected)
@@ -202,7 +202,7 @@ def test_pseudo_masks_are_the_init_models_map_where_it_is_confident(tmp_path):
     assert arrays["mask"][1:].max() == 0 and list(arrays["pixel_weight"][1:]) == [0, 1, 0]
     args.pseudo_masks = float(scores[0]) + 1e-3  # below the bar: left as it was (and then skipped)
     arrays["pixel_weight"][0], arrays["mask"][0] = 0, 0
-    lesion_train._pseudo_masks(args, arrays, labels, is_train)
+    lesion_train._pseudo_masks(args, model, arrays, labels, is_train)
     assert arrays["pixel_weight"][0] == 0 and arrays["mask"][0].max() == 0
 
 

@@ -237,15 +237,16 @@ def validation_callback(model, x, labels, sources, log_path, select=""):
     return ValidationAuc()
 
 
-def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total):
-    """Train under `strategy`; the best epoch's model (saved as work_dir/best.keras) and the fit figures."""
+def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total, init_weights=None):
+    """Train under `strategy` (from `init_weights`, the --init-from model's, when given); the best epoch's
+    model (saved as work_dir/best.keras) and the fit figures."""
     import keras
 
     from trainer import unet
     with strategy.scope():
         model = unet.make_unet((args.image_size, args.image_size, 1), args.filters, head_masked=args.head_masked)
-        if args.init_from:
-            model.set_weights(keras.saving.load_model(args.init_from).get_weights())
+        if init_weights is not None:
+            model.set_weights(init_weights)
         fit_model = unet.training_model(model)
         lr = keras.optimizers.schedules.CosineDecay(0.0, total - args.steps_per_epoch, warmup_target=args.learning_rate,
                                                     warmup_steps=args.steps_per_epoch)
@@ -270,18 +271,17 @@ def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, tota
 PSEUDO_MASK_WEIGHT = 0.5  # a model's own map as a mask: trusted less than a radiologist's outline
 
 
-def _pseudo_masks(args, arrays, labels, is_train):
-    """Give training tumor slices without a mask the --init-from model's lesion map as a mask where that
-    model is confident (score >= --pseudo-masks), in place (arrays["mask"], arrays["pixel_weight"]).
+def _pseudo_masks(args, init, arrays, labels, is_train):
+    """Give training tumor slices without a mask the lesion map of `init` (the --init-from model) as a
+    mask where that model is confident (score >= --pseudo-masks), in place (arrays["mask"], arrays["pixel_weight"]).
 
     Why: two thirds of brain-mri's tumor slices (the SARTAJ gliomas among them) have no outline, and
     every use of them through the pooled slice loss taught a shortcut (runs E-H); a map that already
     points at the lesion (v7-L: pointing game 0.89-0.92) can supervise pixels where it is sure."""
-    import keras
     todo = np.flatnonzero(is_train & (labels == 1) & (arrays["pixel_weight"] == 0))
     if not len(todo):
         return
-    scores, maps = predict(keras.saving.load_model(args.init_from), arrays["x"][todo])
+    scores, maps = predict(init, arrays["x"][todo])
     size = arrays["mask"].shape[1]
     kept = 0
     for i, score, m in zip(todo, scores, maps, strict=True):
@@ -298,14 +298,14 @@ def _pseudo_masks(args, arrays, labels, is_train):
           f"{PSEUDO_MASK_WEIGHT}", flush=True)
 
 
-def _mine_hard_negatives(args, x, labels, probs):
-    """Score the training slices' tumor-free members with the --init-from model; boost those it flags."""
-    import keras
+def _mine_hard_negatives(args, init, x, labels, probs):
+    """Score the training slices' tumor-free members with `init` (the --init-from model); boost those it
+    flags."""
     with open(os.path.join(os.path.dirname(args.init_from), "metadata.json")) as f:
         threshold = float(json.load(f)["threshold"])
     neg = np.flatnonzero(labels == 0)
     scores = np.zeros(len(labels))
-    scores[neg], _ = predict(keras.saving.load_model(args.init_from), x[neg])
+    scores[neg], _ = predict(init, x[neg])
     hard = int(np.sum(scores[neg] >= threshold))
     print(f"Hard negatives: {hard} of {len(neg)} tumor-free training slices score >= {threshold:.4f} with "
           f"{args.init_from}; drawn {args.hard_negatives:g}x as often", flush=True)
@@ -337,8 +337,11 @@ def main(argv=None):
     collections = np.array([e.collection for e in ex])
     is_train = ~data["is_val"] & ~data["is_holdout"]
     label_only_negative = (arrays["pixel_weight"] == 0) & (labels == 0)
-    if args.pseudo_masks:
-        _pseudo_masks(args, arrays, labels, is_train)
+    # The --init-from model, loaded once: it starts the fit, mines hard negatives, draws pseudo-masks. All
+    # three shape training only, so an evaluation of a saved checkpoint (--from-checkpoint) skips them.
+    init = keras.saving.load_model(args.init_from) if args.init_from and not args.from_checkpoint else None
+    if args.pseudo_masks and init is not None:
+        _pseudo_masks(args, init, arrays, labels, is_train)
     if args.label_only_tumors == "skip":
         is_train &= ~((arrays["pixel_weight"] == 0) & (labels == 1))
     if args.label_only_negatives == "skip":
@@ -347,8 +350,8 @@ def main(argv=None):
         arrays["pixel_weight"] = np.where(label_only_negative, 1.0, arrays["pixel_weight"]).astype(np.float32)
     idx = np.flatnonzero(is_train)
     probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
-    if args.hard_negatives > 1:
-        probs = _mine_hard_negatives(args, arrays["x"][idx], labels[idx], probs)
+    if args.hard_negatives > 1 and init is not None:
+        probs = _mine_hard_negatives(args, init, arrays["x"][idx], labels[idx], probs)
     # LGG's T1 "tumor" labels are noisy (lesion often invisible on T1): asking the pooled map to find
     # a lesion there teaches level and anatomy, the confound this model exists to break. With
     # --t1-tumor-slices outside they train only as negatives outside the (dilated) FLAIR mask.
@@ -374,7 +377,8 @@ def main(argv=None):
         print(f"{len(idx)} training slices, global batch {global_batch}", flush=True)
         train_ds = make_train_dataset(arrays, idx, labels, probs, slice_w, map_size, global_batch, args.seed,
                                       args.augment)
-        model, fit = _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total)
+        model, fit = _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total,
+                          init_weights=init.get_weights() if init is not None else None)
     report = lesion_eval.evaluate_all(model, data, arrays, ext, ext_arrays, args)
     spec = preprocessing.InputSpec(height=args.image_size, width=args.image_size)
     from trainer.model import flops_per_image
