@@ -92,23 +92,23 @@ class _ListStudy(beam.DoFn):
             return
         yield beam.pvalue.TaggedOutput("fingerprints", (key, fingerprint))
         console.STUDIES.listed(source, len(found))
-        for index, chunk in enumerate(self._series_chunks(source, base, study, found)):
+        for chunk in self._series_chunks(source, base, study, found):
             console.COUNTS.add(listed=len(chunk.refs))
-            yield archives.Chunk(chunk.source_uri, chunk.kind, index, chunk.refs)
+            yield chunk
 
     def _series_chunks(self, source, base, study, found):
         """Chunks that never straddle two series. A series of up to SERIES_CHUNK_FACTOR chunks' worth of
         instances (a 3-D MR series of 176-256 slices at the default 64) is one chunk, read with one series
         request ("dicomweb-series"); a larger one is split into chunks read one instance at a time."""
-        size = self._limits.chunk_size
+        size, index = self._limits.chunk_size, itertools.count()
         for series, members in itertools.groupby(found, key=lambda f: f[0]):
             refs = [archives.MemberRef(f"{series}/{sop}", 0, (base, study, series, sop, self._limits.max_member_bytes))
                     for _, sop in members]
             if 1 < len(refs) <= SERIES_CHUNK_FACTOR * size:
-                yield archives.Chunk(source, "dicomweb-series", 0, refs)
+                yield archives.Chunk(source, "dicomweb-series", next(index), refs)
                 continue
             for start in range(0, len(refs), size):
-                yield archives.Chunk(source, "dicomweb", 0, refs[start:start + size])
+                yield archives.Chunk(source, "dicomweb", next(index), refs[start:start + size])
 
     @staticmethod
     def _one_row(source, code, message):
