@@ -47,3 +47,44 @@ def test_skull_strip_zooms_to_the_core_and_keeps_the_mask_aligned():
     rows, cols = np.flatnonzero((xs > 0).any(axis=1)), np.flatnonzero((xs > 0).any(axis=0))
     assert max(rows[-1] - rows[0], cols[-1] - cols[0]) >= 120  # zoomed to fill the frame again
     assert ms.sum() > 0 and xs[ms > 0.5].mean() > xs[xs > 0.05].mean()  # the mask still sits on the lesion
+
+
+def _flair_like(size=128):
+    """A FLAIR-like slice as prepare() leaves it: head tissue ~0.45, dark ventricles, a bright lesion."""
+    yy, xx = np.mgrid[:size, :size] / size
+    x = np.zeros((size, size), np.float32)
+    head = (yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.42 ** 2
+    x[head] = 0.45 + 0.03 * np.sin(40 * xx[head])  # tissue with some texture
+    ventricle = (np.abs(yy - 0.5) < 0.12) & (np.abs(xx - 0.45) < 0.03)
+    lesion = (yy - 0.35) ** 2 + (xx - 0.68) ** 2 < 0.07 ** 2
+    x[ventricle] = 0.14
+    x[lesion] = 0.9
+    return x[..., None], head, ventricle, lesion
+
+
+def test_bright_fluid_turns_flair_fluid_bright_and_leaves_lesion_tissue_and_background():
+    x, head, ventricle, lesion = _flair_like()
+    for i in range(5):
+        t2 = augment.bright_fluid(tf.constant(x), tf.constant([5, i], tf.int64)).numpy()[..., 0]
+        assert t2[ventricle].min() > 0.6  # the fluid is now bright, as on T2
+        np.testing.assert_allclose(t2[lesion], x[..., 0][lesion], atol=1e-4)  # the lesion (and its mask) hold
+        tissue = head & ~ventricle & ~lesion
+        assert np.abs(t2[tissue] - x[..., 0][tissue]).max() < 0.01
+        np.testing.assert_array_equal(t2[~head], 0.0)  # background stays black
+    a = augment.bright_fluid(tf.constant(x), tf.constant([5, 0], tf.int64)).numpy()
+    np.testing.assert_array_equal(a, augment.bright_fluid(tf.constant(x), tf.constant([5, 0], tf.int64)).numpy())
+
+
+def test_fluid_bright_probability_zero_changes_nothing_and_one_always_applies():
+    x, _, ventricle, lesion = _flair_like()
+    mask = tf.constant(lesion[..., None].astype(np.float32))
+    seed = tf.constant([9, 1], tf.int64)
+    plain, m0 = augment.augment_with_mask(tf.constant(x), mask, seed, "v2")
+    off, m1 = augment.augment_with_mask(tf.constant(x), mask, seed, "v2", fluid_bright=0.0)
+    np.testing.assert_array_equal(plain.numpy(), off.numpy())
+    np.testing.assert_array_equal(m0.numpy(), m1.numpy())
+    # with p = 1 the (geometrically moved) ventricle is bright: the brightest part of the head
+    # besides the lesion sits where the mask is not
+    on, m2 = augment.augment_with_mask(tf.constant(x), mask, seed, "v2", fluid_bright=1.0)
+    np.testing.assert_array_equal(m0.numpy(), m2.numpy())
+    assert on.numpy()[m2.numpy() < 0.5].max() > plain.numpy()[m0.numpy() < 0.5].max() + 0.15

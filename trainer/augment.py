@@ -164,6 +164,30 @@ def contrast(image, seed):
     return image
 
 
+def bright_fluid(image, seed, rim=6):
+    """Make a FLAIR slice T2-like: the fluid inside the brain (dark on FLAIR) turns bright.
+
+    Why: no training collection has enough T2 slices with a tumor (50, of two children), and on T2
+    the lesion-first map reads ventricles and posterior-fossa CSF as lesion (v8's highest tumor-free
+    scores on brats-sample). FLAIR is T2-weighted with the fluid signal nulled; giving the fluid its
+    T2 brightness back yields T2-like slices whose lesion masks still hold, so bright ventricles and
+    sulci become negatives at every level and the tumor stays a positive. Pixels within `rim` of
+    128 of the head's edge (scalp, skull) are left as they are; the fluid cut-off and its new
+    brightness are drawn per slice.
+    """
+    s = tf.random.stateless_uniform([2], seed=seed)
+    head = _fill(tf.cast(image > _HEAD, tf.float32))
+    k = 2 * (rim * (image.shape[0] or 128) // 128) + 1  # a static window: max_pool2d wants a Python int
+    core = -tf.nn.max_pool2d(-head[None], k, 1, "SAME")[0]
+    inside = tf.sort(tf.boolean_mask(image, core > 0.5))
+    tissue = tf.cond(tf.size(inside) > 0, lambda: inside[tf.size(inside) // 2], lambda: tf.constant(0.0))
+    cut = tissue * (0.45 + 0.15 * s[0])  # FLAIR fluid sits at about half the brain's median or below
+    level = 0.8 + 0.2 * s[1]
+    t2 = tf.clip_by_value(level - 1.5 * (image - 0.1), 0.1, 1.0)  # darkest on FLAIR -> brightest, texture kept
+    fluid = tf.sigmoid((cut - image) / 0.02) * core
+    return image + fluid * (t2 - image)
+
+
 MODES = ("v2", "contrast", "contrast-strip")
 
 
@@ -191,10 +215,16 @@ def _maybe_strip(stack, seed):
     return _maybe(u < 0.3, lambda: skull_strip(stack, tf.random.experimental.stateless_fold_in(s, 1)), stack)
 
 
-def augment_with_mask(image, mask, seed, mode="v2"):
-    """`augment` for an image and its lesion mask: the mask follows every geometric change."""
+def augment_with_mask(image, mask, seed, mode="v2", fluid_bright=0.0):
+    """`augment` for an image and its lesion mask: the mask follows every geometric change.
+
+    `fluid_bright`: the probability of `bright_fluid` first (pass it > 0 for FLAIR slices only).
+    """
     if mode not in MODES:
         raise ValueError(f"augment mode must be one of {MODES}, got {mode!r}")
+    f = tf.random.experimental.stateless_fold_in(seed, 15485863)
+    image = _maybe(tf.random.stateless_uniform([], seed=f) < fluid_bright,
+                   lambda: bright_fluid(image, tf.random.experimental.stateless_fold_in(f, 1)), image)
     if mode.startswith("contrast"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
     both = tf.concat([image, mask], axis=-1)
