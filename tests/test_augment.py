@@ -88,3 +88,34 @@ def test_fluid_bright_probability_zero_changes_nothing_and_one_always_applies():
     on, m2 = augment.augment_with_mask(tf.constant(x), mask, seed, "v2", fluid_bright=1.0)
     np.testing.assert_array_equal(m0.numpy(), m2.numpy())
     assert on.numpy()[m2.numpy() < 0.5].max() > plain.numpy()[m0.numpy() < 0.5].max() + 0.15
+
+
+def test_bright_spots_are_small_bright_foci_inside_the_brain_and_away_from_the_lesion():
+    x, head, ventricle, lesion = _flair_like()
+    mask = lesion[..., None].astype(np.float32)
+    yy, xx = np.mgrid[:128, :128]
+    near = np.zeros_like(lesion)
+    for y, x0 in zip(*np.nonzero(lesion)):
+        near |= (np.abs(yy - y) <= 3) & (np.abs(xx - x0) <= 3)
+    painted = 0
+    for i in range(8):
+        s = augment.bright_spots(tf.constant(x), tf.constant(mask), tf.constant([6, i], tf.int64)).numpy()[..., 0]
+        changed = np.abs(s - x[..., 0]) > 0.05
+        assert changed.any()
+        assert not (changed & near).any()  # no spot on or next to the lesion: the mask stays the truth
+        np.testing.assert_array_equal(s[~head], 0.0)  # nothing outside the head
+        assert s.max() <= 1.0 and (s >= x[..., 0] - 1e-6).all()  # spots only brighten
+        assert changed.sum() < 0.05 * head.sum()  # small foci, not a lesion-sized region
+        painted += (s[changed] > 0.6).any()
+    assert painted >= 6  # bright like a lesion on FLAIR
+
+
+def test_spots_probability_zero_changes_nothing():
+    x, _, _, lesion = _flair_like()
+    mask = tf.constant(lesion[..., None].astype(np.float32))
+    seed = tf.constant([2, 8], tf.int64)
+    a, _ = augment.augment_with_mask(tf.constant(x), mask, seed, "contrast-strip")
+    b, _ = augment.augment_with_mask(tf.constant(x), mask, seed, "contrast-strip", spots=0.0)
+    c, _ = augment.augment_with_mask(tf.constant(x), mask, seed, "contrast-strip", spots=1.0)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(a.numpy(), c.numpy())

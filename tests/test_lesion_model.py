@@ -257,7 +257,7 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
     lesion_train.main(["--data-dir", str(tmp_path / "lgg"), "--data-dir", str(tmp_path / "mri"),
                        "--shares", "lgg=0.5,mri=0.5", "--image-size", "32", "--filters", "4,8,8,16",
                        "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", "--bootstrap", "10",
-                       "--fluid-bright", "0.5",
+                       "--fluid-bright", "0.5", "--spots", "0.5",
                        "--threshold-sources", "", "--model-dir", str(tmp_path / "models"), "--version", "1",
                        "--cache-dir", str(tmp_path / "cache")])
     version_dir = tmp_path / "models" / "brain-tumor-cnn" / "1"

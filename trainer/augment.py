@@ -188,6 +188,44 @@ def bright_fluid(image, seed, rim=6):
     return image + fluid * (t2 - image)
 
 
+def bright_spots(image, mask, seed, max_spots=8, rim=16):
+    """Paint 2-`max_spots` small bright ovoid spots into the brain, away from the lesion mask.
+
+    Why: the lesion-first map reads any bright focus on FLAIR/T2 as tumor, and tumor-free scans with
+    white-matter hyperintensities (multiple sclerosis, small-vessel disease) are exactly where a
+    screening aid must stay quiet; the few such slices in our collections (brain-mri's tumor-free
+    slices v7 and v8 flagged) are all we have. The spots are 2-7 px across at 128 px (3-10 mm on an
+    adult head), as bright as a lesion, blurred at the edge, and their pixels stay negatives: a
+    tumor is larger and has mass effect; a cluster of small round foci is not one. Spots keep a
+    margin of 3 px from the (mask's) lesion, and `rim` px of 128 from the head's edge.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    h, w = image.shape[0] or 128, image.shape[1] or 128
+    head = _fill(tf.cast(image > _HEAD, tf.float32))
+    k = 2 * (rim * h // 128) + 1
+    core = -tf.nn.max_pool2d(-head[None], k, 1, "SAME")[0]
+    lesion = tf.cast(mask > 0.5, tf.float32)[None]
+    margin = tf.nn.max_pool2d(lesion, 2 * (3 * h // 128) + 1, 1, "SAME")[0]  # no spot pixel in here
+    centres_off = tf.nn.max_pool2d(lesion, 2 * (9 * h // 128) + 1, 1, "SAME")[0]  # nor a spot cut in half
+    allowed = tf.reshape(core * (1.0 - centres_off), [1, -1])
+    n = tf.random.stateless_uniform([], seeds[0], 2, max_spots + 1, dtype=tf.int32)
+    logits = tf.math.log(allowed + 1e-12) + tf.where(tf.reduce_sum(allowed) > 0, 0.0, 1e6)
+    where = tf.random.stateless_categorical(logits, max_spots, seeds[1])[0]
+    cy = tf.cast(where // w, tf.float32)
+    cx = tf.cast(where % w, tf.float32)
+    radius = tf.random.stateless_uniform([max_spots, 2], seeds[2], 1.0, 3.5) * (h / 128)
+    yy = tf.range(h, dtype=tf.float32)[:, None, None]
+    xx = tf.range(w, dtype=tf.float32)[None, :, None]
+    blobs = tf.exp(-((yy - cy) / radius[:, 0]) ** 2 - ((xx - cx) / radius[:, 1]) ** 2)
+    blobs *= tf.cast(tf.range(max_spots) < n, tf.float32)
+    field = tf.clip_by_value(tf.reduce_max(blobs, -1, keepdims=True), 0.0, 1.0) * core * (1.0 - margin)
+    inside = tf.sort(tf.boolean_mask(image, core > 0.5))
+    tissue = tf.cond(tf.size(inside) > 0, lambda: inside[tf.size(inside) // 2], lambda: tf.constant(0.5))
+    bright = tf.clip_by_value(tissue * tf.random.stateless_uniform([], seeds[3], 1.5, 2.1), 0.6, 1.0)
+    usable = tf.reduce_sum(allowed) > 0
+    return tf.where(usable, image + field * tf.maximum(bright - image, 0.0), image)
+
+
 MODES = ("v2", "contrast", "contrast-strip")
 
 
@@ -215,16 +253,20 @@ def _maybe_strip(stack, seed):
     return _maybe(u < 0.3, lambda: skull_strip(stack, tf.random.experimental.stateless_fold_in(s, 1)), stack)
 
 
-def augment_with_mask(image, mask, seed, mode="v2", fluid_bright=0.0):
+def augment_with_mask(image, mask, seed, mode="v2", fluid_bright=0.0, spots=0.0):
     """`augment` for an image and its lesion mask: the mask follows every geometric change.
 
-    `fluid_bright`: the probability of `bright_fluid` first (pass it > 0 for FLAIR slices only).
+    `fluid_bright`: the probability of `bright_fluid` first (pass it > 0 for FLAIR slices only);
+    `spots`: the probability of `bright_spots` (for slices on which lesions are bright).
     """
     if mode not in MODES:
         raise ValueError(f"augment mode must be one of {MODES}, got {mode!r}")
     f = tf.random.experimental.stateless_fold_in(seed, 15485863)
-    image = _maybe(tf.random.stateless_uniform([], seed=f) < fluid_bright,
+    u = tf.random.stateless_uniform([2], seed=f)
+    image = _maybe(u[0] < fluid_bright,
                    lambda: bright_fluid(image, tf.random.experimental.stateless_fold_in(f, 1)), image)
+    image = _maybe(u[1] < spots,
+                   lambda: bright_spots(image, mask, tf.random.experimental.stateless_fold_in(f, 2)), image)
     if mode.startswith("contrast"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
     both = tf.concat([image, mask], axis=-1)

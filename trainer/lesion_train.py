@@ -88,6 +88,10 @@ def _parse(argv):
                    help="make FLAIR training slices (a flair/ sequence folder) T2-like with probability P: the "
                         "fluid inside the brain turns bright, the lesion mask is kept (augment.bright_fluid); "
                         "no collection has enough T2 slices with a tumor, and on T2 the map read CSF as lesion")
+    p.add_argument("--spots", type=float, default=0.0, metavar="P",
+                   help="paint 2-8 small bright ovoid foci (MS-like white-matter lesions, 3-10 mm) into FLAIR and "
+                        "T2 training slices with probability P, away from any tumor mask, as negatives "
+                        "(augment.bright_spots): bright non-tumor lesions are the lesion-first map's risk")
     p.add_argument("--select-on", choices=("threshold-sources", "all"), default="threshold-sources",
                    help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
                         "labels), or all of them (how v4 was made; LGG T1 labels are noisy)")
@@ -116,8 +120,9 @@ def _parse(argv):
     args.masks_dir = dict(m.split("=", 1) for m in args.masks_dir)
     if args.hard_negatives < 1:
         p.error(f"--hard-negatives must be >= 1, got {args.hard_negatives}")
-    if not 0 <= args.fluid_bright <= 1:
-        p.error(f"--fluid-bright is a probability in [0, 1], got {args.fluid_bright}")
+    for flag in ("fluid_bright", "spots"):
+        if not 0 <= getattr(args, flag) <= 1:
+            p.error(f"--{flag.replace('_', '-')} is a probability in [0, 1], got {getattr(args, flag)}")
     if not 0 <= args.pseudo_masks < 1:
         p.error(f"--pseudo-masks is a score in [0, 1), got {args.pseudo_masks}")
     if (args.hard_negatives > 1 or args.pseudo_masks) and not (args.init_from and os.path.isfile(
@@ -153,33 +158,36 @@ def slice_loss(y_true, y_pred):
     return -weight * (label * K.log(p) + (1 - label) * K.log(1 - p))
 
 
-def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed, augment_mode, fluid_p=None):
+def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed, augment_mode, fluid_p=None,
+                       spots_p=None):
     """Infinite tf.data stream of augmented (image, {score target, map target}) batches.
 
-    `fluid_p`: per slice, the probability that `augment.bright_fluid` makes it T2-like (None: never)."""
+    `fluid_p`, `spots_p`: per slice, the probability that `augment.bright_fluid` makes it T2-like and
+    that `augment.bright_spots` paints negative bright foci into it (None: never)."""
     import tensorflow as tf
 
     from trainer import augment
     rng = np.random.default_rng(seed)
     x, mask, pix_w = data["x"], data["mask"], data["pixel_weight"]
     fluid_p = np.zeros(len(x), np.float32) if fluid_p is None else np.asarray(fluid_p, np.float32)
+    spots_p = np.zeros(len(x), np.float32) if spots_p is None else np.asarray(spots_p, np.float32)
 
     def draws():
         while True:
             for i in rng.choice(idx, size=4096, p=probs):
                 yield (x[i].astype(np.float32)[..., None], mask[i].astype(np.float32)[..., None] / 255.0,
-                       np.float32(labels[i]), np.float32(pix_w[i]), np.float32(slice_w[i]), fluid_p[i])
+                       np.float32(labels[i]), np.float32(pix_w[i]), np.float32(slice_w[i]), fluid_p[i], spots_p[i])
 
     size = x.shape[1]
     sig = (tf.TensorSpec((size, size, 1), tf.float32), tf.TensorSpec((size, size, 1), tf.float32),
            tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
-           tf.TensorSpec((), tf.float32))
+           tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32))
     ds = tf.data.Dataset.from_generator(draws, output_signature=sig)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
 
     def aug(item, s):
-        image, m, label, pw, sw, fp = item
-        image, m = augment.augment_with_mask(image, m, s, mode=augment_mode, fluid_bright=fp)
+        image, m, label, pw, sw, fp, sp = item
+        image, m = augment.augment_with_mask(image, m, s, mode=augment_mode, fluid_bright=fp, spots=sp)
         image, m = tf.ensure_shape(image, (size, size, 1)), tf.ensure_shape(m, (size, size, 1))
         m = tf.image.resize(m, (map_size, map_size), method="area")
         m = tf.cast(m >= 0.5, tf.float32)
@@ -385,10 +393,11 @@ def main(argv=None):
             fit = json.load(f)
     else:
         print(f"{len(idx)} training slices, global batch {global_batch}", flush=True)
-        fluid_p = np.where([e.path.replace(os.sep, "/").split("/")[-3:-2] == ["flair"] for e in ex],
-                           args.fluid_bright, 0.0)
+        sequence = np.array([(e.path.replace(os.sep, "/").split("/")[-3:-2] or [""])[0] for e in ex])
+        fluid_p = np.where(sequence == "flair", args.fluid_bright, 0.0)
+        spots_p = np.where(np.isin(sequence, ("flair", "t2")), args.spots, 0.0)
         train_ds = make_train_dataset(arrays, idx, labels, probs, slice_w, map_size, global_batch, args.seed,
-                                      args.augment, fluid_p)
+                                      args.augment, fluid_p, spots_p)
         model, fit = _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total,
                           init_weights=init.get_weights() if init is not None else None)
     report = lesion_eval.evaluate_all(model, data, arrays, ext, ext_arrays, args)
