@@ -95,7 +95,7 @@ def test_bright_spots_are_small_bright_foci_inside_the_brain_and_away_from_the_l
     mask = lesion[..., None].astype(np.float32)
     yy, xx = np.mgrid[:128, :128]
     near = np.zeros_like(lesion)
-    for y, x0 in zip(*np.nonzero(lesion)):
+    for y, x0 in zip(*np.nonzero(lesion), strict=True):
         near |= (np.abs(yy - y) <= 3) & (np.abs(xx - x0) <= 3)
     painted = 0
     for i in range(8):
