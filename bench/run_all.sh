@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 $PY bench/engines.py
 $PY bench/decode_cost.py --n 200
+$PY bench/reduced_decode_parity.py --per-collection 100
 $PY bench/dicom_job.py --slices 1000 --sizes 512,256
 $PY bench/scoring.py --n 20000
 $PY bench/review_overhead.py --n 8000 --shares 0.0,0.7
