@@ -166,6 +166,19 @@ def test_hard_negatives_are_drawn_more_often_and_nothing_else_moves():
         lesion_data.boost_hard_negatives(probs, labels[:3], scores, 0.5, 2)
 
 
+def test_hard_positives_are_missed_masked_tumors_drawn_more_often():
+    probs = np.full(5, 1 / 5)
+    eligible = np.array([True, True, False, True, False])  # slice 2: a tumor without its own mask
+    scores = np.array([0.1, 0.9, 0.1, 0.5, 0.1])
+    w = lesion_data.boost_hard_positives(probs, eligible, scores, threshold=0.5, factor=3)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] == pytest.approx(3 * w[1])  # missed -> 3x
+    assert w[3] == pytest.approx(w[1])  # at the threshold counts as found
+    assert w[2] == pytest.approx(w[1]) and w[4] == pytest.approx(w[1])  # not eligible: unchanged
+    with pytest.raises(ValueError, match=">= 1"):
+        lesion_data.boost_hard_positives(probs, eligible, scores, 0.5, 0.9)
+
+
 def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
     from trainer import lesion_train
     with pytest.raises(SystemExit):
@@ -174,6 +187,9 @@ def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
     with pytest.raises(SystemExit):
         lesion_train._parse(["--data-dir", str(tmp_path), "--hard-negatives", "0.5"])
     assert ">= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lesion_train._parse(["--data-dir", str(tmp_path), "--hard-positives", "2"])
+    assert "need --init-from" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         lesion_train._parse(["--data-dir", str(tmp_path), "--fluid-bright", "1.5"])
     assert "probability in [0, 1]" in capsys.readouterr().err
@@ -287,3 +303,34 @@ def test_the_artifacts_map_level_sets_outline_and_area():
     assert lesion_area(cam, 8, 1.0, None, level=0.25)["lesion_area_px"] == 64.0
     image = np.full((4, 4), 0.5, np.float32)
     assert gradcam.lesion_overlay_png(image, cam[..., 0]) != gradcam.lesion_overlay_png(image, cam[..., 0], level=0.25)
+
+
+def test_mining_scores_with_the_init_model_and_boosts_both_kinds(tmp_path, capsys):
+    import argparse
+
+    import keras
+
+    from trainer import lesion_train, unet
+    keras.utils.set_random_seed(4)
+    model = unet.make_unet((32, 32, 1), filters=(4, 8, 8, 16))
+    os.makedirs(tmp_path / "a")
+    path = str(tmp_path / "a" / "model.keras")
+    model.save(path)
+    x = np.random.default_rng(2).random((6, 32, 32)).astype(np.float16)
+    scores, _ = lesion_train.predict(model, x)
+    threshold = float(np.median(scores))
+    (tmp_path / "a" / "metadata.json").write_text(json.dumps({"threshold": threshold}))
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    masked = np.array([False, False, False, True, True, False])
+    probs = np.full(6, 1 / 6)
+    args = argparse.Namespace(init_from=path, hard_negatives=4.0, hard_positives=2.0)
+    w = lesion_train._mine_hard_examples(args, model, x, labels, masked, probs)
+    expected = lesion_data.boost_hard_positives(
+        lesion_data.boost_hard_negatives(probs, labels, scores, threshold, 4.0), masked, scores, threshold, 2.0)
+    np.testing.assert_allclose(w, expected)
+    out = capsys.readouterr().out
+    assert "Hard negatives:" in out and "Hard positives:" in out
+    args.hard_negatives = 1.0  # off: only positives are scored and boosted
+    w = lesion_train._mine_hard_examples(args, model, x, labels, masked, probs)
+    np.testing.assert_allclose(w, lesion_data.boost_hard_positives(probs, masked, scores, threshold, 2.0))
+    assert "Hard negatives:" not in capsys.readouterr().out

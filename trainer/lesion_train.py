@@ -80,6 +80,10 @@ def _parse(argv):
     p.add_argument("--hard-negatives", type=float, default=1.0, metavar="FACTOR",
                    help="draw each tumor-free training slice that the --init-from model scores at or above its "
                         "threshold FACTOR times as often (1 = off); needs --init-from with its metadata.json")
+    p.add_argument("--hard-positives", type=float, default=1.0, metavar="FACTOR",
+                   help="draw each masked tumor training slice (a mask drawn on that slice: not LGG T1 with the "
+                        "FLAIR's mask, not pseudo-masks) that the --init-from model scores below its threshold "
+                        "FACTOR times as often (1 = off); needs --init-from with its metadata.json")
     p.add_argument("--pseudo-masks", type=float, default=0.0, metavar="MIN_SCORE",
                    help="tumor slices without a mask that the --init-from model scores at or above MIN_SCORE "
                         "train its lesion map (cells at or above half the map's peak) as their mask, at pixel "
@@ -118,16 +122,17 @@ def _parse(argv):
     if bad:
         p.error(f"--masks-dir wants COLLECTION=DIR with an existing folder: {bad}")
     args.masks_dir = dict(m.split("=", 1) for m in args.masks_dir)
-    if args.hard_negatives < 1:
-        p.error(f"--hard-negatives must be >= 1, got {args.hard_negatives}")
+    for flag in ("hard_negatives", "hard_positives"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     for flag in ("fluid_bright", "spots"):
         if not 0 <= getattr(args, flag) <= 1:
             p.error(f"--{flag.replace('_', '-')} is a probability in [0, 1], got {getattr(args, flag)}")
     if not 0 <= args.pseudo_masks < 1:
         p.error(f"--pseudo-masks is a score in [0, 1), got {args.pseudo_masks}")
-    if (args.hard_negatives > 1 or args.pseudo_masks) and not (args.init_from and os.path.isfile(
+    if (args.hard_negatives > 1 or args.hard_positives > 1 or args.pseudo_masks) and not (args.init_from and os.path.isfile(
             os.path.join(os.path.dirname(args.init_from), "metadata.json"))):
-        p.error("--hard-negatives and --pseudo-masks need --init-from pointing at an artifact's model.keras (its metadata.json "
+        p.error("--hard-negatives, --hard-positives and --pseudo-masks need --init-from pointing at an artifact's model.keras (its metadata.json "
                 "gives the threshold)")
     return args
 
@@ -316,18 +321,26 @@ def _pseudo_masks(args, init, arrays, labels, is_train):
           f"{PSEUDO_MASK_WEIGHT}", flush=True)
 
 
-def _mine_hard_negatives(args, init, x, labels, probs):
-    """Score the training slices' tumor-free members with `init` (the --init-from model); boost those it
-    flags."""
+def _mine_hard_examples(args, init, x, labels, masked, probs):
+    """Score the training slices with `init` (the --init-from model); draw the tumor-free ones it flags
+    --hard-negatives times and the masked tumor slices it misses --hard-positives times as often."""
     with open(os.path.join(os.path.dirname(args.init_from), "metadata.json")) as f:
         threshold = float(json.load(f)["threshold"])
-    neg = np.flatnonzero(labels == 0)
+    neg = np.flatnonzero(labels == 0) if args.hard_negatives > 1 else np.array([], int)
+    pos = np.flatnonzero(masked) if args.hard_positives > 1 else np.array([], int)
     scores = np.zeros(len(labels))
-    scores[neg], _ = predict(init, x[neg])
-    hard = int(np.sum(scores[neg] >= threshold))
-    print(f"Hard negatives: {hard} of {len(neg)} tumor-free training slices score >= {threshold:.4f} with "
-          f"{args.init_from}; drawn {args.hard_negatives:g}x as often", flush=True)
-    return lesion_data.boost_hard_negatives(probs, labels, scores, threshold, args.hard_negatives)
+    todo = np.concatenate([neg, pos])
+    if todo.size:
+        scores[todo], _ = predict(init, x[todo])
+    if neg.size:
+        print(f"Hard negatives: {int(np.sum(scores[neg] >= threshold))} of {len(neg)} tumor-free training slices "
+              f"score >= {threshold:.4f} with {args.init_from}; drawn {args.hard_negatives:g}x as often", flush=True)
+        probs = lesion_data.boost_hard_negatives(probs, labels, scores, threshold, args.hard_negatives)
+    if pos.size:
+        print(f"Hard positives: {int(np.sum(scores[pos] < threshold))} of {len(pos)} masked tumor training slices "
+              f"score < {threshold:.4f} with {args.init_from}; drawn {args.hard_positives:g}x as often", flush=True)
+        probs = lesion_data.boost_hard_positives(probs, masked, scores, threshold, args.hard_positives)
+    return probs
 
 
 def main(argv=None):
@@ -368,8 +381,9 @@ def main(argv=None):
         arrays["pixel_weight"] = np.where(label_only_negative, 1.0, arrays["pixel_weight"]).astype(np.float32)
     idx = np.flatnonzero(is_train)
     probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
-    if args.hard_negatives > 1 and init is not None:
-        probs = _mine_hard_negatives(args, init, arrays["x"][idx], labels[idx], probs)
+    if (args.hard_negatives > 1 or args.hard_positives > 1) and init is not None:
+        masked = (labels[idx] == 1) & (arrays["pixel_weight"][idx] >= 1.0)  # a mask drawn on the slice itself
+        probs = _mine_hard_examples(args, init, arrays["x"][idx], labels[idx], masked, probs)
     # LGG's T1 "tumor" labels are noisy (lesion often invisible on T1): asking the pooled map to find
     # a lesion there teaches level and anatomy, the confound this model exists to break. With
     # --t1-tumor-slices outside they train only as negatives outside the (dilated) FLAIR mask.
