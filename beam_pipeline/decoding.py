@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from beam_pipeline import errors
+from beam_pipeline import errors, nifti
 from screening_core import preprocessing
 
 _RASTER_MAGIC = (
@@ -61,12 +61,15 @@ class Decoded:
 
 
 def sniff(data, name=""):
-    """'png', 'jpeg', 'bmp', 'tiff', 'dicom', 'dicom?' (worth a forced read), archive kinds, or None."""
+    """'png', 'jpeg', 'bmp', 'tiff', 'dicom', 'dicom?' (worth a forced read), 'nifti' (.nii or .nii.gz),
+    archive kinds, or None."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"  # checked first: a DICOM preamble may itself look like TIFF
     for magic, fmt in _RASTER_MAGIC:
         if data.startswith(magic):
             return fmt
+    if nifti.is_nifti(data[:540]) or (data.startswith(b"\x1f\x8b") and nifti.is_nifti(nifti.gzip_head(data))):
+        return "nifti"
     for magic, fmt in _ARCHIVE_MAGIC:
         if data.startswith(magic):
             return fmt
@@ -109,9 +112,22 @@ def _decode(data, name):
         return Decoded(fmt, gray.shape[1], gray.shape[0], [Frame(gray)])
     if fmt in ("dicom", "dicom?"):
         return _decode_dicom(data, force=fmt == "dicom?")
+    if fmt == "nifti":
+        return _decode_nifti(data)
     if fmt in ("zip", "gzip", "bzip2", "7z", "rar", "tar"):
         raise DecodeError("nested_archive", f"{fmt} archive inside an archive is not expanded", fmt)
-    raise DecodeError("not_an_image", "content is not PNG, JPEG, BMP, TIFF or DICOM", "unknown")
+    raise DecodeError("not_an_image", "content is not PNG, JPEG, BMP, TIFF, DICOM or NIfTI", "unknown")
+
+
+def _decode_nifti(data):
+    """Every axial slice of a NIfTI volume is a frame, as for multi-frame DICOM (beam_pipeline.nifti)."""
+    try:
+        if data.startswith(b"\x1f\x8b"):
+            data = nifti.inflate(data, MAX_INFLATE_RATIO)
+        frames, (h, w) = nifti.slices(data, MAX_FRAME_PIXELS, MAX_FRAMES, MAX_MEMBER_PIXELS)
+    except nifti.NiftiError as e:
+        raise DecodeError(e.code, str(e), "nifti") from e
+    return Decoded("nifti", w, h, [Frame(g, i) for i, g in enumerate(frames)])
 
 
 def _decode_tiff(data):
@@ -289,10 +305,10 @@ def _decode_dicom(data, force):
         _ = ds.get("PixelData"), ds.get("StudyInstanceUID")  # parse up to pixel data
     except Exception as e:
         if force:
-            raise DecodeError("not_an_image", "content is not PNG, JPEG, BMP, TIFF or DICOM", "unknown") from e
+            raise DecodeError("not_an_image", "content is not PNG, JPEG, BMP, TIFF, DICOM or NIfTI", "unknown") from e
         raise DecodeError("dicom_corrupt", f"pydicom cannot parse: {type(e).__name__}: {e}", "dicom") from e
     if force and "SOPClassUID" not in ds and "PixelData" not in ds:
-        raise DecodeError("not_an_image", "content is not PNG, JPEG, BMP, TIFF or DICOM", "unknown")
+        raise DecodeError("not_an_image", "content is not PNG, JPEG, BMP, TIFF, DICOM or NIfTI", "unknown")
     uids = _header_fields(ds)
     try:
         return _decode_dicom_pixels(ds, uids)

@@ -4,6 +4,7 @@ Kept apart from bad_inputs.py (the everyday bad-input corpus): these are
 built to crash, hang, exhaust memory or fool the job, byte by byte where a
 library refuses to write them.
 """
+import gzip
 import io
 import os
 import struct
@@ -127,6 +128,38 @@ ZIP_MEMBERS["many_frames.dcm"] = (_many_frames, [(0, "error", "too_many_frames")
 ZIP_MEMBERS["three_pages.tif"] = (_multipage_tiff, [(i, "ok", None) for i in range(3)])
 ZIP_MEMBERS["bell\x07\x1b[31m\u202egnp.png"] = (lambda: synth.encode(synth.brain_slice(9, 32)),
                                                   [(0, "ok", None)])
+
+
+def _nifti(volume, affine=None):
+    """Single-file NIfTI-1 bytes of `volume` (x, y, z[, t]), RAS voxel axes unless `affine` says otherwise."""
+    import nibabel as nib
+    return nib.Nifti1Image(volume, np.diag([1.0, 1.0, 3.0, 1.0]) if affine is None else affine).to_bytes()
+
+
+def _brain_volume(slices=3, size=48, volumes=0):
+    v = np.stack([synth.brain_slice(60 + i, size).T[::-1, ::-1] for i in range(slices)], axis=-1).astype(np.int16)
+    return np.stack([v] * volumes, axis=-1) if volumes else v
+
+
+def _nifti_claiming_huge():
+    """A header declaring 4000 x 4000 x 1000 voxels, 1 KiB of data behind it."""
+    import nibabel as nib
+    header = nib.Nifti1Header()
+    header.set_data_shape((4000, 4000, 1000))
+    header.set_data_dtype(np.int16)
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\x00" * 4
+    return raw + b"\x00" * 1024
+
+
+ZIP_MEMBERS["volume.nii"] = (lambda: _nifti(_brain_volume()), [(i, "ok", None) for i in range(3)])
+ZIP_MEMBERS["volume.nii.gz"] = (lambda: gzip.compress(_nifti(_brain_volume())), [(i, "ok", None) for i in range(3)])
+ZIP_MEMBERS["diffusion_4d.nii.gz"] = (lambda: gzip.compress(_nifti(_brain_volume(2, volumes=3))),
+                                      [(i, "ok", None) for i in range(2)])  # the first volume's slices
+ZIP_MEMBERS["cut.nii"] = (lambda: _nifti(_brain_volume())[:2000], [(0, "error", "undecodable_image")])
+ZIP_MEMBERS["claims_huge.nii"] = (_nifti_claiming_huge, [(0, "error", "image_too_large")])
+ZIP_MEMBERS["zeros_bomb.nii.gz"] = (lambda: gzip.compress(_nifti(np.zeros((128, 128, 100), np.int16))),
+                                    [(0, "error", "suspicious_compression_ratio")])
 
 
 def _zip_with_odd_entries():

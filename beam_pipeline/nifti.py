@@ -1,0 +1,105 @@
+"""NIfTI volumes (.nii, .nii.gz) -> axial slices, one frame each.
+
+Research archives (BraTS, MS and healthy-volunteer collections, anything that went through a
+conversion tool) store MRI as NIfTI volumes rather than DICOM series. A volume is read with
+nibabel, turned to the closest canonical orientation (RAS+) so that its third axis runs from feet
+to head whatever the acquisition plane or the converter's axis order, and every axial slice
+becomes a frame in radiological display (anterior at the top, the patient's right on the image's
+left), as a DICOM viewer shows an axial series. A 4-D file (diffusion, perfusion, fMRI) gives the
+slices of its first volume only: the others repeat the anatomy in another contrast or time.
+
+Limits are checked on the header's dimensions before any voxel is read, and a gzip'd volume is
+inflated under the same ratio limit as a zip member, so a small hostile file cannot claim memory.
+"""
+import gzip
+import io
+import zlib
+
+import numpy as np
+
+_SINGLE_FILE_MAGIC = ((344, b"n+1\x00"), (4, b"n+2\x00"))  # NIfTI-1 / NIfTI-2, header and data in one file
+_HEADER_BYTES = 540  # a NIfTI-2 header; NIfTI-1's is 348
+
+
+class NiftiError(Exception):
+    """`code` is an error code of beam_pipeline.error_codes."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def is_nifti(head):
+    """True when `head` (the first bytes, inflated) is a single-file NIfTI-1 or NIfTI-2 header."""
+    return any(head[at:at + len(magic)] == magic for at, magic in _SINGLE_FILE_MAGIC)
+
+
+def gzip_head(data, n=_HEADER_BYTES):
+    """The first `n` inflated bytes of a gzip stream (b"" when it is not one)."""
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:64 * 1024], n)
+    except zlib.error:
+        return b""
+
+
+def inflate(data, max_ratio):
+    """A gzip'd volume, inflated; refused past `max_ratio` times its size (never held whole)."""
+    limit = int(max(1 << 20, max_ratio * len(data)))
+    out = io.BytesIO()
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            while chunk := f.read(1 << 20):
+                out.write(chunk)
+                if out.tell() > limit:
+                    raise NiftiError("suspicious_compression_ratio",
+                                     f"gzip'd NIfTI inflates past {limit} bytes from {len(data)} "
+                                     f"(ratio > {max_ratio:g})")
+    except (OSError, EOFError, zlib.error) as e:
+        raise NiftiError("undecodable_image", f"gzip'd NIfTI unreadable: {e}") from e
+    return out.getvalue()
+
+
+def _image(data):
+    import nibabel as nib
+    cls = nib.Nifti2Image if data[4:8] == b"n+2\x00" else nib.Nifti1Image
+    try:
+        return cls.from_bytes(data)
+    except Exception as e:
+        raise NiftiError("undecodable_image", f"NIfTI header unreadable: {type(e).__name__}") from e
+
+
+def slices(data, max_frame_pixels, max_frames, max_member_pixels):
+    """(list of 2-D float32 axial slices, (rows, columns)) of a single-file NIfTI volume."""
+    img = _image(data)
+    shape = tuple(int(d) for d in img.header.get_data_shape())
+    if len(shape) < 2 or min(shape) < 1:
+        raise NiftiError("undecodable_image", f"NIfTI dimensions {shape} hold no image")
+    if len(shape) == 2:
+        shape = shape + (1,)
+    x, y, z = shape[:3]
+    if x * y > max_frame_pixels:
+        raise NiftiError("image_too_large", f"{x}x{y} voxels per slice exceeds the limit of {max_frame_pixels}")
+    if z > max_frames:
+        raise NiftiError("too_many_frames", f"{z} slices > limit {max_frames}")
+    if x * y * z > max_member_pixels:
+        raise NiftiError("image_too_large", f"{z} slices of {x}x{y} exceed the limit of {max_member_pixels} "
+                                            "voxels per member")
+    needed = int(np.prod(shape)) * img.header.get_data_dtype().itemsize
+    if len(data) < int(img.header["vox_offset"]) + needed:
+        raise NiftiError("undecodable_image", f"NIfTI voxel data cut: {len(data)} bytes hold less than the "
+                                              f"{needed} the header declares")
+    import nibabel as nib
+    try:
+        first = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)] if len(img.shape) > 3 else img
+        canonical = nib.as_closest_canonical(first)
+        volume = np.asarray(canonical.dataobj, dtype=np.float32)
+    except NiftiError:
+        raise
+    except Exception as e:
+        raise NiftiError("undecodable_image", f"NIfTI voxels unreadable: {type(e).__name__}: {e}") from e
+    if volume.ndim == 2:
+        volume = volume[..., None]
+    # RAS+: voxel index i grows toward the patient's right, j toward anterior, k toward the head.
+    # Radiological axial display: rows run anterior -> posterior, columns the patient's right -> left.
+    frames = [np.ascontiguousarray(volume[::-1, ::-1, k].T) for k in range(volume.shape[2])]
+    return frames, frames[0].shape

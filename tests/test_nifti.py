@@ -1,0 +1,54 @@
+"""NIfTI volumes: every axial slice a frame, shown as a radiologist expects whatever the voxel order."""
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from beam_pipeline import decoding
+
+
+def _marked_volume():
+    """x, y, z = 40, 50, 6 voxels; one bright voxel column at voxel (35, 45)."""
+    v = np.zeros((40, 50, 6), np.int16)
+    v[35, 45, :] = 1000
+    return v
+
+
+@pytest.mark.parametrize("affine, where", [
+    # RAS voxel axes: voxel (35, 45) lies toward the patient's right and front -> top left (radiological)
+    (np.diag([1.0, 1.0, 2.0, 1.0]), (4, 4)),
+    # LPS voxel axes (DICOM's order, what many converters write): the same voxel lies left and back
+    # -> bottom right
+    (np.diag([-1.0, -1.0, 2.0, 1.0]), (45, 35)),
+])
+def test_axial_slices_are_in_radiological_display_whatever_the_voxel_order(affine, where):
+    d = decoding.decode(nib.Nifti1Image(_marked_volume(), affine).to_bytes(), "v.nii")
+    assert d.image_format == "nifti" and len(d.frames) == 6 and (d.height, d.width) == (50, 40)
+    for i, f in enumerate(d.frames):
+        assert f.frame_index == i and f.gray.dtype == np.float32
+        assert np.unravel_index(f.gray.argmax(), f.gray.shape) == where
+
+
+def test_slices_run_feet_to_head_even_for_a_sagittal_voxel_order():
+    v = np.zeros((6, 40, 50), np.int16)  # voxel axes: superior, anterior, right (a sagittal acquisition)
+    v[5, :, :] = 7  # the top slice
+    affine = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+    d = decoding.decode(nib.Nifti1Image(v, affine).to_bytes())
+    assert len(d.frames) == 6 and d.frames[-1].gray.max() == 7 and d.frames[0].gray.max() == 0
+
+
+def test_scaling_gzip_and_nifti2_are_read():
+    v = _marked_volume()
+    img = nib.Nifti1Image(v, np.eye(4))
+    img.header.set_slope_inter(0.5, 10.0)
+    d = decoding.decode(gzip.compress(img.to_bytes()), "v.nii.gz")
+    assert d.frames[0].gray.max() == pytest.approx(510.0) and d.frames[0].gray.min() == pytest.approx(10.0)
+    d2 = decoding.decode(nib.Nifti2Image(v, np.eye(4)).to_bytes(), "v.nii")
+    assert d2.image_format == "nifti" and len(d2.frames) == 6
+
+
+def test_a_gzip_that_is_not_a_volume_stays_an_archive():
+    with pytest.raises(decoding.DecodeError) as e:
+        decoding.decode(gzip.compress(b"just text " * 100), "notes.txt.gz")
+    assert e.value.code == "nested_archive"
