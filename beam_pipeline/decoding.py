@@ -124,10 +124,12 @@ def _decode_nifti(data):
     try:
         if data.startswith(b"\x1f\x8b"):
             data = nifti.inflate(data, MAX_INFLATE_RATIO)
-        frames, (h, w) = nifti.slices(data, MAX_FRAME_PIXELS, MAX_FRAMES, MAX_MEMBER_PIXELS)
+        frames, area = nifti.slices(data, MAX_FRAME_PIXELS, MAX_FRAMES, MAX_MEMBER_PIXELS)
     except nifti.NiftiError as e:
         raise DecodeError(e.code, str(e), "nifti") from e
-    return Decoded("nifti", w, h, [Frame(g, i) for i, g in enumerate(frames)])
+    h, w = frames[0].shape
+    fields = {"pixel_area_mm2": area} if area else {}  # row fields, as DICOM's PixelSpacing gives them
+    return Decoded("nifti", w, h, [Frame(g, i) for i, g in enumerate(frames)], fields)
 
 
 def _decode_tiff(data):

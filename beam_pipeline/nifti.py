@@ -69,7 +69,9 @@ def _image(data):
 
 
 def slices(data, max_frame_pixels, max_frames, max_member_pixels):
-    """(list of 2-D float32 axial slices, (rows, columns)) of a single-file NIfTI volume."""
+    """(list of 2-D float32 axial slices, area of one slice pixel in mm² or None) of a single-file NIfTI
+    volume. The area comes from the canonical voxel size (pixdim) when the file says its unit is mm
+    (or says none, as many converters do)."""
     img = _image(data)
     shape = tuple(int(d) for d in img.header.get_data_shape())
     if len(shape) < 2 or min(shape) < 1:
@@ -102,4 +104,13 @@ def slices(data, max_frame_pixels, max_frames, max_member_pixels):
     # RAS+: voxel index i grows toward the patient's right, j toward anterior, k toward the head.
     # Radiological axial display: rows run anterior -> posterior, columns the patient's right -> left.
     frames = [np.ascontiguousarray(volume[::-1, ::-1, k].T) for k in range(volume.shape[2])]
-    return frames, frames[0].shape
+    return frames, _pixel_area_mm2(canonical.header)
+
+
+def _pixel_area_mm2(header):
+    unit = header.get_xyzt_units()[0]
+    scale = {"mm": 1.0, "meter": 1e3, "micron": 1e-3, "unknown": 1.0}.get(unit)
+    dx, dy = (float(z) for z in header.get_zooms()[:2])
+    if scale is None or not (0 < dx * scale < 1e3 and 0 < dy * scale < 1e3):
+        return None
+    return dx * dy * scale * scale

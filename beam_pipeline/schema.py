@@ -57,7 +57,7 @@ IMAGE_SCHEMA = pa.schema([
     ("model_sha256", pa.string()),
     ("heatmap_path", pa.string()),        # review overlay PNG (lesion map or Grad-CAM) for flagged images, else null
     ("input_scale", pa.float32()),        # source pixels per model-input pixel (the head crop's side / input side)
-    ("pixel_area_mm2", pa.float32()),     # DICOM PixelSpacing row x column, else null
+    ("pixel_area_mm2", pa.float32()),     # DICOM PixelSpacing row x column, NIfTI voxel size, else null
     ("lesion_area_px", pa.float32()),     # lesion-map area >= 0.5, in source pixels; null unless a lesion-map model
     ("lesion_area_mm2", pa.float32()),    # the same in mm² where the pixel spacing is known
     ("scored_at", pa.timestamp("us", tz="UTC")),

@@ -25,6 +25,7 @@ def _marked_volume():
 def test_axial_slices_are_in_radiological_display_whatever_the_voxel_order(affine, where):
     d = decoding.decode(nib.Nifti1Image(_marked_volume(), affine).to_bytes(), "v.nii")
     assert d.image_format == "nifti" and len(d.frames) == 6 and (d.height, d.width) == (50, 40)
+    assert d.dicom["pixel_area_mm2"] == pytest.approx(1.0)  # 1 x 1 mm voxels in the slice plane
     for i, f in enumerate(d.frames):
         assert f.frame_index == i and f.gray.dtype == np.float32
         assert np.unravel_index(f.gray.argmax(), f.gray.shape) == where
@@ -52,3 +53,11 @@ def test_a_gzip_that_is_not_a_volume_stays_an_archive():
     with pytest.raises(decoding.DecodeError) as e:
         decoding.decode(gzip.compress(b"just text " * 100), "notes.txt.gz")
     assert e.value.code == "nested_archive"
+
+
+def test_the_slice_pixel_area_follows_the_voxel_size_and_unit():
+    img = nib.Nifti1Image(_marked_volume(), np.diag([0.5, 0.8, 3.0, 1.0]))
+    img.header.set_xyzt_units("mm")
+    assert decoding.decode(img.to_bytes()).dicom["pixel_area_mm2"] == pytest.approx(0.4)
+    img.header.set_xyzt_units("micron")
+    assert decoding.decode(img.to_bytes()).dicom["pixel_area_mm2"] == pytest.approx(0.4e-6)
