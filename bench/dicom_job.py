@@ -131,6 +131,7 @@ def main():
     parser.add_argument("--sizes", default="512,256")
     parser.add_argument("--syntaxes", default=",".join(SYNTAXES))
     parser.add_argument("--model", default=common.DEFAULT_MODEL)
+    parser.add_argument("--result-name", default="dicom_job", help="bench/results/<name>.json")
     args = parser.parse_args()
     from pydicom.uid import generate_uid
 
@@ -171,7 +172,7 @@ def main():
                          "job_images_per_s": len(blobs) / wall, "job_vcpu_ms_per_image": cpu / len(blobs) * 1e3,
                          "job_to_limit": len(blobs) / wall / limit})
             print(rows[-1], flush=True)
-    common.report("dicom_job", rows, {
+    common.report(args.result_name, rows, {
         "source": source, "instances_per_archive": args.slices, "series_length": SERIES_LEN,
         "skipped_syntaxes": skipped,
         "max_abs_probability_difference_vs_explicit_le": parity,
