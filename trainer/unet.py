@@ -64,14 +64,15 @@ def head_mask(inputs, map_downsample=2):
 
 
 def make_unet(input_shape=(128, 128, 1), filters=(16, 32, 64, 128), pool_window=POOL_WINDOW, norm="group",
-              head_masked=False):
+              head_masked=False, inputs=None):
     """Single-output Keras model (slice probability); the lesion map is the layer `lesion_map`.
 
     Encoder blocks end in `enc{i}_pool` and the bottleneck in `last_conv`, the
     layers the OOD guard pools (trainer/ood.py: layer_names). With
-    `head_masked`, `lesion_map` is the network's map times `head_mask`.
+    `head_masked`, `lesion_map` is the network's map times `head_mask`. `inputs`: an existing input
+    tensor to build on (trainer/ensemble.py), else a new one.
     """
-    inputs = keras.Input(shape=input_shape, name="image")
+    inputs = keras.Input(shape=input_shape, name="image") if inputs is None else inputs
     x = layers.Conv2D(filters[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
     x = _norm(x, "stem", norm)
     x = layers.Activation("relu", name="stem_relu")(x)

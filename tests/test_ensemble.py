@@ -1,0 +1,75 @@
+"""Model v9's graph: the lesion model's map and a classifier's probability, combined as independent evidence."""
+import numpy as np
+import pytest
+
+from tests import synth, tiny_model
+
+
+def _logit(p):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log(1 - p)
+
+
+def test_the_ensemble_adds_log_odds_and_keeps_the_lesion_map(tmp_path):
+    import keras
+
+    from screening_core import artifact, gradcam, preprocessing
+    from trainer import ensemble
+    lesion_dir = tiny_model.write_tiny_artifact(tmp_path / "l", lesion_bias=-1.0)
+    classifier_dir = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
+    model, info = ensemble.build(lesion_dir, classifier_dir)
+    assert set(info["members"]) == {"lesion_map", "classifier"}
+    x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
+                                        preprocessing.InputSpec(32, 32)) for s in range(6)])
+    lesion, _ = artifact.load(lesion_dir)
+    classifier, _ = artifact.load(classifier_dir)
+    p_l = lesion.predict_on_batch(x).ravel()
+    p_c = classifier.predict_on_batch(x).ravel()
+    expected = 1 / (1 + np.exp(-(_logit(p_l) + _logit(p_c))))
+    np.testing.assert_allclose(model.predict_on_batch(x).ravel(), expected, atol=1e-5)
+    assert not np.allclose(expected, p_l) and not np.allclose(expected, p_c)  # both members count
+    # the map, the OOD layers and the lesion head are the lesion model's, under the names scorers look up
+    assert gradcam.is_lesion_model(model)
+    for name in ("lesion_map", "enc1_pool", "last_conv"):
+        model.get_layer(name)
+    maps = keras.Model(model.inputs, model.get_layer("lesion_map").output).predict_on_batch(x)
+    np.testing.assert_allclose(maps, keras.Model(lesion.inputs, lesion.get_layer("lesion_map").output)
+                               .predict_on_batch(x), atol=1e-6)
+    # saved and loaded in safe mode, as the scoring worker loads it
+    path = str(tmp_path / "e.keras")
+    model.save(path)
+    from screening_core import evidence  # noqa: F401
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+
+
+def test_members_must_share_one_preprocessing(tmp_path):
+    from trainer import ensemble
+    lesion_dir = tiny_model.write_tiny_artifact(tmp_path / "l", size=32, lesion_bias=-1.0)
+    classifier_dir = tiny_model.write_tiny_artifact(tmp_path / "c", size=48)
+    with pytest.raises(SystemExit, match="different inputs"):
+        ensemble.build(lesion_dir, classifier_dir)
+    with pytest.raises(SystemExit, match="not a lesion-map model"):
+        ensemble.build(classifier_dir, classifier_dir)
+
+
+def test_an_ensemble_artifact_scores_in_the_pipeline_with_lesion_overlays(tmp_path):
+    from beam_pipeline import run
+    from screening_core import artifact, preprocessing
+    from tests import rows as rows_mod
+    from trainer import ensemble
+    model, _ = ensemble.build(tiny_model.write_tiny_artifact(tmp_path / "l", lesion_bias=2.0),
+                              tiny_model.write_tiny_artifact(tmp_path / "c", seed=3))
+    version_dir = str(tmp_path / "models" / "ens" / "1")
+    artifact.write_artifact(model, version_dir, dict(
+        name="ens", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
+        threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
+        training_config={}, extra={"head": "lesion_map"}))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for s in range(3):
+        (inputs / f"s{s}.png").write_bytes(synth.encode(synth.brain_slice(s, 48)))
+    run.run(["--input", str(inputs), "--output", str(tmp_path / "out"), "--model", version_dir])
+    got = rows_mod.images(str(tmp_path / "out"))
+    assert len(got) == 3 and all(r["status"] == "ok" for r in got)
+    assert all(r["lesion_area_px"] is not None for r in got)  # the lesion head's review columns are filled
