@@ -26,12 +26,16 @@ def test_the_ensemble_adds_log_odds_and_keeps_the_lesion_map(tmp_path):
     p_l = lesion.predict_on_batch(x).ravel()
     p_c = classifier.predict_on_batch(x).ravel()
     expected = 1 / (1 + np.exp(-(_logit(p_l) + _logit(p_c))))
-    np.testing.assert_allclose(model.predict_on_batch(x).ravel(), expected, atol=1e-5)
+    got = model.predict_on_batch(x)
+    assert got.shape == (6, 1) and tuple(model.output.shape) == (None, 1)  # one probability per slice
+    np.testing.assert_allclose(got.ravel(), expected, atol=1e-5)
     assert not np.allclose(expected, p_l) and not np.allclose(expected, p_c)  # both members count
     # the map, the OOD layers and the lesion head are the lesion model's, under the names scorers look up
     assert gradcam.is_lesion_model(model)
     for name in ("lesion_map", "enc1_pool", "last_conv"):
         model.get_layer(name)
+    from screening_core import ood
+    assert {"enc1_pool", "cls_block1_pool", "last_conv"} <= set(ood.layer_names(model))  # both members' features
     maps = keras.Model(model.inputs, model.get_layer("lesion_map").output).predict_on_batch(x)
     np.testing.assert_allclose(maps, keras.Model(lesion.inputs, lesion.get_layer("lesion_map").output)
                                .predict_on_batch(x), atol=1e-6)

@@ -7,9 +7,10 @@ writes <out>/best.keras and <out>/fit.json; `python -m trainer.lesion_train ... 
 <out>/best.keras --version 9` then evaluates it on the lesion model's data (threshold, per-source
 metrics, lesion-map figures, level bins) and writes the artifact (`make train-v9` does both).
 
-The graph: the lesion model rebuilt flat on the shared input (so its `lesion_map`, `enc*_pool` and
-`last_conv` layers keep the names the scorer, the OOD guard and the review overlays look up), the
-classifier as one nested layer (`slice_classifier`: its own layer names would clash), and
+The graph: both members rebuilt flat on the shared input: the lesion model under its own names (its
+`lesion_map`, `enc*_pool` and `last_conv` are what the scorer, the OOD guard and the review overlays look
+up), the classifier under `cls_`-prefixed names (its own would clash; its `cls_block*_pool` outputs join
+the OOD guard's features, so an image unlike either member's training images stands out), and
 `screening_core.evidence.OddsProduct` on their two probabilities. Both members must take the same
 input (size and `prepare()` id): one preprocessing, one pass over the pixels.
 """
@@ -18,6 +19,8 @@ import json
 import os
 
 from trainer import HelpFormatter
+
+CLASSIFIER_PREFIX = "cls_"
 
 
 def _filters(lesion):
@@ -50,8 +53,14 @@ def build(lesion_dir, classifier_dir):
     for layer in lesion.layers:
         if layer.weights:
             flat.get_layer(layer.name).set_weights(layer.get_weights())
-    nested = keras.Model(classifier.inputs, classifier.outputs, name="slice_classifier")
-    p_classifier = nested(inputs)
+    def prefixed(layer):
+        config = layer.get_config()
+        config["name"] = CLASSIFIER_PREFIX + layer.name
+        return layer.__class__.from_config(config)
+
+    flat_classifier = keras.models.clone_model(classifier, input_tensors=inputs, clone_function=prefixed)
+    flat_classifier.set_weights(classifier.get_weights())
+    p_classifier = flat_classifier.output
     combined = evidence.OddsProduct(name="combined_probability", dtype="float32")([p_classifier, flat.output])
     model = keras.Model(inputs, combined, name="brain_tumor_lesion_and_classifier")
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},
