@@ -49,12 +49,13 @@ def main(argv=None):
     summary = run.read_summary(output)
     output = results_store.results_dir(output)
     print(f"[3/3] Done in {time.time() - started:.1f}s")
-    _print_summary(summary, output)
+    lesion = model_store.metadata(args.model).get("head") == "lesion_map"
+    _print_summary(summary, output, "Lesion-map overlays:" if lesion else "Grad-CAM heatmaps:")
     print(NOTICE)
     return 0
 
 
-def _print_summary(summary, output):
+def _print_summary(summary, output, heatmaps_label="Grad-CAM heatmaps:"):
     import pyarrow.parquet as pq
     rows = pq.read_table(summary["output_files"]).to_pylist()
     print(f"\nRows: {summary['rows']} (one per image)  by status: {summary['by_status']}")
@@ -72,7 +73,7 @@ def _print_summary(summary, output):
     print(f"\nImage table (Parquet): {', '.join(summary['output_files'])}")
     print(f"Study table (Parquet): {', '.join(summary.get('study_files', []))}")
     print(f"Series table:          {', '.join(summary.get('series_files', []))}")
-    print(f"Grad-CAM heatmaps:     {os.path.join(output, 'heatmaps')}/ ({len(flagged)} flagged images)")
+    print(f"{heatmaps_label:<23}{os.path.join(output, 'heatmaps')}/ ({len(flagged)} flagged images)")
     print(f"Run report:            {os.path.join(output, 'report.html')}  <- open in a browser")
     print(f"Summary:               {os.path.join(output, '_SUMMARY.json')}")
 
