@@ -17,11 +17,13 @@ import zlib
 
 import numpy as np
 
+from beam_pipeline import errors
+
 _SINGLE_FILE_MAGIC = ((344, b"n+1\x00"), (4, b"n+2\x00"))  # NIfTI-1 / NIfTI-2, header and data in one file
 _HEADER_BYTES = 540  # a NIfTI-2 header; NIfTI-1's is 348
 
 
-class NiftiError(Exception):
+class NiftiError(errors.ScreeningError):
     """`code` is an error code of beam_pipeline.error_codes."""
 
     def __init__(self, code, message):
