@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo train train-v3 train-v7 train-v8 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo train train-v3 train-v7 train-v8 train-v9 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -110,6 +110,16 @@ train-v8: $(STAMP)
 	$(PY) -m trainer.lesion_train $(V7_ARGS) --init-from models/brain-tumor-cnn/7/model.keras --hard-negatives 4 \
 		--learning-rate 3e-4 --epochs 5 --version 8
 	@echo "then: python -m trainer.lesion_eval map-level <artifact> --write; python -m trainer.ood build <artifact>; python -m trainer.export <artifact>"
+
+# Rebuilds model v9, the default (no training: v8's lesion map and v3's classifier combined, then evaluated on
+# v8's data; ~5 min): make train-v9 MODEL_DIR=/tmp/models
+train-v9: $(STAMP)
+	$(PY) -m trainer.ensemble --lesion models/brain-tumor-cnn/8 --classifier models/brain-tumor-cnn/3 \
+		--out $(MODEL_DIR)/brain-tumor-cnn/_work/9
+	$(PY) -m trainer.lesion_train $(V7_ARGS) --target-sensitivity 0.98 \
+		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/9/best.keras --version 9
+	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/9
+	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/9
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
