@@ -164,6 +164,19 @@ def contrast(image, seed):
     return image
 
 
+def _core(image, rim):
+    """The head (holes filled) eroded by `rim` px of 128: the brain, without scalp and skull."""
+    head = _fill(tf.cast(image > _HEAD, tf.float32))
+    k = 2 * (rim * (image.shape[0] or 128) // 128) + 1  # a static window: max_pool2d wants a Python int
+    return -tf.nn.max_pool2d(-head[None], k, 1, "SAME")[0]
+
+
+def _median_inside(image, core, empty):
+    """The median intensity where `core` holds (the brain's tissue), `empty` when it holds nowhere."""
+    inside = tf.sort(tf.boolean_mask(image, core > 0.5))
+    return tf.cond(tf.size(inside) > 0, lambda: inside[tf.size(inside) // 2], lambda: tf.constant(empty))
+
+
 def bright_fluid(image, seed, rim=6):
     """Make a FLAIR slice T2-like: the fluid inside the brain (dark on FLAIR) turns bright.
 
@@ -176,12 +189,8 @@ def bright_fluid(image, seed, rim=6):
     brightness are drawn per slice.
     """
     s = tf.random.stateless_uniform([2], seed=seed)
-    head = _fill(tf.cast(image > _HEAD, tf.float32))
-    k = 2 * (rim * (image.shape[0] or 128) // 128) + 1  # a static window: max_pool2d wants a Python int
-    core = -tf.nn.max_pool2d(-head[None], k, 1, "SAME")[0]
-    inside = tf.sort(tf.boolean_mask(image, core > 0.5))
-    tissue = tf.cond(tf.size(inside) > 0, lambda: inside[tf.size(inside) // 2], lambda: tf.constant(0.0))
-    cut = tissue * (0.45 + 0.15 * s[0])  # FLAIR fluid sits at about half the brain's median or below
+    core = _core(image, rim)
+    cut = _median_inside(image, core, 0.0) * (0.45 + 0.15 * s[0])  # FLAIR fluid sits at about half the brain's median or below
     level = 0.8 + 0.2 * s[1]
     t2 = tf.clip_by_value(level - 1.5 * (image - 0.1), 0.1, 1.0)  # darkest on FLAIR -> brightest, texture kept
     fluid = tf.sigmoid((cut - image) / 0.02) * core
@@ -201,9 +210,7 @@ def bright_spots(image, mask, seed, max_spots=8, rim=16):
     """
     seeds = tf.random.experimental.stateless_split(seed, 4)
     h, w = image.shape[0] or 128, image.shape[1] or 128
-    head = _fill(tf.cast(image > _HEAD, tf.float32))
-    k = 2 * (rim * h // 128) + 1
-    core = -tf.nn.max_pool2d(-head[None], k, 1, "SAME")[0]
+    core = _core(image, rim)
     lesion = tf.cast(mask > 0.5, tf.float32)[None]
     margin = tf.nn.max_pool2d(lesion, 2 * (3 * h // 128) + 1, 1, "SAME")[0]  # no spot pixel in here
     centres_off = tf.nn.max_pool2d(lesion, 2 * (9 * h // 128) + 1, 1, "SAME")[0]  # nor a spot cut in half
@@ -219,9 +226,7 @@ def bright_spots(image, mask, seed, max_spots=8, rim=16):
     blobs = tf.exp(-((yy - cy) / radius[:, 0]) ** 2 - ((xx - cx) / radius[:, 1]) ** 2)
     blobs *= tf.cast(tf.range(max_spots) < n, tf.float32)
     field = tf.clip_by_value(tf.reduce_max(blobs, -1, keepdims=True), 0.0, 1.0) * core * (1.0 - margin)
-    inside = tf.sort(tf.boolean_mask(image, core > 0.5))
-    tissue = tf.cond(tf.size(inside) > 0, lambda: inside[tf.size(inside) // 2], lambda: tf.constant(0.5))
-    bright = tf.clip_by_value(tissue * tf.random.stateless_uniform([], seeds[3], 1.5, 2.1), 0.6, 1.0)
+    bright = tf.clip_by_value(_median_inside(image, core, 0.5) * tf.random.stateless_uniform([], seeds[3], 1.5, 2.1), 0.6, 1.0)
     usable = tf.reduce_sum(allowed) > 0
     return tf.where(usable, image + field * tf.maximum(bright - image, 0.0), image)
 
