@@ -53,6 +53,7 @@ def build(lesion_dir, classifier_dir):
     for layer in lesion.layers:
         if layer.weights:
             flat.get_layer(layer.name).set_weights(layer.get_weights())
+
     def prefixed(layer):
         config = layer.get_config()
         config["name"] = CLASSIFIER_PREFIX + layer.name

@@ -429,6 +429,7 @@ def main(argv=None):
                             "strategy": type(strategy).__name__, "epochs_run": args.epochs,
                             "best_epoch_mean_val_auc": fit["best_epoch_mean_val_auc"],
                             "fit_seconds": fit["fit_seconds"],
+                            **({"members": fit["members"]} if "members" in fit else {}),  # an ensemble's parts
                             "train_images_per_second": round(total * global_batch / fit["fit_seconds"], 1)
                             if fit["fit_seconds"] else None,  # a checkpoint nobody fitted (a weight soup)
                             "params": int(model.count_params()), "flops_per_image": flops_per_image(model)}})
