@@ -11,3 +11,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if action.help is None and action.option_strings and action.default not in (None, argparse.SUPPRESS):
             action.help = "(default: %(default)s)"
         return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        if action.required:  # a flag the user must give has no default to show ("default: None")
+            return action.help
+        return super()._get_help_string(action)
