@@ -408,7 +408,7 @@ def main(argv=None):
             fit = json.load(f)
     else:
         print(f"{len(idx)} training slices, global batch {global_batch}", flush=True)
-        sequence = np.array([(e.path.replace(os.sep, "/").split("/")[-3:-2] or [""])[0] for e in ex])
+        sequence = np.array([e.sequence for e in ex])  # the MRI-sequence folder discovery found ("" if none)
         fluid_p = np.where(sequence == "flair", args.fluid_bright, 0.0)
         spots_p = np.where(np.isin(sequence, ("flair", "t2")), args.spots, 0.0)
         train_ds = make_train_dataset(arrays, idx, labels, probs, slice_w, map_size, global_batch, args.seed,
