@@ -193,14 +193,8 @@ def boost_hard_negatives(probs, labels, scores, threshold, factor):
     hyperintensities), midline sagittal and coronal slices: rare among the tumor-free slices, so a
     uniform draw shows them a few times an epoch while the map keeps calling them lesions.
     """
-    probs, labels, scores = np.asarray(probs, float), np.asarray(labels), np.asarray(scores, float)
-    if not (probs.shape == labels.shape == scores.shape):
-        raise ValueError("probs, labels and scores must be aligned")
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
-    hard = (labels == 0) & (scores >= threshold)
-    out = np.where(hard, probs * factor, probs)
-    return out / out.sum()
+    probs, labels, scores = _checked(probs, factor, labels, scores)
+    return _boost(probs, (labels == 0) & (scores >= threshold), factor)
 
 
 def boost_hard_positives(probs, eligible, scores, threshold, factor):
@@ -213,10 +207,22 @@ def boost_hard_positives(probs, eligible, scores, threshold, factor):
     them are eligible (the caller says which): a tumor slice whose lesion may be invisible (LGG T1
     with a FLAIR-drawn mask) must not be pushed to score high.
     """
-    probs, eligible, scores = np.asarray(probs, float), np.asarray(eligible, bool), np.asarray(scores, float)
-    if not (probs.shape == eligible.shape == scores.shape):
-        raise ValueError("probs, eligible and scores must be aligned")
+    probs, eligible, scores = _checked(probs, factor, eligible, scores)
+    return _boost(probs, eligible.astype(bool) & (scores < threshold), factor)
+
+
+def _checked(probs, factor, *per_slice):
+    """`probs` and the per-slice arrays a boost reads, as arrays, once each holds one value per slice and
+    the factor draws hard slices at least as often."""
+    probs, per_slice = np.asarray(probs, float), [np.asarray(a) for a in per_slice]
+    if any(a.shape != probs.shape for a in per_slice):
+        raise ValueError("probs, labels (or eligible) and scores must be aligned")
     if factor < 1:
         raise ValueError(f"factor must be >= 1, got {factor}")
-    out = np.where(eligible & (scores < threshold), probs * factor, probs)
+    return (probs, *per_slice)
+
+
+def _boost(probs, hard, factor):
+    """`probs` with the `hard` slices drawn `factor` times as often, renormalised."""
+    out = np.where(hard, probs * factor, probs)
     return out / out.sum()
