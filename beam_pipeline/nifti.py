@@ -97,8 +97,6 @@ def slices(data, max_frame_pixels, max_frames, max_member_pixels):
         first = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)] if len(img.shape) > 3 else img
         canonical = nib.as_closest_canonical(first)
         volume = np.asarray(canonical.dataobj, dtype=np.float32)
-    except NiftiError:
-        raise
     except Exception as e:
         raise NiftiError("undecodable_image", f"NIfTI voxels unreadable: {type(e).__name__}: {e}") from e
     if volume.ndim == 2:
