@@ -231,6 +231,75 @@ def bright_spots(image, mask, seed, max_spots=8, rim=16):
     return tf.where(usable, image + field * tf.maximum(bright - image, 0.0), image)
 
 
+SYNTH_KINDS = {"bright": 0, "enhancing": 1, "dark": 2, "bright-or-enhancing": 3}
+
+
+def _smooth_noise(seed, h, w, cells):
+    """A smooth random field of about unit spread: `cells` x `cells` normals, upsampled bicubically."""
+    coarse = tf.random.stateless_normal([1, cells, cells, 1], seed)
+    return tf.image.resize(coarse, [h, w], method="bicubic")[0]
+
+
+def synthetic_tumor(image, seed, kind, rim=12):
+    """Paint a tumor-like mass into a tumor-free slice; returns (image, mask, painted).
+
+    Why: in every collection the tumor-free slices come from other levels or another source than
+    the tumor slices, and the lesion map learns where tumors were rather than what they look like
+    (v9 misses large ring-enhancing T1c tumors both members never saw, and reads posterior-fossa
+    CSF on T2 as lesion). Synthetic lesions in real tumor-free tissue, which then carry a pixel mask,
+    put a tumor at every level, in every sequence and on the negatives' own source; tumors painted
+    this way trained segmenters that transfer to real ones (Hu et al., "Label-free liver tumor
+    segmentation", CVPR 2023). `kind` (SYNTH_KINDS) chooses the look the slice's sequence gives a
+    tumor: bright (FLAIR/T2: hyperintense, textured), enhancing (T1 with contrast: a bright rim
+    around a dark necrotic core, or a solid enhancing mass, in a hypointense oedema halo), dark
+    (T1 without contrast: hypointense), or bright-or-enhancing (sequence unknown). The mass is
+    6-18 px of 128 in semi-axis (about 20-60 mm across on an adult head), an ellipse with a
+    noise-perturbed border, inside the brain (`rim` px of 128 from the head's edge); its intensities
+    are drawn relative to the brain's median, so they hold on any contrast. `painted` is False
+    (image and an empty mask returned) when the slice has too little brain to hold one.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    h, w = image.shape[0] or 128, image.shape[1] or 128
+    core = _core(image, rim)
+    inner = _core(image, rim + 10)  # centres far enough inside for most of the mass to be brain
+    u = tf.random.stateless_uniform([10], seeds[0])
+    allowed = tf.reshape(inner, [1, -1])
+    usable = tf.reduce_sum(allowed) > 20
+    logits = tf.math.log(allowed + 1e-12) + tf.where(usable, 0.0, 1e6)
+    where = tf.random.stateless_categorical(logits, 1, seeds[1])[0, 0]
+    cy, cx = tf.cast(where // w, tf.float32), tf.cast(where % w, tf.float32)
+    r = (6.0 + 12.0 * u[0]) * (h / 128)
+    aspect = 0.7 + 0.6 * u[1]
+    ry, rx = r * tf.sqrt(aspect), r / tf.sqrt(aspect)
+    angle = u[2] * math.pi
+    yy = tf.range(h, dtype=tf.float32)[:, None, None] - cy
+    xx = tf.range(w, dtype=tf.float32)[None, :, None] - cx
+    a = (tf.cos(angle) * yy + tf.sin(angle) * xx) / ry
+    b = (-tf.sin(angle) * yy + tf.cos(angle) * xx) / rx
+    d = tf.sqrt(a * a + b * b) + 0.18 * _smooth_noise(seeds[2], h, w, 6)  # an irregular border
+    edge = 1.5 / r  # about 1.5 px of soft border
+    body = tf.sigmoid((1.0 - d) / edge) * core
+    texture = 1.0 + 0.12 * _smooth_noise(seeds[3], h, w, 24)
+    med = _median_inside(image, core, 0.5)
+
+    def towards(img, weight, value):
+        return img + weight * (tf.clip_by_value(value, 0.1, 1.0) - img)
+
+    bright = towards(image, body, med * (1.35 + 0.55 * u[3]) * texture)
+    halo = (tf.sigmoid((1.45 - d) / edge) * core - body) * (0.4 + 0.4 * u[4])
+    inner_r = tf.where(u[5] < 0.6, 0.45 + 0.3 * u[6], 0.0)  # 60 %: ring enhancing; else solid
+    necrosis = tf.sigmoid((inner_r - d) / edge) * core * tf.cast(inner_r > 0, tf.float32)
+    enhancing = towards(image, halo, med * (0.75 + 0.15 * u[7]))
+    enhancing = towards(enhancing, body - necrosis, med * (1.5 + 0.7 * u[8]) * texture)
+    enhancing = towards(enhancing, necrosis, med * (0.3 + 0.3 * u[9]) * texture)
+    dark = towards(image, body, med * (0.45 + 0.3 * u[9]) * texture)
+    k = tf.where(tf.equal(kind, 3), tf.where(u[7] < 0.5, 0, 1), tf.cast(kind, tf.int32))
+    painted = tf.stack([bright, enhancing, dark])[k]
+    mask = tf.cast(body > 0.5, tf.float32)
+    ok = usable & (tf.reduce_sum(mask) >= 20)
+    return tf.where(ok, painted, image), tf.where(ok, mask, tf.zeros_like(mask)), ok
+
+
 MODES = ("v2", "contrast", "contrast-strip")
 
 

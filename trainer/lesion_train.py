@@ -96,6 +96,11 @@ def _parse(argv):
                    help="paint 2-8 small bright ovoid foci (MS-like white-matter lesions, 3-10 mm) into FLAIR and "
                         "T2 training slices with probability P, away from any tumor mask, as negatives "
                         "(augment.bright_spots): bright non-tumor lesions are the lesion-first map's risk")
+    p.add_argument("--synth-tumors", type=float, default=0.0, metavar="P",
+                   help="paint a synthetic tumor (augment.synthetic_tumor: bright on FLAIR/T2, ring or solid "
+                        "enhancing on T1 with contrast, dark on T1) into tumor-free training slices with known "
+                        "negative pixels, above the skull base, with probability P; the slice then trains as a "
+                        "masked tumor slice: a tumor at every level, sequence and source")
     p.add_argument("--select-on", choices=("threshold-sources", "all"), default="threshold-sources",
                    help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
                         "labels), or all of them (how v4 was made; LGG T1 labels are noisy)")
@@ -125,7 +130,7 @@ def _parse(argv):
     for flag in ("hard_negatives", "hard_positives"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("fluid_bright", "spots"):
+    for flag in ("fluid_bright", "spots", "synth_tumors"):
         if not 0 <= getattr(args, flag) <= 1:
             p.error(f"--{flag.replace('_', '-')} is a probability in [0, 1], got {getattr(args, flag)}")
     if not 0 <= args.pseudo_masks < 1:
@@ -164,11 +169,13 @@ def slice_loss(y_true, y_pred):
 
 
 def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed, augment_mode, fluid_p=None,
-                       spots_p=None):
+                       spots_p=None, synth_p=None, synth_kind=None):
     """Infinite tf.data stream of augmented (image, {score target, map target}) batches.
 
     `fluid_p`, `spots_p`: per slice, the probability that `augment.bright_fluid` makes it T2-like and
-    that `augment.bright_spots` paints negative bright foci into it (None: never)."""
+    that `augment.bright_spots` paints negative bright foci into it (None: never); `synth_p`,
+    `synth_kind`: the probability that `augment.synthetic_tumor` paints a tumor of that kind
+    (augment.SYNTH_KINDS) into it, which makes the slice a masked tumor slice."""
     import tensorflow as tf
 
     from trainer import augment
@@ -176,22 +183,32 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
     x, mask, pix_w = data["x"], data["mask"], data["pixel_weight"]
     fluid_p = np.zeros(len(x), np.float32) if fluid_p is None else np.asarray(fluid_p, np.float32)
     spots_p = np.zeros(len(x), np.float32) if spots_p is None else np.asarray(spots_p, np.float32)
+    synth_p = np.zeros(len(x), np.float32) if synth_p is None else np.asarray(synth_p, np.float32)
+    synth_kind = np.zeros(len(x), np.int32) if synth_kind is None else np.asarray(synth_kind, np.int32)
 
     def draws():
         while True:
             for i in rng.choice(idx, size=4096, p=probs):
                 yield (x[i].astype(np.float32)[..., None], mask[i].astype(np.float32)[..., None] / 255.0,
-                       np.float32(labels[i]), np.float32(pix_w[i]), np.float32(slice_w[i]), fluid_p[i], spots_p[i])
+                       np.float32(labels[i]), np.float32(pix_w[i]), np.float32(slice_w[i]), fluid_p[i], spots_p[i],
+                       synth_p[i], synth_kind[i])
 
     size = x.shape[1]
     sig = (tf.TensorSpec((size, size, 1), tf.float32), tf.TensorSpec((size, size, 1), tf.float32),
            tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
-           tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32))
+           tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
+           tf.TensorSpec((), tf.int32))
     ds = tf.data.Dataset.from_generator(draws, output_signature=sig)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
 
     def aug(item, s):
-        image, m, label, pw, sw, fp, sp = item
+        image, m, label, pw, sw, fp, sp, tp, kind = item
+        t = tf.random.experimental.stateless_fold_in(s, 32452843)
+        image, m, label = tf.cond(
+            tf.random.stateless_uniform([], t) < tp,
+            lambda: _painted(augment.synthetic_tumor(image, tf.random.experimental.stateless_fold_in(t, 1), kind),
+                             image, m, label),
+            lambda: (image, m, label))
         image, m = augment.augment_with_mask(image, m, s, mode=augment_mode, fluid_bright=fp, spots=sp)
         image, m = tf.ensure_shape(image, (size, size, 1)), tf.ensure_shape(m, (size, size, 1))
         m = tf.image.resize(m, (map_size, map_size), method="area")
@@ -206,6 +223,31 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
 
     return (tf.data.Dataset.zip((ds, seeds)).map(aug, num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch, drop_remainder=True).prefetch(4))
+
+
+def _painted(synth, image, mask, label):
+    """(image, mask, label) after `augment.synthetic_tumor`: a tumor slice when it painted one."""
+    import tensorflow as tf
+    new_image, new_mask, ok = synth
+    return new_image, new_mask, tf.where(ok, 1.0, label)
+
+
+def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3):
+    """(probability, kind) per slice for `augment.synthetic_tumor`.
+
+    Only tumor-free slices whose every pixel is a known negative (pixel weight 1) are painted, so
+    the painted mask is the whole truth of the slice, and only from `min_level` up: below it the
+    slice is mostly face, orbits and skull base, where a mass painted into the 'head' lands outside
+    the brain. The kind follows the sequence folder: FLAIR/T2 bright, T1 with contrast enhancing,
+    T1 without dark, unknown (brain-mri) bright or enhancing.
+    """
+    from trainer import augment
+    kinds = {"flair": "bright", "t2": "bright", "t1-post": "enhancing", "t1ce": "enhancing",
+             "t1-pre": "dark", "t1": "dark", "": "bright-or-enhancing"}
+    sequences = np.asarray(sequences)
+    kind = np.array([augment.SYNTH_KINDS[kinds.get(q, "bright-or-enhancing")] for q in sequences], np.int32)
+    eligible = (np.asarray(labels) == 0) & (np.asarray(pixel_weight) >= 1.0) & (np.asarray(level) >= min_level)
+    return np.where(eligible, p, 0.0).astype(np.float32), kind
 
 
 def predict(model, x, batch=128):
@@ -411,8 +453,13 @@ def main(argv=None):
         sequence = np.array([e.sequence for e in ex])  # the MRI-sequence folder discovery found ("" if none)
         fluid_p = np.where(sequence == "flair", args.fluid_bright, 0.0)
         spots_p = np.where(np.isin(sequence, ("flair", "t2")), args.spots, 0.0)
+        synth_p, synth_kind = synthesis_plan(sequence, labels, arrays["pixel_weight"], arrays["level"],
+                                             args.synth_tumors)
+        if args.synth_tumors:
+            print(f"{int(np.count_nonzero(synth_p[idx]))} tumor-free training slices may get a synthetic tumor",
+                  flush=True)
         train_ds = make_train_dataset(arrays, idx, labels, probs, slice_w, map_size, global_batch, args.seed,
-                                      args.augment, fluid_p, spots_p)
+                                      args.augment, fluid_p, spots_p, synth_p, synth_kind)
         model, fit = _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total,
                           init_weights=init.get_weights() if init is not None else None)
     report = lesion_eval.evaluate_all(model, data, arrays, ext, ext_arrays, args)
