@@ -119,3 +119,53 @@ def test_spots_probability_zero_changes_nothing():
     c, _ = augment.augment_with_mask(tf.constant(x), mask, seed, "contrast-strip", spots=1.0)
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not np.array_equal(a.numpy(), c.numpy())
+
+
+def test_synthetic_tumors_are_masked_masses_inside_the_brain_with_the_sequences_look():
+    x, head, _, _ = _flair_like()
+    brain = x[..., 0]
+    kinds = augment.SYNTH_KINDS
+    for i in range(6):
+        seed = tf.constant([9, i], tf.int64)
+        out = {}
+        for name in ("bright", "enhancing", "dark"):
+            img, mask, ok = augment.synthetic_tumor(tf.constant(x), seed, tf.constant(kinds[name]))
+            img, mask = img.numpy()[..., 0], mask.numpy()[..., 0] > 0.5
+            assert bool(ok) and 20 <= mask.sum() < 0.5 * head.sum()  # a mass, not the whole brain
+            assert not (mask & ~head).any()  # inside the head
+            np.testing.assert_array_equal(img[~head], 0.0)  # the background untouched
+            changed = np.abs(img - brain) > 0.05
+            assert not (changed & ~head).any() and changed.sum() >= 0.5 * mask.sum()
+            out[name] = img, mask
+        med = np.median(brain[head])
+        (b, m), (d, dm) = out["bright"], out["dark"]
+        assert b[m].mean() > 1.25 * med and d[dm].mean() < 0.85 * med  # hyper- and hypointense
+        same = augment.synthetic_tumor(tf.constant(x), seed, tf.constant(kinds["bright"]))[0].numpy()[..., 0]
+        np.testing.assert_array_equal(same, b)  # deterministic for its seed
+    rings = 0
+    for i in range(20):  # enhancing: a bright rim round a dark necrotic core in most draws
+        img, mask, _ = augment.synthetic_tumor(tf.constant(x), tf.constant([4, i], tf.int64),
+                                               tf.constant(kinds["enhancing"]))
+        img, mask = img.numpy()[..., 0], mask.numpy()[..., 0] > 0.5
+        rings += img[mask].max() > 1.2 * np.median(brain[head]) and img[mask].min() < 0.7 * np.median(brain[head])
+    assert 5 <= rings <= 19
+
+
+def test_a_slice_without_room_for_a_tumor_is_left_alone():
+    x = np.zeros((128, 128, 1), np.float32)
+    x[60:68, 60:68] = 0.5  # a few head pixels: no brain to hold a mass
+    img, mask, ok = augment.synthetic_tumor(tf.constant(x), tf.constant([1, 1], tf.int64), tf.constant(0))
+    assert not bool(ok) and mask.numpy().sum() == 0
+    np.testing.assert_array_equal(img.numpy(), x)
+
+
+def test_synthesis_plan_paints_only_pixel_known_negatives_above_the_skull_base():
+    from trainer.lesion_train import synthesis_plan
+    seq = np.array(["flair", "t1-post", "t1", "", "t2", "flair", "flair"])
+    labels = np.array([0, 0, 0, 0, 0, 1, 0])
+    weight = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    level = np.array([0.5, 0.9, 0.4, 0.6, 0.1, 0.5, 0.5])
+    p, kind = synthesis_plan(seq, labels, weight, level, 0.3)
+    np.testing.assert_allclose(p, [0.3, 0.3, 0.3, 0.3, 0.0, 0.0, 0.0])  # not below 0.3, not tumors, not unknown pixels
+    k = augment.SYNTH_KINDS
+    assert list(kind[:4]) == [k["bright"], k["enhancing"], k["dark"], k["bright-or-enhancing"]]
