@@ -334,3 +334,27 @@ def test_mining_scores_with_the_init_model_and_boosts_both_kinds(tmp_path, capsy
     w = lesion_train._mine_hard_examples(args, model, x, labels, masked, probs)
     np.testing.assert_allclose(w, lesion_data.boost_hard_positives(probs, masked, scores, threshold, 2.0))
     assert "Hard negatives:" not in capsys.readouterr().out
+
+
+def test_group_norms_export_as_instance_normalization_with_their_scale_and_shift(tmp_path):
+    """trainer.onnx_groupnorm: each GroupNormalization becomes one InstanceNormalization, same numbers."""
+    import keras
+    import onnx
+    import onnxruntime as ort
+
+    from trainer import export, unet
+    model = unet.make_unet((32, 32, 1), filters=(8, 16, 16, 16))
+    rng = np.random.default_rng(3)
+    n_gn = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.GroupNormalization):  # trained-looking scale and shift
+            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
+            layer.beta.assign(rng.normal(0, 0.3, layer.beta.shape))
+            n_gn += 1
+    path = str(tmp_path / "m.onnx")
+    export.convert(model, path, with_features=False)
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert ops.count("InstanceNormalization") == n_gn > 0 and "ReduceMean" not in ops
+    x = rng.uniform(0, 1, (4, 32, 32, 1)).astype(np.float32)
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    np.testing.assert_allclose(np.asarray(got).reshape(-1), model.predict(x, verbose=0).reshape(-1), atol=1e-5)

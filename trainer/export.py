@@ -45,7 +45,12 @@ def convert(model, path, with_features):
     def forward(x):
         return scoring(x, training=False)
 
-    proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=OPSET, output_path=path)
+    import onnx
+
+    from trainer import onnx_groupnorm
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=OPSET)
+    onnx_groupnorm.fuse(proto, model)
+    onnx.save(proto, path)
     return [o.name for o in proto.graph.output]
 
 
