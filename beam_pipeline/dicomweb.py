@@ -142,8 +142,9 @@ def client(base):
                     else:
                         session.headers["Authorization"] = f"Bearer {secret}"
             # A redirect is refused, not followed: data from another host would be trusted as this PACS's,
-            # and a credential could follow it there.
-            session.max_redirects = 0
+            # and a credential could follow it there. A response hook runs before requests looks at a
+            # redirect (max_redirects = 0 alone also fails requests that ask not to follow one).
+            session.hooks["response"].append(_refuse_redirect)
             c = DICOMwebClient(base, session=session, timeout=(10, 120))
             c.set_http_retry_params(retry=True, max_attempts=4, wait_exponential_multiplier=500)
             _state["clients"][base] = c
@@ -276,6 +277,17 @@ _TRANSIENT = {408, 429, 500, 502, 503, 504}
 _ATTEMPTS = 3
 
 
+class RedirectRefused(errors.ScreeningError, ConnectionError):
+    """The PACS answered with a redirect; following it would trust another host's data as the PACS's."""
+
+
+def _refuse_redirect(resp, *args, **kwargs):
+    if resp.is_redirect:
+        resp.close()
+        raise RedirectRefused(f"the PACS answered HTTP {resp.status_code} with a redirect; redirects are refused "
+                              "(another host's data would be trusted as this PACS's, and credentials could follow)")
+
+
 class RetrieveError(errors.ScreeningError, ValueError):
     """A DICOMweb answer that could not be had within the limits; `code` is the row's error code.
 
@@ -329,7 +341,11 @@ def retrieve_series(base, study, series, wanted, max_bytes):
                "Accept-Encoding": "identity"}
     with _semaphore():
         try:
-            resp = session(base).get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S))
+            resp = session(base).get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S),
+                                     allow_redirects=False)
+        except RedirectRefused as e:
+            raise RetrieveError("member_read_error", "the server redirected the series request; redirects are "
+                                "refused") from e
         except Exception as e:
             raise RetrieveError("member_read_error", f"series request failed: {type(e).__name__}") from e
         with resp:
@@ -428,7 +444,10 @@ def _stream(session, url, headers, max_bytes, deadline, what):
     """(status, content type, body) of one GET, read in pieces against the size limit and the deadline."""
     import time
     try:
-        resp = session.get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S))
+        resp = session.get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S), allow_redirects=False)
+    except RedirectRefused as e:
+        raise RetrieveError("member_read_error", f"the server redirected the request for the {what}; "
+                            "redirects are refused") from e
     except Exception as e:
         raise RetrieveError("member_read_error", f"request for the {what} failed: {type(e).__name__}",
                             transient=True) from e

@@ -58,6 +58,12 @@ class _Handler(BaseHTTPRequestHandler):
         sop = parts[-1]
         behaviour, data = self.instances[sop]
         self.hits[sop] = self.hits.get(sop, 0) + 1
+        if behaviour == "redirect":  # to another host: its data would be trusted as this PACS's
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.2:9/dicom-web/instances/{sop}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if behaviour == "down" or (behaviour == "flaky" and self.hits[sop] == 1):
             self.send_response(503)
             self.send_header("Content-Length", "0")
@@ -67,8 +73,13 @@ class _Handler(BaseHTTPRequestHandler):
                 + f"\r\n--{BOUNDARY}--\r\n".encode())
         if behaviour == "huge":
             body = body + b"\0" * (8 << 20)  # the server claims an 8 MiB instance
+        if behaviour == "gzip":  # 1 KB on the wire, 64 MiB once inflated
+            import gzip
+            body = gzip.compress(body + b"\0" * (64 << 20))
         self.send_response(200)
         self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={BOUNDARY}')
+        if behaviour == "gzip":
+            self.send_header("Content-Encoding", "gzip")
         if behaviour != "huge":
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -110,6 +121,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json([study, {"0020000D": {"vr": "UI", "Value": [STUDY + ".9"]}}])
         if self.search == "none":
             return self._json([])
+        if self.search == "redirect":
+            self.send_response(301)
+            self.send_header("Location", "http://127.0.0.2:9/dicom-web/studies")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.search not in ("drip", "gzip"):
             return self._json([study])
         body = json.dumps([study] * 50).encode()
@@ -156,6 +173,10 @@ def test_slow_huge_and_flaky_instances_are_bounded(hostile, tmp_path, monkeypatc
     bomb.save_as(buf, enforce_file_format=True)
     _Handler.instances[bomb.SOPInstanceUID] = ("ok", buf.getvalue())  # ~300 KB, 288 MB once inflated
     by_behaviour["deflated-bomb"] = bomb.SOPInstanceUID
+    for n, behaviour in ((10, "redirect"), (11, "gzip")):
+        sop, data = _instance(n)
+        _Handler.instances[sop] = (behaviour, data)
+        by_behaviour[behaviour] = sop
     monkeypatch.setattr(dicomweb, "RETRIEVE_DEADLINE_S", 3.0)
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     out = tmp_path / "out"
@@ -171,6 +192,10 @@ def test_slow_huge_and_flaky_instances_are_bounded(hostile, tmp_path, monkeypatc
     assert rows[by_behaviour["huge"]]["error_code"] == "member_too_large"
     # the inflate guard that holds for files holds for DICOMweb bodies: raw Part 10 bytes, same decoder
     assert rows[by_behaviour["deflated-bomb"]]["error_code"] == "suspicious_compression_ratio"
+    assert rows[by_behaviour["redirect"]]["status"] == "error" and _Handler.hits[by_behaviour["redirect"]] == 1
+    assert "redirect" in rows[by_behaviour["redirect"]]["error_message"]  # refused at once, not retried
+    assert rows[by_behaviour["gzip"]]["status"] == "error" and "content-encoded" in rows[by_behaviour["gzip"]][
+        "error_message"]
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 2.5 * 2 ** 20  # KiB: under bar 11's 2.5 GB
 
 
@@ -187,6 +212,7 @@ def test_a_misspelt_study_filter_is_refused_before_any_work(tmp_path, capsys):
     ("no-paging", "ignores the offset parameter"),
     ("drip", "not received within the deadline"),
     ("gzip", "content-encoded QIDO-RS answer; refused"),
+    ("redirect", "redirects are refused"),
 ])
 def test_a_study_search_that_never_ends_or_floods_is_stopped(hostile, tmp_path, monkeypatch, capsys, search, message):
     """A server that ignores `offset`, dribbles its QIDO answer or gzips it: stopped in bounded time, with
