@@ -101,9 +101,11 @@ def _parse(argv):
                         "enhancing on T1 with contrast, dark on T1) into tumor-free training slices with known "
                         "negative pixels, above the skull base, with probability P; the slice then trains as a "
                         "masked tumor slice: a tumor at every level, sequence and source")
-    p.add_argument("--select-on", choices=("threshold-sources", "all"), default="threshold-sources",
+    p.add_argument("--select-on", choices=("threshold-sources", "all", "last"), default="threshold-sources",
                    help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
-                        "labels), or all of them (how v4 was made; LGG T1 labels are noisy)")
+                        "labels), or all of them (how v4 was made; LGG T1 labels are noisy); 'last' keeps the "
+                        "final epoch (a member of an ensemble whose other member carries the validation "
+                        "collection: v10's lesion map)")
     p.add_argument("--head-masked", action="store_true",
                    help="multiply the lesion map by a head mask before pooling (unet.head_mask), so label-only "
                         "tumor slices cannot push evidence into the background")
@@ -296,8 +298,9 @@ def validation_callback(model, x, labels, sources, log_path, select=""):
             print(json.dumps(line), flush=True)
             with open(log_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
+            self.last, self.last_epoch = mean, epoch + 1
             if mean > self.best:
-                self.best, self.best_weights = mean, model.get_weights()
+                self.best, self.best_weights, self.best_epoch = mean, model.get_weights(), epoch + 1
 
     return ValidationAuc()
 
@@ -324,9 +327,13 @@ def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, tota
           f"slices; {model.count_params()} parameters", flush=True)
     t_fit = time.time()
     fit_model.fit(train_ds, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, callbacks=[cb], verbose=2)
-    fit = {"fit_seconds": round(time.time() - t_fit, 1), "best_epoch_mean_val_auc": round(cb.best, 4)}
+    last = args.select_on == "last"
+    fit = {"fit_seconds": round(time.time() - t_fit, 1),
+           "best_epoch_mean_val_auc": round(cb.last if last else cb.best, 4),
+           "kept_epoch": cb.last_epoch if last else cb.best_epoch}
     model.save(os.path.join(work_dir, "last.keras"))  # kept: the selection rule can be revisited without retraining
-    model.set_weights(cb.best_weights)
+    if not last:
+        model.set_weights(cb.best_weights)
     model.save(os.path.join(work_dir, "best.keras"))
     with open(os.path.join(work_dir, "fit.json"), "w") as f:
         json.dump(fit, f)
@@ -475,6 +482,7 @@ def main(argv=None):
                "training": {"replicas": replicas, "global_batch_size": global_batch,
                             "strategy": type(strategy).__name__, "epochs_run": args.epochs,
                             "best_epoch_mean_val_auc": fit["best_epoch_mean_val_auc"],
+                            **({"kept_epoch": fit["kept_epoch"]} if "kept_epoch" in fit else {}),
                             "fit_seconds": fit["fit_seconds"],
                             **({"members": fit["members"]} if "members" in fit else {}),  # an ensemble's parts
                             "train_images_per_second": round(total * global_batch / fit["fit_seconds"], 1)
