@@ -17,6 +17,7 @@ vCPU ms per image = wall seconds x vCPUs / images (the Dataflow bill's unit).
 """
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,9 @@ def main():
     parser.add_argument("--work", default=tempfile.mkdtemp(prefix="bench-scoring-"))
     parser.add_argument("--result-name", default="scoring", help="bench/results/<name>.json")
     args = parser.parse_args()
+    bad = [m for m in args.modes.split(",") if m != "default" and not re.fullmatch(r"\w+:\d+", m)]
+    if bad:  # found before minutes of limit loops, not after
+        parser.error(f"--modes wants 'default' or MODE:WORKERS (e.g. multi_processing:2), got {bad}")
     os.makedirs(args.work, exist_ok=True)
     blobs, source = common.image_bytes(args.n)
     zip_path, tgz_path = os.path.join(args.work, "a.zip"), os.path.join(args.work, "b.tar.gz")
