@@ -12,6 +12,7 @@ $PY bench/scoring.py --n 20000
 $PY bench/review_overhead.py --n 8000 --shares 0.0,0.7
 $PY bench/predict_speed.py
 $PY bench/dicomweb_throughput.py
+$PY bench/dicomweb_memory.py
 $PY bench/scaling.py --base 250
 $PY bench/training_input.py --images 2000 --epochs 2
 $PY bench/archive_memory.py --gib 2 --members 100000
