@@ -39,6 +39,7 @@ class Plan:
     carry_over: bool = False
     drift_reference: dict = None  # drift.reference_of(metadata)
     engine: str = "tensorflow"
+    pacs_queries: tuple = ()  # dicomweb:// inputs as searched, {yesterday}/{today} resolved at launch
 
     @property
     def staging(self):
@@ -81,6 +82,8 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
         if len(run_summary["result"].get("run_ids", [])) > 1:
             run_summary["drift_last_run"] = drift.assess(counts, plan.drift_reference)
         run_summary["engine"] = plan.engine
+        if plan.pacs_queries:  # which night a nightly PACS config searched, read back from the result
+            run_summary["pacs_queries"] = list(plan.pacs_queries)
         run_summary["stage_id"] = plan.stage_id  # lets a retry of this step see that it already promoted
         run_summary["series_files"] = sorted(series)
         run_summary["result"]["series_files"] = sorted(set(run_summary["result"].get("series_files", [])) | set(series))

@@ -297,7 +297,8 @@ def resolve(argv, save_main_session=True):
         started_at=time.time(), model_info=_model_info(metadata), model_uri=model,
         write_report=opts.report, manifest_path=opts.manifest,
         manifest_entries={m.path: manifest.fingerprint(m) for m in todo} if opts.manifest else None,
-        carry_over=bool(opts.manifest), drift_reference=drift.reference_of(metadata), engine=engine)
+        carry_over=bool(opts.manifest), drift_reference=drift.reference_of(metadata), engine=engine,
+        pacs_queries=tuple(web))
     return Job(options=options, run_id=run_id, output=output, inputs=tuple(to_read), web_inputs=tuple(web),
                model=model, metadata=metadata, threshold=threshold, threshold_source=threshold_source,
                engine=engine, inference_threads=threads, plan=plan,

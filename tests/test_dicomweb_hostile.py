@@ -1,6 +1,7 @@
 """A DICOMweb server that misbehaves: slow, oversized or flaky instances cost bounded time and memory."""
 import io
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -289,8 +290,8 @@ def test_a_night_with_nothing_new_leaves_the_result_byte_identical(hostile, tmp_
     for sop, (_behaviour, data) in list(_Handler.instances.items()):
         _Handler.instances[sop] = ("ok", data)
     out, mf = tmp_path / "out", tmp_path / "manifest.json"
-    argv = ["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--manifest", str(mf),
-            "--model", tiny_model.write_tiny_artifact(tmp_path)]
+    argv = ["--input", f"dicomweb://{host}/dicom-web?StudyDate={{yesterday}}-{{today}}", "--output", str(out),
+            "--manifest", str(mf), "--model", tiny_model.write_tiny_artifact(tmp_path)]
 
     def snapshot():
         root = out / "results"
@@ -298,6 +299,8 @@ def test_a_night_with_nothing_new_leaves_the_result_byte_identical(hostile, tmp_
                 .hexdigest() for d, _, fs in os.walk(root) for f in fs}
 
     assert run.main(argv + ["--run-id", "night1"]) == 0
+    (query,) = json.loads((out / "results" / "_SUMMARY.json").read_text())["pacs_queries"]
+    assert re.fullmatch(rf"dicomweb://{host}/dicom-web\?StudyDate=\d{{8}}-\d{{8}}", query)  # resolved at launch
     before = snapshot()
     capsys.readouterr()
     assert run.main(argv + ["--run-id", "night2"]) == 0
