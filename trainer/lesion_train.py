@@ -480,13 +480,16 @@ def main(argv=None):
                                                 if k not in ("data_dir", "eval_data_dir")}},
         extra={"head": "lesion_map", "lesion": report["lesion"],
                "training": {"replicas": replicas, "global_batch_size": global_batch,
-                            "strategy": type(strategy).__name__, "epochs_run": args.epochs,
+                            "strategy": type(strategy).__name__,
+                            "epochs_run": None if "members" in fit else args.epochs,
                             "best_epoch_mean_val_auc": fit["best_epoch_mean_val_auc"],
                             **({"kept_epoch": fit["kept_epoch"]} if "kept_epoch" in fit else {}),
                             "fit_seconds": fit["fit_seconds"],
                             **({"members": fit["members"]} if "members" in fit else {}),  # an ensemble's parts
+                            # none for a checkpoint nobody fitted here: a weight soup, or an ensemble (whose
+                            # fit_seconds are its members' sum, over other images and epochs)
                             "train_images_per_second": round(total * global_batch / fit["fit_seconds"], 1)
-                            if fit["fit_seconds"] else None,  # a checkpoint nobody fitted (a weight soup)
+                            if fit["fit_seconds"] and "members" not in fit else None,
                             "params": int(model.count_params()), "flops_per_image": flops_per_image(model)}})
     metadata = artifact.write_artifact(model, final_dir, fields)
     lesion_eval.write_extras(final_dir, metadata, data, report)
