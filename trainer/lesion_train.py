@@ -183,10 +183,10 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
     from trainer import augment
     rng = np.random.default_rng(seed)
     x, mask, pix_w = data["x"], data["mask"], data["pixel_weight"]
-    fluid_p = np.zeros(len(x), np.float32) if fluid_p is None else np.asarray(fluid_p, np.float32)
-    spots_p = np.zeros(len(x), np.float32) if spots_p is None else np.asarray(spots_p, np.float32)
-    synth_p = np.zeros(len(x), np.float32) if synth_p is None else np.asarray(synth_p, np.float32)
-    synth_kind = np.zeros(len(x), np.int32) if synth_kind is None else np.asarray(synth_kind, np.int32)
+    def per_slice(values, dtype=np.float32):  # None: zero for every slice (never applied)
+        return np.zeros(len(x), dtype) if values is None else np.asarray(values, dtype)
+    fluid_p, spots_p, synth_p, synth_kind = (per_slice(fluid_p), per_slice(spots_p), per_slice(synth_p),
+                                             per_slice(synth_kind, np.int32))
 
     def draws():
         while True:
@@ -209,7 +209,7 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
         image, m, label = tf.cond(
             tf.random.stateless_uniform([], t) < tp,
             lambda: _painted(augment.synthetic_tumor(image, tf.random.experimental.stateless_fold_in(t, 1), kind),
-                             image, m, label),
+                             label),
             lambda: (image, m, label))
         image, m = augment.augment_with_mask(image, m, s, mode=augment_mode, fluid_bright=fp, spots=sp)
         image, m = tf.ensure_shape(image, (size, size, 1)), tf.ensure_shape(m, (size, size, 1))
@@ -227,8 +227,9 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
             .batch(batch, drop_remainder=True).prefetch(4))
 
 
-def _painted(synth, image, mask, label):
-    """(image, mask, label) after `augment.synthetic_tumor`: a tumor slice when it painted one."""
+def _painted(synth, label):
+    """(image, mask, label) after `augment.synthetic_tumor` (which hands back the slice and an empty mask
+    when it painted nothing): a tumor slice when it painted one."""
     import tensorflow as tf
     new_image, new_mask, ok = synth
     return new_image, new_mask, tf.where(ok, 1.0, label)
