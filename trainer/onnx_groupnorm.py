@@ -34,9 +34,9 @@ def _prefix_nodes(graph, name):
 
 def _block(graph, idx):
     """(input X, output Y) of the node block `idx`, or None when it is not one normalisation."""
-    nodes = [graph.node[i] for i in idx]
+    nodes, inside = [graph.node[i] for i in idx], set(idx)
     made = {o for n in nodes for o in n.output}
-    used_outside = {t for i, n in enumerate(graph.node) if i not in set(idx) for t in n.input} | \
+    used_outside = {t for i, n in enumerate(graph.node) if i not in inside for t in n.input} | \
         {o.name for o in graph.output}
     outs = [t for t in made if t in used_outside]
     entries = [n.input[0] for n in nodes if n.op_type == "Reshape" and n.input[0] not in made]
@@ -107,9 +107,9 @@ def fuse(proto, model):
         if ends is None:
             continue
         new_nodes, consts = _replacement(layer, *ends, tag=f"groupnorm_{k}")
-        first = min(idx)
-        kept = [n for i, n in enumerate(graph.node) if i not in set(idx)]
-        at = sum(1 for i in range(first) if i not in set(idx))
+        first, drop = min(idx), set(idx)
+        kept = [n for i, n in enumerate(graph.node) if i not in drop]
+        at = sum(1 for i in range(first) if i not in drop)
         kept[at:at] = new_nodes
         del graph.node[:]
         graph.node.extend(kept)
