@@ -21,6 +21,7 @@ import argparse
 import io
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,10 +97,16 @@ def _codec_ms(blobs):
     return (time.perf_counter() - t0) / len(blobs) * 1e3
 
 
-def _decode_prepare_ms(blobs, spec):
-    t0 = time.perf_counter()
-    xs = [preprocessing.prepare(decoding.decode(b).frames[0].gray, spec) for b in blobs]
-    return (time.perf_counter() - t0) / len(blobs) * 1e3, np.stack(xs)
+def _decode_prepare_ms(blobs, spec, score):
+    """Decode + prepare time per image, and the model's probabilities (scored 64 at a time, untimed: all of
+    them prepared at once would hold 2 GB per 10,000 slices, and one call on 5,000 needed 24 GB)."""
+    spent, probs = 0.0, []
+    for i in range(0, len(blobs), 64):
+        t0 = time.perf_counter()
+        xs = np.stack([preprocessing.prepare(decoding.decode(b).frames[0].gray, spec) for b in blobs[i:i + 64]])
+        spent += time.perf_counter() - t0
+        probs.append(np.asarray(score(xs)[0]).reshape(-1))
+    return spent / len(blobs) * 1e3, np.concatenate(probs)
 
 
 def _limit_ips(blobs, spec, score):
@@ -138,20 +145,21 @@ def main():
     from beam_pipeline.inference import ChunkModelHandler
     score = ChunkModelHandler(args.model, 64, engine="onnxruntime").load_model()
     spec = preprocessing.InputSpec()
-    rng = np.random.default_rng(0)
     slices, _, source = _slices(args.slices)
     work = tempfile.mkdtemp(prefix="dicom-job-")
     rows, skipped, parity = [], {}, {}
     for size in (int(s) for s in args.sizes.split(",")):
-        mr = [_mr16(g, size, rng) for g in slices]
+        def mr(start, size=size):  # the same 16-bit slices for every syntax, made as encoded (10 GB at 20k)
+            return [_mr16(g, size, np.random.default_rng([size, start + i]))
+                    for i, g in enumerate(slices[start:start + SERIES_LEN])]
         reference = None
         for syntax in args.syntaxes.split(","):
             try:
                 blobs = []
-                for start in range(0, len(mr), SERIES_LEN):
+                for start in range(0, len(slices), SERIES_LEN):
                     study, series = generate_uid(), generate_uid()
                     blobs += [encode(m, syntax, study, series, start + i + 1)
-                              for i, m in enumerate(mr[start:start + SERIES_LEN])]
+                              for i, m in enumerate(mr(start))]
             except Exception as e:  # no encoder installed for this syntax
                 skipped[f"{size}/{syntax}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
                 continue
@@ -160,19 +168,19 @@ def main():
                 for i, b in enumerate(blobs):
                     zf.writestr(f"series{i // SERIES_LEN:03d}/{i:05d}.dcm", b)
             codec = _codec_ms(blobs)
-            dec_prep, xs = _decode_prepare_ms(blobs, spec)
-            probs = np.concatenate([np.asarray(score(xs[i:i + 64])[0]).reshape(-1)  # the job's batch: one call
-                                    for i in range(0, len(xs), 64)])  # of 5,000 needed 24 GB of activations
+            dec_prep, probs = _decode_prepare_ms(blobs, spec, score)
             if reference is None:
                 reference = probs
             parity[f"{size}/{syntax}"] = float(np.abs(probs - reference).max())
             limit = _limit_ips(blobs, spec, score)
             wall, cpu = _job(zip_path, args.model, work)
+            os.remove(zip_path)  # 5 GB per 10,000 instances
             rows.append({"size": size, "syntax": syntax, "kib_per_image": sum(map(len, blobs)) / len(blobs) / 1024,
                          "codec_ms": codec, "decode_prepare_ms": dec_prep, "limit_images_per_s": limit,
                          "job_images_per_s": len(blobs) / wall, "job_vcpu_ms_per_image": cpu / len(blobs) * 1e3,
                          "job_to_limit": len(blobs) / wall / limit})
             print(rows[-1], flush=True)
+    shutil.rmtree(work, ignore_errors=True)
     common.report(args.result_name, rows, {
         "source": source, "instances_per_archive": args.slices, "series_length": SERIES_LEN,
         "skipped_syntaxes": skipped,
