@@ -160,7 +160,7 @@ def test_a_slice_without_room_for_a_tumor_is_left_alone():
 
 
 def test_synthesis_plan_paints_only_pixel_known_negatives_above_the_skull_base():
-    from trainer.lesion_train import synthesis_plan
+    from trainer.augment import synthesis_plan
     seq = np.array(["flair", "t1-post", "t1", "", "t2", "flair", "flair"])
     labels = np.array([0, 0, 0, 0, 0, 1, 0])
     weight = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])

@@ -22,6 +22,7 @@ lesion that differs from its surroundings.
 """
 import math
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -299,6 +300,23 @@ def synthetic_tumor(image, seed, kind, rim=12):
     mask = tf.cast(body > 0.5, tf.float32)
     ok = usable & (tf.reduce_sum(mask) >= 20)
     return tf.where(ok, painted, image), tf.where(ok, mask, tf.zeros_like(mask)), ok
+
+
+def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3):
+    """(probability, kind) per slice for `augment.synthetic_tumor`.
+
+    Only tumor-free slices whose every pixel is a known negative (pixel weight 1) are painted, so
+    the painted mask is the whole truth of the slice, and only from `min_level` up: below it the
+    slice is mostly face, orbits and skull base, where a mass painted into the 'head' lands outside
+    the brain. The kind follows the sequence folder: FLAIR/T2 bright, T1 with contrast enhancing,
+    T1 without dark, unknown (brain-mri) bright or enhancing.
+    """
+    kinds = {"flair": "bright", "t2": "bright", "t1-post": "enhancing", "t1ce": "enhancing",
+             "t1-pre": "dark", "t1": "dark", "": "bright-or-enhancing"}
+    sequences = np.asarray(sequences)
+    kind = np.array([SYNTH_KINDS[kinds.get(q, "bright-or-enhancing")] for q in sequences], np.int32)
+    eligible = (np.asarray(labels) == 0) & (np.asarray(pixel_weight) >= 1.0) & (np.asarray(level) >= min_level)
+    return np.where(eligible, p, 0.0).astype(np.float32), kind
 
 
 MODES = ("v2", "contrast", "contrast-strip")

@@ -38,6 +38,8 @@ class TrainConfig:
     balance_sources: bool = True  # equal share of each training collection in every batch
     lesion_weight: float = 0.0  # > 0: also learn tumor masks (collections with masks/), loss weight
     mask_sequence: str = "flair"  # the sequence folder the masks/ were drawn on
+    synth_tumors: float = 0.0  # lesion head only: P(a tumor-free training slice gets a painted tumor)
+    init_from: str = ""  # a model.keras whose weights start the run (fine-tuning)
 
     def __post_init__(self):
         for name in ("data_dir", "eval_data_dir"):

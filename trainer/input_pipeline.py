@@ -110,19 +110,30 @@ def _lesion_loader(spec):
     return tf_load
 
 
-def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride):
+def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth=None):
     labels = np.asarray(labels, np.float32)
     w = class_weights(labels)
     weights = np.where(labels > 0.5, w[1], w[0]).astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices((list(paths), list(masks), labels[:, None], weights))
     ds = ds.map(_lesion_loader(spec), num_parallel_calls=AUTOTUNE, deterministic=True).cache()
     if training:
+        p, kind = synth if synth is not None else (np.zeros(len(paths), np.float32), np.zeros(len(paths), np.int32))
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices((np.asarray(p, np.float32),
+                                                                          np.asarray(kind, np.int32)))))
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         counter = tf.data.Dataset.counter(start=seed * 1_000_003)
 
         def aug(e, i):
-            x, m = augment.augment_with_mask(e[0], e[1], tf.stack([tf.cast(seed, tf.int64), i]), augment_mode)
-            return (x, m) + tuple(e[2:])
+            (x, m, known, label, weight), (p, kind) = e
+            s = tf.stack([tf.cast(seed, tf.int64), i])
+            t = tf.random.experimental.stateless_fold_in(s, 32452843)
+            x, m, known, label, weight = tf.cond(
+                tf.random.stateless_uniform([], t) < p,
+                lambda: _painted(augment.synthetic_tumor(x, tf.random.experimental.stateless_fold_in(t, 1), kind),
+                                 x, m, known, label, weight, w[1]),
+                lambda: (x, m, known, label, weight))
+            x, m = augment.augment_with_mask(x, m, s, augment_mode)
+            return x, m, known, label, weight
         ds = tf.data.Dataset.zip((ds, counter)).map(aug, num_parallel_calls=AUTOTUNE)
 
     def to_keras(x, m, known, label, weight):
@@ -133,16 +144,26 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
     return ds.map(to_keras, num_parallel_calls=AUTOTUNE)
 
 
+def _painted(synth, x, m, known, label, weight, tumor_weight):
+    """The example after `augment.synthetic_tumor`: a tumor slice with a known mask where it painted one
+    (every other pixel of a tumor-free slice is a negative), unchanged where it could not."""
+    new_x, new_m, ok = synth
+    return (new_x, new_m, tf.where(ok, 1.0, known), tf.where(ok, tf.ones_like(label), label),
+            tf.where(ok, tf.constant(tumor_weight, tf.float32), weight))
+
+
 def make_lesion_dataset(paths, labels, masks, sources, spec, global_batch_size, training, seed=0,
-                        augment_mode="v2", stride=16, balanced=True):
+                        augment_mode="v2", stride=16, balanced=True, synth=None):
     """Batches of (image, {label, lesion target}, {class weight, mask known}).
 
-    Sources are drawn equally when `balanced` and training (endless then).
+    Sources are drawn equally when `balanced` and training (endless then). `synth`: (probability,
+    kind) per example (`augment.synthesis_plan`) of painting a synthetic tumor into it while training.
     """
     paths, labels, masks, sources = (np.asarray(a) for a in (paths, labels, masks, sources))
     if not (training and balanced and len(set(sources.tolist())) > 1):
-        ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride)
+        ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth)
         return ds.batch(global_batch_size).prefetch(AUTOTUNE)
     ds = _draw_sources_equally(sources, seed, lambda m, part_seed: _lesion_examples(
-        paths[m], labels[m], masks[m], spec, True, part_seed, augment_mode, stride))
+        paths[m], labels[m], masks[m], spec, True, part_seed, augment_mode, stride,
+        None if synth is None else (synth[0][m], synth[1][m])))
     return ds.batch(global_batch_size).prefetch(AUTOTUNE)

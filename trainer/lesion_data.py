@@ -112,8 +112,8 @@ def stack_position(path, collection):
     return None
 
 
-def levels(examples, head_shares):
-    """Anatomical level in [0, 1] per example (see module docstring)."""
+def stack_levels(examples):
+    """Level in [0, 1] within the patient's stack where file names carry it, NaN elsewhere."""
     out = np.full(len(examples), np.nan)
     patients = {}
     for i, e in enumerate(examples):
@@ -125,6 +125,12 @@ def levels(examples, head_shares):
         lo, hi = z.min(), z.max()
         for (i, _), zi in zip(members, z, strict=True):
             out[i] = (zi - lo) / (hi - lo) if hi > lo else 0.5
+    return out
+
+
+def levels(examples, head_shares):
+    """Anatomical level in [0, 1] per example (see module docstring)."""
+    out = stack_levels(examples)
     shares = np.asarray(head_shares, float)
     for name in {e.collection for e in examples}:
         idx = [i for i, e in enumerate(examples) if e.collection == name and np.isnan(out[i])]

@@ -235,24 +235,6 @@ def _painted(synth, label):
     return new_image, new_mask, tf.where(ok, 1.0, label)
 
 
-def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3):
-    """(probability, kind) per slice for `augment.synthetic_tumor`.
-
-    Only tumor-free slices whose every pixel is a known negative (pixel weight 1) are painted, so
-    the painted mask is the whole truth of the slice, and only from `min_level` up: below it the
-    slice is mostly face, orbits and skull base, where a mass painted into the 'head' lands outside
-    the brain. The kind follows the sequence folder: FLAIR/T2 bright, T1 with contrast enhancing,
-    T1 without dark, unknown (brain-mri) bright or enhancing.
-    """
-    from trainer import augment
-    kinds = {"flair": "bright", "t2": "bright", "t1-post": "enhancing", "t1ce": "enhancing",
-             "t1-pre": "dark", "t1": "dark", "": "bright-or-enhancing"}
-    sequences = np.asarray(sequences)
-    kind = np.array([augment.SYNTH_KINDS[kinds.get(q, "bright-or-enhancing")] for q in sequences], np.int32)
-    eligible = (np.asarray(labels) == 0) & (np.asarray(pixel_weight) >= 1.0) & (np.asarray(level) >= min_level)
-    return np.where(eligible, p, 0.0).astype(np.float32), kind
-
-
 def predict(model, x, batch=128):
     """(slice scores, lesion maps) of prepared inputs (n, H, W) f16."""
     import keras
@@ -458,11 +440,12 @@ def main(argv=None):
             fit = json.load(f)
     else:
         print(f"{len(idx)} training slices, global batch {global_batch}", flush=True)
+        from trainer import augment
         sequence = np.array([e.sequence for e in ex])  # the MRI-sequence folder discovery found ("" if none)
         fluid_p = np.where(sequence == "flair", args.fluid_bright, 0.0)
         spots_p = np.where(np.isin(sequence, ("flair", "t2")), args.spots, 0.0)
-        synth_p, synth_kind = synthesis_plan(sequence, labels, arrays["pixel_weight"], arrays["level"],
-                                             args.synth_tumors)
+        synth_p, synth_kind = augment.synthesis_plan(sequence, labels, arrays["pixel_weight"],
+                                                     arrays["level"], args.synth_tumors)
         if args.synth_tumors:
             print(f"{int(np.count_nonzero(synth_p[idx]))} tumor-free training slices may get a synthetic tumor",
                   flush=True)

@@ -26,6 +26,10 @@ _HELP = {
     "lesion_weight": "> 0: a training-only head also learns the tumor masks of collections with a masks/ "
                      "folder (loss weight); the exported model is unchanged in shape",
     "mask_sequence": "sequence folder whose images the masks/ were drawn on",
+    "synth_tumors": "with --lesion-weight: probability that a tumor-free training slice above the skull base "
+                    "gets a synthetic tumor painted into it (augment.synthetic_tumor) and trains as a tumor "
+                    "slice with that mask: a tumor at every level, in every sequence and on every source",
+    "init_from": "a model.keras (same architecture and input size) whose weights start the run",
     "model_dir": "where <name>/<version>/ is written; local or gs://",
     "name": "model name (first path level of the artifact)",
     "version": "artifact version; empty picks 1 + the highest existing integer version",

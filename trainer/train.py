@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from screening_core import artifact, preprocessing
-from trainer import dedup, discovery, distribute, eda, evaluation, input_pipeline, model_card, plots, scan
+from trainer import dedup, discovery, distribute, eda, evaluation, input_pipeline, lesion_data, model_card, plots, scan
 from trainer.paths import join
 
 
@@ -116,6 +116,10 @@ def train(cfg, extra_callbacks=()):
     """Train per `cfg` and write the artifact; returns (version_dir, metadata)."""
     import keras
     import tensorflow as tf
+    if not 0.0 <= cfg.synth_tumors <= 1.0:
+        raise ValueError(f"--synth-tumors is a probability in [0, 1], got {cfg.synth_tumors}")
+    if cfg.synth_tumors and cfg.lesion_weight <= 0:
+        raise ValueError("--synth-tumors paints a tumor mask for the lesion head: it needs --lesion-weight > 0")
     strategy = distribute.get_strategy(cfg.cpu_replicas)  # before any other TF op
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
@@ -151,6 +155,8 @@ def train(cfg, extra_callbacks=()):
     with strategy.scope():
         from trainer.model import make_model, with_lesion_head
         model = make_model((spec.height, spec.width, 1), base_filters=cfg.base_filters)
+        if cfg.init_from:
+            _start_from(model, cfg.init_from)
         auc = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
         if lesion:
             fit_model = with_lesion_head(model)
@@ -223,9 +229,17 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
           f"{int((masks == input_pipeline.MASK_EMPTY).sum())} known-empty slices")
     if not n_masks:
         raise ValueError("--lesion-weight needs a masks/ folder in a sequence-folder collection")
+    synth = None
+    if cfg.synth_tumors:
+        from trainer import augment
+        level = lesion_data.stack_levels(ex)  # NaN (no stack: brain-mri's single slices) counts as eligible
+        p, kind = augment.synthesis_plan([e.sequence for e in ex], labels, np.ones(len(ex)),
+                                         np.nan_to_num(level, nan=1.0), cfg.synth_tumors)
+        synth = (p[is_train], kind[is_train])
+        print(f"Synthetic tumors: {int(np.count_nonzero(synth[0]))} tumor-free training slices may get one")
     train_ds = input_pipeline.make_lesion_dataset(
         paths[is_train], labels[is_train], masks[is_train], sources[is_train], spec, global_batch, True,
-        seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources)
+        seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources, synth=synth)
     val_ds = input_pipeline.make_lesion_dataset(
         paths[is_val], labels[is_val], masks[is_val], sources[is_val], spec, global_batch, False)
     return train_ds, val_ds
@@ -260,6 +274,17 @@ def _mask_specs(examples, roots, mask_sequence):
         else:
             out.append(input_pipeline.MASK_UNKNOWN)
     return out
+
+
+def _start_from(model, path):
+    """Copy the weights of the model.keras at `path` into `model` (same architecture and input)."""
+    import keras
+    source = keras.saving.load_model(path, compile=False)
+    try:
+        model.set_weights(source.get_weights())
+    except ValueError as e:
+        raise ValueError(f"--init-from {path}: not this architecture or input size ({e})") from None
+    print(f"Started from the weights of {path}")
 
 
 def _refuse_existing(final_dir):
