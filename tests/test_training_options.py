@@ -1,0 +1,70 @@
+"""The classifier trainer's fine-tuning options at their own level: painted tumors in the lesion-head
+input pipeline, and the checks that refuse a misused flag before any training."""
+import keras
+import numpy as np
+import pytest
+
+from screening_core import preprocessing
+from tests import synth
+from trainer import input_pipeline
+from trainer.config import TrainConfig
+from trainer.model import make_model
+from trainer.train import _start_from, train
+
+
+def _batch(tmp_path, p):
+    """One training batch: two tumor-free slices (one of a collection with masks, one of a collection
+    without: brain-mri) that are painted with probability `p`, and two tumor slices without masks."""
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"s{i}.png"
+        path.write_bytes(synth.encode(synth.brain_slice(i, 128)))
+        paths.append(str(path))
+    labels = np.array([0, 0, 1, 1], np.float32)
+    masks = np.array([input_pipeline.MASK_EMPTY] + [input_pipeline.MASK_UNKNOWN] * 3)
+    ds = input_pipeline.make_lesion_dataset(
+        paths, labels, masks, ["a"] * 4, preprocessing.InputSpec(height=128, width=128), 4, True, seed=1,
+        stride=16, balanced=False, synth=(np.array([p, p, 0, 0], np.float32), np.zeros(4, np.int32)))
+    x, y, w = next(iter(ds))
+    order = np.argsort(w["lesion_map"].numpy().reshape(4, -1).mean(1))  # unknown masks (weight 0) first
+    return (y["tumor_probability"].numpy()[order, 0], y["lesion_map"].numpy()[order],
+            w["lesion_map"].numpy()[order], w["tumor_probability"].numpy()[order])
+
+
+def test_a_painted_tumor_makes_a_tumor_free_slice_a_masked_tumor_slice(tmp_path):
+    label, target, known, weight = _batch(tmp_path, 1.0)
+    assert label.tolist() == [1, 1, 1, 1]
+    assert (known[2:] == 1).all() and (known[:2] == 0).all(), "both painted masks are known, brain-mri's too"
+    assert all(target[i].max() > 0.2 for i in (2, 3)), "each painted slice carries its tumor's mask"
+    assert all((target[i] < 0.01).mean() > 0.6 for i in (2, 3)), "and the rest of the slice stays negative"
+    assert np.allclose(weight, weight[0]), "painted slices weigh as the tumor class"
+
+
+def test_without_painting_tumor_free_slices_stay_all_negative(tmp_path):
+    label, target, known, _ = _batch(tmp_path, 0.0)
+    assert sorted(label.tolist()) == [0, 0, 1, 1]
+    negatives = known.reshape(4, -1).mean(1) == 1
+    assert negatives.sum() == 1 and target[negatives].max() == 0, "only the masked collection's is known"
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(synth_tumors=0.5), "needs --lesion-weight"),
+    (dict(synth_tumors=1.5, lesion_weight=1.0), "probability in [0, 1]"),
+])
+def test_misused_synthetic_tumors_are_refused_before_any_work(tmp_path, kw, words):
+    cfg = TrainConfig(data_dir=[str(tmp_path / "absent")], model_dir=str(tmp_path / "m"), **kw)
+    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        train(cfg)
+
+
+def test_init_from_copies_the_weights_and_refuses_another_architecture(tmp_path):
+    source = make_model((32, 32, 1), base_filters=8)
+    source.save(tmp_path / "source.keras")
+    fresh = make_model((32, 32, 1), base_filters=8)
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), source.get_weights(), strict=True))
+    _start_from(fresh, str(tmp_path / "source.keras"))
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), source.get_weights(), strict=True))
+    wider = make_model((32, 32, 1), base_filters=16)
+    with pytest.raises(ValueError, match="not this architecture or input size"):
+        _start_from(wider, str(tmp_path / "source.keras"))
+    keras.backend.clear_session()
