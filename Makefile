@@ -112,20 +112,20 @@ train-v8: $(STAMP)
 		--learning-rate 3e-4 --epochs 5 --version 8
 	@echo "then: python -m trainer.lesion_eval map-level <artifact> --write; python -m trainer.ood build <artifact>; python -m trainer.export <artifact>"
 
-# $(call ensemble,LESION_ARTIFACT,VERSION): that lesion map and v3's classifier in one graph (their log-odds
-# added), evaluated on v8's data at target sensitivity 0.98 like a trained model, OOD reference, ONNX.
+# $(call ensemble,LESION_ARTIFACT,CLASSIFIER_ARTIFACT,VERSION): that lesion map and that classifier in one graph
+# (their log-odds added), evaluated on v8's data at target sensitivity 0.98 like a trained model, OOD reference, ONNX.
 define ensemble
-	$(PY) -m trainer.ensemble --lesion $(1) --classifier models/brain-tumor-cnn/3 --out $(MODEL_DIR)/brain-tumor-cnn/_work/$(2)
+	$(PY) -m trainer.ensemble --lesion $(1) --classifier $(2) --out $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)
 	$(PY) -m trainer.lesion_train $(V7_ARGS) --target-sensitivity 0.98 \
-		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/$(2)/best.keras --version $(2)
-	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/$(2)
-	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/$(2)
+		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)/best.keras --version $(3)
+	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/$(3)
+	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/$(3)
 endef
 
 # Rebuilds model v9, the default until 2026-12-04 (no training: v8's lesion map and v3's classifier combined, then evaluated on
 # v8's data; ~5 min): make train-v9 MODEL_DIR=/tmp/models
 train-v9: $(STAMP)
-	$(call ensemble,models/brain-tumor-cnn/8,9)
+	$(call ensemble,models/brain-tumor-cnn/8,models/brain-tumor-cnn/3,9)
 
 # Reproduces v10, v11's lesion map: v8 + 5 epochs with synthetic tumors painted into 30 % of the tumor-free
 # training slices (augment.synthetic_tumor), v8's false positives drawn 4x, the final epoch kept (~14 min of fit
@@ -140,7 +140,7 @@ train-v10: $(STAMP)
 # Rebuilds model v11, the default (no training: v10's lesion map and v3's classifier combined, then evaluated
 # on v10's data; ~5 min): make train-v11 MODEL_DIR=/tmp/models
 train-v11: $(STAMP)
-	$(call ensemble,models/brain-tumor-cnn/10,11)
+	$(call ensemble,models/brain-tumor-cnn/10,models/brain-tumor-cnn/3,11)
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
