@@ -55,13 +55,8 @@ class Emulator:
         self.server = None
 
     def start(self):
-        from gcp_storage_emulator import server
-        # The emulator serves one connection at a time with no socket timeout: a client that opens a
-        # connection and never finishes its request (a retry abandoned mid-upload) would hold every
-        # later request of this process until that client's own timeout (60 s, retried). A stalled
-        # connection is dropped after a few seconds instead.
-        server.RequestHandler.timeout = 5
-        self.server = server.create_server("127.0.0.1", self.port, in_memory=True, default_bucket=BUCKET)
+        from gcp_storage_emulator.server import create_server
+        self.server = create_server("127.0.0.1", self.port, in_memory=True, default_bucket=BUCKET)
         self.server.start()
 
     def stop(self):

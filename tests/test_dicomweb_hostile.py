@@ -32,6 +32,16 @@ class _Handler(BaseHTTPRequestHandler):
     series = "none"  # how a series retrieval answers: none (404) / first (one part, then the end) / drip
     series_hits = 0
 
+    @classmethod
+    def reset(cls, behaviours=()):
+        """Every answer back to its default, one instance per behaviour. All of the state lives on this
+        class, which test_dicomweb_tls shares: a series left dribbling by one test made a later test
+        in the same process wait out the real series deadline (two minutes at the end of the suite)."""
+        cls.instances, cls.hits, cls.search, cls.series, cls.series_hits = {}, {}, "ok", "none", 0
+        for n, behaviour in enumerate(behaviours):
+            sop, data = _instance(n)
+            cls.instances[sop] = (behaviour, data)
+
     def log_message(self, *args):
         pass
 
@@ -151,16 +161,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def hostile():
-    _Handler.instances, _Handler.hits, _Handler.search = {}, {}, "ok"
-    _Handler.series, _Handler.series_hits = "none", 0
-    for n, behaviour in enumerate(("ok", "slow", "huge", "flaky")):
-        sop, data = _instance(n)
-        _Handler.instances[sop] = (behaviour, data)
+    _Handler.reset(("ok", "slow", "huge", "flaky"))
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"127.0.0.1:{server.server_address[1]}", {b: s for s, (b, _) in _Handler.instances.items()}
     server.shutdown()
+    _Handler.reset()
 
 
 def test_slow_huge_and_flaky_instances_are_bounded(hostile, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from beam_pipeline import run
 from tests import rows as rows_mod
 from tests import tiny_model
-from tests.test_dicomweb_hostile import _Handler, _instance
+from tests.test_dicomweb_hostile import _Handler
 
 
 @pytest.fixture()
@@ -23,10 +23,7 @@ def tls_pacs(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    _Handler.instances, _Handler.hits, _Handler.search = {}, {}, "ok"
-    for n in range(2):
-        sop, data = _instance(n)
-        _Handler.instances[sop] = ("ok", data)
+    _Handler.reset(("ok", "ok"))
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -35,6 +32,7 @@ def tls_pacs(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"127.0.0.1:{server.server_address[1]}", str(cert)
     server.shutdown()
+    _Handler.reset()
 
 
 def test_an_unknown_certificate_stops_the_job_and_the_ca_bundle_lets_it_through(tls_pacs, tmp_path, monkeypatch,
