@@ -8,7 +8,10 @@ the exit reason.
 """
 import datetime
 import json
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 
@@ -72,19 +75,54 @@ def install_log_handler(verbose=False):
     logging.captureWarnings(True)
 
 
+# "<launcher pid>:<folder>" while a progress line runs: worker processes the launcher starts (DirectRunner
+# multi_processing) inherit it and leave their counts there. Dataflow workers never see it; their progress
+# is on the job page and in the Beam metrics.
+_SHARED_ENV = "BRAIN_SCREENING_PROGRESS"
+_SHARE_EVERY_S = 1.0
+
+
 class _Counts:
-    """Progress counters of the DoFns running in this process (DirectRunner's in-memory and
-    multi-threading modes). Workers in other processes (multi_processing, Dataflow) keep their
-    own; their progress is on the runner's job page and in the Beam metrics."""
+    """Progress counters of the DoFns running in this process; a worker process of the launcher also
+    writes its counts, at most once a second, where the launcher's progress line adds them up."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._counts = {}
+        self._shared_at = 0.0
 
     def add(self, **deltas):
         with self._lock:
             for k, v in deltas.items():
                 self._counts[k] = self._counts.get(k, 0) + v
+            self._share()
+
+    def _share(self):
+        owner, _, folder = os.environ.get(_SHARED_ENV, "").partition(":")
+        if not folder or owner == str(os.getpid()) or time.monotonic() - self._shared_at < _SHARE_EVERY_S:
+            return
+        self._shared_at = time.monotonic()
+        path = os.path.join(folder, f"{os.getpid()}.json")
+        try:
+            with open(path + ".tmp", "w") as f:
+                json.dump(self._counts, f)
+            os.replace(path + ".tmp", path)
+        except OSError:  # the launcher has finished and removed the folder: nobody is reading
+            pass
+
+    def shared(self):
+        """The counts worker processes left for this launcher, summed."""
+        owner, _, folder = os.environ.get(_SHARED_ENV, "").partition(":")
+        total = {}
+        if folder and owner == str(os.getpid()):
+            for name in (n for n in _listdir(folder) if n.endswith(".json")):
+                try:
+                    with open(os.path.join(folder, name)) as f:
+                        for k, v in json.load(f).items():
+                            total[k] = total.get(k, 0) + v
+                except (OSError, ValueError):  # replaced or half-written as we read: next time
+                    continue
+        return total
 
     def snapshot(self):
         with self._lock:
@@ -93,6 +131,13 @@ class _Counts:
     def reset(self):
         with self._lock:
             self._counts.clear()
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 COUNTS = _Counts()
@@ -151,6 +196,8 @@ class Progress:
     def __enter__(self):
         COUNTS.reset()
         STUDIES.reset()
+        self._shared = tempfile.mkdtemp(prefix="brain-score-progress-")
+        os.environ[_SHARED_ENV] = f"{os.getpid()}:{self._shared}"
         self._started = time.time()
         self._thread.start()
         return self
@@ -158,9 +205,13 @@ class Progress:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=1)
+        os.environ.pop(_SHARED_ENV, None)
+        shutil.rmtree(self._shared, ignore_errors=True)
 
     def line(self):
         c = COUNTS.snapshot()
+        for k, v in COUNTS.shared().items():  # workers in other processes (DirectRunner multi_processing)
+            c[k] = c.get(k, 0) + v
         elapsed = time.time() - self._started
         scored = c.get("scored", 0)
         fields = {"elapsed_s": round(elapsed, 1), "members_listed": c.get("listed", 0), "images_scored": scored,

@@ -167,15 +167,32 @@ def _inference_threads(requested, options):
 
 
 # What a DirectRunner job runs as when the user sets neither --direct_running_mode nor --direct_num_workers.
-# Measured (bench/scoring.py --n 5612 --modes ..., bench/results/scoring_modes.json, 2 vCPUs): in_memory 1
-# worker 209 images/s, multi_threading 2 workers 211-218, multi_processing 2 workers 215: within the
-# machine's noise, so Beam's own default stays, and it is the one that keeps the progress line counting
-# (workers in other processes count in their own memory).
+# Measured on 2 vCPUs: on the 5,612 shared JPEGs (~100 MB; bench/scoring.py, scoring_modes*.json) in_memory
+# with one worker and multi_processing with two are within the machine's noise (157 vs 164 images/s with
+# v11), and in_memory starts faster; on 3,000 uncompressed 512x512 DICOM instances (1.5 GB) multi_processing
+# with one worker per vCPU took 21.0 s against 25.3 s (0.90 vs 0.75 of the one-process limit), because it
+# decodes on one core while the other scores. So large inputs run one worker process per vCPU.
 DEFAULT_DIRECT_MODE, DEFAULT_DIRECT_WORKERS = "in_memory", 1
+LARGE_INPUT_BYTES = 512 << 20
 
 
-def _direct_defaults(argv, options):
-    """Fill in the DirectRunner flags the user left out with the measured default, and say so."""
+def direct_mode_for(input_bytes, cores):
+    """(running mode, workers) for a DirectRunner job the user left to us."""
+    if cores >= 2 and input_bytes >= LARGE_INPUT_BYTES:
+        return "multi_processing", cores
+    return DEFAULT_DIRECT_MODE, DEFAULT_DIRECT_WORKERS
+
+
+def _input_bytes(files, matched):
+    """Bytes of the file inputs: every local match (cheap), one match per remote pattern (a lower bound:
+    a large bucket is listed once, by the pipeline)."""
+    if files and all("://" not in p or p.startswith("file://") for p in files):
+        return sum(m.size_in_bytes for r in FileSystems.match(list(files)) for m in r.metadata_list)
+    return sum(m.size_in_bytes for m in matched)
+
+
+def _direct_defaults(argv, options, input_bytes):
+    """Fill in the DirectRunner flags the user left out with the measured best mode, and say so."""
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
     runner = options.view_as(StandardOptions).runner
     if runner not in (None, "DirectRunner", "SwitchingDirectRunner"):
@@ -183,8 +200,10 @@ def _direct_defaults(argv, options):
     if any(a.split("=", 1)[0] in ("--direct_running_mode", "--direct_num_workers") for a in argv):
         return None
     direct = options.view_as(DirectOptions)
-    direct.direct_running_mode, direct.direct_num_workers = DEFAULT_DIRECT_MODE, DEFAULT_DIRECT_WORKERS
-    return (f"DirectRunner {DEFAULT_DIRECT_MODE}, {DEFAULT_DIRECT_WORKERS} worker (the measured default; "
+    mode, workers = direct_mode_for(input_bytes, os.cpu_count() or 1)
+    direct.direct_running_mode, direct.direct_num_workers = mode, workers
+    return (f"DirectRunner {mode}, {workers} worker{'s' if workers > 1 else ''} (the measured default for "
+            f"{input_bytes / 2**20:,.0f} MiB of input on {os.cpu_count() or 1} vCPUs; "
             "--direct_running_mode/--direct_num_workers to change)")
 
 
@@ -231,8 +250,6 @@ def resolve(argv, save_main_session=True):
                                           gpu_workers=any("worker_accelerator" in o for o in service_options))
     except ValueError as e:
         raise JobError(str(e)) from e
-    runner_note = _direct_defaults(argv, options) or ""
-    threads = _inference_threads(opts.inference_threads, options)
     grad_cam_on_tensorflow = opts.heatmaps and not inference.scores_heatmaps(metadata, engine)
     if not opts.verbose and (engine == "tensorflow" or grad_cam_on_tensorflow):
         cli.quiet_tensorflow()  # before the first import of TensorFlow, which prints from C++
@@ -256,6 +273,8 @@ def resolve(argv, save_main_session=True):
         raise JobError("--write-back stores reports into the PACS the images came from: give exactly one "
                        f"dicomweb:// input (got {len(web)})")
     matched = _match_inputs(files, full=bool(opts.manifest)) if files else []
+    runner_note = _direct_defaults(argv, options, _input_bytes(files, matched) if files else 0) or ""
+    threads = _inference_threads(opts.inference_threads, options)
     _check_output_writable(output)
     try:
         results_store.check_no_links(output)

@@ -186,6 +186,24 @@ def test_progress_line_reports_counts_and_rate(capsys):
     assert lines and "120 members listed, 100 images scored, 3 errors" in lines[-1]
 
 
+def test_progress_line_adds_up_the_counts_of_worker_processes():
+    """A large input runs one worker process per vCPU (DirectRunner multi_processing); the launcher's
+    line must still count what they score. Two processes stand in for the workers."""
+    import subprocess
+    import sys
+
+    from beam_pipeline import console
+    add = "from beam_pipeline import console; console.COUNTS.add(listed={0}, scored={1})"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with console.Progress(interval=3600) as progress:
+        console.COUNTS.add(listed=5, scored=4)  # the launcher's own process (in_memory) counts as before
+        for listed, scored in ((100, 90), (50, 40)):
+            subprocess.run([sys.executable, "-c", add.format(listed, scored)], check=True, cwd=root)
+        text, fields = progress.line()
+    assert fields["members_listed"] == 155 and fields["images_scored"] == 134, text
+    assert console._SHARED_ENV not in os.environ  # the job is over: workers started later share nothing
+
+
 def test_progress_line_says_how_far_the_largest_pacs_study_is_without_naming_it():
     from beam_pipeline import console
     uid = "1.2.826.0.1.3680043.8.498.777"

@@ -40,19 +40,36 @@ def test_the_job_is_frozen(tmp_path):
         job.output = "elsewhere"
 
 
-@pytest.mark.parametrize("argv, mode, workers", [
-    ([], job_mod.DEFAULT_DIRECT_MODE, "default"),  # nothing said: the measured default, printed
-    (["--direct_running_mode", "in_memory"], "in_memory", 1),  # the user's choice stays
-    (["--direct_num_workers=3"], "in_memory", 3),
-    (["--runner", "DataflowRunner"], "in_memory", 1),  # not a DirectRunner: nothing to fill in
+@pytest.mark.parametrize("argv, size, mode, workers", [
+    ([], 1 << 20, job_mod.DEFAULT_DIRECT_MODE, "default"),  # nothing said: the measured default, printed
+    ([], 2 << 30, "multi_processing", "cores"),  # a large input: one worker process per vCPU (on 2+ vCPUs)
+    (["--direct_running_mode", "in_memory"], 2 << 30, "in_memory", 1),  # the user's choice stays
+    (["--direct_num_workers=3"], 2 << 30, "in_memory", 3),
+    (["--runner", "DataflowRunner"], 2 << 30, "in_memory", 1),  # not a DirectRunner: nothing to fill in
 ])
-def test_directrunner_flags_left_out_get_the_measured_default(argv, mode, workers):
+def test_directrunner_flags_left_out_get_the_measured_default(argv, size, mode, workers, monkeypatch):
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+    monkeypatch.setattr(job_mod.os, "cpu_count", lambda: 2)
     options = PipelineOptions(argv)
-    note = job_mod._direct_defaults(argv, options)
+    note = job_mod._direct_defaults(argv, options, size)
     direct = options.view_as(DirectOptions)
     assert direct.direct_running_mode == mode
-    assert direct.direct_num_workers == (job_mod.DEFAULT_DIRECT_WORKERS if workers == "default" else workers)
-    assert (note is not None) == (workers == "default")
+    assert direct.direct_num_workers == {"default": job_mod.DEFAULT_DIRECT_WORKERS, "cores": 2}.get(workers, workers)
+    assert (note is not None) == (workers in ("default", "cores"))
     if note:
-        assert job_mod.DEFAULT_DIRECT_MODE in note and "--direct_running_mode" in note
+        assert mode in note and "--direct_running_mode" in note and "MiB of input" in note
+
+
+def test_large_inputs_run_one_process_per_vcpu_only_where_there_are_two():
+    big = job_mod.LARGE_INPUT_BYTES
+    assert job_mod.direct_mode_for(big, 2) == ("multi_processing", 2)
+    assert job_mod.direct_mode_for(big, 1) == (job_mod.DEFAULT_DIRECT_MODE, 1)
+    assert job_mod.direct_mode_for(big - 1, 16) == (job_mod.DEFAULT_DIRECT_MODE, 1)
+
+
+def test_the_input_size_counts_every_local_file(tmp_path):
+    for i in range(3):
+        (tmp_path / f"a{i}.zip").write_bytes(b"x" * 1000)
+    pattern = str(tmp_path / "*.zip")
+    one = job_mod._match_inputs([pattern], full=False)  # the launcher's check matches one file per pattern
+    assert len(one) == 1 and job_mod._input_bytes([pattern], one) == 3000
