@@ -207,9 +207,12 @@ def main(argv=None):
     keys = ("run_id", "rows", "by_status", "by_error_code", "flagged", "out_of_distribution", "images_per_second")
     console.emit("summary", json.dumps({k: counts.get(k) for k in keys}, indent=2), **{k: counts.get(k) for k in keys})
     outputs = {"image table": f"{prefix}/images-*.parquet", "study table": f"{prefix}/studies-*.parquet",
-               "series table": f"{prefix}/series-*.parquet",
-               "heatmaps": f"{prefix}/heatmaps/", "report": f"{prefix}/report.html",
-               "summary": f"{prefix}/_SUMMARY.json"}
+               "series table": f"{prefix}/series-*.parquet"}
+    if f.heatmaps:  # --no-heatmaps / --no-report write none: the list names only what is there
+        outputs["heatmaps"] = f"{prefix}/heatmaps/"
+    if f.report:
+        outputs["report"] = f"{prefix}/report.html"
+    outputs["summary"] = f"{prefix}/_SUMMARY.json"
     if f.reading_room:
         outputs["reading room"] = _write_reading_room(job.output, f.reading_room, list(job.inputs),
                                                       f.pseudonym_key_file, f.dicomweb_credentials)

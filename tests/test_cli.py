@@ -278,10 +278,15 @@ def test_json_logs_stay_json_when_libraries_log(tmp_path, capsys):
     captured = capsys.readouterr()
     lines = (captured.out + captured.err).splitlines()
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
-    run.main(argv + ["--verbose", "--output", str(tmp_path / "o2")])  # verbose: the library records shown
+    outputs = next(r for r in map(json.loads, lines) if r["event"] == "outputs")["outputs"]
+    assert {"heatmaps", "report", "summary"} <= set(outputs)
+    # verbose: the library records shown; without heatmaps and report the outputs name neither
+    run.main(argv + ["--verbose", "--no-heatmaps", "--no-report", "--output", str(tmp_path / "o2")])
     captured = capsys.readouterr()
     records = [json.loads(line) for line in (captured.out + captured.err).splitlines() if line.startswith("{")]
     assert any(r["event"] == "library_log" and r["logger"].startswith("pydicom") for r in records)
+    outputs = next(r for r in records if r["event"] == "outputs")["outputs"]
+    assert "heatmaps" not in outputs and "report" not in outputs and "summary" in outputs
 
 
 def test_the_jobs_own_errors_share_one_base():
