@@ -57,3 +57,41 @@ def test_missing_credentials_or_bucket_fail_in_seconds(gcs, monkeypatch, tmp_pat
     assert run.main(["--input", "gs://hospital-archive/nightly/*.zip", *argv]) == 2
     assert "credentials unusable" in capsys.readouterr().err
     assert time.time() - started < 30
+
+
+def test_a_retried_finalise_on_gcs_changes_nothing(gcs, tmp_path, monkeypatch):
+    """A Dataflow retry of the last bundle calls Finalise again with the same plan; on GCS (copy, commit,
+    delete) the first version of this path deleted the night's tables. The objects of the result, the
+    summary and the manifest must be exactly what the first call left."""
+    import json
+    import zipfile
+
+    from google.cloud import storage
+
+    from beam_pipeline import finalise
+    from tests import synth
+    calls = []
+    real = finalise.finalise
+    monkeypatch.setattr(finalise, "finalise", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    with zipfile.ZipFile(tmp_path / "mon.zip", "w") as zf:
+        for s in range(3):
+            zf.writestr(f"img{s}.png", synth.encode(synth.brain_slice(s, 32)))
+    out, manifest = f"gs://{BUCKET}/results/retry", tmp_path / "state" / "manifest.json"
+    manifest.parent.mkdir()
+    assert run.main(["--input", str(tmp_path / "mon.zip"), "--output", out, "--model", model_dir,
+                     "--run-id", "night1", "--manifest", str(manifest)]) == 0
+    bucket = storage.Client.create_anonymous_client().bucket(BUCKET)
+
+    def objects():
+        return {b.name: b.md5_hash for b in bucket.list_blobs(prefix="results/retry/")
+                if "/_staging/" not in b.name}
+
+    before, before_summary = objects(), run.read_summary(out)
+    before_manifest = json.loads(manifest.read_text())
+    assert len(calls) == 1 and any("/results/images-night1-" in name for name in before)
+    again = real(*calls[0][0], **calls[0][1])  # the retry
+    assert again["result"]["run_ids"] == ["night1"] and again["result"]["rows"] == 3
+    assert objects() == before
+    assert run.read_summary(out) == before_summary
+    assert json.loads(manifest.read_text()) == before_manifest
