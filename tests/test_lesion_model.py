@@ -210,7 +210,7 @@ def test_pseudo_masks_are_the_init_models_map_where_it_is_confident(tmp_path):
               "pixel_weight": np.array([0, 0, 1, 0], np.float32)}
     labels = np.array([1, 1, 1, 0])
     is_train = np.array([True, False, True, True])  # slice 1 is validation: never touched
-    scores, maps = lesion_train.predict(model, arrays["x"])
+    scores, maps = lesion_eval.predict(model, arrays["x"])
     args = argparse.Namespace(init_from=path, pseudo_masks=float(scores[0]) - 1e-6)
     lesion_train._pseudo_masks(args, model, arrays, labels, is_train)
     # slice 0: an unmasked training tumor slice scored at the bar -> its map (cells >= half the peak) at 0.5
@@ -318,7 +318,7 @@ def test_mining_scores_with_the_init_model_and_boosts_both_kinds(tmp_path, capsy
     path = str(tmp_path / "a" / "model.keras")
     model.save(path)
     x = np.random.default_rng(2).random((6, 32, 32)).astype(np.float16)
-    scores, _ = lesion_train.predict(model, x)
+    scores, _ = lesion_eval.predict(model, x)
     threshold = float(np.median(scores))
     (tmp_path / "a" / "metadata.json").write_text(json.dumps({"threshold": threshold}))
     labels = np.array([0, 0, 0, 1, 1, 1])

@@ -86,13 +86,13 @@ def main(argv=None):
     parser.add_argument("--out", default="", help="write the metrics JSON here as well")
     args = parser.parse_args(argv)
     from screening_core import artifact, preprocessing
-    from trainer import input_pipeline, train
+    from trainer import input_pipeline, loading
     from trainer.config import TrainConfig
     model, md = artifact.load(args.artifact)
     spec = preprocessing.InputSpec.from_dict(md["input_spec"])
     cfg = TrainConfig(data_dir=args.data_dir, group_pattern=args.group_pattern)
     from trainer import discovery
-    examples, _, _, skipped, _, groups, _ = train.load_collections(args.data_dir, cfg, discovery.DEFAULT_CLASS_MAP)
+    examples, _, _, skipped, _, groups, _ = loading.load_collections(args.data_dir, cfg, discovery.DEFAULT_CLASS_MAP)
     if not examples:
         print("error: no labelled images found", file=sys.stderr)
         return 2

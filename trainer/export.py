@@ -28,8 +28,7 @@ PARITY_TOLERANCE = 1e-4
 
 def _scoring_model(model, with_features):
     """Probability, the OOD features when the artifact has a reference, and the CAM map where the head allows."""
-    from screening_core import gradcam
-    from trainer import ood
+    from screening_core import gradcam, ood
     return ood.feature_model(model, None if with_features else [], cam=gradcam.has_review_map(model))
 
 
@@ -57,14 +56,14 @@ def convert(model, path, with_features):
 def parity_inputs(version_dir, spec, n=256):
     """Up to n of the artifact's validation images, else generated head-like inputs."""
     from screening_core import preprocessing
-    from trainer import ood
+    from trainer import artifact_data
     try:
-        paths = [r["path"] for r in ood._split_rows(version_dir) if r["split"] == "validation"]
+        paths = [r["path"] for r in artifact_data.split_rows(version_dir) if r["split"] == "validation"]
         paths = [p for p in paths if os.path.exists(p)][:n]
     except OSError:
         paths = []
     if paths:
-        return np.stack(ood.read_inputs(paths, spec)), "validation images"
+        return np.stack(artifact_data.read_inputs(paths, spec)), "validation images"
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:spec.height, 0:spec.width] / spec.height - 0.5
     imgs = [((xx / rng.uniform(0.3, 0.45)) ** 2 + (yy / rng.uniform(0.3, 0.45)) ** 2 < 1)
@@ -76,8 +75,7 @@ def export(version_dir):
     """Convert, check parity, record and seal; returns the metadata["engines"] entry."""
     import onnxruntime as ort
 
-    from screening_core import artifact, gradcam, preprocessing
-    from trainer import ood
+    from screening_core import artifact, gradcam, ood, preprocessing
     model, metadata = artifact.load(version_dir)
     spec = preprocessing.InputSpec.from_dict(metadata["input_spec"])
     with_features = bool(metadata.get("ood"))

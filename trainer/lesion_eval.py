@@ -24,6 +24,21 @@ from trainer import HelpFormatter, evaluation, lesion_data
 DILATE_CELLS = 2  # on the 64x64 map: 4 pixels of the 128 px input
 
 
+def predict(model, x, batch=128):
+    """(slice scores, lesion maps) of prepared inputs (n, H, W) f16."""
+    import keras
+    twin = getattr(model, "_score_and_map", None)
+    if twin is None:
+        twin = keras.Model(model.inputs, [model.output, model.get_layer("lesion_map").output])
+        model._score_and_map = twin
+    scores, maps = [], []
+    for i in range(0, len(x), batch):
+        s, m = twin.predict_on_batch(x[i:i + batch].astype(np.float32)[..., None])
+        scores.append(np.asarray(s).reshape(-1))
+        maps.append(np.asarray(m)[..., 0].astype(np.float16))
+    return np.concatenate(scores).astype(np.float64), np.concatenate(maps)
+
+
 def _downsample(mask_u8, size):
     n, h, _ = mask_u8.shape
     f = h // size
@@ -162,7 +177,6 @@ def t2_coverage(examples, labels, is_train):
 
 def evaluate_all(model, data, arrays, ext, ext_arrays, args):
     """Rows, metrics, lesion figures and level tables for validation, held-out site and external sets."""
-    from trainer.lesion_train import predict
     ex, labels, groups = data["examples"], data["labels"], data["groups"]
     parts = [("validation", np.flatnonzero(data["is_val"]), ex, labels, groups, arrays)]
     if data["is_holdout"].any():
@@ -285,7 +299,6 @@ def map_level_of_artifact(version_dir, write=False):
     report the map figures at it for every split; with `write`, store both in its metadata (re-sealed:
     model.keras is untouched, so the ONNX binding holds). For artifacts trained before the level existed."""
     from screening_core import artifact
-    from trainer.lesion_train import predict
     model, md = artifact.load(version_dir)
     size = md["input_spec"]["height"]
     with open(os.path.join(version_dir, "validation_predictions.csv")) as f:

@@ -235,21 +235,6 @@ def _painted(synth, label):
     return new_image, new_mask, tf.where(ok, 1.0, label)
 
 
-def predict(model, x, batch=128):
-    """(slice scores, lesion maps) of prepared inputs (n, H, W) f16."""
-    import keras
-    twin = getattr(model, "_score_and_map", None)
-    if twin is None:
-        twin = keras.Model(model.inputs, [model.output, model.get_layer("lesion_map").output])
-        model._score_and_map = twin
-    scores, maps = [], []
-    for i in range(0, len(x), batch):
-        s, m = twin.predict_on_batch(x[i:i + batch].astype(np.float32)[..., None])
-        scores.append(np.asarray(s).reshape(-1))
-        maps.append(np.asarray(m)[..., 0].astype(np.float16))
-    return np.concatenate(scores).astype(np.float64), np.concatenate(maps)
-
-
 def validation_callback(model, x, labels, sources, log_path, select=""):
     """A Keras callback: per-source validation AUC after each epoch, logged; keeps the weights of the
     epoch with the best mean AUC over the sources matching `select` (a regex; all when empty) as
@@ -269,7 +254,7 @@ def validation_callback(model, x, labels, sources, log_path, select=""):
         best, best_weights = -1.0, None
 
         def on_epoch_end(self, epoch, logs=None):
-            scores, _ = predict(model, x)
+            scores, _ = lesion_eval.predict(model, x)
             per = {s: metrics.roc_auc(labels[sources == s], scores[sources == s])
                    for s in sorted(set(sources.tolist()))}
             per = {s: a for s, a in per.items() if a == a}
@@ -336,7 +321,7 @@ def _pseudo_masks(args, init, arrays, labels, is_train):
     todo = np.flatnonzero(is_train & (labels == 1) & (arrays["pixel_weight"] == 0))
     if not len(todo):
         return
-    scores, maps = predict(init, arrays["x"][todo])
+    scores, maps = lesion_eval.predict(init, arrays["x"][todo])
     size = arrays["mask"].shape[1]
     kept = 0
     for i, score, m in zip(todo, scores, maps, strict=True):
@@ -363,7 +348,7 @@ def _mine_hard_examples(args, init, x, labels, masked, probs):
     scores = np.zeros(len(labels))
     todo = np.concatenate([neg, pos])
     if todo.size:
-        scores[todo], _ = predict(init, x[todo])
+        scores[todo], _ = lesion_eval.predict(init, x[todo])
     if neg.size:
         print(f"Hard negatives: {int(np.sum(scores[neg] >= threshold))} of {len(neg)} tumor-free training slices "
               f"score >= {threshold:.4f} with {args.init_from}; drawn {args.hard_negatives:g}x as often", flush=True)

@@ -24,7 +24,6 @@ sealed by SHA256SUMS.
   python -m trainer.ood build models/brain-tumor-cnn/3   # data dirs from its training_config
 """
 import argparse
-import csv
 import json
 import os
 
@@ -42,7 +41,8 @@ from screening_core.ood import (  # noqa: F401  (the runtime half, re-exported f
     reference_path,
     split_outputs,
 )
-from trainer import HelpFormatter
+from trainer import HelpFormatter, artifact_data
+from trainer.artifact_data import read_inputs
 
 DEFAULT_VALIDATION_FALSE_OOD = 0.04  # threshold quantile on one half of validation; < 5 % on the other
 
@@ -102,27 +102,12 @@ def features_of(inputs, model, batch=64):
     return np.concatenate(probs), {k: np.concatenate([f[k] for f in feats]) for k in feats[0]}
 
 
-def read_inputs(paths, spec):
-    from screening_core import preprocessing
-    out = []
-    for p in paths:
-        with open(p, "rb") as f:
-            out.append(preprocessing.image_bytes_to_input(f.read(), spec))
-    return out
-
-
-def _split_rows(version_dir):
-    """Rows of validation_predictions.csv (artifacts before v3 have no split/source columns: all validation)."""
-    with open(os.path.join(version_dir, "validation_predictions.csv")) as f:
-        return [{"split": "validation", "source": "", **r} for r in csv.DictReader(f)]
-
-
 def training_images(version_dir, metadata):
     """(paths, labels) the model was trained on: its data dirs minus every scored (non-training) row."""
     from trainer import discovery
     cfg = metadata["training_config"]
     roots = cfg["data_dir"] if isinstance(cfg["data_dir"], list) else [cfg["data_dir"]]
-    scored = {os.path.normpath(r["path"]) for r in _split_rows(version_dir)}
+    scored = {os.path.normpath(r["path"]) for r in artifact_data.split_rows(version_dir)}
     examples, _ = discovery.discover_all(roots)
     keep = [e for e in examples if os.path.normpath(e.path) not in scored]
     return [e.path for e in keep], np.array([e.label for e in keep])
@@ -137,7 +122,7 @@ def build(version_dir, max_train=None, seed=0):
     if max_train and len(paths) > max_train:
         pick = np.random.default_rng(seed).choice(len(paths), max_train, replace=False)
         paths, labels = [paths[i] for i in pick], labels[pick]
-    val = [r for r in _split_rows(version_dir) if r["split"] == "validation"]
+    val = [r for r in artifact_data.split_rows(version_dir) if r["split"] == "validation"]
     _, train_feats = features_of(read_inputs(paths, spec), model)
     val_probs, val_feats = features_of(read_inputs([r["path"] for r in val], spec), model)
     ref = fit(train_feats, labels, val_feats, [f"{r['source']}/{r['group']}" for r in val])
@@ -189,7 +174,7 @@ def measure(version_dir, brats_root=None, extra=()):
         p, f = features_of(inputs, model)
         return ref.score(f), -np.abs(p - 0.5)  # baseline: closeness to 0.5 = low confidence
 
-    val = [r["path"] for r in _split_rows(version_dir) if r["split"] == "validation"]
+    val = [r["path"] for r in artifact_data.split_rows(version_dir) if r["split"] == "validation"]
     in_maha, in_conf = scores(read_inputs(val, spec))
     cases = {"CT-like head slices (generated)": ood_cases.ct_like(),
              "body CT (pydicom CT_small, crops/rotations)": ood_cases.ct_small_dicom(),

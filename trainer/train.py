@@ -3,7 +3,6 @@ import csv
 import logging
 import os
 import posixpath
-import re
 import shutil
 import tempfile
 import time
@@ -11,35 +10,9 @@ import time
 import numpy as np
 
 from screening_core import artifact, preprocessing
-from trainer import dedup, discovery, distribute, eda, evaluation, input_pipeline, lesion_data, model_card, plots, scan
+from trainer import dedup, discovery, distribute, eda, evaluation, input_pipeline, lesion_data, model_card, plots
+from trainer.loading import load_collections, pattern_keys
 from trainer.paths import join
-
-
-def _pattern_keys(examples, pattern):
-    """First regex group of each file name (None where it does not match)."""
-    if not pattern:
-        return [None] * len(examples)
-    rx = re.compile(pattern)
-    keys = []
-    for e in examples:
-        m = rx.search(posixpath.basename(e.path.replace("\\", "/")))
-        keys.append((m.group(1) if m.groups() else m.group(0)) if m else None)
-    return keys
-
-
-def load_collections(roots, cfg, class_map):
-    """Discover, scan and group the images of several collections."""
-    examples, notes = discovery.discover_all(roots, class_map)
-    if cfg.max_images and len(examples) > cfg.max_images:
-        rng = np.random.default_rng(cfg.seed)
-        examples = [examples[i] for i in sorted(rng.choice(len(examples), cfg.max_images, replace=False))]
-    kept, thumbs, sizes, modes, skipped, fingerprint = scan.scan(examples)
-    skipped += [{"path": p, "reason": "listed in CSV but not found"} for p in notes["missing"]]
-    for s in skipped:
-        print(f"Skipped {s['path']}: {s['reason']}")
-    groups = dedup.group_near_duplicates(thumbs, cfg.dedup_threshold)
-    groups = dedup.merge_with_keys(groups, _pattern_keys(kept, cfg.group_pattern))
-    return kept, sizes, modes, skipped, fingerprint, groups, notes
 
 
 def prepare_data(cfg):
@@ -58,7 +31,7 @@ def prepare_data(cfg):
     labels = np.array([e.label for e in kept])
     if len(set(labels.tolist())) < 2:
         raise ValueError(f"need both classes to train; found labels {sorted(set(labels.tolist()))}")
-    is_holdout = np.array([k is not None for k in _pattern_keys(kept, cfg.holdout_pattern)], bool)
+    is_holdout = np.array([k is not None for k in pattern_keys(kept, cfg.holdout_pattern)], bool)
     if cfg.holdout_pattern and is_holdout.all():
         raise ValueError(f"--holdout-pattern {cfg.holdout_pattern!r} matches every image")
     # A group that touches the held-out site goes there whole.
