@@ -7,7 +7,6 @@
 Job-level problems (missing or tampered model, no input matched, output not
 writable) stop the job with a clear message before any work starts.
 """
-import json
 import sys
 
 import apache_beam as beam
@@ -114,6 +113,24 @@ class _NothingToDo:
         return self.state
 
 
+def summary_line(counts):
+    """The night in one sentence for the console (the JSON log carries the same counts as fields)."""
+    statuses = counts.get("by_status") or {}
+    codes = counts.get("by_error_code") or {}
+    parts = [f"{n:,} {status}" for status, n in sorted(statuses.items(), key=lambda kv: (-kv[1], kv[0]))]
+    line = f"Run {counts.get('run_id')}: {counts.get('rows') or 0:,} rows"
+    if parts:
+        line += " (" + ", ".join(parts) + ")"
+    line += f"; {counts.get('flagged') or 0:,} flagged; {counts.get('out_of_distribution') or 0:,} out of distribution"
+    if counts.get("images_per_second"):
+        line += f"; {counts['images_per_second']:,.1f} images/s"
+    if codes:
+        top = sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{code} {n:,}" for code, n in top[:5])
+        line += f"\nCodes: {shown}" + (f" and {len(top) - 5} more (_SUMMARY.json)" if len(top) > 5 else "")
+    return line
+
+
 def read_summary(output):
     """The summary of the current result at `output`."""
     return summary.read(results_store.results_dir(output))
@@ -205,7 +222,7 @@ def main(argv=None):
             if code == EXIT_OK and f.fail_on_drift:
                 code, reason = EXIT_DRIFT, "input drifted from the model's validation data (--fail-on-drift)"
     keys = ("run_id", "rows", "by_status", "by_error_code", "flagged", "out_of_distribution", "images_per_second")
-    console.emit("summary", json.dumps({k: counts.get(k) for k in keys}, indent=2), **{k: counts.get(k) for k in keys})
+    console.emit("summary", summary_line(counts), **{k: counts.get(k) for k in keys})
     outputs = {"image table": f"{prefix}/images-*.parquet", "study table": f"{prefix}/studies-*.parquet",
                "series table": f"{prefix}/series-*.parquet"}
     if f.heatmaps:  # --no-heatmaps / --no-report write none: the list names only what is there

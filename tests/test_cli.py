@@ -305,3 +305,15 @@ def test_the_jobs_own_errors_share_one_base():
                 found.append(name)
                 assert issubclass(cls, errors.ScreeningError), f"{info.name}.{name}"
     assert len(found) >= 10
+
+
+def test_the_console_summary_is_a_sentence_not_a_json_dump():
+    line = run.summary_line({"run_id": "night1", "rows": 1234, "by_status": {"ok": 1200, "error": 30, "skipped": 4},
+                             "by_error_code": {f"code_{i}": i + 1 for i in range(7)}, "flagged": 56,
+                             "out_of_distribution": 3, "images_per_second": 151.26})
+    assert line.splitlines() == [
+        "Run night1: 1,234 rows (1,200 ok, 30 error, 4 skipped); 56 flagged; 3 out of distribution; 151.3 images/s",
+        "Codes: code_6 7, code_5 6, code_4 5, code_3 4, code_2 3 and 2 more (_SUMMARY.json)"]
+    empty = run.summary_line({"run_id": "n", "rows": 0, "by_status": {}, "by_error_code": {}, "flagged": 0,
+                              "out_of_distribution": 0, "images_per_second": 0})
+    assert empty == "Run n: 0 rows; 0 flagged; 0 out of distribution" and "{" not in line
