@@ -1,6 +1,7 @@
 """Every `error_code` a row can carry, with its status and meaning.
 
-docs/reliability.md is generated from this table, so code and docs agree.
+docs/output_schema.md and docs/reliability.md list every code here with its status (and reliability.md the test
+that produces it); tests/test_bad_inputs.py::test_every_error_code_is_documented holds them equal.
 """
 from beam_pipeline.schema import STATUS_ERROR, STATUS_SKIPPED
 

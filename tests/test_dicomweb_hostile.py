@@ -31,6 +31,7 @@ class _Handler(BaseHTTPRequestHandler):
     search = "ok"  # how the study search answers: ok / no-paging / drip / gzip / empty-study
     series = "none"  # how a series retrieval answers: none (404) / first (one part, then the end) / drip
     series_hits = 0
+    modality = "MR"  # of the one series every study holds
 
     @classmethod
     def reset(cls, behaviours=()):
@@ -38,6 +39,7 @@ class _Handler(BaseHTTPRequestHandler):
         class, which test_dicomweb_tls shares: a series left dribbling by one test made a later test
         in the same process wait out the real series deadline (two minutes at the end of the suite)."""
         cls.instances, cls.hits, cls.search, cls.series, cls.series_hits = {}, {}, "ok", "none", 0
+        cls.modality = "MR"
         for n, behaviour in enumerate(behaviours):
             sop, data = _instance(n)
             cls.instances[sop] = (behaviour, data)
@@ -61,7 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith("/series") and self.search == "empty-study" and parts[-2] != STUDY:
             return self._json([])
         if path.endswith("/series"):
-            return self._json([{"0020000E": {"vr": "UI", "Value": [SERIES]}, "00080060": {"vr": "CS", "Value": ["MR"]}}])
+            return self._json([{"0020000E": {"vr": "UI", "Value": [SERIES]}, "00080060": {"vr": "CS", "Value": [self.modality]}}])
         if path.endswith("/instances"):
             return self._json([{"00080018": {"vr": "UI", "Value": [sop]}} for sop in self.instances])
         if parts[-2] == "series":
@@ -271,6 +273,21 @@ def test_the_manifest_records_only_studies_that_were_fully_tried(hostile, tmp_pa
     assert entries[next(iter(entries))]["instances"] == 2
     run.main(argv + ["--run-id", "night3"])
     assert [r["error_code"] for r in rows_mod.images(out) if r["run_id"] == "night3"] == ["study_empty"]
+
+
+def test_a_study_without_image_series_gets_one_skipped_row_and_is_remembered(hostile, tmp_path):
+    """A study holding only non-image series (an SR, a key-object note: this job's own write-back looks
+    like that) is not an error and is not fetched; the manifest records it, so it costs nothing again."""
+    host, _ = hostile
+    _Handler.modality = "SR"
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    out, mf = tmp_path / "out", tmp_path / "manifest.json"
+    run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--model", model_dir,
+              "--manifest", str(mf), "--run-id", "night1"])
+    rows = rows_mod.images(out)
+    assert [(r["status"], r["error_code"]) for r in rows] == [("skipped", "no_image_series")]
+    assert "1 series, none of them images" in rows[0]["error_message"] and not _Handler.hits
+    assert list(json.loads(mf.read_text())["inputs"]) == [f"dicomweb://{host}/dicom-web#study={STUDY}"]
 
 
 def test_a_query_matching_nothing_says_so_and_exits_3(hostile, tmp_path, capsys):
