@@ -68,3 +68,23 @@ def test_init_from_copies_the_weights_and_refuses_another_architecture(tmp_path)
     with pytest.raises(ValueError, match="not this architecture or input size"):
         _start_from(wider, str(tmp_path / "source.keras"))
     keras.backend.clear_session()
+
+
+def test_source_shares_set_each_collections_part_of_the_batches():
+    """--source-shares: a collection drawn by its share (equal without it); a training collection it does
+    not name and a malformed value are refused with a sentence."""
+    import tensorflow as tf
+    sources = np.array(["a"] * 10 + ["b"] * 10)
+
+    def share_of_a(shares):
+        ds = input_pipeline._draw_sources(
+            sources, 0, lambda m, seed: tf.data.Dataset.from_tensor_slices(np.flatnonzero(m)), shares)
+        return float(np.mean([int(i) < 10 for i in ds.take(2000)]))
+
+    assert abs(share_of_a(TrainConfig(data_dir=["x"], source_shares="a=4,b=1").shares()) - 0.8) < 0.04
+    assert abs(share_of_a(None) - 0.5) < 0.04
+    with pytest.raises(ValueError, match=r"no share for the training collection\(s\) \['b'\]"):
+        share_of_a({"a": 1.0})
+    for bad in ("a=0.5,b", "a=0", "=1", "a=x"):
+        with pytest.raises(ValueError, match="COLLECTION=SHARE"):
+            TrainConfig(data_dir=["x"], source_shares=bad).shares()

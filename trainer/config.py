@@ -40,11 +40,28 @@ class TrainConfig:
     mask_sequence: str = "flair"  # the sequence folder the masks/ were drawn on
     synth_tumors: float = 0.0  # lesion head only: P(a tumor-free training slice gets a painted tumor)
     init_from: str = ""  # a model.keras whose weights start the run (fine-tuning)
+    source_shares: str = ""  # "collection=share,...": each collection's share of a batch (default: equal)
 
     def __post_init__(self):
         for name in ("data_dir", "eval_data_dir"):
             value = getattr(self, name)
             setattr(self, name, [value] if isinstance(value, str) and value else list(value or []))
+
+    def shares(self):
+        """{collection: share} of --source-shares, or None (equal shares)."""
+        if not self.source_shares:
+            return None
+        out = {}
+        for item in self.source_shares.split(","):
+            name, _, value = item.partition("=")
+            try:
+                share = float(value)
+            except ValueError:
+                share = -1.0
+            if not name.strip() or not share > 0:
+                raise ValueError(f"--source-shares wants COLLECTION=SHARE,... with shares > 0; got {item!r}")
+            out[name.strip()] = share
+        return out
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -43,24 +43,32 @@ def make_dataset(paths, labels, spec, global_batch_size, training, seed=0,
 
 
 def make_balanced_dataset(paths, labels, sources, spec, global_batch_size, seed=0,
-                          augment_mode="v2"):
-    """Endless training batches that draw each source with equal probability.
+                          augment_mode="v2", shares=None):
+    """Endless training batches that draw each source with equal probability (or its share of `shares`).
 
     Without it the larger collection dominates every batch, and a source's look
     (which here correlates with the label) is the easiest thing to learn. Class
     weights are computed per source, so each source is class-balanced too.
     """
     paths, labels, sources = np.asarray(paths), np.asarray(labels), np.asarray(sources)
-    ds = _draw_sources_equally(sources, seed, lambda m, part_seed: _examples(
-        paths[m], labels[m], spec, True, part_seed, True, class_weights(labels[m]), augment_mode))
+    ds = _draw_sources(sources, seed, lambda m, part_seed: _examples(
+        paths[m], labels[m], spec, True, part_seed, True, class_weights(labels[m]), augment_mode), shares)
     return ds.batch(global_batch_size, drop_remainder=False).prefetch(AUTOTUNE)
 
 
-def _draw_sources_equally(sources, seed, make_part):
-    """Endless mix of `make_part(mask, seed)` datasets, one per source, drawn with equal probability."""
-    parts = [make_part(sources == src, seed + 7 * i).repeat()
-             for i, src in enumerate(sorted(set(sources.tolist())))]
-    return tf.data.Dataset.sample_from_datasets(parts, weights=[1.0 / len(parts)] * len(parts), seed=seed)
+def _draw_sources(sources, seed, make_part, shares=None):
+    """Endless mix of `make_part(mask, seed)` datasets, one per source, drawn with equal probability or,
+    given `shares` ({source: share}, every training source named), in proportion to its share."""
+    names = sorted(set(sources.tolist()))
+    if shares:
+        missing = [n for n in names if n not in shares]
+        if missing:
+            raise ValueError(f"--source-shares names no share for the training collection(s) {missing}")
+        weights = [shares[n] / sum(shares[k] for k in names) for n in names]
+    else:
+        weights = [1.0 / len(names)] * len(names)
+    parts = [make_part(sources == src, seed + 7 * i).repeat() for i, src in enumerate(names)]
+    return tf.data.Dataset.sample_from_datasets(parts, weights=weights, seed=seed)
 
 
 def _examples(paths, labels, spec, training, seed, cache, weights, augment_mode):
@@ -153,17 +161,17 @@ def _painted(synth, x, m, known, label, weight, tumor_weight):
 
 
 def make_lesion_dataset(paths, labels, masks, sources, spec, global_batch_size, training, seed=0,
-                        augment_mode="v2", stride=16, balanced=True, synth=None):
+                        augment_mode="v2", stride=16, balanced=True, synth=None, shares=None):
     """Batches of (image, {label, lesion target}, {class weight, mask known}).
 
-    Sources are drawn equally when `balanced` and training (endless then). `synth`: (probability,
+    Sources are drawn equally (or by `shares`) when `balanced` and training (endless then). `synth`: (probability,
     kind) per example (`augment.synthesis_plan`) of painting a synthetic tumor into it while training.
     """
     paths, labels, masks, sources = (np.asarray(a) for a in (paths, labels, masks, sources))
     if not (training and balanced and len(set(sources.tolist())) > 1):
         ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth)
         return ds.batch(global_batch_size).prefetch(AUTOTUNE)
-    ds = _draw_sources_equally(sources, seed, lambda m, part_seed: _lesion_examples(
+    ds = _draw_sources(sources, seed, lambda m, part_seed: _lesion_examples(
         paths[m], labels[m], masks[m], spec, True, part_seed, augment_mode, stride,
-        None if synth is None else (synth[0][m], synth[1][m])))
+        None if synth is None else (synth[0][m], synth[1][m])), shares)
     return ds.batch(global_batch_size).prefetch(AUTOTUNE)

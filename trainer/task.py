@@ -29,6 +29,8 @@ _HELP = {
     "synth_tumors": "with --lesion-weight: probability that a tumor-free training slice above the skull base "
                     "gets a synthetic tumor painted into it (augment.synthetic_tumor) and trains as a tumor "
                     "slice with that mask: a tumor at every level, in every sequence and on every source",
+    "source_shares": "with --balance-sources: each collection's share of a training batch, e.g. "
+                     "'brain-mri=0.5,lgg=0.35,brats-ped=0.15' (every training collection named); empty = equal",
     "init_from": "a model.keras (same architecture and input size) whose weights start the run",
     "model_dir": "where <name>/<version>/ is written; local or gs://",
     "name": "model name (first path level of the artifact)",
@@ -76,7 +78,12 @@ def parse_args(argv=None):
                        "lr_schedule": ["cosine", "plateau"]}.get(field.name)
             parser.add_argument(flag, type=kind, default=field.default, help=_HELP[field.name],
                                 choices=choices)
-    return TrainConfig(**vars(parser.parse_args(argv)))
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    try:
+        cfg.shares()
+    except ValueError as e:
+        parser.error(str(e))
+    return cfg
 
 
 def main(argv=None):

@@ -120,7 +120,7 @@ def train(cfg, extra_callbacks=()):
         if balanced:
             train_ds = input_pipeline.make_balanced_dataset(
                 paths[is_train], labels[is_train], sources[is_train], spec, global_batch, seed=cfg.seed,
-                augment_mode=cfg.augment)
+                augment_mode=cfg.augment, shares=cfg.shares())
         else:
             train_ds = input_pipeline.make_dataset(
                 paths[is_train], labels[is_train], spec, global_batch, training=True, seed=cfg.seed,
@@ -212,7 +212,7 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
         print(f"Synthetic tumors: {int(np.count_nonzero(synth[0]))} tumor-free training slices may get one")
     train_ds = input_pipeline.make_lesion_dataset(
         paths[is_train], labels[is_train], masks[is_train], sources[is_train], spec, global_batch, True,
-        seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources, synth=synth)
+        seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources, synth=synth, shares=cfg.shares())
     val_ds = input_pipeline.make_lesion_dataset(
         paths[is_val], labels[is_val], masks[is_val], sources[is_val], spec, global_batch, False)
     return train_ds, val_ds
