@@ -189,38 +189,59 @@ def main(argv=None):
         console.emit("exit", str(e), level="error", exit_code=EXIT_JOB_ERROR)
         return EXIT_JOB_ERROR
     job = result.screening_job
+    counts, early_code = _runner_outcome(job, result)
+    if counts is None:
+        return early_code
+    code, reason = _verdict(job, result, counts)
+    _print_outputs(job, counts)
+    console.emit("exit", f"Exit {code}: {reason}", exit_code=code)
+    return code
+
+
+def _runner_outcome(job, result):
+    """(summary counts, None) of a job the runner finished, or (None, exit code) when there is no result
+    of ours to report: a launcher that only submits, a job the runner did not finish, an unreadable summary."""
     state = str(getattr(result, "state", "DONE") or "DONE").rsplit(".", 1)[-1]
     prefix = results_store.results_dir(job.output)
     if not job.wait:  # a Flex Template launcher: the runner has the job; its result is not ours to read yet
         console.emit("submitted", f"Submitted ({state}); the result will be promoted to {prefix}", exit_code=EXIT_OK)
-        return EXIT_OK
+        return None, EXIT_OK
     if state != "DONE":
         console.emit("exit", f"the runner ended the job in state {state}; the earlier result at {prefix} is "
                              "unchanged", level="error", exit_code=EXIT_JOB_ERROR)
-        return EXIT_JOB_ERROR
+        return None, EXIT_JOB_ERROR
     try:
-        counts = read_summary(job.output)
+        return read_summary(job.output), None
     except Exception as e:  # finished, yet no readable summary: never reported as success
         console.emit("exit", f"the job finished but its summary {prefix}/_SUMMARY.json cannot be read "
                              f"({type(e).__name__}: {e})", level="error", exit_code=EXIT_JOB_ERROR)
-        return EXIT_JOB_ERROR
+        return None, EXIT_JOB_ERROR
+
+
+def _verdict(job, result, counts):
+    """(code, reason) of a finished night: nothing new, or its error share, then drift (--fail-on-drift)."""
     f = job.flags
     if isinstance(result, _NothingToDo):
-        code, reason = EXIT_OK, "nothing new to score"
-    elif finalise.last_run(job.output) == {"run_id": job.run_id, "promoted": False}:
-        code, reason = EXIT_OK, "nothing new since the manifest; the result is unchanged"
-    else:
-        if counts["run_id"] != job.run_id:
-            console.emit("superseded", f"another run ({counts['run_id']}) promoted its result after this one; "
-                                       "its counts follow", level="warning")
-        code, reason = exit_code(counts, f.max_error_fraction, bool(f.manifest))
-        drift_info = counts.get("drift") or {}
-        for warning in drift_info.get("warnings", []):
-            console.emit("drift_warning", f"Note: {warning}", level="warning")
-        if drift_info.get("drifted"):
-            console.emit("drift", "Drift: " + "; ".join(drift_info["reasons"]), level="warning", **drift_info)
-            if code == EXIT_OK and f.fail_on_drift:
-                code, reason = EXIT_DRIFT, "input drifted from the model's validation data (--fail-on-drift)"
+        return EXIT_OK, "nothing new to score"
+    if finalise.last_run(job.output) == {"run_id": job.run_id, "promoted": False}:
+        return EXIT_OK, "nothing new since the manifest; the result is unchanged"
+    if counts["run_id"] != job.run_id:
+        console.emit("superseded", f"another run ({counts['run_id']}) promoted its result after this one; "
+                                   "its counts follow", level="warning")
+    code, reason = exit_code(counts, f.max_error_fraction, bool(f.manifest))
+    drift_info = counts.get("drift") or {}
+    for warning in drift_info.get("warnings", []):
+        console.emit("drift_warning", f"Note: {warning}", level="warning")
+    if drift_info.get("drifted"):
+        console.emit("drift", "Drift: " + "; ".join(drift_info["reasons"]), level="warning", **drift_info)
+        if code == EXIT_OK and f.fail_on_drift:
+            code, reason = EXIT_DRIFT, "input drifted from the model's validation data (--fail-on-drift)"
+    return code, reason
+
+
+def _print_outputs(job, counts):
+    """The night in one sentence, then every output location (only those this run wrote)."""
+    f, prefix = job.flags, results_store.results_dir(job.output)
     keys = ("run_id", "rows", "by_status", "by_error_code", "flagged", "out_of_distribution", "images_per_second")
     console.emit("summary", summary_line(counts), **{k: counts.get(k) for k in keys})
     outputs = {"image table": f"{prefix}/images-*.parquet", "study table": f"{prefix}/studies-*.parquet",
@@ -235,8 +256,6 @@ def main(argv=None):
                                                       f.pseudonym_key_file, f.dicomweb_credentials)
     console.emit("outputs", "Outputs:\n" + "\n".join(f"  {k:12s} {v}" for k, v in outputs.items()),
                  outputs=outputs)
-    console.emit("exit", f"Exit {code}: {reason}", exit_code=code)
-    return code
 
 
 if __name__ == "__main__":
