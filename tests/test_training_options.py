@@ -83,8 +83,10 @@ def test_source_shares_set_each_collections_part_of_the_batches():
 
     assert abs(share_of_a(TrainConfig(data_dir=["x"], source_shares="a=4,b=1").shares()) - 0.8) < 0.04
     assert abs(share_of_a(None) - 0.5) < 0.04
-    with pytest.raises(ValueError, match=r"no share for the training collection\(s\) \['b'\]"):
+    with pytest.raises(ValueError, match=r"no share for \['b'\]"):
         share_of_a({"a": 1.0})
+    with pytest.raises(ValueError, match=r"not a training collection: \['brain_mri'\]"):  # a typo
+        share_of_a({"a": 1.0, "b": 1.0, "brain_mri": 1.0})
     for bad in ("a=0.5,b", "a=0", "=1", "a=x"):
         with pytest.raises(ValueError, match="COLLECTION=SHARE"):
             TrainConfig(data_dir=["x"], source_shares=bad).shares()

@@ -61,9 +61,11 @@ def _draw_sources(sources, seed, make_part, shares=None):
     given `shares` ({source: share}, every training source named), in proportion to its share."""
     names = sorted(set(sources.tolist()))
     if shares:
-        missing = [n for n in names if n not in shares]
-        if missing:
-            raise ValueError(f"--source-shares names no share for the training collection(s) {missing}")
+        missing, unknown = [n for n in names if n not in shares], sorted(set(shares) - set(names))
+        if missing or unknown:
+            raise ValueError(f"--source-shares must name each training collection {names} once"
+                             + (f"; no share for {missing}" if missing else "")
+                             + (f"; not a training collection: {unknown}" if unknown else ""))
         weights = [shares[n] / sum(shares[k] for k in names) for n in names]
     else:
         weights = [1.0 / len(names)] * len(names)
