@@ -115,17 +115,18 @@ class _NothingToDo:
 
 def summary_line(counts):
     """The night in one sentence for the console (the JSON log carries the same counts as fields)."""
-    statuses = counts.get("by_status") or {}
-    codes = counts.get("by_error_code") or {}
-    parts = [f"{n:,} {status}" for status, n in sorted(statuses.items(), key=lambda kv: (-kv[1], kv[0]))]
+    def commonest_first(d):
+        return sorted((d or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+
+    parts = [f"{n:,} {status}" for status, n in commonest_first(counts.get("by_status"))]
     line = f"Run {counts.get('run_id')}: {counts.get('rows') or 0:,} rows"
     if parts:
         line += " (" + ", ".join(parts) + ")"
     line += f"; {counts.get('flagged') or 0:,} flagged; {counts.get('out_of_distribution') or 0:,} out of distribution"
     if counts.get("images_per_second"):
         line += f"; {counts['images_per_second']:,.1f} images/s"
-    if codes:
-        top = sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = commonest_first(counts.get("by_error_code"))
+    if top:
         shown = ", ".join(f"{code} {n:,}" for code, n in top[:5])
         line += f"\nCodes: {shown}" + (f" and {len(top) - 5} more (_SUMMARY.json)" if len(top) > 5 else "")
     return line
