@@ -79,6 +79,12 @@ def patient_of(rel, group_pattern=None):
     return None
 
 
+def unmatched_names(paths, group_pattern):
+    """How many of these files' names --group-pattern does not match (they fall back to their folder or
+    stand alone): a pattern that fits only some names makes the patient count wrong without a sign."""
+    return sum(not group_pattern.search(os.path.basename(p)) for p in paths)
+
+
 def sample_labels(sample, key, group_pattern=None):
     """{pseudonymised source_uri: (label, group, subgroup, path)} for the files under `sample`.
 
@@ -447,6 +453,10 @@ def main(argv=None):
             groups = {v[1] for v in labels.values()}
             print(f"{len(labels)} labelled images in {len(groups)} patient groups "
                   f"({'--group-pattern' if group_rx else 'one folder per patient'})")
+            missed = unmatched_names([v[3] for v in labels.values()], group_rx) if group_rx else 0
+            if missed:
+                print(f"WARNING: --group-pattern does not match {missed} of {len(labels)} file names; those are "
+                      "grouped by their folder or stand alone: check the pattern", file=sys.stderr)
             if len(groups) == len(labels):
                 print("WARNING: every image is its own group: patients are unknown, so the sample size is "
                       "overstated; give --group-pattern or one folder per patient", file=sys.stderr)

@@ -73,6 +73,8 @@ def test_patients_from_a_pattern_or_their_folder():
     assert validate.patient_of("tumor/case07_12.png", rx) == validate.patient_of("notumor/case07_80.png", rx)
     assert validate.patient_of("tumor/P7/1.png") == validate.patient_of("notumor/P7/9.png") == "folder:P7"
     assert validate.patient_of("flair/tumor/1.png") is None  # held by a class folder: its own group
+    names = ["tumor/case07_12.png", "notumor/case07_80.png", "tumor/dm_case_3.jpg", "notumor/x/scan.png"]
+    assert validate.unmatched_names(names, rx) == 2  # a pattern that fits some names only is counted
 
 
 def _sample(root, n=16):
