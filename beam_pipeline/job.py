@@ -76,13 +76,14 @@ class JobError(errors.ScreeningError, RuntimeError):
 def _match_inputs(patterns, full):
     """FileMetadata of the input files; fails if a pattern matches nothing.
 
-    Unless `full`, one match per pattern is enough: the pipeline's own
-    MatchAll lists the inputs, so a large bucket is not listed twice.
+    Unless `full`, one match per remote pattern is enough: the pipeline's own
+    MatchAll lists the inputs, so a large bucket is not listed twice. Local
+    patterns are listed whole (cheap), which also gives the input's size.
     """
     if not patterns:
         raise JobError("no --input given")
     matched, empty = {}, []
-    limits = None if full else [1] * len(patterns)
+    limits = [None if full or _is_local(p) else 1 for p in patterns]
     for pattern, result in zip(patterns, FileSystems.match(list(patterns), limits), strict=True):
         if not result.metadata_list:
             empty.append(pattern)
@@ -183,11 +184,13 @@ def direct_mode_for(input_bytes, cores):
     return DEFAULT_DIRECT_MODE, DEFAULT_DIRECT_WORKERS
 
 
-def _input_bytes(files, matched):
-    """Bytes of the file inputs: every local match (cheap), one match per remote pattern (a lower bound:
-    a large bucket is listed once, by the pipeline)."""
-    if files and all("://" not in p or p.startswith("file://") for p in files):
-        return sum(m.size_in_bytes for r in FileSystems.match(list(files)) for m in r.metadata_list)
+def _is_local(pattern):
+    return "://" not in pattern or pattern.startswith("file://")
+
+
+def _input_bytes(matched):
+    """Bytes of the matched file inputs: all of a local input, a lower bound for a remote one (one match
+    per pattern: a large bucket is listed once, by the pipeline)."""
     return sum(m.size_in_bytes for m in matched)
 
 
@@ -273,7 +276,7 @@ def resolve(argv, save_main_session=True):
         raise JobError("--write-back stores reports into the PACS the images came from: give exactly one "
                        f"dicomweb:// input (got {len(web)})")
     matched = _match_inputs(files, full=bool(opts.manifest)) if files else []
-    runner_note = _direct_defaults(argv, options, _input_bytes(files, matched) if files else 0) or ""
+    runner_note = _direct_defaults(argv, options, _input_bytes(matched)) or ""
     threads = _inference_threads(opts.inference_threads, options)
     _check_output_writable(output)
     try:

@@ -82,7 +82,7 @@ def patient_of(rel, group_pattern=None):
 def unmatched_names(paths, group_pattern):
     """How many of these files' names --group-pattern does not match (they fall back to their folder or
     stand alone): a pattern that fits only some names makes the patient count wrong without a sign."""
-    return sum(not group_pattern.search(os.path.basename(p)) for p in paths)
+    return sum(patient_of(os.path.basename(p), group_pattern) is None for p in paths)  # patient_of's own rule
 
 
 def sample_labels(sample, key, group_pattern=None):

@@ -71,5 +71,5 @@ def test_the_input_size_counts_every_local_file(tmp_path):
     for i in range(3):
         (tmp_path / f"a{i}.zip").write_bytes(b"x" * 1000)
     pattern = str(tmp_path / "*.zip")
-    one = job_mod._match_inputs([pattern], full=False)  # the launcher's check matches one file per pattern
-    assert len(one) == 1 and job_mod._input_bytes([pattern], one) == 3000
+    matched = job_mod._match_inputs([pattern], full=False)  # a local pattern is listed whole (a remote one: once)
+    assert len(matched) == 3 and job_mod._input_bytes(matched) == 3000
