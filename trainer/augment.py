@@ -302,6 +302,17 @@ def synthetic_tumor(image, seed, kind, rim=12):
     return tf.where(ok, painted, image), tf.where(ok, mask, tf.zeros_like(mask)), ok
 
 
+def maybe_synthetic_tumor(image, mask, seed, p, kind):
+    """`synthetic_tumor` with probability `p`, drawn statelessly from `seed`: (image, mask, painted).
+
+    The one draw both trainers (the lesion U-Net and the classifier's lesion head) make, so a slice
+    gets the same painted tumor, or none, from the same seed in either."""
+    t = tf.random.experimental.stateless_fold_in(seed, 32452843)
+    return tf.cond(tf.random.stateless_uniform([], t) < p,
+                   lambda: synthetic_tumor(image, tf.random.experimental.stateless_fold_in(t, 1), kind),
+                   lambda: (image, mask, tf.constant(False)))
+
+
 def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3):
     """(probability, kind) per slice for `augment.synthetic_tumor`.
 

@@ -136,12 +136,11 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
         def aug(e, i):
             (x, m, known, label, weight), (p, kind) = e
             s = tf.stack([tf.cast(seed, tf.int64), i])
-            t = tf.random.experimental.stateless_fold_in(s, 32452843)
-            x, m, known, label, weight = tf.cond(
-                tf.random.stateless_uniform([], t) < p,
-                lambda: _painted(augment.synthetic_tumor(x, tf.random.experimental.stateless_fold_in(t, 1), kind),
-                                 x, m, known, label, weight, w[1]),
-                lambda: (x, m, known, label, weight))
+            # a painted tumor: a tumor slice whose mask is known (every other pixel of it is a negative)
+            x, m, painted = augment.maybe_synthetic_tumor(x, m, s, p, kind)
+            known = tf.where(painted, 1.0, known)
+            label = tf.where(painted, tf.ones_like(label), label)
+            weight = tf.where(painted, tf.constant(w[1], tf.float32), weight)
             x, m = augment.augment_with_mask(x, m, s, augment_mode)
             return x, m, known, label, weight
         ds = tf.data.Dataset.zip((ds, counter)).map(aug, num_parallel_calls=AUTOTUNE)
@@ -152,14 +151,6 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
         return x, {"tumor_probability": label, "lesion_map": target}, {"tumor_probability": weight,
                                                                         "lesion_map": cell_weight}
     return ds.map(to_keras, num_parallel_calls=AUTOTUNE)
-
-
-def _painted(synth, x, m, known, label, weight, tumor_weight):
-    """The example after `augment.synthetic_tumor`: a tumor slice with a known mask where it painted one
-    (every other pixel of a tumor-free slice is a negative), unchanged where it could not."""
-    new_x, new_m, ok = synth
-    return (new_x, new_m, tf.where(ok, 1.0, known), tf.where(ok, tf.ones_like(label), label),
-            tf.where(ok, tf.constant(tumor_weight, tf.float32), weight))
 
 
 def make_lesion_dataset(paths, labels, masks, sources, spec, global_batch_size, training, seed=0,

@@ -205,12 +205,8 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
 
     def aug(item, s):
         image, m, label, pw, sw, fp, sp, tp, kind = item
-        t = tf.random.experimental.stateless_fold_in(s, 32452843)
-        image, m, label = tf.cond(
-            tf.random.stateless_uniform([], t) < tp,
-            lambda: _painted(augment.synthetic_tumor(image, tf.random.experimental.stateless_fold_in(t, 1), kind),
-                             label),
-            lambda: (image, m, label))
+        image, m, painted = augment.maybe_synthetic_tumor(image, m, s, tp, kind)
+        label = tf.where(painted, 1.0, label)
         image, m = augment.augment_with_mask(image, m, s, mode=augment_mode, fluid_bright=fp, spots=sp)
         image, m = tf.ensure_shape(image, (size, size, 1)), tf.ensure_shape(m, (size, size, 1))
         m = tf.image.resize(m, (map_size, map_size), method="area")
@@ -225,14 +221,6 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
 
     return (tf.data.Dataset.zip((ds, seeds)).map(aug, num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch, drop_remainder=True).prefetch(4))
-
-
-def _painted(synth, label):
-    """(image, mask, label) after `augment.synthetic_tumor` (which hands back the slice and an empty mask
-    when it painted nothing): a tumor slice when it painted one."""
-    import tensorflow as tf
-    new_image, new_mask, ok = synth
-    return new_image, new_mask, tf.where(ok, 1.0, label)
 
 
 def validation_callback(model, x, labels, sources, log_path, select=""):
