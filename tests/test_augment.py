@@ -169,3 +169,33 @@ def test_synthesis_plan_paints_only_pixel_known_negatives_above_the_skull_base()
     np.testing.assert_allclose(p, [0.3, 0.3, 0.3, 0.3, 0.0, 0.0, 0.0])  # not below 0.3, not tumors, not unknown pixels
     k = augment.SYNTH_KINDS
     assert list(kind[:4]) == [k["bright"], k["enhancing"], k["dark"], k["bright-or-enhancing"]]
+
+
+def test_a_one_sided_tumor_is_mirrored_away_or_onto_both_sides_and_a_midline_one_is_left_alone():
+    x, head, _, lesion = _flair_like()  # the lesion sits right of the centre column
+    mask = lesion[..., None].astype(np.float32)
+    seen = set()
+    for i in range(12):
+        img, m, label, ok = augment.mirror_pair(tf.constant(x), tf.constant(mask), tf.constant(mask),
+                                                tf.constant([3, i], tf.int64))
+        img, m = img.numpy()[..., 0], m.numpy()[..., 0]
+        assert bool(ok)
+        mirrored_lesion = lesion[:, ::-1]
+        if float(label) == 0.0:  # the healthy half over the tumor half: no lesion anywhere, no mask
+            assert img.max() < 0.6 and m.sum() == 0
+            np.testing.assert_array_equal(img[:, :64], x[..., 0][:, :64])  # the healthy half kept
+        else:  # the tumor half over the healthy half: the lesion twice, its mask with it
+            assert (img[lesion] == 0.9).all() and (img[mirrored_lesion] == 0.9).all()
+            assert (m > 0.5).sum() == 2 * lesion.sum()
+        seen.add(float(label))
+    assert seen == {0.0, 1.0}, "both ways are drawn, so a mirror-symmetric head says nothing of the label"
+    midline = np.zeros_like(mask)
+    midline[40:50, 60:70] = 1.0  # a tumor across the centre column has no healthy half
+    img, m, label, ok = augment.mirror_pair(tf.constant(x), tf.constant(mask), tf.constant(midline),
+                                            tf.constant([3, 0], tf.int64))
+    assert not bool(ok) and float(label) == 1.0
+    np.testing.assert_array_equal(img.numpy(), x)
+    lopsided = x.copy()
+    lopsided[:, :40] = 0.0  # a head that is not mirror-symmetric (a sagittal slice's outline)
+    assert not bool(augment.mirror_pair(tf.constant(lopsided), tf.constant(mask), tf.constant(mask),
+                                        tf.constant([3, 0], tf.int64))[3])

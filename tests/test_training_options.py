@@ -47,9 +47,43 @@ def test_without_painting_tumor_free_slices_stay_all_negative(tmp_path):
     assert negatives.sum() == 1 and target[negatives].max() == 0, "only the masked collection's is known"
 
 
+def test_a_mirrored_tumor_slice_trains_as_tumor_free_with_an_all_negative_map_or_stays_a_tumor(tmp_path):
+    """--mirror-tumors: tumor slices whose extent mask lies in one half; a mirrored-away one becomes a
+    tumor-free slice whose every pixel is a known negative, weighed as the tumor-free class."""
+    from PIL import Image
+    paths, extents = [], []
+    for i in range(4):
+        img = synth.brain_slice(i, 128, lesion=i >= 2, quadrant="tr", radius=0.08)
+        path = tmp_path / f"s{i}.png"
+        path.write_bytes(synth.encode(img))
+        paths.append(str(path))
+        extent = ""
+        if i >= 2:
+            extent = str(tmp_path / f"m{i}.png")
+            Image.fromarray(np.where(img == 245, 255, 0).astype(np.uint8)).save(extent)
+        extents.append(extent)
+    labels = np.array([0, 0, 1, 1], np.float32)
+    masks = np.array([input_pipeline.MASK_EMPTY] * 2 + [input_pipeline.MASK_UNKNOWN] * 2)
+    outcomes = set()
+    for seed in range(8):
+        ds = input_pipeline.make_lesion_dataset(
+            paths, labels, masks, ["a"] * 4, preprocessing.InputSpec(height=128, width=128), 4, True,
+            seed=seed, stride=16, balanced=False, mirror=(np.array(extents), 1.0))
+        x, y, w = next(iter(ds))
+        label, known = y["tumor_probability"].numpy()[:, 0], w["lesion_map"].numpy().reshape(4, -1).mean(1)
+        weight, target = w["tumor_probability"].numpy(), y["lesion_map"].numpy()
+        assert label.sum() <= 2 and (known[label == 0] == 1).all() and target[label == 0].max() == 0
+        assert (known[label == 1] == 0).all(), "a two-sided tumor keeps its unknown map"
+        assert np.allclose(weight[label == 0], weight[label == 0][0]), "weighed as the tumor-free class"
+        outcomes.add(int(label.sum()))
+    assert {0, 1, 2} & outcomes and len(outcomes) > 1, "both ways are drawn"
+
+
 @pytest.mark.parametrize("kw, words", [
     (dict(synth_tumors=0.5), "needs --lesion-weight"),
     (dict(synth_tumors=1.5, lesion_weight=1.0), "probability in [0, 1]"),
+    (dict(mirror_tumors=0.5), "needs --lesion-weight"),
+    (dict(mirror_tumors=-0.1, lesion_weight=1.0), "probability in [0, 1]"),
 ])
 def test_misused_synthetic_tumors_are_refused_before_any_work(tmp_path, kw, words):
     cfg = TrainConfig(data_dir=[str(tmp_path / "absent")], model_dir=str(tmp_path / "m"), **kw)

@@ -313,6 +313,48 @@ def maybe_synthetic_tumor(image, mask, seed, p, kind):
                    lambda: (image, mask, tf.constant(False)))
 
 
+def mirror_pair(image, mask, extent, seed, margin=4, min_symmetry=0.85):
+    """Turn a tumor slice whose tumor lies in one half of the head into a tumor-free slice or a two-sided one.
+
+    Why: in every collection the tumor-free slices come from other levels or another source than the
+    tumor slices, so a slice classifier learns level and source. The healthy half of a tumor slice,
+    mirrored over its tumor half, is a tumor-free slice at the tumor's own level, in its sequence, on
+    its source and scanner: the counterfactual no collection gives. Half of the draws go the other
+    way (the tumor half mirrored over the healthy half: a tumor on both sides, its mask mirrored
+    with it), so a perfectly symmetric head says nothing of the label and only the lesion does.
+    `extent` is the tumor's mask at input size (drawn on any sequence of the slice: it marks where
+    the tumor is, whether or not this sequence shows it); it must stay `margin` px of 128 off the
+    head's centre column, and the head's outline must be mirror-symmetric (IoU >= `min_symmetry`:
+    axial and coronal slices, not sagittal). Returns (image, mask, label, ok); `ok` False leaves
+    the slice as it was.
+    """
+    h, w = image.shape[0] or 128, image.shape[1] or 128
+    m = margin * w // 128
+    cols = tf.reduce_max(tf.cast(extent[..., 0] > 0.5, tf.float32), axis=0)  # (w,) columns the tumor touches
+    x = tf.range(w)
+    left = tf.reduce_all((cols < 0.5) | (x < w // 2 - m))
+    right = tf.reduce_all((cols < 0.5) | (x >= w // 2 + m))
+    head = _fill(tf.cast(image > _HEAD, tf.float32))
+    mirrored_head = tf.reverse(head, [1])
+    iou = tf.reduce_sum(head * mirrored_head) / tf.maximum(tf.reduce_sum(tf.maximum(head, mirrored_head)), 1.0)
+    ok = (tf.reduce_sum(cols) > 0) & (left | right) & (iou >= min_symmetry)
+    tumor_half = tf.reshape(tf.where(left, x < w // 2, x >= w // 2), [1, w, 1])
+    flipped, flipped_mask = tf.reverse(image, [1]), tf.reverse(mask, [1])
+    erase = tf.random.stateless_uniform([], seed) < 0.5
+    out = tf.where(erase, tf.where(tumor_half, flipped, image), tf.where(tumor_half, image, flipped))
+    out_mask = tf.where(erase, tf.zeros_like(mask), tf.where(tumor_half, mask, flipped_mask))
+    label = tf.where(erase, 0.0, 1.0)
+    return tf.where(ok, out, image), tf.where(ok, out_mask, mask), tf.where(ok, label, 1.0), ok
+
+
+def maybe_mirror_pair(image, mask, extent, seed, p):
+    """`mirror_pair` with probability `p`, drawn statelessly from `seed`: (image, mask, label, mirrored)."""
+    t = tf.random.experimental.stateless_fold_in(seed, 49979687)
+    return tf.cond(tf.random.stateless_uniform([], t) < p,
+                   lambda: mirror_pair(image, mask, extent, tf.random.experimental.stateless_fold_in(t, 1)),
+                   lambda: (image, mask, tf.constant(1.0), tf.constant(False)))
+
+
 def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3):
     """(probability, kind) per slice for `augment.synthetic_tumor`.
 

@@ -39,11 +39,13 @@ class TrainConfig:
     lesion_weight: float = 0.0  # > 0: also learn tumor masks (collections with masks/), loss weight
     mask_sequence: str = "flair"  # the sequence folder the masks/ were drawn on
     synth_tumors: float = 0.0  # lesion head only: P(a tumor-free training slice gets a painted tumor)
+    mirror_tumors: float = 0.0  # lesion head only: P(a one-sided tumor slice is mirrored, augment.mirror_pair)
+    masks_dir: list = dataclasses.field(default_factory=list)  # "collection=folder": masks kept outside a collection
     init_from: str = ""  # a model.keras whose weights start the run (fine-tuning)
     source_shares: str = ""  # "collection=share,...": each collection's share of a batch (default: equal)
 
     def __post_init__(self):
-        for name in ("data_dir", "eval_data_dir"):
+        for name in ("data_dir", "eval_data_dir", "masks_dir"):
             value = getattr(self, name)
             setattr(self, name, [value] if isinstance(value, str) and value else list(value or []))
 
@@ -61,6 +63,16 @@ class TrainConfig:
             if not name.strip() or not share > 0:
                 raise ValueError(f"--source-shares wants COLLECTION=SHARE,... with shares > 0; got {item!r}")
             out[name.strip()] = share
+        return out
+
+    def masks_dirs(self):
+        """{collection: folder} of --masks-dir."""
+        out = {}
+        for item in self.masks_dir:
+            name, sep, folder = item.partition("=")
+            if not sep or not name.strip() or not folder.strip():
+                raise ValueError(f"--masks-dir wants COLLECTION=DIR; got {item!r}")
+            out[name.strip()] = folder.strip()
         return out
 
     def to_dict(self):

@@ -98,33 +98,39 @@ MASK_UNKNOWN, MASK_EMPTY = "", "-"
 
 
 def _lesion_loader(spec):
-    """(image, mask at input size, mask known) for a path and its mask spec (path, "-" or "")."""
-    def load(path, mask):
+    """(image, mask at input size, mask known, tumor extent) for a path, its mask spec (path, "-" or "")
+    and the path of a mask that only marks where the tumor is (`augment.mirror_pair`; "" for none)."""
+    def project(gray, path, spec):
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return preprocessing.project_mask(gray, preprocessing.decode_raster(f.read()), spec)[..., None]
+
+    def load(path, mask, extent):
         with tf.io.gfile.GFile(path.decode(), "rb") as f:
             gray = preprocessing.decode_raster(f.read())
         x = preprocessing.prepare(gray, spec)
-        mask = mask.decode()
+        mask, extent = mask.decode(), extent.decode()
+        e = (project(gray, extent, spec) > 0.5).astype(np.uint8) if extent else np.zeros(x.shape, np.uint8)
         if mask in (MASK_UNKNOWN, MASK_EMPTY):
-            return x, np.zeros_like(x), np.float32(mask == MASK_EMPTY)
-        with tf.io.gfile.GFile(mask, "rb") as f:
-            m = preprocessing.project_mask(gray, preprocessing.decode_raster(f.read()), spec)
-        return x, m[..., None].astype(np.float32), np.float32(1.0)
+            return x, np.zeros_like(x), np.float32(mask == MASK_EMPTY), e
+        return x, project(gray, mask, spec).astype(np.float32), np.float32(1.0), e
 
-    def tf_load(path, mask, label, weight):
-        x, m, known = tf.numpy_function(load, [path, mask], (tf.float32, tf.float32, tf.float32),
-                                        stateful=False)
+    def tf_load(path, mask, extent, label, weight):
+        x, m, known, e = tf.numpy_function(load, [path, mask, extent],
+                                           (tf.float32, tf.float32, tf.float32, tf.uint8), stateful=False)
         x.set_shape((spec.height, spec.width, 1))
         m.set_shape((spec.height, spec.width, 1))
+        e.set_shape((spec.height, spec.width, 1))
         known.set_shape(())
-        return x, m, known, label, weight
+        return x, m, known, e, label, weight
     return tf_load
 
 
-def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth=None):
+def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth=None, mirror=None):
     labels = np.asarray(labels, np.float32)
     w = class_weights(labels)
     weights = np.where(labels > 0.5, w[1], w[0]).astype(np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), list(masks), labels[:, None], weights))
+    extents, p_mirror = mirror if mirror is not None and training else ([""] * len(paths), 0.0)
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), list(masks), list(extents), labels[:, None], weights))
     ds = ds.map(_lesion_loader(spec), num_parallel_calls=AUTOTUNE, deterministic=True).cache()
     if training:
         p, kind = synth if synth is not None else (np.zeros(len(paths), np.float32), np.zeros(len(paths), np.int32))
@@ -134,16 +140,26 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
         counter = tf.data.Dataset.counter(start=seed * 1_000_003)
 
         def aug(e, i):
-            (x, m, known, label, weight), (p, kind) = e
+            (x, m, known, extent, label, weight), (p, kind) = e
             s = tf.stack([tf.cast(seed, tf.int64), i])
             # a painted tumor: a tumor slice whose mask is known (every other pixel of it is a negative)
             x, m, painted = augment.maybe_synthetic_tumor(x, m, s, p, kind)
             known = tf.where(painted, 1.0, known)
             label = tf.where(painted, tf.ones_like(label), label)
             weight = tf.where(painted, tf.constant(w[1], tf.float32), weight)
+            if p_mirror:  # a tumor slice mirrored into a tumor-free one (or a two-sided tumor)
+                x, m, mirrored_label, mirrored = augment.maybe_mirror_pair(
+                    x, m, tf.cast(extent, tf.float32), s, p_mirror * tf.cast(label[0] > 0.5, tf.float32))
+                erased = mirrored & (mirrored_label < 0.5)
+                known = tf.where(erased, 1.0, known)  # the mirrored healthy half: every pixel a negative
+                label = tf.where(erased, tf.zeros_like(label), label)
+                weight = tf.where(erased, tf.constant(w[0], tf.float32), weight)
             x, m = augment.augment_with_mask(x, m, s, augment_mode)
             return x, m, known, label, weight
         ds = tf.data.Dataset.zip((ds, counter)).map(aug, num_parallel_calls=AUTOTUNE)
+
+    if not training:
+        ds = ds.map(lambda x, m, known, extent, label, weight: (x, m, known, label, weight))
 
     def to_keras(x, m, known, label, weight):
         target = tf.nn.avg_pool2d(m[None], stride, stride, "VALID")[0]  # share of each cell that is lesion
@@ -154,17 +170,19 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
 
 
 def make_lesion_dataset(paths, labels, masks, sources, spec, global_batch_size, training, seed=0,
-                        augment_mode="v2", stride=16, balanced=True, synth=None, shares=None):
+                        augment_mode="v2", stride=16, balanced=True, synth=None, shares=None, mirror=None):
     """Batches of (image, {label, lesion target}, {class weight, mask known}).
 
     Sources are drawn equally (or by `shares`) when `balanced` and training (endless then). `synth`: (probability,
-    kind) per example (`augment.synthesis_plan`) of painting a synthetic tumor into it while training.
+    kind) per example (`augment.synthesis_plan`) of painting a synthetic tumor into it while training;
+    `mirror`: (tumor extent mask path or "" per example, probability) of `augment.mirror_pair` while training.
     """
     paths, labels, masks, sources = (np.asarray(a) for a in (paths, labels, masks, sources))
     if not (training and balanced and len(set(sources.tolist())) > 1):
-        ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth)
+        ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth, mirror)
         return ds.batch(global_batch_size).prefetch(AUTOTUNE)
     ds = _draw_sources(sources, seed, lambda m, part_seed: _lesion_examples(
         paths[m], labels[m], masks[m], spec, True, part_seed, augment_mode, stride,
-        None if synth is None else (synth[0][m], synth[1][m])), shares)
+        None if synth is None else (synth[0][m], synth[1][m]),
+        None if mirror is None else (np.asarray(mirror[0])[m], mirror[1])), shares)
     return ds.batch(global_batch_size).prefetch(AUTOTUNE)

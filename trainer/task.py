@@ -5,6 +5,7 @@
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 
 from trainer import HelpFormatter
@@ -29,6 +30,12 @@ _HELP = {
     "synth_tumors": "with --lesion-weight: probability that a tumor-free training slice above the skull base "
                     "gets a synthetic tumor painted into it (augment.synthetic_tumor) and trains as a tumor "
                     "slice with that mask: a tumor at every level, in every sequence and on every source",
+    "mirror_tumors": "with --lesion-weight: probability that a tumor slice whose mask lies in one half of a "
+                     "symmetric head is mirrored (augment.mirror_pair): half the time its healthy half over its "
+                     "tumor half (a tumor-free slice at the tumor's own level, sequence and source), half the time "
+                     "the other way (a tumor on both sides)",
+    "masks_dir": "COLLECTION=DIR: tumor masks kept outside a collection (named like its tumor slices, drawn on "
+                 "them, e.g. brain-mri's figshare borders from trainer.figshare_masks); repeatable",
     "source_shares": "with --balance-sources: each collection's share of a training batch, e.g. "
                      "'brain-mri=0.5,lgg=0.35,brats-ped=0.15' (every training collection named); empty = equal",
     "init_from": "a model.keras (same architecture and input size) whose weights start the run",
@@ -81,8 +88,11 @@ def parse_args(argv=None):
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     try:
         cfg.shares()
+        missing = [d for d in cfg.masks_dirs().values() if not os.path.isdir(d)]
     except ValueError as e:
         parser.error(str(e))
+    if missing:
+        parser.error(f"--masks-dir: no such folder: {missing}")
     return cfg
 
 

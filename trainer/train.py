@@ -93,6 +93,10 @@ def train(cfg, extra_callbacks=()):
         raise ValueError(f"--synth-tumors is a probability in [0, 1], got {cfg.synth_tumors}")
     if cfg.synth_tumors and cfg.lesion_weight <= 0:
         raise ValueError("--synth-tumors paints a tumor mask for the lesion head: it needs --lesion-weight > 0")
+    if not 0.0 <= cfg.mirror_tumors <= 1.0:
+        raise ValueError(f"--mirror-tumors is a probability in [0, 1], got {cfg.mirror_tumors}")
+    if cfg.mirror_tumors and cfg.lesion_weight <= 0:
+        raise ValueError("--mirror-tumors reads the tumor masks of the lesion head: it needs --lesion-weight > 0")
     strategy = distribute.get_strategy(cfg.cpu_replicas)  # before any other TF op
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
@@ -196,7 +200,7 @@ def train(cfg, extra_callbacks=()):
 
 def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, global_batch):
     """(train, validation) datasets that also carry lesion targets for the lesion head."""
-    masks = np.array(_mask_specs(ex, cfg.data_dir, cfg.mask_sequence))
+    masks = np.array(_mask_specs(ex, cfg.data_dir, cfg.mask_sequence, cfg.masks_dirs()))
     n_masks = int(sum(m not in (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY) for m in masks))
     print(f"Lesion supervision: {n_masks} tumor masks, "
           f"{int((masks == input_pipeline.MASK_EMPTY).sum())} known-empty slices")
@@ -210,21 +214,29 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
                                          np.nan_to_num(level, nan=1.0), cfg.synth_tumors)
         synth = (p[is_train], kind[is_train])
         print(f"Synthetic tumors: {int(np.count_nonzero(synth[0]))} tumor-free training slices may get one")
+    mirror = None
+    if cfg.mirror_tumors:  # where the tumor is, from a mask drawn on any sequence of the slice
+        extents = np.array([path for path, _ in lesion_data.mask_plan(ex, cfg.data_dir, cfg.masks_dirs())])
+        mirror = (extents[is_train], cfg.mirror_tumors)
+        print(f"Mirrored pairs: {int(np.count_nonzero(extents[is_train]))} tumor training slices with a mask "
+              f"may be mirrored (those with the tumor in one half of a symmetric head)")
     train_ds = input_pipeline.make_lesion_dataset(
         paths[is_train], labels[is_train], masks[is_train], sources[is_train], spec, global_batch, True,
-        seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources, synth=synth, shares=cfg.shares())
+        seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources, synth=synth, shares=cfg.shares(),
+        mirror=mirror)
     val_ds = input_pipeline.make_lesion_dataset(
         paths[is_val], labels[is_val], masks[is_val], sources[is_val], spec, global_batch, False)
     return train_ds, val_ds
 
 
-def _mask_specs(examples, roots, mask_sequence):
+def _mask_specs(examples, roots, mask_sequence, masks_dirs=None):
     """Per example: its tumor mask path, MASK_EMPTY (a negative of a collection with masks) or MASK_UNKNOWN.
 
     A collection's `masks/` folder holds masks named like the images of the
     `mask_sequence` folder they were drawn on (LGG: FLAIR). Negatives of such a
     collection are known to be lesion-free in every sequence; positives of
-    other sequences stay unknown (LGG's T1 lesions are often invisible).
+    other sequences stay unknown (LGG's T1 lesions are often invisible). `masks_dirs`
+    ({collection: folder}) adds masks drawn on the very slices they are named after.
     """
     import tensorflow as tf
     by_name = {}
@@ -233,6 +245,13 @@ def _mask_specs(examples, roots, mask_sequence):
         if tf.io.gfile.isdir(mdir):
             by_name[discovery.collection_name(root)] = (
                 mdir, {os.path.splitext(f)[0] for f in tf.io.gfile.listdir(mdir)})
+    drawn_on_each = set()
+    for name, mdir in (masks_dirs or {}).items():
+        if name in by_name:
+            raise ValueError(f"collection {name} already has a masks/ folder; --masks-dir would shadow it")
+        by_name[name] = (mdir, {os.path.splitext(f)[0] for f in tf.io.gfile.listdir(mdir)
+                                if f.lower().endswith(".png")})
+        drawn_on_each.add(name)
     out = []
     for e in examples:
         if e.collection not in by_name:
@@ -242,7 +261,7 @@ def _mask_specs(examples, roots, mask_sequence):
         stem = os.path.splitext(posixpath.basename(e.path.replace("\\", "/")))[0]
         if e.label == 0:
             out.append(input_pipeline.MASK_EMPTY)
-        elif e.sequence == mask_sequence and stem in stems:
+        elif (e.sequence == mask_sequence or e.collection in drawn_on_each) and stem in stems:
             out.append(join(mdir, stem + ".png"))
         else:
             out.append(input_pipeline.MASK_UNKNOWN)
