@@ -124,3 +124,13 @@ def test_source_shares_set_each_collections_part_of_the_batches():
     for bad in ("a=0.5,b", "a=0", "=1", "a=x"):
         with pytest.raises(ValueError, match="COLLECTION=SHARE"):
             TrainConfig(data_dir=["x"], source_shares=bad).shares()
+
+
+def test_masks_dir_is_refused_unless_it_names_a_collection_and_an_existing_folder(tmp_path, capsys):
+    from trainer import task
+    for bad in ("brain-mri", f"brain-mri={tmp_path / 'absent'}", f"={tmp_path}"):
+        with pytest.raises(SystemExit) as e:
+            task.parse_args(["--data-dir", str(tmp_path), "--masks-dir", bad])
+        assert e.value.code == 2 and "--masks-dir" in capsys.readouterr().err
+    cfg = task.parse_args(["--data-dir", str(tmp_path), "--masks-dir", f"brain-mri={tmp_path}"])
+    assert cfg.masks_dirs() == {"brain-mri": str(tmp_path)}
