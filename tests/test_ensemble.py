@@ -77,3 +77,34 @@ def test_an_ensemble_artifact_scores_in_the_pipeline_with_lesion_overlays(tmp_pa
     got = rows_mod.images(str(tmp_path / "out"))
     assert len(got) == 3 and all(r["status"] == "ok" for r in got)
     assert all(r["lesion_area_px"] is not None for r in got)  # the lesion head's review columns are filled
+
+
+def test_the_classifier_can_be_moved_part_way_to_its_fine_tune(tmp_path):
+    """--fine-tuned/--alpha (WiSE-FT): alpha 0 is the base classifier, 1 the fine-tune, and in between
+    every weight (batch-norm statistics too) lies that share of the way; a foreign architecture is refused."""
+    from screening_core import artifact
+    from trainer import ensemble
+    lesion_dir = tiny_model.write_tiny_artifact(tmp_path / "l", lesion_bias=-1.0)
+    base_dir = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
+    tuned_dir = tiny_model.write_tiny_artifact(tmp_path / "t", seed=5)
+    base, _ = artifact.load(base_dir)
+    tuned, _ = artifact.load(tuned_dir)
+    wa, wb = base.get_weights(), tuned.get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(wa, wb, strict=True))
+
+    def classifier_weights(alpha):
+        model, info = ensemble.build(lesion_dir, base_dir, tuned_dir, alpha)
+        assert info["members"]["classifier"]["moved_towards"]["alpha"] == alpha
+        return [w for layer in base.layers if layer.weights
+                for w in model.get_layer(ensemble.CLASSIFIER_PREFIX + layer.name).get_weights()]
+
+    assert len([w for layer in base.layers for w in layer.get_weights()]) == len(wa)
+    for alpha in (0.0, 0.3, 1.0):
+        got = classifier_weights(alpha)
+        for g, a, b in zip(got, wa, wb, strict=True):
+            np.testing.assert_allclose(g, (1 - alpha) * a + alpha * b, rtol=1e-5, atol=1e-6)
+    lesion_as_classifier = tiny_model.write_tiny_artifact(tmp_path / "x", lesion_bias=-1.0)
+    with pytest.raises(SystemExit, match="not the base classifier's architecture"):
+        ensemble.build(lesion_dir, base_dir, lesion_as_classifier, 0.3)
+    with pytest.raises(SystemExit, match=r"in \[0, 1\]"):
+        ensemble.build(lesion_dir, base_dir, tuned_dir, 1.5)

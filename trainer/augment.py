@@ -328,7 +328,7 @@ def mirror_pair(image, mask, extent, seed, margin=4, min_symmetry=0.85):
     axial and coronal slices, not sagittal). Returns (image, mask, label, ok); `ok` False leaves
     the slice as it was.
     """
-    h, w = image.shape[0] or 128, image.shape[1] or 128
+    w = image.shape[1] or 128
     m = margin * w // 128
     cols = tf.reduce_max(tf.cast(extent[..., 0] > 0.5, tf.float32), axis=0)  # (w,) columns the tumor touches
     x = tf.range(w)

@@ -33,14 +33,41 @@ def _filters(lesion):
     return tuple(widths + [int(names["bottleneck_conv"].kernel.shape[-1])])
 
 
-def build(lesion_dir, classifier_dir):
-    """(ensemble model, description) from two artifact folders."""
+def interpolate(base, fine_tuned, alpha):
+    """`base` with its weights moved `alpha` of the way to `fine_tuned`'s (same architecture), in place.
+
+    Why: a fine-tune that learns what the base never saw (BraTS-PEDs' T2 and T1 tumors for v3) moves
+    the collections it adds and loses some of the base's specificity where the base was trained;
+    the weights part-way between the two, not their outputs, often keep the base's in-distribution
+    accuracy and most of the fine-tune's gains (WiSE-FT: Wortsman et al., "Robust fine-tuning of
+    zero-shot models", CVPR 2022). Both must come from one initialisation (the fine-tune started
+    from the base's weights), or the average of their weights is no model at all. Batch
+    normalisation's moving statistics are interpolated with the rest.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise SystemExit(f"--alpha is a share in [0, 1], got {alpha}")
+    a, b = base.get_weights(), fine_tuned.get_weights()
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
+        raise SystemExit("the fine-tuned classifier is not the base classifier's architecture")
+    base.set_weights([(1.0 - alpha) * x + alpha * y for x, y in zip(a, b, strict=True)])
+    return base
+
+
+def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0):
+    """(ensemble model, description) from two artifact folders; with `fine_tuned_dir`, the classifier's
+    weights are moved `alpha` of the way to that fine-tune's (`interpolate`)."""
     import keras
 
     from screening_core import artifact, evidence
     from trainer import unet
     lesion, lesion_md = artifact.load(lesion_dir)
     classifier, classifier_md = artifact.load(classifier_dir)
+    tuned_md = None
+    if fine_tuned_dir:
+        tuned, tuned_md = artifact.load(fine_tuned_dir)
+        if tuned_md["input_spec"] != classifier_md["input_spec"]:
+            raise SystemExit("the fine-tuned classifier takes another input than the base classifier")
+        interpolate(classifier, tuned, alpha)
     if lesion_md.get("head") != "lesion_map":
         raise SystemExit(f"{lesion_dir} is not a lesion-map model (head {lesion_md.get('head')!r})")
     if lesion_md["input_spec"] != classifier_md["input_spec"]:
@@ -66,7 +93,11 @@ def build(lesion_dir, classifier_dir):
     model = keras.Model(inputs, combined, name="brain_tumor_lesion_and_classifier")
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},
                "classifier": {"artifact": classifier_dir, "model_sha256": classifier_md["model_sha256"]}}
-    fit_seconds = sum(float(md.get("training", {}).get("fit_seconds") or 0) for md in (lesion_md, classifier_md))
+    if tuned_md is not None:
+        members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
+                                                  "model_sha256": tuned_md["model_sha256"]}
+    fit_seconds = sum(float(md.get("training", {}).get("fit_seconds") or 0)
+                      for md in (lesion_md, classifier_md, tuned_md or {}))
     return model, {"members": members, "fit_seconds": fit_seconds}
 
 
@@ -75,16 +106,24 @@ def main(argv=None):
                                      formatter_class=HelpFormatter, allow_abbrev=False)
     parser.add_argument("--lesion", required=True, help="artifact folder of the lesion-map model")
     parser.add_argument("--classifier", required=True, help="artifact folder of the slice classifier")
+    parser.add_argument("--fine-tuned", default="", help="artifact folder of a fine-tune of the classifier "
+                        "(started from its weights): the ensemble's classifier is the weights --alpha of the "
+                        "way from the classifier's to this one's (WiSE-FT)")
+    parser.add_argument("--alpha", type=float, default=0.0, help="with --fine-tuned: share of the fine-tune in "
+                        "the classifier's weights, in [0, 1]")
     parser.add_argument("--out", required=True, help="folder for best.keras and fit.json")
     args = parser.parse_args(argv)
-    model, info = build(args.lesion, args.classifier)
+    if args.alpha and not args.fine_tuned:
+        parser.error("--alpha moves the classifier towards --fine-tuned: name that artifact")
+    model, info = build(args.lesion, args.classifier, args.fine_tuned or None, args.alpha)
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "best.keras"))
     with open(os.path.join(args.out, "fit.json"), "w") as f:
         # what lesion_train --from-checkpoint reads; nothing was fitted here (the members' fits are summed)
         json.dump({"fit_seconds": info["fit_seconds"], "best_epoch_mean_val_auc": 0.0,
                    "members": info["members"]}, f, indent=1)
-    print(f"Ensemble of {args.lesion} (lesion map) and {args.classifier} (classifier) written to "
+    tuned = f" moved {args.alpha:g} of the way to {args.fine_tuned}" if args.fine_tuned else ""
+    print(f"Ensemble of {args.lesion} (lesion map) and {args.classifier}{tuned} (classifier) written to "
           f"{args.out}/best.keras")
 
 
