@@ -35,7 +35,8 @@ _HELP = {
                      "tumor half (a tumor-free slice at the tumor's own level, sequence and source), half the time "
                      "the other way (a tumor on both sides)",
     "masks_dir": "COLLECTION=DIR: tumor masks kept outside a collection (named like its tumor slices, drawn on "
-                 "them, e.g. brain-mri's figshare borders from trainer.figshare_masks); repeatable",
+                 "them, e.g. brain-mri's figshare borders from trainer.figshare_masks); with --lesion-weight the "
+                 "lesion head learns them, and that collection's tumor-free slices as all-negative maps; repeatable",
     "source_shares": "with --balance-sources: each collection's share of a training batch, e.g. "
                      "'brain-mri=0.5,lgg=0.35,brats-ped=0.15' (every training collection named); empty = equal",
     "init_from": "a model.keras (same architecture and input size) whose weights start the run",
