@@ -134,3 +134,24 @@ def test_masks_dir_is_refused_unless_it_names_a_collection_and_an_existing_folde
         assert e.value.code == 2 and "--masks-dir" in capsys.readouterr().err
     cfg = task.parse_args(["--data-dir", str(tmp_path), "--masks-dir", f"brain-mri={tmp_path}"])
     assert cfg.masks_dirs() == {"brain-mri": str(tmp_path)}
+
+
+def test_masks_kept_outside_a_collection_supervise_its_tumor_slices_and_make_its_negatives_known(tmp_path):
+    from trainer.discovery import Example
+    from trainer.train import _mask_specs
+    (tmp_path / "lgg" / "masks").mkdir(parents=True)
+    (tmp_path / "lgg" / "masks" / "p1_3.png").write_bytes(b"")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "Tr-gl_1.png").write_bytes(b"")
+    roots = [str(tmp_path / "brain-mri"), str(tmp_path / "lgg")]
+    ex = [Example("x/glioma/Tr-gl_1.jpg", 1, "glioma", "", "brain-mri"),  # a mask drawn on it: any sequence
+          Example("x/glioma/Tr-gl_2.jpg", 1, "glioma", "", "brain-mri"),  # no mask: unknown
+          Example("x/notumor/Tr-no_1.jpg", 0, "notumor", "", "brain-mri"),  # tumor-free: all negative
+          Example("lgg/t1-post/tumor/p1_3.jpg", 1, "tumor", "", "lgg", "t1-post"),  # FLAIR-drawn: not on T1
+          Example("lgg/flair/tumor/p1_3.jpg", 1, "tumor", "", "lgg", "flair")]
+    empty, unknown = input_pipeline.MASK_EMPTY, input_pipeline.MASK_UNKNOWN
+    assert _mask_specs(ex, roots, "flair")[:3] == [unknown, unknown, unknown]  # without --masks-dir: as before
+    got = _mask_specs(ex, roots, "flair", {"brain-mri": str(tmp_path / "outside")})
+    assert got[0].endswith("Tr-gl_1.png") and got[1:4] == [unknown, empty, unknown] and got[4].endswith("p1_3.png")
+    with pytest.raises(ValueError, match="would shadow it"):
+        _mask_specs(ex, roots, "flair", {"lgg": str(tmp_path / "outside")})
