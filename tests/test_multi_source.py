@@ -122,7 +122,7 @@ def test_lesion_supervised_training_exports_the_plain_model(recipe_run):
     root, version_dir, md = recipe_run
     mri, lgg = root / "brain-mri", root / "lgg"
     examples, _ = discovery.discover_all([str(mri), str(lgg)])
-    specs = dict(zip((e.path for e in examples), _mask_specs(examples, [str(mri), str(lgg)], "flair"), strict=True))
+    specs = dict(zip((e.path for e in examples), _mask_specs(examples, [str(mri), str(lgg)], "flair")[0], strict=True))
     for e in examples:
         s = specs[e.path]
         if e.collection == "brain-mri" or (e.label == 1 and e.sequence != "flair"):

@@ -150,8 +150,10 @@ def test_masks_kept_outside_a_collection_supervise_its_tumor_slices_and_make_its
           Example("lgg/t1-post/tumor/p1_3.jpg", 1, "tumor", "", "lgg", "t1-post"),  # FLAIR-drawn: not on T1
           Example("lgg/flair/tumor/p1_3.jpg", 1, "tumor", "", "lgg", "flair")]
     empty, unknown = input_pipeline.MASK_EMPTY, input_pipeline.MASK_UNKNOWN
-    assert _mask_specs(ex, roots, "flair")[:3] == [unknown, unknown, unknown]  # without --masks-dir: as before
-    got = _mask_specs(ex, roots, "flair", {"brain-mri": str(tmp_path / "outside")})
+    assert _mask_specs(ex, roots, "flair")[0][:3] == [unknown, unknown, unknown]  # without --masks-dir: as before
+    got, extents = _mask_specs(ex, roots, "flair", {"brain-mri": str(tmp_path / "outside")})
     assert got[0].endswith("Tr-gl_1.png") and got[1:4] == [unknown, empty, unknown] and got[4].endswith("p1_3.png")
+    # where the tumor is (--mirror-tumors): every tumor slice with a mask, the FLAIR-drawn one on T1 too
+    assert extents[0] == got[0] and extents[1:3] == ["", ""] and extents[3] == extents[4] == got[4]
     with pytest.raises(ValueError, match="would shadow it"):
         _mask_specs(ex, roots, "flair", {"lgg": str(tmp_path / "outside")})

@@ -6,6 +6,21 @@ the artifact's metadata, so every model records how it was made.
 import dataclasses
 
 
+def parse_masks_dirs(items, isdir=None):
+    """{collection: folder} of --masks-dir COLLECTION=DIR items (both trainers take the flag); with `isdir`,
+    each folder must also exist. ValueError with the flag's sentence otherwise."""
+    out, bad = {}, []
+    for item in items:
+        name, sep, folder = (part.strip() for part in item.partition("="))
+        if not (sep and name and folder) or (isdir is not None and not isdir(folder)):
+            bad.append(item)
+        else:
+            out[name] = folder
+    if bad:
+        raise ValueError(f"--masks-dir wants COLLECTION=DIR with an existing folder: {bad}")
+    return out
+
+
 @dataclasses.dataclass
 class TrainConfig:
     data_dir: list = dataclasses.field(default_factory=list)  # one or more collections
@@ -67,13 +82,7 @@ class TrainConfig:
 
     def masks_dirs(self):
         """{collection: folder} of --masks-dir."""
-        out = {}
-        for item in self.masks_dir:
-            name, sep, folder = item.partition("=")
-            if not sep or not name.strip() or not folder.strip():
-                raise ValueError(f"--masks-dir wants COLLECTION=DIR; got {item!r}")
-            out[name.strip()] = folder.strip()
-        return out
+        return parse_masks_dirs(self.masks_dir)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -109,10 +109,13 @@ def _lesion_loader(spec):
             gray = preprocessing.decode_raster(f.read())
         x = preprocessing.prepare(gray, spec)
         mask, extent = mask.decode(), extent.decode()
-        e = (project(gray, extent, spec) > 0.5).astype(np.uint8) if extent else np.zeros(x.shape, np.uint8)
-        if mask in (MASK_UNKNOWN, MASK_EMPTY):
-            return x, np.zeros_like(x), np.float32(mask == MASK_EMPTY), e
-        return x, project(gray, mask, spec).astype(np.float32), np.float32(1.0), e
+        known = mask not in (MASK_UNKNOWN, MASK_EMPTY)
+        m = project(gray, mask, spec).astype(np.float32) if known else np.zeros_like(x)
+        if not extent:
+            e = np.zeros(x.shape, np.uint8)
+        else:  # most often the mask itself (a FLAIR slice): read and projected once
+            e = ((m if extent == mask else project(gray, extent, spec)) > 0.5).astype(np.uint8)
+        return x, m, np.float32(known or mask == MASK_EMPTY), e
 
     def tf_load(path, mask, extent, label, weight):
         x, m, known, e = tf.numpy_function(load, [path, mask, extent],

@@ -30,7 +30,7 @@ import numpy as np
 
 from screening_core import artifact, preprocessing
 from trainer import HelpFormatter, distribute, evaluation, lesion_data, lesion_eval
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, parse_masks_dirs
 
 # brain-mri (labels only) is the one source of meningiomas and pituitary tumors, but its slice loss
 # pulls the map towards whatever its tumor images share: at 40 % of each batch, LGG FLAIR validation AUC
@@ -125,10 +125,10 @@ def _parse(argv):
     args = p.parse_args(argv)
     args.filters = tuple(int(f) for f in args.filters.split(","))
     args.shares = {k: float(v) for k, v in (s.split("=") for s in args.shares.split(","))}
-    bad = [m for m in args.masks_dir if "=" not in m or not os.path.isdir(m.split("=", 1)[1])]
-    if bad:
-        p.error(f"--masks-dir wants COLLECTION=DIR with an existing folder: {bad}")
-    args.masks_dir = dict(m.split("=", 1) for m in args.masks_dir)
+    try:
+        args.masks_dir = parse_masks_dirs(args.masks_dir, os.path.isdir)
+    except ValueError as e:
+        p.error(str(e))
     for flag in ("hard_negatives", "hard_positives"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

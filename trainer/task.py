@@ -9,7 +9,7 @@ import os
 import sys
 
 from trainer import HelpFormatter
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, parse_masks_dirs
 
 _HELP = {
     "data_dir": "folder of labelled images (class folders, Training/Testing parents, MRI-sequence folders "
@@ -89,11 +89,9 @@ def parse_args(argv=None):
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     try:
         cfg.shares()
-        missing = [d for d in cfg.masks_dirs().values() if not os.path.isdir(d)]
+        parse_masks_dirs(cfg.masks_dir, os.path.isdir)
     except ValueError as e:
         parser.error(str(e))
-    if missing:
-        parser.error(f"--masks-dir: no such folder: {missing}")
     return cfg
 
 

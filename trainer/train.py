@@ -200,7 +200,7 @@ def train(cfg, extra_callbacks=()):
 
 def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, global_batch):
     """(train, validation) datasets that also carry lesion targets for the lesion head."""
-    masks = np.array(_mask_specs(ex, cfg.data_dir, cfg.mask_sequence, cfg.masks_dirs()))
+    masks, extents = (np.array(a) for a in _mask_specs(ex, cfg.data_dir, cfg.mask_sequence, cfg.masks_dirs()))
     n_masks = int(sum(m not in (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY) for m in masks))
     print(f"Lesion supervision: {n_masks} tumor masks, "
           f"{int((masks == input_pipeline.MASK_EMPTY).sum())} known-empty slices")
@@ -216,7 +216,6 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
         print(f"Synthetic tumors: {int(np.count_nonzero(synth[0]))} tumor-free training slices may get one")
     mirror = None
     if cfg.mirror_tumors:  # where the tumor is, from a mask drawn on any sequence of the slice
-        extents = np.array([path for path, _ in lesion_data.mask_plan(ex, cfg.data_dir, cfg.masks_dirs())])
         mirror = (extents[is_train], cfg.mirror_tumors)
         print(f"Mirrored pairs: {int(np.count_nonzero(extents[is_train]))} tumor training slices with a mask "
               f"may be mirrored (those with the tumor in one half of a symmetric head)")
@@ -230,13 +229,15 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
 
 
 def _mask_specs(examples, roots, mask_sequence, masks_dirs=None):
-    """Per example: its tumor mask path, MASK_EMPTY (a negative of a collection with masks) or MASK_UNKNOWN.
+    """(lesion-head mask spec, tumor extent) per example, from one listing of the mask folders.
 
-    A collection's `masks/` folder holds masks named like the images of the
-    `mask_sequence` folder they were drawn on (LGG: FLAIR). Negatives of such a
-    collection are known to be lesion-free in every sequence; positives of
-    other sequences stay unknown (LGG's T1 lesions are often invisible). `masks_dirs`
-    ({collection: folder}) adds masks drawn on the very slices they are named after.
+    The spec is the tumor's mask path, MASK_EMPTY (a negative of a collection with masks) or MASK_UNKNOWN:
+    a collection's `masks/` folder holds masks named like the images of the `mask_sequence` folder they
+    were drawn on (LGG: FLAIR). Negatives of such a collection are known to be lesion-free in every
+    sequence; positives of other sequences stay unknown (LGG's T1 lesions are often invisible).
+    `masks_dirs` ({collection: folder}) adds masks drawn on the very slices they are named after.
+    The extent is the mask of every tumor slice that has one, whatever its sequence, "" elsewhere: it
+    says where the tumor is (`augment.mirror_pair`), not what this sequence shows of it.
     """
     import tensorflow as tf
     by_name = {}
@@ -244,28 +245,29 @@ def _mask_specs(examples, roots, mask_sequence, masks_dirs=None):
         mdir = join(root, "masks")
         if tf.io.gfile.isdir(mdir):
             by_name[discovery.collection_name(root)] = (
-                mdir, {os.path.splitext(f)[0] for f in tf.io.gfile.listdir(mdir)})
+                mdir, {os.path.splitext(f)[0]: f for f in tf.io.gfile.listdir(mdir)})
     drawn_on_each = set()
     for name, mdir in (masks_dirs or {}).items():
         if name in by_name:
             raise ValueError(f"collection {name} already has a masks/ folder; --masks-dir would shadow it")
-        by_name[name] = (mdir, {os.path.splitext(f)[0] for f in tf.io.gfile.listdir(mdir)
+        by_name[name] = (mdir, {os.path.splitext(f)[0]: f for f in tf.io.gfile.listdir(mdir)
                                 if f.lower().endswith(".png")})
         drawn_on_each.add(name)
-    out = []
+    specs, extents = [], []
     for e in examples:
-        if e.collection not in by_name:
-            out.append(input_pipeline.MASK_UNKNOWN)
-            continue
-        mdir, stems = by_name[e.collection]
-        stem = os.path.splitext(posixpath.basename(e.path.replace("\\", "/")))[0]
-        if e.label == 0:
-            out.append(input_pipeline.MASK_EMPTY)
-        elif (e.sequence == mask_sequence or e.collection in drawn_on_each) and stem in stems:
-            out.append(join(mdir, stem + ".png"))
+        mdir, files = by_name.get(e.collection, ("", {}))
+        found = files.get(os.path.splitext(posixpath.basename(e.path.replace("\\", "/")))[0])
+        extent = join(mdir, found) if found and e.label == 1 else ""
+        extents.append(extent)
+        if not mdir:
+            specs.append(input_pipeline.MASK_UNKNOWN)
+        elif e.label == 0:
+            specs.append(input_pipeline.MASK_EMPTY)
+        elif extent and (e.sequence == mask_sequence or e.collection in drawn_on_each):
+            specs.append(extent)
         else:
-            out.append(input_pipeline.MASK_UNKNOWN)
-    return out
+            specs.append(input_pipeline.MASK_UNKNOWN)
+    return specs, extents
 
 
 def _start_from(model, path):
