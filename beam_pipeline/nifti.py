@@ -5,7 +5,9 @@ conversion tool) store MRI as NIfTI volumes rather than DICOM series. A volume i
 nibabel, turned to the closest canonical orientation (RAS+) so that its third axis runs from feet
 to head whatever the acquisition plane or the converter's axis order, and every axial slice
 becomes a frame in radiological display (anterior at the top, the patient's right on the image's
-left), as a DICOM viewer shows an axial series. A 4-D file (diffusion, perfusion, fMRI) gives the
+left), as a DICOM viewer shows an axial series. A slice whose voxels are not square (a sagittal or coronal
+acquisition with thick slices, seen axially) is resampled to square pixels: the model's preprocessing keeps the
+image's aspect, so a head 5 mm by 1 mm per pixel would reach it squashed to a fifth. A 4-D file (diffusion, perfusion, fMRI) gives the
 slices of its first volume only: the others repeat the anatomy in another contrast or time.
 
 Limits are checked on the header's dimensions before any voxel is read, and a gzip'd volume is
@@ -104,13 +106,32 @@ def slices(data, max_frame_pixels, max_frames, max_member_pixels):
     # RAS+: voxel index i grows toward the patient's right, j toward anterior, k toward the head.
     # Radiological axial display: rows run anterior -> posterior, columns the patient's right -> left.
     frames = [np.ascontiguousarray(volume[::-1, ::-1, k].T) for k in range(volume.shape[2])]
-    return frames, _pixel_area_mm2(canonical.header)
+    dx, dy = (float(z) for z in canonical.header.get_zooms()[:2])  # column and row spacing
+    frames, dx, dy = _square_pixels(frames, dx, dy, max_frame_pixels)
+    if sum(f.size for f in frames) > max_member_pixels:
+        raise NiftiError("image_too_large", f"{len(frames)} slices resampled to square pixels exceed the "
+                                            f"limit of {max_member_pixels} voxels per member")
+    return frames, _pixel_area_mm2(canonical.header, dx, dy)
 
 
-def _pixel_area_mm2(header):
+def _square_pixels(frames, dx, dy, max_frame_pixels, tolerance=0.02):
+    """(frames, dx, dy) with square pixels at the finer of the two spacings (the coarser one where the finer
+    would break the frame limit); unchanged when already square within `tolerance` or the spacing is unknown."""
+    if not (np.isfinite(dx) and np.isfinite(dy) and dx > 0 and dy > 0) or abs(dx / dy - 1) <= tolerance:
+        return frames, dx, dy
+    rows, cols = frames[0].shape
+    for s in (min(dx, dy), max(dx, dy)):
+        size = (max(1, round(cols * dx / s)), max(1, round(rows * dy / s)))  # PIL: (width, height)
+        if size[0] * size[1] <= max_frame_pixels:
+            break
+    from PIL import Image
+    return [np.asarray(Image.fromarray(np.ascontiguousarray(f, np.float32)).resize(size, Image.BILINEAR), np.float32)
+            for f in frames], s, s
+
+
+def _pixel_area_mm2(header, dx, dy):
     unit = header.get_xyzt_units()[0]
     scale = {"mm": 1.0, "meter": 1e3, "micron": 1e-3, "unknown": 1.0}.get(unit)
-    dx, dy = (float(z) for z in header.get_zooms()[:2])
     if scale is None or not (0 < dx * scale < 1e3 and 0 < dy * scale < 1e3):
         return None
     return dx * dy * scale * scale

@@ -56,8 +56,23 @@ def test_a_gzip_that_is_not_a_volume_stays_an_archive():
 
 
 def test_the_slice_pixel_area_follows_the_voxel_size_and_unit():
-    img = nib.Nifti1Image(_marked_volume(), np.diag([0.5, 0.8, 3.0, 1.0]))
+    img = nib.Nifti1Image(_marked_volume(), np.diag([0.5, 0.5, 3.0, 1.0]))
     img.header.set_xyzt_units("mm")
-    assert decoding.decode(img.to_bytes()).dicom["pixel_area_mm2"] == pytest.approx(0.4)
+    assert decoding.decode(img.to_bytes()).dicom["pixel_area_mm2"] == pytest.approx(0.25)
     img.header.set_xyzt_units("micron")
-    assert decoding.decode(img.to_bytes()).dicom["pixel_area_mm2"] == pytest.approx(0.4e-6)
+    assert decoding.decode(img.to_bytes()).dicom["pixel_area_mm2"] == pytest.approx(0.25e-6)
+
+
+def test_a_slice_with_oblong_voxels_is_resampled_to_square_pixels_so_the_head_keeps_its_shape():
+    """A sagittal acquisition with 4 mm slices, seen axially: 1 mm front to back, 4 mm left to right. A
+    round head 160 mm across must stay round, and its area per pixel follow the new pixel."""
+    i, j = np.meshgrid(np.arange(48), np.arange(192), indexing="ij")  # voxel axes: right (4 mm), anterior (1 mm)
+    head = ((i * 4.0 - 96) ** 2 + (j * 1.0 - 96) ** 2 <= 80 ** 2).astype(np.int16) * 500
+    img = nib.Nifti1Image(np.repeat(head[..., None], 3, axis=2), np.diag([4.0, 1.0, 1.0, 1.0]))
+    img.header.set_xyzt_units("mm")
+    d = decoding.decode(img.to_bytes(), "sagittal.nii")
+    frame = d.frames[1].gray
+    assert frame.shape == (192, 192) and (d.height, d.width) == (192, 192)
+    rows, cols = np.nonzero(frame > 250)
+    assert np.ptp(rows) == pytest.approx(160, abs=4) and np.ptp(cols) == pytest.approx(160, abs=6)
+    assert d.dicom["pixel_area_mm2"] == pytest.approx(1.0)
