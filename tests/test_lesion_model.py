@@ -359,3 +359,42 @@ def test_group_norms_export_as_instance_normalization_with_their_scale_and_shift
     x = rng.uniform(0, 1, (4, 32, 32, 1)).astype(np.float32)
     got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     np.testing.assert_allclose(np.asarray(got).reshape(-1), model.predict(x, verbose=0).reshape(-1), atol=1e-5)
+
+
+def test_the_painted_stress_test_scores_the_same_slices_plain_and_with_a_tumor_painted_in(tmp_path):
+    """Per source: the tumor-free slices of the first artifact's scored rows, as they are and painted, at
+    each artifact's threshold; a map that says 'lesion' everywhere flags both, one that says it nowhere
+    neither; slices outside the split, tumor slices and vanished files are not used."""
+    import csv
+
+    from PIL import Image
+
+    from screening_core import artifact
+    from trainer import augment
+    rows = []
+    for i in range(6):
+        for seq in ("flair", "t1-post"):
+            path = tmp_path / "lgg" / seq / "notumor" / f"P{i}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(synth.brain_slice(i, 128)).save(path)
+            rows.append({"path": str(path), "class_name": "notumor", "label": 0, "group": i, "score": 0.0,
+                         "split": "validation", "source": f"lgg/{seq}", "level": 0.5})
+    rows.append({**rows[0], "label": 1, "class_name": "tumor"})
+    rows.append({**rows[0], "split": "train"})
+    rows.append({**rows[0], "path": str(tmp_path / "gone.png")})
+    everywhere = tiny_model.write_tiny_artifact(tmp_path / "a", size=128, lesion_bias=5.0)  # the painter's scale
+    nowhere = tiny_model.write_tiny_artifact(tmp_path / "b", size=128, lesion_bias=-5.0)
+    with open(os.path.join(everywhere, artifact.PREDICTIONS_FILE), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    artifact.seal(everywhere)
+    result = lesion_eval.painted_check([everywhere, nowhere])
+    assert set(result[everywhere]) == {"lgg/flair", "lgg/t1-post"}
+    for source in ("lgg/flair", "lgg/t1-post"):
+        a, b = result[everywhere][source], result[nowhere][source]
+        assert a["n"] == b["n"] == 6 and a["n_painted"] == b["n_painted"] >= 4
+        assert a["flagged_plain"] == a["flagged_painted"] == 1.0
+        assert b["flagged_plain"] == b["flagged_painted"] == 0.0
+    assert augment.kind_of_sequence("t1ce") == augment.SYNTH_KINDS["enhancing"]
+    assert augment.kind_of_sequence("") == augment.kind_of_sequence("odd") == augment.SYNTH_KINDS["bright-or-enhancing"]

@@ -355,6 +355,15 @@ def maybe_mirror_pair(image, mask, extent, seed, p):
                    lambda: (image, mask, tf.constant(1.0), tf.constant(False)))
 
 
+_KIND_OF_SEQUENCE = {"flair": "bright", "t2": "bright", "t1-post": "enhancing", "t1ce": "enhancing",
+                     "t1-pre": "dark", "t1": "dark"}
+
+
+def kind_of_sequence(sequence):
+    """The SYNTH_KINDS code of the tumor look a sequence folder gives (unknown: bright or enhancing)."""
+    return SYNTH_KINDS[_KIND_OF_SEQUENCE.get(sequence, "bright-or-enhancing")]
+
+
 def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3):
     """(probability, kind) per slice for `augment.synthetic_tumor`.
 
@@ -364,10 +373,8 @@ def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3):
     the brain. The kind follows the sequence folder: FLAIR/T2 bright, T1 with contrast enhancing,
     T1 without dark, unknown (brain-mri) bright or enhancing.
     """
-    kinds = {"flair": "bright", "t2": "bright", "t1-post": "enhancing", "t1ce": "enhancing",
-             "t1-pre": "dark", "t1": "dark", "": "bright-or-enhancing"}
     sequences = np.asarray(sequences)
-    kind = np.array([SYNTH_KINDS[kinds.get(q, "bright-or-enhancing")] for q in sequences], np.int32)
+    kind = np.array([kind_of_sequence(q) for q in sequences], np.int32)
     eligible = (np.asarray(labels) == 0) & (np.asarray(pixel_weight) >= 1.0) & (np.asarray(level) >= min_level)
     return np.where(eligible, p, 0.0).astype(np.float32), kind
 
