@@ -9,13 +9,12 @@
   levels (posterior fossa, vertex); the table shows the median score and the
   share flagged per bin.
 
-- A stress test (`painted`): tumor-free slices scored as they are and with a tumor painted in, per
-  source: does the model veto a tumor because the slice looks like a tumor-free source?
+
+Stress tests (a tumor put into each source's tumor-free slices) live in trainer/stress.py.
 
 Tumor-free slices by level for any artifact from its validation_predictions.csv (v3 before, v4 after):
 
   python -m trainer.lesion_eval levels models/brain-tumor-cnn/3 models/brain-tumor-cnn/4 --out levels.json
-  python -m trainer.lesion_eval painted models/brain-tumor-cnn/13 models/brain-tumor-cnn/10
 """
 import csv
 import json
@@ -367,55 +366,6 @@ def compare(artifacts):
     return out
 
 
-def painted_check(artifacts, split="validation", seed=7, max_per_source=0):
-    """{artifact: {source: {n, flagged_plain, n_painted, flagged_painted}}} at each artifact's threshold.
-
-    Why: in every collection the tumor-free slices come from another level or source than the tumor
-    slices, so a model may veto a tumor because the slice *looks like* a tumor-free source (brain-mri's
-    tumor-free slices, mostly another collection's T2/FLAIR, are what the hidden T2 archives resemble).
-    The same tumor-free slices (the first artifact's scored rows of `split`) are scored as they are and
-    with a tumor painted in (`augment.synthetic_tumor`, the look of their sequence folder; same seed per
-    slice for every artifact), so the share flagged of each is a tumor's chance on that source's look.
-    A stress test, not a metric: a model trained with `--synth-tumors` has seen such paint (its share is
-    optimistic); compare members or models that were not, or the same model with and without a member."""
-    import tensorflow as tf
-
-    from screening_core import artifact as artifact_io
-    from screening_core import preprocessing
-    from trainer import augment
-    with open(os.path.join(artifacts[0], "validation_predictions.csv")) as f:
-        rows = [r for r in csv.DictReader(f)
-                if r["split"] == split and int(r["label"]) == 0 and os.path.exists(r["path"])]
-    by_source = {}
-    for r in rows:
-        by_source.setdefault(r["source"], []).append(r["path"])
-    if max_per_source:
-        by_source = {k: v[:max_per_source] for k, v in by_source.items()}
-    out = {}
-    for a in artifacts:
-        model, md = artifact_io.load(a)
-        spec = preprocessing.InputSpec.from_dict(md["input_spec"])
-        out[a] = {}
-        for source, paths in sorted(by_source.items()):
-            kind = tf.constant(augment.kind_of_sequence((source.split("/", 1) + [""])[1]))
-            plain, painted = [], []
-            for i, path in enumerate(paths):
-                with open(path, "rb") as f:
-                    x = preprocessing.image_bytes_to_input(f.read(), spec).astype(np.float32)
-                img, _, ok = augment.synthetic_tumor(tf.constant(x), tf.constant([seed, i], tf.int64), kind)
-                plain.append(x)
-                if bool(ok):
-                    painted.append(img.numpy())
-            s_plain = np.asarray(model.predict(np.stack(plain), verbose=0)).reshape(len(plain), -1)[:, 0]
-            s_paint = (np.asarray(model.predict(np.stack(painted), verbose=0)).reshape(len(painted), -1)[:, 0]
-                       if painted else np.zeros(0))
-            t = md["threshold"]
-            out[a][source] = {"n": len(plain), "flagged_plain": round(float(np.mean(s_plain >= t)), 4),
-                              "n_painted": len(painted),
-                              "flagged_painted": round(float(np.mean(s_paint >= t)), 4) if painted else None}
-    return out
-
-
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="python -m trainer.lesion_eval", description=__doc__,
@@ -434,30 +384,7 @@ def main(argv=None):
     pl = sub.add_parser("plots", help="write roc.png and calibration.png of artifacts from their "
                                       "validation_predictions.csv (artifacts made before the lesion trainer drew them)")
     pl.add_argument("artifacts", nargs="+")
-    pt = sub.add_parser("painted", help="a stress test: the share of tumor-free slices flagged as they are and "
-                                        "with a tumor painted in, per source, at each artifact's threshold")
-    pt.add_argument("artifacts", nargs="+", help="the first one's scored rows choose the slices")
-    pt.add_argument("--split", default="validation")
-    pt.add_argument("--max-per-source", type=int, default=0, help="0: every tumor-free slice")
-    pt.add_argument("--seed", type=int, default=7)
-    pt.add_argument("--out", default="")
     args = p.parse_args(argv)
-    if args.command == "painted":
-        result = painted_check(args.artifacts, args.split, args.seed, args.max_per_source)
-        print("| source | n | " + " | ".join(f"{os.path.basename(a.rstrip('/'))}: flagged plain / painted"
-                                             for a in args.artifacts) + " |")
-        print("|---|---|" + "---|" * len(args.artifacts))
-        for source in next(iter(result.values())):
-            cells = []
-            for t in result.values():
-                c = t[source]
-                painted = "-" if c["flagged_painted"] is None else f"{100 * c['flagged_painted']:.1f} %"
-                cells.append(f"{100 * c['flagged_plain']:.1f} % / {painted} (of {c['n_painted']})")
-            print(f"| {source} | {next(iter(result.values()))[source]['n']} | " + " | ".join(cells) + " |")
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(result, f, indent=2)
-        return 0
     if args.command == "plots":
         from screening_core import artifact
         for a in args.artifacts:

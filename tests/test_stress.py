@@ -1,0 +1,91 @@
+"""Stress tests put a tumor into tumor-free slices and score them beside the plain ones (trainer/stress.py)."""
+import csv
+import glob
+import os
+
+import numpy as np
+
+from tests import synth, tiny_model
+from trainer import augment, stress
+
+
+def _scored_rows(root):
+    """An LGG-like collection at the painter's scale and the scored rows an artifact keeps of it: its
+    tumor-free slices as validation, its masked tumor slices as the held-out site (the donors), plus rows
+    a stress test must not use (a tumor slice of validation, a training slice, a file that is gone)."""
+    synth.write_sequence_collection(str(root / "lgg"), patients=4, per_patient=4, size=128,
+                                    sequences=("flair", "t1-post"))
+    rows = []
+    for path in sorted(glob.glob(str(root / "lgg" / "*" / "*" / "*.png"))):
+        seq, cls = path.split(os.sep)[-3:-1]
+        tumor = cls == "tumor"
+        rows.append({"path": path, "class_name": cls, "label": int(tumor), "group": 0, "score": 0.0,
+                     "split": "held_out_site" if tumor else "validation", "source": f"lgg/{seq}", "level": 0.5})
+    tumor_row = next(r for r in rows if r["label"] == 1)
+    rows += [{**tumor_row, "split": "validation"}, {**rows[0], "split": "train"},
+             {**rows[0], "path": str(root / "gone.png")}]
+    return rows
+
+
+def _artifacts(tmp_path, rows):
+    everywhere = tiny_model.write_tiny_artifact(tmp_path / "a", size=128, lesion_bias=5.0)
+    nowhere = tiny_model.write_tiny_artifact(tmp_path / "b", size=128, lesion_bias=-5.0)
+    with open(os.path.join(everywhere, "validation_predictions.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return everywhere, nowhere
+
+
+def test_the_same_tumor_free_slices_are_scored_as_they_are_and_with_a_tumor_put_in(tmp_path):
+    """A map that says 'lesion' everywhere flags both, one that says it nowhere neither; only the first
+    artifact's tumor-free rows of the split that still exist are used, the same ones for every artifact."""
+    everywhere, nowhere = _artifacts(tmp_path, _scored_rows(tmp_path))
+    for make in (stress.painter(7), stress.transplanter(stress.donors_of(everywhere, _spec(everywhere)), 7)):
+        result = stress.stress([everywhere, nowhere], make)
+        assert set(result[everywhere]) == {"lgg/flair", "lgg/t1-post"}
+        for source in ("lgg/flair", "lgg/t1-post"):
+            a, b = result[everywhere][source], result[nowhere][source]
+            assert a["n"] == b["n"] == 8 and a["n_changed"] == b["n_changed"] >= 4
+            assert a["flagged_plain"] == a["flagged_changed"] == 1.0
+            assert b["flagged_plain"] == b["flagged_changed"] == 0.0
+    assert "| lgg/flair | 8 | 100.0 % / 100.0 % (of" in stress.table(result)
+
+
+def test_a_transplanted_tumor_is_the_donors_own_cut_into_the_targets_brain_at_the_donors_place(tmp_path):
+    everywhere, _ = _artifacts(tmp_path, _scored_rows(tmp_path))
+    donors = stress.donors_of(everywhere, _spec(everywhere))
+    assert len(donors) == 8 and all(m.sum() >= 20 for _, m in donors)  # the masked tumor slices
+    donor_x, donor_m = donors[0]
+    make = stress.transplanter([donors[0]], seed=1)
+    target = np.asarray(synth.brain_slice(3, 128), np.float32) / 255.0
+    out, ok = make(target, 0, "lgg/flair")
+    assert ok
+    changed = np.abs(out - target) > 1e-6
+    assert changed[donor_m].mean() > 0.9 and not changed[~stress._dilate(donor_m, 3)].any()
+    # brighter than the target's brain where the donor's tumor was brighter than the donor's brain
+    brain = stress._brain(target)
+    assert out[donor_m].mean() > np.median(target[brain])
+    # a target without room for the tumor (no brain) is left out, never painted over the background
+    assert make(np.zeros((128, 128), np.float32), 0, "lgg/flair")[1] is False
+
+
+def test_the_painter_follows_the_sequence_folder():
+    assert augment.kind_of_sequence("t1ce") == augment.SYNTH_KINDS["enhancing"]
+    assert augment.kind_of_sequence("flair") == augment.kind_of_sequence("t2") == augment.SYNTH_KINDS["bright"]
+    assert augment.kind_of_sequence("") == augment.kind_of_sequence("odd") == augment.SYNTH_KINDS["bright-or-enhancing"]
+
+
+def test_the_command_refuses_donors_it_cannot_find(tmp_path, capsys):
+    import pytest
+    everywhere, _ = _artifacts(tmp_path, _scored_rows(tmp_path))
+    for bad in ("held_out_site", "train:lgg/flair"):
+        with pytest.raises(SystemExit) as e:
+            stress.main(["transplant", everywhere, "--donors", bad])
+        assert e.value.code == 2
+    assert "no masked tumor slices of train:lgg/flair" in capsys.readouterr().err
+
+
+def _spec(artifact_dir):
+    from screening_core import artifact, preprocessing
+    return preprocessing.InputSpec.from_dict(artifact.read_metadata(artifact_dir)["input_spec"])
