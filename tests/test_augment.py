@@ -159,6 +159,56 @@ def test_a_slice_without_room_for_a_tumor_is_left_alone():
     np.testing.assert_array_equal(img.numpy(), x)
 
 
+def test_a_transplanted_tumor_is_the_donors_own_at_its_place_scaled_to_the_targets_brain():
+    donor, head, _, lesion = _flair_like()  # lesion 0.9 in tissue 0.45: twice the brain
+    target = np.where(head, 0.3, 0.0).astype(np.float32)[..., None]  # a darker brain, no lesion
+    img, mask, ok = augment.transplant_tumor(tf.constant(target), tf.constant(donor),
+                                             tf.constant(lesion[..., None].astype(np.float32)))
+    img, mask = img.numpy()[..., 0], mask.numpy()[..., 0] > 0.5
+    # the donor's mask at the donor's place (where it lies in the target's brain: >= 90 % of it)
+    assert bool(ok) and not (mask & ~lesion).any() and mask.sum() >= 0.9 * lesion.sum()
+    core = lesion & np.roll(lesion, 3, 0) & np.roll(lesion, -3, 0) & np.roll(lesion, 3, 1) & np.roll(lesion, -3, 1)
+    np.testing.assert_allclose(img[core], 0.6, atol=0.03)  # twice the target's brain, as in the donor
+    grown = np.lib.stride_tricks.sliding_window_view(np.pad(lesion, 3), (7, 7)).any(axis=(2, 3))
+    np.testing.assert_array_equal(img[~grown], target[..., 0][~grown])  # untouched beyond the feathered border
+    # a tumor that would lie outside the target's brain is not set in
+    small = np.where((np.mgrid[:128, :128][0] - 64) ** 2 + (np.mgrid[:128, :128][1] - 64) ** 2 < 20 ** 2, 0.3, 0.0).astype(np.float32)
+    img, mask, ok = augment.transplant_tumor(tf.constant(small[..., None]), tf.constant(donor),
+                                             tf.constant(lesion[..., None].astype(np.float32)))
+    assert not bool(ok) and mask.numpy().sum() == 0
+    np.testing.assert_array_equal(img.numpy()[..., 0], small)
+
+
+def test_transplanted_training_slices_are_masked_tumor_slices_cut_from_donors_of_the_same_look():
+    from trainer import lesion_train
+    donor, head, _, lesion = _flair_like()
+    n = 6
+    x = np.stack([np.where(head, 0.4, 0.0)] * n).astype(np.float16)
+    x[0] = donor[..., 0]
+    masks = np.zeros((n, 128, 128), np.uint8)
+    masks[0] = lesion * 255
+    arrays = {"x": x, "mask": masks, "pixel_weight": np.ones(n, np.float32)}
+    labels = np.array([1, 0, 0, 0, 0, 0])
+    seq = np.array(["flair", "flair", "t2", "", "t1-post", "flair"])
+    donors = lesion_train.transplant_donors(seq, labels, arrays, np.arange(n))
+    k = augment.SYNTH_KINDS
+    assert list(donors[k["bright"]]) == list(donors[k["bright-or-enhancing"]]) == [0]
+    assert not len(donors[k["enhancing"]]) and not len(donors[k["dark"]])
+    assert not len(lesion_train.transplant_donors(seq, labels, arrays, np.arange(1, n))[k["bright"]])  # train only
+    kind = np.array([augment.kind_of_sequence(q) for q in seq])
+    p = np.array([0.0, 1.0, 1.0, 1.0, 1.0, 1.0], np.float32)
+    ds = lesion_train.make_train_dataset(arrays, np.arange(1, n), labels, None, np.ones(n), 64, 40, 3, "v2",
+                                         synth_kind=kind, transplant_p=p, donors=donors)
+    images, targets = next(iter(ds))
+    score, lesion_map = targets["tumor_probability"].numpy(), targets["lesion_map"].numpy()
+    got = lesion_map[..., 0].reshape(40, -1).sum(axis=1) > 0
+    # FLAIR, T2 and unknown-sequence slices got the FLAIR donor's tumor and train as tumor slices; the
+    # T1 post-contrast slice has no donor of its look and stays a tumor-free slice
+    assert got.any() and not got.all()
+    np.testing.assert_array_equal(score[:, 0] == 1.0, got)
+    assert images.shape == (40, 128, 128, 1)
+
+
 def test_synthesis_plan_paints_only_pixel_known_negatives_above_the_skull_base():
     from trainer.augment import synthesis_plan
     seq = np.array(["flair", "t1-post", "t1", "", "t2", "flair", "flair"])

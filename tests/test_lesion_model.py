@@ -193,6 +193,9 @@ def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
     with pytest.raises(SystemExit):
         lesion_train._parse(["--data-dir", str(tmp_path), "--fluid-bright", "1.5"])
     assert "probability in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lesion_train._parse(["--data-dir", str(tmp_path), "--transplant-tumors", "-0.2"])
+    assert "--transplant-tumors is a probability in [0, 1]" in capsys.readouterr().err
 
 
 def test_pseudo_masks_are_the_init_models_map_where_it_is_confident(tmp_path):
@@ -273,7 +276,8 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
     lesion_train.main(["--data-dir", str(tmp_path / "lgg"), "--data-dir", str(tmp_path / "mri"),
                        "--shares", "lgg=0.5,mri=0.5", "--image-size", "32", "--filters", "4,8,8,16",
                        "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", "--bootstrap", "10",
-                       "--fluid-bright", "0.5", "--spots", "0.5", "--synth-tumors", "0.5", "--select-on", "last",
+                       "--fluid-bright", "0.5", "--spots", "0.5", "--synth-tumors", "0.5", "--transplant-tumors", "0.5",
+                       "--select-on", "last",
                        "--threshold-sources", "", "--model-dir", str(tmp_path / "models"), "--version", "1",
                        "--cache-dir", str(tmp_path / "cache")])
     version_dir = tmp_path / "models" / "brain-tumor-cnn" / "1"
@@ -285,6 +289,7 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
     assert "validation" in lesion["level_bins"]
     assert md["training_config"]["filters"] == [4, 8, 8, 16] and md["training_config"]["fluid_bright"] == 0.5
     assert md["training_config"]["synth_tumors"] == 0.5 and md["training"]["kept_epoch"] == 2  # --select-on last
+    assert md["training_config"]["transplant_tumors"] == 0.5
     assert md["lesion"]["map_level"] in lesion_eval.MAP_LEVELS  # chosen on validation masks
     assert (version_dir / "roc.png").stat().st_size > 0 and (version_dir / "calibration.png").exists()  # the card names them
     # For artifacts trained before the level existed: chosen again from their rows, stored and re-sealed.

@@ -62,10 +62,11 @@ def test_a_transplanted_tumor_is_the_donors_own_cut_into_the_targets_brain_at_th
     out, ok = make(target, 0, "lgg/flair")
     assert ok
     changed = np.abs(out - target) > 1e-6
-    assert changed[donor_m].mean() > 0.9 and not changed[~stress._dilate(donor_m, 3)].any()
-    # brighter than the target's brain where the donor's tumor was brighter than the donor's brain
-    brain = stress._brain(target)
-    assert out[donor_m].mean() > np.median(target[brain])
+    grown = np.pad(donor_m, 3)
+    grown = np.lib.stride_tricks.sliding_window_view(grown, (7, 7)).any(axis=(2, 3))
+    assert changed[donor_m].mean() > 0.9 and not changed[~grown].any()
+    # brighter than the target's head where the donor's tumor was brighter than the donor's brain
+    assert out[donor_m].mean() > np.median(target[target > 0.1])
     # a target without room for the tumor (no brain) is left out, never painted over the background
     assert make(np.zeros((128, 128), np.float32), 0, "lgg/flair")[1] is False
 

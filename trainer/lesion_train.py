@@ -101,6 +101,10 @@ def _parse(argv):
                         "enhancing on T1 with contrast, dark on T1) into tumor-free training slices with known "
                         "negative pixels, above the skull base, with probability P; the slice then trains as a "
                         "masked tumor slice: a tumor at every level, sequence and source")
+    p.add_argument("--transplant-tumors", type=float, default=0.0, metavar="P",
+                   help="set a real tumor, cut with its mask from a masked training tumor slice of the same look "
+                        "(augment.transplant_tumor), into the same tumor-free slices --synth-tumors paints, with "
+                        "probability P (before any painting); the slice then trains as a masked tumor slice")
     p.add_argument("--select-on", choices=("threshold-sources", "all", "last"), default="threshold-sources",
                    help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
                         "labels), or all of them (how v4 was made; LGG T1 labels are noisy); 'last' keeps the "
@@ -132,7 +136,7 @@ def _parse(argv):
     for flag in ("hard_negatives", "hard_positives"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("fluid_bright", "spots", "synth_tumors"):
+    for flag in ("fluid_bright", "spots", "synth_tumors", "transplant_tumors"):
         if not 0 <= getattr(args, flag) <= 1:
             p.error(f"--{flag.replace('_', '-')} is a probability in [0, 1], got {getattr(args, flag)}")
     if not 0 <= args.pseudo_masks < 1:
@@ -171,13 +175,15 @@ def slice_loss(y_true, y_pred):
 
 
 def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed, augment_mode, fluid_p=None,
-                       spots_p=None, synth_p=None, synth_kind=None):
+                       spots_p=None, synth_p=None, synth_kind=None, transplant_p=None, donors=None):
     """Infinite tf.data stream of augmented (image, {score target, map target}) batches.
 
     `fluid_p`, `spots_p`: per slice, the probability that `augment.bright_fluid` makes it T2-like and
     that `augment.bright_spots` paints negative bright foci into it (None: never); `synth_p`,
     `synth_kind`: the probability that `augment.synthetic_tumor` paints a tumor of that kind
-    (augment.SYNTH_KINDS) into it, which makes the slice a masked tumor slice."""
+    (augment.SYNTH_KINDS) into it, which makes the slice a masked tumor slice; `transplant_p`, `donors`:
+    the probability that `augment.transplant_tumor` sets a real tumor into it first, cut from a slice of
+    `donors[kind]` (slice indices per look, `transplant_donors`; a transplanted slice is not painted)."""
     import tensorflow as tf
 
     from trainer import augment
@@ -185,27 +191,39 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
     x, mask, pix_w = data["x"], data["mask"], data["pixel_weight"]
     def per_slice(values, dtype=np.float32):  # None: zero for every slice (never applied)
         return np.zeros(len(x), dtype) if values is None else np.asarray(values, dtype)
-    fluid_p, spots_p, synth_p, synth_kind = (per_slice(fluid_p), per_slice(spots_p), per_slice(synth_p),
-                                             per_slice(synth_kind, np.int32))
+    fluid_p, spots_p, synth_p, synth_kind, transplant_p = (
+        per_slice(fluid_p), per_slice(spots_p), per_slice(synth_p), per_slice(synth_kind, np.int32),
+        per_slice(transplant_p))
+    size = x.shape[1]
+    no_donor = np.zeros((size, size, 1), np.float32)
+
+    def donor(i):
+        pool = (donors or {}).get(int(synth_kind[i]))
+        if transplant_p[i] <= 0 or pool is None or not len(pool):
+            return no_donor, no_donor  # never fits: transplant_tumor leaves the slice as it is
+        j = pool[rng.integers(len(pool))]
+        return x[j].astype(np.float32)[..., None], mask[j].astype(np.float32)[..., None] / 255.0
 
     def draws():
         while True:
             for i in rng.choice(idx, size=4096, p=probs):
                 yield (x[i].astype(np.float32)[..., None], mask[i].astype(np.float32)[..., None] / 255.0,
                        np.float32(labels[i]), np.float32(pix_w[i]), np.float32(slice_w[i]), fluid_p[i], spots_p[i],
-                       synth_p[i], synth_kind[i])
+                       synth_p[i], synth_kind[i], transplant_p[i], *donor(i))
 
-    size = x.shape[1]
     sig = (tf.TensorSpec((size, size, 1), tf.float32), tf.TensorSpec((size, size, 1), tf.float32),
            tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
            tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
-           tf.TensorSpec((), tf.int32))
+           tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32), tf.TensorSpec((size, size, 1), tf.float32),
+           tf.TensorSpec((size, size, 1), tf.float32))
     ds = tf.data.Dataset.from_generator(draws, output_signature=sig)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
 
     def aug(item, s):
-        image, m, label, pw, sw, fp, sp, tp, kind = item
-        image, m, painted = augment.maybe_synthetic_tumor(image, m, s, tp, kind)
+        image, m, label, pw, sw, fp, sp, tp, kind, xp, donor_x, donor_m = item
+        image, m, moved = augment.maybe_transplant_tumor(image, m, donor_x, donor_m, s, xp)
+        image, m, painted = augment.maybe_synthetic_tumor(image, m, s, tf.where(moved, 0.0, tp), kind)
+        painted = painted | moved
         label = tf.where(painted, 1.0, label)
         image, m = augment.augment_with_mask(image, m, s, mode=augment_mode, fluid_bright=fp, spots=sp)
         image, m = tf.ensure_shape(image, (size, size, 1)), tf.ensure_shape(m, (size, size, 1))
@@ -221,6 +239,22 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
 
     return (tf.data.Dataset.zip((ds, seeds)).map(aug, num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch, drop_remainder=True).prefetch(4))
+
+
+def transplant_donors(sequence, labels, arrays, idx, min_pixels=20):
+    """{SYNTH_KINDS code: training slice indices}: the training tumor slices whose mask is the whole truth
+    (pixel weight 1) and holds `min_pixels`, by the look of their sequence; a slice of unknown sequence
+    (brain-mri) takes a bright or an enhancing tumor, as `synthetic_tumor` paints it."""
+    from trainer import augment
+    kinds = np.array([augment.kind_of_sequence(q) for q in sequence])
+    ok = np.zeros(len(labels), bool)
+    ok[idx] = True
+    ok &= (np.asarray(labels) == 1) & (arrays["pixel_weight"] >= 1.0)
+    ok &= (arrays["mask"] >= 128).reshape(len(labels), -1).sum(axis=1) >= min_pixels
+    k = augment.SYNTH_KINDS
+    pools = {code: np.flatnonzero(ok & (kinds == code)) for code in (k["bright"], k["enhancing"], k["dark"])}
+    pools[k["bright-or-enhancing"]] = np.concatenate([pools[k["bright"]], pools[k["enhancing"]]])
+    return pools
 
 
 def validation_callback(model, x, labels, sources, log_path, select=""):
@@ -422,8 +456,14 @@ def main(argv=None):
         if args.synth_tumors:
             print(f"{int(np.count_nonzero(synth_p[idx]))} tumor-free training slices may get a synthetic tumor",
                   flush=True)
+        transplant_p = augment.synthesis_plan(sequence, labels, arrays["pixel_weight"], arrays["level"],
+                                              args.transplant_tumors)[0]
+        donors = transplant_donors(sequence, labels, arrays, idx) if args.transplant_tumors else None
+        if donors:
+            print(f"{int(np.count_nonzero(transplant_p[idx]))} tumor-free training slices may get a real tumor "
+                  f"from {len(set(np.concatenate(list(donors.values())).tolist()))} donor slices", flush=True)
         train_ds = make_train_dataset(arrays, idx, labels, probs, slice_w, map_size, global_batch, args.seed,
-                                      args.augment, fluid_p, spots_p, synth_p, synth_kind)
+                                      args.augment, fluid_p, spots_p, synth_p, synth_kind, transplant_p, donors)
         model, fit = _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total,
                           init_weights=init.get_weights() if init is not None else None)
     report = lesion_eval.evaluate_all(model, data, arrays, ext, ext_arrays, args)

@@ -11,8 +11,9 @@ at each artifact's own threshold:
   `--synth-tumors` has seen such paint: its share is optimistic.
 - `transplant`: a real tumor, cut with its mask from a donor slice the models never trained on (by
   default the held-out LGG site's FLAIR tumors) and set into the brain of the target slice at the donor's
-  place, its intensities scaled by the two brains' medians, its border feathered. Real texture and shape
-  (a FLAIR tumor: bright, as on T2), in the target's tissue and level.
+  place (`augment.transplant_tumor`). Real texture and shape (a FLAIR tumor: bright, as on T2), in the
+  target's tissue and level. A model trained with `--transplant-tumors` has seen other tumors set in
+  the same way.
 
 Each is a stress test, not a metric: compare models, or a model with and without a member.
 
@@ -27,21 +28,10 @@ import numpy as np
 
 from trainer import HelpFormatter
 
-_RIM = 12  # px of 128 between the head's edge and the brain (augment.synthetic_tumor's)
-
-
 def _rows(artifact_dir, split, label, source=None):
     with open(os.path.join(artifact_dir, "validation_predictions.csv")) as f:
         return [r for r in csv.DictReader(f) if r["split"] == split and int(r["label"]) == label
                 and (source is None or r["source"] == source) and os.path.exists(r["path"])]
-
-
-def _brain(x, rim=_RIM):
-    """(H, W) bool: the head of a prepared slice (H, W), holes filled, eroded by `rim` px of 128."""
-    import tensorflow as tf
-
-    from trainer import augment
-    return augment._core(tf.constant(x[..., None], tf.float32), rim).numpy()[..., 0] > 0.5
 
 
 def painter(seed):
@@ -78,42 +68,25 @@ def donors_of(artifact_dir, spec, split="held_out_site", source="lgg/flair", min
     return out
 
 
-def _dilate(mask, r):
-    """(H, W) bool grown by `r` px (a square window)."""
-    from numpy.lib.stride_tricks import sliding_window_view
-    padded = np.pad(mask, r)
-    return sliding_window_view(padded, (2 * r + 1, 2 * r + 1)).any(axis=(2, 3))
-
-
-def _feather(mask):
-    """(H, W) float: the mask blurred by a 5-tap Gaussian (sigma 1 px), a soft border for the blend."""
-    k = np.exp(-0.5 * np.arange(-2, 3) ** 2)
-    k /= k.sum()
-    out = np.pad(mask.astype(np.float32), 2)
-    out = sum(k[j] * out[j:j + out.shape[0] - 4, :] for j in range(5))
-    return sum(k[j] * out[:, j:j + out.shape[1] - 4] for j in range(5))
-
-
-def transplanter(donors, seed, tries=12, inside=0.9):
+def transplanter(donors, seed, tries=12):
     """make(x, i, source) -> (slice with a donor's tumor set in, transplanted?) for `stress`.
 
-    The donor is drawn by (seed, i); the first of `tries` donors whose tumor lies at least `inside` in
-    the target's brain is used; none fitting leaves the slice out."""
+    `augment.transplant_tumor`, the training augmentation `--transplant-tumors` makes; the donor is
+    drawn by (seed, i), the first of `tries` donors whose tumor fits the target's brain is used, and
+    none fitting leaves the slice out."""
+    import tensorflow as tf
+
+    from trainer import augment
+
     def make(x, i, source):
-        brain = _brain(x)
-        if brain.sum() < 50:
-            return x, False
         rng = np.random.default_rng([seed, i])
+        target = tf.constant(x[..., None], tf.float32)
         for k in rng.permutation(len(donors))[:tries]:
             dx, m = donors[k]
-            if (m & brain).sum() < inside * m.sum():
-                continue
-            tissue = _brain(dx) & ~_dilate(m, 3)
-            if tissue.sum() < 50:
-                continue
-            tumor = np.clip(dx / np.median(dx[tissue]) * np.median(x[brain]), 0.1, 1.0)
-            w = _feather(m) * brain
-            return (x * (1 - w) + tumor * w).astype(np.float32), True
+            img, _, ok = augment.transplant_tumor(target, tf.constant(dx[..., None], tf.float32),
+                                                  tf.constant(m[..., None], tf.float32))
+            if bool(ok):
+                return img.numpy()[..., 0], True
         return x, False
     return make
 
