@@ -50,6 +50,9 @@ def test_the_same_tumor_free_slices_are_scored_as_they_are_and_with_a_tumor_put_
             assert a["flagged_plain"] == a["flagged_changed"] == 1.0
             assert b["flagged_plain"] == b["flagged_changed"] == 0.0
     assert "| lgg/flair | 8 | 100.0 % / 100.0 % (of" in stress.table(result)
+    by_level = result[everywhere]["lgg/flair"]["flagged_changed_by_level"]
+    assert list(by_level) == ["0.4-0.6"] and by_level["0.4-0.6"] == [1.0, result[everywhere]["lgg/flair"]["n_changed"]]
+    assert "| lgg/flair | 0.4-0.6 |" in stress.table(result)
 
 
 def test_a_transplanted_tumor_is_the_donors_own_cut_into_the_targets_brain_at_the_donors_place(tmp_path):

@@ -34,6 +34,9 @@ def _rows(artifact_dir, split, label, source=None):
                 and (source is None or r["source"] == source) and os.path.exists(r["path"])]
 
 
+LEVEL_BINS = 5
+
+
 def painter(seed):
     """make(x, i, source) -> (slice with a painted tumor, painted?) for `stress`."""
     import tensorflow as tf
@@ -100,34 +103,49 @@ def stress(artifacts, make, split="validation", max_per_source=0):
     from screening_core import preprocessing
     by_source = {}
     for r in _rows(artifacts[0], split, 0):
-        by_source.setdefault(r["source"], []).append(r["path"])
+        by_source.setdefault(r["source"], []).append((r["path"], float(r.get("level") or "nan")))
     if max_per_source:
         by_source = {k: v[:max_per_source] for k, v in by_source.items()}
     changed = {}  # prepared with the first artifact's input spec: a stress test compares models of one input
     spec = preprocessing.InputSpec.from_dict(artifact_io.read_metadata(artifacts[0])["input_spec"])
-    for source, paths in sorted(by_source.items()):
-        plain, put = [], []
-        for i, path in enumerate(paths):
+    for source, items in sorted(by_source.items()):
+        plain, put, levels = [], [], []
+        for i, (path, level) in enumerate(items):
             with open(path, "rb") as f:
                 x = preprocessing.image_bytes_to_input(f.read(), spec)[..., 0]
             img, ok = make(x, i, source)
             plain.append(x)
             if ok:
                 put.append(img)
-        changed[source] = (np.stack(plain), np.stack(put) if put else None)
+                levels.append(level)
+        changed[source] = (np.stack(plain), np.stack(put) if put else None, np.array(levels))
     out = {}
     for a in artifacts:
         model, md = artifact_io.load(a)
         if md["input_spec"] != artifact_io.read_metadata(artifacts[0])["input_spec"]:
             raise ValueError(f"{a}: another input than {artifacts[0]}'s; stress tests compare models of one input")
 
-        def flagged(xs):
+        def flags(xs):
             s = np.asarray(model.predict(xs[..., None], verbose=0)).reshape(len(xs), -1)[:, 0]
-            return round(float(np.mean(s >= md["threshold"])), 4)
-        out[a] = {source: {"n": len(xp), "flagged_plain": flagged(xp), "n_changed": 0 if xc is None else len(xc),
-                           "flagged_changed": None if xc is None else flagged(xc)}
-                  for source, (xp, xc) in changed.items()}
+            return s >= md["threshold"]
+        out[a] = {}
+        for source, (xp, xc, levels) in changed.items():
+            fc = flags(xc) if xc is not None else np.zeros(0, bool)
+            out[a][source] = {"n": len(xp), "flagged_plain": round(float(flags(xp).mean()), 4),
+                              "n_changed": len(fc),
+                              "flagged_changed": round(float(fc.mean()), 4) if len(fc) else None,
+                              "flagged_changed_by_level": _by_level(fc, levels)}
     return out
+
+
+def _by_level(flagged, levels, n_bins=LEVEL_BINS):
+    """{bin label: [share flagged, n]} of slices with a known level (0 = lowest slice of the stack or the
+    smallest head, 1 = the highest: lesion_data.levels), in `n_bins` equal bins."""
+    known = np.isfinite(levels)
+    bins = np.minimum((levels[known] * n_bins).astype(int), n_bins - 1)
+    return {f"{b / n_bins:.1f}-{(b + 1) / n_bins:.1f}": [round(float(flagged[known][bins == b].mean()), 4),
+                                                         int((bins == b).sum())]
+            for b in range(n_bins) if (bins == b).any()}
 
 
 def table(result):
@@ -143,6 +161,13 @@ def table(result):
             changed = "-" if c["flagged_changed"] is None else f"{100 * c['flagged_changed']:.1f} %"
             cells.append(f"{100 * c['flagged_plain']:.1f} % / {changed} (of {c['n_changed']})")
         lines.append(f"| {source} | {first[source]['n']} | " + " | ".join(cells) + " |")
+    lines += ["", "With a tumor, by level bin (0 = the lowest slice of a patient's stack, or the smallest head):", "",
+              "| source | level bin | n | " + " | ".join(os.path.basename(a.rstrip('/')) for a in result) + " |",
+              "|---|---|---|" + "---|" * len(result)]
+    for source in first:
+        for b, (_, n) in first[source]["flagged_changed_by_level"].items():
+            cells = [f"{100 * t[source]['flagged_changed_by_level'][b][0]:.1f} %" for t in result.values()]
+            lines.append(f"| {source} | {b} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
