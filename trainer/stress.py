@@ -28,13 +28,14 @@ import numpy as np
 
 from trainer import HelpFormatter
 
+LEVEL_BINS = 5
+
+
 def _rows(artifact_dir, split, label, source=None):
+    """The artifact's scored rows of `split` with `label` (and `source`) whose image is still there."""
     with open(os.path.join(artifact_dir, "validation_predictions.csv")) as f:
         return [r for r in csv.DictReader(f) if r["split"] == split and int(r["label"]) == label
                 and (source is None or r["source"] == source) and os.path.exists(r["path"])]
-
-
-LEVEL_BINS = 5
 
 
 def painter(seed):
