@@ -79,7 +79,39 @@ def test_a_mirrored_tumor_slice_trains_as_tumor_free_with_an_all_negative_map_or
     assert {0, 1, 2} & outcomes and len(outcomes) > 1, "both ways are drawn"
 
 
+def test_a_transplanted_tumor_makes_a_tumor_free_slice_a_masked_tumor_slice_with_the_donors_mask(tmp_path):
+    """--transplant-tumors: a masked FLAIR tumor slice lends its tumor, at its place, to tumor-free slices."""
+    from PIL import Image
+    spec = preprocessing.InputSpec(height=128, width=128)
+    donor = synth.brain_slice(9, 128)
+    yy, xx = np.mgrid[:128, :128]
+    donor[(yy - 60) ** 2 + (xx - 66) ** 2 <= 9 ** 2] = 245  # a tumor well inside every generated brain
+    (tmp_path / "d.png").write_bytes(synth.encode(donor))
+    Image.fromarray(np.where(donor == 245, 255, 0).astype(np.uint8)).save(tmp_path / "dm.png")
+    bank = input_pipeline.load_donors([str(tmp_path / "d.png")], [str(tmp_path / "dm.png")], spec)
+    assert bank[0].shape == bank[1].shape == (1, 128, 128, 1) and bank[1].sum() >= 20
+    paths = []
+    for i in range(4):
+        (tmp_path / f"s{i}.png").write_bytes(synth.encode(synth.brain_slice(i, 128)))
+        paths.append(str(tmp_path / f"s{i}.png"))
+    masks = np.array([input_pipeline.MASK_EMPTY] * 2 + [input_pipeline.MASK_UNKNOWN] * 2)
+    ds = input_pipeline.make_lesion_dataset(
+        paths, np.zeros(4, np.float32), masks, ["a"] * 4, spec, 4, True, seed=1, stride=16, balanced=False,
+        transplant=(np.array([1.0, 1.0, 0.0, 0.0], np.float32), *bank))
+    _, y, w = next(iter(ds))
+    label, target = y["tumor_probability"].numpy()[:, 0], y["lesion_map"].numpy()
+    known = w["lesion_map"].numpy().reshape(4, -1).mean(1)
+    moved = label == 1
+    assert moved.sum() == 2 and (known[moved] == 1).all(), "the two eligible slices now carry a known tumor mask"
+    assert all(t.max() > 0.2 and (t < 0.01).mean() > 0.6 for t in target[moved])
+    assert target[~moved].max() == 0 and (known[~moved] == 0).all(), "the others are as they were"
+    with pytest.raises(ValueError, match="no masked FLAIR/T2 training tumor"):
+        input_pipeline.load_donors([], [], spec)
+
+
 @pytest.mark.parametrize("kw, words", [
+    (dict(transplant_tumors=0.5), "needs --lesion-weight"),
+    (dict(transplant_tumors=2.0, lesion_weight=1.0), "probability in [0, 1]"),
     (dict(synth_tumors=0.5), "needs --lesion-weight"),
     (dict(synth_tumors=1.5, lesion_weight=1.0), "probability in [0, 1]"),
     (dict(mirror_tumors=0.5), "needs --lesion-weight"),

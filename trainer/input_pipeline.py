@@ -128,7 +128,25 @@ def _lesion_loader(spec):
     return tf_load
 
 
-def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth=None, mirror=None):
+def load_donors(paths, masks, spec, min_pixels=20):
+    """(images (n, H, W, 1), masks (n, H, W, 1)) float32 of masked tumor slices, prepared as the model sees
+    them, for `augment.transplant_tumor`; slices whose projected mask holds fewer than `min_pixels` are left out."""
+    xs, ms = [], []
+    for path, mask in zip(paths, masks):
+        with tf.io.gfile.GFile(path, "rb") as f:
+            gray = preprocessing.decode_raster(f.read())
+        with tf.io.gfile.GFile(mask, "rb") as f:
+            m = preprocessing.project_mask(gray, preprocessing.decode_raster(f.read()), spec)
+        if (m >= 0.5).sum() >= min_pixels:
+            xs.append(preprocessing.prepare(gray, spec))
+            ms.append((m >= 0.5).astype(np.float32)[..., None])
+    if not xs:
+        raise ValueError("--transplant-tumors found no masked FLAIR/T2 training tumor slice to cut a tumor from")
+    return np.stack(xs), np.stack(ms)
+
+
+def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth=None, mirror=None,
+                     transplant=None):
     labels = np.asarray(labels, np.float32)
     w = class_weights(labels)
     weights = np.where(labels > 0.5, w[1], w[0]).astype(np.float32)
@@ -137,16 +155,24 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
     ds = ds.map(_lesion_loader(spec), num_parallel_calls=AUTOTUNE, deterministic=True).cache()
     if training:
         p, kind = synth if synth is not None else (np.zeros(len(paths), np.float32), np.zeros(len(paths), np.int32))
+        tp = np.zeros(len(paths), np.float32) if transplant is None else np.asarray(transplant[0], np.float32)
+        bank_x, bank_m = (np.zeros((1, spec.height, spec.width, 1), np.float32),) * 2 if transplant is None \
+            else transplant[1:]
+        bank_x, bank_m = tf.constant(bank_x), tf.constant(bank_m)
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices((np.asarray(p, np.float32),
-                                                                          np.asarray(kind, np.int32)))))
+                                                                          np.asarray(kind, np.int32), tp))))
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         counter = tf.data.Dataset.counter(start=seed * 1_000_003)
 
         def aug(e, i):
-            (x, m, known, extent, label, weight), (p, kind) = e
+            (x, m, known, extent, label, weight), (p, kind, tp) = e
             s = tf.stack([tf.cast(seed, tf.int64), i])
-            # a painted tumor: a tumor slice whose mask is known (every other pixel of it is a negative)
-            x, m, painted = augment.maybe_synthetic_tumor(x, m, s, p, kind)
+            # a transplanted or painted tumor: a tumor slice whose mask is known (every other pixel a negative)
+            j = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(s, 7), 0,
+                                            tf.shape(bank_x)[0], tf.int32)
+            x, m, moved = augment.maybe_transplant_tumor(x, m, bank_x[j], bank_m[j], s, tp)
+            x, m, painted = augment.maybe_synthetic_tumor(x, m, s, tf.where(moved, 0.0, p), kind)
+            painted = painted | moved
             known = tf.where(painted, 1.0, known)
             label = tf.where(painted, tf.ones_like(label), label)
             weight = tf.where(painted, tf.constant(w[1], tf.float32), weight)
@@ -173,19 +199,24 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
 
 
 def make_lesion_dataset(paths, labels, masks, sources, spec, global_batch_size, training, seed=0,
-                        augment_mode="v2", stride=16, balanced=True, synth=None, shares=None, mirror=None):
+                        augment_mode="v2", stride=16, balanced=True, synth=None, shares=None, mirror=None,
+                        transplant=None):
     """Batches of (image, {label, lesion target}, {class weight, mask known}).
 
     Sources are drawn equally (or by `shares`) when `balanced` and training (endless then). `synth`: (probability,
     kind) per example (`augment.synthesis_plan`) of painting a synthetic tumor into it while training;
-    `mirror`: (tumor extent mask path or "" per example, probability) of `augment.mirror_pair` while training.
+    `mirror`: (tumor extent mask path or "" per example, probability) of `augment.mirror_pair` while training;
+    `transplant`: (probability per example, donor images, donor masks: `load_donors`) of setting a real tumor
+    into it first (`augment.transplant_tumor`; a transplanted slice is not painted).
     """
     paths, labels, masks, sources = (np.asarray(a) for a in (paths, labels, masks, sources))
     if not (training and balanced and len(set(sources.tolist())) > 1):
-        ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth, mirror)
+        ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth, mirror,
+                              transplant)
         return ds.batch(global_batch_size).prefetch(AUTOTUNE)
     ds = _draw_sources(sources, seed, lambda m, part_seed: _lesion_examples(
         paths[m], labels[m], masks[m], spec, True, part_seed, augment_mode, stride,
         None if synth is None else (synth[0][m], synth[1][m]),
-        None if mirror is None else (np.asarray(mirror[0])[m], mirror[1])), shares)
+        None if mirror is None else (np.asarray(mirror[0])[m], mirror[1]),
+        None if transplant is None else (np.asarray(transplant[0])[m], *transplant[1:])), shares)
     return ds.batch(global_batch_size).prefetch(AUTOTUNE)

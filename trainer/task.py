@@ -30,6 +30,9 @@ _HELP = {
     "synth_tumors": "with --lesion-weight: probability that a tumor-free training slice above the skull base "
                     "gets a synthetic tumor painted into it (augment.synthetic_tumor) and trains as a tumor "
                     "slice with that mask: a tumor at every level, in every sequence and on every source",
+    "transplant_tumors": "with --lesion-weight: probability that a FLAIR, T2 or unknown-sequence tumor-free training "
+                         "slice above the skull base gets a real tumor, cut with its mask from a FLAIR/T2 training "
+                         "tumor slice (augment.transplant_tumor), and trains as a tumor slice (before any painting)",
     "mirror_tumors": "with --lesion-weight: probability that a tumor slice whose mask lies in one half of a "
                      "symmetric head is mirrored (augment.mirror_pair): half the time its healthy half over its "
                      "tumor half (a tumor-free slice at the tumor's own level, sequence and source), half the time "

@@ -95,6 +95,10 @@ def train(cfg, extra_callbacks=()):
         raise ValueError("--synth-tumors paints a tumor mask for the lesion head: it needs --lesion-weight > 0")
     if not 0.0 <= cfg.mirror_tumors <= 1.0:
         raise ValueError(f"--mirror-tumors is a probability in [0, 1], got {cfg.mirror_tumors}")
+    if not 0.0 <= cfg.transplant_tumors <= 1.0:
+        raise ValueError(f"--transplant-tumors is a probability in [0, 1], got {cfg.transplant_tumors}")
+    if cfg.transplant_tumors and cfg.lesion_weight <= 0:
+        raise ValueError("--transplant-tumors cuts tumors with the lesion head's masks: it needs --lesion-weight > 0")
     if cfg.mirror_tumors and cfg.lesion_weight <= 0:
         raise ValueError("--mirror-tumors reads the tumor masks of the lesion head: it needs --lesion-weight > 0")
     strategy = distribute.get_strategy(cfg.cpu_replicas)  # before any other TF op
@@ -206,14 +210,25 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
           f"{int((masks == input_pipeline.MASK_EMPTY).sum())} known-empty slices")
     if not n_masks:
         raise ValueError("--lesion-weight needs a masks/ folder in a sequence-folder collection")
+    from trainer import augment
+    level = np.nan_to_num(lesion_data.stack_levels(ex), nan=1.0)  # NaN (no stack: brain-mri) counts as eligible
     synth = None
     if cfg.synth_tumors:
-        from trainer import augment
-        level = lesion_data.stack_levels(ex)  # NaN (no stack: brain-mri's single slices) counts as eligible
-        p, kind = augment.synthesis_plan([e.sequence for e in ex], labels, np.ones(len(ex)),
-                                         np.nan_to_num(level, nan=1.0), cfg.synth_tumors)
+        p, kind = augment.synthesis_plan([e.sequence for e in ex], labels, np.ones(len(ex)), level, cfg.synth_tumors)
         synth = (p[is_train], kind[is_train])
         print(f"Synthetic tumors: {int(np.count_nonzero(synth[0]))} tumor-free training slices may get one")
+    transplant = None
+    if cfg.transplant_tumors:
+        p, kind = augment.synthesis_plan([e.sequence for e in ex], labels, np.ones(len(ex)), level,
+                                         cfg.transplant_tumors)
+        bright = (augment.SYNTH_KINDS["bright"], augment.SYNTH_KINDS["bright-or-enhancing"])
+        p = np.where(np.isin(kind, bright), p, 0.0).astype(np.float32)  # the donors are FLAIR/T2 tumors
+        known = ~np.isin(masks, (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY))
+        donor = is_train & (labels == 1) & known & np.isin([e.sequence for e in ex], ("flair", "t2"))
+        bank = input_pipeline.load_donors(paths[donor], masks[donor], spec)
+        transplant = (p[is_train], *bank)
+        print(f"Transplanted tumors: {int(np.count_nonzero(transplant[0]))} tumor-free training slices may get "
+              f"one of {len(bank[0])} FLAIR/T2 training tumors")
     mirror = None
     if cfg.mirror_tumors:  # where the tumor is, from a mask drawn on any sequence of the slice
         mirror = (extents[is_train], cfg.mirror_tumors)
@@ -222,7 +237,7 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
     train_ds = input_pipeline.make_lesion_dataset(
         paths[is_train], labels[is_train], masks[is_train], sources[is_train], spec, global_batch, True,
         seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources, synth=synth, shares=cfg.shares(),
-        mirror=mirror)
+        mirror=mirror, transplant=transplant)
     val_ds = input_pipeline.make_lesion_dataset(
         paths[is_val], labels[is_val], masks[is_val], sources[is_val], spec, global_batch, False)
     return train_ds, val_ds
