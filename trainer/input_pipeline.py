@@ -132,7 +132,7 @@ def load_donors(paths, masks, spec, min_pixels=20):
     """(images (n, H, W, 1), masks (n, H, W, 1)) float32 of masked tumor slices, prepared as the model sees
     them, for `augment.transplant_tumor`; slices whose projected mask holds fewer than `min_pixels` are left out."""
     xs, ms = [], []
-    for path, mask in zip(paths, masks):
+    for path, mask in zip(paths, masks, strict=True):
         with tf.io.gfile.GFile(path, "rb") as f:
             gray = preprocessing.decode_raster(f.read())
         with tf.io.gfile.GFile(mask, "rb") as f:

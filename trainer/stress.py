@@ -126,17 +126,20 @@ def stress(artifacts, make, split="validation", max_per_source=0):
         if md["input_spec"] != artifact_io.read_metadata(artifacts[0])["input_spec"]:
             raise ValueError(f"{a}: another input than {artifacts[0]}'s; stress tests compare models of one input")
 
-        def flags(xs):
-            s = np.asarray(model.predict(xs[..., None], verbose=0)).reshape(len(xs), -1)[:, 0]
-            return s >= md["threshold"]
         out[a] = {}
         for source, (xp, xc, levels) in changed.items():
-            fc = flags(xc) if xc is not None else np.zeros(0, bool)
-            out[a][source] = {"n": len(xp), "flagged_plain": round(float(flags(xp).mean()), 4),
+            fc = _flags(model, md["threshold"], xc) if xc is not None else np.zeros(0, bool)
+            out[a][source] = {"n": len(xp), "flagged_plain": round(float(_flags(model, md["threshold"], xp).mean()), 4),
                               "n_changed": len(fc),
                               "flagged_changed": round(float(fc.mean()), 4) if len(fc) else None,
                               "flagged_changed_by_level": _by_level(fc, levels)}
     return out
+
+
+def _flags(model, threshold, xs):
+    """Whether each prepared slice (n, H, W) scores at or above the threshold."""
+    scores = np.asarray(model.predict(xs[..., None], verbose=0)).reshape(len(xs), -1)[:, 0]
+    return scores >= threshold
 
 
 def _by_level(flagged, levels, n_bins=LEVEL_BINS):
