@@ -88,6 +88,9 @@ def test_the_command_refuses_donors_it_cannot_find(tmp_path, capsys):
             stress.main(["transplant", everywhere, "--donors", bad])
         assert e.value.code == 2
     assert "no masked tumor slices of train:lgg/flair" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        stress.main(["transplant", everywhere, "--max-per-sourc", "3"])  # a misspelt flag is no abbreviation
+    assert e.value.code == 2
 
 
 def _spec(artifact_dir):

@@ -368,20 +368,20 @@ def compare(artifacts):
 
 def main(argv=None):
     import argparse
-    p = argparse.ArgumentParser(prog="python -m trainer.lesion_eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m trainer.lesion_eval", description=__doc__, allow_abbrev=False,
                                 formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    lv = sub.add_parser("levels", help="tumor-free slices by level bin for artifacts (their own thresholds)")
+    lv = sub.add_parser("levels", allow_abbrev=False, help="tumor-free slices by level bin for artifacts (their own thresholds)")
     lv.add_argument("artifacts", nargs="+")
     lv.add_argument("--out", default="")
-    ml = sub.add_parser("map-level", help="choose a lesion-map artifact's map level on validation masks and "
+    ml = sub.add_parser("map-level", allow_abbrev=False, help="choose a lesion-map artifact's map level on validation masks and "
                                           "report Dice/pointing/mass at it (--write stores it, re-sealed)")
     ml.add_argument("artifact")
     ml.add_argument("--write", action="store_true")
-    cmp_ = sub.add_parser("compare", help="AUC and the issue's operating points per split/source, side by side")
+    cmp_ = sub.add_parser("compare", allow_abbrev=False, help="AUC and the issue's operating points per split/source, side by side")
     cmp_.add_argument("artifacts", nargs="+")
     cmp_.add_argument("--out", default="")
-    pl = sub.add_parser("plots", help="write roc.png and calibration.png of artifacts from their "
+    pl = sub.add_parser("plots", allow_abbrev=False, help="write roc.png and calibration.png of artifacts from their "
                                       "validation_predictions.csv (artifacts made before the lesion trainer drew them)")
     pl.add_argument("artifacts", nargs="+")
     args = p.parse_args(argv)

@@ -177,14 +177,15 @@ def table(result):
 
 def main(argv=None):
     import argparse
-    p = argparse.ArgumentParser(prog="python -m trainer.stress", description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m trainer.stress", description=__doc__, formatter_class=HelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("test", choices=("painted", "transplant"))
     p.add_argument("artifacts", nargs="+", help="the first one's scored rows choose the slices (and the donors)")
     p.add_argument("--split", default="validation", help="whose tumor-free slices get a tumor")
     p.add_argument("--donors", default="held_out_site:lgg/flair", metavar="SPLIT:SOURCE",
                    help="transplant: the masked tumor slices to cut tumors from (never trained on)")
     p.add_argument("--max-per-source", type=int, default=0, help="0: every tumor-free slice")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="which slice gets which tumor (the same for every artifact)")
     p.add_argument("--out", default="", help="write the result as JSON here as well")
     args = p.parse_args(argv)
     if args.max_per_source < 0:
