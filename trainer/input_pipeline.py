@@ -130,13 +130,17 @@ def _lesion_loader(spec):
 
 def load_donors(paths, masks, spec, min_pixels=20):
     """(images (n, H, W, 1), masks (n, H, W, 1)) float32 of masked tumor slices, prepared as the model sees
-    them, for `augment.transplant_tumor`; slices whose projected mask holds fewer than `min_pixels` are left out."""
+    them, for `augment.transplant_tumor`; slices whose mask has another shape or whose projected mask holds
+    fewer than `min_pixels` are left out."""
     xs, ms = [], []
     for path, mask in zip(paths, masks, strict=True):
         with tf.io.gfile.GFile(path, "rb") as f:
             gray = preprocessing.decode_raster(f.read())
         with tf.io.gfile.GFile(mask, "rb") as f:
-            m = preprocessing.project_mask(gray, preprocessing.decode_raster(f.read()), spec)
+            m = preprocessing.decode_raster(f.read())
+        if m.shape != gray.shape:  # not drawn on this slice: no tumor to cut
+            continue
+        m = preprocessing.project_mask(gray, m, spec)
         if (m >= 0.5).sum() >= min_pixels:
             xs.append(preprocessing.prepare(gray, spec))
             ms.append((m >= 0.5).astype(np.float32)[..., None])

@@ -51,25 +51,19 @@ def painter(seed):
     return make
 
 
-def donors_of(artifact_dir, spec, split="held_out_site", source="lgg/flair", min_pixels=20):
-    """[(prepared slice (H, W), tumor mask (H, W) bool)] of the masked tumor slices of `split`/`source`."""
-    from screening_core import preprocessing
-    from trainer import lesion_eval
-    out = []
-    for r in _rows(artifact_dir, split, 1, source):
-        mask_path = lesion_eval._mask_of(r["path"])
-        if not mask_path:
-            continue
-        with open(r["path"], "rb") as f:
-            gray = preprocessing.decode_raster(f.read())
-        with open(mask_path, "rb") as f:
-            mask = preprocessing.decode_raster(f.read())
-        if mask.shape != gray.shape:
-            continue
-        m = preprocessing.project_mask(gray, mask, spec) >= 0.5
-        if m.sum() >= min_pixels:
-            out.append((preprocessing.prepare(gray, spec)[..., 0], m))
-    return out
+def donors_of(artifact_dir, spec, split="held_out_site", source="lgg/flair"):
+    """[(prepared slice (H, W), tumor mask (H, W) bool)] of the masked tumor slices of `split`/`source`
+    (`input_pipeline.load_donors`, the training transplants' loader)."""
+    from trainer import input_pipeline, lesion_eval
+    pairs = [(r["path"], lesion_eval._mask_of(r["path"])) for r in _rows(artifact_dir, split, 1, source)]
+    pairs = [(path, mask) for path, mask in pairs if mask]
+    if not pairs:
+        return []
+    try:
+        xs, ms = input_pipeline.load_donors(*zip(*pairs, strict=True), spec)
+    except ValueError:  # none holds a tumor: main says so in its own words
+        return []
+    return [(x[..., 0], m[..., 0] > 0.5) for x, m in zip(xs, ms, strict=True)]
 
 
 def transplanter(donors, seed, tries=12):
