@@ -96,3 +96,14 @@ def test_the_command_refuses_donors_it_cannot_find(tmp_path, capsys):
 def _spec(artifact_dir):
     from screening_core import artifact, preprocessing
     return preprocessing.InputSpec.from_dict(artifact.read_metadata(artifact_dir)["input_spec"])
+
+
+def test_a_lesion_artifacts_card_carries_the_transplant_table_where_its_rows_hold_donors(tmp_path):
+    rows = _scored_rows(tmp_path)
+    everywhere, _ = _artifacts(tmp_path, rows)
+    section = stress.card_section(everywhere)
+    assert section.startswith("\n## Stress tests") and "one of 8 masked tumor slices" in section
+    assert "| lgg/flair | 8 | 100.0 % / 100.0 % (of" in section
+    no_donors = [r for r in rows if r["split"] != "held_out_site"]
+    quiet, _ = _artifacts(tmp_path / "q", no_donors)
+    assert stress.card_section(quiet) == ""

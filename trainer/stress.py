@@ -169,6 +169,25 @@ def table(result):
     return "\n".join(lines)
 
 
+def card_section(version_dir, donors="held_out_site:lgg/flair", seed=7):
+    """The model card's stress-test section for one artifact from its scored rows: the transplant test on its
+    validation slices ("" where those rows hold no donor tumor, e.g. no held-out site)."""
+    from screening_core import artifact as artifact_io
+    from screening_core import preprocessing
+    split, _, source = donors.partition(":")
+    spec = preprocessing.InputSpec.from_dict(artifact_io.read_metadata(version_dir)["input_spec"])
+    cut = donors_of(version_dir, spec, split, source)
+    if not cut:
+        return ""
+    result = stress([version_dir], transplanter(cut, seed))
+    return (f"\n## Stress tests: a tumor where no collection shows one\n"
+            f"Each source's tumor-free validation slices as they are and with a real tumor set in (one of {len(cut)} "
+            f"masked tumor slices of {donors}, which the model never trained on, at its own place, scaled to the "
+            f"slice's brain: `augment.transplant_tumor`), at the model's threshold; the level bins show where it "
+            f"finds tumors only where its training collections had them. A stress test, not a metric "
+            f"(`python -m trainer.stress transplant <artifact>`; `painted` for a drawn tumor).\n\n{table(result)}\n")
+
+
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="python -m trainer.stress", description=__doc__, formatter_class=HelpFormatter,
