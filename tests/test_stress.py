@@ -41,7 +41,7 @@ def test_the_same_tumor_free_slices_are_scored_as_they_are_and_with_a_tumor_put_
     """A map that says 'lesion' everywhere flags both, one that says it nowhere neither; only the first
     artifact's tumor-free rows of the split that still exist are used, the same ones for every artifact."""
     everywhere, nowhere = _artifacts(tmp_path, _scored_rows(tmp_path))
-    for make in (stress.painter(7), stress.transplanter(stress.donors_of(everywhere, _spec(everywhere)), 7)):
+    for make in (stress.painter(7), stress.transplanter(stress.donors_of(everywhere), 7)):
         result = stress.stress([everywhere, nowhere], make)
         assert set(result[everywhere]) == {"lgg/flair", "lgg/t1-post"}
         for source in ("lgg/flair", "lgg/t1-post"):
@@ -57,7 +57,7 @@ def test_the_same_tumor_free_slices_are_scored_as_they_are_and_with_a_tumor_put_
 
 def test_a_transplanted_tumor_is_the_donors_own_cut_into_the_targets_brain_at_the_donors_place(tmp_path):
     everywhere, _ = _artifacts(tmp_path, _scored_rows(tmp_path))
-    donors = stress.donors_of(everywhere, _spec(everywhere))
+    donors = stress.donors_of(everywhere)
     assert len(donors) == 8 and all(m.sum() >= 20 for _, m in donors)  # the masked tumor slices
     donor_x, donor_m = donors[0]
     make = stress.transplanter([donors[0]], seed=1)
@@ -91,11 +91,6 @@ def test_the_command_refuses_donors_it_cannot_find(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         stress.main(["transplant", everywhere, "--max-per-sourc", "3"])  # a misspelt flag is no abbreviation
     assert e.value.code == 2
-
-
-def _spec(artifact_dir):
-    from screening_core import artifact, preprocessing
-    return preprocessing.InputSpec.from_dict(artifact.read_metadata(artifact_dir)["input_spec"])
 
 
 def test_a_lesion_artifacts_card_carries_the_transplant_table_where_its_rows_hold_donors(tmp_path):

@@ -9,7 +9,6 @@
   levels (posterior fossa, vertex); the table shows the median score and the
   share flagged per bin.
 
-
 Stress tests (a tumor put into each source's tumor-free slices) live in trainer/stress.py.
 
 Tumor-free slices by level for any artifact from its validation_predictions.csv (v3 before, v4 after):

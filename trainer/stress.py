@@ -51,10 +51,13 @@ def painter(seed):
     return make
 
 
-def donors_of(artifact_dir, spec, split="held_out_site", source="lgg/flair"):
-    """[(prepared slice (H, W), tumor mask (H, W) bool)] of the masked tumor slices of `split`/`source`
-    (`input_pipeline.load_donors`, the training transplants' loader)."""
+def donors_of(artifact_dir, split="held_out_site", source="lgg/flair"):
+    """[(prepared slice (H, W), tumor mask (H, W) bool)] of the masked tumor slices of `split`/`source` in the
+    artifact's scored rows, prepared for its input (`input_pipeline.load_donors`, the training transplants' loader)."""
+    from screening_core import artifact as artifact_io
+    from screening_core import preprocessing
     from trainer import input_pipeline, lesion_eval
+    spec = preprocessing.InputSpec.from_dict(artifact_io.read_metadata(artifact_dir)["input_spec"])
     pairs = [(r["path"], lesion_eval._mask_of(r["path"])) for r in _rows(artifact_dir, split, 1, source)]
     pairs = [(path, mask) for path, mask in pairs if mask]
     if not pairs:
@@ -102,7 +105,8 @@ def stress(artifacts, make, split="validation", max_per_source=0):
     if max_per_source:
         by_source = {k: v[:max_per_source] for k, v in by_source.items()}
     changed = {}  # prepared with the first artifact's input spec: a stress test compares models of one input
-    spec = preprocessing.InputSpec.from_dict(artifact_io.read_metadata(artifacts[0])["input_spec"])
+    input_spec = artifact_io.read_metadata(artifacts[0])["input_spec"]
+    spec = preprocessing.InputSpec.from_dict(input_spec)
     for source, items in sorted(by_source.items()):
         plain, put, levels = [], [], []
         for i, (path, level) in enumerate(items):
@@ -117,13 +121,13 @@ def stress(artifacts, make, split="validation", max_per_source=0):
     out = {}
     for a in artifacts:
         model, md = artifact_io.load(a)
-        if md["input_spec"] != artifact_io.read_metadata(artifacts[0])["input_spec"]:
+        if md["input_spec"] != input_spec:
             raise ValueError(f"{a}: another input than {artifacts[0]}'s; stress tests compare models of one input")
-
         out[a] = {}
         for source, (xp, xc, levels) in changed.items():
+            fp = _flags(model, md["threshold"], xp)
             fc = _flags(model, md["threshold"], xc) if xc is not None else np.zeros(0, bool)
-            out[a][source] = {"n": len(xp), "flagged_plain": round(float(_flags(model, md["threshold"], xp).mean()), 4),
+            out[a][source] = {"n": len(xp), "flagged_plain": round(float(fp.mean()), 4),
                               "n_changed": len(fc),
                               "flagged_changed": round(float(fc.mean()), 4) if len(fc) else None,
                               "flagged_changed_by_level": _by_level(fc, levels)}
@@ -172,11 +176,8 @@ def table(result):
 def card_section(version_dir, donors="held_out_site:lgg/flair", seed=7):
     """The model card's stress-test section for one artifact from its scored rows: the transplant test on its
     validation slices ("" where those rows hold no donor tumor, e.g. no held-out site)."""
-    from screening_core import artifact as artifact_io
-    from screening_core import preprocessing
     split, _, source = donors.partition(":")
-    spec = preprocessing.InputSpec.from_dict(artifact_io.read_metadata(version_dir)["input_spec"])
-    cut = donors_of(version_dir, spec, split, source)
+    cut = donors_of(version_dir, split, source)
     if not cut:
         return ""
     result = stress([version_dir], transplanter(cut, seed))
@@ -206,13 +207,10 @@ def main(argv=None):
     if args.test == "painted":
         make = painter(args.seed)
     else:
-        from screening_core import artifact as artifact_io
-        from screening_core import preprocessing
         split, _, source = args.donors.partition(":")
         if not source:
             p.error(f"--donors {args.donors!r}: expected SPLIT:SOURCE, e.g. held_out_site:lgg/flair")
-        spec = preprocessing.InputSpec.from_dict(artifact_io.read_metadata(args.artifacts[0])["input_spec"])
-        donors = donors_of(args.artifacts[0], spec, split, source)
+        donors = donors_of(args.artifacts[0], split, source)
         if not donors:
             p.error(f"no masked tumor slices of {args.donors} in {args.artifacts[0]}'s scored rows")
         print(f"{len(donors)} donor tumors from {args.donors}")
