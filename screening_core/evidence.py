@@ -17,15 +17,50 @@ EPS = 1e-7  # float32 probabilities saturate at 0 and 1; their log-odds are clip
 
 @keras.saving.register_keras_serializable(package="screening_core")
 class OddsProduct(keras.layers.Layer):
-    """[p_a, p_b] (each (n, 1)) -> sigmoid(logit(p_a) + logit(p_b)), (n, 1) float32."""
+    """[p_a, p_b, ...] (each (n, 1)) -> sigmoid(w_a logit(p_a) + w_b logit(p_b) + ...), (n, 1) float32.
+
+    `weights` default to 1 each (v9-v13: the plain sum); 0.5 for a member's two passes (the image and
+    its mirror, `MirrorImage`) averages that member's log-odds instead of counting its evidence twice."""
+
+    def __init__(self, weights=None, **kwargs):
+        super().__init__(**kwargs)
+        self.member_weights = None if weights is None else [float(w) for w in weights]
 
     def call(self, inputs):
         from keras import ops
+        if self.member_weights is not None and len(self.member_weights) != len(inputs):
+            raise ValueError(f"{len(inputs)} probabilities for {len(self.member_weights)} weights")
         total = 0.0
-        for p in inputs:
+        for i, p in enumerate(inputs):
             p = ops.clip(ops.cast(p, "float32"), EPS, 1.0 - EPS)
-            total = total + ops.log(p) - ops.log(1.0 - p)
+            w = 1.0 if self.member_weights is None else self.member_weights[i]
+            total = total + w * (ops.log(p) - ops.log(1.0 - p))
         return ops.sigmoid(total)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
+
+    def get_config(self):
+        config = super().get_config()
+        if self.member_weights is not None:  # absent in v9-v13's saved graphs: they load as the plain sum
+            config["weights"] = self.member_weights
+        return config
+
+
+@keras.saving.register_keras_serializable(package="screening_core")
+class MirrorImage(keras.layers.Layer):
+    """(n, H, W, C) -> the same images mirrored left to right.
+
+    Why: a head is close to mirror-symmetric and a tumor may sit in either hemisphere, yet a network
+    trained with random flips still scores an image and its mirror differently (its stride-2 "same"
+    padding is one-sided, and it learnt from finitely many draws). Scoring both and averaging their
+    log-odds (`OddsProduct` weights 0.5) is flip test-time augmentation inside the graph, so every
+    engine (Keras, ONNX) and every consumer of the artifact gets the same score; the averaged score is
+    the same for an image and its mirror."""
+
+    def call(self, x):
+        from keras import ops
+        return ops.flip(x, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

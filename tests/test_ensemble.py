@@ -108,3 +108,57 @@ def test_the_classifier_can_be_moved_part_way_to_its_fine_tune(tmp_path):
         ensemble.build(lesion_dir, base_dir, lesion_as_classifier, 0.3)
     with pytest.raises(SystemExit, match=r"in \[0, 1\]"):
         ensemble.build(lesion_dir, base_dir, tuned_dir, 1.5)
+
+
+def test_mirrored_members_average_the_image_and_its_mirror_and_export_to_onnx(tmp_path):
+    """--mirror: each mirrored member's log-odds are the mean of its two passes (the image as given and
+    mirrored left to right), so with both members mirrored an image and its mirror get one score; the
+    overlays' map and the OOD layers stay the first pass's; the graph saves, loads and exports with parity."""
+    import keras
+
+    from screening_core import artifact, ood, preprocessing
+    from trainer import ensemble, export
+    lesion, _ = artifact.load(tiny_model.write_tiny_artifact(tmp_path / "l", lesion_bias=-1.0, seed=7))
+    head = lesion.get_layer("lesion_logits")  # a map that depends on the image (the tiny one is flat)
+    kernel, bias = head.get_weights()
+    head.set_weights([np.random.default_rng(0).normal(0, 2.0, kernel.shape).astype(np.float32), bias])
+    lesion_dir = str(tmp_path / "lesion" / "1")
+    artifact.write_artifact(lesion, lesion_dir, dict(
+        name="lesion", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
+        threshold=0.5, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
+        training_config={}, extra={"head": "lesion_map"}))
+    classifier_dir = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
+    classifier, _ = artifact.load(classifier_dir)
+    x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
+                                        preprocessing.InputSpec(32, 32)) for s in range(6)])
+    x[:, :, :10] *= 0.5  # a lopsided image: its mirror is another image
+    mirror = x[:, :, ::-1]
+
+    def logits(model, images):
+        return _logit(model.predict_on_batch(images).ravel())
+
+    l_plain, l_mirror = logits(lesion, x), logits(lesion, mirror)
+    c_plain, c_mirror = logits(classifier, x), logits(classifier, mirror)
+    assert np.abs(l_plain - l_mirror).max() > 1e-3 and np.abs(c_plain - c_mirror).max() > 1e-3
+    expected = {"none": c_plain + l_plain, "lesion": c_plain + (l_plain + l_mirror) / 2,
+                "classifier": (c_plain + c_mirror) / 2 + l_plain, "both": (c_plain + c_mirror + l_plain + l_mirror) / 2}
+    for mode, z in expected.items():
+        model, info = ensemble.build(lesion_dir, classifier_dir, mirror=mode)
+        got = model.predict_on_batch(x).ravel()
+        np.testing.assert_allclose(got, 1 / (1 + np.exp(-z)), atol=1e-5, err_msg=mode)
+        assert info["members"]["lesion_map"]["mirrored"] == (mode in ("lesion", "both"))
+    np.testing.assert_allclose(model.predict_on_batch(mirror).ravel(), got, atol=1e-5)  # "both": one score
+    maps = keras.Model(model.inputs, model.get_layer("lesion_map").output).predict_on_batch(x)
+    np.testing.assert_allclose(maps, keras.Model(lesion.inputs, lesion.get_layer("lesion_map").output)
+                               .predict_on_batch(x), atol=1e-6)  # the map of the image as given
+    assert not [n for n in ood.layer_names(model) if n.startswith(ensemble.MIRROR_PREFIX)]
+    version_dir = str(tmp_path / "models" / "ens" / "1")
+    artifact.write_artifact(model, version_dir, dict(
+        name="ens", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
+        threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
+        training_config={}, extra={"head": "lesion_map"}))
+    again, _ = artifact.load(version_dir)
+    np.testing.assert_allclose(again.predict_on_batch(x).ravel(), got, atol=1e-6)
+    assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+    with pytest.raises(SystemExit, match="--mirror is one of"):
+        ensemble.build(lesion_dir, classifier_dir, mirror="lesions")

@@ -21,6 +21,8 @@ import os
 from trainer import HelpFormatter
 
 CLASSIFIER_PREFIX = "cls_"
+MIRROR_PREFIX = "mirror_"  # the second pass of a mirrored member (ood.layer_names leaves it out)
+MIRROR_CHOICES = ("none", "lesion", "classifier", "both")
 
 
 def _filters(lesion):
@@ -53,9 +55,32 @@ def interpolate(base, fine_tuned, alpha):
     return base
 
 
-def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0):
+def _prefixed(prefix):
+    def clone(layer):
+        config = layer.get_config()
+        config["name"] = prefix + layer.name
+        return layer.__class__.from_config(config)
+    return clone
+
+
+def _second_pass(member, inputs, mirrored, name):
+    """`member` (a model on `inputs`) applied to `mirrored` too: a copy of its layers under MIRROR_PREFIX
+    with the same weights, nested as one layer `name` (so the scorer's and the OOD guard's lookups by
+    name still find the first pass's layers); its slice probability."""
+    import keras
+    sub = keras.Model(inputs, member.output)
+    fresh = keras.Input(shape=tuple(inputs.shape[1:]), name=name + "_image")
+    twin = keras.models.clone_model(sub, input_tensors=fresh, clone_function=_prefixed(MIRROR_PREFIX))
+    twin = keras.Model(twin.inputs, twin.outputs, name=name)
+    twin.set_weights(sub.get_weights())
+    return twin(mirrored)
+
+
+def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none"):
     """(ensemble model, description) from two artifact folders; with `fine_tuned_dir`, the classifier's
-    weights are moved `alpha` of the way to that fine-tune's (`interpolate`)."""
+    weights are moved `alpha` of the way to that fine-tune's (`interpolate`). `mirror` (MIRROR_CHOICES):
+    which members also score the image mirrored left to right, their two log-odds averaged
+    (`evidence.MirrorImage`); the lesion map the overlays show stays the map of the image as given."""
     import keras
 
     from screening_core import artifact, evidence
@@ -81,18 +106,26 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0):
         if layer.weights:
             flat.get_layer(layer.name).set_weights(layer.get_weights())
 
-    def prefixed(layer):
-        config = layer.get_config()
-        config["name"] = CLASSIFIER_PREFIX + layer.name
-        return layer.__class__.from_config(config)
-
-    flat_classifier = keras.models.clone_model(classifier, input_tensors=inputs, clone_function=prefixed)
+    flat_classifier = keras.models.clone_model(classifier, input_tensors=inputs,
+                                               clone_function=_prefixed(CLASSIFIER_PREFIX))
     flat_classifier.set_weights(classifier.get_weights())
-    p_classifier = flat_classifier.output
-    combined = evidence.OddsProduct(name="combined_probability", dtype="float32")([p_classifier, flat.output])
+    if mirror not in MIRROR_CHOICES:
+        raise SystemExit(f"--mirror is one of {', '.join(MIRROR_CHOICES)}, got {mirror!r}")
+    probabilities, weights = [flat_classifier.output, flat.output], [1.0, 1.0]
+    if mirror != "none":
+        mirrored = evidence.MirrorImage(name="mirror_image")(inputs)
+        for i, (member, which) in enumerate(((flat_classifier, "classifier"), (flat, "lesion"))):
+            if mirror in (which, "both"):
+                probabilities.append(_second_pass(member, inputs, mirrored, f"{MIRROR_PREFIX}{which}"))
+                weights[i] = 0.5
+                weights.append(0.5)
+    combined = evidence.OddsProduct(weights=weights if mirror != "none" else None, name="combined_probability",
+                                    dtype="float32")(probabilities)
     model = keras.Model(inputs, combined, name="brain_tumor_lesion_and_classifier")
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},
                "classifier": {"artifact": classifier_dir, "model_sha256": classifier_md["model_sha256"]}}
+    for name, which in (("classifier", "classifier"), ("lesion_map", "lesion")):
+        members[name]["mirrored"] = mirror in (which, "both")
     if tuned_md is not None:
         members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
                                                   "model_sha256": tuned_md["model_sha256"]}
@@ -111,11 +144,15 @@ def main(argv=None):
                         "way from the classifier's to this one's (WiSE-FT)")
     parser.add_argument("--alpha", type=float, default=0.0, help="with --fine-tuned: share of the fine-tune in "
                         "the classifier's weights, in [0, 1]")
+    parser.add_argument("--mirror", default="none", choices=MIRROR_CHOICES,
+                        help="members that also score the image mirrored left to right, their log-odds "
+                        "averaged (flip test-time augmentation in the graph; each mirrored member costs its "
+                        "share of the scoring time again)")
     parser.add_argument("--out", required=True, help="folder for best.keras and fit.json")
     args = parser.parse_args(argv)
     if args.alpha and not args.fine_tuned:
         parser.error("--alpha moves the classifier towards --fine-tuned: name that artifact")
-    model, info = build(args.lesion, args.classifier, args.fine_tuned or None, args.alpha)
+    model, info = build(args.lesion, args.classifier, args.fine_tuned or None, args.alpha, args.mirror)
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "best.keras"))
     with open(os.path.join(args.out, "fit.json"), "w") as f:
