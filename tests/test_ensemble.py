@@ -144,7 +144,9 @@ def test_mirrored_members_average_the_image_and_its_mirror_and_export_to_onnx(tm
                 "classifier": (c_plain + c_mirror) / 2 + l_plain, "both": (c_plain + c_mirror + l_plain + l_mirror) / 2}
     for mode, z in expected.items():
         model, info = ensemble.build(lesion_dir, classifier_dir, mirror=mode)
-        got = model.predict_on_batch(x).ravel()
+        got = model.predict_on_batch(x)
+        assert got.shape == (6, 1) and tuple(model.output.shape) == (None, 1), mode  # one probability per slice
+        got = got.ravel()
         np.testing.assert_allclose(got, 1 / (1 + np.exp(-z)), atol=1e-5, err_msg=mode)
         assert info["members"]["lesion_map"]["mirrored"] == (mode in ("lesion", "both"))
     np.testing.assert_allclose(model.predict_on_batch(mirror).ravel(), got, atol=1e-5)  # "both": one score

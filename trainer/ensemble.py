@@ -71,7 +71,7 @@ def _second_pass(member, inputs, mirrored, name):
     sub = keras.Model(inputs, member.output)
     fresh = keras.Input(shape=tuple(inputs.shape[1:]), name=name + "_image")
     twin = keras.models.clone_model(sub, input_tensors=fresh, clone_function=_prefixed(MIRROR_PREFIX))
-    twin = keras.Model(twin.inputs, twin.outputs, name=name)
+    twin = keras.Model(twin.inputs, twin.outputs[0], name=name)  # one tensor, not a list of one
     twin.set_weights(sub.get_weights())
     return twin(mirrored)
 
