@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -95,6 +95,15 @@ V7_ARGS = --data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(S
 	--eval-data-dir $(SHARED)/brats-sample --holdout-pattern '$(HOLDOUT)' --masks-dir brain-mri=$(FIGSHARE_MASKS) \
 	--label-only-tumors skip --shares lgg=0.5,brats-ped=0.25,brain-mri=0.25 --steps-per-epoch 250 --seed $(SEED) \
 	--model-dir $(MODEL_DIR)
+# Tumor-free T1/T2/FLAIR slices at every level from the MNI152 template nilearn's wheel ships
+# (trainer/template_slices.py; the wheel is fetched from PyPI, not installed): make data-mni152
+MNI152 ?= ../data/mni152
+NILEARN_WHEEL ?= nilearn==0.14.1
+data-mni152: $(STAMP)
+	test -d $(MNI152) || { tmp=$$(mktemp -d); $(PY) -m pip download --quiet --no-deps '$(NILEARN_WHEEL)' -d $$tmp && \
+		$(PY) -m zipfile -e $$tmp/nilearn-*.whl $$tmp/wheel && \
+		$(PY) -m trainer.template_slices --template-dir $$tmp/wheel/nilearn/datasets/data --out $(MNI152); s=$$?; rm -rf $$tmp; exit $$s; }
+
 train-v7: $(STAMP)
 	test -d $(FIGSHARE_MASKS) || $(PY) -m trainer.figshare_masks --brain-mri $(SHARED)/brain-mri \
 		--figshare-images $(FIGSHARE_IMAGES) --borders $(FIGSHARE_BORDERS) --out $(FIGSHARE_MASKS)

@@ -1,0 +1,65 @@
+"""trainer.template_slices: tumor-free T1/T2/FLAIR slices at every level from a brain template's tissue maps."""
+import os
+
+import numpy as np
+import pytest
+
+
+def _template(folder, shape=(40, 48, 30)):
+    """A ball of a brain: white matter inside, grey matter around it, CSF in a central ventricle."""
+    import nibabel as nib
+
+    from trainer import template_slices
+    zz, yy, xx = np.meshgrid(*(np.arange(n) - n / 2 for n in shape), indexing="ij")
+    r = np.sqrt((zz / 18) ** 2 + (yy / 22) ** 2 + (xx / 14) ** 2)
+    brain, ventricle = r < 1.0, r < 0.25
+    wm = ((r < 0.7) & ~ventricle).astype(np.float32)
+    gm = (brain & (r >= 0.7)).astype(np.float32)
+    t1 = np.where(brain, 0.35 * gm + 0.8 * wm + 0.1 * ventricle, 0.0).astype(np.float32)
+    os.makedirs(folder, exist_ok=True)
+    for key, vol in (("t1", t1), ("gm", gm), ("wm", wm)):
+        nib.save(nib.Nifti1Image(vol * 255, np.eye(4)), os.path.join(folder, template_slices.FILES[key]))
+    return t1, gm, wm, ventricle, r
+
+
+def test_looks_draw_csf_bright_on_t2_and_dark_on_flair_and_stay_inside_the_brain(tmp_path):
+    from trainer import template_slices
+    _, _, _, ventricle, r = _template(tmp_path / "tpl")
+    t1, gm, wm = template_slices.load_template(str(tmp_path / "tpl"))
+    looks, brain = template_slices.looks_of(t1, gm, wm)
+    white = (r < 0.7) & ~ventricle & (r > 0.35)
+    assert looks["t2"][ventricle].mean() > looks["t2"][white].mean() + 0.4  # CSF bright on T2
+    assert looks["flair"][ventricle].mean() < looks["flair"][white].mean() - 0.2  # dark on FLAIR
+    assert looks["flair"][(r >= 0.7) & brain].mean() > looks["flair"][white].mean()  # grey above white
+    for look in template_slices.LOOKS:
+        assert looks[look][~brain].max() == 0.0
+
+
+def test_the_collection_is_tumor_free_slices_of_every_look_with_an_empty_masks_folder(tmp_path):
+    from PIL import Image
+
+    from trainer import lesion_data, template_slices
+    _template(tmp_path / "tpl")
+    out = tmp_path / "mni152"
+    assert template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(out), "--step", "3",
+                                 "--variants", "2"]) == 0
+    assert os.path.isdir(out / "masks") and not os.listdir(out / "masks")
+    names = {look: sorted(os.listdir(out / look / "notumor")) for look in template_slices.LOOKS}
+    assert len({tuple(v) for v in names.values()}) == 1  # the same levels and variants in every look
+    levels = {n.rsplit("_", 1)[1] for n in names["t2"]}
+    assert len(names["t2"]) == 2 * len(levels) and len(levels) >= 4
+    assert sorted(os.listdir(out)) == ["flair", "masks", "t1", "t2"]
+    img = np.asarray(Image.open(out / "t2" / "notumor" / names["t2"][len(names["t2"]) // 2]))
+    assert img.dtype == np.uint8 and img.ndim == 2 and img.max() > 100 and (img == 0).mean() > 0.2
+    # the lesion trainer reads every slice as an all-negative map (a masks/ folder, no mask for a tumor-free slice)
+    from trainer import discovery
+    examples, notes = discovery.discover(str(out))
+    assert notes["layout"] == "sequence_folders" and len(examples) == 3 * len(names["t2"])
+    assert {(e.label, e.collection) for e in examples} == {(0, "mni152")}
+    assert {e.sequence for e in examples} == set(template_slices.LOOKS)
+    assert set(lesion_data.mask_plan(examples, [str(out)])) == {("", 1.0)}
+    # a second run never overwrites, and a folder without the template says what it needs
+    with pytest.raises(SystemExit):
+        template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(out)])
+    with pytest.raises(SystemExit, match="must hold"):
+        template_slices.main(["--template-dir", str(tmp_path), "--out", str(tmp_path / "x")])

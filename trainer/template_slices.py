@@ -1,0 +1,171 @@
+"""Tumor-free training slices at every level, in T1, T2 and FLAIR, from the MNI152 brain template.
+
+Why: in every collection we have, the tumor-free slices come from other levels or another source than the
+tumor slices, so a model learns level and source (docs/model_v4_notes.md); the template is one healthy brain
+from the skull base to the vertex. Its T1 is the template itself; T2 and FLAIR are drawn from its tissue
+maps (CSF bright on T2 and dark on FLAIR, grey matter brighter than white on both), with a bias field,
+noise, a small rotation and scale, and, on half of the slices, a scalp and skull around the brain (most
+archives are not skull-stripped). Every slice is tumor-free and the collection has an empty `masks/`
+folder, so the lesion trainer reads each as an all-negative map, and `--synth-tumors` and
+`--transplant-tumors` can put tumors into them (a tumor at a level and in a look where no collection
+shows one). It is one averaged anatomy: a validation split of it measures nothing held out.
+
+The template is the ICBM 2009a nonlinear symmetric MNI152 (Fonov et al., NeuroImage 2011; Collins et
+al.), as shipped in nilearn's wheel (`nilearn/datasets/data/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_
+converted.nii.gz`; free use with the copyright notice, see the model card). `make data-mni152` fetches
+that wheel from PyPI and writes the collection:
+
+  python -m trainer.template_slices --template-dir DIR --out ../data/mni152
+"""
+import argparse
+import os
+import shutil
+
+import numpy as np
+
+from trainer import HelpFormatter
+
+FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
+LOOKS = ("t1", "t2", "flair")
+# Tissue intensities (CSF, grey, white) of the drawn sequences, on a [0, 1] scale.
+TISSUE = {"t2": (0.95, 0.50, 0.32), "flair": (0.12, 0.62, 0.45)}
+
+
+def load_template(template_dir):
+    """(t1, gm, wm) volumes in [0, 1], axial slices along the last axis."""
+    import nibabel as nib
+    vols = []
+    for key in ("t1", "gm", "wm"):
+        path = os.path.join(template_dir, FILES[key])
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} not found: --template-dir must hold {', '.join(FILES.values())}")
+        v = np.asarray(nib.load(path).get_fdata(), np.float32)
+        vols.append(v / max(float(v.max()), 1e-6))
+    return tuple(vols)
+
+
+def looks_of(t1, gm, wm):
+    """{look: volume in [0, 1]} with the brain's mask: T1 as is, T2 and FLAIR from the tissue maps."""
+    brain = t1 > 0.02
+    csf = np.clip(brain.astype(np.float32) - gm - wm, 0.0, 1.0)
+    out = {"t1": t1}
+    for look, (c, g, w) in TISSUE.items():
+        out[look] = np.clip(c * csf + g * gm + w * wm, 0.0, 1.0) * brain
+    return out, brain
+
+
+def _bias_field(shape, rng, strength):
+    """A smooth multiplicative field (1 +- strength), as a receive coil leaves on an image."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    a, b, c = rng.normal(0, 1, 3)
+    f = a * (xx - 0.5) + b * (yy - 0.5) + c * (xx - 0.5) * (yy - 0.5) * 4
+    return 1.0 + strength * f / max(np.abs(f).max(), 1e-6)
+
+
+def _dilate(mask, px):
+    """Binary dilation by `px` pixels (a 3x3 cross, repeated)."""
+    out = mask.copy()
+    for _ in range(px):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
+
+
+def _blur(img, sigma):
+    """Separable Gaussian blur (numpy only)."""
+    if sigma <= 0.05:
+        return img
+    r = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    out = np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), 0, img)
+    return np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), 1, out)
+
+
+def _head_around(img, brain, rng, look):
+    """A skull (dark) and scalp (bright, textured) ring around the brain mask."""
+    gap, scalp = int(rng.integers(3, 7)), int(rng.integers(4, 9))
+    inner = _dilate(brain, gap)
+    ring = _dilate(inner, scalp) & ~inner
+    level = {"t1": 0.85, "t2": 0.7, "flair": 0.75}[look] * rng.uniform(0.8, 1.1)
+    texture = _blur(rng.normal(0, 1, img.shape), 1.5)
+    texture = texture / max(float(texture.std()), 1e-6)
+    out = img.copy()
+    out[ring] = np.clip(level + 0.08 * texture[ring], 0, 1)
+    out[inner & ~brain] = rng.uniform(0.0, 0.08)
+    return out
+
+
+def variant(slice2d, brain2d, rng, look):
+    """One augmented copy of a template slice (2-D arrays, brain mask), as uint8."""
+    from PIL import Image
+    img = slice2d * _bias_field(slice2d.shape, rng, rng.uniform(0.05, 0.25))
+    if rng.random() < 0.5:
+        img = _head_around(img, brain2d, rng, look)
+    h, w = img.shape
+    pic = Image.fromarray(img.astype(np.float32), "F").rotate(rng.uniform(-12, 12), Image.BILINEAR)
+    scale = rng.uniform(0.9, 1.1)
+    zh, zw = int(round(h * scale)), int(round(w * scale))
+    pic = pic.resize((zw, zh), Image.BILINEAR)
+    canvas = Image.new("F", (w, h), 0.0)
+    canvas.paste(pic, ((w - zw) // 2, (h - zh) // 2))
+    img = _blur(np.asarray(canvas), rng.uniform(0.0, 0.8))
+    img = img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape) * (img > 0.01)
+    img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_px=800):
+    """Writes out_dir/{t1,t2,flair}/notumor/mni152_v<k>_<z>.png and an empty out_dir/masks/; returns the count.
+
+    Axial slices every `step` voxels whose brain covers at least `min_brain_px` pixels, `variants`
+    augmented copies of each per look; rows flipped so anterior is up, as radiology displays them."""
+    from PIL import Image
+    looks, brain = looks_of(t1, gm, wm)
+    zs = [z for z in range(0, t1.shape[2], step) if brain[:, :, z].sum() >= min_brain_px]
+    if not zs:
+        raise SystemExit("no axial slice of the template holds enough brain")
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
+    n = 0
+    for look in LOOKS:
+        folder = os.path.join(out_dir, look, "notumor")
+        os.makedirs(folder, exist_ok=True)
+        for z in zs:
+            sl, br = np.rot90(looks[look][:, :, z]), np.rot90(brain[:, :, z])
+            for k in range(variants):
+                Image.fromarray(variant(sl, br, rng, look)).save(os.path.join(folder, f"mni152_v{k}_{z:03d}.png"))
+                n += 1
+    return n
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m trainer.template_slices", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter, allow_abbrev=False)
+    p.add_argument("--template-dir", required=True, help="folder with the three MNI152 NIfTI files nilearn ships")
+    p.add_argument("--out", required=True, help="collection folder to write (t1/, t2/, flair/, masks/)")
+    p.add_argument("--step", type=int, default=2, help="one axial slice every STEP mm")
+    p.add_argument("--variants", type=int, default=3, help="augmented copies of each slice and look")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.step < 1 or args.variants < 1:
+        p.error("--step and --variants are positive integers")
+    if os.path.exists(args.out) and os.listdir(args.out):
+        p.error(f"{args.out} exists and is not empty; remove it to write the collection again")
+    partial = f"{args.out.rstrip('/')}.partial-{os.getpid()}"  # an interrupted run leaves no half collection
+    shutil.rmtree(partial, ignore_errors=True)
+    n = write_collection(*load_template(args.template_dir), partial, args.step, args.variants, args.seed)
+    if os.path.isdir(args.out):
+        os.rmdir(args.out)  # empty (checked above)
+    os.replace(partial, args.out)
+    print(f"{n} tumor-free template slices written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
