@@ -63,3 +63,22 @@ def test_the_collection_is_tumor_free_slices_of_every_look_with_an_empty_masks_f
         template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(out)])
     with pytest.raises(SystemExit, match="must hold"):
         template_slices.main(["--template-dir", str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def test_a_subset_of_looks_writes_the_same_slices_of_those_looks_and_a_bad_look_is_refused(tmp_path, capsys):
+    from trainer import template_slices
+    _template(tmp_path / "tpl")
+    full, part = tmp_path / "full", tmp_path / "part"
+    for out, looks in ((full, []), (part, ["--looks", "t2,flair"])):
+        assert template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(out), "--step", "4",
+                                     *looks]) == 0
+    assert sorted(os.listdir(part)) == ["flair", "masks", "t2"]
+    for look in ("t2", "flair"):
+        names = sorted(os.listdir(part / look / "notumor"))
+        assert names == sorted(os.listdir(full / look / "notumor"))
+        assert all((part / look / "notumor" / n).read_bytes() == (full / look / "notumor" / n).read_bytes()
+                   for n in names)
+    with pytest.raises(SystemExit) as e:
+        template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(tmp_path / "x"), "--looks", "t3"])
+    assert e.value.code == 2 and "--looks" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")

@@ -120,27 +120,31 @@ def variant(slice2d, brain2d, rng, look):
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_px=800):
-    """Writes out_dir/{t1,t2,flair}/notumor/mni152_v<k>_<z>.png and an empty out_dir/masks/; returns the count.
+def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_px=800, looks=LOOKS):
+    """Writes out_dir/<look>/notumor/mni152_v<k>_<z>.png for each of `looks` and an empty out_dir/masks/;
+    returns the count.
 
     Axial slices every `step` voxels whose brain covers at least `min_brain_px` pixels, `variants`
     augmented copies of each per look; rows flipped so anterior is up, as radiology displays them."""
     from PIL import Image
-    looks, brain = looks_of(t1, gm, wm)
+    drawn, brain = looks_of(t1, gm, wm)
     zs = [z for z in range(0, t1.shape[2], step) if brain[:, :, z].sum() >= min_brain_px]
     if not zs:
         raise SystemExit("no axial slice of the template holds enough brain")
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
     n = 0
-    for look in LOOKS:
+    for look in LOOKS:  # every look draws its variants, so a subset writes the same slices as the full set
         folder = os.path.join(out_dir, look, "notumor")
-        os.makedirs(folder, exist_ok=True)
+        if look in looks:
+            os.makedirs(folder, exist_ok=True)
         for z in zs:
-            sl, br = np.rot90(looks[look][:, :, z]), np.rot90(brain[:, :, z])
+            sl, br = np.rot90(drawn[look][:, :, z]), np.rot90(brain[:, :, z])
             for k in range(variants):
-                Image.fromarray(variant(sl, br, rng, look)).save(os.path.join(folder, f"mni152_v{k}_{z:03d}.png"))
-                n += 1
+                img = variant(sl, br, rng, look)
+                if look in looks:
+                    Image.fromarray(img).save(os.path.join(folder, f"mni152_v{k}_{z:03d}.png"))
+                    n += 1
     return n
 
 
@@ -151,15 +155,20 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="collection folder to write (t1/, t2/, flair/, masks/)")
     p.add_argument("--step", type=int, default=2, help="one axial slice every STEP mm")
     p.add_argument("--variants", type=int, default=3, help="augmented copies of each slice and look")
+    p.add_argument("--looks", default=",".join(LOOKS), help=f"comma-separated subset of {', '.join(LOOKS)}")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    looks = tuple(x.strip() for x in args.looks.split(",") if x.strip())
+    if not looks or set(looks) - set(LOOKS):
+        p.error(f"--looks: a comma-separated subset of {', '.join(LOOKS)}, got {args.looks!r}")
     if args.step < 1 or args.variants < 1:
         p.error("--step and --variants are positive integers")
     if os.path.exists(args.out) and os.listdir(args.out):
         p.error(f"{args.out} exists and is not empty; remove it to write the collection again")
     partial = f"{args.out.rstrip('/')}.partial-{os.getpid()}"  # an interrupted run leaves no half collection
     shutil.rmtree(partial, ignore_errors=True)
-    n = write_collection(*load_template(args.template_dir), partial, args.step, args.variants, args.seed)
+    n = write_collection(*load_template(args.template_dir), partial, args.step, args.variants, args.seed,
+                         looks=looks)
     if os.path.isdir(args.out):
         os.rmdir(args.out)  # empty (checked above)
     os.replace(partial, args.out)
