@@ -82,3 +82,20 @@ def test_a_subset_of_looks_writes_the_same_slices_of_those_looks_and_a_bad_look_
         template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(tmp_path / "x"), "--looks", "t3"])
     assert e.value.code == 2 and "--looks" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_skull_share_draws_a_scalp_around_every_slice_or_none(tmp_path):
+    from PIL import Image
+
+    from trainer import template_slices
+    _template(tmp_path / "tpl", shape=(64, 72, 30))  # room around the brain
+    lit = {}
+    for share in ("0", "1"):
+        out = tmp_path / f"s{share}"
+        assert template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(out), "--step", "4",
+                                     "--looks", "t1", "--skull-share", share]) == 0
+        lit[share] = [float((np.asarray(Image.open(f)) > 40).mean()) for f in sorted((out / "t1" / "notumor").iterdir())]
+    assert all(a > b for a, b in zip(lit["1"], lit["0"], strict=True))  # every slice got its ring
+    with pytest.raises(SystemExit):
+        template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(tmp_path / "x"),
+                              "--skull-share", "1.5"])

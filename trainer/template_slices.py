@@ -101,11 +101,12 @@ def _head_around(img, brain, rng, look):
     return out
 
 
-def variant(slice2d, brain2d, rng, look):
-    """One augmented copy of a template slice (2-D arrays, brain mask), as uint8."""
+def variant(slice2d, brain2d, rng, look, skull_share=0.5):
+    """One augmented copy of a template slice (2-D arrays, brain mask), as uint8; a scalp and skull are
+    drawn around the brain with probability `skull_share`."""
     from PIL import Image
     img = slice2d * _bias_field(slice2d.shape, rng, rng.uniform(0.05, 0.25))
-    if rng.random() < 0.5:
+    if rng.random() < skull_share:
         img = _head_around(img, brain2d, rng, look)
     h, w = img.shape
     pic = Image.fromarray(img.astype(np.float32), "F").rotate(rng.uniform(-12, 12), Image.BILINEAR)
@@ -120,7 +121,8 @@ def variant(slice2d, brain2d, rng, look):
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_px=800, looks=LOOKS):
+def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_px=800, looks=LOOKS,
+                     skull_share=0.5):
     """Writes out_dir/<look>/notumor/mni152_v<k>_<z>.png for each of `looks` and an empty out_dir/masks/;
     returns the count.
 
@@ -141,7 +143,7 @@ def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_
         for z in zs:
             sl, br = np.rot90(drawn[look][:, :, z]), np.rot90(brain[:, :, z])
             for k in range(variants):
-                img = variant(sl, br, rng, look)
+                img = variant(sl, br, rng, look, skull_share)
                 if look in looks:
                     Image.fromarray(img).save(os.path.join(folder, f"mni152_v{k}_{z:03d}.png"))
                     n += 1
@@ -156,8 +158,12 @@ def main(argv=None):
     p.add_argument("--step", type=int, default=2, help="one axial slice every STEP mm")
     p.add_argument("--variants", type=int, default=3, help="augmented copies of each slice and look")
     p.add_argument("--looks", default=",".join(LOOKS), help=f"comma-separated subset of {', '.join(LOOKS)}")
+    p.add_argument("--skull-share", type=float, default=0.5, help="share of slices given a scalp and skull "
+                   "(the rest stay skull-stripped, as the template is)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if not 0.0 <= args.skull_share <= 1.0:
+        p.error(f"--skull-share is a share in [0, 1], got {args.skull_share}")
     looks = tuple(x.strip() for x in args.looks.split(",") if x.strip())
     if not looks or set(looks) - set(LOOKS):
         p.error(f"--looks: a comma-separated subset of {', '.join(LOOKS)}, got {args.looks!r}")
@@ -168,7 +174,7 @@ def main(argv=None):
     partial = f"{args.out.rstrip('/')}.partial-{os.getpid()}"  # an interrupted run leaves no half collection
     shutil.rmtree(partial, ignore_errors=True)
     n = write_collection(*load_template(args.template_dir), partial, args.step, args.variants, args.seed,
-                         looks=looks)
+                         looks=looks, skull_share=args.skull_share)
     if os.path.isdir(args.out):
         os.rmdir(args.out)  # empty (checked above)
     os.replace(partial, args.out)
