@@ -99,3 +99,20 @@ def test_skull_share_draws_a_scalp_around_every_slice_or_none(tmp_path):
     with pytest.raises(SystemExit):
         template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(tmp_path / "x"),
                               "--skull-share", "1.5"])
+
+
+def test_the_probe_scores_every_level_of_every_look_at_each_artifacts_threshold(tmp_path, capsys):
+    from tests import tiny_model
+    from trainer import template_slices
+    _template(tmp_path / "tpl", shape=(64, 72, 30))
+    everywhere = tiny_model.write_tiny_artifact(tmp_path / "a", lesion_bias=5.0)  # its map says lesion everywhere
+    nowhere = tiny_model.write_tiny_artifact(tmp_path / "b", lesion_bias=-5.0)
+    result = template_slices.probe([everywhere, nowhere], *template_slices.load_template(str(tmp_path / "tpl")),
+                                   step=2)
+    for look in template_slices.LOOKS:
+        assert result[everywhere][look]["flagged"] == 1.0 and result[nowhere][look]["flagged"] == 0.0
+        assert result[everywhere][look]["n"] >= 5 and not result[everywhere][look]["in_sample"]
+        assert set(result[nowhere][look]["by_level"].values()) == {0.0}
+    assert template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--probe", everywhere]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | t2 |" in out and "100.0 %" in out

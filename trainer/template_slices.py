@@ -16,6 +16,7 @@ converted.nii.gz`; free use with the copyright notice, see the model card). `mak
 that wheel from PyPI and writes the collection:
 
   python -m trainer.template_slices --template-dir DIR --out ../data/mni152
+  python -m trainer.template_slices --template-dir DIR --step 3 --probe models/brain-tumor-cnn/13   # a healthy-brain probe
 """
 import argparse
 import os
@@ -150,11 +151,71 @@ def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_
     return n
 
 
+def probe(artifacts, t1, gm, wm, step=3, seed=0, min_brain_px=800, n_bins=5):
+    """{artifact: {look: {"flagged": share, "n": levels, "by_level": {bin: share}, "in_sample": bool}}}.
+
+    The template's tumor-free levels (every `step` mm, light noise, no other augmentation) scored at each
+    artifact's threshold: a healthy brain at every level in three looks. One averaged brain, so a probe and
+    not a specificity; `in_sample` marks an artifact trained on a template collection (its figure is optimistic).
+    """
+    import io
+
+    from PIL import Image
+
+    from screening_core import artifact as artifact_io
+    from screening_core import preprocessing
+    drawn, brain = looks_of(t1, gm, wm)
+    zs = [z for z in range(0, t1.shape[2], step) if brain[:, :, z].sum() >= min_brain_px]
+    levels = (np.array(zs, float) - zs[0]) / max(zs[-1] - zs[0], 1)
+    bins = np.minimum((levels * n_bins).astype(int), n_bins - 1)
+    rng = np.random.default_rng(seed)
+    pngs = {}
+    for look in LOOKS:
+        pngs[look] = []
+        for z in zs:
+            sl = np.rot90(drawn[look][:, :, z])
+            sl = np.clip(sl + rng.normal(0, 0.02, sl.shape) * (sl > 0), 0, 1)
+            buf = io.BytesIO()
+            Image.fromarray((sl * 255).round().astype(np.uint8)).save(buf, "PNG")
+            pngs[look].append(buf.getvalue())
+    out = {}
+    for a in artifacts:
+        model, md = artifact_io.load(a)
+        spec = preprocessing.InputSpec.from_dict(md["input_spec"])
+        trained = " ".join(str(d) for d in (md.get("training_config") or {}).get("data_dir") or [])
+        out[a] = {}
+        for look in LOOKS:
+            x = np.stack([preprocessing.image_bytes_to_input(b, spec) for b in pngs[look]]).astype(np.float32)
+            p = np.asarray(model.predict_on_batch(x)).reshape(len(x), -1)[:, 0]
+            flagged = p >= md["threshold"]
+            out[a][look] = {"flagged": round(float(flagged.mean()), 4), "n": len(zs),
+                            "by_level": {f"{b / n_bins:.1f}-{(b + 1) / n_bins:.1f}": round(float(flagged[bins == b].mean()), 4)
+                                         for b in range(n_bins) if (bins == b).any()},
+                            "in_sample": "mni152" in trained}
+    return out
+
+
+def probe_table(result):
+    """Markdown: one row per artifact and look, the share flagged overall and per fifth of the stack."""
+    first = next(iter(result.values()))
+    bins = list(next(iter(first.values()))["by_level"])
+    lines = ["| artifact | look | levels | flagged | " + " | ".join(bins) + " |", "|---|---|---|---|" + "---|" * len(bins)]
+    for a, looks in result.items():
+        for look, r in looks.items():
+            name = os.path.basename(a.rstrip("/")) + (" (trained on it)" if r["in_sample"] else "")
+            lines.append(f"| {name} | {look} | {r['n']} | {100 * r['flagged']:.1f} % | "
+                         + " | ".join(f"{100 * r['by_level'][b]:.0f} %" for b in bins) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m trainer.template_slices", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--template-dir", required=True, help="folder with the three MNI152 NIfTI files nilearn ships")
-    p.add_argument("--out", required=True, help="collection folder to write (t1/, t2/, flair/, masks/)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", help="collection folder to write (t1/, t2/, flair/, masks/)")
+    what.add_argument("--probe", nargs="+", metavar="ARTIFACT", help="instead of writing: score the template's "
+                      "levels (every --step mm) with these artifacts at their thresholds, by look and fifth of the stack")
     p.add_argument("--step", type=int, default=2, help="one axial slice every STEP mm")
     p.add_argument("--variants", type=int, default=3, help="augmented copies of each slice and look")
     p.add_argument("--looks", default=",".join(LOOKS), help=f"comma-separated subset of {', '.join(LOOKS)}")
@@ -169,6 +230,9 @@ def main(argv=None):
         p.error(f"--looks: a comma-separated subset of {', '.join(LOOKS)}, got {args.looks!r}")
     if args.step < 1 or args.variants < 1:
         p.error("--step and --variants are positive integers")
+    if args.probe:
+        print(probe_table(probe(args.probe, *load_template(args.template_dir), step=args.step, seed=args.seed)))
+        return 0
     if os.path.exists(args.out) and os.listdir(args.out):
         p.error(f"{args.out} exists and is not empty; remove it to write the collection again")
     partial = f"{args.out.rstrip('/')}.partial-{os.getpid()}"  # an interrupted run leaves no half collection
