@@ -197,14 +197,21 @@ def head_mask(image: np.ndarray, level: float = 0.05, window: int = 5, margin: i
     if best:
         rows, cols = zip(*best, strict=True)
         mask[list(rows), list(cols)] = True
-    for _ in range(margin):
-        grown = mask.copy()
-        grown[1:] |= mask[:-1]
-        grown[:-1] |= mask[1:]
-        grown[:, 1:] |= mask[:, :-1]
-        grown[:, :-1] |= mask[:, 1:]
-        mask = grown
-    return mask
+    return grow(mask, margin)
+
+
+def grow(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """`mask` (bool, ... x H x W) grown by `pixels` steps of its four neighbours, in its last two axes
+    (a batch of masks grows slice by slice)."""
+    out = np.asarray(mask, bool).copy()
+    for _ in range(pixels):
+        grown = out.copy()
+        grown[..., 1:, :] |= out[..., :-1, :]
+        grown[..., :-1, :] |= out[..., 1:, :]
+        grown[..., :, 1:] |= out[..., :, :-1]
+        grown[..., :, :-1] |= out[..., :, 1:]
+        out = grown
+    return out
 
 
 def head_only(image: np.ndarray, heat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -47,18 +47,6 @@ def _downsample(mask_u8, size):
     return (mask_u8.astype(np.float32) / 255.0).reshape(n, size, f, size, f).mean(axis=(2, 4)) >= 0.5
 
 
-def _dilate(mask, cells):
-    out = mask.copy()
-    for _ in range(cells):
-        m = out.copy()
-        m[:, 1:] |= out[:, :-1]
-        m[:, :-1] |= out[:, 1:]
-        m[:, :, 1:] |= out[:, :, :-1]
-        m[:, :, :-1] |= out[:, :, 1:]
-        out = m
-    return out
-
-
 MAP_LEVELS = (0.01, 0.02, 0.03) + tuple(round(0.05 * i, 2) for i in range(1, 11))  # candidate map levels, 0.01-0.5
 
 
@@ -94,7 +82,8 @@ def lesion_figures(maps, masks_u8, level=0.5):
         return {"n": 0}
     dice = _dice(maps, truth, 0.5)
     at_level = _dice(maps, truth, level)
-    dil = _dilate(truth, DILATE_CELLS)
+    from screening_core.gradcam import grow
+    dil = grow(truth, DILATE_CELLS)
     flat = maps.reshape(len(maps), -1)
     peak_in = dil.reshape(len(maps), -1)[np.arange(len(maps)), flat.argmax(1)]
     mass_in = (flat * dil.reshape(len(maps), -1)).sum(1) / np.maximum(flat.sum(1), 1e-9)

@@ -64,19 +64,6 @@ def _bias_field(shape, rng, strength):
     return 1.0 + strength * f / max(np.abs(f).max(), 1e-6)
 
 
-def _dilate(mask, px):
-    """Binary dilation by `px` pixels (a 3x3 cross, repeated)."""
-    out = mask.copy()
-    for _ in range(px):
-        grown = out.copy()
-        grown[1:] |= out[:-1]
-        grown[:-1] |= out[1:]
-        grown[:, 1:] |= out[:, :-1]
-        grown[:, :-1] |= out[:, 1:]
-        out = grown
-    return out
-
-
 def _blur(img, sigma):
     """Separable Gaussian blur (numpy only)."""
     if sigma <= 0.05:
@@ -91,8 +78,9 @@ def _blur(img, sigma):
 def _head_around(img, brain, rng, look):
     """A skull (dark) and scalp (bright, textured) ring around the brain mask."""
     gap, scalp = int(rng.integers(3, 7)), int(rng.integers(4, 9))
-    inner = _dilate(brain, gap)
-    ring = _dilate(inner, scalp) & ~inner
+    from screening_core.gradcam import grow
+    inner = grow(brain, gap)
+    ring = grow(inner, scalp) & ~inner
     level = {"t1": 0.85, "t2": 0.7, "flair": 0.75}[look] * rng.uniform(0.8, 1.1)
     texture = _blur(rng.normal(0, 1, img.shape), 1.5)
     texture = texture / max(float(texture.std()), 1e-6)
