@@ -110,6 +110,14 @@ def variant(slice2d, brain2d, rng, look, skull_share=0.5):
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
+def axial_levels(brain, step, min_brain_px):
+    """Indices of the axial slices, every `step`, whose brain covers at least `min_brain_px` pixels."""
+    zs = [z for z in range(0, brain.shape[2], step) if brain[:, :, z].sum() >= min_brain_px]
+    if not zs:
+        raise SystemExit("no axial slice of the template holds enough brain")
+    return zs
+
+
 def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_px=800, looks=LOOKS,
                      skull_share=0.5):
     """Writes out_dir/<look>/notumor/mni152_v<k>_<z>.png for each of `looks` and an empty out_dir/masks/;
@@ -119,9 +127,7 @@ def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_
     augmented copies of each per look; rows flipped so anterior is up, as radiology displays them."""
     from PIL import Image
     drawn, brain = looks_of(t1, gm, wm)
-    zs = [z for z in range(0, t1.shape[2], step) if brain[:, :, z].sum() >= min_brain_px]
-    if not zs:
-        raise SystemExit("no axial slice of the template holds enough brain")
+    zs = axial_levels(brain, step, min_brain_px)
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
     n = 0
@@ -153,7 +159,7 @@ def probe(artifacts, t1, gm, wm, step=3, seed=0, min_brain_px=800, n_bins=5):
     from screening_core import artifact as artifact_io
     from screening_core import preprocessing
     drawn, brain = looks_of(t1, gm, wm)
-    zs = [z for z in range(0, t1.shape[2], step) if brain[:, :, z].sum() >= min_brain_px]
+    zs = axial_levels(brain, step, min_brain_px)
     levels = (np.array(zs, float) - zs[0]) / max(zs[-1] - zs[0], 1)
     bins = np.minimum((levels * n_bins).astype(int), n_bins - 1)
     rng = np.random.default_rng(seed)
