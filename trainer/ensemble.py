@@ -81,6 +81,8 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     weights are moved `alpha` of the way to that fine-tune's (`interpolate`). `mirror` (MIRROR_CHOICES):
     which members also score the image mirrored left to right, their two log-odds averaged
     (`evidence.MirrorImage`); the lesion map the overlays show stays the map of the image as given."""
+    if mirror not in MIRROR_CHOICES:  # before any artifact is loaded
+        raise SystemExit(f"--mirror is one of {', '.join(MIRROR_CHOICES)}, got {mirror!r}")
     import keras
 
     from screening_core import artifact, evidence
@@ -109,8 +111,6 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     flat_classifier = keras.models.clone_model(classifier, input_tensors=inputs,
                                                clone_function=_prefixed(CLASSIFIER_PREFIX))
     flat_classifier.set_weights(classifier.get_weights())
-    if mirror not in MIRROR_CHOICES:
-        raise SystemExit(f"--mirror is one of {', '.join(MIRROR_CHOICES)}, got {mirror!r}")
     probabilities, weights = [flat_classifier.output, flat.output], [1.0, 1.0]
     if mirror != "none":
         mirrored = evidence.MirrorImage(name="mirror_image")(inputs)
