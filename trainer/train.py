@@ -212,19 +212,19 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
         raise ValueError("--lesion-weight needs a masks/ folder in a sequence-folder collection")
     from trainer import augment
     level = np.nan_to_num(lesion_data.stack_levels(ex), nan=1.0)  # NaN (no stack: brain-mri) counts as eligible
+    sequences = [e.sequence for e in ex]
     synth = None
     if cfg.synth_tumors:
-        p, kind = augment.synthesis_plan([e.sequence for e in ex], labels, np.ones(len(ex)), level, cfg.synth_tumors)
+        p, kind = augment.synthesis_plan(sequences, labels, np.ones(len(ex)), level, cfg.synth_tumors)
         synth = (p[is_train], kind[is_train])
         print(f"Synthetic tumors: {int(np.count_nonzero(synth[0]))} tumor-free training slices may get one")
     transplant = None
     if cfg.transplant_tumors:
-        p, kind = augment.synthesis_plan([e.sequence for e in ex], labels, np.ones(len(ex)), level,
-                                         cfg.transplant_tumors)
+        p, kind = augment.synthesis_plan(sequences, labels, np.ones(len(ex)), level, cfg.transplant_tumors)
         bright = (augment.SYNTH_KINDS["bright"], augment.SYNTH_KINDS["bright-or-enhancing"])
         p = np.where(np.isin(kind, bright), p, 0.0).astype(np.float32)  # the donors are FLAIR/T2 tumors
         known = ~np.isin(masks, (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY))
-        donor = is_train & (labels == 1) & known & np.isin([e.sequence for e in ex], ("flair", "t2"))
+        donor = is_train & (labels == 1) & known & np.isin(sequences, ("flair", "t2"))
         bank = input_pipeline.load_donors(paths[donor], masks[donor], spec)
         transplant = (p[is_train], *bank)
         print(f"Transplanted tumors: {int(np.count_nonzero(transplant[0]))} tumor-free training slices may get "
