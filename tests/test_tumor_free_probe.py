@@ -1,0 +1,57 @@
+"""trainer.tumor_free_probe: tumor-free volumes scored by brain-score itself, flagged slices by volume and fifth."""
+import os
+import random
+
+import numpy as np
+import pytest
+
+
+def _row(source, frame=None, member="", flagged=False, status="ok", ood=False):
+    return {"source_uri": source, "member_path": member, "frame_index": frame, "status": status,
+            "predicted_label": "tumor" if flagged else "no_tumor", "in_distribution": not ood}
+
+
+def test_slices_are_counted_per_volume_in_slice_order_and_unscored_rows_left_out():
+    from trainer import tumor_free_probe
+    rows = [_row("/d/vol.nii.gz", frame=i, flagged=i < 2, ood=i == 9) for i in range(10)]
+    rows += [_row(f"/d/series/s{i}.png", flagged=i >= 9) for i in range(1, 11)]  # s10 after s9, not after s1
+    rows += [_row("/d/vol.nii.gz", frame=10, status="error"), _row("/d/series/bad.png", status="skipped")]
+    random.Random(0).shuffle(rows)
+    out = tumor_free_probe.summarise(rows)
+    assert out["vol.nii.gz"] == {"n": 10, "flagged": 0.2, "ood": 0.1, "by_fifth": [1.0, 0.0, 0.0, 0.0, 0.0]}
+    assert out["series/"] == {"n": 10, "flagged": 0.2, "ood": 0.0, "by_fifth": [0.0, 0.0, 0.0, 0.0, 1.0]}
+    md = tumor_free_probe.table({"m": out})
+    assert "| m | vol.nii.gz | 10 | 20.0 % | 100 % | 0 % | 0 % | 0 % | 0 % | 10 % |" in md
+    assert "| m | all (2 volumes) | 20 | 20.0 %" in md
+
+
+def test_each_model_scores_the_volumes_through_brain_score_at_its_threshold(tmp_path, capsys):
+    import nibabel as nib
+
+    from tests import tiny_model
+    from trainer import tumor_free_probe
+    zz, yy, xx = np.meshgrid(*(np.arange(n) - n / 2 for n in (48, 56, 10)), indexing="ij")
+    head = ((zz / 20) ** 2 + (yy / 24) ** 2 < 1.0) * (100 + 20 * np.cos(xx))
+    os.makedirs(tmp_path / "in")
+    nib.save(nib.Nifti1Image(head.astype(np.int16), np.eye(4)), str(tmp_path / "in" / "healthy.nii.gz"))
+    everywhere = tiny_model.write_tiny_artifact(tmp_path / "a", lesion_bias=5.0)  # its map says lesion everywhere
+    nowhere = tiny_model.write_tiny_artifact(tmp_path / "b", lesion_bias=-5.0)
+    out_json = tmp_path / "probe.json"
+    assert tumor_free_probe.main(["--input", str(tmp_path / "in"), "--model", everywhere, "--model", nowhere,
+                                  "--json", str(out_json), "--output", str(tmp_path / "runs")]) == 0
+    text = capsys.readouterr().out
+    assert "| 1 | healthy.nii.gz | 10 | 100.0 % | 100 % |" in text
+    assert "| 1 (2) | healthy.nii.gz | 10 | 0.0 % | 0 % |" in text
+    result = __import__("json").loads(out_json.read_text())
+    assert result["1"]["healthy.nii.gz"]["by_fifth"] == [1.0] * 5
+    assert os.path.isdir(tmp_path / "runs" / "1-1" / "results")
+
+
+def test_a_missing_folder_or_a_folder_that_is_no_model_is_refused(tmp_path, capsys):
+    from trainer import tumor_free_probe
+    with pytest.raises(SystemExit) as e:
+        tumor_free_probe.main(["--input", str(tmp_path / "nope"), "--model", str(tmp_path)])
+    assert e.value.code == 2 and "not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        tumor_free_probe.main(["--input", str(tmp_path), "--model", str(tmp_path)])
+    assert e.value.code == 2 and "not a model artifact" in capsys.readouterr().err

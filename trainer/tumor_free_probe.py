@@ -1,0 +1,134 @@
+"""Tumor-free probe: how many slices of MRI from people without a tumor does each model flag?
+
+Why: in every collection we train and validate on, the tumor-free slices sit at other levels or come from
+another source than the tumor slices (docs/model_v4_notes.md), so validation specificity says little about
+a healthy volunteer's scan or a patient with another bright lesion (stroke, MS), where issue 24's hidden
+tests found v3 flagging a quarter to a third of slices. This probe scores a folder of such volumes (one
+series each: a NIfTI volume, a multi-frame DICOM, or a folder of slice images) with brain-score itself, so
+with the decoding, preprocessing and threshold a site gets, once per model, and summarises the image
+tables: the share of slices flagged per volume, by fifth of the stack (in slice order, feet to head for
+NIfTI), and the share the OOD guard marks.
+
+  python -m trainer.tumor_free_probe --input ../data/tumor-free-probe \\
+      --model models/brain-tumor-cnn/13 --model models/brain-tumor-cnn/3
+
+Every slice is tumor-free, so each flagged slice is a false alarm. A probe, not a specificity: a handful of
+people; and a volume a model trained on says nothing about it. The table names the volumes by file name:
+run it on research volumes or on files whose names carry no patient identifier.
+"""
+import argparse
+import glob
+import json
+import os
+import posixpath
+import re
+import subprocess
+import sys
+import tempfile
+
+from trainer import HelpFormatter
+
+FIFTHS = 5
+
+
+def _natural(text):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def summarise(rows, n_bins=FIFTHS):
+    """{volume: {"n", "flagged", "ood", "by_fifth": [share flagged per fifth]}} from image-table rows.
+
+    A volume is a file with several frames (NIfTI, multi-frame DICOM), ordered by frame; single-frame files
+    are the slices of the folder that holds them, ordered by name. Rows that were not scored are left out."""
+    by_file = {}
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        name = posixpath.join(r["source_uri"], r["member_path"]) if r.get("member_path") else r["source_uri"]
+        by_file.setdefault(name, []).append(r)
+    volumes = {}
+    for name, members in by_file.items():
+        if len(members) > 1:
+            volumes.setdefault(posixpath.basename(name), []).extend(
+                sorted(members, key=lambda r: int(r.get("frame_index") or 0)))
+        else:
+            volumes.setdefault(posixpath.basename(posixpath.dirname(name)) + "/", []).append((name, members[0]))
+    out = {}
+    for vol, members in sorted(volumes.items()):
+        if vol.endswith("/"):
+            members = [r for _, r in sorted(members, key=lambda t: _natural(t[0]))]
+        flags = [r["predicted_label"] == "tumor" for r in members]
+        n = len(flags)
+        fifths = [flags[n * b // n_bins:n * (b + 1) // n_bins] for b in range(n_bins)]
+        out[vol] = {"n": n, "flagged": round(sum(flags) / n, 4),
+                    "ood": round(sum(r.get("in_distribution") is False for r in members) / n, 4),
+                    "by_fifth": [round(sum(f) / len(f), 4) if f else None for f in fifths]}
+    return out
+
+
+def score(input_dir, model, out_dir):
+    """Run brain-score on `input_dir` with `model` into `out_dir`; the image table's rows."""
+    import pyarrow.parquet as pq
+    cmd = [sys.executable, "-m", "beam_pipeline.run", "--input", input_dir, "--output", out_dir, "--model", model,
+           "--no-report", "--no-heatmaps", "--keep-paths"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"brain-score exited {done.returncode} for {model}:\n{done.stderr[-2000:]}")
+    files = sorted(glob.glob(os.path.join(out_dir, "results", "images-*.parquet")))
+    if not files:
+        raise SystemExit(f"brain-score wrote no image table under {out_dir}")
+    return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+def table(result):
+    """Markdown: one row per model and volume, the share flagged overall and per fifth, and the OOD share."""
+    lines = ["| model | volume | slices | flagged | " + " | ".join(f"fifth {b + 1}" for b in range(FIFTHS))
+             + " | out of distribution |", "|---|---|---|---|" + "---|" * FIFTHS + "---|"]
+    for model, volumes in result.items():
+        for vol, r in volumes.items():
+            cells = " | ".join("-" if s is None else f"{100 * s:.0f} %" for s in r["by_fifth"])
+            lines.append(f"| {model} | {vol} | {r['n']} | {100 * r['flagged']:.1f} % | {cells} | {100 * r['ood']:.0f} % |")
+        n = sum(r["n"] for r in volumes.values())
+        if len(volumes) > 1 and n:
+            flagged = sum(r["n"] * r["flagged"] for r in volumes.values()) / n
+            mean = sum(r["flagged"] for r in volumes.values()) / len(volumes)
+            lines.append(f"| {model} | all ({len(volumes)} volumes) | {n} | {100 * flagged:.1f} % "
+                         f"(mean of volumes {100 * mean:.1f} %) |" + " |" * FIFTHS + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m trainer.tumor_free_probe", description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n", 2)[2], formatter_class=HelpFormatter, allow_abbrev=False)
+    p.add_argument("--input", required=True, help="folder of tumor-free volumes (NIfTI, DICOM, or one folder of "
+                   "slice images per volume)")
+    p.add_argument("--model", action="append", required=True, help="model artifact folder; repeat to compare")
+    p.add_argument("--output", default="", help="keep each model's brain-score output under this folder "
+                   "(default: a temporary folder, removed)")
+    p.add_argument("--json", default="", help="also write the result as JSON here")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.input):
+        p.error(f"--input {args.input}: not a folder")
+    for m in args.model:
+        if not os.path.exists(os.path.join(m, "metadata.json")):
+            p.error(f"--model {m}: not a model artifact (no metadata.json)")
+    with tempfile.TemporaryDirectory(prefix="tumor-free-probe-") as tmp:
+        root = args.output or tmp
+        result = {}
+        for i, m in enumerate(args.model):
+            name = os.path.basename(os.path.normpath(m))
+            label = name if name not in result else f"{name} ({i + 1})"
+            out = os.path.join(root, f"{i + 1}-{name}")
+            print(f"scoring {args.input} with {m} ...", file=sys.stderr, flush=True)
+            result[label] = summarise(score(args.input, m, out))
+    print(table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    if args.output:
+        print(f"brain-score outputs: {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
