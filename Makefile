@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -108,6 +108,15 @@ data-mni152: $(STAMP)
 		cp $$tmp/wheel/nilearn/datasets/data/mni_icbm152_*_tal_nlin_sym_09a_converted.nii.gz $$tmp/template/ && \
 		mkdir -p $(dir $(MNI152_TEMPLATE)) && mv $$tmp/template $(MNI152_TEMPLATE); s=$$?; rm -rf $$tmp; exit $$s; }
 	test -d $(MNI152) || $(PY) -m trainer.template_slices --template-dir $(MNI152_TEMPLATE) --out $(MNI152)
+
+# Tumor-free probe (trainer/tumor_free_probe.py): MRI of people without a tumor (healthy volunteers, a stroke
+# patient), scored by brain-score with each model; every flagged slice is a false alarm. The public volumes the
+# model cards quote, with sources, licences and sha256, are in docs/tumor_free_probe.md; any folder of
+# tumor-free NIfTI/DICOM volumes works: make probe-tumor-free PROBE_DIR=... PROBE_MODELS="..."
+PROBE_DIR ?= ../data/tumor-free-probe
+PROBE_MODELS ?= models/brain-tumor-cnn/13 models/brain-tumor-cnn/3
+probe-tumor-free: $(STAMP)
+	$(PY) -m trainer.tumor_free_probe --input $(PROBE_DIR) $(foreach m,$(PROBE_MODELS),--model $(m))
 
 train-v7: $(STAMP)
 	test -d $(FIGSHARE_MASKS) || $(PY) -m trainer.figshare_masks --brain-mri $(SHARED)/brain-mri \
