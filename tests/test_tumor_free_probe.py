@@ -20,6 +20,9 @@ def test_slices_are_counted_per_volume_in_slice_order_and_unscored_rows_left_out
     out = tumor_free_probe.summarise(rows)
     assert out["vol.nii.gz"] == {"n": 10, "flagged": 0.2, "ood": 0.1, "by_fifth": [1.0, 0.0, 0.0, 0.0, 0.0]}
     assert out["series/"] == {"n": 10, "flagged": 0.2, "ood": 0.0, "by_fifth": [0.0, 0.0, 0.0, 0.0, 1.0]}
+    dicom = [{**_row(f"/d/dcm/{name}", flagged=n == 1), "instance_number": n}  # numbered against the names
+             for n, name in ((1, "z.dcm"), (2, "a.dcm"), (3, "m.dcm"), (4, "b.dcm"), (5, "c.dcm"))]
+    assert tumor_free_probe.summarise(dicom)["dcm/"]["by_fifth"] == [1.0, 0.0, 0.0, 0.0, 0.0]
     md = tumor_free_probe.table({"m": out})
     assert "| m | vol.nii.gz | 10 | 20.0 % | 100 % | 0 % | 0 % | 0 % | 0 % | 10 % |" in md
     assert "| m | all (2 volumes) | 20 | 20.0 %" in md

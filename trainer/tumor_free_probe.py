@@ -39,7 +39,8 @@ def summarise(rows, n_bins=FIFTHS):
     """{volume: {"n", "flagged", "ood", "by_fifth": [share flagged per fifth]}} from image-table rows.
 
     A volume is a file with several frames (NIfTI, multi-frame DICOM), ordered by frame; single-frame files
-    are the slices of the folder that holds them, ordered by name. Rows that were not scored are left out."""
+    are the slices of the folder that holds them, ordered by DICOM instance number where every one has it and
+    by name otherwise. Rows that were not scored are left out."""
     by_file = {}
     for r in rows:
         if r.get("status") != "ok":
@@ -56,7 +57,9 @@ def summarise(rows, n_bins=FIFTHS):
     out = {}
     for vol, members in sorted(volumes.items()):
         if vol.endswith("/"):
-            members = [r for _, r in sorted(members, key=lambda t: _natural(t[0]))]
+            numbered = all(r.get("instance_number") is not None for _, r in members)
+            members = [r for _, r in sorted(members, key=lambda t: (t[1]["instance_number"], _natural(t[0]))
+                                            if numbered else _natural(t[0]))]
         flags = [r["predicted_label"] == "tumor" for r in members]
         n = len(flags)
         fifths = [flags[n * b // n_bins:n * (b + 1) // n_bins] for b in range(n_bins)]
