@@ -107,11 +107,12 @@ def main(argv=None):
                    "slice images per volume)")
     p.add_argument("--model", action="append", required=True, help="model artifact folder; repeat to compare")
     p.add_argument("--output", default="", help="keep each model's brain-score output under this folder "
-                   "(default: a temporary folder, removed)")
+                   "(empty: a temporary folder, removed afterwards)")
     p.add_argument("--json", default="", help="also write the result as JSON here")
     args = p.parse_args(argv)
     if not os.path.isdir(args.input):
-        p.error(f"--input {args.input}: not a folder")
+        p.error(f"--input {args.input}: not a folder (docs/tumor_free_probe.md lists public tumor-free volumes "
+                "and where to get them)")
     for m in args.model:
         if not os.path.exists(os.path.join(m, "metadata.json")):
             p.error(f"--model {m}: not a model artifact (no metadata.json)")
