@@ -219,6 +219,23 @@ def test_synthesis_plan_paints_only_pixel_known_negatives_above_the_skull_base()
     np.testing.assert_allclose(p, [0.3, 0.3, 0.3, 0.3, 0.0, 0.0, 0.0])  # not below 0.3, not tumors, not unknown pixels
     k = augment.SYNTH_KINDS
     assert list(kind[:4]) == [k["bright"], k["enhancing"], k["dark"], k["bright-or-enhancing"]]
+    p, _ = synthesis_plan(seq, labels, weight, level, 0.3, kinds=("bright", "enhancing", "bright-or-enhancing"))
+    np.testing.assert_allclose(p, [0.3, 0.3, 0.0, 0.3, 0.0, 0.0, 0.0])  # T1 without contrast: no dark paint
+
+
+def test_a_higher_paint_contrast_gives_the_same_mass_brighter():
+    from trainer import lesion_train
+    x, head, _, _ = _flair_like()
+    med = np.median(x[..., 0][head])
+    seed = tf.constant([9, 2], tf.int64)
+    for name, gain in (("bright", 0.2), ("enhancing", 0.05)):  # enhancing: only its rim, not the core, moves
+        kind = tf.constant(augment.SYNTH_KINDS[name])
+        low, m_low, _ = augment.synthetic_tumor(tf.constant(x), seed, kind)
+        high, m_high, _ = augment.synthetic_tumor(tf.constant(x), seed, kind, contrast=1.8)
+        m = m_low.numpy()[..., 0] > 0.5
+        np.testing.assert_array_equal(m_low.numpy(), m_high.numpy())  # the same mass, only its intensity moves
+        assert high.numpy()[..., 0][m].mean() > low.numpy()[..., 0][m].mean() + gain * med
+    assert lesion_train.SYNTH_LOOKS == tuple(augment.SYNTH_KINDS)  # the flag's TensorFlow-free copy
 
 
 def test_a_one_sided_tumor_is_mirrored_away_or_onto_both_sides_and_a_midline_one_is_left_alone():

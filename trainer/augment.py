@@ -241,7 +241,7 @@ def _smooth_noise(seed, h, w, cells):
     return tf.image.resize(coarse, [h, w], method="bicubic")[0]
 
 
-def synthetic_tumor(image, seed, kind, rim=12):
+def synthetic_tumor(image, seed, kind, rim=12, contrast=1.35):
     """Paint a tumor-like mass into a tumor-free slice; returns (image, mask, painted).
 
     Why: in every collection the tumor-free slices come from other levels or another source than
@@ -256,7 +256,9 @@ def synthetic_tumor(image, seed, kind, rim=12):
     (T1 without contrast: hypointense), or bright-or-enhancing (sequence unknown). The mass is
     6-18 px of 128 in semi-axis (about 20-60 mm across on an adult head), an ellipse with a
     noise-perturbed border, inside the brain (`rim` px of 128 from the head's edge); its intensities
-    are drawn relative to the brain's median, so they hold on any contrast. `painted` is False
+    are drawn relative to the brain's median, so they hold on any contrast: a bright mass (and an
+    enhancing rim) starts at `contrast` times the median, which grey matter on FLAIR and T2 nearly reaches
+    at the default; a higher one keeps the paint brighter than any normal tissue. `painted` is False
     (image and an empty mask returned) when the slice has too little brain to hold one.
     """
     seeds = tf.random.experimental.stateless_split(seed, 6)
@@ -287,12 +289,12 @@ def synthetic_tumor(image, seed, kind, rim=12):
     def towards(img, weight, value):
         return img + weight * (tf.clip_by_value(value, 0.1, 1.0) - img)
 
-    bright = towards(image, body, med * (1.35 + 0.55 * u[3]) * texture)
+    bright = towards(image, body, med * (contrast + 0.55 * u[3]) * texture)
     halo = (tf.sigmoid((1.45 - d) / edge) * core - body) * (0.4 + 0.4 * u[4])
     inner_r = tf.where(u[5] < 0.6, 0.45 + 0.3 * u[6], 0.0)  # 60 %: ring enhancing; else solid
     necrosis = tf.sigmoid((inner_r - d0 - 0.06 * wobble) / edge) * core * tf.cast(inner_r > 0, tf.float32)
     enhancing = towards(image, halo, med * (0.75 + 0.15 * u[7]))
-    enhancing = towards(enhancing, body - necrosis, med * (1.5 + 0.7 * u[8]) * texture)
+    enhancing = towards(enhancing, body - necrosis, med * (contrast + 0.15 + 0.7 * u[8]) * texture)
     enhancing = towards(enhancing, necrosis, med * (0.3 + 0.3 * u[9]) * texture)
     dark = towards(image, body, med * (0.45 + 0.3 * u[9]) * texture)
     k = tf.where(tf.equal(kind, 3), tf.where(u[7] < 0.5, 0, 1), tf.cast(kind, tf.int32))
@@ -338,14 +340,15 @@ def maybe_transplant_tumor(image, mask, donor, donor_mask, seed, p):
                    lambda: (image, mask, tf.constant(False)))
 
 
-def maybe_synthetic_tumor(image, mask, seed, p, kind):
+def maybe_synthetic_tumor(image, mask, seed, p, kind, contrast=1.35):
     """`synthetic_tumor` with probability `p`, drawn statelessly from `seed`: (image, mask, painted).
 
     The one draw both trainers (the lesion U-Net and the classifier's lesion head) make, so a slice
     gets the same painted tumor, or none, from the same seed in either."""
     t = tf.random.experimental.stateless_fold_in(seed, 32452843)
     return tf.cond(tf.random.stateless_uniform([], t) < p,
-                   lambda: synthetic_tumor(image, tf.random.experimental.stateless_fold_in(t, 1), kind),
+                   lambda: synthetic_tumor(image, tf.random.experimental.stateless_fold_in(t, 1), kind,
+                                           contrast=contrast),
                    lambda: (image, mask, tf.constant(False)))
 
 
@@ -400,18 +403,21 @@ def kind_of_sequence(sequence):
     return SYNTH_KINDS[_KIND_OF_SEQUENCE.get(sequence, "bright-or-enhancing")]
 
 
-def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3):
+def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3, kinds=None):
     """(probability, kind) per slice for `augment.synthetic_tumor`.
 
     Only tumor-free slices whose every pixel is a known negative (pixel weight 1) are painted, so
     the painted mask is the whole truth of the slice, and only from `min_level` up: below it the
     slice is mostly face, orbits and skull base, where a mass painted into the 'head' lands outside
     the brain. The kind follows the sequence folder: FLAIR/T2 bright, T1 with contrast enhancing,
-    T1 without dark, unknown (brain-mri) bright or enhancing.
+    T1 without dark, unknown (brain-mri) bright or enhancing. `kinds` (SYNTH_KINDS names) keeps painting to
+    the slices whose look gives one of them.
     """
     sequences = np.asarray(sequences)
     kind = np.array([kind_of_sequence(q) for q in sequences], np.int32)
     eligible = (np.asarray(labels) == 0) & (np.asarray(pixel_weight) >= 1.0) & (np.asarray(level) >= min_level)
+    if kinds is not None:
+        eligible &= np.isin(kind, [SYNTH_KINDS[k] for k in kinds])
     return np.where(eligible, p, 0.0).astype(np.float32), kind
 
 

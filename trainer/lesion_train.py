@@ -40,6 +40,9 @@ from trainer.config import TrainConfig, parse_masks_dirs
 DEFAULT_SHARES = {"brain-mri": 0.15, "lgg": 0.55, "brats-ped": 0.3}
 
 
+SYNTH_LOOKS = ("bright", "enhancing", "dark", "bright-or-enhancing")  # augment.SYNTH_KINDS (TensorFlow-free here)
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", action="append", required=True)
@@ -101,6 +104,12 @@ def _parse(argv):
                         "enhancing on T1 with contrast, dark on T1) into tumor-free training slices with known "
                         "negative pixels, above the skull base, with probability P; the slice then trains as a "
                         "masked tumor slice: a tumor at every level, sequence and source")
+    p.add_argument("--synth-kinds", default=",".join(SYNTH_LOOKS), metavar="KINDS",
+                   help="comma-separated tumor looks --synth-tumors paints (bright: FLAIR/T2, enhancing: T1 with "
+                        "contrast, dark: T1 without, bright-or-enhancing: sequence unknown); slices whose look "
+                        "gives another are left unpainted")
+    p.add_argument("--synth-contrast", type=float, default=1.35, metavar="X",
+                   help="a painted bright mass or enhancing rim starts at X times the brain's median intensity")
     p.add_argument("--transplant-tumors", type=float, default=0.0, metavar="P",
                    help="set a real tumor, cut with its mask from a masked training tumor slice of the same look "
                         "(augment.transplant_tumor), into the same tumor-free slices --synth-tumors paints, with "
@@ -139,6 +148,11 @@ def _parse(argv):
     for flag in ("fluid_bright", "spots", "synth_tumors", "transplant_tumors"):
         if not 0 <= getattr(args, flag) <= 1:
             p.error(f"--{flag.replace('_', '-')} is a probability in [0, 1], got {getattr(args, flag)}")
+    args.synth_kinds = tuple(k.strip() for k in args.synth_kinds.split(",") if k.strip())
+    if not args.synth_kinds or set(args.synth_kinds) - set(SYNTH_LOOKS):
+        p.error(f"--synth-kinds: a comma-separated subset of {', '.join(SYNTH_LOOKS)}, got {','.join(args.synth_kinds)!r}")
+    if not 1.0 <= args.synth_contrast <= 4.0:
+        p.error(f"--synth-contrast is a multiple of the brain's median in [1, 4], got {args.synth_contrast}")
     if not 0 <= args.pseudo_masks < 1:
         p.error(f"--pseudo-masks is a score in [0, 1), got {args.pseudo_masks}")
     if (args.hard_negatives > 1 or args.hard_positives > 1 or args.pseudo_masks) and not (args.init_from and os.path.isfile(
@@ -175,7 +189,8 @@ def slice_loss(y_true, y_pred):
 
 
 def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed, augment_mode, fluid_p=None,
-                       spots_p=None, synth_p=None, synth_kind=None, transplant_p=None, donors=None):
+                       spots_p=None, synth_p=None, synth_kind=None, transplant_p=None, donors=None,
+                       synth_contrast=1.35):
     """Infinite tf.data stream of augmented (image, {score target, map target}) batches.
 
     `fluid_p`, `spots_p`: per slice, the probability that `augment.bright_fluid` makes it T2-like and
@@ -222,7 +237,8 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
     def aug(item, s):
         image, m, label, pw, sw, fp, sp, tp, kind, xp, donor_x, donor_m = item
         image, m, moved = augment.maybe_transplant_tumor(image, m, donor_x, donor_m, s, xp)
-        image, m, painted = augment.maybe_synthetic_tumor(image, m, s, tf.where(moved, 0.0, tp), kind)
+        image, m, painted = augment.maybe_synthetic_tumor(image, m, s, tf.where(moved, 0.0, tp), kind,
+                                                          contrast=synth_contrast)
         painted = painted | moved
         label = tf.where(painted, 1.0, label)
         image, m = augment.augment_with_mask(image, m, s, mode=augment_mode, fluid_bright=fp, spots=sp)
@@ -452,7 +468,7 @@ def main(argv=None):
         fluid_p = np.where(sequence == "flair", args.fluid_bright, 0.0)
         spots_p = np.where(np.isin(sequence, ("flair", "t2")), args.spots, 0.0)
         synth_p, synth_kind = augment.synthesis_plan(sequence, labels, arrays["pixel_weight"],
-                                                     arrays["level"], args.synth_tumors)
+                                                     arrays["level"], args.synth_tumors, kinds=args.synth_kinds)
         if args.synth_tumors:
             print(f"{int(np.count_nonzero(synth_p[idx]))} tumor-free training slices may get a synthetic tumor",
                   flush=True)
@@ -463,7 +479,8 @@ def main(argv=None):
             print(f"{int(np.count_nonzero(transplant_p[idx]))} tumor-free training slices may get a real tumor "
                   f"from {len(set(np.concatenate(list(donors.values())).tolist()))} donor slices", flush=True)
         train_ds = make_train_dataset(arrays, idx, labels, probs, slice_w, map_size, global_batch, args.seed,
-                                      args.augment, fluid_p, spots_p, synth_p, synth_kind, transplant_p, donors)
+                                      args.augment, fluid_p, spots_p, synth_p, synth_kind, transplant_p, donors,
+                                      synth_contrast=args.synth_contrast)
         model, fit = _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total,
                           init_weights=init.get_weights() if init is not None else None)
     report = lesion_eval.evaluate_all(model, data, arrays, ext, ext_arrays, args)
