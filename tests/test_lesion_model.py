@@ -196,6 +196,14 @@ def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
     with pytest.raises(SystemExit):
         lesion_train._parse(["--data-dir", str(tmp_path), "--transplant-tumors", "-0.2"])
     assert "--transplant-tumors is a probability in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lesion_train._parse(["--data-dir", str(tmp_path), "--synth-kinds", "bright,glowing"])
+    assert "--synth-kinds: a comma-separated subset of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lesion_train._parse(["--data-dir", str(tmp_path), "--synth-contrast", "0.5"])
+    assert "--synth-contrast is a multiple" in capsys.readouterr().err
+    args = lesion_train._parse(["--data-dir", str(tmp_path), "--synth-kinds", " bright, enhancing"])
+    assert args.synth_kinds == ("bright", "enhancing") and args.synth_contrast == 1.35
 
 
 def test_pseudo_masks_are_the_init_models_map_where_it_is_confident(tmp_path):
