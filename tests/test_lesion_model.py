@@ -181,27 +181,17 @@ def test_hard_positives_are_missed_masked_tumors_drawn_more_often():
 
 def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
     from trainer import lesion_train
-    with pytest.raises(SystemExit):
-        lesion_train._parse(["--data-dir", str(tmp_path), "--hard-negatives", "4"])
-    assert "need --init-from" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        lesion_train._parse(["--data-dir", str(tmp_path), "--hard-negatives", "0.5"])
-    assert ">= 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        lesion_train._parse(["--data-dir", str(tmp_path), "--hard-positives", "2"])
-    assert "need --init-from" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        lesion_train._parse(["--data-dir", str(tmp_path), "--fluid-bright", "1.5"])
-    assert "probability in [0, 1]" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        lesion_train._parse(["--data-dir", str(tmp_path), "--transplant-tumors", "-0.2"])
-    assert "--transplant-tumors is a probability in [0, 1]" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        lesion_train._parse(["--data-dir", str(tmp_path), "--synth-kinds", "bright,glowing"])
-    assert "--synth-kinds: a comma-separated subset of" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        lesion_train._parse(["--data-dir", str(tmp_path), "--synth-contrast", "0.5"])
-    assert "--synth-contrast is a multiple" in capsys.readouterr().err
+    refused = [(("--hard-negatives", "4"), "need --init-from"),
+               (("--hard-negatives", "0.5"), ">= 1"),
+               (("--hard-positives", "2"), "need --init-from"),
+               (("--fluid-bright", "1.5"), "probability in [0, 1]"),
+               (("--transplant-tumors", "-0.2"), "--transplant-tumors is a probability in [0, 1]"),
+               (("--synth-kinds", "bright,glowing"), "--synth-kinds: a comma-separated subset of"),
+               (("--synth-contrast", "0.5"), "--synth-contrast is a multiple")]
+    for flags, message in refused:
+        with pytest.raises(SystemExit):
+            lesion_train._parse(["--data-dir", str(tmp_path), *flags])
+        assert message in capsys.readouterr().err, flags
     args = lesion_train._parse(["--data-dir", str(tmp_path), "--synth-kinds", " bright, enhancing"])
     assert args.synth_kinds == ("bright", "enhancing") and args.synth_contrast == 1.35
 
