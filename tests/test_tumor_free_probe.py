@@ -23,6 +23,10 @@ def test_slices_are_counted_per_volume_in_slice_order_and_unscored_rows_left_out
     dicom = [{**_row(f"/d/dcm/{name}", flagged=n == 1), "instance_number": n}  # numbered against the names
              for n, name in ((1, "z.dcm"), (2, "a.dcm"), (3, "m.dcm"), (4, "b.dcm"), (5, "c.dcm"))]
     assert tumor_free_probe.summarise(dicom)["dcm/"]["by_fifth"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    twins = [_row(f"/d/{who}/t1.nii.gz", frame=i, flagged=who == "a") for who in ("a", "b") for i in range(5)]
+    both = tumor_free_probe.summarise(twins)  # two people's t1.nii.gz stay two volumes, named by their paths
+    assert both == {"/d/a/t1.nii.gz": {"n": 5, "flagged": 1.0, "ood": 0.0, "by_fifth": [1.0] * 5},
+                    "/d/b/t1.nii.gz": {"n": 5, "flagged": 0.0, "ood": 0.0, "by_fifth": [0.0] * 5}}
     md = tumor_free_probe.table({"m": out})
     assert "| m | vol.nii.gz | 10 | 20.0 % | 100 % | 0 % | 0 % | 0 % | 0 % | 10 % |" in md
     assert "| m | all (2 volumes) | 20 | 20.0 %" in md

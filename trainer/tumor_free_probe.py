@@ -47,16 +47,20 @@ def summarise(rows, n_bins=FIFTHS):
             continue
         name = posixpath.join(r["source_uri"], r["member_path"]) if r.get("member_path") else r["source_uri"]
         by_file.setdefault(name, []).append(r)
-    volumes = {}
+    volumes = {}  # keyed by the whole path: two folders may each hold a t1.nii.gz
     for name, members in by_file.items():
         if len(members) > 1:
-            volumes.setdefault(posixpath.basename(name), []).extend(
-                sorted(members, key=lambda r: int(r.get("frame_index") or 0)))
+            volumes[name] = sorted(members, key=lambda r: int(r.get("frame_index") or 0))
         else:
-            volumes.setdefault(posixpath.basename(posixpath.dirname(name)) + "/", []).append((name, members[0]))
+            volumes.setdefault(posixpath.dirname(name) + "/", []).append((name, members[0]))
+    short = {}
+    for key in volumes:  # the table names a volume by its file (or folder) name where that is unique
+        short.setdefault(posixpath.basename(key.rstrip("/")) + ("/" if key.endswith("/") else ""), []).append(key)
+    label = {k: name if len(keys) == 1 else k for name, keys in short.items() for k in keys}
     out = {}
-    for vol, members in sorted(volumes.items()):
-        if vol.endswith("/"):
+    for key, members in sorted(volumes.items(), key=lambda kv: label[kv[0]]):
+        vol = label[key]
+        if key.endswith("/"):
             numbered = all(r.get("instance_number") is not None for _, r in members)
             members = [r for _, r in sorted(members, key=lambda t: (t[1]["instance_number"], _natural(t[0]))
                                             if numbered else _natural(t[0]))]
