@@ -220,9 +220,8 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
         print(f"Synthetic tumors: {int(np.count_nonzero(synth[0]))} tumor-free training slices may get one")
     transplant = None
     if cfg.transplant_tumors:
-        p, kind = augment.synthesis_plan(sequences, labels, np.ones(len(ex)), level, cfg.transplant_tumors)
-        bright = (augment.SYNTH_KINDS["bright"], augment.SYNTH_KINDS["bright-or-enhancing"])
-        p = np.where(np.isin(kind, bright), p, 0.0).astype(np.float32)  # the donors are FLAIR/T2 tumors
+        p, _ = augment.synthesis_plan(sequences, labels, np.ones(len(ex)), level, cfg.transplant_tumors,
+                                      kinds=("bright", "bright-or-enhancing"))  # the donors are FLAIR/T2 tumors
         known = ~np.isin(masks, (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY))
         donor = is_train & (labels == 1) & known & np.isin(sequences, ("flair", "t2"))
         bank = input_pipeline.load_donors(paths[donor], masks[donor], spec)
