@@ -10,7 +10,7 @@ MODEL_DIR ?= models
 EPOCHS ?= 20
 SEED ?= 42
 # Patient key: everything before the slice number of LGG (TCGA_<site>_<patient>_<date>) and BraTS files.
-GROUP_PATTERN ?= ^((?:TCGA_|.*brats).+)_\d+\.\w+$$
+GROUP_PATTERN ?= ^((?:TCGA_|.*brats|vol_).+)_\d+\.\w+$$
 # The LGG institution FG (14 patients) is held out entirely: the stand-in for a new hospital.
 HOLDOUT ?= ^TCGA_FG_
 # LGG's T1 "tumor" labels are noisy (many slices show no lesion): the threshold is chosen on the rest.
@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -108,6 +108,27 @@ data-mni152: $(STAMP)
 		cp $$tmp/wheel/nilearn/datasets/data/mni_icbm152_*_tal_nlin_sym_09a_converted.nii.gz $$tmp/template/ && \
 		mkdir -p $(dir $(MNI152_TEMPLATE)) && mv $$tmp/template $(MNI152_TEMPLATE); s=$$?; rm -rf $$tmp; exit $$s; }
 	test -d $(MNI152) || $(PY) -m trainer.template_slices --template-dir $(MNI152_TEMPLATE) --out $(MNI152)
+
+# Real tumor-free heads for training and a held-out test of them (trainer/volume_slices.py): FLAIR and T1 volumes
+# of 23 older adults and two IXI T1s from the NiChart project's sample data, fetched at a pinned commit and checked
+# against docs/healthy_heads_manifest.txt (source, licence: docs/healthy_heads.md). Subjects 17-23 are held back
+# as HEALTHY_HEADS_TEST, never trained on: make data-healthy-heads
+HEALTHY_HEADS_VOLUMES ?= ../data/healthy-heads-volumes
+HEALTHY_HEADS ?= ../data/healthy-heads
+HEALTHY_HEADS_TEST ?= ../data/healthy-heads-test
+HEALTHY_HEADS_HELD_OUT ?= ^subj(1[7-9]|2[0-3])$$
+NICHART_RAW ?= https://raw.githubusercontent.com/CBICA/NiChart_Project/1a04acb4ce41cc69472c79647ddeb85e73946544
+data-healthy-heads: $(STAMP)
+	test -d $(HEALTHY_HEADS_VOLUMES) || { tmp=$$(mktemp -d) && \
+		while read look subject path sha; do mkdir -p $$tmp/$$look && \
+			curl -fsSL "$(NICHART_RAW)/$$path" -o $$tmp/$$look/$$subject.nii.gz && \
+			echo "$$sha  $$tmp/$$look/$$subject.nii.gz" | sha256sum --check --quiet || exit 1; \
+		done < docs/healthy_heads_manifest.txt && mkdir -p $(dir $(HEALTHY_HEADS_VOLUMES)) && \
+		mv $$tmp $(HEALTHY_HEADS_VOLUMES); }
+	test -d $(HEALTHY_HEADS) || $(PY) -m trainer.volume_slices --input $(HEALTHY_HEADS_VOLUMES) --out $(HEALTHY_HEADS) \
+		--exclude '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md
+	test -d $(HEALTHY_HEADS_TEST) || $(PY) -m trainer.volume_slices --input $(HEALTHY_HEADS_VOLUMES) \
+		--out $(HEALTHY_HEADS_TEST) --only '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md
 
 # Tumor-free probe (trainer/tumor_free_probe.py): MRI of people without a tumor (healthy volunteers, a stroke
 # patient), scored by brain-score with each model; every flagged slice is a false alarm. The public volumes the

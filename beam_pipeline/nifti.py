@@ -1,14 +1,9 @@
 """NIfTI volumes (.nii, .nii.gz) -> axial slices, one frame each.
 
 Research archives (BraTS, MS and healthy-volunteer collections, anything that went through a
-conversion tool) store MRI as NIfTI volumes rather than DICOM series. A volume is read with
-nibabel, turned to the closest canonical orientation (RAS+) so that its third axis runs from feet
-to head whatever the acquisition plane or the converter's axis order, and every axial slice
-becomes a frame in radiological display (anterior at the top, the patient's right on the image's
-left), as a DICOM viewer shows an axial series. A slice whose voxels are not square (a sagittal or coronal
-acquisition with thick slices, seen axially) is resampled to square pixels: the model's preprocessing keeps the
-image's aspect, so a head 5 mm by 1 mm per pixel would reach it squashed to a fifth. A 4-D file (diffusion, perfusion, fMRI) gives the
-slices of its first volume only: the others repeat the anatomy in another contrast or time.
+conversion tool) store MRI as NIfTI volumes rather than DICOM series. Every axial slice becomes a frame as a
+DICOM viewer shows an axial series (screening_core.volumes, which the trainer cuts its slices with too). A 4-D
+file (diffusion, perfusion, fMRI) gives the slices of its first volume only.
 
 Limits are checked on the header's dimensions before any voxel is read, and a gzip'd volume is
 inflated under the same ratio limit as a zip member, so a small hostile file cannot claim memory.
@@ -20,6 +15,7 @@ import zlib
 import numpy as np
 
 from beam_pipeline import errors
+from screening_core import volumes
 
 _SINGLE_FILE_MAGIC = ((344, b"n+1\x00"), (4, b"n+2\x00"))  # NIfTI-1 / NIfTI-2, header and data in one file
 _HEADER_BYTES = 540  # a NIfTI-2 header; NIfTI-1's is 348
@@ -94,39 +90,15 @@ def slices(data, max_frame_pixels, max_frames, max_member_pixels):
     if len(data) < int(img.header["vox_offset"]) + needed:
         raise NiftiError("undecodable_image", f"NIfTI voxel data cut: {len(data)} bytes hold less than the "
                                               f"{needed} the header declares")
-    import nibabel as nib
     try:
-        first = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)] if len(img.shape) > 3 else img
-        canonical = nib.as_closest_canonical(first)
-        volume = np.asarray(canonical.dataobj, dtype=np.float32)
+        frames, dx, dy = volumes.axial_frames(img)
     except Exception as e:
         raise NiftiError("undecodable_image", f"NIfTI voxels unreadable: {type(e).__name__}: {e}") from e
-    if volume.ndim == 2:
-        volume = volume[..., None]
-    # RAS+: voxel index i grows toward the patient's right, j toward anterior, k toward the head.
-    # Radiological axial display: rows run anterior -> posterior, columns the patient's right -> left.
-    frames = [np.ascontiguousarray(volume[::-1, ::-1, k].T) for k in range(volume.shape[2])]
-    dx, dy = (float(z) for z in canonical.header.get_zooms()[:2])  # column and row spacing
-    frames, dx, dy = _square_pixels(frames, dx, dy, max_frame_pixels)
+    frames, dx, dy = volumes.square_pixels(frames, dx, dy, max_frame_pixels)
     if sum(f.size for f in frames) > max_member_pixels:
         raise NiftiError("image_too_large", f"{len(frames)} slices resampled to square pixels exceed the "
                                             f"limit of {max_member_pixels} voxels per member")
-    return frames, _pixel_area_mm2(canonical.header, dx, dy)
-
-
-def _square_pixels(frames, dx, dy, max_frame_pixels, tolerance=0.02):
-    """(frames, dx, dy) with square pixels at the finer of the two spacings (the coarser one where the finer
-    would break the frame limit); unchanged when already square within `tolerance` or the spacing is unknown."""
-    if not (np.isfinite(dx) and np.isfinite(dy) and dx > 0 and dy > 0) or abs(dx / dy - 1) <= tolerance:
-        return frames, dx, dy
-    rows, cols = frames[0].shape
-    for s in (min(dx, dy), max(dx, dy)):
-        size = (max(1, round(cols * dx / s)), max(1, round(rows * dy / s)))  # PIL: (width, height)
-        if size[0] * size[1] <= max_frame_pixels:
-            break
-    from PIL import Image
-    return [np.asarray(Image.fromarray(np.ascontiguousarray(f, np.float32)).resize(size, Image.BILINEAR), np.float32)
-            for f in frames], s, s
+    return frames, _pixel_area_mm2(img.header, dx, dy)
 
 
 def _pixel_area_mm2(header, dx, dy):

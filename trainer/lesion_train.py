@@ -40,6 +40,8 @@ from trainer.config import TrainConfig, parse_masks_dirs
 DEFAULT_SHARES = {"brain-mri": 0.15, "lgg": 0.55, "brats-ped": 0.3}
 
 
+# A patient key for LGG/BraTS slices and for slices cut from volumes by trainer.volume_slices (vol_<subject>_z<k>).
+GROUP_PATTERN = r"^((?:TCGA_|.*brats|vol_).+)_z?\d+\.\w+$"
 SYNTH_LOOKS = ("bright", "enhancing", "dark", "bright-or-enhancing")  # augment.SYNTH_KINDS (TensorFlow-free here)
 
 
@@ -47,7 +49,7 @@ def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", action="append", required=True)
     p.add_argument("--eval-data-dir", action="append", default=[])
-    p.add_argument("--group-pattern", default=r"^((?:TCGA_|.*brats).+)_z?\d+\.\w+$")
+    p.add_argument("--group-pattern", default=GROUP_PATTERN)
     p.add_argument("--holdout-pattern", default="")
     p.add_argument("--threshold-sources", default=r"^(brain-mri|lgg/flair)$")
     p.add_argument("--target-sensitivity", type=float, default=0.95)

@@ -1,0 +1,84 @@
+"""trainer.volume_slices: a tumor-free training collection cut from real volumes as brain-score cuts them."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+
+def _head(shape=(40, 48, 30), seed=0):
+    """An ellipsoid head in slices 4-21; slices 22-29 hold faint noise only (above the vertex), 0-3 nothing."""
+    rng = np.random.default_rng(seed)
+    xx, yy, zz = np.meshgrid(*(np.arange(n) - c for n, c in zip(shape, (20, 24, 13), strict=True)), indexing="ij")
+    head = ((xx / 16) ** 2 + (yy / 20) ** 2 + (zz / 9.5) ** 2) < 1.0
+    ramp = 200 + 10 * (xx + 20) + 4 * (yy + 24)  # brighter toward one side and one end: a flip shows
+    v = np.where(head, ramp + 10 * rng.standard_normal(shape), 0.0)
+    v[:, :, 22:] = np.abs(rng.normal(0, 10, (shape[0], shape[1], shape[2] - 22)))
+    return v.astype(np.int16)
+
+
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # voxel axes toward the patient's left, back, head: DICOM's order
+
+
+def _write(folder, subjects, affine=LPS):
+    import nibabel as nib
+    for look in ("flair", "t1"):
+        os.makedirs(folder / look, exist_ok=True)
+        for i, s in enumerate(subjects):
+            nib.save(nib.Nifti1Image(_head(seed=i), affine), str(folder / look / f"{s}.nii.gz"))
+
+
+def test_slices_are_cut_as_brain_score_cuts_the_volume_with_the_head_only_and_held_out_subjects_left_out(tmp_path):
+    from PIL import Image
+
+    from beam_pipeline import decoding
+    from trainer import discovery, lesion_train, volume_slices
+    _write(tmp_path / "in", ["s01", "s02", "s03"])
+    out = tmp_path / "heads"
+    assert volume_slices.main(["--input", str(tmp_path / "in"), "--out", str(out), "--exclude", "^s03$"]) == 0
+    assert sorted(os.listdir(out)) == ["flair", "masks", "t1"] and not os.listdir(out / "masks")
+    names = sorted(os.listdir(out / "flair" / "notumor"))
+    assert {n.split("_z")[0] for n in names} == {"vol_s01", "vol_s02"}  # s03 held back
+    assert volume_slices.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "test"), "--only", "^s03$"]) == 0
+    assert {n.split("_z")[0] for n in os.listdir(tmp_path / "test" / "t1" / "notumor")} == {"vol_s03"}
+    zs = sorted({int(n[-7:-4]) for n in names})
+    assert zs[0] >= 4 and zs[-1] <= 21 and len(zs) >= 14  # the head's slices; not the noise above it nor the empty ones
+    # the same orientation as brain-score's frames of the volume
+    decoded = decoding.decode((tmp_path / "in" / "flair" / "s01.nii.gz").read_bytes(), "s01.nii.gz")
+    png = np.asarray(Image.open(out / "flair" / "notumor" / "vol_s01_z012.png"), float)
+    frame = decoded.frames[12].gray
+    assert png.shape == frame.shape
+    assert np.corrcoef(png.ravel(), frame.ravel())[0, 1] > 0.99
+    # read as tumor-free slices of their look, and one subject's slices share a patient key
+    examples, _ = discovery.discover(str(out))
+    assert {(e.label, e.collection) for e in examples} == {(0, "heads")}
+    assert {e.sequence for e in examples} == {"flair", "t1"}
+    default = lesion_train._parse(["--data-dir", str(out)]).group_pattern
+    keys = {re.match(default, os.path.basename(e.path)).group(1) for e in examples}
+    assert keys == {"vol_s01", "vol_s02"}
+
+
+@pytest.mark.parametrize("make, argv_extra, says", [
+    (lambda d: _write(d, ["bad_name"]), [], "letters, digits and '-'"),
+    (lambda d: os.makedirs(d), [], "no <look>/<subject>.nii.gz"),
+    (lambda d: _write(d, ["s01"]), ["--exclude", "("], "not a regular expression"),
+])
+def test_bad_input_is_refused_with_a_reason(tmp_path, capsys, make, argv_extra, says):
+    from trainer import volume_slices
+    make(tmp_path / "in")
+    with pytest.raises(SystemExit) as e:
+        volume_slices.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out")] + argv_extra)
+    assert e.value.code not in (0, None)
+    err = capsys.readouterr().err + str(e.value.code)
+    assert says in err
+
+
+def test_an_existing_collection_is_never_written_over(tmp_path, capsys):
+    from trainer import volume_slices
+    _write(tmp_path / "in", ["s01"])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "kept.txt").write_text("previous")
+    with pytest.raises(SystemExit) as e:
+        volume_slices.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "not empty" in capsys.readouterr().err
+    assert (tmp_path / "out" / "kept.txt").read_text() == "previous"
