@@ -10,7 +10,7 @@ MODEL_DIR ?= models
 EPOCHS ?= 20
 SEED ?= 42
 # Patient key: everything before the slice number of LGG (TCGA_<site>_<patient>_<date>) and BraTS files.
-GROUP_PATTERN ?= ^((?:TCGA_|.*brats|vol_).+)_\d+\.\w+$$
+GROUP_PATTERN ?= ^((?:TCGA_|.*brats).+)_\d+\.\w+$$
 # The LGG institution FG (14 patients) is held out entirely: the stand-in for a new hospital.
 HOLDOUT ?= ^TCGA_FG_
 # LGG's T1 "tumor" labels are noisy (many slices show no lesion): the threshold is chosen on the rest.
