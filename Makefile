@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -135,7 +135,7 @@ data-healthy-heads: $(STAMP)
 # model cards quote, with sources, licences and sha256, are in docs/tumor_free_probe.md; any folder of
 # tumor-free NIfTI/DICOM volumes works: make probe-tumor-free PROBE_DIR=... PROBE_MODELS="..."
 PROBE_DIR ?= ../data/tumor-free-probe
-PROBE_MODELS ?= models/brain-tumor-cnn/13 models/brain-tumor-cnn/3
+PROBE_MODELS ?= models/brain-tumor-cnn/15 models/brain-tumor-cnn/13 models/brain-tumor-cnn/3
 probe-tumor-free: $(STAMP)
 	$(PY) -m trainer.tumor_free_probe --input $(PROBE_DIR) $(foreach m,$(PROBE_MODELS),--model $(m))
 
@@ -197,6 +197,30 @@ train-v13: $(STAMP)
 		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/13/best.keras --version 13
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/13
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/13
+
+# Model v14, the lesion map trained with real tumor-free heads (make data-healthy-heads; docs/healthy_heads.md), and
+# no dark paint on T1 without contrast; then v15, v14 with v13's classifier (seeded; ~10 min of fit on 2 CPU cores
+# and ~15 min of evaluation): make train-v14 train-v15 MODEL_DIR=/tmp/models
+HH_ARGS = --data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(SHARED)/brain-mri \
+	--data-dir $(HEALTHY_HEADS) --eval-data-dir $(SHARED)/brats-sample --eval-data-dir $(HEALTHY_HEADS_TEST) \
+	--holdout-pattern '$(HOLDOUT)' --masks-dir brain-mri=$(FIGSHARE_MASKS) --label-only-tumors skip \
+	--shares lgg=0.4,brats-ped=0.2,brain-mri=0.25,healthy-heads=0.15 --steps-per-epoch 250 --seed $(SEED) \
+	--model-dir $(MODEL_DIR)
+V14 ?= $(MODEL_DIR)/brain-tumor-cnn/14
+train-v14: data-healthy-heads
+	$(PY) -m trainer.lesion_train $(HH_ARGS) --init-from models/brain-tumor-cnn/10/model.keras --hard-negatives 4 \
+		--synth-tumors 0.3 --synth-kinds bright,enhancing,bright-or-enhancing --learning-rate 2e-4 --epochs 4 \
+		--select-on last --version 14
+	$(PY) -m trainer.lesion_eval map-level $(V14) --write
+	$(PY) -m trainer.ood build $(V14)
+	$(PY) -m trainer.export $(V14)
+train-v15: data-healthy-heads
+	$(PY) -m trainer.ensemble --lesion $(V14) --classifier models/brain-tumor-cnn/3 \
+		--fine-tuned $(V12) --alpha 0.3 --out $(MODEL_DIR)/brain-tumor-cnn/_work/15
+	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --target-sensitivity 0.98 \
+		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/15/best.keras --version 15
+	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/15
+	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/15
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"

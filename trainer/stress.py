@@ -17,8 +17,8 @@ at each artifact's own threshold:
 
 Each is a stress test, not a metric: compare models, or a model with and without a member.
 
-  python -m trainer.stress transplant models/brain-tumor-cnn/13 models/brain-tumor-cnn/10
-  python -m trainer.stress painted models/brain-tumor-cnn/13 models/brain-tumor-cnn/10 --split external
+  python -m trainer.stress transplant models/brain-tumor-cnn/15 models/brain-tumor-cnn/14
+  python -m trainer.stress painted models/brain-tumor-cnn/15 models/brain-tumor-cnn/14 --split external
 """
 import csv
 import json

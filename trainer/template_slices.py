@@ -17,7 +17,7 @@ written collection carries). `make data-mni152` fetches that wheel from PyPI, ke
 ../data/mni152-template and writes the collection:
 
   python -m trainer.template_slices --template-dir ../data/mni152-template --out ../data/mni152
-  python -m trainer.template_slices --template-dir ../data/mni152-template --step 3 --probe models/brain-tumor-cnn/13
+  python -m trainer.template_slices --template-dir ../data/mni152-template --step 3 --probe models/brain-tumor-cnn/15
 """
 import argparse
 import os

@@ -10,7 +10,7 @@ tables: the share of slices flagged per volume, by fifth of the stack (in slice 
 NIfTI), and the share the OOD guard marks.
 
   python -m trainer.tumor_free_probe --input ../data/tumor-free-probe \\
-      --model models/brain-tumor-cnn/13 --model models/brain-tumor-cnn/3
+      --model models/brain-tumor-cnn/15 --model models/brain-tumor-cnn/13
 
 Every slice is tumor-free, so each flagged slice is a false alarm. A probe, not a specificity: a handful of
 people; and a volume a model trained on says nothing about it. The table names the volumes by file name:
