@@ -69,7 +69,8 @@ class ScreeningOptions(PipelineOptions):
                             help="JSON manifest (local or gs://) of inputs already scored; with it, only "
                                  "new or changed inputs are scored and the manifest is updated on success")
         parser.add_argument("--heatmaps", action=argparse.BooleanOptionalAction, default=True,
-                            help="write a Grad-CAM overlay PNG under <output>/results/heatmaps/ for each flagged image")
+                            help="write a review overlay PNG (the model's own lesion map; Grad-CAM for slice classifiers) under "
+                                 "<output>/results/heatmaps/ for each flagged image")
         parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                             help="write <output>/results/report.html after the run (rebuild any time with "
                                  "python -m beam_pipeline.report <output>)")
