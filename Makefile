@@ -112,10 +112,12 @@ data-mni152: $(STAMP)
 # Real tumor-free heads for training and a held-out test of them (trainer/volume_slices.py): FLAIR and T1 volumes
 # of 23 older adults and two IXI T1s from the NiChart project's sample data, fetched at a pinned commit and checked
 # against docs/healthy_heads_manifest.txt (source, licence: docs/healthy_heads.md). Subjects 17-23 are held back
-# as HEALTHY_HEADS_TEST, never trained on: make data-healthy-heads
+# as HEALTHY_HEADS_TEST, never trained on, and their volumes are also kept as HEALTHY_HEADS_PROBE for the
+# tumor-free probe (make probe-tumor-free PROBE_DIR=../data/healthy-heads-test-volumes): make data-healthy-heads
 HEALTHY_HEADS_VOLUMES ?= ../data/healthy-heads-volumes
 HEALTHY_HEADS ?= ../data/healthy-heads
 HEALTHY_HEADS_TEST ?= ../data/healthy-heads-test
+HEALTHY_HEADS_PROBE ?= ../data/healthy-heads-test-volumes
 HEALTHY_HEADS_HELD_OUT ?= ^subj(1[7-9]|2[0-3])$$
 NICHART_RAW ?= https://raw.githubusercontent.com/CBICA/NiChart_Project/1a04acb4ce41cc69472c79647ddeb85e73946544
 data-healthy-heads: $(STAMP)
@@ -129,6 +131,10 @@ data-healthy-heads: $(STAMP)
 		--exclude '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md
 	test -d $(HEALTHY_HEADS_TEST) || $(PY) -m trainer.volume_slices --input $(HEALTHY_HEADS_VOLUMES) \
 		--out $(HEALTHY_HEADS_TEST) --only '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md
+	test -d $(HEALTHY_HEADS_PROBE) || { mkdir -p $(HEALTHY_HEADS_PROBE) && for f in $(HEALTHY_HEADS_VOLUMES)/*/*.nii.gz; do \
+		look=$$(basename $$(dirname $$f)); subject=$$(basename $$f .nii.gz); \
+		if echo "$$subject" | grep -Eq '$(HEALTHY_HEADS_HELD_OUT)'; then cp $$f $(HEALTHY_HEADS_PROBE)/$${look}_$$subject.nii.gz; fi; \
+		done; }
 
 # Tumor-free probe (trainer/tumor_free_probe.py): MRI of people without a tumor (healthy volunteers, a stroke
 # patient), scored by brain-score with each model; every flagged slice is a false alarm. The public volumes the
