@@ -51,11 +51,15 @@ def volume_files(input_dir):
     return out
 
 
-def head_slices(frames, min_level=0.25, min_area=0.03):
-    """Indices of the frames with a head in them: a 99th percentile at least `min_level` of the volume's, and at
-    least `min_area` of the frame above a fifth of the volume's robust maximum. Noise above the vertex and the
+def robust_max(frames):
+    """The volume's 99.5th percentile: its scale, unmoved by a few hot voxels."""
+    return max(float(np.percentile(np.stack(frames), 99.5)), 1e-6)
+
+
+def head_slices(frames, top, min_level=0.25, min_area=0.03):
+    """Indices of the frames with a head in them: a 99th percentile at least `min_level` of the volume's robust
+    maximum `top`, and at least `min_area` of the frame above a fifth of it. Noise above the vertex and the
     empty field below the neck fail the first test, a sliver of scalp the second."""
-    top = max(float(np.percentile(np.stack(frames), 99.5)), 1e-6)
     return [k for k, f in enumerate(frames)
             if np.percentile(f, 99) >= min_level * top and np.mean(f > 0.2 * top) >= min_area]
 
@@ -87,8 +91,8 @@ def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_p
             os.makedirs(folder, exist_ok=True)
             frames, dx, dy = volumes.axial_frames(nib.load(path))
             frames, _, _ = volumes.square_pixels(frames, dx, dy, max_frame_pixels)
-            top = max(float(np.percentile(np.stack(frames), 99.5)), 1e-6)
-            keep = head_slices(frames)
+            top = robust_max(frames)
+            keep = head_slices(frames, top)
             for k in keep:
                 Image.fromarray(to_uint8(frames[k], top)).save(os.path.join(folder, f"vol_{subject}_z{k:03d}.png"))
             written.setdefault(look, {})[subject] = len(keep)
@@ -123,7 +127,7 @@ def main(argv=None):
             p.error(f"--source {args.source} is not a file")
         text = open(args.source).read()
     written = write_collection(args.input, args.out, args.exclude, text, only=args.only)
-    if not written or not any(written.values()):
+    if not written:  # a look gets an entry only when one of its subjects is written
         print(f"no subject of {args.input} was selected: nothing written", file=sys.stderr)
         return 1
     for look, subjects in written.items():
