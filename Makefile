@@ -120,18 +120,20 @@ HEALTHY_HEADS_TEST ?= ../data/healthy-heads-test
 HEALTHY_HEADS_PROBE ?= ../data/healthy-heads-test-volumes
 HEALTHY_HEADS_HELD_OUT ?= ^subj(1[7-9]|2[0-3])$$
 NICHART_RAW ?= https://raw.githubusercontent.com/CBICA/NiChart_Project/1a04acb4ce41cc69472c79647ddeb85e73946544
+# Each volume is fetched once, checked against its sha256 and only then moved into place (an interrupted run
+# resumes); lesions-flair/ holds NiChart's white-matter hyperintensity masks (DLWMLS) of the FLAIR volumes.
 data-healthy-heads: $(STAMP)
-	test -d $(HEALTHY_HEADS_VOLUMES) || { tmp=$$(mktemp -d) && \
-		while read look subject path sha; do mkdir -p $$tmp/$$look && \
-			curl -fsSL "$(NICHART_RAW)/$$path" -o $$tmp/$$look/$$subject.nii.gz && \
-			echo "$$sha  $$tmp/$$look/$$subject.nii.gz" | sha256sum --check --quiet || exit 1; \
-		done < docs/healthy_heads_manifest.txt && mkdir -p $(dir $(HEALTHY_HEADS_VOLUMES)) && \
-		mv $$tmp $(HEALTHY_HEADS_VOLUMES); }
+	while read look subject path sha; do f=$(HEALTHY_HEADS_VOLUMES)/$$look/$$subject.nii.gz; test -f $$f && continue; \
+		mkdir -p $$(dirname $$f) && curl -fsSL "$(NICHART_RAW)/$$path" -o $$f.part && \
+		echo "$$sha  $$f.part" | sha256sum --check --quiet && mv $$f.part $$f || exit 1; \
+	done < docs/healthy_heads_manifest.txt
 	test -d $(HEALTHY_HEADS) || $(PY) -m trainer.volume_slices --input $(HEALTHY_HEADS_VOLUMES) --out $(HEALTHY_HEADS) \
-		--exclude '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md
+		--exclude '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md \
+		--non-tumor-lesions flair=$(HEALTHY_HEADS_VOLUMES)/lesions-flair
 	test -d $(HEALTHY_HEADS_TEST) || $(PY) -m trainer.volume_slices --input $(HEALTHY_HEADS_VOLUMES) \
-		--out $(HEALTHY_HEADS_TEST) --only '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md
-	test -d $(HEALTHY_HEADS_PROBE) || { mkdir -p $(HEALTHY_HEADS_PROBE) && for f in $(HEALTHY_HEADS_VOLUMES)/*/*.nii.gz; do \
+		--out $(HEALTHY_HEADS_TEST) --only '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md \
+		--non-tumor-lesions flair=$(HEALTHY_HEADS_VOLUMES)/lesions-flair
+	test -d $(HEALTHY_HEADS_PROBE) || { mkdir -p $(HEALTHY_HEADS_PROBE) && for f in $(HEALTHY_HEADS_VOLUMES)/flair/*.nii.gz $(HEALTHY_HEADS_VOLUMES)/t1/*.nii.gz; do \
 		look=$$(basename $$(dirname $$f)); subject=$$(basename $$f .nii.gz); \
 		if echo "$$subject" | grep -Eq '$(HEALTHY_HEADS_HELD_OUT)'; then cp $$f $(HEALTHY_HEADS_PROBE)/$${look}_$$subject.nii.gz; fi; \
 		done; }

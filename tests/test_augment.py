@@ -209,6 +209,32 @@ def test_transplanted_training_slices_are_masked_tumor_slices_cut_from_donors_of
     assert images.shape == (40, 128, 128, 1)
 
 
+def test_non_tumor_lesion_pixels_train_as_heavier_negatives_unless_a_painted_tumor_covers_them():
+    from trainer import lesion_train
+    x, head, _, _ = _flair_like()
+    n = 4
+    mimic = np.zeros((n, 128, 128), np.uint8)
+    mimic[1:, 60:68, 40:48] = 255  # a white-matter hyperintensity on slices 1-3; slice 0 has none
+    arrays = {"x": np.stack([x[..., 0]] * n).astype(np.float16), "mask": np.zeros((n, 128, 128), np.uint8),
+              "mimic": mimic, "pixel_weight": np.ones(n, np.float32)}
+    labels = np.zeros(n)
+    probs = np.full(n, 1 / n)
+    for weight, paint in ((6.0, None), (1.0, None), (6.0, np.ones(n, np.float32))):
+        ds = lesion_train.make_train_dataset(arrays, np.arange(n), labels, probs, np.ones(n), 64, 48, 5, "v2",
+                                             synth_p=paint, synth_kind=None if paint is None else np.zeros(n, np.int32),
+                                             mimic_weight=weight)
+        _, targets = next(iter(ds))
+        m, w = targets["lesion_map"].numpy()[..., 0], targets["lesion_map"].numpy()[..., 1]
+        heavy = (w == weight).reshape(48, -1).sum(axis=1) if weight > 1 else np.zeros(48)
+        assert set(np.unique(w)) <= {1.0, weight}
+        if paint is None:
+            assert not m.any()  # a mimic is no tumor
+            if weight > 1:
+                assert 4 <= np.median(heavy) <= 40  # the 8x8-pixel lesion: a few map cells, moved with the slice
+        else:
+            assert (w[m > 0] == 1.0).all()  # a painted tumor over the lesion is a tumor pixel, at tumor weight
+
+
 def test_synthesis_plan_paints_only_pixel_known_negatives_above_the_skull_base():
     from trainer.augment import synthesis_plan
     seq = np.array(["flair", "t1-post", "t1", "", "t2", "flair", "flair"])

@@ -179,6 +179,15 @@ def test_hard_positives_are_missed_masked_tumors_drawn_more_often():
         lesion_data.boost_hard_positives(probs, eligible, scores, 0.5, 0.9)
 
 
+def test_slices_with_a_non_tumor_lesion_are_drawn_more_often():
+    probs = np.array([0.1, 0.2, 0.3, 0.4])
+    w = lesion_data.boost_marked(probs, np.array([False, True, False, True]), 3)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[1] / w[0] == pytest.approx(3 * 0.2 / 0.1) and w[2] / w[0] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match=">= 1"):
+        lesion_data.boost_marked(probs, np.ones(4, bool), 0)
+
+
 def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
     from trainer import lesion_train
     refused = [(("--hard-negatives", "4"), "need --init-from"),
@@ -187,7 +196,9 @@ def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
                (("--fluid-bright", "1.5"), "probability in [0, 1]"),
                (("--transplant-tumors", "-0.2"), "--transplant-tumors is a probability in [0, 1]"),
                (("--synth-kinds", "bright,glowing"), "--synth-kinds: a comma-separated subset of"),
-               (("--synth-contrast", "0.5"), "--synth-contrast is a multiple")]
+               (("--synth-contrast", "0.5"), "--synth-contrast is a multiple"),
+               (("--mimic-weight", "0.5"), "--mimic-weight is a pixel weight"),
+               (("--mimic-boost", "0"), "--mimic-boost must be >= 1")]
     for flags, message in refused:
         with pytest.raises(SystemExit):
             lesion_train._parse(["--data-dir", str(tmp_path), *flags])

@@ -62,15 +62,47 @@ def test_slices_are_cut_as_brain_score_cuts_the_volume_with_the_head_only_and_he
     (lambda d: _write(d, ["bad_name"]), [], "letters, digits and '-'"),
     (lambda d: os.makedirs(d), [], "no <look>/<subject>.nii.gz"),
     (lambda d: _write(d, ["s01"]), ["--exclude", "("], "not a regular expression"),
+    (lambda d: _write(d, ["s01"]), ["--non-tumor-lesions", "flair"], "LOOK=DIR"),
+    (lambda d: _write(d, ["s01"]), ["--non-tumor-lesions", "flair=/nonexistent"], "not a folder"),
+    (lambda d: (_write(d, ["s01"]), _write_lesions(d / "wmh", {"s01": (5, 12)}, shape=(40, 40, 30))),
+     ["--non-tumor-lesions", "flair={in}/wmh"], "voxel grid"),
 ])
 def test_bad_input_is_refused_with_a_reason(tmp_path, capsys, make, argv_extra, says):
     from trainer import volume_slices
     make(tmp_path / "in")
     with pytest.raises(SystemExit) as e:
-        volume_slices.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out")] + argv_extra)
+        volume_slices.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+                           + [a.format(**{"in": tmp_path / "in"}) for a in argv_extra])
     assert e.value.code not in (0, None)
     err = capsys.readouterr().err + str(e.value.code)
     assert says in err
+
+
+def _write_lesions(folder, spots, shape=(40, 48, 30), affine=LPS):
+    """{subject: (first, last) slice} of a small bright lesion mask in the head's grid."""
+    import nibabel as nib
+    os.makedirs(folder, exist_ok=True)
+    for subject, (z0, z1) in spots.items():
+        m = np.zeros(shape, np.uint8)
+        m[18:22, 20:24, z0:z1 + 1] = 1
+        nib.save(nib.Nifti1Image(m, affine), str(folder / f"{subject}.nii.gz"))
+
+
+def test_non_tumor_lesion_masks_are_cut_with_their_look_and_train_as_mimic_pixels(tmp_path):
+    from trainer import discovery, lesion_data, volume_slices
+    _write(tmp_path / "in", ["s01", "s02"])
+    _write_lesions(tmp_path / "in" / "lesions-flair", {"s01": (8, 10)})  # beside the looks: not a look itself
+    out = tmp_path / "heads"
+    assert volume_slices.main(["--input", str(tmp_path / "in"), "--out", str(out),
+                               "--non-tumor-lesions", f"flair={tmp_path / 'in' / 'lesions-flair'}"]) == 0
+    assert sorted(os.listdir(out)) == ["flair", "masks", "non-tumor-lesions", "t1"]
+    assert sorted(os.listdir(out / "non-tumor-lesions")) == ["flair"]  # T1 has its own grid: no mask
+    assert sorted(os.listdir(out / "non-tumor-lesions" / "flair")) == [f"vol_s01_z{k:03d}.png" for k in (8, 9, 10)]
+    examples, _ = discovery.discover(str(out))
+    data = lesion_data.build(examples, [str(out)], size=64, processes=1)
+    marked = {(e.sequence, os.path.basename(e.path)) for e, m in zip(examples, data["mimic"], strict=True) if m.any()}
+    assert marked == {("flair", f"vol_s01_z{k:03d}.png") for k in (8, 9, 10)}
+    assert not data["mask"].any() and data["mimic"].max() == 255  # a mimic is no tumor
 
 
 def test_an_existing_collection_is_never_written_over(tmp_path, capsys):

@@ -453,6 +453,8 @@ def augment_with_mask(image, mask, seed, mode="v2", fluid_bright=0.0, spots=0.0)
 
     `fluid_bright`: the probability of `bright_fluid` first (pass it > 0 for FLAIR slices only);
     `spots`: the probability of `bright_spots` (for slices on which lesions are bright).
+    `mask` may carry more channels (a non-tumor lesion mask beside the tumor's): each follows the same
+    changes, and painted spots keep away from all of them.
     """
     if mode not in MODES:
         raise ValueError(f"augment mode must be one of {MODES}, got {mode!r}")
@@ -461,7 +463,7 @@ def augment_with_mask(image, mask, seed, mode="v2", fluid_bright=0.0, spots=0.0)
     image = _maybe(u[0] < fluid_bright,
                    lambda: bright_fluid(image, tf.random.experimental.stateless_fold_in(f, 1)), image)
     image = _maybe(u[1] < spots,
-                   lambda: bright_spots(image, mask, tf.random.experimental.stateless_fold_in(f, 2)), image)
+                   lambda: bright_spots(image, tf.reduce_max(mask, axis=-1, keepdims=True), tf.random.experimental.stateless_fold_in(f, 2)), image)
     if mode.startswith("contrast"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
     both = tf.concat([image, mask], axis=-1)

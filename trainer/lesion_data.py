@@ -14,6 +14,11 @@ Mask knowledge per slice (`pixel_weight`):
   - a slice without a mask (brain-mri) trains the map only through the slice
     score (multiple-instance loss).
 
+Non-tumor lesions (`mimic`): a collection's `non-tumor-lesions/<sequence>/` folder
+(trainer.volume_slices) marks bright lesions that are not a tumor (white-matter
+hyperintensities) on slices of that sequence; the trainer can weigh those pixels
+up as negatives.
+
 Anatomical level (`level`, 0 = lowest of the patient's slices, 1 = highest) is
 the slice's position in its patient's stack where file names carry it; for
 collections without patients it is the head's share of the raw image, scaled
@@ -78,22 +83,45 @@ def mask_plan(examples, roots, masks_dirs=None):
     return plan
 
 
+MIMICS_DIR = "non-tumor-lesions"  # trainer.volume_slices.LESIONS_DIR (TensorFlow-free here, as that module)
+
+
+def mimic_plan(examples, roots):
+    """Per example: the path of its non-tumor lesion mask (`<root>/non-tumor-lesions/<sequence>/<name>.png`),
+    or "" when it has none."""
+    found = {}
+    for root in roots:
+        base = os.path.join(root, MIMICS_DIR)
+        if not os.path.isdir(base):
+            continue
+        name = os.path.basename(os.path.normpath(root))
+        for seq in os.listdir(base):
+            folder = os.path.join(base, seq)
+            if os.path.isdir(folder):
+                for f in os.listdir(folder):
+                    found[(name, seq, os.path.splitext(f)[0])] = os.path.join(folder, f)
+    return [found.get((e.collection, e.sequence, _stem(e.path)), "") for e in examples]
+
+
+def _raster(path, shape):
+    """A mask file decoded at `shape` (resized by nearest neighbour when saved at another size)."""
+    with open(path, "rb") as f:
+        m = preprocessing.decode_raster(f.read())
+    if m.shape != shape:
+        from PIL import Image
+        m = np.asarray(Image.fromarray(m).resize(shape[::-1], Image.Resampling.NEAREST), np.float32)
+    return (m > 127).astype(np.float32)
+
+
 def _load_one(args):
-    path, mask_path, size = args
+    path, mask_path, mimic_path, size = args
     spec = preprocessing.InputSpec(height=size, width=size)
     with open(path, "rb") as f:
         gray = preprocessing.decode_raster(f.read())
     x = preprocessing.prepare(gray, spec)[..., 0]
-    if mask_path:
-        with open(mask_path, "rb") as f:
-            m = preprocessing.decode_raster(f.read())
-        if m.shape != gray.shape:  # a mask saved at another size than its slice
-            from PIL import Image
-            m = np.asarray(Image.fromarray(m).resize(gray.shape[::-1], Image.Resampling.NEAREST), np.float32)
-        mask = preprocessing.project_mask(gray, (m > 127).astype(np.float32), spec)
-    else:
-        mask = np.zeros((size, size), np.float32)
-    return x.astype(np.float16), (mask * 255).round().astype(np.uint8), head_share(gray)
+    masks = [preprocessing.project_mask(gray, _raster(p, gray.shape), spec) if p else np.zeros((size, size), np.float32)
+             for p in (mask_path, mimic_path)]
+    return x.astype(np.float16), *((m * 255).round().astype(np.uint8) for m in masks), head_share(gray)
 
 
 def head_share(gray):
@@ -141,20 +169,24 @@ def levels(examples, head_shares):
 
 
 def build(examples, roots, size=128, cache_dir=None, processes=None, masks_dirs=None):
-    """dict(x (n,H,W) f16, mask (n,H,W) u8, pixel_weight, level, head_share) for `examples`."""
+    """dict(x (n,H,W) f16, mask (n,H,W) u8, mimic (n,H,W) u8, pixel_weight, level, head_share) for `examples`."""
     plan = mask_plan(examples, roots, masks_dirs)
-    key = hashlib.sha256(repr([(e.path, m, w, size) for e, (m, w) in zip(examples, plan, strict=True)])
-                         .encode()).hexdigest()[:16]
+    mimics = mimic_plan(examples, roots)
+    key = hashlib.sha256(repr([(e.path, m, w, size) + ((n,) if n else ())
+                               for e, (m, w), n in zip(examples, plan, mimics, strict=True)]).encode()).hexdigest()[:16]
     cache = os.path.join(cache_dir, f"lesion-cache-{key}.npz") if cache_dir else None
     if cache and os.path.exists(cache):
         with np.load(cache) as z:
-            return {k: z[k] for k in z.files}
-    jobs = [(e.path, m, size) for e, (m, _) in zip(examples, plan, strict=True)]
+            data = {k: z[k] for k in z.files}
+        data.setdefault("mimic", np.zeros_like(data["mask"]))  # a cache from before mimics: its key says none
+        return data
+    jobs = [(e.path, m, n, size) for e, (m, _), n in zip(examples, plan, mimics, strict=True)]
     with multiprocessing.get_context("spawn").Pool(processes or os.cpu_count()) as pool:
         loaded = pool.map(_load_one, jobs, chunksize=64)
     data = {"x": np.stack([r[0] for r in loaded]), "mask": np.stack([r[1] for r in loaded]),
+            "mimic": np.stack([r[2] for r in loaded]),
             "pixel_weight": np.array([w for _, w in plan], np.float32),
-            "head_share": np.array([r[2] for r in loaded], np.float32)}
+            "head_share": np.array([r[3] for r in loaded], np.float32)}
     data["level"] = levels(examples, data["head_share"]).astype(np.float32)
     if cache:
         os.makedirs(cache_dir, exist_ok=True)
@@ -215,6 +247,13 @@ def boost_hard_positives(probs, eligible, scores, threshold, factor):
     """
     probs, eligible, scores = _checked(probs, factor, eligible, scores)
     return _boost(probs, eligible.astype(bool) & (scores < threshold), factor)
+
+
+def boost_marked(probs, marked, factor):
+    """Draw probabilities with the `marked` slices (tumor-free slices holding a non-tumor lesion mask) drawn
+    `factor` times as often (then renormalised)."""
+    probs, marked = _checked(probs, factor, marked)
+    return _boost(probs, marked.astype(bool), factor)
 
 
 def _checked(probs, factor, *per_slice):

@@ -101,6 +101,13 @@ def _parse(argv):
                    help="paint 2-8 small bright ovoid foci (MS-like white-matter lesions, 3-10 mm) into FLAIR and "
                         "T2 training slices with probability P, away from any tumor mask, as negatives "
                         "(augment.bright_spots): bright non-tumor lesions are the lesion-first map's risk")
+    p.add_argument("--mimic-weight", type=float, default=1.0, metavar="W",
+                   help="weight of the pixels a collection's non-tumor-lesions/ masks mark (white-matter "
+                        "hyperintensities of tumor-free heads, trainer.volume_slices) in the map's BCE, as "
+                        "negatives; 1 = like any other tumor-free pixel")
+    p.add_argument("--mimic-boost", type=float, default=1.0, metavar="FACTOR",
+                   help="draw each tumor-free training slice that holds a non-tumor lesion mask FACTOR times as "
+                        "often (1 = off): they are a few percent of the tumor-free slices")
     p.add_argument("--synth-tumors", type=float, default=0.0, metavar="P",
                    help="paint a synthetic tumor (augment.synthetic_tumor: bright on FLAIR/T2, ring or solid "
                         "enhancing on T1 with contrast, dark on T1) into tumor-free training slices with known "
@@ -144,7 +151,7 @@ def _parse(argv):
         args.masks_dir = parse_masks_dirs(args.masks_dir, os.path.isdir)
     except ValueError as e:
         p.error(str(e))
-    for flag in ("hard_negatives", "hard_positives"):
+    for flag in ("hard_negatives", "hard_positives", "mimic_boost"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     for flag in ("fluid_bright", "spots", "synth_tumors", "transplant_tumors"):
@@ -153,6 +160,8 @@ def _parse(argv):
     args.synth_kinds = tuple(k.strip() for k in args.synth_kinds.split(",") if k.strip())
     if not args.synth_kinds or set(args.synth_kinds) - set(SYNTH_LOOKS):
         p.error(f"--synth-kinds: a comma-separated subset of {', '.join(SYNTH_LOOKS)}, got {','.join(args.synth_kinds)!r}")
+    if not 1.0 <= args.mimic_weight <= 100.0:
+        p.error(f"--mimic-weight is a pixel weight in [1, 100], got {args.mimic_weight}")
     if not 1.0 <= args.synth_contrast <= 4.0:
         p.error(f"--synth-contrast is a multiple of the brain's median in [1, 4], got {args.synth_contrast}")
     if not 0 <= args.pseudo_masks < 1:
@@ -192,7 +201,7 @@ def slice_loss(y_true, y_pred):
 
 def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed, augment_mode, fluid_p=None,
                        spots_p=None, synth_p=None, synth_kind=None, transplant_p=None, donors=None,
-                       synth_contrast=1.35):
+                       synth_contrast=1.35, mimic_weight=1.0):
     """Infinite tf.data stream of augmented (image, {score target, map target}) batches.
 
     `fluid_p`, `spots_p`: per slice, the probability that `augment.bright_fluid` makes it T2-like and
@@ -200,12 +209,15 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
     `synth_kind`: the probability that `augment.synthetic_tumor` paints a tumor of that kind
     (augment.SYNTH_KINDS) into it, which makes the slice a masked tumor slice; `transplant_p`, `donors`:
     the probability that `augment.transplant_tumor` sets a real tumor into it first, cut from a slice of
-    `donors[kind]` (slice indices per look, `transplant_donors`; a transplanted slice is not painted)."""
+    `donors[kind]` (slice indices per look, `transplant_donors`; a transplanted slice is not painted);
+    `mimic_weight`: the BCE weight of the pixels `data["mimic"]` marks (non-tumor lesions) where no tumor lies
+    (a painted or transplanted tumor that covers one makes it a tumor pixel)."""
     import tensorflow as tf
 
     from trainer import augment
     rng = np.random.default_rng(seed)
     x, mask, pix_w = data["x"], data["mask"], data["pixel_weight"]
+    mimic = data.get("mimic")
     def per_slice(values, dtype=np.float32):  # None: zero for every slice (never applied)
         return np.zeros(len(x), dtype) if values is None else np.asarray(values, dtype)
     fluid_p, spots_p, synth_p, synth_kind, transplant_p = (
@@ -224,11 +236,13 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
     def draws():
         while True:
             for i in rng.choice(idx, size=4096, p=probs):
-                yield (x[i].astype(np.float32)[..., None], mask[i].astype(np.float32)[..., None] / 255.0,
+                m = mask[i] if mimic is None else np.stack([mask[i], mimic[i]], axis=-1)
+                yield (x[i].astype(np.float32)[..., None], m.astype(np.float32).reshape(size, size, -1) / 255.0,
                        np.float32(labels[i]), np.float32(pix_w[i]), np.float32(slice_w[i]), fluid_p[i], spots_p[i],
                        synth_p[i], synth_kind[i], transplant_p[i], *donor(i))
 
-    sig = (tf.TensorSpec((size, size, 1), tf.float32), tf.TensorSpec((size, size, 1), tf.float32),
+    channels = 1 if mimic is None else 2  # the tumor mask, and the non-tumor lesion mask beside it
+    sig = (tf.TensorSpec((size, size, 1), tf.float32), tf.TensorSpec((size, size, channels), tf.float32),
            tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
            tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32),
            tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32), tf.TensorSpec((size, size, 1), tf.float32),
@@ -237,19 +251,24 @@ def make_train_dataset(data, idx, labels, probs, slice_w, map_size, batch, seed,
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
 
     def aug(item, s):
-        image, m, label, pw, sw, fp, sp, tp, kind, xp, donor_x, donor_m = item
+        image, both, label, pw, sw, fp, sp, tp, kind, xp, donor_x, donor_m = item
+        m, mim = both[..., :1], both[..., 1:]
         image, m, moved = augment.maybe_transplant_tumor(image, m, donor_x, donor_m, s, xp)
         image, m, painted = augment.maybe_synthetic_tumor(image, m, s, tf.where(moved, 0.0, tp), kind,
                                                           contrast=synth_contrast)
         painted = painted | moved
         label = tf.where(painted, 1.0, label)
-        image, m = augment.augment_with_mask(image, m, s, mode=augment_mode, fluid_bright=fp, spots=sp)
-        image, m = tf.ensure_shape(image, (size, size, 1)), tf.ensure_shape(m, (size, size, 1))
-        m = tf.image.resize(m, (map_size, map_size), method="area")
-        m = tf.cast(m >= 0.5, tf.float32)
+        image, both = augment.augment_with_mask(image, tf.concat([m, mim], axis=-1), s, mode=augment_mode,
+                                                fluid_bright=fp, spots=sp)
+        image, both = tf.ensure_shape(image, (size, size, 1)), tf.ensure_shape(both, (size, size, channels))
+        both = tf.image.resize(both, (map_size, map_size), method="area")
+        m = tf.cast(both[..., :1] >= 0.5, tf.float32)
+        # a map cell a quarter covered by a non-tumor lesion: these are a few pixels across
+        mimic_cell = tf.reduce_any(both[..., 1:] >= 0.25, axis=-1, keepdims=True) & (m < 0.5)
         outside = pw == OUTSIDE_ONLY
         grown = tf.nn.max_pool2d(m[None], 2 * OUTSIDE_MARGIN + 1, 1, "SAME")[0]
         weight = tf.where(outside, 1.0 - grown, tf.fill(tf.shape(m), pw))
+        weight = tf.where(mimic_cell, weight * mimic_weight, weight)
         dice_w = tf.where(outside, 0.0, pw)
         map_target = tf.concat([tf.where(outside, tf.zeros_like(m), m), weight, tf.fill(tf.shape(m), dice_w)],
                                axis=-1)
@@ -441,6 +460,11 @@ def main(argv=None):
     if (args.hard_negatives > 1 or args.hard_positives > 1) and init is not None:
         masked = (labels[idx] == 1) & (arrays["pixel_weight"][idx] >= 1.0)  # a mask drawn on the slice itself
         probs = _mine_hard_examples(args, init, arrays["x"][idx], labels[idx], masked, probs)
+    if args.mimic_boost > 1:
+        has_mimic = (labels[idx] == 0) & arrays["mimic"][idx].reshape(len(idx), -1).any(axis=1)
+        print(f"Non-tumor lesions: {int(has_mimic.sum())} tumor-free training slices hold one; drawn "
+              f"{args.mimic_boost:g}x as often", flush=True)
+        probs = lesion_data.boost_marked(probs, has_mimic, args.mimic_boost)
     # LGG's T1 "tumor" labels are noisy (lesion often invisible on T1): asking the pooled map to find
     # a lesion there teaches level and anatomy, the confound this model exists to break. With
     # --t1-tumor-slices outside they train only as negatives outside the (dilated) FLAIR mask.
@@ -482,7 +506,7 @@ def main(argv=None):
                   f"from {len(set(np.concatenate(list(donors.values())).tolist()))} donor slices", flush=True)
         train_ds = make_train_dataset(arrays, idx, labels, probs, slice_w, map_size, global_batch, args.seed,
                                       args.augment, fluid_p, spots_p, synth_p, synth_kind, transplant_p, donors,
-                                      synth_contrast=args.synth_contrast)
+                                      synth_contrast=args.synth_contrast, mimic_weight=args.mimic_weight)
         model, fit = _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total,
                           init_weights=init.get_weights() if init is not None else None)
     report = lesion_eval.evaluate_all(model, data, arrays, ext, ext_arrays, args)

@@ -14,6 +14,13 @@ above the vertex, empty field below the neck) are left out. `--exclude` keeps su
 back as a test the model never saw; the `vol_` prefix lets the trainers' group pattern keep a subject's slices
 on one side of the validation split.
 
+`--non-tumor-lesions LOOK=DIR` adds masks of bright lesions that are not a tumor (white-matter
+hyperintensities segmented in the look's own voxel grid, `DIR/<subject>.nii.gz`): they are written as
+`<out>/non-tumor-lesions/<look>/vol_<subject>_z<k>.png` (255 = lesion) for the slices that hold one, and the
+lesion trainer can weigh those pixels up as negatives (`--mimic-weight`). Why: on the older adults' FLAIR the
+lesion map's false alarms sit on such hyperintensities (docs/model_v4_notes.md), which are a few hundred of a
+slice's sixteen thousand pixels and so barely move a per-pixel loss.
+
   python -m trainer.volume_slices --input ../data/healthy-heads-volumes --out ../data/healthy-heads \\
       --exclude '^subj(1[7-9]|2[0-3])$' --source docs/healthy_heads.md   (make data-healthy-heads)
 """
@@ -27,15 +34,18 @@ import numpy as np
 from trainer import HelpFormatter
 
 SUFFIXES = (".nii.gz", ".nii")
+LESIONS_DIR = "non-tumor-lesions"
 _SUBJECT_RX = re.compile(r"^[A-Za-z0-9-]+$")
 
 
-def volume_files(input_dir):
-    """{look: [(subject, path)]} for every NIfTI file in `input_dir/<look>/`, in subject order."""
+def volume_files(input_dir, skip=()):
+    """{look: [(subject, path)]} for every NIfTI file in `input_dir/<look>/`, in subject order; folders in `skip`
+    (lesion masks kept beside the volumes) are not looks."""
     out = {}
+    skip = {os.path.realpath(d) for d in skip}
     for look in sorted(os.listdir(input_dir)):
         folder = os.path.join(input_dir, look)
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder) or os.path.realpath(folder) in skip:
             continue
         for name in sorted(os.listdir(folder)):
             suffix = next((s for s in SUFFIXES if name.endswith(s)), None)
@@ -69,9 +79,25 @@ def to_uint8(frame, top):
     return (np.clip(frame / top, 0, 1) * 255).round().astype(np.uint8)
 
 
-def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_pixels=4096 * 4096, only=""):
+def lesion_frames(path, shape, max_frame_pixels):
+    """The lesion mask volume at `path` as boolean frames cut like its look's volume (`shape`: that volume's
+    frame shape and count); a mask in another voxel grid is refused."""
+    import nibabel as nib
+
+    from screening_core import volumes
+    frames, dx, dy = volumes.axial_frames(nib.load(path))
+    frames, _, _ = volumes.square_pixels(frames, dx, dy, max_frame_pixels)
+    if (len(frames), *frames[0].shape) != shape:
+        raise SystemExit(f"{path}: lesion mask of {len(frames)} slices of {frames[0].shape}, but its volume has "
+                         f"{shape[0]} of {shape[1:]}: a mask must be in the volume's own voxel grid")
+    return [f > 0.5 for f in frames]
+
+
+def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_pixels=4096 * 4096, only="",
+                     lesions=None):
     """Writes the collection of the subjects `only` matches (all when empty) that `exclude` does not; returns
-    {look: {subject: slices written}}."""
+    {look: {subject: slices written}}. `lesions` ({look: folder of <subject>.nii.gz masks}) adds the slices'
+    non-tumor lesion masks."""
     import nibabel as nib
     from PIL import Image
 
@@ -83,7 +109,8 @@ def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_p
         with open(os.path.join(out_dir, "SOURCE.txt"), "w") as f:
             f.write(source_text)
     written = {}
-    for look, items in volume_files(input_dir).items():
+    lesions = lesions or {}
+    for look, items in volume_files(input_dir, skip=lesions.values()).items():
         folder = os.path.join(out_dir, look, "notumor")
         for subject, path in items:
             if (skip and skip.search(subject)) or (keep_only and not keep_only.search(subject)):
@@ -95,6 +122,16 @@ def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_p
             keep = head_slices(frames, top)
             for k in keep:
                 Image.fromarray(to_uint8(frames[k], top)).save(os.path.join(folder, f"vol_{subject}_z{k:03d}.png"))
+            mask_path = next((os.path.join(lesions[look], subject + s) for s in SUFFIXES
+                              if look in lesions and os.path.isfile(os.path.join(lesions[look], subject + s))), None)
+            if mask_path:
+                marked = lesion_frames(mask_path, (len(frames), *frames[0].shape), max_frame_pixels)
+                mdir = os.path.join(out_dir, LESIONS_DIR, look)
+                os.makedirs(mdir, exist_ok=True)
+                for k in keep:
+                    if marked[k].any():
+                        Image.fromarray(marked[k].astype(np.uint8) * 255).save(
+                            os.path.join(mdir, f"vol_{subject}_z{k:03d}.png"))
             written.setdefault(look, {})[subject] = len(keep)
     return written
 
@@ -111,9 +148,22 @@ def main(argv=None):
                      "(the held-back test)")
     p.add_argument("--source", default="", help="a text file with the volumes' source, licence and citation, "
                    "copied to SOURCE.txt")
+    p.add_argument("--non-tumor-lesions", action="append", default=[], metavar="LOOK=DIR",
+                   help="masks of non-tumor lesions (white-matter hyperintensities) of LOOK's volumes, "
+                        "DIR/<subject>.nii.gz in the same voxel grid; written to non-tumor-lesions/LOOK/")
     args = p.parse_args(argv)
     if not os.path.isdir(args.input):
         p.error(f"--input {args.input} is not a folder")
+    lesions = {}
+    for item in args.non_tumor_lesions:
+        look, sep, folder = item.partition("=")
+        if not sep or not look or not folder:
+            p.error(f"--non-tumor-lesions takes LOOK=DIR, got {item!r}")
+        if not os.path.isdir(folder):
+            p.error(f"--non-tumor-lesions {look}={folder}: not a folder")
+        if look in lesions:
+            p.error(f"--non-tumor-lesions: {look} given twice")
+        lesions[look] = folder
     for flag in ("exclude", "only"):
         try:
             re.compile(getattr(args, flag))
@@ -126,12 +176,16 @@ def main(argv=None):
         if not os.path.isfile(args.source):
             p.error(f"--source {args.source} is not a file")
         text = open(args.source).read()
-    written = write_collection(args.input, args.out, args.exclude, text, only=args.only)
+    written = write_collection(args.input, args.out, args.exclude, text, only=args.only, lesions=lesions)
     if not written:  # a look gets an entry only when one of its subjects is written
         print(f"no subject of {args.input} was selected: nothing written", file=sys.stderr)
         return 1
     for look, subjects in written.items():
         print(f"{look}: {sum(subjects.values())} slices of {len(subjects)} subjects -> {os.path.join(args.out, look, 'notumor')}")
+    for look in lesions:
+        mdir = os.path.join(args.out, LESIONS_DIR, look)
+        n = len(os.listdir(mdir)) if os.path.isdir(mdir) else 0
+        print(f"{look}: {n} slices with a non-tumor lesion mask -> {mdir}")
     return 0
 
 
