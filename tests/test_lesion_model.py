@@ -179,6 +179,17 @@ def test_hard_positives_are_missed_masked_tumors_drawn_more_often():
         lesion_data.boost_hard_positives(probs, eligible, scores, 0.5, 0.9)
 
 
+def test_the_negative_margin_pushes_only_tumor_free_slices_that_score_above_it():
+    from trainer import lesion_train
+    y_true = np.array([[0, 1], [0, 1], [1, 1], [0, 0.5]], np.float32)
+    y_pred = np.array([[0.2], [0.01], [0.2], [0.2]], np.float32)
+    plain = np.asarray(lesion_train.slice_loss()(y_true, y_pred))
+    hinge = np.asarray(lesion_train.slice_loss(0.05)(y_true, y_pred))
+    np.testing.assert_allclose(plain, [-np.log(0.8), -np.log(0.99), -np.log(0.2), -0.5 * np.log(0.8)], rtol=1e-5)
+    excess = np.log(0.2 / 0.8) - np.log(0.05 / 0.95)
+    np.testing.assert_allclose(hinge - plain, [excess ** 2, 0, 0, 0.5 * excess ** 2], rtol=1e-4, atol=1e-6)
+
+
 def test_slices_with_a_non_tumor_lesion_are_drawn_more_often():
     probs = np.array([0.1, 0.2, 0.3, 0.4])
     w = lesion_data.boost_marked(probs, np.array([False, True, False, True]), 3)
@@ -198,7 +209,8 @@ def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
                (("--synth-kinds", "bright,glowing"), "--synth-kinds: a comma-separated subset of"),
                (("--synth-contrast", "0.5"), "--synth-contrast is a multiple"),
                (("--mimic-weight", "0.5"), "--mimic-weight is a pixel weight"),
-               (("--mimic-boost", "0"), "--mimic-boost must be >= 1")]
+               (("--mimic-boost", "0"), "--mimic-boost must be >= 1"),
+               (("--negative-margin", "1.5"), "--negative-margin is a slice score")]
     for flags, message in refused:
         with pytest.raises(SystemExit):
             lesion_train._parse(["--data-dir", str(tmp_path), *flags])
