@@ -164,3 +164,34 @@ def test_mirrored_members_average_the_image_and_its_mirror_and_export_to_onnx(tm
     assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
     with pytest.raises(SystemExit, match="--mirror is one of"):
         ensemble.build(lesion_dir, classifier_dir, mirror="lesions")
+
+
+def test_a_second_lesion_map_joins_with_the_maps_log_odds_averaged(tmp_path):
+    import keras
+
+    from screening_core import artifact, preprocessing
+    from trainer import ensemble
+    first = tiny_model.write_tiny_artifact(tmp_path / "l", lesion_bias=-1.0)
+    second = tiny_model.write_tiny_artifact(tmp_path / "m", lesion_bias=1.5)
+    classifier_dir = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
+    model, info = ensemble.build(first, classifier_dir, more_lesions=[second])
+    assert set(info["members"]) == {"lesion_map", "lesion_map_2", "classifier"}
+    x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
+                                        preprocessing.InputSpec(32, 32)) for s in range(4)])
+    p = {d: artifact.load(d)[0].predict_on_batch(x).ravel() for d in (first, second, classifier_dir)}
+    expected = 1 / (1 + np.exp(-(_logit(p[classifier_dir]) + 0.5 * (_logit(p[first]) + _logit(p[second])))))
+    np.testing.assert_allclose(model.predict_on_batch(x).ravel(), expected, atol=1e-5)
+    # the overlays' map is the first member's, under its own name; the second's layers carry a prefix
+    lesion = artifact.load(first)[0]
+    np.testing.assert_allclose(keras.Model(model.inputs, model.get_layer("lesion_map").output).predict_on_batch(x),
+                               keras.Model(lesion.inputs, lesion.get_layer("lesion_map").output).predict_on_batch(x),
+                               atol=1e-6)
+    model.get_layer("les2_lesion_map")
+    path = str(tmp_path / "e.keras")
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+    with pytest.raises(SystemExit, match="not a lesion-map model"):
+        ensemble.build(first, classifier_dir, more_lesions=[classifier_dir])
+    with pytest.raises(SystemExit, match="one lesion map"):
+        ensemble.build(first, classifier_dir, mirror="lesion", more_lesions=[second])

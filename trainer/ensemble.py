@@ -13,6 +13,10 @@ up), the classifier under `cls_`-prefixed names (its own would clash; its `cls_b
 the OOD guard's features, so an image unlike either member's training images stands out), and
 `screening_core.evidence.OddsProduct` on their two probabilities. Both members must take the same
 input (size and `prepare()` id): one preprocessing, one pass over the pixels.
+
+A second lesion map (`--lesion` twice; run FS of docs/model_v4_notes.md: two maps of different lineage
+disagree where each is wrong) joins under `les2_`-prefixed names; the maps' log-odds are averaged (each weighs
+1/n against the classifier's 1), and the overlays show the first map, under the names scorers look up.
 """
 import argparse
 import json
@@ -21,6 +25,7 @@ import os
 from trainer import HelpFormatter
 
 CLASSIFIER_PREFIX = "cls_"
+EXTRA_LESION_PREFIX = "les{}_"  # the second lesion member's layers: les2_...
 MIRROR_PREFIX = "mirror_"  # the second pass of a mirrored member (ood.layer_names leaves it out)
 MIRROR_CHOICES = ("none", "lesion", "classifier", "both")
 
@@ -76,13 +81,33 @@ def _second_pass(member, inputs, mirrored, name):
     return twin(mirrored)
 
 
-def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none"):
+def _extra_lesion(path, k, spec, inputs):
+    """The lesion member at `path`, rebuilt on `inputs` under EXTRA_LESION_PREFIX (its slice probability and its
+    metadata)."""
+    import keras
+
+    from screening_core import artifact
+    model, md = artifact.load(path)
+    if md.get("head") != "lesion_map":
+        raise SystemExit(f"{path} is not a lesion-map model (head {md.get('head')!r})")
+    if md["input_spec"] != spec:
+        raise SystemExit(f"the members take different inputs: {spec} vs {md['input_spec']}; an ensemble needs "
+                         "one preprocessing")
+    flat = keras.models.clone_model(model, input_tensors=inputs, clone_function=_prefixed(EXTRA_LESION_PREFIX.format(k)))
+    flat.set_weights(model.get_weights())
+    return flat.output, md
+
+
+def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none", more_lesions=()):
     """(ensemble model, description) from two artifact folders; with `fine_tuned_dir`, the classifier's
     weights are moved `alpha` of the way to that fine-tune's (`interpolate`). `mirror` (MIRROR_CHOICES):
     which members also score the image mirrored left to right, their two log-odds averaged
-    (`evidence.MirrorImage`); the lesion map the overlays show stays the map of the image as given."""
+    (`evidence.MirrorImage`); the lesion map the overlays show stays the map of the image as given.
+    `more_lesions`: further lesion-map artifacts whose log-odds are averaged with the first map's."""
     if mirror not in MIRROR_CHOICES:  # before any artifact is loaded
         raise SystemExit(f"--mirror is one of {', '.join(MIRROR_CHOICES)}, got {mirror!r}")
+    if more_lesions and mirror != "none":
+        raise SystemExit("--mirror is for an ensemble of one lesion map and the classifier")
     import keras
 
     from screening_core import artifact, evidence
@@ -112,6 +137,13 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
                                                clone_function=_prefixed(CLASSIFIER_PREFIX))
     flat_classifier.set_weights(classifier.get_weights())
     probabilities, weights = [flat_classifier.output, flat.output], [1.0, 1.0]
+    extra_md = []
+    for k, path in enumerate(more_lesions, start=2):
+        p, md = _extra_lesion(path, k, spec, inputs)
+        probabilities.append(p)
+        extra_md.append((path, md))
+    if extra_md:  # the maps' log-odds averaged: together they count as much as the classifier
+        weights = [1.0] + [1.0 / (1 + len(extra_md))] * (1 + len(extra_md))
     if mirror != "none":
         mirrored = evidence.MirrorImage(name="mirror_image")(inputs)
         for i, (member, which) in enumerate(((flat_classifier, "classifier"), (flat, "lesion"))):
@@ -119,25 +151,30 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
                 probabilities.append(_second_pass(member, inputs, mirrored, f"{MIRROR_PREFIX}{which}"))
                 weights[i] = 0.5
                 weights.append(0.5)
-    combined = evidence.OddsProduct(weights=weights if mirror != "none" else None, name="combined_probability",
+    combined = evidence.OddsProduct(weights=weights if mirror != "none" or extra_md else None, name="combined_probability",
                                     dtype="float32")(probabilities)
     model = keras.Model(inputs, combined, name="brain_tumor_lesion_and_classifier")
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},
                "classifier": {"artifact": classifier_dir, "model_sha256": classifier_md["model_sha256"]}}
     for name, which in (("classifier", "classifier"), ("lesion_map", "lesion")):
         members[name]["mirrored"] = mirror in (which, "both")
+    for k, (path, md) in enumerate(extra_md, start=2):
+        members[f"lesion_map_{k}"] = {"artifact": path, "model_sha256": md["model_sha256"], "mirrored": False,
+                                      "layer_prefix": EXTRA_LESION_PREFIX.format(k)}
     if tuned_md is not None:
         members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
                                                   "model_sha256": tuned_md["model_sha256"]}
     fit_seconds = sum(float(md.get("training", {}).get("fit_seconds") or 0)
-                      for md in (lesion_md, classifier_md, tuned_md or {}))
+                      for md in (lesion_md, classifier_md, tuned_md or {}, *(m for _, m in extra_md)))
     return model, {"members": members, "fit_seconds": fit_seconds}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m trainer.ensemble", description=__doc__.split("\n")[0],
                                      formatter_class=HelpFormatter, allow_abbrev=False)
-    parser.add_argument("--lesion", required=True, help="artifact folder of the lesion-map model")
+    parser.add_argument("--lesion", required=True, action="append",
+                        help="artifact folder of the lesion-map model; given twice, the second map joins (the maps' "
+                        "log-odds averaged; the overlays show the first)")
     parser.add_argument("--classifier", required=True, help="artifact folder of the slice classifier")
     parser.add_argument("--fine-tuned", default="", help="artifact folder of a fine-tune of the classifier "
                         "(started from its weights): the ensemble's classifier is the weights --alpha of the "
@@ -152,7 +189,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.alpha and not args.fine_tuned:
         parser.error("--alpha moves the classifier towards --fine-tuned: name that artifact")
-    model, info = build(args.lesion, args.classifier, args.fine_tuned or None, args.alpha, args.mirror)
+    model, info = build(args.lesion[0], args.classifier, args.fine_tuned or None, args.alpha, args.mirror,
+                        more_lesions=args.lesion[1:])
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "best.keras"))
     with open(os.path.join(args.out, "fit.json"), "w") as f:
@@ -160,7 +198,7 @@ def main(argv=None):
         json.dump({"fit_seconds": info["fit_seconds"], "best_epoch_mean_val_auc": 0.0,
                    "members": info["members"]}, f, indent=1)
     tuned = f" moved {args.alpha:g} of the way to {args.fine_tuned}" if args.fine_tuned else ""
-    print(f"Ensemble of {args.lesion} (lesion map) and {args.classifier}{tuned} (classifier) written to "
+    print(f"Ensemble of {' + '.join(args.lesion)} (lesion map) and {args.classifier}{tuned} (classifier) written to "
           f"{args.out}/best.keras")
 
 
