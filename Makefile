@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -229,6 +229,24 @@ train-v15: data-healthy-heads
 		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/15/best.keras --version 15
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/15
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/15
+
+# Model v16, a second lesion map trained from scratch on v14's data (seeded; ~22 min of fit on 2 CPU cores), and
+# v17, v15 with v16's map beside v14's, the two maps' log-odds averaged (no training; ~10 min of evaluation):
+# make train-v16 train-v17 MODEL_DIR=/tmp/models
+V16 ?= $(MODEL_DIR)/brain-tumor-cnn/16
+train-v16: data-healthy-heads
+	$(PY) -m trainer.lesion_train $(HH_ARGS) --synth-tumors 0.3 --synth-kinds bright,enhancing,bright-or-enhancing \
+		--learning-rate 2e-3 --epochs 12 --version 16
+	$(PY) -m trainer.lesion_eval map-level $(V16) --write
+	$(PY) -m trainer.ood build $(V16)
+	$(PY) -m trainer.export $(V16)
+train-v17: data-healthy-heads
+	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) --classifier models/brain-tumor-cnn/3 \
+		--fine-tuned $(V12) --alpha 0.3 --out $(MODEL_DIR)/brain-tumor-cnn/_work/17
+	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --target-sensitivity 0.98 \
+		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/17/best.keras --version 17
+	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/17
+	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/17
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
