@@ -81,6 +81,15 @@ def _second_pass(member, inputs, mirrored, name):
     return twin(mirrored)
 
 
+def _check_lesion_member(path, md, spec):
+    """Refuse a lesion member that is not a lesion-map model or takes another input than `spec`."""
+    if md.get("head") != "lesion_map":
+        raise SystemExit(f"{path} is not a lesion-map model (head {md.get('head')!r})")
+    if md["input_spec"] != spec:
+        raise SystemExit(f"the members take different inputs: {md['input_spec']} vs {spec}; an ensemble needs "
+                         "one preprocessing")
+
+
 def _extra_lesion(path, k, spec, inputs):
     """The lesion member at `path`, rebuilt on `inputs` under EXTRA_LESION_PREFIX (its slice probability and its
     metadata)."""
@@ -88,11 +97,7 @@ def _extra_lesion(path, k, spec, inputs):
 
     from screening_core import artifact
     model, md = artifact.load(path)
-    if md.get("head") != "lesion_map":
-        raise SystemExit(f"{path} is not a lesion-map model (head {md.get('head')!r})")
-    if md["input_spec"] != spec:
-        raise SystemExit(f"the members take different inputs: {spec} vs {md['input_spec']}; an ensemble needs "
-                         "one preprocessing")
+    _check_lesion_member(path, md, spec)
     flat = keras.models.clone_model(model, input_tensors=inputs, clone_function=_prefixed(EXTRA_LESION_PREFIX.format(k)))
     flat.set_weights(model.get_weights())
     return flat.output, md
@@ -120,11 +125,7 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         if tuned_md["input_spec"] != classifier_md["input_spec"]:
             raise SystemExit("the fine-tuned classifier takes another input than the base classifier")
         interpolate(classifier, tuned, alpha)
-    if lesion_md.get("head") != "lesion_map":
-        raise SystemExit(f"{lesion_dir} is not a lesion-map model (head {lesion_md.get('head')!r})")
-    if lesion_md["input_spec"] != classifier_md["input_spec"]:
-        raise SystemExit(f"the members take different inputs: {lesion_md['input_spec']} vs "
-                         f"{classifier_md['input_spec']}; an ensemble needs one preprocessing")
+    _check_lesion_member(lesion_dir, lesion_md, classifier_md["input_spec"])
     spec = lesion_md["input_spec"]
     inputs = keras.Input(shape=(spec["height"], spec["width"], spec["channels"]), name="image")
     flat = unet.make_unet(filters=_filters(lesion), head_masked=any(lay.name == "head_mask" for lay in lesion.layers),

@@ -33,6 +33,7 @@ import re
 import numpy as np
 
 from screening_core import preprocessing
+from trainer.volume_slices import LESIONS_DIR
 
 MASK_ALL_SEQUENCES = ("brats-ped",)
 T1_MASK_WEIGHT = 0.25  # LGG FLAIR-drawn masks on T1 slices: noisy, the lesion often invisible
@@ -83,15 +84,12 @@ def mask_plan(examples, roots, masks_dirs=None):
     return plan
 
 
-MIMICS_DIR = "non-tumor-lesions"  # trainer.volume_slices.LESIONS_DIR (TensorFlow-free here, as that module)
-
-
 def mimic_plan(examples, roots):
     """Per example: the path of its non-tumor lesion mask (`<root>/non-tumor-lesions/<sequence>/<name>.png`),
     or "" when it has none."""
     found = {}
     for root in roots:
-        base = os.path.join(root, MIMICS_DIR)
+        base = os.path.join(root, LESIONS_DIR)
         if not os.path.isdir(base):
             continue
         name = os.path.basename(os.path.normpath(root))

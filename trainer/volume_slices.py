@@ -79,14 +79,19 @@ def to_uint8(frame, top):
     return (np.clip(frame / top, 0, 1) * 255).round().astype(np.uint8)
 
 
-def lesion_frames(path, shape, max_frame_pixels):
-    """The lesion mask volume at `path` as boolean frames cut like its look's volume (`shape`: that volume's
-    frame shape and count); a mask in another voxel grid is refused."""
+def volume_frames(path, max_frame_pixels):
+    """The axial frames of the NIfTI volume at `path` with square pixels, as brain-score cuts it."""
     import nibabel as nib
 
     from screening_core import volumes
     frames, dx, dy = volumes.axial_frames(nib.load(path))
-    frames, _, _ = volumes.square_pixels(frames, dx, dy, max_frame_pixels)
+    return volumes.square_pixels(frames, dx, dy, max_frame_pixels)[0]
+
+
+def lesion_frames(path, shape, max_frame_pixels):
+    """The lesion mask volume at `path` as boolean frames cut like its look's volume (`shape`: that volume's
+    frame shape and count); a mask in another voxel grid is refused."""
+    frames = volume_frames(path, max_frame_pixels)
     if (len(frames), *frames[0].shape) != shape:
         raise SystemExit(f"{path}: lesion mask of {len(frames)} slices of {frames[0].shape}, but its volume has "
                          f"{shape[0]} of {shape[1:]}: a mask must be in the volume's own voxel grid")
@@ -98,10 +103,8 @@ def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_p
     """Writes the collection of the subjects `only` matches (all when empty) that `exclude` does not; returns
     {look: {subject: slices written}}. `lesions` ({look: folder of <subject>.nii.gz masks}) adds the slices'
     non-tumor lesion masks."""
-    import nibabel as nib
     from PIL import Image
 
-    from screening_core import volumes
     skip = re.compile(exclude) if exclude else None
     keep_only = re.compile(only) if only else None
     os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
@@ -116,8 +119,7 @@ def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_p
             if (skip and skip.search(subject)) or (keep_only and not keep_only.search(subject)):
                 continue
             os.makedirs(folder, exist_ok=True)
-            frames, dx, dy = volumes.axial_frames(nib.load(path))
-            frames, _, _ = volumes.square_pixels(frames, dx, dy, max_frame_pixels)
+            frames = volume_frames(path, max_frame_pixels)
             top = robust_max(frames)
             keep = head_slices(frames, top)
             for k in keep:
