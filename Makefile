@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-tumor-free-probe probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -146,6 +146,16 @@ PROBE_DIR ?= ../data/tumor-free-probe
 PROBE_MODELS ?= models/brain-tumor-cnn/17 models/brain-tumor-cnn/15 models/brain-tumor-cnn/3
 probe-tumor-free: $(STAMP)
 	$(PY) -m trainer.tumor_free_probe --input $(PROBE_DIR) $(foreach m,$(PROBE_MODELS),--model $(m))
+
+# Fetches the probe's eight public volumes into PROBE_DIR, each checked against its sha256 before it is moved
+# into place (docs/tumor_free_probe_manifest.txt; sources and licences in docs/tumor_free_probe.md):
+# make data-tumor-free-probe
+data-tumor-free-probe:
+	grep -v '^#' docs/tumor_free_probe_manifest.txt | while read name repo commit path sha; do f=$(PROBE_DIR)/$$name; \
+		test -f $$f && continue; mkdir -p $(PROBE_DIR) && \
+		curl -fsSL "https://raw.githubusercontent.com/$$repo/$$commit/$$path" -o $$f.part && \
+		echo "$$sha  $$f.part" | sha256sum --check --quiet && mv $$f.part $$f || exit 1; \
+	done
 
 train-v7: $(STAMP)
 	test -d $(FIGSHARE_MASKS) || $(PY) -m trainer.figshare_masks --brain-mri $(SHARED)/brain-mri \

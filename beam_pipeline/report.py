@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import model_store
 from beam_pipeline import summary as run_summary
+from screening_core import artifact
 
 MAX_FLAGGED_STUDIES = 50
 MAX_ERRORS = 200
@@ -157,8 +158,19 @@ def _validation_html(threshold_sources, md):
                         if k != "all" and v.get("roc_auc") is not None)
     seen = f" On collections it never saw: {figures}." if figures else ""
     return (f'<p id="validation" class="drift-warning"><b>Not validated at this site:</b> {why}. Its scores here '
-            f"may be far from its own validation figures.{seen} Run brain-validate on local labelled patients "
-            "(docs/new_site.md) before anyone relies on it.</p>")
+            f"may be far from its own validation figures.{seen}{_tumor_free_html(md)} Run brain-validate on local "
+            "labelled patients (docs/new_site.md) before anyone relies on it.</p>")
+
+
+def _tumor_free_html(md):
+    """The model's false alarms on real heads without a tumor, by look (trainer.tumor_free_probe --write)."""
+    probe = (md or {}).get("tumor_free_probe") or {}
+    looks = probe.get("looks") or {}
+    if not looks:
+        return ""
+    parts = ", ".join(f"{_esc(artifact.PROBE_LOOKS.get(k, k))} {v['flagged']:.0%}" for k, v in looks.items())
+    return (f" On {probe.get('volumes', '?')} real heads without a tumor it flagged, at its own threshold, "
+            f"<b>{parts}</b> of slices.")
 
 
 def _model_metadata(summary):

@@ -24,6 +24,8 @@ from screening_core import preprocessing
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
+# looks of metadata["tumor_free_probe"]["looks"] (trainer.tumor_free_probe), in order, as a reader names them
+PROBE_LOOKS = {"flair": "FLAIR", "t1ce": "T1ce", "t2": "T2", "pd": "PD", "t1": "T1", "other": "other"}
 MODEL_CARD_FILE = "model_card.md"
 PREDICTIONS_FILE = "validation_predictions.csv"
 SUMS_FILE = "SHA256SUMS"
@@ -143,6 +145,10 @@ def contract_problems(metadata):
         ot = ood.get("threshold")
         if isinstance(ot, bool) or not isinstance(ot, (int, float)) or not math.isfinite(ot) or ot <= 0:
             problems.append(f"OOD threshold {ot!r} is not a positive number")
+    probe = metadata.get("tumor_free_probe")
+    if probe and probe.get("threshold") != t:
+        problems.append(f"the tumor-free probe figures were measured at threshold {probe.get('threshold')!r}, not at "
+                        f"the artifact's {t!r}: run python -m trainer.tumor_free_probe --write again")
     onnx = (metadata.get("engines") or {}).get("onnxruntime")
     if onnx:
         layers = [c for c in ood.get("components", []) if c != "input_histogram"]

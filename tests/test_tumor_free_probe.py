@@ -62,3 +62,56 @@ def test_a_missing_folder_or_a_folder_that_is_no_model_is_refused(tmp_path, caps
     with pytest.raises(SystemExit) as e:
         tumor_free_probe.main(["--input", str(tmp_path), "--model", str(tmp_path)])
     assert e.value.code == 2 and "not a model artifact" in capsys.readouterr().err
+
+
+def test_the_look_of_a_volume_is_a_token_of_its_name_and_the_table_adds_each_look():
+    from trainer import tumor_free_probe
+    looks = {name: tumor_free_probe.look_of(name) for name in (
+        "fpg_flair.nii.gz", "flair_subj17.nii.gz", "healthy_t2.nii.gz", "m2208_stroke_t2.nii.gz", "chris_pd.nii.gz",
+        "otsu_t1.nii.gz", "/d/IXI012-HH-1211_T1.nii", "sub-01_T1w.nii.gz", "pat_t1ce/", "ax_t2flair.dcm", "head.nii.gz",
+        "t2star.nii.gz")}
+    assert looks == {"fpg_flair.nii.gz": "flair", "flair_subj17.nii.gz": "flair", "healthy_t2.nii.gz": "t2",
+                     "m2208_stroke_t2.nii.gz": "t2", "chris_pd.nii.gz": "pd", "otsu_t1.nii.gz": "t1",
+                     "/d/IXI012-HH-1211_T1.nii": "t1", "sub-01_T1w.nii.gz": "t1", "pat_t1ce/": "t1ce",
+                     "ax_t2flair.dcm": "other", "head.nii.gz": "other", "t2star.nii.gz": "other"}
+    volumes = {"a_t2.nii.gz": {"n": 10, "flagged": 0.5, "ood": 0.0, "by_fifth": [0.5] * 5},
+               "b_t2.nii.gz": {"n": 30, "flagged": 0.1, "ood": 0.0, "by_fifth": [0.1] * 5},
+               "c_flair.nii.gz": {"n": 7, "flagged": 0.0, "ood": 0.0, "by_fifth": [0.0] * 5}}
+    assert tumor_free_probe.by_look(volumes) == {"flair": {"volumes": 1, "slices": 7, "flagged": 0.0},
+                                                 "t2": {"volumes": 2, "slices": 40, "flagged": 0.2}}
+    md = tumor_free_probe.table({"m": volumes})
+    assert "| m | FLAIR (1 volumes) | 7 | 0.0 % |" in md and "| m | T2 (2 volumes) | 40 | 20.0 % |" in md
+
+
+def test_write_stores_the_shares_by_look_in_the_sealed_artifact_and_the_report_quotes_them(tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+
+    from beam_pipeline import report
+    from screening_core import artifact
+    from tests import tiny_model
+    from trainer import generalisation, tumor_free_probe
+    zz, yy, xx = np.meshgrid(*(np.arange(n) - n / 2 for n in (48, 56, 6)), indexing="ij")
+    head = ((zz / 20) ** 2 + (yy / 24) ** 2 < 1.0) * (100 + 20 * np.cos(xx))
+    os.makedirs(tmp_path / "in")
+    nib.save(nib.Nifti1Image(head.astype(np.int16), np.eye(4)), str(tmp_path / "in" / "someone_t2.nii.gz"))
+    model = tiny_model.write_tiny_artifact(tmp_path / "a", lesion_bias=5.0)
+    assert tumor_free_probe.main(["--input", str(tmp_path / "in"), "--model", model, "--write"]) == 0
+    assert "metadata.json" in capsys.readouterr().err
+    md = artifact.verify(model)  # re-sealed: it still loads
+    probe = md["tumor_free_probe"]
+    assert probe["looks"] == {"t2": {"volumes": 1, "slices": 6, "flagged": 1.0}} and probe["threshold"] == md["threshold"]
+    assert "someone" not in json.dumps(probe)  # counts and shares only, no volume names
+    banner = report._validation_html(set(), md)
+    assert "Not validated at this site" in banner and "1 real heads without a tumor" in banner and "T2 100%" in banner
+    stale = {**md, "threshold": md["threshold"] / 2}
+    assert any("tumor-free probe" in p for p in artifact.contract_problems(stale))
+    with open(os.path.join(model, "validation_predictions.csv"), "w") as f:  # a re-threshold drops the stale figures
+        f.write("path,class_name,label,score,split,source,group\n" + "".join(
+            f"x{i}.png,{'tumor' if i % 2 else 'notumor'},{i % 2},{0.1 + 0.8 * (i % 2) + 0.001 * i},validation,s,g{i}\n"
+            for i in range(40)))
+    md["threshold_target_sensitivity"] = 0.95
+    md.setdefault("training_config", {})["bootstrap"] = 10
+    generalisation.rethreshold(model, md, "")
+    assert "tumor_free_probe" not in md and not artifact.contract_problems(md)

@@ -15,6 +15,12 @@ NIfTI), and the share the OOD guard marks.
 Every slice is tumor-free, so each flagged slice is a false alarm. A probe, not a specificity: a handful of
 people; and a volume a model trained on says nothing about it. The table names the volumes by file name:
 run it on research volumes or on files whose names carry no patient identifier.
+
+The look of a volume (FLAIR, T1, T1ce, T2, PD) is read from a token of its file name (`fpg_flair.nii.gz`,
+`healthy_t2.nii.gz`; "other" without one), and the table adds the share flagged per look. With --write the
+per-look shares (counts and shares only, no volume names) go into each model's metadata.json at the model's
+threshold, and the artifact is re-sealed: brain-score's run report quotes them beside the external AUCs,
+where a reader looks before trusting a flag on a healthy T2 series.
 """
 import argparse
 import glob
@@ -26,9 +32,13 @@ import subprocess
 import sys
 import tempfile
 
+from screening_core import artifact
 from trainer import HelpFormatter
 
 FIFTHS = 5
+# file-name tokens that name a volume's look, first match wins (docs/tumor_free_probe.md names its files so)
+LOOKS = (("flair", ("flair", "fl")), ("t1ce", ("t1ce", "t1c", "t1post", "t1gd")), ("t2", ("t2", "t2w")),
+         ("pd", ("pd", "pdw")), ("t1", ("t1", "t1w", "t1pre")))
 
 
 def _natural(text):
@@ -73,6 +83,51 @@ def summarise(rows, n_bins=FIFTHS):
     return out
 
 
+def look_of(volume):
+    """The look a volume's file (or folder) name names: 'flair', 't1ce', 't2', 'pd', 't1' or 'other'."""
+    name = posixpath.basename(volume.rstrip("/")).lower()
+    for ext in (".nii.gz", ".nii", ".dcm"):
+        name = name[:-len(ext)] if name.endswith(ext) else name
+    tokens = set(re.split(r"[^a-z0-9]+", name))
+    return next((look for look, aliases in LOOKS if tokens & set(aliases)), "other")
+
+
+def by_look(volumes):
+    """{look: {"volumes", "slices", "flagged"}} over `summarise`'s volumes, in artifact.PROBE_LOOKS order."""
+    out = {}
+    for vol, r in volumes.items():
+        a = out.setdefault(look_of(vol), {"volumes": 0, "slices": 0, "n_flagged": 0})
+        a["volumes"] += 1
+        a["slices"] += r["n"]
+        a["n_flagged"] += round(r["n"] * r["flagged"])
+    return {look: {"volumes": a["volumes"], "slices": a["slices"],
+                   "flagged": round(a["n_flagged"] / a["slices"], 4) if a["slices"] else 0.0}
+            for look in artifact.PROBE_LOOKS for a in [out.get(look)] if a}
+
+
+def write_to_artifact(version_dir, volumes):
+    """Store the per-look shares in the artifact's metadata.json at its threshold and re-seal it.
+
+    Only counts and shares: volume names stay out of the artifact (a site's file names may carry
+    identifiers). model.keras is untouched, so the ONNX binding holds; the contract refuses the figures
+    once the threshold changes (screening_core.artifact.contract_problems)."""
+    path = os.path.join(version_dir, artifact.METADATA_FILE)
+    with open(path) as f:
+        metadata = json.load(f)
+    looks = by_look(volumes)
+    n = sum(a["slices"] for a in looks.values())
+    metadata["tumor_free_probe"] = {
+        "threshold": metadata["threshold"], "volumes": len(volumes), "slices": n,
+        "flagged": round(sum(a["slices"] * a["flagged"] for a in looks.values()) / n, 4) if n else 0.0,
+        "looks": looks, "what": "share of slices of real heads without a tumor that the model flags at its "
+                                "threshold, by look (python -m trainer.tumor_free_probe; docs/tumor_free_probe.md)"}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    artifact.seal(version_dir)
+
+
 def score(input_dir, model, out_dir):
     """Run brain-score on `input_dir` with `model` into `out_dir`; the image table's rows."""
     import pyarrow.parquet as pq
@@ -101,6 +156,9 @@ def table(result):
             mean = sum(r["flagged"] for r in volumes.values()) / len(volumes)
             lines.append(f"| {model} | all ({len(volumes)} volumes) | {n} | {100 * flagged:.1f} % "
                          f"(mean of volumes {100 * mean:.1f} %) |" + " |" * FIFTHS + " |")
+            for look, a in by_look(volumes).items():
+                lines.append(f"| {model} | {artifact.PROBE_LOOKS[look]} ({a['volumes']} volumes) | {a['slices']} | "
+                             f"{100 * a['flagged']:.1f} % |" + " |" * FIFTHS + " |")
     return "\n".join(lines)
 
 
@@ -113,6 +171,8 @@ def main(argv=None):
     p.add_argument("--output", default="", help="keep each model's brain-score output under this folder "
                    "(empty: a temporary folder, removed afterwards)")
     p.add_argument("--json", default="", help="also write the result as JSON here")
+    p.add_argument("--write", action="store_true", help="store each model's shares flagged by look in its "
+                   "metadata.json (re-sealed) for the run report; only with every volume tumor-free")
     args = p.parse_args(argv)
     if not os.path.isdir(args.input):
         p.error(f"--input {args.input}: not a folder (docs/tumor_free_probe.md lists public tumor-free volumes "
@@ -129,12 +189,18 @@ def main(argv=None):
             out = os.path.join(root, f"{i + 1}-{name}")
             print(f"scoring {args.input} with {m} ...", file=sys.stderr, flush=True)
             result[label] = summarise(score(args.input, m, out))
+            if not result[label]:
+                raise SystemExit(f"brain-score scored no slice of {args.input} with {m}")
+            if args.write:
+                write_to_artifact(m, result[label])
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     if args.output:
         print(f"brain-score outputs: {args.output}", file=sys.stderr)
+    if args.write:
+        print("stored in: " + ", ".join(os.path.join(m, "metadata.json") for m in args.model), file=sys.stderr)
     return 0
 
 
