@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import model_store
 from beam_pipeline import summary as run_summary
-from screening_core import artifact
+from screening_core import looks
 
 MAX_FLAGGED_STUDIES = 50
 MAX_ERRORS = 200
@@ -165,12 +165,31 @@ def _validation_html(threshold_sources, md):
 def _tumor_free_html(md):
     """The model's false alarms on real heads without a tumor, by look (trainer.tumor_free_probe --write)."""
     probe = (md or {}).get("tumor_free_probe") or {}
-    looks = probe.get("looks") or {}
-    if not looks:
+    per_look = probe.get("looks") or {}
+    if not per_look:
         return ""
-    parts = ", ".join(f"{_esc(artifact.PROBE_LOOKS.get(k, k))} {v['flagged']:.0%}" for k, v in looks.items())
+    parts = ", ".join(f"{_esc(name)} {per_look[k]['flagged']:.0%}" for k, name in looks.NAMES.items() if k in per_look)
     return (f" On {probe.get('volumes', '?')} real heads without a tumor it flagged, at its own threshold, "
             f"<b>{parts}</b> of slices.")
+
+
+LOOK_WARNING_SHARE = 0.2  # a look on which the model flags this share of tumor-free slices gets a note by its flags
+UNTRAINED_LOOKS = ("dwi", "swi")  # no training collection holds a diffusion or susceptibility slice
+
+
+def _look_note(label, md):
+    """A note beside a flagged series whose look (screening_core.looks, from its description or folder) is one
+    where the model's flags are known to be unreliable: the tumor-free probe flagged at least
+    LOOK_WARNING_SHARE of such slices, or the model never trained on it. '' otherwise."""
+    look = looks.look_of(label)
+    name = looks.NAMES[look]
+    if look in UNTRAINED_LOOKS:
+        return f' <b class="look-warning">({name}: a look the model never trained on)</b>'
+    share = (((md or {}).get("tumor_free_probe") or {}).get("looks") or {}).get(look, {}).get("flagged")
+    if share is not None and share >= LOOK_WARNING_SHARE:
+        return (f' <b class="look-warning">({name}: the model flags {share:.0%} of slices of heads without a '
+                f'tumor)</b>')
+    return ""
 
 
 def _model_metadata(summary):
@@ -196,8 +215,9 @@ def _drift_html(drift):
             f'(limit {drift["ood_rate_limit"]:.0%}); probability PSI {drift["score_psi"]:.2f}.{warn}</p>')
 
 
-def _worklist_html(worklist, total):
-    """Studies by highest tumor probability: the order a radiologist should read them in."""
+def _worklist_html(worklist, total, md=None):
+    """Studies by highest tumor probability: the order a radiologist should read them in; a flagged series of
+    a look the model is unreliable on carries a note (_look_note)."""
     from beam_pipeline.studies import place_label
     if not worklist:
         return ""
@@ -209,13 +229,17 @@ def _worklist_html(worklist, total):
                 else f"folder {place_label(s)}")
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
-                    f"{s['n_series']} series{_lesion_note(s)}</td><td>{_esc(', '.join(s['flagged_series']) or '-')}</td>"
+                    f"{s['n_series']} series{_lesion_note(s)}</td><td>{_series_cell(s['flagged_series'], md)}</td>"
                     f"{_ood_cell(s)}</tr>")
     return (f'<h2>Worklist: studies by highest probability{shown}</h2><p>All flagged studies: '
             '<a href="flagged_studies.csv">flagged_studies.csv</a></p><table id="worklist"><tr><th>max p</th>'
             '<th>study</th><th>modalities</th><th>flagged slices</th><th>flagged series</th>'
             '<th>out of distribution</th></tr>'
             + "".join(rows) + "</table>")
+
+
+def _series_cell(labels, md):
+    return ", ".join(_esc(label) + _look_note(label, md) for label in labels) or "-"
 
 
 def _ood_cell(row):
@@ -323,7 +347,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 .prob{{font-weight:bold;color:#c44e52}}
 .drift-warning{{background:#f8d7da;border:1px solid #c44e52;padding:8px 12px}}
 .validated{{background:#d4edda;border:1px solid #5a9;padding:8px 12px}}
-.ood{{color:#8a5a00;background:#fff3cd}}
+.ood{{color:#8a5a00;background:#fff3cd}} .look-warning{{color:#8a5a00}}
 </style></head><body>
 <h1>Brain-MRI screening run <code>{_esc(summary['run_id'])}</code></h1>
 <p class="notice"><b>Screening aid, not a diagnostic device.</b> Scores prioritise studies for a radiologist;
@@ -340,7 +364,7 @@ every study still needs a radiologist's read.</p>
 <tr><th>throughput (last run)</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>
 <tr><th>inputs</th><td>{totals['sources']}</td></tr>
 </table>"""]
-    parts.append(_worklist_html(worklist, n_exams))
+    parts.append(_worklist_html(worklist, n_exams, md))
     if counts.sum():
         parts.append(f'<h2>Probabilities</h2><img id="histogram" alt="histogram of tumor probabilities" '
                      f'src="{_data_uri(_histogram_svg(counts, threshold), "image/svg+xml")}">')
@@ -356,7 +380,7 @@ every study still needs a radiologist's read.</p>
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
                      f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '
-                     f'modality {_esc(s["modality"] or "-")}</p>')
+                     f'modality {_esc(s["modality"] or "-")}{_look_note(series_label(s), md)}</p>')
         top = sorted((r for r in by_study.get(s["study_key"], []) if r["heatmap_path"]),
                      key=lambda r: -r["tumor_probability"])[:4]
         for r in top:

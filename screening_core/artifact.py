@@ -24,8 +24,6 @@ from screening_core import preprocessing
 FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
-# looks of metadata["tumor_free_probe"]["looks"] (trainer.tumor_free_probe), in order, as a reader names them
-PROBE_LOOKS = {"flair": "FLAIR", "t1ce": "T1ce", "t2": "T2", "pd": "PD", "t1": "T1", "other": "other"}
 MODEL_CARD_FILE = "model_card.md"
 PREDICTIONS_FILE = "validation_predictions.csv"
 SUMS_FILE = "SHA256SUMS"

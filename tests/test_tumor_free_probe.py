@@ -73,7 +73,7 @@ def test_the_look_of_a_volume_is_a_token_of_its_name_and_the_table_adds_each_loo
     assert looks == {"fpg_flair.nii.gz": "flair", "flair_subj17.nii.gz": "flair", "healthy_t2.nii.gz": "t2",
                      "m2208_stroke_t2.nii.gz": "t2", "chris_pd.nii.gz": "pd", "otsu_t1.nii.gz": "t1",
                      "/d/IXI012-HH-1211_T1.nii": "t1", "sub-01_T1w.nii.gz": "t1", "pat_t1ce/": "t1ce",
-                     "ax_t2flair.dcm": "other", "head.nii.gz": "other", "t2star.nii.gz": "other"}
+                     "ax_t2flair.dcm": "other", "head.nii.gz": "other", "t2star.nii.gz": "swi"}
     volumes = {"a_t2.nii.gz": {"n": 10, "flagged": 0.5, "ood": 0.0, "by_fifth": [0.5] * 5},
                "b_t2.nii.gz": {"n": 30, "flagged": 0.1, "ood": 0.0, "by_fifth": [0.1] * 5},
                "c_flair.nii.gz": {"n": 7, "flagged": 0.0, "ood": 0.0, "by_fifth": [0.0] * 5}}
@@ -105,6 +105,18 @@ def test_write_stores_the_shares_by_look_in_the_sealed_artifact_and_the_report_q
     assert "someone" not in json.dumps(probe)  # counts and shares only, no volume names
     banner = report._validation_html(set(), md)
     assert "Not validated at this site" in banner and "1 real heads without a tumor" in banner and "T2 100%" in banner
+    from beam_pipeline import run
+    from tests import rows as rows_mod
+    from tests import synth
+    for look in ("t2", "dwi", "t1"):  # folders a reader knows the look of (kept paths)
+        os.makedirs(tmp_path / "night" / look)
+        (tmp_path / "night" / look / "x.png").write_bytes(synth.encode(synth.brain_slice(3, 32)))
+    assert run.main(["--input", str(tmp_path / "night"), "--output", str(tmp_path / "out"), "--model", model,
+                     "--keep-paths"]) == 0
+    page = open(rows_mod.result_file(tmp_path / "out", "report.html")).read()
+    assert "(T2: the model flags 100% of slices of heads without a tumor)" in page  # beside its flagged series
+    assert "(DWI: a look the model never trained on)" in page
+    assert "(T1:" not in page  # a look the probe never measured gets no note
     stale = {**md, "threshold": md["threshold"] / 2}
     assert any("tumor-free probe" in p for p in artifact.contract_problems(stale))
     with open(os.path.join(model, "validation_predictions.csv"), "w") as f:  # a re-threshold drops the stale figures

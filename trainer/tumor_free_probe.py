@@ -16,11 +16,12 @@ Every slice is tumor-free, so each flagged slice is a false alarm. A probe, not 
 people; and a volume a model trained on says nothing about it. The table names the volumes by file name:
 run it on research volumes or on files whose names carry no patient identifier.
 
-The look of a volume (FLAIR, T1, T1ce, T2, PD) is read from a token of its file name (`fpg_flair.nii.gz`,
-`healthy_t2.nii.gz`; "other" without one), and the table adds the share flagged per look. With --write the
-per-look shares (counts and shares only, no volume names) go into each model's metadata.json at the model's
-threshold, and the artifact is re-sealed: brain-score's run report quotes them beside the external AUCs,
-where a reader looks before trusting a flag on a healthy T2 series.
+The look of a volume (FLAIR, T1, T1ce, T2, PD, ...) is read from a word of its file name
+(`fpg_flair.nii.gz`, `healthy_t2.nii.gz`; "other" without one; screening_core/looks.py), and the table adds
+the share flagged per look. With --write the per-look shares (counts and shares only, no volume names) go into
+each model's metadata.json at the model's threshold, and the artifact is re-sealed: brain-score's run report
+quotes them beside the external AUCs and beside each flagged series of a look where they are high, where a
+reader looks before trusting a flag on a healthy T2 series.
 """
 import argparse
 import glob
@@ -32,13 +33,10 @@ import subprocess
 import sys
 import tempfile
 
-from screening_core import artifact
+from screening_core import artifact, looks
 from trainer import HelpFormatter
 
 FIFTHS = 5
-# file-name tokens that name a volume's look, first match wins (docs/tumor_free_probe.md names its files so)
-LOOKS = (("flair", ("flair", "fl")), ("t1ce", ("t1ce", "t1c", "t1post", "t1gd")), ("t2", ("t2", "t2w")),
-         ("pd", ("pd", "pdw")), ("t1", ("t1", "t1w", "t1pre")))
 
 
 def _natural(text):
@@ -84,16 +82,12 @@ def summarise(rows, n_bins=FIFTHS):
 
 
 def look_of(volume):
-    """The look a volume's file (or folder) name names: 'flair', 't1ce', 't2', 'pd', 't1' or 'other'."""
-    name = posixpath.basename(volume.rstrip("/")).lower()
-    for ext in (".nii.gz", ".nii", ".dcm"):
-        name = name[:-len(ext)] if name.endswith(ext) else name
-    tokens = set(re.split(r"[^a-z0-9]+", name))
-    return next((look for look, aliases in LOOKS if tokens & set(aliases)), "other")
+    """The look a volume's file (or folder) name names (screening_core.looks; 'other' without one)."""
+    return looks.look_of(posixpath.basename(volume.rstrip("/")))
 
 
 def by_look(volumes):
-    """{look: {"volumes", "slices", "flagged"}} over `summarise`'s volumes, in artifact.PROBE_LOOKS order."""
+    """{look: {"volumes", "slices", "flagged"}} over `summarise`'s volumes, in screening_core.looks.NAMES order."""
     out = {}
     for vol, r in volumes.items():
         a = out.setdefault(look_of(vol), {"volumes": 0, "slices": 0, "n_flagged": 0})
@@ -102,7 +96,7 @@ def by_look(volumes):
         a["n_flagged"] += round(r["n"] * r["flagged"])
     return {look: {"volumes": a["volumes"], "slices": a["slices"],
                    "flagged": round(a["n_flagged"] / a["slices"], 4) if a["slices"] else 0.0}
-            for look in artifact.PROBE_LOOKS for a in [out.get(look)] if a}
+            for look in looks.NAMES for a in [out.get(look)] if a}
 
 
 def write_to_artifact(version_dir, volumes):
@@ -114,12 +108,12 @@ def write_to_artifact(version_dir, volumes):
     path = os.path.join(version_dir, artifact.METADATA_FILE)
     with open(path) as f:
         metadata = json.load(f)
-    looks = by_look(volumes)
-    n = sum(a["slices"] for a in looks.values())
+    per_look = by_look(volumes)
+    n = sum(a["slices"] for a in per_look.values())
     metadata["tumor_free_probe"] = {
         "threshold": metadata["threshold"], "volumes": len(volumes), "slices": n,
-        "flagged": round(sum(a["slices"] * a["flagged"] for a in looks.values()) / n, 4) if n else 0.0,
-        "looks": looks, "what": "share of slices of real heads without a tumor that the model flags at its "
+        "flagged": round(sum(a["slices"] * a["flagged"] for a in per_look.values()) / n, 4) if n else 0.0,
+        "looks": per_look, "what": "share of slices of real heads without a tumor that the model flags at its "
                                 "threshold, by look (python -m trainer.tumor_free_probe; docs/tumor_free_probe.md)"}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -157,7 +151,7 @@ def table(result):
             lines.append(f"| {model} | all ({len(volumes)} volumes) | {n} | {100 * flagged:.1f} % "
                          f"(mean of volumes {100 * mean:.1f} %) |" + " |" * FIFTHS + " |")
             for look, a in by_look(volumes).items():
-                lines.append(f"| {model} | {artifact.PROBE_LOOKS[look]} ({a['volumes']} volumes) | {a['slices']} | "
+                lines.append(f"| {model} | {looks.NAMES[look]} ({a['volumes']} volumes) | {a['slices']} | "
                              f"{100 * a['flagged']:.1f} % |" + " |" * FIFTHS + " |")
     return "\n".join(lines)
 
