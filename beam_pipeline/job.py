@@ -125,7 +125,10 @@ def _model_info(metadata):
 
 
 def _threshold(opts, metadata):
-    """(threshold, source) from --threshold, --site-profile or the artifact; a profile must match the model."""
+    """(threshold, source, looks) from --threshold, --site-profile or the artifact; a profile must match the model.
+
+    `looks`: the looks a site profile was validated on (None without a profile, or one written before
+    profiles listed them)."""
     if opts.site_profile:
         if opts.threshold is not None:
             raise JobError("--threshold and --site-profile both set a threshold; give one")
@@ -137,11 +140,12 @@ def _threshold(opts, metadata):
         if opts.force_site_profile and (not profile["meets"] or profile.get("forced")):
             print(f"WARNING: --force-site-profile: applying {opts.site_profile}, whose validation did not meet "
                   "its checks; every row records it", file=sys.stderr)
-            return float(profile["threshold"]), f"site_profile:{profile_id}:forced"
-        return float(profile["threshold"]), f"site_profile:{profile_id}"
+            return float(profile["threshold"]), f"site_profile:{profile_id}:forced", []
+        validated = profile.get("validated_looks")
+        return float(profile["threshold"]), f"site_profile:{profile_id}", None if validated is None else list(validated)
     if opts.threshold is not None:
-        return opts.threshold, "flag"
-    return metadata["threshold"], "artifact"
+        return opts.threshold, "flag", None
+    return metadata["threshold"], "artifact", None
 
 
 def _inference_threads(requested, options):
@@ -246,7 +250,7 @@ def resolve(argv, save_main_session=True):
         metadata = model_store.metadata(model)
     except (artifact.ArtifactError, ValueError) as e:
         raise JobError(f"model: {e}") from e
-    threshold, threshold_source = _threshold(opts, metadata)  # a bad profile stops the job here
+    threshold, threshold_source, site_looks = _threshold(opts, metadata)  # a bad profile stops the job here
     service_options = options.view_as(GoogleCloudOptions).dataflow_service_options or []
     try:
         engine = inference.resolve_engine(opts.engine, metadata,
@@ -320,7 +324,7 @@ def resolve(argv, save_main_session=True):
         write_report=opts.report, manifest_path=opts.manifest,
         manifest_entries={m.path: manifest.fingerprint(m) for m in todo} if opts.manifest else None,
         carry_over=bool(opts.manifest), drift_reference=drift.reference_of(metadata), engine=engine,
-        pacs_queries=tuple(web))
+        pacs_queries=tuple(web), site_looks=None if site_looks is None else tuple(site_looks))
     return Job(options=options, run_id=run_id, output=output, inputs=tuple(to_read), web_inputs=tuple(web),
                model=model, metadata=metadata, threshold=threshold, threshold_source=threshold_source,
                engine=engine, inference_threads=threads, plan=plan,

@@ -138,7 +138,7 @@ def _scan_images(pattern, shown_uids, shown_sources):
     return counts, threshold, n_errors, errors, near, threshold_sources
 
 
-def _validation_html(threshold_sources, md):
+def _validation_html(threshold_sources, md, site_looks=None):
     """Whether this site validated the model, where the reader looks first. Errs on the side of "not".
 
     Validated only when every scored row used a site profile that met its checks; otherwise, in red,
@@ -146,8 +146,11 @@ def _validation_html(threshold_sources, md):
     sources = {s for s in threshold_sources if s}
     if sources and all(s.startswith("site_profile:") and not s.endswith(":forced") for s in sources):
         ids = ", ".join(sorted(s.split(":")[1] for s in sources))
+        covered = ("" if site_looks is None else
+                   f" Looks validated: {', '.join(looks.NAMES[k] for k in site_looks if k in looks.NAMES) or 'none'};"
+                   " flagged series of other looks are marked.")
         return (f'<p id="validation" class="validated">Site threshold applied: this model was validated at this '
-                f'site (site profile {_esc(ids)}, brain-validate verdict "meets").</p>')
+                f'site (site profile {_esc(ids)}, brain-validate verdict "meets").{covered}</p>')
     if any(s.endswith(":forced") for s in sources):
         why = "a site profile whose validation did <b>not</b> meet its checks was forced onto this run"
     else:
@@ -177,19 +180,22 @@ LOOK_WARNING_SHARE = 0.2  # a look on which the model flags this share of tumor-
 UNTRAINED_LOOKS = ("dwi", "swi")  # no training collection holds a diffusion or susceptibility slice
 
 
-def _look_note(label, md):
+def _look_note(label, md, site_looks=None):
     """A note beside a flagged series whose look (screening_core.looks, from its description or folder) is one
-    where the model's flags are known to be unreliable: the tumor-free probe flagged at least
-    LOOK_WARNING_SHARE of such slices, or the model never trained on it. '' otherwise."""
+    where the model's flags are known to be unreliable: the model never trained on it, the applied site profile
+    did not validate it (`site_looks`: the profile's looks; None without one), or the tumor-free probe flagged
+    at least LOOK_WARNING_SHARE of such slices. '' otherwise."""
     look = looks.look_of(label)
     name = looks.NAMES[look]
+    notes = []
     if look in UNTRAINED_LOOKS:
-        return f' <b class="look-warning">({name}: a look the model never trained on)</b>'
+        notes.append("a look the model never trained on")
+    if site_looks is not None and look not in site_looks:
+        notes.append("not validated at this site")
     share = (((md or {}).get("tumor_free_probe") or {}).get("looks") or {}).get(look, {}).get("flagged")
     if share is not None and share >= LOOK_WARNING_SHARE:
-        return (f' <b class="look-warning">({name}: the model flags {share:.0%} of slices of heads without a '
-                f'tumor)</b>')
-    return ""
+        notes.append(f"the model flags {share:.0%} of slices of heads without a tumor")
+    return f' <b class="look-warning">({name}: {"; ".join(notes)})</b>' if notes else ""
 
 
 def _model_metadata(summary):
@@ -215,7 +221,7 @@ def _drift_html(drift):
             f'(limit {drift["ood_rate_limit"]:.0%}); probability PSI {drift["score_psi"]:.2f}.{warn}</p>')
 
 
-def _worklist_html(worklist, total, md=None):
+def _worklist_html(worklist, total, md=None, site_looks=None):
     """Studies by highest tumor probability: the order a radiologist should read them in; a flagged series of
     a look the model is unreliable on carries a note (_look_note)."""
     from beam_pipeline.studies import place_label
@@ -229,7 +235,7 @@ def _worklist_html(worklist, total, md=None):
                 else f"folder {place_label(s)}")
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
-                    f"{s['n_series']} series{_lesion_note(s)}</td><td>{_series_cell(s['flagged_series'], md)}</td>"
+                    f"{s['n_series']} series{_lesion_note(s)}</td><td>{_series_cell(s['flagged_series'], md, site_looks)}</td>"
                     f"{_ood_cell(s)}</tr>")
     return (f'<h2>Worklist: studies by highest probability{shown}</h2><p>All flagged studies: '
             '<a href="flagged_studies.csv">flagged_studies.csv</a></p><table id="worklist"><tr><th>max p</th>'
@@ -238,8 +244,8 @@ def _worklist_html(worklist, total, md=None):
             + "".join(rows) + "</table>")
 
 
-def _series_cell(labels, md):
-    return ", ".join(_esc(label) + _look_note(label, md) for label in labels) or "-"
+def _series_cell(labels, md, site_looks=None):
+    return ", ".join(_esc(label) + _look_note(label, md, site_looks) for label in labels) or "-"
 
 
 def _ood_cell(row):
@@ -337,6 +343,7 @@ def render(folder):
     for r in near:
         by_study.setdefault(series_key(r), []).append(r)
     md = _model_metadata(summary)
+    site_looks = summary.get("site_validated_looks")  # None: no site profile applied (or one without looks)
     parts = [f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>Brain-MRI screening run {_esc(summary['run_id'])}</title>
 <style>
@@ -352,7 +359,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 <h1>Brain-MRI screening run <code>{_esc(summary['run_id'])}</code></h1>
 <p class="notice"><b>Screening aid, not a diagnostic device.</b> Scores prioritise studies for a radiologist;
 every study still needs a radiologist's read.</p>
-{_validation_html(threshold_sources, md)}
+{_validation_html(threshold_sources, md, site_looks)}
 {_drift_html(summary.get('drift'))}
 <h2>Summary</h2><table id="summary">
 <tr><th>rows (images)</th><td>{totals['rows']}</td></tr>
@@ -364,7 +371,7 @@ every study still needs a radiologist's read.</p>
 <tr><th>throughput (last run)</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>
 <tr><th>inputs</th><td>{totals['sources']}</td></tr>
 </table>"""]
-    parts.append(_worklist_html(worklist, n_exams, md))
+    parts.append(_worklist_html(worklist, n_exams, md, site_looks))
     if counts.sum():
         parts.append(f'<h2>Probabilities</h2><img id="histogram" alt="histogram of tumor probabilities" '
                      f'src="{_data_uri(_histogram_svg(counts, threshold), "image/svg+xml")}">')
@@ -380,7 +387,7 @@ every study still needs a radiologist's read.</p>
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
                      f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '
-                     f'modality {_esc(s["modality"] or "-")}{_look_note(series_label(s), md)}</p>')
+                     f'modality {_esc(s["modality"] or "-")}{_look_note(series_label(s), md, site_looks)}</p>')
         top = sorted((r for r in by_study.get(s["study_key"], []) if r["heatmap_path"]),
                      key=lambda r: -r["tumor_probability"])[:4]
         for r in top:

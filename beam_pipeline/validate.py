@@ -15,7 +15,11 @@ Writes validation.json and validation.html and prints a plain verdict: "meets"
 only when every check holds over patients (enough tumor and tumor-free
 patients, lower bounds of sensitivity, specificity and AUC; see `evaluate`).
 Only then is site_profile.json written (the site threshold, bound to the
-model's sha256 and sealed); --force writes it anyway, marked forced. Exit 0
+model's sha256 and sealed); --force writes it anyway, marked forced. The
+profile also lists the looks (FLAIR, T1, T2, ...; screening_core/looks.py, read
+from series descriptions or the sample's folder and file names) with enough
+tumor and tumor-free patients of their own: brain-score's report marks flagged
+series of any other look as not validated at this site. Exit 0
 when the verdict is "meets", 3 when "not met" or "insufficient sample", 2 on
 bad input.
 """
@@ -26,11 +30,13 @@ import html
 import io
 import json
 import os
+import re
 import sys
 
 import numpy as np
 
 from beam_pipeline import errors
+from screening_core import looks
 
 POSITIVE = {"tumor", "tumour", "yes", "positive", "glioma", "meningioma", "pituitary", "1"}
 NEGATIVE = {"notumor", "no_tumor", "no-tumor", "no", "negative", "normal", "0"}
@@ -104,7 +110,8 @@ def sample_labels(sample, key, group_pattern=None):
             subgroup = parts[0] if len(parts) > 2 and _label_of_path(parts[0] + "/x") is None else ""
             patient = patient_of(rel, group_pattern)
             group = ps.uri(path) if patient is None else ps.component(patient)
-            out[ps.uri(path)] = (label, group, subgroup, path)  # the path: thumbnails in validation.html
+            # the path: thumbnails in validation.html; the look: from the sample's own folder and file names
+            out[ps.uri(path)] = (label, group, subgroup, path, looks.look_of(rel.replace(os.sep, "/")))
     if not out:
         raise ValidationError(f"{sample}: no images under class folders ({sorted(POSITIVE)} / {sorted(NEGATIVE)})")
     return out
@@ -126,8 +133,10 @@ def csv_labels(path):
 
 
 def join(rows, key_col, labels):
-    """(y, p, groups, subgroups, in_distribution, unmatched, keys) over scored rows that have a label."""
-    y, p, g, sg, ind, keys = [], [], [], [], [], []
+    """(y, p, groups, subgroups, in_distribution, unmatched, keys, looks) over scored rows that have a label.
+
+    A row's look comes from its (scrubbed) series description, else from the sample's folder and file names."""
+    y, p, g, sg, ind, keys, lk = [], [], [], [], [], [], []
     matched = set()
     for r in rows:
         if r["status"] != "ok":
@@ -143,8 +152,10 @@ def join(rows, key_col, labels):
         sg.append(subgroup or r.get("modality") or "")
         ind.append(r.get("in_distribution"))
         keys.append(key)
+        described = looks.look_of(r.get("series_description"))
+        lk.append(described if described != "other" or len(labels[key]) < 5 else labels[key][4])
     return (np.array(y), np.array(p, np.float64), np.array(g), np.array(sg), ind,
-            len(set(labels) - matched), keys)
+            len(set(labels) - matched), keys, np.array(lk))
 
 
 def wilson_lower(proportion, n, z=1.96):
@@ -184,12 +195,14 @@ MEETS, NOT_MET, INSUFFICIENT = "meets", "not met", "insufficient sample"
 
 def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, required_lower, bootstrap=1000,
              specificity_floor=DEFAULT_SPECIFICITY_FLOOR, auc_floor=DEFAULT_AUC_FLOOR,
-             min_patients=DEFAULT_MIN_PATIENTS):
+             min_patients=DEFAULT_MIN_PATIENTS, image_looks=None):
     """Every figure, and a verdict that is "meets" only when every check holds over patients.
 
     Checks: at least `min_patients` tumor and tumor-free patients (else "insufficient sample");
     at the site threshold, the sensitivity's lower 95% bound >= `required_lower` and the
-    specificity's >= `specificity_floor`; the AUC's lower bound >= `auc_floor`. Each lower bound
+    specificity's >= `specificity_floor`; the AUC's lower bound >= `auc_floor`. `image_looks` (one look per
+    image, screening_core.looks) adds the figures by look and `validated_looks`: the looks with at least
+    `min_patients` tumor and tumor-free patients of their own, and only when the verdict is "meets". Each lower bound
     is the smaller of the patient bootstrap's and (for proportions) Wilson's over patients: a
     bootstrap at a threshold chosen on the same images is optimistic, and a sample whose images
     are each their own "patient" would otherwise count one patient's 20 slices as 20 patients.
@@ -244,7 +257,10 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
         m = subgroups == s
         by_subgroup[s or "(all)"] = metrics.evaluate_at(y[m], p[m], site_threshold, groups[m], 0)
     known = [v for v in in_dist if v is not None]
-    return {"n_images": int(len(y)), "n_positive": int(y.sum()), "n_groups": int(len(np.unique(groups))),
+    by_look, validated_looks = _by_look(y, p, groups, image_looks, site_threshold, min_patients)
+    if status != MEETS:
+        validated_looks = []
+    return {"by_look": by_look, "validated_looks": validated_looks, "n_images": int(len(y)), "n_positive": int(y.sum()), "n_groups": int(len(np.unique(groups))),
             "n_positive_groups": n_pos_groups, "n_negative_groups": n_neg_groups,
             "every_image_its_own_group": bool(images_are_groups),
             "roc_auc": auc, "auc_ci95": ci.get("auc"), "auc_lower95": auc_lower,
@@ -262,6 +278,25 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
             "expected_calibration_error": metrics.expected_calibration_error(y, p),
             "out_of_distribution_share": (float(np.mean([not v for v in known])) if known else None),
             "by_subgroup": by_subgroup, "status": status, "meets": status == MEETS, "verdict": verdict}
+
+
+def _by_look(y, p, groups, image_looks, threshold, min_patients):
+    """({look: figures at the site threshold}, [looks with min_patients tumor and tumor-free patients])."""
+    from screening_core import metrics
+    if image_looks is None:
+        return {}, []
+    image_looks = np.asarray(image_looks)
+    out, covered = {}, []
+    for look in looks.NAMES:
+        m = image_looks == look
+        if not m.any():
+            continue
+        figures = metrics.evaluate_at(y[m], p[m], threshold, groups[m], 0)
+        pos, neg = len(np.unique(groups[m][y[m] == 1])), len(np.unique(groups[m][y[m] == 0]))
+        out[look] = {**figures, "n_positive_groups": pos, "n_negative_groups": neg}
+        if pos >= min_patients and neg >= min_patients:
+            covered.append(look)
+    return out, covered
 
 
 def _calibration_png(curve):
@@ -353,6 +388,16 @@ def _cases_html(title, items, anchor):
     return f'<h2 id="{anchor}">{title}</h2><div>{cells}</div>'
 
 
+def _looks_line(result):
+    names = ", ".join(looks.NAMES[k] for k in result.get("validated_looks", []))
+    others = ", ".join(looks.NAMES[k] for k in result.get("by_look", {}) if k not in result.get("validated_looks", []))
+    if not names:
+        return ("No look is validated: no look has enough tumor and tumor-free patients of its own, or the verdict is "
+                "not 'meets'.")
+    return (f"Validated looks: <b>{names}</b>" + (f"; too few patients of their own: {others}" if others else "")
+            + ". brain-score's report marks flagged series of any other look as not validated at this site.")
+
+
 def render_html(result, metadata, curve=None):
     def fmt(m, k):
         ci = (m.get("ci95") or {}).get(k)
@@ -361,6 +406,10 @@ def render_html(result, metadata, curve=None):
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{m['n']}</td><td>{m['n_positive']}</td>"
                    f"<td>{fmt(m, 'sensitivity')}</td><td>{fmt(m, 'specificity')}</td></tr>"
                    for name, m in result["by_subgroup"].items())
+    look_rows = "".join(f"<tr><td>{looks.NAMES.get(k, k)}</td><td>{m['n']}</td><td>{m['n_positive']}</td>"
+                        f"<td>{m['n_positive_groups']}</td><td>{m['n_negative_groups']}</td>"
+                        f"<td>{fmt(m, 'sensitivity')}</td><td>{fmt(m, 'specificity')}</td></tr>"
+                        for k, m in result.get("by_look", {}).items())
     checks = "".join(f"<tr><td>{html.escape(c['check'])}</td><td>{html.escape(c['value'])}</td>"
                      f"<td>{'yes' if c['passed'] else '<b>NO</b>'}</td></tr>" for c in result.get("checks", []))
     a, s = result["at_artifact_threshold"], result["at_site_threshold"]
@@ -387,6 +436,9 @@ out of distribution: {'n/a' if result['out_of_distribution_share'] is None else 
              "false-positives")}
 <h2>Checks (all must pass for "meets")</h2><table id="checks"><tr><th>check</th><th>value</th><th>passed</th></tr>
 {checks}</table>
+<h2>By look (site threshold)</h2><p id="validated-looks">{_looks_line(result)}</p>
+<table id="by-look"><tr><th>look</th><th>images</th><th>tumor</th><th>tumor patients</th><th>tumor-free patients</th>
+<th>sensitivity</th><th>specificity</th></tr>{look_rows}</table>
 <h2>By subgroup (site threshold)</h2><table><tr><th>subgroup</th><th>images</th><th>tumor</th><th>sensitivity</th>
 <th>specificity</th></tr>{rows}</table>
 <h2>Calibration</h2><img id="calibration" alt="calibration curve" src="data:image/png;base64,{_calibration_png(result['calibration'])}">
@@ -437,7 +489,6 @@ def main(argv=None):
                                   "--auc-floor must be in (0, 1)")
         if args.min_patients < 1:
             raise ValidationError("--min-patients must be at least 1")
-        import re
         try:
             group_rx = re.compile(args.group_pattern) if args.group_pattern else None
         except re.error as e:
@@ -472,10 +523,10 @@ def main(argv=None):
             raise ValidationError(f"{scores} was scored with another model ({summary['model']['model_name']} "
                                   f"v{summary['model']['model_version']}); validate the model that scored it")
         rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
-        y, p, groups, subgroups, in_dist, unmatched, keys = join(rows, key_col, labels)
+        y, p, groups, subgroups, in_dist, unmatched, keys, image_looks = join(rows, key_col, labels)
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,
                           args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
-                          args.min_patients)
+                          args.min_patients, image_looks)
         result["unmatched_labels"] = unmatched
         result["cases"] = cases(y, p, keys, subgroups, result["site_threshold"],
                                 {k: v[3] for k, v in labels.items() if len(v) > 3})
@@ -500,11 +551,12 @@ def main(argv=None):
         profile = site_profile.build(metadata, result["site_threshold"], args.target_sensitivity, {
             **{k: result[k] for k in ("n_images", "n_positive", "n_groups", "n_positive_groups", "n_negative_groups",
                                       "roc_auc", "auc_lower95", "sensitivity", "sensitivity_lower95", "specificity",
-                                      "specificity_lower95", "status", "meets", "verdict")},
+                                      "specificity_lower95", "status", "meets", "verdict", "validated_looks")},
             "forced": not result["meets"]})
         site_profile.write(profile, profile_path)
         written.append("site_profile.json")
     print(result["verdict"])
+    print(re.sub(r"</?b>", "", _looks_line(result)))
     if not result["meets"]:
         print("No site profile written" + (" (--force: written anyway, marked forced)" if args.force else
                                            " (the verdict is not 'meets')"), file=sys.stderr)

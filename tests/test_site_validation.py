@@ -67,6 +67,21 @@ def test_a_good_sample_of_enough_patients_meets():
     assert all(c["passed"] for c in r["checks"])
 
 
+def test_a_look_is_validated_only_with_enough_patients_of_its_own_and_a_verdict_that_meets():
+    y, p, g = _per_patient(100, 3, separable=True)  # 50 tumor + 50 tumor-free patients, 3 images each
+    look = np.where(g < 80, "flair", "t2")  # T2: the last 20 patients only
+    r = validate.evaluate(y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300,
+                          min_patients=20, image_looks=look)
+    assert r["meets"] and set(r["by_look"]) == {"flair", "t2"}
+    t2 = r["by_look"]["t2"]
+    assert t2["n"] == int((look == "t2").sum()) and t2["n_positive_groups"] + t2["n_negative_groups"] == 20
+    assert r["validated_looks"] == ["flair"]  # T2's 20 patients are not 20 of each class
+    assert "Validated looks: <b>FLAIR</b>; too few patients of their own: T2" in validate._looks_line(r)
+    chance = validate.evaluate(y, np.full(y.size, 0.5), g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9,
+                               300, min_patients=20, image_looks=look)
+    assert not chance["meets"] and chance["validated_looks"] == []  # no look is validated by a failed verdict
+
+
 def test_patients_from_a_pattern_or_their_folder():
     import re
     rx = re.compile(r"^(.+)_\d+\.png$")
@@ -102,6 +117,7 @@ def test_validate_a_sample_folder_then_apply_the_site_profile(tmp_path, capsys):
     assert result["status"] == "insufficient sample" and result["n_positive_groups"] == 8
     assert result["n_images"] == 16 and result["n_positive"] == 8 and result["unmatched_labels"] == 0
     assert set(result["by_subgroup"]) == {"flair", "t1"}
+    assert set(result["by_look"]) == {"flair", "t1"} and result["validated_looks"] == []  # from the sample's folders
     # Known answer: the AUC of the scored rows against the folder labels, computed here independently.
     summary = run.read_summary(str(out / "scores"))
     rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
@@ -127,7 +143,7 @@ def test_validate_a_sample_folder_then_apply_the_site_profile(tmp_path, capsys):
     profile = json.load(open(out / "site_profile.json"))
     assert profile["threshold"] == result["site_threshold"] and profile["model_sha256"] in open(
         os.path.join(model_dir, "metadata.json")).read()
-    assert profile["forced"] and not profile["meets"]
+    assert profile["forced"] and not profile["meets"] and profile["validated_looks"] == []
 
     # brain-score --site-profile refuses a profile that did not meet its checks, unless forced (recorded)
     img = tmp_path / "night.png"
@@ -206,5 +222,18 @@ def test_the_report_says_whether_this_site_validated_the_model(tmp_path):
         site_profile.write(profile, str(tmp_path / name))
     good = page("--site-profile", str(tmp_path / "good.json"))
     assert 'class="validated"' in good and "Not validated" not in good
+    assert "Looks validated" not in good  # a profile written before profiles listed their looks: no claim
+    profile = site_profile.build(metadata, 0.01, 0.95, {"n_images": 200, "n_positive": 100, "meets": True,
+                                                        "forced": False, "validated_looks": ["flair"]})
+    site_profile.write(profile, str(tmp_path / "flair_only.json"))
+    t2 = tmp_path / "t2" / "tumor"
+    t2.mkdir(parents=True)
+    (t2 / "x.png").write_bytes(synth.encode(synth.brain_slice(3, 32)))
+    out = tmp_path / "looks"
+    assert run.main(["--input", str(tmp_path / "t2"), "--output", str(out), "--model", model_dir,
+                     "--site-profile", str(tmp_path / "flair_only.json"), "--keep-paths"]) == 0
+    looks_page = open(rows_mod.result_file(out, "report.html")).read()
+    assert "Looks validated: FLAIR; flagged series of other looks are marked." in looks_page
+    assert "(T2: not validated at this site)" in looks_page  # beside the flagged T2 series
     forced = page("--site-profile", str(tmp_path / "failed.json"), "--force-site-profile")
     assert "Not validated at this site" in forced and "forced onto this run" in forced
