@@ -1,10 +1,10 @@
 """Series and study tables: radiologists review studies, not loose slices.
 
-Series: DICOM images group by (StudyInstanceUID, SeriesInstanceUID); other
-images by their archive and folder, loose files by the folder that holds them,
-which is how exports lay out one series.
+Series: DICOM images group by (StudyInstanceUID, SeriesInstanceUID); a NIfTI
+volume is a series of its own; other images group by their archive and folder,
+loose files by the folder that holds them, which is how exports lay out one series.
 Studies: series rows group by StudyInstanceUID (a non-DICOM folder stays one
-row, labelled as a folder), the worklist unit.
+row, labelled as a folder, with one series per volume it holds), the worklist unit.
 """
 import posixpath
 
@@ -15,12 +15,20 @@ from beam_pipeline import schema
 TOP_K = 5
 
 
+def _is_volume(row):
+    """A NIfTI file (loose or in an archive): its slices are one series, whatever else its folder holds."""
+    return not row.get("study_instance_uid") and row.get("image_format") == "nifti"
+
+
 def series_key(row):
-    """DICOM: study/series UIDs. Archive members: the archive and the member's folder. Loose files: the
+    """DICOM: study/series UIDs. A NIfTI volume: its file (four people's volumes in one folder were one
+    series of all their slices). Archive members: the archive and the member's folder. Loose files: the
     folder that holds them (a folder of 360 PNG slices was 360 one-image "studies" on the worklist)."""
     if row.get("study_instance_uid"):
         return f"{row['study_instance_uid']}/{row.get('series_instance_uid') or ''}"
     patient = f"#{row['patient_group']}" if row.get("patient_group") else ""  # one folder, many patients
+    if _is_volume(row):
+        return f"{row['source_uri']}!{row['member_path'] or ''}{patient}"
     if not row["member_path"]:
         return f"{posixpath.dirname(row['source_uri'])}/{patient}"
     return f"{row['source_uri']}!{posixpath.dirname(row['member_path'])}{patient}"
@@ -49,7 +57,7 @@ class SeriesCombineFn(beam.CombineFn):
                                                     "member_path", "modality", "threshold", "run_id",
                                                     "model_name", "model_version", "series_description",
                                                     "series_number", "accession_number", "study_date",
-                                                    "patient_group")}
+                                                    "patient_group", "image_format")}
         return acc
 
     def merge_accumulators(self, accs):
@@ -68,12 +76,15 @@ class SeriesCombineFn(beam.CombineFn):
     def extract_output(self, acc):
         f = acc["first"] or {}
         dicom = bool(f.get("study_instance_uid"))
-        loose = not dicom and not f.get("member_path")
+        volume = _is_volume(f)
+        loose = not dicom and not f.get("member_path") and not volume
         return {
             "run_id": f.get("run_id"), "study_instance_uid": f.get("study_instance_uid"),
             "series_instance_uid": f.get("series_instance_uid"),
             "source_uri": posixpath.dirname(f.get("source_uri") or "") if loose else f.get("source_uri"),
-            "folder": None if dicom else posixpath.dirname(f.get("member_path") or ""),
+            "folder": None if dicom else (f.get("member_path") or None) if volume
+            else posixpath.dirname(f.get("member_path") or ""),
+            "volume": volume,  # in flight only (not a column): its study is the folder holding it
             "patient_group": None if dicom else f.get("patient_group"), "modality": f.get("modality"), "series_description": f.get("series_description"),
             "series_number": f.get("series_number"), "accession_number": f.get("accession_number"),
             "study_date": f.get("study_date"), "n_images": acc["n"], "n_flagged": acc["flagged"],
@@ -123,11 +134,21 @@ def series_table_row(row):
     return {k: row.get(k) for k in schema.SERIES_SCHEMA.names}
 
 
+def _volume_place(series):
+    """(source_uri, folder) of the folder holding a volume series: a study's place, as for other folders."""
+    if series.get("folder"):  # a volume inside an archive
+        return series["source_uri"], posixpath.dirname(series["folder"])
+    return posixpath.dirname(series["source_uri"] or ""), None
+
+
 def _study_of(series):
     if series["study_instance_uid"]:
         return series["study_instance_uid"]
     if series.get("patient_group"):  # --group-pattern: a patient's folders of images are one "study"
         return f"patient:{series['patient_group']}"
+    if series.get("volume"):  # the volumes of one folder are one study, as that folder's slices would be
+        source, folder = _volume_place(series)
+        return f"{source}!{folder}" if folder is not None else f"{source}/"
     return series["study_key"]  # a folder of non-DICOM images is its own "study"
 
 
@@ -170,6 +191,7 @@ class _StudyFromSeries(beam.CombineFn):
         first = min(series, key=lambda s: s["study_key"])  # not the arrival order: the same row every run
         dicom = bool(first["study_instance_uid"])
         patient = None if dicom else first.get("patient_group")
+        source, folder = _volume_place(first) if first.get("volume") else (first["source_uri"], first["folder"])
         flagged = [s for s in series if s["flagged"]]
         with_lesion = [s for s in series if s.get("max_lesion_area_px") is not None]
         largest = max(with_lesion, key=lambda s: (s["max_lesion_area_px"], series_label(s)), default=None)
@@ -177,8 +199,8 @@ class _StudyFromSeries(beam.CombineFn):
             "run_id": first["run_id"],
             "group_kind": "dicom_study" if dicom else "patient" if patient else "folder", "patient_group": patient,
             "study_instance_uid": first["study_instance_uid"], "accession_number": first.get("accession_number"),
-            "study_date": first.get("study_date"), "source_uri": first["source_uri"],
-            "folder": None if dicom or patient else first["folder"],
+            "study_date": first.get("study_date"), "source_uri": source,
+            "folder": None if dicom or patient else folder,
             "modalities": sorted({s["modality"] for s in series if s["modality"]}),
             "n_series": len(series), "n_images": sum(s["n_images"] for s in series),
             "n_flagged": sum(s["n_flagged"] for s in series),

@@ -1,5 +1,6 @@
 """NIfTI volumes: every axial slice a frame, shown as a radiologist expects whatever the voxel order."""
 import gzip
+import os
 
 import nibabel as nib
 import numpy as np
@@ -76,3 +77,26 @@ def test_a_slice_with_oblong_voxels_is_resampled_to_square_pixels_so_the_head_ke
     rows, cols = np.nonzero(frame > 250)
     assert np.ptp(rows) == pytest.approx(160, abs=4) and np.ptp(cols) == pytest.approx(160, abs=6)
     assert d.dicom["pixel_area_mm2"] == pytest.approx(1.0)
+
+
+def test_each_volume_of_a_folder_is_a_series_of_its_own_and_the_folder_one_study(tmp_path):
+    """Two people's volumes side by side were one series of all their slices: a worklist row no one could
+    act on. Each file is its series, named by its file (and so by its look); the folder stays one study."""
+    from beam_pipeline import run
+    from tests import rows as rows_mod
+    from tests import tiny_model
+    zz, yy, xx = np.meshgrid(*(np.arange(n) - n / 2 for n in (48, 56, 5)), indexing="ij")
+    head = (((zz / 20) ** 2 + (yy / 24) ** 2 < 1.0) * (100 + 20 * np.cos(xx))).astype(np.int16)
+    night = tmp_path / "night"
+    night.mkdir()
+    for name in ("a_t2.nii.gz", "b_flair.nii.gz"):
+        nib.save(nib.Nifti1Image(head, np.eye(4)), str(night / name))
+    model = tiny_model.write_tiny_artifact(tmp_path / "m", lesion_bias=5.0)  # flags every slice
+    out = tmp_path / "out"
+    assert run.main(["--input", str(night), "--output", str(out), "--model", model, "--keep-paths"]) == 0
+    series = sorted(rows_mod.images(out, "series-*.parquet"), key=lambda s: s["source_uri"])
+    assert [os.path.basename(s["source_uri"]) for s in series] == ["a_t2.nii.gz", "b_flair.nii.gz"]
+    assert [s["n_images"] for s in series] == [5, 5] and all(s["folder"] is None for s in series)
+    (study,) = rows_mod.images(out, "studies-*.parquet")
+    assert study["n_series"] == 2 and study["n_images"] == 10 and study["source_uri"].endswith("night")
+    assert study["flagged_series"] == ["night/a_t2.nii.gz", "night/b_flair.nii.gz"]
