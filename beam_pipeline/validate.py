@@ -260,7 +260,7 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     by_look, validated_looks = _by_look(y, p, groups, image_looks, site_threshold, min_patients)
     if status != MEETS:
         validated_looks = []
-    return {"by_look": by_look, "validated_looks": validated_looks, "n_images": int(len(y)), "n_positive": int(y.sum()), "n_groups": int(len(np.unique(groups))),
+    return {"n_images": int(len(y)), "n_positive": int(y.sum()), "n_groups": int(len(np.unique(groups))),
             "n_positive_groups": n_pos_groups, "n_negative_groups": n_neg_groups,
             "every_image_its_own_group": bool(images_are_groups),
             "roc_auc": auc, "auc_ci95": ci.get("auc"), "auc_lower95": auc_lower,
@@ -277,7 +277,8 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
             "calibration": metrics.calibration_curve(y, p),
             "expected_calibration_error": metrics.expected_calibration_error(y, p),
             "out_of_distribution_share": (float(np.mean([not v for v in known])) if known else None),
-            "by_subgroup": by_subgroup, "status": status, "meets": status == MEETS, "verdict": verdict}
+            "by_subgroup": by_subgroup, "by_look": by_look, "validated_looks": validated_looks,
+            "status": status, "meets": status == MEETS, "verdict": verdict}
 
 
 def _by_look(y, p, groups, image_looks, threshold, min_patients):

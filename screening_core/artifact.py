@@ -91,6 +91,23 @@ def seal(version_dir):
     os.replace(tmp, os.path.join(version_dir, SUMS_FILE))
 
 
+def update_metadata(version_dir, change):
+    """Apply `change(metadata)` (in place) to metadata.json, write it back atomically and re-seal; returns it.
+
+    Every tool that adds to an artifact after training (ONNX export, OOD reference, map level, tumor-free
+    probe, generalisation checks) goes through here, so none leaves the file half written or unsealed."""
+    path = os.path.join(version_dir, METADATA_FILE)
+    with open(path) as f:
+        metadata = json.load(f)
+    change(metadata)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    seal(version_dir)
+    return metadata
+
+
 def check_sums(version_dir):
     """Raise ArtifactError unless SHA256SUMS exists and matches every sealed file."""
     path = os.path.join(version_dir, SUMS_FILE)

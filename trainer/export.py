@@ -102,13 +102,7 @@ def export(version_dir):
              "feature_outputs": ood.layer_names(model) if with_features else [],
              "cam_output": dcam is not None, "max_relative_cam_difference": dcam,
              "max_abs_probability_difference": dp, "parity_checked_on": f"{len(x)} {what}"}
-    md_path = os.path.join(version_dir, artifact.METADATA_FILE)
-    with open(md_path) as f:
-        md = json.load(f)
-    md.setdefault("engines", {})["onnxruntime"] = entry
-    with open(md_path, "w") as f:
-        json.dump(md, f, indent=2, sort_keys=True)
-    artifact.seal(version_dir)
+    artifact.update_metadata(version_dir, lambda md: md.setdefault("engines", {}).update(onnxruntime=entry))
     return entry
 
 

@@ -70,28 +70,26 @@ def main(argv=None):
                         help="choose the threshold again from validation_predictions.csv on these sources "
                              "(the trainer's --threshold-sources, applied after the fact; same function)")
     args = parser.parse_args(argv)
-    md_path = os.path.join(args.artifact, artifact.METADATA_FILE)
-    metadata = artifact.read_metadata(args.artifact)
-    if args.threshold_sources is not None:
-        rethreshold(args.artifact, metadata, args.threshold_sources)
-    if args.check:
-        metadata["generalisation"] = [check_entry(d) for d in args.check]
-    if args.notes:
-        with open(args.notes) as f:
-            metadata["development_notes"] = f.read()
-    loc = os.path.join(args.artifact, "localisation.json")
-    if os.path.exists(loc):
-        with open(loc) as f:
-            metadata["localisation"] = json.load(f)
-    with open(md_path + ".tmp", "w") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
-    os.replace(md_path + ".tmp", md_path)
-    artifact.seal(args.artifact)
+    artifact.read_metadata(args.artifact)  # refuses a folder that is no artifact, or of another format
+
+    def add_checks(metadata):
+        if args.threshold_sources is not None:
+            rethreshold(args.artifact, metadata, args.threshold_sources)
+        if args.check:
+            metadata["generalisation"] = [check_entry(d) for d in args.check]
+        if args.notes:
+            with open(args.notes) as f:
+                metadata["development_notes"] = f.read()
+        loc = os.path.join(args.artifact, "localisation.json")
+        if os.path.exists(loc):
+            with open(loc) as f:
+                metadata["localisation"] = json.load(f)
+    metadata = artifact.update_metadata(args.artifact, add_checks)
     with open(os.path.join(args.artifact, "eda", "eda.json")) as f:
         eda = json.load(f)
     with open(os.path.join(args.artifact, artifact.MODEL_CARD_FILE), "w") as f:
         f.write(model_card.render(metadata, eda))
-    print(f"Updated {md_path} and {artifact.MODEL_CARD_FILE}")
+    print(f"Updated {os.path.join(args.artifact, artifact.METADATA_FILE)} and {artifact.MODEL_CARD_FILE}")
     return 0
 
 

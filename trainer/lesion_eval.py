@@ -309,14 +309,8 @@ def map_level_of_artifact(version_dir, write=False):
     level = choose_map_level(np.concatenate([maps[k][0] for k in val]), np.concatenate([maps[k][1] for k in val]))
     figures = {k: lesion_figures(mp, mk, level) for k, (mp, mk) in sorted(maps.items())}
     if write:
-        path = os.path.join(version_dir, artifact.METADATA_FILE)
-        with open(path) as f:
-            metadata = json.load(f)
-        metadata.setdefault("lesion", {})["map_level"] = level
-        metadata["lesion"]["map_figures"] = figures
-        with open(path, "w") as f:
-            json.dump(metadata, f, indent=2, sort_keys=True)
-        artifact.seal(version_dir)
+        artifact.update_metadata(version_dir, lambda metadata: metadata.setdefault("lesion", {}).update(
+            map_level=level, map_figures=figures))
     return {"map_level": level, "map_figures": figures}
 
 

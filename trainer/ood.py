@@ -138,16 +138,14 @@ def attach(version_dir, ref, validation_probabilities):
     from screening_core import artifact
     ref.score_histogram = np.histogram(validation_probabilities, bins=SCORE_BINS, range=(0, 1))[0]
     ref.save(reference_path(version_dir))
-    md_path = os.path.join(version_dir, artifact.METADATA_FILE)
-    with open(md_path) as f:
-        metadata = json.load(f)
-    metadata["ood"] = {"file": REFERENCE_FILE, **ref.info, "threshold": ref.threshold}
-    metadata["reference_score_histogram"] = [int(v) for v in ref.score_histogram]
     # An ONNX graph exported before this reference lacks the feature outputs it needs: export again.
-    stale_onnx = (metadata.get("engines") or {}).pop("onnxruntime", None)
-    with open(md_path, "w") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
-    artifact.seal(version_dir)
+    stale_onnx = (artifact.read_metadata(version_dir).get("engines") or {}).get("onnxruntime")
+
+    def add_reference(metadata):
+        metadata["ood"] = {"file": REFERENCE_FILE, **ref.info, "threshold": ref.threshold}
+        metadata["reference_score_histogram"] = [int(v) for v in ref.score_histogram]
+        (metadata.get("engines") or {}).pop("onnxruntime", None)
+    artifact.update_metadata(version_dir, add_reference)
     if stale_onnx:
         from trainer import export
         export.export(version_dir)
@@ -221,13 +219,7 @@ def main(argv=None):
               f"{r.get('auroc_max_probability', float('nan')):10.3f} {r['flagged_ood']:9.3f}")
     if args.record:
         from screening_core import artifact
-        md_path = os.path.join(args.artifact, artifact.METADATA_FILE)
-        with open(md_path) as f:
-            metadata = json.load(f)
-        metadata["ood"]["evaluation"] = rows
-        with open(md_path, "w") as f:
-            json.dump(metadata, f, indent=2, sort_keys=True)
-        artifact.seal(args.artifact)
+        metadata = artifact.update_metadata(args.artifact, lambda md: md["ood"].update(evaluation=rows))
         eda_path = os.path.join(args.artifact, "eda", "eda.json")
         if os.path.exists(eda_path):
             from trainer import model_card

@@ -105,21 +105,16 @@ def write_to_artifact(version_dir, volumes):
     Only counts and shares: volume names stay out of the artifact (a site's file names may carry
     identifiers). model.keras is untouched, so the ONNX binding holds; the contract refuses the figures
     once the threshold changes (screening_core.artifact.contract_problems)."""
-    path = os.path.join(version_dir, artifact.METADATA_FILE)
-    with open(path) as f:
-        metadata = json.load(f)
     per_look = by_look(volumes)
     n = sum(a["slices"] for a in per_look.values())
-    metadata["tumor_free_probe"] = {
-        "threshold": metadata["threshold"], "volumes": len(volumes), "slices": n,
-        "flagged": round(sum(a["slices"] * a["flagged"] for a in per_look.values()) / n, 4) if n else 0.0,
-        "looks": per_look, "what": "share of slices of real heads without a tumor that the model flags at its "
-                                "threshold, by look (python -m trainer.tumor_free_probe; docs/tumor_free_probe.md)"}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(metadata, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-    artifact.seal(version_dir)
+
+    def add_probe(metadata):
+        metadata["tumor_free_probe"] = {
+            "threshold": metadata["threshold"], "volumes": len(volumes), "slices": n,
+            "flagged": round(sum(a["slices"] * a["flagged"] for a in per_look.values()) / n, 4) if n else 0.0,
+            "looks": per_look, "what": "share of slices of real heads without a tumor that the model flags at its "
+                                    "threshold, by look (python -m trainer.tumor_free_probe; docs/tumor_free_probe.md)"}
+    artifact.update_metadata(version_dir, add_probe)
 
 
 def score(input_dir, model, out_dir):
