@@ -180,13 +180,12 @@ LOOK_WARNING_SHARE = 0.2  # a look on which the model flags this share of tumor-
 UNTRAINED_LOOKS = ("dwi", "swi")  # no training collection holds a diffusion or susceptibility slice
 
 
-def _look_note(label, md, site_looks=None):
-    """A note beside a flagged series whose look (screening_core.looks, from its description or folder) is one
-    where the model's flags are known to be unreliable: the model never trained on it, the applied site profile
-    did not validate it (`site_looks`: the profile's looks; None without one), or the tumor-free probe flagged
-    at least LOOK_WARNING_SHARE of such slices. '' otherwise."""
+def look_caveat(label, md, site_looks=None):
+    """'T2: not validated at this site; ...' for a flagged series whose look (screening_core.looks, from its
+    description or folder) is one where the model's flags are known to be unreliable: the model never trained
+    on it, the applied site profile did not validate it (`site_looks`: the profile's looks; None without one),
+    or the tumor-free probe flagged at least LOOK_WARNING_SHARE of such slices. '' otherwise."""
     look = looks.look_of(label)
-    name = looks.NAMES[look]
     notes = []
     if look in UNTRAINED_LOOKS:
         notes.append("a look the model never trained on")
@@ -195,7 +194,12 @@ def _look_note(label, md, site_looks=None):
     share = (((md or {}).get("tumor_free_probe") or {}).get("looks") or {}).get(look, {}).get("flagged")
     if share is not None and share >= LOOK_WARNING_SHARE:
         notes.append(f"the model flags {share:.0%} of slices of heads without a tumor")
-    return f' <b class="look-warning">({name}: {"; ".join(notes)})</b>' if notes else ""
+    return f"{looks.NAMES[look]}: {'; '.join(notes)}" if notes else ""
+
+
+def _look_note(label, md, site_looks=None):
+    caveat = look_caveat(label, md, site_looks)
+    return f' <b class="look-warning">({_esc(caveat)})</b>' if caveat else ""
 
 
 def _model_metadata(summary):
@@ -303,21 +307,26 @@ def _in_words(by_status, by_error_code):
 
 
 def flagged_csv(folder):
-    """CSV of every flagged study, highest probability first, for the worklist system or a spreadsheet."""
+    """CSV of every flagged study, highest probability first, for the worklist system or a spreadsheet; its
+    last column carries the report's caveats on flagged series of looks the model is unreliable on."""
     import csv
     out = io.StringIO()
     cols = ["max_probability", "group_kind", "accession_number", "study_date", "study_instance_uid", "source_uri",
             "folder", "patient_group", "modalities", "n_series", "n_images", "n_flagged", "flagged_series"]
+    summary = run_summary.read(folder)
+    md, site_looks = _model_metadata(summary), summary.get("site_validated_looks")
     w = csv.writer(out)
-    w.writerow(cols)
+    w.writerow([*cols, "look_caveats"])
     # Flagged studies only (the file lists them all), and only the columns written.
     flagged = [pa.Table.from_batches([b.filter(b.column("flagged")).select([c for c in cols if c in b.schema.names])])
                for b in _batches(folder.rstrip("/") + "/studies-*.parquet", cols + ["flagged"])]
     if flagged:
         rows = pa.concat_tables(flagged, promote_options="default").sort_by([("max_probability", "descending")])
         for r in rows.to_pylist():
+            caveats = [f"{label} ({c})" for label in r["flagged_series"] or []
+                       for c in [look_caveat(label, md, site_looks)] if c]
             w.writerow([f"{r['max_probability']:.4f}" if c == "max_probability" else
-                        ";".join(r[c]) if isinstance(r.get(c), list) else r.get(c) for c in cols])
+                        ";".join(r[c]) if isinstance(r.get(c), list) else r.get(c) for c in cols] + [";".join(caveats)])
     return out.getvalue()
 
 

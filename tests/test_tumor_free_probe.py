@@ -117,6 +117,13 @@ def test_write_stores_the_shares_by_look_in_the_sealed_artifact_and_the_report_q
     assert "(T2: the model flags 100% of slices of heads without a tumor)" in page  # beside its flagged series
     assert "(DWI: a look the model never trained on)" in page
     assert "(T1:" not in page  # a look the probe never measured gets no note
+    import csv
+    studies = list(csv.DictReader(open(rows_mod.result_file(tmp_path / "out", "flagged_studies.csv"))))
+    caveats = {s["flagged_series"]: s["look_caveats"] for s in studies}  # the worklist file carries them too
+    assert len(caveats) == 3 and caveats[next(k for k in caveats if k.endswith("/t1"))] == ""
+    assert caveats[next(k for k in caveats if k.endswith("/t2"))].endswith(
+        "/t2 (T2: the model flags 100% of slices of heads without a tumor)")
+    assert caveats[next(k for k in caveats if k.endswith("/dwi"))].endswith("(DWI: a look the model never trained on)")
     stale = {**md, "threshold": md["threshold"] / 2}
     assert any("tumor-free probe" in p for p in artifact.contract_problems(stale))
     with open(os.path.join(model, "validation_predictions.csv"), "w") as f:  # a re-threshold drops the stale figures
