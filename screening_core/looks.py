@@ -17,7 +17,7 @@ _RULES = (
     ("dwi", {"dwi", "dti", "adc", "trace", "diffusion", "tensor"}),
     ("swi", {"swi", "swan", "t2star", "t2*", "hemo", "hemosiderin", "susceptibility"}),
     ("flair", {"flair", "fl", "tirm", "darkfluid"}),
-    ("t1ce", {"t1ce", "t1c", "t1post", "t1gd", "t1+c", "t1+", "post", "gad", "gd", "ce", "contrast", "enhanced",
+    ("t1ce", {"t1ce", "t1c", "t1post", "t1gd", "t1+c", "t1+", "+c", "post", "gad", "gd", "ce", "contrast", "enhanced",
               "enh", "dotarem", "gadavist", "multihance", "prohance"}),
     ("pd", {"pd", "pdw"}),
     ("t2", {"t2", "t2w", "stir"}),
@@ -31,8 +31,10 @@ _EXTENSIONS = re.compile(r"\.(nii\.gz|nii|dcm|png|jpe?g)$")
 
 
 def words(text):
-    """Lower-case words of a description, folder or file name (its extension left out)."""
-    return set(_WORD.findall(_EXTENSIONS.sub("", (text or "").lower())))
+    """Lower-case words of a description, folder or file name (its extension left out); a detached "+C"
+    ("AX T1 +C") is the contrast word "+c"."""
+    text = _EXTENSIONS.sub("", (text or "").lower())
+    return set(_WORD.findall(text)) | ({"+c"} if re.search(r"(^|[^a-z0-9])\+\s*c\b", text) else set())
 
 
 def look_of(text):

@@ -4,7 +4,7 @@ import pytest
 
 @pytest.mark.parametrize("text, look", [
     ("AX T2 FLAIR", "flair"), ("Subj1_FL.nii.gz", "flair"), ("lgg/flair/tumor", "flair"),
-    ("T1 POST GAD", "t1ce"), ("T1+C", "t1ce"), ("lgg/t1-post", "t1ce"), ("brats-sample/t1ce", "t1ce"),
+    ("T1 POST GAD", "t1ce"), ("T1+C", "t1ce"), ("AX T1 +C", "t1ce"), ("T2 +C", "t2"), ("lgg/t1-post", "t1ce"), ("brats-sample/t1ce", "t1ce"),
     ("AX T1 PRE GAD", "t1"), ("lgg/t1-pre", "t1"), ("SAG T1 MPRAGE", "t1"), ("sub-01_T1w.nii.gz", "t1"),
     ("AX T2 TSE", "t2"), ("T2 POST", "t2"), ("COR STIR", "t2"), ("healthy_t2.nii.gz", "t2"),
     ("AX PD", "pd"), ("chris_pd.nii.gz", "pd"),
