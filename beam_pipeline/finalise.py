@@ -188,7 +188,9 @@ def _carry_over(plan, counts, images, studies, series=()):
         previous = {"run_ids": [], **summary.EMPTY_COUNTS}
         names = []
     results_store.carry_over(plan.output, plan.staging, names)
-    for prefix, fresh in (("studies-", studies), ("series-", series)):
+    # A carried series keyed like a rescored study goes too: a folder of NIfTI volumes was one series under
+    # the folder's key before each volume became a series of its own, and that key is now the folder's study.
+    for prefix, fresh in (("studies-", studies), ("series-", [*series, *studies])):
         _drop_rescored(plan, [n for n in names if n.startswith(prefix)], fresh)
     merged = summary.merge_counts(previous, counts)
     carried_images = [f"{results}/{n}" for n in names if n.startswith("images-")]

@@ -122,3 +122,34 @@ def test_a_retried_finalise_changes_nothing(tmp_path, monkeypatch):
     assert stable(_rows(str(out))) == stable(before_rows) and len(before_rows) == 3
     assert run.read_summary(str(out)) == before_summary
     assert json.loads(manifest.read_text()) == before_manifest
+
+
+def test_a_folder_of_volumes_rescored_after_the_upgrade_leaves_no_folder_level_series_behind(tmp_path):
+    """Results written before each NIfTI volume was a series of its own hold one series row under the folder's
+    key; a nightly --manifest run that rescores the folder must replace it, not list it beside the volumes."""
+    import nibabel as nib
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from beam_pipeline import results_store
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    zz, yy, xx = np.meshgrid(*(np.arange(n) - n / 2 for n in (40, 48, 4)), indexing="ij")
+    head = (((zz / 16) ** 2 + (yy / 20) ** 2 < 1.0) * (100 + 20 * np.cos(xx))).astype(np.int16)
+    nib.save(nib.Nifti1Image(head, np.eye(4)), str(inputs / "a_t2.nii.gz"))
+    out, mf = str(tmp_path / "out"), str(tmp_path / "manifest.json")
+    argv = ["--input", str(inputs / "*.nii.gz"), "--keep-paths", "--output", out, "--model", model_dir,
+            "--manifest", mf]
+    run.run(argv)
+    (path,) = results_store.reader_glob(out, "series-*.parquet")
+    table = pq.read_table(path)
+    old = table.slice(0, 1).to_pylist()[0]
+    old.update(study_key=f"{inputs}/", source_uri=str(inputs), n_images=99)  # the folder-level row of old
+    pq.write_table(pa.concat_tables([table, pa.Table.from_pylist([old], table.schema)]), path)
+    time.sleep(1.1)
+    nib.save(nib.Nifti1Image(head * 2, np.eye(4)), str(inputs / "a_t2.nii.gz"))  # changed tonight
+    run.run(argv)
+    series = rows_mod.images(out, "series-*.parquet")
+    assert [s["n_images"] for s in series] == [4] and series[0]["source_uri"].endswith("a_t2.nii.gz")
