@@ -165,10 +165,15 @@ def _validation_html(threshold_sources, md, site_looks=None):
             "labelled patients (docs/new_site.md) before anyone relies on it.</p>")
 
 
+def _probe_looks(md):
+    """{look: {"volumes", "slices", "flagged"}} of the model's tumor-free probe (trainer.tumor_free_probe --write)."""
+    return ((md or {}).get("tumor_free_probe") or {}).get("looks") or {}
+
+
 def _tumor_free_html(md):
     """The model's false alarms on real heads without a tumor, by look (trainer.tumor_free_probe --write)."""
     probe = (md or {}).get("tumor_free_probe") or {}
-    per_look = probe.get("looks") or {}
+    per_look = _probe_looks(md)
     if not per_look:
         return ""
     parts = ", ".join(f"{_esc(name)} {per_look[k]['flagged']:.0%}" for k, name in looks.NAMES.items() if k in per_look)
@@ -191,7 +196,7 @@ def look_caveat(label, md, site_looks=None):
         notes.append("a look the model never trained on")
     if site_looks is not None and look not in site_looks:
         notes.append("not validated at this site")
-    share = (((md or {}).get("tumor_free_probe") or {}).get("looks") or {}).get(look, {}).get("flagged")
+    share = _probe_looks(md).get(look, {}).get("flagged")
     if share is not None and share >= LOOK_WARNING_SHARE:
         notes.append(f"the model flags {share:.0%} of slices of heads without a tumor")
     return f"{looks.NAMES[look]}: {'; '.join(notes)}" if notes else ""
@@ -306,15 +311,16 @@ def _in_words(by_status, by_error_code):
     return ", ".join(words)
 
 
-def flagged_csv(folder):
+def flagged_csv(folder, md=None):
     """CSV of every flagged study, highest probability first, for the worklist system or a spreadsheet; its
-    last column carries the report's caveats on flagged series of looks the model is unreliable on."""
+    last column carries the report's caveats on flagged series of looks the model is unreliable on (`md`: the
+    model's metadata, read from the summary's model when not given)."""
     import csv
     out = io.StringIO()
     cols = ["max_probability", "group_kind", "accession_number", "study_date", "study_instance_uid", "source_uri",
             "folder", "patient_group", "modalities", "n_series", "n_images", "n_flagged", "flagged_series"]
     summary = run_summary.read(folder)
-    md, site_looks = _model_metadata(summary), summary.get("site_validated_looks")
+    md, site_looks = md or _model_metadata(summary), summary.get("site_validated_looks")
     w = csv.writer(out)
     w.writerow([*cols, "look_caveats"])
     # Flagged studies only (the file lists them all), and only the columns written.
@@ -334,8 +340,9 @@ def _esc(v):
     return html.escape("" if v is None else str(v))
 
 
-def render(folder):
-    """HTML for the result in `folder` (a promoted results/ folder or a staging folder)."""
+def render(folder, md=None):
+    """HTML for the result in `folder` (a promoted results/ folder or a staging folder); `md`: the model's
+    metadata, read from the summary's model when not given."""
     prefix = folder.rstrip("/")
     summary = run_summary.read(folder)
     totals = summary.get("result") or summary  # a result can hold several incremental runs
@@ -351,7 +358,7 @@ def render(folder):
     by_study = {}
     for r in near:
         by_study.setdefault(series_key(r), []).append(r)
-    md = _model_metadata(summary)
+    md = md or _model_metadata(summary)
     site_looks = summary.get("site_validated_looks")  # None: no site profile applied (or one without looks)
     parts = [f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>Brain-MRI screening run {_esc(summary['run_id'])}</title>
@@ -442,12 +449,13 @@ window.addEventListener('load', function () {
 
 def write_report(folder):
     """report.html and, beside it, flagged_studies.csv (every flagged study; the page shows the top ones)."""
+    md = _model_metadata(run_summary.read(folder))  # verified once: it hashes the model's files
     with FileSystems.create(folder.rstrip("/") + "/flagged_studies.csv", mime_type="text/csv",
                             compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(flagged_csv(folder).encode())
+        f.write(flagged_csv(folder, md).encode())
     path = folder.rstrip("/") + "/report.html"
     with FileSystems.create(path, mime_type="text/html", compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(render(folder).encode())
+        f.write(render(folder, md).encode())
     return path
 
 
