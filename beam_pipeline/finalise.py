@@ -19,7 +19,7 @@ import time
 
 import apache_beam as beam
 
-from beam_pipeline import drift, manifest, report, results_store, summary
+from beam_pipeline import drift, incremental, manifest, report, results_store, summary
 
 CARRIED_PREFIXES = ("images-", "series-", "studies-", "heatmaps/")
 
@@ -51,6 +51,12 @@ class Plan:
         rel = staged_path[len(self.staging) + 1:] if staged_path.startswith(self.staging + "/") \
             else posixpath.basename(staged_path)
         return f"{results_store.results_dir(self.output)}/{rel}"
+
+    def staged_path(self, final_path):
+        """The inverse of final_path: where a file of the promoted result lies in this run's staging."""
+        results = results_store.results_dir(self.output)
+        return f"{self.staging}/{final_path[len(results) + 1:]}" if final_path.startswith(results + "/") \
+            else final_path
 
 
 def finalise(plan, counts, images_files=(), study_files=(), write_back=None, series_files=(),
@@ -147,35 +153,12 @@ def _update_manifest(plan, study_fingerprints):
 
 def _drop_rescored(plan, carried, fresh):
     """Remove from the carried study (or series) tables the rows this run scored again, so the worklist
-    lists each study once, from its newest scoring (a late image rescored the whole study)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-    results = results_store.results_dir(plan.output)
+    lists each study once, from its newest scoring."""
     keys = set()
     for path in fresh:
-        staged = f"{plan.staging}/{path[len(results) + 1:]}" if path.startswith(results + "/") else path
-        with FileSystems.open(staged, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            keys.update(pq.read_table(f, columns=["study_key"]).column("study_key").to_pylist())
-    if not keys:
-        return
-    for name in carried:
-        path = f"{plan.staging}/{name}"
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            table = pq.read_table(f)
-        stale = pc.is_in(table.column("study_key"), value_set=pa.array(sorted(keys)))
-        if not pc.any(stale).as_py():
-            continue
-        kept = table.filter(pc.invert(stale))
-        # A new file, never the carried one rewritten in place: locally it is a hard link to the
-        # promoted result's file, which must stay as it is until this result replaces it.
-        tmp = f"{path}.tmp"
-        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            pq.write_table(kept, f)
-        FileSystems.delete([path])
-        FileSystems.rename([tmp], [path])
+        keys.update(incremental.read_table(plan.staged_path(path), columns=["study_key"]).column("study_key").to_pylist())
+    if keys:
+        incremental.drop_keyed([f"{plan.staging}/{name}" for name in carried], keys)
 
 
 def _carry_over(plan, counts, images, studies, series=()):
@@ -188,17 +171,24 @@ def _carry_over(plan, counts, images, studies, series=()):
         previous = {"run_ids": [], **summary.EMPTY_COUNTS}
         names = []
     results_store.carry_over(plan.output, plan.staging, names)
+    carried = {kind: [n for n in names if n.startswith(f"{kind}-")] for kind in ("images", "series", "studies")}
+    superseded = []
+    if carried["images"]:
+        fresh_rows = incremental.read_rows([plan.staged_path(p) for p in images])
+        superseded = incremental.drop_superseded(results, plan.staging, carried["images"],
+                                                 {r["source_uri"] for r in fresh_rows})
+        incremental.complete_studies(results, plan.staging, carried, fresh_rows, superseded,
+                                     {"series": [plan.staged_path(p) for p in series],
+                                      "studies": [plan.staged_path(p) for p in studies]})
     # A carried series keyed like a rescored study goes too: a folder of NIfTI volumes was one series under
     # the folder's key before each volume became a series of its own, and that key is now the folder's study.
-    for prefix, fresh in (("studies-", studies), ("series-", [*series, *studies])):
-        _drop_rescored(plan, [n for n in names if n.startswith(prefix)], fresh)
-    merged = summary.merge_counts(previous, counts)
-    carried_images = [f"{results}/{n}" for n in names if n.startswith("images-")]
-    carried_studies = [f"{results}/{n}" for n in names if n.startswith("studies-")]
-    carried_series = [f"{results}/{n}" for n in names if n.startswith("series-")]
+    for kind, fresh in (("studies", studies), ("series", [*series, *studies])):
+        _drop_rescored(plan, carried[kind], fresh)
+    merged = summary.merge_counts(summary.subtract_counts(previous, summary.count_rows(superseded)), counts)
     return {"run_ids": [*previous.get("run_ids", []), plan.run_id], **merged,
-            "output_files": sorted(carried_images + list(images)),
-            "study_files": sorted(carried_studies + list(studies)), "series_files": carried_series}
+            "output_files": sorted([f"{results}/{n}" for n in carried["images"]] + list(images)),
+            "study_files": sorted([f"{results}/{n}" for n in carried["studies"]] + list(studies)),
+            "series_files": [f"{results}/{n}" for n in carried["series"]]}
 
 
 class _FinaliseFn(beam.DoFn):

@@ -223,3 +223,31 @@ class AggregateStudies(beam.PTransform):
                 | "KeyByStudy" >> beam.Map(lambda s: (_study_of(s), s))
                 | "CombinePerStudy" >> beam.CombinePerKey(_StudyFromSeries())
                 | "ToStudyRows" >> beam.MapTuple(lambda key, row: {**row, "study_key": key}))
+
+
+def _combine(fn, items):
+    acc = fn.create_accumulator()
+    for item in items:
+        acc = fn.add_input(acc, item)
+    return fn.extract_output(acc)
+
+
+def study_key_of_image(row):
+    """The study an (ok) image row belongs to, decided as AggregateSeries + AggregateStudies decide it."""
+    return _study_of({**_combine(SeriesCombineFn(), [row]), "study_key": series_key(row)})
+
+
+def aggregate(rows):
+    """(series rows, study rows) of image rows already in hand, by the same CombineFns as the pipeline's
+    AggregateSeries and AggregateStudies: an incremental run completes a study that it rescored in part
+    from the rows it carries over (a corrected slice must not leave a study row of one image)."""
+    by_series = {}
+    for row in rows:
+        if row["status"] == "ok":
+            by_series.setdefault(series_key(row), []).append(row)
+    series = [{**_combine(SeriesCombineFn(), by_series[k]), "study_key": k} for k in sorted(by_series)]
+    by_study = {}
+    for s in series:
+        by_study.setdefault(_study_of(s), []).append(s)
+    studies = [{**_combine(_StudyFromSeries(), by_study[k]), "study_key": k} for k in sorted(by_study)]
+    return series, studies

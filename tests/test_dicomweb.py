@@ -223,10 +223,12 @@ def test_manifest_makes_pacs_nights_incremental_by_study(pacs, tmp_path):
     assert sorted((s["study_instance_uid"] == first_study, s["n_images"]) for s in studies) == [(False, 2), (True, 5)]
     series = rows_mod.images(out, "series-*.parquet")
     assert len(series) == len({s["study_key"] for s in series}) == 3
+    # each image once: the first study's four earlier rows are superseded by tonight's
+    assert len(rows_mod.images(out)) == run.read_summary(out)["result"]["rows"] == 2 + 5
     assert run.main(argv + ["--run-id", "night4"]) == 0
     summary = run.read_summary(out)
     # nothing new tonight: the result stays night 3's, nothing lost
-    assert summary["run_id"] == "night3" and summary["result"]["rows"] == 4 + 2 + 5
+    assert summary["run_id"] == "night3" and summary["result"]["rows"] == 2 + 5
 
 
 def test_write_back_never_writes_into_the_wrong_study(pacs, tmp_path):

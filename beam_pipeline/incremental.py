@@ -1,0 +1,107 @@
+"""What an incremental (--manifest) run does to the rows it carries over from the current result.
+
+A night scores only new or changed inputs, but a changed input is part of something larger: a corrected
+slice belongs to a folder study, a re-sent instance to a DICOM study whose other series did not change.
+The promoted result must still hold every image once, from its newest scoring, and every series and study
+row over all of its images. So before promotion:
+
+  * carried image rows of an input scored again tonight are superseded (dropped, and their counts taken
+    out of the result's counts);
+  * every study holding a row scored tonight or a superseded row is aggregated again, from tonight's rows
+    and the carried rows of its other inputs, with the pipeline's own CombineFns (studies.aggregate).
+
+Everything is read from the promoted result, which stays untouched until this run's result replaces it,
+and written into the run's staging folder: a retried finalisation computes the same tables and counts.
+"""
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline import schema, studies
+
+
+def read_table(path, columns=None):
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return pq.read_table(f, columns=columns)
+
+
+def replace_table(path, table):
+    """A new file renamed into place, never the old one rewritten: a carried file in staging is a hard
+    link to the promoted result's file, which must stay as it is until this result replaces it."""
+    tmp = f"{path}.tmp"
+    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        pq.write_table(table, f)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def read_rows(paths):
+    return [row for path in paths for row in read_table(path).to_pylist()]
+
+
+def drop_superseded(results, staging, names, fresh_sources):
+    """Filter the carried image tables `names` (read from `results`, written to `staging`) of every row
+    whose input was scored again tonight; returns the rows dropped."""
+    dropped = []
+    value_set = pa.array(sorted(fresh_sources), pa.string())
+    for name in names:
+        table = read_table(f"{results}/{name}")
+        stale = pc.fill_null(pc.is_in(table.column("source_uri"), value_set=value_set), False)
+        if not pc.any(stale).as_py():
+            continue
+        dropped.extend(table.filter(stale).to_pylist())
+        replace_table(f"{staging}/{name}", table.filter(pc.invert(stale)))
+    return dropped
+
+
+def complete_studies(results, staging, carried, fresh_rows, superseded, fresh_tables):
+    """Aggregate again every study touched tonight (see the module docstring).
+
+    carried: {"images": [...], "series": [...], "studies": [...]} table names of the carried result;
+    fresh_tables: {"series": [...], "studies": [...]} staged paths of tonight's tables."""
+    ok = [r for r in fresh_rows if r["status"] == "ok"]
+    dropped_ok = [r for r in superseded if r["status"] == "ok"]
+    touched = {studies.study_key_of_image(r) for r in ok + dropped_ok}
+    if not touched:
+        return
+    fresh_sources = pa.array(sorted({r["source_uri"] for r in fresh_rows}), pa.string())
+    others = []  # carried ok rows of touched studies whose input was not scored again
+    for name in carried["images"]:
+        table = read_table(f"{results}/{name}")
+        keep = pc.and_(pc.equal(table.column("status"), "ok"),
+                       pc.invert(pc.fill_null(pc.is_in(table.column("source_uri"), value_set=fresh_sources), False)))
+        others.extend(r for r in table.filter(keep).to_pylist() if studies.study_key_of_image(r) in touched)
+    if not others and not dropped_ok:
+        return  # tonight's tables already hold these studies whole (new studies, or rescored in full)
+    affected = {studies.study_key_of_image(r) for r in others + dropped_ok}
+    rows = [r for r in ok if studies.study_key_of_image(r) in affected] + others
+    series, study_rows = studies.aggregate(rows)
+    series_keys = {studies.series_key(r) for r in rows + dropped_ok}
+    _replace_rows([f"{staging}/{n}" for n in carried["series"]], series_keys)
+    _replace_rows([f"{staging}/{n}" for n in carried["studies"]], affected)
+    _replace_rows(fresh_tables["series"], series_keys, [studies.series_table_row(s) for s in series],
+                  schema.SERIES_SCHEMA)
+    _replace_rows(fresh_tables["studies"], affected, [{k: s.get(k) for k in schema.STUDY_SCHEMA.names}
+                                                       for s in study_rows], schema.STUDY_SCHEMA)
+
+
+def drop_keyed(paths, keys):
+    """Drop the rows keyed `keys` (column study_key) from the staged tables at `paths`."""
+    _replace_rows(paths, keys)
+
+
+def _replace_rows(paths, keys, new_rows=(), schema_=None):
+    """Drop the rows keyed `keys` (column study_key) from the tables at `paths`; put `new_rows` into the first."""
+    if new_rows and not paths:  # Beam writes an empty shard for an empty table; never drop rows silently
+        raise RuntimeError("no table of tonight's to hold the studies aggregated again; the result is not promoted")
+    value_set = pa.array(sorted(keys), pa.string())
+    for i, path in enumerate(paths):
+        table = read_table(path)
+        kept = table.filter(pc.invert(pc.fill_null(pc.is_in(table.column("study_key"), value_set=value_set), False)))
+        if i == 0 and new_rows:
+            kept = pa.concat_tables([kept.cast(schema_), pa.Table.from_pylist(list(new_rows), schema=schema_)])
+        if kept.num_rows != table.num_rows or (i == 0 and new_rows):
+            replace_table(path, kept)
