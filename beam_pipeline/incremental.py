@@ -71,7 +71,7 @@ def complete_studies(results, staging, carried, fresh_rows, superseded, fresh_ta
     others = []  # carried ok rows of touched studies whose input was not scored again
     for name in carried["images"]:
         table = read_table(f"{results}/{name}")
-        keep = pc.and_(pc.equal(table.column("status"), "ok"),
+        keep = pc.and_(pc.and_(pc.equal(table.column("status"), "ok"), _near(table, ok + dropped_ok)),
                        pc.invert(pc.fill_null(pc.is_in(table.column("source_uri"), value_set=fresh_sources), False)))
         others.extend(r for r in table.filter(keep).to_pylist() if studies.study_key_of_image(r) in touched)
     if not others and not dropped_ok:
@@ -91,6 +91,26 @@ def complete_studies(results, staging, carried, fresh_rows, superseded, fresh_ta
 def drop_keyed(paths, keys):
     """Drop the rows keyed `keys` (column study_key) from the staged tables at `paths`."""
     _replace_rows(paths, keys)
+
+
+def _near(table, rows):
+    """Rows of `table` that may share a study with `rows`: the same StudyInstanceUID, --group-pattern patient
+    or folder. A cheap superset, so that a large carried result is not read into Python; the study key
+    (studies.study_key_of_image) decides."""
+    def among(column, values):
+        return pc.fill_null(pc.is_in(column, value_set=pa.array(sorted(values), pa.string())), False)
+
+    def parent(column):
+        return pc.replace_substring_regex(column, pattern="/[^/]*$", replacement="")
+
+    uid = table.column("study_instance_uid")
+    dicom = pc.invert(pc.is_null(uid))
+    uids = {r["study_instance_uid"] for r in rows if r["study_instance_uid"]}
+    plain = [r for r in rows if not r["study_instance_uid"]]
+    groups = {r["patient_group"] for r in plain if r["patient_group"]}
+    parents = {r["source_uri"].rpartition("/")[0] for r in plain}
+    non_dicom = pc.or_(among(table.column("patient_group"), groups), among(parent(table.column("source_uri")), parents))
+    return pc.if_else(dicom, among(uid, uids), non_dicom)
 
 
 def _replace_rows(paths, keys, new_rows=(), schema_=None):

@@ -157,3 +157,26 @@ def test_a_slice_that_turned_unreadable_leaves_its_study_with_the_others(tmp_pat
     assert _by_folder(rows_mod.images(out, "series-*.parquet")) == {"study": 2}
     result = run.read_summary(str(out))["result"]
     assert result["rows"] == 3 and result["by_status"] == {"ok": 2, "error": 1}
+
+
+def test_a_changed_volume_keeps_the_slices_beside_it_in_its_folder_study(tmp_path, model_dir):
+    """A folder holding PNG slices and a NIfTI volume is one study of two series; rescoring the volume alone
+    must keep the PNG series (it was dropped as a series keyed like the folder's study)."""
+    import nibabel as nib
+    import numpy as np
+    inputs, out, mf = tmp_path / "in", tmp_path / "out", tmp_path / "manifest.json"
+    for s in range(2):
+        _png(inputs / "visit" / f"img{s}.png", s)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) - n / 2 for n in (40, 48, 3)), indexing="ij")
+    head = (((zz / 16) ** 2 + (yy / 20) ** 2 < 1.0) * (100 + 20 * np.cos(xx))).astype(np.int16)
+    nib.save(nib.Nifti1Image(head, np.eye(4)), str(inputs / "visit" / "a_t2.nii.gz"))
+    argv = ["--input", str(inputs / "visit" / "*"), "--keep-paths", "--output", str(out), "--model", model_dir,
+            "--manifest", str(mf)]
+    run.run(argv)
+    time.sleep(1.1)
+    nib.save(nib.Nifti1Image(head * 2, np.eye(4)), str(inputs / "visit" / "a_t2.nii.gz"))
+    run.run(argv)
+    series = sorted((os.path.basename(s["source_uri"]), s["n_images"]) for s in rows_mod.images(out, "series-*.parquet"))
+    assert series == [("a_t2.nii.gz", 3), ("visit", 2)]
+    (study,) = rows_mod.images(out, "studies-*.parquet")
+    assert (study["n_series"], study["n_images"]) == (2, 5)
