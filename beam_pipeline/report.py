@@ -347,7 +347,7 @@ def render(folder, md=None):
     summary = run_summary.read(folder)
     totals = summary.get("result") or summary  # a result can hold several incremental runs
 
-    from beam_pipeline.studies import place_label, series_key, series_label
+    from beam_pipeline.studies import is_volume_series, place_label, series_key, series_label
     # The flagged section shows series with heatmaps; the worklist, studies. Both the top ones only.
     flagged, n_series, n_flagged = _top(prefix + "/series-*.parquet", MAX_FLAGGED_STUDIES, flagged_only=True)
     worklist, n_exams, _ = _top(prefix + "/studies-*.parquet", MAX_FLAGGED_STUDIES)
@@ -399,7 +399,7 @@ every study still needs a radiologist's read.</p>
                  f"{_date(s.get('study_date'))}"
                  if s["study_instance_uid"] else
                  f"folder {series_label(s)} of patient {s['patient_group']}" if s.get("patient_group") else
-                 f"folder {place_label(s)}")
+                 f"volume {place_label(s)}" if is_volume_series(s) else f"folder {place_label(s)}")
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
                      f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '

@@ -152,6 +152,14 @@ def _study_of(series):
     return series["study_key"]  # a folder of non-DICOM images is its own "study"
 
 
+def is_volume_series(series):
+    """A series row of one NIfTI volume, so that a reader is told "volume", not "folder". The table keeps no
+    flag; the file's name says it: .nii or .nii.gz, or .gz once pseudonymised (a pseudonym keeps only the
+    last extension), and no other non-DICOM series is named like a file."""
+    name = (series.get("folder") or series.get("source_uri") or "").lower()
+    return not series.get("study_instance_uid") and name.endswith((".nii", ".gz"))
+
+
 def series_label(series):
     """What a reader recognises a series by: its description, else its number, else the UID's tail."""
     if series.get("series_description"):

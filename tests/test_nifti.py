@@ -100,3 +100,14 @@ def test_each_volume_of_a_folder_is_a_series_of_its_own_and_the_folder_one_study
     (study,) = rows_mod.images(out, "studies-*.parquet")
     assert study["n_series"] == 2 and study["n_images"] == 10 and study["source_uri"].endswith("night")
     assert study["flagged_series"] == ["night/a_t2.nii.gz", "night/b_flair.nii.gz"]
+    page = open(rows_mod.result_file(out, "report.html")).read()
+    assert "<h3>volume night/a_t2.nii.gz" in page and "folder night/a_t2" not in page
+
+
+def test_a_volume_series_is_told_from_a_folder_by_its_name_pseudonymised_too():
+    from beam_pipeline.studies import is_volume_series
+    assert is_volume_series({"source_uri": "/in/p-0a1b2c3d4e5f/p-9f8e7d6c5b4a.gz", "folder": None})
+    assert is_volume_series({"source_uri": "/in/night.zip", "folder": "visit/a_t1.nii"})
+    assert not is_volume_series({"source_uri": "/in/p-0a1b2c3d4e5f", "folder": None})  # loose slices' folder
+    assert not is_volume_series({"source_uri": "/in/night.tar.gz", "folder": "visit"})
+    assert not is_volume_series({"source_uri": "/in/x.nii.gz", "study_instance_uid": "1.2.3"})
