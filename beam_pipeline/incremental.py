@@ -48,10 +48,11 @@ def drop_superseded(results, staging, names, fresh_sources):
     dropped = []
     value_set = pa.array(sorted(fresh_sources), pa.string())
     for name in names:
+        sources = read_table(f"{results}/{name}", columns=["source_uri"]).column("source_uri")
+        if not pc.any(pc.fill_null(pc.is_in(sources, value_set=value_set), False)).as_py():
+            continue  # the common case, read one column only
         table = read_table(f"{results}/{name}")
         stale = pc.fill_null(pc.is_in(table.column("source_uri"), value_set=value_set), False)
-        if not pc.any(stale).as_py():
-            continue
         dropped.extend(table.filter(stale).to_pylist())
         replace_table(f"{staging}/{name}", table.filter(pc.invert(stale)))
     return dropped
@@ -70,10 +71,13 @@ def complete_studies(results, staging, carried, fresh_rows, superseded, fresh_ta
     fresh_sources = pa.array(sorted({r["source_uri"] for r in fresh_rows}), pa.string())
     others = []  # carried ok rows of touched studies whose input was not scored again
     for name in carried["images"]:
-        table = read_table(f"{results}/{name}")
+        table = read_table(f"{results}/{name}", columns=_NEAR_COLUMNS)
         keep = pc.and_(pc.and_(pc.equal(table.column("status"), "ok"), _near(table, ok + dropped_ok)),
                        pc.invert(pc.fill_null(pc.is_in(table.column("source_uri"), value_set=fresh_sources), False)))
-        others.extend(r for r in table.filter(keep).to_pylist() if studies.study_key_of_image(r) in touched)
+        if not pc.any(keep).as_py():
+            continue  # the common case: nothing of tonight's studies in this file, a few columns read
+        table = read_table(f"{results}/{name}").filter(keep)
+        others.extend(r for r in table.to_pylist() if studies.study_key_of_image(r) in touched)
     if not others and not dropped_ok:
         return  # tonight's tables already hold these studies whole (new studies, or rescored in full)
     affected = {studies.study_key_of_image(r) for r in others + dropped_ok}
@@ -91,6 +95,9 @@ def complete_studies(results, staging, carried, fresh_rows, superseded, fresh_ta
 def drop_keyed(paths, keys):
     """Drop the rows keyed `keys` (column study_key) from the staged tables at `paths`."""
     _replace_rows(paths, keys)
+
+
+_NEAR_COLUMNS = ["status", "source_uri", "study_instance_uid", "patient_group"]
 
 
 def _near(table, rows):

@@ -17,4 +17,5 @@ $PY bench/scaling.py --base 250
 $PY bench/training_input.py --images 2000 --epochs 2
 $PY bench/archive_memory.py --gib 2 --members 100000
 $PY bench/report_memory.py --rows 100000,1000000
+$PY bench/incremental_finalise.py --rows 100000,1000000
 # Before/after a change (needs a commit to compare with): $PY bench/compare_revisions.py --base <commit>
