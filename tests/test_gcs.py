@@ -95,3 +95,33 @@ def test_a_retried_finalise_on_gcs_changes_nothing(gcs, tmp_path, monkeypatch):
     assert objects() == before
     assert run.read_summary(out) == before_summary
     assert json.loads(manifest.read_text()) == before_manifest
+
+
+def test_an_incremental_night_on_gcs_keeps_each_image_once_and_the_study_whole(gcs, tmp_path):
+    """beam_pipeline/incremental.py rewrites carried tables in a gs:// staging folder (create, delete, rename)."""
+    import time
+
+    from tests import synth
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    folder = tmp_path / "in" / "study"
+    folder.mkdir(parents=True)
+    for s in range(3):
+        (folder / f"img{s}.png").write_bytes(synth.encode(synth.brain_slice(s, 32)))
+    out, manifest = f"gs://{BUCKET}/results/incremental", str(tmp_path / "manifest.json")
+    argv = ["--input", str(folder / "*.png"), "--keep-paths", "--output", out, "--model", model_dir,
+            "--manifest", manifest]
+    assert run.main(argv + ["--run-id", "night1"]) == 0
+    time.sleep(1.1)
+    (folder / "img1.png").write_bytes(synth.encode(synth.brain_slice(9, 32)))
+    assert run.main(argv + ["--run-id", "night2"]) == 0
+    fs = pyarrow.fs.GcsFileSystem(anonymous=True, endpoint_override=f"127.0.0.1:{gcs.port}", scheme="http")
+
+    def table(prefix):
+        listed = [f.path for f in fs.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/results/incremental/results"))]
+        return pq.read_table([p for p in listed if p.rsplit("/", 1)[-1].startswith(prefix)], filesystem=fs).to_pylist()
+
+    images = table("images-")
+    assert sorted((os.path.basename(r["source_uri"]), r["run_id"]) for r in images) == [
+        ("img0.png", "night1"), ("img1.png", "night2"), ("img2.png", "night1")]
+    assert [s["n_images"] for s in table("studies-")] == [3] and [s["n_images"] for s in table("series-")] == [3]
+    assert run.read_summary(out)["result"]["rows"] == 3
