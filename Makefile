@@ -257,6 +257,8 @@ train-v17: data-healthy-heads
 		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/17/best.keras --version 17
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/17
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/17
+	$(PY) -m trainer.development_set --model $(MODEL_DIR)/brain-tumor-cnn/17 --data-dir $(SHARED)/brain-mri \
+		--data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(SHARED)/brats-sample --data-dir $(HEALTHY_HEADS)
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"

@@ -195,14 +195,16 @@ MEETS, NOT_MET, INSUFFICIENT = "meets", "not met", "insufficient sample"
 
 def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, required_lower, bootstrap=1000,
              specificity_floor=DEFAULT_SPECIFICITY_FLOOR, auc_floor=DEFAULT_AUC_FLOOR,
-             min_patients=DEFAULT_MIN_PATIENTS, image_looks=None):
+             min_patients=DEFAULT_MIN_PATIENTS, image_looks=None, development=None):
     """Every figure, and a verdict that is "meets" only when every check holds over patients.
 
     Checks: at least `min_patients` tumor and tumor-free patients (else "insufficient sample");
     at the site threshold, the sensitivity's lower 95% bound >= `required_lower` and the
     specificity's >= `specificity_floor`; the AUC's lower bound >= `auc_floor`. `image_looks` (one look per
     image, screening_core.looks) adds the figures by look and `validated_looks`: the looks with at least
-    `min_patients` tumor and tumor-free patients of their own, and only when the verdict is "meets". Each lower bound
+    `min_patients` tumor and tumor-free patients of their own, and only when the verdict is "meets". `development`
+    ({"copies": one (collection or None) per image} or {"why": reason it was not checked}) fails the verdict when
+    the sample holds near-copies of images the model was developed on (fingerprint.MIN_COPIES). Each lower bound
     is the smaller of the patient bootstrap's and (for proportions) Wilson's over patients: a
     bootstrap at a threshold chosen on the same images is optimistic, and a sample whose images
     are each their own "patient" would otherwise count one patient's 20 slices as 20 patients.
@@ -237,6 +239,9 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
         ("AUC lower bound", auc_lower >= auc_floor, f"{auc_lower:.3f}",
          f"the AUC's lower bound {auc_lower:.3f} is below the required {auc_floor:.3f}"),
     ]
+    copies = _development_check(development, groups)
+    if copies:
+        checks.append(copies["check"])
     failed = [why for _, ok, _, why in checks if not ok]
     status = MEETS if not failed else INSUFFICIENT if not (checks[0][1] and checks[1][1]) else NOT_MET
     offered = at_site["specificity"] >= specificity_floor and status == MEETS
@@ -249,6 +254,9 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     else:
         verdict = (head + f"{status.upper()}: " + "; ".join(failed) + ". Do not rely on the model here yet; "
                    "add labelled patients (docs/new_site.md) or review its errors.")
+    if development is not None and development.get("why"):
+        verdict += (f" WARNING: the sample was not compared with the images the model was developed on "
+                    f"({development['why']}); make sure none of them is in it.")
     if images_are_groups:
         verdict += (" WARNING: every image is its own group, so patients are not known: give --group-pattern "
                     "or put each patient's images in a folder of their own.")
@@ -278,7 +286,59 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
             "expected_calibration_error": metrics.expected_calibration_error(y, p),
             "out_of_distribution_share": (float(np.mean([not v for v in known])) if known else None),
             "by_subgroup": by_subgroup, "by_look": by_look, "validated_looks": validated_looks,
+            "development_copies": copies and copies["summary"] or
+            ({"checked": False, "why": development["why"]} if development else None),
             "status": status, "meets": status == MEETS, "verdict": verdict}
+
+
+def _development_check(development, groups):
+    """The check of `evaluate` on near-copies of development images, with its summary; None if not checked."""
+    from collections import Counter
+
+    from screening_core import fingerprint
+    if not development or development.get("copies") is None:
+        return None
+    found = [c for c in development["copies"] if c]
+    least, share = fingerprint.MIN_COPIES
+    ok = len(found) < max(least, share * len(groups))
+    patients = len({g for g, c in zip(groups.tolist(), development["copies"], strict=True) if c})
+    where = ", ".join(f"{n} {k}" for k, n in sorted(Counter(found).items()))
+    why = (f"{len(found)} of {len(groups)} images (in {patients} patients) are near-copies of images the model was "
+           f"developed on ({where}): figures on them measure its memory, not how it reads this site's scans; "
+           "validate on the site's own patients")
+    return {"check": ("near-copies of development images", ok, f"{len(found)}", why),
+            "summary": {"checked": True, "images": len(found), "patients": patients,
+                        "collections": dict(Counter(found))}}
+
+
+def development_copies(labels, version_dir, metadata):
+    """{labelled key: the development collection it nearly copies, or None} for the sample's files, or (None, why).
+
+    Each file is decoded as brain-score decodes it; a file of many frames (a volume, a multi-frame DICOM) is a
+    copy when any frame is."""
+    from beam_pipeline import decoding, model_store
+    from screening_core import fingerprint
+    reference, why = fingerprint.load_development(model_store.stage(version_dir), metadata)
+    if reference is None:
+        return None, why
+    fps, names = reference
+    out, unread = {}, 0
+    for key, entry in labels.items():
+        try:
+            with open(entry[3], "rb") as f:
+                frames = decoding.decode(f.read(), entry[3]).frames
+            thumbs = np.stack([fingerprint.thumbnail(fr.gray) for fr in frames])
+        except (decoding.DecodeError, OSError, ValueError):
+            unread += 1  # an archive or an undecodable file: brain-score reports it; not compared here
+            continue
+        thumbs = thumbs[fingerprint.informative(thumbs)]
+        if not len(thumbs):  # blank: brain-score does not judge it either
+            out[key] = None
+            continue
+        d, i = fingerprint.nearest(fingerprint.of_thumbnails(thumbs), fps)
+        j = int(np.argmin(d))
+        out[key] = names[i[j]] if d[j] <= fingerprint.MAX_DISTANCE else None
+    return out, (f"{unread} files could not be read for the comparison" if unread else None)
 
 
 def _by_look(y, p, groups, image_looks, threshold, min_patients):
@@ -525,9 +585,15 @@ def main(argv=None):
                                   f"v{summary['model']['model_version']}); validate the model that scored it")
         rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
         y, p, groups, subgroups, in_dist, unmatched, keys, image_looks = join(rows, key_col, labels)
+        if args.sample:
+            copies, unread = development_copies(labels, model, metadata)
+            development = {"why": unread} if copies is None else {
+                "copies": [copies.get(k) for k in keys], "why": unread}
+        else:
+            development = {"why": "--scores: the images are not at hand; brain-validate --sample compares them"}
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,
                           args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
-                          args.min_patients, image_looks)
+                          args.min_patients, image_looks, development)
         result["unmatched_labels"] = unmatched
         result["cases"] = cases(y, p, keys, subgroups, result["site_threshold"],
                                 {k: v[3] for k, v in labels.items() if len(v) > 3})

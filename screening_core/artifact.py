@@ -28,7 +28,8 @@ MODEL_CARD_FILE = "model_card.md"
 PREDICTIONS_FILE = "validation_predictions.csv"
 SUMS_FILE = "SHA256SUMS"
 SEALED_FILES = (MODEL_FILE, METADATA_FILE)
-OPTIONAL_SEALED_FILES = ("ood_reference.npz", "model.onnx")  # sealed when present (trainer/ood.py, export.py)
+OPTIONAL_SEALED_FILES = ("ood_reference.npz", "model.onnx", "development_fingerprints.npz")  # sealed when present
+# (trainer/ood.py, export.py, development_set.py)
 
 
 class ArtifactError(ValueError):

@@ -8,19 +8,11 @@ the units of the split.
 """
 import numpy as np
 
-from screening_core import preprocessing
+from screening_core import fingerprint
 
-THUMB_SIZE = 48
+THUMB_SIZE = fingerprint.THUMB_SIZE
 DEFAULT_THRESHOLD = 0.95
-
-
-def thumbnail(gray):
-    """Zero-mean, unit-norm thumbnail vector (head-cropped, so borders do not matter)."""
-    spec = preprocessing.InputSpec(height=THUMB_SIZE, width=THUMB_SIZE)
-    v = preprocessing.prepare(gray, spec).reshape(-1).astype(np.float64)
-    v -= v.mean()
-    n = np.linalg.norm(v)
-    return (v / n if n > 0 else v).astype(np.float32)
+thumbnail = fingerprint.thumbnail  # one thumbnail: the split's near-duplicates are the artifact's near-copies
 
 
 class _UnionFind:
