@@ -166,7 +166,8 @@ def _validation_html(threshold_sources, md, site_looks=None):
 
 
 def _probe_looks(md):
-    """{look: {"volumes", "slices", "flagged"}} of the model's tumor-free probe (trainer.tumor_free_probe --write)."""
+    """{look: {"volumes", "slices", "flagged", "highest_volume"}} of the model's tumor-free probe
+    (trainer.tumor_free_probe --write; "highest_volume" since session 16)."""
     return ((md or {}).get("tumor_free_probe") or {}).get("looks") or {}
 
 
@@ -196,9 +197,12 @@ def look_caveat(label, md, site_looks=None):
         notes.append("a look the model never trained on")
     if site_looks is not None and look not in site_looks:
         notes.append("not validated at this site")
-    share = _probe_looks(md).get(look, {}).get("flagged")
-    if share is not None and share >= LOOK_WARNING_SHARE:
-        notes.append(f"the model flags {share:.0%} of slices of heads without a tumor")
+    probe = _probe_looks(md).get(look, {})
+    share, highest = probe.get("flagged"), probe.get("highest_volume")
+    if share is not None and max(share, highest or 0) >= LOOK_WARNING_SHARE:
+        worst = f", {highest:.0%} of one head's" if highest and probe.get("volumes", 1) > 1 and highest - share >= 0.05 \
+            else ""
+        notes.append(f"the model flags {share:.0%} of slices of heads without a tumor{worst}")
     return f"{looks.NAMES[look]}: {'; '.join(notes)}" if notes else ""
 
 

@@ -77,8 +77,15 @@ def test_the_look_of_a_volume_is_a_token_of_its_name_and_the_table_adds_each_loo
     volumes = {"a_t2.nii.gz": {"n": 10, "flagged": 0.5, "ood": 0.0, "by_fifth": [0.5] * 5},
                "b_t2.nii.gz": {"n": 30, "flagged": 0.1, "ood": 0.0, "by_fifth": [0.1] * 5},
                "c_flair.nii.gz": {"n": 7, "flagged": 0.0, "ood": 0.0, "by_fifth": [0.0] * 5}}
-    assert tumor_free_probe.by_look(volumes) == {"flair": {"volumes": 1, "slices": 7, "flagged": 0.0},
-                                                 "t2": {"volumes": 2, "slices": 40, "flagged": 0.2}}
+    assert tumor_free_probe.by_look(volumes) == {
+        "flair": {"volumes": 1, "slices": 7, "flagged": 0.0, "highest_volume": 0.0},
+        "t2": {"volumes": 2, "slices": 40, "flagged": 0.2, "highest_volume": 0.5}}
+    from beam_pipeline import report
+    md = {"tumor_free_probe": {"looks": tumor_free_probe.by_look(volumes)}}
+    assert report.look_caveat("ax_t2_tse", md) == \
+        "T2: the model flags 20% of slices of heads without a tumor, 50% of one head's"
+    calm = {"tumor_free_probe": {"looks": {"t2": {"volumes": 3, "slices": 90, "flagged": 0.1, "highest_volume": 0.3}}}}
+    assert report.look_caveat("T2", calm) == "T2: the model flags 10% of slices of heads without a tumor, 30% of one head's"
     md = tumor_free_probe.table({"m": volumes})
     assert "| m | FLAIR (1 volumes) | 7 | 0.0 % |" in md and "| m | T2 (2 volumes) | 40 | 20.0 % |" in md
 
@@ -101,7 +108,8 @@ def test_write_stores_the_shares_by_look_in_the_sealed_artifact_and_the_report_q
     assert "metadata.json" in capsys.readouterr().err
     md = artifact.verify(model)  # re-sealed: it still loads
     probe = md["tumor_free_probe"]
-    assert probe["looks"] == {"t2": {"volumes": 1, "slices": 6, "flagged": 1.0}} and probe["threshold"] == md["threshold"]
+    assert probe["looks"] == {"t2": {"volumes": 1, "slices": 6, "flagged": 1.0, "highest_volume": 1.0}}
+    assert probe["threshold"] == md["threshold"]
     assert "someone" not in json.dumps(probe)  # counts and shares only, no volume names
     banner = report._validation_html(set(), md)
     assert "Not validated at this site" in banner and "1 real heads without a tumor" in banner and "T2 100%" in banner
