@@ -177,7 +177,11 @@ def _tumor_free_html(md):
     per_look = _probe_looks(md)
     if not per_look:
         return ""
-    parts = ", ".join(f"{_esc(name)} {per_look[k]['flagged']:.0%}" for k, name in looks.NAMES.items() if k in per_look)
+    def share(a):
+        high = a.get("highest_volume")
+        worse = high is not None and a.get("volumes", 1) > 1 and high - a["flagged"] >= 0.05
+        return f"{a['flagged']:.0%}" + (f" (one head {high:.0%})" if worse else "")
+    parts = ", ".join(f"{_esc(name)} {share(per_look[k])}" for k, name in looks.NAMES.items() if k in per_look)
     return (f" On {probe.get('volumes', '?')} real heads without a tumor it flagged, at its own threshold, "
             f"<b>{parts}</b> of slices.")
 
