@@ -180,3 +180,22 @@ def test_a_changed_volume_keeps_the_slices_beside_it_in_its_folder_study(tmp_pat
     assert series == [("a_t2.nii.gz", 3), ("visit", 2)]
     (study,) = rows_mod.images(out, "studies-*.parquet")
     assert (study["n_series"], study["n_images"]) == (2, 5)
+
+
+def test_a_changed_slice_keeps_its_patient_whole_across_folders(tmp_path, model_dir):
+    """--group-pattern: a patient's slices in two sequence folders are one study; one corrected slice tonight
+    must not leave a study row of that slice alone (rows are found by the pseudonymised patient)."""
+    inputs, out, mf = tmp_path / "in", tmp_path / "out", tmp_path / "manifest.json"
+    for seq in ("flair", "t1"):
+        for s in range(2):
+            _png(inputs / seq / f"case07_{s}.png", s + (10 if seq == "t1" else 0))
+    argv = ["--input", str(inputs / "**" / "*.png"), "--output", str(out), "--model", model_dir, "--manifest", str(mf),
+            "--group-pattern", r"^(.+)_\d+\.png$"]
+    run.run(argv)
+    time.sleep(1.1)
+    _png(inputs / "flair" / "case07_1.png", 77)
+    run.run(argv)
+    (study,) = rows_mod.images(out, "studies-*.parquet")
+    assert (study["group_kind"], study["n_series"], study["n_images"]) == ("patient", 2, 4)
+    assert "case07" not in str(study)  # pseudonymised, as every run without --keep-paths
+    assert len(rows_mod.images(out)) == 4
