@@ -25,6 +25,16 @@ def _by_folder(rows):
     return {os.path.basename(r["source_uri"].rstrip("/")): r["n_images"] for r in rows}
 
 
+def _a_study_scored_last_night(tmp_path, model_dir, n=3):
+    """(inputs, out, manifest) after one night over a folder study of n slices; tonight may change them."""
+    inputs, out, mf = tmp_path / "in", tmp_path / "out", tmp_path / "manifest.json"
+    for s in range(n):
+        _png(inputs / "study" / f"img{s}.png", s)
+    _night(inputs, out, model_dir, mf)
+    time.sleep(1.1)  # a later modification time than the manifest's
+    return inputs, out, mf
+
+
 @pytest.fixture()
 def model_dir(tmp_path):
     return tiny_model.write_tiny_artifact(tmp_path)
@@ -54,11 +64,7 @@ def test_a_changed_slice_keeps_its_folder_study_whole_and_its_image_once(tmp_pat
 
 def test_the_rescored_image_row_is_tonights(tmp_path, model_dir):
     import hashlib
-    inputs, out, mf = tmp_path / "in", tmp_path / "out", tmp_path / "manifest.json"
-    for s in range(3):
-        _png(inputs / "study" / f"img{s}.png", s)
-    _night(inputs, out, model_dir, mf)
-    time.sleep(1.1)
+    inputs, out, mf = _a_study_scored_last_night(tmp_path, model_dir)
     _png(inputs / "study" / "img2.png", 42)
     _night(inputs, out, model_dir, mf)
     (row,) = [r for r in rows_mod.images(out) if r["source_uri"].endswith("img2.png")]
@@ -110,11 +116,7 @@ def test_a_finalise_retried_before_promotion_counts_each_row_once(tmp_path, mode
     """Beam may retry the last bundle after it changed the staging folder but before it promoted: the
     carried tables are filtered again from the promoted result, never from what the first try left."""
     from beam_pipeline import finalise, results_store
-    inputs, out, mf = tmp_path / "in", tmp_path / "out", tmp_path / "manifest.json"
-    for s in range(3):
-        _png(inputs / "study" / f"img{s}.png", s)
-    _night(inputs, out, model_dir, mf)
-    time.sleep(1.1)
+    inputs, out, mf = _a_study_scored_last_night(tmp_path, model_dir)
     _png(inputs / "study" / "img0.png", 50)
     real_promote, calls = results_store.promote, []
 
@@ -143,11 +145,7 @@ def test_a_finalise_retried_before_promotion_counts_each_row_once(tmp_path, mode
 
 def test_a_slice_that_turned_unreadable_leaves_its_study_with_the_others(tmp_path, model_dir):
     """Tonight's only row is an error: no series or study of its own, yet the study it left must shrink."""
-    inputs, out, mf = tmp_path / "in", tmp_path / "out", tmp_path / "manifest.json"
-    for s in range(3):
-        _png(inputs / "study" / f"img{s}.png", s)
-    _night(inputs, out, model_dir, mf)
-    time.sleep(1.1)
+    inputs, out, mf = _a_study_scored_last_night(tmp_path, model_dir)
     (inputs / "study" / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     _night(inputs, out, model_dir, mf)
     images = rows_mod.images(out)
