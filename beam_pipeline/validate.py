@@ -586,6 +586,7 @@ def main(argv=None):
         rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
         y, p, groups, subgroups, in_dist, unmatched, keys, image_looks = join(rows, key_col, labels)
         if args.sample:
+            print(f"Comparing the {len(labels)} sample files with the images the model was developed on ...")
             copies, unread = development_copies(labels, model, metadata)
             development = {"why": unread} if copies is None else {
                 "copies": [copies.get(k) for k in keys], "why": unread}
