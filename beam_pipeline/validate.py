@@ -254,6 +254,10 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     else:
         verdict = (head + f"{status.upper()}: " + "; ".join(failed) + ". Do not rely on the model here yet; "
                    "add labelled patients (docs/new_site.md) or review its errors.")
+    if copies and copies["check"][1] and copies["summary"]["images"]:
+        verdict += (f" NOTE: {copies['summary']['images']} images are near-copies of images the model was developed on "
+                    "(fewer than the check counts; images the model never saw match by chance at 0.5-0.8 %); "
+                    "validation.json's development_copies lists them (python -m beam_pipeline.reidentify resolve names them).")
     if development is not None and development.get("why"):
         verdict += (f" WARNING: the sample was not compared with the images the model was developed on "
                     f"({development['why']}); make sure none of them is in it.")
@@ -308,7 +312,9 @@ def _development_check(development, groups):
            "validate on the site's own patients")
     return {"check": ("near-copies of development images", ok, f"{len(found)}", why),
             "summary": {"checked": True, "images": len(found), "patients": patients,
-                        "collections": dict(Counter(found))}}
+                        "collections": dict(Counter(found)),
+                        "keys": sorted(k for k, c in zip(development.get("keys") or [], development["copies"],
+                                                         strict=False) if c)}}  # pseudonymised, as in the rows
 
 
 def development_copies(labels, version_dir, metadata):
@@ -589,7 +595,7 @@ def main(argv=None):
             print(f"Comparing the {len(labels)} sample files with the images the model was developed on ...")
             copies, unread = development_copies(labels, model, metadata)
             development = {"why": unread} if copies is None else {
-                "copies": [copies.get(k) for k in keys], "why": unread}
+                "copies": [copies.get(k) for k in keys], "keys": keys, "why": unread}
         else:
             development = {"why": "--scores: the images are not at hand; brain-validate --sample compares them"}
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,

@@ -63,10 +63,12 @@ def test_near_copies_of_development_images_fail_a_sample_that_would_meet():
     assert r["status"] == "not met" and not r["meets"] and r["validated_looks"] == []
     assert "15 of 300 images (in 15 patients) are near-copies of images the model was developed on (15 brain-mri)" \
         in r["verdict"]
-    assert r["development_copies"] == {"checked": True, "images": 15, "patients": 15, "collections": {"brain-mri": 15}}
+    assert r["development_copies"] == {"checked": True, "images": 15, "patients": 15, "collections": {"brain-mri": 15},
+                                       "keys": []}  # no keys given
     few = validate.evaluate(y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300,
                             development={"copies": ["lgg"] * 14 + [None] * (y.size - 14)})
     assert few["meets"] and few["development_copies"]["images"] == 14  # 0.5-0.8 % is what chance gives
+    assert "NOTE: 14 images are near-copies" in few["verdict"]
     unknown = validate.evaluate(y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300,
                                 development={"why": "the model artifact carries no fingerprints"})
     assert unknown["meets"] and "WARNING: the sample was not compared" in unknown["verdict"]
@@ -94,6 +96,8 @@ def test_brain_validate_finds_a_sample_made_of_development_images(tmp_path, caps
                           "--group-pattern", r"^(.+)_\d+\.\w+$", "--bootstrap", "50"]) == 3
     result = json.load(open(out / "validation.json"))
     assert result["development_copies"]["images"] == 16 and result["development_copies"]["collections"] == {"public": 16}
+    keys = result["development_copies"]["keys"]
+    assert len(keys) == 16 and all("case" not in k for k in keys)  # pseudonymised paths, as in the rows
     assert {"check": "near-copies of development images", "passed": False, "value": "16"} in result["checks"]
     page = open(out / "validation.html").read()
     assert "near-copies of images the model was developed on (16 public)" in page
