@@ -317,8 +317,9 @@ def _development_check(development, groups):
                                                          strict=False) if c)}}  # pseudonymised, as in the rows
 
 
-def development_copies(labels, version_dir, metadata):
-    """{labelled key: the development collection it nearly copies, or None} for the sample's files, or (None, why).
+def development_copies(paths, version_dir, metadata):
+    """({key: the development collection its file nearly copies, or None}, note) for `paths` ({key: local file}),
+    or (None, why not).
 
     Each file is decoded as brain-score decodes it; a file of many frames (a volume, a multi-frame DICOM) is a
     copy when any frame is."""
@@ -329,10 +330,10 @@ def development_copies(labels, version_dir, metadata):
         return None, why
     fps, names = reference
     out, unread = {}, 0
-    for key, entry in labels.items():
+    for key, path in paths.items():
         try:
-            with open(entry[3], "rb") as f:
-                frames = decoding.decode(f.read(), entry[3]).frames
+            with open(path, "rb") as f:
+                frames = decoding.decode(f.read(), path).frames
             thumbs = np.stack([fingerprint.thumbnail(fr.gray) for fr in frames])
         except (decoding.DecodeError, OSError, ValueError):
             unread += 1  # an archive or an undecodable file: brain-score reports it; not compared here
@@ -345,6 +346,30 @@ def development_copies(labels, version_dir, metadata):
         j = int(np.argmin(d))
         out[key] = names[i[j]] if d[j] <= fingerprint.MAX_DISTANCE else None
     return out, (f"{unread} files could not be read for the comparison" if unread else None)
+
+
+def _compare_with_development(args, labels, rows, key_col, keys, model, metadata):
+    """`evaluate`'s `development`: the sample's files (--sample), or with --scores the scored rows' files where
+    they are at hand (loose files scored with --keep-paths); a why where none is."""
+    if args.sample:
+        paths = {k: v[3] for k, v in labels.items()}
+    else:
+        paths = {}
+        for r in rows:
+            key = r[key_col] if key_col != "member_path" or r["member_path"] else r["source_uri"]
+            if key in labels and not r["member_path"] and os.path.isfile(r["source_uri"] or ""):
+                paths[key] = r["source_uri"]
+        if not paths:
+            return {"why": "--scores: the images' files are not at hand (paths pseudonymised, or in archives or a "
+                           "PACS); brain-validate --sample compares them"}
+    print(f"Comparing the {len(paths)} sample files with the images the model was developed on ...")
+    copies, note = development_copies(paths, model, metadata)
+    if copies is None:
+        return {"why": note}
+    missing = len({k for k in keys if k not in paths})
+    if missing:
+        note = "; ".join(filter(None, [note, f"{missing} scored images' files are not at hand"]))
+    return {"copies": [copies.get(k) for k in keys], "keys": keys, "why": note}
 
 
 def _by_look(y, p, groups, image_looks, threshold, min_patients):
@@ -591,13 +616,7 @@ def main(argv=None):
                                   f"v{summary['model']['model_version']}); validate the model that scored it")
         rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
         y, p, groups, subgroups, in_dist, unmatched, keys, image_looks = join(rows, key_col, labels)
-        if args.sample:
-            print(f"Comparing the {len(labels)} sample files with the images the model was developed on ...")
-            copies, unread = development_copies(labels, model, metadata)
-            development = {"why": unread} if copies is None else {
-                "copies": [copies.get(k) for k in keys], "keys": keys, "why": unread}
-        else:
-            development = {"why": "--scores: the images are not at hand; brain-validate --sample compares them"}
+        development = _compare_with_development(args, labels, rows, key_col, keys, model, metadata)
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,
                           args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
                           args.min_patients, image_looks, development)

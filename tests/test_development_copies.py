@@ -123,3 +123,31 @@ def test_without_fingerprints_the_verdict_says_the_sample_was_not_compared(tmp_p
                                             "why": "the model artifact carries no fingerprints of its development images"}
     assert "WARNING: the sample was not compared with the images the model was developed on" in result["verdict"]
     shutil.rmtree(out)
+
+
+def test_scores_with_kept_paths_are_compared_and_pseudonymised_ones_are_said_not_to_be(tmp_path):
+    import csv
+
+    import pyarrow.parquet as pq
+
+    from beam_pipeline import run
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    public = tmp_path / "public"
+    _sample(public, range(16))
+    development_set.main(["--model", model_dir, "--data-dir", str(public)])
+    import hashlib
+    label_of = {hashlib.sha256(p.read_bytes()).hexdigest(): int(p.parent.name == "tumor") for p in public.rglob("*.png")}
+    for keep, out in (([], tmp_path / "pseudonymised"), (["--keep-paths"], tmp_path / "kept")):
+        assert run.main(["--input", str(public), "--output", str(out), "--model", model_dir, *keep]) == 0
+        rows = [r for f in run.read_summary(str(out))["result"]["output_files"] for r in pq.read_table(f).to_pylist()]
+        with open(tmp_path / "labels.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["source_uri", "label"])
+            w.writerows([r["source_uri"], label_of[r["content_sha256"]]] for r in rows)
+        validate.main(["--scores", str(out), "--labels", str(tmp_path / "labels.csv"), "--output",
+                       str(tmp_path / "v"), "--model", model_dir, "--bootstrap", "50"])
+        result = json.load(open(tmp_path / "v" / "validation.json"))
+        if keep:
+            assert result["development_copies"]["images"] == 16
+        else:
+            assert result["development_copies"]["checked"] is False and "not at hand" in result["verdict"]
