@@ -158,7 +158,7 @@ def _drop_rescored(plan, carried, fresh):
     for path in fresh:
         keys.update(incremental.read_table(plan.staged_path(path), columns=["study_key"]).column("study_key").to_pylist())
     if keys:
-        incremental.drop_keyed([f"{plan.staging}/{name}" for name in carried], keys)
+        incremental.replace_rows([f"{plan.staging}/{name}" for name in carried], keys)
 
 
 def _carry_over(plan, counts, images, studies, series=()):

@@ -63,38 +63,33 @@ def complete_studies(results, staging, carried, fresh_rows, superseded, fresh_ta
 
     carried: {"images": [...], "series": [...], "studies": [...]} table names of the carried result;
     fresh_tables: {"series": [...], "studies": [...]} staged paths of tonight's tables."""
-    ok = [r for r in fresh_rows if r["status"] == "ok"]
-    dropped_ok = [r for r in superseded if r["status"] == "ok"]
-    touched = {studies.study_key_of_image(r) for r in ok + dropped_ok}
+    key = studies.study_key_of_image
+    ok = [(key(r), r) for r in fresh_rows if r["status"] == "ok"]
+    dropped_ok = [(key(r), r) for r in superseded if r["status"] == "ok"]
+    touched = {k for k, _ in ok + dropped_ok}
     if not touched:
         return
     fresh_sources = pa.array(sorted({r["source_uri"] for r in fresh_rows}), pa.string())
-    others = []  # carried ok rows of touched studies whose input was not scored again
+    others = []  # (study, row) of carried ok rows of touched studies whose input was not scored again
     for name in carried["images"]:
         table = read_table(f"{results}/{name}", columns=_NEAR_COLUMNS)
-        keep = pc.and_(pc.and_(pc.equal(table.column("status"), "ok"), _near(table, ok + dropped_ok)),
+        keep = pc.and_(pc.and_(pc.equal(table.column("status"), "ok"), _near(table, [r for _, r in ok + dropped_ok])),
                        pc.invert(pc.fill_null(pc.is_in(table.column("source_uri"), value_set=fresh_sources), False)))
         if not pc.any(keep).as_py():
             continue  # the common case: nothing of tonight's studies in this file, a few columns read
-        table = read_table(f"{results}/{name}").filter(keep)
-        others.extend(r for r in table.to_pylist() if studies.study_key_of_image(r) in touched)
+        others.extend((k, r) for r in read_table(f"{results}/{name}").filter(keep).to_pylist() if (k := key(r)) in touched)
     if not others and not dropped_ok:
         return  # tonight's tables already hold these studies whole (new studies, or rescored in full)
-    affected = {studies.study_key_of_image(r) for r in others + dropped_ok}
-    rows = [r for r in ok if studies.study_key_of_image(r) in affected] + others
+    affected = {k for k, _ in others + dropped_ok}
+    rows = [r for k, r in ok + others if k in affected]
     series, study_rows = studies.aggregate(rows)
-    series_keys = {studies.series_key(r) for r in rows + dropped_ok}
-    _replace_rows([f"{staging}/{n}" for n in carried["series"]], series_keys)
-    _replace_rows([f"{staging}/{n}" for n in carried["studies"]], affected)
-    _replace_rows(fresh_tables["series"], series_keys, [studies.series_table_row(s) for s in series],
-                  schema.SERIES_SCHEMA)
-    _replace_rows(fresh_tables["studies"], affected, [{k: s.get(k) for k in schema.STUDY_SCHEMA.names}
-                                                       for s in study_rows], schema.STUDY_SCHEMA)
-
-
-def drop_keyed(paths, keys):
-    """Drop the rows keyed `keys` (column study_key) from the staged tables at `paths`."""
-    _replace_rows(paths, keys)
+    series_keys = {studies.series_key(r) for r in rows + [r for _, r in dropped_ok]}
+    replace_rows([f"{staging}/{n}" for n in carried["series"]], series_keys)
+    replace_rows([f"{staging}/{n}" for n in carried["studies"]], affected)
+    replace_rows(fresh_tables["series"], series_keys, [studies.series_table_row(s) for s in series],
+                 schema.SERIES_SCHEMA)
+    replace_rows(fresh_tables["studies"], affected, [{k: s.get(k) for k in schema.STUDY_SCHEMA.names}
+                                                      for s in study_rows], schema.STUDY_SCHEMA)
 
 
 _NEAR_COLUMNS = ["status", "source_uri", "study_instance_uid", "patient_group"]
@@ -120,7 +115,7 @@ def _near(table, rows):
     return pc.if_else(dicom, among(uid, uids), non_dicom)
 
 
-def _replace_rows(paths, keys, new_rows=(), schema_=None):
+def replace_rows(paths, keys, new_rows=(), schema_=None):
     """Drop the rows keyed `keys` (column study_key) from the tables at `paths`; put `new_rows` into the first."""
     if new_rows and not paths:  # Beam writes an empty shard for an empty table; never drop rows silently
         raise RuntimeError("no table of tonight's to hold the studies aggregated again; the result is not promoted")
