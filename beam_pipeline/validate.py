@@ -313,8 +313,8 @@ def _development_check(development, groups):
     return {"check": ("near-copies of development images", ok, f"{len(found)}", why),
             "summary": {"checked": True, "images": len(found), "patients": patients,
                         "collections": dict(Counter(found)),
-                        "keys": sorted(k for k, c in zip(development.get("keys") or [], development["copies"],
-                                                         strict=False) if c)}}  # pseudonymised, as in the rows
+                        "keys": sorted({k for k, c in zip(development.get("keys") or [], development["copies"],
+                                                          strict=False) if c})}}  # pseudonymised, as in the rows
 
 
 def development_copies(paths, version_dir, metadata):
