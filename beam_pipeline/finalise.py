@@ -177,6 +177,8 @@ def _carry_over(plan, counts, images, studies, series=()):
         fresh_rows = incremental.read_rows([plan.staged_path(p) for p in images])
         superseded = incremental.drop_superseded(results, plan.staging, carried["images"],
                                                  {r["source_uri"] for r in fresh_rows})
+        incremental.drop_orphan_heatmaps(plan.staged_path, [f"{plan.staging}/{n}" for n in carried["images"]],
+                                         superseded, fresh_rows)
         incremental.complete_studies(results, plan.staging, carried, fresh_rows, superseded,
                                      {"series": [plan.staged_path(p) for p in series],
                                       "studies": [plan.staged_path(p) for p in studies]})

@@ -6,7 +6,7 @@ The promoted result must still hold every image once, from its newest scoring, a
 row over all of its images. So before promotion:
 
   * carried image rows of an input scored again tonight are superseded (dropped, and their counts taken
-    out of the result's counts);
+    out of the result's counts), with the review overlays no row shows any more;
   * every study holding a row scored tonight or a superseded row is aggregated again, from tonight's rows
     and the carried rows of its other inputs, with the pipeline's own CombineFns (studies.aggregate).
 
@@ -56,6 +56,19 @@ def drop_superseded(results, staging, names, fresh_sources):
         dropped.extend(table.filter(stale).to_pylist())
         replace_table(f"{staging}/{name}", table.filter(pc.invert(stale)))
     return dropped
+
+
+def drop_orphan_heatmaps(staged_path, staged_images, superseded, fresh_rows):
+    """Remove from staging the review overlays of superseded rows that no row of the new result shows (an
+    overlay is named by its image's content, so a corrected slice gets a new one; a copy of the same image
+    elsewhere keeps the old one). `staged_path` maps a row's heatmap_path to its staged file."""
+    stale = {r["heatmap_path"] for r in superseded if r["heatmap_path"]}
+    stale -= {r["heatmap_path"] for r in fresh_rows if r["heatmap_path"]}
+    for path in staged_images if stale else ():
+        stale -= set(read_table(path, columns=["heatmap_path"]).column("heatmap_path").to_pylist())
+    for path in sorted(stale):
+        if FileSystems.exists(staged_path(path)):
+            FileSystems.delete([staged_path(path)])
 
 
 def complete_studies(results, staging, carried, fresh_rows, superseded, fresh_tables):

@@ -197,3 +197,17 @@ def test_a_changed_slice_keeps_its_patient_whole_across_folders(tmp_path, model_
     assert (study["group_kind"], study["n_series"], study["n_images"]) == ("patient", 2, 4)
     assert "case07" not in str(study)  # pseudonymised, as every run without --keep-paths
     assert len(rows_mod.images(out)) == 4
+
+
+def test_a_corrected_slice_leaves_no_overlay_of_its_old_version(tmp_path):
+    """Overlays are named by the image's content: the superseded row's overlay goes, every row's stays."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path / "m", lesion_bias=5.0)  # flags every slice
+    _png(tmp_path / "in" / "elsewhere" / "copy2.png", 2)  # the same image as study/img2.png: one overlay for both
+    inputs, out, mf = _a_study_scored_last_night(tmp_path, model_dir)
+    _png(inputs / "study" / "img1.png", 55)  # its old overlay goes
+    _png(inputs / "study" / "img2.png", 66)  # its old overlay stays: elsewhere/copy2.png shows it
+    _night(inputs, out, model_dir, mf)
+    images = rows_mod.images(out)
+    shown = {os.path.basename(r["heatmap_path"]) for r in images}
+    assert len(images) == 4 and all(r["heatmap_path"] for r in images) and len(shown) == 4
+    assert sorted(os.listdir(rows_mod.result_file(out, "heatmaps"))) == sorted(shown)
