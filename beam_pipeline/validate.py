@@ -13,7 +13,10 @@ Or take the output of an earlier brain-score run and a labels CSV keyed by
 
 Writes validation.json and validation.html and prints a plain verdict: "meets"
 only when every check holds over patients (enough tumor and tumor-free
-patients, lower bounds of sensitivity, specificity and AUC; see `evaluate`).
+patients, lower bounds of sensitivity, specificity and AUC; see `evaluate`),
+and the sample is not made of the model's own development images: each file is
+compared with the fingerprints the artifact carries (screening_core/fingerprint.py),
+since a public download measures the model's memory, not its accuracy.
 Only then is site_profile.json written (the site threshold, bound to the
 model's sha256 and sealed); --force writes it anyway, marked forced. The
 profile also lists the looks (FLAIR, T1, T2, ...; screening_core/looks.py, read
