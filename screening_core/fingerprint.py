@@ -22,6 +22,7 @@ of the 22 tumor-free probe volumes' slices (20 of 2,445; blank ones match nothin
 or the skull base, where heads look alike at 48x48. Hence the sample-level rule (MIN_COPIES), not one match.
 A blank image (nothing left after the head crop) has no fingerprint: every blank image would match.
 """
+import functools
 import hashlib
 import os
 
@@ -46,18 +47,10 @@ def thumbnail(gray):
     return (v / n if n > 0 else v).astype(np.float32)
 
 
-def _projections():
-    return np.random.default_rng(_SEED).standard_normal((BITS, THUMB_SIZE * THUMB_SIZE)).astype(np.float32)
-
-
-_P = None
-
-
+@functools.cache
 def projections():
-    global _P
-    if _P is None:
-        _P = _projections()
-    return _P
+    """The fixed random projections (float32[BITS, 48*48]), drawn once per process."""
+    return np.random.default_rng(_SEED).standard_normal((BITS, THUMB_SIZE * THUMB_SIZE)).astype(np.float32)
 
 
 def scheme():
@@ -75,10 +68,6 @@ def informative(thumbs):
 def of_thumbnails(thumbs):
     """float32[n, 48*48] thumbnails -> uint8[n, BITS/8] fingerprints."""
     return np.packbits(np.asarray(thumbs, np.float32) @ projections().T > 0, axis=1)
-
-
-def of_image(gray):
-    return of_thumbnails(thumbnail(gray)[None])[0]
 
 
 def nearest(queries, reference, chunk=2048):
