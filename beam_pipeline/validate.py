@@ -135,18 +135,23 @@ def csv_labels(path):
     return key_col, out
 
 
+def labelled_rows(rows, key_col, labels):
+    """(label key, row) of the scored rows that have a label, in order: what `join` evaluates."""
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        key = r[key_col] if key_col != "member_path" or r["member_path"] else r["source_uri"]
+        if key in labels:
+            yield key, r
+
+
 def join(rows, key_col, labels):
     """(y, p, groups, subgroups, in_distribution, unmatched, keys, looks) over scored rows that have a label.
 
     A row's look comes from its (scrubbed) series description, else from the sample's folder and file names."""
     y, p, g, sg, ind, keys, lk = [], [], [], [], [], [], []
     matched = set()
-    for r in rows:
-        if r["status"] != "ok":
-            continue
-        key = r[key_col] if key_col != "member_path" or r["member_path"] else r["source_uri"]
-        if key not in labels:
-            continue
+    for key, r in labelled_rows(rows, key_col, labels):
         label, group, subgroup = labels[key][:3]
         matched.add(key)
         y.append(label)
@@ -320,13 +325,14 @@ def _development_check(development, groups):
                                                           strict=False) if c})}}  # pseudonymised, as in the rows
 
 
-def development_copies(paths, version_dir, metadata):
-    """({key: the development collection its file nearly copies, or None}, note) for `paths` ({key: local file}),
-    or (None, why not).
+def development_copies(paths, version_dir, metadata, member_name=lambda name: name):
+    """({(key, member): the development collection it nearly copies, or None}, note) for `paths` ({key: local
+    file}), or (None, why not). A loose file is member ""; an archive's members are named as the rows name them
+    (`member_name`: the run's pseudonymiser).
 
-    Each file is decoded as brain-score decodes it; a file of many frames (a volume, a multi-frame DICOM) is a
-    copy when any frame is."""
-    from beam_pipeline import decoding, model_store
+    Each member is read and decoded as brain-score reads and decodes it (beam_pipeline.archives and decoding,
+    with their limits); one of many frames (a volume, a multi-frame DICOM) is a copy when any frame is."""
+    from beam_pipeline import archives, decoding, model_store
     from screening_core import fingerprint
     reference, why = fingerprint.load_development(model_store.stage(version_dir), metadata)
     if reference is None:
@@ -334,45 +340,48 @@ def development_copies(paths, version_dir, metadata):
     fps, names = reference
     out, unread = {}, 0
     for key, path in paths.items():
-        try:
-            with open(path, "rb") as f:
-                frames = decoding.decode(f.read(), path).frames
-            thumbs = np.stack([fingerprint.thumbnail(fr.gray) for fr in frames])
-        except (decoding.DecodeError, OSError, ValueError):
-            unread += 1  # an archive or an undecodable file: brain-score reports it; not compared here
-            continue
-        thumbs = thumbs[fingerprint.informative(thumbs)]
-        if not len(thumbs):  # blank: brain-score does not judge it either
-            out[key] = None
-            continue
-        d, i = fingerprint.nearest(fingerprint.of_thumbnails(thumbs), fps)
-        j = int(np.argmin(d))
-        out[key] = names[i[j]] if d[j] <= fingerprint.MAX_DISTANCE else None
-    return out, (f"{unread} files could not be read for the comparison" if unread else None)
+        for chunk in archives.list_chunks(path, os.path.getsize(path)):
+            for ref, data, err in archives.read_members(chunk):
+                try:
+                    if data is None:
+                        raise OSError(ref.error_message or err)
+                    frames = decoding.decode(data, ref.path or path).frames
+                    thumbs = np.stack([fingerprint.thumbnail(fr.gray) for fr in frames])
+                except (decoding.DecodeError, OSError, ValueError):
+                    unread += 1  # brain-score reports it; not compared here
+                    continue
+                thumbs = thumbs[fingerprint.informative(thumbs)]  # blank: brain-score does not judge it either
+                match = None
+                if len(thumbs):
+                    d, i = fingerprint.nearest(fingerprint.of_thumbnails(thumbs), fps)
+                    j = int(np.argmin(d))
+                    match = names[i[j]] if d[j] <= fingerprint.MAX_DISTANCE else None
+                out[(key, member_name(ref.path))] = match
+    return out, (f"{unread} images could not be read for the comparison" if unread else None)
 
 
-def _compare_with_development(args, labels, rows, key_col, keys, model, metadata):
-    """`evaluate`'s `development`: the sample's files (--sample), or with --scores the scored rows' files where
-    they are at hand (loose files scored with --keep-paths); a why where none is."""
+def _compare_with_development(args, labels, rows, key_col, model, metadata, pseudonymiser):
+    """`evaluate`'s `development`, one entry per labelled row as `join` orders them: the sample's files and
+    archive members (--sample), or with --scores the scored rows' files where they are at hand (loose files
+    scored with --keep-paths); a why where none is."""
+    matched = list(labelled_rows(rows, key_col, labels))
     if args.sample:
         paths = {k: v[3] for k, v in labels.items()}
     else:
-        paths = {}
-        for r in rows:
-            key = r[key_col] if key_col != "member_path" or r["member_path"] else r["source_uri"]
-            if key in labels and not r["member_path"] and os.path.isfile(r["source_uri"] or ""):
-                paths[key] = r["source_uri"]
+        paths = {k: r["source_uri"] for k, r in matched if not r["member_path"] and os.path.isfile(r["source_uri"] or "")}
         if not paths:
             return {"why": "--scores: the images' files are not at hand (paths pseudonymised, or in archives or a "
                            "PACS); brain-validate --sample compares them"}
     print(f"Comparing the {len(paths)} sample files with the images the model was developed on ...")
-    copies, note = development_copies(paths, model, metadata)
+    copies, note = development_copies(paths, model, metadata, pseudonymiser.member if pseudonymiser else str)
     if copies is None:
         return {"why": note}
-    missing = len({k for k in keys if k not in paths})
+    per_row = [copies.get((k, r["member_path"] or "")) for k, r in matched]
+    missing = 0 if args.sample else len({k for k, r in matched if (k, r["member_path"] or "") not in copies})
     if missing:
         note = "; ".join(filter(None, [note, f"{missing} scored images' files are not at hand"]))
-    return {"copies": [copies.get(k) for k in keys], "keys": keys, "why": note}
+    return {"copies": per_row, "keys": [k if not r["member_path"] else f"{k}!{r['member_path']}" for k, r in matched],
+            "why": note}
 
 
 def _by_look(y, p, groups, image_looks, threshold, min_patients):
@@ -619,7 +628,8 @@ def main(argv=None):
                                   f"v{summary['model']['model_version']}); validate the model that scored it")
         rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
         y, p, groups, subgroups, in_dist, unmatched, keys, image_looks = join(rows, key_col, labels)
-        development = _compare_with_development(args, labels, rows, key_col, keys, model, metadata)
+        development = _compare_with_development(args, labels, rows, key_col, model, metadata,
+                                                pseudonym.Pseudonymiser(key) if args.sample else None)
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,
                           args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
                           args.min_patients, image_looks, development)

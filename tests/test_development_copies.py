@@ -151,3 +151,23 @@ def test_scores_with_kept_paths_are_compared_and_pseudonymised_ones_are_said_not
             assert result["development_copies"]["images"] == 16
         else:
             assert result["development_copies"]["checked"] is False and "not at hand" in result["verdict"]
+
+
+def test_a_zip_of_development_images_is_compared_member_by_member(tmp_path):
+    import zipfile
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    public = tmp_path / "public"
+    _sample(public, range(16))
+    development_set.main(["--model", model_dir, "--data-dir", str(public)])
+    sample = tmp_path / "zipped"
+    for cls in ("tumor", "notumor"):
+        (sample / cls).mkdir(parents=True)
+        with zipfile.ZipFile(sample / cls / "batch.zip", "w") as zf:
+            for png in sorted((public / cls).glob("*.png")):
+                zf.write(png, f"scans/{png.name}")
+            zf.writestr("scans/other.png", synth.encode(synth.brain_slice(500, 128)))  # not a development image
+    out = tmp_path / "validation"
+    validate.main(["--sample", str(sample), "--output", str(out), "--model", model_dir, "--bootstrap", "50"])
+    result = json.load(open(out / "validation.json"))
+    assert result["n_images"] == 18 and result["development_copies"]["images"] == 16
+    assert len(result["development_copies"]["keys"]) == 16 and not any("case" in k for k in result["development_copies"]["keys"])
