@@ -178,12 +178,19 @@ def _tumor_free_html(md):
     if not per_look:
         return ""
     def share(a):
-        high = a.get("highest_volume")
-        worse = high is not None and a.get("volumes", 1) > 1 and high - a["flagged"] >= 0.05
-        return f"{a['flagged']:.0%}" + (f" (one head {high:.0%})" if worse else "")
+        worst = _worst_head(a)
+        return f"{a['flagged']:.0%}" + (f" (one head {worst:.0%})" if worst is not None else "")
     parts = ", ".join(f"{_esc(name)} {share(per_look[k])}" for k, name in looks.NAMES.items() if k in per_look)
     return (f" On {probe.get('volumes', '?')} real heads without a tumor it flagged, at its own threshold, "
             f"<b>{parts}</b> of slices.")
+
+
+def _worst_head(probe_look):
+    """The share flagged of the look's worst volume where it stands 5 points above the pooled share, else None."""
+    high = probe_look.get("highest_volume")
+    if high is None or probe_look.get("volumes", 1) <= 1 or high - probe_look["flagged"] < 0.05:
+        return None
+    return high
 
 
 LOOK_WARNING_SHARE = 0.2  # a look on which the model flags this share of tumor-free slices gets a note by its flags
@@ -204,9 +211,9 @@ def look_caveat(label, md, site_looks=None):
     probe = _probe_looks(md).get(look, {})
     share, highest = probe.get("flagged"), probe.get("highest_volume")
     if share is not None and max(share, highest or 0) >= LOOK_WARNING_SHARE:
-        worst = f", {highest:.0%} of one head's" if highest and probe.get("volumes", 1) > 1 and highest - share >= 0.05 \
-            else ""
-        notes.append(f"the model flags {share:.0%} of slices of heads without a tumor{worst}")
+        worst = _worst_head(probe)
+        notes.append(f"the model flags {share:.0%} of slices of heads without a tumor"
+                     + (f", {worst:.0%} of one head's" if worst is not None else ""))
     return f"{looks.NAMES[look]}: {'; '.join(notes)}" if notes else ""
 
 
