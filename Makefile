@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-tumor-free-probe probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -137,6 +137,19 @@ data-healthy-heads: $(STAMP)
 		look=$$(basename $$(dirname $$f)); subject=$$(basename $$f .nii.gz); \
 		if echo "$$subject" | grep -Eq '$(HEALTHY_HEADS_HELD_OUT)'; then cp $$f $(HEALTHY_HEADS_PROBE)/$${look}_$$subject.nii.gz; fi; \
 		done; }
+
+# The same heads cut sagittal and coronal (trainer.volume_slices --planes): v17 flags 35-61 % of such slices of
+# heads without a tumor, 7-31 % of their axial ones (docs/model_v4_notes.md, row PL). Volumes of 2.5 mm voxels
+# or finer only; the held-out subjects again apart: make data-healthy-planes
+HEALTHY_PLANES ?= ../data/healthy-planes
+HEALTHY_PLANES_TEST ?= ../data/healthy-planes-test
+data-healthy-planes: data-healthy-heads
+	test -d $(HEALTHY_PLANES) || $(PY) -m trainer.volume_slices --input $(HEALTHY_HEADS_VOLUMES) --out $(HEALTHY_PLANES) \
+		--exclude '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md --planes sagittal,coronal \
+		--non-tumor-lesions flair=$(HEALTHY_HEADS_VOLUMES)/lesions-flair
+	test -d $(HEALTHY_PLANES_TEST) || $(PY) -m trainer.volume_slices --input $(HEALTHY_HEADS_VOLUMES) \
+		--out $(HEALTHY_PLANES_TEST) --only '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md \
+		--planes sagittal,coronal --non-tumor-lesions flair=$(HEALTHY_HEADS_VOLUMES)/lesions-flair
 
 # Tumor-free probe (trainer/tumor_free_probe.py): MRI of people without a tumor (healthy volunteers, a stroke
 # patient), scored by brain-score with each model; every flagged slice is a false alarm. The public volumes the

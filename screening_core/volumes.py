@@ -10,21 +10,44 @@ resampled to square pixels, because the model's preprocessing keeps the image's 
 """
 import numpy as np
 
+PLANES = ("axial", "sagittal", "coronal")
 
-def axial_frames(img):
-    """(list of 2-D float32 axial slices, column spacing, row spacing) of a nibabel image; a 4-D image gives the
-    slices of its first volume (the others repeat the anatomy in another contrast or time)."""
+
+def _canonical(img):
+    """The first 3-D volume of a nibabel image in RAS+ (voxel index i grows toward the patient's right, j toward
+    anterior, k toward the head), and its voxel sizes."""
     import nibabel as nib
     first = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)] if len(img.shape) > 3 else img
     canonical = nib.as_closest_canonical(first)
     volume = np.asarray(canonical.dataobj, dtype=np.float32)
     if volume.ndim == 2:
         volume = volume[..., None]
-    # RAS+: voxel index i grows toward the patient's right, j toward anterior, k toward the head.
-    # Radiological axial display: rows run anterior -> posterior, columns the patient's right -> left.
-    frames = [np.ascontiguousarray(volume[::-1, ::-1, k].T) for k in range(volume.shape[2])]
-    dx, dy = (float(z) for z in canonical.header.get_zooms()[:2])
-    return frames, dx, dy
+    return volume, tuple(float(z) for z in canonical.header.get_zooms()[:3])
+
+
+def axial_frames(img):
+    """(list of 2-D float32 axial slices, column spacing, row spacing) of a nibabel image; a 4-D image gives the
+    slices of its first volume (the others repeat the anatomy in another contrast or time)."""
+    return plane_frames(img, "axial")
+
+
+def plane_frames(img, plane):
+    """`axial_frames` for any of PLANES, each as a viewer shows it (radiological convention).
+
+    Axial: rows run anterior -> posterior, columns the patient's right -> left, frames feet to head. Sagittal:
+    the head up and the face to the left, frames from the patient's right to left. Coronal: the head up and the
+    patient's right on the image's left, frames front to back. The trainer cuts tumor-free sagittal and coronal
+    slices this way (trainer.volume_slices --planes): a model that has seen only axial heads flags half of the
+    sagittal and coronal slices of heads without a tumor (docs/model_v4_notes.md, row PL).
+    """
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
+    volume, (zx, zy, zz) = _canonical(img)
+    if plane == "axial":
+        return [np.ascontiguousarray(volume[::-1, ::-1, k].T) for k in range(volume.shape[2])], zx, zy
+    if plane == "sagittal":
+        return [np.ascontiguousarray(volume[i, ::-1, ::-1].T) for i in range(volume.shape[0] - 1, -1, -1)], zy, zz
+    return [np.ascontiguousarray(volume[::-1, j, ::-1].T) for j in range(volume.shape[1] - 1, -1, -1)], zx, zz
 
 
 def square_pixels(frames, dx, dy, max_frame_pixels, tolerance=0.02):

@@ -66,6 +66,8 @@ def test_slices_are_cut_as_brain_score_cuts_the_volume_with_the_head_only_and_he
     (lambda d: _write(d, ["s01"]), ["--non-tumor-lesions", "flair=/nonexistent"], "not a folder"),
     (lambda d: (_write(d, ["s01"]), _write_lesions(d / "wmh", {"s01": (5, 12)}, shape=(40, 40, 30))),
      ["--non-tumor-lesions", "flair={in}/wmh"], "voxel grid"),
+    (lambda d: _write(d, ["s01"]), ["--planes", "axial,oblique"], "distinct planes of axial, sagittal, coronal"),
+    (lambda d: _write(d, ["s01"]), ["--planes", "sagittal,sagittal"], "distinct planes"),
 ])
 def test_bad_input_is_refused_with_a_reason(tmp_path, capsys, make, argv_extra, says):
     from trainer import volume_slices
@@ -114,3 +116,36 @@ def test_an_existing_collection_is_never_written_over(tmp_path, capsys):
         volume_slices.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out")])
     assert e.value.code == 2 and "not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "kept.txt").read_text() == "previous"
+
+
+def test_sagittal_and_coronal_slices_are_cut_as_a_viewer_shows_them_beside_their_look(tmp_path, capsys):
+    """A model that has seen only axial heads flags half of the sagittal and coronal slices of heads without a
+    tumor; these planes are cut head up, the face to the left (sagittal) and the patient's right on the
+    image's left (coronal), and keep the subject's patient key."""
+    from PIL import Image
+
+    from trainer import discovery, lesion_train, volume_slices
+    _write(tmp_path / "in", ["s01", "s02"])
+    coarse = np.diag([-1.0, -1.0, 5.0, 1.0])  # 5 mm slices: a sagittal cut would be a staircase
+    _write(tmp_path / "coarse", ["s03"], affine=coarse)
+    for look in ("flair", "t1"):
+        os.replace(tmp_path / "coarse" / look / "s03.nii.gz", tmp_path / "in" / look / "s03.nii.gz")
+    out = tmp_path / "planes"
+    assert volume_slices.main(["--input", str(tmp_path / "in"), "--out", str(out), "--planes", "sagittal,coronal"]) == 0
+    assert "s03: voxels coarser than 2.5 mm, not cut sagittal" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["flair-coronal", "flair-sagittal", "masks", "t1-coronal", "t1-sagittal"]
+    sag = sorted(os.listdir(out / "flair-sagittal" / "notumor"))
+    assert {n.split("_z")[0] for n in sag} == {"vol_s01", "vol_s02"}
+    # the synthetic head is brighter toward the patient's left (x) and back (y); above its vertex lies faint noise
+    s = np.asarray(Image.open(out / "flair-sagittal" / "notumor" / "vol_s01_z020.png"), float)
+    assert s.shape == (30, 48)  # rows: feet-to-head extent, columns: front to back
+    assert s[:, 30:40].mean() > s[:, 8:18].mean()  # the back, on the right: the face is to the left
+    assert s[:6].sum() > 0 and s[-4:].sum() == 0  # above the vertex at the top, nothing below the head
+    c = np.asarray(Image.open(out / "flair-coronal" / "notumor" / "vol_s01_z024.png"), float)
+    assert c.shape == (30, 40)
+    assert c[10:20, 24:34].mean() > c[10:20, 6:16].mean()  # the patient's left on the image's right
+    assert c[:6].sum() > 0 and c[-4:].sum() == 0
+    examples, _ = discovery.discover(str(out))
+    assert {e.sequence for e in examples} == {"flair-sagittal", "flair-coronal", "t1-sagittal", "t1-coronal"}
+    default = lesion_train._parse(["--data-dir", str(out)]).group_pattern
+    assert {re.match(default, os.path.basename(e.path)).group(1) for e in examples} == {"vol_s01", "vol_s02"}

@@ -79,19 +79,32 @@ def to_uint8(frame, top):
     return (np.clip(frame / top, 0, 1) * 255).round().astype(np.uint8)
 
 
-def volume_frames(path, max_frame_pixels):
-    """The axial frames of the NIfTI volume at `path` with square pixels, as brain-score cuts it."""
+def volume_frames(path, max_frame_pixels, plane="axial"):
+    """The frames of the NIfTI volume at `path` in `plane` with square pixels, as brain-score cuts it (axial)
+    and as a viewer shows the other planes."""
     import nibabel as nib
 
     from screening_core import volumes
-    frames, dx, dy = volumes.axial_frames(nib.load(path))
+    frames, dx, dy = volumes.plane_frames(nib.load(path), plane)
     return volumes.square_pixels(frames, dx, dy, max_frame_pixels)[0]
 
 
-def lesion_frames(path, shape, max_frame_pixels):
+def coarsest_spacing(path):
+    """The largest voxel side of the NIfTI volume at `path`, in mm."""
+    import nibabel as nib
+    return max(float(z) for z in nib.load(path).header.get_zooms()[:3])
+
+
+def look_folder(look, plane):
+    """Axial slices keep the look's folder name; another plane's go beside them (`t1-sagittal`), so a subject's
+    planes share its patient key and stay on one side of the validation split."""
+    return look if plane == "axial" else f"{look}-{plane}"
+
+
+def lesion_frames(path, shape, max_frame_pixels, plane="axial"):
     """The lesion mask volume at `path` as boolean frames cut like its look's volume (`shape`: that volume's
     frame shape and count); a mask in another voxel grid is refused."""
-    frames = volume_frames(path, max_frame_pixels)
+    frames = volume_frames(path, max_frame_pixels, plane)
     if (len(frames), *frames[0].shape) != shape:
         raise SystemExit(f"{path}: lesion mask of {len(frames)} slices of {frames[0].shape}, but its volume has "
                          f"{shape[0]} of {shape[1:]}: a mask must be in the volume's own voxel grid")
@@ -99,10 +112,11 @@ def lesion_frames(path, shape, max_frame_pixels):
 
 
 def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_pixels=4096 * 4096, only="",
-                     lesions=None):
+                     lesions=None, planes=("axial",), max_reslice_mm=2.5):
     """Writes the collection of the subjects `only` matches (all when empty) that `exclude` does not; returns
-    {look: {subject: slices written}}. `lesions` ({look: folder of <subject>.nii.gz masks}) adds the slices'
-    non-tumor lesion masks."""
+    {look folder: {subject: slices written}}. `lesions` ({look: folder of <subject>.nii.gz masks}) adds the
+    slices' non-tumor lesion masks. A volume is cut in a plane other than axial only when no voxel side exceeds
+    `max_reslice_mm`: a sagittal cut of 5 mm axial slices is a staircase no scanner shows."""
     from PIL import Image
 
     skip = re.compile(exclude) if exclude else None
@@ -113,13 +127,18 @@ def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_p
             f.write(source_text)
     written = {}
     lesions = lesions or {}
-    for look, items in volume_files(input_dir, skip=lesions.values()).items():
-        folder = os.path.join(out_dir, look, "notumor")
+    for (look, items), plane in ((li, plane) for li in volume_files(input_dir, skip=lesions.values()).items()
+                                 for plane in planes):
+        name = look_folder(look, plane)
+        folder = os.path.join(out_dir, name, "notumor")
         for subject, path in items:
             if (skip and skip.search(subject)) or (keep_only and not keep_only.search(subject)):
                 continue
+            if plane != "axial" and coarsest_spacing(path) > max_reslice_mm:
+                print(f"{look}/{subject}: voxels coarser than {max_reslice_mm} mm, not cut {plane}")
+                continue
             os.makedirs(folder, exist_ok=True)
-            frames = volume_frames(path, max_frame_pixels)
+            frames = volume_frames(path, max_frame_pixels, plane)
             top = robust_max(frames)
             keep = head_slices(frames, top)
             for k in keep:
@@ -127,14 +146,14 @@ def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_p
             mask_path = next((os.path.join(lesions[look], subject + s) for s in SUFFIXES
                               if look in lesions and os.path.isfile(os.path.join(lesions[look], subject + s))), None)
             if mask_path:
-                marked = lesion_frames(mask_path, (len(frames), *frames[0].shape), max_frame_pixels)
-                mdir = os.path.join(out_dir, LESIONS_DIR, look)
+                marked = lesion_frames(mask_path, (len(frames), *frames[0].shape), max_frame_pixels, plane)
+                mdir = os.path.join(out_dir, LESIONS_DIR, name)
                 os.makedirs(mdir, exist_ok=True)
                 for k in keep:
                     if marked[k].any():
                         Image.fromarray(marked[k].astype(np.uint8) * 255).save(
                             os.path.join(mdir, f"vol_{subject}_z{k:03d}.png"))
-            written.setdefault(look, {})[subject] = len(keep)
+            written.setdefault(name, {})[subject] = len(keep)
     return written
 
 
@@ -153,7 +172,15 @@ def main(argv=None):
     p.add_argument("--non-tumor-lesions", action="append", default=[], metavar="LOOK=DIR",
                    help="masks of non-tumor lesions (white-matter hyperintensities) of LOOK's volumes, "
                         "DIR/<subject>.nii.gz in the same voxel grid; written to non-tumor-lesions/LOOK/")
+    p.add_argument("--planes", default="axial", metavar="PLANE[,PLANE]",
+                   help="planes to cut, of axial, sagittal, coronal (comma-separated); a look's sagittal and "
+                        "coronal slices go to <look>-sagittal/ and <look>-coronal/")
     args = p.parse_args(argv)
+    planes = tuple(x.strip() for x in args.planes.split(",") if x.strip())
+    from screening_core.volumes import PLANES
+    bad = [x for x in planes if x not in PLANES]
+    if bad or not planes or len(set(planes)) != len(planes):
+        p.error(f"--planes takes distinct planes of {', '.join(PLANES)}, got {args.planes!r}")
     if not os.path.isdir(args.input):
         p.error(f"--input {args.input} is not a folder")
     lesions = {}
@@ -178,13 +205,14 @@ def main(argv=None):
         if not os.path.isfile(args.source):
             p.error(f"--source {args.source} is not a file")
         text = open(args.source).read()
-    written = write_collection(args.input, args.out, args.exclude, text, only=args.only, lesions=lesions)
+    written = write_collection(args.input, args.out, args.exclude, text, only=args.only, lesions=lesions,
+                               planes=planes)
     if not written:  # a look gets an entry only when one of its subjects is written
         print(f"no subject of {args.input} was selected: nothing written", file=sys.stderr)
         return 1
     for look, subjects in written.items():
         print(f"{look}: {sum(subjects.values())} slices of {len(subjects)} subjects -> {os.path.join(args.out, look, 'notumor')}")
-    for look in lesions:
+    for look in (look_folder(look, plane) for look in lesions for plane in planes):
         mdir = os.path.join(args.out, LESIONS_DIR, look)
         n = len(os.listdir(mdir)) if os.path.isdir(mdir) else 0
         print(f"{look}: {n} slices with a non-tumor lesion mask -> {mdir}")
