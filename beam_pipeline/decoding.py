@@ -129,6 +129,7 @@ def _decode_nifti(data):
         raise DecodeError(e.code, str(e), "nifti") from e
     h, w = frames[0].shape
     fields = {"pixel_area_mm2": area} if area else {}  # row fields, as DICOM's PixelSpacing gives them
+    fields["plane"] = "axial"  # beam_pipeline.nifti cuts every volume axially, whatever its acquisition plane
     return Decoded("nifti", w, h, [Frame(g, i) for i, g in enumerate(frames)], fields)
 
 
@@ -227,13 +228,35 @@ def _pixel_area(spacing):
     return values[0] * values[1]
 
 
+PLANES = ("axial", "sagittal", "coronal")
+
+
+def plane_of(orientation, tolerance=0.8):
+    """'axial', 'sagittal', 'coronal' or 'oblique' of an ImageOrientationPatient (row and column direction
+    cosines): the patient axis the slice's normal runs along, 'oblique' when it leans more than ~37 degrees from
+    every axis. ValueError when not six finite numbers. Why: the model reads axial slices; a sagittal or coronal
+    series of a head without a tumor gets half its slices flagged (docs/model_v4_notes.md, row PL)."""
+    v = np.asarray([float(x) for x in orientation], np.float64)
+    if v.shape != (6,) or not np.isfinite(v).all():
+        raise ValueError(f"ImageOrientationPatient {orientation!r}")
+    normal = np.cross(v[:3], v[3:])
+    size = np.linalg.norm(normal)
+    if size < 1e-3:
+        raise ValueError(f"ImageOrientationPatient {orientation!r}: row and column directions are parallel")
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) / size < tolerance:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]  # DICOM patient axes: x right->left, y front->back, z feet->head
+
+
 # Header fields copied into rows: what a worklist needs to find the image, never a patient identifier
 # (the accession number is pseudonymised by the pipeline unless --keep-accession-numbers).
 _DICOM_FIELDS = {"StudyInstanceUID": ("study_instance_uid", str), "SeriesInstanceUID": ("series_instance_uid", str),
                  "SOPInstanceUID": ("sop_instance_uid", str), "Modality": ("modality", str),
                  "AccessionNumber": ("accession_number", str), "StudyDate": ("study_date", str),
                  "SeriesDescription": ("series_description", str), "SeriesNumber": ("series_number", int),
-                 "InstanceNumber": ("instance_number", int), "PixelSpacing": ("pixel_area_mm2", _pixel_area)}
+                 "InstanceNumber": ("instance_number", int), "PixelSpacing": ("pixel_area_mm2", _pixel_area),
+                 "ImageOrientationPatient": ("plane", plane_of)}
 
 
 def _header_fields(ds):
@@ -244,6 +267,12 @@ def _header_fields(ds):
             out[col] = cast(value) if value not in (None, "") else None
         except Exception:  # a malformed value (e.g. SeriesNumber "A1") is left out, never fatal
             out[col] = None
+    if out["plane"] is None:  # an enhanced multi-frame image keeps its orientation in functional groups
+        try:
+            out["plane"] = plane_of(ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+                                    .ImageOrientationPatient)
+        except Exception:
+            pass
     return out
 
 

@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import model_store
 from beam_pipeline import summary as run_summary
+from beam_pipeline.studies import plane_of_label
 from screening_core import looks
 
 MAX_FLAGGED_STUDIES = 50
@@ -197,11 +198,27 @@ LOOK_WARNING_SHARE = 0.2  # a look on which the model flags this share of tumor-
 UNTRAINED_LOOKS = ("dwi", "swi")  # no training collection holds a diffusion or susceptibility slice
 
 
-def look_caveat(label, md, site_looks=None):
+NON_AXIAL = ("sagittal", "coronal", "oblique")
+
+
+def plane_caveat(plane, md):
+    """'sagittal slices: ...' for a series in a plane the model did not learn to read, '' otherwise. The model
+    reads axial slices; where its tumor-free probe measured a plane (trainer.tumor_free_probe, "planes"), the
+    note gives the share it flagged."""
+    if plane not in NON_AXIAL:
+        return ""
+    probe = (((md or {}).get("tumor_free_probe") or {}).get("planes") or {}).get(plane, {})
+    share = probe.get("flagged")
+    measured = (f"; it flags {share:.0%} of {plane} slices of heads without a tumor" if share is not None else "")
+    return f"{plane} slices: the model was chosen on axial slices{measured}"
+
+
+def look_caveat(label, md, site_looks=None, plane=None):
     """'T2: not validated at this site; ...' for a flagged series whose look (screening_core.looks, from its
     description or folder) is one where the model's flags are known to be unreliable: the model never trained
     on it, the applied site profile did not validate it (`site_looks`: the profile's looks; None without one),
-    or the tumor-free probe flagged at least LOOK_WARNING_SHARE of such slices. '' otherwise."""
+    or the tumor-free probe flagged at least LOOK_WARNING_SHARE of such slices; and, for a series whose `plane`
+    is not axial, `plane_caveat`. '' otherwise."""
     look = looks.look_of(label)
     notes = []
     if look in UNTRAINED_LOOKS:
@@ -214,11 +231,12 @@ def look_caveat(label, md, site_looks=None):
         worst = _worst_head(probe)
         notes.append(f"the model flags {share:.0%} of slices of heads without a tumor"
                      + (f", {worst:.0%} of one head's" if worst is not None else ""))
-    return f"{looks.NAMES[look]}: {'; '.join(notes)}" if notes else ""
+    text = f"{looks.NAMES[look]}: {'; '.join(notes)}" if notes else ""
+    return "; ".join(c for c in (text, plane_caveat(plane, md)) if c)
 
 
-def _look_note(label, md, site_looks=None):
-    caveat = look_caveat(label, md, site_looks)
+def _look_note(label, md, site_looks=None, plane=None):
+    caveat = look_caveat(label, md, site_looks, plane)
     return f' <b class="look-warning">({_esc(caveat)})</b>' if caveat else ""
 
 
@@ -269,7 +287,8 @@ def _worklist_html(worklist, total, md=None, site_looks=None):
 
 
 def _series_cell(labels, md, site_looks=None):
-    return ", ".join(_esc(label) + _look_note(label, md, site_looks) for label in labels) or "-"
+    return ", ".join(_esc(label) + _look_note(label, md, site_looks, plane_of_label(label))
+                     for label in labels) or "-"
 
 
 def _ood_cell(row):
@@ -345,7 +364,7 @@ def flagged_csv(folder, md=None):
         rows = pa.concat_tables(flagged, promote_options="default").sort_by([("max_probability", "descending")])
         for r in rows.to_pylist():
             caveats = [f"{label} ({c})" for label in r["flagged_series"] or []
-                       for c in [look_caveat(label, md, site_looks)] if c]
+                       for c in [look_caveat(label, md, site_looks, plane_of_label(label))] if c]
             w.writerow([f"{r['max_probability']:.4f}" if c == "max_probability" else
                         ";".join(r[c]) if isinstance(r.get(c), list) else r.get(c) for c in cols] + [";".join(caveats)])
     return out.getvalue()
@@ -418,7 +437,7 @@ every study still needs a radiologist's read.</p>
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
                      f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '
-                     f'modality {_esc(s["modality"] or "-")}{_look_note(series_label(s), md, site_looks)}</p>')
+                     f'modality {_esc(s["modality"] or "-")}{_look_note(series_label(s), md, site_looks, s.get("plane"))}</p>')
         top = sorted((r for r in by_study.get(s["study_key"], []) if r["heatmap_path"]),
                      key=lambda r: -r["tumor_probability"])[:4]
         for r in top:

@@ -42,6 +42,7 @@ IMAGE_SCHEMA = pa.schema([
     ("series_description", pa.string()),
     ("series_number", pa.int32()),
     ("instance_number", pa.int32()),
+    ("plane", pa.string()),               # axial / sagittal / coronal / oblique (DICOM orientation; NIfTI axial), else null
     ("patient_group", pa.string()),       # --group-pattern's patient of a non-DICOM image (keyed pseudonym), else null
     ("status", pa.string()),              # ok / error / skipped
     ("error_code", pa.string()),          # see beam_pipeline/error_codes.py
@@ -78,6 +79,7 @@ SERIES_SCHEMA = pa.schema([
     ("modality", pa.string()),
     ("series_description", pa.string()),
     ("series_number", pa.int32()),
+    ("plane", pa.string()),               # the series' slice plane (its first image's), null where unknown
     ("accession_number", pa.string()),    # keyed pseudonym unless --keep-accession-numbers
     ("study_date", pa.string()),
     ("n_images", pa.int64()),             # ok (scored) images

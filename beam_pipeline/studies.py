@@ -7,6 +7,7 @@ Studies: series rows group by StudyInstanceUID (a non-DICOM folder stays one
 row, labelled as a folder, with one series per volume it holds), the worklist unit.
 """
 import posixpath
+import re
 
 import apache_beam as beam
 
@@ -57,7 +58,7 @@ class SeriesCombineFn(beam.CombineFn):
                                                     "member_path", "modality", "threshold", "run_id",
                                                     "model_name", "model_version", "series_description",
                                                     "series_number", "accession_number", "study_date",
-                                                    "patient_group", "image_format")}
+                                                    "patient_group", "image_format", "plane")}
         return acc
 
     def merge_accumulators(self, accs):
@@ -86,7 +87,8 @@ class SeriesCombineFn(beam.CombineFn):
             else posixpath.dirname(f.get("member_path") or ""),
             "volume": volume,  # in flight only (not a column): its study is the folder holding it
             "patient_group": None if dicom else f.get("patient_group"), "modality": f.get("modality"), "series_description": f.get("series_description"),
-            "series_number": f.get("series_number"), "accession_number": f.get("accession_number"),
+            "series_number": f.get("series_number"), "plane": f.get("plane"),
+            "accession_number": f.get("accession_number"),
             "study_date": f.get("study_date"), "n_images": acc["n"], "n_flagged": acc["flagged"],
             "n_out_of_distribution": acc["ood"], "max_probability": acc["max"], "mean_probability": acc["sum"] / max(acc["n"], 1),
             "flagged": acc["flagged"] > 0, "top_members": [m for _, m in acc["top"]],
@@ -173,6 +175,23 @@ def series_label(series):
     return place_label(series)  # loose files: the folder that holds them
 
 
+_PLANE_SUFFIX = re.compile(r" \((sagittal|coronal|oblique)\)$")
+
+
+def flagged_label(series):
+    """`series_label`, with the plane for a series that is not axial ("T1 3D (sagittal)"): the worklist shows
+    it, and the report's caveat on such a flag (report.plane_caveat) reads it back with `plane_of_label`."""
+    label = series_label(series)
+    plane = series.get("plane")
+    return f"{label} ({plane})" if plane in ("sagittal", "coronal", "oblique") else label
+
+
+def plane_of_label(label):
+    """The plane `flagged_label` appended, or None."""
+    m = _PLANE_SUFFIX.search(label or "")
+    return m.group(1) if m else None
+
+
 def place_label(series):
     """Where a non-DICOM series' images are, as a reader finds them: the last two parts of the folder or
     archive path (pseudonymised like every path component), and the folder inside an archive.
@@ -214,7 +233,7 @@ class _StudyFromSeries(beam.CombineFn):
             "n_flagged": sum(s["n_flagged"] for s in series),
             "n_out_of_distribution": sum(s.get("n_out_of_distribution") or 0 for s in series),
             "max_probability": max(s["max_probability"] for s in series), "flagged": bool(flagged),
-            "flagged_series": sorted(series_label(s) for s in flagged),
+            "flagged_series": sorted(flagged_label(s) for s in flagged),
             "threshold": first["threshold"], "model_name": first["model_name"],
             "model_version": first["model_version"],
             "max_lesion_area_px": largest and largest["max_lesion_area_px"],

@@ -24,3 +24,38 @@ def test_voi_window_clips_to_the_window():
     assert len(np.unique(wide)) > len(np.unique(narrow))
     bright = arr.astype(np.float32) * 16 >= 1700
     assert np.allclose(narrow[bright], narrow.max())  # above the window: saturated
+
+
+def test_the_slice_plane_is_read_from_the_orientation():
+    """The model reads axial slices; a row says which plane its slice is in, from ImageOrientationPatient."""
+    import pytest
+    assert decoding.plane_of([1, 0, 0, 0, 1, 0]) == "axial"
+    assert decoding.plane_of([0, 1, 0, 0, 0, -1]) == "sagittal"
+    assert decoding.plane_of([1, 0, 0, 0, 0, -1]) == "coronal"
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    assert decoding.plane_of([1, 0, 0, 0, c, -s]) == "axial"  # a tilted axial (along the AC-PC line)
+    c, s = np.cos(np.radians(45)), np.sin(np.radians(45))
+    assert decoding.plane_of([1, 0, 0, 0, c, -s]) == "oblique"
+    for bad in ([1, 0, 0], [1, 0, 0, 1, 0, 0], ["a", 0, 0, 0, 1, 0], [float("nan"), 0, 0, 0, 1, 0]):
+        with pytest.raises(ValueError):
+            decoding.plane_of(bad)
+
+
+def test_rows_carry_the_plane_and_a_malformed_orientation_loses_nothing_else():
+    import io
+
+    import pydicom
+
+    def with_orientation(iop):
+        ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(sample_data.synthetic_slice(3, 64), 0, "1.2.3",
+                                                                 "1.2.3.4", 1)))
+        if iop is not None:
+            ds.ImageOrientationPatient = iop
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return decoding.decode(buf.getvalue(), "x.dcm").dicom
+
+    assert with_orientation([0, 1, 0, 0, 0, -1])["plane"] == "sagittal"
+    assert with_orientation(None)["plane"] is None
+    broken = with_orientation([1, 0, 0, 1, 0, 0])  # parallel directions: no plane, the rest of the header kept
+    assert broken["plane"] is None and broken["series_instance_uid"] == "1.2.3.4"

@@ -219,3 +219,39 @@ def test_a_group_pattern_makes_one_study_per_patient(tmp_path, capsys):
     assert f"patient {studies[0]['patient_group']}" in page and "SMITH" not in page
     assert run.main(argv + ["--output", str(tmp_path / "o2"), "--group-pattern", "(unclosed"]) == 2
     assert "--group-pattern '(unclosed' is not a regular expression" in capsys.readouterr().err
+
+
+def test_a_flagged_series_in_another_plane_says_so_in_the_worklist_the_report_and_the_csv(tmp_path):
+    """A sagittal series of a head without a tumor gets half its slices flagged by a model of axial slices
+    (docs/model_v4_notes.md, row PL): its rows, its series row and its worklist entry name the plane, and the
+    report and flagged_studies.csv carry the caveat beside it; an axial series beside it carries none."""
+    import csv
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+    model = tiny_model.write_tiny_artifact(tmp_path, lesion_bias=5.0)  # flags every slice
+    study = generate_uid()
+    os.makedirs(tmp_path / "in")
+    for name, iop, desc in (("ax", [1, 0, 0, 0, 1, 0], "T2 AX"), ("sag", [0, 1, 0, 0, 0, -1], "T1 3D")):
+        series = generate_uid()
+        for i in range(3):
+            ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(sample_data.synthetic_slice(i, 64), 0, study,
+                                                                     series, i + 1)))
+            ds.ImageOrientationPatient, ds.SeriesDescription = iop, desc
+            ds.save_as(str(tmp_path / "in" / f"{name}{i}.dcm"), enforce_file_format=True)
+    out = str(tmp_path / "out")
+    assert run.main(["--input", str(tmp_path / "in"), "--output", out, "--model", model]) == 0
+    assert sorted({(r["series_description"], r["plane"]) for r in rows_mod.images(out)}) == [
+        ("T1 3D", "sagittal"), ("T2 AX", "axial")]
+    assert sorted((s["series_description"], s["plane"]) for s in rows_mod.images(out, "series-*.parquet")) == [
+        ("T1 3D", "sagittal"), ("T2 AX", "axial")]
+    (s,) = rows_mod.images(out, "studies-*.parquet")
+    assert s["flagged_series"] == ["T1 3D (sagittal)", "T2 AX"]
+    page = open(rows_mod.result_file(out, "report.html")).read()
+    assert page.count("(sagittal slices: the model was chosen on axial slices)") == 2  # worklist and series
+    (row,) = csv.DictReader(open(rows_mod.result_file(out, "flagged_studies.csv")))
+    assert row["look_caveats"] == "T1 3D (sagittal) (sagittal slices: the model was chosen on axial slices)"
+    md = {"tumor_free_probe": {"planes": {"sagittal": {"flagged": 0.57}}}}
+    assert report.plane_caveat("sagittal", md).endswith("it flags 57% of sagittal slices of heads without a tumor")
+    assert report.plane_caveat("axial", md) == report.plane_caveat(None, md) == ""
