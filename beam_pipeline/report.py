@@ -182,8 +182,10 @@ def _tumor_free_html(md):
         worst = _worst_head(a)
         return f"{a['flagged']:.0%}" + (f" (one head {worst:.0%})" if worst is not None else "")
     parts = ", ".join(f"{_esc(name)} {share(per_look[k])}" for k, name in looks.NAMES.items() if k in per_look)
+    planes = ", ".join(f"{_esc(k)} {share(a)}" for k, a in (probe.get("planes") or {}).items())
     return (f" On {probe.get('volumes', '?')} real heads without a tumor it flagged, at its own threshold, "
-            f"<b>{parts}</b> of slices.")
+            f"<b>{parts}</b> of slices" + (f", and of the same heads cut in other planes <b>{planes}</b>" if planes
+                                           else "") + ".")
 
 
 def _worst_head(probe_look):

@@ -142,3 +142,40 @@ def test_write_stores_the_shares_by_look_in_the_sealed_artifact_and_the_report_q
     md.setdefault("training_config", {})["bootstrap"] = 10
     generalisation.rethreshold(model, md, "")
     assert "tumor_free_probe" not in md and not artifact.contract_problems(md)
+
+
+def test_planes_are_cut_scored_and_stored_beside_the_looks(tmp_path, capsys):
+    """--planes: the volumes cut sagittal and coronal, scored through brain-score as folder series, the share
+    flagged per plane stored (sealed) for the report's caveat on a flagged series in another plane."""
+    import nibabel as nib
+
+    from beam_pipeline import report
+    from screening_core import artifact
+    from tests import tiny_model
+    from trainer import tumor_free_probe
+    xx, yy, zz = np.meshgrid(*(np.arange(n) - n / 2 for n in (36, 44, 30)), indexing="ij")
+    head = (((xx / 15) ** 2 + (yy / 19) ** 2 + (zz / 12) ** 2) < 1.0) * (100 + 20 * np.cos(xx + yy))
+    os.makedirs(tmp_path / "in")
+    nib.save(nib.Nifti1Image(head.astype(np.int16), np.eye(4)), str(tmp_path / "in" / "someone_t1.nii.gz"))
+    nib.save(nib.Nifti1Image(head.astype(np.int16), np.diag([1.0, 1.0, 5.0, 1.0])),
+             str(tmp_path / "in" / "thick_flair.nii.gz"))  # 5 mm slices: not cut in another plane
+    model = tiny_model.write_tiny_artifact(tmp_path / "a", lesion_bias=5.0)
+    assert tumor_free_probe.main(["--input", str(tmp_path / "in"), "--model", model, "--write",
+                                  "--planes", "sagittal,coronal"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | sagittal (1 volumes) |" in out and "| 1 | coronal (1 volumes) |" in out
+    planes = artifact.verify(model)["tumor_free_probe"]["planes"]
+    assert set(planes) == {"coronal", "sagittal"} and all(a["volumes"] == 1 and a["flagged"] == 1.0 for a in planes.values())
+    assert 20 <= planes["sagittal"]["slices"] <= 36 and 25 <= planes["coronal"]["slices"] <= 44
+    md = artifact.read_metadata(model)
+    assert report.plane_caveat("coronal", md) == ("coronal slices: the model was chosen on axial slices; it flags "
+                                                  "100% of coronal slices of heads without a tumor")
+    os.remove(tmp_path / "in" / "someone_t1.nii.gz")
+    with pytest.raises(SystemExit) as e:
+        tumor_free_probe.main(["--input", str(tmp_path / "in"), "--model", model, "--planes", "coronal"])
+    assert e.value.code == 2 and "2.5 mm or finer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        tumor_free_probe.main(["--input", str(tmp_path / "in"), "--model", model, "--planes", "axial"])
+    assert e.value.code == 2
+    banner = report._validation_html(set(), md)
+    assert "and of the same heads cut in other planes <b>coronal 100%, sagittal 100%</b>" in banner

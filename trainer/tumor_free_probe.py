@@ -22,6 +22,12 @@ the share flagged per look. With --write the per-look shares (counts and shares 
 each model's metadata.json at the model's threshold, and the artifact is re-sealed: brain-score's run report
 quotes them beside the external AUCs and beside each flagged series of a look where they are high, where a
 reader looks before trusting a flag on a healthy T2 series.
+
+`--planes sagittal,coronal` also cuts every NIfTI volume of 2.5 mm voxels or finer in those planes, as a viewer
+shows them (screening_core.volumes.plane_frames), scores each plane's slices as a folder series and adds the
+share flagged per plane (a model of axial slices flags half of a healthy head's sagittal slices:
+docs/model_v4_notes.md, row PL); --write stores them beside the looks, and the run report quotes them beside a
+flagged series in another plane.
 """
 import argparse
 import glob
@@ -104,7 +110,48 @@ def by_look(volumes):
             for look in looks.NAMES for a in [out.get(look)] if a}
 
 
-def write_to_artifact(version_dir, volumes):
+def plane_series(input_dir, planes, out_dir, max_voxel_mm=2.5):
+    """Cut each NIfTI volume of `input_dir` in `planes` into 8-bit PNG slices, `<out_dir>/<volume>-<plane>/`
+    (one folder series each; the head's slices only, as trainer.volume_slices keeps them); the volumes cut."""
+    from PIL import Image
+
+    from trainer import volume_slices
+    cut = []
+    for path in sorted(glob.glob(os.path.join(input_dir, "*.nii")) + glob.glob(os.path.join(input_dir, "*.nii.gz"))):
+        if volume_slices.coarsest_spacing(path) > max_voxel_mm:
+            continue
+        name = os.path.basename(path).split(".")[0]
+        for plane in planes:
+            frames = volume_slices.volume_frames(path, 4096 * 4096, plane)
+            top = volume_slices.robust_max(frames)
+            folder = os.path.join(out_dir, f"{name}-{plane}")
+            os.makedirs(folder, exist_ok=True)
+            for k in volume_slices.head_slices(frames, top):
+                Image.fromarray(volume_slices.to_uint8(frames[k], top)).save(os.path.join(folder, f"{k:04d}.png"))
+        cut.append(path)
+    return cut
+
+
+def plane_of(volume):
+    """The plane a `plane_series` folder was cut in, from its name."""
+    return volume.rstrip("/").rsplit("-", 1)[-1]
+
+
+def by_plane(volumes):
+    """`by_look`'s figures per plane of `plane_series` folders."""
+    out = {}
+    for vol, r in volumes.items():
+        a = out.setdefault(plane_of(vol), {"volumes": 0, "slices": 0, "n_flagged": 0, "highest": 0.0})
+        a["volumes"] += 1
+        a["slices"] += r["n"]
+        a["n_flagged"] += round(r["n"] * r["flagged"])
+        a["highest"] = max(a["highest"], r["flagged"])
+    return {plane: {"volumes": a["volumes"], "slices": a["slices"],
+                    "flagged": round(a["n_flagged"] / a["slices"], 4) if a["slices"] else 0.0,
+                    "highest_volume": round(a["highest"], 4)} for plane, a in sorted(out.items())}
+
+
+def write_to_artifact(version_dir, volumes, plane_volumes=None):
     """Store the per-look shares in the artifact's metadata.json at its threshold and re-seal it.
 
     Only counts and shares: volume names stay out of the artifact (a site's file names may carry
@@ -119,6 +166,8 @@ def write_to_artifact(version_dir, volumes):
             "flagged": round(sum(a["slices"] * a["flagged"] for a in per_look.values()) / n, 4) if n else 0.0,
             "looks": per_look, "what": "share of slices of real heads without a tumor that the model flags at its "
                                     "threshold, by look (python -m trainer.tumor_free_probe; docs/tumor_free_probe.md)"}
+        if plane_volumes:
+            metadata["tumor_free_probe"]["planes"] = by_plane(plane_volumes)
     artifact.update_metadata(version_dir, add_probe)
 
 
@@ -167,7 +216,13 @@ def main(argv=None):
     p.add_argument("--json", default="", help="also write the result as JSON here")
     p.add_argument("--write", action="store_true", help="store each model's shares flagged by look in its "
                    "metadata.json (re-sealed) for the run report; only with every volume tumor-free")
+    p.add_argument("--planes", default="", metavar="PLANE[,PLANE]",
+                   help="also cut the NIfTI volumes in these planes (sagittal, coronal) and add the share flagged "
+                        "per plane")
     args = p.parse_args(argv)
+    planes = tuple(x.strip() for x in args.planes.split(",") if x.strip())
+    if any(x not in ("sagittal", "coronal") for x in planes) or len(set(planes)) != len(planes):
+        p.error(f"--planes takes distinct planes of sagittal, coronal; got {args.planes!r}")
     if not os.path.isdir(args.input):
         p.error(f"--input {args.input}: not a folder (docs/tumor_free_probe.md lists public tumor-free volumes "
                 "and where to get them)")
@@ -176,7 +231,10 @@ def main(argv=None):
             p.error(f"--model {m}: not a model artifact (no metadata.json)")
     with tempfile.TemporaryDirectory(prefix="tumor-free-probe-") as tmp:
         root = args.output or tmp
-        result = {}
+        result, plane_result = {}, {}
+        cut = plane_series(args.input, planes, os.path.join(tmp, "planes")) if planes else []
+        if planes and not cut:
+            p.error(f"--planes: no NIfTI volume of {args.input} has voxels of 2.5 mm or finer")
         for i, m in enumerate(args.model):
             name = os.path.basename(os.path.normpath(m))
             label = name if name not in result else f"{name} ({i + 1})"
@@ -185,9 +243,15 @@ def main(argv=None):
             result[label] = summarise(score(args.input, m, out))
             if not result[label]:
                 raise SystemExit(f"brain-score scored no slice of {args.input} with {m}")
+            if planes:
+                print(f"scoring {len(cut)} volumes cut {', '.join(planes)} with {m} ...", file=sys.stderr, flush=True)
+                plane_result[label] = summarise(score(os.path.join(tmp, "planes"), m, out + "-planes"))
             if args.write:
-                write_to_artifact(m, result[label])
+                write_to_artifact(m, result[label], plane_result.get(label))
     print(table(result))
+    for label, volumes in plane_result.items():
+        print("\n".join(f"| {label} | {plane} ({a['volumes']} volumes) | {a['slices']} | {100 * a['flagged']:.1f} % "
+                        f"(one head {100 * a['highest_volume']:.0f} %) |" for plane, a in by_plane(volumes).items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
