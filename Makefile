@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -272,6 +272,29 @@ train-v17: data-healthy-heads
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/17
 	$(PY) -m trainer.development_set --model $(MODEL_DIR)/brain-tumor-cnn/17 --data-dir $(SHARED)/brain-mri \
 		--data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(SHARED)/brats-sample --data-dir $(HEALTHY_HEADS)
+
+# v18, v19's classifier fine-tune: v12's recipe (v3 + 6 epochs at 3e-4 with BraTS-PEDs) with the healthy heads cut
+# sagittal and coronal at 0.13 of each batch (make data-healthy-planes; docs/model_v4_notes.md row PL; ~13 min of fit).
+# v19, the default: v17 with that classifier in v12's place, moved 0.3 of the way from v3 as before (no training;
+# ~10 min of evaluation): make train-v18 train-v19 MODEL_DIR=/tmp/models
+V18 ?= $(MODEL_DIR)/brain-tumor-cnn/18
+train-v18: data-healthy-planes
+	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES),--data-dir $(d)) \
+		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
+		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) \
+		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
+		--init-from models/brain-tumor-cnn/3/model.keras --epochs 6 --learning-rate 3e-4 \
+		--source-shares brain-mri=0.29,lgg=0.29,brats-ped=0.29,healthy-planes=0.13 --version 18
+train-v19: data-healthy-planes
+	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) --classifier models/brain-tumor-cnn/3 \
+		--fine-tuned $(V18) --alpha 0.3 --out $(MODEL_DIR)/brain-tumor-cnn/_work/19
+	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --eval-data-dir $(HEALTHY_PLANES_TEST) \
+		--target-sensitivity 0.98 --from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/19/best.keras --version 19
+	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/19
+	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/19
+	$(PY) -m trainer.development_set --model $(MODEL_DIR)/brain-tumor-cnn/19 --data-dir $(SHARED)/brain-mri \
+		--data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(SHARED)/brats-sample --data-dir $(HEALTHY_HEADS) \
+		--data-dir $(HEALTHY_PLANES)
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
