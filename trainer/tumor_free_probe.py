@@ -92,22 +92,27 @@ def look_of(volume):
     return looks.look_of(posixpath.basename(volume.rstrip("/")))
 
 
-def by_look(volumes):
-    """{look: {"volumes", "slices", "flagged", "highest_volume"}} over `summarise`'s volumes, in
-    screening_core.looks.NAMES order. `highest_volume`: the share of the one volume of that look flagged most,
+def _shares(volumes, key_of, order):
+    """{key: {"volumes", "slices", "flagged", "highest_volume"}} over `summarise`'s volumes grouped by
+    `key_of(volume name)`, in the order of `order`. `highest_volume`: the share of the group's volume flagged most,
     since the pooled share hides a head the model fails on beside heads it reads well (T2: a healthy head at 58 %
     beside two stroke patients' skull-stripped T2 at 18-23 % pooled to 27 %)."""
     out = {}
     for vol, r in volumes.items():
-        a = out.setdefault(look_of(vol), {"volumes": 0, "slices": 0, "n_flagged": 0, "highest": 0.0})
+        a = out.setdefault(key_of(vol), {"volumes": 0, "slices": 0, "n_flagged": 0, "highest": 0.0})
         a["volumes"] += 1
         a["slices"] += r["n"]
         a["n_flagged"] += round(r["n"] * r["flagged"])
         a["highest"] = max(a["highest"], r["flagged"])
-    return {look: {"volumes": a["volumes"], "slices": a["slices"],
-                   "flagged": round(a["n_flagged"] / a["slices"], 4) if a["slices"] else 0.0,
-                   "highest_volume": round(a["highest"], 4)}
-            for look in looks.NAMES for a in [out.get(look)] if a}
+    return {key: {"volumes": a["volumes"], "slices": a["slices"],
+                  "flagged": round(a["n_flagged"] / a["slices"], 4) if a["slices"] else 0.0,
+                  "highest_volume": round(a["highest"], 4)}
+            for key in order(out) for a in [out.get(key)] if a}
+
+
+def by_look(volumes):
+    """`_shares` per look, in screening_core.looks.NAMES order."""
+    return _shares(volumes, look_of, lambda found: looks.NAMES)
 
 
 def plane_series(input_dir, planes, out_dir, max_voxel_mm=2.5):
@@ -138,17 +143,8 @@ def plane_of(volume):
 
 
 def by_plane(volumes):
-    """`by_look`'s figures per plane of `plane_series` folders."""
-    out = {}
-    for vol, r in volumes.items():
-        a = out.setdefault(plane_of(vol), {"volumes": 0, "slices": 0, "n_flagged": 0, "highest": 0.0})
-        a["volumes"] += 1
-        a["slices"] += r["n"]
-        a["n_flagged"] += round(r["n"] * r["flagged"])
-        a["highest"] = max(a["highest"], r["flagged"])
-    return {plane: {"volumes": a["volumes"], "slices": a["slices"],
-                    "flagged": round(a["n_flagged"] / a["slices"], 4) if a["slices"] else 0.0,
-                    "highest_volume": round(a["highest"], 4)} for plane, a in sorted(out.items())}
+    """`_shares` per plane of `plane_series` folders."""
+    return _shares(volumes, plane_of, sorted)
 
 
 def write_to_artifact(version_dir, volumes, plane_volumes=None):
