@@ -228,9 +228,6 @@ def _pixel_area(spacing):
     return values[0] * values[1]
 
 
-PLANES = ("axial", "sagittal", "coronal")
-
-
 def plane_of(orientation, tolerance=0.8):
     """'axial', 'sagittal', 'coronal' or 'oblique' of an ImageOrientationPatient (row and column direction
     cosines): the patient axis the slice's normal runs along, 'oblique' when it leans more than ~37 degrees from
