@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import model_store
 from beam_pipeline import summary as run_summary
-from beam_pipeline.studies import plane_of_label
+from beam_pipeline.studies import NON_AXIAL, plane_of_label
 from screening_core import looks
 
 MAX_FLAGGED_STUDIES = 50
@@ -198,9 +198,6 @@ def _worst_head(probe_look):
 
 LOOK_WARNING_SHARE = 0.2  # a look on which the model flags this share of tumor-free slices gets a note by its flags
 UNTRAINED_LOOKS = ("dwi", "swi")  # no training collection holds a diffusion or susceptibility slice
-
-
-NON_AXIAL = ("sagittal", "coronal", "oblique")
 
 
 def plane_caveat(plane, md):

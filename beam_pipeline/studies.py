@@ -175,7 +175,8 @@ def series_label(series):
     return place_label(series)  # loose files: the folder that holds them
 
 
-_PLANE_SUFFIX = re.compile(r" \((sagittal|coronal|oblique)\)$")
+NON_AXIAL = ("sagittal", "coronal", "oblique")  # the planes the models were not chosen on (decoding.plane_of)
+_PLANE_SUFFIX = re.compile(rf" \(({'|'.join(NON_AXIAL)})\)$")
 
 
 def flagged_label(series):
@@ -183,7 +184,7 @@ def flagged_label(series):
     it, and the report's caveat on such a flag (report.plane_caveat) reads it back with `plane_of_label`."""
     label = series_label(series)
     plane = series.get("plane")
-    return f"{label} ({plane})" if plane in ("sagittal", "coronal", "oblique") else label
+    return f"{label} ({plane})" if plane in NON_AXIAL else label
 
 
 def plane_of_label(label):

@@ -40,7 +40,7 @@ import sys
 import tempfile
 
 from screening_core import artifact, looks
-from trainer import HelpFormatter
+from trainer import HelpFormatter, volume_slices
 
 FIFTHS = 5
 
@@ -115,23 +115,21 @@ def by_look(volumes):
     return _shares(volumes, look_of, lambda found: looks.NAMES)
 
 
-def plane_series(input_dir, planes, out_dir, max_voxel_mm=2.5):
-    """Cut each NIfTI volume of `input_dir` in `planes` into 8-bit PNG slices, `<out_dir>/<volume>-<plane>/`
-    (one folder series each; the head's slices only, as trainer.volume_slices keeps them); the volumes cut."""
+def plane_series(input_dir, planes, out_dir):
+    """Cut each NIfTI volume of `input_dir` that trainer.volume_slices may cut in `planes` into 8-bit PNG slices,
+    `<out_dir>/<volume>-<plane>/` (one folder series each; the head's slices only, as that collection keeps
+    them); the volumes cut."""
     from PIL import Image
-
-    from trainer import volume_slices
     cut = []
     for path in sorted(glob.glob(os.path.join(input_dir, "*.nii")) + glob.glob(os.path.join(input_dir, "*.nii.gz"))):
-        if volume_slices.coarsest_spacing(path) > max_voxel_mm:
+        if not all(volume_slices.can_cut(path, plane) for plane in planes):
             continue
         name = os.path.basename(path).split(".")[0]
         for plane in planes:
-            frames = volume_slices.volume_frames(path, 4096 * 4096, plane)
-            top = volume_slices.robust_max(frames)
+            frames, keep, top = volume_slices.head_frames(path, plane)
             folder = os.path.join(out_dir, f"{name}-{plane}")
             os.makedirs(folder, exist_ok=True)
-            for k in volume_slices.head_slices(frames, top):
+            for k in keep:
                 Image.fromarray(volume_slices.to_uint8(frames[k], top)).save(os.path.join(folder, f"{k:04d}.png"))
         cut.append(path)
     return cut
@@ -230,7 +228,7 @@ def main(argv=None):
         result, plane_result = {}, {}
         cut = plane_series(args.input, planes, os.path.join(tmp, "planes")) if planes else []
         if planes and not cut:
-            p.error(f"--planes: no NIfTI volume of {args.input} has voxels of 2.5 mm or finer")
+            p.error(f"--planes: no NIfTI volume of {args.input} has voxels of {volume_slices.MAX_RESLICE_MM} mm or finer")
         for i, m in enumerate(args.model):
             name = os.path.basename(os.path.normpath(m))
             label = name if name not in result else f"{name} ({i + 1})"

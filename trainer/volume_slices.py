@@ -89,10 +89,22 @@ def volume_frames(path, max_frame_pixels, plane="axial"):
     return volumes.square_pixels(frames, dx, dy, max_frame_pixels)[0]
 
 
-def coarsest_spacing(path):
-    """The largest voxel side of the NIfTI volume at `path`, in mm."""
+MAX_RESLICE_MM = 2.5  # a sagittal cut of 5 mm axial slices is a staircase no scanner shows
+
+
+def can_cut(path, plane):
+    """Whether the NIfTI volume at `path` may be cut in `plane`: axial always (brain-score cuts every volume so),
+    another plane only when no voxel side exceeds MAX_RESLICE_MM."""
     import nibabel as nib
-    return max(float(z) for z in nib.load(path).header.get_zooms()[:3])
+    return plane == "axial" or max(float(z) for z in nib.load(path).header.get_zooms()[:3]) <= MAX_RESLICE_MM
+
+
+def head_frames(path, plane="axial", max_frame_pixels=4096 * 4096):
+    """(frames, indices of the frames with a head in them, the volume's scale for `to_uint8`) of the NIfTI volume
+    at `path` cut in `plane`."""
+    frames = volume_frames(path, max_frame_pixels, plane)
+    top = robust_max(frames)
+    return frames, head_slices(frames, top), top
 
 
 def look_folder(look, plane):
@@ -112,11 +124,10 @@ def lesion_frames(path, shape, max_frame_pixels, plane="axial"):
 
 
 def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_pixels=4096 * 4096, only="",
-                     lesions=None, planes=("axial",), max_reslice_mm=2.5):
+                     lesions=None, planes=("axial",)):
     """Writes the collection of the subjects `only` matches (all when empty) that `exclude` does not; returns
     {look folder: {subject: slices written}}. `lesions` ({look: folder of <subject>.nii.gz masks}) adds the
-    slices' non-tumor lesion masks. A volume is cut in a plane other than axial only when no voxel side exceeds
-    `max_reslice_mm`: a sagittal cut of 5 mm axial slices is a staircase no scanner shows."""
+    slices' non-tumor lesion masks. A volume is cut in a plane other than axial only where `can_cut`."""
     from PIL import Image
 
     skip = re.compile(exclude) if exclude else None
@@ -134,13 +145,11 @@ def write_collection(input_dir, out_dir, exclude="", source_text="", max_frame_p
         for subject, path in items:
             if (skip and skip.search(subject)) or (keep_only and not keep_only.search(subject)):
                 continue
-            if plane != "axial" and coarsest_spacing(path) > max_reslice_mm:
-                print(f"{look}/{subject}: voxels coarser than {max_reslice_mm} mm, not cut {plane}")
+            if not can_cut(path, plane):
+                print(f"{look}/{subject}: voxels coarser than {MAX_RESLICE_MM} mm, not cut {plane}")
                 continue
             os.makedirs(folder, exist_ok=True)
-            frames = volume_frames(path, max_frame_pixels, plane)
-            top = robust_max(frames)
-            keep = head_slices(frames, top)
+            frames, keep, top = head_frames(path, plane, max_frame_pixels)
             for k in keep:
                 Image.fromarray(to_uint8(frames[k], top)).save(os.path.join(folder, f"vol_{subject}_z{k:03d}.png"))
             mask_path = next((os.path.join(lesions[look], subject + s) for s in SUFFIXES
