@@ -41,6 +41,7 @@ class Plan:
     engine: str = "tensorflow"
     pacs_queries: tuple = ()  # dicomweb:// inputs as searched, {yesterday}/{today} resolved at launch
     site_looks: tuple = None  # the looks the applied site profile validated (None: no profile, or it lists none)
+    site_planes: tuple = None  # its slice planes (None: no profile, or its sample had no known plane)
 
     @property
     def staging(self):
@@ -89,8 +90,9 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
         if len(run_summary["result"].get("run_ids", [])) > 1:
             run_summary["drift_last_run"] = drift.assess(counts, plan.drift_reference)
         run_summary["engine"] = plan.engine
-        if plan.site_looks is not None:  # the report marks flagged series of other looks as not validated here
-            run_summary["site_validated_looks"] = list(plan.site_looks)
+        for kind, validated in (("looks", plan.site_looks), ("planes", plan.site_planes)):
+            if validated is not None:  # the report marks flagged series of other looks/planes as not validated here
+                run_summary[f"site_validated_{kind}"] = list(validated)
         if plan.pacs_queries:  # which night a nightly PACS config searched, read back from the result
             run_summary["pacs_queries"] = list(plan.pacs_queries)
         run_summary["stage_id"] = plan.stage_id  # lets a retry of this step see that it already promoted

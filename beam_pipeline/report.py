@@ -7,6 +7,7 @@ and the model's metadata of one result folder, and writes report.html there with
 inlined (data: URIs): it opens offline, from a bucket download or an e-mail.
 """
 import base64
+import collections
 import html
 import io
 import os
@@ -139,7 +140,18 @@ def _scan_images(pattern, shown_uids, shown_sources):
     return counts, threshold, n_errors, errors, near, threshold_sources
 
 
-def _validation_html(threshold_sources, md, site_looks=None):
+class Site(collections.namedtuple("Site", "looks planes")):
+    """The looks and slice planes the applied site profile validated (each None: no profile, or no claim)."""
+
+    @classmethod
+    def of(cls, summary):
+        return cls(summary.get("site_validated_looks"), summary.get("site_validated_planes"))
+
+
+NO_SITE = Site(None, None)
+
+
+def _validation_html(threshold_sources, md, site=NO_SITE):
     """Whether this site validated the model, where the reader looks first. Errs on the side of "not".
 
     Validated only when every scored row used a site profile that met its checks; otherwise, in red,
@@ -147,9 +159,11 @@ def _validation_html(threshold_sources, md, site_looks=None):
     sources = {s for s in threshold_sources if s}
     if sources and all(s.startswith("site_profile:") and not s.endswith(":forced") for s in sources):
         ids = ", ".join(sorted(s.split(":")[1] for s in sources))
-        covered = ("" if site_looks is None else
-                   f" Looks validated: {', '.join(looks.NAMES[k] for k in site_looks if k in looks.NAMES) or 'none'};"
+        covered = ("" if site.looks is None else
+                   f" Looks validated: {', '.join(looks.NAMES[k] for k in site.looks if k in looks.NAMES) or 'none'};"
                    " flagged series of other looks are marked.")
+        covered += ("" if site.planes is None else
+                    f" Planes validated: {', '.join(site.planes) or 'none'}; flagged series in other planes are marked.")
         return (f'<p id="validation" class="validated">Site threshold applied: this model was validated at this '
                 f'site (site profile {_esc(ids)}, brain-validate verdict "meets").{covered}</p>')
     if any(s.endswith(":forced") for s in sources):
@@ -200,29 +214,31 @@ LOOK_WARNING_SHARE = 0.2  # a look on which the model flags this share of tumor-
 UNTRAINED_LOOKS = ("dwi", "swi")  # no training collection holds a diffusion or susceptibility slice
 
 
-def plane_caveat(plane, md):
+def plane_caveat(plane, md, site_planes=None):
     """'sagittal slices: ...' for a series in a plane the model did not learn to read, '' otherwise. The model
     reads axial slices; where its tumor-free probe measured a plane (trainer.tumor_free_probe, "planes"), the
-    note gives the share it flagged."""
+    note gives the share it flagged; where the applied site profile validated planes (`site_planes`) and not this
+    one, it says so first."""
     if plane not in NON_AXIAL:
         return ""
     probe = (((md or {}).get("tumor_free_probe") or {}).get("planes") or {}).get(plane, {})
     share = probe.get("flagged")
     measured = (f"; it flags {share:.0%} of {plane} slices of heads without a tumor" if share is not None else "")
-    return f"{plane} slices: the model was chosen on axial slices{measured}"
+    here = "not validated at this site; " if site_planes is not None and plane not in site_planes else ""
+    return f"{plane} slices: {here}the model was chosen on axial slices{measured}"
 
 
-def look_caveat(label, md, site_looks=None, plane=None):
+def look_caveat(label, md, site=NO_SITE, plane=None):
     """'T2: not validated at this site; ...' for a flagged series whose look (screening_core.looks, from its
     description or folder) is one where the model's flags are known to be unreliable: the model never trained
-    on it, the applied site profile did not validate it (`site_looks`: the profile's looks; None without one),
+    on it, the applied site profile did not validate it (`site`: the profile's looks and planes, Site.of),
     or the tumor-free probe flagged at least LOOK_WARNING_SHARE of such slices; and, for a series whose `plane`
     is not axial, `plane_caveat`. '' otherwise."""
     look = looks.look_of(label)
     notes = []
     if look in UNTRAINED_LOOKS:
         notes.append("a look the model never trained on")
-    if site_looks is not None and look not in site_looks:
+    if site.looks is not None and look not in site.looks:
         notes.append("not validated at this site")
     probe = _probe_looks(md).get(look, {})
     share, highest = probe.get("flagged"), probe.get("highest_volume")
@@ -231,11 +247,11 @@ def look_caveat(label, md, site_looks=None, plane=None):
         notes.append(f"the model flags {share:.0%} of slices of heads without a tumor"
                      + (f", {worst:.0%} of one head's" if worst is not None else ""))
     text = f"{looks.NAMES[look]}: {'; '.join(notes)}" if notes else ""
-    return "; ".join(c for c in (text, plane_caveat(plane, md)) if c)
+    return "; ".join(c for c in (text, plane_caveat(plane, md, site.planes)) if c)
 
 
-def _look_note(label, md, site_looks=None, plane=None):
-    caveat = look_caveat(label, md, site_looks, plane)
+def _look_note(label, md, site=NO_SITE, plane=None):
+    caveat = look_caveat(label, md, site, plane)
     return f' <b class="look-warning">({_esc(caveat)})</b>' if caveat else ""
 
 
@@ -262,7 +278,7 @@ def _drift_html(drift):
             f'(limit {drift["ood_rate_limit"]:.0%}); probability PSI {drift["score_psi"]:.2f}.{warn}</p>')
 
 
-def _worklist_html(worklist, total, md=None, site_looks=None):
+def _worklist_html(worklist, total, md=None, site=NO_SITE):
     """Studies by highest tumor probability: the order a radiologist should read them in; a flagged series of
     a look the model is unreliable on carries a note (_look_note)."""
     from beam_pipeline.studies import place_label
@@ -276,7 +292,7 @@ def _worklist_html(worklist, total, md=None, site_looks=None):
                 else f"folder {place_label(s)}")
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
-                    f"{s['n_series']} series{_lesion_note(s)}</td><td>{_series_cell(s['flagged_series'], md, site_looks)}</td>"
+                    f"{s['n_series']} series{_lesion_note(s)}</td><td>{_series_cell(s['flagged_series'], md, site)}</td>"
                     f"{_ood_cell(s)}</tr>")
     return (f'<h2>Worklist: studies by highest probability{shown}</h2><p>All flagged studies: '
             '<a href="flagged_studies.csv">flagged_studies.csv</a></p><table id="worklist"><tr><th>max p</th>'
@@ -285,8 +301,8 @@ def _worklist_html(worklist, total, md=None, site_looks=None):
             + "".join(rows) + "</table>")
 
 
-def _series_cell(labels, md, site_looks=None):
-    return ", ".join(_esc(label) + _look_note(label, md, site_looks, plane_of_label(label))
+def _series_cell(labels, md, site=NO_SITE):
+    return ", ".join(_esc(label) + _look_note(label, md, site, plane_of_label(label))
                      for label in labels) or "-"
 
 
@@ -353,7 +369,7 @@ def flagged_csv(folder, md=None):
     cols = ["max_probability", "group_kind", "accession_number", "study_date", "study_instance_uid", "source_uri",
             "folder", "patient_group", "modalities", "n_series", "n_images", "n_flagged", "flagged_series"]
     summary = run_summary.read(folder)
-    md, site_looks = md or _model_metadata(summary), summary.get("site_validated_looks")
+    md, site = md or _model_metadata(summary), Site.of(summary)
     w = csv.writer(out)
     w.writerow([*cols, "look_caveats"])
     # Flagged studies only (the file lists them all), and only the columns written.
@@ -363,7 +379,7 @@ def flagged_csv(folder, md=None):
         rows = pa.concat_tables(flagged, promote_options="default").sort_by([("max_probability", "descending")])
         for r in rows.to_pylist():
             caveats = [f"{label} ({c})" for label in r["flagged_series"] or []
-                       for c in [look_caveat(label, md, site_looks, plane_of_label(label))] if c]
+                       for c in [look_caveat(label, md, site, plane_of_label(label))] if c]
             w.writerow([f"{r['max_probability']:.4f}" if c == "max_probability" else
                         ";".join(r[c]) if isinstance(r.get(c), list) else r.get(c) for c in cols] + [";".join(caveats)])
     return out.getvalue()
@@ -392,7 +408,7 @@ def render(folder, md=None):
     for r in near:
         by_study.setdefault(series_key(r), []).append(r)
     md = md or _model_metadata(summary)
-    site_looks = summary.get("site_validated_looks")  # None: no site profile applied (or one without looks)
+    site = Site.of(summary)  # Nones: no site profile applied (or one without looks or planes)
     parts = [f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
 <title>Brain-MRI screening run {_esc(summary['run_id'])}</title>
 <style>
@@ -408,7 +424,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 <h1>Brain-MRI screening run <code>{_esc(summary['run_id'])}</code></h1>
 <p class="notice"><b>Screening aid, not a diagnostic device.</b> Scores prioritise studies for a radiologist;
 every study still needs a radiologist's read.</p>
-{_validation_html(threshold_sources, md, site_looks)}
+{_validation_html(threshold_sources, md, site)}
 {_drift_html(summary.get('drift'))}
 <h2>Summary</h2><table id="summary">
 <tr><th>rows (images)</th><td>{totals['rows']}</td></tr>
@@ -420,7 +436,7 @@ every study still needs a radiologist's read.</p>
 <tr><th>throughput (last run)</th><td>{summary['images_per_second']} images/s over {summary['elapsed_seconds']} s</td></tr>
 <tr><th>inputs</th><td>{totals['sources']}</td></tr>
 </table>"""]
-    parts.append(_worklist_html(worklist, n_exams, md, site_looks))
+    parts.append(_worklist_html(worklist, n_exams, md, site))
     if counts.sum():
         parts.append(f'<h2>Probabilities</h2><img id="histogram" alt="histogram of tumor probabilities" '
                      f'src="{_data_uri(_histogram_svg(counts, threshold), "image/svg+xml")}">')
@@ -436,7 +452,7 @@ every study still needs a radiologist's read.</p>
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
                      f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '
-                     f'modality {_esc(s["modality"] or "-")}{_look_note(series_label(s), md, site_looks, s.get("plane"))}</p>')
+                     f'modality {_esc(s["modality"] or "-")}{_look_note(series_label(s), md, site, s.get("plane"))}</p>')
         top = sorted((r for r in by_study.get(s["study_key"], []) if r["heatmap_path"]),
                      key=lambda r: -r["tumor_probability"])[:4]
         for r in top:

@@ -21,8 +21,11 @@ Only then is site_profile.json written (the site threshold, bound to the
 model's sha256 and sealed); --force writes it anyway, marked forced. The
 profile also lists the looks (FLAIR, T1, T2, ...; screening_core/looks.py, read
 from series descriptions or the sample's folder and file names) with enough
-tumor and tumor-free patients of their own: brain-score's report marks flagged
-series of any other look as not validated at this site. Exit 0
+tumor and tumor-free patients of their own, and the slice planes (axial, sagittal,
+coronal, oblique: DICOM orientation) likewise: brain-score's report marks flagged
+series of any other look or plane as not validated at this site. A look or plane
+with that many patients on which the model fails on its own (sensitivity or
+specificity below the required) fails the verdict: pooled figures can hide it. Exit 0
 when the verdict is "meets", 3 when "not met" or "insufficient sample", 2 on
 bad input.
 """
@@ -146,10 +149,11 @@ def labelled_rows(rows, key_col, labels):
 
 
 def join(rows, key_col, labels):
-    """(y, p, groups, subgroups, in_distribution, unmatched, keys, looks) over scored rows that have a label.
+    """(y, p, groups, subgroups, in_distribution, unmatched, keys, looks, planes) over scored rows that have a label.
 
-    A row's look comes from its (scrubbed) series description, else from the sample's folder and file names."""
-    y, p, g, sg, ind, keys, lk = [], [], [], [], [], [], []
+    A row's look comes from its (scrubbed) series description, else from the sample's folder and file names; its
+    plane from the row (DICOM orientation, NIfTI axial; None for JPEG/PNG/TIFF)."""
+    y, p, g, sg, ind, keys, lk, pl = [], [], [], [], [], [], [], []
     matched = set()
     for key, r in labelled_rows(rows, key_col, labels):
         label, group, subgroup = labels[key][:3]
@@ -162,8 +166,9 @@ def join(rows, key_col, labels):
         keys.append(key)
         described = looks.look_of(r.get("series_description"))
         lk.append(described if described != "other" or len(labels[key]) < 5 else labels[key][4])
+        pl.append(r.get("plane"))
     return (np.array(y), np.array(p, np.float64), np.array(g), np.array(sg), ind,
-            len(set(labels) - matched), keys, np.array(lk))
+            len(set(labels) - matched), keys, np.array(lk), np.array(pl, dtype=object))
 
 
 def wilson_lower(proportion, n, z=1.96):
@@ -203,14 +208,17 @@ MEETS, NOT_MET, INSUFFICIENT = "meets", "not met", "insufficient sample"
 
 def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, required_lower, bootstrap=1000,
              specificity_floor=DEFAULT_SPECIFICITY_FLOOR, auc_floor=DEFAULT_AUC_FLOOR,
-             min_patients=DEFAULT_MIN_PATIENTS, image_looks=None, development=None):
+             min_patients=DEFAULT_MIN_PATIENTS, image_looks=None, development=None, image_planes=None):
     """Every figure, and a verdict that is "meets" only when every check holds over patients.
 
     Checks: at least `min_patients` tumor and tumor-free patients (else "insufficient sample");
     at the site threshold, the sensitivity's lower 95% bound >= `required_lower` and the
     specificity's >= `specificity_floor`; the AUC's lower bound >= `auc_floor`. `image_looks` (one look per
     image, screening_core.looks) adds the figures by look and `validated_looks`: the looks with at least
-    `min_patients` tumor and tumor-free patients of their own, and only when the verdict is "meets". `development`
+    `min_patients` tumor and tumor-free patients of their own, and only when the verdict is "meets"; `image_planes`
+    (one plane per image, None where unknown) the same by plane (`validated_planes`). A look or plane with that many
+    patients whose own sensitivity falls below `required_lower` or specificity below `specificity_floor` fails the
+    verdict: pooled figures can hide a look the model fails at this site. `development`
     ({"copies": one (collection or None) per image} or {"why": reason it was not checked}) fails the verdict when
     the sample holds near-copies of images the model was developed on (fingerprint.MIN_COPIES). Each lower bound
     is the smaller of the patient bootstrap's and (for proportions) Wilson's over patients: a
@@ -250,6 +258,12 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     copies = _development_check(development, groups)
     if copies:
         checks.append(copies["check"])
+    strata = {kind: _by_stratum(y, p, groups, values, order, site_threshold, min_patients, required_lower,
+                                specificity_floor)
+              for kind, values, order in (("look", image_looks, tuple(looks.NAMES)),
+                                          ("plane", image_planes, PLANES)) if values is not None}
+    if strata:
+        checks.append(_strata_check(strata, min_patients))
     failed = [why for _, ok, _, why in checks if not ok]
     status = MEETS if not failed else INSUFFICIENT if not (checks[0][1] and checks[1][1]) else NOT_MET
     offered = at_site["specificity"] >= specificity_floor and status == MEETS
@@ -277,9 +291,11 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
         m = subgroups == s
         by_subgroup[s or "(all)"] = metrics.evaluate_at(y[m], p[m], site_threshold, groups[m], 0)
     known = [v for v in in_dist if v is not None]
-    by_look, validated_looks = _by_look(y, p, groups, image_looks, site_threshold, min_patients)
+    by_look, validated_looks, _ = strata.get("look", ({}, [], []))
+    by_plane, validated_planes, _ = strata.get("plane", ({}, None, []))
     if status != MEETS:
         validated_looks = []
+        validated_planes = None if validated_planes is None else []
     return {"n_images": int(len(y)), "n_positive": int(y.sum()), "n_groups": int(len(np.unique(groups))),
             "n_positive_groups": n_pos_groups, "n_negative_groups": n_neg_groups,
             "every_image_its_own_group": bool(images_are_groups),
@@ -298,6 +314,7 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
             "expected_calibration_error": metrics.expected_calibration_error(y, p),
             "out_of_distribution_share": (float(np.mean([not v for v in known])) if known else None),
             "by_subgroup": by_subgroup, "by_look": by_look, "validated_looks": validated_looks,
+            "by_plane": by_plane, "validated_planes": validated_planes,
             "development_copies": copies and copies["summary"] or
             ({"checked": False, "why": development["why"]} if development else None),
             "status": status, "meets": status == MEETS, "verdict": verdict}
@@ -384,23 +401,48 @@ def _compare_with_development(args, labels, rows, key_col, model, metadata, pseu
             "why": note}
 
 
-def _by_look(y, p, groups, image_looks, threshold, min_patients):
-    """({look: figures at the site threshold}, [looks with min_patients tumor and tumor-free patients])."""
+PLANES = ("axial", "sagittal", "coronal", "oblique")  # decoding.plane_of's answers
+
+
+def _by_stratum(y, p, groups, values, order, threshold, min_patients, required_lower, specificity_floor):
+    """({stratum: figures at the site threshold}, [strata validated], [(stratum, why it fails)]) for one kind of
+    stratum (looks, planes; `values` one per image, None where unknown, `order` the strata in display order).
+
+    A stratum is checked when it has `min_patients` tumor and tumor-free patients of its own; it is validated when
+    its own sensitivity and specificity reach `required_lower` and `specificity_floor`. Point figures, not bounds:
+    the pooled checks hold the bounds, and a stratum's own bound over 20 patients could never reach 0.90. When no
+    image has a known value, validated is None: the sample says nothing about this kind (JPEG has no plane)."""
     from screening_core import metrics
-    if image_looks is None:
-        return {}, []
-    image_looks = np.asarray(image_looks)
-    out, covered = {}, []
-    for look in looks.NAMES:
-        m = image_looks == look
+    values = np.asarray(values, dtype=object)
+    out, validated, failing = {}, [], []
+    for name in order:
+        m = values == name
         if not m.any():
             continue
         figures = metrics.evaluate_at(y[m], p[m], threshold, groups[m], 0)
         pos, neg = len(np.unique(groups[m][y[m] == 1])), len(np.unique(groups[m][y[m] == 0]))
-        out[look] = {**figures, "n_positive_groups": pos, "n_negative_groups": neg}
-        if pos >= min_patients and neg >= min_patients:
-            covered.append(look)
-    return out, covered
+        out[name] = {**figures, "n_positive_groups": pos, "n_negative_groups": neg}
+        if pos < min_patients or neg < min_patients:
+            continue
+        low = [f"{k} {figures[k]:.3f} is below {floor:.3f}" for k, floor in
+               (("sensitivity", required_lower), ("specificity", specificity_floor)) if figures[k] < floor]
+        if low:
+            failing.append((name, f"{' and '.join(low)} ({pos} tumor, {neg} tumor-free patients)"))
+        else:
+            validated.append(name)
+    return out, (validated if out else None), failing
+
+
+def _strata_check(strata, min_patients):
+    """The check of `evaluate` that every look and plane with enough patients of its own holds on its own."""
+    failing = [(kind, name, why) for kind, (_, _, fails) in strata.items() for name, why in fails]
+    checked = sum(len(v) + len(f) for _, v, f in strata.values() if v is not None)
+    names = {"look": lambda k: looks.NAMES.get(k, k), "plane": lambda k: f"{k} plane"}
+    why = ("; ".join(f"{names[kind](name)}: {text}" for kind, name, text in failing)
+           + " at the site threshold; the pooled figures hide it. Take those images out of the sample to validate "
+             "the rest (brain-score then marks such series as not validated here)")
+    value = (f"{len(failing)} of {checked} fail" if checked else f"none with {min_patients} patients of each class")
+    return ("looks and planes on their own", not failing, value, why)
 
 
 def _calibration_png(curve):
@@ -493,13 +535,24 @@ def _cases_html(title, items, anchor):
 
 
 def _looks_line(result):
-    names = ", ".join(looks.NAMES[k] for k in result.get("validated_looks", []))
-    others = ", ".join(looks.NAMES[k] for k in result.get("by_look", {}) if k not in result.get("validated_looks", []))
-    if not names:
-        return ("No look is validated: no look has enough tumor and tumor-free patients of its own, or the verdict is "
-                "not 'meets'.")
-    return (f"Validated looks: <b>{names}</b>" + (f"; too few patients of their own: {others}" if others else "")
-            + ". brain-score's report marks flagged series of any other look as not validated at this site.")
+    return _strata_line(result, "look", lambda k: looks.NAMES[k]) + " " + _strata_line(result, "plane", str)
+
+
+def _strata_line(result, kind, name):
+    """What the site profile validates of one kind of stratum (looks or planes), for validation.html and the console."""
+    validated = result.get(f"validated_{kind}s")
+    if validated is None:
+        return f"No {kind} is known in this sample: the profile makes no claim about {kind}s."
+    failing = {k for k, m in result.get(f"by_{kind}", {}).items()
+               if k not in validated and min(m["n_positive_groups"], m["n_negative_groups"]) >= result["min_patients"]}
+    others = [k for k in result.get(f"by_{kind}", {}) if k not in validated and k not in failing]
+    if not validated:
+        return (f"No {kind} is validated: none has enough tumor and tumor-free patients of its own and holds on its "
+                "own, or the verdict is not 'meets'.")
+    tail = "".join(f"; {label}: {', '.join(name(k) for k in ks)}" for label, ks in
+                   (("failing on their own", sorted(failing)), ("too few patients of their own", others)) if ks)
+    return (f"Validated {kind}s: <b>{', '.join(name(k) for k in validated)}</b>{tail}. brain-score's report marks "
+            f"flagged series of any other {kind} as not validated at this site.")
 
 
 def render_html(result, metadata, curve=None):
@@ -514,6 +567,10 @@ def render_html(result, metadata, curve=None):
                         f"<td>{m['n_positive_groups']}</td><td>{m['n_negative_groups']}</td>"
                         f"<td>{fmt(m, 'sensitivity')}</td><td>{fmt(m, 'specificity')}</td></tr>"
                         for k, m in result.get("by_look", {}).items())
+    plane_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{m['n']}</td><td>{m['n_positive']}</td>"
+                         f"<td>{m['n_positive_groups']}</td><td>{m['n_negative_groups']}</td>"
+                         f"<td>{fmt(m, 'sensitivity')}</td><td>{fmt(m, 'specificity')}</td></tr>"
+                         for k, m in result.get("by_plane", {}).items())
     checks = "".join(f"<tr><td>{html.escape(c['check'])}</td><td>{html.escape(c['value'])}</td>"
                      f"<td>{'yes' if c['passed'] else '<b>NO</b>'}</td></tr>" for c in result.get("checks", []))
     a, s = result["at_artifact_threshold"], result["at_site_threshold"]
@@ -540,9 +597,12 @@ out of distribution: {'n/a' if result['out_of_distribution_share'] is None else 
              "false-positives")}
 <h2>Checks (all must pass for "meets")</h2><table id="checks"><tr><th>check</th><th>value</th><th>passed</th></tr>
 {checks}</table>
-<h2>By look (site threshold)</h2><p id="validated-looks">{_looks_line(result)}</p>
+<h2>By look (site threshold)</h2><p id="validated-looks">{_strata_line(result, "look", lambda k: looks.NAMES[k])}</p>
 <table id="by-look"><tr><th>look</th><th>images</th><th>tumor</th><th>tumor patients</th><th>tumor-free patients</th>
 <th>sensitivity</th><th>specificity</th></tr>{look_rows}</table>
+<h2>By plane (site threshold)</h2><p id="validated-planes">{_strata_line(result, "plane", str)}</p>
+<table id="by-plane"><tr><th>plane</th><th>images</th><th>tumor</th><th>tumor patients</th><th>tumor-free patients</th>
+<th>sensitivity</th><th>specificity</th></tr>{plane_rows}</table>
 <h2>By subgroup (site threshold)</h2><table><tr><th>subgroup</th><th>images</th><th>tumor</th><th>sensitivity</th>
 <th>specificity</th></tr>{rows}</table>
 <h2>Calibration</h2><img id="calibration" alt="calibration curve" src="data:image/png;base64,{_calibration_png(result['calibration'])}">
@@ -627,12 +687,12 @@ def main(argv=None):
             raise ValidationError(f"{scores} was scored with another model ({summary['model']['model_name']} "
                                   f"v{summary['model']['model_version']}); validate the model that scored it")
         rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
-        y, p, groups, subgroups, in_dist, unmatched, keys, image_looks = join(rows, key_col, labels)
+        y, p, groups, subgroups, in_dist, unmatched, keys, image_looks, image_planes = join(rows, key_col, labels)
         development = _compare_with_development(args, labels, rows, key_col, model, metadata,
                                                 pseudonym.Pseudonymiser(key) if args.sample else None)
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,
                           args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
-                          args.min_patients, image_looks, development)
+                          args.min_patients, image_looks, development, image_planes)
         result["unmatched_labels"] = unmatched
         result["cases"] = cases(y, p, keys, subgroups, result["site_threshold"],
                                 {k: v[3] for k, v in labels.items() if len(v) > 3})
@@ -657,7 +717,8 @@ def main(argv=None):
         profile = site_profile.build(metadata, result["site_threshold"], args.target_sensitivity, {
             **{k: result[k] for k in ("n_images", "n_positive", "n_groups", "n_positive_groups", "n_negative_groups",
                                       "roc_auc", "auc_lower95", "sensitivity", "sensitivity_lower95", "specificity",
-                                      "specificity_lower95", "status", "meets", "verdict", "validated_looks")},
+                                      "specificity_lower95", "status", "meets", "verdict", "validated_looks",
+                                      "validated_planes")},
             "forced": not result["meets"]})
         site_profile.write(profile, profile_path)
         written.append("site_profile.json")

@@ -252,6 +252,21 @@ def test_a_flagged_series_in_another_plane_says_so_in_the_worklist_the_report_an
     assert page.count("(sagittal slices: the model was chosen on axial slices)") == 2  # worklist and series
     (row,) = csv.DictReader(open(rows_mod.result_file(out, "flagged_studies.csv")))
     assert row["look_caveats"] == "T1 3D (sagittal) (sagittal slices: the model was chosen on axial slices)"
+    # A site profile that validated axial series only: the sagittal flag says so, the axial one stays clean.
+    from beam_pipeline import model_store, site_profile
+    profile = site_profile.build(model_store.metadata(model), 0.01, 0.95, {
+        "n_images": 200, "n_positive": 100, "meets": True, "forced": False, "validated_looks": ["t1", "t2"],
+        "validated_planes": ["axial"]})
+    site_profile.write(profile, str(tmp_path / "axial_only.json"))
+    site = str(tmp_path / "site")
+    assert run.main(["--input", str(tmp_path / "in"), "--output", site, "--model", model,
+                     "--site-profile", str(tmp_path / "axial_only.json")]) == 0
+    page = open(rows_mod.result_file(site, "report.html")).read()
+    assert "Planes validated: axial; flagged series in other planes are marked." in page
+    assert page.count("(sagittal slices: not validated at this site; the model was chosen on axial slices)") == 2
+    (row,) = csv.DictReader(open(rows_mod.result_file(site, "flagged_studies.csv")))
+    assert row["look_caveats"] == ("T1 3D (sagittal) (sagittal slices: not validated at this site; the model was "
+                                   "chosen on axial slices)")
     md = {"tumor_free_probe": {"planes": {"sagittal": {"flagged": 0.57}}}}
     assert report.plane_caveat("sagittal", md).endswith("it flags 57% of sagittal slices of heads without a tumor")
     assert report.plane_caveat("axial", md) == report.plane_caveat(None, md) == ""

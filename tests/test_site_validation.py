@@ -82,6 +82,58 @@ def test_a_look_is_validated_only_with_enough_patients_of_its_own_and_a_verdict_
     assert not chance["meets"] and chance["validated_looks"] == []  # no look is validated by a failed verdict
 
 
+def _strata_sample(seed=0):
+    """(y, p, groups, strata): 400 patients the model separates (stratum "a") and 40 more (20 + 20, stratum "b")
+    whose tumor-free images it all flags: pooled, specificity is still 200/220."""
+    y, p, g = _per_patient(400, 2, separable=True, seed=seed)
+    yb, pb, gb = _per_patient(40, 2, separable=True, seed=seed + 1)
+    pb = np.where(yb == 0, 0.99, pb)  # b's tumor-free images score above every tumor
+    return (np.r_[y, yb], np.r_[p, pb], np.r_[g, gb + 400], np.r_[np.full(y.size, "a"), np.full(yb.size, "b")])
+
+
+@pytest.mark.parametrize("kind", ["look", "plane"])
+def test_a_look_or_plane_the_model_fails_fails_the_verdict_though_the_pooled_figures_pass(kind):
+    y, p, g, stratum = _strata_sample()
+    names = {"look": {"a": "flair", "b": "t2"}, "plane": {"a": "axial", "b": "sagittal"}}[kind]
+    values = np.array([names[v] for v in stratum], dtype=object)
+    args = (y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 200)
+    pooled = validate.evaluate(*args, min_patients=20)
+    assert pooled["meets"] and pooled["specificity"] > 0.9  # without strata the failure is invisible
+    r = validate.evaluate(*args, min_patients=20, **{f"image_{kind}s": values})
+    bad = names["b"]
+    assert not r["meets"] and r["status"] == "not met"
+    assert r[f"by_{kind}"][bad]["specificity"] == 0.0 and r[f"validated_{kind}s"] == []
+    label = "T2" if kind == "look" else "sagittal plane"
+    assert f"{label}: specificity 0.000 is below 0.500 (20 tumor, 20 tumor-free patients)" in r["verdict"]
+    assert {"check": "looks and planes on their own", "passed": False, "value": "1 of 2 fail"} in r["checks"]
+    # Without the failing stratum's images the rest validates, and only its own stratum.
+    keep = values == names["a"]
+    rest = validate.evaluate(y[keep], p[keep], g[keep], np.array([""] * keep.sum()), [None] * keep.sum(), 0.5, 0.95,
+                             0.9, 200, min_patients=20, **{f"image_{kind}s": values[keep]})
+    assert rest["meets"] and rest[f"validated_{kind}s"] == [names["a"]]
+    # Too few patients of its own: the stratum is listed, neither checked nor validated.
+    few = validate.evaluate(*args, min_patients=21, **{f"image_{kind}s": values})
+    assert few["meets"] and few[f"validated_{kind}s"] == [names["a"]]
+    assert f"too few patients of their own: {label.split()[0] if kind == 'plane' else 'T2'}" in \
+        validate._strata_line(few, kind, (lambda k: k) if kind == "plane" else (lambda k: validate.looks.NAMES[k]))
+
+
+def test_join_reads_each_rows_plane():
+    rows = [{"status": "ok", "sop_instance_uid": f"u{i}", "tumor_probability": 0.1 * i, "plane": plane,
+             "series_description": "T2 TSE"} for i, plane in enumerate(("axial", "sagittal", None))]
+    labels = {"u0": (1, "g0", ""), "u1": (0, "g1", ""), "u2": (0, "g2", "")}
+    *_, image_looks, image_planes = validate.join(rows, "sop_instance_uid", labels)
+    assert image_planes.tolist() == ["axial", "sagittal", None] and image_looks.tolist() == ["t2"] * 3
+
+
+def test_a_sample_without_known_planes_makes_no_claim_about_planes():
+    y, p, g = _per_patient(100, 3, separable=True)
+    r = validate.evaluate(y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300,
+                          image_planes=np.array([None] * y.size, dtype=object))
+    assert r["meets"] and r["validated_planes"] is None and r["by_plane"] == {}
+    assert "No plane is known in this sample" in validate._looks_line(r)
+
+
 def test_patients_from_a_pattern_or_their_folder():
     import re
     rx = re.compile(r"^(.+)_\d+\.png$")
@@ -118,6 +170,7 @@ def test_validate_a_sample_folder_then_apply_the_site_profile(tmp_path, capsys):
     assert result["n_images"] == 16 and result["n_positive"] == 8 and result["unmatched_labels"] == 0
     assert set(result["by_subgroup"]) == {"flair", "t1"}
     assert set(result["by_look"]) == {"flair", "t1"} and result["validated_looks"] == []  # from the sample's folders
+    assert result["by_plane"] == {} and result["validated_planes"] is None  # PNG has no plane: no claim either way
     # Known answer: the AUC of the scored rows against the folder labels, computed here independently.
     summary = run.read_summary(str(out / "scores"))
     rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
@@ -144,6 +197,7 @@ def test_validate_a_sample_folder_then_apply_the_site_profile(tmp_path, capsys):
     assert profile["threshold"] == result["site_threshold"] and profile["model_sha256"] in open(
         os.path.join(model_dir, "metadata.json")).read()
     assert profile["forced"] and not profile["meets"] and profile["validated_looks"] == []
+    assert profile["validated_planes"] is None
 
     # brain-score --site-profile refuses a profile that did not meet its checks, unless forced (recorded)
     img = tmp_path / "night.png"
