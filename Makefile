@@ -119,12 +119,19 @@ HEALTHY_HEADS ?= ../data/healthy-heads
 HEALTHY_HEADS_TEST ?= ../data/healthy-heads-test
 HEALTHY_HEADS_PROBE ?= ../data/healthy-heads-test-volumes
 HEALTHY_HEADS_HELD_OUT ?= ^subj(1[7-9]|2[0-3])$$
-NICHART_RAW ?= https://raw.githubusercontent.com/CBICA/NiChart_Project/1a04acb4ce41cc69472c79647ddeb85e73946544
+NICHART_COMMIT ?= 1a04acb4ce41cc69472c79647ddeb85e73946544
+# Where the pinned public files come from: raw.githubusercontent.com, or, on a machine without it, local git
+# clones under GIT_MIRRORS as <owner>/<name> (bare or not; e.g. GIT_MIRRORS=/srv/mirrors): the same commit and
+# sha256 are checked either way.
+GIT_MIRRORS ?=
+# $(call pinned,owner/name,commit,path,output)
+pinned = if [ -n "$(GIT_MIRRORS)" ]; then git -C "$(GIT_MIRRORS)/$(1)" show "$(2):$(3)" > $(4); \
+	else curl -fsSL "https://raw.githubusercontent.com/$(1)/$(2)/$(3)" -o $(4); fi
 # Each volume is fetched once, checked against its sha256 and only then moved into place (an interrupted run
 # resumes); lesions-flair/ holds NiChart's white-matter hyperintensity masks (DLWMLS) of the FLAIR volumes.
 data-healthy-heads: $(STAMP)
 	while read look subject path sha; do f=$(HEALTHY_HEADS_VOLUMES)/$$look/$$subject.nii.gz; test -f $$f && continue; \
-		mkdir -p $$(dirname $$f) && curl -fsSL "$(NICHART_RAW)/$$path" -o $$f.part && \
+		mkdir -p $$(dirname $$f) && { $(call pinned,CBICA/NiChart_Project,$(NICHART_COMMIT),$$path,$$f.part); } && \
 		echo "$$sha  $$f.part" | sha256sum --check --quiet && mv $$f.part $$f || exit 1; \
 	done < docs/healthy_heads_manifest.txt
 	test -d $(HEALTHY_HEADS) || $(PY) -m trainer.volume_slices --input $(HEALTHY_HEADS_VOLUMES) --out $(HEALTHY_HEADS) \
@@ -165,8 +172,7 @@ probe-tumor-free: $(STAMP)
 # make data-tumor-free-probe
 data-tumor-free-probe:
 	grep -v '^#' docs/tumor_free_probe_manifest.txt | while read name repo commit path sha; do f=$(PROBE_DIR)/$$name; \
-		test -f $$f && continue; mkdir -p $(PROBE_DIR) && \
-		curl -fsSL "https://raw.githubusercontent.com/$$repo/$$commit/$$path" -o $$f.part && \
+		test -f $$f && continue; mkdir -p $(PROBE_DIR) && { $(call pinned,$$repo,$$commit,$$path,$$f.part); } && \
 		echo "$$sha  $$f.part" | sha256sum --check --quiet && mv $$f.part $$f || exit 1; \
 	done
 
