@@ -109,6 +109,35 @@ def test_a_transplanted_tumor_makes_a_tumor_free_slice_a_masked_tumor_slice_with
         input_pipeline.load_donors([], [], spec)
 
 
+def test_a_t2_like_flair_slice_keeps_its_label_and_mask_and_only_its_fluid_turns_bright(tmp_path):
+    """--fluid-bright: FLAIR slices (their dark ventricles) made T2-like; the tumor's label and mask stay."""
+    from PIL import Image
+    spec = preprocessing.InputSpec(height=128, width=128)
+    yy, xx = np.mgrid[:128, :128]
+    paths, masks = [], []
+    for i in range(4):
+        img = synth.brain_slice(i, 128, lesion=i >= 2, quadrant="tr", radius=0.08)
+        img[((yy - 64) / 14) ** 2 + ((xx - 60) / 7) ** 2 <= 1] = 15  # a ventricle, dark as fluid on FLAIR
+        (tmp_path / f"s{i}.png").write_bytes(synth.encode(img))
+        paths.append(str(tmp_path / f"s{i}.png"))
+        if i >= 2:
+            Image.fromarray(np.where(img == 245, 255, 0).astype(np.uint8)).save(tmp_path / f"m{i}.png")
+        masks.append(str(tmp_path / f"m{i}.png") if i >= 2 else input_pipeline.MASK_EMPTY)
+    labels = np.array([0, 0, 1, 1], np.float32)
+
+    def batch(p):
+        ds = input_pipeline.make_lesion_dataset(paths, labels, np.array(masks), ["a"] * 4, spec, 4, True, seed=3,
+                                                stride=16, balanced=False, fluid=np.full(4, p, np.float32))
+        x, y, _ = next(iter(ds))
+        return x.numpy(), y["tumor_probability"].numpy()[:, 0], y["lesion_map"].numpy()
+    x0, label0, target0 = batch(0.0)
+    x1, label1, target1 = batch(1.0)
+    assert np.array_equal(label0, label1) and np.array_equal(target0, target1), "label and mask unchanged"
+    brighter = (x1 - x0 > 0.2).reshape(4, -1).sum(1)
+    assert (brighter >= 50).all(), "every slice's ventricle turned bright"
+    assert ((x0 - x1) > 0.2).reshape(4, -1).sum(1).max() < 20, "and almost nothing turned darker"
+
+
 @pytest.mark.parametrize("kw, words", [
     (dict(transplant_tumors=0.5), "needs --lesion-weight"),
     (dict(transplant_tumors=2.0, lesion_weight=1.0), "probability in [0, 1]"),
@@ -116,6 +145,8 @@ def test_a_transplanted_tumor_makes_a_tumor_free_slice_a_masked_tumor_slice_with
     (dict(synth_tumors=1.5, lesion_weight=1.0), "probability in [0, 1]"),
     (dict(mirror_tumors=0.5), "needs --lesion-weight"),
     (dict(mirror_tumors=-0.1, lesion_weight=1.0), "probability in [0, 1]"),
+    (dict(fluid_bright=0.3), "needs --lesion-weight"),
+    (dict(fluid_bright=1.3, lesion_weight=1.0), "probability in [0, 1]"),
 ])
 def test_misused_synthetic_tumors_are_refused_before_any_work(tmp_path, kw, words):
     cfg = TrainConfig(data_dir=[str(tmp_path / "absent")], model_dir=str(tmp_path / "m"), **kw)

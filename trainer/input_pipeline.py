@@ -150,7 +150,7 @@ def load_donors(paths, masks, spec, min_pixels=20):
 
 
 def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth=None, mirror=None,
-                     transplant=None):
+                     transplant=None, fluid=None):
     labels = np.asarray(labels, np.float32)
     w = class_weights(labels)
     weights = np.where(labels > 0.5, w[1], w[0]).astype(np.float32)
@@ -160,16 +160,17 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
     if training:
         p, kind = synth if synth is not None else (np.zeros(len(paths), np.float32), np.zeros(len(paths), np.int32))
         tp = np.zeros(len(paths), np.float32) if transplant is None else np.asarray(transplant[0], np.float32)
+        fp = np.zeros(len(paths), np.float32) if fluid is None else np.asarray(fluid, np.float32)
         bank_x, bank_m = (np.zeros((1, spec.height, spec.width, 1), np.float32),) * 2 if transplant is None \
             else transplant[1:]
         bank_x, bank_m = tf.constant(bank_x), tf.constant(bank_m)
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices((np.asarray(p, np.float32),
-                                                                          np.asarray(kind, np.int32), tp))))
+                                                                          np.asarray(kind, np.int32), tp, fp))))
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         counter = tf.data.Dataset.counter(start=seed * 1_000_003)
 
         def aug(e, i):
-            (x, m, known, extent, label, weight), (p, kind, tp) = e
+            (x, m, known, extent, label, weight), (p, kind, tp, fp) = e
             s = tf.stack([tf.cast(seed, tf.int64), i])
             # a transplanted or painted tumor: a tumor slice whose mask is known (every other pixel a negative)
             j = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(s, 7), 0,
@@ -187,7 +188,7 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
                 known = tf.where(erased, 1.0, known)  # the mirrored healthy half: every pixel a negative
                 label = tf.where(erased, tf.zeros_like(label), label)
                 weight = tf.where(erased, tf.constant(w[0], tf.float32), weight)
-            x, m = augment.augment_with_mask(x, m, s, augment_mode)
+            x, m = augment.augment_with_mask(x, m, s, augment_mode, fluid_bright=fp)
             return x, m, known, label, weight
         ds = tf.data.Dataset.zip((ds, counter)).map(aug, num_parallel_calls=AUTOTUNE)
 
@@ -204,23 +205,25 @@ def _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, s
 
 def make_lesion_dataset(paths, labels, masks, sources, spec, global_batch_size, training, seed=0,
                         augment_mode="v2", stride=16, balanced=True, synth=None, shares=None, mirror=None,
-                        transplant=None):
+                        transplant=None, fluid=None):
     """Batches of (image, {label, lesion target}, {class weight, mask known}).
 
     Sources are drawn equally (or by `shares`) when `balanced` and training (endless then). `synth`: (probability,
     kind) per example (`augment.synthesis_plan`) of painting a synthetic tumor into it while training;
     `mirror`: (tumor extent mask path or "" per example, probability) of `augment.mirror_pair` while training;
     `transplant`: (probability per example, donor images, donor masks: `load_donors`) of setting a real tumor
-    into it first (`augment.transplant_tumor`; a transplanted slice is not painted).
+    into it first (`augment.transplant_tumor`; a transplanted slice is not painted); `fluid`: per example, the
+    probability that `augment.bright_fluid` makes it T2-like (FLAIR slices only).
     """
     paths, labels, masks, sources = (np.asarray(a) for a in (paths, labels, masks, sources))
     if not (training and balanced and len(set(sources.tolist())) > 1):
         ds = _lesion_examples(paths, labels, masks, spec, training, seed, augment_mode, stride, synth, mirror,
-                              transplant)
+                              transplant, fluid)
         return ds.batch(global_batch_size).prefetch(AUTOTUNE)
     ds = _draw_sources(sources, seed, lambda m, part_seed: _lesion_examples(
         paths[m], labels[m], masks[m], spec, True, part_seed, augment_mode, stride,
         None if synth is None else (synth[0][m], synth[1][m]),
         None if mirror is None else (np.asarray(mirror[0])[m], mirror[1]),
-        None if transplant is None else (np.asarray(transplant[0])[m], *transplant[1:])), shares)
+        None if transplant is None else (np.asarray(transplant[0])[m], *transplant[1:]),
+        None if fluid is None else np.asarray(fluid)[m]), shares)
     return ds.batch(global_batch_size).prefetch(AUTOTUNE)

@@ -33,6 +33,9 @@ _HELP = {
     "transplant_tumors": "with --lesion-weight: probability that a FLAIR, T2 or unknown-sequence tumor-free training "
                          "slice above the skull base gets a real tumor, cut with its mask from a FLAIR/T2 training "
                          "tumor slice (augment.transplant_tumor), and trains as a tumor slice (before any painting)",
+    "fluid_bright": "with --lesion-weight: probability that a FLAIR training slice (tumor or not) is made T2-like "
+                    "(augment.bright_fluid: the fluid inside the brain turns bright; label and mask kept): healthy "
+                    "T2 heads, whose bright ventricles and sulci the classifier reads as lesion, at every level",
     "mirror_tumors": "with --lesion-weight: probability that a tumor slice whose mask lies in one half of a "
                      "symmetric head is mirrored (augment.mirror_pair): half the time its healthy half over its "
                      "tumor half (a tumor-free slice at the tumor's own level, sequence and source), half the time "

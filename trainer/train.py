@@ -99,6 +99,10 @@ def train(cfg, extra_callbacks=()):
         raise ValueError(f"--transplant-tumors is a probability in [0, 1], got {cfg.transplant_tumors}")
     if cfg.transplant_tumors and cfg.lesion_weight <= 0:
         raise ValueError("--transplant-tumors cuts tumors with the lesion head's masks: it needs --lesion-weight > 0")
+    if not 0.0 <= cfg.fluid_bright <= 1.0:
+        raise ValueError(f"--fluid-bright is a probability in [0, 1], got {cfg.fluid_bright}")
+    if cfg.fluid_bright and cfg.lesion_weight <= 0:
+        raise ValueError("--fluid-bright keeps the tumor mask of the lesion head: it needs --lesion-weight > 0")
     if cfg.mirror_tumors and cfg.lesion_weight <= 0:
         raise ValueError("--mirror-tumors reads the tumor masks of the lesion head: it needs --lesion-weight > 0")
     strategy = distribute.get_strategy(cfg.cpu_replicas)  # before any other TF op
@@ -233,10 +237,15 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
         mirror = (extents[is_train], cfg.mirror_tumors)
         print(f"Mirrored pairs: {int(np.count_nonzero(extents[is_train]))} tumor training slices with a mask "
               f"may be mirrored (those with the tumor in one half of a symmetric head)")
+    fluid = None
+    if cfg.fluid_bright:  # FLAIR is T2 with the fluid nulled: its slices, with their masks, become T2-like
+        from screening_core import looks
+        fluid = np.where([looks.look_of(s or "") == "flair" for s in sequences], cfg.fluid_bright, 0.0)[is_train]
+        print(f"T2-like: {int(np.count_nonzero(fluid))} FLAIR training slices may have their fluid made bright")
     train_ds = input_pipeline.make_lesion_dataset(
         paths[is_train], labels[is_train], masks[is_train], sources[is_train], spec, global_batch, True,
         seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources, synth=synth, shares=cfg.shares(),
-        mirror=mirror, transplant=transplant)
+        mirror=mirror, transplant=transplant, fluid=fluid)
     val_ds = input_pipeline.make_lesion_dataset(
         paths[is_val], labels[is_val], masks[is_val], sources[is_val], spec, global_batch, False)
     return train_ds, val_ds
