@@ -41,7 +41,7 @@ import sys
 
 import numpy as np
 
-from beam_pipeline import errors
+from beam_pipeline import errors, studies
 from screening_core import looks
 
 POSITIVE = {"tumor", "tumour", "yes", "positive", "glioma", "meningioma", "pituitary", "1"}
@@ -401,7 +401,7 @@ def _compare_with_development(args, labels, rows, key_col, model, metadata, pseu
             "why": note}
 
 
-PLANES = ("axial", "sagittal", "coronal", "oblique")  # decoding.plane_of's answers
+PLANES = ("axial",) + studies.NON_AXIAL  # decoding.plane_of's answers
 
 
 def _by_stratum(y, p, groups, values, order, threshold, min_patients, required_lower, specificity_floor):
