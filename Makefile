@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -299,6 +299,29 @@ train-v19: data-healthy-planes
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/19
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/19
 	$(PY) -m trainer.development_set --model $(MODEL_DIR)/brain-tumor-cnn/19 --data-dir $(SHARED)/brain-mri \
+		--data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(SHARED)/brats-sample --data-dir $(HEALTHY_HEADS) \
+		--data-dir $(HEALTHY_PLANES)
+
+# v20, v21's classifier fine-tune: v18's recipe with the healthy heads' axial slices too (0.11 of each batch, beside
+# their sagittal and coronal ones at 0.11) and 0.3 of FLAIR training slices made T2-like (--fluid-bright; ~9 min of
+# fit). v21, the default: v19 with v3 moved 0.6 of the way to v20 (not 0.3; docs/model_v4_notes.md row WA; no
+# training, ~10 min of evaluation): make train-v20 train-v21 MODEL_DIR=/tmp/models
+V20 ?= $(MODEL_DIR)/brain-tumor-cnn/20
+train-v20: data-healthy-planes
+	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
+		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
+		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) \
+		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
+		--init-from models/brain-tumor-cnn/3/model.keras --epochs 6 --learning-rate 3e-4 --fluid-bright 0.3 \
+		--source-shares brain-mri=0.26,lgg=0.26,brats-ped=0.26,healthy-planes=0.11,healthy-heads=0.11 --version 20
+train-v21: data-healthy-planes
+	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) --classifier models/brain-tumor-cnn/3 \
+		--fine-tuned $(V20) --alpha 0.6 --out $(MODEL_DIR)/brain-tumor-cnn/_work/21
+	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --eval-data-dir $(HEALTHY_PLANES_TEST) \
+		--target-sensitivity 0.98 --from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/21/best.keras --version 21
+	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/21
+	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/21
+	$(PY) -m trainer.development_set --model $(MODEL_DIR)/brain-tumor-cnn/21 --data-dir $(SHARED)/brain-mri \
 		--data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(SHARED)/brats-sample --data-dir $(HEALTHY_HEADS) \
 		--data-dir $(HEALTHY_PLANES)
 
