@@ -134,6 +134,38 @@ def test_a_sample_without_known_planes_makes_no_claim_about_planes():
     assert "No plane is known in this sample" in validate._looks_line(r)
 
 
+def test_a_dicom_sample_is_validated_by_plane_and_the_profile_lists_its_planes(tmp_path):
+    """brain-validate --sample on DICOM: each image's plane comes from its orientation through the scored rows, the
+    verdict's strata hold them, and the profile (here forced) carries validated_planes."""
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from beam_pipeline import sample_data
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    sample = tmp_path / "dicom_sample"
+    for i in range(8):
+        cls, iop = ("tumor" if i % 2 else "notumor"), ([1, 0, 0, 0, 1, 0] if i < 4 else [0, 1, 0, 0, 0, -1])
+        folder = sample / cls / f"P{i}"
+        folder.mkdir(parents=True)
+        study, series = generate_uid(), generate_uid()
+        for k in range(2):
+            ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(sample_data.synthetic_slice(i * 2 + k, 64), i,
+                                                                     study, series, k + 1)))
+            ds.ImageOrientationPatient = iop
+            ds.save_as(str(folder / f"{k}.dcm"), enforce_file_format=True)
+    out = tmp_path / "validation"
+    assert validate.main(["--sample", str(sample), "--output", str(out), "--model", model_dir, "--bootstrap", "50",
+                          "--min-patients", "2", "--force"]) in (0, 3)
+    result = json.load(open(out / "validation.json"))
+    assert {k: (m["n"], m["n_positive_groups"], m["n_negative_groups"]) for k, m in result["by_plane"].items()} == {
+        "axial": (8, 2, 2), "sagittal": (8, 2, 2)}
+    profile = json.load(open(out / "site_profile.json"))
+    assert profile["validated_planes"] == result["validated_planes"] and isinstance(profile["validated_planes"], list)
+    assert 'id="by-plane"' in open(out / "validation.html").read()
+
+
 def test_patients_from_a_pattern_or_their_folder():
     import re
     rx = re.compile(r"^(.+)_\d+\.png$")
