@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline import model_store
 from beam_pipeline import summary as run_summary
-from beam_pipeline.studies import NON_AXIAL, plane_of_label
+from beam_pipeline.studies import NON_AXIAL, flagged_label, plane_of_label
 from screening_core import looks
 
 MAX_FLAGGED_STUDIES = 50
@@ -452,7 +452,7 @@ every study still needs a radiologist's read.</p>
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
                      f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '
-                     f'modality {_esc(s["modality"] or "-")}{_look_note(series_label(s), md, site, s.get("plane"))}</p>')
+                     f'modality {_esc(s["modality"] or "-")}{_look_note(flagged_label(s), md, site, s.get("plane"))}</p>')
         top = sorted((r for r in by_study.get(s["study_key"], []) if r["heatmap_path"]),
                      key=lambda r: -r["tumor_probability"])[:4]
         for r in top:

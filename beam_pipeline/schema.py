@@ -43,6 +43,7 @@ IMAGE_SCHEMA = pa.schema([
     ("series_number", pa.int32()),
     ("instance_number", pa.int32()),
     ("plane", pa.string()),               # axial / sagittal / coronal / oblique (DICOM orientation; NIfTI axial), else null
+    ("look", pa.string()),                # flair / t1ce / t2 / pd / t1 / dwi / swi (screening_core.looks), else null
     ("patient_group", pa.string()),       # --group-pattern's patient of a non-DICOM image (keyed pseudonym), else null
     ("status", pa.string()),              # ok / error / skipped
     ("error_code", pa.string()),          # see beam_pipeline/error_codes.py
@@ -80,6 +81,7 @@ SERIES_SCHEMA = pa.schema([
     ("series_description", pa.string()),
     ("series_number", pa.int32()),
     ("plane", pa.string()),               # the series' slice plane (its first image's), null where unknown
+    ("look", pa.string()),                # the series' MRI look (its first image's), null where unknown
     ("accession_number", pa.string()),    # keyed pseudonym unless --keep-accession-numbers
     ("study_date", pa.string()),
     ("n_images", pa.int64()),             # ok (scored) images

@@ -12,6 +12,7 @@ import re
 import apache_beam as beam
 
 from beam_pipeline import schema
+from screening_core import looks
 
 TOP_K = 5
 
@@ -58,7 +59,7 @@ class SeriesCombineFn(beam.CombineFn):
                                                     "member_path", "modality", "threshold", "run_id",
                                                     "model_name", "model_version", "series_description",
                                                     "series_number", "accession_number", "study_date",
-                                                    "patient_group", "image_format", "plane")}
+                                                    "patient_group", "image_format", "plane", "look")}
         return acc
 
     def merge_accumulators(self, accs):
@@ -87,7 +88,7 @@ class SeriesCombineFn(beam.CombineFn):
             else posixpath.dirname(f.get("member_path") or ""),
             "volume": volume,  # in flight only (not a column): its study is the folder holding it
             "patient_group": None if dicom else f.get("patient_group"), "modality": f.get("modality"), "series_description": f.get("series_description"),
-            "series_number": f.get("series_number"), "plane": f.get("plane"),
+            "series_number": f.get("series_number"), "plane": f.get("plane"), "look": f.get("look"),
             "accession_number": f.get("accession_number"),
             "study_date": f.get("study_date"), "n_images": acc["n"], "n_flagged": acc["flagged"],
             "n_out_of_distribution": acc["ood"], "max_probability": acc["max"], "mean_probability": acc["sum"] / max(acc["n"], 1),
@@ -180,9 +181,13 @@ _PLANE_SUFFIX = re.compile(rf" \(({'|'.join(NON_AXIAL)})\)$")
 
 
 def flagged_label(series):
-    """`series_label`, with the plane for a series that is not axial ("T1 3D (sagittal)"): the worklist shows
-    it, and the report's caveat on such a flag (report.plane_caveat) reads it back with `plane_of_label`."""
+    """`series_label`, with the look where the label does not show it ("p-3f2a... [T2]": a pseudonymised folder
+    of exported T2 slices) and the plane for a series that is not axial ("T1 3D (sagittal)"): the worklist shows
+    it, and the report's caveats on such a flag (report.look_caveat, plane_caveat) read them back from the label."""
     label = series_label(series)
+    look = series.get("look")
+    if look in looks.NAMES and look != "other" and looks.look_of(label) != look:
+        label = f"{label} [{looks.NAMES[look]}]"
     plane = series.get("plane")
     return f"{label} ({plane})" if plane in NON_AXIAL else label
 

@@ -165,6 +165,8 @@ def join(rows, key_col, labels):
         ind.append(r.get("in_distribution"))
         keys.append(key)
         described = looks.look_of(r.get("series_description"))
+        if described == "other" and r.get("look"):  # the row's own: read from the image's path before pseudonyms
+            described = r["look"]
         lk.append(described if described != "other" or len(labels[key]) < 5 else labels[key][4])
         pl.append(r.get("plane"))
     return (np.array(y), np.array(p, np.float64), np.array(g), np.array(sg), ind,

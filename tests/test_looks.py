@@ -15,3 +15,16 @@ def test_the_look_is_read_from_the_words_of_a_name(text, look):
     from screening_core import looks
     assert looks.look_of(text) == look
     assert look in looks.NAMES
+
+
+def test_an_images_look_is_read_from_its_description_else_the_names_near_it_before_pseudonyms():
+    from types import SimpleNamespace as NS
+
+    from beam_pipeline.stages.decode import _DecodeChunk
+    look = _DecodeChunk._look
+    assert look(NS(source_uri="/a/t1/x.dcm"), NS(path=None), {"series_description": "AX FLAIR"}) == "flair"
+    assert look(NS(source_uri="/home/t2/archive.zip"), NS(path="FLAIR/s1.png"), {}) == "flair"
+    assert look(NS(source_uri="/data/sub-01_T2w.nii.gz"), NS(path=None), {}) == "t2"
+    assert look(NS(source_uri="C:\\scans\\PD\\img.png"), NS(path=None), {}) == "pd"
+    assert look(NS(source_uri="/t2/archive/p1/img.png"), NS(path=None), {}) is None  # only the nearest names count
+    assert look(NS(source_uri="/scans/p1/img.png"), NS(path=None), None) is None

@@ -321,5 +321,17 @@ def test_the_report_says_whether_this_site_validated_the_model(tmp_path):
     looks_page = open(rows_mod.result_file(out, "report.html")).read()
     assert "Looks validated: FLAIR; flagged series of other looks are marked." in looks_page
     assert "(T2: not validated at this site)" in looks_page  # beside the flagged T2 series
+    # Without --keep-paths the folder is a pseudonym, but the look was read from its name first: rows, series and
+    # the worklist carry it, and the caveat stands beside the flag as before.
+    hidden = tmp_path / "looks_hidden"
+    assert run.main(["--input", str(tmp_path / "t2"), "--output", str(hidden), "--model", model_dir,
+                     "--site-profile", str(tmp_path / "flair_only.json")]) == 0
+    assert [r["look"] for r in rows_mod.images(hidden)] == ["t2"]
+    assert [s["look"] for s in rows_mod.images(hidden, "series-*.parquet")] == ["t2"]
+    (study,) = rows_mod.images(hidden, "studies-*.parquet")
+    assert len(study["flagged_series"]) == 1 and study["flagged_series"][0].endswith(" [T2]")
+    assert "t2" not in study["flagged_series"][0].lower().replace("[t2]", "")  # the folder name itself stays hidden
+    hidden_page = open(rows_mod.result_file(hidden, "report.html")).read()
+    assert hidden_page.count("(T2: not validated at this site)") == 2  # worklist and flagged series
     forced = page("--site-profile", str(tmp_path / "failed.json"), "--force-site-profile")
     assert "Not validated at this site" in forced and "forced onto this run" in forced

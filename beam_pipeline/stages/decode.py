@@ -75,6 +75,18 @@ class _DecodeChunk(beam.DoFn):
             return None
         return self._ps.component(m.group(1) if m.groups() else m.group(0))
 
+    @staticmethod
+    def _look(chunk, ref, dicom):
+        """The image's MRI look (screening_core.looks) from its series description, else from its file name and the
+        two folders above it, read here before they are pseudonymised (a `t2/` folder of exported slices names
+        its look; its pseudonym does not); None when neither names one. A category, never an identifier."""
+        from screening_core import looks
+        look = looks.look_of((dicom or {}).get("series_description"))
+        if look == "other":
+            path = "/".join(p for p in (chunk.source_uri, ref.path) if p).replace("\\", "/")
+            look = looks.look_of(" ".join(path.split("/")[-3:]))
+        return None if look == "other" else look
+
     def _row(self, chunk, ref, **fields):
         return schema.empty_row(run_id=self._run_id, source_uri=self._ps.uri(chunk.source_uri),
                                 member_path=self._ps.member(ref.path), member_size=ref.size,
@@ -137,7 +149,7 @@ class _DecodeChunk(beam.DoFn):
                     chunk, ref, content_sha256=digest, image_format=decoded.image_format,
                     patient_group=None if dicom.get("study_instance_uid") else self._patient(chunk, ref),
                     width=decoded.width, height=decoded.height, frame_index=frame.frame_index,
-                    input_scale=scale, **dicom))
+                    input_scale=scale, look=self._look(chunk, ref, decoded.dicom), **dicom))
                 inputs.append(x)
         if inputs:
             yield templates, np.stack(inputs)
