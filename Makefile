@@ -284,46 +284,44 @@ train-v17: data-healthy-heads
 # v19, the default: v17 with that classifier in v12's place, moved 0.3 of the way from v3 as before (no training;
 # ~10 min of evaluation): make train-v18 train-v19 MODEL_DIR=/tmp/models
 V18 ?= $(MODEL_DIR)/brain-tumor-cnn/18
-train-v18: data-healthy-planes
-	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES),--data-dir $(d)) \
+# $(call classifier_finetune,extra data dirs,extra flags,version): v12's fine-tune of v3 with more data
+define classifier_finetune
+	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(1),--data-dir $(d)) \
 		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) \
 		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
-		--init-from models/brain-tumor-cnn/3/model.keras --epochs 6 --learning-rate 3e-4 \
-		--source-shares brain-mri=0.29,lgg=0.29,brats-ped=0.29,healthy-planes=0.13 --version 18
-train-v19: data-healthy-planes
+		--init-from models/brain-tumor-cnn/3/model.keras --epochs 6 --learning-rate 3e-4 $(2) --version $(3)
+endef
+# $(call ensemble_artifact,fine-tuned classifier,alpha,version): v14 and v16 with v3 moved alpha of the way to the
+# fine-tune, evaluated like a trained model (with the held-out healthy heads in every plane), then its OOD reference,
+# ONNX export and development fingerprints
+define ensemble_artifact
 	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) --classifier models/brain-tumor-cnn/3 \
-		--fine-tuned $(V18) --alpha 0.3 --out $(MODEL_DIR)/brain-tumor-cnn/_work/19
+		--fine-tuned $(1) --alpha $(2) --out $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)
 	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --eval-data-dir $(HEALTHY_PLANES_TEST) \
-		--target-sensitivity 0.98 --from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/19/best.keras --version 19
-	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/19
-	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/19
-	$(PY) -m trainer.development_set --model $(MODEL_DIR)/brain-tumor-cnn/19 --data-dir $(SHARED)/brain-mri \
+		--target-sensitivity 0.98 --from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)/best.keras --version $(3)
+	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/$(3)
+	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/$(3)
+	$(PY) -m trainer.development_set --model $(MODEL_DIR)/brain-tumor-cnn/$(3) --data-dir $(SHARED)/brain-mri \
 		--data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(SHARED)/brats-sample --data-dir $(HEALTHY_HEADS) \
 		--data-dir $(HEALTHY_PLANES)
+endef
+V18_SHARES = brain-mri=0.29,lgg=0.29,brats-ped=0.29,healthy-planes=0.13
+train-v18: data-healthy-planes
+	$(call classifier_finetune,$(HEALTHY_PLANES),--source-shares $(V18_SHARES),18)
+train-v19: data-healthy-planes
+	$(call ensemble_artifact,$(V18),0.3,19)
 
 # v20, v21's classifier fine-tune: v18's recipe with the healthy heads' axial slices too (0.11 of each batch, beside
 # their sagittal and coronal ones at 0.11) and 0.3 of FLAIR training slices made T2-like (--fluid-bright; ~9 min of
 # fit). v21, the default: v19 with v3 moved 0.6 of the way to v20 (not 0.3; docs/model_v4_notes.md row WA; no
 # training, ~10 min of evaluation): make train-v20 train-v21 MODEL_DIR=/tmp/models
 V20 ?= $(MODEL_DIR)/brain-tumor-cnn/20
+V20_SHARES = brain-mri=0.26,lgg=0.26,brats-ped=0.26,healthy-planes=0.11,healthy-heads=0.11
 train-v20: data-healthy-planes
-	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
-		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
-		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) \
-		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
-		--init-from models/brain-tumor-cnn/3/model.keras --epochs 6 --learning-rate 3e-4 --fluid-bright 0.3 \
-		--source-shares brain-mri=0.26,lgg=0.26,brats-ped=0.26,healthy-planes=0.11,healthy-heads=0.11 --version 20
+	$(call classifier_finetune,$(HEALTHY_PLANES) $(HEALTHY_HEADS),--fluid-bright 0.3 --source-shares $(V20_SHARES),20)
 train-v21: data-healthy-planes
-	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) --classifier models/brain-tumor-cnn/3 \
-		--fine-tuned $(V20) --alpha 0.6 --out $(MODEL_DIR)/brain-tumor-cnn/_work/21
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --eval-data-dir $(HEALTHY_PLANES_TEST) \
-		--target-sensitivity 0.98 --from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/21/best.keras --version 21
-	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/21
-	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/21
-	$(PY) -m trainer.development_set --model $(MODEL_DIR)/brain-tumor-cnn/21 --data-dir $(SHARED)/brain-mri \
-		--data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(SHARED)/brats-sample --data-dir $(HEALTHY_HEADS) \
-		--data-dir $(HEALTHY_PLANES)
+	$(call ensemble_artifact,$(V20),0.6,21)
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
