@@ -161,10 +161,12 @@ def test_planes_are_cut_scored_and_stored_beside_the_looks(tmp_path, capsys):
              str(tmp_path / "in" / "thick_flair.nii.gz"))  # 5 mm slices: not cut in another plane
     model = tiny_model.write_tiny_artifact(tmp_path / "a", lesion_bias=5.0)
     assert tumor_free_probe.main(["--input", str(tmp_path / "in"), "--model", model, "--write",
-                                  "--planes", "sagittal,coronal"]) == 0
+                                  "--planes", "sagittal,coronal", "--json", str(tmp_path / "probe.json")]) == 0
     out = capsys.readouterr().out
     assert "| 1 | sagittal (1 volumes) |" in out and "| 1 | coronal (1 volumes) |" in out
     planes = artifact.verify(model)["tumor_free_probe"]["planes"]
+    written = __import__("json").loads((tmp_path / "probe.json").read_text())
+    assert set(written) == {"1", "planes"} and written["planes"]["1"] == planes  # the JSON holds what was stored
     assert set(planes) == {"coronal", "sagittal"} and all(a["volumes"] == 1 and a["flagged"] == 1.0 for a in planes.values())
     assert 20 <= planes["sagittal"]["slices"] <= 36 and 25 <= planes["coronal"]["slices"] <= 44
     md = artifact.read_metadata(model)

@@ -207,7 +207,8 @@ def main(argv=None):
     p.add_argument("--model", action="append", required=True, help="model artifact folder; repeat to compare")
     p.add_argument("--output", default="", help="keep each model's brain-score output under this folder "
                    "(empty: a temporary folder, removed afterwards)")
-    p.add_argument("--json", default="", help="also write the result as JSON here")
+    p.add_argument("--json", default="", help="also write the result as JSON here ({model: {volume: figures}}; "
+                   "with --planes also \"planes\": {model: {plane: shares}})")
     p.add_argument("--write", action="store_true", help="store each model's shares flagged by look in its "
                    "metadata.json (re-sealed) for the run report; only with every volume tumor-free")
     p.add_argument("--planes", default="", metavar="PLANE[,PLANE]",
@@ -246,9 +247,10 @@ def main(argv=None):
     for label, volumes in plane_result.items():
         print("\n".join(f"| {label} | {plane} ({a['volumes']} volumes) | {a['slices']} | {100 * a['flagged']:.1f} % "
                         f"(one head {100 * a['highest_volume']:.0f} %) |" for plane, a in by_plane(volumes).items()))
-    if args.json:
+    if args.json:  # {model: {volume: figures}}, and with --planes "planes": {model: {plane: shares}} beside them
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump({**result, **({"planes": {label: by_plane(v) for label, v in plane_result.items()}}
+                                    if planes else {})}, f, indent=2)
     if args.output:
         print(f"brain-score outputs: {args.output}", file=sys.stderr)
     if args.write:
