@@ -163,7 +163,7 @@ data-healthy-planes: data-healthy-heads
 # model cards quote, with sources, licences and sha256, are in docs/tumor_free_probe.md; any folder of
 # tumor-free NIfTI/DICOM volumes works: make probe-tumor-free PROBE_DIR=... PROBE_MODELS="..."
 PROBE_DIR ?= ../data/tumor-free-probe
-PROBE_MODELS ?= models/brain-tumor-cnn/17 models/brain-tumor-cnn/15 models/brain-tumor-cnn/3
+PROBE_MODELS ?= models/brain-tumor-cnn/21 models/brain-tumor-cnn/19 models/brain-tumor-cnn/3
 probe-tumor-free: $(STAMP)
 	$(PY) -m trainer.tumor_free_probe --input $(PROBE_DIR) $(foreach m,$(PROBE_MODELS),--model $(m))
 
