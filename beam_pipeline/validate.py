@@ -545,14 +545,13 @@ def _strata_line(result, kind, name):
     validated = result.get(f"validated_{kind}s")
     if validated is None:
         return f"No {kind} is known in this sample: the profile makes no claim about {kind}s."
-    failing = {k for k, m in result.get(f"by_{kind}", {}).items()
-               if k not in validated and min(m["n_positive_groups"], m["n_negative_groups"]) >= result["min_patients"]}
-    others = [k for k in result.get(f"by_{kind}", {}) if k not in validated and k not in failing]
     if not validated:
         return (f"No {kind} is validated: none has enough tumor and tumor-free patients of its own and holds on its "
                 "own, or the verdict is not 'meets'.")
-    tail = "".join(f"; {label}: {', '.join(name(k) for k in ks)}" for label, ks in
-                   (("failing on their own", sorted(failing)), ("too few patients of their own", others)) if ks)
+    # Validated strata exist only under a verdict that meets, which no stratum failing on its own allows: every
+    # other stratum has too few patients of its own.
+    others = [k for k in result.get(f"by_{kind}", {}) if k not in validated]
+    tail = f"; too few patients of their own: {', '.join(name(k) for k in others)}" if others else ""
     return (f"Validated {kind}s: <b>{', '.join(name(k) for k in validated)}</b>{tail}. brain-score's report marks "
             f"flagged series of any other {kind} as not validated at this site.")
 
