@@ -220,3 +220,48 @@ def test_masks_kept_outside_a_collection_supervise_its_tumor_slices_and_make_its
     assert extents[0] == got[0] and extents[1:3] == ["", ""] and extents[3] == extents[4] == got[4]
     with pytest.raises(ValueError, match="would shadow it"):
         _mask_specs(ex, roots, "flair", {"lgg": str(tmp_path / "outside")})
+
+
+def test_hard_negatives_are_the_tumor_free_training_images_a_published_model_flags(tmp_path):
+    """--hard-negatives mines with a real artifact and its own threshold: a model whose lesion map says
+    "lesion" everywhere flags every candidate (and nothing else), one that says "nowhere" flags none; the
+    flagged ones come back `factor` times in the training index, the others once, validation never."""
+    from tests.tiny_model import write_tiny_artifact
+    from trainer import hard_negatives
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"s{i}.png"
+        path.write_bytes(synth.encode(synth.brain_slice(i, 64)))
+        paths.append(str(path))
+    paths = np.array(paths)
+    candidates = np.array([True, True, False, True, False])
+    everywhere = write_tiny_artifact(tmp_path / "a", size=32, threshold=0.5, lesion_bias=5.0)
+    nowhere = write_tiny_artifact(tmp_path / "b", size=32, threshold=0.5, lesion_bias=-5.0)
+    flagged, threshold = hard_negatives.mine(everywhere, paths, candidates)
+    assert threshold == 0.5 and flagged.tolist() == candidates.tolist()
+    assert not hard_negatives.mine(nowhere, paths, candidates)[0].any()
+    is_train = np.array([True, True, True, True, False])
+    hard = np.array([True, False, False, True, True])  # the last is a validation image: never drawn
+    assert hard_negatives.repeated_index(is_train, hard, 3).tolist() == [0, 0, 0, 1, 2, 3, 3, 3]
+    assert hard_negatives.repeated_index(is_train, hard, 1).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="whole number"):
+        hard_negatives.repeated_index(is_train, hard, 2.5)
+    keras.backend.clear_session()
+
+
+def test_hard_negatives_are_refused_without_an_artifact_to_mine_with(tmp_path, capsys):
+    from trainer import task
+    artifact_dir = tmp_path / "model"
+    artifact_dir.mkdir()
+    (artifact_dir / "metadata.json").write_text("{}")
+    for bad, words in ((["--hard-negatives", "3"], "needs --hard-negatives-from"),
+                       (["--hard-negatives", "3", "--hard-negatives-from", str(tmp_path / "absent")],
+                        "needs --hard-negatives-from"),
+                       (["--hard-negatives", "0"], "draws >= 1"),
+                       (["--hard-negatives-from", str(artifact_dir)], "changes nothing")):
+        with pytest.raises(SystemExit) as e:
+            task.parse_args(["--data-dir", str(tmp_path), *bad])
+        assert e.value.code == 2 and words in capsys.readouterr().err
+    cfg = task.parse_args(["--data-dir", str(tmp_path), "--hard-negatives", "3",
+                           "--hard-negatives-from", str(artifact_dir)])
+    assert (cfg.hard_negatives, cfg.hard_negatives_from) == (3, str(artifact_dir))

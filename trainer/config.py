@@ -4,6 +4,7 @@
 the artifact's metadata, so every model records how it was made.
 """
 import dataclasses
+import posixpath
 
 
 def parse_masks_dirs(items, isdir=None):
@@ -60,6 +61,8 @@ class TrainConfig:
     masks_dir: list = dataclasses.field(default_factory=list)  # "collection=folder": masks kept outside a collection
     init_from: str = ""  # a model.keras whose weights start the run (fine-tuning)
     source_shares: str = ""  # "collection=share,...": each collection's share of a batch (default: equal)
+    hard_negatives: int = 1  # > 1: tumor-free training images --hard-negatives-from flags are drawn this often
+    hard_negatives_from: str = ""  # an artifact folder whose model and threshold pick the hard negatives
 
     def __post_init__(self):
         for name in ("data_dir", "eval_data_dir", "masks_dir"):
@@ -81,6 +84,16 @@ class TrainConfig:
                 raise ValueError(f"--source-shares wants COLLECTION=SHARE,... with shares > 0; got {item!r}")
             out[name.strip()] = share
         return out
+
+    def check_hard_negatives(self, is_file):
+        """Raise ValueError unless --hard-negatives is a whole number >= 1 with an artifact to mine with."""
+        if self.hard_negatives < 1:
+            raise ValueError(f"--hard-negatives is a number of draws >= 1, got {self.hard_negatives}")
+        if self.hard_negatives > 1 and not is_file(posixpath.join(self.hard_negatives_from or ".", "metadata.json")):
+            raise ValueError("--hard-negatives > 1 needs --hard-negatives-from pointing at an artifact folder "
+                             f"(with metadata.json); got {self.hard_negatives_from!r}")
+        if self.hard_negatives_from and self.hard_negatives == 1:
+            raise ValueError("--hard-negatives-from without --hard-negatives > 1 changes nothing")
 
     def masks_dirs(self):
         """{collection: folder} of --masks-dir."""

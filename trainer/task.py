@@ -45,6 +45,10 @@ _HELP = {
                  "lesion head learns them, and that collection's tumor-free slices as all-negative maps; repeatable",
     "source_shares": "with --balance-sources: each collection's share of a training batch, e.g. "
                      "'brain-mri=0.5,lgg=0.35,brats-ped=0.15' (every training collection named); empty = equal",
+    "hard_negatives": "> 1: every tumor-free training image that --hard-negatives-from flags (its score at or above "
+                      "that artifact's threshold) is drawn this many times as often (trainer.hard_negatives)",
+    "hard_negatives_from": "an artifact folder (e.g. models/brain-tumor-cnn/21) whose model and threshold pick "
+                           "the hard negatives; needed with --hard-negatives > 1",
     "init_from": "a model.keras (same architecture and input size) whose weights start the run",
     "model_dir": "where <name>/<version>/ is written; local or gs://",
     "name": "model name (first path level of the artifact)",
@@ -96,6 +100,7 @@ def parse_args(argv=None):
     try:
         cfg.shares()
         parse_masks_dirs(cfg.masks_dir, os.path.isdir)
+        cfg.check_hard_negatives(os.path.isfile)
     except ValueError as e:
         parser.error(str(e))
     return cfg

@@ -123,20 +123,21 @@ def train(cfg, extra_callbacks=()):
     steps_per_epoch = int(np.ceil(n_train / global_batch))
     balanced = cfg.balance_sources and len(set(sources[is_train].tolist())) > 1
     lesion = cfg.lesion_weight > 0
+    train_idx = _training_index(cfg, paths, labels, is_train)
     val_ds = input_pipeline.make_dataset(paths[is_val], labels[is_val], spec, global_batch, training=False)
     if lesion:
-        train_ds, fit_val_ds = _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec,
-                                                global_batch)
+        train_ds, fit_val_ds = _lesion_datasets(cfg, ex, paths, labels, sources, is_train, train_idx, is_val,
+                                                spec, global_batch)
     else:
         fit_val_ds = val_ds
         if balanced:
             train_ds = input_pipeline.make_balanced_dataset(
-                paths[is_train], labels[is_train], sources[is_train], spec, global_batch, seed=cfg.seed,
+                paths[train_idx], labels[train_idx], sources[train_idx], spec, global_batch, seed=cfg.seed,
                 augment_mode=cfg.augment, shares=cfg.shares())
         else:
             train_ds = input_pipeline.make_dataset(
-                paths[is_train], labels[is_train], spec, global_batch, training=True, seed=cfg.seed,
-                weights=input_pipeline.class_weights(labels[is_train]), augment_mode=cfg.augment)
+                paths[train_idx], labels[train_idx], spec, global_batch, training=True, seed=cfg.seed,
+                weights=input_pipeline.class_weights(labels[train_idx]), augment_mode=cfg.augment)
     with strategy.scope():
         from trainer.model import make_model, with_lesion_head
         model = make_model((spec.height, spec.width, 1), base_filters=cfg.base_filters)
@@ -206,8 +207,21 @@ def train(cfg, extra_callbacks=()):
     return final_dir, metadata
 
 
-def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, global_batch):
-    """(train, validation) datasets that also carry lesion targets for the lesion head."""
+def _training_index(cfg, paths, labels, is_train):
+    """Indices of the training examples in draw order, the hard negatives repeated (--hard-negatives)."""
+    from trainer import hard_negatives
+    if cfg.hard_negatives <= 1:
+        return np.flatnonzero(is_train)
+    hard, threshold = hard_negatives.mine(cfg.hard_negatives_from, paths, is_train & (labels == 0))
+    print(f"Hard negatives: {int(hard.sum())} of {int((is_train & (labels == 0)).sum())} tumor-free training "
+          f"images score >= {threshold:.4f} with {cfg.hard_negatives_from}; drawn {cfg.hard_negatives}x as often",
+          flush=True)
+    return hard_negatives.repeated_index(is_train, hard, cfg.hard_negatives)
+
+
+def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, train_idx, is_val, spec, global_batch):
+    """(train, validation) datasets that also carry lesion targets for the lesion head; the training one
+    draws the examples of `train_idx` (the training examples, hard negatives repeated)."""
     masks, extents = (np.array(a) for a in _mask_specs(ex, cfg.data_dir, cfg.mask_sequence, cfg.masks_dirs()))
     n_masks = int(sum(m not in (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY) for m in masks))
     print(f"Lesion supervision: {n_masks} tumor masks, "
@@ -220,7 +234,7 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
     synth = None
     if cfg.synth_tumors:
         p, kind = augment.synthesis_plan(sequences, labels, np.ones(len(ex)), level, cfg.synth_tumors)
-        synth = (p[is_train], kind[is_train])
+        synth = (p[train_idx], kind[train_idx])
         print(f"Synthetic tumors: {int(np.count_nonzero(synth[0]))} tumor-free training slices may get one")
     transplant = None
     if cfg.transplant_tumors:
@@ -229,21 +243,21 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, is_val, spec, gl
         known = ~np.isin(masks, (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY))
         donor = is_train & (labels == 1) & known & np.isin(sequences, ("flair", "t2"))
         bank = input_pipeline.load_donors(paths[donor], masks[donor], spec)
-        transplant = (p[is_train], *bank)
+        transplant = (p[train_idx], *bank)
         print(f"Transplanted tumors: {int(np.count_nonzero(transplant[0]))} tumor-free training slices may get "
               f"one of {len(bank[0])} FLAIR/T2 training tumors")
     mirror = None
     if cfg.mirror_tumors:  # where the tumor is, from a mask drawn on any sequence of the slice
-        mirror = (extents[is_train], cfg.mirror_tumors)
+        mirror = (extents[train_idx], cfg.mirror_tumors)
         print(f"Mirrored pairs: {int(np.count_nonzero(extents[is_train]))} tumor training slices with a mask "
               f"may be mirrored (those with the tumor in one half of a symmetric head)")
     fluid = None
     if cfg.fluid_bright:  # FLAIR is T2 with the fluid nulled: its slices, with their masks, become T2-like
         from screening_core import looks
-        fluid = np.where([looks.look_of(s or "") == "flair" for s in sequences], cfg.fluid_bright, 0.0)[is_train]
+        fluid = np.where([looks.look_of(s or "") == "flair" for s in sequences], cfg.fluid_bright, 0.0)[train_idx]
         print(f"T2-like: {int(np.count_nonzero(fluid))} FLAIR training slices may have their fluid made bright")
     train_ds = input_pipeline.make_lesion_dataset(
-        paths[is_train], labels[is_train], masks[is_train], sources[is_train], spec, global_batch, True,
+        paths[train_idx], labels[train_idx], masks[train_idx], sources[train_idx], spec, global_batch, True,
         seed=cfg.seed, augment_mode=cfg.augment, balanced=cfg.balance_sources, synth=synth, shares=cfg.shares(),
         mirror=mirror, transplant=transplant, fluid=fluid)
     val_ds = input_pipeline.make_lesion_dataset(
