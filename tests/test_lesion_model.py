@@ -386,3 +386,25 @@ def test_group_norms_export_as_instance_normalization_with_their_scale_and_shift
     got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     np.testing.assert_allclose(np.asarray(got).reshape(-1), model.predict(x, verbose=0).reshape(-1), atol=1e-5)
 
+
+
+def test_series_rules_count_patient_stack_parts_and_whole_tumor_free_volumes_but_not_loose_images():
+    """lesion_eval.series_table: an LGG patient's stack gives a tumor part and a tumor-free part; a healthy
+    head cut into `<volume>_z<slice>` files is one tumor-free series; brain-mri's loose JPEGs are no series."""
+    from trainer import lesion_eval
+
+    def row(path, source, label, score, split="validation"):
+        return {"path": path, "source": source, "label": label, "score": score, "split": split}
+    rows = [row(f"lgg/flair/tumor/TCGA_DU_1_2000_{i}.jpg", "lgg/flair", 1, s) for i, s in ((10, .9), (11, .8), (12, .1))]
+    rows += [row(f"lgg/flair/notumor/TCGA_DU_1_2000_{i}.jpg", "lgg/flair", 0, s) for i, s in ((1, .7), (2, .1), (3, .6))]
+    rows += [row(f"hh/flair/notumor/vol_subj1_z{i:03d}.png", "healthy-heads-test/flair", 0, s, "external")
+             for i, s in enumerate((.1, .6, .1, .1))]
+    rows += [row("brain-mri/notumor/Tr-no_0344.jpg", "brain-mri", 0, .9), row("brain-mri/notumor/Tr-no_0345.jpg",
+                                                                             "brain-mri", 0, .9)]
+    table = lesion_eval.series_table(rows, 0.5)
+    assert set(table) == {"validation/lgg/flair", "external/healthy-heads-test/flair"}
+    lgg, healthy = table["validation/lgg/flair"], table["external/healthy-heads-test/flair"]
+    assert (lgg["any slice"]["sensitivity"], lgg["any slice"]["specificity"]) == (1.0, 0.0)
+    assert (lgg["2 neighbouring slices"]["sensitivity"], lgg["2 neighbouring slices"]["specificity"]) == (1.0, 1.0)
+    assert healthy["any slice"] == {"sensitivity": None, "specificity": 0.0, "positive_parts": 0, "negative_parts": 1}
+    assert healthy["2 neighbouring slices"]["specificity"] == 1.0

@@ -132,9 +132,10 @@ def _lesion_section(metadata):
     series = les.get("series") or {}
     if series:
         out += ["", "## Series-level operating point",
-                "Every LGG and BraTS patient has a tumor, so no collection has a tumor-free series: each "
-                "patient's stack in one sequence is split into its tumor slices (positive part) and its "
-                "tumor-free slices (negative part) and each rule is applied to the parts, in slice order.", "",
+                "Every LGG and BraTS patient has a tumor: each patient's stack in one sequence is split into "
+                "its tumor slices (positive part) and its tumor-free slices (negative part) and each rule is "
+                "applied to the parts, in slice order. The healthy heads' volumes are whole tumor-free "
+                "series (negative parts of their own): their specificity is what a tumor-free study meets.", "",
                 "| split/source | rule | sensitivity (parts) | specificity (parts) |", "|---|---|---|---|"]
         for key, rules in series.items():
             for rule, v in rules.items():
