@@ -258,10 +258,24 @@ def test_hard_negatives_are_refused_without_an_artifact_to_mine_with(tmp_path, c
                        (["--hard-negatives", "3", "--hard-negatives-from", str(tmp_path / "absent")],
                         "needs --hard-negatives-from"),
                        (["--hard-negatives", "0"], "draws >= 1"),
-                       (["--hard-negatives-from", str(artifact_dir)], "changes nothing")):
+                       (["--hard-negatives-from", str(artifact_dir)], "changes nothing"),
+                       (["--hard-negatives-in", "brain-mri"], "changes nothing")):
         with pytest.raises(SystemExit) as e:
             task.parse_args(["--data-dir", str(tmp_path), *bad])
         assert e.value.code == 2 and words in capsys.readouterr().err
     cfg = task.parse_args(["--data-dir", str(tmp_path), "--hard-negatives", "3",
                            "--hard-negatives-from", str(artifact_dir)])
     assert (cfg.hard_negatives, cfg.hard_negatives_from) == (3, str(artifact_dir))
+
+
+def test_hard_negatives_in_a_collection_that_is_not_trained_on_is_refused(tmp_path):
+    """--hard-negatives-in names training collections; a typo stops the run before any mining or training."""
+    from tests.tiny_model import write_tiny_artifact
+    from trainer.train import _training_index
+    artifact_dir = write_tiny_artifact(tmp_path / "a", size=32, threshold=0.5, lesion_bias=5.0)
+    cfg = TrainConfig(data_dir=["x"], hard_negatives=2, hard_negatives_from=artifact_dir, hard_negatives_in="brain_mri")
+    paths, labels = np.array(["a.png", "b.png"]), np.array([0, 1])
+    with pytest.raises(ValueError, match=r"not a training collection: \['brain_mri'\]"):
+        _training_index(cfg, paths, labels, np.array(["brain-mri", "brain-mri"]), np.array([True, True]))
+    cfg = TrainConfig(data_dir=["x"])
+    assert _training_index(cfg, paths, labels, np.array(["a", "a"]), np.array([True, False])).tolist() == [0]

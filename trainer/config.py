@@ -63,6 +63,7 @@ class TrainConfig:
     source_shares: str = ""  # "collection=share,...": each collection's share of a batch (default: equal)
     hard_negatives: int = 1  # > 1: tumor-free training images --hard-negatives-from flags are drawn this often
     hard_negatives_from: str = ""  # an artifact folder whose model and threshold pick the hard negatives
+    hard_negatives_in: str = ""  # "collection,...": mine only these collections' tumor-free images ("" = all)
 
     def __post_init__(self):
         for name in ("data_dir", "eval_data_dir", "masks_dir"):
@@ -92,8 +93,8 @@ class TrainConfig:
         if self.hard_negatives > 1 and not is_file(posixpath.join(self.hard_negatives_from or ".", "metadata.json")):
             raise ValueError("--hard-negatives > 1 needs --hard-negatives-from pointing at an artifact folder "
                              f"(with metadata.json); got {self.hard_negatives_from!r}")
-        if self.hard_negatives_from and self.hard_negatives == 1:
-            raise ValueError("--hard-negatives-from without --hard-negatives > 1 changes nothing")
+        if (self.hard_negatives_from or self.hard_negatives_in) and self.hard_negatives == 1:
+            raise ValueError("--hard-negatives-from or --hard-negatives-in without --hard-negatives > 1 changes nothing")
 
     def masks_dirs(self):
         """{collection: folder} of --masks-dir."""

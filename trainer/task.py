@@ -49,6 +49,8 @@ _HELP = {
                       "that artifact's threshold) is drawn this many times as often (trainer.hard_negatives)",
     "hard_negatives_from": "an artifact folder (e.g. models/brain-tumor-cnn/21) whose model and threshold pick "
                            "the hard negatives; needed with --hard-negatives > 1",
+    "hard_negatives_in": "comma-separated training collections whose tumor-free images are mined (e.g. 'brain-mri'); "
+                         "empty = every collection",
     "init_from": "a model.keras (same architecture and input size) whose weights start the run",
     "model_dir": "where <name>/<version>/ is written; local or gs://",
     "name": "model name (first path level of the artifact)",

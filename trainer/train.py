@@ -123,7 +123,7 @@ def train(cfg, extra_callbacks=()):
     steps_per_epoch = int(np.ceil(n_train / global_batch))
     balanced = cfg.balance_sources and len(set(sources[is_train].tolist())) > 1
     lesion = cfg.lesion_weight > 0
-    train_idx = _training_index(cfg, paths, labels, is_train)
+    train_idx = _training_index(cfg, paths, labels, sources, is_train)
     val_ds = input_pipeline.make_dataset(paths[is_val], labels[is_val], spec, global_batch, training=False)
     if lesion:
         train_ds, fit_val_ds = _lesion_datasets(cfg, ex, paths, labels, sources, is_train, train_idx, is_val,
@@ -207,13 +207,20 @@ def train(cfg, extra_callbacks=()):
     return final_dir, metadata
 
 
-def _training_index(cfg, paths, labels, is_train):
+def _training_index(cfg, paths, labels, sources, is_train):
     """Indices of the training examples in draw order, the hard negatives repeated (--hard-negatives)."""
     from trainer import hard_negatives
     if cfg.hard_negatives <= 1:
         return np.flatnonzero(is_train)
-    hard, threshold = hard_negatives.mine(cfg.hard_negatives_from, paths, is_train & (labels == 0))
-    print(f"Hard negatives: {int(hard.sum())} of {int((is_train & (labels == 0)).sum())} tumor-free training "
+    candidates = is_train & (labels == 0)
+    if cfg.hard_negatives_in:
+        wanted = {c.strip() for c in cfg.hard_negatives_in.split(",")}
+        unknown = wanted - set(sources[is_train].tolist())
+        if unknown:
+            raise ValueError(f"--hard-negatives-in: not a training collection: {sorted(unknown)}")
+        candidates &= np.isin(sources, sorted(wanted))
+    hard, threshold = hard_negatives.mine(cfg.hard_negatives_from, paths, candidates)
+    print(f"Hard negatives: {int(hard.sum())} of {int(candidates.sum())} tumor-free training "
           f"images score >= {threshold:.4f} with {cfg.hard_negatives_from}; drawn {cfg.hard_negatives}x as often",
           flush=True)
     return hard_negatives.repeated_index(is_train, hard, cfg.hard_negatives)
