@@ -285,6 +285,7 @@ def _worklist_html(worklist, total, md=None, site=NO_SITE):
     if not worklist:
         return ""
     shown = f" (showing the {len(worklist)} highest of {total})" if total > len(worklist) else ""
+    as_high = bool(tumor_free_maxima(md))
     rows = []
     for s in worklist:
         what = (f"exam {s['accession_number'] or '-'}, {_date(s['study_date'])}" if s["group_kind"] == "dicom_study"
@@ -293,14 +294,17 @@ def _worklist_html(worklist, total, md=None, site=NO_SITE):
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
                     f"{s['n_series']} series{_lesion_note(s)}</td><td>{_series_cell(s['flagged_series'], md, site)}</td>"
-                    f"{_ood_cell(s)}</tr>")
+                    f"{_ood_cell(s)}" + (f"<td>{tumor_free_as_high(s['max_probability'], md)}</td>" if as_high else "")
+                    + "</tr>")
     note = healthy_series_note(md)
     return (f'<h2>Worklist: studies by highest probability{shown}</h2><p>'
             + (f'<strong class="healthy-series">{_esc(note)}</strong> ' if note else "")
             + 'All flagged studies: '
             '<a href="flagged_studies.csv">flagged_studies.csv</a></p><table id="worklist"><tr><th>max p</th>'
             '<th>study</th><th>modalities</th><th>flagged slices</th><th>flagged series</th>'
-            '<th>out of distribution</th></tr>'
+            '<th>out of distribution</th>'
+            + ('<th title="whole series of heads without a tumor in the model\'s evaluation whose highest slice scored '
+               'at least this study\'s">tumor-free heads as high</th>' if as_high else "") + '</tr>'
             + "".join(rows) + "</table>")
 
 
@@ -319,6 +323,21 @@ def healthy_series_note(md):
         return ""
     return (f"In its evaluation this model flagged {flagged} of {n} series of heads without a tumor (a slice at or "
             "above the threshold): a flag places a study in the reading order, it is not a finding.")
+
+
+def tumor_free_maxima(md):
+    """The artifact's highest slice probability of each whole tumor-free series of its evaluation, or []."""
+    return ((md or {}).get("lesion") or {}).get("tumor_free_series_max") or []
+
+
+def tumor_free_as_high(probability, md):
+    """'3 of 42': how many whole tumor-free series of the model's evaluation (lesion.tumor_free_series_max,
+    trainer.lesion_eval) reached this highest slice probability; "" where the artifact has none. A study's
+    false-alarm rate at its own score: what a flag alone cannot say when nearly every tumor-free head has one."""
+    maxima = tumor_free_maxima(md)
+    if not maxima or probability is None:
+        return ""
+    return f"{sum(m >= probability for m in maxima)} of {len(maxima)}"
 
 
 def _series_cell(labels, md, site=NO_SITE):
@@ -391,7 +410,8 @@ def flagged_csv(folder, md=None):
     summary = run_summary.read(folder)
     md, site = md or _model_metadata(summary), Site.of(summary)
     w = csv.writer(out)
-    w.writerow([*cols, "look_caveats"])
+    as_high = bool(tumor_free_maxima(md))
+    w.writerow([*cols, "look_caveats"] + (["tumor_free_heads_as_high"] if as_high else []))
     # Flagged studies only (the file lists them all), and only the columns written.
     flagged = [pa.Table.from_batches([b.filter(b.column("flagged")).select([c for c in cols if c in b.schema.names])])
                for b in _batches(folder.rstrip("/") + "/studies-*.parquet", cols + ["flagged"])]
@@ -401,7 +421,8 @@ def flagged_csv(folder, md=None):
             caveats = [f"{label} ({c})" for label in r["flagged_series"] or []
                        for c in [look_caveat(label, md, site, plane_of_label(label))] if c]
             w.writerow([f"{r['max_probability']:.4f}" if c == "max_probability" else
-                        ";".join(r[c]) if isinstance(r.get(c), list) else r.get(c) for c in cols] + [";".join(caveats)])
+                        ";".join(r[c]) if isinstance(r.get(c), list) else r.get(c) for c in cols] + [";".join(caveats)]
+                       + ([tumor_free_as_high(r["max_probability"], md)] if as_high else []))
     return out.getvalue()
 
 

@@ -289,3 +289,23 @@ def test_the_worklist_says_how_many_tumor_free_heads_the_model_flagged():
              "flagged_series": ["AX FLAIR"], "n_out_of_distribution": 0}
     assert note in report._worklist_html([study], 1, md)
     assert report.healthy_series_note({}) == "" and "heads without a tumor" not in report._worklist_html([study], 1, {})
+
+
+def test_each_flagged_study_says_how_many_tumor_free_heads_scored_as_high(review_run):
+    """flagged_csv and the worklist rank a study's highest probability against the highest slice of each whole
+    tumor-free series of the model's evaluation (lesion.tumor_free_series_max): '2 of 4' means two tumor-free
+    heads reached it. Without those figures in the artifact the column is absent, not empty."""
+    import csv
+    import io
+    folder = rows_mod.result_file(review_run[0], "")
+    studies = [s for s in rows_mod.images(review_run[0], "studies-*.parquet") if s["flagged"]]
+    top = max(s["max_probability"] for s in studies)
+    md = {"lesion": {"tumor_free_series_max": [0.0, 0.0, top, 1.0]}}
+    assert report.tumor_free_as_high(top, md) == "2 of 4" and report.tumor_free_as_high(top, {}) == ""
+    rows = list(csv.DictReader(io.StringIO(report.flagged_csv(folder, md))))
+    assert len(rows) == len(studies) and rows[0]["tumor_free_heads_as_high"] == "2 of 4"
+    assert all(r["tumor_free_heads_as_high"] in ("1 of 4", "2 of 4") for r in rows)
+    assert "tumor_free_heads_as_high" not in report.flagged_csv(folder, {"lesion": {}}).splitlines()[0]
+    study = {**studies[0], "max_probability": top}
+    assert "<th title=" in report._worklist_html([study], 1, md) and "<td>2 of 4</td>" in report._worklist_html([study], 1, md)
+    assert "tumor-free heads as high" not in report._worklist_html([study], 1, {})

@@ -166,6 +166,20 @@ def series_table(rows, threshold):
     return dict(sorted(out.items()))
 
 
+def tumor_free_series_max(rows):
+    """The highest slice score of each whole tumor-free series (volumes cut into `<volume>_z<slice>` files, the
+    held-out healthy heads), sorted: the report ranks a study's highest score against them ("tumor-free heads
+    as high"), a study-level false-alarm rate at the study's own score, since nearly every tumor-free series
+    has a slice above the threshold (series_table)."""
+    best = {}
+    for r in rows:
+        m = _VOLUME_SLICE.match(posixpath.basename(r["path"].replace("\\", "/")))
+        if m and int(r["label"]) == 0 and not lesion_data.stack_position(r["path"], r["source"].split("/")[0]):
+            key = (r["split"], r["source"], m.group(1))
+            best[key] = max(best.get(key, 0.0), float(r["score"]))
+    return sorted(round(v, 6) for v in best.values())
+
+
 def t2_coverage(examples, labels, is_train):
     """Training T2 slices with a tumor, and their patients (the sequence no other collection covers)."""
     idx = [i for i in np.flatnonzero(is_train) if examples[i].sequence == "t2" and labels[i] == 1]
@@ -214,6 +228,7 @@ def evaluate_all(model, data, arrays, ext, ext_arrays, args):
         lesion["level_bins"][split] = level_table(scores, np.asarray(labs)[idx], arr["level"][idx], src,
                                                   m["threshold"])
     lesion["series"] = series_table(rows, m["threshold"])
+    lesion["tumor_free_series_max"] = tumor_free_series_max(rows)
     lesion["t2_coverage"] = t2_coverage(ex, labels, ~data["is_val"] & ~data["is_holdout"])
     return {"metrics": m, "lesion": lesion, "rows": rows}
 

@@ -142,6 +142,13 @@ def _lesion_section(metadata):
                 sens = "n/a" if v["sensitivity"] is None else f"{_pct(v['sensitivity'])} ({v['positive_parts']})"
                 spec = "n/a" if v["specificity"] is None else f"{_pct(v['specificity'])} ({v['negative_parts']})"
                 out.append(f"| {key} | {rule} | {sens} | {spec} |")
+    maxima = les.get("tumor_free_series_max") or []
+    if maxima:
+        mid = maxima[len(maxima) // 2]
+        out += ["", f"The highest slice probability of each of the {len(maxima)} whole tumor-free series: lowest "
+                f"{maxima[0]:.3f}, median {mid:.3f}, highest {maxima[-1]:.3f}, {sum(m >= 0.9 for m in maxima)} at 0.9 "
+                "or more. The report's worklist and flagged_studies.csv rank each study's highest probability against "
+                "them (\"tumor-free heads as high\")."]
     t2 = les.get("t2_coverage")
     if t2:
         out += ["", "## T2 coverage", f"Training saw {t2['tumor_slices']} T2 slices with a tumor from "
