@@ -294,7 +294,7 @@ def _worklist_html(worklist, total, md=None, site=NO_SITE):
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
                     f"{s['n_series']} series{_lesion_note(s)}</td><td>{_series_cell(s['flagged_series'], md, site)}</td>"
-                    f"{_ood_cell(s)}" + (f"<td>{tumor_free_as_high(s['max_probability'], md)}</td>" if as_high else "")
+                    f"{_ood_cell(s)}" + (f"<td>{_esc(tumor_free_as_high(s['max_probability'], md, s['flagged_series']))}</td>" if as_high else "")
                     + "</tr>")
     note = healthy_series_note(md)
     return (f'<h2>Worklist: studies by highest probability{shown}</h2><p>'
@@ -326,18 +326,26 @@ def healthy_series_note(md):
 
 
 def tumor_free_maxima(md):
-    """The artifact's highest slice probability of each whole tumor-free series of its evaluation, or []."""
-    return ((md or {}).get("lesion") or {}).get("tumor_free_series_max") or []
+    """{look: highest slice probability of each whole tumor-free series of that look in the artifact's
+    evaluation} (lesion.tumor_free_series_max, trainer.lesion_eval), or {}."""
+    return ((md or {}).get("lesion") or {}).get("tumor_free_series_max") or {}
 
 
-def tumor_free_as_high(probability, md):
-    """'3 of 42': how many whole tumor-free series of the model's evaluation (lesion.tumor_free_series_max,
-    trainer.lesion_eval) reached this highest slice probability; "" where the artifact has none. A study's
-    false-alarm rate at its own score: what a flag alone cannot say when nearly every tumor-free head has one."""
+def tumor_free_as_high(probability, md, flagged_series=()):
+    """'3 of 42': how many whole tumor-free series of the model's evaluation reached this highest slice
+    probability; "" where the artifact has none. A study's false-alarm rate at its own score: what a flag alone
+    cannot say when nearly every tumor-free head has one. A flagged series of a look no such series had (T2,
+    PD) is named: ranking high against FLAIR and T1 heads says nothing about it."""
     maxima = tumor_free_maxima(md)
     if not maxima or probability is None:
         return ""
-    return f"{sum(m >= probability for m in maxima)} of {len(maxima)}"
+    values = [m for v in maxima.values() for m in v]
+    text = f"{sum(m >= probability for m in values)} of {len(values)}"
+    missing = sorted({look for label in flagged_series or () for look in [looks.look_of(label)]
+                      if look and look != "other" and look not in maxima})
+    if missing:
+        text += f" (none of them {', '.join(looks.NAMES.get(x, x) for x in missing)})"
+    return text
 
 
 def _series_cell(labels, md, site=NO_SITE):
@@ -422,7 +430,7 @@ def flagged_csv(folder, md=None):
                        for c in [look_caveat(label, md, site, plane_of_label(label))] if c]
             w.writerow([f"{r['max_probability']:.4f}" if c == "max_probability" else
                         ";".join(r[c]) if isinstance(r.get(c), list) else r.get(c) for c in cols] + [";".join(caveats)]
-                       + ([tumor_free_as_high(r["max_probability"], md)] if as_high else []))
+                       + ([tumor_free_as_high(r["max_probability"], md, r["flagged_series"])] if as_high else []))
     return out.getvalue()
 
 

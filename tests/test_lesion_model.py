@@ -408,4 +408,4 @@ def test_series_rules_count_patient_stack_parts_and_whole_tumor_free_volumes_but
     assert (lgg["2 neighbouring slices"]["sensitivity"], lgg["2 neighbouring slices"]["specificity"]) == (1.0, 1.0)
     assert healthy["any slice"] == {"sensitivity": None, "specificity": 0.0, "positive_parts": 0, "negative_parts": 1}
     assert healthy["2 neighbouring slices"]["specificity"] == 1.0
-    assert lesion_eval.tumor_free_series_max(rows) == [0.6], "one whole tumor-free series: its highest slice"
+    assert lesion_eval.tumor_free_series_max(rows) == {"flair": [0.6]}, "one whole tumor-free series: its highest slice"

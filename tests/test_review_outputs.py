@@ -300,11 +300,12 @@ def test_each_flagged_study_says_how_many_tumor_free_heads_scored_as_high(review
     folder = rows_mod.result_file(review_run[0], "")
     studies = [s for s in rows_mod.images(review_run[0], "studies-*.parquet") if s["flagged"]]
     top = max(s["max_probability"] for s in studies)
-    md = {"lesion": {"tumor_free_series_max": [0.0, 0.0, top, 1.0]}}
+    md = {"lesion": {"tumor_free_series_max": {"flair": [0.0, top], "t1": [0.0, 1.0]}}}
     assert report.tumor_free_as_high(top, md) == "2 of 4" and report.tumor_free_as_high(top, {}) == ""
+    assert report.tumor_free_as_high(top, md, ["AX FLAIR", "p-1/p-2 [T2]", "DWI b1000"]) == "2 of 4 (none of them DWI, T2)"
     rows = list(csv.DictReader(io.StringIO(report.flagged_csv(folder, md))))
     assert len(rows) == len(studies) and rows[0]["tumor_free_heads_as_high"] == "2 of 4"
-    assert all(r["tumor_free_heads_as_high"] in ("1 of 4", "2 of 4") for r in rows)
+    assert all(r["tumor_free_heads_as_high"].split(" (")[0] in ("1 of 4", "2 of 4") for r in rows)
     assert "tumor_free_heads_as_high" not in report.flagged_csv(folder, {"lesion": {}}).splitlines()[0]
     study = {**studies[0], "max_probability": top}
     assert "<th title=" in report._worklist_html([study], 1, md) and "<td>2 of 4</td>" in report._worklist_html([study], 1, md)

@@ -167,17 +167,22 @@ def series_table(rows, threshold):
 
 
 def tumor_free_series_max(rows):
-    """The highest slice score of each whole tumor-free series (volumes cut into `<volume>_z<slice>` files, the
-    held-out healthy heads), sorted: the report ranks a study's highest score against them ("tumor-free heads
-    as high"), a study-level false-alarm rate at the study's own score, since nearly every tumor-free series
-    has a slice above the threshold (series_table)."""
+    """{look: sorted highest slice score of each whole tumor-free series of that look} over volumes cut into
+    `<volume>_z<slice>` files (the held-out healthy heads). The report ranks a study's highest score against
+    them ("tumor-free heads as high"), a study-level false-alarm rate at the study's own score, since nearly
+    every tumor-free series has a slice above the threshold (series_table); by look, because a look without
+    tumor-free heads here (T2, PD) is no better for ranking high against FLAIR and T1 heads."""
+    from screening_core import looks
     best = {}
     for r in rows:
         m = _VOLUME_SLICE.match(posixpath.basename(r["path"].replace("\\", "/")))
         if m and int(r["label"]) == 0 and not lesion_data.stack_position(r["path"], r["source"].split("/")[0]):
-            key = (r["split"], r["source"], m.group(1))
+            key = (looks.look_of(r["source"].split("/")[-1]) or "other", r["split"], r["source"], m.group(1))
             best[key] = max(best.get(key, 0.0), float(r["score"]))
-    return sorted(round(v, 6) for v in best.values())
+    out = {}
+    for (look, *_), v in best.items():
+        out.setdefault(look, []).append(round(v, 6))
+    return {look: sorted(v) for look, v in sorted(out.items())}
 
 
 def t2_coverage(examples, labels, is_train):

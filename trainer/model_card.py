@@ -142,13 +142,15 @@ def _lesion_section(metadata):
                 sens = "n/a" if v["sensitivity"] is None else f"{_pct(v['sensitivity'])} ({v['positive_parts']})"
                 spec = "n/a" if v["specificity"] is None else f"{_pct(v['specificity'])} ({v['negative_parts']})"
                 out.append(f"| {key} | {rule} | {sens} | {spec} |")
-    maxima = les.get("tumor_free_series_max") or []
+    by_look = les.get("tumor_free_series_max") or {}
+    maxima = sorted(m for v in by_look.values() for m in v)
     if maxima:
-        mid = maxima[len(maxima) // 2]
-        out += ["", f"The highest slice probability of each of the {len(maxima)} whole tumor-free series: lowest "
-                f"{maxima[0]:.3f}, median {mid:.3f}, highest {maxima[-1]:.3f}, {sum(m >= 0.9 for m in maxima)} at 0.9 "
-                "or more. The report's worklist and flagged_studies.csv rank each study's highest probability against "
-                "them (\"tumor-free heads as high\")."]
+        looks_seen = ", ".join(f"{look} {len(v)}" for look, v in by_look.items())
+        out += ["", f"The highest slice probability of each of the {len(maxima)} whole tumor-free series ({looks_seen}): "
+                f"lowest {maxima[0]:.3f}, median {maxima[len(maxima) // 2]:.3f}, highest {maxima[-1]:.3f}, "
+                f"{sum(m >= 0.9 for m in maxima)} at 0.9 or more. The report's worklist and flagged_studies.csv rank "
+                "each study's highest probability against them (\"tumor-free heads as high\"), naming any flagged "
+                "look none of them had."]
     t2 = les.get("t2_coverage")
     if t2:
         out += ["", "## T2 coverage", f"Training saw {t2['tumor_slices']} T2 slices with a tumor from "
