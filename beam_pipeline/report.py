@@ -309,20 +309,17 @@ def _worklist_html(worklist, total, md=None, site=NO_SITE):
 
 
 def healthy_series_note(md):
-    """How many whole series of heads without a tumor the model flagged in its own evaluation (the artifact's
-    lesion.series rows of tumor-free volumes, trainer.lesion_eval.series_table, rule "any slice"), as a sentence;
-    "" where the artifact has none. Why: at 5-25 % of a tumor-free head's slices flagged, nearly every tumor-free
-    study carries a flag; the reader must read the worklist as an order, not as a set of findings."""
-    n = flagged = 0
-    for key, rules in (((md or {}).get("lesion") or {}).get("series") or {}).items():
-        cell = rules.get("any slice") or {}
-        if "healthy" in key and not cell.get("positive_parts") and cell.get("specificity") is not None:
-            n += cell["negative_parts"]
-            flagged += round(cell["negative_parts"] * (1 - cell["specificity"]))
-    if not n:
+    """How many whole series of heads without a tumor the model flagged in its own evaluation, at its own
+    threshold (a series is flagged when its highest slice is: tumor_free_maxima), as a sentence; "" where the
+    artifact has none. Why: at 5-25 % of a tumor-free head's slices flagged, nearly every tumor-free study
+    carries a flag; the reader must read the worklist as an order, not as a set of findings."""
+    maxima = [m for v in tumor_free_maxima(md).values() for m in v]
+    threshold = (md or {}).get("threshold")
+    if not maxima or threshold is None:
         return ""
-    return (f"In its evaluation this model flagged {flagged} of {n} series of heads without a tumor (a slice at or "
-            "above the threshold): a flag places a study in the reading order, it is not a finding.")
+    flagged = sum(m >= threshold for m in maxima)
+    return (f"In its evaluation this model flagged {flagged} of {len(maxima)} series of heads without a tumor (a slice "
+            "at or above its threshold): a flag places a study in the reading order, it is not a finding.")
 
 
 def tumor_free_maxima(md):

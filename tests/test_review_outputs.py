@@ -273,22 +273,17 @@ def test_a_flagged_series_in_another_plane_says_so_in_the_worklist_the_report_an
 
 
 def test_the_worklist_says_how_many_tumor_free_heads_the_model_flagged():
-    """The artifact's series table counts whole tumor-free series (the healthy heads); the worklist quotes it,
-    so a reader does not take a flag for a finding. Patient stacks' tumor-free parts are not whole series."""
-    md = {"lesion": {"series": {
-        "external/healthy-heads-test/flair": {"any slice": {"sensitivity": None, "specificity": 0.0,
-                                                            "positive_parts": 0, "negative_parts": 7}},
-        "external/healthy-planes-test/t1-coronal": {"any slice": {"sensitivity": None, "specificity": 0.5,
-                                                                  "positive_parts": 0, "negative_parts": 4}},
-        "validation/lgg/flair": {"any slice": {"sensitivity": 1.0, "specificity": 0.1, "positive_parts": 10,
-                                               "negative_parts": 10}}}}}
+    """The artifact's highest slice of each whole tumor-free series of its evaluation (the healthy heads) against
+    its own threshold: the worklist quotes how many were flagged, so a reader does not take a flag for a finding."""
+    md = {"threshold": 0.5, "lesion": {"tumor_free_series_max": {"flair": [0.2, 0.5, 0.9], "t1": [0.1, 0.6]}}}
     note = report.healthy_series_note(md)
-    assert note.startswith("In its evaluation this model flagged 9 of 11 series of heads without a tumor")
+    assert note.startswith("In its evaluation this model flagged 3 of 5 series of heads without a tumor")
     study = {"accession_number": "p-1", "study_date": None, "group_kind": "dicom_study", "flagged": True,
              "max_probability": 0.9, "modalities": ["MR"], "n_flagged": 1, "n_images": 2, "n_series": 1,
              "flagged_series": ["AX FLAIR"], "n_out_of_distribution": 0}
     assert note in report._worklist_html([study], 1, md)
-    assert report.healthy_series_note({}) == "" and "heads without a tumor" not in report._worklist_html([study], 1, {})
+    assert report.healthy_series_note({"threshold": 0.5}) == ""
+    assert "heads without a tumor" not in report._worklist_html([study], 1, {"threshold": 0.5})
 
 
 def test_each_flagged_study_says_how_many_tumor_free_heads_scored_as_high(review_run):

@@ -128,6 +128,12 @@ def _runs(flags):
 _VOLUME_SLICE = re.compile(r"^(.+)_z(\d+)\.\w+$")  # a volume cut into slices (healthy heads, volume_slices)
 
 
+def _volume_slice(path):
+    """(volume, slice number) of a `<volume>_z<slice>` file, else None."""
+    m = _VOLUME_SLICE.match(posixpath.basename(path.replace("\\", "/")))
+    return (m.group(1), int(m.group(2))) if m else None
+
+
 def series_table(rows, threshold):
     """{split/source: {rule: sensitivity, specificity, n}} over series parts of patient stacks.
 
@@ -139,10 +145,7 @@ def series_table(rows, threshold):
     """
     parts = {}
     for r in rows:
-        pos = lesion_data.stack_position(r["path"], r["source"].split("/")[0])
-        if not pos:
-            m = _VOLUME_SLICE.match(posixpath.basename(r["path"].replace("\\", "/")))
-            pos = (m.group(1), int(m.group(2))) if m else None
+        pos = lesion_data.stack_position(r["path"], r["source"].split("/")[0]) or _volume_slice(r["path"])
         if pos:
             parts.setdefault((f"{r['split']}/{r['source']}", pos[0], r["label"]), []).append(
                 (pos[1], r["score"] >= threshold))
@@ -175,9 +178,9 @@ def tumor_free_series_max(rows):
     from screening_core import looks
     best = {}
     for r in rows:
-        m = _VOLUME_SLICE.match(posixpath.basename(r["path"].replace("\\", "/")))
-        if m and int(r["label"]) == 0 and not lesion_data.stack_position(r["path"], r["source"].split("/")[0]):
-            key = (looks.look_of(r["source"].split("/")[-1]) or "other", r["split"], r["source"], m.group(1))
+        volume = _volume_slice(r["path"])
+        if volume and int(r["label"]) == 0 and not lesion_data.stack_position(r["path"], r["source"].split("/")[0]):
+            key = (looks.look_of(r["source"].split("/")[-1]) or "other", r["split"], r["source"], volume[0])
             best[key] = max(best.get(key, 0.0), float(r["score"]))
     out = {}
     for (look, *_), v in best.items():
