@@ -285,6 +285,9 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     if development is not None and development.get("why"):
         verdict += (f" WARNING: the sample was not compared with the images the model was developed on "
                     f"({development['why']}); make sure none of them is in it.")
+    patients = patient_flags(y, p, groups, site_threshold)
+    if not images_are_groups:
+        verdict += " " + _patient_line(patients)
     if images_are_groups:
         verdict += (" WARNING: every image is its own group, so patients are not known: give --group-pattern "
                     "or put each patient's images in a folder of their own.")
@@ -316,10 +319,40 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
             "expected_calibration_error": metrics.expected_calibration_error(y, p),
             "out_of_distribution_share": (float(np.mean([not v for v in known])) if known else None),
             "by_subgroup": by_subgroup, "by_look": by_look, "validated_looks": validated_looks,
-            "by_plane": by_plane, "validated_planes": validated_planes,
+            "by_plane": by_plane, "validated_planes": validated_planes, "by_patient": patients,
             "development_copies": copies and copies["summary"] or
             ({"checked": False, "why": development["why"]} if development else None),
             "status": status, "meets": status == MEETS, "verdict": verdict}
+
+
+def patient_flags(y, p, groups, threshold):
+    """What the worklist's study flag does at this site: of the patients with a tumor image, how many have one
+    at or above `threshold`; of the patients with only tumor-free images, how many have any image flagged.
+
+    Why: the checks judge images, but a radiologist reads patients; with a tenth of a tumor-free head's slices
+    flagged, nearly every tumor-free patient carries a flag (docs/model_v4_notes.md, rows SR, SER) while the image
+    specificity still looks acceptable. Reported beside the verdict, not a check: a flag on every tumor-free study
+    costs reading order, not safety."""
+    found = flagged = n_tumor = n_free = 0
+    for g in np.unique(groups):
+        m = groups == g
+        if y[m].any():
+            n_tumor += 1
+            found += bool((p[m][y[m] == 1] >= threshold).any())
+        else:
+            n_free += 1
+            flagged += bool((p[m] >= threshold).any())
+    return {"tumor_patients": n_tumor, "tumor_patients_found": found,
+            "tumor_free_patients": n_free, "tumor_free_patients_flagged": flagged}
+
+
+def _patient_line(pf):
+    """The verdict's sentence on `patient_flags`."""
+    line = f"By patient at the site threshold: {pf['tumor_patients_found']} of {pf['tumor_patients']} tumor patients found"
+    if pf["tumor_free_patients"]:
+        line += (f", {pf['tumor_free_patients_flagged']} of {pf['tumor_free_patients']} tumor-free patients flagged "
+                 "(a flag is a place in the reading order, not a finding)")
+    return line + "."
 
 
 def _development_check(development, groups):

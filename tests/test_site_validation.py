@@ -67,6 +67,24 @@ def test_a_good_sample_of_enough_patients_meets():
     assert all(c["passed"] for c in r["checks"])
 
 
+def test_the_verdict_says_how_many_patients_the_study_flag_finds_and_how_many_tumor_free_ones_it_flags():
+    """Images pass the checks, yet one stray high slice in every tumor-free patient flags them all: the verdict
+    and validation.json say so by patient (not a check: it costs reading order, not safety)."""
+    y, p, g = _per_patient(100, 20, separable=True)  # 50 + 50 patients, 20 images each
+    stray = np.flatnonzero(y == 0)[::20]  # the first image of each tumor-free patient scores high
+    p[stray] = 0.99
+    r = validate.evaluate(y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300)
+    assert r["meets"] and r["specificity"] == pytest.approx(0.95)  # 19 of 20 images of each is clear
+    assert r["by_patient"] == {"tumor_patients": 50, "tumor_patients_found": 50, "tumor_free_patients": 50,
+                               "tumor_free_patients_flagged": 50}
+    assert "By patient at the site threshold: 50 of 50 tumor patients found, 50 of 50 tumor-free patients flagged" \
+        in r["verdict"]
+    clean = validate.evaluate(y, np.where(y == 1, 0.9, 0.1), g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95,
+                              0.9, 0)
+    assert clean["by_patient"]["tumor_free_patients_flagged"] == 0 and "0 of 50 tumor-free patients flagged" in \
+        clean["verdict"]
+
+
 def test_a_look_is_validated_only_with_enough_patients_of_its_own_and_a_verdict_that_meets():
     y, p, g = _per_patient(100, 3, separable=True)  # 50 tumor + 50 tumor-free patients, 3 images each
     look = np.where(g < 80, "flair", "t2")  # T2: the last 20 patients only
