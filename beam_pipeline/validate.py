@@ -352,6 +352,9 @@ def _patient_line(pf):
     if pf["tumor_free_patients"]:
         line += (f", {pf['tumor_free_patients_flagged']} of {pf['tumor_free_patients']} tumor-free patients flagged "
                  "(a flag is a place in the reading order, not a finding)")
+    else:
+        line += ("; no patient has only tumor-free images, so the sample cannot show how often a tumor-free study is "
+                 "flagged")
     return line + "."
 
 

@@ -83,6 +83,9 @@ def test_the_verdict_says_how_many_patients_the_study_flag_finds_and_how_many_tu
                               0.9, 0)
     assert clean["by_patient"]["tumor_free_patients_flagged"] == 0 and "0 of 50 tumor-free patients flagged" in \
         clean["verdict"]
+    mixed = validate.evaluate(y, p, g // 2, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 0)  # pairs
+    assert mixed["by_patient"]["tumor_free_patients"] == 0
+    assert "no patient has only tumor-free images, so the sample cannot show how often" in mixed["verdict"]
 
 
 def test_a_look_is_validated_only_with_enough_patients_of_its_own_and_a_verdict_that_meets():
