@@ -286,11 +286,11 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
         verdict += (f" WARNING: the sample was not compared with the images the model was developed on "
                     f"({development['why']}); make sure none of them is in it.")
     patients = patient_flags(y, p, groups, site_threshold)
-    if not images_are_groups:
-        verdict += " " + _patient_line(patients)
     if images_are_groups:
         verdict += (" WARNING: every image is its own group, so patients are not known: give --group-pattern "
                     "or put each patient's images in a folder of their own.")
+    else:
+        verdict += " " + _patient_line(patients)
     by_subgroup = {}
     for s in sorted(set(subgroups.tolist())):
         m = subgroups == s
