@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -175,6 +175,21 @@ data-tumor-free-probe:
 		test -f $$f && continue; mkdir -p $(PROBE_DIR) && { $(call pinned,$$repo,$$commit,$$path,$$f.part); } && \
 		echo "$$sha  $$f.part" | sha256sum --check --quiet && mv $$f.part $$f || exit 1; \
 	done
+
+# The BraTS Toolkit check (docs/brats_toolkit_check.md): two adult glioma patients of TCGA-LGG (sites DU and FG) in
+# FLAIR, T2, T1 with and without contrast, co-registered and skull-stripped, sharing one automatic tumor mask: the
+# same slices in every look, so a look the model misses shows beside one it finds. Scored only, never trained on
+# (--eval-data-dir, brain-validate --sample $(BRATS_TOOLKIT)/t2): make data-brats-toolkit
+BRATS_TOOLKIT_VOLUMES ?= ../data/brats-toolkit-volumes
+BRATS_TOOLKIT ?= ../data/brats-toolkit
+data-brats-toolkit: $(STAMP)
+	grep -v '^#' docs/brats_toolkit_manifest.txt | while read case name repo commit path sha; do \
+		f=$(BRATS_TOOLKIT_VOLUMES)/$$case/$$name; test -f $$f && continue; mkdir -p $$(dirname $$f) && \
+		{ $(call pinned,$$repo,$$commit,$$path,$$f.part); } && \
+		echo "$$sha  $$f.part" | sha256sum --check --quiet && mv $$f.part $$f || exit 1; \
+	done
+	test -d $(BRATS_TOOLKIT) || $(PY) -m trainer.tumor_volume_slices --input $(BRATS_TOOLKIT_VOLUMES) \
+		--out $(BRATS_TOOLKIT) --source docs/brats_toolkit_check.md
 
 train-v7: $(STAMP)
 	test -d $(FIGSHARE_MASKS) || $(PY) -m trainer.figshare_masks --brain-mri $(SHARED)/brain-mri \
