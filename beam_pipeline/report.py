@@ -176,7 +176,8 @@ def _validation_html(threshold_sources, md, site=NO_SITE):
                         if k != "all" and v.get("roc_auc") is not None)
     seen = f" On collections it never saw: {figures}." if figures else ""
     return (f'<p id="validation" class="drift-warning"><b>Not validated at this site:</b> {why}. Its scores here '
-            f"may be far from its own validation figures.{seen}{_tumor_free_html(md)} Run brain-validate on local "
+            f"may be far from its own validation figures.{seen}{_tumor_free_html(md)}{_look_check_html(md)} Run "
+            "brain-validate on local "
             "labelled patients (docs/new_site.md) before anyone relies on it.</p>")
 
 
@@ -200,6 +201,26 @@ def _tumor_free_html(md):
     return (f" On {probe.get('volumes', '?')} real heads without a tumor it flagged, at its own threshold, "
             f"<b>{parts}</b> of slices" + (f", and of the same heads cut in other planes <b>{planes}</b>" if planes
                                            else "") + ".")
+
+
+def _look_check_html(md):
+    """The share of tumor slices the model found by look on patients whose looks share one tumor mask
+    (trainer.look_check --write), with the looks it finds least often named: there an unflagged series is no
+    negative."""
+    check = (md or {}).get("look_check") or {}
+    per_look = check.get("looks") or {}
+    if not per_look:
+        return ""
+    parts = ", ".join(f"{_esc(name)} {per_look[k]['found']:.0%}" for k, name in looks.NAMES.items() if k in per_look)
+    best = max(a["found"] for a in per_look.values())
+    weak = [looks.NAMES[k] for k in looks.NAMES if k in per_look and per_look[k]["found"] < best - LOOK_MISS_GAP]
+    tail = (f": a {' or '.join(_esc(w) for w in weak)} series without a flag is not a negative, read it" if weak
+            else "")
+    return (f" On the same tumors seen in several looks ({check.get('patients', '?')} patients) it found "
+            f"<b>{parts}</b> of tumor slices{tail}.")
+
+
+LOOK_MISS_GAP = 0.15  # a look whose tumor slices are found this much less often than the best look's is named
 
 
 def _worst_head(probe_look):

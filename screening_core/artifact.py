@@ -146,6 +146,10 @@ def read_metadata(version_dir):
     return metadata
 
 
+# metadata keys whose figures hold at one threshold only (the tools that write them, trainer.<key> --write)
+THRESHOLD_BOUND_FIGURES = {"tumor_free_probe": "tumor-free probe", "look_check": "look check"}
+
+
 def contract_problems(metadata):
     """Sentences for every rule of metadata.json that does not hold (empty: the contract holds).
 
@@ -161,10 +165,11 @@ def contract_problems(metadata):
         ot = ood.get("threshold")
         if isinstance(ot, bool) or not isinstance(ot, (int, float)) or not math.isfinite(ot) or ot <= 0:
             problems.append(f"OOD threshold {ot!r} is not a positive number")
-    probe = metadata.get("tumor_free_probe")
-    if probe and probe.get("threshold") != t:
-        problems.append(f"the tumor-free probe figures were measured at threshold {probe.get('threshold')!r}, not at "
-                        f"the artifact's {t!r}: run python -m trainer.tumor_free_probe --write again")
+    for key, what in THRESHOLD_BOUND_FIGURES.items():
+        figures = metadata.get(key)
+        if figures and figures.get("threshold") != t:
+            problems.append(f"the {what} figures were measured at threshold {figures.get('threshold')!r}, not at "
+                            f"the artifact's {t!r}: run python -m trainer.{key} --write again")
     onnx = (metadata.get("engines") or {}).get("onnxruntime")
     if onnx:
         layers = [c for c in ood.get("components", []) if c != "input_histogram"]

@@ -51,8 +51,9 @@ def rethreshold(artifact_dir, metadata, threshold_sources):
     m = evaluation.operating_metrics(rows, metadata["threshold_target_sensitivity"], threshold_sources,
                                      cfg.get("bootstrap", 1000))
     metadata["validation_metrics"] = m
-    if m["threshold"] != metadata["threshold"]:  # measured at the old threshold: stale (trainer.tumor_free_probe)
-        metadata.pop("tumor_free_probe", None)
+    if m["threshold"] != metadata["threshold"]:  # measured at the old threshold: stale (trainer.tumor_free_probe, ...)
+        for key in artifact.THRESHOLD_BOUND_FIGURES:
+            metadata.pop(key, None)
     metadata["threshold"] = m["threshold"]
     cfg["threshold_sources"] = threshold_sources
     val = [r for r in rows if r["split"] == "validation"]

@@ -159,6 +159,24 @@ def _lesion_section(metadata):
     return "\n".join(out) + "\n"
 
 
+def _look_check_section(metadata):
+    """Tumor slices found and tumor-free slices flagged by look on patients whose looks share one tumor mask
+    (trainer.look_check --write)."""
+    check = metadata.get("look_check") or {}
+    if not check.get("looks"):
+        return ""
+    out = ["## The same tumors in several looks",
+           f"`{check.get('source', '?')}`: {check.get('patients', '?')} patients whose looks share one tumor mask, every "
+           f"look scored by brain-score at the threshold {check['threshold']:.4f} (`python -m trainer.look_check`; "
+           "docs/brats_toolkit_check.md). A look whose tumors are found less often than another's on the same slices "
+           "is read by its look, not its lesion.", "",
+           "| look | tumor slices found | tumor-free slices flagged | AUC |", "|---|---|---|---|"]
+    for look, a in check["looks"].items():
+        out.append(f"| {look} | {_pct(a['found'])} of {a['tumor_slices']} | {_pct(a['flagged'])} of "
+                   f"{a['tumor_free_slices']} | {a['auc']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
 def render(metadata, eda):
     m = metadata["validation_metrics"]
     ci = m.get("ci95", {})
@@ -223,6 +241,7 @@ Sensitivity by tumor type at the operating threshold:
 {_generalisation_section(metadata)}
 {_localisation_section(metadata)}
 {_lesion_section(metadata)}
+{_look_check_section(metadata)}
 {_ood_section(metadata)}
 {metadata.get('development_notes', '')}
 ## Operating threshold
