@@ -214,8 +214,8 @@ def _look_check_html(md):
     parts = ", ".join(f"{_esc(name)} {per_look[k]['found']:.0%}" for k, name in looks.NAMES.items() if k in per_look)
     best = max(a["found"] for a in per_look.values())
     weak = [looks.NAMES[k] for k in looks.NAMES if k in per_look and per_look[k]["found"] < best - LOOK_MISS_GAP]
-    tail = (f": a {' or '.join(_esc(w) for w in weak)} series without a flag is not a negative, read it" if weak
-            else "")
+    named = ", ".join(weak[:-1]) + (" or " if len(weak) > 1 else "") + (weak[-1] if weak else "")
+    tail = f": a {_esc(named)} series without a flag is not a negative, read it" if weak else ""
     return (f" On the same tumors seen in several looks ({check.get('patients', '?')} patients) it found "
             f"<b>{parts}</b> of tumor slices{tail}.")
 

@@ -33,6 +33,9 @@ def test_the_banner_names_the_looks_whose_tumors_are_found_least_often():
     assert "a T2 series without a flag is not a negative" in text and "T1 series" not in text
     even = {"look_check": {"patients": 2, "looks": {"flair": {"found": 0.86}, "t2": {"found": 0.80}}}}
     assert "not a negative" not in report._look_check_html(even)
+    three = {"look_check": {"patients": 2, "looks": {"flair": {"found": 0.9}, "t2": {"found": 0.5},
+                                                     "t1": {"found": 0.5}, "t1ce": {"found": 0.4}}}}
+    assert "a T1ce, T2 or T1 series without a flag" in report._look_check_html(three)
     assert report._look_check_html({}) == ""
 
 
