@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -190,6 +190,14 @@ data-brats-toolkit: $(STAMP)
 	done
 	test -d $(BRATS_TOOLKIT) || $(PY) -m trainer.tumor_volume_slices --input $(BRATS_TOOLKIT_VOLUMES) \
 		--out $(BRATS_TOOLKIT) --source docs/brats_toolkit_check.md
+
+# T2-like twins of every LGG slice (trainer/t2_synthesis.py): LGG's FLAIR and T1 before contrast through a
+# (FLAIR, T1) -> T2 intensity map learnt on brats-ped's co-registered real T2, each tumor twin with its FLAIR
+# mask; training data only, never a test of T2 (make data-brats-toolkit is that): make data-lgg-t2syn
+LGG_T2SYN ?= ../data/lgg-t2syn
+data-lgg-t2syn: $(STAMP)
+	test -d $(LGG_T2SYN) || $(PY) -m trainer.t2_synthesis --fit-on $(SHARED)/brats-ped --apply-to $(SHARED)/lgg \
+		--t1 t1-pre --out $(LGG_T2SYN)
 
 train-v7: $(STAMP)
 	test -d $(FIGSHARE_MASKS) || $(PY) -m trainer.figshare_masks --brain-mri $(SHARED)/brain-mri \
