@@ -43,7 +43,7 @@ def test_write_stores_the_figures_by_look_in_the_sealed_artifact_and_a_new_thres
     from beam_pipeline import report
     from screening_core import artifact
     from tests import synth, tiny_model
-    from trainer import generalisation, look_check
+    from trainer import look_check
     for look in ("t2", "flair"):
         for cls in ("tumor", "notumor"):
             os.makedirs(tmp_path / "check" / look / cls)
@@ -66,13 +66,7 @@ def test_write_stores_the_figures_by_look_in_the_sealed_artifact_and_a_new_thres
     assert "2 patients whose looks share one tumor mask" in section and "| t2 | 100.0% of 2 | 100.0% of 2 |" in section
     stale = {**md, "threshold": md["threshold"] / 2}
     assert any("look check" in p for p in artifact.contract_problems(stale))
-    with open(os.path.join(model, "validation_predictions.csv"), "w") as f:  # a re-threshold drops the stale figures
-        f.write("path,class_name,label,score,split,source,group\n" + "".join(
-            f"x{i}.png,{'tumor' if i % 2 else 'notumor'},{i % 2},{0.1 + 0.8 * (i % 2) + 0.001 * i},validation,s,g{i}\n"
-            for i in range(40)))
-    md["threshold_target_sensitivity"] = 0.95
-    md.setdefault("training_config", {})["bootstrap"] = 10
-    generalisation.rethreshold(model, md, "")
+    tiny_model.rethreshold_on_new_predictions(model, md)  # a re-threshold drops the stale figures
     assert "look_check" not in md and not artifact.contract_problems(md)
 
 

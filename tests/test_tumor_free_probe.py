@@ -98,7 +98,7 @@ def test_write_stores_the_shares_by_look_in_the_sealed_artifact_and_the_report_q
     from beam_pipeline import report
     from screening_core import artifact
     from tests import tiny_model
-    from trainer import generalisation, tumor_free_probe
+    from trainer import tumor_free_probe
     zz, yy, xx = np.meshgrid(*(np.arange(n) - n / 2 for n in (48, 56, 6)), indexing="ij")
     head = ((zz / 20) ** 2 + (yy / 24) ** 2 < 1.0) * (100 + 20 * np.cos(xx))
     os.makedirs(tmp_path / "in")
@@ -134,13 +134,7 @@ def test_write_stores_the_shares_by_look_in_the_sealed_artifact_and_the_report_q
     assert caveats[next(k for k in caveats if k.endswith("/dwi"))].endswith("(DWI: a look the model never trained on)")
     stale = {**md, "threshold": md["threshold"] / 2}
     assert any("tumor-free probe" in p for p in artifact.contract_problems(stale))
-    with open(os.path.join(model, "validation_predictions.csv"), "w") as f:  # a re-threshold drops the stale figures
-        f.write("path,class_name,label,score,split,source,group\n" + "".join(
-            f"x{i}.png,{'tumor' if i % 2 else 'notumor'},{i % 2},{0.1 + 0.8 * (i % 2) + 0.001 * i},validation,s,g{i}\n"
-            for i in range(40)))
-    md["threshold_target_sensitivity"] = 0.95
-    md.setdefault("training_config", {})["bootstrap"] = 10
-    generalisation.rethreshold(model, md, "")
+    tiny_model.rethreshold_on_new_predictions(model, md)  # a re-threshold drops the stale figures
     assert "tumor_free_probe" not in md and not artifact.contract_problems(md)
 
 

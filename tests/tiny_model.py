@@ -64,3 +64,16 @@ def attach_ood_reference(version_dir, model, spec, n=240):
     val_p, val_f = ood.features_of(xs[val], model)
     ref = ood.fit(train_f, labels[train], val_f, list(range(n - n // 2)))
     ood.attach(version_dir, ref, val_p)
+
+
+def rethreshold_on_new_predictions(version_dir, metadata):
+    """Choose the artifact's threshold again (trainer.generalisation.rethreshold) from 40 new validation rows whose
+    threshold differs from the tiny model's: figures measured at the old one must go."""
+    from trainer import generalisation
+    with open(os.path.join(version_dir, "validation_predictions.csv"), "w") as f:
+        f.write("path,class_name,label,score,split,source,group\n" + "".join(
+            f"x{i}.png,{'tumor' if i % 2 else 'notumor'},{i % 2},{0.1 + 0.8 * (i % 2) + 0.001 * i},validation,s,g{i}\n"
+            for i in range(40)))
+    metadata["threshold_target_sensitivity"] = 0.95
+    metadata.setdefault("training_config", {})["bootstrap"] = 10
+    generalisation.rethreshold(version_dir, metadata, "")
