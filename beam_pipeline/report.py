@@ -177,8 +177,7 @@ def _validation_html(threshold_sources, md, site=NO_SITE):
     seen = f" On collections it never saw: {figures}." if figures else ""
     return (f'<p id="validation" class="drift-warning"><b>Not validated at this site:</b> {why}. Its scores here '
             f"may be far from its own validation figures.{seen}{_tumor_free_html(md)}{_look_check_html(md)} Run "
-            "brain-validate on local "
-            "labelled patients (docs/new_site.md) before anyone relies on it.</p>")
+            "brain-validate on local labelled patients (docs/new_site.md) before anyone relies on it.</p>")
 
 
 def _probe_looks(md):
@@ -214,8 +213,10 @@ def _look_check_html(md):
     parts = ", ".join(f"{_esc(name)} {per_look[k]['found']:.0%}" for k, name in looks.NAMES.items() if k in per_look)
     best = max(a["found"] for a in per_look.values())
     weak = [looks.NAMES[k] for k in looks.NAMES if k in per_look and per_look[k]["found"] < best - LOOK_MISS_GAP]
-    named = ", ".join(weak[:-1]) + (" or " if len(weak) > 1 else "") + (weak[-1] if weak else "")
-    tail = f": a {_esc(named)} series without a flag is not a negative, read it" if weak else ""
+    tail = ""
+    if weak:
+        named = weak[0] if len(weak) == 1 else f"{', '.join(weak[:-1])} or {weak[-1]}"
+        tail = f": a {_esc(named)} series without a flag is not a negative, read it"
     return (f" On the same tumors seen in several looks ({check.get('patients', '?')} patients) it found "
             f"<b>{parts}</b> of tumor slices{tail}.")
 

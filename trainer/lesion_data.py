@@ -37,7 +37,7 @@ from trainer.volume_slices import LESIONS_DIR
 
 MASK_ALL_SEQUENCES = ("brats-ped",)
 T1_MASK_WEIGHT = 0.25  # LGG FLAIR-drawn masks on T1 slices: noisy, the lesion often invisible
-_SLICE_RX = re.compile(r"^(.+)_z?(\d+)\.\w+$")
+SLICE_NAME_RX = re.compile(r"^(.+)_z?(\d+)\.\w+$")  # <patient>_<slice>.<ext>, <patient>_z<slice>.<ext>
 
 
 def _stem(path):
@@ -132,7 +132,7 @@ def head_share(gray):
 
 def stack_position(path, collection):
     """(patient, slice number) of a slice in a patient's stack (LGG, BraTS file names), else None."""
-    m = _SLICE_RX.match(posixpath.basename(path.replace("\\", "/")))
+    m = SLICE_NAME_RX.match(posixpath.basename(path.replace("\\", "/")))
     if m and (collection.startswith("lgg") or "brats" in collection):
         return m.group(1), int(m.group(2))
     return None

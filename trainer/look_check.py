@@ -13,15 +13,13 @@ data-brats-toolkit`); every look folder is scored by brain-score itself, at the 
 """
 import argparse
 import os
-import re
 import sys
 import tempfile
 
 from screening_core import artifact, looks
-from trainer import HelpFormatter, tumor_free_probe
+from trainer import HelpFormatter, lesion_data, tumor_free_probe
 
 CLASSES = (("tumor", 1), ("notumor", 0))
-_PATIENT_RX = re.compile(r"^(.+)_z?\d+\.\w+$")  # brats-sample's and trainer.tumor_volume_slices' slice names
 
 
 def look_folders(collection):
@@ -53,7 +51,7 @@ def summarise(rows):
         labels.append(label)
         scores.append(float(r["tumor_probability"]))
         flags.append(r["predicted_label"] == "tumor")
-        m = _PATIENT_RX.match(parts[-1])
+        m = lesion_data.SLICE_NAME_RX.match(parts[-1])
         patients.add(m.group(1) if m else parts[-1])
     n_tumor = sum(labels)
     n_free = len(labels) - n_tumor
