@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from trainer import HelpFormatter
+from trainer import HelpFormatter, volume_slices
 
 BINS = 32
 MIN_PIXELS_PER_BIN = 20  # a bin needs more pixels than this to stand for itself
@@ -119,8 +119,10 @@ def write_collection(table, collection, t1_folder, out_dir, source_text=""):
     if not written:
         raise SystemExit(f"{collection}: no slice with both flair/ and {t1_folder}/ twins")
     masks = os.path.join(collection, "masks")
-    shutil.copytree(masks, os.path.join(out_dir, "masks")) if os.path.isdir(masks) else os.makedirs(
-        os.path.join(out_dir, "masks"))
+    if os.path.isdir(masks):
+        shutil.copytree(masks, os.path.join(out_dir, "masks"))
+    else:
+        os.makedirs(os.path.join(out_dir, "masks"))
     np.save(os.path.join(out_dir, "t2_table.npy"), table)
     with open(os.path.join(out_dir, "SOURCE.txt"), "w") as f:
         f.write(source_text)
@@ -150,14 +152,7 @@ def main(argv=None):
               f"{args.t1} slices) through a (FLAIR, T1) -> T2 intensity map learnt on the {len(triples)} "
               f"co-registered FLAIR/T1/T2 slices of {os.path.basename(os.path.normpath(args.fit_on))} "
               "(python -m trainer.t2_synthesis; t2_table.npy). Synthetic: never a test of T2.\n")
-    tmp = args.out.rstrip("/") + ".part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        written = write_collection(table, args.apply_to, args.t1, tmp, source)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.replace(tmp, args.out)
+    written = volume_slices.write_whole(args.out, lambda tmp: write_collection(table, args.apply_to, args.t1, tmp, source))
     print(f"learnt on {len(triples)} slices; wrote " + ", ".join(f"{n} {c}" for c, n in sorted(written.items()))
           + f" T2-like slices to {args.out}")
     return 0

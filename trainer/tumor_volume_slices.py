@@ -18,7 +18,6 @@ brain-score cuts a NIfTI volume (screening_core.volumes), on each volume's own s
 """
 import argparse
 import os
-import re
 import sys
 
 import numpy as np
@@ -28,7 +27,6 @@ from trainer import HelpFormatter, volume_slices
 TUMOR_FILE = "tumor"
 MIN_TUMOR_VOXELS = 50
 MIN_GAP = 3  # slices between a tumor-free slice and any labelled one
-_NAME_RX = re.compile(r"^[A-Za-z0-9-]+$")
 
 
 def cases(input_dir):
@@ -40,11 +38,11 @@ def cases(input_dir):
             continue
         files = {}
         for name in sorted(os.listdir(folder)):
-            suffix = next((s for s in volume_slices.SUFFIXES if name.endswith(s)), None)
-            if suffix:
-                files[name[:-len(suffix)]] = os.path.join(folder, name)
+            stem = volume_slices.nifti_stem(name)
+            if stem:
+                files[stem] = os.path.join(folder, name)
         for key in [case, *files]:
-            if not _NAME_RX.match(key):
+            if not volume_slices.NAME_RX.match(key):
                 raise SystemExit(f"{folder}: case and look names are letters, digits and '-' only, got {key!r} "
                                  "(they become part of every slice's file name)")
         tumor = files.pop(TUMOR_FILE, None)
@@ -116,16 +114,8 @@ def main(argv=None):
     if args.source:
         with open(args.source) as f:
             source_text = f.read()
-    import shutil
     cases(args.input)  # refuses a malformed input before anything is written
-    tmp = args.out.rstrip("/") + ".part"  # cut beside, moved into place whole: no half collection is ever read
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        written = write_collection(args.input, tmp, source_text)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.replace(tmp, args.out)
+    written = volume_slices.write_whole(args.out, lambda tmp: write_collection(args.input, tmp, source_text))
     for look, by_case in written.items():
         print(f"{look}: " + ", ".join(f"{c} {n['tumor']} tumor / {n['notumor']} tumor-free" for c, n in by_case.items()))
     print(f"wrote {args.out}")

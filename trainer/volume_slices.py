@@ -35,7 +35,28 @@ from trainer import HelpFormatter
 
 SUFFIXES = (".nii.gz", ".nii")
 LESIONS_DIR = "non-tumor-lesions"
-_SUBJECT_RX = re.compile(r"^[A-Za-z0-9-]+$")
+NAME_RX = re.compile(r"^[A-Za-z0-9-]+$")  # subject, case and look names: they become part of slice file names
+
+
+def nifti_stem(name):
+    """The file name without its NIfTI suffix, or None for a file that is no NIfTI volume."""
+    suffix = next((s for s in SUFFIXES if name.endswith(s)), None)
+    return name[:-len(suffix)] if suffix else None
+
+
+def write_whole(out_dir, write):
+    """`write(folder)` into `<out_dir>.part`, then moved into place whole: no half-written collection is ever read,
+    and a failed write leaves nothing behind. Returns what `write` returns."""
+    import shutil
+    tmp = out_dir.rstrip("/") + ".part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        result = write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, out_dir)
+    return result
 
 
 def volume_files(input_dir, skip=()):
@@ -48,11 +69,10 @@ def volume_files(input_dir, skip=()):
         if not os.path.isdir(folder) or os.path.realpath(folder) in skip:
             continue
         for name in sorted(os.listdir(folder)):
-            suffix = next((s for s in SUFFIXES if name.endswith(s)), None)
-            if suffix is None:
+            subject = nifti_stem(name)
+            if subject is None:
                 continue
-            subject = name[:-len(suffix)]
-            if not _SUBJECT_RX.match(subject):
+            if not NAME_RX.match(subject):
                 raise SystemExit(f"{os.path.join(folder, name)}: a subject name is letters, digits and '-' only "
                                  "(it becomes part of every slice's file name and its patient key)")
             out.setdefault(look, []).append((subject, os.path.join(folder, name)))
