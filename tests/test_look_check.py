@@ -73,6 +73,7 @@ def test_write_stores_the_figures_by_look_in_the_sealed_artifact_and_a_new_thres
 @pytest.mark.parametrize("make, says", [
     (lambda d: os.makedirs(d), "holds no <look>/tumor/"),
     (lambda d: [os.makedirs(d / "misc" / c) for c in ("tumor", "notumor")], "must say its look"),
+    (lambda d: [os.makedirs(d / f / c) for f in ("t1", "t1-pre") for c in ("tumor", "notumor")], "one folder per look"),
 ])
 def test_a_collection_without_look_folders_is_refused(tmp_path, capsys, make, says):
     from tests import tiny_model

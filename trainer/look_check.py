@@ -31,6 +31,9 @@ def look_folders(collection):
             look = looks.look_of(name)
             if look == "other":
                 raise SystemExit(f"{folder}: the folder's name must say its look ({', '.join(looks.NAMES)})")
+            if look in out:
+                raise SystemExit(f"{out[look]} and {folder} are both {look}: one folder per look, or the "
+                                 f"figures would silently be one folder's")
             out[look] = folder
     if not out:
         raise SystemExit(f"{collection} holds no <look>/tumor/ + <look>/notumor/ folders")
