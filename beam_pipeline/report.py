@@ -176,8 +176,18 @@ def _validation_html(threshold_sources, md, site=NO_SITE):
                         if k != "all" and v.get("roc_auc") is not None)
     seen = f" On collections it never saw: {figures}." if figures else ""
     return (f'<p id="validation" class="drift-warning"><b>Not validated at this site:</b> {why}. Its scores here '
-            f"may be far from its own validation figures.{seen}{_tumor_free_html(md)}{_look_check_html(md)} Run "
+            f"may be far from its own validation figures.{seen}{_targets_html(md)}{_tumor_free_html(md)}"
+            f"{_look_check_html(md)} Run "
             "brain-validate on local labelled patients (docs/new_site.md) before anyone relies on it.</p>")
+
+
+def _targets_html(md):
+    """How many of its acceptance targets the model meets (trainer.targets --write); unmeasured ones are not met."""
+    rows = ((md or {}).get("targets") or {}).get("rows") or []
+    if not rows:
+        return ""
+    met = sum(r.get("met") is True for r in rows)
+    return f" It meets {met} of its {len(rows)} acceptance targets (model card, \"Acceptance targets\")."
 
 
 def _probe_looks(md):

@@ -147,7 +147,8 @@ def read_metadata(version_dir):
 
 
 # metadata keys whose figures hold at one threshold only (the tools that write them, trainer.<key> --write)
-THRESHOLD_BOUND_FIGURES = {"tumor_free_probe": "tumor-free probe", "look_check": "look check"}
+THRESHOLD_BOUND_FIGURES = {"tumor_free_probe": "tumor-free probe", "look_check": "look check",
+                           "targets": "acceptance targets"}
 
 
 def contract_problems(metadata):

@@ -69,6 +69,27 @@ def choose_threshold(labels, scores, target_sensitivity):
     return float(pos_scores[needed - 1])
 
 
+def specificity_at_sensitivity(labels, scores, min_sensitivity):
+    """Best specificity of any threshold whose sensitivity reaches `min_sensitivity` (a point of the ROC curve,
+    whatever threshold the model ships with)."""
+    t = choose_threshold(labels, scores, min_sensitivity)
+    return rates(labels, scores, t)["specificity"]
+
+
+def sensitivity_at_specificity(labels, scores, min_specificity):
+    """Best sensitivity of any threshold whose specificity reaches `min_specificity`: the threshold sits just
+    above the highest tumor-free score it may not flag."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    neg = np.sort(s[~y])[::-1]
+    if len(neg) == 0 or not y.any():
+        return float("nan")
+    allowed = int(np.floor((1.0 - min_specificity) * len(neg) + 1e-9))  # tumor-free slices it may flag
+    if allowed >= len(neg):
+        return 1.0
+    return float((s[y] > neg[allowed]).mean())
+
+
 def expected_calibration_error(labels, scores, bins=10):
     y = np.asarray(labels, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)

@@ -177,6 +177,19 @@ def _look_check_section(metadata):
     return "\n".join(out) + "\n"
 
 
+def _targets_section(metadata):
+    """The acceptance targets of the lesion-first model, met or not (trainer.targets --write)."""
+    targets = metadata.get("targets") or {}
+    if not targets.get("rows"):
+        return ""
+    from trainer import targets as measured
+    return ("## Acceptance targets: where this model stands\n"
+            "ROC figures are points of each source's curve (whatever the operating threshold), with 95 % CIs by "
+            "patient or near-duplicate group; map figures and level bins as in the sections below "
+            f"(`python -m trainer.targets`). {measured.summary(targets['rows'])}.\n\n"
+            f"{measured.table(targets['rows'])}\n")
+
+
 def render(metadata, eda):
     m = metadata["validation_metrics"]
     ci = m.get("ci95", {})
@@ -237,6 +250,7 @@ Sensitivity by tumor type at the operating threshold:
 |---|---|---|
 {per_type}
 
+{_targets_section(metadata)}
 {_by_source_section(m)}
 {_generalisation_section(metadata)}
 {_localisation_section(metadata)}
