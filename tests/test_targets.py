@@ -101,8 +101,15 @@ def test_write_stores_the_rows_in_the_sealed_artifact_the_card_shows_them_and_a_
     assert "targets" not in stored and not artifact.contract_problems(stored)
 
 
-def test_a_folder_that_is_no_artifact_is_refused(tmp_path, capsys):
+def test_a_folder_that_is_no_artifact_or_a_tampered_one_is_refused(tmp_path, capsys):
+    from tests import tiny_model
     from trainer import targets
     with pytest.raises(SystemExit) as e:
         targets.main([str(tmp_path)])
     assert e.value.code == 2 and "not a model artifact" in capsys.readouterr().err
+    model = tiny_model.write_tiny_artifact(tmp_path / "m")
+    with open(os.path.join(model, "model.onnx"), "wb") as f:
+        f.write(b"not the sealed file")
+    with pytest.raises(SystemExit) as e:  # --write would re-seal it: refused
+        targets.main([model, "--write", "--bootstrap", "0"])
+    assert e.value.code == 2 and "targets" not in json.load(open(os.path.join(model, "metadata.json")))

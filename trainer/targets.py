@@ -173,8 +173,10 @@ def main(argv=None):
         p.error("--bootstrap must be 0 or more")
     try:
         metadata = artifact.read_metadata(args.artifact)
+        if args.write:  # writing re-seals: never over files that no longer match their seal
+            artifact.check_sums(args.artifact)
     except artifact.ArtifactError as e:
-        p.error(f"{args.artifact}: {e}")
+        p.error(str(e))
     rows = measure(args.artifact, metadata, bootstrap=args.bootstrap)
     print(table(rows))
     print(summary(rows), file=sys.stderr)
