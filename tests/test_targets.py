@@ -70,7 +70,10 @@ def test_each_target_is_measured_from_the_artifact_and_what_it_lacks_is_not_met(
     # tumors at 0.5 sit below the one tumor-free slice in twenty at 0.95 ... and above the rest: still all found
     assert rows2["validation brain-mri: sensitivity at specificity 0.95"]["value"] == 1.0
     bins2 = rows2["tumor-free level bins whose median is above the threshold (target: none)"]
-    assert bins2["met"] is False and bins2["above"] == ["validation/lgg/flair 0.0-0.2"]
+    assert bins2["met"] is False and bins2["above"] == ["validation/lgg/flair 0.0-0.2 (n 9)"]
+    from trainer import model_card
+    assert "Level bins above the threshold: validation/lgg/flair 0.0-0.2 (n 9)." in model_card._targets_section(
+        {"targets": {"rows": list(rows2.values())}})
     text = targets.table(targets.measure(d, md, bootstrap=0))
     assert "| validation brain-mri: auc >= 0.995 |" in text and "(1 group, no CI)" in text
     assert "| held_out_site lgg/flair: auc >= 0.95 | not measured | - |" in text
@@ -91,6 +94,7 @@ def test_write_stores_the_rows_in_the_sealed_artifact_the_card_shows_them_and_a_
     stored = artifact.verify(model)  # re-sealed: it still loads
     assert stored["targets"]["threshold"] == stored["threshold"]
     assert "Acceptance targets" in model_card._targets_section(stored)
+    assert "Level bins above" not in model_card._targets_section(stored)  # none above in this artifact
     assert "5 of 10 targets met, 3 not measured" in model_card._targets_section(stored)
     from beam_pipeline import report
     assert "It meets 5 of its 10 acceptance targets" in report._validation_html(set(), stored)

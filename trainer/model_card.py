@@ -187,7 +187,8 @@ def _targets_section(metadata):
             "ROC figures are points of each source's curve (whatever the operating threshold), with 95 % CIs by "
             "patient or near-duplicate group; map figures and level bins as in the sections below "
             f"(`python -m trainer.targets`). {measured.summary(targets['rows'])}.\n\n"
-            f"{measured.table(targets['rows'])}\n")
+            f"{measured.table(targets['rows'])}\n" + "".join(
+                f"\nLevel bins above the threshold: {', '.join(r['above'])}.\n" for r in targets["rows"] if r.get("above")))
 
 
 def render(metadata, eda):

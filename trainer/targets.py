@@ -123,7 +123,7 @@ def measure(artifact_dir, metadata, bootstrap=BOOTSTRAP):
     bins = [(split, src, b) for split, by_source in (lesion.get("level_bins") or {}).items()
             for src, bs in by_source.items() for b in bs]
     if bins:
-        above = [f"{split}/{src} {b['bin']}" for split, src, b in bins if b["median"] > metadata["threshold"]]
+        above = [f"{split}/{src} {b['bin']} (n {b['n']})" for split, src, b in bins if b["median"] > metadata["threshold"]]
         row = _row(0, "tumor-free level bins whose median is above the threshold (target: none)", None, n=len(bins))
         row.update(value=len(above), met=not above, above=above)
         out.append(row)
