@@ -127,12 +127,15 @@ GIT_MIRRORS ?=
 # $(call pinned,owner/name,commit,path,output)
 pinned = if [ -n "$(GIT_MIRRORS)" ]; then git -C "$(GIT_MIRRORS)/$(1)" show "$(2):$(3)" > $(4); \
 	else curl -fsSL "https://raw.githubusercontent.com/$(1)/$(2)/$(3)" -o $(4); fi
+# $(call fetch_checked,owner/name,commit,path,output,sha256): fetched beside output, moved into place only when its
+# sha256 matches (an interrupted or tampered fetch never lands); the shell loops below end with "|| exit 1"
+fetch_checked = mkdir -p $$(dirname $(4)) && { $(call pinned,$(1),$(2),$(3),$(4).part); } && \
+	echo "$(5)  $(4).part" | sha256sum --check --quiet && mv $(4).part $(4)
 # Each volume is fetched once, checked against its sha256 and only then moved into place (an interrupted run
 # resumes); lesions-flair/ holds NiChart's white-matter hyperintensity masks (DLWMLS) of the FLAIR volumes.
 data-healthy-heads: $(STAMP)
 	while read look subject path sha; do f=$(HEALTHY_HEADS_VOLUMES)/$$look/$$subject.nii.gz; test -f $$f && continue; \
-		mkdir -p $$(dirname $$f) && { $(call pinned,CBICA/NiChart_Project,$(NICHART_COMMIT),$$path,$$f.part); } && \
-		echo "$$sha  $$f.part" | sha256sum --check --quiet && mv $$f.part $$f || exit 1; \
+		$(call fetch_checked,CBICA/NiChart_Project,$(NICHART_COMMIT),$$path,$$f,$$sha) || exit 1; \
 	done < docs/healthy_heads_manifest.txt
 	test -d $(HEALTHY_HEADS) || $(PY) -m trainer.volume_slices --input $(HEALTHY_HEADS_VOLUMES) --out $(HEALTHY_HEADS) \
 		--exclude '$(HEALTHY_HEADS_HELD_OUT)' --source docs/healthy_heads.md \
@@ -172,8 +175,7 @@ probe-tumor-free: $(STAMP)
 # make data-tumor-free-probe
 data-tumor-free-probe:
 	grep -v '^#' docs/tumor_free_probe_manifest.txt | while read name repo commit path sha; do f=$(PROBE_DIR)/$$name; \
-		test -f $$f && continue; mkdir -p $(PROBE_DIR) && { $(call pinned,$$repo,$$commit,$$path,$$f.part); } && \
-		echo "$$sha  $$f.part" | sha256sum --check --quiet && mv $$f.part $$f || exit 1; \
+		test -f $$f && continue; $(call fetch_checked,$$repo,$$commit,$$path,$$f,$$sha) || exit 1; \
 	done
 
 # The BraTS Toolkit check (docs/brats_toolkit_check.md): two adult glioma patients of TCGA-LGG (sites DU and FG) in
@@ -184,9 +186,8 @@ BRATS_TOOLKIT_VOLUMES ?= ../data/brats-toolkit-volumes
 BRATS_TOOLKIT ?= ../data/brats-toolkit
 data-brats-toolkit: $(STAMP)
 	grep -v '^#' docs/brats_toolkit_manifest.txt | while read case name repo commit path sha; do \
-		f=$(BRATS_TOOLKIT_VOLUMES)/$$case/$$name; test -f $$f && continue; mkdir -p $$(dirname $$f) && \
-		{ $(call pinned,$$repo,$$commit,$$path,$$f.part); } && \
-		echo "$$sha  $$f.part" | sha256sum --check --quiet && mv $$f.part $$f || exit 1; \
+		f=$(BRATS_TOOLKIT_VOLUMES)/$$case/$$name; test -f $$f && continue; \
+		$(call fetch_checked,$$repo,$$commit,$$path,$$f,$$sha) || exit 1; \
 	done
 	test -d $(BRATS_TOOLKIT) || $(PY) -m trainer.tumor_volume_slices --input $(BRATS_TOOLKIT_VOLUMES) \
 		--out $(BRATS_TOOLKIT) --source docs/brats_toolkit_check.md
