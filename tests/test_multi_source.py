@@ -111,6 +111,15 @@ def test_training_on_two_collections_reports_every_source(recipe_run):
     card = open(os.path.join(version_dir, "model_card.md")).read()
     assert "Generalisation checks" in card and "Trained on brain-mri, lgg only" in card
 
+    # A lesion-first model's acceptance targets are read again with the checks (trainer.targets)
+    from screening_core import artifact
+    artifact.update_metadata(version_dir, lambda m: m.update(lesion={"map_figures": {}, "level_bins": {}}))
+    assert generalisation.main([version_dir, "--check", version_dir]) == 0
+    md3 = json.load(open(os.path.join(version_dir, "metadata.json")))
+    rows = {r["what"]: r for r in md3["targets"]["rows"]}
+    assert md3["targets"]["threshold"] == md3["threshold"] and rows["validation brain-mri: auc"]["value"] is not None
+    assert "Acceptance targets" in open(os.path.join(version_dir, "model_card.md")).read()
+
 
 def test_lesion_supervised_training_exports_the_plain_model(recipe_run):
     """Masks train a second head; the artifact is the one-output CNN the scorer expects."""

@@ -85,6 +85,9 @@ def main(argv=None):
         if os.path.exists(loc):
             with open(loc) as f:
                 metadata["localisation"] = json.load(f)
+        if "lesion" in metadata:  # a lesion-first model: its targets include the checks just attached
+            from trainer import targets
+            metadata["targets"] = targets.entry(metadata, targets.measure(args.artifact, metadata))
     metadata = artifact.update_metadata(args.artifact, add_checks)
     with open(os.path.join(args.artifact, "eda", "eda.json")) as f:
         eda = json.load(f)

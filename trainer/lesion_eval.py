@@ -257,6 +257,8 @@ def write_extras(out_dir, metadata, data, report):
     with open(os.path.join(out_dir, "lesion.json"), "w") as f:
         json.dump(report["lesion"], f, indent=2)
     write_plots(out_dir, metadata, report["rows"])
+    from trainer import targets  # read off the rows just written: the card shows them from the start
+    metadata = targets.write_to_artifact(out_dir, targets.measure(out_dir, metadata))
     with open(os.path.join(out_dir, artifact.MODEL_CARD_FILE), "w") as f:
         f.write(model_card.render(metadata, data["report"]))
 

@@ -153,13 +153,16 @@ def summary(target_rows):
     return f"{met} of {len(target_rows)} targets met" + (f", {unmeasured} not measured" if unmeasured else "")
 
 
+def entry(metadata, target_rows):
+    """metadata["targets"]: stored at the artifact's threshold (the level bins are read at it), so the contract
+    refuses them once the threshold changes."""
+    return {"threshold": metadata["threshold"], "rows": target_rows,
+            "what": "the lesion-first model's acceptance targets (python -m trainer.targets)"}
+
+
 def write_to_artifact(version_dir, target_rows):
-    """Stored at the artifact's threshold (the level bins are read at it), so the contract refuses them once the
-    threshold changes; model.keras is untouched."""
-    def add(metadata):
-        metadata["targets"] = {"threshold": metadata["threshold"], "rows": target_rows,
-                               "what": "the lesion-first model's acceptance targets (python -m trainer.targets)"}
-    artifact.update_metadata(version_dir, add)
+    """Store the rows in metadata.json and re-seal it (model.keras untouched); returns the metadata."""
+    return artifact.update_metadata(version_dir, lambda md: md.update(targets=entry(md, target_rows)))
 
 
 def main(argv=None):
