@@ -409,3 +409,15 @@ def test_series_rules_count_patient_stack_parts_and_whole_tumor_free_volumes_but
     assert healthy["any slice"] == {"sensitivity": None, "specificity": 0.0, "positive_parts": 0, "negative_parts": 1}
     assert healthy["2 neighbouring slices"]["specificity"] == 1.0
     assert lesion_eval.tumor_free_series_max(rows) == {"flair": [0.6]}, "one whole tumor-free series: its highest slice"
+
+
+def test_skip_tumor_free_leaves_out_one_collections_tumor_free_slices_and_refuses_a_name_it_does_not_know():
+    from trainer import lesion_train
+    collections = np.array(["brain-mri", "brain-mri", "lgg", "lgg", "brain-mri"])
+    labels = np.array([0, 1, 0, 1, 0])
+    is_train = np.array([True, True, True, True, False])
+    kept = lesion_train.drop_tumor_free(is_train, collections, labels, ["brain-mri"])
+    assert kept.tolist() == [False, True, True, True, False]
+    assert lesion_train.drop_tumor_free(is_train, collections, labels, []).tolist() == is_train.tolist()
+    with pytest.raises(SystemExit, match="brain_mri: not a training collection"):
+        lesion_train.drop_tumor_free(is_train, collections, labels, ["brain_mri"])

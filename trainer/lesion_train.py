@@ -76,6 +76,10 @@ def _parse(argv):
                    help="tumor masks kept outside a collection, named like its tumor slices and drawn on them "
                         "(brain-mri=DIR from trainer.figshare_masks); the collection's tumor-free slices then "
                         "train as all-negative maps")
+    p.add_argument("--skip-tumor-free", action="append", default=[], metavar="COLLECTION",
+                   help="leave this collection's tumor-free slices out of training, its tumor slices in "
+                        "(repeatable): brain-mri's come from another, T2-like source, and as all-negative maps "
+                        "they teach that look has no lesion (docs/model_v4_notes.md, rows XC2 and SKN)")
     p.add_argument("--label-only-tumors", choices=("train", "skip"), default="train",
                    help="tumor slices without a mask: 'train' teaches the map through the pooled slice loss "
                         "(runs E-H: it found the corner, then the head's rim); 'skip' leaves them out")
@@ -389,6 +393,16 @@ def _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, tota
 PSEUDO_MASK_WEIGHT = 0.5  # a model's own map as a mask: trusted less than a radiologist's outline
 
 
+def drop_tumor_free(is_train, collections, labels, names):
+    """`is_train` without the tumor-free slices of the collections `names`; a name that is no collection of the
+    training data is refused (a typo would otherwise train the recipe it meant to change)."""
+    unknown = sorted(set(names) - set(collections.tolist()))
+    if unknown:
+        raise SystemExit(f"--skip-tumor-free {', '.join(unknown)}: not a training collection "
+                         f"(these are: {', '.join(sorted(set(collections.tolist())))})")
+    return is_train & ~(np.isin(collections, list(names)) & (labels == 0))
+
+
 def _pseudo_masks(args, init, arrays, labels, is_train):
     """Give training tumor slices without a mask the lesion map of `init` (the --init-from model) as a
     mask where that model is confident (score >= --pseudo-masks), in place (arrays["mask"], arrays["pixel_weight"]).
@@ -474,6 +488,7 @@ def main(argv=None):
         is_train &= ~label_only_negative
     elif args.label_only_negatives == "pixel":  # a tumor-free slice: every pixel is known to be negative
         arrays["pixel_weight"] = np.where(label_only_negative, 1.0, arrays["pixel_weight"]).astype(np.float32)
+    is_train = drop_tumor_free(is_train, collections, labels, args.skip_tumor_free)
     idx = np.flatnonzero(is_train)
     probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
     if (args.hard_negatives > 1 or args.hard_positives > 1) and init is not None:
