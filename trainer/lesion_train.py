@@ -78,8 +78,8 @@ def _parse(argv):
                         "train as all-negative maps")
     p.add_argument("--skip-tumor-free", action="append", default=[], metavar="COLLECTION",
                    help="leave this collection's tumor-free slices out of training, its tumor slices in "
-                        "(repeatable): brain-mri's come from another, T2-like source, and as all-negative maps "
-                        "they teach that look has no lesion (docs/model_v4_notes.md, rows XC2 and SKN)")
+                        "(repeatable). brain-mri's come from another, T2-like source; left out of v16's recipe they "
+                        "did not change how the map reads T2 (docs/model_v4_notes.md, row SKN)")
     p.add_argument("--label-only-tumors", choices=("train", "skip"), default="train",
                    help="tumor slices without a mask: 'train' teaches the map through the pooled slice loss "
                         "(runs E-H: it found the corner, then the head's rim); 'skip' leaves them out")
