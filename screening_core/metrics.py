@@ -111,6 +111,21 @@ def calibration_curve(labels, scores, bins=10):
             for b in range(bins) if (idx == b).any()]
 
 
+def group_resamples(labels, groups=None, n=1000, seed=0):
+    """Index arrays of `n` bootstrap draws of whole groups (every row its own group if None); a draw holding one
+    class only is skipped, so fewer may come back."""
+    y = np.asarray(labels).astype(bool)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
+        if y[idx].all() or not y[idx].any():
+            continue
+        yield idx
+
+
 def bootstrap_ci(labels, scores, threshold, n=1000, seed=0, groups=None):
     """95% percentile intervals for AUC, sensitivity and specificity.
 
@@ -119,18 +134,9 @@ def bootstrap_ci(labels, scores, threshold, n=1000, seed=0, groups=None):
     """
     y = np.asarray(labels)
     s = np.asarray(scores)
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        groups = np.arange(len(y))
-    groups = np.asarray(groups)
-    uniq = np.unique(groups)
-    members = [np.flatnonzero(groups == g) for g in uniq]
     stats = {"auc": [], "sensitivity": [], "specificity": []}
-    for _ in range(n):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
+    for idx in group_resamples(y, groups, n, seed):
         yy, ss = y[idx], s[idx]
-        if yy.all() or not yy.any():
-            continue
         r = rates(yy, ss, threshold)
         stats["auc"].append(roc_auc(yy, ss))
         stats["sensitivity"].append(r["sensitivity"])

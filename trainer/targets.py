@@ -31,6 +31,7 @@ ROC_TARGETS = (
     ("held_out_site", "lgg/flair", "auc", 0.95),
     ("held_out_site", "lgg/flair", "specificity_at_sensitivity_0.90", 0.85),
 )
+LEVEL_BINS = "tumor-free level bins whose median is above the threshold (target: none)"
 EXTERNAL_AUC = ("brats-sample/", 0.90)  # every sequence of the collection never trained on
 CROSS_COLLECTION_AUC = 0.85  # a check trained without a collection, scored on it
 MAP_TARGETS = (("validation/lgg/flair", "dice", 0.6), ("validation/lgg/flair", "pointing_game", 0.8),
@@ -51,18 +52,11 @@ def _roc_figure(labels, scores, what):
 def roc_figure_with_ci(labels, scores, groups, what, n=BOOTSTRAP, seed=0):
     """(figure, [low, high]): the 95 % interval resamples whole groups (patients, near-duplicate groups); None
     for fewer than two groups, where resampling has nothing to vary."""
-    y, s, g = np.asarray(labels).astype(bool), np.asarray(scores, np.float64), np.asarray(groups)
+    y, s = np.asarray(labels).astype(bool), np.asarray(scores, np.float64)
     value = _roc_figure(y, s, what)
-    uniq, inverse = np.unique(g, return_inverse=True)
-    if len(uniq) < 2:
+    if len(set(groups)) < 2:
         return float(value), None
-    members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
-    rng, draws = np.random.default_rng(seed), []
-    for _ in range(n):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
-        if y[idx].all() or not y[idx].any():
-            continue
-        draws.append(_roc_figure(y[idx], s[idx], what))
+    draws = [_roc_figure(y[idx], s[idx], what) for idx in metrics.group_resamples(y, groups, n, seed)]
     ci = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))] if draws else None
     return float(value), ci
 
@@ -124,18 +118,18 @@ def measure(artifact_dir, metadata, bootstrap=BOOTSTRAP):
             for src, bs in by_source.items() for b in bs]
     if bins:
         above = [f"{split}/{src} {b['bin']} (n {b['n']})" for split, src, b in bins if b["median"] > metadata["threshold"]]
-        row = _row(0, "tumor-free level bins whose median is above the threshold (target: none)", None, n=len(bins))
+        row = _row(0, LEVEL_BINS, None, n=len(bins))
         row.update(value=len(above), met=not above, above=above)
         out.append(row)
     else:
-        out.append(_row(0, "tumor-free level bins whose median is above the threshold (target: none)", None))
+        out.append(_row(0, LEVEL_BINS, None))
     return out
 
 
 def table(target_rows):
     lines = ["| target | measured (95 % CI) | met |", "|---|---|---|"]
     for r in target_rows:
-        if r["what"].startswith("tumor-free level bins"):
+        if r["what"] == LEVEL_BINS:
             fig = "not measured" if r["met"] is None else f"{r['value']} of {r['n']}"
             goal = r["what"]
         else:
