@@ -321,7 +321,7 @@ endef
 # ONNX export and development fingerprints
 define ensemble_artifact
 	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) --classifier models/brain-tumor-cnn/3 \
-		--fine-tuned $(1) --alpha $(2) --out $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)
+		--fine-tuned $(1) --alpha $(2) --mirror $(or $(4),none) --out $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)
 	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --eval-data-dir $(HEALTHY_PLANES_TEST) \
 		--target-sensitivity 0.98 --from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)/best.keras --version $(3)
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/$(3)

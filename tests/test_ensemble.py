@@ -110,6 +110,21 @@ def test_the_classifier_can_be_moved_part_way_to_its_fine_tune(tmp_path):
         ensemble.build(lesion_dir, base_dir, tuned_dir, 1.5)
 
 
+def _image_dependent_lesion(tmp_path, name, seed):
+    """A tiny lesion-map artifact whose map depends on the image (the tiny one's is flat)."""
+    from screening_core import artifact, preprocessing
+    lesion, _ = artifact.load(tiny_model.write_tiny_artifact(tmp_path / f"{name}_tiny", lesion_bias=-1.0, seed=seed))
+    head = lesion.get_layer("lesion_logits")
+    kernel, bias = head.get_weights()
+    head.set_weights([np.random.default_rng(seed).normal(0, 2.0, kernel.shape).astype(np.float32), bias])
+    lesion_dir = str(tmp_path / name / "1")
+    artifact.write_artifact(lesion, lesion_dir, dict(
+        name=name, version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
+        threshold=0.5, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
+        training_config={}, extra={"head": "lesion_map"}))
+    return lesion_dir
+
+
 def test_mirrored_members_average_the_image_and_its_mirror_and_export_to_onnx(tmp_path):
     """--mirror: each mirrored member's log-odds are the mean of its two passes (the image as given and
     mirrored left to right), so with both members mirrored an image and its mirror get one score; the
@@ -118,15 +133,8 @@ def test_mirrored_members_average_the_image_and_its_mirror_and_export_to_onnx(tm
 
     from screening_core import artifact, ood, preprocessing
     from trainer import ensemble, export
-    lesion, _ = artifact.load(tiny_model.write_tiny_artifact(tmp_path / "l", lesion_bias=-1.0, seed=7))
-    head = lesion.get_layer("lesion_logits")  # a map that depends on the image (the tiny one is flat)
-    kernel, bias = head.get_weights()
-    head.set_weights([np.random.default_rng(0).normal(0, 2.0, kernel.shape).astype(np.float32), bias])
-    lesion_dir = str(tmp_path / "lesion" / "1")
-    artifact.write_artifact(lesion, lesion_dir, dict(
-        name="lesion", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
-        threshold=0.5, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
-        training_config={}, extra={"head": "lesion_map"}))
+    lesion_dir = _image_dependent_lesion(tmp_path, "lesion", seed=7)
+    lesion, _ = artifact.load(lesion_dir)
     classifier_dir = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
     classifier, _ = artifact.load(classifier_dir)
     x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
@@ -193,5 +201,37 @@ def test_a_second_lesion_map_joins_with_the_maps_log_odds_averaged(tmp_path):
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
     with pytest.raises(SystemExit, match="not a lesion-map model"):
         ensemble.build(first, classifier_dir, more_lesions=[classifier_dir])
-    with pytest.raises(SystemExit, match="one lesion map"):
-        ensemble.build(first, classifier_dir, mirror="lesion", more_lesions=[second])
+
+
+def test_mirror_both_with_two_maps_mirrors_every_member_and_exports_to_onnx(tmp_path):
+    """v21's shape (two maps and the classifier) with --mirror both: each member's log-odds are the mean of
+    its two passes, the maps' means averaged, so an image and its mirror get one score; ONNX keeps parity."""
+    from screening_core import artifact, preprocessing
+    from trainer import ensemble, export
+    first, second = _image_dependent_lesion(tmp_path, "a", seed=7), _image_dependent_lesion(tmp_path, "b", seed=11)
+    classifier_dir = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
+    x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
+                                        preprocessing.InputSpec(32, 32)) for s in range(6)])
+    x[:, :, :10] *= 0.5  # lopsided: its mirror is another image
+    mirror = x[:, :, ::-1]
+    z = {d: [_logit(artifact.load(d)[0].predict_on_batch(im).ravel()) for im in (x, mirror)]
+         for d in (first, second, classifier_dir)}
+    for d in (first, second):
+        assert np.abs(z[d][0] - z[d][1]).max() > 1e-3
+    mean = {d: (a + b) / 2 for d, (a, b) in z.items()}
+    model, info = ensemble.build(first, classifier_dir, mirror="both", more_lesions=[second])
+    expected = 1 / (1 + np.exp(-(mean[classifier_dir] + (mean[first] + mean[second]) / 2)))
+    np.testing.assert_allclose(model.predict_on_batch(x).ravel(), expected, atol=1e-5)
+    np.testing.assert_allclose(model.predict_on_batch(mirror).ravel(), expected, atol=1e-5)
+    assert all(m["mirrored"] for m in info["members"].values())
+    lesion_only, info = ensemble.build(first, classifier_dir, mirror="lesion", more_lesions=[second])
+    expected = 1 / (1 + np.exp(-(z[classifier_dir][0] + (mean[first] + mean[second]) / 2)))
+    np.testing.assert_allclose(lesion_only.predict_on_batch(x).ravel(), expected, atol=1e-5)
+    assert {n: m["mirrored"] for n, m in info["members"].items()} == {
+        "lesion_map": True, "lesion_map_2": True, "classifier": False}
+    version_dir = str(tmp_path / "models" / "ens" / "1")
+    artifact.write_artifact(model, version_dir, dict(
+        name="ens", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
+        threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
+        training_config={}, extra={"head": "lesion_map"}))
+    assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE

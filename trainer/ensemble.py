@@ -91,7 +91,7 @@ def _check_lesion_member(path, md, spec):
 
 
 def _extra_lesion(path, k, spec, inputs):
-    """The lesion member at `path`, rebuilt on `inputs` under EXTRA_LESION_PREFIX (its slice probability and its
+    """The lesion member at `path`, rebuilt on `inputs` under EXTRA_LESION_PREFIX (the rebuilt model and its
     metadata)."""
     import keras
 
@@ -100,19 +100,18 @@ def _extra_lesion(path, k, spec, inputs):
     _check_lesion_member(path, md, spec)
     flat = keras.models.clone_model(model, input_tensors=inputs, clone_function=_prefixed(EXTRA_LESION_PREFIX.format(k)))
     flat.set_weights(model.get_weights())
-    return flat.output, md
+    return flat, md
 
 
 def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none", more_lesions=()):
     """(ensemble model, description) from two artifact folders; with `fine_tuned_dir`, the classifier's
     weights are moved `alpha` of the way to that fine-tune's (`interpolate`). `mirror` (MIRROR_CHOICES):
     which members also score the image mirrored left to right, their two log-odds averaged
-    (`evidence.MirrorImage`); the lesion map the overlays show stays the map of the image as given.
-    `more_lesions`: further lesion-map artifacts whose log-odds are averaged with the first map's."""
+    (`evidence.MirrorImage`; "lesion" mirrors every lesion map); the lesion map the overlays show stays the
+    map of the image as given. `more_lesions`: further lesion-map artifacts whose log-odds are averaged with
+    the first map's."""
     if mirror not in MIRROR_CHOICES:  # before any artifact is loaded
         raise SystemExit(f"--mirror is one of {', '.join(MIRROR_CHOICES)}, got {mirror!r}")
-    if more_lesions and mirror != "none":
-        raise SystemExit("--mirror is for an ensemble of one lesion map and the classifier")
     import keras
 
     from screening_core import artifact, evidence
@@ -137,21 +136,22 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     flat_classifier = keras.models.clone_model(classifier, input_tensors=inputs,
                                                clone_function=_prefixed(CLASSIFIER_PREFIX))
     flat_classifier.set_weights(classifier.get_weights())
-    probabilities, weights = [flat_classifier.output, flat.output], [1.0, 1.0]
+    passes = [(flat_classifier, "classifier", ""), (flat, "lesion", "")]
     extra_md = []
     for k, path in enumerate(more_lesions, start=2):
-        p, md = _extra_lesion(path, k, spec, inputs)
-        probabilities.append(p)
+        member, md = _extra_lesion(path, k, spec, inputs)
+        passes.append((member, "lesion", str(k)))
         extra_md.append((path, md))
-    if extra_md:  # the maps' log-odds averaged: together they count as much as the classifier
-        weights = [1.0] + [1.0 / (1 + len(extra_md))] * (1 + len(extra_md))
+    probabilities = [member.output for member, _, _ in passes]
+    # the maps' log-odds averaged: together they count as much as the classifier
+    weights = [1.0] + [1.0 / (1 + len(extra_md))] * (1 + len(extra_md))
     if mirror != "none":
         mirrored = evidence.MirrorImage(name="mirror_image")(inputs)
-        for i, (member, which) in enumerate(((flat_classifier, "classifier"), (flat, "lesion"))):
+        for i, (member, which, k) in enumerate(passes):
             if mirror in (which, "both"):
-                probabilities.append(_second_pass(member, inputs, mirrored, f"{MIRROR_PREFIX}{which}"))
-                weights[i] = 0.5
-                weights.append(0.5)
+                probabilities.append(_second_pass(member, inputs, mirrored, f"{MIRROR_PREFIX}{which}{k}"))
+                weights[i] /= 2
+                weights.append(weights[i])
     combined = evidence.OddsProduct(weights=weights if mirror != "none" or extra_md else None, name="combined_probability",
                                     dtype="float32")(probabilities)
     model = keras.Model(inputs, combined, name="brain_tumor_lesion_and_classifier")
@@ -160,7 +160,8 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     for name, which in (("classifier", "classifier"), ("lesion_map", "lesion")):
         members[name]["mirrored"] = mirror in (which, "both")
     for k, (path, md) in enumerate(extra_md, start=2):
-        members[f"lesion_map_{k}"] = {"artifact": path, "model_sha256": md["model_sha256"], "mirrored": False,
+        members[f"lesion_map_{k}"] = {"artifact": path, "model_sha256": md["model_sha256"],
+                                      "mirrored": mirror in ("lesion", "both"),
                                       "layer_prefix": EXTRA_LESION_PREFIX.format(k)}
     if tuned_md is not None:
         members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
@@ -184,8 +185,8 @@ def main(argv=None):
                         "the classifier's weights, in [0, 1]")
     parser.add_argument("--mirror", default="none", choices=MIRROR_CHOICES,
                         help="members that also score the image mirrored left to right, their log-odds "
-                        "averaged (flip test-time augmentation in the graph; each mirrored member costs its "
-                        "share of the scoring time again)")
+                        "averaged (flip test-time augmentation in the graph; 'lesion' mirrors every map; each "
+                        "mirrored member costs its share of the scoring time again)")
     parser.add_argument("--out", required=True, help="folder for best.keras and fit.json")
     args = parser.parse_args(argv)
     if args.alpha and not args.fine_tuned:
