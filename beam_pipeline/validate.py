@@ -12,8 +12,9 @@ Or take the output of an earlier brain-score run and a labels CSV keyed by
 (e.g. series description) columns.
 
 Writes validation.json and validation.html and prints a plain verdict: "meets"
-only when every check holds over patients (enough tumor and tumor-free
-patients, lower bounds of sensitivity, specificity and AUC; see `evaluate`),
+only when every check holds over patients (every image's patient known, enough
+tumor and tumor-free patients, lower bounds of sensitivity, specificity and AUC;
+see `evaluate`),
 and the sample is not made of the model's own development images: each file is
 compared with the fingerprints the artifact carries (screening_core/fingerprint.py),
 since a public download measures the model's memory, not its accuracy.
@@ -149,11 +150,14 @@ def labelled_rows(rows, key_col, labels):
 
 
 def join(rows, key_col, labels):
-    """(y, p, groups, subgroups, in_distribution, unmatched, keys, looks, planes) over scored rows that have a label.
+    """(y, p, groups, subgroups, in_distribution, unmatched, keys, looks, planes, patient_known) over scored rows
+    that have a label.
 
     A row's look comes from its (scrubbed) series description, else from the sample's folder and file names; its
-    plane from the row (DICOM orientation, NIfTI axial; None for JPEG/PNG/TIFF)."""
-    y, p, g, sg, ind, keys, lk, pl = [], [], [], [], [], [], [], []
+    plane from the row (DICOM orientation, NIfTI axial; None for JPEG/PNG/TIFF). Its patient is known from its DICOM
+    study, else from the label's group (a --group-pattern match, a patient folder, a labels CSV's group column);
+    an image whose group is only itself has no known patient."""
+    y, p, g, sg, ind, keys, lk, pl, known = [], [], [], [], [], [], [], [], []
     matched = set()
     for key, r in labelled_rows(rows, key_col, labels):
         label, group, subgroup = labels[key][:3]
@@ -161,6 +165,7 @@ def join(rows, key_col, labels):
         y.append(label)
         p.append(r["tumor_probability"])
         g.append(r.get("study_instance_uid") or group)
+        known.append(bool(r.get("study_instance_uid")) or group != key)
         sg.append(subgroup or r.get("modality") or "")
         ind.append(r.get("in_distribution"))
         keys.append(key)
@@ -170,7 +175,7 @@ def join(rows, key_col, labels):
         lk.append(described if described != "other" or len(labels[key]) < 5 else labels[key][4])
         pl.append(r.get("plane"))
     return (np.array(y), np.array(p, np.float64), np.array(g), np.array(sg), ind,
-            len(set(labels) - matched), keys, np.array(lk), np.array(pl, dtype=object))
+            len(set(labels) - matched), keys, np.array(lk), np.array(pl, dtype=object), np.array(known, bool))
 
 
 def wilson_lower(proportion, n, z=1.96):
@@ -210,7 +215,8 @@ MEETS, NOT_MET, INSUFFICIENT = "meets", "not met", "insufficient sample"
 
 def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, required_lower, bootstrap=1000,
              specificity_floor=DEFAULT_SPECIFICITY_FLOOR, auc_floor=DEFAULT_AUC_FLOOR,
-             min_patients=DEFAULT_MIN_PATIENTS, image_looks=None, development=None, image_planes=None):
+             min_patients=DEFAULT_MIN_PATIENTS, image_looks=None, development=None, image_planes=None,
+             patient_known=None):
     """Every figure, and a verdict that is "meets" only when every check holds over patients.
 
     Checks: at least `min_patients` tumor and tumor-free patients (else "insufficient sample");
@@ -224,8 +230,11 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     ({"copies": one (collection or None) per image} or {"why": reason it was not checked}) fails the verdict when
     the sample holds near-copies of images the model was developed on (fingerprint.MIN_COPIES). Each lower bound
     is the smaller of the patient bootstrap's and (for proportions) Wilson's over patients: a
-    bootstrap at a threshold chosen on the same images is optimistic, and a sample whose images
-    are each their own "patient" would otherwise count one patient's 20 slices as 20 patients.
+    bootstrap at a threshold chosen on the same images is optimistic. `patient_known` (one bool per image; default:
+    none when every image is its own group, else all) makes the sample insufficient while any image's patient is
+    unknown: such an image counts as a patient of its own, so one patient's 20 slices would pass for 20 patients
+    and every count and bound would be overstated (a site whose images each come from another patient says so:
+    --one-image-per-patient).
     """
     from screening_core import metrics
     if len(y) < 10 or y.sum() == 0 or y.sum() == len(y):
@@ -245,7 +254,14 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     auc = metrics.roc_auc(y, p)
     auc_lower = ci.get("auc", [0.0])[0] if ci.get("auc") else 0.0
     images_are_groups = len(np.unique(groups)) == len(y)
+    if patient_known is None:
+        patient_known = np.full(len(y), not images_are_groups)
+    unknown = int(len(y) - np.count_nonzero(patient_known))
     checks = [
+        ("patients known", unknown == 0, f"{len(y) - unknown} of {len(y)}",
+         f"{unknown} of {len(y)} images have no known patient, so each counts as a patient of its own and the "
+         "patient counts and bounds are overstated (give --group-pattern, one folder per patient, a labels CSV "
+         "'group' column, or --one-image-per-patient where each image truly comes from another patient)"),
         ("tumor patients", n_pos_groups >= min_patients, f"{n_pos_groups}",
          f"only {n_pos_groups} tumor patients (need >= {min_patients})"),
         ("tumor-free patients", n_neg_groups >= min_patients, f"{n_neg_groups}",
@@ -267,7 +283,7 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     if strata:
         checks.append(_strata_check(strata, min_patients))
     failed = [why for _, ok, _, why in checks if not ok]
-    status = MEETS if not failed else INSUFFICIENT if not (checks[0][1] and checks[1][1]) else NOT_MET
+    status = MEETS if not failed else INSUFFICIENT if not all(ok for _, ok, _, _ in checks[:3]) else NOT_MET
     offered = at_site["specificity"] >= specificity_floor and status == MEETS
     head = (f"At the site threshold {site_threshold:.4f}, sensitivity is {at_site['sensitivity']:.3f} "
             f"(lower 95% bound {lower:.3f}) and specificity {at_site['specificity']:.3f} (lower 95% bound "
@@ -303,7 +319,7 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
         validated_planes = None if validated_planes is None else []
     return {"n_images": int(len(y)), "n_positive": int(y.sum()), "n_groups": int(len(np.unique(groups))),
             "n_positive_groups": n_pos_groups, "n_negative_groups": n_neg_groups,
-            "every_image_its_own_group": bool(images_are_groups),
+            "every_image_its_own_group": bool(images_are_groups), "images_without_known_patient": unknown,
             "roc_auc": auc, "auc_ci95": ci.get("auc"), "auc_lower95": auc_lower,
             "target_sensitivity": target, "required_sensitivity_lower_bound": required_lower,
             "specificity_floor": specificity_floor, "auc_floor": auc_floor, "min_patients": min_patients,
@@ -670,7 +686,11 @@ def main(argv=None):
     parser.add_argument("--group-pattern", default=None,
                         help="regex on a sample file's name whose first group is its patient, as in the trainer; "
                              "without it the folder holding the image is the patient, unless that is a class "
-                             "folder (then every image is its own group, and the verdict says so)")
+                             "folder (then every image is its own group, and the sample is insufficient unless "
+                             "--one-image-per-patient)")
+    parser.add_argument("--one-image-per-patient", action="store_true", default=False,
+                        help="each labelled image comes from another patient (one key slice per study): count images "
+                             "as patients. Without it, an image with no known patient makes the sample insufficient")
     parser.add_argument("--pseudonym-key-file", default=None,
                         help="key for path pseudonyms, as in brain-score (default: $BRAIN_SCREENING_PSEUDONYM_KEY or "
                              "brain-score's default key file)")
@@ -724,13 +744,20 @@ def main(argv=None):
             raise ValidationError(f"{scores} was scored with another model ({summary['model']['model_name']} "
                                   f"v{summary['model']['model_version']}); validate the model that scored it")
         rows = pq.read_table(summary["result"]["output_files"]).to_pylist()
-        y, p, groups, subgroups, in_dist, unmatched, keys, image_looks, image_planes = join(rows, key_col, labels)
+        y, p, groups, subgroups, in_dist, unmatched, keys, image_looks, image_planes, patient_known = join(
+            rows, key_col, labels)
+        if args.one_image_per_patient:
+            patient_known[:] = True
         development = _compare_with_development(args, labels, rows, key_col, model, metadata,
                                                 pseudonym.Pseudonymiser(key) if args.sample else None)
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,
                           args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
-                          args.min_patients, image_looks, development, image_planes)
+                          args.min_patients, image_looks, development, image_planes, patient_known)
         result["unmatched_labels"] = unmatched
+        if unmatched:
+            result["verdict"] += (f" NOTE: {unmatched} labelled image{'s were' if unmatched > 1 else ' was'} not scored "
+                                  "(blank, unreadable or not found among the scored rows; the scores' Parquet gives "
+                                  "each scored file's error_code) and are not in these figures.")
         result["cases"] = cases(y, p, keys, subgroups, result["site_threshold"],
                                 {k: v[3] for k, v in labels.items() if len(v) > 3})
         points = {f"model's own ({result['artifact_threshold']:.3f})": (

@@ -24,7 +24,7 @@ def test_evaluate_known_answer():
     assert r["site_threshold"] == metrics.choose_threshold(y, p, 0.95)
     assert r["at_artifact_threshold"]["sensitivity"] == 1.0 and r["meets"]
     few = validate.evaluate(y[::10], p[::10], groups[::10], np.array([""] * 20), [None] * 20, 0.55, 0.95, 0.85, 200,
-                            min_patients=5)
+                            min_patients=5, patient_known=np.ones(20, bool))  # 20 patients, one image each
     # 6 tumors, all found: the bootstrap says [1, 1]; Wilson over 6 patients says >= 0.61, so not met.
     assert few["sensitivity"] == 1.0 and abs(few["sensitivity_wilson_lower95"] - 0.610) < 0.001
     assert not few["meets"] and few["status"] == "not met" and "below the required" in few["verdict"]
@@ -58,6 +58,27 @@ def test_a_few_patients_are_an_insufficient_sample_even_when_perfectly_separated
     # The same 280 images each counted as a patient would pass the counts: the verdict says they are not.
     each = validate.evaluate(y, p, np.arange(y.size), np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300)
     assert each["every_image_its_own_group"] and "every image is its own group" in each["verdict"]
+    assert each["status"] == "insufficient sample" and not each["meets"] and not each["site_threshold_offered"]
+    assert "280 of 280 images have no known patient" in each["verdict"]
+    # A site that states each image is another patient (one key slice per study) is taken at its word.
+    stated = validate.evaluate(y, p, np.arange(y.size), np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9,
+                               300, patient_known=np.ones(y.size, bool))
+    assert stated["meets"] and stated["images_without_known_patient"] == 0
+
+
+def test_one_image_without_a_known_patient_keeps_a_sample_from_meeting():
+    """A --group-pattern that misses a few file names leaves those images as patients of their own: the counts
+    would pass on slices, so the verdict is 'insufficient sample' until every image's patient is known."""
+    y, p, g = _per_patient(100, 3, separable=True)
+    known = np.ones(y.size, bool)
+    known[7] = False
+    g = np.array([f"patient-{i}" for i in g], dtype=object)
+    g[7] = "image-7"  # its group is only itself
+    r = validate.evaluate(y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 300, patient_known=known)
+    assert r["status"] == "insufficient sample" and not r["meets"]
+    assert r["images_without_known_patient"] == 1 and "1 of 300 images have no known patient" in r["verdict"]
+    check = next(c for c in r["checks"] if c["check"] == "patients known")
+    assert not check["passed"] and check["value"] == "299 of 300"
 
 
 def test_a_good_sample_of_enough_patients_meets():
@@ -143,7 +164,7 @@ def test_join_reads_each_rows_plane():
     rows = [{"status": "ok", "sop_instance_uid": f"u{i}", "tumor_probability": 0.1 * i, "plane": plane,
              "series_description": "T2 TSE"} for i, plane in enumerate(("axial", "sagittal", None))]
     labels = {"u0": (1, "g0", ""), "u1": (0, "g1", ""), "u2": (0, "g2", "")}
-    *_, image_looks, image_planes = validate.join(rows, "sop_instance_uid", labels)
+    *_, image_looks, image_planes, _ = validate.join(rows, "sop_instance_uid", labels)
     assert image_planes.tolist() == ["axial", "sagittal", None] and image_looks.tolist() == ["t2"] * 3
 
 
@@ -277,6 +298,27 @@ def test_validate_a_sample_folder_then_apply_the_site_profile(tmp_path, capsys):
     assert run.main(["--input", str(img), "--output", str(tmp_path / "night2"), "--model", other,
                      "--site-profile", str(out / "site_profile.json"), "--force-site-profile"]) == 2
     assert "not for this model" in capsys.readouterr().err
+
+
+def test_the_verdict_counts_images_without_a_patient_and_labelled_images_it_could_not_score(tmp_path):
+    """Flat class folders name no patient: the sample is insufficient, whatever its size, unless the site states
+    that every image is another patient; a labelled image the pipeline skips (blank) is named in the verdict."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    sample = tmp_path / "local_sample"
+    _sample(sample)
+    (sample / "flair" / "tumor" / "MRN9999_blank.png").write_bytes(synth.encode(np.zeros((32, 32), np.uint8)))
+    out = tmp_path / "validation"
+    args = ["--sample", str(sample), "--output", str(out), "--model", model_dir, "--bootstrap", "50"]
+    assert validate.main(args) == 3
+    result = json.load(open(out / "validation.json"))
+    assert result["images_without_known_patient"] == 16 and result["status"] == "insufficient sample"
+    assert "16 of 16 images have no known patient" in result["verdict"]
+    assert result["unmatched_labels"] == 1 and "1 labelled image was not scored" in result["verdict"]
+    assert "MRN" not in result["verdict"]
+    assert validate.main([*args, "--one-image-per-patient"]) == 3  # 8 + 8 patients: still too few
+    result = json.load(open(out / "validation.json"))
+    assert result["images_without_known_patient"] == 0 and "no known patient" not in result["verdict"]
+    assert result["n_positive_groups"] == 8
 
 
 def test_validate_scores_of_an_earlier_run_with_a_labels_csv(tmp_path):
