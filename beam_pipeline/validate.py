@@ -26,7 +26,8 @@ tumor and tumor-free patients of their own, and the slice planes (axial, sagitta
 coronal, oblique: DICOM orientation) likewise: brain-score's report marks flagged
 series of any other look or plane as not validated at this site. A look or plane
 with that many patients on which the model fails on its own (sensitivity or
-specificity below the required) fails the verdict: pooled figures can hide it. Exit 0
+specificity below the required) fails the verdict: pooled figures can hide it, and so
+does a sample whose tumor and tumor-free images come in different looks or planes. Exit 0
 when the verdict is "meets", 3 when "not met" or "insufficient sample", 2 on
 bad input.
 """
@@ -282,6 +283,10 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
                                           ("plane", image_planes, PLANES)) if values is not None}
     if strata:
         checks.append(_strata_check(strata, min_patients))
+    for kind, values in (("look", image_looks), ("plane", image_planes)):
+        mix = _class_mix_check(y, values, kind) if values is not None else None
+        if mix:
+            checks.append(mix)
     failed = [why for _, ok, _, why in checks if not ok]
     status = MEETS if not failed else INSUFFICIENT if not all(ok for _, ok, _, _ in checks[:3]) else NOT_MET
     offered = at_site["specificity"] >= specificity_floor and status == MEETS
@@ -497,6 +502,37 @@ def _strata_check(strata, min_patients):
              "the rest (brain-score then marks such series as not validated here)")
     value = (f"{len(failing)} of {checked} fail" if checked else f"none with {min_patients} patients of each class")
     return ("looks and planes on their own", not failing, value, why)
+
+
+MAX_CLASS_MIX_DISTANCE = 0.5  # total variation distance between the classes' looks (or planes)
+MIN_KNOWN_PER_CLASS = 10  # images of each class whose look (plane) is known before the mix is judged
+
+
+def _class_mix_check(y, values, kind):
+    """The check that tumor and tumor-free images come in the same looks (planes): None when fewer than
+    MIN_KNOWN_PER_CLASS images of either class have a known one.
+
+    Why: a sample whose tumors are T1 with contrast and whose tumor-free images are FLAIR (or sagittal against
+    axial) is separated by the look alone, which is how public collections taught slice classifiers the wrong
+    thing (docs/model_v4_notes.md); pooled figures on it measure the look as much as the tumor, and a site
+    threshold chosen on it fits neither. The distance is the share of one class's images that would have to
+    change look for the two classes to match."""
+    values = np.asarray(values, dtype=object)
+    known = np.array([v is not None and v != "other" for v in values], bool)
+    pos, neg = values[known & (y == 1)], values[known & (y == 0)]
+    if len(pos) < MIN_KNOWN_PER_CLASS or len(neg) < MIN_KNOWN_PER_CLASS:
+        return None
+    names = sorted(set(pos.tolist()) | set(neg.tolist()))
+    share = {c: {n: float(np.mean(arr == n)) for n in names} for c, arr in (("tumor", pos), ("tumor-free", neg))}
+    distance = 0.5 * sum(abs(share["tumor"][n] - share["tumor-free"][n]) for n in names)
+    label = (lambda n: looks.NAMES.get(n, n)) if kind == "look" else (lambda n: n)
+    most = {c: max(names, key=lambda n: share[c][n]) for c in share}
+    why = (f"the tumor images are {share['tumor'][most['tumor']]:.0%} {label(most['tumor'])} and the tumor-free "
+           f"ones {share['tumor-free'][most['tumor-free']]:.0%} {label(most['tumor-free'])}: the classes differ by "
+           f"{kind} (distance {distance:.2f}, above {MAX_CLASS_MIX_DISTANCE}), so the pooled figures measure the "
+           f"{kind} as much as the tumor; validate on tumor and tumor-free images of the same {kind}s")
+    return (f"tumor and tumor-free images in the same {kind}s", distance <= MAX_CLASS_MIX_DISTANCE,
+            f"distance {distance:.2f}", why)
 
 
 def _calibration_png(curve):

@@ -124,6 +124,26 @@ def test_a_look_is_validated_only_with_enough_patients_of_its_own_and_a_verdict_
     assert not chance["meets"] and chance["validated_looks"] == []  # no look is validated by a failed verdict
 
 
+@pytest.mark.parametrize("kind,tumor_value,free_value", [("look", "t1ce", "flair"), ("plane", "sagittal", "axial")])
+def test_a_sample_whose_classes_differ_by_look_or_plane_never_meets(kind, tumor_value, free_value):
+    """The source confound of the public collections, at a site: tumors exported from a T1ce (sagittal) protocol,
+    tumor-free images from a FLAIR (axial) one. A model that reads the look separates them perfectly; the verdict
+    says the pooled figures measure the look and does not meet, however many patients there are."""
+    y, p, g = _per_patient(100, 3, separable=True)
+    values = np.where(y == 1, tumor_value, free_value).astype(object)
+    args = (y, p, g, np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9, 100)
+    r = validate.evaluate(*args, **{f"image_{kind}s": values})
+    assert r["status"] == "not met" and not r["meets"] and not r["site_threshold_offered"]
+    assert f"the classes differ by {kind} (distance 1.00" in r["verdict"]
+    # Most images of both classes in the same look, a few tumors in another: the mix holds.
+    values = np.where((y == 1) & (g % 10 == 0), tumor_value, free_value).astype(object)
+    assert validate.evaluate(*args, **{f"image_{kind}s": values})["meets"]
+    # Looks unknown for all but a few images ("other" / no plane): the mix is not judged.
+    values = np.full(y.size, "other" if kind == "look" else None, dtype=object)
+    values[:5] = tumor_value
+    assert validate.evaluate(*args, **{f"image_{kind}s": values})["meets"]
+
+
 def _strata_sample(seed=0):
     """(y, p, groups, strata): 400 patients the model separates (stratum "a") and 40 more (20 + 20, stratum "b")
     whose tumor-free images it all flags: pooled, specificity is still 200/220."""
