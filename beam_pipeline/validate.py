@@ -790,6 +790,10 @@ def main(argv=None):
                           args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
                           args.min_patients, image_looks, development, image_planes, patient_known)
         result["unmatched_labels"] = unmatched
+        result["one_image_per_patient_stated"] = bool(args.one_image_per_patient)
+        if args.one_image_per_patient:
+            result["verdict"] += (" NOTE: each image was counted as a patient of its own, as --one-image-per-patient "
+                                  "stated; the patient counts and bounds rest on that statement.")
         if unmatched:
             result["verdict"] += (f" NOTE: {unmatched} labelled image{'s were' if unmatched > 1 else ' was'} not scored "
                                   "(blank, unreadable or not found among the scored rows; the scores' Parquet gives "
@@ -818,7 +822,7 @@ def main(argv=None):
             **{k: result[k] for k in ("n_images", "n_positive", "n_groups", "n_positive_groups", "n_negative_groups",
                                       "roc_auc", "auc_lower95", "sensitivity", "sensitivity_lower95", "specificity",
                                       "specificity_lower95", "status", "meets", "verdict", "validated_looks",
-                                      "validated_planes")},
+                                      "validated_planes", "one_image_per_patient_stated")},
             "forced": not result["meets"]})
         site_profile.write(profile, profile_path)
         written.append("site_profile.json")

@@ -338,7 +338,8 @@ def test_the_verdict_counts_images_without_a_patient_and_labelled_images_it_coul
     assert validate.main([*args, "--one-image-per-patient"]) == 3  # 8 + 8 patients: still too few
     result = json.load(open(out / "validation.json"))
     assert result["images_without_known_patient"] == 0 and "no known patient" not in result["verdict"]
-    assert result["n_positive_groups"] == 8
+    assert result["n_positive_groups"] == 8 and result["one_image_per_patient_stated"]
+    assert "as --one-image-per-patient stated" in result["verdict"]  # the reader sees what the counts rest on
 
 
 def test_validate_scores_of_an_earlier_run_with_a_labels_csv(tmp_path):
