@@ -795,9 +795,10 @@ def main(argv=None):
             result["verdict"] += (" NOTE: each image was counted as a patient of its own, as --one-image-per-patient "
                                   "stated; the patient counts and bounds rest on that statement.")
         if unmatched:
-            result["verdict"] += (f" NOTE: {unmatched} labelled image{'s were' if unmatched > 1 else ' was'} not scored "
+            many = unmatched > 1
+            result["verdict"] += (f" NOTE: {unmatched} labelled image{'s were' if many else ' was'} not scored "
                                   "(blank, unreadable or not found among the scored rows; the scores' Parquet gives "
-                                  "each scored file's error_code) and are not in these figures.")
+                                  f"each scored file's error_code) and {'are' if many else 'is'} not in these figures.")
         result["cases"] = cases(y, p, keys, subgroups, result["site_threshold"],
                                 {k: v[3] for k, v in labels.items() if len(v) > 3})
         points = {f"model's own ({result['artifact_threshold']:.3f})": (
