@@ -35,6 +35,11 @@ def reference_of(metadata):
     return {"score_histogram": list(hist), "ood_rate": float(ood["validation_false_ood_rate"])}
 
 
+def ood_limit(reference):
+    """The share of out-of-distribution images above which the input has drifted from `reference`."""
+    return max(OOD_RATE_FACTOR * reference["ood_rate"], OOD_RATE_FLOOR)
+
+
 def psi(expected, actual, eps=1e-4):
     e_total, a_total = sum(expected) or 1, sum(actual) or 1
     total = 0.0
@@ -52,17 +57,17 @@ def assess(counts, reference):
     if scored < MIN_ROWS:
         return {"assessed": False, "reason": f"{scored} scored images; drift needs at least {MIN_ROWS}"}
     ood_rate = counts.get("out_of_distribution", 0) / scored
-    ood_limit = max(OOD_RATE_FACTOR * reference["ood_rate"], OOD_RATE_FLOOR)
+    limit = ood_limit(reference)
     score_psi = psi(reference["score_histogram"], counts.get("score_histogram") or [])
     reasons, warnings = [], []
-    if ood_rate > ood_limit:
+    if ood_rate > limit:
         reasons.append(f"{ood_rate:.1%} of images are out of distribution (validation: "
-                       f"{reference['ood_rate']:.1%}; limit {ood_limit:.0%})")
+                       f"{reference['ood_rate']:.1%}; limit {limit:.0%})")
     if score_psi > PSI_LIMIT:
         warnings.append(f"tumor-probability distribution differs from validation (PSI {score_psi:.2f} > "
                         f"{PSI_LIMIT}); expected when the share of tumors differs, a scanner change otherwise")
     return {"assessed": True, "drifted": bool(reasons), "reasons": reasons, "warnings": warnings,
             "scored_images": scored,
-            "ood_rate": round(ood_rate, 4), "ood_rate_limit": round(ood_limit, 4),
+            "ood_rate": round(ood_rate, 4), "ood_rate_limit": round(limit, 4),
             "validation_ood_rate": reference["ood_rate"], "score_psi": round(score_psi, 4),
             "score_psi_limit": PSI_LIMIT}

@@ -217,7 +217,7 @@ MEETS, NOT_MET, INSUFFICIENT = "meets", "not met", "insufficient sample"
 def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, required_lower, bootstrap=1000,
              specificity_floor=DEFAULT_SPECIFICITY_FLOOR, auc_floor=DEFAULT_AUC_FLOOR,
              min_patients=DEFAULT_MIN_PATIENTS, image_looks=None, development=None, image_planes=None,
-             patient_known=None):
+             patient_known=None, ood_limit=None):
     """Every figure, and a verdict that is "meets" only when every check holds over patients.
 
     Checks: at least `min_patients` tumor and tumor-free patients (else "insufficient sample");
@@ -235,7 +235,9 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     none when every image is its own group, else all) makes the sample insufficient while any image's patient is
     unknown: such an image counts as a patient of its own, so one patient's 20 slices would pass for 20 patients
     and every count and bound would be overstated (a site whose images each come from another patient says so:
-    --one-image-per-patient).
+    --one-image-per-patient). `ood_limit` (the drift check's limit on the share of out-of-distribution images,
+    beam_pipeline.drift) fails the verdict when the sample's own share is above it: every night of such a site
+    would raise the drift alarm, so its figures describe images the model is out of its depth on.
     """
     from screening_core import metrics
     if len(y) < 10 or y.sum() == 0 or y.sum() == len(y):
@@ -287,6 +289,12 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
         mix = _class_mix_check(y, values, kind) if values is not None else None
         if mix:
             checks.append(mix)
+    judged = [v for v in in_dist if v is not None]
+    ood_share = float(np.mean([not v for v in judged])) if judged else None
+    if ood_limit is not None and ood_share is not None:
+        checks.append(("out-of-distribution share", ood_share <= ood_limit, f"{ood_share:.1%}",
+                       f"{ood_share:.1%} of the sample's images are unlike the model's training images (the nightly "
+                       f"drift alarm rings above {ood_limit:.0%}): the model is out of its depth on this site's scans"))
     failed = [why for _, ok, _, why in checks if not ok]
     status = MEETS if not failed else INSUFFICIENT if not all(ok for _, ok, _, _ in checks[:3]) else NOT_MET
     offered = at_site["specificity"] >= specificity_floor and status == MEETS
@@ -307,7 +315,7 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
         verdict += (f" WARNING: the sample was not compared with the images the model was developed on "
                     f"({development['why']}); make sure none of them is in it.")
     patients = patient_flags(y, p, groups, site_threshold)
-    if images_are_groups:
+    if images_are_groups and unknown:
         verdict += (" WARNING: every image is its own group, so patients are not known: give --group-pattern "
                     "or put each patient's images in a folder of their own.")
     else:
@@ -316,7 +324,6 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     for s in sorted(set(subgroups.tolist())):
         m = subgroups == s
         by_subgroup[s or "(all)"] = metrics.evaluate_at(y[m], p[m], site_threshold, groups[m], 0)
-    known = [v for v in in_dist if v is not None]
     by_look, validated_looks, _ = strata.get("look", ({}, [], []))
     by_plane, validated_planes, _ = strata.get("plane", ({}, None, []))
     if status != MEETS:
@@ -338,7 +345,7 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
             "checks": [{"check": n, "passed": bool(ok), "value": v} for n, ok, v, _ in checks],
             "calibration": metrics.calibration_curve(y, p),
             "expected_calibration_error": metrics.expected_calibration_error(y, p),
-            "out_of_distribution_share": (float(np.mean([not v for v in known])) if known else None),
+            "out_of_distribution_share": ood_share,
             "by_subgroup": by_subgroup, "by_look": by_look, "validated_looks": validated_looks,
             "by_plane": by_plane, "validated_planes": validated_planes, "by_patient": patients,
             "development_copies": copies and copies["summary"] or
@@ -735,7 +742,7 @@ def main(argv=None):
                              "brain-score refuses it unless told --force-site-profile)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     args = parser.parse_args(argv)
-    from beam_pipeline import cli, model_store, pseudonym, run, site_profile
+    from beam_pipeline import cli, drift, model_store, pseudonym, run, site_profile
     cli.quiet_tensorflow()
     try:
         if args.scores and not args.labels:
@@ -786,9 +793,11 @@ def main(argv=None):
             patient_known[:] = True
         development = _compare_with_development(args, labels, rows, key_col, model, metadata,
                                                 pseudonym.Pseudonymiser(key) if args.sample else None)
+        reference = drift.reference_of(metadata)
         result = evaluate(y, p, groups, subgroups, in_dist, float(metadata["threshold"]), args.target_sensitivity,
                           args.required_lower_bound, args.bootstrap, args.specificity_floor, args.auc_floor,
-                          args.min_patients, image_looks, development, image_planes, patient_known)
+                          args.min_patients, image_looks, development, image_planes, patient_known,
+                          drift.ood_limit(reference) if reference else None)
         result["unmatched_labels"] = unmatched
         result["one_image_per_patient_stated"] = bool(args.one_image_per_patient)
         if args.one_image_per_patient:

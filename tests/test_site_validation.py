@@ -144,6 +144,45 @@ def test_a_sample_whose_classes_differ_by_look_or_plane_never_meets(kind, tumor_
     assert validate.evaluate(*args, **{f"image_{kind}s": values})["meets"]
 
 
+def test_a_sample_the_drift_alarm_would_ring_on_never_meets():
+    """The share of the sample's images the OOD guard finds unlike the training images is held to the nightly
+    drift check's limit: a site whose own scans would ring the alarm every night is not validated by them."""
+    y, p, g = _per_patient(100, 3, separable=True)
+    args = (y, p, g, np.array([""] * y.size))
+    few = np.ones(y.size, bool)
+    few[::20] = False  # 5 %
+    r = validate.evaluate(*args, list(few), 0.5, 0.95, 0.9, 100, ood_limit=0.10)
+    assert r["meets"] and r["out_of_distribution_share"] == pytest.approx(0.05)
+    many = np.ones(y.size, bool)
+    many[::4] = False  # 25 %
+    r = validate.evaluate(*args, list(many), 0.5, 0.95, 0.9, 100, ood_limit=0.10)
+    assert r["status"] == "not met" and "25.0% of the sample's images are unlike the model's training images" in \
+        r["verdict"]
+    assert validate.evaluate(*args, [None] * y.size, 0.5, 0.95, 0.9, 100, ood_limit=0.10)["meets"]  # no guard
+
+
+def test_the_sample_is_held_to_the_artifacts_own_drift_limit(tmp_path):
+    """brain-validate reads the limit from the artifact's OOD reference (beam_pipeline.drift), as brain-score does."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path, ood=True)
+    sample = tmp_path / "local_sample"
+    _sample(sample)
+    rng = np.random.default_rng(0)
+    for i in range(6):  # noise, unlike any head the tiny model was fitted on
+        (sample / "t1" / ("tumor" if i % 2 else "notumor") / f"noise_{i}.png").write_bytes(
+            synth.encode(rng.integers(0, 255, (32, 32), dtype=np.uint8)))
+    out = tmp_path / "validation"
+    assert validate.main(["--sample", str(sample), "--output", str(out), "--model", model_dir, "--bootstrap", "50",
+                          "--one-image-per-patient"]) == 3
+    result = json.load(open(out / "validation.json"))
+    check = next(c for c in result["checks"] if c["check"] == "out-of-distribution share")
+    from beam_pipeline import drift, model_store
+    limit = drift.ood_limit(drift.reference_of(model_store.metadata(model_dir)))
+    share = result["out_of_distribution_share"]
+    assert share > limit and not check["passed"]  # six noise images of 22: over a quarter of the sample
+    assert f"the nightly drift alarm rings above {limit:.0%}" in result["verdict"]
+    assert "every image is its own group" not in result["verdict"]  # stated: each image is a patient
+
+
 def _strata_sample(seed=0):
     """(y, p, groups, strata): 400 patients the model separates (stratum "a") and 40 more (20 + 20, stratum "b")
     whose tumor-free images it all flags: pooled, specificity is still 200/220."""
