@@ -42,6 +42,7 @@ class Plan:
     pacs_queries: tuple = ()  # dicomweb:// inputs as searched, {yesterday}/{today} resolved at launch
     site_looks: tuple = None  # the looks the applied site profile validated (None: no profile, or it lists none)
     site_planes: tuple = None  # its slice planes (None: no profile, or its sample had no known plane)
+    site_relaxed: tuple = ()  # the checks its validation ran below their defaults (brain-validate's relaxed_checks)
 
     @property
     def staging(self):
@@ -93,6 +94,8 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
         for kind, validated in (("looks", plan.site_looks), ("planes", plan.site_planes)):
             if validated is not None:  # the report marks flagged series of other looks/planes as not validated here
                 run_summary[f"site_validated_{kind}"] = list(validated)
+        if plan.site_relaxed:  # the report says the validation it relies on was run with lowered checks
+            run_summary["site_relaxed_checks"] = list(plan.site_relaxed)
         if plan.pacs_queries:  # which night a nightly PACS config searched, read back from the result
             run_summary["pacs_queries"] = list(plan.pacs_queries)
         run_summary["stage_id"] = plan.stage_id  # lets a retry of this step see that it already promoted

@@ -125,11 +125,12 @@ def _model_info(metadata):
 
 
 def _threshold(opts, metadata):
-    """(threshold, source, looks, planes) from --threshold, --site-profile or the artifact; a profile must match
-    the model.
+    """(threshold, source, looks, planes, relaxed) from --threshold, --site-profile or the artifact; a profile must
+    match the model.
 
     `looks`, `planes`: the looks and slice planes a site profile was validated on (None without a profile, or one
-    that makes no claim: written before profiles listed them, or planes from a sample without any known plane)."""
+    that makes no claim: written before profiles listed them, or planes from a sample without any known plane).
+    `relaxed`: the validation's checks run below their defaults (brain-validate's relaxed_checks; () if none)."""
     if opts.site_profile:
         if opts.threshold is not None:
             raise JobError("--threshold and --site-profile both set a threshold; give one")
@@ -141,13 +142,13 @@ def _threshold(opts, metadata):
         if opts.force_site_profile and (not profile["meets"] or profile.get("forced")):
             print(f"WARNING: --force-site-profile: applying {opts.site_profile}, whose validation did not meet "
                   "its checks; every row records it", file=sys.stderr)
-            return float(profile["threshold"]), f"site_profile:{profile_id}:forced", [], []
+            return float(profile["threshold"]), f"site_profile:{profile_id}:forced", [], [], ()
         looks, planes = (profile.get(f"validated_{k}") for k in ("looks", "planes"))
         return (float(profile["threshold"]), f"site_profile:{profile_id}", None if looks is None else list(looks),
-                None if planes is None else list(planes))
+                None if planes is None else list(planes), tuple(profile.get("relaxed_checks") or ()))
     if opts.threshold is not None:
-        return opts.threshold, "flag", None, None
-    return metadata["threshold"], "artifact", None, None
+        return opts.threshold, "flag", None, None, ()
+    return metadata["threshold"], "artifact", None, None, ()
 
 
 def _inference_threads(requested, options):
@@ -252,7 +253,7 @@ def resolve(argv, save_main_session=True):
         metadata = model_store.metadata(model)
     except (artifact.ArtifactError, ValueError) as e:
         raise JobError(f"model: {e}") from e
-    threshold, threshold_source, site_looks, site_planes = _threshold(opts, metadata)  # a bad profile stops here
+    threshold, threshold_source, site_looks, site_planes, site_relaxed = _threshold(opts, metadata)  # a bad profile stops here
     service_options = options.view_as(GoogleCloudOptions).dataflow_service_options or []
     try:
         engine = inference.resolve_engine(opts.engine, metadata,
@@ -327,7 +328,7 @@ def resolve(argv, save_main_session=True):
         manifest_entries={m.path: manifest.fingerprint(m) for m in todo} if opts.manifest else None,
         carry_over=bool(opts.manifest), drift_reference=drift.reference_of(metadata), engine=engine,
         pacs_queries=tuple(web), site_looks=None if site_looks is None else tuple(site_looks),
-        site_planes=None if site_planes is None else tuple(site_planes))
+        site_planes=None if site_planes is None else tuple(site_planes), site_relaxed=site_relaxed)
     return Job(options=options, run_id=run_id, output=output, inputs=tuple(to_read), web_inputs=tuple(web),
                model=model, metadata=metadata, threshold=threshold, threshold_source=threshold_source,
                engine=engine, inference_threads=threads, plan=plan,

@@ -140,15 +140,17 @@ def _scan_images(pattern, shown_uids, shown_sources):
     return counts, threshold, n_errors, errors, near, threshold_sources
 
 
-class Site(collections.namedtuple("Site", "looks planes")):
-    """The looks and slice planes the applied site profile validated (each None: no profile, or no claim)."""
+class Site(collections.namedtuple("Site", "looks planes relaxed")):
+    """The looks and slice planes the applied site profile validated (each None: no profile, or no claim), and the
+    checks its validation ran below their defaults (empty: none)."""
 
     @classmethod
     def of(cls, summary):
-        return cls(summary.get("site_validated_looks"), summary.get("site_validated_planes"))
+        return cls(summary.get("site_validated_looks"), summary.get("site_validated_planes"),
+                   tuple(summary.get("site_relaxed_checks") or ()))
 
 
-NO_SITE = Site(None, None)
+NO_SITE = Site(None, None, ())
 
 
 def _validation_html(threshold_sources, md, site=NO_SITE):
@@ -164,8 +166,10 @@ def _validation_html(threshold_sources, md, site=NO_SITE):
                    " flagged series of other looks are marked.")
         covered += ("" if site.planes is None else
                     f" Planes validated: {', '.join(site.planes) or 'none'}; flagged series in other planes are marked.")
+        relaxed = ("" if not site.relaxed else
+                   f" <b>Its checks were relaxed:</b> {_esc('; '.join(site.relaxed))}.")
         return (f'<p id="validation" class="validated">Site threshold applied: this model was validated at this '
-                f'site (site profile {_esc(ids)}, brain-validate verdict "meets").{covered}</p>')
+                f'site (site profile {_esc(ids)}, brain-validate verdict "meets").{relaxed}{covered}</p>')
     if any(s.endswith(":forced") for s in sources):
         why = "a site profile whose validation did <b>not</b> meet its checks was forced onto this run"
     else:

@@ -211,6 +211,8 @@ def _site_threshold(y, p, target, required_lower, specificity_floor, n_pos_group
 DEFAULT_MIN_PATIENTS = 20
 DEFAULT_SPECIFICITY_FLOOR = 0.5
 DEFAULT_AUC_FLOOR = 0.8
+DEFAULT_TARGET_SENSITIVITY = 0.95
+DEFAULT_REQUIRED_LOWER = 0.90
 MEETS, NOT_MET, INSUFFICIENT = "meets", "not met", "insufficient sample"
 
 
@@ -705,6 +707,18 @@ out of distribution: {'n/a' if result['out_of_distribution_share'] is None else 
 </body></html>"""
 
 
+def relaxed_checks(args):
+    """The checks run below their defaults ("sensitivity lower bound 0.80 (default 0.90)", ...): a site may lower
+    them (a sample of 20 tumor patients, all found, has a Wilson bound of 0.84), but the verdict, the site profile
+    and every report that applies the profile say so."""
+    rows = (("target sensitivity", args.target_sensitivity, DEFAULT_TARGET_SENSITIVITY),
+            ("sensitivity lower bound", args.required_lower_bound, DEFAULT_REQUIRED_LOWER),
+            ("specificity floor", args.specificity_floor, DEFAULT_SPECIFICITY_FLOOR),
+            ("AUC floor", args.auc_floor, DEFAULT_AUC_FLOOR),
+            ("patients of each class", args.min_patients, DEFAULT_MIN_PATIENTS))
+    return [f"{name} {value:g} (default {default:g})" for name, value, default in rows if value < default]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="brain-validate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
@@ -714,8 +728,9 @@ def main(argv=None):
     parser.add_argument("--labels", help="labels CSV for --scores")
     parser.add_argument("--output", required=True, help="folder for validation.json/.html and site_profile.json")
     parser.add_argument("--model", default=None, help="model artifact (default: brain-score's default)")
-    parser.add_argument("--target-sensitivity", type=float, default=0.95, help="(default: %(default)s)")
-    parser.add_argument("--required-lower-bound", type=float, default=0.90,
+    parser.add_argument("--target-sensitivity", type=float, default=DEFAULT_TARGET_SENSITIVITY,
+                        help="(default: %(default)s)")
+    parser.add_argument("--required-lower-bound", type=float, default=DEFAULT_REQUIRED_LOWER,
                         help="the verdict is met when the sensitivity's lower 95%% CI bound at the site threshold "
                              "reaches this (default: %(default)s)")
     parser.add_argument("--specificity-floor", type=float, default=DEFAULT_SPECIFICITY_FLOOR,
@@ -753,6 +768,9 @@ def main(argv=None):
                                   "--auc-floor must be in (0, 1)")
         if args.min_patients < 1:
             raise ValidationError("--min-patients must be at least 1")
+        if args.auc_floor <= 0.5:
+            raise ValidationError(f"--auc-floor {args.auc_floor} is at or below chance (0.5): a model no better than "
+                                  "a coin could meet it")
         try:
             group_rx = re.compile(args.group_pattern) if args.group_pattern else None
         except re.error as e:
@@ -799,6 +817,10 @@ def main(argv=None):
                           args.min_patients, image_looks, development, image_planes, patient_known,
                           drift.ood_limit(reference) if reference else None)
         result["unmatched_labels"] = unmatched
+        result["relaxed_checks"] = relaxed_checks(args)
+        if result["relaxed_checks"]:
+            result["verdict"] += (" NOTE: checks relaxed below their defaults: " + "; ".join(result["relaxed_checks"])
+                                  + ".")
         result["one_image_per_patient_stated"] = bool(args.one_image_per_patient)
         if args.one_image_per_patient:
             result["verdict"] += (" NOTE: each image was counted as a patient of its own, as --one-image-per-patient "
@@ -832,7 +854,7 @@ def main(argv=None):
             **{k: result[k] for k in ("n_images", "n_positive", "n_groups", "n_positive_groups", "n_negative_groups",
                                       "roc_auc", "auc_lower95", "sensitivity", "sensitivity_lower95", "specificity",
                                       "specificity_lower95", "status", "meets", "verdict", "validated_looks",
-                                      "validated_planes", "one_image_per_patient_stated")},
+                                      "validated_planes", "one_image_per_patient_stated", "relaxed_checks")},
             "forced": not result["meets"]})
         site_profile.write(profile, profile_path)
         written.append("site_profile.json")

@@ -458,3 +458,31 @@ def test_the_report_says_whether_this_site_validated_the_model(tmp_path):
     assert hidden_page.count("(T2: not validated at this site)") == 2  # worklist and flagged series
     forced = page("--site-profile", str(tmp_path / "failed.json"), "--force-site-profile")
     assert "Not validated at this site" in forced and "forced onto this run" in forced
+    # A validation that met only after its checks were lowered says so wherever its profile is applied.
+    profile = site_profile.build(metadata, 0.4, 0.95, {"n_images": 200, "n_positive": 100, "meets": True,
+                                                       "forced": False, "relaxed_checks": [
+                                                           "sensitivity lower bound 0.8 (default 0.9)"]})
+    site_profile.write(profile, str(tmp_path / "relaxed.json"))
+    relaxed = page("--site-profile", str(tmp_path / "relaxed.json"))
+    assert 'class="validated"' in relaxed
+    assert "<b>Its checks were relaxed:</b> sensitivity lower bound 0.8 (default 0.9)." in relaxed
+    assert "relaxed" not in good
+
+
+def test_lowered_checks_are_named_in_the_verdict_and_the_profile_and_a_chance_auc_floor_is_refused(tmp_path):
+    import argparse
+    args = argparse.Namespace(target_sensitivity=0.95, required_lower_bound=0.8, specificity_floor=0.5,
+                              auc_floor=0.85, min_patients=10)
+    assert validate.relaxed_checks(args) == ["sensitivity lower bound 0.8 (default 0.9)",
+                                             "patients of each class 10 (default 20)"]  # stricter AUC floor: not named
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    sample = tmp_path / "local_sample"
+    _sample(sample)
+    out = tmp_path / "validation"
+    base = ["--sample", str(sample), "--output", str(out), "--model", model_dir, "--bootstrap", "50"]
+    assert validate.main([*base, "--auc-floor", "0.5"]) == 2  # a coin meets a floor at chance
+    assert validate.main([*base, "--min-patients", "5", "--force"]) == 3
+    result = json.load(open(out / "validation.json"))
+    assert result["relaxed_checks"] == ["patients of each class 5 (default 20)"]
+    assert "NOTE: checks relaxed below their defaults: patients of each class 5 (default 20)." in result["verdict"]
+    assert json.load(open(out / "site_profile.json"))["relaxed_checks"] == result["relaxed_checks"]
