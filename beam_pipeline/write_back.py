@@ -12,8 +12,9 @@ a Comprehensive SR into the same study, built with highdicom:
              diagnostic device" (text)
     CONTAINS Source: one image reference per scored instance
 
-and, for each flagged image with a Grad-CAM overlay, a Secondary Capture (RGB,
-highdicom) of input + overlay in a series of its own, oriented like its source.
+and, for each flagged image with a review overlay (the model's own lesion map, or Grad-CAM for a
+slice classifier), a Secondary Capture (RGB, highdicom) of input + overlay in a series of its own,
+oriented like its source.
 
 Patient and study attributes come from the source instances' own metadata
 (WADO-RS, one request per series), never from our rows. UIDs are derived
