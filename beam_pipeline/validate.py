@@ -303,7 +303,8 @@ def evaluate(y, p, groups, subgroups, in_dist, artifact_threshold, target, requi
     head = (f"At the site threshold {site_threshold:.4f}, sensitivity is {at_site['sensitivity']:.3f} "
             f"(lower 95% bound {lower:.3f}) and specificity {at_site['specificity']:.3f} (lower 95% bound "
             f"{spec_lower:.3f}); AUC {auc:.3f} (lower bound {auc_lower:.3f}); {int(y.sum())} tumor images "
-            f"in {n_pos_groups} patients/studies, {int(len(y) - y.sum())} tumor-free images in {n_neg_groups}. ")
+            f"in {n_pos_groups} {'groups' if unknown else 'patients/studies'}, {int(len(y) - y.sum())} tumor-free "
+            f"images in {n_neg_groups}{' (an image without a known patient is a group of its own)' if unknown else ''}. ")
     if status == MEETS:
         verdict = head + "MEETS every check: the site threshold may be used here."
     else:

@@ -60,6 +60,7 @@ def test_a_few_patients_are_an_insufficient_sample_even_when_perfectly_separated
     assert each["every_image_its_own_group"] and "every image is its own group" in each["verdict"]
     assert each["status"] == "insufficient sample" and not each["meets"] and not each["site_threshold_offered"]
     assert "280 of 280 images have no known patient" in each["verdict"]
+    assert "140 tumor images in 140 groups" in each["verdict"] and "patients/studies" not in each["verdict"]
     # A site that states each image is another patient (one key slice per study) is taken at its word.
     stated = validate.evaluate(y, p, np.arange(y.size), np.array([""] * y.size), [None] * y.size, 0.5, 0.95, 0.9,
                                300, patient_known=np.ones(y.size, bool))
