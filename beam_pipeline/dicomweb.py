@@ -483,6 +483,26 @@ def _stream(session, url, headers, max_bytes, deadline, what):
         return resp.status_code, resp.headers.get("Content-Type", ""), bytes(body)
 
 
+_ASKED = (("StudyInstanceUID", "study_instance_uid"), ("SeriesInstanceUID", "series_instance_uid"),
+          ("SOPInstanceUID", "sop_instance_uid"))
+
+
+def answer_mismatch(locator, fields):
+    """Why a retrieved instance is not the one asked for, or None when it is.
+
+    `locator`: the ref's (base URL, study, series, SOP instance, max bytes); `fields`: the decoded header's
+    UID columns. A proxy or cache that mixes answers up would otherwise give one patient's image the row,
+    the study table entry and the write-back of the study that was asked for; an answer without these UIDs
+    (not DICOM at all) cannot be told apart from such a mix-up either."""
+    _, study, series, sop, _ = locator
+    wrong = [keyword for (keyword, col), asked in zip(_ASKED, (study, series, sop), strict=True)
+             if (fields or {}).get(col) != asked]
+    if not wrong:
+        return None
+    return (f"the PACS answered the request for one instance with another ({', '.join(wrong)} not the one asked "
+            "for): not scored and never written back; the study is tried again next night")
+
+
 def _first_part(body, content_type):
     """The first part of a multipart/related body (or the body itself for application/dicom)."""
     if not content_type.lower().startswith("multipart/"):

@@ -32,6 +32,9 @@ CODES = {
     "member_read_error": (STATUS_ERROR, "member bytes could not be read (CRC mismatch, truncated data)"),
     "dicomweb_timeout": (STATUS_ERROR, "a DICOMweb instance did not arrive within the retrieval deadline "
                                        "(120 s per instance, however the server paces its bytes)"),
+    "dicomweb_uid_mismatch": (STATUS_ERROR, "a DICOMweb answer whose Study, Series or SOP Instance UID is not the "
+                                            "one asked for (a proxy or cache mixing answers up); not scored, never "
+                                            "written back, the study tried again next night"),
     # whole input
     "archive_corrupt": (STATUS_ERROR, "the archive's index cannot be read; one row for the whole archive"),
     "archive_truncated": (STATUS_ERROR, "the archive ends early; members before the cut are scored, this row marks the cut"),

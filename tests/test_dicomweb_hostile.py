@@ -275,6 +275,38 @@ def test_the_manifest_records_only_studies_that_were_fully_tried(hostile, tmp_pa
     assert [r["error_code"] for r in rows_mod.images(out) if r["run_id"] == "night3"] == ["study_empty"]
 
 
+def test_an_answer_that_is_not_the_instance_asked_for_is_never_scored_as_it(hostile, tmp_path):
+    """A proxy or cache that mixes answers up (another patient's instance, or a picture that is not DICOM,
+    for the one asked for) must not give that image a row, a study-table entry or a report in the study
+    that was asked for: a coded error row with the UIDs asked for, and the study stays pending."""
+    host, by_behaviour = hostile
+    for sop, (behaviour, _) in list(_Handler.instances.items()):
+        if behaviour != "ok":
+            del _Handler.instances[sop]
+    other_study = "1.2.826.0.1.3680043.8.498.77"
+    other = sample_data.dicom_bytes(sample_data.synthetic_slice(5, 32), 1, other_study, SERIES + ".77", 1)
+    png = io.BytesIO()
+    from PIL import Image
+    Image.fromarray(sample_data.synthetic_slice(6, 32)).save(png, format="PNG")
+    swapped, not_dicom = f"{SERIES}.1001", f"{SERIES}.1002"
+    _Handler.instances[swapped] = ("ok", other)
+    _Handler.instances[not_dicom] = ("ok", png.getvalue())
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    out, mf = tmp_path / "out", tmp_path / "manifest.json"
+    run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--model", model_dir,
+              "--manifest", str(mf), "--max-error-fraction", "1"])
+    rows = {r["sop_instance_uid"]: r for r in rows_mod.images(out)}
+    assert rows[by_behaviour["ok"]]["status"] == "ok"
+    for sop, wrong in ((swapped, "StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID"),
+                       (not_dicom, "StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID")):
+        r = rows[sop]
+        assert (r["status"], r["error_code"]) == ("error", "dicomweb_uid_mismatch")
+        assert (r["study_instance_uid"], r["series_instance_uid"]) == (STUDY, SERIES)
+        assert f"({wrong} not the one asked for)" in r["error_message"] and r["tumor_probability"] is None
+    assert len(rows) == 3 and other_study not in json.dumps([str(v) for r in rows.values() for v in r.values()])
+    assert json.loads(mf.read_text())["inputs"] == {}  # tried again next night
+
+
 def test_a_study_without_image_series_gets_one_skipped_row_and_is_remembered(hostile, tmp_path):
     """A study holding only non-image series (an SR, a key-object note: this job's own write-back looks
     like that) is not an error and is not fetched; the manifest records it, so it costs nothing again."""

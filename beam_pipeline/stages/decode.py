@@ -130,6 +130,14 @@ class _DecodeChunk(beam.DoFn):
                 yield self._failed(chunk, ref, e.code, str(e), content_sha256=digest,
                                    image_format=e.image_format, **self._dicom(e.fields))
                 continue
+            if chunk.kind in archives.DICOMWEB_KINDS and \
+                    (wrong := dicomweb.answer_mismatch(ref.locator, decoded.dicom)) is not None:
+                yield beam.pvalue.TaggedOutput(PENDING_TAG, dicomweb.manifest_key_of_source(chunk.source_uri))
+                asked = dict(zip(("study_instance_uid", "series_instance_uid", "sop_instance_uid"),
+                                 ref.locator[1:4], strict=True))  # the row stays with the study asked for
+                yield self._failed(chunk, ref, "dicomweb_uid_mismatch", wrong, content_sha256=digest,
+                                   image_format=decoded.image_format, **asked)
+                continue
             for frame in decoded.frames:
                 try:
                     x, scale = preprocessing.prepare_with_scale(frame.gray, self._spec)
