@@ -177,24 +177,26 @@ QIDO_DEADLINE_S = 120.0  # one QIDO-RS request, start to end
 MAX_PAGES = 2000  # 1,000,000 results of one search: past this the server is not paging
 
 
-def qido(base, path, params):
-    """The JSON answer of one QIDO-RS request, bounded like an instance retrieval: streamed against
-    a size cap and a total deadline, content encoding refused, transient errors retried."""
+def qido(base, path, params, what="QIDO-RS answer"):
+    """The JSON answer of one QIDO-RS request (or another DICOM JSON answer: WADO-RS metadata), bounded
+    like an instance retrieval: streamed against a size cap and a total deadline, content encoding
+    refused, transient errors retried."""
     import json
     http = session(base)
     url = f"{base}/{path}?{urllib.parse.urlencode(params, doseq=True)}" if params else f"{base}/{path}"
     headers = {"Accept": "application/dicom+json", "Accept-Encoding": "identity"}
-    status, _, body = _get(http, url, headers, QIDO_MAX_BYTES, QIDO_DEADLINE_S, "QIDO-RS answer")
+    status, _, body = _get(http, url, headers, QIDO_MAX_BYTES, QIDO_DEADLINE_S, what)
     if status == 204 or (status < 300 and not body.strip()):
         return []
     if status >= 400:
-        raise RetrieveError("input_unreadable", f"QIDO-RS answered HTTP {status}", transient=status in _TRANSIENT)
+        raise RetrieveError("input_unreadable", f"HTTP {status} for the {what}",
+                            transient=status in _TRANSIENT)
     try:
         answer = json.loads(body)
     except ValueError as e:
-        raise RetrieveError("input_unreadable", "QIDO-RS answer is not JSON") from e
+        raise RetrieveError("input_unreadable", f"{what} is not JSON") from e
     if not isinstance(answer, list) or not all(isinstance(item, dict) for item in answer):
-        raise RetrieveError("input_unreadable", "QIDO-RS answer is not a list of datasets")
+        raise RetrieveError("input_unreadable", f"{what} is not a list of datasets")
     return answer
 
 

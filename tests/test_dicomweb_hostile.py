@@ -6,6 +6,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import apache_beam as beam
 import pydicom
 import pytest
 
@@ -427,3 +428,68 @@ def test_pacs_chunks_hold_whole_series_up_to_four_chunks_worth():
     assert shape == [("dicomweb", 1, {"s1"}),  # one instance: nothing to gain from a series request
                      ("dicomweb-series", 8, {"s2"}),  # 4 chunks' worth: one series request
                      *[("dicomweb", n, {"s3"}) for n in (2, 2, 2, 2, 1)]]  # larger: one by one, never mixed
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.mark.parametrize("pacs", ["silent", "refusing"])
+def test_write_back_to_a_pacs_that_stops_answering_ends_soon(pacs, monkeypatch):
+    """A PACS that accepts connections and never answers must not hold the night for hours (each series'
+    timeouts, up to two minutes a store, times hundreds of flagged series): after three series without an
+    answer the rest are not tried. A PACS that answers, even to refuse, gets every series tried."""
+    import socket
+
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    from beam_pipeline import schema, write_back
+    monkeypatch.setattr(dicomweb, "_READ_TIMEOUT_S", 0.5)
+    accepted = []
+    if pacs == "silent":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+
+        def hold():
+            while True:
+                try:
+                    accepted.append(listener.accept()[0])  # held open, never answered
+                except OSError:
+                    return
+        threading.Thread(target=hold, daemon=True).start()
+        port, stop = listener.getsockname()[1], listener.close
+    else:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port, stop = server.server_address[1], server.shutdown
+    host = f"127.0.0.1:{port}"
+    rows = [schema.empty_row(status=schema.STATUS_OK, study_instance_uid=STUDY, series_instance_uid=f"{SERIES}.{n}",
+                             sop_instance_uid=f"{SERIES}.{n}.1", source_uri=f"dicomweb://{host}/dicom-web/studies/{STUDY}",
+                             tumor_probability=0.9, predicted_label=schema.LABEL_TUMOR) for n in range(6)]
+    model_info = {"model_name": "m", "model_version": "1", "model_sha256": "0" * 64}
+
+    def check(summaries):
+        (summary,) = summaries
+        assert summary["series_failed"] == 6 and summary["series_stored"] == 0
+        not_tried = [e for e in summary["errors"] if e.startswith("not tried")]
+        assert bool(not_tried) == (pacs == "silent"), summary["errors"]
+
+    started = time.monotonic()
+    try:
+        with TestPipeline() as p:
+            out = (p | beam.Create(rows) | write_back.WriteBack(f"dicomweb://{host}/dicom-web", model_info, 0.5))
+            assert_that(out, check)
+    finally:
+        stop()
+    assert time.monotonic() - started < 30
+    if pacs == "silent":
+        assert len(accepted) == write_back.MAX_UNANSWERED_SERIES  # one metadata request each, then none
