@@ -50,6 +50,26 @@ def check_filters(uri):
         raise ValueError(f"unknown DICOMweb study filter(s) {unknown}: a server ignores a key it does not know and "
                          f"returns every study; known: {sorted(STUDY_FILTER_KEYS - {'limit', 'offset'})}")
 
+# Filters whose values identify a patient (or an exam that leads to one): a search may use them, no output shows them.
+IDENTIFYING_FILTER_KEYS = {"PatientName", "PatientID", "IssuerOfPatientID", "AccessionNumber", "StudyID",
+                           "ReferringPhysicianName"}
+WITHHELD = "(withheld)"
+
+
+def shown(uri):
+    """`uri` as consoles, summaries and reports show it: the value of every identifying filter
+    (IDENTIFYING_FILTER_KEYS) replaced by WITHHELD, everything else as written."""
+    if not is_dicomweb(uri) or "?" not in uri:
+        return uri
+    head, _, query = uri.partition("?")
+    pieces = []
+    for piece in query.split("&"):
+        key, sep, _ = piece.partition("=")
+        pieces.append(f"{key}={WITHHELD}" if sep and urllib.parse.unquote_plus(key) in IDENTIFYING_FILTER_KEYS
+                      else piece)
+    return f"{head}?{'&'.join(pieces)}"
+
+
 _state = {"max_parallel": DEFAULT_MAX_PARALLEL, "semaphore": None, "clients": {}, "sessions": {},
           "credentials_file": None}
 

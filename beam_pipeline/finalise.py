@@ -39,7 +39,7 @@ class Plan:
     carry_over: bool = False
     drift_reference: dict = None  # drift.reference_of(metadata)
     engine: str = "tensorflow"
-    pacs_queries: tuple = ()  # dicomweb:// inputs as searched, {yesterday}/{today} resolved at launch
+    pacs_queries: tuple = ()  # dicomweb:// inputs as searched ({yesterday}/{today} resolved, identifiers withheld)
     site_looks: tuple = None  # the looks the applied site profile validated (None: no profile, or it lists none)
     site_planes: tuple = None  # its slice planes (None: no profile, or its sample had no known plane)
     site_relaxed: tuple = ()  # the checks its validation ran below their defaults (brain-validate's relaxed_checks)

@@ -248,7 +248,7 @@ def resolve(argv, save_main_session=True):
     resolved = [dicomweb.resolve_dates(p, now) for p in inputs]
     for before, after in zip(inputs, resolved, strict=True):
         if before != after:
-            console.emit("input", f"Input {after}")
+            console.emit("input", f"Input {dicomweb.shown(after)}")
     try:
         metadata = model_store.metadata(model)
     except (artifact.ArtifactError, ValueError) as e:
@@ -327,7 +327,7 @@ def resolve(argv, save_main_session=True):
         write_report=opts.report, manifest_path=opts.manifest,
         manifest_entries={m.path: manifest.fingerprint(m) for m in todo} if opts.manifest else None,
         carry_over=bool(opts.manifest), drift_reference=drift.reference_of(metadata), engine=engine,
-        pacs_queries=tuple(web), site_looks=None if site_looks is None else tuple(site_looks),
+        pacs_queries=tuple(dicomweb.shown(u) for u in web), site_looks=None if site_looks is None else tuple(site_looks),
         site_planes=None if site_planes is None else tuple(site_planes), site_relaxed=site_relaxed)
     return Job(options=options, run_id=run_id, output=output, inputs=tuple(to_read), web_inputs=tuple(web),
                model=model, metadata=metadata, threshold=threshold, threshold_source=threshold_source,

@@ -493,3 +493,36 @@ def test_write_back_to_a_pacs_that_stops_answering_ends_soon(pacs, monkeypatch):
     assert time.monotonic() - started < 30
     if pacs == "silent":
         assert len(accepted) == write_back.MAX_UNANSWERED_SERIES  # one metadata request each, then none
+
+
+def test_a_query_naming_a_patient_never_puts_the_patient_in_an_output_or_the_console(hostile, tmp_path, capsys):
+    """`?PatientID=...` or `?PatientName=...` picks one patient's studies (a re-read, a tumor board): the value
+    is an identifier, so the summary, the report, the manifest and the console show the query with it
+    withheld; the search itself still sends it."""
+    import os
+    host, _ = hostile
+    for sop, (_behaviour, data) in list(_Handler.instances.items()):
+        _Handler.instances[sop] = ("ok", data)
+    seen = []
+    search = _Handler._search
+
+    def spy(handler):
+        seen.append(handler.path)
+        return search(handler)
+    _Handler._search = spy
+    out, mf = tmp_path / "out", tmp_path / "manifest.json"
+    query = "PatientID=MRN0424242&PatientName=QZXDOE%5EJANEQZX&AccessionNumber=ACC777999&StudyDate={today}"
+    try:
+        assert run.main(["--input", f"dicomweb://{host}/dicom-web?{query}", "--output", str(out),
+                         "--manifest", str(mf), "--model", tiny_model.write_tiny_artifact(tmp_path)]) == 0
+    finally:
+        _Handler._search = search
+    assert any("PatientID=MRN0424242" in p and "QZXDOE%5EJANEQZX" in p for p in seen)  # the PACS was asked as written
+    console = "".join(capsys.readouterr())
+    texts = [console] + [open(os.path.join(d, f), "rb").read().decode("latin-1")
+                         for root in (out, mf.parent) for d, _, fs in os.walk(root) for f in fs]
+    for secret in ("MRN0424242", "QZXDOE", "JANEQZX", "ACC777999"):
+        assert not any(secret in t for t in texts), (secret, [t[max(0, t.find(secret) - 200):t.find(secret) + 50] for t in texts if secret in t])
+    (shown,) = json.loads((out / "results" / "_SUMMARY.json").read_text())["pacs_queries"]
+    assert re.fullmatch(rf"dicomweb://{host}/dicom-web\?PatientID=\(withheld\)&PatientName=\(withheld\)"
+                        r"&AccessionNumber=\(withheld\)&StudyDate=\d{8}", shown)
