@@ -112,9 +112,7 @@ def validate(opts):
          f"--dicomweb-max-parallel must be >= 1, got {opts.dicomweb_max_parallel}")
     need(opts.num_shards >= 0, f"--num-shards must be >= 0, got {opts.num_shards}")
     from beam_pipeline import dicomweb
-    need(not any(dicomweb.has_userinfo(p) for p in (opts.input or [])),
-         "a dicomweb:// input holds credentials (user:password@host): they would be printed in logs and written "
-         "into every row; put them in a file (mode 600) and pass --dicomweb-credentials FILE")
+    need(not any(dicomweb.has_userinfo(p) for p in (opts.input or [])), dicomweb.USERINFO_REFUSED)
     if opts.group_pattern:
         try:
             re.compile(opts.group_pattern)

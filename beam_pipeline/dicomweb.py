@@ -83,6 +83,10 @@ def has_userinfo(uri):
     return is_dicomweb(uri) and "@" in uri.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
 
 
+USERINFO_REFUSED = ("a dicomweb:// input holds credentials (user:password@host): they would be printed in logs "
+                    "and written into every row; put them in a file (mode 600) and pass --dicomweb-credentials FILE")
+
+
 def read_credentials(path):
     """('basic', (user, password)) or ('bearer', token) from a file only its owner can read.
 

@@ -134,7 +134,15 @@ def main(argv=None):
     except (OSError, ValueError) as e:
         print(f"error: pseudonym key {args.pseudonym_key_file}: {e}", file=sys.stderr)
         return 2
-    found = clear_values(args.input, key, args.dicomweb_credentials)
+    if any(dicomweb.has_userinfo(u) for u in args.input):
+        print(f"error: {dicomweb.USERINFO_REFUSED}", file=sys.stderr)
+        return 2
+    try:
+        found = clear_values(args.input, key, args.dicomweb_credentials)
+    except (dicomweb.RetrieveError, dicomweb.CredentialsError, dicomweb.RedirectRefused) as e:
+        # a PACS that cannot be searched resolves nothing: say which and why, not a traceback
+        print(f"error: DICOMweb search failed: {e}", file=sys.stderr)
+        return 2
     if args.command == "resolve":
         missing = 0
         for p in args.pseudonyms:

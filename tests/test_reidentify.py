@@ -63,3 +63,21 @@ def test_brain_score_writes_the_reading_room_copy_when_asked(tmp_path, capsys):
     assert f"reading room {room}" in capsys.readouterr().out
     assert "exam ACC-20261201-77" in room.read_text()
     assert "ACC-20261201-77" not in open(rows_mod.result_file(out, "report.html")).read()
+
+
+def test_a_pacs_it_cannot_search_or_a_password_in_the_uri_is_a_clear_error(tmp_path, capsys):
+    """The reader's tool refuses credentials in a URI (they would be shown) and says why a PACS could not
+    be searched instead of printing a traceback."""
+    import socket
+    key = tmp_path / "key"
+    key.write_text("ab" * 32)
+    base = ["resolve", "--pseudonym-key-file", str(key), "p-000000000000"]
+    assert reidentify.main([*base, "--input", "dicomweb://reader:s3cret@127.0.0.1:9/dicom-web"]) == 2
+    err = capsys.readouterr().err
+    assert "--dicomweb-credentials" in err and "s3cret" not in err
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert reidentify.main([*base, "--input", f"dicomweb://127.0.0.1:{port}/dicom-web"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: DICOMweb search failed:") and "Traceback" not in err
