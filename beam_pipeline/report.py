@@ -314,6 +314,16 @@ def _drift_html(drift):
             f'(limit {drift["ood_rate_limit"]:.0%}); probability PSI {drift["score_psi"]:.2f}.{warn}</p>')
 
 
+def _write_back_html(back):
+    """Whether the reports reached the PACS: a failed store means a radiologist reading in the viewer does not
+    see that series' result, so it is said where the reader looks first."""
+    if not back:
+        return ""
+    from beam_pipeline.write_back import in_words
+    trouble = back.get("series_failed", 0) or back.get("series_refused", 0)
+    return f'<p id="write-back" class="{"drift-warning" if trouble else "drift-none"}">{_esc(in_words(back))}.</p>'
+
+
 def _worklist_html(worklist, total, md=None, site=NO_SITE):
     """Studies by highest tumor probability: the order a radiologist should read them in; a flagged series of
     a look the model is unreliable on carries a note (_look_note)."""
@@ -508,6 +518,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 every study still needs a radiologist's read.</p>
 {_validation_html(threshold_sources, md, site)}
 {_drift_html(summary.get('drift'))}
+{_write_back_html(summary.get('write_back'))}
 <h2>Summary</h2><table id="summary">
 <tr><th>rows (images)</th><td>{totals['rows']}</td></tr>
 <tr><th>by status</th><td>{_esc(_in_words(totals['by_status'], totals.get('by_error_code', {})))}</td></tr>

@@ -137,7 +137,7 @@ def read_summary(output):
     return summary.read(results_store.results_dir(output))
 
 
-EXIT_OK, EXIT_JOB_ERROR, EXIT_TOO_MANY_ERRORS, EXIT_DRIFT = 0, 2, 3, 4
+EXIT_OK, EXIT_JOB_ERROR, EXIT_TOO_MANY_ERRORS, EXIT_DRIFT, EXIT_WRITE_BACK = 0, 2, 3, 4, 5
 
 
 def _write_reading_room(output, to, inputs, key_file, credentials_file):
@@ -230,6 +230,14 @@ def _verdict(job, result, counts):
         console.emit("superseded", f"another run ({counts['run_id']}) promoted its result after this one; "
                                    "its counts follow", level="warning")
     code, reason = exit_code(counts, f.max_error_fraction, bool(f.manifest))
+    back = counts.get("write_back") if f.write_back else None
+    if back is not None:
+        from beam_pipeline import write_back
+        trouble = back.get("series_failed", 0) or back.get("series_refused", 0)
+        console.emit("write_back", write_back.in_words(back), level="warning" if trouble else "info", **back)
+        if code == EXIT_OK and back.get("series_failed", 0):
+            code, reason = EXIT_WRITE_BACK, (f"{back['series_failed']} series' reports could not be stored in the "
+                                             "PACS (--write-back)")
     drift_info = counts.get("drift") or {}
     for warning in drift_info.get("warnings", []):
         console.emit("drift_warning", f"Note: {warning}", level="warning")

@@ -362,6 +362,20 @@ def _merge(results):
     return out
 
 
+def in_words(summary):
+    """One sentence on a night's write-back, for the console and the report (from _SUMMARY.json's `write_back`)."""
+    stored, failed = summary.get("series_stored", 0), summary.get("series_failed", 0)
+    refused = summary.get("series_refused", 0)
+    text = f"Write-back: {stored} series' reports stored in the PACS ({summary.get('overlays_stored', 0)} overlays)"
+    if failed:
+        first = (summary.get("errors") or ["-"])[0]
+        text += (f"; {failed} could not be stored (first: {first}), so radiologists will not see them in the viewer: "
+                 "their scores are in the tables and the report, and the next run stores them")
+    if refused:
+        text += f"; {refused} refused (a series UID found in more than one study: no study was safe to write into)"
+    return text
+
+
 def server_of(uri):
     """'http(s)://host[:port]' of a dicomweb(s):// or http(s):// URI, credentials dropped, host lower-case.
 

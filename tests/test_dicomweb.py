@@ -122,7 +122,7 @@ def _srs(url):
     return c, [(i["0020000D"]["Value"][0], i["0020000E"]["Value"][0], i["00080018"]["Value"][0]) for i in found]
 
 
-def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
+def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path, capsys):
     import highdicom as hd
     server, _ = pacs
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
@@ -135,6 +135,8 @@ def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path):
     summary = run.read_summary(str(tmp_path / "out"))
     assert summary["write_back"] == {"series_stored": 2, "series_failed": 0, "series_refused": 0,
                                      "overlays_stored": 6, "superseded_kept": 0, "errors": []}
+    assert "Write-back: 2 series' reports stored in the PACS (6 overlays)\n" in capsys.readouterr().out
+    assert 'id="write-back" class="drift-none"' in (tmp_path / "out" / "results" / "report.html").read_text()
     client, srs = _srs(server)
     assert len(srs) == before + 2
     rows = [r for r in rows_mod.images(tmp_path / "out") if r["status"] == "ok"]

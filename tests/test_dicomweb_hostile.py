@@ -67,6 +67,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json([{"0020000E": {"vr": "UI", "Value": [SERIES]}, "00080060": {"vr": "CS", "Value": [self.modality]}}])
         if path.endswith("/instances"):
             return self._json([{"00080018": {"vr": "UI", "Value": [sop]}} for sop in self.instances])
+        if parts[-1] == "metadata":  # write-back asks for the series' metadata: this server has none to give
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if parts[-2] == "series":
             return self._series()
         sop = parts[-1]
@@ -526,3 +531,24 @@ def test_a_query_naming_a_patient_never_puts_the_patient_in_an_output_or_the_con
     (shown,) = json.loads((out / "results" / "_SUMMARY.json").read_text())["pacs_queries"]
     assert re.fullmatch(rf"dicomweb://{host}/dicom-web\?PatientID=\(withheld\)&PatientName=\(withheld\)"
                         r"&AccessionNumber=\(withheld\)&StudyDate=\d{8}", shown)
+
+
+def test_a_night_whose_reports_could_not_be_stored_exits_5_and_says_so(hostile, tmp_path, capsys):
+    """--write-back puts results where radiologists read; a series whose report the PACS did not take is
+    invisible there, so the night is not a success: exit 5, a console line, a banner in the report, and
+    the scores still in the tables."""
+    host, _ = hostile
+    for sop, (behaviour, _) in list(_Handler.instances.items()):
+        if behaviour != "ok":
+            del _Handler.instances[sop]
+    out = tmp_path / "out"
+    code = run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--write-back",
+                     "--model", tiny_model.write_tiny_artifact(tmp_path)])
+    printed = capsys.readouterr().out
+    assert code == run.EXIT_WRITE_BACK
+    assert "Write-back: 0 series' reports stored in the PACS (0 overlays); 1 could not be stored (first: " \
+           "RetrieveError: HTTP 404 for the series metadata)" in printed
+    assert "Exit 5: 1 series' reports could not be stored in the PACS (--write-back)" in printed
+    report = (out / "results" / "report.html").read_text()
+    assert 'id="write-back" class="drift-warning"' in report and "will not see them in the viewer" in report
+    assert [r["status"] for r in rows_mod.images(out)] == ["ok"]
