@@ -68,6 +68,11 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
     studies = [plan.final_path(p) for p in study_files]
     series = [plan.final_path(p) for p in series_files]
     elapsed = time.time() - plan.started_at
+    unstored = set()
+    if write_back is not None:  # studies whose report the PACS did not take are tried again next night
+        write_back = dict(write_back)
+        unstored = set(write_back.pop("unstored_studies", ()))
+    study_fingerprints = [(key, fp) for key, fp in study_fingerprints if key.rpartition("#study=")[2] not in unstored]
     with results_store.finalise_lock(plan.output):
         done = _already_promoted(plan)
         if done is not None:  # a retried bundle: the result is this run's already; only the manifest may lag

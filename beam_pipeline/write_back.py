@@ -278,7 +278,8 @@ def _no_answer(error):
 
 
 class _StoreReport(beam.DoFn):
-    """(series UID, rows) -> (stored, failed, error text, overlays stored, refused, superseded and kept):
+    """(series UID, rows) -> (stored, failed, error text, overlays stored, refused, superseded and kept, the
+    study whose report was not stored or ""):
     one SR per series, and a Secondary Capture of the review overlay for each flagged image that has one.
 
     A series whose content changed since an earlier night gets a new SR that names the earlier ones as
@@ -320,11 +321,11 @@ class _StoreReport(beam.DoFn):
         rows = list(rows)
         studies = {r["study_instance_uid"] for r in rows}
         if len(studies) != 1:  # one series UID in two studies: whichever study got the SR would be wrong
-            yield 0, 0, f"series_spans_studies: a series UID found in {len(studies)} studies; no report stored", 0, 1, 0
+            yield 0, 0, f"series_spans_studies: a series UID found in {len(studies)} studies; no report stored", 0, 1, 0, ""
             return
         study = rows[0]["study_instance_uid"]
         if self._unanswered >= MAX_UNANSWERED_SERIES:
-            yield 0, 1, f"not tried: the PACS did not answer for {self._unanswered} series in a row", 0, 0, 0
+            yield 0, 1, f"not tried: the PACS did not answer for {self._unanswered} series in a row", 0, 0, 0, study
             return
         try:
             evidence = series_evidence(self._base, study, rows[0]["series_instance_uid"])
@@ -334,7 +335,7 @@ class _StoreReport(beam.DoFn):
             earlier = [ds for ds in stored if ds.SOPInstanceUID != sr_uid]
             if len(earlier) < len(stored):  # this very content is stored already (a rerun, a retried bundle)
                 self._unanswered = 0
-                yield 1, 0, "", 0, 0, 0
+                yield 1, 0, "", 0, 0, 0, ""
                 return
             sr = build_sr(evidence, rows, self._model_info, self._threshold, previous=earlier,
                           instance_number=len(earlier) + 1)
@@ -342,16 +343,21 @@ class _StoreReport(beam.DoFn):
             dicomweb.client(self._base).store_instances([sr, *overlays])
             deleted = sum(_delete(self._base, study, sr_series, ds.SOPInstanceUID) for ds in earlier)
             self._unanswered = 0
-            yield 1, 0, "", len(overlays), 0, len(earlier) - deleted
+            yield 1, 0, "", len(overlays), 0, len(earlier) - deleted, ""
         except Exception as e:  # the PACS refused or is down: the scores are still in the tables
             self._unanswered = self._unanswered + 1 if _no_answer(e) else 0
-            yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0, 0, 0
+            yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0, 0, 0, study
+
+
+UNSTORED = "unstored_studies"  # kept out of _SUMMARY.json: finalise keeps these studies out of --manifest
 
 
 def _merge(results):
     out = {"series_stored": 0, "series_failed": 0, "series_refused": 0, "overlays_stored": 0,
-           "superseded_kept": 0, "errors": []}
-    for stored, failed, error, overlays, refused, kept in results:
+           "superseded_kept": 0, "errors": [], UNSTORED: set()}
+    for stored, failed, error, overlays, refused, kept, unstored in results:
+        if unstored:
+            out[UNSTORED].add(unstored)
         out["superseded_kept"] += kept
         out["series_stored"] += stored
         out["series_failed"] += failed
@@ -359,6 +365,7 @@ def _merge(results):
         out["overlays_stored"] += overlays
         if error and len(out["errors"]) < 5:
             out["errors"].append(error)
+    out[UNSTORED] = sorted(out[UNSTORED])
     return out
 
 

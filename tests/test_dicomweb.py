@@ -1,5 +1,6 @@
 """DICOMweb in: a real Orthanc loaded with generated MR studies, searched and scored by brain-score."""
 import io
+import json
 import time
 
 import pydicom
@@ -286,7 +287,9 @@ def test_a_rescored_series_supersedes_its_earlier_report(pacs, tmp_path):
     host = server.split("://", 1)[1]
     argv = ["--input", f"dicomweb://{host}/dicom-web?StudyInstanceUID={study}", "--model", model_dir,
             "--write-back", "--threshold", "0.001"]
-    assert run.main(argv + ["--output", str(tmp_path / "n1")]) == 0
+    mf = tmp_path / "manifest.json"
+    assert run.main(argv + ["--output", str(tmp_path / "n1"), "--manifest", str(mf)]) == 0
+    assert [k.rpartition("#study=")[2] for k in json.loads(mf.read_text())["inputs"]] == [study]  # stored: done
     upload(server, _instance(9, study, series, 0, 2, "20261202")[1])  # a late image
     assert run.main(argv + ["--output", str(tmp_path / "n2")]) == 0
     wb = run.read_summary(str(tmp_path / "n2"))["write_back"]

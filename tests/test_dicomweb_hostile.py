@@ -535,15 +535,15 @@ def test_a_query_naming_a_patient_never_puts_the_patient_in_an_output_or_the_con
 
 def test_a_night_whose_reports_could_not_be_stored_exits_5_and_says_so(hostile, tmp_path, capsys):
     """--write-back puts results where radiologists read; a series whose report the PACS did not take is
-    invisible there, so the night is not a success: exit 5, a console line, a banner in the report, and
-    the scores still in the tables."""
+    invisible there, so the night is not a success: exit 5, a console line, a banner in the report, the
+    scores still in the tables, and its study left out of --manifest so that the next night stores it."""
     host, _ = hostile
     for sop, (behaviour, _) in list(_Handler.instances.items()):
         if behaviour != "ok":
             del _Handler.instances[sop]
-    out = tmp_path / "out"
+    out, mf = tmp_path / "out", tmp_path / "manifest.json"
     code = run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--write-back",
-                     "--model", tiny_model.write_tiny_artifact(tmp_path)])
+                     "--manifest", str(mf), "--model", tiny_model.write_tiny_artifact(tmp_path)])
     printed = capsys.readouterr().out
     assert code == run.EXIT_WRITE_BACK
     assert "Write-back: 0 series' reports stored in the PACS (0 overlays); 1 could not be stored (first: " \
@@ -552,3 +552,5 @@ def test_a_night_whose_reports_could_not_be_stored_exits_5_and_says_so(hostile, 
     report = (out / "results" / "report.html").read_text()
     assert 'id="write-back" class="drift-warning"' in report and "will not see them in the viewer" in report
     assert [r["status"] for r in rows_mod.images(out)] == ["ok"]
+    assert json.loads(mf.read_text())["inputs"] == {}  # its report is not in the PACS: tried again next night
+    assert "unstored_studies" not in json.loads((out / "results" / "_SUMMARY.json").read_text())["write_back"]
