@@ -365,6 +365,8 @@ def retrieve_series(base, study, series, wanted, max_bytes):
     url = f"{base}/studies/{study}/series/{series}"
     headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
                "Accept-Encoding": "identity"}
+    server = _server_key(url)
+    BREAKER.before(server)
     with _semaphore():
         try:
             resp = session(base).get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S),
@@ -373,7 +375,9 @@ def retrieve_series(base, study, series, wanted, max_bytes):
             raise RetrieveError("member_read_error", "the server redirected the series request; redirects are "
                                 "refused") from e
         except Exception as e:
+            BREAKER.after(server, answered=False)
             raise RetrieveError("member_read_error", f"series request failed: {type(e).__name__}") from e
+        BREAKER.after(server, answered=True)
         with resp:
             if resp.status_code >= 300:
                 raise RetrieveError("member_read_error", f"series retrieval answered HTTP {resp.status_code}")
@@ -450,15 +454,70 @@ def _sop_of(part):
         return None
 
 
+class _Breaker:
+    """Stops asking a PACS that has stopped answering.
+
+    Each request is bounded (connect 10 s, a read 30 s, an instance 120 s), but a PACS that goes silent
+    in the middle of a night would still cost every remaining instance its timeout: 10,000 instances at 30 s,
+    four at a time, is a day. After UNANSWERED_LIMIT requests in a row without an answer (a timeout, a
+    refused or dropped connection; any HTTP status counts as an answer) to one server, requests to it fail
+    at once with a coded, transient error (the study is tried again next night) for COOL_DOWN_S; then one
+    request probes, and an answer closes the breaker. Per process, like the concurrency limit."""
+
+    UNANSWERED_LIMIT = 8
+    COOL_DOWN_S = 60.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._misses, self._opened = {}, {}
+
+    def before(self, server):
+        import time
+        with self._lock:
+            opened = self._opened.get(server)
+            if opened is None:
+                return
+            if time.monotonic() - opened < self.COOL_DOWN_S:
+                raise RetrieveError("dicomweb_timeout", f"not requested: the PACS left the last "
+                                    f"{self._misses[server]} requests unanswered", transient=True)
+            self._opened[server] = time.monotonic()  # this request probes; the others wait another cool-down
+
+    def after(self, server, answered):
+        import time
+        with self._lock:
+            if answered:
+                self._misses[server] = 0
+                self._opened.pop(server, None)
+                return
+            self._misses[server] = self._misses.get(server, 0) + 1
+            if self._misses[server] >= self.UNANSWERED_LIMIT:
+                self._opened[server] = time.monotonic()
+
+
+BREAKER = _Breaker()
+
+
+def _server_key(url):
+    return urllib.parse.urlsplit(url).netloc.lower()
+
+
 def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
     """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors
-    with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)."""
+    with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)
+    and passes the BREAKER first."""
     import contextlib
     import time
     start = time.monotonic()
+    server = _server_key(url)
     for attempt in range(_ATTEMPTS):
-        with (gate() if gate else contextlib.nullcontext()):
-            status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, what)
+        BREAKER.before(server)
+        try:
+            with (gate() if gate else contextlib.nullcontext()):
+                status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, what)
+        except RetrieveError as e:  # transient here: no answer (timeout, connection); else refused content
+            BREAKER.after(server, answered=not e.transient)
+            raise
+        BREAKER.after(server, answered=True)
         if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < deadline_s / 2:
             time.sleep(0.5 * 2 ** attempt)
             continue
@@ -475,8 +534,9 @@ def _stream(session, url, headers, max_bytes, deadline, what):
         raise RetrieveError("member_read_error", f"the server redirected the request for the {what}; "
                             "redirects are refused") from e
     except Exception as e:
-        raise RetrieveError("member_read_error", f"request for the {what} failed: {type(e).__name__}",
-                            transient=True) from e
+        import requests
+        raise RetrieveError("dicomweb_timeout" if isinstance(e, requests.exceptions.Timeout) else "member_read_error",
+                            f"request for the {what} failed: {type(e).__name__}", transient=True) from e
     with resp:
         if resp.status_code >= 400:
             return resp.status_code, "", b""

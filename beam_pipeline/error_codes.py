@@ -31,7 +31,9 @@ CODES = {
     "special_member": (STATUS_SKIPPED, "tar device or FIFO entry, not a file"),
     "member_read_error": (STATUS_ERROR, "member bytes could not be read (CRC mismatch, truncated data)"),
     "dicomweb_timeout": (STATUS_ERROR, "a DICOMweb instance did not arrive within the retrieval deadline "
-                                       "(120 s per instance, however the server paces its bytes)"),
+                                       "(120 s per instance, however the server paces its bytes), or was not "
+                                       "requested because the PACS had left 8 requests in a row unanswered; "
+                                       "the study is tried again next night"),
     "dicomweb_uid_mismatch": (STATUS_ERROR, "a DICOMweb answer whose Study, Series or SOP Instance UID is not the "
                                             "one asked for (a proxy or cache mixing answers up); not scored, never "
                                             "written back, the study tried again next night"),

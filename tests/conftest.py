@@ -97,3 +97,12 @@ def upload(local_dir, prefix):
             path = os.path.join(root, name)
             rel = os.path.relpath(path, local_dir).replace(os.sep, "/")
             bucket.blob(f"{prefix}/{rel}").upload_from_filename(path)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pacs_breaker():
+    """Each test starts with every PACS presumed answering: the breaker (beam_pipeline/dicomweb.py) is per
+    process, and a silent test server's port may be handed to a later test's server."""
+    from beam_pipeline import dicomweb
+    dicomweb.BREAKER = dicomweb._Breaker()
+    yield

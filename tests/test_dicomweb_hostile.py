@@ -83,6 +83,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if behaviour == "silent":  # takes the request and never answers
+            time.sleep(2)
+            return
         if behaviour == "down" or (behaviour == "flaky" and self.hits[sop] == 1):
             self.send_response(503)
             self.send_header("Content-Length", "0")
@@ -554,3 +557,29 @@ def test_a_night_whose_reports_could_not_be_stored_exits_5_and_says_so(hostile, 
     assert [r["status"] for r in rows_mod.images(out)] == ["ok"]
     assert json.loads(mf.read_text())["inputs"] == {}  # its report is not in the PACS: tried again next night
     assert "unstored_studies" not in json.loads((out / "results" / "_SUMMARY.json").read_text())["write_back"]
+
+
+def test_a_pacs_that_falls_silent_costs_a_few_timeouts_not_one_per_instance(hostile, tmp_path, monkeypatch):
+    """Every request is bounded, but a PACS that stops answering in the middle of a night would still cost
+    each remaining instance its timeout (10,000 instances at 30 s is a day): after a few unanswered requests
+    in a row the rest are not requested; each gets its coded row and the study stays pending."""
+    host, by_behaviour = hostile
+    for sop, (behaviour, _) in list(_Handler.instances.items()):
+        if behaviour != "ok":
+            del _Handler.instances[sop]
+    silent = []
+    for n in range(20, 50):
+        sop, data = _instance(n)
+        _Handler.instances[sop] = ("silent", data)
+        silent.append(sop)
+    monkeypatch.setattr(dicomweb, "_READ_TIMEOUT_S", 0.3)
+    out, mf = tmp_path / "out", tmp_path / "manifest.json"
+    run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--manifest", str(mf), "--keep-paths",
+              "--max-error-fraction", "1", "--model", tiny_model.write_tiny_artifact(tmp_path)])
+    rows = {r["sop_instance_uid"] or r["member_path"].rsplit("/", 1)[-1]: r for r in rows_mod.images(out)}
+    assert len(rows) == 31 and all(rows[s]["error_code"] == "dicomweb_timeout" for s in silent), sorted((rows[s]["error_code"], rows[s]["error_message"]) for s in silent)[:3]
+    asked = sum(_Handler.hits.get(s, 0) for s in silent)
+    assert asked <= 8 + dicomweb.DEFAULT_MAX_PARALLEL  # eight in a row unanswered, and those already in flight
+    assert sum("not requested: the PACS left the last" in rows[s]["error_message"] for s in silent) >= \
+        len(silent) - asked
+    assert json.loads(mf.read_text())["inputs"] == {}  # tried again next night
