@@ -501,6 +501,21 @@ def _server_key(url):
     return urllib.parse.urlsplit(url).netloc.lower()
 
 
+def through_breaker(base, call, *args):
+    """`call(*args)` (a request dicomweb-client makes: a STOW-RS store) past the BREAKER of `base`'s server:
+    refused at once while it is open; a timeout or a lost connection counts as no answer."""
+    import requests
+    server = _server_key(base)
+    BREAKER.before(server)
+    try:
+        result = call(*args)
+    except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
+        BREAKER.after(server, answered=False)
+        raise
+    BREAKER.after(server, answered=True)
+    return result
+
+
 def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
     """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors
     with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)

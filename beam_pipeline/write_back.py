@@ -262,21 +262,6 @@ def _delete(base, study, series, sop):
         return False
 
 
-MAX_UNANSWERED_SERIES = 3  # series in a row whose requests got no answer before the rest are not tried
-
-
-def _no_answer(error):
-    """True when `error` (or what caused it) says the PACS did not answer: a timeout, a refused or dropped
-    connection, a transient retrieval failure. An answer that refuses (HTTP 4xx, a bad report) is not one."""
-    import requests
-    while error is not None:
-        if isinstance(error, (requests.exceptions.Timeout, requests.exceptions.ConnectionError)) or \
-                (isinstance(error, dicomweb.RetrieveError) and error.transient):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 class _StoreReport(beam.DoFn):
     """(series UID, rows) -> (stored, failed, error text, overlays stored, refused, superseded and kept, the
     study whose report was not stored or ""):
@@ -285,19 +270,17 @@ class _StoreReport(beam.DoFn):
     A series whose content changed since an earlier night gets a new SR that names the earlier ones as
     predecessors; they are deleted where the server allows DICOMweb DELETE, else counted.
 
-    A PACS that stops answering costs each series its timeouts (up to two minutes for a store): after
-    MAX_UNANSWERED_SERIES series in a row without an answer, this worker tries no more and counts the rest
-    as failed, so a night with 500 flagged series ends in minutes, not hours, with its tables written."""
+    A PACS that stops answering costs each series its timeouts (up to two minutes for a store): every
+    request here passes dicomweb.BREAKER, so after a few unanswered requests in a row the remaining series
+    fail at once ("not requested") and a night with 500 series ends in minutes, its tables written."""
 
     def __init__(self, base, model_info, threshold, heatmap_dir=None, credentials_file=None):
         self._base, self._model_info, self._threshold = base, model_info, threshold
         self._heatmap_dir = heatmap_dir  # the run's staging heatmaps/ (rows name the promoted path)
         self._credentials_file = credentials_file
-        self._unanswered = 0
 
     def setup(self):
         dicomweb.configure(dicomweb.DEFAULT_MAX_PARALLEL, self._credentials_file)
-        self._unanswered = 0
 
     def _overlays(self, rows, evidence):
         from apache_beam.io.filesystem import CompressionTypes
@@ -324,9 +307,6 @@ class _StoreReport(beam.DoFn):
             yield 0, 0, f"series_spans_studies: a series UID found in {len(studies)} studies; no report stored", 0, 1, 0, ""
             return
         study = rows[0]["study_instance_uid"]
-        if self._unanswered >= MAX_UNANSWERED_SERIES:
-            yield 0, 1, f"not tried: the PACS did not answer for {self._unanswered} series in a row", 0, 0, 0, study
-            return
         try:
             evidence = series_evidence(self._base, study, rows[0]["series_instance_uid"])
             sr_series, sr_uid = uids(rows[0]["series_instance_uid"], self._model_info["model_sha256"],
@@ -334,18 +314,15 @@ class _StoreReport(beam.DoFn):
             stored = _stored_reports(self._base, study, sr_series)
             earlier = [ds for ds in stored if ds.SOPInstanceUID != sr_uid]
             if len(earlier) < len(stored):  # this very content is stored already (a rerun, a retried bundle)
-                self._unanswered = 0
                 yield 1, 0, "", 0, 0, 0, ""
                 return
             sr = build_sr(evidence, rows, self._model_info, self._threshold, previous=earlier,
                           instance_number=len(earlier) + 1)
             overlays = self._overlays(rows, evidence) if self._heatmap_dir else []
-            dicomweb.client(self._base).store_instances([sr, *overlays])
+            dicomweb.through_breaker(self._base, dicomweb.client(self._base).store_instances, [sr, *overlays])
             deleted = sum(_delete(self._base, study, sr_series, ds.SOPInstanceUID) for ds in earlier)
-            self._unanswered = 0
             yield 1, 0, "", len(overlays), 0, len(earlier) - deleted, ""
         except Exception as e:  # the PACS refused or is down: the scores are still in the tables
-            self._unanswered = self._unanswered + 1 if _no_answer(e) else 0
             yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0, 0, 0, study
 
 
