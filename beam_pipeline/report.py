@@ -457,7 +457,9 @@ def flagged_csv(folder, md=None):
     import csv
     out = io.StringIO()
     cols = ["max_probability", "group_kind", "accession_number", "study_date", "study_instance_uid", "source_uri",
-            "folder", "patient_group", "modalities", "n_series", "n_images", "n_flagged", "flagged_series"]
+            "folder", "patient_group", "modalities", "n_series", "n_images", "n_flagged", "flagged_series",
+            # where to look first (a lesion-map model; empty otherwise): the slice with the largest lesion
+            "largest_lesion_series", "largest_lesion_member", "max_lesion_area_mm2", "max_lesion_area_px"]
     summary = run_summary.read(folder)
     md, site = md or _model_metadata(summary), Site.of(summary)
     w = csv.writer(out)
@@ -472,7 +474,9 @@ def flagged_csv(folder, md=None):
             caveats = [f"{label} ({c})" for label in r["flagged_series"] or []
                        for c in [look_caveat(label, md, site, plane_of_label(label))] if c]
             w.writerow([f"{r['max_probability']:.4f}" if c == "max_probability" else
-                        ";".join(r[c]) if isinstance(r.get(c), list) else r.get(c) for c in cols] + [";".join(caveats)]
+                        ";".join(r[c]) if isinstance(r.get(c), list) else
+                        f"{r[c]:.0f}" if c.startswith("max_lesion_area") and r.get(c) is not None else
+                        r.get(c) for c in cols] + [";".join(caveats)]
                        + ([tumor_free_as_high(r["max_probability"], md, r["flagged_series"])] if as_high else []))
     return out.getvalue()
 
