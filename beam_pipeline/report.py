@@ -426,12 +426,17 @@ def _caption(r):
 
 
 def _lesion_note(row):
-    """', largest lesion 310 mm²' (px without a pixel spacing) for rows of a lesion-map model, else ''."""
+    """', largest lesion 310 mm² (T2 AX, image 14)' (px without a pixel spacing) for rows of a lesion-map model,
+    else '': where to look first. The place is named for study rows of DICOM series (a series row's own
+    heading names its series; file members keep pseudonymised names that would not help a reader)."""
     if row.get("max_lesion_area_px") is None:
         return ""
-    if row.get("max_lesion_area_mm2") is not None:
-        return f", largest lesion {row['max_lesion_area_mm2']:.0f} mm²"
-    return f", largest lesion {row['max_lesion_area_px']:.0f} px"
+    area = (f"{row['max_lesion_area_mm2']:.0f} mm²" if row.get("max_lesion_area_mm2") is not None
+            else f"{row['max_lesion_area_px']:.0f} px")
+    member = row.get("largest_lesion_member") or ""
+    where = (f" ({row['largest_lesion_series']}, {member})" if row.get("largest_lesion_series")
+             and member.startswith("image ") else "")
+    return f", largest lesion {area}{where}"
 
 
 def _date(da):

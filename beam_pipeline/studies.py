@@ -53,7 +53,7 @@ class SeriesCombineFn(beam.CombineFn):
         if row.get("frame_index"):
             label += f"#frame{row['frame_index']}"
         acc["top"] = sorted(acc["top"] + [(p, label)], reverse=True)[:TOP_K]
-        acc["lesion"] = _larger(acc["lesion"], _lesion_of(row, label))
+        acc["lesion"] = _larger(acc["lesion"], _lesion_of(row, _viewer_label(row, label)))
         if acc["first"] is None:
             acc["first"] = {k: row.get(k) for k in ("study_instance_uid", "series_instance_uid", "source_uri",
                                                     "member_path", "modality", "threshold", "run_id",
@@ -97,6 +97,15 @@ class SeriesCombineFn(beam.CombineFn):
             "model_version": f.get("model_version"),
             **_lesion_columns(acc["lesion"]),
         }
+
+
+def _viewer_label(row, label):
+    """How a radiologist finds a DICOM slice in the viewer: 'image <InstanceNumber>' (and its frame), since its
+    series is named beside it; other images keep their member label."""
+    if not row.get("study_instance_uid") or row.get("instance_number") is None:
+        return label
+    frame = f", frame {row['frame_index'] + 1}" if row.get("frame_index") else ""
+    return f"image {row['instance_number']}{frame}"
 
 
 def _lesion_of(row, label):

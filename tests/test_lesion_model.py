@@ -80,10 +80,13 @@ def test_rows_carry_the_lesion_area_and_series_the_largest_lesion(tmp_path):
     largest = max((rows["im0.dcm"], rows["im1.dcm"]), key=lambda r: r["lesion_area_px"])
     assert dicom["max_lesion_area_px"] == pytest.approx(largest["lesion_area_px"])
     assert dicom["max_lesion_area_mm2"] == pytest.approx(largest["lesion_area_mm2"])
-    assert dicom["largest_lesion_member"] == largest["member_path"]
+    # named as the viewer numbers it: the reader finds "image N" in the series named beside it
+    assert dicom["largest_lesion_member"] == f"image {largest['instance_number']}"
     study = next(s for s in rows_mod.images(out, "studies-*.parquet") if s["study_instance_uid"] == "1.2.3")
     assert study["max_lesion_area_mm2"] == pytest.approx(largest["lesion_area_mm2"])
-    assert study["largest_lesion_member"] == largest["member_path"]
+    assert study["largest_lesion_member"] == f"image {largest['instance_number']}"
+    png = next(s for s in series if not s["series_instance_uid"])
+    assert png["largest_lesion_member"] in ("slice0.png", "slice1.png")  # a file keeps its member name
 
 
 def test_an_empty_lesion_map_flags_nothing_and_measures_no_area(tmp_path):

@@ -255,7 +255,8 @@ def test_a_flagged_series_in_another_plane_says_so_in_the_worklist_the_report_an
     # where to look first: the slice with the largest lesion, as the study table names it (no pixel spacing: no mm²)
     assert (row["largest_lesion_series"], row["largest_lesion_member"]) == (s["largest_lesion_series"],
                                                                             s["largest_lesion_member"])
-    assert row["largest_lesion_series"] in s["flagged_series"] and row["largest_lesion_member"]
+    assert row["largest_lesion_series"] in s["flagged_series"] and re.fullmatch(r"image [123]", row["largest_lesion_member"])
+    assert f"({row['largest_lesion_series']}, {row['largest_lesion_member']})" in page  # the worklist says where
     assert float(row["max_lesion_area_px"]) == round(s["max_lesion_area_px"]) > 0 and row["max_lesion_area_mm2"] == ""
     # A site profile that validated axial series only: the sagittal flag says so, the axial one stays clean.
     from beam_pipeline import model_store, site_profile
