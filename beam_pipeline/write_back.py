@@ -10,6 +10,8 @@ a Comprehensive SR into the same study, built with highdicom:
     CONTAINS Maximum tumor probability (num, UCUM {ratio}), Operating threshold (num)
     CONTAINS Algorithm: model name, version, sha256; "research screening aid, not a
              diagnostic device" (text)
+    CONTAINS Largest lesion-map area of one image (num, mm2 or {pixels}) and that image
+             (image reference): a lesion-map model only, so the viewer opens where to look
     CONTAINS Source: one image reference per scored instance
 
 and, for each flagged image with a review overlay (the model's own lesion map, or Grad-CAM for a
@@ -51,6 +53,10 @@ def _codes():
         "algorithm": CodedConcept("ALGORITHM", SCHEME, "Algorithm"),
         "source": CodedConcept("260753009", "SCT", "Source"),
         "ratio": CodedConcept("{ratio}", "UCUM", "ratio"),
+        "lesion_area": CodedConcept("LARGEST_LESION_AREA", SCHEME, "Largest lesion-map area of one image"),
+        "lesion_image": CodedConcept("LARGEST_LESION_IMAGE", SCHEME, "Image with the largest lesion-map area"),
+        "mm2": CodedConcept("mm2", "UCUM", "square millimeter"),
+        "pixels": CodedConcept("{pixels}", "UCUM", "pixels"),
     }
 
 
@@ -115,6 +121,7 @@ def build_sr(evidence, rows, model_info, threshold, previous=(), instance_number
                               f"sha256 {model_info['model_sha256']}; research screening aid, not a diagnostic "
                               "device", relationship_type="CONTAINS"),
     ]
+    items += _largest_lesion_items(rows, by_sop, c)
     for r in sorted(rows, key=lambda r: r["sop_instance_uid"]):
         ds = by_sop.get(r["sop_instance_uid"])
         if ds is not None:
@@ -135,6 +142,23 @@ def build_sr(evidence, rows, model_info, threshold, previous=(), instance_number
     sr.CodingSchemeIdentificationSequence = [_scheme_identification()]
     _stamp_series_time(sr)
     return sr
+
+
+def _largest_lesion_items(rows, by_sop, c):
+    """Where to look first, for a lesion-map model: the largest area its map outlines on one image (mm² where
+    the pixel spacing is known) and that image, so the viewer opens on it. [] for other models."""
+    import highdicom as hd
+    measured = [r for r in rows if r.get("lesion_area_px") is not None and r["sop_instance_uid"] in by_sop]
+    if not measured:
+        return []
+    r = max(measured, key=lambda r: (r["lesion_area_px"], r["sop_instance_uid"]))
+    mm2 = r.get("lesion_area_mm2")
+    ds = by_sop[r["sop_instance_uid"]]
+    return [hd.sr.NumContentItem(c["lesion_area"], float(mm2 if mm2 is not None else r["lesion_area_px"]),
+                                 c["mm2"] if mm2 is not None else c["pixels"], relationship_type="CONTAINS"),
+            hd.sr.ImageContentItem(c["lesion_image"], ds.SOPClassUID, ds.SOPInstanceUID,
+                                   referenced_frame_numbers=(r["frame_index"] + 1) if r.get("frame_index") else None,
+                                   relationship_type="CONTAINS")]
 
 
 def _scheme_identification():

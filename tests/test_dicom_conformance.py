@@ -49,16 +49,28 @@ def _verify(ds, tmp_path, name):
     return lines, errors, warnings
 
 
-def test_structured_report_passes_dciodvfy(tmp_path):
+@pytest.mark.parametrize("lesion_map", [False, True])
+def test_structured_report_passes_dciodvfy(tmp_path, lesion_map):
+    """With a lesion-map model the report also says where to look first: the largest area the map outlines on
+    one image (mm² with a pixel spacing) and a reference to that image."""
     evidence = _evidence()
+    areas = (120.0, 900.0, 400.0) if lesion_map else (None, None, None)
     rows = [{"sop_instance_uid": ds.SOPInstanceUID, "series_instance_uid": ds.SeriesInstanceUID,
-             "tumor_probability": p, "predicted_label": schema.LABEL_TUMOR if p >= 0.5 else schema.LABEL_NO_TUMOR}
-            for ds, p in zip(evidence, (0.1, 0.6, 0.93), strict=True)]
+             "tumor_probability": p, "predicted_label": schema.LABEL_TUMOR if p >= 0.5 else schema.LABEL_NO_TUMOR,
+             "lesion_area_px": a, "lesion_area_mm2": a and a * 0.25, "frame_index": 0}
+            for ds, p, a in zip(evidence, (0.1, 0.6, 0.93), areas, strict=True)]
     sr = write_back.build_sr(evidence, rows, MODEL, 0.5)
     lines, errors, warnings = _verify(sr, tmp_path, "sr")
     assert "ComprehensiveSR" in lines, lines  # dciodvfy recognised the IOD it checked against
     assert errors == [] and warnings == [], lines
     assert [i.CodingSchemeDesignator for i in sr.CodingSchemeIdentificationSequence] == [write_back.SCHEME]
+    items = {i.name.value: i for i in sr.ContentSequence}
+    if not lesion_map:
+        assert "LARGEST_LESION_AREA" not in items and "LARGEST_LESION_IMAGE" not in items
+        return
+    area = items["LARGEST_LESION_AREA"]
+    assert area.value == 225.0 and area.unit.value == "mm2"
+    assert items["LARGEST_LESION_IMAGE"].referenced_sop_instance_uid == evidence[1].SOPInstanceUID  # 900 px
 
 
 def test_overlay_secondary_capture_passes_dciodvfy(tmp_path):
