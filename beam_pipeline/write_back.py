@@ -286,6 +286,21 @@ def _delete(base, study, series, sop):
         return False
 
 
+class StoreRefused(Exception):
+    """The PACS answered a store, and listed the report among the instances it did not keep."""
+
+
+def not_stored(answer):
+    """{SOP Instance UID: failure reason (hex)} of a STOW-RS answer's Failed SOP Sequence: a PACS answers
+    HTTP 202 when it kept some instances and refused others (an SOP class it does not take, a conflict),
+    which dicomweb-client does not raise on."""
+    out = {}
+    for item in (answer.get("FailedSOPSequence") or []) if answer is not None else []:
+        reason = item.get("FailureReason")
+        out[str(item.get("ReferencedSOPInstanceUID"))] = f"{int(reason):04X}H" if reason is not None else "?"
+    return out
+
+
 class _StoreReport(beam.DoFn):
     """(series UID, rows) -> (stored, failed, error text, overlays stored, refused, superseded and kept, the
     study whose report was not stored or ""):
@@ -343,9 +358,17 @@ class _StoreReport(beam.DoFn):
             sr = build_sr(evidence, rows, self._model_info, self._threshold, previous=earlier,
                           instance_number=len(earlier) + 1)
             overlays = self._overlays(rows, evidence) if self._heatmap_dir else []
-            dicomweb.through_breaker(self._base, dicomweb.client(self._base).store_instances, [sr, *overlays])
+            answer = dicomweb.through_breaker(self._base, dicomweb.client(self._base).store_instances,
+                                              [sr, *overlays])
+            refused = not_stored(answer)
+            if sr.SOPInstanceUID in refused:  # HTTP 202: the PACS answered, and kept some instances out
+                raise StoreRefused(f"the PACS did not store the report (STOW-RS failure reason "
+                                   f"{refused[sr.SOPInstanceUID]})")
             deleted = sum(_delete(self._base, study, sr_series, ds.SOPInstanceUID) for ds in earlier)
-            yield 1, 0, "", len(overlays), 0, len(earlier) - deleted, ""
+            kept_out = sum(o.SOPInstanceUID in refused for o in overlays)
+            yield 1, 0, (f"{kept_out} overlay(s) not stored (STOW-RS failure reason "
+                         f"{sorted(set(refused.values()))})" if kept_out else ""), \
+                len(overlays) - kept_out, 0, len(earlier) - deleted, ""
         except Exception as e:  # the PACS refused or is down: the scores are still in the tables
             yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0, 0, 0, study
 

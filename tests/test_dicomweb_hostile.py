@@ -21,6 +21,7 @@ BOUNDARY = "b0undary"
 def _instance(n):
     ds = pydicom.dcmread(io.BytesIO(sample_data.dicom_bytes(sample_data.synthetic_slice(n, 32), 0, STUDY, SERIES,
                                                             n + 1)))
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]  # axial: write-back can orient an overlay
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     return ds.SOPInstanceUID, buf.getvalue()
@@ -30,6 +31,9 @@ class _Handler(BaseHTTPRequestHandler):
     instances = {}  # sop -> (behaviour, Part 10 bytes)
     hits = {}
     search = "ok"  # how the study search answers: ok / no-paging / drip / gzip / empty-study
+    metadata = "none"  # series metadata for write-back: none (404) / ok
+    store = "none"  # how a STOW-RS store answers: none (501, no such method) / refuse-sr / refuse-sc (HTTP 202)
+    stored = []
     series = "none"  # how a series retrieval answers: none (404) / first (one part, then the end) / drip
     series_hits = 0
     modality = "MR"  # of the one series every study holds
@@ -40,7 +44,7 @@ class _Handler(BaseHTTPRequestHandler):
         class, which test_dicomweb_tls shares: a series left dribbling by one test made a later test
         in the same process wait out the real series deadline (two minutes at the end of the suite)."""
         cls.instances, cls.hits, cls.search, cls.series, cls.series_hits = {}, {}, "ok", "none", 0
-        cls.modality = "MR"
+        cls.modality, cls.metadata, cls.store, cls.stored = "MR", "none", "none", []
         for n, behaviour in enumerate(behaviours):
             sop, data = _instance(n)
             cls.instances[sop] = (behaviour, data)
@@ -67,6 +71,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json([{"0020000E": {"vr": "UI", "Value": [SERIES]}, "00080060": {"vr": "CS", "Value": [self.modality]}}])
         if path.endswith("/instances"):
             return self._json([{"00080018": {"vr": "UI", "Value": [sop]}} for sop in self.instances])
+        if parts[-1] == "metadata" and self.metadata == "ok":
+            return self._json([pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).to_json_dict()
+                               for _, data in self.instances.values()])
         if parts[-1] == "metadata":  # write-back asks for the series' metadata: this server has none to give
             self.send_response(404)
             self.send_header("Content-Length", "0")
@@ -106,6 +113,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self._send(body, drip=behaviour == "slow")
+
+    def do_POST(self):  # noqa: N802 (http.server's name): STOW-RS, answered 202 with a Failed SOP Sequence
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.store == "none":
+            self.send_response(501)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        boundary = self.headers["Content-Type"].split("boundary=")[1].split(";")[0].strip('"').encode()
+        kept, failed = [], []
+        for part in body.split(b"--" + boundary)[1:-1]:
+            ds = pydicom.dcmread(io.BytesIO(part.split(b"\r\n\r\n", 1)[1].rstrip(b"\r\n")))
+            refuse = (self.store == "refuse-sr") == (ds.Modality == "SR")
+            ref = {"00081150": {"vr": "UI", "Value": [ds.SOPClassUID]},
+                   "00081155": {"vr": "UI", "Value": [ds.SOPInstanceUID]}}
+            if refuse:
+                failed.append({**ref, "00081197": {"vr": "US", "Value": [0xC000]}})
+            else:
+                kept.append(ref)
+                type(self).stored.append(ds.Modality)
+        answer = json.dumps({"00081199": {"vr": "SQ", "Value": kept}, "00081198": {"vr": "SQ", "Value": failed}}).encode()
+        self.send_response(202)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
 
     def _send(self, body, drip):
         """The body at once, or a byte every 0.3 s (each read returns in time, the whole never does)."""
@@ -554,3 +587,27 @@ def test_a_pacs_that_falls_silent_costs_a_few_timeouts_not_one_per_instance(host
     assert sum("not requested: the PACS left the last" in rows[s]["error_message"] for s in silent) >= \
         len(silent) - asked
     assert json.loads(mf.read_text())["inputs"] == {}  # tried again next night
+
+
+@pytest.mark.parametrize("refuses", ["refuse-sr", "refuse-sc"])
+def test_a_store_the_pacs_answers_with_failed_instances_is_not_counted_as_stored(hostile, tmp_path, capsys, refuses):
+    """A PACS that keeps some instances of a store and refuses others answers HTTP 202 with a Failed SOP
+    Sequence (an SOP class it does not take: many refuse Secondary Captures or SRs). A refused report is
+    a failed series (exit 5); a refused overlay leaves the report stored and is not counted as an overlay."""
+    host, by_behaviour = hostile
+    for sop, (behaviour, _) in list(_Handler.instances.items()):
+        if behaviour != "ok":
+            del _Handler.instances[sop]
+    _Handler.metadata, _Handler.store = "ok", refuses
+    out = tmp_path / "out"
+    code = run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--write-back",
+                     "--threshold", "0.000001", "--model", tiny_model.write_tiny_artifact(tmp_path)])
+    back = json.loads((out / "results" / "_SUMMARY.json").read_text())["write_back"]
+    if refuses == "refuse-sr":
+        assert code == run.EXIT_WRITE_BACK and (back["series_stored"], back["series_failed"]) == (0, 1)
+        assert back["errors"] == ["StoreRefused: the PACS did not store the report (STOW-RS failure reason C000H)"]
+        assert _Handler.stored == ["OT"]  # the overlay went in; the report did not
+    else:
+        assert code == 0 and (back["series_stored"], back["overlays_stored"]) == (1, 0)
+        assert back["errors"] == ["1 overlay(s) not stored (STOW-RS failure reason ['C000H'])"]
+        assert _Handler.stored == ["SR"]
