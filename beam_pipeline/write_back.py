@@ -34,7 +34,7 @@ with another patient's result.
 import apache_beam as beam
 import numpy as np
 
-from beam_pipeline import dicomweb, schema
+from beam_pipeline import dicomweb, errors, schema
 
 SCHEME = "99BRAINSCREEN"
 MANUFACTURER = "brain-mri-screening (open source)"
@@ -286,7 +286,7 @@ def _delete(base, study, series, sop):
         return False
 
 
-class StoreRefused(Exception):
+class StoreRefused(errors.ScreeningError):
     """The PACS answered a store, and listed the report among the instances it did not keep."""
 
 
