@@ -15,6 +15,7 @@ A PACS must never be flooded: each worker process holds at most
 threads), searches are paginated, and transient HTTP errors (408, 429, 503,
 504) are retried with exponential back-off by dicomweb-client.
 """
+import contextlib
 import os
 import threading
 import urllib.parse
@@ -365,19 +366,18 @@ def retrieve_series(base, study, series, wanted, max_bytes):
     url = f"{base}/studies/{study}/series/{series}"
     headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
                "Accept-Encoding": "identity"}
-    server = _server_key(url)
-    BREAKER.before(server)
     with _semaphore():
         try:
-            resp = session(base).get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S),
-                                     allow_redirects=False)
+            with BREAKER.watch(url):
+                resp = session(base).get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S),
+                                         allow_redirects=False)
         except RedirectRefused as e:
             raise RetrieveError("member_read_error", "the server redirected the series request; redirects are "
                                 "refused") from e
+        except RetrieveError:
+            raise  # the breaker is open: not requested
         except Exception as e:
-            BREAKER.after(server, answered=False)
             raise RetrieveError("member_read_error", f"series request failed: {type(e).__name__}") from e
-        BREAKER.after(server, answered=True)
         with resp:
             if resp.status_code >= 300:
                 raise RetrieveError("member_read_error", f"series retrieval answered HTTP {resp.status_code}")
@@ -471,7 +471,19 @@ class _Breaker:
         self._lock = threading.Lock()
         self._misses, self._opened = {}, {}
 
-    def before(self, server):
+    @contextlib.contextmanager
+    def watch(self, url):
+        """Around one request to `url`'s server: refused at once while the breaker is open; its outcome counted."""
+        server = urllib.parse.urlsplit(url).netloc.lower()
+        self._before(server)
+        try:
+            yield
+        except Exception as e:
+            self._after(server, answered=not _unanswered(e))
+            raise
+        self._after(server, answered=True)
+
+    def _before(self, server):
         import time
         with self._lock:
             opened = self._opened.get(server)
@@ -482,7 +494,7 @@ class _Breaker:
                                     f"{self._misses[server]} requests unanswered", transient=True)
             self._opened[server] = time.monotonic()  # this request probes; the others wait another cool-down
 
-    def after(self, server, answered):
+    def _after(self, server, answered):
         import time
         with self._lock:
             if answered:
@@ -494,45 +506,31 @@ class _Breaker:
                 self._opened[server] = time.monotonic()
 
 
+def _unanswered(error):
+    """A timeout or a lost connection (as requests raises it, or as _stream codes it: transient), not an answer."""
+    import requests
+    return isinstance(error, (requests.exceptions.Timeout, requests.exceptions.ConnectionError)) or \
+        (isinstance(error, RetrieveError) and error.transient)
+
+
 BREAKER = _Breaker()
 
 
-def _server_key(url):
-    return urllib.parse.urlsplit(url).netloc.lower()
-
-
 def through_breaker(base, call, *args):
-    """`call(*args)` (a request dicomweb-client makes: a STOW-RS store) past the BREAKER of `base`'s server:
-    refused at once while it is open; a timeout or a lost connection counts as no answer."""
-    import requests
-    server = _server_key(base)
-    BREAKER.before(server)
-    try:
-        result = call(*args)
-    except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):
-        BREAKER.after(server, answered=False)
-        raise
-    BREAKER.after(server, answered=True)
-    return result
+    """`call(*args)` (a request dicomweb-client makes: a STOW-RS store) past the BREAKER of `base`'s server."""
+    with BREAKER.watch(base):
+        return call(*args)
 
 
 def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
     """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors
     with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)
     and passes the BREAKER first."""
-    import contextlib
     import time
     start = time.monotonic()
-    server = _server_key(url)
     for attempt in range(_ATTEMPTS):
-        BREAKER.before(server)
-        try:
-            with (gate() if gate else contextlib.nullcontext()):
-                status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, what)
-        except RetrieveError as e:  # transient here: no answer (timeout, connection); else refused content
-            BREAKER.after(server, answered=not e.transient)
-            raise
-        BREAKER.after(server, answered=True)
+        with BREAKER.watch(url), (gate() if gate else contextlib.nullcontext()):
+            status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, what)
         if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < deadline_s / 2:
             time.sleep(0.5 * 2 ** attempt)
             continue
