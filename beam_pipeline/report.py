@@ -431,6 +431,8 @@ def _lesion_note(row):
     heading names its series; file members keep pseudonymised names that would not help a reader)."""
     if row.get("max_lesion_area_px") is None:
         return ""
+    if not row["max_lesion_area_px"]:
+        return ", no lesion outlined"
     area = (f"{row['max_lesion_area_mm2']:.0f} mm²" if row.get("max_lesion_area_mm2") is not None
             else f"{row['max_lesion_area_px']:.0f} px")
     member = row.get("largest_lesion_member") or ""

@@ -123,9 +123,11 @@ def _larger(a, b):
 
 
 def _lesion_columns(lesion):
+    """Area 0 is a measurement (the map outlined nothing), and then no slice is "the one with the largest lesion"."""
     if lesion is None:
         return {"max_lesion_area_px": None, "max_lesion_area_mm2": None, "largest_lesion_member": None}
-    return {"max_lesion_area_px": lesion[0], "max_lesion_area_mm2": lesion[1], "largest_lesion_member": lesion[2]}
+    return {"max_lesion_area_px": lesion[0], "max_lesion_area_mm2": lesion[1],
+            "largest_lesion_member": lesion[2] if lesion[0] > 0 else None}
 
 
 class AggregateSeries(beam.PTransform):
@@ -253,7 +255,7 @@ class _StudyFromSeries(beam.CombineFn):
             "model_version": first["model_version"],
             "max_lesion_area_px": largest and largest["max_lesion_area_px"],
             "max_lesion_area_mm2": largest and largest["max_lesion_area_mm2"],
-            "largest_lesion_series": largest and series_label(largest),
+            "largest_lesion_series": series_label(largest) if largest and largest["max_lesion_area_px"] > 0 else None,
             "largest_lesion_member": largest and largest["largest_lesion_member"]}
 
 

@@ -154,11 +154,13 @@ def _largest_lesion_items(rows, by_sop, c):
     r = max(measured, key=lambda r: (r["lesion_area_px"], r["sop_instance_uid"]))
     mm2 = r.get("lesion_area_mm2")
     ds = by_sop[r["sop_instance_uid"]]
-    return [hd.sr.NumContentItem(c["lesion_area"], float(mm2 if mm2 is not None else r["lesion_area_px"]),
-                                 c["mm2"] if mm2 is not None else c["pixels"], relationship_type="CONTAINS"),
-            hd.sr.ImageContentItem(c["lesion_image"], ds.SOPClassUID, ds.SOPInstanceUID,
-                                   referenced_frame_numbers=(r["frame_index"] + 1) if r.get("frame_index") else None,
-                                   relationship_type="CONTAINS")]
+    area = hd.sr.NumContentItem(c["lesion_area"], float(mm2 if mm2 is not None else r["lesion_area_px"]),
+                                c["mm2"] if mm2 is not None else c["pixels"], relationship_type="CONTAINS")
+    if not r["lesion_area_px"]:  # the map outlined nothing: no image to point at
+        return [area]
+    return [area, hd.sr.ImageContentItem(c["lesion_image"], ds.SOPClassUID, ds.SOPInstanceUID,
+                                         referenced_frame_numbers=(r["frame_index"] + 1) if r.get("frame_index")
+                                         else None, relationship_type="CONTAINS")]
 
 
 def _scheme_identification():

@@ -49,12 +49,12 @@ def _verify(ds, tmp_path, name):
     return lines, errors, warnings
 
 
-@pytest.mark.parametrize("lesion_map", [False, True])
+@pytest.mark.parametrize("lesion_map", [False, True, "empty"])
 def test_structured_report_passes_dciodvfy(tmp_path, lesion_map):
     """With a lesion-map model the report also says where to look first: the largest area the map outlines on
-    one image (mm² with a pixel spacing) and a reference to that image."""
+    one image (mm² with a pixel spacing) and a reference to that image; none where it outlined nothing."""
     evidence = _evidence()
-    areas = (120.0, 900.0, 400.0) if lesion_map else (None, None, None)
+    areas = {False: (None, None, None), True: (120.0, 900.0, 400.0), "empty": (0.0, 0.0, 0.0)}[lesion_map]
     rows = [{"sop_instance_uid": ds.SOPInstanceUID, "series_instance_uid": ds.SeriesInstanceUID,
              "tumor_probability": p, "predicted_label": schema.LABEL_TUMOR if p >= 0.5 else schema.LABEL_NO_TUMOR,
              "lesion_area_px": a, "lesion_area_mm2": a and a * 0.25, "frame_index": 0}
@@ -67,6 +67,9 @@ def test_structured_report_passes_dciodvfy(tmp_path, lesion_map):
     items = {i.name.value: i for i in sr.ContentSequence}
     if not lesion_map:
         assert "LARGEST_LESION_AREA" not in items and "LARGEST_LESION_IMAGE" not in items
+        return
+    if lesion_map == "empty":
+        assert items["LARGEST_LESION_AREA"].value == 0.0 and "LARGEST_LESION_IMAGE" not in items
         return
     area = items["LARGEST_LESION_AREA"]
     assert area.value == 225.0 and area.unit.value == "mm2"

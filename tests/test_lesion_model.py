@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from beam_pipeline import run, sample_data
+from beam_pipeline import report, run, sample_data
 from screening_core import gradcam, preprocessing
 from tests import rows as rows_mod
 from tests import synth, tiny_model
@@ -99,7 +99,10 @@ def test_an_empty_lesion_map_flags_nothing_and_measures_no_area(tmp_path):
     assert row["tumor_probability"] < 0.01 and row["predicted_label"] == "no_tumor"
     assert row["lesion_area_px"] == 0.0 and row["heatmap_path"] is None
     (series,) = rows_mod.images(out, "series-*.parquet")
-    assert series["max_lesion_area_px"] == 0.0
+    assert series["max_lesion_area_px"] == 0.0 and series["largest_lesion_member"] is None  # nothing to point at
+    (study,) = rows_mod.images(out, "studies-*.parquet")
+    assert study["largest_lesion_series"] is None and study["largest_lesion_member"] is None
+    assert "no lesion outlined" in report._lesion_note(study)
 
 
 def test_onnx_runtime_returns_the_same_lesion_map(tmp_path):
