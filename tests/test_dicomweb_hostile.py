@@ -535,7 +535,7 @@ def test_write_back_to_a_pacs_that_stops_answering_ends_soon(pacs, monkeypatch):
     finally:
         stop()
     if pacs == "silent":
-        assert len(accepted) == 8  # one metadata request for each of eight series, then none
+        assert 8 <= len(accepted) < n_series  # a metadata request for each of eight series (and any in flight), then none
     else:
         assert len([h for h in hits if h.endswith("/metadata")]) == n_series
 
