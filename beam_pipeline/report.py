@@ -319,9 +319,8 @@ def _write_back_html(back):
     see that series' result, so it is said where the reader looks first."""
     if not back:
         return ""
-    from beam_pipeline.write_back import in_words
-    trouble = back.get("series_failed", 0) or back.get("series_refused", 0)
-    return f'<p id="write-back" class="{"drift-warning" if trouble else "drift-none"}">{_esc(in_words(back))}.</p>'
+    from beam_pipeline.write_back import in_words, troubled
+    return f'<p id="write-back" class="{"drift-warning" if troubled(back) else "drift-none"}">{_esc(in_words(back))}.</p>'
 
 
 def _worklist_html(worklist, total, md=None, site=NO_SITE):

@@ -233,8 +233,8 @@ def _verdict(job, result, counts):
     back = counts.get("write_back") if f.write_back else None
     if back is not None:
         from beam_pipeline import write_back
-        trouble = back.get("series_failed", 0) or back.get("series_refused", 0)
-        console.emit("write_back", write_back.in_words(back), level="warning" if trouble else "info", **back)
+        console.emit("write_back", write_back.in_words(back), level="warning" if write_back.troubled(back) else "info",
+                     **back)
         if code == EXIT_OK and back.get("series_failed", 0):
             code, reason = EXIT_WRITE_BACK, (f"{back['series_failed']} series' reports could not be stored in the "
                                              "PACS (--write-back)")

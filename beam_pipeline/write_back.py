@@ -304,8 +304,7 @@ def not_stored(answer):
 
 
 class _StoreReport(beam.DoFn):
-    """(series UID, rows) -> (stored, failed, error text, overlays stored, refused, superseded and kept, the
-    study whose report was not stored or ""):
+    """(series UID, rows) -> one tally (`_tally`: counts, an error text, the study whose report was not stored):
     one SR per series, and a Secondary Capture of the review overlay for each flagged image that has one.
 
     A series whose content changed since an earlier night gets a new SR that names the earlier ones as
@@ -345,7 +344,8 @@ class _StoreReport(beam.DoFn):
         rows = list(rows)
         studies = {r["study_instance_uid"] for r in rows}
         if len(studies) != 1:  # one series UID in two studies: whichever study got the SR would be wrong
-            yield 0, 0, f"series_spans_studies: a series UID found in {len(studies)} studies; no report stored", 0, 1, 0, ""
+            yield _tally(series_refused=1,
+                         error=f"series_spans_studies: a series UID found in {len(studies)} studies; no report stored")
             return
         study = rows[0]["study_instance_uid"]
         try:
@@ -355,7 +355,7 @@ class _StoreReport(beam.DoFn):
             stored = _stored_reports(self._base, study, sr_series)
             earlier = [ds for ds in stored if ds.SOPInstanceUID != sr_uid]
             if len(earlier) < len(stored):  # this very content is stored already (a rerun, a retried bundle)
-                yield 1, 0, "", 0, 0, 0, ""
+                yield _tally(series_stored=1)
                 return
             sr = build_sr(evidence, rows, self._model_info, self._threshold, previous=earlier,
                           instance_number=len(earlier) + 1)
@@ -368,31 +368,43 @@ class _StoreReport(beam.DoFn):
                                    f"{refused[sr.SOPInstanceUID]})")
             deleted = sum(_delete(self._base, study, sr_series, ds.SOPInstanceUID) for ds in earlier)
             kept_out = sum(o.SOPInstanceUID in refused for o in overlays)
-            yield 1, 0, (f"{kept_out} overlay(s) not stored (STOW-RS failure reason "
-                         f"{sorted(set(refused.values()))})" if kept_out else ""), \
-                len(overlays) - kept_out, 0, len(earlier) - deleted, ""
+            yield _tally(series_stored=1, overlays_stored=len(overlays) - kept_out, overlays_refused=kept_out,
+                         superseded_kept=len(earlier) - deleted,
+                         error=f"{kept_out} overlay(s) not stored (STOW-RS failure reason "
+                               f"{sorted(set(refused.values()))})" if kept_out else "")
         except Exception as e:  # the PACS refused or is down: the scores are still in the tables
-            yield 0, 1, f"{type(e).__name__}: {e}"[:300], 0, 0, 0, study
+            yield _tally(series_failed=1, error=f"{type(e).__name__}: {e}"[:300], unstored=study)
 
 
 UNSTORED = "unstored_studies"  # kept out of _SUMMARY.json: finalise keeps these studies out of --manifest
+COUNTS = ("series_stored", "series_failed", "series_refused", "overlays_stored", "overlays_refused",
+          "superseded_kept")
+
+
+def _tally(error="", unstored="", **counts):
+    """One series' outcome: COUNTS (those not given are 0), an error text, the study whose report was not stored."""
+    return {**dict.fromkeys(COUNTS, 0), **counts, "error": error, "unstored": unstored}
 
 
 def _merge(results):
-    out = {"series_stored": 0, "series_failed": 0, "series_refused": 0, "overlays_stored": 0,
-           "superseded_kept": 0, "errors": [], UNSTORED: set()}
-    for stored, failed, error, overlays, refused, kept, unstored in results:
-        if unstored:
-            out[UNSTORED].add(unstored)
-        out["superseded_kept"] += kept
-        out["series_stored"] += stored
-        out["series_failed"] += failed
-        out["series_refused"] += refused
-        out["overlays_stored"] += overlays
-        if error and len(out["errors"]) < 5:
-            out["errors"].append(error)
+    """The night's write-back summary: the series' tallies summed, the first five errors, the unstored studies."""
+    out = {**dict.fromkeys(COUNTS, 0), "errors": [], UNSTORED: set()}
+    for tally in results:
+        for key in COUNTS:
+            out[key] += tally[key]
+        if tally["error"] and len(out["errors"]) < 5:
+            out["errors"].append(tally["error"])
+        if tally["unstored"]:
+            out[UNSTORED].add(tally["unstored"])
     out[UNSTORED] = sorted(out[UNSTORED])
     return out
+
+
+def troubled(summary):
+    """True when some result of the night is missing from the PACS: a series' report not stored or refused, an
+    overlay kept out."""
+    return bool(summary.get("series_failed", 0) or summary.get("series_refused", 0)
+                or summary.get("overlays_refused", 0))
 
 
 def in_words(summary):
@@ -406,6 +418,9 @@ def in_words(summary):
                  "their scores are in the tables and the report, and the next run stores them")
     if refused:
         text += f"; {refused} refused (a series UID found in more than one study: no study was safe to write into)"
+    if summary.get("overlays_refused", 0):
+        text += (f"; the PACS kept {summary['overlays_refused']} overlay(s) out (the reports name the lesion; "
+                 "the pictures are in this report)")
     return text
 
 

@@ -135,7 +135,7 @@ def test_write_back_stores_one_structured_report_per_series(pacs, tmp_path, caps
     assert run.main(argv) == 0
     summary = run.read_summary(str(tmp_path / "out"))
     assert summary["write_back"] == {"series_stored": 2, "series_failed": 0, "series_refused": 0,
-                                     "overlays_stored": 6, "superseded_kept": 0, "errors": []}
+                                     "overlays_stored": 6, "overlays_refused": 0, "superseded_kept": 0, "errors": []}
     assert "Write-back: 2 series' reports stored in the PACS (6 overlays)\n" in capsys.readouterr().out
     assert 'id="write-back" class="drift-none"' in (tmp_path / "out" / "results" / "report.html").read_text()
     client, srs = _srs(server)

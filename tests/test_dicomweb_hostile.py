@@ -608,6 +608,8 @@ def test_a_store_the_pacs_answers_with_failed_instances_is_not_counted_as_stored
         assert back["errors"] == ["StoreRefused: the PACS did not store the report (STOW-RS failure reason C000H)"]
         assert _Handler.stored == ["OT"]  # the overlay went in; the report did not
     else:
-        assert code == 0 and (back["series_stored"], back["overlays_stored"]) == (1, 0)
+        assert code == 0 and (back["series_stored"], back["overlays_stored"], back["overlays_refused"]) == (1, 0, 1)
         assert back["errors"] == ["1 overlay(s) not stored (STOW-RS failure reason ['C000H'])"]
         assert _Handler.stored == ["SR"]
+        assert "the PACS kept 1 overlay(s) out" in capsys.readouterr().out  # said, and the banner is red
+        assert 'id="write-back" class="drift-warning"' in (out / "results" / "report.html").read_text()
