@@ -161,11 +161,7 @@ def client(base):
             else:
                 session = requests.Session()
                 if _state["credentials_file"]:
-                    kind, secret = read_credentials(_state["credentials_file"])
-                    if kind == "basic":
-                        session.auth = secret
-                    else:
-                        session.headers["Authorization"] = f"Bearer {secret}"
+                    session.auth = _FileAuth(_state["credentials_file"])
             # A redirect is refused, not followed: data from another host would be trusted as this PACS's,
             # and a credential could follow it there. A response hook runs before requests looks at a
             # redirect (max_redirects = 0 alone also fails requests that ask not to follow one).
@@ -175,6 +171,49 @@ def client(base):
             _state["clients"][base] = c
             _state["sessions"][base] = session
         return _state["clients"][base]
+
+
+class _FileAuth:
+    """The credentials file's login on every request (a requests auth callable), read again when the PACS
+    answers 401.
+
+    A token lives an hour at many sites, and a night can take longer: a refresher (a sidecar, a cron job)
+    rewrites the file, and a 401 makes this read it again and resend the request once with what it now
+    holds, as requests' own digest authentication resends. What was refused is not sent again."""
+
+    def __init__(self, path):
+        self._path = path
+        self._login = read_credentials(path)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _header(login):
+        import requests
+        kind, secret = login
+        return requests.auth._basic_auth_str(*secret) if kind == "basic" else f"Bearer {secret}"
+
+    def __call__(self, request):
+        request.headers["Authorization"] = self._header(self._login)
+        request.register_hook("response", self._on_401)
+        return request
+
+    def _on_401(self, response, **kwargs):
+        if response.status_code != 401 or getattr(response.request, "renewed_login", False):
+            return response
+        with self._lock:
+            self._login = read_credentials(self._path)
+            header = self._header(self._login)
+        if response.request.headers.get("Authorization") == header:
+            return response  # the file holds what was refused: nothing new to try
+        response.content  # noqa: B018 (read the 401's body so its connection can be reused)
+        response.close()
+        again = response.request.copy()
+        again.headers["Authorization"] = header
+        again.renewed_login = True
+        renewed = response.connection.send(again, **kwargs)
+        renewed.history.append(response)
+        renewed.request = again
+        return renewed
 
 
 def session(base):

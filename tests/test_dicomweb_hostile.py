@@ -613,3 +613,45 @@ def test_a_store_the_pacs_answers_with_failed_instances_is_not_counted_as_stored
         assert _Handler.stored == ["SR"]
         assert "the PACS kept 1 overlay(s) out" in capsys.readouterr().out  # said, and the banner is red
         assert 'id="write-back" class="drift-warning"' in (out / "results" / "report.html").read_text()
+
+
+def test_a_login_renewed_in_the_credentials_file_mid_night_is_picked_up(tmp_path):
+    """A token expires during the night and a refresher rewrites --dicomweb-credentials: the next 401 makes the
+    job read the file again and resend once, so no instance is lost; the old token is never resent."""
+    import os
+    _Handler.reset(("ok", "ok", "ok"))
+    creds = tmp_path / "pacs.cred"
+    creds.write_text("Bearer old-token\n")
+    os.chmod(creds, 0o600)
+    seen = []
+
+    class Rotating(_Handler):
+        token = "old-token"
+
+        def do_GET(self):  # noqa: N802
+            given = self.headers.get("Authorization")
+            seen.append(given)
+            if len(seen) == 3 and type(self).token == "old-token":  # the search is done: the token expires
+                type(self).token = "new-token"
+                creds.write_text("Bearer new-token\n")  # what a refresher does
+            if given != f"Bearer {type(self).token}":
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Rotating)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "out"
+        code = run.main(["--input", f"dicomweb://127.0.0.1:{server.server_address[1]}/dicom-web", "--output", str(out),
+                         "--dicomweb-credentials", str(creds), "--model", tiny_model.write_tiny_artifact(tmp_path)])
+    finally:
+        server.shutdown()
+        _Handler.reset()
+    assert code == 0 and [r["status"] for r in rows_mod.images(out)] == ["ok"] * 3
+    # the launch check and the search with the old token; the third request refused, resent once with the new
+    # one, and the old token never sent again
+    assert seen[:3] == ["Bearer old-token"] * 3 and set(seen[3:]) == {"Bearer new-token"}
