@@ -555,12 +555,6 @@ def _unanswered(error):
 BREAKER = _Breaker()
 
 
-def through_breaker(base, call, *args):
-    """`call(*args)` (a request dicomweb-client makes: a STOW-RS store) past the BREAKER of `base`'s server."""
-    with BREAKER.watch(base):
-        return call(*args)
-
-
 def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
     """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors
     with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)

@@ -255,7 +255,7 @@ class _StudyFromSeries(beam.CombineFn):
             "model_version": first["model_version"],
             "max_lesion_area_px": largest and largest["max_lesion_area_px"],
             "max_lesion_area_mm2": largest and largest["max_lesion_area_mm2"],
-            "largest_lesion_series": series_label(largest) if largest and largest["max_lesion_area_px"] > 0 else None,
+            "largest_lesion_series": series_label(largest) if largest and largest["largest_lesion_member"] else None,
             "largest_lesion_member": largest and largest["largest_lesion_member"]}
 
 

@@ -360,8 +360,8 @@ class _StoreReport(beam.DoFn):
             sr = build_sr(evidence, rows, self._model_info, self._threshold, previous=earlier,
                           instance_number=len(earlier) + 1)
             overlays = self._overlays(rows, evidence) if self._heatmap_dir else []
-            answer = dicomweb.through_breaker(self._base, dicomweb.client(self._base).store_instances,
-                                              [sr, *overlays])
+            with dicomweb.BREAKER.watch(self._base):
+                answer = dicomweb.client(self._base).store_instances([sr, *overlays])
             refused = not_stored(answer)
             if sr.SOPInstanceUID in refused:  # HTTP 202: the PACS answered, and kept some instances out
                 raise StoreRefused(f"the PACS did not store the report (STOW-RS failure reason "
