@@ -279,3 +279,21 @@ def test_hard_negatives_in_a_collection_that_is_not_trained_on_is_refused(tmp_pa
         _training_index(cfg, paths, labels, np.array(["brain-mri", "brain-mri"]), np.array([True, True]))
     cfg = TrainConfig(data_dir=["x"])
     assert _training_index(cfg, paths, labels, np.array(["a", "a"]), np.array([True, False])).tolist() == [0]
+
+
+def test_skip_tumor_slices_leaves_out_only_the_named_folders_tumor_slices_and_refuses_a_typo(tmp_path):
+    """--skip-tumor-slices lgg/t1-post: LGG's T1 'tumor' labels come from a FLAIR mask; its tumor-free T1
+    slices and every other folder's slices still train, and a folder no training image is in is refused."""
+    from trainer import task
+    from trainer.discovery import Example
+    from trainer.train import _skipped_tumor_slices
+    ex = [Example(f"{c}/{s}/{y}.png", y, "", "", collection=c, sequence=s)
+          for c, s in (("lgg", "t1-post"), ("lgg", "flair"), ("brats-ped", "t1-post")) for y in (0, 1)]
+    labels = np.array([e.label for e in ex])
+    skip = _skipped_tumor_slices("lgg/t1-post", ex, labels)
+    assert [e.path for e, s in zip(ex, skip, strict=True) if s] == ["lgg/t1-post/1.png"]
+    assert not _skipped_tumor_slices("", ex, labels).any()
+    with pytest.raises(ValueError, match=r"no training folder \['lgg/t1post'\]"):
+        _skipped_tumor_slices("lgg/t1post", ex, labels)
+    cfg = task.parse_args(["--data-dir", str(tmp_path), "--skip-tumor-slices", "lgg/t1-pre,lgg/t1-post"])
+    assert cfg.skip_tumor_slices == "lgg/t1-pre,lgg/t1-post"

@@ -116,7 +116,7 @@ def train(cfg, extra_callbacks=()):
     print(f"Strategy {type(strategy).__name__}: {replicas} replica(s); batch {cfg.batch_size} per "
           f"replica, {global_batch} global")
     ex, labels, is_val, is_holdout = data["examples"], data["labels"], data["is_val"], data["is_holdout"]
-    is_train = ~is_val & ~is_holdout
+    is_train = ~is_val & ~is_holdout & ~_skipped_tumor_slices(cfg.skip_tumor_slices, ex, labels)
     paths = np.array([e.path for e in ex])
     sources = np.array([e.collection for e in ex])
     n_train = int(is_train.sum())
@@ -205,6 +205,24 @@ def train(cfg, extra_callbacks=()):
     print(f"Artifact written to {final_dir}: AUC {m['roc_auc']:.4f}, threshold {m['threshold']:.4f}, "
           f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f}")
     return final_dir, metadata
+
+
+def _skipped_tumor_slices(spec, examples, labels):
+    """Tumor-labelled examples of the --skip-tumor-slices folders ('collection/sequence,...').
+
+    Why: LGG's T1 slices carry the FLAIR mask's label, and a lower-grade glioma is often invisible on T1;
+    trained as tumors they taught v3's lineage the level of a tumor patient's slice (in v21, LGG T1
+    after contrast: tumor-free slices at mid levels scored +1.6 to +2.4 log-odds by the classifier,
+    -4 to -7 by both maps; docs/model_v4_notes.md row T1N)."""
+    wanted = {s.strip() for s in spec.split(",") if s.strip()}
+    folder = np.array([f"{e.collection}/{e.sequence}" for e in examples])
+    unknown = wanted - set(folder.tolist())
+    if unknown:
+        raise ValueError(f"--skip-tumor-slices: no training folder {sorted(unknown)} (have {sorted(set(folder.tolist()))})")
+    skip = np.isin(folder, sorted(wanted)) & (np.asarray(labels) == 1)
+    if wanted:
+        print(f"Skipped {int(skip.sum())} tumor-labelled slices of {', '.join(sorted(wanted))}", flush=True)
+    return skip
 
 
 def _training_index(cfg, paths, labels, sources, is_train):
