@@ -235,3 +235,32 @@ def test_mirror_both_with_two_maps_mirrors_every_member_and_exports_to_onnx(tmp_
         threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
         training_config={}, extra={"head": "lesion_map"}))
     assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+
+
+def test_a_second_classifier_joins_with_the_classifiers_log_odds_averaged(tmp_path):
+    """Two classifiers of different lineage and one map: z = (c1 + c2) / 2 + map; the second classifier is
+    used as it is (never moved towards --fine-tuned), its layers under cls2_; a map given as a classifier, or a
+    classifier of another input size, is refused."""
+    import json
+
+    from screening_core import artifact, preprocessing
+    from trainer import ensemble
+    lesion = _image_dependent_lesion(tmp_path, "a", seed=7)
+    first = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
+    second = tiny_model.write_tiny_artifact(tmp_path / "d", seed=5)
+    x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
+                                        preprocessing.InputSpec(32, 32)) for s in range(6)])
+    z = {d: _logit(artifact.load(d)[0].predict_on_batch(x).ravel()) for d in (lesion, first, second)}
+    assert np.abs(z[first] - z[second]).max() > 1e-3
+    model, info = ensemble.build(lesion, first, more_classifiers=[second])
+    expected = 1 / (1 + np.exp(-((z[first] + z[second]) / 2 + z[lesion])))
+    np.testing.assert_allclose(model.predict_on_batch(x).ravel(), expected, atol=1e-5)
+    assert info["members"]["classifier_2"]["layer_prefix"] == "cls2_"
+    model.get_layer("cls2_" + artifact.load(second)[0].layers[-1].name)
+    with pytest.raises(SystemExit, match="not a slice classifier"):
+        ensemble.build(lesion, first, more_classifiers=[lesion])
+    with pytest.raises(SystemExit, match="different inputs"):
+        ensemble.build(lesion, first, more_classifiers=[tiny_model.write_tiny_artifact(tmp_path / "e", size=48)])
+    out = tmp_path / "out"
+    ensemble.main(["--lesion", lesion, "--classifier", first, "--classifier", second, "--out", str(out)])
+    assert set(json.loads((out / "fit.json").read_text())["members"]) == {"lesion_map", "classifier", "classifier_2"}

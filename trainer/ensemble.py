@@ -26,6 +26,7 @@ from trainer import HelpFormatter
 
 CLASSIFIER_PREFIX = "cls_"
 EXTRA_LESION_PREFIX = "les{}_"  # the second lesion member's layers: les2_...
+EXTRA_CLASSIFIER_PREFIX = "cls{}_"  # the second classifier's layers: cls2_...
 MIRROR_PREFIX = "mirror_"  # the second pass of a mirrored member (ood.layer_names leaves it out)
 MIRROR_CHOICES = ("none", "lesion", "classifier", "both")
 
@@ -81,35 +82,40 @@ def _second_pass(member, inputs, mirrored, name):
     return twin(mirrored)
 
 
-def _check_lesion_member(path, md, spec):
-    """Refuse a lesion member that is not a lesion-map model or takes another input than `spec`."""
-    if md.get("head") != "lesion_map":
+def _check_member(path, md, spec, lesion=True):
+    """Refuse a member that is not of its kind (a lesion-map model, or with `lesion=False` a slice classifier)
+    or takes another input than `spec`."""
+    if lesion and md.get("head") != "lesion_map":
         raise SystemExit(f"{path} is not a lesion-map model (head {md.get('head')!r})")
+    if not lesion and md.get("head") == "lesion_map":
+        raise SystemExit(f"{path} is a lesion-map model, not a slice classifier")
     if md["input_spec"] != spec:
         raise SystemExit(f"the members take different inputs: {md['input_spec']} vs {spec}; an ensemble needs "
                          "one preprocessing")
 
 
-def _extra_lesion(path, k, spec, inputs):
-    """The lesion member at `path`, rebuilt on `inputs` under EXTRA_LESION_PREFIX (the rebuilt model and its
-    metadata)."""
+def _extra_member(path, prefix, spec, inputs, lesion=True):
+    """The member at `path` (a lesion map, or with `lesion=False` a classifier), rebuilt on `inputs` with
+    its layers under `prefix` (the rebuilt model and its metadata)."""
     import keras
 
     from screening_core import artifact
     model, md = artifact.load(path)
-    _check_lesion_member(path, md, spec)
-    flat = keras.models.clone_model(model, input_tensors=inputs, clone_function=_prefixed(EXTRA_LESION_PREFIX.format(k)))
+    _check_member(path, md, spec, lesion)
+    flat = keras.models.clone_model(model, input_tensors=inputs, clone_function=_prefixed(prefix))
     flat.set_weights(model.get_weights())
     return flat, md
 
 
-def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none", more_lesions=()):
+def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none", more_lesions=(),
+          more_classifiers=()):
     """(ensemble model, description) from two artifact folders; with `fine_tuned_dir`, the classifier's
     weights are moved `alpha` of the way to that fine-tune's (`interpolate`). `mirror` (MIRROR_CHOICES):
     which members also score the image mirrored left to right, their two log-odds averaged
     (`evidence.MirrorImage`; "lesion" mirrors every lesion map); the lesion map the overlays show stays the
     map of the image as given. `more_lesions`: further lesion-map artifacts whose log-odds are averaged with
-    the first map's."""
+    the first map's; `more_classifiers`: further classifiers (used as they are) whose log-odds are averaged
+    with the first classifier's."""
     if mirror not in MIRROR_CHOICES:  # before any artifact is loaded
         raise SystemExit(f"--mirror is one of {', '.join(MIRROR_CHOICES)}, got {mirror!r}")
     import keras
@@ -124,7 +130,7 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         if tuned_md["input_spec"] != classifier_md["input_spec"]:
             raise SystemExit("the fine-tuned classifier takes another input than the base classifier")
         interpolate(classifier, tuned, alpha)
-    _check_lesion_member(lesion_dir, lesion_md, classifier_md["input_spec"])
+    _check_member(lesion_dir, lesion_md, classifier_md["input_spec"])
     spec = lesion_md["input_spec"]
     inputs = keras.Input(shape=(spec["height"], spec["width"], spec["channels"]), name="image")
     flat = unet.make_unet(filters=_filters(lesion), head_masked=any(lay.name == "head_mask" for lay in lesion.layers),
@@ -136,15 +142,20 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     flat_classifier = keras.models.clone_model(classifier, input_tensors=inputs,
                                                clone_function=_prefixed(CLASSIFIER_PREFIX))
     flat_classifier.set_weights(classifier.get_weights())
-    passes = [(flat_classifier, "classifier", ""), (flat, "lesion", "")]
-    extra_md = []
+    classifiers, lesions, extra_md, extra_cls_md = [(flat_classifier, "classifier", "")], [(flat, "lesion", "")], [], []
+    for k, path in enumerate(more_classifiers, start=2):
+        member, md = _extra_member(path, EXTRA_CLASSIFIER_PREFIX.format(k), classifier_md["input_spec"], inputs,
+                                   lesion=False)
+        classifiers.append((member, "classifier", str(k)))
+        extra_cls_md.append((path, md))
     for k, path in enumerate(more_lesions, start=2):
-        member, md = _extra_lesion(path, k, spec, inputs)
-        passes.append((member, "lesion", str(k)))
+        member, md = _extra_member(path, EXTRA_LESION_PREFIX.format(k), spec, inputs)
+        lesions.append((member, "lesion", str(k)))
         extra_md.append((path, md))
+    passes = classifiers + lesions
     probabilities = [member.output for member, _, _ in passes]
-    # the maps' log-odds averaged: together they count as much as the classifier
-    weights = [1.0] + [1.0 / (1 + len(extra_md))] * (1 + len(extra_md))
+    # the classifiers' log-odds averaged, the maps' log-odds averaged: each kind counts as much as the other
+    weights = [1.0 / len(classifiers)] * len(classifiers) + [1.0 / len(lesions)] * len(lesions)
     if mirror != "none":
         mirrored = evidence.MirrorImage(name="mirror_image")(inputs)
         for i, (member, which, k) in enumerate(passes):
@@ -152,8 +163,8 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
                 probabilities.append(_second_pass(member, inputs, mirrored, f"{MIRROR_PREFIX}{which}{k}"))
                 weights[i] /= 2
                 weights.append(weights[i])
-    combined = evidence.OddsProduct(weights=weights if mirror != "none" or extra_md else None, name="combined_probability",
-                                    dtype="float32")(probabilities)
+    combined = evidence.OddsProduct(weights=weights if mirror != "none" or extra_md or extra_cls_md else None,
+                                    name="combined_probability", dtype="float32")(probabilities)
     model = keras.Model(inputs, combined, name="brain_tumor_lesion_and_classifier")
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},
                "classifier": {"artifact": classifier_dir, "model_sha256": classifier_md["model_sha256"]}}
@@ -163,11 +174,15 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         members[f"lesion_map_{k}"] = {"artifact": path, "model_sha256": md["model_sha256"],
                                       "mirrored": mirror in ("lesion", "both"),
                                       "layer_prefix": EXTRA_LESION_PREFIX.format(k)}
+    for k, (path, md) in enumerate(extra_cls_md, start=2):
+        members[f"classifier_{k}"] = {"artifact": path, "model_sha256": md["model_sha256"],
+                                      "mirrored": mirror in ("classifier", "both"),
+                                      "layer_prefix": EXTRA_CLASSIFIER_PREFIX.format(k)}
     if tuned_md is not None:
         members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
                                                   "model_sha256": tuned_md["model_sha256"]}
     fit_seconds = sum(float(md.get("training", {}).get("fit_seconds") or 0)
-                      for md in (lesion_md, classifier_md, tuned_md or {}, *(m for _, m in extra_md)))
+                      for md in (lesion_md, classifier_md, tuned_md or {}, *(m for _, m in extra_md + extra_cls_md)))
     return model, {"members": members, "fit_seconds": fit_seconds}
 
 
@@ -177,7 +192,9 @@ def main(argv=None):
     parser.add_argument("--lesion", required=True, action="append",
                         help="artifact folder of the lesion-map model; given twice, the second map joins (the maps' "
                         "log-odds averaged; the overlays show the first)")
-    parser.add_argument("--classifier", required=True, help="artifact folder of the slice classifier")
+    parser.add_argument("--classifier", required=True, action="append",
+                        help="artifact folder of the slice classifier; given twice, the second (used as it is, "
+                        "never moved towards --fine-tuned) joins with the classifiers' log-odds averaged")
     parser.add_argument("--fine-tuned", default="", help="artifact folder of a fine-tune of the classifier "
                         "(started from its weights): the ensemble's classifier is the weights --alpha of the "
                         "way from the classifier's to this one's (WiSE-FT)")
@@ -191,8 +208,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.alpha and not args.fine_tuned:
         parser.error("--alpha moves the classifier towards --fine-tuned: name that artifact")
-    model, info = build(args.lesion[0], args.classifier, args.fine_tuned or None, args.alpha, args.mirror,
-                        more_lesions=args.lesion[1:])
+    model, info = build(args.lesion[0], args.classifier[0], args.fine_tuned or None, args.alpha, args.mirror,
+                        more_lesions=args.lesion[1:], more_classifiers=args.classifier[1:])
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "best.keras"))
     with open(os.path.join(args.out, "fit.json"), "w") as f:
@@ -200,7 +217,7 @@ def main(argv=None):
         json.dump({"fit_seconds": info["fit_seconds"], "best_epoch_mean_val_auc": 0.0,
                    "members": info["members"]}, f, indent=1)
     tuned = f" moved {args.alpha:g} of the way to {args.fine_tuned}" if args.fine_tuned else ""
-    print(f"Ensemble of {' + '.join(args.lesion)} (lesion map) and {args.classifier}{tuned} (classifier) written to "
+    print(f"Ensemble of {' + '.join(args.lesion)} (lesion map) and {' + '.join(args.classifier)}{tuned} (classifier) written to "
           f"{args.out}/best.keras")
 
 
