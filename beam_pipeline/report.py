@@ -339,7 +339,7 @@ def _worklist_html(worklist, total, md=None, site=NO_SITE):
         rows.append(f"<tr class=\"{'flagged' if s['flagged'] else ''}\"><td>{s['max_probability']:.3f}</td><td>{_esc(what)}</td>"
                     f"<td>{_esc(', '.join(s['modalities']))}</td><td>{s['n_flagged']} of {s['n_images']} in "
                     f"{s['n_series']} series{_lesion_note(s)}</td><td>{_series_cell(s['flagged_series'], md, site)}</td>"
-                    f"{_ood_cell(s)}" + (f"<td>{_esc(tumor_free_as_high(s['max_probability'], md, s['flagged_series']))}</td>" if as_high else "")
+                    f"{_ood_cell(s)}" + (f"<td>{_esc(_as_high_cell(s, md))}</td>" if as_high else "")
                     + "</tr>")
     note = healthy_series_note(md)
     return (f'<h2>Worklist: studies by highest probability{shown}</h2><p>'
@@ -388,6 +388,12 @@ def tumor_free_as_high(probability, md, flagged_series=()):
     if missing:
         text += f" (none of them {', '.join(looks.NAMES.get(x, x) for x in missing)})"
     return text
+
+
+def _as_high_cell(study, md):
+    """tumor_free_as_high for a flagged study; "-" for one below the threshold, where "42 of 42" (every tumor-free
+    head scored at least this) is true but reads like a warning about a study nothing flagged."""
+    return tumor_free_as_high(study["max_probability"], md, study["flagged_series"]) if study["flagged"] else "-"
 
 
 def _series_cell(labels, md, site=NO_SITE):

@@ -311,3 +311,5 @@ def test_each_flagged_study_says_how_many_tumor_free_heads_scored_as_high(review
     study = {**studies[0], "max_probability": top}
     assert "<th title=" in report._worklist_html([study], 1, md) and "<td>2 of 4</td>" in report._worklist_html([study], 1, md)
     assert "tumor-free heads as high" not in report._worklist_html([study], 1, {})
+    quiet = {**study, "max_probability": 0.0, "flagged": False}  # below the threshold: every head was "as high"
+    assert "<td>-</td>" in report._worklist_html([quiet], 1, md) and "4 of 4" not in report._worklist_html([quiet], 1, md)
