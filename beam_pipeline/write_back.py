@@ -387,15 +387,18 @@ def _tally(error="", unstored="", **counts):
 
 
 def _merge(results):
-    """The night's write-back summary: the series' tallies summed, the first five errors, the unstored studies."""
-    out = {**dict.fromkeys(COUNTS, 0), "errors": [], UNSTORED: set()}
+    """The night's write-back summary: the series' tallies summed, five errors (a series whose report was not
+    stored first: in_words quotes the first as the night's), the unstored studies."""
+    out = {**dict.fromkeys(COUNTS, 0), UNSTORED: set()}
+    failures, others = [], []
     for tally in results:
         for key in COUNTS:
             out[key] += tally[key]
-        if tally["error"] and len(out["errors"]) < 5:
-            out["errors"].append(tally["error"])
+        if tally["error"]:
+            (failures if tally["series_failed"] else others).append(tally["error"])
         if tally["unstored"]:
             out[UNSTORED].add(tally["unstored"])
+    out["errors"] = (failures + others)[:5]
     out[UNSTORED] = sorted(out[UNSTORED])
     return out
 

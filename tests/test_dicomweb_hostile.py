@@ -615,6 +615,19 @@ def test_a_store_the_pacs_answers_with_failed_instances_is_not_counted_as_stored
         assert 'id="write-back" class="drift-warning"' in (out / "results" / "report.html").read_text()
 
 
+def test_the_nights_write_back_line_quotes_a_report_that_was_not_stored_before_a_refused_overlay():
+    """A night where one series' overlay was kept out and, later, another series' report could not be stored:
+    the console line and the report banner quote the report's error (what radiologists will miss), whatever
+    order the series finished in."""
+    from beam_pipeline import write_back
+    overlay = write_back._tally(series_stored=1, overlays_refused=1, error="1 overlay(s) not stored (C000H)")
+    report = write_back._tally(series_failed=1, error="StoreRefused: the PACS did not store the report", unstored="1.2")
+    night = write_back._merge([overlay, report])
+    assert night["errors"] == ["StoreRefused: the PACS did not store the report", "1 overlay(s) not stored (C000H)"]
+    assert "1 could not be stored (first: StoreRefused: the PACS did not store the report)" in write_back.in_words(night)
+    assert write_back._merge([overlay] * 7)["errors"] == ["1 overlay(s) not stored (C000H)"] * 5
+
+
 def test_a_login_renewed_in_the_credentials_file_mid_night_is_picked_up(tmp_path):
     """A token expires during the night and a refresher rewrites --dicomweb-credentials: the next 401 makes the
     job read the file again and resend once, so no instance is lost; the old token is never resent."""
