@@ -49,9 +49,7 @@ class SeriesCombineFn(beam.CombineFn):
         acc["ood"] += int(row.get("in_distribution") is False)
         acc["sum"] += p
         acc["max"] = max(acc["max"], p)
-        label = row["member_path"] or posixpath.basename(row["source_uri"])
-        if row.get("frame_index"):
-            label += f"#frame{row['frame_index']}"
+        label = _row_label(row)
         acc["top"] = sorted(acc["top"] + [(p, label)], reverse=True)[:TOP_K]
         acc["lesion"] = _larger(acc["lesion"], _lesion_of(row, _viewer_label(row, label)))
         if acc["first"] is None:
@@ -99,6 +97,12 @@ class SeriesCombineFn(beam.CombineFn):
         }
 
 
+def _row_label(row):
+    """The image's name in the tables: its member path (or file name), with its frame."""
+    label = row["member_path"] or posixpath.basename(row["source_uri"])
+    return label + f"#frame{row['frame_index']}" if row.get("frame_index") else label
+
+
 def _viewer_label(row, label):
     """How a radiologist finds a DICOM slice in the viewer: 'image <InstanceNumber>' (and its frame), since its
     series is named beside it; other images keep their member label."""
@@ -115,11 +119,22 @@ def _lesion_of(row, label):
     return (float(row["lesion_area_px"]), row.get("lesion_area_mm2"), label)
 
 
+def _rank(area, label):
+    """Larger lesions first; ties: the smaller label, so the choice does not depend on the order rows come in."""
+    return area, [-ord(c) for c in label]
+
+
 def _larger(a, b):
-    """The larger lesion of two (ties: the smaller member label, so the result does not depend on order)."""
+    """The larger lesion of two `_lesion_of` tuples."""
     if a is None or b is None:
         return a or b
-    return max(a, b, key=lambda t: (t[0], [-ord(c) for c in t[2]]))
+    return max(a, b, key=lambda t: _rank(t[0], t[2]))
+
+
+def largest_lesion_row(rows):
+    """Of rows with a lesion area, the one the series and study tables name as the largest lesion (`_rank`): the
+    write-back SR points the viewer at the same image."""
+    return max(rows, key=lambda r: _rank(float(r["lesion_area_px"]), _viewer_label(r, _row_label(r))))
 
 
 def _lesion_columns(lesion):

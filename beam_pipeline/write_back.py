@@ -34,7 +34,7 @@ with another patient's result.
 import apache_beam as beam
 import numpy as np
 
-from beam_pipeline import dicomweb, errors, schema
+from beam_pipeline import dicomweb, errors, schema, studies
 
 SCHEME = "99BRAINSCREEN"
 MANUFACTURER = "brain-mri-screening (open source)"
@@ -151,7 +151,7 @@ def _largest_lesion_items(rows, by_sop, c):
     measured = [r for r in rows if r.get("lesion_area_px") is not None and r["sop_instance_uid"] in by_sop]
     if not measured:
         return []
-    r = max(measured, key=lambda r: (r["lesion_area_px"], r["sop_instance_uid"]))
+    r = studies.largest_lesion_row(measured)
     mm2 = r.get("lesion_area_mm2")
     ds = by_sop[r["sop_instance_uid"]]
     area = hd.sr.NumContentItem(c["lesion_area"], float(mm2 if mm2 is not None else r["lesion_area_px"]),

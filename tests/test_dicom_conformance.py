@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from beam_pipeline import sample_data, schema, write_back
+from beam_pipeline import sample_data, schema, studies, write_back
 
 DCIODVFY = shutil.which("dciodvfy")
 pytestmark = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (Debian dicom3tools) is not installed; "
@@ -57,7 +57,9 @@ def test_structured_report_passes_dciodvfy(tmp_path, lesion_map):
     areas = {False: (None, None, None), True: (120.0, 900.0, 400.0), "empty": (0.0, 0.0, 0.0)}[lesion_map]
     rows = [{"sop_instance_uid": ds.SOPInstanceUID, "series_instance_uid": ds.SeriesInstanceUID,
              "tumor_probability": p, "predicted_label": schema.LABEL_TUMOR if p >= 0.5 else schema.LABEL_NO_TUMOR,
-             "lesion_area_px": a, "lesion_area_mm2": a and a * 0.25, "frame_index": 0}
+             "lesion_area_px": a, "lesion_area_mm2": a and a * 0.25, "frame_index": 0,
+             "study_instance_uid": ds.StudyInstanceUID, "instance_number": int(ds.InstanceNumber),
+             "source_uri": "dicomweb://pacs/dicom-web", "member_path": f"{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}"}
             for ds, p, a in zip(evidence, (0.1, 0.6, 0.93), areas, strict=True)]
     sr = write_back.build_sr(evidence, rows, MODEL, 0.5)
     lines, errors, warnings = _verify(sr, tmp_path, "sr")
@@ -74,6 +76,16 @@ def test_structured_report_passes_dciodvfy(tmp_path, lesion_map):
     area = items["LARGEST_LESION_AREA"]
     assert area.value == 225.0 and area.unit.value == "mm2"
     assert items["LARGEST_LESION_IMAGE"].referenced_sop_instance_uid == evidence[1].SOPInstanceUID  # 900 px
+    # two images tie: the SR points at the one the series and study tables name (image 2, before image 3)
+    rows[2]["lesion_area_px"] = 900.0
+    for ds, r, uid in zip(evidence[1:], rows[1:], ("1.2.826.0.1.1", "1.2.826.0.1.2"), strict=True):  # image 3's is larger
+        ds.SOPInstanceUID = r["sop_instance_uid"] = uid
+    items = {i.name.value: i for i in write_back.build_sr(evidence, rows, MODEL, 0.5).ContentSequence}
+    acc = studies.SeriesCombineFn().create_accumulator()
+    for r in rows:
+        acc = studies.SeriesCombineFn().add_input(acc, {**r, "modality": "MR", "in_distribution": True})
+    assert acc["lesion"][2] == "image 2"
+    assert items["LARGEST_LESION_IMAGE"].referenced_sop_instance_uid == evidence[1].SOPInstanceUID
 
 
 def test_overlay_secondary_capture_passes_dciodvfy(tmp_path):
