@@ -18,6 +18,7 @@ threads), searches are paginated, and transient HTTP errors (408, 429, 503,
 import contextlib
 import os
 import threading
+import time
 import urllib.parse
 
 from beam_pipeline import errors
@@ -165,7 +166,7 @@ def client(base):
             # A redirect is refused, not followed: data from another host would be trusted as this PACS's,
             # and a credential could follow it there. A response hook runs before requests looks at a
             # redirect (max_redirects = 0 alone also fails requests that ask not to follow one).
-            session.hooks["response"].append(_refuse_redirect)
+            session.hooks["response"].extend([_refuse_redirect, _bounded_body])
             c = DICOMwebClient(base, session=session, timeout=(10, 120))
             c.set_http_retry_params(retry=True, max_attempts=4, wait_exponential_multiplier=500)
             _state["clients"][base] = c
@@ -347,6 +348,29 @@ class RedirectRefused(errors.ScreeningError, ConnectionError):
     """The PACS answered with a redirect; following it would trust another host's data as the PACS's."""
 
 
+ANSWER_DEADLINE_S = 120.0  # a whole answer read through dicomweb-client (a store's, a listing's), once it started
+
+
+def _bounded_body(resp, *args, stream=False, **kwargs):
+    """Read an answer that dicomweb-client reads whole (not streamed) against a total deadline.
+
+    Why: its requests have a per-read timeout only, so a PACS or proxy that dribbles a store's answer a byte
+    every minute holds the night for ever; retrievals stream against their own deadlines (`_stream`). A
+    timeout here is an unanswered request to the breaker, like any other."""
+    if stream:
+        return resp
+    import requests
+    deadline, chunks = time.monotonic() + ANSWER_DEADLINE_S, []
+    while chunk := resp.raw.read1(1 << 16, decode_content=True):  # what has arrived, not a full 64 KiB
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            resp.close()
+            raise requests.exceptions.ReadTimeout(f"the PACS's answer to {resp.request.method} did not arrive within "
+                                                  f"{ANSWER_DEADLINE_S:g} s")
+    resp._content = b"".join(chunks)
+    return resp
+
+
 def _refuse_redirect(resp, *args, **kwargs):
     if resp.is_redirect:
         resp.close()
@@ -400,7 +424,6 @@ def retrieve_series(base, study, series, wanted, max_bytes):
     header cannot be read, are skipped. Raises RetrieveError when the answer
     cannot be had within the limits or is not a multipart answer; the caller fetches whatever it did not
     get one instance at a time, so every instance still ends in a row."""
-    import time
     deadline = time.monotonic() + RETRIEVE_DEADLINE_S + SERIES_SECONDS_PER_INSTANCE * len(wanted)
     url = f"{base}/studies/{study}/series/{series}"
     headers = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
@@ -442,7 +465,6 @@ def _parts(resp, boundary, wanted, part_limit, deadline):
 
     `buf` holds the unread rest of the answer from the current part's delimiter on; the search for the
     next delimiter resumes where the last one stopped, so a large part costs one pass."""
-    import time
     delimiter = b"\r\n--" + boundary
     buf = bytearray(b"\r\n")  # the first delimiter has no CRLF before it
     aligned, scan, parts, delivered = False, 0, 0, set()
@@ -523,7 +545,6 @@ class _Breaker:
         self._after(server, answered=True)
 
     def _before(self, server):
-        import time
         with self._lock:
             opened = self._opened.get(server)
             if opened is None:
@@ -534,7 +555,6 @@ class _Breaker:
             self._opened[server] = time.monotonic()  # this request probes; the others wait another cool-down
 
     def _after(self, server, answered):
-        import time
         with self._lock:
             if answered:
                 self._misses[server] = 0
@@ -559,7 +579,6 @@ def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
     """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors
     with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)
     and passes the BREAKER first."""
-    import time
     start = time.monotonic()
     for attempt in range(_ATTEMPTS):
         with BREAKER.watch(url), (gate() if gate else contextlib.nullcontext()):
@@ -573,7 +592,6 @@ def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
 
 def _stream(session, url, headers, max_bytes, deadline, what):
     """(status, content type, body) of one GET, read in pieces against the size limit and the deadline."""
-    import time
     try:
         resp = session.get(url, headers=headers, stream=True, timeout=(10, _READ_TIMEOUT_S), allow_redirects=False)
     except RedirectRefused as e:

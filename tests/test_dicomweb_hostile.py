@@ -138,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/dicom+json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
-        self.wfile.write(answer)
+        self._send(answer, drip=self.store == "drip")
 
     def _send(self, body, drip):
         """The body at once, or a byte every 0.3 s (each read returns in time, the whole never does)."""
@@ -613,6 +613,26 @@ def test_a_store_the_pacs_answers_with_failed_instances_is_not_counted_as_stored
         assert _Handler.stored == ["SR"]
         assert "the PACS kept 1 overlay(s) out" in capsys.readouterr().out  # said, and the banner is red
         assert 'id="write-back" class="drift-warning"' in (out / "results" / "report.html").read_text()
+
+
+def test_a_store_answer_that_dribbles_in_ends_at_its_deadline(hostile, tmp_path, monkeypatch):
+    """A PACS (or a proxy) that accepts a store and answers a byte every 0.3 s: each read returns in time, the
+    whole answer never does. The store fails at its deadline (the series counts as not stored, exit 5) instead of
+    holding the night for the answer's length times the read timeout."""
+    host, by_behaviour = hostile
+    for sop, (behaviour, _) in list(_Handler.instances.items()):
+        if behaviour != "ok":
+            del _Handler.instances[sop]
+    _Handler.metadata, _Handler.store = "ok", "drip"
+    monkeypatch.setattr(dicomweb, "ANSWER_DEADLINE_S", 1.0)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    code = run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out), "--write-back",
+                     "--threshold", "0.000001", "--model", tiny_model.write_tiny_artifact(tmp_path)])
+    back = json.loads((out / "results" / "_SUMMARY.json").read_text())["write_back"]
+    assert code == run.EXIT_WRITE_BACK and (back["series_stored"], back["series_failed"]) == (0, 1)
+    assert "did not arrive within 1 s" in back["errors"][0]
+    assert time.monotonic() - start < 60  # the answer alone would take minutes (its length x 0.3 s, per attempt)
 
 
 def test_the_nights_write_back_line_quotes_a_report_that_was_not_stored_before_a_refused_overlay():
