@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 train-v22 train-v23 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -318,10 +318,12 @@ define classifier_finetune
 endef
 # $(call ensemble_artifact,fine-tuned classifier,alpha,version): v14 and v16 with v3 moved alpha of the way to the
 # fine-tune, evaluated like a trained model (with the held-out healthy heads in every plane), then its OOD reference,
-# ONNX export and development fingerprints
+# ONNX export and development fingerprints; $(call ensemble_artifact,,,version,,classifier) takes that classifier
+# as it is instead of v3 moved
 define ensemble_artifact
-	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) --classifier models/brain-tumor-cnn/3 \
-		--fine-tuned $(1) --alpha $(2) --mirror $(or $(4),none) --out $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)
+	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) \
+		$(if $(5),--classifier $(5),--classifier models/brain-tumor-cnn/3 --fine-tuned $(1) --alpha $(2)) \
+		--mirror $(or $(4),none) --out $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)
 	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --eval-data-dir $(HEALTHY_PLANES_TEST) \
 		--target-sensitivity 0.98 --from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)/best.keras --version $(3)
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/$(3)
@@ -346,6 +348,20 @@ train-v20: data-healthy-planes
 	$(call classifier_finetune,$(HEALTHY_PLANES) $(HEALTHY_HEADS),--fluid-bright 0.3 --source-shares $(V20_SHARES),20)
 train-v21: data-healthy-planes
 	$(call ensemble_artifact,$(V20),0.6,21)
+
+# v22, v23's classifier: v20's data, shares and T2-like FLAIR, trained from random weights for v3's 20 epochs at
+# 1e-3 instead of fine-tuning v3 (~30 min of fit on 2 CPU cores). v23, the default: v14's and v16's maps with v22 as
+# the classifier, no part of v3 (docs/model_v4_notes.md row SCR; no training, ~10 min of evaluation):
+# make train-v22 train-v23 MODEL_DIR=/tmp/models
+V22 ?= $(MODEL_DIR)/brain-tumor-cnn/22
+train-v22: data-healthy-planes
+	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
+		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
+		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) \
+		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
+		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) --version 22
+train-v23: data-healthy-planes
+	$(call ensemble_artifact,,,23,,$(V22))
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
