@@ -63,8 +63,8 @@ class TrainConfig:
     source_shares: str = ""  # "collection=share,...": each collection's share of a batch (default: equal)
     hard_negatives: int = 1  # > 1: tumor-free training images --hard-negatives-from flags are drawn this often
     hard_negatives_from: str = ""  # an artifact folder whose model and threshold pick the hard negatives
-    hard_negatives_in: str = ""
-    skip_tumor_slices: str = ""  # "collection/sequence,...": tumor-labelled slices left out of training  # "collection,...": mine only these collections' tumor-free images ("" = all)
+    hard_negatives_in: str = ""  # "collection,...": mine only these collections' tumor-free images ("" = all)
+    skip_tumor_slices: str = ""  # "collection/sequence,...": tumor-labelled slices left out of training
 
     def __post_init__(self):
         for name in ("data_dir", "eval_data_dir", "masks_dir"):

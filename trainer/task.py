@@ -53,7 +53,7 @@ _HELP = {
                          "empty = every collection",
     "skip_tumor_slices": "comma-separated 'collection/sequence' folders whose tumor-labelled slices are left out of "
                          "training (their tumor-free slices stay), e.g. 'lgg/t1-pre,lgg/t1-post': labels drawn on "
-                         "another sequence where the tumor is often invisible teach the slice's level, not a tumor",
+                         "another sequence, where the tumor is often invisible",
     "init_from": "a model.keras (same architecture and input size) whose weights start the run",
     "model_dir": "where <name>/<version>/ is written; local or gs://",
     "name": "model name (first path level of the artifact)",

@@ -210,10 +210,10 @@ def train(cfg, extra_callbacks=()):
 def _skipped_tumor_slices(spec, examples, labels):
     """Tumor-labelled examples of the --skip-tumor-slices folders ('collection/sequence,...').
 
-    Why: LGG's T1 slices carry the FLAIR mask's label, and a lower-grade glioma is often invisible on T1;
-    trained as tumors they taught v3's lineage the level of a tumor patient's slice (in v21, LGG T1
-    after contrast: tumor-free slices at mid levels scored +1.6 to +2.4 log-odds by the classifier,
-    -4 to -7 by both maps; docs/model_v4_notes.md row T1N)."""
+    Why: LGG's T1 slices carry the FLAIR mask's label, and a lower-grade glioma is often invisible on T1, so a
+    "tumor" label there may have nothing to see. Measured (docs/model_v4_notes.md row T1N): leaving them out of
+    v20's recipe did not move v21's false alarms on LGG's mid-level T1 after contrast, which come from the
+    normal enhancement of veins, falx and sinus, not from these labels."""
     wanted = {s.strip() for s in spec.split(",") if s.strip()}
     folder = np.array([f"{e.collection}/{e.sequence}" for e in examples])
     unknown = wanted - set(folder.tolist())
