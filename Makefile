@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 train-v22 train-v23 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 train-v22 train-v23 train-v24 train-v25 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -362,6 +362,19 @@ train-v22: data-healthy-planes
 		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) --version 22
 train-v23: data-healthy-planes
 	$(call ensemble_artifact,,,23,,$(V22))
+
+# v24, v25's second classifier: v22's recipe with seed 43 (~30 min of fit). v25, the default: v23 with v24 beside v22,
+# the two classifiers' log-odds averaged as the two maps' are (docs/model_v4_notes.md row SCR2; no training, ~10 min
+# of evaluation): make train-v22 train-v24 train-v25 MODEL_DIR=/tmp/models
+V24 ?= $(MODEL_DIR)/brain-tumor-cnn/24
+train-v24: data-healthy-planes
+	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
+		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
+		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed 43 \
+		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
+		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) --version 24
+train-v25: data-healthy-planes
+	$(call ensemble_artifact,,,25,,$(V22) --classifier $(V24))
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
