@@ -354,12 +354,16 @@ train-v21: data-healthy-planes
 # the classifier, no part of v3 (docs/model_v4_notes.md row SCR; no training, ~10 min of evaluation):
 # make train-v22 train-v23 MODEL_DIR=/tmp/models
 V22 ?= $(MODEL_DIR)/brain-tumor-cnn/22
-train-v22: data-healthy-planes
+# $(call scratch_classifier,seed,version): v20's data, shares and T2-like FLAIR from random weights, v3's 20 epochs
+define scratch_classifier
 	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
 		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
-		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) \
+		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(1) \
 		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
-		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) --version 22
+		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) --version $(2)
+endef
+train-v22: data-healthy-planes
+	$(call scratch_classifier,$(SEED),22)
 train-v23: data-healthy-planes
 	$(call ensemble_artifact,,,23,,$(V22))
 
@@ -368,11 +372,7 @@ train-v23: data-healthy-planes
 # of evaluation): make train-v22 train-v24 train-v25 MODEL_DIR=/tmp/models
 V24 ?= $(MODEL_DIR)/brain-tumor-cnn/24
 train-v24: data-healthy-planes
-	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
-		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
-		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed 43 \
-		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
-		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) --version 24
+	$(call scratch_classifier,43,24)
 train-v25: data-healthy-planes
 	$(call ensemble_artifact,,,25,,$(V22) --classifier $(V24))
 
