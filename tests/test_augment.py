@@ -49,6 +49,18 @@ def test_skull_strip_zooms_to_the_core_and_keeps_the_mask_aligned():
     assert ms.sum() > 0 and xs[ms > 0.5].mean() > xs[xs > 0.05].mean()  # the mask still sits on the lesion
 
 
+def test_a_prepared_strip_stretches_the_brain_as_prepare_stretches_a_stripped_slice():
+    img = synth.brain_slice(3, 128, lesion=True, quadrant="tr", rim=True).astype(np.float32)
+    x = preprocessing.prepare(img, preprocessing.InputSpec(128, 128))
+    stripped = augment.skull_strip(tf.constant(x), tf.constant([0, 1], tf.int64)).numpy()
+    ours = augment.restretch(tf.constant(stripped)).numpy()[..., 0]
+    theirs = preprocessing._finish(stripped[..., 0])[..., 0]
+    head = stripped[..., 0] > 0.08  # preprocessing's head level; augment's is 0.05
+    assert np.abs(ours[head] - theirs[head]).max() < 0.03  # the heads differ by the pixels in 0.05-0.08
+    assert ours[head].max() == 1.0 and np.percentile(ours[head], 1) < 0.12
+    assert (ours[stripped[..., 0] <= 0.05] == 0).all()
+
+
 def _flair_like(size=128):
     """A FLAIR-like slice as prepare() leaves it: head tissue ~0.45, dark ventricles, a bright lesion."""
     yy, xx = np.mgrid[:size, :size] / size

@@ -421,31 +421,57 @@ def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3, kin
     return np.where(eligible, p, 0.0).astype(np.float32), kind
 
 
-MODES = ("v2", "contrast", "contrast-strip")
+MODES = ("v2", "contrast", "contrast-strip", "contrast-strip-prepared")
 
 
 def augment(image, seed, mode="v2"):
     """One random variant of a [0, 1] (H, W, 1) image; deterministic for `seed`.
 
     mode "v2" is the v2 recipe; "contrast" first applies `contrast`;
-    "contrast-strip" also imitates skull stripping in 30 % of draws.
+    "contrast-strip" also imitates skull stripping in 30 % of draws; "contrast-strip-prepared" then
+    stretches the stripped brain as `prepare` stretches a real skull-stripped slice (`restretch`).
     """
     if mode not in MODES:
         raise ValueError(f"augment mode must be one of {MODES}, got {mode!r}")
     if mode.startswith("contrast"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
-    if mode == "contrast-strip":
-        image = _maybe_strip(image, seed)
+    if mode.startswith("contrast-strip"):
+        image = _maybe_strip(image, seed, mode.endswith("-prepared"))
     seeds = tf.random.experimental.stateless_split(seed, 12)
     u = tf.random.stateless_uniform([8], seed=seeds[0])
     image = _geometric(image, seeds, u)
     return _photometric(image, seeds, u)
 
 
-def _maybe_strip(stack, seed):
+def _maybe_strip(stack, seed, prepared=False):
     s = tf.random.experimental.stateless_fold_in(seed, 104729)
     u = tf.random.stateless_uniform([], seed=s)
-    return _maybe(u < 0.3, lambda: skull_strip(stack, tf.random.experimental.stateless_fold_in(s, 1)), stack)
+
+    def strip():
+        out = skull_strip(stack, tf.random.experimental.stateless_fold_in(s, 1))
+        return tf.concat([restretch(out[..., :1]), out[..., 1:]], -1) if prepared else out
+    return _maybe(u < 0.3, strip, stack)
+
+
+def restretch(image, low=1.0, high=99.0):
+    """The head's intensities stretched to [0.1, 1] between its `low` and `high` percentiles; background 0.
+
+    `prepare` stretches whatever head it finds, so a real skull-stripped slice reaches the model with
+    its brain filling [0.1, 1] (brats-sample's FLAIR brain sits near 0.7); `skull_strip` alone keeps
+    the whole head's stretch, with the brain near 0.3-0.4 as under a skull, a look `prepare` never
+    gives a stripped slice. The same percentiles and levels as `preprocessing._finish`.
+    """
+    head = image > _HEAD
+    values = tf.sort(tf.boolean_mask(image, head))
+    n = tf.size(values)
+
+    def stretch():
+        last = tf.cast(n - 1, tf.float32)
+        lo = values[tf.cast(tf.round(low / 100.0 * last), tf.int32)]
+        hi = values[tf.cast(tf.round(high / 100.0 * last), tf.int32)]
+        out = (image - lo) / tf.maximum(hi - lo, 1e-6) * 0.9 + 0.1
+        return tf.where(head, tf.clip_by_value(out, 0.1, 1.0), tf.zeros_like(image))
+    return tf.cond(n >= 16, stretch, lambda: image)
 
 
 def augment_with_mask(image, mask, seed, mode="v2", fluid_bright=0.0, spots=0.0):
@@ -467,8 +493,8 @@ def augment_with_mask(image, mask, seed, mode="v2", fluid_bright=0.0, spots=0.0)
     if mode.startswith("contrast"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
     both = tf.concat([image, mask], axis=-1)
-    if mode == "contrast-strip":
-        both = _maybe_strip(both, seed)
+    if mode.startswith("contrast-strip"):
+        both = _maybe_strip(both, seed, mode.endswith("-prepared"))
     seeds = tf.random.experimental.stateless_split(seed, 12)
     u = tf.random.stateless_uniform([8], seed=seeds[0])
     both = _geometric(both, seeds, u)

@@ -22,7 +22,8 @@ _HELP = {
     "holdout_pattern": "regex on the file name; matching images are held out entirely as an unseen "
                        "site and reported separately (e.g. 'TCGA_FG_')",
     "augment": "'v2': geometry and photometrics; 'contrast': plus tissue-contrast remapping, "
-               "inversion and bias field; 'contrast-strip': plus imitated skull stripping",
+               "inversion and bias field; 'contrast-strip': plus imitated skull stripping; "
+               "'contrast-strip-prepared': the stripped brain then stretched as prepare() stretches one",
     "balance_sources": "draw every training batch equally from each collection",
     "lesion_weight": "> 0: a training-only head also learns the tumor masks of collections with a masks/ "
                      "folder (loss weight); the exported model is unchanged in shape",
@@ -97,7 +98,7 @@ def parse_args(argv=None):
                                 default=field.default, help=_HELP[field.name])
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(field.type), field.type)
-            choices = {"augment": ["v2", "contrast", "contrast-strip"],
+            choices = {"augment": ["v2", "contrast", "contrast-strip", "contrast-strip-prepared"],
                        "lr_schedule": ["cosine", "plateau"]}.get(field.name)
             parser.add_argument(flag, type=kind, default=field.default, help=_HELP[field.name],
                                 choices=choices)
