@@ -50,7 +50,7 @@ def psi(expected, actual, eps=1e-4):
 
 
 def assess(counts, reference):
-    """A dict for _SUMMARY.json and the report; `drifted` is what --fail-on-drift acts on."""
+    """A dict for _SUMMARY.json and the report; `drifted` makes the night exit 4 (unless --no-fail-on-drift)."""
     if reference is None:
         return {"assessed": False, "reason": "the model artifact has no reference (python -m trainer.ood build)"}
     scored = counts.get("by_status", {}).get("ok", 0)

@@ -79,9 +79,11 @@ class ScreeningOptions(PipelineOptions):
         parser.add_argument("--max-error-fraction", dest="max_error_fraction", type=float, default=0.05,
                             help="exit 3 when more than this share of rows has status error (skipped rows, "
                                  "such as text files, do not count)")
-        parser.add_argument("--fail-on-drift", dest="fail_on_drift", action="store_true", default=False,
+        parser.add_argument("--fail-on-drift", dest="fail_on_drift", action=argparse.BooleanOptionalAction,
+                            default=True,
                             help="exit 4 when the night's input drifted from the model's validation data "
-                                 "(share of out-of-distribution images; docs/new_site.md)")
+                                 "(share of out-of-distribution images; docs/new_site.md): its scores are not "
+                                 "to be trusted as they stand; --no-fail-on-drift reports the drift and exits 0")
         parser.add_argument("--keep-paths", dest="keep_paths", action="store_true", default=False,
                             help="write real input and member paths into the outputs; by default every path "
                                  "component becomes a keyed pseudonym (folder and file names of exports often "

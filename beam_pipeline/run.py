@@ -220,7 +220,7 @@ def _runner_outcome(job, result):
 
 
 def _verdict(job, result, counts):
-    """(code, reason) of a finished night: nothing new, or its error share, then drift (--fail-on-drift)."""
+    """(code, reason) of a finished night: nothing new, or its error share, then drift (unless --no-fail-on-drift)."""
     f = job.flags
     if isinstance(result, _NothingToDo):
         return EXIT_OK, "nothing new to score"
@@ -244,7 +244,8 @@ def _verdict(job, result, counts):
     if drift_info.get("drifted"):
         console.emit("drift", "Drift: " + "; ".join(drift_info["reasons"]), level="warning", **drift_info)
         if code == EXIT_OK and f.fail_on_drift:
-            code, reason = EXIT_DRIFT, "input drifted from the model's validation data (--fail-on-drift)"
+            code, reason = EXIT_DRIFT, ("input drifted from the model's validation data: its scores are not to be "
+                                         "trusted as they stand (--no-fail-on-drift to exit 0)")
     return code, reason
 
 
