@@ -433,13 +433,18 @@ def _caption(r):
 def _lesion_note(row):
     """', largest lesion 310 mm² (T2 AX, image 14)' (px without a pixel spacing) for rows of a lesion-map model,
     else '': where to look first. The place is named for study rows of DICOM series (a series row's own
-    heading names its series; file members keep pseudonymised names that would not help a reader)."""
+    heading names its series; file members keep pseudonymised names that would not help a reader).
+
+    An unflagged row's map may still outline something below the threshold: named as an outline, not a
+    lesion, and not pointed at, so that a line of the worklist never reads like a finding the model did not make."""
     if row.get("max_lesion_area_px") is None:
         return ""
     if not row["max_lesion_area_px"]:
         return ", no lesion outlined"
     area = (f"{row['max_lesion_area_mm2']:.0f} mm²" if row.get("max_lesion_area_mm2") is not None
             else f"{row['max_lesion_area_px']:.0f} px")
+    if row.get("flagged") is False:
+        return f", largest map outline {area} (below the threshold)"
     member = row.get("largest_lesion_member") or ""
     where = (f" ({row['largest_lesion_series']}, {member})" if row.get("largest_lesion_series")
              and member.startswith("image ") else "")

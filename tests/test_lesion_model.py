@@ -105,6 +105,13 @@ def test_an_empty_lesion_map_flags_nothing_and_measures_no_area(tmp_path):
     assert "no lesion outlined" in report._lesion_note(study)
 
 
+def test_an_unflagged_study_s_outline_is_not_worded_as_a_lesion():
+    row = {"flagged": False, "max_lesion_area_px": 924.0, "max_lesion_area_mm2": None,
+           "largest_lesion_series": "T2 AX", "largest_lesion_member": "image 14"}
+    assert report._lesion_note(row) == ", largest map outline 924 px (below the threshold)"
+    assert report._lesion_note({**row, "flagged": True}) == ", largest lesion 924 px (T2 AX, image 14)"
+
+
 def test_onnx_runtime_returns_the_same_lesion_map(tmp_path):
     from trainer import export
     model_dir = tiny_model.write_tiny_artifact(tmp_path, lesion_bias=5.0, seed=1)
