@@ -206,8 +206,7 @@ class _FileAuth:
             header = self._header(self._login)
         if response.request.headers.get("Authorization") == header:
             return response  # the file holds what was refused: nothing new to try
-        response.content  # noqa: B018 (read the 401's body so its connection can be reused)
-        response.close()
+        response.close()  # unread: a 401's body may dribble in for ever (its connection is dropped, not reused)
         again = response.request.copy()
         again.headers["Authorization"] = header
         again.renewed_login = True

@@ -648,9 +648,11 @@ def test_the_nights_write_back_line_quotes_a_report_that_was_not_stored_before_a
     assert write_back._merge([overlay] * 7)["errors"] == ["1 overlay(s) not stored (C000H)"] * 5
 
 
-def test_a_login_renewed_in_the_credentials_file_mid_night_is_picked_up(tmp_path):
+@pytest.mark.parametrize("dribbled_refusal", [False, True])
+def test_a_login_renewed_in_the_credentials_file_mid_night_is_picked_up(tmp_path, dribbled_refusal):
     """A token expires during the night and a refresher rewrites --dicomweb-credentials: the next 401 makes the
-    job read the file again and resend once, so no instance is lost; the old token is never resent."""
+    job read the file again and resend once, so no instance is lost; the old token is never resent. A 401
+    whose body dribbles in (a byte every half second) is not read: the login is renewed at once."""
     import os
     _Handler.reset(("ok", "ok", "ok"))
     creds = tmp_path / "pacs.cred"
@@ -669,14 +671,22 @@ def test_a_login_renewed_in_the_credentials_file_mid_night_is_picked_up(tmp_path
                 creds.write_text("Bearer new-token\n")  # what a refresher does
             if given != f"Bearer {type(self).token}":
                 self.send_response(401)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", "600" if dribbled_refusal else "0")
                 self.end_headers()
+                try:
+                    for _ in range(600 if dribbled_refusal else 0):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.5)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
                 return
             super().do_GET()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Rotating)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.monotonic()
     try:
         out = tmp_path / "out"
         code = run.main(["--input", f"dicomweb://127.0.0.1:{server.server_address[1]}/dicom-web", "--output", str(out),
@@ -684,6 +694,7 @@ def test_a_login_renewed_in_the_credentials_file_mid_night_is_picked_up(tmp_path
     finally:
         server.shutdown()
         _Handler.reset()
+    assert time.monotonic() - started < 60  # the dribbled 401 alone would take 300 s to read
     assert code == 0 and [r["status"] for r in rows_mod.images(out)] == ["ok"] * 3
     # the launch check and the search with the old token; the third request refused, resent once with the new
     # one, and the old token never sent again
