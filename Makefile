@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 train-v22 train-v23 train-v24 train-v25 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 train-v22 train-v23 train-v24 train-v25 train-v26 train-v27 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -354,12 +354,13 @@ train-v21: data-healthy-planes
 # the classifier, no part of v3 (docs/model_v4_notes.md row SCR; no training, ~10 min of evaluation):
 # make train-v22 train-v23 MODEL_DIR=/tmp/models
 V22 ?= $(MODEL_DIR)/brain-tumor-cnn/22
-# $(call scratch_classifier,seed,version): v20's data, shares and T2-like FLAIR from random weights, v3's 20 epochs
+# $(call scratch_classifier,seed,version[,augment]): v20's data, shares and T2-like FLAIR from random weights, v3's
+# 20 epochs (augment: contrast-strip unless given)
 define scratch_classifier
 	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
 		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(1) \
-		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
+		--early-stopping-patience 15 --target-sensitivity 0.98 --augment $(or $(3),contrast-strip) --lesion-weight 5.0 \
 		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) --version $(2)
 endef
 train-v22: data-healthy-planes
@@ -375,6 +376,16 @@ train-v24: data-healthy-planes
 	$(call scratch_classifier,43,24)
 train-v25: data-healthy-planes
 	$(call ensemble_artifact,,,25,,$(V22) --classifier $(V24))
+
+# v26, v27's third classifier: v22's recipe with seed 44 and imitated skull stripping stretched as prepare() stretches
+# a real stripped slice (--augment contrast-strip-prepared; ~30 min of fit). v27, the default: v25 with v26 beside v22
+# and v24, the three classifiers' log-odds averaged (docs/model_v4_notes.md row SCR3; no training, ~10 min of
+# evaluation): make train-v22 train-v24 train-v26 train-v27 MODEL_DIR=/tmp/models
+V26 ?= $(MODEL_DIR)/brain-tumor-cnn/26
+train-v26: data-healthy-planes
+	$(call scratch_classifier,44,26,contrast-strip-prepared)
+train-v27: data-healthy-planes
+	$(call ensemble_artifact,,,27,,$(V22) --classifier $(V24) --classifier $(V26))
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
