@@ -22,10 +22,10 @@ DESCRIPTION = """Score brain-MRI images in archives (zip, tar, tar.gz/bz2/xz) an
 
 Exit codes: 0 = done and the share of images with an error row is at most
 --max-error-fraction; 3 = done, but more errors than that; 4 = done, but the input
-drifted (its scores are not to be trusted as they stand; --no-fail-on-drift: 0); 5 = done, but --write-back could not store some
-series' reports in the PACS; 2 = job-level problem before any work (bad flag or
-value, missing/tampered model, no input, output not writable or owned by someone
-else)."""
+drifted, so its scores are not to be trusted as they stand (--no-fail-on-drift: 0);
+5 = done, but --write-back could not store some series' reports in the PACS; 2 =
+job-level problem before any work (bad flag or value, missing/tampered model, no
+input, output not writable or owned by someone else)."""
 
 
 class UsageError(errors.ScreeningError, ValueError):
