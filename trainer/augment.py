@@ -25,6 +25,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from trainer.config import AUGMENT_MODES
+
 
 def _rotate_zoom(image, seed):
     """Random rotation (+-12 deg), zoom (0.8-1.25) and shift (+-12%) via one affine warp."""
@@ -421,7 +423,7 @@ def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3, kin
     return np.where(eligible, p, 0.0).astype(np.float32), kind
 
 
-MODES = ("v2", "contrast", "contrast-strip", "contrast-strip-prepared")
+MODES = AUGMENT_MODES
 
 
 def augment(image, seed, mode="v2"):
@@ -435,15 +437,18 @@ def augment(image, seed, mode="v2"):
         raise ValueError(f"augment mode must be one of {MODES}, got {mode!r}")
     if mode.startswith("contrast"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
-    if mode.startswith("contrast-strip"):
-        image = _maybe_strip(image, seed, mode.endswith("-prepared"))
+    image = _maybe_strip(image, seed, mode)
     seeds = tf.random.experimental.stateless_split(seed, 12)
     u = tf.random.stateless_uniform([8], seed=seeds[0])
     image = _geometric(image, seeds, u)
     return _photometric(image, seeds, u)
 
 
-def _maybe_strip(stack, seed, prepared=False):
+def _maybe_strip(stack, seed, mode):
+    """The "contrast-strip" modes' imitated skull stripping (30 % of draws); other modes leave `stack` as it is."""
+    if not mode.startswith("contrast-strip"):
+        return stack
+    prepared = mode.endswith("-prepared")
     s = tf.random.experimental.stateless_fold_in(seed, 104729)
     u = tf.random.stateless_uniform([], seed=s)
 
@@ -493,8 +498,7 @@ def augment_with_mask(image, mask, seed, mode="v2", fluid_bright=0.0, spots=0.0)
     if mode.startswith("contrast"):
         image = contrast(image, tf.random.experimental.stateless_fold_in(seed, 7919))
     both = tf.concat([image, mask], axis=-1)
-    if mode.startswith("contrast-strip"):
-        both = _maybe_strip(both, seed, mode.endswith("-prepared"))
+    both = _maybe_strip(both, seed, mode)
     seeds = tf.random.experimental.stateless_split(seed, 12)
     u = tf.random.stateless_uniform([8], seed=seeds[0])
     both = _geometric(both, seeds, u)

@@ -6,6 +6,9 @@ the artifact's metadata, so every model records how it was made.
 import dataclasses
 import posixpath
 
+# trainer.augment's modes, named here so that task.py's --augment choices need no TensorFlow
+AUGMENT_MODES = ("v2", "contrast", "contrast-strip", "contrast-strip-prepared")
+
 
 def parse_masks_dirs(items, isdir=None):
     """{collection: folder} of --masks-dir COLLECTION=DIR items (both trainers take the flag); with `isdir`,

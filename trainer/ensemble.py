@@ -163,7 +163,8 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
                 probabilities.append(_second_pass(member, inputs, mirrored, f"{MIRROR_PREFIX}{which}{k}"))
                 weights[i] /= 2
                 weights.append(weights[i])
-    combined = evidence.OddsProduct(weights=weights if mirror != "none" or extra_md or extra_cls_md else None,
+    # one classifier and one map, unmirrored: the plain sum (weights all 1), saved as v9-v15 were
+    combined = evidence.OddsProduct(weights=weights if len(probabilities) > 2 else None,
                                     name="combined_probability", dtype="float32")(probabilities)
     model = keras.Model(inputs, combined, name="brain_tumor_lesion_and_classifier")
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},

@@ -9,7 +9,7 @@ import os
 import sys
 
 from trainer import HelpFormatter
-from trainer.config import TrainConfig, parse_masks_dirs
+from trainer.config import AUGMENT_MODES, TrainConfig, parse_masks_dirs
 
 _HELP = {
     "data_dir": "folder of labelled images (class folders, Training/Testing parents, MRI-sequence folders "
@@ -98,7 +98,7 @@ def parse_args(argv=None):
                                 default=field.default, help=_HELP[field.name])
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(field.type), field.type)
-            choices = {"augment": ["v2", "contrast", "contrast-strip", "contrast-strip-prepared"],
+            choices = {"augment": list(AUGMENT_MODES),
                        "lr_schedule": ["cosine", "plateau"]}.get(field.name)
             parser.add_argument(flag, type=kind, default=field.default, help=_HELP[field.name],
                                 choices=choices)
