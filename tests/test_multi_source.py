@@ -51,6 +51,29 @@ def test_metrics_at_a_fixed_threshold_handle_one_class_subsets():
     assert m["roc_auc"] == 0.75 and "ci95" in m
 
 
+def test_threshold_sources_of_one_class_or_none_are_refused_with_the_counts():
+    sources, labels = ["brats-ped/flair"] * 3 + ["healthy-heads/t1"] * 2, [1, 1, 1, 0, 0]
+    assert evaluation.threshold_rows(sources, labels, r"^(brats-ped|healthy-heads)/").all()
+    assert evaluation.threshold_rows(sources, labels, "").all()
+    with pytest.raises(ValueError, match=r"one class only \(3 tumor, 0 tumor-free, sources \['brats-ped/flair'\]\)"):
+        evaluation.threshold_rows(sources, labels, r"^brats-ped/flair$")
+    with pytest.raises(ValueError, match="matches no validation source"):
+        evaluation.threshold_rows(sources, labels, r"^lgg/flair$")
+
+
+def test_a_one_class_threshold_source_stops_the_trainer_before_it_fits(tmp_path):
+    """The mistake surfaced after a whole training run (a 12-epoch map, session 26); now the split refuses it."""
+    from trainer.train import train
+    lgg = tmp_path / "lgg"
+    synth.write_sequence_collection(lgg, patients=4, per_patient=4, site="DU")
+    cfg = TrainConfig(data_dir=[str(lgg)], group_pattern=GROUP, model_dir=str(tmp_path / "m"), image_size=32,
+                      epochs=1, batch_size=8, base_filters=8, bootstrap=10, seed=1, val_fraction=0.5,
+                      threshold_sources="^nothing$")
+    with pytest.raises(ValueError, match="matches no validation source"):
+        train(cfg)
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory):
     """One training run with every part of `make train`'s recipe: two collections, a held-out site,

@@ -36,6 +36,27 @@ def per_source(keys, labels, groups, scores, threshold, bootstrap=1000, pooled=T
     return out
 
 
+def threshold_rows(sources, labels, threshold_sources):
+    """Mask of the validation rows the threshold is chosen on (`threshold_sources` regex; all when empty).
+
+    Why a check of its own: a regex that matches no source, or sources of one class only (BraTS-PEDs'
+    validation FLAIR is all tumor slices), leaves no threshold to choose; the trainers call this on the split
+    before fitting, so the mistake costs seconds, not a whole training run."""
+    import re
+    sources, labels = np.asarray(sources), np.asarray(labels)
+    rx = re.compile(threshold_sources) if threshold_sources else None
+    mask = np.array([rx is None or bool(rx.search(s)) for s in sources], bool)
+    if not mask.any():
+        raise ValueError(f"--threshold-sources {threshold_sources!r} matches no validation source "
+                         f"({sorted(set(sources.tolist()))})")
+    n_tumor = int(labels[mask].sum())
+    if n_tumor in (0, int(mask.sum())):
+        raise ValueError(f"--threshold-sources {threshold_sources!r} matches validation slices of one class only "
+                         f"({n_tumor} tumor, {int(mask.sum()) - n_tumor} tumor-free, sources "
+                         f"{sorted(set(sources[mask].tolist()))}): a threshold needs both; match more sources")
+    return mask
+
+
 def operating_metrics(rows, target_sensitivity, threshold_sources="", bootstrap=1000):
     """Threshold and every metric of an artifact from its scored rows.
 
@@ -48,13 +69,9 @@ def operating_metrics(rows, target_sensitivity, threshold_sources="", bootstrap=
     describe that set; `by_source` gives every split and source at the same
     threshold.
     """
-    import re
     val = [r for r in rows if r["split"] == "validation"]
-    rx = re.compile(threshold_sources) if threshold_sources else None
-    chosen = [r for r in val if rx is None or rx.search(r["source"])]
-    if not chosen:
-        raise ValueError(f"--threshold-sources {threshold_sources!r} matches no validation source "
-                         f"({sorted({r['source'] for r in val})})")
+    chosen = [val[i] for i in np.flatnonzero(threshold_rows([r["source"] for r in val], [int(r["label"]) for r in val],
+                                                            threshold_sources))]
     lab = np.array([int(r["label"]) for r in chosen])
     sc = np.array([float(r["score"]) for r in chosen])
     cls = np.array([r["class_name"] for r in chosen])

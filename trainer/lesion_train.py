@@ -465,7 +465,10 @@ def main(argv=None):
                       batch_size=args.batch_size, learning_rate=args.learning_rate, augment=args.augment,
                       target_sensitivity=args.target_sensitivity, threshold_sources=args.threshold_sources)
     t0 = time.time()
-    data = prepare_data(cfg)
+    try:
+        data = prepare_data(cfg)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     ex, labels = data["examples"], data["labels"]
     arrays = lesion_data.build(ex, args.data_dir, args.image_size, args.cache_dir, masks_dirs=args.masks_dir)
     ext = data["external"]
