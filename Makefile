@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 train-v22 train-v23 train-v24 train-v25 train-v26 train-v27 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 train-v22 train-v23 train-v24 train-v25 train-v26 train-v27 train-v28 train-v29 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -319,7 +319,7 @@ endef
 # $(call ensemble_artifact,fine-tuned classifier,alpha,version): v14 and v16 with v3 moved alpha of the way to the
 # fine-tune, evaluated like a trained model (with the held-out healthy heads in every plane), then its OOD reference,
 # ONNX export and development fingerprints; $(call ensemble_artifact,,,version,,classifier) takes that classifier
-# as it is instead of v3 moved
+# as it is instead of v3 moved (further --classifier and --lesion members may follow it)
 define ensemble_artifact
 	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) \
 		$(if $(5),--classifier $(5),--classifier models/brain-tumor-cnn/3 --fine-tuned $(1) --alpha $(2)) \
@@ -386,6 +386,24 @@ train-v26: data-healthy-planes
 	$(call scratch_classifier,44,26,contrast-strip-prepared)
 train-v27: data-healthy-planes
 	$(call ensemble_artifact,,,27,,$(V22) --classifier $(V24) --classifier $(V26))
+
+# v28, v29's third map: v16's map recipe without brain-mri (LGG 0.65, BraTS-PEDs 0.2, the healthy heads 0.15 of each
+# batch; issue 24's cross-collection check map, docs/model_v4_notes.md row XC2's run 300; ~15 min of fit). v29, the
+# default: v27 with v28's map beside v14's and v16's, the three maps' log-odds averaged (row M3C; no training, ~10 min
+# of evaluation): make train-v22 train-v24 train-v26 train-v28 train-v29 MODEL_DIR=/tmp/models
+V28 ?= $(MODEL_DIR)/brain-tumor-cnn/28
+NO_BRAIN_MRI_ARGS = --data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(HEALTHY_HEADS) \
+	--eval-data-dir $(SHARED)/brain-mri --eval-data-dir $(SHARED)/brats-sample --eval-data-dir $(HEALTHY_HEADS_TEST) \
+	--holdout-pattern '$(HOLDOUT)' --label-only-tumors skip --shares lgg=0.65,brats-ped=0.2,healthy-heads=0.15 \
+	--steps-per-epoch 250 --seed $(SEED) --model-dir $(MODEL_DIR)
+train-v28: data-healthy-heads
+	$(PY) -m trainer.lesion_train $(NO_BRAIN_MRI_ARGS) --synth-tumors 0.3 \
+		--synth-kinds bright,enhancing,bright-or-enhancing --learning-rate 2e-3 --epochs 12 --version 28
+	$(PY) -m trainer.lesion_eval map-level $(V28) --write
+	$(PY) -m trainer.ood build $(V28)
+	$(PY) -m trainer.export $(V28)
+train-v29: data-healthy-planes
+	$(call ensemble_artifact,,,29,,$(V22) --classifier $(V24) --classifier $(V26) --lesion $(V28))
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
