@@ -259,6 +259,20 @@ train-v13: $(STAMP)
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/13
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/13
 
+# $(call mark_member,version): records in the artifact that it is scored only inside ensembles (metadata member_of;
+# brain-score and brain-validate refuse it alone unless --allow-member-model), as MEMBER_<version> says
+define mark_member
+	$(PY) -m screening_core.artifact member $(MODEL_DIR)/brain-tumor-cnn/$(1) $(MEMBER_$(1))
+endef
+MEMBER_12 = --of brain-tumor-cnn/13 --reason "v3 fine-tuned with BraTS-PEDs, scored only as the end point v13's classifier is moved 0.3 of the way to (no ONNX export or OOD reference)"
+MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
+MEMBER_18 = --of brain-tumor-cnn/19 --reason "a fine-tune of v3 scored only as the end point v19's classifier is moved 0.3 of the way to"
+MEMBER_20 = --of brain-tumor-cnn/21 --reason "a fine-tune of v3 scored only as the end point v21's classifier is moved 0.6 of the way to"
+MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
+MEMBER_24 = --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --reason "a second draw of v22's classifier recipe, a worse one alone (brain-mri validation AUC 0.981), scored only beside v22 and the lesion maps"
+MEMBER_26 = --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --reason "a third draw of v22's classifier recipe scored only beside v22, v24 and the lesion maps: alone it has no lesion map to show and ranks brats-sample's FLAIR at AUC 0.821"
+MEMBER_28 = --of brain-tumor-cnn/29 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
+
 # Model v14, the lesion map trained with real tumor-free heads (make data-healthy-heads; docs/healthy_heads.md), and
 # no dark paint on T1 without contrast; then v15, v14 with v13's classifier (seeded; ~10 min of fit on 2 CPU cores
 # and ~15 min of evaluation): make train-v14 train-v15 MODEL_DIR=/tmp/models
@@ -293,6 +307,7 @@ train-v16: data-healthy-heads
 	$(PY) -m trainer.lesion_eval map-level $(V16) --write
 	$(PY) -m trainer.ood build $(V16)
 	$(PY) -m trainer.export $(V16)
+	$(call mark_member,16)
 train-v17: data-healthy-heads
 	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) --classifier models/brain-tumor-cnn/3 \
 		--fine-tuned $(V12) --alpha 0.3 --out $(MODEL_DIR)/brain-tumor-cnn/_work/17
@@ -335,6 +350,7 @@ endef
 V18_SHARES = brain-mri=0.29,lgg=0.29,brats-ped=0.29,healthy-planes=0.13
 train-v18: data-healthy-planes
 	$(call classifier_finetune,$(HEALTHY_PLANES),--source-shares $(V18_SHARES),18)
+	$(call mark_member,18)
 train-v19: data-healthy-planes
 	$(call ensemble_artifact,$(V18),0.3,19)
 
@@ -346,6 +362,7 @@ V20 ?= $(MODEL_DIR)/brain-tumor-cnn/20
 V20_SHARES = brain-mri=0.26,lgg=0.26,brats-ped=0.26,healthy-planes=0.11,healthy-heads=0.11
 train-v20: data-healthy-planes
 	$(call classifier_finetune,$(HEALTHY_PLANES) $(HEALTHY_HEADS),--fluid-bright 0.3 --source-shares $(V20_SHARES),20)
+	$(call mark_member,20)
 train-v21: data-healthy-planes
 	$(call ensemble_artifact,$(V20),0.6,21)
 
@@ -365,6 +382,7 @@ define scratch_classifier
 endef
 train-v22: data-healthy-planes
 	$(call scratch_classifier,$(SEED),22)
+	$(call mark_member,22)
 train-v23: data-healthy-planes
 	$(call ensemble_artifact,,,23,,$(V22))
 
@@ -374,6 +392,7 @@ train-v23: data-healthy-planes
 V24 ?= $(MODEL_DIR)/brain-tumor-cnn/24
 train-v24: data-healthy-planes
 	$(call scratch_classifier,43,24)
+	$(call mark_member,24)
 train-v25: data-healthy-planes
 	$(call ensemble_artifact,,,25,,$(V22) --classifier $(V24))
 
@@ -384,6 +403,7 @@ train-v25: data-healthy-planes
 V26 ?= $(MODEL_DIR)/brain-tumor-cnn/26
 train-v26: data-healthy-planes
 	$(call scratch_classifier,44,26,contrast-strip-prepared)
+	$(call mark_member,26)
 train-v27: data-healthy-planes
 	$(call ensemble_artifact,,,27,,$(V22) --classifier $(V24) --classifier $(V26))
 
@@ -402,6 +422,7 @@ train-v28: data-healthy-heads
 	$(PY) -m trainer.lesion_eval map-level $(V28) --write
 	$(PY) -m trainer.ood build $(V28)
 	$(PY) -m trainer.export $(V28)
+	$(call mark_member,28)
 train-v29: data-healthy-planes
 	$(call ensemble_artifact,,,29,,$(V22) --classifier $(V24) --classifier $(V26) --lesion $(V28))
 
@@ -423,6 +444,7 @@ train-v12: $(STAMP)
 		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) \
 		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
 		--init-from models/brain-tumor-cnn/3/model.keras --epochs 6 --learning-rate 3e-4 --version 12
+	$(call mark_member,12)
 
 # v4 is itself the check "trained without brain-mri" (make train scores all of brain-mri); attach notes:
 # make checks ARTIFACT=models/brain-tumor-cnn/4 NOTES=notes.md

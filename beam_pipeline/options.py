@@ -84,6 +84,10 @@ class ScreeningOptions(PipelineOptions):
                             help="exit 4 when the night's input drifted from the model's validation data "
                                  "(share of out-of-distribution images; docs/new_site.md): its scores are not "
                                  "to be trusted as they stand; --no-fail-on-drift reports the drift and exits 0")
+        parser.add_argument("--allow-member-model", dest="allow_member_model", action="store_true", default=False,
+                            help="score with a model artifact marked as an ensemble's member (metadata member_of, "
+                                 "e.g. v28: a lesion map that alone ranks brain-mri below chance); refused by "
+                                 "default, and the report says so when allowed")
         parser.add_argument("--keep-paths", dest="keep_paths", action="store_true", default=False,
                             help="write real input and member paths into the outputs; by default every path "
                                  "component becomes a keyed pseudonym (folder and file names of exports often "

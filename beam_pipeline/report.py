@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipeline import model_store
 from beam_pipeline import summary as run_summary
 from beam_pipeline.studies import NON_AXIAL, flagged_label, plane_of_label
-from screening_core import looks
+from screening_core import artifact, looks
 
 MAX_FLAGGED_STUDIES = 50
 MAX_ERRORS = 200
@@ -151,6 +151,13 @@ class Site(collections.namedtuple("Site", "looks planes relaxed")):
 
 
 NO_SITE = Site(None, None, ())
+
+
+def _member_html(md):
+    """Red, above everything, when the run scored with an ensemble's member (--allow-member-model)."""
+    note = artifact.member_note(md or {})
+    return (f'<p id="member-model" class="drift-warning"><b>Not a screening model:</b> {_esc(note)}. This run was '
+            "scored with it on purpose (--allow-member-model): its flags are not the ensemble's.</p>") if note else ""
 
 
 def _validation_html(threshold_sources, md, site=NO_SITE):
@@ -537,6 +544,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padd
 <h1>Brain-MRI screening run <code>{_esc(summary['run_id'])}</code></h1>
 <p class="notice"><b>Screening aid, not a diagnostic device.</b> Scores prioritise studies for a radiologist;
 every study still needs a radiologist's read.</p>
+{_member_html(md)}
 {_validation_html(threshold_sources, md, site)}
 {_drift_html(summary.get('drift'))}
 {_write_back_html(summary.get('write_back'))}

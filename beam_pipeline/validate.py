@@ -44,7 +44,7 @@ import sys
 import numpy as np
 
 from beam_pipeline import errors, studies
-from screening_core import looks
+from screening_core import artifact, looks
 
 POSITIVE = {"tumor", "tumour", "yes", "positive", "glioma", "meningioma", "pituitary", "1"}
 NEGATIVE = {"notumor", "no_tumor", "no-tumor", "no", "negative", "normal", "0"}
@@ -654,6 +654,12 @@ def _strata_line(result, kind, name):
             f"flagged series of any other {kind} as not validated at this site.")
 
 
+def _member_line(metadata):
+    note = artifact.member_note(metadata)
+    return (f'<p class="fails" id="member-model"><b>Not a screening model:</b> {html.escape(note)} '
+            "(validated with --allow-member-model).</p>") if note else ""
+
+
 def render_html(result, metadata, curve=None):
     def fmt(m, k):
         ci = (m.get("ci95") or {}).get(k)
@@ -681,6 +687,7 @@ table{{border-collapse:collapse}} .{'meets' if result['meets'] else 'fails'}{{pa
 background:{'#d4edda' if result['meets'] else '#f8d7da'}}}</style></head><body>
 <h1>Local validation of {html.escape(metadata['name'])} v{html.escape(str(metadata['version']))}</h1>
 <p class="{'meets' if result['meets'] else 'fails'}" id="verdict">{html.escape(result['verdict'])}</p>
+{_member_line(metadata)}
 <p>{result['n_images']} images, {result['n_positive']} with tumor, {result['n_groups']} groups (patients/studies);
 AUC {result['roc_auc']:.3f}{auc_ci};
 out of distribution: {'n/a' if result['out_of_distribution_share'] is None else f"{result['out_of_distribution_share']:.1%}"}.</p>
@@ -757,6 +764,9 @@ def main(argv=None):
                         help="write site_profile.json even when the verdict is not 'meets' (recorded in it; "
                              "brain-score refuses it unless told --force-site-profile)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--allow-member-model", action="store_true", default=False,
+                        help="validate a model artifact marked as an ensemble's member (metadata member_of); refused "
+                             "by default: a site profile for it would let brain-score screen with it")
     args = parser.parse_args(argv)
     from beam_pipeline import cli, drift, model_store, pseudonym, run, site_profile
     cli.quiet_tensorflow()
@@ -780,6 +790,10 @@ def main(argv=None):
                                                              pseudonym.DEFAULT_KEY_FILE)
         model, _ = model_store.resolve(args.model or model_store.DEFAULT_MODEL)
         metadata = model_store.metadata(model)
+        member = artifact.member_note(metadata)
+        if member and not args.allow_member_model:
+            raise ValidationError(f"model: {member}. Validate the ensemble instead (the default model), or pass "
+                                  "--allow-member-model for research")
         if args.sample:
             key = pseudonym.load_or_create_key(key_file)
             sample = os.path.abspath(args.sample)
@@ -796,7 +810,8 @@ def main(argv=None):
                       "overstated; give --group-pattern or one folder per patient", file=sys.stderr)
             scores = os.path.join(args.output, "scores")
             run.run(["--input", sample, "--output", scores, "--model", model, "--no-heatmaps", "--no-report",
-                     "--log-format", "text", "--pseudonym-key-file", key_file])
+                     "--log-format", "text", "--pseudonym-key-file", key_file,
+                     *(["--allow-member-model"] if member else [])])
         else:
             key_col, labels = csv_labels(args.labels)
             scores = args.scores

@@ -146,6 +146,32 @@ def read_metadata(version_dir):
     return metadata
 
 
+# An ensemble's member (a classifier or lesion map scored only inside v29 and its kin): {"ensembles": [...],
+# "reason": "..."}. The scorers refuse it unless told otherwise: alone such a model can be far worse than its card's
+# ensemble (v28 ranks brain-mri at AUC 0.44), and the version number alone does not say so.
+MEMBER_KEY = "member_of"
+
+
+def member_note(metadata):
+    """The sentence that says an artifact is an ensemble's member, not a screening model alone; None otherwise."""
+    member = metadata.get(MEMBER_KEY)
+    if not member:
+        return None
+    return (f"{metadata.get('name')} v{metadata.get('version')} is a member of {', '.join(member['ensembles'])}, "
+            f"not a screening model alone: {member['reason']}")
+
+
+def mark_member(version_dir, ensembles, reason):
+    """Record in metadata.json (re-sealed) that the artifact is scored only inside `ensembles`."""
+    if not ensembles or not all(isinstance(e, str) and e.strip() for e in ensembles):
+        raise ArtifactError("name at least one ensemble the artifact is a member of")
+    if not reason or not reason.strip():
+        raise ArtifactError("say why the artifact is not a screening model alone (--reason)")
+    read_metadata(version_dir)  # a folder that is no artifact is refused before anything is written
+    return update_metadata(version_dir, lambda md: md.__setitem__(
+        MEMBER_KEY, {"ensembles": [e.strip() for e in ensembles], "reason": reason.strip()}))
+
+
 # metadata keys whose figures hold at one threshold only (the tools that write them, trainer.<key> --write)
 THRESHOLD_BOUND_FIGURES = {"tumor_free_probe": "tumor-free probe", "look_check": "look check",
                            "targets": "acceptance targets"}
@@ -171,6 +197,11 @@ def contract_problems(metadata):
         if figures and figures.get("threshold") != t:
             problems.append(f"the {what} figures were measured at threshold {figures.get('threshold')!r}, not at "
                             f"the artifact's {t!r}: run python -m trainer.{key} --write again")
+    member = metadata.get(MEMBER_KEY)
+    if member is not None and not (isinstance(member, dict) and isinstance(member.get("reason"), str)
+                                   and member["reason"].strip() and isinstance(member.get("ensembles"), list)
+                                   and member["ensembles"] and all(isinstance(e, str) for e in member["ensembles"])):
+        problems.append(f"{MEMBER_KEY} {member!r} is not {{'ensembles': [names], 'reason': text}}")
     onnx = (metadata.get("engines") or {}).get("onnxruntime")
     if onnx:
         layers = [c for c in ood.get("components", []) if c != "input_histogram"]
@@ -237,11 +268,25 @@ def next_version(name_dir):
 
 def main(argv=None):
     import argparse
-    parser = argparse.ArgumentParser(prog="python -m screening_core.artifact",
-                                     description="Check or (re)seal a model artifact's SHA256SUMS.")
-    parser.add_argument("command", choices=("verify", "seal"))
+    parser = argparse.ArgumentParser(prog="python -m screening_core.artifact", allow_abbrev=False,
+                                     description="Check or (re)seal a model artifact's SHA256SUMS; mark it as an "
+                                                 "ensemble's member (brain-score and brain-validate then refuse it "
+                                                 "unless --allow-member-model).")
+    parser.add_argument("command", choices=("verify", "seal", "member"))
     parser.add_argument("version_dir")
+    parser.add_argument("--of", dest="ensembles", action="append", default=[],
+                        help="member: an ensemble that scores this artifact (repeat for several)")
+    parser.add_argument("--reason", default="", help="member: why it is not a screening model alone")
     args = parser.parse_args(argv)
+    if args.command == "member":
+        try:
+            mark_member(args.version_dir, args.ensembles, args.reason)
+        except ArtifactError as e:
+            parser.error(str(e))
+        print(f"{args.version_dir}: marked a member of {', '.join(args.ensembles)}")
+        return 0
+    if args.ensembles or args.reason:
+        parser.error("--of and --reason belong to the member command")
     if args.command == "seal":
         read_metadata(args.version_dir)
         seal(args.version_dir)

@@ -487,3 +487,19 @@ def test_lowered_checks_are_named_in_the_verdict_and_the_profile_and_a_chance_au
     assert result["relaxed_checks"] == ["patients of each class 5 (default 20)"]
     assert "NOTE: checks relaxed below their defaults: patients of each class 5 (default 20)." in result["verdict"]
     assert json.load(open(out / "site_profile.json"))["relaxed_checks"] == result["relaxed_checks"]
+
+
+def test_an_ensembles_member_is_not_validated_unless_allowed(tmp_path, capsys):
+    """A site profile for a member would let a site screen with it; the page says what it is when allowed."""
+    from screening_core import artifact
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    artifact.mark_member(model_dir, ["brain-tumor-cnn/29"], "scored only beside the maps")
+    sample = tmp_path / "local_sample"
+    _sample(sample)
+    out = tmp_path / "validation"
+    base = ["--sample", str(sample), "--output", str(out), "--model", model_dir, "--bootstrap", "50"]
+    assert validate.main(base) == 2
+    assert "not a screening model alone: scored only beside the maps" in capsys.readouterr().err
+    assert not (out / "validation.json").exists()
+    assert validate.main([*base, "--allow-member-model"]) == 3  # 16 images, each its own patient
+    assert 'id="member-model"' in open(out / "validation.html").read()

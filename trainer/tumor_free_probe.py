@@ -169,7 +169,8 @@ def score(input_dir, model, out_dir):
     """Run brain-score on `input_dir` with `model` into `out_dir`; the image table's rows."""
     import pyarrow.parquet as pq
     cmd = [sys.executable, "-m", "beam_pipeline.run", "--input", input_dir, "--output", out_dir, "--model", model,
-           "--no-report", "--no-heatmaps", "--keep-paths", "--no-fail-on-drift"]  # a check's looks drift by design
+           "--no-report", "--no-heatmaps", "--keep-paths", "--no-fail-on-drift",  # a check's looks drift by design
+           "--allow-member-model"]  # it measures a model, an ensemble's member included; it screens no night
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"brain-score exited {done.returncode} for {model}:\n{done.stderr[-2000:]}")
