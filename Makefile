@@ -408,7 +408,8 @@ train-v27: data-healthy-planes
 	$(call ensemble_artifact,,,27,,$(V22) --classifier $(V24) --classifier $(V26))
 
 # v28, v29's third map: v16's map recipe without brain-mri (LGG 0.65, BraTS-PEDs 0.2, the healthy heads 0.15 of each
-# batch; issue 24's cross-collection check map, docs/model_v4_notes.md row XC2's run 300; ~15 min of fit). v29, the
+# batch; issue 24's cross-collection check map, docs/model_v4_notes.md row XC2's run 300; ~15 min of fit; its T2
+# reading is seed 42's: seed 43 reads T2 at chance, row M3C). v29, the
 # default: v27 with v28's map beside v14's and v16's, the three maps' log-odds averaged (row M3C; no training, ~10 min
 # of evaluation): make train-v22 train-v24 train-v26 train-v28 train-v29 MODEL_DIR=/tmp/models
 V28 ?= $(MODEL_DIR)/brain-tumor-cnn/28
