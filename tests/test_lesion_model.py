@@ -434,3 +434,18 @@ def test_skip_tumor_free_leaves_out_one_collections_tumor_free_slices_and_refuse
     assert lesion_train.drop_tumor_free(is_train, collections, labels, []).tolist() == is_train.tolist()
     with pytest.raises(SystemExit, match="brain_mri: not a training collection"):
         lesion_train.drop_tumor_free(is_train, collections, labels, ["brain_mri"])
+
+
+def test_a_threshold_source_that_chooses_nothing_stops_the_map_trainer_before_it_fits(tmp_path, capsys):
+    """Found after a 12-epoch run (session 26: BraTS-PEDs' validation FLAIR is all tumor slices); the one-class
+    case itself is test_multi_source's."""
+    from trainer import lesion_train
+    synth.write_sequence_collection(str(tmp_path / "lgg"), patients=6, per_patient=6, size=48, sequences=("flair",))
+    with pytest.raises(SystemExit) as e:
+        lesion_train.main(["--data-dir", str(tmp_path / "lgg"), "--shares", "lgg=1", "--image-size", "32",
+                           "--threshold-sources", "^lgg/t2$", "--model-dir", str(tmp_path / "models"),
+                           "--cache-dir", str(tmp_path / "cache"), "--group-pattern", r"^((?:TCGA_).+)_\d+\.\w+$"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threshold-sources '^lgg/t2$' matches no validation source (['lgg/flair'])" in err
+    assert not (tmp_path / "models").exists()

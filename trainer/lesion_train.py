@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 
 import numpy as np
@@ -467,8 +468,9 @@ def main(argv=None):
     t0 = time.time()
     try:
         data = prepare_data(cfg)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    except ValueError as e:  # a usage problem found in the data (exit 2, as trainer.task)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     ex, labels = data["examples"], data["labels"]
     arrays = lesion_data.build(ex, args.data_dir, args.image_size, args.cache_dir, masks_dirs=args.masks_dir)
     ext = data["external"]
