@@ -251,12 +251,9 @@ def resolve(argv, save_main_session=True):
             console.emit("input", f"Input {dicomweb.shown(after)}")
     try:
         metadata = model_store.metadata(model)
+        member = model_store.member_allowed(metadata, opts.allow_member_model, "Score with")
     except (artifact.ArtifactError, ValueError) as e:
         raise JobError(f"model: {e}") from e
-    member = artifact.member_note(metadata)
-    if member and not opts.allow_member_model:
-        raise JobError(f"model: {member}. Score with the ensemble instead (the default model), or pass "
-                       "--allow-member-model for research")
     if member:
         console.emit("member_model", f"WARNING: {member} (--allow-member-model)", level="warning")
     threshold, threshold_source, site_looks, site_planes, site_relaxed = _threshold(opts, metadata)  # a bad profile stops here

@@ -19,6 +19,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL_PATH = os.path.join("brain-tumor-cnn", "29")
 
 
+def member_allowed(metadata, allowed, verb):
+    """The artifact's member note (None for a screening model); ArtifactError for an ensemble's member unless
+    `allowed` (--allow-member-model). `verb`: what the tool would do with the ensemble instead ("Score")."""
+    note = artifact.member_note(metadata)
+    if note and not allowed:
+        raise artifact.ArtifactError(f"{note}. {verb} the ensemble instead (the default model), or pass "
+                                     "--allow-member-model for research")
+    return note
+
+
 def _default_model():
     """The committed model: $BRAIN_SCREENING_MODEL (worker images), else the installed
     `brain_screening_models` package (the repository's models/ folder in a source

@@ -790,10 +790,7 @@ def main(argv=None):
                                                              pseudonym.DEFAULT_KEY_FILE)
         model, _ = model_store.resolve(args.model or model_store.DEFAULT_MODEL)
         metadata = model_store.metadata(model)
-        member = artifact.member_note(metadata)
-        if member and not args.allow_member_model:
-            raise ValidationError(f"model: {member}. Validate the ensemble instead (the default model), or pass "
-                                  "--allow-member-model for research")
+        member = model_store.member_allowed(metadata, args.allow_member_model, "Validate")
         if args.sample:
             key = pseudonym.load_or_create_key(key_file)
             sample = os.path.abspath(args.sample)
@@ -852,6 +849,9 @@ def main(argv=None):
             result["at_artifact_threshold"]["sensitivity"], result["at_artifact_threshold"]["specificity"]),
             f"site ({result['site_threshold']:.3f})": (result["sensitivity"], result["specificity"])}
         curve = _roc_png(y, p, points)
+    except artifact.ArtifactError as e:  # --model: missing, broken, or an ensemble's member
+        print(f"error: model: {e}", file=sys.stderr)
+        return 2
     except (ValidationError, run.JobError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -503,3 +503,6 @@ def test_an_ensembles_member_is_not_validated_unless_allowed(tmp_path, capsys):
     assert not (out / "validation.json").exists()
     assert validate.main([*base, "--allow-member-model"]) == 3  # 16 images, each its own patient
     assert 'id="member-model"' in open(out / "validation.html").read()
+    # A --model that is no artifact is the same kind of answer, not a traceback
+    assert validate.main(["--sample", str(sample), "--output", str(out), "--model", str(tmp_path / "nothing")]) == 2
+    assert f"error: model: model artifact {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
