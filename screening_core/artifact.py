@@ -161,15 +161,27 @@ def member_note(metadata):
             f"not a screening model alone: {member['reason']}")
 
 
+def _member_problem(member):
+    """Why a `member_of` value breaks the contract (None when it holds): the one check of its shape, for the
+    loaders (`contract_problems`) and for `mark_member`, which writes it."""
+    if not isinstance(member, dict):
+        return f"{MEMBER_KEY} {member!r} is not {{'ensembles': [names], 'reason': text}}"
+    ensembles, reason = member.get("ensembles"), member.get("reason")
+    if not isinstance(ensembles, list) or not ensembles or not all(isinstance(e, str) and e.strip() for e in ensembles):
+        return f"{MEMBER_KEY} names no ensemble the artifact is a member of (--of), got {ensembles!r}"
+    if not isinstance(reason, str) or not reason.strip():
+        return f"{MEMBER_KEY} says no reason why the artifact is not a screening model alone (--reason)"
+    return None
+
+
 def mark_member(version_dir, ensembles, reason):
     """Record in metadata.json (re-sealed) that the artifact is scored only inside `ensembles`."""
-    if not ensembles or not all(isinstance(e, str) and e.strip() for e in ensembles):
-        raise ArtifactError("name at least one ensemble the artifact is a member of")
-    if not reason or not reason.strip():
-        raise ArtifactError("say why the artifact is not a screening model alone (--reason)")
+    member = {"ensembles": [e.strip() for e in ensembles], "reason": reason.strip()}
+    problem = _member_problem(member)
+    if problem:
+        raise ArtifactError(problem)
     read_metadata(version_dir)  # a folder that is no artifact is refused before anything is written
-    return update_metadata(version_dir, lambda md: md.__setitem__(
-        MEMBER_KEY, {"ensembles": [e.strip() for e in ensembles], "reason": reason.strip()}))
+    return update_metadata(version_dir, lambda md: md.__setitem__(MEMBER_KEY, member))
 
 
 # metadata keys whose figures hold at one threshold only (the tools that write them, trainer.<key> --write)
@@ -198,10 +210,9 @@ def contract_problems(metadata):
             problems.append(f"the {what} figures were measured at threshold {figures.get('threshold')!r}, not at "
                             f"the artifact's {t!r}: run python -m trainer.{key} --write again")
     member = metadata.get(MEMBER_KEY)
-    if member is not None and not (isinstance(member, dict) and isinstance(member.get("reason"), str)
-                                   and member["reason"].strip() and isinstance(member.get("ensembles"), list)
-                                   and member["ensembles"] and all(isinstance(e, str) for e in member["ensembles"])):
-        problems.append(f"{MEMBER_KEY} {member!r} is not {{'ensembles': [names], 'reason': text}}")
+    problem = None if member is None else _member_problem(member)
+    if problem:
+        problems.append(problem)
     onnx = (metadata.get("engines") or {}).get("onnxruntime")
     if onnx:
         layers = [c for c in ood.get("components", []) if c != "input_histogram"]
