@@ -297,3 +297,25 @@ def test_skip_tumor_slices_leaves_out_only_the_named_folders_tumor_slices_and_re
         _skipped_tumor_slices("lgg/t1post", ex, labels)
     cfg = task.parse_args(["--data-dir", str(tmp_path), "--skip-tumor-slices", "lgg/t1-pre,lgg/t1-post"])
     assert cfg.skip_tumor_slices == "lgg/t1-pre,lgg/t1-post"
+
+
+def test_a_painted_slice_of_a_collection_without_tumor_slices_weighs_one_example(tmp_path):
+    """A tumor painted into a collection of tumor-free heads (one class only) trains as one tumor example;
+    weighed as that collection's whole missing class it carried n/2 times a slice's weight and the
+    classifier diverged."""
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"h{i}.png"
+        path.write_bytes(synth.encode(synth.brain_slice(i, 128)))
+        paths.append(str(path))
+    labels = np.zeros(6, np.float32)
+    ds = input_pipeline.make_lesion_dataset(
+        paths, labels, np.array([input_pipeline.MASK_EMPTY] * 6), ["healthy"] * 6,
+        preprocessing.InputSpec(height=128, width=128), 6, True, seed=1, stride=16, balanced=False,
+        synth=(np.array([1.0, 1.0, 1.0, 0, 0, 0], np.float32), np.zeros(6, np.int32)))
+    _, y, w = next(iter(ds))
+    label, weight = y["tumor_probability"].numpy()[:, 0], w["tumor_probability"].numpy()
+    assert label.sum() >= 1, "at least one slice was painted"
+    assert np.allclose(weight[label == 1], 1.0), weight
+    assert np.allclose(weight[label == 0], 0.5), "its own slices keep theirs (half the class's share, as before)"
+    assert input_pipeline.class_weights([0, 0, 1, 1, 1, 1]) == {0: 1.5, 1: 0.75}
