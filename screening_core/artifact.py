@@ -186,7 +186,7 @@ def mark_member(version_dir, ensembles, reason):
 
 # metadata keys whose figures hold at one threshold only (the tools that write them, trainer.<key> --write)
 THRESHOLD_BOUND_FIGURES = {"tumor_free_probe": "tumor-free probe", "look_check": "look check",
-                           "targets": "acceptance targets"}
+                           "targets": "acceptance targets", "stress": "stress test"}
 
 
 def contract_problems(metadata):

@@ -102,3 +102,44 @@ def test_a_lesion_artifacts_card_carries_the_transplant_table_where_its_rows_hol
     no_donors = [r for r in rows if r["split"] != "held_out_site"]
     quiet, _ = _artifacts(tmp_path / "q", no_donors)
     assert stress.card_section(quiet) == ""
+
+
+def test_write_stores_the_figures_and_a_card_rendered_again_keeps_them(tmp_path):
+    """--write: metadata["stress"] at the artifact's threshold (re-sealed), the card's section spliced in place
+    (a hand-written section above it survives), the same section in a card rendered from the metadata, and the
+    contract refuses the figures once the threshold moves."""
+    import json
+
+    import pytest
+
+    from screening_core import artifact
+    from trainer import model_card
+    everywhere, _ = _artifacts(tmp_path, _scored_rows(tmp_path))
+    card = os.path.join(everywhere, artifact.MODEL_CARD_FILE)
+    with open(card, "w") as f:
+        f.write("# Model card\n\n## Status: a hand-written note\nkept\n")
+    assert stress.main(["transplant", everywhere, "--write"]) == 0
+    md = artifact.read_metadata(everywhere)
+    figures = md["stress"]
+    assert figures["threshold"] == md["threshold"] and figures["n_donors"] == 8
+    assert figures["sources"]["lgg/flair"]["flagged_changed"] == 1.0
+    text = open(card).read()
+    assert "## Status: a hand-written note\nkept\n" in text and text.count(stress.TITLE) == 1
+    assert "| lgg/flair | 8 | 100.0 % / 100.0 % (of" in text
+    assert stress.main(["transplant", everywhere, "--write"]) == 0  # again: replaced, not appended
+    assert open(card).read().count(stress.TITLE) == 1
+    assert stress.section(figures).strip() in model_card._stress_section(md)
+    artifact.verify(everywhere)  # re-sealed: the sums and the contract hold
+    md["threshold"] = 0.3
+    assert any("stress test figures were measured at threshold" in p for p in artifact.contract_problems(md))
+    with pytest.raises(SystemExit) as e:
+        stress.main(["painted", everywhere, "--write"])
+    assert e.value.code == 2
+    json.dumps(figures)  # plain JSON
+
+
+def test_a_section_is_spliced_between_its_neighbours():
+    card = "# c\n\n## A\na\n\n## Stress tests: a tumor where no collection shows one\nold\n\n## B\nb\n"
+    out = stress.splice(card, "\n## Stress tests: a tumor where no collection shows one\nnew\n")
+    assert out == "# c\n\n## A\na\n\n## Stress tests: a tumor where no collection shows one\nnew\n\n## B\nb\n"
+    assert stress.splice("# c\n", "\n## Stress tests: x\n").endswith("# c\n\n## Stress tests: x\n")

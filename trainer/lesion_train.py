@@ -573,10 +573,9 @@ def main(argv=None):
     metadata = artifact.write_artifact(model, final_dir, fields)
     lesion_eval.write_extras(final_dir, metadata, data, report)
     from trainer import stress
-    section = stress.card_section(final_dir)  # scored from the rows write_extras just wrote
-    if section:
-        with open(os.path.join(final_dir, artifact.MODEL_CARD_FILE), "a") as f:
-            f.write(section)
+    figures = stress.measure(final_dir)  # scored from the rows write_extras just wrote
+    if figures:
+        stress.write_to_artifact(final_dir, figures)
     print(f"Artifact written to {final_dir}: threshold {metadata['threshold']:.4f}", flush=True)
 
 

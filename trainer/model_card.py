@@ -177,6 +177,12 @@ def _look_check_section(metadata):
     return "\n".join(out) + "\n"
 
 
+def _stress_section(metadata):
+    """The transplant stress test (trainer.stress), kept in metadata so a card rendered again keeps it."""
+    from trainer import stress
+    return stress.section(metadata.get("stress")).lstrip("\n")
+
+
 def _targets_section(metadata):
     """The acceptance targets of the lesion-first model, met or not (trainer.targets --write)."""
     targets = metadata.get("targets") or {}
@@ -257,6 +263,7 @@ Sensitivity by tumor type at the operating threshold:
 {_localisation_section(metadata)}
 {_lesion_section(metadata)}
 {_look_check_section(metadata)}
+{_stress_section(metadata)}
 {_ood_section(metadata)}
 {metadata.get('development_notes', '')}
 ## Operating threshold

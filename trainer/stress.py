@@ -23,6 +23,7 @@ Each is a stress test, not a metric: compare models, or a model with and without
 import csv
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -173,20 +174,69 @@ def table(result):
     return "\n".join(lines)
 
 
-def card_section(version_dir, donors="held_out_site:lgg/flair", seed=7):
-    """The model card's stress-test section for one artifact from its scored rows: the transplant test on its
-    validation slices ("" where those rows hold no donor tumor, e.g. no held-out site)."""
+TITLE = "## Stress tests: a tumor where no collection shows one"
+
+
+def measure(version_dir, donors="held_out_site:lgg/flair", seed=7):
+    """The transplant test on the artifact's own validation slices, as metadata["stress"] stores it (None where
+    its scored rows hold no donor tumor, e.g. no held-out site)."""
+    from screening_core import artifact as artifact_io
     split, _, source = donors.partition(":")
     cut = donors_of(version_dir, split, source)
     if not cut:
+        return None
+    return entry(stress([version_dir], transplanter(cut, seed))[version_dir],
+                 artifact_io.read_metadata(version_dir)["threshold"], donors, len(cut), seed)
+
+
+def entry(result, threshold, donors, n_donors, seed):
+    """metadata["stress"]: one artifact's transplant result (`stress`'s per-source figures) and how it was made."""
+    return {"test": "transplant", "threshold": threshold, "donors": donors, "n_donors": n_donors, "seed": seed,
+            "sources": result}
+
+
+def section(figures):
+    """The model card's section for metadata["stress"] ("" without one): rendered with the card, and spliced into
+    an existing card by --write, so a card rendered again keeps it."""
+    if not figures or not figures.get("sources"):
         return ""
-    result = stress([version_dir], transplanter(cut, seed))
-    return (f"\n## Stress tests: a tumor where no collection shows one\n"
-            f"Each source's tumor-free validation slices as they are and with a real tumor set in (one of {len(cut)} "
-            f"masked tumor slices of {donors}, which the model never trained on, at its own place, scaled to the "
-            f"slice's brain: `augment.transplant_tumor`), at the model's threshold; the level bins show where it "
-            f"finds tumors only where its training collections had them. A stress test, not a metric "
-            f"(`python -m trainer.stress transplant <artifact>`; `painted` for a drawn tumor).\n\n{table(result)}\n")
+    name = "this model"
+    return (f"\n{TITLE}\n"
+            f"Each source's tumor-free validation slices as they are and with a real tumor set in (one of "
+            f"{figures['n_donors']} masked tumor slices of {figures['donors']}, which the model never trained on, at "
+            f"its own place, scaled to the slice's brain: `augment.transplant_tumor`), at the threshold "
+            f"{figures['threshold']:.4f}; the level bins show where it finds tumors only where its training "
+            f"collections had them. brain-mri's tumor-free slices are mostly axial T2 and FLAIR of another "
+            f"collection: a tumor the model does not flag there is one it vetoes by the look of that collection, "
+            f"as archives of axial T2 tumors look. A stress test, not a metric (`python -m trainer.stress "
+            f"transplant <artifact> --write`; `painted` for a drawn tumor).\n\n{table({name: figures['sources']})}\n")
+
+
+def card_section(version_dir, donors="held_out_site:lgg/flair", seed=7):
+    """`section` of a fresh `measure` ("" where the artifact's rows hold no donor tumor)."""
+    return section(measure(version_dir, donors, seed))
+
+
+def splice(card, text):
+    """The card with its stress section replaced by `text` (appended where it has none)."""
+    start = card.find("\n" + TITLE)
+    if start < 0:
+        return card.rstrip("\n") + "\n" + text
+    end = card.find("\n## ", start + 1)
+    return card[:start] + text.rstrip("\n") + ("\n" + card[end:] if end >= 0 else "\n")
+
+
+def write_to_artifact(version_dir, figures):
+    """Store the figures in metadata.json (re-sealed; bound to the artifact's threshold like the probe's) and put
+    their section into the model card in place, keeping every other section as it is."""
+    from screening_core import artifact as artifact_io
+    artifact_io.update_metadata(version_dir, lambda md: md.__setitem__("stress", figures))
+    card = os.path.join(version_dir, artifact_io.MODEL_CARD_FILE)
+    if os.path.exists(card):
+        with open(card) as f:
+            text = f.read()
+        with open(card, "w") as f:
+            f.write(splice(text, section(figures)))
 
 
 def main(argv=None):
@@ -201,9 +251,14 @@ def main(argv=None):
     p.add_argument("--max-per-source", type=int, default=0, help="0: every tumor-free slice")
     p.add_argument("--seed", type=int, default=7, help="which slice gets which tumor (the same for every artifact)")
     p.add_argument("--out", default="", help="write the result as JSON here as well")
+    p.add_argument("--write", action="store_true", help="transplant on the validation split only: store each "
+                   "artifact's figures in its metadata.json (re-sealed) and its model card")
     args = p.parse_args(argv)
     if args.max_per_source < 0:
         p.error("--max-per-source must be >= 0")
+    if args.write and (args.test != "transplant" or args.split != "validation" or args.max_per_source):
+        p.error("--write stores the transplant test on every validation slice: no painted, --split or "
+                "--max-per-source with it")
     if args.test == "painted":
         make = painter(args.seed)
     else:
@@ -220,6 +275,12 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+    if args.write:
+        from screening_core import artifact as artifact_io
+        for a in args.artifacts:
+            write_to_artifact(a, entry(result[a], artifact_io.read_metadata(a)["threshold"], args.donors,
+                                       len(donors), args.seed))
+        print("stored in: " + ", ".join(os.path.join(a, "metadata.json") for a in args.artifacts), file=sys.stderr)
     return 0
 
 
