@@ -184,9 +184,12 @@ def mark_member(version_dir, ensembles, reason):
     return update_metadata(version_dir, lambda md: md.__setitem__(MEMBER_KEY, member))
 
 
-# metadata keys whose figures hold at one threshold only (the tools that write them, trainer.<key> --write)
-THRESHOLD_BOUND_FIGURES = {"tumor_free_probe": "tumor-free probe", "look_check": "look check",
-                           "targets": "acceptance targets", "stress": "stress test"}
+# metadata keys whose figures hold at one threshold only: (what they are, the command that writes them again)
+THRESHOLD_BOUND_FIGURES = {
+    "tumor_free_probe": ("tumor-free probe", "python -m trainer.tumor_free_probe --input DIR --model <artifact> --write"),
+    "look_check": ("look check", "python -m trainer.look_check --input DIR --model <artifact> --write"),
+    "targets": ("acceptance targets", "python -m trainer.targets <artifact> --write"),
+    "stress": ("stress test", "python -m trainer.stress transplant <artifact> --write")}
 
 
 def contract_problems(metadata):
@@ -204,11 +207,11 @@ def contract_problems(metadata):
         ot = ood.get("threshold")
         if isinstance(ot, bool) or not isinstance(ot, (int, float)) or not math.isfinite(ot) or ot <= 0:
             problems.append(f"OOD threshold {ot!r} is not a positive number")
-    for key, what in THRESHOLD_BOUND_FIGURES.items():
+    for key, (what, command) in THRESHOLD_BOUND_FIGURES.items():
         figures = metadata.get(key)
         if figures and figures.get("threshold") != t:
             problems.append(f"the {what} figures were measured at threshold {figures.get('threshold')!r}, not at "
-                            f"the artifact's {t!r}: run python -m trainer.{key} --write again")
+                            f"the artifact's {t!r}: run {command} again")
     member = metadata.get(MEMBER_KEY)
     problem = None if member is None else _member_problem(member)
     if problem:

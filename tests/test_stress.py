@@ -131,7 +131,8 @@ def test_write_stores_the_figures_and_a_card_rendered_again_keeps_them(tmp_path)
     assert stress.section(figures).strip() in model_card._stress_section(md)
     artifact.verify(everywhere)  # re-sealed: the sums and the contract hold
     md["threshold"] = 0.3
-    assert any("stress test figures were measured at threshold" in p for p in artifact.contract_problems(md))
+    assert any("stress test figures were measured at threshold" in p and "trainer.stress transplant <artifact> --write"
+               in p for p in artifact.contract_problems(md))
     with pytest.raises(SystemExit) as e:
         stress.main(["painted", everywhere, "--write"])
     assert e.value.code == 2
