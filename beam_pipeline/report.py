@@ -188,7 +188,7 @@ def _validation_html(threshold_sources, md, site=NO_SITE):
     seen = f" On collections it never saw: {figures}." if figures else ""
     return (f'<p id="validation" class="drift-warning"><b>Not validated at this site:</b> {why}. Its scores here '
             f"may be far from its own validation figures.{seen}{_targets_html(md)}{_tumor_free_html(md)}"
-            f"{_look_check_html(md)} Run "
+            f"{_look_check_html(md)}{_stress_html(md)} Run "
             "brain-validate on local labelled patients (docs/new_site.md) before anyone relies on it.</p>")
 
 
@@ -240,6 +240,20 @@ def _look_check_html(md):
         tail = f": a {_esc(named)} series without a flag is not a negative, read it"
     return (f" On the same tumors seen in several looks ({check.get('patients', '?')} patients) it found "
             f"<b>{parts}</b> of tumor slices{tail}.")
+
+
+def _stress_html(md):
+    """How often the model flags a real tumor set into the tumor-free slices of its validation collections
+    (trainer.stress transplant --write): a tumor on a slice that looks like a tumor-free collection's can be vetoed
+    by that look, which no validation split shows."""
+    sources = ((md or {}).get("stress") or {}).get("sources") or {}
+    found = {k: v["flagged_changed"] for k, v in sources.items() if v.get("flagged_changed") is not None}
+    if not found:
+        return ""
+    parts = ", ".join(f"{_esc(k)} {v:.0%}" for k, v in found.items())
+    return (f" With a real tumor set into tumor-free slices of its validation collections it flagged <b>{parts}</b>"
+            f" of them: a tumor on a slice that looks like a tumor-free collection (axial T2 archives look like "
+            f"brain-mri's) can go unflagged.")
 
 
 LOOK_MISS_GAP = 0.15  # a look whose tumor slices are found this much less often than the best look's is named

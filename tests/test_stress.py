@@ -144,3 +144,12 @@ def test_a_section_is_spliced_between_its_neighbours():
     out = stress.splice(card, "\n## Stress tests: a tumor where no collection shows one\nnew\n")
     assert out == "# c\n\n## A\na\n\n## Stress tests: a tumor where no collection shows one\nnew\n\n## B\nb\n"
     assert stress.splice("# c\n", "\n## Stress tests: x\n").endswith("# c\n\n## Stress tests: x\n")
+
+
+def test_the_run_report_quotes_the_stored_stress_figures_in_its_validation_banner():
+    from beam_pipeline import report
+    md = {"stress": {"sources": {"brain-mri": {"flagged_changed": 0.294}, "lgg/flair": {"flagged_changed": 0.31},
+                                 "empty": {"flagged_changed": None}}}}
+    text = report._stress_html(md)
+    assert "<b>brain-mri 29%, lgg/flair 31%</b>" in text and "empty" not in text and "can go unflagged" in text
+    assert report._stress_html({}) == "" and report._stress_html(None) == ""
