@@ -179,8 +179,8 @@ def _look_check_section(metadata):
 
 def _stress_section(metadata):
     """The transplant stress test (trainer.stress), kept in metadata so a card rendered again keeps it."""
-    from trainer import stress
-    return stress.section(metadata.get("stress")).lstrip("\n")
+    from trainer import stress_report
+    return stress_report.section(metadata.get("stress")).lstrip("\n")
 
 
 def _targets_section(metadata):
