@@ -96,20 +96,18 @@ def test_the_command_refuses_donors_it_cannot_find(tmp_path, capsys):
 def test_a_lesion_artifacts_card_carries_the_transplant_table_where_its_rows_hold_donors(tmp_path):
     rows = _scored_rows(tmp_path)
     everywhere, _ = _artifacts(tmp_path, rows)
-    section = stress.card_section(everywhere)
+    section = stress.section(stress.measure(everywhere))
     assert section.startswith("\n## Stress tests") and "one of 8 masked tumor slices" in section
     assert "| lgg/flair | 8 | 100.0 % / 100.0 % (of" in section
     no_donors = [r for r in rows if r["split"] != "held_out_site"]
     quiet, _ = _artifacts(tmp_path / "q", no_donors)
-    assert stress.card_section(quiet) == ""
+    assert stress.measure(quiet) is None and stress.section(None) == ""
 
 
 def test_write_stores_the_figures_and_a_card_rendered_again_keeps_them(tmp_path):
     """--write: metadata["stress"] at the artifact's threshold (re-sealed), the card's section spliced in place
     (a hand-written section above it survives), the same section in a card rendered from the metadata, and the
     contract refuses the figures once the threshold moves."""
-    import json
-
     import pytest
 
     from screening_core import artifact
@@ -136,7 +134,6 @@ def test_write_stores_the_figures_and_a_card_rendered_again_keeps_them(tmp_path)
     with pytest.raises(SystemExit) as e:
         stress.main(["painted", everywhere, "--write"])
     assert e.value.code == 2
-    json.dumps(figures)  # plain JSON
 
 
 def test_a_section_is_spliced_between_its_neighbours():

@@ -28,7 +28,7 @@ import sys
 import numpy as np
 
 from trainer import HelpFormatter
-from trainer.stress_report import TITLE, section, table  # noqa: F401 (the card's and the CLI's words)
+from trainer.stress_report import TITLE, section, table
 
 LEVEL_BINS = 5
 
@@ -170,11 +170,6 @@ def entry(result, threshold, donors, n_donors, seed):
     """metadata["stress"]: one artifact's transplant result (`stress`'s per-source figures) and how it was made."""
     return {"test": "transplant", "threshold": threshold, "donors": donors, "n_donors": n_donors, "seed": seed,
             "sources": result}
-
-
-def card_section(version_dir, donors="held_out_site:lgg/flair", seed=7):
-    """`section` of a fresh `measure` ("" where the artifact's rows hold no donor tumor)."""
-    return section(measure(version_dir, donors, seed))
 
 
 def splice(card, text):
