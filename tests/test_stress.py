@@ -150,3 +150,15 @@ def test_the_run_report_quotes_the_stored_stress_figures_in_its_validation_banne
     text = report._stress_html(md)
     assert "<b>brain-mri 29%, lgg/flair 31%</b>" in text and "empty" not in text and "can go unflagged" in text
     assert report._stress_html({}) == "" and report._stress_html(None) == ""
+
+
+def test_write_measures_each_artifact_on_its_own_slices(tmp_path):
+    """With two artifacts the printed table scores the first one's slices with both; what --write stores for the
+    second is measured on the second's own scored rows."""
+    from screening_core import artifact
+    everywhere, _ = _artifacts(tmp_path / "one", _scored_rows(tmp_path / "one"))
+    rows = [r for r in _scored_rows(tmp_path / "two") if r["source"] == "lgg/flair" or r["split"] == "held_out_site"]
+    other, _ = _artifacts(tmp_path / "two", rows)
+    assert stress.main(["transplant", everywhere, other, "--write"]) == 0
+    assert set(artifact.read_metadata(everywhere)["stress"]["sources"]) == {"lgg/flair", "lgg/t1-post"}
+    assert set(artifact.read_metadata(other)["stress"]["sources"]) == {"lgg/flair"}

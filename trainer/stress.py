@@ -230,12 +230,19 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
-    if args.write:
+    if args.write:  # each artifact's own figures: the table above used the first one's slices for all
         from screening_core import artifact as artifact_io
+        first = args.artifacts[0]
+        stored = []
         for a in args.artifacts:
-            write_to_artifact(a, entry(result[a], artifact_io.read_metadata(a)["threshold"], args.donors,
-                                       len(donors), args.seed))
-        print("stored in: " + ", ".join(os.path.join(a, "metadata.json") for a in args.artifacts), file=sys.stderr)
+            figures = (entry(result[a], artifact_io.read_metadata(a)["threshold"], args.donors, len(donors), args.seed)
+                       if a == first else measure(a, args.donors, args.seed))
+            if figures:
+                write_to_artifact(a, figures)
+                stored.append(os.path.join(a, "metadata.json"))
+            else:
+                print(f"{a}: no masked tumor slices of {args.donors} in its scored rows: nothing stored", file=sys.stderr)
+        print("stored in: " + (", ".join(stored) or "nothing"), file=sys.stderr)
     return 0
 
 
