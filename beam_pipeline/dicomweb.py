@@ -577,10 +577,11 @@ BREAKER = _Breaker()
 def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
     """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors
     with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)
-    and passes the BREAKER first."""
+    and then passes the BREAKER: a request that waited for the gate while the breaker opened is not sent
+    (checked before the wait, every queued request went out: 15 asked of a silent PACS, not 8 + 4)."""
     start = time.monotonic()
     for attempt in range(_ATTEMPTS):
-        with BREAKER.watch(url), (gate() if gate else contextlib.nullcontext()):
+        with (gate() if gate else contextlib.nullcontext()), BREAKER.watch(url):
             status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, what)
         if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < deadline_s / 2:
             time.sleep(0.5 * 2 ** attempt)

@@ -699,3 +699,33 @@ def test_a_login_renewed_in_the_credentials_file_mid_night_is_picked_up(tmp_path
     # the launch check and the search with the old token; the third request refused, resent once with the new
     # one, and the old token never sent again
     assert seen[:3] == ["Bearer old-token"] * 3 and set(seen[3:]) == {"Bearer new-token"}
+
+
+def test_a_request_that_waited_for_the_concurrency_limit_while_the_breaker_opened_is_not_sent():
+    """The breaker is asked after the concurrency gate, not before: requests queued behind the limit when a
+    PACS goes silent are refused, not sent (asked first, every queued one went out: 15 of a silent PACS)."""
+    class _Session:
+        asked = 0
+
+        def get(self, *a, **k):
+            _Session.asked += 1
+            raise AssertionError("sent")
+
+    gate = threading.BoundedSemaphore(1)
+    gate.acquire()  # another request holds the only slot
+    url = "http://pacs.invalid/dicom-web/studies/1/series/2/instances/3"
+    outcome = []
+
+    def ask():
+        try:
+            dicomweb._get(_Session(), url, {}, 1024, 5.0, "instance", lambda: gate)
+        except dicomweb.RetrieveError as e:
+            outcome.append(e.code)
+    t = threading.Thread(target=ask)
+    t.start()
+    time.sleep(0.2)  # queued behind the gate
+    for _ in range(dicomweb._Breaker.UNANSWERED_LIMIT):  # meanwhile the PACS left eight requests unanswered
+        dicomweb.BREAKER._after("pacs.invalid", answered=False)
+    gate.release()
+    t.join(5)
+    assert _Session.asked == 0 and outcome == ["dicomweb_timeout"]
