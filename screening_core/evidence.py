@@ -20,21 +20,34 @@ class OddsProduct(keras.layers.Layer):
     """[p_a, p_b, ...] (each (n, 1)) -> sigmoid(w_a logit(p_a) + w_b logit(p_b) + ...), (n, 1) float32.
 
     `weights` default to 1 each (v9-v13: the plain sum); 0.5 for a member's two passes (the image and
-    its mirror, `MirrorImage`) averages that member's log-odds instead of counting its evidence twice."""
+    its mirror, `MirrorImage`) averages that member's log-odds instead of counting its evidence twice.
 
-    def __init__(self, weights=None, **kwargs):
+    `floors` (one per input, None for none): the lowest log-odds an input may contribute. Why (v30,
+    docs/model_v4_notes.md row VF): the slice classifiers learnt a look ("axial T2 like brain-mri's
+    tumor-free collection = no tumor") and veto a real tumor on such a slice with log-odds of -8 to -11,
+    far below anything they gave a validation tumor (lowest -3.3 to -4.3); a floor caps how much a
+    member's confidence can outvote a lesion the maps find, chosen where no validation operating point
+    moves."""
+
+    def __init__(self, weights=None, floors=None, **kwargs):
         super().__init__(**kwargs)
         self.member_weights = None if weights is None else [float(w) for w in weights]
+        self.floors = None if floors is None else [None if f is None else float(f) for f in floors]
 
     def call(self, inputs):
         from keras import ops
         if self.member_weights is not None and len(self.member_weights) != len(inputs):
             raise ValueError(f"{len(inputs)} probabilities for {len(self.member_weights)} weights")
+        if self.floors is not None and len(self.floors) != len(inputs):
+            raise ValueError(f"{len(inputs)} probabilities for {len(self.floors)} floors")
         total = 0.0
         for i, p in enumerate(inputs):
             p = ops.clip(ops.cast(p, "float32"), EPS, 1.0 - EPS)
             w = 1.0 if self.member_weights is None else self.member_weights[i]
-            total = total + w * (ops.log(p) - ops.log(1.0 - p))
+            odds = ops.log(p) - ops.log(1.0 - p)
+            if self.floors is not None and self.floors[i] is not None:
+                odds = ops.maximum(odds, self.floors[i])
+            total = total + w * odds
         return ops.sigmoid(total)
 
     def compute_output_shape(self, input_shape):
@@ -44,6 +57,8 @@ class OddsProduct(keras.layers.Layer):
         config = super().get_config()
         if self.member_weights is not None:  # absent in v9-v13's saved graphs: they load as the plain sum
             config["weights"] = self.member_weights
+        if self.floors is not None:  # absent before v30: those graphs load without floors
+            config["floors"] = self.floors
         return config
 
 

@@ -264,3 +264,73 @@ def test_a_second_classifier_joins_with_the_classifiers_log_odds_averaged(tmp_pa
     out = tmp_path / "out"
     ensemble.main(["--lesion", lesion, "--classifier", first, "--classifier", second, "--out", str(out)])
     assert set(json.loads((out / "fit.json").read_text())["members"]) == {"lesion_map", "classifier", "classifier_2"}
+
+
+def _shifted_classifier(tmp_path, name, seed, images, centre):
+    """A tiny classifier whose log-odds on `images` spread around `centre` (its last layer's bias moved)."""
+    from screening_core import artifact, preprocessing
+    model, _ = artifact.load(tiny_model.write_tiny_artifact(tmp_path / f"{name}_tiny", seed=seed))
+    z = _logit(model.predict_on_batch(images).ravel())
+    last = model.layers[-1]
+    kernel, bias = last.get_weights()
+    scale = 4.0 / max(float(np.ptp(z)), 1e-3)  # spread them over about 4 log-odds
+    last.set_weights([kernel * scale, (bias - np.median(z)) * scale + centre])
+    out = str(tmp_path / name / "1")
+    artifact.write_artifact(model, out, dict(
+        name=name, version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
+        threshold=0.5, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
+        training_config={}, extra={}))
+    return out
+
+
+def test_a_classifier_floor_caps_each_classifiers_veto_and_exports_to_onnx(tmp_path):
+    """--classifier-floor F: each classifier pass contributes max(its log-odds, F), the maps unbounded, so a
+    classifier cannot outvote what the maps find beyond F (v30); mirrored passes carry the same floor; the
+    graph saves, loads in safe mode and exports with parity; a floor outside (-16, 0) is refused."""
+    import json
+
+    import keras
+
+    from screening_core import artifact, preprocessing
+    from trainer import ensemble, export
+    x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
+                                        preprocessing.InputSpec(32, 32)) for s in range(8)])
+    lesion = _image_dependent_lesion(tmp_path, "a", seed=7)
+    first = _shifted_classifier(tmp_path, "c", 3, x, centre=-4.0)
+    second = _shifted_classifier(tmp_path, "d", 5, x, centre=-4.0)
+    z = {d: _logit(artifact.load(d)[0].predict_on_batch(x).ravel()) for d in (lesion, first, second)}
+    floor = -4.0
+    for d in (first, second):  # the floor cuts some slices of each classifier, not all
+        assert 0 < (z[d] < floor).sum() < len(x)
+    model, info = ensemble.build(lesion, first, more_classifiers=[second], classifier_floor=floor)
+    expected = (np.maximum(z[first], floor) + np.maximum(z[second], floor)) / 2 + z[lesion]
+    unbounded = (z[first] + z[second]) / 2 + z[lesion]
+    assert np.abs(expected - unbounded).max() > 0.1
+    np.testing.assert_allclose(model.predict_on_batch(x).ravel(), 1 / (1 + np.exp(-expected)), atol=1e-5)
+    assert info["members"]["classifier"]["log_odds_floor"] == floor
+    plain, info = ensemble.build(lesion, first, more_classifiers=[second])
+    np.testing.assert_allclose(plain.predict_on_batch(x).ravel(), 1 / (1 + np.exp(-unbounded)), atol=1e-5)
+    assert "log_odds_floor" not in info["members"]["classifier"]
+    assert "floors" not in plain.get_layer("combined_probability").get_config()  # saved as v29 and before were
+    # mirrored classifiers: each of a classifier's two passes is floored before they are averaged
+    mirror = x[:, :, ::-1]
+    zm = {d: _logit(artifact.load(d)[0].predict_on_batch(mirror).ravel()) for d in (first, second)}
+    mirrored, _ = ensemble.build(lesion, first, more_classifiers=[second], mirror="classifier", classifier_floor=floor)
+    want = sum((np.maximum(z[d], floor) + np.maximum(zm[d], floor)) / 4 for d in (first, second)) + z[lesion]
+    np.testing.assert_allclose(mirrored.predict_on_batch(x).ravel(), 1 / (1 + np.exp(-want)), atol=1e-5)
+    path = str(tmp_path / "e.keras")
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+    version_dir = str(tmp_path / "models" / "ens" / "1")
+    artifact.write_artifact(model, version_dir, dict(
+        name="ens", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
+        threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
+        training_config={}, extra={"head": "lesion_map"}))
+    assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+    for bad in (0.0, 2.0, -16.0):
+        with pytest.raises(SystemExit, match="--classifier-floor is log-odds between -16 and 0"):
+            ensemble.build(lesion, first, classifier_floor=bad)
+    out = tmp_path / "out"
+    ensemble.main(["--lesion", lesion, "--classifier", first, "--classifier-floor", "-4", "--out", str(out)])
+    assert json.loads((out / "fit.json").read_text())["members"]["classifier"]["log_odds_floor"] == -4.0

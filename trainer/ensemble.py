@@ -108,16 +108,19 @@ def _extra_member(path, prefix, spec, inputs, lesion=True):
 
 
 def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none", more_lesions=(),
-          more_classifiers=()):
+          more_classifiers=(), classifier_floor=None):
     """(ensemble model, description) from two artifact folders; with `fine_tuned_dir`, the classifier's
     weights are moved `alpha` of the way to that fine-tune's (`interpolate`). `mirror` (MIRROR_CHOICES):
     which members also score the image mirrored left to right, their two log-odds averaged
     (`evidence.MirrorImage`; "lesion" mirrors every lesion map); the lesion map the overlays show stays the
     map of the image as given. `more_lesions`: further lesion-map artifacts whose log-odds are averaged with
     the first map's; `more_classifiers`: further classifiers (used as they are) whose log-odds are averaged
-    with the first classifier's."""
+    with the first classifier's. `classifier_floor`: the lowest log-odds each classifier pass may give
+    (`evidence.OddsProduct` floors; None: unbounded), so no classifier can veto what the maps find beyond it."""
     if mirror not in MIRROR_CHOICES:  # before any artifact is loaded
         raise SystemExit(f"--mirror is one of {', '.join(MIRROR_CHOICES)}, got {mirror!r}")
+    if classifier_floor is not None and not -16.0 < classifier_floor < 0.0:
+        raise SystemExit(f"--classifier-floor is log-odds between -16 and 0 (0: even odds), got {classifier_floor:g}")
     import keras
 
     from screening_core import artifact, evidence
@@ -156,6 +159,7 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     probabilities = [member.output for member, _, _ in passes]
     # the classifiers' log-odds averaged, the maps' log-odds averaged: each kind counts as much as the other
     weights = [1.0 / len(classifiers)] * len(classifiers) + [1.0 / len(lesions)] * len(lesions)
+    floors = [classifier_floor] * len(classifiers) + [None] * len(lesions)
     if mirror != "none":
         mirrored = evidence.MirrorImage(name="mirror_image")(inputs)
         for i, (member, which, k) in enumerate(passes):
@@ -163,8 +167,10 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
                 probabilities.append(_second_pass(member, inputs, mirrored, f"{MIRROR_PREFIX}{which}{k}"))
                 weights[i] /= 2
                 weights.append(weights[i])
+                floors.append(floors[i])
     # one classifier and one map, unmirrored: the plain sum (weights all 1), saved as v9-v15 were
     combined = evidence.OddsProduct(weights=weights if len(probabilities) > 2 else None,
+                                    floors=floors if classifier_floor is not None else None,
                                     name="combined_probability", dtype="float32")(probabilities)
     model = keras.Model(inputs, combined, name="brain_tumor_lesion_and_classifier")
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},
@@ -179,6 +185,8 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         members[f"classifier_{k}"] = {"artifact": path, "model_sha256": md["model_sha256"],
                                       "mirrored": mirror in ("classifier", "both"),
                                       "layer_prefix": EXTRA_CLASSIFIER_PREFIX.format(k)}
+    if classifier_floor is not None:
+        members["classifier"]["log_odds_floor"] = classifier_floor
     if tuned_md is not None:
         members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
                                                   "model_sha256": tuned_md["model_sha256"]}
@@ -205,12 +213,17 @@ def main(argv=None):
                         help="members that also score the image mirrored left to right, their log-odds "
                         "averaged (flip test-time augmentation in the graph; 'lesion' mirrors every map; each "
                         "mirrored member costs its share of the scoring time again)")
+    parser.add_argument("--classifier-floor", type=float, default=None, metavar="LOG_ODDS",
+                        help="the lowest log-odds each classifier may give (e.g. -5.5: probability 0.004), so that "
+                        "no classifier vetoes a lesion the maps find with more confidence than it ever gave a "
+                        "validation tumor (v30, notes row VF); unbounded when left out")
     parser.add_argument("--out", required=True, help="folder for best.keras and fit.json")
     args = parser.parse_args(argv)
     if args.alpha and not args.fine_tuned:
         parser.error("--alpha moves the classifier towards --fine-tuned: name that artifact")
     model, info = build(args.lesion[0], args.classifier[0], args.fine_tuned or None, args.alpha, args.mirror,
-                        more_lesions=args.lesion[1:], more_classifiers=args.classifier[1:])
+                        more_lesions=args.lesion[1:], more_classifiers=args.classifier[1:],
+                        classifier_floor=args.classifier_floor)
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "best.keras"))
     with open(os.path.join(args.out, "fit.json"), "w") as f:
