@@ -334,3 +334,24 @@ def test_a_classifier_floor_caps_each_classifiers_veto_and_exports_to_onnx(tmp_p
     out = tmp_path / "out"
     ensemble.main(["--lesion", lesion, "--classifier", first, "--classifier-floor", "-4", "--out", str(out)])
     assert json.loads((out / "fit.json").read_text())["members"]["classifier"]["log_odds_floor"] == -4.0
+
+
+def test_the_card_names_an_ensembles_members_and_its_floor_not_the_first_maps_recipe():
+    """v9-v29's cards described the first map alone ("the slice probability is the highest mean of that map"),
+    though the score was several members' combined evidence."""
+    from trainer import model_card
+    members = {"lesion_map": {"artifact": "models/brain-tumor-cnn/14", "mirrored": False},
+               "lesion_map_2": {"artifact": "models/brain-tumor-cnn/16", "mirrored": False},
+               "classifier": {"artifact": "models/brain-tumor-cnn/22", "mirrored": False, "log_odds_floor": -5.5},
+               "classifier_2": {"artifact": "models/brain-tumor-cnn/24", "mirrored": False}}
+    text = model_card._architecture({"head": "lesion_map", "training": {"members": members}})
+    assert "maps v14, v16 and slice classifiers v22, v24" in text
+    assert "each classifier's log-odds floored at -5.5" in text and "overlays show v14's map" in text
+    assert "highest mean of that map" not in text
+    members = {"lesion_map": {"artifact": "models/brain-tumor-cnn/10", "mirrored": True},
+               "classifier": {"artifact": "models/brain-tumor-cnn/3", "mirrored": False,
+                              "moved_towards": {"artifact": "models/brain-tumor-cnn/12", "alpha": 0.3}}}
+    text = model_card._architecture({"head": "lesion_map", "training": {"members": members}})
+    assert "map v10 and slice classifier v3 (its weights moved 0.3 of the way to v12's)" in text
+    assert "floored" not in text and "mirrored left to right" in text
+    assert "highest mean of that map" in model_card._architecture({"head": "lesion_map", "training": {}})

@@ -1,4 +1,5 @@
 """Render model_card.md from an artifact's metadata (one template, all models)."""
+import posixpath
 
 
 def _pct(x):
@@ -295,7 +296,33 @@ the next version number; point the pipeline at it with `--model <model-dir>/{met
 """
 
 
+def _ensemble(members):
+    """The members of a trainer.ensemble graph (training.members), in words: the card's reader must see that
+    the score is several models' combined evidence, not the first map's alone."""
+    def names(kind):
+        keys = sorted((k for k in members if k == kind or k.startswith(kind + "_")), key=lambda k: (len(k), k))
+        return [f"v{posixpath.basename(str(members[k].get('artifact', '?')).rstrip('/'))}" for k in keys]
+    maps, classifiers = names("lesion_map"), names("classifier")
+    moved = members["classifier"].get("moved_towards")
+    if moved:
+        target = posixpath.basename(str(moved.get("artifact", "?")).rstrip("/"))
+        classifiers[0] += f" (its weights moved {moved.get('alpha', 0):g} of the way to v{target}'s)"
+    map_odds = "the maps' mean log-odds" if len(maps) > 1 else "the map's log-odds"
+    classifier_odds = "the classifiers' mean log-odds" if len(classifiers) > 1 else "the classifier's log-odds"
+    floor = members["classifier"].get("log_odds_floor")
+    floored = f", each classifier's log-odds floored at {floor:g}" if floor is not None else ""
+    mirror = ("; mirrored members also score the image mirrored left to right"
+              if any(m.get("mirrored") for m in members.values()) else "")
+    return (f"Ensemble in one graph (trainer/ensemble.py): lesion-first U-Net map{'s' * (len(maps) > 1)} "
+            f"{', '.join(maps)} and slice classifier{'s' * (len(classifiers) > 1)} {', '.join(classifiers)}, "
+            f"trained from scratch (no pretrained weights); the slice probability adds {map_odds} and "
+            f"{classifier_odds}{floored}{mirror}; the overlays show {maps[0]}'s map")
+
+
 def _architecture(metadata):
+    members = (metadata.get("training") or {}).get("members")
+    if isinstance(members, dict) and "lesion_map" in members and "classifier" in members:
+        return _ensemble(members)
     if metadata.get("head") == "lesion_map":
         return ("Lesion-first U-Net, trained from scratch (no pretrained weights): a per-pixel tumor "
                 "probability map at half the input resolution; the slice probability is the highest "
