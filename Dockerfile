@@ -33,6 +33,14 @@ train = [d for d in base if not d.startswith(beam_only)] + project["optional-dep
 open("/src/train.txt", "w").write("\n".join(train) + "\n")
 PY
 
+# ---- models/ with the default model only (setup.py names it; models/ holds every version, ten times its size)
+FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS default-model
+WORKDIR /src
+COPY setup.py ./
+COPY beam_pipeline/model_store.py ./beam_pipeline/model_store.py
+COPY models ./models
+RUN python -c "import setup; print(setup.copy_default_model('models', '/out/models'))"
+
 # ---- CPU worker: Beam's own SDK image + this project ----------------------------
 FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS worker
 WORKDIR /opt/brain-screening
@@ -42,7 +50,7 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/base.txt
 COPY pyproject.toml setup.py README.md ./
 COPY screening_core ./screening_core
 COPY beam_pipeline ./beam_pipeline
-COPY models ./models
+COPY --from=default-model /out/models ./models
 RUN pip install --no-cache-dir --no-deps . \
  && python -c "import beam_pipeline.run, screening_core.preprocessing; from beam_pipeline import model_store; \
 import os; assert os.path.isdir(model_store.DEFAULT_MODEL), model_store.DEFAULT_MODEL"
@@ -62,7 +70,7 @@ RUN python3 -m pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/base.t
 COPY pyproject.toml setup.py README.md ./
 COPY screening_core ./screening_core
 COPY beam_pipeline ./beam_pipeline
-COPY models ./models
+COPY --from=default-model /out/models ./models
 RUN python3 -m pip install --no-cache-dir --no-deps . \
  && python3 -c "import beam_pipeline.run; import tensorflow as tf; print(tf.__version__)"
 COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam

@@ -39,6 +39,13 @@ def test_sdist_contains_packages_and_default_model(tmp_path):
                    *(f"{DEFAULT_MODEL}/{f}" for f in MODEL_FILES)):
         assert needed in names, needed
     assert not any("_work" in n or n.startswith("tests/") or n.endswith("gradcam_sample.png") for n in names)
+    assert _model_versions(names, "models/") == {model_store.DEFAULT_MODEL_PATH}  # not every version (241 MB)
+
+
+def _model_versions(names, prefix):
+    """The <name>/<version> folders of models among archive member names under `prefix`."""
+    return {"/".join(n[len(prefix):].split("/")[:2]) for n in names
+            if n.startswith(prefix) and len(n[len(prefix):].split("/")) >= 3}
 
 
 @needs_model
@@ -51,6 +58,7 @@ def test_wheel_installs_the_default_model_as_package_data(tmp_path):
         assert f"brain_screening_models/{model_store.DEFAULT_MODEL_PATH}/{f}" in names, f
     assert {"beam_pipeline/run.py", "beam_pipeline/stages/score.py", "trainer/task.py"} <= names
     assert not any("_work/" in n or n.endswith("gradcam_sample.png") for n in names)
+    assert _model_versions(names, "brain_screening_models/") == {model_store.DEFAULT_MODEL_PATH}
     # Installed from the wheel (outside the source tree), the pipeline finds its default model there.
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
@@ -61,6 +69,34 @@ def test_wheel_installs_the_default_model_as_package_data(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out.startswith(str(target)) and os.path.exists(os.path.join(out, "model.keras")), out
+
+
+@needs_model
+def test_the_worker_images_models_folder_holds_the_default_model_only(tmp_path):
+    """setup.py reads the default from model_store (one place names it) and the Dockerfile's worker stages copy
+    models/ through its copy_default_model: the sealed default, nothing else."""
+    import importlib.util
+
+    from screening_core import artifact
+    spec = importlib.util.spec_from_file_location("project_setup", os.path.join(REPO, "setup.py"))
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)  # not __main__: nothing is built
+    assert setup.default_model_path() == model_store.DEFAULT_MODEL_PATH.replace(os.sep, "/")
+    out = setup.copy_default_model(os.path.join(REPO, "models"), str(tmp_path / "models"))
+    artifact.verify(out)
+    names = [os.path.relpath(os.path.join(d, f), tmp_path).replace(os.sep, "/")
+             for d, _, files in os.walk(tmp_path) for f in files]
+    assert _model_versions(names, "models/") == {model_store.DEFAULT_MODEL_PATH}
+    assert {"models/__init__.py", "models/README.md"} <= set(names)
+    dockerfile = open(os.path.join(REPO, "Dockerfile")).read()
+    assert "copy_default_model" in dockerfile
+    for stage in ("worker", "worker-gpu"):  # the scoring images take models/ from that stage, never the whole folder
+        body = re.search(rf"^FROM \S+ AS {stage}$(.*?)(?=^FROM )", dockerfile, re.M | re.S).group(1)
+        assert "COPY models " not in body and "COPY --from=default-model" in body, stage
+    with pytest.raises(SystemExit, match="DEFAULT_MODEL_PATH"):
+        (tmp_path / "bad" / "beam_pipeline").mkdir(parents=True)
+        (tmp_path / "bad" / "beam_pipeline" / "model_store.py").write_text('DEFAULT_MODEL_PATH = "x/1"\n')
+        setup.default_model_path(str(tmp_path / "bad"))
 
 
 def test_trainer_needs_no_beam():
