@@ -10,6 +10,17 @@ def _logit(p):
     return np.log(p) - np.log(1 - p)
 
 
+def _write_ensemble(model, tmp_path):
+    """The ensemble graph as a sealed lesion-head artifact (what the pipeline and the exporter read)."""
+    from screening_core import artifact, preprocessing
+    version_dir = str(tmp_path / "models" / "ens" / "1")
+    artifact.write_artifact(model, version_dir, dict(
+        name="ens", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
+        threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
+        training_config={}, extra={"head": "lesion_map"}))
+    return version_dir
+
+
 def test_the_ensemble_adds_log_odds_and_keeps_the_lesion_map(tmp_path):
     import keras
 
@@ -59,16 +70,11 @@ def test_members_must_share_one_preprocessing(tmp_path):
 
 def test_an_ensemble_artifact_scores_in_the_pipeline_with_lesion_overlays(tmp_path):
     from beam_pipeline import run
-    from screening_core import artifact, preprocessing
     from tests import rows as rows_mod
     from trainer import ensemble
     model, _ = ensemble.build(tiny_model.write_tiny_artifact(tmp_path / "l", lesion_bias=2.0),
                               tiny_model.write_tiny_artifact(tmp_path / "c", seed=3))
-    version_dir = str(tmp_path / "models" / "ens" / "1")
-    artifact.write_artifact(model, version_dir, dict(
-        name="ens", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
-        threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
-        training_config={}, extra={"head": "lesion_map"}))
+    version_dir = _write_ensemble(model, tmp_path)
     inputs = tmp_path / "in"
     inputs.mkdir()
     for s in range(3):
@@ -162,11 +168,7 @@ def test_mirrored_members_average_the_image_and_its_mirror_and_export_to_onnx(tm
     np.testing.assert_allclose(maps, keras.Model(lesion.inputs, lesion.get_layer("lesion_map").output)
                                .predict_on_batch(x), atol=1e-6)  # the map of the image as given
     assert not [n for n in ood.layer_names(model) if n.startswith(ensemble.MIRROR_PREFIX)]
-    version_dir = str(tmp_path / "models" / "ens" / "1")
-    artifact.write_artifact(model, version_dir, dict(
-        name="ens", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
-        threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
-        training_config={}, extra={"head": "lesion_map"}))
+    version_dir = _write_ensemble(model, tmp_path)
     again, _ = artifact.load(version_dir)
     np.testing.assert_allclose(again.predict_on_batch(x).ravel(), got, atol=1e-6)
     assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
@@ -229,11 +231,7 @@ def test_mirror_both_with_two_maps_mirrors_every_member_and_exports_to_onnx(tmp_
     np.testing.assert_allclose(lesion_only.predict_on_batch(x).ravel(), expected, atol=1e-5)
     assert {n: m["mirrored"] for n, m in info["members"].items()} == {
         "lesion_map": True, "lesion_map_2": True, "classifier": False}
-    version_dir = str(tmp_path / "models" / "ens" / "1")
-    artifact.write_artifact(model, version_dir, dict(
-        name="ens", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
-        threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
-        training_config={}, extra={"head": "lesion_map"}))
+    version_dir = _write_ensemble(model, tmp_path)
     assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
 
 
@@ -322,11 +320,7 @@ def test_a_classifier_floor_caps_each_classifiers_veto_and_exports_to_onnx(tmp_p
     model.save(path)
     again = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
-    version_dir = str(tmp_path / "models" / "ens" / "1")
-    artifact.write_artifact(model, version_dir, dict(
-        name="ens", version="1", input_spec=preprocessing.InputSpec(32, 32), class_names=["no_tumor", "tumor"],
-        threshold=0.01, target_sensitivity=0.98, validation_metrics={}, data_fingerprint="none",
-        training_config={}, extra={"head": "lesion_map"}))
+    version_dir = _write_ensemble(model, tmp_path)
     assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
     for bad in (0.0, 2.0, -16.0):
         with pytest.raises(SystemExit, match="--classifier-floor is log-odds between -16 and 0"):
