@@ -10,6 +10,7 @@ Only the default model ships as package data (`default_model_files`): models/ ho
 version (241 MB at v30, ten times the default's 25 MB), and each Dataflow job stages the sdist and
 each worker installs it. Other versions are scored from a checkout or a gs:// copy (`--model`).
 """
+import functools
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ PACKAGES = {"screening_core": "screening_core", "beam_pipeline": "beam_pipeline"
 ARTIFACT_PATTERNS = ("*.keras", "*.onnx", "*.npz", "*.json", "*.md", "*.png", "*.csv", "SHA256SUMS", "eda/*")
 
 
+@functools.cache
 def default_model_path(root=HERE):
     """models/-relative folder of the default model, read from beam_pipeline/model_store.py, the one place
     it is named (read, not imported: building the sdist must not need Beam)."""
@@ -75,7 +77,7 @@ if __name__ == "__main__":  # pip's build backend and `python setup.py sdist` ru
             root = os.path.join(self.build_lib, "brain_screening_models")
             for name in os.listdir(root) if os.path.isdir(root) else ():
                 for version in os.listdir(os.path.join(root, name)) if os.path.isdir(os.path.join(root, name)) else ():
-                    if f"{name}/{version}" != default_model_path():
+                    if not ships(f"models/{name}/{version}/"):
                         shutil.rmtree(os.path.join(root, name, version))
             super().run()
 

@@ -24,8 +24,8 @@ class OddsProduct(keras.layers.Layer):
 
     `floors` (one per input, None for none): the lowest log-odds an input may contribute. Why (v30,
     docs/model_v4_notes.md row VF): the slice classifiers learnt a look ("axial T2 like brain-mri's
-    tumor-free collection = no tumor") and veto a real tumor on such a slice with log-odds of -8 to -11,
-    far below anything they gave a validation tumor (lowest -3.3 to -4.3); a floor caps how much a
+    tumor-free collection = no tumor") and veto a real tumor on such a slice with log-odds of -6 to -10
+    each, far below anything they gave a validation tumor (lowest -3.3 to -4.3); a floor caps how much a
     member's confidence can outvote a lesion the maps find, chosen where no validation operating point
     moves."""
 
