@@ -430,6 +430,7 @@ train-v29: data-healthy-planes
 # v30, the default: v29 with each classifier's log-odds floored at -5.5 (probability 0.004), so no classifier can veto
 # a lesion the maps find with more confidence than it ever gave a validation tumor (lowest -3.3 to -4.3): the highest
 # floor, in steps of 0.5, at which no validation source's sensitivity or specificity at the threshold moves (row VF;
+# `python -m trainer.classifier_floor $(MODEL_DIR)/brain-tumor-cnn/29` chooses it again from v29's validation rows;
 # no training, ~10 min of evaluation): make train-v22 train-v24 train-v26 train-v28 train-v30 MODEL_DIR=/tmp/models
 CLASSIFIER_FLOOR ?= -5.5
 train-v30: data-healthy-planes

@@ -1,4 +1,6 @@
 """Model v9's graph: the lesion model's map and a classifier's probability, combined as independent evidence."""
+import os
+
 import numpy as np
 import pytest
 
@@ -349,3 +351,63 @@ def test_the_card_names_an_ensembles_members_and_its_floor_not_the_first_maps_re
     assert "map v10 and slice classifier v3 (its weights moved 0.3 of the way to v12's)" in text
     assert "floored" not in text and "mirrored left to right" in text
     assert "highest mean of that map" in model_card._architecture({"head": "lesion_map", "training": {}})
+
+
+def test_the_floor_chooser_keeps_every_validation_operating_point_and_scores_as_the_graph_does(tmp_path, capsys):
+    """trainer.classifier_floor: the members' log-odds it combines are the ensemble graph's (unfloored and
+    floored); the floor it names leaves every validation source's counts where the unfloored ensemble had them,
+    the next candidate up does not; an artifact that is no ensemble, or whose images are gone, is refused."""
+    import csv
+
+    from screening_core import artifact, preprocessing
+    from trainer import artifact_data, classifier_floor, ensemble
+    spec = preprocessing.InputSpec(32, 32)
+    paths, labels = [], []
+    for s in range(40):
+        p = tmp_path / "img" / f"s{s}.png"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(synth.encode(synth.brain_slice(s, 48, lesion=bool(s % 2))))
+        paths.append(str(p))
+        labels.append(s % 2)
+    x = np.stack(artifact_data.read_inputs(paths, spec))
+    lesion = _image_dependent_lesion(tmp_path, "a", seed=7)
+    first = _shifted_classifier(tmp_path, "c", 3, x, centre=-3.0)
+    second = _shifted_classifier(tmp_path, "d", 5, x, centre=-3.0)
+    model, info = ensemble.build(lesion, first, more_classifiers=[second])
+    version_dir = _write_ensemble(model, tmp_path)
+
+    def stamp(md):
+        md["training"] = {"members": info["members"]}
+        md["threshold_target_sensitivity"] = 0.9
+        md["training_config"] = {"threshold_sources": "^a$"}
+    artifact.update_metadata(version_dir, stamp)
+    with open(f"{version_dir}/validation_predictions.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "class_name", "label", "group", "score", "split", "source", "level"])
+        w.writeheader()
+        for i, (p, y) in enumerate(zip(paths, labels, strict=True)):
+            w.writerow({"path": p, "class_name": "tumor" if y else "notumor", "label": y, "group": i // 2,
+                        "score": 0.5, "split": "validation", "source": "a" if i < 24 else "b", "level": 0.5})
+    classifiers, maps = classifier_floor.members_of(artifact.read_metadata(version_dir))
+    assert classifiers == [first, second] and maps == [lesion]
+    scores = classifier_floor.member_scores(classifiers + maps, paths)
+    np.testing.assert_allclose(classifier_floor.combine(scores, classifiers, maps),
+                               _logit(model.predict_on_batch(x).ravel()), atol=1e-4)
+    floored, _ = ensemble.build(lesion, first, more_classifiers=[second], classifier_floor=-3.0)
+    np.testing.assert_allclose(classifier_floor.combine(scores, classifiers, maps, -3.0),
+                               _logit(floored.predict_on_batch(x).ravel()), atol=1e-4)
+    rows = artifact_data.split_rows(version_dir)
+    candidates = [-8.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0]
+    chosen, table = classifier_floor.choose(rows, scores, classifiers, maps, 0.9, "^a$", candidates)
+    _, base = classifier_floor.operating_points(rows, classifier_floor.combine(scores, classifiers, maps), 0.9, "^a$")
+    assert table[0][3]  # below every classifier's log-odds the floor changes nothing
+    assert chosen is not None and not all(same for *_, same in table)  # the candidates reach a floor that moves one
+    k = candidates.index(chosen)
+    assert all(same for *_, same in table[:k + 1]) and not table[k + 1][3]
+    assert table[k][2] == base and table[k + 1][2] != base
+    assert classifier_floor.main([version_dir, "--floors=" + ",".join(f"{c:g}" for c in candidates)]) == 0
+    assert f"the highest floor that moves no validation operating point: {chosen:g}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not an ensemble"):
+        classifier_floor.main([first])
+    os.remove(paths[3])
+    with pytest.raises(SystemExit, match="1 of the artifact's 40 validation images are not here"):
+        classifier_floor.main([version_dir])
