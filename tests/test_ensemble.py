@@ -406,8 +406,12 @@ def test_the_floor_chooser_keeps_every_validation_operating_point_and_scores_as_
     assert table[k][2] == base and table[k + 1][2] != base
     assert classifier_floor.main([version_dir, "--floors=" + ",".join(f"{c:g}" for c in candidates)]) == 0
     assert f"the highest floor that moves no validation operating point: {chosen:g}" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="not an ensemble"):
-        classifier_floor.main([first])
+    for argv, said in (([first], "not an ensemble"), ([str(tmp_path / "none")], "none"),
+                       ([version_dir, "--floors=-5,x"], "--floors takes numbers")):
+        with pytest.raises(SystemExit) as stop:
+            classifier_floor.main(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err
     os.remove(paths[3])
-    with pytest.raises(SystemExit, match="1 of the artifact's 40 validation images are not here"):
+    with pytest.raises(SystemExit) as stop:
         classifier_floor.main([version_dir])
+    assert stop.value.code == 2 and "1 of the artifact's 40 validation images are not here" in capsys.readouterr().err

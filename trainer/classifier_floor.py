@@ -31,10 +31,10 @@ def members_of(metadata):
     """([classifier artifact folders], [map artifact folders]) of an ensemble's metadata (training.members)."""
     members = (metadata.get("training") or {}).get("members") or {}
     if "classifier" not in members or "lesion_map" not in members:
-        raise SystemExit("not an ensemble of trainer.ensemble: its metadata names no classifier and lesion map "
+        raise ValueError("not an ensemble of trainer.ensemble: its metadata names no classifier and lesion map "
                          "members (training.members)")
     if any(m.get("mirrored") for m in members.values()) or members["classifier"].get("moved_towards"):
-        raise SystemExit("mirrored members and a classifier moved towards a fine-tune are not scored as their "
+        raise ValueError("mirrored members and a classifier moved towards a fine-tune are not scored as their "
                          "artifacts are: choose the floor on an ensemble without them")
 
     def folders(kind):
@@ -111,13 +111,18 @@ def main(argv=None):
     if not candidates or any(not -16 < f < 0 for f in candidates):
         parser.error("--floors are log-odds between -16 and 0")
     from screening_core import artifact
-    md = artifact.read_metadata(args.artifact)
-    classifiers, maps = members_of(md)
+    try:
+        classifiers, maps = members_of(artifact.read_metadata(args.artifact))
+        md = artifact.verify(args.artifact)
+        for folder in classifiers + maps:
+            artifact.verify(folder)
+    except (ValueError, artifact.ArtifactError, OSError) as e:
+        parser.error(f"{args.artifact}: {e}")
     rows = [r for r in artifact_data.split_rows(args.artifact) if r["split"] == "validation"]
     missing = [r["path"] for r in rows if not os.path.exists(r["path"])]
     if missing:
-        raise SystemExit(f"{len(missing)} of the artifact's {len(rows)} validation images are not here (first: "
-                         f"{missing[0]}): run where it was trained, from the same folder")
+        parser.error(f"{len(missing)} of the artifact's {len(rows)} validation images are not here (first: "
+                     f"{missing[0]}): run where it was trained, from the same folder")
     target = float(md.get("threshold_target_sensitivity") or 0.98)
     sources = (md.get("training_config") or {}).get("threshold_sources") or ""
     print(f"scoring {len(rows)} validation images with {len(classifiers)} classifiers and {len(maps)} maps ...")
