@@ -389,7 +389,7 @@ def test_the_floor_chooser_keeps_every_validation_operating_point_and_scores_as_
                         "score": 0.5, "split": "validation", "source": "a" if i < 24 else "b", "level": 0.5})
     classifiers, maps = classifier_floor.members_of(artifact.read_metadata(version_dir))
     assert classifiers == [first, second] and maps == [lesion]
-    scores = classifier_floor.member_scores(classifiers + maps, paths)
+    scores = classifier_floor.member_scores({d: artifact.load(d) for d in classifiers + maps}, paths)
     np.testing.assert_allclose(classifier_floor.combine(scores, classifiers, maps),
                                _logit(model.predict_on_batch(x).ravel()), atol=1e-4)
     floored, _ = ensemble.build(lesion, first, more_classifiers=[second], classifier_floor=-3.0)

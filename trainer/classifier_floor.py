@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from trainer import HelpFormatter, artifact_data, evaluation
+from trainer.ensemble import member_artifacts
 
 CANDIDATES = tuple(-8.0 + 0.5 * i for i in range(14))  # -8 ... -1.5
 
@@ -36,19 +37,15 @@ def members_of(metadata):
     if any(m.get("mirrored") for m in members.values()) or members["classifier"].get("moved_towards"):
         raise ValueError("mirrored members and a classifier moved towards a fine-tune are not scored as their "
                          "artifacts are: choose the floor on an ensemble without them")
-
-    def folders(kind):
-        keys = sorted((k for k in members if k == kind or k.startswith(kind + "_")), key=lambda k: (len(k), k))
-        return [members[k]["artifact"] for k in keys]
-    return folders("classifier"), folders("lesion_map")
+    return member_artifacts(members, "classifier"), member_artifacts(members, "lesion_map")
 
 
-def member_scores(folders, paths, batch=128):
-    """{folder: log-odds of each image} for every member, through the one preprocessing."""
-    from screening_core import artifact, preprocessing
+def member_scores(loaded, paths, batch=128):
+    """{folder: log-odds of each image} for every loaded member ({folder: (model, metadata)}), through the one
+    preprocessing."""
+    from screening_core import preprocessing
     out, inputs = {}, {}
-    for folder in folders:
-        model, md = artifact.load(folder)
+    for folder, (model, md) in loaded.items():
         spec = preprocessing.InputSpec(**{k: md["input_spec"][k] for k in ("height", "width")})
         key = (spec.height, spec.width)
         if key not in inputs:
@@ -112,10 +109,9 @@ def main(argv=None):
         parser.error("--floors are log-odds between -16 and 0")
     from screening_core import artifact
     try:
-        classifiers, maps = members_of(artifact.read_metadata(args.artifact))
         md = artifact.verify(args.artifact)
-        for folder in classifiers + maps:
-            artifact.verify(folder)
+        classifiers, maps = members_of(md)
+        loaded = {folder: artifact.load(folder) for folder in classifiers + maps}  # verified before any scoring
     except (ValueError, artifact.ArtifactError, OSError) as e:
         parser.error(f"{args.artifact}: {e}")
     rows = [r for r in artifact_data.split_rows(args.artifact) if r["split"] == "validation"]
@@ -126,7 +122,7 @@ def main(argv=None):
     target = float(md.get("threshold_target_sensitivity") or 0.98)
     sources = (md.get("training_config") or {}).get("threshold_sources") or ""
     print(f"scoring {len(rows)} validation images with {len(classifiers)} classifiers and {len(maps)} maps ...")
-    scores = member_scores(classifiers + maps, [r["path"] for r in rows])
+    scores = member_scores(loaded, [r["path"] for r in rows])
     chosen, table = choose(rows, scores, classifiers, maps, target, sources, candidates)
     names = sorted(table[0][2])
     print("| floor | threshold | " + " | ".join(f"{s} sensitivity / specificity %" for s in names) + " | unchanged |")

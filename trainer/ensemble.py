@@ -31,6 +31,13 @@ MIRROR_PREFIX = "mirror_"  # the second pass of a mirrored member (ood.layer_nam
 MIRROR_CHOICES = ("none", "lesion", "classifier", "both")
 
 
+def member_artifacts(members, kind):
+    """The artifact folders of an ensemble's `kind` members ("classifier" or "lesion_map"), first to last, from
+    training.members as `build` writes it (the first under its kind's name, then <kind>_2, <kind>_3, ...)."""
+    keys = sorted((k for k in members if k == kind or k.startswith(kind + "_")), key=lambda k: (len(k), k))
+    return [members[k]["artifact"] for k in keys]
+
+
 def _filters(lesion):
     """The U-Net's channel widths, read from its layers (artifacts do not all record them)."""
     names = {layer.name: layer for layer in lesion.layers}

@@ -299,9 +299,10 @@ the next version number; point the pipeline at it with `--model <model-dir>/{met
 def _ensemble(members):
     """The members of a trainer.ensemble graph (training.members), in words: the card's reader must see that
     the score is several models' combined evidence, not the first map's alone."""
+    from trainer.ensemble import member_artifacts
+
     def names(kind):
-        keys = sorted((k for k in members if k == kind or k.startswith(kind + "_")), key=lambda k: (len(k), k))
-        return [f"v{posixpath.basename(str(members[k].get('artifact', '?')).rstrip('/'))}" for k in keys]
+        return [f"v{posixpath.basename(str(a).rstrip('/'))}" for a in member_artifacts(members, kind)]
     maps, classifiers = names("lesion_map"), names("classifier")
     moved = members["classifier"].get("moved_towards")
     if moved:

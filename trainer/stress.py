@@ -152,8 +152,6 @@ def _by_level(flagged, levels, n_bins=LEVEL_BINS):
             for b in range(n_bins) if (bins == b).any()}
 
 
-
-
 def measure(version_dir, donors="held_out_site:lgg/flair", seed=7):
     """The transplant test on the artifact's own validation slices, as metadata["stress"] stores it (None where
     its scored rows hold no donor tumor, e.g. no held-out site)."""
