@@ -415,3 +415,42 @@ def test_the_floor_chooser_keeps_every_validation_operating_point_and_scores_as_
     with pytest.raises(SystemExit) as stop:
         classifier_floor.main([version_dir])
     assert stop.value.code == 2 and "1 of the artifact's 40 validation images are not here" in capsys.readouterr().err
+
+
+def test_an_overlay_map_is_what_the_overlays_show_and_weighs_nothing_in_the_score(tmp_path):
+    """--overlay (v31): a map trained only to outline takes the unprefixed names (the scorer's overlays, lesion
+    areas and OOD guard read it) and adds 0 x its log-odds, so the score is the scoring members' to the bit; the
+    first map joins under les1_; the graph saves, loads in safe mode and exports with parity."""
+    import keras
+
+    from screening_core import artifact, ood, preprocessing
+    from trainer import ensemble, export, model_card
+    x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
+                                        preprocessing.InputSpec(32, 32)) for s in range(6)])
+    first = _image_dependent_lesion(tmp_path, "a", seed=7)
+    outline = _image_dependent_lesion(tmp_path, "o", seed=11)
+    classifier_dir = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
+    plain, _ = ensemble.build(first, classifier_dir)
+    model, info = ensemble.build(first, classifier_dir, overlay=outline)
+    assert np.array_equal(model.predict_on_batch(x), plain.predict_on_batch(x))
+
+    def map_of(m, name="lesion_map"):
+        return keras.Model(m.inputs, m.get_layer(name).output).predict_on_batch(x)
+    shown, first_map = map_of(artifact.load(outline)[0]), map_of(artifact.load(first)[0])
+    assert not np.allclose(shown, first_map, atol=1e-3)  # two different maps, so the check below can fail
+    np.testing.assert_allclose(map_of(model), shown, atol=1e-6)
+    np.testing.assert_allclose(map_of(model, "les1_lesion_map"), first_map, atol=1e-6)
+    assert {"enc1_pool", "les1_enc1_pool", "cls_block1_pool"} <= set(ood.layer_names(model))
+    members = info["members"]
+    assert members["overlay_map"]["weight"] == 0.0 and members["lesion_map"]["layer_prefix"] == "les1_"
+    assert ensemble.member_artifacts(members, "lesion_map") == [first]  # the maps that score
+    text = model_card._architecture({"head": "lesion_map", "training": {"members": members}})
+    assert "overlays show the map of v1, a U-Net trained only to outline the lesion, which weighs 0" in text
+    path = str(tmp_path / "e.keras")
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+    version_dir = _write_ensemble(model, tmp_path)
+    assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+    with pytest.raises(SystemExit, match="not a lesion-map model"):
+        ensemble.build(first, classifier_dir, overlay=classifier_dir)

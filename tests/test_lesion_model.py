@@ -436,6 +436,21 @@ def test_skip_tumor_free_leaves_out_one_collections_tumor_free_slices_and_refuse
         lesion_train.drop_tumor_free(is_train, collections, labels, ["brain_mri"])
 
 
+def test_train_sources_keeps_the_matching_training_slices_and_refuses_a_pattern_that_keeps_none():
+    """--train-sources (v31's outline map): only some looks train; the validation side is left alone."""
+    from trainer import lesion_train
+    sources = np.array(["lgg/flair", "lgg/t1-pre", "brats-ped/t2", "brain-mri", "lgg/flair"])
+    is_train = np.array([True, True, True, True, False])
+    kept = lesion_train.keep_sources(is_train, sources, r"^(lgg/flair|brats-ped/(flair|t2))$")
+    assert kept.tolist() == [True, False, True, False, False]
+    assert lesion_train.keep_sources(is_train, sources, "").tolist() == is_train.tolist()
+    with pytest.raises(SystemExit, match=r"matches no training slice \(the sources are: brain-mri, brats-ped/t2, "
+                                         r"lgg/flair, lgg/t1-pre\)"):
+        lesion_train.keep_sources(is_train, sources, "^lgg/t2$")
+    with pytest.raises(SystemExit):  # argparse: a pattern that does not compile
+        lesion_train._parse(["--data-dir", "x", "--train-sources", "lgg/(flair"])
+
+
 def test_a_threshold_source_that_chooses_nothing_stops_the_map_trainer_before_it_fits(tmp_path, capsys):
     """Found after a 12-epoch run (session 26: BraTS-PEDs' validation FLAIR is all tumor slices); the one-class
     case itself is test_multi_source's."""

@@ -14,6 +14,10 @@ the OOD guard's features, so an image unlike either member's training images sta
 `screening_core.evidence.OddsProduct` on their two probabilities. Both members must take the same
 input (size and `prepare()` id): one preprocessing, one pass over the pixels.
 
+An overlay map (`--overlay`, v31): a map trained only to outline the lesion where its mask shows it takes the
+unprefixed names in the first map's place (which then joins as `les1_`), so the overlays, the lesion areas and the
+OOD guard read it; it weighs 0 in the score, which stays the scoring members' to the bit.
+
 A second lesion map (`--lesion` twice; run FS of docs/model_v4_notes.md: two maps of different lineage
 disagree where each is wrong) joins under `les2_`-prefixed names; the maps' log-odds are averaged (each weighs
 1/n against the classifier's 1), and the overlays show the first map, under the names scorers look up.
@@ -25,7 +29,7 @@ import os
 from trainer import HelpFormatter
 
 CLASSIFIER_PREFIX = "cls_"
-EXTRA_LESION_PREFIX = "les{}_"  # the second lesion member's layers: les2_...
+EXTRA_LESION_PREFIX = "les{}_"  # the second lesion member's layers: les2_... (les1_: the first, beside an overlay map)
 EXTRA_CLASSIFIER_PREFIX = "cls{}_"  # the second classifier's layers: cls2_...
 MIRROR_PREFIX = "mirror_"  # the second pass of a mirrored member (ood.layer_names leaves it out)
 MIRROR_CHOICES = ("none", "lesion", "classifier", "both")
@@ -101,6 +105,18 @@ def _check_member(path, md, spec, lesion=True):
                          "one preprocessing")
 
 
+def _flat_unet(lesion, inputs):
+    """The lesion-map model `lesion` rebuilt on `inputs` under its own layer names (those the scorer, the OOD
+    guard and the overlays look up), with its weights."""
+    from trainer import unet
+    flat = unet.make_unet(filters=_filters(lesion), head_masked=any(lay.name == "head_mask" for lay in lesion.layers),
+                          inputs=inputs)
+    for layer in lesion.layers:
+        if layer.weights:
+            flat.get_layer(layer.name).set_weights(layer.get_weights())
+    return flat
+
+
 def _extra_member(path, prefix, spec, inputs, lesion=True):
     """The member at `path` (a lesion map, or with `lesion=False` a classifier), rebuilt on `inputs` with
     its layers under `prefix` (the rebuilt model and its metadata)."""
@@ -115,7 +131,7 @@ def _extra_member(path, prefix, spec, inputs, lesion=True):
 
 
 def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none", more_lesions=(),
-          more_classifiers=(), classifier_floor=None):
+          more_classifiers=(), classifier_floor=None, overlay=None):
     """(ensemble model, description) from two artifact folders; with `fine_tuned_dir`, the classifier's
     weights are moved `alpha` of the way to that fine-tune's (`interpolate`). `mirror` (MIRROR_CHOICES):
     which members also score the image mirrored left to right, their two log-odds averaged
@@ -123,7 +139,9 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     map of the image as given. `more_lesions`: further lesion-map artifacts whose log-odds are averaged with
     the first map's; `more_classifiers`: further classifiers (used as they are) whose log-odds are averaged
     with the first classifier's. `classifier_floor`: the lowest log-odds each classifier pass may give
-    (`evidence.OddsProduct` floors; None: unbounded), so no classifier can veto what the maps find beyond it."""
+    (`evidence.OddsProduct` floors; None: unbounded), so no classifier can veto what the maps find beyond it.
+    `overlay`: a lesion-map artifact whose map the overlays show instead of the first map's, at weight 0 in the
+    score (`evidence.OddsProduct` adds 0 x its log-odds: the scoring members' sum, unchanged)."""
     if mirror not in MIRROR_CHOICES:  # before any artifact is loaded
         raise SystemExit(f"--mirror is one of {', '.join(MIRROR_CHOICES)}, got {mirror!r}")
     if classifier_floor is not None and not -16.0 < classifier_floor < 0.0:
@@ -131,7 +149,6 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     import keras
 
     from screening_core import artifact, evidence
-    from trainer import unet
     lesion, lesion_md = artifact.load(lesion_dir)
     classifier, classifier_md = artifact.load(classifier_dir)
     tuned_md = None
@@ -143,11 +160,14 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     _check_member(lesion_dir, lesion_md, classifier_md["input_spec"])
     spec = lesion_md["input_spec"]
     inputs = keras.Input(shape=(spec["height"], spec["width"], spec["channels"]), name="image")
-    flat = unet.make_unet(filters=_filters(lesion), head_masked=any(lay.name == "head_mask" for lay in lesion.layers),
-                          inputs=inputs)
-    for layer in lesion.layers:
-        if layer.weights:
-            flat.get_layer(layer.name).set_weights(layer.get_weights())
+    overlay_md = None
+    if overlay:
+        overlay_model, overlay_md = artifact.load(overlay)
+        _check_member(overlay, overlay_md, spec)
+        shown = _flat_unet(overlay_model, inputs)
+        flat, _ = _extra_member(lesion_dir, EXTRA_LESION_PREFIX.format(1), spec, inputs)
+    else:
+        flat = _flat_unet(lesion, inputs)
 
     flat_classifier = keras.models.clone_model(classifier, input_tensors=inputs,
                                                clone_function=_prefixed(CLASSIFIER_PREFIX))
@@ -175,6 +195,10 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
                 weights[i] /= 2
                 weights.append(weights[i])
                 floors.append(floors[i])
+    if overlay_md is not None:  # last, at weight 0: in the graph (the scorer finds its map), not in the score
+        probabilities.append(shown.output)
+        weights.append(0.0)
+        floors.append(None)
     # one classifier and one map, unmirrored: the plain sum (weights all 1), saved as v9-v15 were
     combined = evidence.OddsProduct(weights=weights if len(probabilities) > 2 else None,
                                     floors=floors if classifier_floor is not None else None,
@@ -194,11 +218,15 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
                                       "layer_prefix": EXTRA_CLASSIFIER_PREFIX.format(k)}
     if classifier_floor is not None:
         members["classifier"]["log_odds_floor"] = classifier_floor
+    if overlay_md is not None:
+        members["lesion_map"]["layer_prefix"] = EXTRA_LESION_PREFIX.format(1)
+        members["overlay_map"] = {"artifact": overlay, "model_sha256": overlay_md["model_sha256"], "weight": 0.0}
     if tuned_md is not None:
         members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
                                                   "model_sha256": tuned_md["model_sha256"]}
     fit_seconds = sum(float(md.get("training", {}).get("fit_seconds") or 0)
-                      for md in (lesion_md, classifier_md, tuned_md or {}, *(m for _, m in extra_md + extra_cls_md)))
+                      for md in (lesion_md, classifier_md, tuned_md or {}, overlay_md or {},
+                                 *(m for _, m in extra_md + extra_cls_md)))
     return model, {"members": members, "fit_seconds": fit_seconds}
 
 
@@ -224,13 +252,17 @@ def main(argv=None):
                         help="the lowest log-odds each classifier may give (e.g. -5.5: probability 0.004), so that "
                         "no classifier vetoes a lesion the maps find with more confidence than it ever gave a "
                         "validation tumor (v30, notes row VF); unbounded when left out")
+    parser.add_argument("--overlay", default="", metavar="ARTIFACT",
+                        help="a lesion-map artifact whose map the overlays, the lesion areas and the OOD guard read "
+                        "in place of the first --lesion's; it weighs 0 in the score (v31: a map trained only to "
+                        "outline, docs/model_v4_notes.md row OUT)")
     parser.add_argument("--out", required=True, help="folder for best.keras and fit.json")
     args = parser.parse_args(argv)
     if args.alpha and not args.fine_tuned:
         parser.error("--alpha moves the classifier towards --fine-tuned: name that artifact")
     model, info = build(args.lesion[0], args.classifier[0], args.fine_tuned or None, args.alpha, args.mirror,
                         more_lesions=args.lesion[1:], more_classifiers=args.classifier[1:],
-                        classifier_floor=args.classifier_floor)
+                        classifier_floor=args.classifier_floor, overlay=args.overlay or None)
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "best.keras"))
     with open(os.path.join(args.out, "fit.json"), "w") as f:

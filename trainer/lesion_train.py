@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -81,6 +82,11 @@ def _parse(argv):
                    help="leave this collection's tumor-free slices out of training, its tumor slices in "
                         "(repeatable). brain-mri's come from another, T2-like source; left out of v16's recipe they "
                         "did not change how the map reads T2 (docs/model_v4_notes.md, row SKN)")
+    p.add_argument("--train-sources", default="", metavar="REGEX",
+                   help="train only on the slices whose source (collection/sequence, e.g. lgg/flair) matches; the "
+                        "validation and held-out sides stay those of all --data-dir, so a member trained on a few "
+                        "looks is judged on the same patients as the ensemble it joins (v31's outline map: "
+                        "'^(lgg/flair|brats-ped/(flair|t2))$', where the lesion is what its mask outlines)")
     p.add_argument("--label-only-tumors", choices=("train", "skip"), default="train",
                    help="tumor slices without a mask: 'train' teaches the map through the pooled slice loss "
                         "(runs E-H: it found the corner, then the head's rim); 'skip' leaves them out")
@@ -154,6 +160,10 @@ def _parse(argv):
                    help="skip training: evaluate this saved model (the run's _work/<version>/best.keras, whose "
                         "fit.json beside it gives the fit figures) and write the artifact")
     args = p.parse_args(argv)
+    try:
+        re.compile(args.train_sources)
+    except re.error as e:
+        p.error(f"--train-sources is not a regular expression: {e}")
     args.filters = tuple(int(f) for f in args.filters.split(","))
     args.shares = {k: float(v) for k, v in (s.split("=") for s in args.shares.split(","))}
     try:
@@ -327,7 +337,6 @@ def validation_callback(model, x, labels, sources, log_path, select=""):
     was lifted by LGG T1 validation AUCs (noisy labels: the lesion is often invisible on T1), although its
     FLAIR AUC was 0.79 against 0.91 at the last epoch. Selecting on the threshold sources (the sources
     whose labels are trusted) avoids that."""
-    import re
 
     import keras
 
@@ -402,6 +411,18 @@ def drop_tumor_free(is_train, collections, labels, names):
         raise SystemExit(f"--skip-tumor-free {', '.join(unknown)}: not a training collection "
                          f"(these are: {', '.join(sorted(set(collections.tolist())))})")
     return is_train & ~(np.isin(collections, list(names)) & (labels == 0))
+
+
+def keep_sources(is_train, sources, pattern):
+    """`is_train` with only the slices whose source matches `pattern` (all of them for ""); a pattern that keeps
+    no training slice is refused, naming the sources there are (a typo would otherwise train on nothing)."""
+    if not pattern:
+        return is_train
+    kept = is_train & np.array([re.search(pattern, s) is not None for s in sources], bool)
+    if not kept.any():
+        raise SystemExit(f"--train-sources {pattern!r} matches no training slice (the sources are: "
+                         f"{', '.join(sorted(set(np.asarray(sources)[is_train].tolist())))})")
+    return kept
 
 
 def _pseudo_masks(args, init, arrays, labels, is_train):
@@ -494,6 +515,7 @@ def main(argv=None):
     elif args.label_only_negatives == "pixel":  # a tumor-free slice: every pixel is known to be negative
         arrays["pixel_weight"] = np.where(label_only_negative, 1.0, arrays["pixel_weight"]).astype(np.float32)
     is_train = drop_tumor_free(is_train, collections, labels, args.skip_tumor_free)
+    is_train = keep_sources(is_train, sources, args.train_sources)
     idx = np.flatnonzero(is_train)
     probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
     if (args.hard_negatives > 1 or args.hard_positives > 1) and init is not None:

@@ -317,7 +317,15 @@ def _ensemble(members):
     return (f"Ensemble in one graph (trainer/ensemble.py): lesion-first U-Net map{'s' * (len(maps) > 1)} "
             f"{', '.join(maps)} and slice classifier{'s' * (len(classifiers) > 1)} {', '.join(classifiers)}, "
             f"trained from scratch (no pretrained weights); the slice probability adds {map_odds} and "
-            f"{classifier_odds}{floored}{mirror}; the overlays show {maps[0]}'s map")
+            f"{classifier_odds}{floored}{mirror}; the overlays show {_overlay(members, maps[0])}")
+
+
+def _overlay(members, first_map):
+    overlay = members.get("overlay_map")
+    if not overlay:
+        return f"{first_map}'s map"
+    return (f"the map of v{posixpath.basename(str(overlay.get('artifact', '?')).rstrip('/'))}, a U-Net trained only to "
+            "outline the lesion, which weighs 0 in the score")
 
 
 def _architecture(metadata):
