@@ -436,6 +436,23 @@ def test_skip_tumor_free_leaves_out_one_collections_tumor_free_slices_and_refuse
         lesion_train.drop_tumor_free(is_train, collections, labels, ["brain_mri"])
 
 
+def test_tumor_share_rescales_the_draws_and_keeps_each_slices_place_within_its_group():
+    from trainer import lesion_data
+    probs = np.array([0.1, 0.3, 0.2, 0.2, 0.2])
+    marked = np.array([True, True, False, False, False])
+    out = lesion_data.with_share(probs, marked, 0.6)
+    assert out[marked].sum() == pytest.approx(0.6) and out.sum() == pytest.approx(1.0)
+    assert out[1] / out[0] == pytest.approx(3.0) and out[2] == pytest.approx(out[3])
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="a share of the draws is in"):
+            lesion_data.with_share(probs, marked, bad)
+    with pytest.raises(ValueError, match="needs both marked and unmarked"):
+        lesion_data.with_share(probs, np.ones(5, bool), 0.5)
+    from trainer import lesion_train
+    with pytest.raises(SystemExit):
+        lesion_train._parse(["--data-dir", "x", "--tumor-share", "1.5"])
+
+
 def test_train_sources_keeps_the_matching_training_slices_and_refuses_a_pattern_that_keeps_none():
     """--train-sources (v31's outline map): only some looks train; the validation side is left alone."""
     from trainer import lesion_train

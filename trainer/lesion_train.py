@@ -87,6 +87,9 @@ def _parse(argv):
                         "validation and held-out sides stay those of all --data-dir, so a member trained on a few "
                         "looks is judged on the same patients as the ensemble it joins (v31's outline map: "
                         "'^(lgg/flair|brats-ped/(flair|t2))$', where the lesion is what its mask outlines)")
+    p.add_argument("--tumor-share", type=float, default=0.0, metavar="SHARE",
+                   help="draw the tumor slices with a mask as this share of each batch, in (0, 1) (0: as the "
+                        "shares and level bins give; v31's outline map: 0.6)")
     p.add_argument("--label-only-tumors", choices=("train", "skip"), default="train",
                    help="tumor slices without a mask: 'train' teaches the map through the pooled slice loss "
                         "(runs E-H: it found the corner, then the head's rim); 'skip' leaves them out")
@@ -164,6 +167,8 @@ def _parse(argv):
         re.compile(args.train_sources)
     except re.error as e:
         p.error(f"--train-sources is not a regular expression: {e}")
+    if args.tumor_share and not 0.0 < args.tumor_share < 1.0:
+        p.error(f"--tumor-share is a share in (0, 1), got {args.tumor_share:g}")
     args.filters = tuple(int(f) for f in args.filters.split(","))
     args.shares = {k: float(v) for k, v in (s.split("=") for s in args.shares.split(","))}
     try:
@@ -518,6 +523,8 @@ def main(argv=None):
     is_train = keep_sources(is_train, sources, args.train_sources)
     idx = np.flatnonzero(is_train)
     probs = lesion_data.sampling_weights(collections[idx], labels[idx], arrays["level"][idx], args.shares)
+    if args.tumor_share:
+        probs = lesion_data.with_share(probs, (labels[idx] == 1) & (arrays["pixel_weight"][idx] > 0), args.tumor_share)
     if (args.hard_negatives > 1 or args.hard_positives > 1) and init is not None:
         masked = (labels[idx] == 1) & (arrays["pixel_weight"][idx] >= 1.0)  # a mask drawn on the slice itself
         probs = _mine_hard_examples(args, init, arrays["x"][idx], labels[idx], masked, probs)
