@@ -18,7 +18,7 @@ THRESHOLD_SOURCES ?= ^(brain-mri|lgg/flair)$$
 CHECK_DIR ?= /tmp/brain-screening-checks
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 train-v22 train-v23 train-v24 train-v25 train-v26 train-v27 train-v28 train-v29 train-v30 checks checks-v3 bench clean constraints
+.PHONY: venv browser test demo data-mni152 data-healthy-heads data-healthy-planes data-tumor-free-probe data-brats-toolkit data-lgg-t2syn probe-tumor-free train train-v3 train-v7 train-v8 train-v9 train-v10 train-v11 train-v12 train-v13 train-v14 train-v15 train-v16 train-v17 train-v18 train-v19 train-v20 train-v21 train-v22 train-v23 train-v24 train-v25 train-v26 train-v27 train-v28 train-v29 train-v30 train-v31 train-v32 checks checks-v3 bench clean constraints
 
 CONSTRAINTS := requirements/constraints.txt
 
@@ -265,13 +265,14 @@ define mark_member
 	$(PY) -m screening_core.artifact member $(MODEL_DIR)/brain-tumor-cnn/$(1) $(MEMBER_$(1))
 endef
 MEMBER_12 = --of brain-tumor-cnn/13 --reason "v3 fine-tuned with BraTS-PEDs, scored only as the end point v13's classifier is moved 0.3 of the way to (no ONNX export or OOD reference)"
-MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
+MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
 MEMBER_18 = --of brain-tumor-cnn/19 --reason "a fine-tune of v3 scored only as the end point v19's classifier is moved 0.3 of the way to"
 MEMBER_20 = --of brain-tumor-cnn/21 --reason "a fine-tune of v3 scored only as the end point v21's classifier is moved 0.6 of the way to"
-MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
-MEMBER_24 = --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --reason "a second draw of v22's classifier recipe, a worse one alone (brain-mri validation AUC 0.981), scored only beside v22 and the lesion maps"
-MEMBER_26 = --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --reason "a third draw of v22's classifier recipe scored only beside v22, v24 and the lesion maps: alone it has no lesion map to show and ranks brats-sample's FLAIR at AUC 0.821"
-MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
+MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
+MEMBER_24 = --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a second draw of v22's classifier recipe, a worse one alone (brain-mri validation AUC 0.981), scored only beside v22 and the lesion maps"
+MEMBER_26 = --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a third draw of v22's classifier recipe scored only beside v22, v24 and the lesion maps: alone it has no lesion map to show and ranks brats-sample's FLAIR at AUC 0.821"
+MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
+MEMBER_31 = --of brain-tumor-cnn/32 --reason "a map trained only to outline, the overlays' map of v32 at weight 0 in its score; its own slice score is no detector (no slice loss)"
 
 # Model v14, the lesion map trained with real tumor-free heads (make data-healthy-heads; docs/healthy_heads.md), and
 # no dark paint on T1 without contrast; then v15, v14 with v13's classifier (seeded; ~10 min of fit on 2 CPU cores
@@ -436,6 +437,26 @@ CLASSIFIER_FLOOR ?= -5.5
 train-v30: data-healthy-planes
 	$(call ensemble_artifact,,,30,,$(V22) --classifier $(V24) --classifier $(V26) --lesion $(V28) \
 		--classifier-floor $(CLASSIFIER_FLOOR))
+
+# v31, v32's overlay map: a U-Net half v14's width (8-64 channels, a quarter of its operations) trained only to
+# outline (no slice loss, no painted tumors) on the looks whose masks show the lesion: LGG FLAIR, BraTS-PEDs' FLAIR
+# and T2, brain-mri's figshare outlines (T1 with contrast); tumor slices with a mask 0.6 of each batch; the split
+# is HH_ARGS's (v14's and v30's validation patients), whose shares and steps the later flags replace (seeded;
+# ~6 min of fit; docs/model_v4_notes.md row OUT). v32, the default: v30 with v31's map as the overlays' (weight 0
+# in the score, so v30's scores within float rounding; ~10 min of evaluation): make train-v31 train-v32 MODEL_DIR=/tmp/models
+V31 ?= $(MODEL_DIR)/brain-tumor-cnn/31
+OUTLINE_SOURCES = ^(lgg/flair|brats-ped/(flair|t2)|brain-mri)$$
+train-v31: data-healthy-heads
+	$(PY) -m trainer.lesion_train $(HH_ARGS) --train-sources '$(OUTLINE_SOURCES)' --slice-weight 0 \
+		--shares lgg=0.6,brats-ped=0.15,brain-mri=0.25 --tumor-share 0.6 --filters 8,16,32,64 --epochs 8 \
+		--steps-per-epoch 150 --learning-rate 2e-3 --select-on last --version 31
+	$(PY) -m trainer.lesion_eval map-level $(V31) --write
+	$(PY) -m trainer.ood build $(V31)
+	$(PY) -m trainer.export $(V31)
+	$(call mark_member,31)
+train-v32: data-healthy-planes
+	$(call ensemble_artifact,,,32,,$(V22) --classifier $(V24) --classifier $(V26) --lesion $(V28) \
+		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31))
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"

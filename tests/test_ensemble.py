@@ -419,7 +419,7 @@ def test_the_floor_chooser_keeps_every_validation_operating_point_and_scores_as_
 
 def test_an_overlay_map_is_what_the_overlays_show_and_weighs_nothing_in_the_score(tmp_path):
     """--overlay (v31): a map trained only to outline takes the unprefixed names (the scorer's overlays, lesion
-    areas and OOD guard read it) and adds 0 x its log-odds, so the score is the scoring members' to the bit; the
+    areas and OOD guard read it) and adds 0 x its log-odds, so the score is the scoring members' (here to the bit); the
     first map joins under les1_; the graph saves, loads in safe mode and exports with parity."""
     import keras
 

@@ -16,7 +16,8 @@ input (size and `prepare()` id): one preprocessing, one pass over the pixels.
 
 An overlay map (`--overlay`, v31): a map trained only to outline the lesion where its mask shows it takes the
 unprefixed names in the first map's place (which then joins as `les1_`), so the overlays, the lesion areas and the
-OOD guard read it; it weighs 0 in the score, which stays the scoring members' to the bit.
+OOD guard read it; it weighs 0 in the score, which stays the scoring members' (v32 against v30: the same
+flags on all 8,109 evaluation slices, probabilities within float32 rounding, at most 1.2e-5).
 
 A second lesion map (`--lesion` twice; run FS of docs/model_v4_notes.md: two maps of different lineage
 disagree where each is wrong) joins under `les2_`-prefixed names; the maps' log-odds are averaged (each weighs
