@@ -23,6 +23,19 @@ def _write_ensemble(model, tmp_path):
     return version_dir
 
 
+def _saves_loads_and_exports(model, x, tmp_path):
+    """The graph saves, loads in safe mode (as the scoring worker loads it) and exports to ONNX with parity."""
+    import keras
+
+    from trainer import export
+    path = str(tmp_path / "e.keras")
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+    version_dir = _write_ensemble(model, tmp_path)
+    assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+
+
 def test_the_ensemble_adds_log_odds_and_keeps_the_lesion_map(tmp_path):
     import keras
 
@@ -289,10 +302,8 @@ def test_a_classifier_floor_caps_each_classifiers_veto_and_exports_to_onnx(tmp_p
     graph saves, loads in safe mode and exports with parity; a floor outside (-16, 0) is refused."""
     import json
 
-    import keras
-
     from screening_core import artifact, preprocessing
-    from trainer import ensemble, export
+    from trainer import ensemble
     x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
                                         preprocessing.InputSpec(32, 32)) for s in range(8)])
     lesion = _image_dependent_lesion(tmp_path, "a", seed=7)
@@ -318,12 +329,7 @@ def test_a_classifier_floor_caps_each_classifiers_veto_and_exports_to_onnx(tmp_p
     mirrored, _ = ensemble.build(lesion, first, more_classifiers=[second], mirror="classifier", classifier_floor=floor)
     want = sum((np.maximum(z[d], floor) + np.maximum(zm[d], floor)) / 4 for d in (first, second)) + z[lesion]
     np.testing.assert_allclose(mirrored.predict_on_batch(x).ravel(), 1 / (1 + np.exp(-want)), atol=1e-5)
-    path = str(tmp_path / "e.keras")
-    model.save(path)
-    again = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
-    version_dir = _write_ensemble(model, tmp_path)
-    assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+    _saves_loads_and_exports(model, x, tmp_path)
     for bad in (0.0, 2.0, -16.0):
         with pytest.raises(SystemExit, match="--classifier-floor is log-odds between -16 and 0"):
             ensemble.build(lesion, first, classifier_floor=bad)
@@ -424,7 +430,7 @@ def test_an_overlay_map_is_what_the_overlays_show_and_weighs_nothing_in_the_scor
     import keras
 
     from screening_core import artifact, ood, preprocessing
-    from trainer import ensemble, export, model_card
+    from trainer import ensemble, model_card
     x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
                                         preprocessing.InputSpec(32, 32)) for s in range(6)])
     first = _image_dependent_lesion(tmp_path, "a", seed=7)
@@ -446,11 +452,6 @@ def test_an_overlay_map_is_what_the_overlays_show_and_weighs_nothing_in_the_scor
     assert ensemble.member_artifacts(members, "lesion_map") == [first]  # the maps that score
     text = model_card._architecture({"head": "lesion_map", "training": {"members": members}})
     assert "overlays show the map of v1, a U-Net trained only to outline the lesion, which weighs 0" in text
-    path = str(tmp_path / "e.keras")
-    model.save(path)
-    again = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
-    version_dir = _write_ensemble(model, tmp_path)
-    assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+    _saves_loads_and_exports(model, x, tmp_path)
     with pytest.raises(SystemExit, match="not a lesion-map model"):
         ensemble.build(first, classifier_dir, overlay=classifier_dir)
