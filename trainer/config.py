@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
     seed: int = 42
+    split_seed: int = -1  # the validation split's seed; -1: seed's (draws of one recipe keep one split with it)
     mixed_precision: bool = False
     target_sensitivity: float = 0.95
     threshold_sources: str = ""  # regex over validation sources that choose the threshold ("" = all)
@@ -73,6 +74,10 @@ class TrainConfig:
         for name in ("data_dir", "eval_data_dir", "masks_dir"):
             value = getattr(self, name)
             setattr(self, name, [value] if isinstance(value, str) and value else list(value or []))
+
+    def split_seed_used(self):
+        """The seed of the validation split: `split_seed`, or `seed` where it is -1 (before session 29 every run)."""
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def shares(self):
         """{collection: share} of --source-shares, or None (equal shares)."""

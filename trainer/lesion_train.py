@@ -156,6 +156,9 @@ def _parse(argv):
     p.add_argument("--shares", default=",".join(f"{k}={v}" for k, v in DEFAULT_SHARES.items()),
                    help="collection=share of each batch")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--split-seed", type=int, default=-1, help="seed of the validation split alone; -1: --seed's "
+                   "(a second draw of a recipe keeps its ensemble's validation patients out of training only "
+                   "with the first draw's split seed)")
     p.add_argument("--cache-dir", default="/tmp/brain-screening-lesion-cache")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--max-images", type=int, default=0)
@@ -487,7 +490,8 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     from trainer.train import prepare_data
     cfg = TrainConfig(data_dir=args.data_dir, eval_data_dir=args.eval_data_dir, group_pattern=args.group_pattern,
-                      holdout_pattern=args.holdout_pattern, seed=args.seed, image_size=args.image_size,
+                      holdout_pattern=args.holdout_pattern, seed=args.seed, split_seed=args.split_seed,
+                      image_size=args.image_size,
                       max_images=args.max_images, model_dir=args.model_dir, name=args.name, epochs=args.epochs,
                       batch_size=args.batch_size, learning_rate=args.learning_rate, augment=args.augment,
                       target_sensitivity=args.target_sensitivity, threshold_sources=args.threshold_sources)

@@ -67,7 +67,10 @@ _HELP = {
                    "'plateau': constant, cut 0.3x when validation AUC stalls",
     "weight_decay": "AdamW decoupled weight decay",
     "val_fraction": "fraction of images (whole near-duplicate groups) held out for validation",
-    "seed": "seed for the split, initialisation, shuffling and augmentation",
+    "seed": "seed for the split (unless --split-seed), initialisation, shuffling and augmentation",
+    "split_seed": "seed of the validation split alone; -1: --seed's. Draws of one recipe with other --seed values "
+                  "keep the ensemble's validation patients out of training only with one split seed (v24 and v26, "
+                  "seeds 43 and 44, trained on most of v30's validation slices: docs/model_v4_notes.md row SPL)",
     "mixed_precision": "train with the mixed_float16 policy (GPUs); the output stays float32",
     "target_sensitivity": "sensitivity the operating threshold must reach on validation",
     "threshold_sources": "regex over validation sources ('collection' or 'collection/sequence') on which "

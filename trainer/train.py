@@ -45,7 +45,8 @@ def prepare_data(cfg):
     for name in sorted(set(collections.tolist())):
         rest = np.flatnonzero(~is_holdout & (collections == name))
         if len(rest):
-            is_val[rest] = dedup.split_groups(groups[rest], labels[rest], cfg.val_fraction, cfg.seed)
+            is_val[rest] = dedup.split_groups(groups[rest], labels[rest], cfg.val_fraction,
+                                              cfg.split_seed_used())
     evaluation.threshold_rows([evaluation.source_key(e) for e, v in zip(kept, is_val, strict=True) if v],
                               labels[is_val], cfg.threshold_sources)
     report = eda.build_report(kept, sizes, modes, groups, is_val, skipped, used, is_holdout=is_holdout)
