@@ -118,17 +118,21 @@ def _flat_unet(lesion, inputs):
     return flat
 
 
+def _clone_under(model, prefix, inputs):
+    """`model` rebuilt on `inputs` with its layers under `prefix`, with its weights."""
+    import keras
+    flat = keras.models.clone_model(model, input_tensors=inputs, clone_function=_prefixed(prefix))
+    flat.set_weights(model.get_weights())
+    return flat
+
+
 def _extra_member(path, prefix, spec, inputs, lesion=True):
     """The member at `path` (a lesion map, or with `lesion=False` a classifier), rebuilt on `inputs` with
     its layers under `prefix` (the rebuilt model and its metadata)."""
-    import keras
-
     from screening_core import artifact
     model, md = artifact.load(path)
     _check_member(path, md, spec, lesion)
-    flat = keras.models.clone_model(model, input_tensors=inputs, clone_function=_prefixed(prefix))
-    flat.set_weights(model.get_weights())
-    return flat, md
+    return _clone_under(model, prefix, inputs), md
 
 
 def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none", more_lesions=(),
@@ -166,13 +170,11 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         overlay_model, overlay_md = artifact.load(overlay)
         _check_member(overlay, overlay_md, spec)
         shown = _flat_unet(overlay_model, inputs)
-        flat, _ = _extra_member(lesion_dir, EXTRA_LESION_PREFIX.format(1), spec, inputs)
+        flat = _clone_under(lesion, EXTRA_LESION_PREFIX.format(1), inputs)  # loaded and checked above
     else:
         flat = _flat_unet(lesion, inputs)
 
-    flat_classifier = keras.models.clone_model(classifier, input_tensors=inputs,
-                                               clone_function=_prefixed(CLASSIFIER_PREFIX))
-    flat_classifier.set_weights(classifier.get_weights())
+    flat_classifier = _clone_under(classifier, CLASSIFIER_PREFIX, inputs)
     classifiers, lesions, extra_md, extra_cls_md = [(flat_classifier, "classifier", "")], [(flat, "lesion", "")], [], []
     for k, path in enumerate(more_classifiers, start=2):
         member, md = _extra_member(path, EXTRA_CLASSIFIER_PREFIX.format(k), classifier_md["input_spec"], inputs,
