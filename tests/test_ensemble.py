@@ -455,3 +455,26 @@ def test_an_overlay_map_is_what_the_overlays_show_and_weighs_nothing_in_the_scor
     _saves_loads_and_exports(model, x, tmp_path)
     with pytest.raises(SystemExit, match="not a lesion-map model"):
         ensemble.build(first, classifier_dir, overlay=classifier_dir)
+
+
+def test_the_members_trained_on_the_ensembles_validation_slices_are_named_with_their_share(tmp_path):
+    """Row SPL: v24 and v26 had trained on most of v30's validation slices, unseen for five versions. A slice an
+    artifact was not trained on is in its validation_predictions.csv; a member without one is left out."""
+    from trainer import ensemble
+
+    def artifact_with_rows(name, rows):
+        d = tmp_path / name
+        d.mkdir()
+        lines = ["path,class_name,label,group,score,split,source,level"]
+        lines += [f"{p},tumor,1,0,0.5,{split},lgg/flair,0.5" for p, split in rows]
+        (d / "validation_predictions.csv").write_text("\n".join(lines) + "\n")
+        return str(d)
+    validation = [f"img{i}.png" for i in range(8)]
+    same = artifact_with_rows("same", [(p, "validation") for p in validation])
+    other = artifact_with_rows("other", [(p, "validation") for p in validation[:2]]
+                               + [(p, "external") for p in validation[2:4]] + [("img9.png", "validation")])
+    (tmp_path / "none").mkdir()
+    members = {"lesion_map": {"artifact": same}, "classifier": {"artifact": other},
+               "classifier_2": {"artifact": str(tmp_path / "none")}}
+    assert ensemble.trained_on_validation(members, validation) == {other: 0.5}  # img4-img7: its training data
+    assert ensemble.trained_on_validation({"lesion_map": {"artifact": same}}, validation) == {}

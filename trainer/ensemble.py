@@ -43,6 +43,26 @@ def member_artifacts(members, kind):
     return [members[k]["artifact"] for k in keys]
 
 
+def trained_on_validation(members, validation_paths):
+    """{member artifact: share of `validation_paths` (the ensemble's validation slices) it was trained on}, for
+    the members whose share is above 0. A slice an artifact was not trained on is in its
+    validation_predictions.csv (validation, held-out site or external); the rest were its training data. Why:
+    v24 and v26 (draws with their own seeds, which seeded the split) had trained on most of v30's validation
+    slices, unseen (docs/model_v4_notes.md row SPL). A member without that file is left out (nothing to compare)."""
+    from trainer.artifact_data import split_rows
+    reference = set(validation_paths)
+    out = {}
+    for member in members.values():
+        try:
+            theirs = {r["path"] for r in split_rows(member["artifact"])}
+        except FileNotFoundError:
+            continue
+        seen = reference - theirs
+        if seen:
+            out[member["artifact"]] = round(len(seen) / len(reference), 4)
+    return out
+
+
 def _filters(lesion):
     """The U-Net's channel widths, read from its layers (artifacts do not all record them)."""
     names = {layer.name: layer for layer in lesion.layers}

@@ -582,6 +582,15 @@ def main(argv=None):
         model, fit = _fit(args, strategy, train_ds, arrays, data, labels, sources, work_dir, total,
                           init_weights=init.get_weights() if init is not None else None)
     report = lesion_eval.evaluate_all(model, data, arrays, ext, ext_arrays, args)
+    trained_on_val = {}
+    if "members" in fit:  # an ensemble: which members were trained on the slices it is validated on
+        from trainer.ensemble import trained_on_validation
+        trained_on_val = trained_on_validation(fit["members"], [r["path"] for r in report["rows"]
+                                                                if r["split"] == "validation"])
+        for path, share in trained_on_val.items():
+            print(f"warning: member {path} was trained on {share:.0%} of this ensemble's validation slices: its "
+                  "validation figures and the threshold chosen on them are optimistic (retrain that member on "
+                  "this split: --split-seed)", file=sys.stderr)
     spec = preprocessing.InputSpec(height=args.image_size, width=args.image_size)
     from trainer.model import flops_per_image
     fields = dict(
@@ -598,6 +607,7 @@ def main(argv=None):
                             **({"kept_epoch": fit["kept_epoch"]} if "kept_epoch" in fit else {}),
                             "fit_seconds": fit["fit_seconds"],
                             **({"members": fit["members"]} if "members" in fit else {}),  # an ensemble's parts
+                            **({"members_trained_on_validation": trained_on_val} if trained_on_val else {}),
                             # none for a checkpoint nobody fitted here: a weight soup, or an ensemble (whose
                             # fit_seconds are its members' sum, over other images and epochs)
                             "train_images_per_second": round(total * global_batch / fit["fit_seconds"], 1)
