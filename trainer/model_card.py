@@ -302,12 +302,11 @@ def _ensemble(members):
     from trainer.ensemble import member_artifacts
 
     def names(kind):
-        return [f"v{posixpath.basename(str(a).rstrip('/'))}" for a in member_artifacts(members, kind)]
+        return [_version(a) for a in member_artifacts(members, kind)]
     maps, classifiers = names("lesion_map"), names("classifier")
     moved = members["classifier"].get("moved_towards")
     if moved:
-        target = posixpath.basename(str(moved.get("artifact", "?")).rstrip("/"))
-        classifiers[0] += f" (its weights moved {moved.get('alpha', 0):g} of the way to v{target}'s)"
+        classifiers[0] += f" (its weights moved {moved.get('alpha', 0):g} of the way to {_version(moved.get('artifact'))}'s)"
     map_odds = "the maps' mean log-odds" if len(maps) > 1 else "the map's log-odds"
     classifier_odds = "the classifiers' mean log-odds" if len(classifiers) > 1 else "the classifier's log-odds"
     floor = members["classifier"].get("log_odds_floor")
@@ -320,12 +319,16 @@ def _ensemble(members):
             f"{classifier_odds}{floored}{mirror}; the overlays show {_overlay(members, maps[0])}")
 
 
+def _version(artifact_dir):
+    """"v14" for models/brain-tumor-cnn/14 (a member named by its artifact folder)."""
+    return f"v{posixpath.basename(str(artifact_dir or '?').rstrip('/'))}"
+
+
 def _overlay(members, first_map):
     overlay = members.get("overlay_map")
     if not overlay:
         return f"{first_map}'s map"
-    return (f"the map of v{posixpath.basename(str(overlay.get('artifact', '?')).rstrip('/'))}, a U-Net trained only to "
-            "outline the lesion, which weighs 0 in the score")
+    return f"the map of {_version(overlay.get('artifact'))}, a U-Net trained only to outline the lesion, which weighs 0 in the score"
 
 
 def _architecture(metadata):
