@@ -15,7 +15,7 @@ import json
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline import errors
+from beam_pipeline import errors, whole_file
 
 
 def fingerprint(metadata):
@@ -45,24 +45,8 @@ def load(path):
 
 
 def save(path, entries):
-    """Write the manifest so that a reader sees the old or the new one, never a cut file.
-
-    Local files are written beside it and renamed (atomic on POSIX); on GCS an
-    object upload only becomes visible when complete, so writing it directly is
-    already all-or-nothing.
-    """
-    data = json.dumps({"inputs": entries}, indent=1, sort_keys=True).encode()
-    if "://" in path:
-        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write(data)
-        return
-    import os
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write the manifest so that a reader sees the old or the new one, never a cut file."""
+    whole_file.write(path, json.dumps({"inputs": entries}, indent=1, sort_keys=True).encode())
 
 
 def known_studies(entries):

@@ -17,6 +17,8 @@ import posixpath
 import secrets
 import sys
 
+from beam_pipeline import whole_file
+
 DEFAULT_KEY_FILE = os.path.join(os.path.expanduser("~"), ".config", "brain-screening", "pseudonym.key")
 PREFIX = "p-"
 
@@ -34,15 +36,10 @@ def load_or_create_key(path=DEFAULT_KEY_FILE):
         return read_key(path)
     key = secrets.token_hex(32)
     if "://" in path:  # a bucket object: its IAM, not a file mode, keeps it private
-        from apache_beam.io.filesystem import CompressionTypes
-        from apache_beam.io.filesystems import FileSystems
-        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write((key + "\n").encode())
+        whole_file.write(path, (key + "\n").encode())
         return key
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+    if not whole_file.create_new(path, (key + "\n").encode()):
+        return read_key(path)  # another run created it first: one key for both
     return key
 
 
@@ -72,8 +69,7 @@ def load_key_for(output, path=DEFAULT_KEY_FILE):
                              f"{recorded}; restore the key file (a new key would change every pseudonym)")
     key = load_or_create_key(path)
     if recorded is None:
-        with FileSystems.create(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write(key_id(key).encode())
+        whole_file.write(marker, key_id(key).encode())
     elif recorded != key_id(key):
         raise ValueError(f"key file {path} (id {key_id(key)}) is not the key the results in {output} were "
                          f"pseudonymised with (id {recorded}); pass that key's file with --pseudonym-key-file")

@@ -93,3 +93,39 @@ def test_the_key_never_travels_in_the_pickled_job_graph(tmp_path):
     other = pickler.loads(graph)._fn
     with pytest.raises(errors.ScreeningError, match="holds another key"):
         other.setup()
+
+
+def _racer(args):
+    start, output, key_file = args
+    start.wait()
+    return pseudonym.key_id(pseudonym.load_key_for(output, key_file))
+
+
+def test_runs_starting_at_once_agree_on_one_key_and_never_read_a_cut_marker(tmp_path):
+    """CI once saw a second run read `_PSEUDONYM_KEY_ID` while the first was still writing it (an empty id)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    racers = 12
+    for attempt in range(40):
+        output, key_file = str(tmp_path / f"out{attempt}"), str(tmp_path / f"keys{attempt}" / "key")
+        os.makedirs(output)
+        if attempt % 2:  # the key exists already: only the output's key-id marker is raced for
+            pseudonym.load_or_create_key(key_file)
+        start = threading.Barrier(racers)
+
+        with ThreadPoolExecutor(racers) as pool:
+            ids = set(pool.map(_racer, [(start, output, key_file)] * racers))
+        assert len(ids) == 1, f"attempt {attempt}: {ids}"
+        with open(os.path.join(output, pseudonym.KEY_ID_FILE)) as f:
+            assert f.read() == next(iter(ids))
+        assert pseudonym.key_id(pseudonym.read_key(key_file)) in ids
+        assert os.listdir(os.path.dirname(key_file)) == ["key"]  # no temporary files left
+        assert os.listdir(output) == [pseudonym.KEY_ID_FILE]
+
+def test_a_key_file_is_created_once_and_never_overwritten(tmp_path):
+    from beam_pipeline import whole_file
+    path = str(tmp_path / "k")
+    assert whole_file.create_new(path, b"first\n")
+    assert not whole_file.create_new(path, b"second\n")
+    assert open(path).read() == "first\n" and os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["k"]
