@@ -121,11 +121,9 @@ LAST_RUN = "_LAST_RUN.json"  # beside results/: which run ended last, and whethe
 
 
 def _record_last_run(plan, promoted):
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-    path = f"{plan.output.rstrip('/')}/{LAST_RUN}"
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(json.dumps({"run_id": plan.run_id, "promoted": promoted}).encode())
+    from beam_pipeline import whole_file  # another run on this output may read it at any moment
+    whole_file.write(f"{plan.output.rstrip('/')}/{LAST_RUN}",
+                     json.dumps({"run_id": plan.run_id, "promoted": promoted}).encode())
 
 
 def last_run(output):

@@ -27,10 +27,9 @@ import os
 import shutil
 import time
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline import errors
+from beam_pipeline import errors, whole_file
 
 OWNER_MARKER = "_BRAIN_SCREENING_OUTPUT"
 RESULTS = "results"
@@ -141,8 +140,7 @@ def claim(output, run_id):
     if present:
         raise OutputError(f"output {output} already holds {len(present)} file(s) that this job did not write "
                           f"(no {OWNER_MARKER} marker), e.g. {sorted(present)[0]}; choose a new or empty output")
-    with FileSystems.create(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(json.dumps({"created_by": "brain-mri-screening", "first_run_id": run_id}).encode())
+    whole_file.write(marker, json.dumps({"created_by": "brain-mri-screening", "first_run_id": run_id}).encode())
 
 
 def current_files(output):
