@@ -457,11 +457,12 @@ def _lesion_note(row):
     heading names its series; file members keep pseudonymised names that would not help a reader).
 
     An unflagged row's map may still outline something below the threshold: named as an outline, not a
-    lesion, and not pointed at, so that a line of the worklist never reads like a finding the model did not make."""
+    lesion, and not pointed at, so that a line of the worklist never reads like a finding the model did not make;
+    a flagged row whose map outlines nothing says so, so that the missing outline never reads like an all-clear."""
     if row.get("max_lesion_area_px") is None:
         return ""
-    if not row["max_lesion_area_px"]:
-        return ", no lesion outlined"
+    if not row["max_lesion_area_px"]:  # a flag the map does not place (v32: 8 % of flagged tumor slices)
+        return ", flagged but no lesion outlined: read every image" if row.get("flagged") else ", no lesion outlined"
     area = (f"{row['max_lesion_area_mm2']:.0f} mm²" if row.get("max_lesion_area_mm2") is not None
             else f"{row['max_lesion_area_px']:.0f} px")
     if row.get("flagged") is False:

@@ -112,6 +112,13 @@ def test_an_unflagged_study_s_outline_is_not_worded_as_a_lesion():
     assert report._lesion_note({**row, "flagged": True}) == ", largest lesion 924 px (T2 AX, image 14)"
 
 
+def test_a_flagged_study_without_an_outline_is_not_worded_as_an_all_clear():
+    row = {"flagged": True, "max_lesion_area_px": 0.0, "max_lesion_area_mm2": None,
+           "largest_lesion_series": None, "largest_lesion_member": None}
+    assert report._lesion_note(row) == ", flagged but no lesion outlined: read every image"
+    assert report._lesion_note({**row, "flagged": False}) == ", no lesion outlined"
+
+
 def test_onnx_runtime_returns_the_same_lesion_map(tmp_path):
     from trainer import export
     model_dir = tiny_model.write_tiny_artifact(tmp_path, lesion_bias=5.0, seed=1)
