@@ -265,14 +265,16 @@ define mark_member
 	$(PY) -m screening_core.artifact member $(MODEL_DIR)/brain-tumor-cnn/$(1) $(MEMBER_$(1))
 endef
 MEMBER_12 = --of brain-tumor-cnn/13 --reason "v3 fine-tuned with BraTS-PEDs, scored only as the end point v13's classifier is moved 0.3 of the way to (no ONNX export or OOD reference)"
-MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
+MEMBER_33 = --of brain-tumor-cnn/35 --reason "a second draw of v22's classifier recipe (seed 43) on v22's validation split, scored beside v22 and v34"
+MEMBER_34 = --of brain-tumor-cnn/35 --reason "a third draw of v22's classifier recipe (seed 44, imitated skull stripping) on v22's validation split, scored beside v22 and v33"
+MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
 MEMBER_18 = --of brain-tumor-cnn/19 --reason "a fine-tune of v3 scored only as the end point v19's classifier is moved 0.3 of the way to"
 MEMBER_20 = --of brain-tumor-cnn/21 --reason "a fine-tune of v3 scored only as the end point v21's classifier is moved 0.6 of the way to"
-MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
+MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
 MEMBER_24 = --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a second draw of v22's classifier recipe, a worse one alone (brain-mri validation AUC 0.981), scored only beside v22 and the lesion maps"
 MEMBER_26 = --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a third draw of v22's classifier recipe scored only beside v22, v24 and the lesion maps: alone it has no lesion map to show and ranks brats-sample's FLAIR at AUC 0.821"
-MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
-MEMBER_31 = --of brain-tumor-cnn/32 --reason "a map trained only to outline, the overlays' map of v32 at weight 0 in its score; its own slice score is no detector (no slice loss)"
+MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
+MEMBER_31 = --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --reason "a map trained only to outline, the overlays' map of v32 at weight 0 in its score; its own slice score is no detector (no slice loss)"
 
 # Model v14, the lesion map trained with real tumor-free heads (make data-healthy-heads; docs/healthy_heads.md), and
 # no dark paint on T1 without contrast; then v15, v14 with v13's classifier (seeded; ~10 min of fit on 2 CPU cores
@@ -379,7 +381,7 @@ define scratch_classifier
 		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(1) \
 		--early-stopping-patience 15 --target-sensitivity 0.98 --augment $(or $(3),contrast-strip) --lesion-weight 5.0 \
-		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) --version $(2)
+		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) $(if $(4),--split-seed $(4)) --version $(2)
 endef
 train-v22: data-healthy-planes
 	$(call scratch_classifier,$(SEED),22)
@@ -456,6 +458,23 @@ train-v31: data-healthy-heads
 	$(call mark_member,31)
 train-v32: data-healthy-planes
 	$(call ensemble_artifact,,,32,,$(V22) --classifier $(V24) --classifier $(V26) --lesion $(V28) \
+		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31))
+
+# v33 and v34, v35's second and third classifiers: v24's and v26's recipes (seeds 43 and 44) on v22's validation
+# split (--split-seed 42): v24 and v26 had been split with their own seeds and trained on 72 % and 83 % of the
+# ensemble's validation slices (docs/model_v4_notes.md row SPL; ~30 min of fit each). v35: v32 with them in place of
+# v24 and v26, its threshold chosen on validation slices no member trained on (~10 min of evaluation):
+# make train-v33 train-v34 train-v35 MODEL_DIR=/tmp/models
+V33 ?= $(MODEL_DIR)/brain-tumor-cnn/33
+V34 ?= $(MODEL_DIR)/brain-tumor-cnn/34
+train-v33: data-healthy-planes
+	$(call scratch_classifier,43,33,,$(SEED))
+	$(call mark_member,33)
+train-v34: data-healthy-planes
+	$(call scratch_classifier,44,34,contrast-strip-prepared,$(SEED))
+	$(call mark_member,34)
+train-v35: data-healthy-planes
+	$(call ensemble_artifact,,,35,,$(V22) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
 		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31))
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
