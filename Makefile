@@ -462,7 +462,7 @@ train-v32: data-healthy-planes
 
 # v33 and v34, v35's second and third classifiers: v24's and v26's recipes (seeds 43 and 44) on v22's validation
 # split (--split-seed 42): v24 and v26 had been split with their own seeds and trained on 72 % and 83 % of the
-# ensemble's validation slices (docs/model_v4_notes.md row SPL; ~30 min of fit each). v35: v32 with them in place of
+# ensemble's validation slices (docs/model_v4_notes.md row SPL; ~45 min of fit each). v35: v32 with them in place of
 # v24 and v26, its threshold chosen on validation slices no member trained on (~10 min of evaluation):
 # make train-v33 train-v34 train-v35 MODEL_DIR=/tmp/models
 V33 ?= $(MODEL_DIR)/brain-tumor-cnn/33
