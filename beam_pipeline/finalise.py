@@ -6,6 +6,7 @@ nobody waits for still updates its manifest and writes its report. The order
 is what keeps results safe:
 
   1. everything is written into the run's staging folder (invisible to readers);
+     the pseudonym key the rows were written with must still be the stored one;
   2. an incremental (--manifest) run first copies the current result's tables
      and heatmaps in, so its result holds the earlier runs' rows too;
   3. the staging folder is promoted (results_store.promote);
@@ -19,7 +20,7 @@ import time
 
 import apache_beam as beam
 
-from beam_pipeline import drift, incremental, manifest, report, results_store, summary
+from beam_pipeline import drift, incremental, manifest, pseudonym, report, results_store, summary
 
 CARRIED_PREFIXES = ("images-", "series-", "studies-", "heatmaps/")
 
@@ -43,6 +44,7 @@ class Plan:
     site_looks: tuple = None  # the looks the applied site profile validated (None: no profile, or it lists none)
     site_planes: tuple = None  # its slice planes (None: no profile, or its sample had no known plane)
     site_relaxed: tuple = ()  # the checks its validation ran below their defaults (brain-validate's relaxed_checks)
+    pseudonym_key: object = None  # pseudonym.KeyRef the rows were pseudonymised with (None: real paths and numbers)
 
     @property
     def staging(self):
@@ -78,6 +80,9 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
         if done is not None:  # a retried bundle: the result is this run's already; only the manifest may lag
             _update_manifest(plan, study_fingerprints)
             return done
+        if plan.pseudonym_key is not None:  # rows under a key no longer stored could never be traced back
+            pseudonym.confirm_key(plan.output, plan.pseudonym_key,
+                                  result_exists=summary.exists(results_store.results_dir(plan.output)))
         if plan.carry_over and not counts.get("rows") and summary.exists(results_store.results_dir(plan.output)):
             # Nothing new tonight (every study unchanged since the manifest): the day's result, its
             # report and drift verdict stay exactly as they are; no empty table is added.

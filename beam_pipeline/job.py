@@ -331,7 +331,8 @@ def resolve(argv, save_main_session=True):
         manifest_entries={m.path: manifest.fingerprint(m) for m in todo} if opts.manifest else None,
         carry_over=bool(opts.manifest), drift_reference=drift.reference_of(metadata), engine=engine,
         pacs_queries=tuple(dicomweb.shown(u) for u in web), site_looks=None if site_looks is None else tuple(site_looks),
-        site_planes=None if site_planes is None else tuple(site_planes), site_relaxed=site_relaxed)
+        site_planes=None if site_planes is None else tuple(site_planes), site_relaxed=site_relaxed,
+        pseudonym_key=ref)
     return Job(options=options, run_id=run_id, output=output, inputs=tuple(to_read), web_inputs=tuple(web),
                model=model, metadata=metadata, threshold=threshold, threshold_source=threshold_source,
                engine=engine, inference_threads=threads, plan=plan,

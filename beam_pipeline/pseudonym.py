@@ -17,7 +17,7 @@ import posixpath
 import secrets
 import sys
 
-from beam_pipeline import whole_file
+from beam_pipeline import errors, whole_file
 
 DEFAULT_KEY_FILE = os.path.join(os.path.expanduser("~"), ".config", "brain-screening", "pseudonym.key")
 PREFIX = "p-"
@@ -35,9 +35,13 @@ def load_or_create_key(path=DEFAULT_KEY_FILE):
     if _exists(path):
         return read_key(path)
     key = secrets.token_hex(32)
-    if "://" in path:  # a bucket object: its IAM, not a file mode, keeps it private
+    if "://" in path:
+        # A bucket object: its IAM, not a file mode, keeps it private. Beam's FileSystems has no
+        # create-if-absent, so two runs creating it at once both upload and the last upload stays: read it
+        # back, so the run that lost takes the stored key. One that read back before the other's upload
+        # landed is stopped before it publishes a row (confirm_key, at finalisation).
         whole_file.write(path, (key + "\n").encode())
-        return key
+        return read_key(path)
     if not whole_file.create_new(path, (key + "\n").encode()):
         return read_key(path)  # another run created it first: one key for both
     return key
@@ -76,6 +80,42 @@ def load_key_for(output, path=DEFAULT_KEY_FILE):
     return key
 
 
+class KeyChanged(errors.ScreeningError, ValueError):
+    """The key file or the output's key id changed while a run was pseudonymising with another key."""
+
+
+def confirm_key(output, ref, result_exists):
+    """Just before a run publishes its result: the key it pseudonymised with is still the key file's,
+    and the output's key-id marker names it (written now when no result holds another key's rows).
+
+    Why: a run whose key is no longer stored would publish rows whose pseudonyms no one can map back
+    to a study (two first runs creating a gs:// key at once; a key file replaced during a run)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    try:
+        stored = key_id(read_key(ref.path))
+    except (OSError, ValueError) as e:
+        stored = f"unreadable: {e}"
+    if stored != ref.key_id:
+        raise _key_changed(f"pseudonym key file {ref.path} no longer holds the key this run used (id {ref.key_id}; "
+                           f"it now holds {stored}): another run created or replaced it meanwhile", output)
+    marker = f"{output.rstrip('/')}/{KEY_ID_FILE}"
+    recorded = None
+    if FileSystems.exists(marker):
+        with FileSystems.open(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            recorded = f.read().decode().strip()
+    if recorded == ref.key_id:
+        return
+    if recorded and result_exists:
+        raise _key_changed(f"the result in {output} was meanwhile published with another pseudonym key (id "
+                           f"{recorded}; this run used {ref.key_id})", output)
+    whole_file.write(marker, ref.key_id.encode())
+
+
+def _key_changed(why, output):
+    return KeyChanged(f"{why}; this run's rows were not published and the result in {output} is unchanged: run it again")
+
+
 class KeyRef:
     """Where a worker finds the key (its file) and which key it must be (its public id): what travels
     in the pickled job graph instead of the key itself, which would be uploaded with the graph and
@@ -91,7 +131,6 @@ class KeyRef:
     def load(self):
         key = read_key(self.path)
         if key_id(key) != self.key_id:
-            from beam_pipeline import errors
             raise errors.ScreeningError(f"pseudonym key file {self.path} on this worker holds another key (id "
                                         f"{key_id(key)}, the job was launched with {self.key_id})")
         return key

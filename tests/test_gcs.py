@@ -125,3 +125,42 @@ def test_an_incremental_night_on_gcs_keeps_each_image_once_and_the_study_whole(g
         ("img0.png", "night1"), ("img1.png", "night2"), ("img2.png", "night1")]
     assert [s["n_images"] for s in table("studies-")] == [3] and [s["n_images"] for s in table("series-")] == [3]
     assert run.read_summary(out)["result"]["rows"] == 3
+
+
+def test_a_run_whose_gs_pseudonym_key_was_replaced_meanwhile_publishes_nothing(gcs, tmp_path, monkeypatch, capsys):
+    """Two first runs creating one gs:// key at once both upload it and the last upload stays (Beam's
+    FileSystems has no create-if-absent): the run whose key was overwritten must not publish rows whose
+    pseudonyms no stored key maps back. Simulated: another key lands in the key file during the run."""
+    import secrets
+
+    from google.cloud import storage
+
+    from beam_pipeline import finalise, pseudonym
+    from tests import synth
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    folder = tmp_path / "in" / "MRN123456"
+    folder.mkdir(parents=True)
+    for s in range(2):
+        (folder / f"img{s}.png").write_bytes(synth.encode(synth.brain_slice(s, 32)))
+    key_file, out = f"gs://{BUCKET}/keys/site.key", f"gs://{BUCKET}/results/keyrace"
+    argv = ["--input", str(folder / "*.png"), "--output", out, "--model", model_dir,
+            "--pseudonym-key-file", key_file]
+    assert run.main(argv + ["--run-id", "night1"]) == 0  # created the key (read back) and its marker
+    first = pseudonym.read_key(key_file)
+    before = run.read_summary(out)
+    blob = storage.Client.create_anonymous_client().bucket(BUCKET).blob("keys/site.key")
+    real = finalise.finalise
+
+    def another_run_replaces_the_key(*a, **k):
+        blob.upload_from_string(secrets.token_hex(32) + "\n")
+        return real(*a, **k)
+
+    monkeypatch.setattr(finalise, "finalise", another_run_replaces_the_key)
+    capsys.readouterr()
+    assert run.main(argv + ["--run-id", "night2"]) == 2
+    err = capsys.readouterr().err
+    assert "no longer holds the key this run used" in err and "were not published" in err
+    assert first not in err and "MRN123456" not in err
+    assert run.read_summary(out) == before  # night1's result stands
+    names = [b.name for b in storage.Client.create_anonymous_client().bucket(BUCKET).list_blobs(prefix="results/keyrace/")]
+    assert not [n for n in names if "/_staging/" in n or "night2" in n]

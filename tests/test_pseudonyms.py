@@ -129,3 +129,23 @@ def test_a_key_file_is_created_once_and_never_overwritten(tmp_path):
     assert not whole_file.create_new(path, b"second\n")
     assert open(path).read() == "first\n" and os.stat(path).st_mode & 0o777 == 0o600
     assert os.listdir(tmp_path) == ["k"]
+
+
+def test_confirm_key_refuses_a_result_published_meanwhile_with_another_key(tmp_path):
+    """The output's key-id marker at finalisation: rewritten to this run's key while no result exists
+    (the other run stopped at its own key check), a refusal once a result holds another key's rows."""
+    output, key_file = str(tmp_path / "out"), str(tmp_path / "key")
+    os.makedirs(output)
+    ref = pseudonym.KeyRef(key_file, pseudonym.load_or_create_key(key_file))
+    marker = os.path.join(output, pseudonym.KEY_ID_FILE)
+    with open(marker, "w") as f:
+        f.write("0123456789abcdef")  # another run's key, written at its start
+    pseudonym.confirm_key(output, ref, result_exists=False)
+    assert open(marker).read() == ref.key_id
+    with open(marker, "w") as f:
+        f.write("0123456789abcdef")
+    with pytest.raises(pseudonym.KeyChanged, match="meanwhile published with another pseudonym key"):
+        pseudonym.confirm_key(output, ref, result_exists=True)
+    os.remove(key_file)
+    with pytest.raises(pseudonym.KeyChanged, match="no longer holds the key this run used"):
+        pseudonym.confirm_key(output, ref, result_exists=True)
