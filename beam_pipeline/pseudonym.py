@@ -61,13 +61,8 @@ def load_key_for(output, path=DEFAULT_KEY_FILE):
     Once a result was written with a key, its id is kept in `<output>/_PSEUDONYM_KEY_ID`; a missing
     key file is then an error (a new key would silently change every pseudonym between nights),
     and so is a different key."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-    marker = f"{output.rstrip('/')}/{KEY_ID_FILE}"
-    recorded = None
-    if FileSystems.exists(marker):
-        with FileSystems.open(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            recorded = f.read().decode().strip()
+    marker, recorded = _recorded_id(output)
+    if recorded is not None:
         if not _exists(path):
             raise ValueError(f"key file {path} is missing, but results in {output} were pseudonymised with key "
                              f"{recorded}; restore the key file (a new key would change every pseudonym)")
@@ -84,14 +79,23 @@ class KeyChanged(errors.ScreeningError, ValueError):
     """The key file or the output's key id changed while a run was pseudonymising with another key."""
 
 
+def _recorded_id(output):
+    """(the output's key-id marker, the id it records or None where there is none yet)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    marker = f"{output.rstrip('/')}/{KEY_ID_FILE}"
+    if not FileSystems.exists(marker):
+        return marker, None
+    with FileSystems.open(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return marker, f.read().decode().strip()
+
+
 def confirm_key(output, ref, result_exists):
     """Just before a run publishes its result: the key it pseudonymised with is still the key file's,
     and the output's key-id marker names it (written now when no result holds another key's rows).
 
     Why: a run whose key is no longer stored would publish rows whose pseudonyms no one can map back
     to a study (two first runs creating a gs:// key at once; a key file replaced during a run)."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
     try:
         stored = key_id(read_key(ref.path))
     except (OSError, ValueError) as e:
@@ -99,11 +103,7 @@ def confirm_key(output, ref, result_exists):
     if stored != ref.key_id:
         raise _key_changed(f"pseudonym key file {ref.path} no longer holds the key this run used (id {ref.key_id}; "
                            f"it now holds {stored}): another run created or replaced it meanwhile", output)
-    marker = f"{output.rstrip('/')}/{KEY_ID_FILE}"
-    recorded = None
-    if FileSystems.exists(marker):
-        with FileSystems.open(marker, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            recorded = f.read().decode().strip()
+    marker, recorded = _recorded_id(output)
     if recorded == ref.key_id:
         return
     if recorded and result_exists:
