@@ -17,7 +17,7 @@ import io
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 PREPROCESSING_ID = "gray-headcrop-pnorm-v1"
 
@@ -63,11 +63,17 @@ class InputSpec:
         return spec
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
 def decode_raster(data: bytes) -> np.ndarray:
     """Decode PNG/JPEG/BMP/TIFF bytes to a 2-D float32 grayscale array.
 
     16-bit and float images keep their range; colour, palette, CMYK and alpha
-    images are converted to luminance (MRI content is grayscale).
+    images are converted to luminance (MRI content is grayscale). An EXIF
+    orientation (photos and web copies of scans carry one) is applied, so the
+    model and the review image see the slice the way every viewer shows it;
+    no image in the training collections has one.
     """
     if not data:
         raise ImageDecodeError("empty_file", "zero-byte file")
@@ -83,6 +89,8 @@ def decode_raster(data: bytes) -> np.ndarray:
             raise ImageDecodeError(
                 "image_too_large", f"{w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")
         try:
+            if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 arr = np.asarray(im.convert("F") if im.mode != "F" else im, dtype=np.float32)
             else:

@@ -84,3 +84,21 @@ def test_training_and_scoring_paths_give_the_same_model_input(tmp_path):
         decoded = (p | beam.Create(chunks)
                    | DecodeImages("parity", spec.to_dict(), model_info))
         assert_that(decoded.images, same_arrays)
+
+
+def test_an_exif_orientation_is_applied_as_every_viewer_applies_it():
+    """A web copy or photo of a scan stored sideways with an EXIF orientation: the model and the review
+    image must see the slice the radiologist sees, not the stored pixels."""
+    import io
+
+    from PIL import Image
+    stored = np.zeros((60, 90), np.uint8)
+    stored[5:15, 10:30] = 255  # a bright block near the top left, as stored
+    shown = {1: stored, 3: stored[::-1, ::-1], 6: np.rot90(stored, -1), 8: np.rot90(stored)}
+    for orientation, want in shown.items():
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        Image.fromarray(stored).save(buf, "PNG", exif=exif.tobytes())
+        got = preprocessing.decode_raster(buf.getvalue())
+        assert got.shape == want.shape and np.array_equal(got, want.astype(np.float32)), orientation
