@@ -36,11 +36,14 @@ MAX_DISTANCE = 44  # ~ correlation 0.963 (E[d] = 512 x arccos(r) / pi: 0.95 -> 5
 MIN_COPIES = 3, 0.05  # a sample fails with at least 3 near-copies and 5 % of its images (chance: 0.5-0.8 %, below)
 _SEED = 20261205
 DEVELOPMENT_FILE = "development_fingerprints.npz"  # in the artifact (trainer/development_set.py)
+# The preprocessing the artifacts' stored fingerprints were made with: a sample is compared with them only
+# through the same one, whatever the model itself is scored with.
+THUMB_PREPROCESSING = preprocessing.PREPROCESSING_IDS[0]
 
 
 def thumbnail(gray):
     """Zero-mean, unit-norm thumbnail vector (head-cropped, so borders and size do not matter)."""
-    spec = preprocessing.InputSpec(height=THUMB_SIZE, width=THUMB_SIZE)
+    spec = preprocessing.InputSpec(height=THUMB_SIZE, width=THUMB_SIZE, preprocessing=THUMB_PREPROCESSING)
     v = preprocessing.prepare(gray, spec).reshape(-1).astype(np.float64)
     v -= v.mean()
     n = np.linalg.norm(v)

@@ -9,6 +9,8 @@ are normalised per image from the head's own percentiles.
 
 Bump `PREPROCESSING_ID` whenever the output of `prepare` changes: artifacts
 record it and the scorer refuses an artifact whose id it does not implement.
+Every id in `PREPROCESSING_IDS` stays implemented, so an artifact is scored on
+exactly the representation it records.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-PREPROCESSING_ID = "gray-headcrop-pnorm-v1"
+# v2 = v1 with a frame removed first (`_frame`); identical for every image without one.
+PREPROCESSING_ID = "gray-headcrop-pnorm-v2"
+PREPROCESSING_IDS = ("gray-headcrop-pnorm-v1", PREPROCESSING_ID)
 
 # Pillow refuses images above 2x this many pixels and warns above it; we fail
 # earlier with our own error so a decompression bomb never allocates memory.
@@ -54,10 +58,10 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
         spec = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
-        if spec.preprocessing != PREPROCESSING_ID:
+        if spec.preprocessing not in PREPROCESSING_IDS:
             raise ValueError(
                 f"artifact needs preprocessing {spec.preprocessing!r}, this code "
-                f"implements {PREPROCESSING_ID!r}")
+                f"implements {', '.join(map(repr, PREPROCESSING_IDS))}")
         if spec.channels != 1 or spec.dtype != "float32":
             raise ValueError(f"unsupported input spec {spec}")
         return spec
@@ -102,6 +106,50 @@ def decode_raster(data: bytes) -> np.ndarray:
         except Exception as e:
             raise ImageDecodeError("undecodable_image", f"image data is corrupt: {e}") from e
     return arr
+
+
+_FRAME_MAX = 0.25  # a uniform band wider than this share of the side is a background, not a frame
+_FRAME_THIN = 0.03  # a band at most this wide is a frame at any brightness
+
+
+def _frame(img01):
+    """Widths (top, bottom, left, right) of a uniform frame around the image; 0 where there is none.
+
+    Why (v2): web copies, screenshots and secondary captures of scans come framed in white or grey. A
+    frame's lines hold head-bright pixels end to end, so `_head_box` took the whole image: the head
+    shrank in the model input and the frame's edges entered it. v35 found 66 % of brain-mri's
+    validation tumors given a 24 px white frame (99 % plain) and 15 % -> 1 % of its tumor-free
+    slices flagged. A band is a frame when it is thin, near white, or has a dark image inside it;
+    a wide mid-grey band with the head next to it is the scanner's own background and stays
+    (TCGA-LGG's FG T1 slices). Measured: docs/model_v4_notes.md row FRM."""
+    h, w = img01.shape
+    widths = []
+    for lines, side in ((img01, h), (img01[::-1], h), (img01.T, w), (img01[:, ::-1].T, w)):
+        limit = max(2, int(_FRAME_MAX * side))
+        n, total, inside = 0, 0.0, None
+        for line in lines[:limit + 1]:
+            mean = float(line.mean())
+            if mean > _BOX_LEVEL and float(line.std()) < 0.05:
+                n, total = n + 1, total + mean
+            else:
+                inside = mean
+                break
+        band = total / n if n else 0.0
+        framed = 0 < n <= limit and (n <= max(2, round(_FRAME_THIN * side)) or band >= 0.85
+                                     or (inside is not None and inside < min(_BOX_LEVEL, 0.5 * band)))
+        widths.append(n if framed else 0)
+    return tuple(widths)
+
+
+def _unframed(img01):
+    """`img01` with its frame (`_frame`) set to background."""
+    t, b, left, r = _frame(img01)
+    if not (t or b or left or r):
+        return img01
+    h, w = img01.shape
+    out = img01.copy()
+    out[:t], out[h - b:], out[:, :left], out[:, w - r:] = 0, 0, 0, 0
+    return out
 
 
 def _head_box(img01):
@@ -225,6 +273,8 @@ def prepare_with_scale(gray: np.ndarray, spec: InputSpec = InputSpec()) -> tuple
     if g01 is None:
         h, w = np.shape(gray)
         return np.zeros((spec.height, spec.width, 1), np.float32), max(h, w) / spec.height
+    if spec.preprocessing != PREPROCESSING_IDS[0]:
+        g01 = _unframed(g01)
     box = _head_box(g01)
     scale = max(box[1] - box[0], box[3] - box[2]) / spec.height
     return _finish(_square_resized(g01, box, spec.height, spec.width)), float(scale)
@@ -250,6 +300,8 @@ def project_mask(gray: np.ndarray, mask: np.ndarray, spec: InputSpec = InputSpec
     if mask.shape != np.shape(gray):
         raise ValueError(f"mask shape {mask.shape} differs from image shape {np.shape(gray)}")
     g01 = _normalise(gray)
+    if g01 is not None and spec.preprocessing != PREPROCESSING_IDS[0]:
+        g01 = _unframed(g01)
     box = _head_box(g01) if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
     return np.clip(_square_resized(mask / max(mask.max(), 1e-6), box, spec.height, spec.width), 0, 1)
 

@@ -18,6 +18,10 @@ def cases():
     nan = head.copy()
     nan[:20, :20] = np.nan
     nan[30, 30] = np.inf
+    white_frame = np.pad(head, 20, constant_values=255.0)  # a web copy's frame (v2 removes it)
+    grey_frame = np.pad(head, 16, constant_values=128.0)  # a grey frame, dark image inside (removed)
+    grey_background = head.copy()  # a scanner's own grey background beside the head (kept)
+    grey_background[head < 20] = 90.0
     return {
         "head_224_uint8": head.astype(np.uint8),
         "head_224_float": head,
@@ -27,14 +31,18 @@ def cases():
         "noise_97x131": (rng.random((97, 131)) * 1000).astype(np.float32),
         "flat": np.full((64, 64), 7.0, np.float32),
         "non_finite": nan,
+        "white_frame": white_frame,
+        "grey_frame": grey_frame,
+        "grey_background": grey_background,
     }
 
 
-def write():
-    """Record the current `prepare` outputs as the golden file of the current PREPROCESSING_ID."""
+def write(preprocessing_id=None):
+    """Record the current `prepare` outputs as the golden file of `preprocessing_id` (default: the current one)."""
     import os
 
     from screening_core import preprocessing
-    path = os.path.join(os.path.dirname(__file__), "golden", f"prepare_{preprocessing.PREPROCESSING_ID}.npz")
-    np.savez_compressed(path, **{k: preprocessing.prepare(v) for k, v in cases().items()})
+    spec = preprocessing.InputSpec(preprocessing=preprocessing_id or preprocessing.PREPROCESSING_ID)
+    path = os.path.join(os.path.dirname(__file__), "golden", f"prepare_{spec.preprocessing}.npz")
+    np.savez_compressed(path, **{k: preprocessing.prepare(v, spec) for k, v in cases().items()})
     return path

@@ -8,6 +8,7 @@ import os
 
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
@@ -17,20 +18,48 @@ from screening_core import preprocessing
 from tests import golden_inputs, synth
 from trainer import input_pipeline
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", f"prepare_{preprocessing.PREPROCESSING_ID}.npz")
+
+def _golden(preprocessing_id):
+    return os.path.join(os.path.dirname(__file__), "golden", f"prepare_{preprocessing_id}.npz")
 
 
-def test_prepare_output_is_pinned_to_its_preprocessing_id():
+@pytest.mark.parametrize("preprocessing_id", preprocessing.PREPROCESSING_IDS)
+def test_prepare_output_is_pinned_to_its_preprocessing_id(preprocessing_id):
     # A deliberate change of prepare() bumps PREPROCESSING_ID and writes a new golden file:
     #   python -c "from tests import golden_inputs as g; g.write()"
-    assert os.path.exists(GOLDEN), f"no golden outputs for {preprocessing.PREPROCESSING_ID}"
-    golden = np.load(GOLDEN)
+    # Every id artifacts may record stays implemented and pinned (an artifact is scored as it was built).
+    assert os.path.exists(_golden(preprocessing_id)), f"no golden outputs for {preprocessing_id}"
+    golden = np.load(_golden(preprocessing_id))
     cases = golden_inputs.cases()
     assert sorted(golden.files) == sorted(cases)
+    spec = preprocessing.InputSpec(preprocessing=preprocessing_id)
     for name, raw in cases.items():
-        got = preprocessing.prepare(raw)
+        got = preprocessing.prepare(raw, spec)
         assert got.dtype == np.float32 and got.shape == golden[name].shape, name
         np.testing.assert_allclose(got, golden[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_v2_removes_a_frame_and_changes_nothing_else():
+    """A white or grey frame around a slice (web copies, screenshots): v1 shrank the head and let the frame
+    into the model input; v2 gives what the unframed slice gives. A scanner's own grey background beside
+    the head is not a frame, and no unframed case moves."""
+    v1 = preprocessing.InputSpec(preprocessing=preprocessing.PREPROCESSING_IDS[0])
+    v2 = preprocessing.InputSpec(preprocessing="gray-headcrop-pnorm-v2")
+    cases = golden_inputs.cases()
+    head = preprocessing.prepare(cases["head_224_float"], v2)
+    for framed in ("white_frame", "grey_frame"):
+        assert np.abs(preprocessing.prepare(cases[framed], v2) - head).max() < 0.01, framed
+        assert np.abs(preprocessing.prepare(cases[framed], v1) - head).mean() > 0.2, framed  # what v1 did
+        gray = cases[framed]
+        pad = (gray.shape[0] - 224) // 2
+        mask = np.zeros_like(gray)
+        mask[100:140, 100:140] = 255  # a lesion inside the frame lands where it lands on the unframed slice
+        plain = mask[pad:pad + 224, pad:pad + 224]
+        assert pad and np.abs(preprocessing.project_mask(gray, mask, v2)
+                              - preprocessing.project_mask(cases["head_224_float"], plain, v2)).max() < 0.05
+    for name in set(cases) - {"white_frame", "grey_frame"}:
+        np.testing.assert_array_equal(preprocessing.prepare(cases[name], v2), preprocessing.prepare(cases[name], v1),
+                                      err_msg=name)
 
 
 def test_percentiles_equal_numpys_bit_for_bit():

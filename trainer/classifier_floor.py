@@ -46,8 +46,8 @@ def member_scores(loaded, paths, batch=128):
     from screening_core import preprocessing
     out, inputs = {}, {}
     for folder, (model, md) in loaded.items():
-        spec = preprocessing.InputSpec(**{k: md["input_spec"][k] for k in ("height", "width")})
-        key = (spec.height, spec.width)
+        spec = preprocessing.InputSpec.from_dict(md["input_spec"])
+        key = (spec.height, spec.width, spec.preprocessing)
         if key not in inputs:
             inputs[key] = np.stack(artifact_data.read_inputs(paths, spec))
         x = inputs[key]
