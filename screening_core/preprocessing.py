@@ -93,19 +93,29 @@ def decode_raster(data: bytes) -> np.ndarray:
             raise ImageDecodeError(
                 "image_too_large", f"{w}x{h} pixels exceeds the limit of {MAX_IMAGE_PIXELS}")
         try:
-            if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-                im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im.convert("F") if im.mode != "F" else im, dtype=np.float32)
+            shown: Image.Image = im
+            if _orientation(im) not in (None, 1):
+                shown = ImageOps.exif_transpose(im)
+            if shown.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = np.asarray(shown.convert("F") if shown.mode != "F" else shown, dtype=np.float32)
             else:
-                flat: Image.Image = im
-                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                    flat = Image.alpha_composite(bg, im.convert("RGBA"))
+                flat = shown
+                if shown.mode in ("RGBA", "LA", "PA") or (shown.mode == "P" and "transparency" in shown.info):
+                    bg = Image.new("RGBA", shown.size, (0, 0, 0, 255))
+                    flat = Image.alpha_composite(bg, shown.convert("RGBA"))
                 arr = np.asarray(flat.convert("L"), dtype=np.float32)
         except Exception as e:
             raise ImageDecodeError("undecodable_image", f"image data is corrupt: {e}") from e
     return arr
+
+
+def _orientation(im):
+    """The EXIF orientation tag, or None where there is none or the EXIF block cannot be read (the pixels
+    still can: a damaged tag must not cost the image)."""
+    try:
+        return im.getexif().get(_EXIF_ORIENTATION)
+    except Exception:
+        return None
 
 
 _FRAME_MAX = 0.25  # a uniform band wider than this share of the side is a background, not a frame

@@ -131,3 +131,8 @@ def test_an_exif_orientation_is_applied_as_every_viewer_applies_it():
         Image.fromarray(stored).save(buf, "PNG", exif=exif.tobytes())
         got = preprocessing.decode_raster(buf.getvalue())
         assert got.shape == want.shape and np.array_equal(got, want.astype(np.float32)), orientation
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, "JPEG")
+    data = buf.getvalue()
+    damaged = data[:2] + b"\xff\xe1\x00\x10Exif\x00\x00II*\x00\xff\xff\xff\xff" + data[2:]  # an unreadable EXIF block
+    assert preprocessing.decode_raster(damaged).shape == stored.shape  # the pixels still count
