@@ -162,6 +162,11 @@ def _unframed(img01):
     return out
 
 
+def _as_seen_by(spec, img01):
+    """`img01` as `spec`'s preprocessing hands it to the head box: v1 as it is, v2 with its frame removed."""
+    return img01 if spec.preprocessing == PREPROCESSING_IDS[0] else _unframed(img01)
+
+
 def _head_box(img01):
     """Bounding box (r0, r1, c0, c1) of the head; whole image if none found."""
     mask = img01 > _BOX_LEVEL
@@ -283,8 +288,7 @@ def prepare_with_scale(gray: np.ndarray, spec: InputSpec = InputSpec()) -> tuple
     if g01 is None:
         h, w = np.shape(gray)
         return np.zeros((spec.height, spec.width, 1), np.float32), max(h, w) / spec.height
-    if spec.preprocessing != PREPROCESSING_IDS[0]:
-        g01 = _unframed(g01)
+    g01 = _as_seen_by(spec, g01)
     box = _head_box(g01)
     scale = max(box[1] - box[0], box[3] - box[2]) / spec.height
     return _finish(_square_resized(g01, box, spec.height, spec.width)), float(scale)
@@ -310,8 +314,8 @@ def project_mask(gray: np.ndarray, mask: np.ndarray, spec: InputSpec = InputSpec
     if mask.shape != np.shape(gray):
         raise ValueError(f"mask shape {mask.shape} differs from image shape {np.shape(gray)}")
     g01 = _normalise(gray)
-    if g01 is not None and spec.preprocessing != PREPROCESSING_IDS[0]:
-        g01 = _unframed(g01)
+    if g01 is not None:
+        g01 = _as_seen_by(spec, g01)
     box = _head_box(g01) if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
     return np.clip(_square_resized(mask / max(mask.max(), 1e-6), box, spec.height, spec.width), 0, 1)
 
