@@ -488,3 +488,27 @@ def test_a_threshold_source_that_chooses_nothing_stops_the_map_trainer_before_it
     err = capsys.readouterr().err
     assert "--threshold-sources '^lgg/t2$' matches no validation source (['lgg/flair'])" in err
     assert not (tmp_path / "models").exists()
+
+
+def test_the_slice_cache_is_kept_apart_per_preprocessing(tmp_path):
+    """v36 (v35 on preprocessing v2) was first evaluated on the v1 arrays a v35 run had cached under the same
+    file list: a framed slice must come out of the cache as the preprocessing asked for prepares it."""
+    import numpy as np
+
+    from screening_core import preprocessing
+    from tests import synth
+    from trainer import discovery, lesion_data
+    folder = tmp_path / "c" / "notumor"
+    folder.mkdir(parents=True)
+    framed = np.pad(synth.brain_slice(3, 200).astype(np.uint8), 24, constant_values=255)
+    (folder / "framed.png").write_bytes(synth.encode(framed))
+    ex = [discovery.Example(path=str(folder / "framed.png"), label=0, class_name="notumor", source="", collection="c")]
+    cache = str(tmp_path / "cache")
+    v1, v2 = preprocessing.PREPROCESSING_IDS[0], "gray-headcrop-pnorm-v2"
+    got = {pid: lesion_data.build(ex, [str(tmp_path / "c")], 64, cache, processes=1, preprocessing_id=pid)["x"][0]
+           for pid in (v1, v2, v1)}  # v1 cached first, then v2 must not be served v1's array
+    want = {pid: preprocessing.prepare(framed.astype(np.float32), preprocessing.InputSpec(64, 64, preprocessing=pid))[..., 0]
+            for pid in (v1, v2)}
+    for pid in (v1, v2):
+        assert np.abs(got[pid].astype(np.float32) - want[pid]).max() < 2e-3, pid
+    assert np.abs(want[v1] - want[v2]).mean() > 0.05

@@ -112,8 +112,8 @@ def _raster(path, shape):
 
 
 def _load_one(args):
-    path, mask_path, mimic_path, size = args
-    spec = preprocessing.InputSpec(height=size, width=size)
+    path, mask_path, mimic_path, size, preprocessing_id = args
+    spec = preprocessing.InputSpec(height=size, width=size, preprocessing=preprocessing_id)
     with open(path, "rb") as f:
         gray = preprocessing.decode_raster(f.read())
     x = preprocessing.prepare(gray, spec)[..., 0]
@@ -166,19 +166,25 @@ def levels(examples, head_shares):
     return out
 
 
-def build(examples, roots, size=128, cache_dir=None, processes=None, masks_dirs=None):
-    """dict(x (n,H,W) f16, mask (n,H,W) u8, mimic (n,H,W) u8, pixel_weight, level, head_share) for `examples`."""
+def build(examples, roots, size=128, cache_dir=None, processes=None, masks_dirs=None,
+          preprocessing_id=preprocessing.PREPROCESSING_ID):
+    """dict(x (n,H,W) f16, mask (n,H,W) u8, mimic (n,H,W) u8, pixel_weight, level, head_share) for `examples`.
+
+    The cache is keyed by the preprocessing too: session 31's v36 (v35 on preprocessing v2) was first
+    evaluated on v1 arrays a v35 run had cached under the same file list."""
     plan = mask_plan(examples, roots, masks_dirs)
     mimics = mimic_plan(examples, roots)
     key = hashlib.sha256(repr([(e.path, m, w, size) + ((n,) if n else ())
-                               for e, (m, w), n in zip(examples, plan, mimics, strict=True)]).encode()).hexdigest()[:16]
+                               for e, (m, w), n in zip(examples, plan, mimics, strict=True)]
+                              + ([preprocessing_id] if preprocessing_id != preprocessing.PREPROCESSING_IDS[0] else []))
+                         .encode()).hexdigest()[:16]
     cache = os.path.join(cache_dir, f"lesion-cache-{key}.npz") if cache_dir else None
     if cache and os.path.exists(cache):
         with np.load(cache) as z:
             data = {k: z[k] for k in z.files}
         data.setdefault("mimic", np.zeros_like(data["mask"]))  # a cache from before mimics: its key says none
         return data
-    jobs = [(e.path, m, n, size) for e, (m, _), n in zip(examples, plan, mimics, strict=True)]
+    jobs = [(e.path, m, n, size, preprocessing_id) for e, (m, _), n in zip(examples, plan, mimics, strict=True)]
     with multiprocessing.get_context("spawn").Pool(processes or os.cpu_count()) as pool:
         loaded = pool.map(_load_one, jobs, chunksize=64)
     data = {"x": np.stack([r[0] for r in loaded]), "mask": np.stack([r[1] for r in loaded]),

@@ -333,7 +333,7 @@ def map_level_of_artifact(version_dir, write=False):
     for r in rows:
         mask = _mask_of(r["path"])
         if mask:
-            x, m, _, _ = lesion_data._load_one((r["path"], mask, "", size))
+            x, m, _, _ = lesion_data._load_one((r["path"], mask, "", size, md["input_spec"]["preprocessing"]))
             by_key.setdefault(f"{r['split']}/{r['source']}", []).append((x, m))
     maps = {k: (predict(model, np.stack([x for x, _ in v]))[1], np.stack([m for _, m in v]))
             for k, v in by_key.items()}
