@@ -171,7 +171,8 @@ def build(examples, roots, size=128, cache_dir=None, processes=None, masks_dirs=
     """dict(x (n,H,W) f16, mask (n,H,W) u8, mimic (n,H,W) u8, pixel_weight, level, head_share) for `examples`.
 
     The cache is keyed by the preprocessing too: session 31's v36 (v35 on preprocessing v2) was first
-    evaluated on v1 arrays a v35 run had cached under the same file list."""
+    evaluated on v1 arrays a v35 run had cached under the same file list. v1's key is the one it always had
+    (its caches stay valid); any other id joins the key."""
     plan = mask_plan(examples, roots, masks_dirs)
     mimics = mimic_plan(examples, roots)
     key = hashlib.sha256(repr([(e.path, m, w, size) + ((n,) if n else ())
