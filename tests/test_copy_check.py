@@ -35,3 +35,12 @@ def test_every_copy_is_scored_for_both_labels_at_the_threshold(tmp_path):
             assert any(abs(share - k / 3) < 1e-9 for k in range(4))
     # the drawn images are the same for the same seed
     assert copy_check.draw(model_dir, "src", 2, 0) == copy_check.draw(model_dir, "src", 2, 0)
+
+
+def test_an_artifact_it_cannot_use_is_said_in_one_line(tmp_path):
+    import pytest
+    with pytest.raises(SystemExit, match="no SHA256SUMS"):
+        copy_check.main([str(tmp_path / "nope")])
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    with pytest.raises(SystemExit, match="no validation_predictions.csv"):
+        copy_check.main([model_dir])

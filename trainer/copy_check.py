@@ -84,7 +84,12 @@ def check(artifact_dir, source="brain-mri", per_class=80, seed=0):
     import onnxruntime as ort
 
     from screening_core import artifact, preprocessing
-    md = artifact.verify(artifact_dir)
+    try:
+        md = artifact.verify(artifact_dir)
+    except (artifact.ArtifactError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if not os.path.exists(os.path.join(artifact_dir, "validation_predictions.csv")):
+        raise SystemExit(f"error: {artifact_dir} has no validation_predictions.csv (its scored rows choose the images)")
     onnx_path = os.path.join(artifact_dir, "model.onnx")
     if not os.path.exists(onnx_path):
         raise SystemExit(f"{artifact_dir} has no model.onnx: python -m trainer.export {artifact_dir}")
