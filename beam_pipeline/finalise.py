@@ -80,10 +80,10 @@ def finalise(plan, counts, images_files=(), study_files=(), write_back=None, ser
         if done is not None:  # a retried bundle: the result is this run's already; only the manifest may lag
             _update_manifest(plan, study_fingerprints)
             return done
+        published = summary.exists(results_store.results_dir(plan.output))
         if plan.pseudonym_key is not None:  # rows under a key no longer stored could never be traced back
-            pseudonym.confirm_key(plan.output, plan.pseudonym_key,
-                                  result_exists=summary.exists(results_store.results_dir(plan.output)))
-        if plan.carry_over and not counts.get("rows") and summary.exists(results_store.results_dir(plan.output)):
+            pseudonym.confirm_key(plan.output, plan.pseudonym_key, result_exists=published)
+        if plan.carry_over and not counts.get("rows") and published:
             # Nothing new tonight (every study unchanged since the manifest): the day's result, its
             # report and drift verdict stay exactly as they are; no empty table is added.
             _update_manifest(plan, study_fingerprints)
