@@ -10,7 +10,6 @@ through the artifact's own preprocessing and its ONNX graph, at its threshold:
 
 Not a metric: the draw is small and the changes are ours. Compare models, or preprocessing ids.
 """
-import csv
 import io
 import json
 import os
@@ -68,9 +67,9 @@ def variants(img, rng):
 
 def draw(artifact_dir, source, per_class, seed):
     """{label: [paths]}: up to `per_class` validation images of `source` per label, drawn with `seed`."""
-    with open(os.path.join(artifact_dir, "validation_predictions.csv")) as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "validation" and r["source"] == source
-                and os.path.exists(r["path"])]
+    from trainer.artifact_data import split_rows
+    rows = [r for r in split_rows(artifact_dir) if r["split"] == "validation" and r["source"] == source
+            and os.path.exists(r["path"])]
     rng = np.random.default_rng(seed)
     out = {}
     for label in (0, 1):
