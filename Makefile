@@ -9,6 +9,10 @@ EVAL_DATA ?= $(SHARED)/brats-sample
 MODEL_DIR ?= models
 EPOCHS ?= 20
 SEED ?= 42
+# prepare()'s version each recipe was built on (screening_core/preprocessing.py keeps every one): v1 up to v35,
+# v2 for v36, v3 from v37 on; a train-vN target rebuilds its model on its own. `brain-train` alone takes the newest.
+PREP = gray-headcrop-pnorm-v1
+PREPARE = --preprocessing $(PREP)
 # Patient key: everything before the slice number of LGG (TCGA_<site>_<patient>_<date>) and BraTS files.
 GROUP_PATTERN ?= ^((?:TCGA_|.*brats).+)_\d+\.\w+$$
 # The LGG institution FG (14 patients) is held out entirely: the stand-in for a new hospital.
@@ -79,7 +83,7 @@ LESION_DATA ?= $(SHARED)/lgg $(SHARED)/brats-ped
 LESION_EVAL ?= $(SHARED)/brain-mri $(SHARED)/brats-sample
 LESION_EPOCHS ?= 8
 train: $(STAMP)
-	$(PY) -m trainer.lesion_train $(foreach d,$(LESION_DATA),--data-dir $(d)) \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(foreach d,$(LESION_DATA),--data-dir $(d)) \
 		$(foreach d,$(LESION_EVAL),--eval-data-dir $(d)) --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '^lgg/flair$$' --shares lgg=0.7,brats-ped=0.3 --select-on all \
 		--model-dir $(MODEL_DIR) --epochs $(LESION_EPOCHS) --steps-per-epoch 250 --seed $(SEED) $(TRAIN_ARGS)
@@ -203,9 +207,9 @@ data-lgg-t2syn: $(STAMP)
 train-v7: $(STAMP)
 	test -d $(FIGSHARE_MASKS) || $(PY) -m trainer.figshare_masks --brain-mri $(SHARED)/brain-mri \
 		--figshare-images $(FIGSHARE_IMAGES) --borders $(FIGSHARE_BORDERS) --out $(FIGSHARE_MASKS)
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --init-from models/brain-tumor-cnn/4/model.keras \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(V7_ARGS) --init-from models/brain-tumor-cnn/4/model.keras \
 		--learning-rate 1e-3 --epochs 5 --version 6
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --init-from $(MODEL_DIR)/brain-tumor-cnn/6/model.keras \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(V7_ARGS) --init-from $(MODEL_DIR)/brain-tumor-cnn/6/model.keras \
 		--learning-rate 5e-4 --epochs 6 --version 7
 	@echo "then, for each: python -m trainer.lesion_eval map-level <artifact> --write; python -m trainer.ood build <artifact>; python -m trainer.export <artifact>"
 
@@ -213,7 +217,7 @@ train-v7: $(STAMP)
 # into MODEL_DIR (another folder than models/, which holds it); needs the brain-mri masks of train-v7:
 # make train-v8 MODEL_DIR=/tmp/models
 train-v8: $(STAMP)
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --init-from models/brain-tumor-cnn/7/model.keras --hard-negatives 4 \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(V7_ARGS) --init-from models/brain-tumor-cnn/7/model.keras --hard-negatives 4 \
 		--learning-rate 3e-4 --epochs 5 --version 8
 	@echo "then: python -m trainer.lesion_eval map-level <artifact> --write; python -m trainer.ood build <artifact>; python -m trainer.export <artifact>"
 
@@ -221,7 +225,7 @@ train-v8: $(STAMP)
 # (their log-odds added), evaluated on v8's data at target sensitivity 0.98 like a trained model, OOD reference, ONNX.
 define ensemble
 	$(PY) -m trainer.ensemble --lesion $(1) --classifier $(2) --out $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --target-sensitivity 0.98 \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(V7_ARGS) --target-sensitivity 0.98 \
 		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)/best.keras --version $(3)
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/$(3)
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/$(3)
@@ -236,7 +240,7 @@ train-v9: $(STAMP)
 # training slices (augment.synthetic_tumor), v8's false positives drawn 4x, the final epoch kept (~14 min of fit
 # on 2 CPU cores; needs the brain-mri masks of train-v7): make train-v10 MODEL_DIR=/tmp/models
 train-v10: $(STAMP)
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --init-from models/brain-tumor-cnn/8/model.keras --hard-negatives 4 \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(V7_ARGS) --init-from models/brain-tumor-cnn/8/model.keras --hard-negatives 4 \
 		--synth-tumors 0.3 --learning-rate 3e-4 --epochs 5 --select-on last --version 10
 	$(PY) -m trainer.lesion_eval map-level $(MODEL_DIR)/brain-tumor-cnn/10 --write
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/10
@@ -254,7 +258,7 @@ V12 ?= models/brain-tumor-cnn/12
 train-v13: $(STAMP)
 	$(PY) -m trainer.ensemble --lesion models/brain-tumor-cnn/10 --classifier models/brain-tumor-cnn/3 \
 		--fine-tuned $(V12) --alpha 0.3 --out $(MODEL_DIR)/brain-tumor-cnn/_work/13
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --target-sensitivity 0.98 \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(V7_ARGS) --target-sensitivity 0.98 \
 		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/13/best.keras --version 13
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/13
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/13
@@ -286,7 +290,7 @@ HH_ARGS = --data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --data-dir $(S
 	--model-dir $(MODEL_DIR)
 V14 ?= $(MODEL_DIR)/brain-tumor-cnn/14
 train-v14: data-healthy-heads
-	$(PY) -m trainer.lesion_train $(HH_ARGS) --init-from models/brain-tumor-cnn/10/model.keras --hard-negatives 4 \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(HH_ARGS) --init-from models/brain-tumor-cnn/10/model.keras --hard-negatives 4 \
 		--synth-tumors 0.3 --synth-kinds bright,enhancing,bright-or-enhancing --learning-rate 2e-4 --epochs 4 \
 		--select-on last --version 14
 	$(PY) -m trainer.lesion_eval map-level $(V14) --write
@@ -295,7 +299,7 @@ train-v14: data-healthy-heads
 train-v15: data-healthy-heads
 	$(PY) -m trainer.ensemble --lesion $(V14) --classifier models/brain-tumor-cnn/3 \
 		--fine-tuned $(V12) --alpha 0.3 --out $(MODEL_DIR)/brain-tumor-cnn/_work/15
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --target-sensitivity 0.98 \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --target-sensitivity 0.98 \
 		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/15/best.keras --version 15
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/15
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/15
@@ -305,7 +309,7 @@ train-v15: data-healthy-heads
 # make train-v16 train-v17 MODEL_DIR=/tmp/models
 V16 ?= $(MODEL_DIR)/brain-tumor-cnn/16
 train-v16: data-healthy-heads
-	$(PY) -m trainer.lesion_train $(HH_ARGS) --synth-tumors 0.3 --synth-kinds bright,enhancing,bright-or-enhancing \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(HH_ARGS) --synth-tumors 0.3 --synth-kinds bright,enhancing,bright-or-enhancing \
 		--learning-rate 2e-3 --epochs 12 --version 16
 	$(PY) -m trainer.lesion_eval map-level $(V16) --write
 	$(PY) -m trainer.ood build $(V16)
@@ -314,7 +318,7 @@ train-v16: data-healthy-heads
 train-v17: data-healthy-heads
 	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) --classifier models/brain-tumor-cnn/3 \
 		--fine-tuned $(V12) --alpha 0.3 --out $(MODEL_DIR)/brain-tumor-cnn/_work/17
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --target-sensitivity 0.98 \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --target-sensitivity 0.98 \
 		--from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/17/best.keras --version 17
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/17
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/17
@@ -328,7 +332,7 @@ train-v17: data-healthy-heads
 V18 ?= $(MODEL_DIR)/brain-tumor-cnn/18
 # $(call classifier_finetune,extra data dirs,extra flags,version): v12's fine-tune of v3 with more data
 define classifier_finetune
-	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(1),--data-dir $(d)) \
+	$(PY) -m trainer.task $(PREPARE) $(foreach d,$(DATA) $(SHARED)/brats-ped $(1),--data-dir $(d)) \
 		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) \
 		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
@@ -342,7 +346,7 @@ define ensemble_artifact
 	$(PY) -m trainer.ensemble --lesion $(V14) --lesion $(V16) \
 		$(if $(5),--classifier $(5),--classifier models/brain-tumor-cnn/3 --fine-tuned $(1) --alpha $(2)) \
 		--mirror $(or $(4),none) --out $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)
-	$(PY) -m trainer.lesion_train $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --eval-data-dir $(HEALTHY_PLANES_TEST) \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(V7_ARGS) --eval-data-dir $(HEALTHY_HEADS_TEST) --eval-data-dir $(HEALTHY_PLANES_TEST) \
 		--target-sensitivity 0.98 --from-checkpoint $(MODEL_DIR)/brain-tumor-cnn/_work/$(3)/best.keras --version $(3)
 	$(PY) -m trainer.ood build $(MODEL_DIR)/brain-tumor-cnn/$(3)
 	$(PY) -m trainer.export $(MODEL_DIR)/brain-tumor-cnn/$(3)
@@ -377,7 +381,7 @@ V22 ?= $(MODEL_DIR)/brain-tumor-cnn/22
 # $(call scratch_classifier,seed,version[,augment]): v20's data, shares and T2-like FLAIR from random weights, v3's
 # 20 epochs (augment: contrast-strip unless given)
 define scratch_classifier
-	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
+	$(PY) -m trainer.task $(PREPARE) $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
 		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(1) \
 		--early-stopping-patience 15 --target-sensitivity 0.98 --augment $(or $(3),contrast-strip) --lesion-weight 5.0 \
@@ -421,7 +425,7 @@ NO_BRAIN_MRI_ARGS = --data-dir $(SHARED)/lgg --data-dir $(SHARED)/brats-ped --da
 	--holdout-pattern '$(HOLDOUT)' --label-only-tumors skip --shares lgg=0.65,brats-ped=0.2,healthy-heads=0.15 \
 	--steps-per-epoch 250 --seed $(SEED) --model-dir $(MODEL_DIR)
 train-v28: data-healthy-heads
-	$(PY) -m trainer.lesion_train $(NO_BRAIN_MRI_ARGS) --synth-tumors 0.3 \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(NO_BRAIN_MRI_ARGS) --synth-tumors 0.3 \
 		--synth-kinds bright,enhancing,bright-or-enhancing --learning-rate 2e-3 --epochs 12 --version 28
 	$(PY) -m trainer.lesion_eval map-level $(V28) --write
 	$(PY) -m trainer.ood build $(V28)
@@ -449,7 +453,7 @@ train-v30: data-healthy-planes
 V31 ?= $(MODEL_DIR)/brain-tumor-cnn/31
 OUTLINE_SOURCES = ^(lgg/flair|brats-ped/(flair|t2)|brain-mri)$$
 train-v31: data-healthy-heads
-	$(PY) -m trainer.lesion_train $(HH_ARGS) --train-sources '$(OUTLINE_SOURCES)' --slice-weight 0 \
+	$(PY) -m trainer.lesion_train $(PREPARE) $(HH_ARGS) --train-sources '$(OUTLINE_SOURCES)' --slice-weight 0 \
 		--shares lgg=0.6,brats-ped=0.15,brain-mri=0.25 --tumor-share 0.6 --filters 8,16,32,64 --epochs 8 \
 		--steps-per-epoch 150 --learning-rate 2e-3 --select-on last --version 31
 	$(PY) -m trainer.lesion_eval map-level $(V31) --write
@@ -481,14 +485,30 @@ train-v35: data-healthy-planes
 # first; identical to v1 for every unframed image: docs/model_v4_notes.md row FRM). The build is v35's; the
 # evaluation that writes the artifact prepares every image with v2 (~10 min of evaluation):
 # make train-v36 MODEL_DIR=/tmp/models (with v14-v34 in models/ or MODEL_DIR)
+train-v36: PREP = gray-headcrop-pnorm-v2
 train-v36: data-healthy-planes
 	$(call ensemble_artifact,,,36,,$(V22) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
 		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31))
 
+# v37: v36's members and weights on prepare() v3 (gray-headcrop-pnorm-v3: small marks detached from the head at the
+# image's edge, such as burned-in text and scale bars, stay out of the head box); no training, ~15 min of evaluation:
+# make train-v37 MODEL_DIR=/tmp/models (with v14-v34 in models/ or MODEL_DIR)
+train-v37: PREP = gray-headcrop-pnorm-v3
+train-v37: data-healthy-planes
+	$(call ensemble_artifact,,,37,,$(V22) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
+		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31))
+
+# v38: v22's recipe (seed 42, from random weights, ~35 min of fit) on prepare() v3, where brain-mri's annotated
+# tumor-free images no longer reach the model with a smaller head than its tumors (docs/model_v4_notes.md row BOX):
+# make train-v38 MODEL_DIR=/tmp/models
+train-v38: PREP = gray-headcrop-pnorm-v3
+train-v38: data-healthy-planes
+	$(call scratch_classifier,$(SEED),38)
+
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
 train-v3: $(STAMP)
-	$(PY) -m trainer.task $(foreach d,$(DATA),--data-dir $(d)) $(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) \
+	$(PY) -m trainer.task $(PREPARE) $(foreach d,$(DATA),--data-dir $(d)) $(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) \
 		--group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --epochs $(EPOCHS) --seed $(SEED) \
 		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
@@ -498,7 +518,7 @@ train-v3: $(STAMP)
 # T2, T1, T1ce and FLAIR tumors, which no other collection has) added to its data (seeded; ~10 min of fit on 2 CPU
 # cores): make train-v12 MODEL_DIR=/tmp/models
 train-v12: $(STAMP)
-	$(PY) -m trainer.task $(foreach d,$(DATA) $(SHARED)/brats-ped,--data-dir $(d)) \
+	$(PY) -m trainer.task $(PREPARE) $(foreach d,$(DATA) $(SHARED)/brats-ped,--data-dir $(d)) \
 		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
 		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) \
 		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
@@ -513,10 +533,10 @@ checks: $(STAMP)
 # The v3 classifier's checks (each ~15 min), with Grad-CAM localisation:
 # make checks-v3 ARTIFACT=models/brain-tumor-cnn/3
 checks-v3: $(STAMP)
-	$(PY) -m trainer.task --data-dir $(SHARED)/brain-mri --eval-data-dir $(SHARED)/lgg \
+	$(PY) -m trainer.task $(PREPARE) --data-dir $(SHARED)/brain-mri --eval-data-dir $(SHARED)/lgg \
 		--eval-data-dir $(SHARED)/brats-sample --group-pattern '$(GROUP_PATTERN)' --model-dir $(CHECK_DIR)/mri \
 		--version 1 --epochs 12 --seed $(SEED) --target-sensitivity 0.98 --augment contrast --no-resume
-	$(PY) -m trainer.task --data-dir $(SHARED)/lgg --eval-data-dir $(SHARED)/brain-mri \
+	$(PY) -m trainer.task $(PREPARE) --data-dir $(SHARED)/lgg --eval-data-dir $(SHARED)/brain-mri \
 		--eval-data-dir $(SHARED)/brats-sample --group-pattern '$(GROUP_PATTERN)' --model-dir $(CHECK_DIR)/lgg \
 		--version 1 --epochs 12 --seed $(SEED) --target-sensitivity 0.98 --augment contrast --no-resume \
 		--threshold-sources '^lgg/flair$$'

@@ -22,8 +22,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # v2 = v1 with a frame removed first (`_frame`); identical for every image without one.
-PREPROCESSING_ID = "gray-headcrop-pnorm-v2"
-PREPROCESSING_IDS = ("gray-headcrop-pnorm-v1", PREPROCESSING_ID)
+# v3 = v2 whose head box leaves out small marks detached from the head at the image's edge (`_marks`).
+PREPROCESSING_ID = "gray-headcrop-pnorm-v3"
+PREPROCESSING_IDS = ("gray-headcrop-pnorm-v1", "gray-headcrop-pnorm-v2", PREPROCESSING_ID)
 
 # Pillow refuses images above 2x this many pixels and warns above it; we fail
 # earlier with our own error so a decompression bomb never allocates memory.
@@ -163,14 +164,85 @@ def _unframed(img01):
 
 
 def _as_seen_by(spec, img01):
-    """`img01` as `spec`'s preprocessing hands it to the head box: v1 as it is, v2 with its frame removed."""
+    """`img01` as `spec`'s preprocessing hands it to the head box: v1 as it is, v2 and v3 with its frame removed."""
     return img01 if spec.preprocessing == PREPROCESSING_IDS[0] else _unframed(img01)
 
 
-def _head_box(img01):
-    """Bounding box (r0, r1, c0, c1) of the head; whole image if none found."""
+_MARK_CELLS = 64  # the grid the marks are found on: cells of about 1/64 of the longer side
+_MARK_SMALL = 0.2  # a component with fewer cells than this share of the largest one's is a mark...
+_MARK_EDGE = 0.2  # ...when it lies wholly within this share of the side from one edge
+
+
+def _components(cells):
+    """(n_cells, r0, r1, c0, c1) of each 8-connected component of a small boolean grid.
+
+    Row runs joined by union-find: a few hundred runs on a 64-cell grid, no image library needed."""
+    padded = np.zeros((cells.shape[0], cells.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = cells
+    rs, cs = np.nonzero(np.diff(padded, axis=1))
+    runs = list(zip(rs[::2].tolist(), cs[::2].tolist(), cs[1::2].tolist(), strict=True))  # (row, start, end), row order
+    parent = list(range(len(runs)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first = 0  # the first run of the previous row
+    for i, (r, s, e) in enumerate(runs):
+        while runs[first][0] < r - 1:
+            first += 1
+        for j in range(first, i):
+            pr, ps, pe = runs[j]
+            if pr == r - 1 and ps <= e and pe >= s:  # touching, diagonals included
+                a, b = root(i), root(j)
+                if a != b:
+                    parent[b] = a
+    comps: dict[int, tuple[int, int, int, int, int]] = {}
+    for i, (r, s, e) in enumerate(runs):
+        n, r0, r1, c0, c1 = comps.get(root(i), (0, r, r, s, e))
+        comps[root(i)] = (n + e - s, min(r0, r), max(r1, r + 1), min(c0, s), max(c1, e))
+    return list(comps.values())
+
+
+def _marks(mask):
+    """Pixels of `mask` in small marks detached from the head near the image's edge (text, scale bars, markers).
+
+    Why (v3): screenshots, teaching files and the tumor-free source of brain-mri carry burned-in text,
+    orientation letters, scale bars and skin markers beside the head. Their rows and columns joined the
+    head box, so the head shrank in the model input by how much text a copy had (v36: 90 % of brain-mri's
+    validation tumors found with corner text, 99 % without), and brain-mri's annotated tumor-free images
+    reached the model smaller than its tumors. A mark is a connected piece of the head mask, on a grid
+    of cells about 1/64 of the side, with under a fifth of the largest piece's cells, lying wholly in the
+    outer fifth of the image on one side. Measured: docs/model_v4_notes.md row BOX."""
+    h, w = mask.shape
+    c = max(1, -(-max(h, w) // _MARK_CELLS))
+    # a cell is on when a fifth of its pixels are (Pillow's reduce averages each c x c block, edge blocks over what they hold)
+    cells = np.asarray(Image.fromarray(mask.view(np.uint8) * np.uint8(255)).reduce(c)) >= 51
+    gh, gw = cells.shape
+    comps = _components(cells)
+    out = np.zeros((gh, gw), bool)
+    if len(comps) > 1:
+        big = max(n for n, *_ in comps)
+        for n, r0, r1, c0, c1 in comps:
+            at_edge = (r1 <= _MARK_EDGE * gh or r0 >= (1 - _MARK_EDGE) * gh
+                       or c1 <= _MARK_EDGE * gw or c0 >= (1 - _MARK_EDGE) * gw)
+            if n < _MARK_SMALL * big and at_edge:
+                out[max(0, r0 - 1):r1 + 1, max(0, c0 - 1):c1 + 1] = True
+    if not out.any():
+        return None
+    return np.repeat(np.repeat(out, c, axis=0), c, axis=1)[:h, :w]
+
+
+def _head_box(img01, spec=None):
+    """Bounding box (r0, r1, c0, c1) of the head; whole image if none found. v3 leaves `_marks` out."""
     mask = img01 > _BOX_LEVEL
     h, w = mask.shape
+    if spec is not None and spec.preprocessing not in PREPROCESSING_IDS[:2]:
+        marks = _marks(mask)
+        if marks is not None:
+            mask &= ~marks
     rows = np.flatnonzero(mask.sum(axis=1) > _MIN_LINE_FRACTION * w)
     cols = np.flatnonzero(mask.sum(axis=0) > _MIN_LINE_FRACTION * h)
     if rows.size < 0.1 * h or cols.size < 0.1 * w:
@@ -289,7 +361,7 @@ def prepare_with_scale(gray: np.ndarray, spec: InputSpec = InputSpec()) -> tuple
         h, w = np.shape(gray)
         return np.zeros((spec.height, spec.width, 1), np.float32), max(h, w) / spec.height
     g01 = _as_seen_by(spec, g01)
-    box = _head_box(g01)
+    box = _head_box(g01, spec)
     scale = max(box[1] - box[0], box[3] - box[2]) / spec.height
     return _finish(_square_resized(g01, box, spec.height, spec.width)), float(scale)
 
@@ -316,7 +388,7 @@ def project_mask(gray: np.ndarray, mask: np.ndarray, spec: InputSpec = InputSpec
     g01 = _normalise(gray)
     if g01 is not None:
         g01 = _as_seen_by(spec, g01)
-    box = _head_box(g01) if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
+    box = _head_box(g01, spec) if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
     return np.clip(_square_resized(mask / max(mask.max(), 1e-6), box, spec.height, spec.width), 0, 1)
 
 

@@ -22,6 +22,14 @@ def cases():
     grey_frame = np.pad(head, 16, constant_values=128.0)  # a grey frame, dark image inside (removed)
     grey_background = head.copy()  # a scanner's own grey background beside the head (kept)
     grey_background[head < 20] = 90.0
+    annotated = np.pad(head, ((24, 24), (40, 40)))  # a screenshot's burned-in text and scale bar (v3 leaves them out)
+    for i in range(12):  # two lines of glyph-like strokes in the top-left corner
+        x = 4 + 7 * i
+        annotated[4:12, x:x + 2] = 255.0
+        annotated[4:6, x:x + 5] = 255.0
+        annotated[14:22, x + 2:x + 4] = 230.0
+    annotated[60:210, 296:298] = 255.0  # a scale bar at the right edge, with ticks
+    annotated[60:210:15, 292:298] = 255.0
     return {
         "head_224_uint8": head.astype(np.uint8),
         "head_224_float": head,
@@ -34,6 +42,7 @@ def cases():
         "white_frame": white_frame,
         "grey_frame": grey_frame,
         "grey_background": grey_background,
+        "annotated": annotated,
     }
 
 

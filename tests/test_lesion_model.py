@@ -318,12 +318,13 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
                        "--shares", "lgg=0.5,mri=0.5", "--image-size", "32", "--filters", "4,8,8,16",
                        "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", "--bootstrap", "10",
                        "--fluid-bright", "0.5", "--spots", "0.5", "--synth-tumors", "0.5", "--transplant-tumors", "0.5",
-                       "--select-on", "last",
+                       "--select-on", "last", "--preprocessing", "gray-headcrop-pnorm-v2",  # as train-v36 rebuilds v36
                        "--threshold-sources", "", "--model-dir", str(tmp_path / "models"), "--version", "1",
                        "--cache-dir", str(tmp_path / "cache")])
     version_dir = tmp_path / "models" / "brain-tumor-cnn" / "1"
     model, md = artifact.load(str(version_dir))
     assert md["head"] == "lesion_map" and gradcam.is_lesion_model(model)
+    assert md["input_spec"]["preprocessing"] == md["training_config"]["preprocessing"] == "gray-headcrop-pnorm-v2"
     assert 0.0 <= md["threshold"] <= 1.0
     lesion = json.loads((version_dir / "lesion.json").read_text())
     assert any(k.startswith("validation/lgg/flair") for k in lesion["map_figures"])

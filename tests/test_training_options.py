@@ -335,3 +335,29 @@ def test_a_split_seed_keeps_one_validation_split_across_draws_of_a_recipe(tmp_pa
     assert first and split(seed=43, split_seed=42) == first
     assert split(seed=43) != first  # the old behaviour, still what -1 gives: the seed splits too
     assert TrainConfig(seed=44).split_seed_used() == 44 and TrainConfig(seed=44, split_seed=42).split_seed_used() == 42
+
+
+def test_each_recipe_is_rebuilt_on_the_preprocessing_its_model_was_made_on(tmp_path):
+    """v36 was v35 on prepare() v2, v37 v36 on v3: without a pin, `make train-v35` would silently rebuild v35 on
+    the newest prepare(). The trainers take --preprocessing (any id still implemented, nothing else), and every
+    trainer command of the Makefile names the one of its recipe."""
+    import os
+    import subprocess
+
+    from trainer import lesion_train, task
+    assert task.parse_args(["--data-dir", str(tmp_path)]).preprocessing == preprocessing.PREPROCESSING_ID
+    assert task.parse_args(["--data-dir", str(tmp_path), "--preprocessing", "gray-headcrop-pnorm-v1"]).preprocessing \
+        == "gray-headcrop-pnorm-v1"
+    with pytest.raises(SystemExit):
+        task.parse_args(["--data-dir", str(tmp_path), "--preprocessing", "gray-headcrop-pnorm-v9"])
+    with pytest.raises(SystemExit):
+        lesion_train._parse(["--data-dir", "x", "--preprocessing", "v2"])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for target, pid in (("train-v16", "v1"), ("train-v22", "v1"), ("train-v35", "v1"), ("train-v36", "v2"),
+                        ("train-v37", "v3"), ("train", "v1")):
+        out = subprocess.run(["make", "-n", "-s", target, "VENV=/nonexistent", "STAMP="], cwd=root,
+                             capture_output=True, text=True, timeout=60)
+        trainers = [line for line in out.stdout.splitlines() if "-m trainer.task" in line or "-m trainer.lesion_train" in line]
+        assert trainers, (target, out.stdout[-500:], out.stderr[-500:])
+        for line in trainers:
+            assert f"--preprocessing gray-headcrop-pnorm-{pid}" in line, (target, line)

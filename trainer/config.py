@@ -6,6 +6,8 @@ the artifact's metadata, so every model records how it was made.
 import dataclasses
 import posixpath
 
+from screening_core.preprocessing import PREPROCESSING_ID
+
 # trainer.augment's modes, named here so that task.py's --augment choices need no TensorFlow
 AUGMENT_MODES = ("v2", "contrast", "contrast-strip", "contrast-strip-prepared")
 
@@ -35,6 +37,7 @@ class TrainConfig:
     name: str = "brain-tumor-cnn"
     version: str = ""  # empty: next integer version under model_dir/name
     image_size: int = 128
+    preprocessing: str = PREPROCESSING_ID  # prepare()'s id; an older one rebuilds a model made on it
     epochs: int = 30
     batch_size: int = 32  # per replica
     learning_rate: float = 1e-3

@@ -31,6 +31,41 @@ def _text(img):
     return out
 
 
+def _corner_text(img):
+    """A viewer's overlay: lines of patient, series and window text in all four corners."""
+    from PIL import ImageFont
+    out = img.copy()
+    draw, (w, h) = ImageDraw.Draw(out), out.size
+    s = min(w, h)
+    font, step, right = ImageFont.load_default(size=max(8, round(0.035 * s))), round(0.045 * s), w - round(0.3 * s)
+    for i, line in enumerate(["ANON^PATIENT", "ID 0000000", "12-Mar-2019", "SE: 4 IM: 12"]):
+        draw.text((3, 3 + i * step), line, fill=255, font=font)
+    for i, line in enumerate(["Hospital", "1.5T", "AX FLAIR"]):
+        draw.text((right, 3 + i * step), line, fill=255, font=font)
+    for i, line in enumerate(["TR 9000", "TE 120", "ST 5.0mm"]):
+        draw.text((3, h - 3 - (3 - i) * step), line, fill=255, font=font)
+    draw.text((right, h - 3 - step), "W 1400 L 700", fill=255, font=font)
+    return out
+
+
+def _letters_and_bar(img):
+    """Orientation letters at the edges' midpoints and a ruler with ticks at the right edge."""
+    from PIL import ImageFont
+    out = img.copy()
+    draw, (w, h) = ImageDraw.Draw(out), out.size
+    s = min(w, h)
+    font = ImageFont.load_default(size=max(8, round(0.06 * s)))
+    for xy, letter in (((w // 2, 2), "A"), ((w // 2, h - round(0.08 * s)), "P"), ((2, h // 2), "R"),
+                       ((w - round(0.07 * s), h // 2), "L")):
+        draw.text(xy, letter, fill=230, font=font)
+    x = w - round(0.12 * s)
+    draw.line((x, round(0.3 * h), x, round(0.7 * h)), fill=255, width=max(1, s // 150))
+    for k in range(11):
+        y = round(0.3 * h + k * 0.04 * h)
+        draw.line((x - round(0.015 * s), y, x, y), fill=255, width=1)
+    return out
+
+
 def _jpeg(img, quality):
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
@@ -52,6 +87,8 @@ def variants(img, rng):
         ("grey frame (10 %)", ImageOps.expand(img, pad, fill=128)),
         ("black margin (25 %)", ImageOps.expand(img, 2 * pad + pad // 2, fill=0)),
         ("burned-in text and scale bar", _text(img)),
+        ("text in the four corners", _corner_text(img)),
+        ("orientation letters and a ruler", _letters_and_bar(img)),
         ("inverted", ImageOps.invert(img)),
         ("turned 90 degrees", img.rotate(90, expand=True)),
         ("turned 15 degrees", img.rotate(15, resample=Image.Resampling.BILINEAR)),

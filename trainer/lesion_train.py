@@ -59,6 +59,9 @@ def _parse(argv):
     p.add_argument("--name", default="brain-tumor-cnn")
     p.add_argument("--version", default="")
     p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--preprocessing", choices=preprocessing.PREPROCESSING_IDS, default=preprocessing.PREPROCESSING_ID,
+                   help="prepare()'s version; the current one unless a recipe rebuilds a model made on an older one "
+                        "(the Makefile's train-vN targets name theirs)")
     p.add_argument("--filters", default="16,32,64,128")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--steps-per-epoch", type=int, default=200)
@@ -502,9 +505,11 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     ex, labels = data["examples"], data["labels"]
-    arrays = lesion_data.build(ex, args.data_dir, args.image_size, args.cache_dir, masks_dirs=args.masks_dir)
+    arrays = lesion_data.build(ex, args.data_dir, args.image_size, args.cache_dir, masks_dirs=args.masks_dir,
+                               preprocessing_id=args.preprocessing)
     ext = data["external"]
-    ext_arrays = lesion_data.build(ext["examples"], args.eval_data_dir, args.image_size, args.cache_dir) \
+    ext_arrays = lesion_data.build(ext["examples"], args.eval_data_dir, args.image_size, args.cache_dir,
+                                   preprocessing_id=args.preprocessing) \
         if ext and ext["examples"] else None
     print(f"Prepared {len(ex)} training-collection and {len(ext['examples']) if ext else 0} external slices "
           f"in {time.time() - t0:.0f} s", flush=True)
@@ -591,7 +596,7 @@ def main(argv=None):
             print(f"warning: member {path} was trained on {share:.0%} of this ensemble's validation slices: its "
                   "validation figures and the threshold chosen on them are optimistic (retrain that member on "
                   "this split: --split-seed)", file=sys.stderr)
-    spec = preprocessing.InputSpec(height=args.image_size, width=args.image_size)
+    spec = preprocessing.InputSpec(height=args.image_size, width=args.image_size, preprocessing=args.preprocessing)
     from trainer.model import flops_per_image
     fields = dict(
         name=args.name, version=version, input_spec=spec, class_names=["no_tumor", "tumor"],

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from screening_core.preprocessing import PREPROCESSING_IDS
 from trainer import HelpFormatter
 from trainer.config import AUGMENT_MODES, TrainConfig, parse_masks_dirs
 
@@ -60,6 +61,8 @@ _HELP = {
     "name": "model name (first path level of the artifact)",
     "version": "artifact version; empty picks 1 + the highest existing integer version",
     "image_size": "square input size in pixels",
+    "preprocessing": "prepare()'s version (screening_core/preprocessing.py); the current one unless a recipe "
+                     "rebuilds a model made on an older one (the Makefile's train-vN targets name theirs)",
     "epochs": "maximum epochs (early stopping on validation AUC may stop sooner)",
     "batch_size": "batch size per replica; the global batch is this x the number of replicas",
     "learning_rate": "peak learning rate (AdamW)",
@@ -101,7 +104,7 @@ def parse_args(argv=None):
                                 default=field.default, help=_HELP[field.name])
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(field.type), field.type)
-            choices = {"augment": list(AUGMENT_MODES),
+            choices = {"augment": list(AUGMENT_MODES), "preprocessing": list(PREPROCESSING_IDS),
                        "lr_schedule": ["cosine", "plateau"]}.get(field.name)
             parser.add_argument(flag, type=kind, default=field.default, help=_HELP[field.name],
                                 choices=choices)

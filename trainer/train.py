@@ -113,7 +113,7 @@ def train(cfg, extra_callbacks=()):
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     data = prepare_data(cfg)
-    spec = preprocessing.InputSpec(height=cfg.image_size, width=cfg.image_size)
+    spec = preprocessing.InputSpec(height=cfg.image_size, width=cfg.image_size, preprocessing=cfg.preprocessing)
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.batch_size * replicas
     print(f"Strategy {type(strategy).__name__}: {replicas} replica(s); batch {cfg.batch_size} per "
