@@ -215,7 +215,9 @@ def _marks(mask):
     validation tumors found with corner text, 99 % without), and brain-mri's annotated tumor-free images
     reached the model smaller than its tumors. A mark is a connected piece of the head mask, on a grid
     of cells about 1/64 of the side, with under a fifth of the largest piece's cells, lying wholly in the
-    outer fifth of the image on one side. Measured: docs/model_v4_notes.md row BOX."""
+    outer fifth of the image on one side, and not cut off by the image's border: a shoulder below a
+    lateral sagittal slice is body, and dropping it zoomed those slices into false alarms on healthy
+    heads (first version of v3). Measured: docs/model_v4_notes.md row BOX."""
     h, w = mask.shape
     c = max(1, -(-max(h, w) // _MARK_CELLS))
     # a cell is on when a fifth of its pixels are (Pillow's reduce averages each c x c block, edge blocks over what they hold)
@@ -228,7 +230,10 @@ def _marks(mask):
         for n, r0, r1, c0, c1 in comps:
             at_edge = (r1 <= _MARK_EDGE * gh or r0 >= (1 - _MARK_EDGE) * gh
                        or c1 <= _MARK_EDGE * gw or c0 >= (1 - _MARK_EDGE) * gw)
-            if n < _MARK_SMALL * big and at_edge:
+            rows, cols = slice(r0 * c, r1 * c), slice(c0 * c, c1 * c)
+            cut_off = ((r0 == 0 and mask[0, cols].any()) or (r1 == gh and mask[h - 1, cols].any())
+                       or (c0 == 0 and mask[rows, 0].any()) or (c1 == gw and mask[rows, w - 1].any()))
+            if n < _MARK_SMALL * big and at_edge and not cut_off:
                 out[max(0, r0 - 1):r1 + 1, max(0, c0 - 1):c1 + 1] = True
     if not out.any():
         return None

@@ -65,8 +65,8 @@ def test_v2_removes_a_frame_and_changes_nothing_else():
 def test_v3_leaves_burned_in_marks_out_of_the_head_box_and_changes_nothing_else():
     """Text and a scale bar beside the head (screenshots, teaching files, brain-mri's tumor-free source): v2's
     head box took them in, so the head shrank by how much text a copy had; v3 gives what the clean copy
-    gives. Pieces of the head itself stay: one detached inside the image (an eye, an ear at the skull base)
-    and a large one at the edge (a second head of a side-by-side view)."""
+    gives. Pieces of the body stay: one detached inside the image (an eye, an ear at the skull base), a large
+    one at the edge (a second head of a side-by-side view) and one the image's border cuts off (a shoulder)."""
     v2, v3 = (preprocessing.InputSpec(preprocessing=f"gray-headcrop-pnorm-v{n}") for n in (2, 3))
     cases = golden_inputs.cases()
     clean = np.pad(cases["head_224_float"], ((24, 24), (40, 40)))
@@ -80,7 +80,9 @@ def test_v3_leaves_burned_in_marks_out_of_the_head_box_and_changes_nothing_else(
     island = clean.copy()
     island[130:146, 64:74] = 200.0  # a piece of head detached beside it (an ear), not in the image's outer fifth
     side_by_side = np.concatenate([clean, clean[:, :120]], axis=1)  # a second head cut off at the right edge
-    for name, gray in (("island", island), ("side by side", side_by_side)):
+    shoulder = clean.copy()
+    shoulder[256:, 250:290] = 200.0  # a small piece cut off by the image's border (a shoulder below a sagittal head)
+    for name, gray in (("island", island), ("side by side", side_by_side), ("shoulder", shoulder)):
         np.testing.assert_array_equal(preprocessing.prepare(gray, v3), preprocessing.prepare(gray, v2), err_msg=name)
     mask = np.zeros_like(clean)
     mask[120:160, 120:160] = 255  # a lesion lands where it lands on the clean copy
