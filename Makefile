@@ -269,16 +269,16 @@ define mark_member
 	$(PY) -m screening_core.artifact member $(MODEL_DIR)/brain-tumor-cnn/$(1) $(MEMBER_$(1))
 endef
 MEMBER_12 = --of brain-tumor-cnn/13 --reason "v3 fine-tuned with BraTS-PEDs, scored only as the end point v13's classifier is moved 0.3 of the way to (no ONNX export or OOD reference)"
-MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
+MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
 MEMBER_18 = --of brain-tumor-cnn/19 --reason "a fine-tune of v3 scored only as the end point v19's classifier is moved 0.3 of the way to"
 MEMBER_20 = --of brain-tumor-cnn/21 --reason "a fine-tune of v3 scored only as the end point v21's classifier is moved 0.6 of the way to"
-MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
+MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
 MEMBER_24 = --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a second draw of v22's classifier recipe, a worse one alone (brain-mri validation AUC 0.981), scored only beside v22 and the lesion maps"
 MEMBER_26 = --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a third draw of v22's classifier recipe scored only beside v22, v24 and the lesion maps: alone it has no lesion map to show and ranks brats-sample's FLAIR at AUC 0.821"
-MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
-MEMBER_31 = --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --reason "a map trained only to outline, the overlays' map of v32 at weight 0 in its score; its own slice score is no detector (no slice loss)"
-MEMBER_33 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --reason "a second draw of v22's classifier recipe (seed 43) on v22's validation split, scored beside v22 and v34"
-MEMBER_34 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --reason "a third draw of v22's classifier recipe (seed 44, imitated skull stripping) on v22's validation split, scored beside v22 and v33"
+MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
+MEMBER_31 = --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --reason "a map trained only to outline, the overlays' map of v32 at weight 0 in its score; its own slice score is no detector (no slice loss)"
+MEMBER_33 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --reason "a second draw of v22's classifier recipe (seed 43) on v22's validation split, scored beside v22 and v34"
+MEMBER_34 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --reason "a third draw of v22's classifier recipe (seed 44, imitated skull stripping) on v22's validation split, scored beside v22 and v33"
 
 # Model v14, the lesion map trained with real tumor-free heads (make data-healthy-heads; docs/healthy_heads.md), and
 # no dark paint on T1 without contrast; then v15, v14 with v13's classifier (seeded; ~10 min of fit on 2 CPU cores
@@ -481,7 +481,7 @@ train-v35: data-healthy-planes
 	$(call ensemble_artifact,,,35,,$(V22) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
 		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31))
 
-# v36, the default: v35's members and weights scored on preprocessing v2 (prepare() removes a white or grey frame
+# v36, the default in session 31: v35's members and weights scored on preprocessing v2 (prepare() removes a white or grey frame
 # first; identical to v1 for every unframed image: docs/model_v4_notes.md row FRM). The build is v35's; the
 # evaluation that writes the artifact prepares every image with v2 (~10 min of evaluation):
 # make train-v36 MODEL_DIR=/tmp/models (with v14-v34 in models/ or MODEL_DIR)
@@ -490,7 +490,7 @@ train-v36: data-healthy-planes
 	$(call ensemble_artifact,,,36,,$(V22) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
 		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31))
 
-# v37: v36's members and weights on prepare() v3 (gray-headcrop-pnorm-v3: small marks detached from the head at the
+# v37, the default: v36's members and weights on prepare() v3 (gray-headcrop-pnorm-v3: small marks detached from the head at the
 # image's edge, such as burned-in text and scale bars, stay out of the head box); no training, ~15 min of evaluation:
 # make train-v37 MODEL_DIR=/tmp/models (with v14-v34 in models/ or MODEL_DIR)
 train-v37: PREP = gray-headcrop-pnorm-v3
