@@ -110,16 +110,20 @@ def test_heads_without_a_cam_keep_grad_cam(lesion_model):
 
 
 def test_overlays_are_drawn_from_the_head_only_so_burned_in_text_is_blanked():
-    """A name burned into the image beside the head is in the model input (prepare crops to the head's
-    box, which the text widens) but not in the review overlay."""
+    """A name burned into the image beside the head is in the model input of an artifact on preprocessing v1/v2
+    (prepare crops to the head's box, which the text widens) but not in the review overlay; v3 keeps it out of
+    the input altogether."""
     from PIL import Image, ImageDraw
 
     from screening_core import preprocessing
     from tests import synth
     img = Image.fromarray(synth.brain_slice(3, 256))
+    clean = np.asarray(img, np.float32)
     ImageDraw.Draw(img).text((4, 4), "SMITH^JOHN 1961", fill=255)
     gray = np.asarray(img, np.float32)
-    x = preprocessing.prepare(gray, preprocessing.InputSpec())[..., 0]
+    v3 = preprocessing.InputSpec(preprocessing="gray-headcrop-pnorm-v3")
+    assert np.abs(preprocessing.prepare(gray, v3) - preprocessing.prepare(clean, v3)).max() < 0.01
+    x = preprocessing.prepare(gray, preprocessing.InputSpec(preprocessing="gray-headcrop-pnorm-v2"))[..., 0]
     text_rows = slice(0, 3)  # the crop box grew to take the text in: it sits in the input's top rows
     assert x[text_rows].max() > 0.5  # the text survived preprocessing
     masked, heat = gradcam.head_only(x, np.ones_like(x))
