@@ -92,6 +92,16 @@ def test_v3_leaves_burned_in_marks_out_of_the_head_box_and_changes_nothing_else(
                               preprocessing.project_mask(clean, mask, v2))
 
 
+def test_connected_pieces_of_the_mark_grid_count_diagonal_neighbours_and_nothing_across_a_gap():
+    cells = np.zeros((6, 8), bool)
+    cells[0, 0:2] = cells[1, 2] = True  # a run and a diagonal neighbour below it: one piece
+    cells[3:6, 5] = cells[4, 4:8] = True  # a cross
+    cells[5, 0] = True  # alone, two rows below the first piece
+    got = sorted(preprocessing._components(cells))
+    assert got == sorted([(3, 0, 2, 0, 3), (6, 3, 6, 4, 8), (1, 5, 6, 0, 1)])
+    assert preprocessing._components(np.zeros((4, 4), bool)) == []
+
+
 def test_percentiles_equal_numpys_bit_for_bit():
     rng = np.random.default_rng(0)
     for i in range(400):
