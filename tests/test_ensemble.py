@@ -73,12 +73,21 @@ def test_the_ensemble_adds_log_odds_and_keeps_the_lesion_map(tmp_path):
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
 
 
-def test_members_must_share_one_preprocessing(tmp_path):
+def test_members_must_share_one_input_size_and_may_come_from_other_preprocessing_versions(tmp_path, capsys):
+    """v39 puts v38 (trained on prepare() v3) beside members trained on v1: the ensemble is scored on the version
+    its evaluation names, so only the input size must match."""
+    from screening_core import artifact
     from trainer import ensemble
     lesion_dir = tiny_model.write_tiny_artifact(tmp_path / "l", size=32, lesion_bias=-1.0)
     classifier_dir = tiny_model.write_tiny_artifact(tmp_path / "c", size=48)
     with pytest.raises(SystemExit, match="different inputs"):
         ensemble.build(lesion_dir, classifier_dir)
+    older = tiny_model.write_tiny_artifact(tmp_path / "v1", size=32)
+    artifact.update_metadata(older, lambda m: m["input_spec"].__setitem__("preprocessing", "gray-headcrop-pnorm-v1"))
+    model, info = ensemble.build(lesion_dir, older)
+    assert model.input_shape == (None, 32, 32, 1)
+    out = capsys.readouterr().out
+    assert "was trained on" in out and "gray-headcrop-pnorm-v1" in out and "gray-headcrop-pnorm-v3" in out
     with pytest.raises(SystemExit, match="not a lesion-map model"):
         ensemble.build(classifier_dir, classifier_dir)
 

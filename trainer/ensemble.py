@@ -12,7 +12,8 @@ The graph: both members rebuilt flat on the shared input: the lesion model under
 up), the classifier under `cls_`-prefixed names (its own would clash; its `cls_block*_pool` outputs join
 the OOD guard's features, so an image unlike either member's training images stands out), and
 `screening_core.evidence.OddsProduct` on their two probabilities. Both members must take the same
-input (size and `prepare()` id): one preprocessing, one pass over the pixels.
+input size: one pass over the pixels, prepared by the one `prepare()` version the ensemble's evaluation names
+(members made on older versions are scored on it, as v37 scores v1-trained members on v3).
 
 An overlay map (`--overlay`, v31): a map trained only to outline the lesion where its mask shows it takes the
 unprefixed names in the first map's place (which then joins as `les1_`), so the overlays, the lesion areas and the
@@ -114,16 +115,27 @@ def _second_pass(member, inputs, mirrored, name):
     return twin(mirrored)
 
 
+_SHAPE_KEYS = ("height", "width", "channels", "dtype")
+
+
 def _check_member(path, md, spec, lesion=True):
     """Refuse a member that is not of its kind (a lesion-map model, or with `lesion=False` a slice classifier)
-    or takes another input than `spec`."""
+    or takes another input shape than `spec`.
+
+    Members made on other `prepare()` versions may join: the ensemble is scored on the one version its
+    evaluation names (`lesion_train --preprocessing`; v37 scores members trained on v1 with v3), which the
+    artifact records as the ensemble's input. A member trained on the newest version (v38) can then replace
+    one trained on an older one."""
     if lesion and md.get("head") != "lesion_map":
         raise SystemExit(f"{path} is not a lesion-map model (head {md.get('head')!r})")
     if not lesion and md.get("head") == "lesion_map":
         raise SystemExit(f"{path} is a lesion-map model, not a slice classifier")
-    if md["input_spec"] != spec:
+    if any(md["input_spec"][k] != spec[k] for k in _SHAPE_KEYS):
         raise SystemExit(f"the members take different inputs: {md['input_spec']} vs {spec}; an ensemble needs "
-                         "one preprocessing")
+                         "one input size")
+    if md["input_spec"]["preprocessing"] != spec["preprocessing"]:
+        print(f"note: {path} was trained on {md['input_spec']['preprocessing']}, another member on "
+              f"{spec['preprocessing']}: the ensemble is scored on the preprocessing its evaluation names")
 
 
 def _flat_unet(lesion, inputs):
@@ -179,7 +191,7 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     tuned_md = None
     if fine_tuned_dir:
         tuned, tuned_md = artifact.load(fine_tuned_dir)
-        if tuned_md["input_spec"] != classifier_md["input_spec"]:
+        if any(tuned_md["input_spec"][k] != classifier_md["input_spec"][k] for k in _SHAPE_KEYS):
             raise SystemExit("the fine-tuned classifier takes another input than the base classifier")
         interpolate(classifier, tuned, alpha)
     _check_member(lesion_dir, lesion_md, classifier_md["input_spec"])
