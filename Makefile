@@ -498,21 +498,6 @@ train-v37: data-healthy-planes
 	$(call ensemble_artifact,,,37,,$(V22) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
 		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31))
 
-# v38: v22's recipe (seed 42, from random weights, ~35 min of fit) on prepare() v3, where brain-mri's annotated
-# tumor-free images no longer reach the model with a smaller head than its tumors (docs/model_v4_notes.md row BOX):
-# make train-v38 MODEL_DIR=/tmp/models
-train-v38: PREP = gray-headcrop-pnorm-v3
-train-v38: data-healthy-planes
-	$(call scratch_classifier,$(SEED),38)
-
-# v39: v37 with v38 in place of v22 (the same recipe and seed, trained on v3; docs/model_v4_notes.md row BOX; no
-# training beyond v38, ~12 min of evaluation): make train-v38 train-v39 MODEL_DIR=/tmp/models
-V38 ?= $(MODEL_DIR)/brain-tumor-cnn/38
-train-v39: PREP = gray-headcrop-pnorm-v3
-train-v39: data-healthy-planes
-	$(call ensemble_artifact,,,39,,$(V38) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
-		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31))
-
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"
 train-v3: $(STAMP)
