@@ -74,7 +74,7 @@ def test_the_ensemble_adds_log_odds_and_keeps_the_lesion_map(tmp_path):
 
 
 def test_members_must_share_one_input_size_and_may_come_from_other_preprocessing_versions(tmp_path, capsys):
-    """v39 puts v38 (trained on prepare() v3) beside members trained on v1: the ensemble is scored on the version
+    """Row BOX2 put a classifier trained on prepare() v3 beside members trained on v1: the ensemble is scored on the version
     its evaluation names, so only the input size must match."""
     from screening_core import artifact
     from trainer import ensemble

@@ -124,8 +124,8 @@ def _check_member(path, md, spec, lesion=True):
 
     Members made on other `prepare()` versions may join: the ensemble is scored on the one version its
     evaluation names (`lesion_train --preprocessing`; v37 scores members trained on v1 with v3), which the
-    artifact records as the ensemble's input. A member trained on the newest version (v38) can then replace
-    one trained on an older one."""
+    artifact records as the ensemble's input. A member trained on the newest version can then replace one
+    trained on an older one (docs/model_v4_notes.md row BOX2)."""
     if lesion and md.get("head") != "lesion_map":
         raise SystemExit(f"{path} is not a lesion-map model (head {md.get('head')!r})")
     if not lesion and md.get("head") == "lesion_map":
