@@ -163,11 +163,6 @@ def _unframed(img01):
     return out
 
 
-def _as_seen_by(spec, img01):
-    """`img01` as `spec`'s preprocessing hands it to the head box: v1 as it is, v2 and v3 with its frame removed."""
-    return img01 if spec.preprocessing == PREPROCESSING_IDS[0] else _unframed(img01)
-
-
 _MARK_CELLS = 64  # the grid the marks are found on: cells of about 1/64 of the longer side
 _MARK_SMALL = 0.2  # a component with fewer cells than this share of the largest one's is a mark...
 _MARK_EDGE = 0.2  # ...when it lies wholly within this share of the side from one edge
@@ -240,11 +235,21 @@ def _marks(mask):
     return np.repeat(np.repeat(out, c, axis=0), c, axis=1)[:h, :w]
 
 
-def _head_box(img01, spec=None):
-    """Bounding box (r0, r1, c0, c1) of the head; whole image if none found. v3 leaves `_marks` out."""
+def _framed_and_boxed(spec, img01):
+    """(`img01` as `spec`'s preprocessing crops it, the head box): the one place each version differs.
+
+    v1: the image as it is and every head pixel in the box; v2: its frame removed first (`_frame`);
+    v3: v2 with small marks beside the head left out of the box (`_marks`)."""
+    version = PREPROCESSING_IDS.index(spec.preprocessing)
+    seen = img01 if version == 0 else _unframed(img01)
+    return seen, _head_box(seen, leave_out_marks=version >= 2)
+
+
+def _head_box(img01, leave_out_marks):
+    """Bounding box (r0, r1, c0, c1) of the head; whole image if none found."""
     mask = img01 > _BOX_LEVEL
     h, w = mask.shape
-    if spec is not None and spec.preprocessing not in PREPROCESSING_IDS[:2]:
+    if leave_out_marks:
         marks = _marks(mask)
         if marks is not None:
             mask &= ~marks
@@ -365,8 +370,7 @@ def prepare_with_scale(gray: np.ndarray, spec: InputSpec = InputSpec()) -> tuple
     if g01 is None:
         h, w = np.shape(gray)
         return np.zeros((spec.height, spec.width, 1), np.float32), max(h, w) / spec.height
-    g01 = _as_seen_by(spec, g01)
-    box = _head_box(g01, spec)
+    g01, box = _framed_and_boxed(spec, g01)
     scale = max(box[1] - box[0], box[3] - box[2]) / spec.height
     return _finish(_square_resized(g01, box, spec.height, spec.width)), float(scale)
 
@@ -391,9 +395,7 @@ def project_mask(gray: np.ndarray, mask: np.ndarray, spec: InputSpec = InputSpec
     if mask.shape != np.shape(gray):
         raise ValueError(f"mask shape {mask.shape} differs from image shape {np.shape(gray)}")
     g01 = _normalise(gray)
-    if g01 is not None:
-        g01 = _as_seen_by(spec, g01)
-    box = _head_box(g01, spec) if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
+    box = _framed_and_boxed(spec, g01)[1] if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
     return np.clip(_square_resized(mask / max(mask.max(), 1e-6), box, spec.height, spec.width), 0, 1)
 
 
