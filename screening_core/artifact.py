@@ -264,7 +264,7 @@ def load(version_dir):
     """(model, metadata) from a local artifact, verified and loaded in safe mode."""
     import keras
 
-    from screening_core import evidence  # noqa: F401  (registers the layers an ensemble artifact uses)
+    from screening_core import evidence, upright  # noqa: F401  (register the layers an ensemble artifact uses)
     metadata = verify(version_dir)
     model = keras.models.load_model(
         os.path.join(version_dir, metadata.get("model_file", MODEL_FILE)), safe_mode=True, compile=False)

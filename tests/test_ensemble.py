@@ -487,3 +487,79 @@ def test_the_members_trained_on_the_ensembles_validation_slices_are_named_with_t
                "classifier_2": {"artifact": str(tmp_path / "none")}}
     assert ensemble.trained_on_validation(members, validation) == {other: 0.5}  # img4-img7: its training data
     assert ensemble.trained_on_validation({"lesion_map": {"artifact": same}}, validation) == {}
+
+
+def _orientation_artifact(tmp_path, turn_logits):
+    """An orientation artifact (trainer.orientation's network at 32 px) whose softmax is `turn_logits`' whatever the
+    image: the last layer's kernel zeroed, its bias set, so the test knows which turn the graph undoes."""
+    from screening_core import artifact, preprocessing
+    from trainer import orientation
+    model = orientation.make_model(32)
+    last = model.get_layer("orient_turn")
+    kernel, _ = last.get_weights()
+    last.set_weights([np.zeros_like(kernel), np.asarray(turn_logits, np.float32)])
+    out = str(tmp_path / "orientation" / "1")
+    artifact.write_artifact(model, out, dict(
+        name="slice-orientation", version="1", input_spec=preprocessing.InputSpec(32, 32),
+        class_names=[str(t) for t in orientation.TURNS], threshold=0.9, target_sensitivity=0.0,
+        validation_metrics={}, data_fingerprint="", training_config={}, extra={"head": "orientation"}))
+    return out
+
+
+def test_upright_turns_a_sideways_slice_back_only_where_the_turn_is_sure():
+    from screening_core import upright
+    x = np.random.default_rng(0).random((3, 8, 8, 2)).astype(np.float32)
+    for k in range(4):
+        turned = np.rot90(x, k, axes=(1, 2)).copy()
+        sure = np.full((3, 4), 0.001, np.float32)
+        sure[:, k] = 0.997
+        undone = np.asarray(upright.Upright(0.99)([turned, sure]))
+        # sideways (90, 270) is turned back; upright and upside down are left as they came
+        np.testing.assert_array_equal(undone, x if k % 2 else turned)
+        np.testing.assert_array_equal(np.asarray(upright.AsGiven(0.99)([undone, sure])), turned)
+        unsure = np.full((3, 4), 0.05, np.float32)
+        unsure[:, k] = 0.85
+        np.testing.assert_array_equal(np.asarray(upright.Upright(0.99)([turned, unsure])), turned)
+    split = np.array([[0.0, 0.6, 0.0, 0.395]], np.float32)  # sure it is sideways, not of which way: the likelier
+    np.testing.assert_array_equal(np.asarray(upright.Upright(0.99)([np.rot90(x[:1], 1, axes=(1, 2)), split])), x[:1])
+    with pytest.raises(ValueError, match="confidence"):
+        upright.Upright(1.0)
+
+
+def test_an_orientation_network_puts_every_member_on_the_upright_slice_and_the_map_back_on_the_given_one(tmp_path):
+    """--orientation: where the orientation network is sure of a quarter turn, the ensemble scores the slice turned
+    back (every member, the OOD features too) and its lesion map lies on the slice as given; where it is unsure the
+    ensemble is the plain one; the graph saves, loads in safe mode and exports to ONNX with parity."""
+    import keras
+
+    from screening_core import ood, preprocessing
+    from trainer import ensemble
+    x = np.stack([preprocessing.prepare(synth.brain_slice(s, 48, lesion=bool(s % 2)).astype(np.float32),
+                                        preprocessing.InputSpec(32, 32)) for s in range(6)])
+    first = _image_dependent_lesion(tmp_path, "a", seed=7)
+    outline = _image_dependent_lesion(tmp_path, "o", seed=11)
+    classifier_dir = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
+    plain, _ = ensemble.build(first, classifier_dir, overlay=outline)
+
+    def outputs(m, images, name="lesion_map"):
+        return keras.Model(m.inputs, [m.output, m.get_layer(name).output]).predict_on_batch(images)
+    turned_90 = _orientation_artifact(tmp_path / "t", [0.0, 6.0, 0.0, 0.0])  # sure: turned 90 degrees
+    model, info = ensemble.build(first, classifier_dir, overlay=outline, orientation=turned_90)
+    assert info["members"]["orientation"]["confidence"] == 0.9
+    from trainer import model_card
+    text = model_card._architecture({"head": "lesion_map", "training": {"members": info["members"]}})
+    assert "the orientation network v1 (trainer/orientation.py) calls turned sideways with probability above 0.9" in text
+    back = np.rot90(x, -1, axes=(1, 2)).copy()  # what the members must see: the slice turned back
+    p_plain, map_plain = outputs(plain, back)
+    p, lesion_map = outputs(model, x)
+    assert not np.allclose(p_plain, plain.predict_on_batch(x), atol=1e-4)  # a turn changes the score, so this can fail
+    np.testing.assert_allclose(p, p_plain, atol=1e-6)
+    np.testing.assert_allclose(lesion_map, np.rot90(map_plain, 1, axes=(1, 2)), atol=1e-6)
+    feats = ood.layer_names(model)
+    assert not [n for n in feats if n.startswith("orient_")] and set(feats) == set(ood.layer_names(plain))
+    _saves_loads_and_exports(model, x, tmp_path)
+    unsure = _orientation_artifact(tmp_path / "u", [0.0, 1.0, 0.0, 0.0])  # 0.48: below the confidence
+    model, _ = ensemble.build(first, classifier_dir, overlay=outline, orientation=unsure)
+    np.testing.assert_allclose(model.predict_on_batch(x), plain.predict_on_batch(x), atol=1e-6)
+    with pytest.raises(SystemExit, match="not an orientation model"):
+        ensemble.build(first, classifier_dir, orientation=classifier_dir)

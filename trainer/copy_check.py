@@ -91,6 +91,8 @@ def variants(img, rng):
         ("orientation letters and a ruler", _letters_and_bar(img)),
         ("inverted", ImageOps.invert(img)),
         ("turned 90 degrees", img.rotate(90, expand=True)),
+        ("upside down", img.rotate(180)),
+        ("turned 270 degrees", img.rotate(270, expand=True)),
         ("turned 15 degrees", img.rotate(15, resample=Image.Resampling.BILINEAR)),
         ("mirrored", ImageOps.mirror(img)),
         ("cut to 80 %", img.crop((w // 10, h // 10, w - w // 10, h - h // 10))),

@@ -167,8 +167,59 @@ def _extra_member(path, prefix, spec, inputs, lesion=True):
     return _clone_under(model, prefix, inputs), md
 
 
+def _orientation_model(path, spec):
+    """(the orientation network at `path`, its confidence), refused unless it tells turns of `spec`'s input."""
+    from screening_core import artifact
+    model, md = artifact.load(path)
+    if md.get("head") != "orientation":
+        raise SystemExit(f"{path} is not an orientation model (head {md.get('head')!r}; trainer.orientation writes one)")
+    if any(md["input_spec"][k] != spec[k] for k in _SHAPE_KEYS):
+        raise SystemExit(f"the orientation model takes {md['input_spec']}, the members {spec}: one input size")
+    if spec["height"] != spec["width"]:
+        raise SystemExit("a quarter turn needs a square input")
+    return model, md
+
+
+def upright_first(model, orientation, confidence, layer_name="lesion_map"):
+    """`model` (an ensemble on one `image` input) rebuilt behind `orientation`: the image turned back to upright
+    where the orientation network is sure of a quarter turn (`screening_core.upright.Upright`), every member as
+    it was on the upright image, and the layer `layer_name` (the map the scorer, the overlays and the lesion
+    areas read) turned back onto the image as given (`AsGiven`, under that name; the member's own map layer
+    becomes `upright_<name>`). Every layer keeps its name and weights; the orientation network's are its own
+    (`orient_`...). Why a rebuild, not a nested model: the scorer and the OOD guard look layers up by name in
+    one flat graph. Keras's `clone_model` cannot rebuild on a tensor that is not an Input, so the graph is
+    replayed node by node (`Function._run_through_graph`, which clone_model itself uses)."""
+    import keras
+
+    from screening_core import upright
+    image = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name="image")
+    turns = _clone_under(orientation, "", image).output
+    straight = upright.Upright(confidence, name="upright_image")([image, turns])
+    clones = {}
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            raise SystemExit(f"{layer.name}: a nested model (a mirrored pass) cannot be put behind --orientation")
+        if id(layer) not in clones:
+            config = layer.get_config()
+            if layer.name == layer_name:
+                config["name"] = "upright_" + layer.name
+            clones[id(layer)] = (layer, layer.__class__.from_config(config))
+        new = clones[id(layer)][1]
+        if layer.name != layer_name:
+            return new
+        as_given = upright.AsGiven(confidence, name=layer_name)
+        return lambda *args, **kwargs: as_given([new(*args, **kwargs), turns])
+
+    out = model._run_through_graph(straight, operation_fn=clone)
+    rebuilt = keras.Model(image, out, name=model.name)
+    for original, new in clones.values():
+        new.set_weights(original.get_weights())
+    return rebuilt
+
+
 def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none", more_lesions=(),
-          more_classifiers=(), classifier_floor=None, overlay=None):
+          more_classifiers=(), classifier_floor=None, overlay=None, orientation=None):
     """(ensemble model, description) from two artifact folders; with `fine_tuned_dir`, the classifier's
     weights are moved `alpha` of the way to that fine-tune's (`interpolate`). `mirror` (MIRROR_CHOICES):
     which members also score the image mirrored left to right, their two log-odds averaged
@@ -178,7 +229,9 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     with the first classifier's. `classifier_floor`: the lowest log-odds each classifier pass may give
     (`evidence.OddsProduct` floors; None: unbounded), so no classifier can veto what the maps find beyond it.
     `overlay`: a lesion-map artifact whose map the overlays show instead of the first map's, at weight 0 in the
-    score (`evidence.OddsProduct` adds 0 x its log-odds: the scoring members' sum, unchanged)."""
+    score (`evidence.OddsProduct` adds 0 x its log-odds: the scoring members' sum, unchanged). `orientation`: an
+    orientation artifact (`trainer.orientation`) the image passes first, so a slice turned by a quarter reaches
+    every member upright (`upright_first`)."""
     if mirror not in MIRROR_CHOICES:  # before any artifact is loaded
         raise SystemExit(f"--mirror is one of {', '.join(MIRROR_CHOICES)}, got {mirror!r}")
     if classifier_floor is not None and not -16.0 < classifier_floor < 0.0:
@@ -239,6 +292,12 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
                                     floors=floors if classifier_floor is not None else None,
                                     name="combined_probability", dtype="float32")(probabilities)
     model = keras.Model(inputs, combined, name="brain_tumor_lesion_and_classifier")
+    orientation_md = None
+    if orientation:
+        if mirror != "none":
+            raise SystemExit("--orientation and --mirror: one or the other")
+        turner, orientation_md = _orientation_model(orientation, spec)
+        model = upright_first(model, turner, float(orientation_md["threshold"]))
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},
                "classifier": {"artifact": classifier_dir, "model_sha256": classifier_md["model_sha256"]}}
     for name, which in (("classifier", "classifier"), ("lesion_map", "lesion")):
@@ -256,6 +315,9 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     if overlay_md is not None:
         members["lesion_map"]["layer_prefix"] = EXTRA_LESION_PREFIX.format(1)
         members["overlay_map"] = {"artifact": overlay, "model_sha256": overlay_md["model_sha256"], "weight": 0.0}
+    if orientation_md is not None:
+        members["orientation"] = {"artifact": orientation, "model_sha256": orientation_md["model_sha256"],
+                                  "confidence": float(orientation_md["threshold"])}
     if tuned_md is not None:
         members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
                                                   "model_sha256": tuned_md["model_sha256"]}
@@ -291,13 +353,18 @@ def main(argv=None):
                         help="a lesion-map artifact whose map the overlays, the lesion areas and the OOD guard read "
                         "in place of the first --lesion's; it weighs 0 in the score (v31: a map trained only to "
                         "outline, docs/model_v4_notes.md row OUT)")
+    parser.add_argument("--orientation", default="", metavar="ARTIFACT",
+                        help="an orientation artifact (python -m trainer.orientation) the image passes first: a slice "
+                        "it is sure was turned by a quarter reaches every member upright, and the map is turned "
+                        "back onto the image as given")
     parser.add_argument("--out", required=True, help="folder for best.keras and fit.json")
     args = parser.parse_args(argv)
     if args.alpha and not args.fine_tuned:
         parser.error("--alpha moves the classifier towards --fine-tuned: name that artifact")
     model, info = build(args.lesion[0], args.classifier[0], args.fine_tuned or None, args.alpha, args.mirror,
                         more_lesions=args.lesion[1:], more_classifiers=args.classifier[1:],
-                        classifier_floor=args.classifier_floor, overlay=args.overlay or None)
+                        classifier_floor=args.classifier_floor, overlay=args.overlay or None,
+                        orientation=args.orientation or None)
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "best.keras"))
     with open(os.path.join(args.out, "fit.json"), "w") as f:

@@ -560,7 +560,7 @@ def main(argv=None):
     os.makedirs(work_dir, exist_ok=True)
     total = args.epochs * args.steps_per_epoch
     if args.from_checkpoint:
-        from screening_core import evidence  # noqa: F401  (an ensemble checkpoint's combining layer)
+        from screening_core import evidence, upright  # noqa: F401  (an ensemble checkpoint's own layers)
         model = keras.saving.load_model(args.from_checkpoint)
         with open(os.path.join(os.path.dirname(args.from_checkpoint), "fit.json")) as f:
             fit = json.load(f)

@@ -313,10 +313,14 @@ def _ensemble(members):
     floored = f", each classifier's log-odds floored at {floor:g}" if floor is not None else ""
     mirror = ("; mirrored members also score the image mirrored left to right"
               if any(m.get("mirrored") for m in members.values()) else "")
+    orientation = members.get("orientation")
+    turned = (f"; a slice the orientation network {_version(orientation.get('artifact'))} (trainer/orientation.py) "
+              f"calls turned sideways with probability above {orientation.get('confidence', 0):g} is turned back "
+              "before any member sees it, and its map turned onto the image as given" if orientation else "")
     return (f"Ensemble in one graph (trainer/ensemble.py): lesion-first U-Net map{'s' * (len(maps) > 1)} "
             f"{', '.join(maps)} and slice classifier{'s' * (len(classifiers) > 1)} {', '.join(classifiers)}, "
             f"trained from scratch (no pretrained weights); the slice probability adds {map_odds} and "
-            f"{classifier_odds}{floored}{mirror}; the overlays show {_overlay(members, maps[0])}")
+            f"{classifier_odds}{floored}{mirror}; the overlays show {_overlay(members, maps[0])}{turned}")
 
 
 def _version(artifact_dir):

@@ -1,0 +1,89 @@
+"""A slice turned by a quarter, turned back inside the model's graph, and its map turned with it.
+
+Why in the graph: every engine (Keras, ONNX Runtime, RunInference on Dataflow) and every consumer of an
+artifact then scores a turned copy as its upright original, with nothing to keep in step outside the model.
+The turn is told by a small network (`trainer.orientation`) whose softmax over the four quarter turns is the
+second input of both layers here; a sideways turn is undone only where that network gives it more than
+`confidence`, so a slice it is unsure of reaches the members as it came (`chosen_turn`).
+
+The members then see the upright slice, so the review map comes out upright too: `AsGiven` turns it back
+onto the image as the user gave it, where the overlays, lesion areas and write-back draw it.
+
+Registered under this package, so an artifact that uses them loads in safe mode wherever `screening_core`
+is importable (`screening_core.artifact.load` imports this module).
+"""
+import keras
+
+QUARTERS = 4
+
+
+def quarter_turn(x):
+    """(n, H, W, C) with H == W -> each image turned 90 degrees counter-clockwise (np.rot90 on the H, W axes)."""
+    from keras import ops
+    return ops.flip(ops.transpose(x, (0, 2, 1, 3)), axis=1)
+
+
+def chosen_turn(probabilities, confidence):
+    """(n, 4) one-hot of the turn to undo: 90 or 270 degrees, whichever is the more probable, where the two together
+    are above `confidence`; else 0 (leave the slice as it came).
+
+    Why only sideways: a slice turned by 90 or 270 degrees is what loses tumors (two fifths of brain-mri's
+    validation tumors against 8 % upside down, `trainer.copy_check` on v37), and sideways is what the network
+    tells best: the head's long axis and the neck are cues at every level. Upside down it tells from upright by
+    the face and the posterior fossa, absent on skull-stripped slices near the vertex, where it was sure of a
+    wrong half turn on 11-17 % of brats-sample's upright slices (docs/model_v4_notes.md row ORI). Which of
+    90 and 270 (the head's front) is the weaker cue, so the two are summed to decide whether to turn at all;
+    a wrong choice between them leaves the slice upside down, the cheaper error."""
+    from keras import ops
+    sideways = probabilities[:, 1:2] + probabilities[:, 3:4]
+    k = ops.where(probabilities[:, 1] >= probabilities[:, 3], 1, 3)
+    k = ops.where(sideways[:, 0] > confidence, k, 0)
+    return ops.one_hot(k, QUARTERS, dtype=probabilities.dtype)
+
+
+def _select(x, onehot, turns_of_k):
+    """sum over k of onehot[:, k] * (x turned `turns_of_k(k)` quarters): exact, since onehot is 0 or 1."""
+    turned, out = x, None
+    by_quarters = [x]
+    for _ in range(QUARTERS - 1):
+        turned = quarter_turn(turned)
+        by_quarters.append(turned)
+    for k in range(QUARTERS):
+        term = onehot[:, k, None, None, None] * by_quarters[turns_of_k(k) % QUARTERS]
+        out = term if out is None else out + term
+    return out
+
+
+class _Turn(keras.layers.Layer):
+    def __init__(self, confidence=0.9, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.25 <= float(confidence) < 1.0:
+            raise ValueError(f"confidence is a probability in [0.25, 1), got {confidence}")
+        self.confidence = float(confidence)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "confidence": self.confidence}
+
+
+@keras.saving.register_keras_serializable(package="screening_core")
+class Upright(_Turn):
+    """[images (n, H, W, C), turn probabilities (n, 4)] -> the images turned back to upright where the turn is
+    sure (a slice turned k quarters counter-clockwise is turned 4 - k more), else as they came."""
+
+    def call(self, inputs):
+        x, probabilities = inputs
+        return _select(x, chosen_turn(probabilities, self.confidence), lambda k: QUARTERS - k)
+
+
+@keras.saving.register_keras_serializable(package="screening_core")
+class AsGiven(_Turn):
+    """[maps of the upright slices (n, h, w, C), the same turn probabilities] -> the maps turned as the slices
+    came (k quarters counter-clockwise), so that they lie on the image the user gave. `confidence` must be
+    the `Upright` layer's."""
+
+    def call(self, inputs):
+        x, probabilities = inputs
+        return _select(x, chosen_turn(probabilities, self.confidence), lambda k: k)

@@ -1,0 +1,272 @@
+"""Which way up a slice is: a small network that tells a slice turned by 90, 180 or 270 degrees.
+
+  python -m trainer.orientation --data-dir ../shared/data/brain-mri --data-dir ../shared/data/lgg ... \
+      --exclude models/brain-tumor-cnn/37/validation_predictions.csv --out models/slice-orientation/1
+
+Why: every member of the screening ensemble learnt from upright slices, and a copy turned by 90 degrees loses
+two fifths of brain-mri's validation tumors (`trainer.copy_check`, session 32). Exported slices, phone photos
+of a screen and archives converted by hand arrive turned; a DICOM's own orientation does not reach a JPEG.
+Teaching every member all four turns would retrain six networks and spend capacity on a nuisance; telling the
+turn is a task of its own that needs no label at all (every training slice is upright: turn it and the turn is
+the label; Gidaris et al., "Unsupervised representation learning by predicting image rotations", ICLR 2018).
+The ensemble (`trainer.ensemble --orientation`) turns a slice this network calls turned back before any member
+sees it (`screening_core.upright`), and only where it is sure: a slice left as it came costs nothing, one
+turned wrongly costs a tumor.
+
+Mirror images are drawn in training, so left and right (and a sagittal face on either side) are no cue:
+a mirror changes no screening score's meaning, a turn does. The slices are `prepare()`'s inputs, turned after
+preparation (the square canvas turns with the head); the evaluation turns the source image first, as a user's
+copy is turned, and prepares it after.
+"""
+import argparse
+import csv
+import json
+import os
+import time
+
+import numpy as np
+
+from trainer import HelpFormatter
+
+TURNS = (0, 90, 180, 270)  # counter-clockwise degrees, np.rot90's k = index
+SKIP_PARTS = ("masks", "non-tumor-lesions")  # not slices, or slices with drawn lesions another row holds
+SIZE = 64  # the network looks at the prepared input halved: the head's outline and its large parts suffice
+
+
+def slice_paths(roots, exclude=()):
+    """Every image under `roots` (masks left out) that is not in `exclude`, sorted."""
+    from trainer.discovery import IMAGE_EXTENSIONS
+    skip = {os.path.normpath(p) for p in exclude}
+    out = []
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_PARTS)
+            out += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)
+                    and os.path.normpath(os.path.join(folder, f)) not in skip]
+    return sorted(out)
+
+
+def excluded_paths(csv_paths):
+    """The `path` column of each scored-rows CSV (an artifact's validation_predictions.csv): kept out of training
+    so that the evaluation's slices are ones this network never saw."""
+    out = []
+    for p in csv_paths:
+        with open(p) as f:
+            out += [r["path"] for r in csv.DictReader(f)]
+    return out
+
+
+def stripped(gray, seed):
+    """`gray` with the outer `4-9 %` of the head's width set to 0: a crude skull stripping (scalp and skull go,
+    the head's outline becomes the brain's), so that the network learns a turn from the brain's shape too and not
+    only from the scalp and the neck. Why: skull-stripped archives (BraTS-style research exports) turn up, and
+    the first network, which saw only 400 such slices, called a sideways turn sure on 2.5-7.5 % of brats-sample's
+    upright slices (docs/model_v4_notes.md row ORI)."""
+    from PIL import Image, ImageFilter
+    top = float(np.percentile(gray, 99.5)) or 1.0
+    head = gray > 0.08 * top
+    rows, cols = np.flatnonzero(head.any(1)), np.flatnonzero(head.any(0))
+    if rows.size < 8 or cols.size < 8:
+        return gray
+    width = min(rows[-1] - rows[0], cols[-1] - cols[0])
+    steps = max(1, round(np.random.default_rng(seed).uniform(0.04, 0.09) * width))
+    idx_c, idx_r = np.arange(head.shape[1]), np.arange(head.shape[0])
+    first_c, last_c = head.argmax(1), head.shape[1] - 1 - head[:, ::-1].argmax(1)
+    first_r, last_r = head.argmax(0), head.shape[0] - 1 - head[::-1].argmax(0)
+    # dark tissue inside the head (CSF, sulci) is head: each row's and column's span between its outermost head pixels
+    filled = ((idx_c[None] >= first_c[:, None]) & (idx_c[None] <= last_c[:, None]) & head.any(1)[:, None]
+              & (idx_r[:, None] >= first_r[None]) & (idx_r[:, None] <= last_r[None]) & head.any(0)[None])
+    mask = Image.fromarray(filled.astype(np.uint8) * 255)
+    for _ in range(steps):
+        mask = mask.filter(ImageFilter.MinFilter(3))
+    return np.where(np.asarray(mask) > 0, gray, 0.0).astype(np.float32)
+
+
+def _prepared(path, spec, turn=0, strip_seed=None):
+    from PIL import Image
+
+    from screening_core import preprocessing
+    with open(path, "rb") as f:
+        gray = preprocessing.decode_raster(f.read())
+    if strip_seed is not None:
+        gray = stripped(gray, strip_seed)
+    if turn:
+        gray = np.asarray(Image.fromarray(gray.astype(np.float32)).rotate(turn, expand=True))
+    return preprocessing.prepare(gray, spec)[..., 0].astype(np.float16)
+
+
+def _prepared_stripped(item, spec):
+    path, seed = item
+    return _prepared(path, spec, strip_seed=seed)
+
+
+def prepare_all(paths, spec, turn=0, workers=2):
+    """(n, H, W) float16 model inputs of `paths`, the source image turned `turn` degrees first."""
+    import functools
+    from multiprocessing import Pool
+    work = functools.partial(_prepared, spec=spec, turn=turn)
+    with Pool(workers) as pool:
+        return np.stack(pool.map(work, paths, chunksize=64))
+
+
+def prepare_stripped(paths, spec, seed, workers=2):
+    """(n, H, W) model inputs of `paths` skull-stripped (`stripped`, each by its own seeded depth)."""
+    import functools
+    from multiprocessing import Pool
+    work = functools.partial(_prepared_stripped, spec=spec)
+    with Pool(workers) as pool:
+        return np.stack(pool.map(work, [(p, seed * 100003 + i) for i, p in enumerate(paths)], chunksize=64))
+
+
+def make_model(size=None, widths=(16, 32, 64, 128), seed=42):
+    """The network: the prepared input halved, four stages of two 3x3 convolutions, a dense layer on the 4x4
+    map (where things are is the whole task, so no global pooling), softmax over TURNS.
+
+    Layer names start with `orient_` and none ends in `_pool`: in an ensemble they must not join the OOD
+    guard's features (`screening_core.ood.layer_names`)."""
+    import keras
+    from keras import layers
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((size or 2 * SIZE, size or 2 * SIZE, 1), name="image")
+    x = layers.AveragePooling2D(2, name="orient_half")(inp)
+    for i, w in enumerate(widths, start=1):
+        for j in "ab":
+            x = layers.Conv2D(w, 3, padding="same", activation="relu", name=f"orient_conv{i}{j}")(x)
+        x = layers.MaxPooling2D(2, name=f"orient_down{i}")(x)
+    x = layers.Flatten(name="orient_flat")(x)
+    x = layers.Dense(64, activation="relu", name="orient_dense")(x)
+    x = layers.Dropout(0.3, name="orient_drop")(x)
+    out = layers.Dense(len(TURNS), activation="softmax", dtype="float32", name="orient_turn")(x)
+    return keras.Model(inp, out, name="orientation")
+
+
+def dataset(x, batch, seed, train=True, epochs=1):
+    """Batches of (slice turned by a quarter, the turn): in training each slice is drawn once per epoch in a seeded
+    order, mirrored at random, gamma-jittered and turned at random, every draw stateless from (seed, draw number),
+    so a run is repeated draw for draw; otherwise each slice is turned once, by a seeded turn, as it comes."""
+    import tensorflow as tf
+    n = len(x)
+    if not train:
+        k = np.random.default_rng(seed).integers(0, len(TURNS), n).astype(np.int32)
+        ds = tf.data.Dataset.from_tensor_slices((x, k))
+        return ds.map(lambda img, k: (tf.image.rot90(tf.cast(img, tf.float32)[..., None], k), k)).batch(batch)
+    ds = tf.data.Dataset.from_tensor_slices(x).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat(epochs)
+
+    def turn(i, img):
+        s = tf.random.stateless_uniform([3], seed=tf.stack([tf.constant(seed, tf.int64), i]))
+        img = tf.cast(img, tf.float32)[..., None]
+        img = tf.cond(s[0] < 0.5, lambda: tf.image.flip_left_right(img), lambda: img)
+        img = tf.clip_by_value(img, 0.0, 1.0) ** tf.exp(0.5 * (s[1] - 0.5))
+        k = tf.minimum(tf.cast(s[2] * len(TURNS), tf.int32), len(TURNS) - 1)
+        return tf.image.rot90(img, k), k
+
+    return ds.enumerate().map(turn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch).prefetch(2)
+
+
+def turn_probabilities(model, x, batch=256):
+    """(n, 4) probabilities of TURNS for prepared inputs `x` (n, H, W)."""
+    return model.predict(np.asarray(x, np.float32)[..., None], batch_size=batch, verbose=0)
+
+
+def undo_rate(probs, true_turn, confidence):
+    """(share of slices upright after the graph's rule, share turned by a quarter, share upside down) for slices
+    turned `true_turn` degrees, the rule being the graph's own (`screening_core.upright.chosen_turn`)."""
+    from screening_core import upright
+    undo = np.asarray(upright.chosen_turn(np.asarray(probs, np.float32), confidence)).argmax(1)
+    net = (TURNS.index(true_turn) - undo) % len(TURNS)
+    return float(np.mean(net == 0)), float(np.mean(net % 2 == 1)), float(np.mean(net == 2))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m trainer.orientation", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter, allow_abbrev=False)
+    p.add_argument("--data-dir", action="append", required=True, help="folder of upright slices (repeatable)")
+    p.add_argument("--exclude", action="append", default=[],
+                   help="scored-rows CSV whose paths stay out of training and are the evaluation (repeatable)")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--confidence", type=float, default=0.99,
+                   help="a sideways turn is undone only where the network gives it more than this")
+    p.add_argument("--stripped-share", type=float, default=0.0,
+                   help="share of the training slices added again skull-stripped (`stripped`), in [0, 1]")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--preprocessing", default=None, help="prepare() version (default: the newest)")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch < 1 or not 0.25 <= args.confidence < 1 or not 0 <= args.stripped_share <= 1:
+        p.error("--epochs and --batch must be >= 1, --confidence in [0.25, 1) and --stripped-share in [0, 1]")
+    import keras
+
+    from screening_core import artifact, preprocessing
+    spec = preprocessing.InputSpec(preprocessing=args.preprocessing or preprocessing.PREPROCESSING_ID)
+    held = excluded_paths(args.exclude)
+    paths = slice_paths(args.data_dir, held)
+    print(f"{len(paths)} training slices from {len(args.data_dir)} folders; {len(held)} evaluation slices kept out")
+    t0 = time.time()
+    x = prepare_all(paths, spec)
+    rng = np.random.default_rng(args.seed)
+    val = np.zeros(len(x), bool)
+    val[rng.choice(len(x), len(x) // 10, replace=False)] = True
+    if args.stripped_share:
+        train_idx = np.flatnonzero(~val)
+        pick = np.sort(rng.choice(train_idx, round(args.stripped_share * len(train_idx)), replace=False))
+        x = np.concatenate([x, prepare_stripped([paths[i] for i in pick], spec, args.seed)])
+        val = np.concatenate([val, np.zeros(len(pick), bool)])
+        print(f"{len(pick)} training slices added skull-stripped")
+    print(f"prepared in {time.time() - t0:.0f} s")
+    model = make_model(spec.height)
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    t0 = time.time()
+    train = x[~val]
+    hist = model.fit(dataset(train, args.batch, args.seed, epochs=args.epochs), epochs=args.epochs,
+                     steps_per_epoch=len(train) // args.batch,
+                     validation_data=dataset(x[val], 256, args.seed + 1, train=False), verbose=2)
+    fit_seconds = time.time() - t0
+    report = {"training_slices": int((~val).sum()), "fit_seconds": round(fit_seconds, 1),
+              "history": {k: [round(float(v), 4) for v in vs] for k, vs in hist.history.items()}}
+    if held:
+        report["evaluation"] = evaluate(model, [r for r in _rows(args.exclude)], spec, args.confidence)
+    os.makedirs(args.out, exist_ok=True)
+    artifact.write_artifact(model, args.out, dict(
+        name="slice-orientation", version=os.path.basename(os.path.normpath(args.out)),
+        input_spec=spec, class_names=[str(t) for t in TURNS], threshold=args.confidence,
+        target_sensitivity=0.0, validation_metrics={"accuracy": report["history"]["val_accuracy"][-1]},
+        data_fingerprint="", training_config={**vars(args)},
+        extra={"head": "orientation", "orientation": report}))
+    print(json.dumps(report.get("evaluation", {}), indent=1))
+    print(f"written to {args.out}")
+    return 0
+
+
+def _rows(csv_paths):
+    for p in csv_paths:
+        with open(p) as f:
+            yield from csv.DictReader(f)
+
+
+def evaluate(model, rows, spec, confidence, per_source=200, seed=0):
+    """{source: {turn: {"upright", "sideways", "upside_down"}}}: up to `per_source` evaluation slices of each
+    source, the source image turned by each of TURNS, then prepared, then turned back by the graph's rule: where
+    each ends up."""
+    by_source = {}
+    for r in rows:
+        if os.path.exists(r["path"]):
+            by_source.setdefault(r.get("source") or "all", []).append(r["path"])
+    rng = np.random.default_rng(seed)
+    out = {}
+    for source, paths in sorted(by_source.items()):
+        paths = sorted(paths)
+        picked = [paths[i] for i in sorted(rng.choice(len(paths), min(per_source, len(paths)), replace=False))]
+        out[source] = {"n": len(picked)}
+        for turn in TURNS:
+            probs = turn_probabilities(model, prepare_all(picked, spec, turn))
+            upright, sideways, upside_down = undo_rate(probs, turn, confidence)
+            out[source][str(turn)] = {"upright": round(upright, 4), "sideways": round(sideways, 4),
+                                      "upside_down": round(upside_down, 4)}
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
