@@ -548,7 +548,7 @@ def test_an_orientation_network_puts_every_member_on_the_upright_slice_and_the_m
     assert info["members"]["orientation"]["confidence"] == 0.9
     from trainer import model_card
     text = model_card._architecture({"head": "lesion_map", "training": {"members": info["members"]}})
-    assert "the orientation network v1 (trainer/orientation.py) calls turned sideways with probability above 0.9" in text
+    assert "the orientation network orientation/1 (trainer/orientation.py) calls turned sideways with probability above 0.9" in text
     back = np.rot90(x, -1, axes=(1, 2)).copy()  # what the members must see: the slice turned back
     p_plain, map_plain = outputs(plain, back)
     p, lesion_map = outputs(model, x)

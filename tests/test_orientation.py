@@ -55,6 +55,8 @@ def test_the_cli_trains_on_upright_slices_and_writes_a_sealed_orientation_artifa
     assert tuple(model.output.shape) == (None, 4)
     assert not [layer.name for layer in model.layers if layer.name.endswith("_pool")]  # never OOD-guard features
     json.dumps(md)  # the report is plain JSON
+    card = (out / "model_card.md").read_text()
+    assert "| src | 6 |" in card and "brain-score refuses it alone" in card and f"{model.count_params()} parameters" in card
 
 
 @pytest.mark.parametrize("flags", [["--confidence", "1.0"], ["--epochs", "0"], ["--confidnce", "0.9"]])
@@ -77,3 +79,18 @@ def test_where_a_slice_ends_up_is_the_graphs_own_rule():
     assert orientation.undo_rate(probs, 90, 0.99) == (0.5, 0.5, 0.0)  # the half-turn and the unsure guess: left sideways
     assert orientation.undo_rate(probs, 270, 0.99) == (0.0, 0.5, 0.5)  # undone the wrong way: upside down
     assert orientation.undo_rate(probs, 0, 0.99) == (0.5, 0.5, 0.0)  # an upright slice called sideways is turned
+
+
+def test_a_contrast_remap_changes_the_head_and_leaves_the_background_black():
+    import tensorflow as tf
+
+    from trainer import orientation
+    img = np.zeros((32, 32, 1), np.float32)
+    img[8:24, 8:24] = np.linspace(0.1, 1.0, 16, dtype=np.float32)[None, :, None]
+    for u in ([0.2, 0.5, 0.5, 0.0], [0.8, 1.0, 1.0, 0.3]):
+        out = orientation.remap_contrast(tf.constant(img), tf.constant(u, tf.float32)).numpy()
+        assert (out[img == 0] == 0).all() and (out[img > 0] >= 0.05).all() and out.max() <= 1.0
+        assert not np.allclose(out, img, atol=0.05)
+    inverted = orientation.remap_contrast(tf.constant(img), tf.constant([0.2, 0.0, 0.0, 0.0], tf.float32)).numpy()
+    row = inverted[16, 8:24, 0]
+    assert (np.diff(row) < 0).all()  # brightest where it was darkest: T2 against T1

@@ -314,7 +314,8 @@ def _ensemble(members):
     mirror = ("; mirrored members also score the image mirrored left to right"
               if any(m.get("mirrored") for m in members.values()) else "")
     orientation = members.get("orientation")
-    turned = (f"; a slice the orientation network {_version(orientation.get('artifact'))} (trainer/orientation.py) "
+    where = "/".join(str(orientation.get("artifact") or "?").rstrip("/").split("/")[-2:]) if orientation else ""
+    turned = (f"; a slice the orientation network {where} (trainer/orientation.py) "
               f"calls turned sideways with probability above {orientation.get('confidence', 0):g} is turned back "
               "before any member sees it, and its map turned onto the image as given" if orientation else "")
     return (f"Ensemble in one graph (trainer/ensemble.py): lesion-first U-Net map{'s' * (len(maps) > 1)} "

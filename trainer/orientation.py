@@ -20,7 +20,6 @@ copy is turned, and prepares it after.
 """
 import argparse
 import csv
-import json
 import os
 import time
 
@@ -140,10 +139,27 @@ def make_model(size=None, widths=(16, 32, 64, 128), seed=42):
     return keras.Model(inp, out, name="orientation")
 
 
-def dataset(x, batch, seed, train=True, epochs=1):
+def remap_contrast(img, u):
+    """`img` (H, W, 1) in [0, 1] with its head's intensities remapped by draws `u` (4 uniforms): with probability
+    `u[0]`'s share the head inverted (bright fluid, dark tissue: T2 against T1), then a random wave added to the
+    intensity curve (not monotone: tissue order changes too). The background stays 0.
+
+    Why: which way up a head is lies in its shape, not in its contrast, and the training slices are FLAIR and T1
+    in the sagittal and coronal planes: the network trained without this called 52 of 154 upright sagittal slices of
+    a healthy T2 volume sideways (docs/model_v4_notes.md row ORI)."""
+    import tensorflow as tf
+    head = img > 0.05
+    inverted = tf.where(head, 1.0 - 0.9 * img, 0.0)
+    img = tf.where(u[0] < 0.5, inverted, img)
+    wave = 0.2 * u[1] * tf.sin(2.0 * np.pi * (0.5 + 1.5 * u[2]) * img + 2.0 * np.pi * u[3])
+    return tf.where(head, tf.clip_by_value(img + wave, 0.05, 1.0), 0.0)
+
+
+def dataset(x, batch, seed, train=True, epochs=1, contrast=0.0):
     """Batches of (slice turned by a quarter, the turn): in training each slice is drawn once per epoch in a seeded
     order, mirrored at random, gamma-jittered and turned at random, every draw stateless from (seed, draw number),
-    so a run is repeated draw for draw; otherwise each slice is turned once, by a seeded turn, as it comes."""
+    so a run is repeated draw for draw, and a `contrast` share of them remapped (`remap_contrast`); otherwise each
+    slice is turned once, by a seeded turn, as it comes."""
     import tensorflow as tf
     n = len(x)
     if not train:
@@ -153,10 +169,11 @@ def dataset(x, batch, seed, train=True, epochs=1):
     ds = tf.data.Dataset.from_tensor_slices(x).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat(epochs)
 
     def turn(i, img):
-        s = tf.random.stateless_uniform([3], seed=tf.stack([tf.constant(seed, tf.int64), i]))
+        s = tf.random.stateless_uniform([8], seed=tf.stack([tf.constant(seed, tf.int64), i]))
         img = tf.cast(img, tf.float32)[..., None]
         img = tf.cond(s[0] < 0.5, lambda: tf.image.flip_left_right(img), lambda: img)
         img = tf.clip_by_value(img, 0.0, 1.0) ** tf.exp(0.5 * (s[1] - 0.5))
+        img = tf.cond(s[3] < contrast, lambda: remap_contrast(img, s[4:8]), lambda: img)
         k = tf.minimum(tf.cast(s[2] * len(TURNS), tf.int32), len(TURNS) - 1)
         return tf.image.rot90(img, k), k
 
@@ -191,11 +208,16 @@ def main(argv=None):
                    help="a sideways turn is undone only where the network gives it more than this")
     p.add_argument("--stripped-share", type=float, default=0.0,
                    help="share of the training slices added again skull-stripped (`stripped`), in [0, 1]")
+    p.add_argument("--contrast-share", type=float, default=0.0,
+                   help="share of training draws whose head intensities are remapped (inverted or waved: "
+                   "`remap_contrast`), in [0, 1]")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--preprocessing", default=None, help="prepare() version (default: the newest)")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch < 1 or not 0.25 <= args.confidence < 1 or not 0 <= args.stripped_share <= 1:
-        p.error("--epochs and --batch must be >= 1, --confidence in [0.25, 1) and --stripped-share in [0, 1]")
+    if args.epochs < 1 or args.batch < 1 or not 0.25 <= args.confidence < 1 or not 0 <= args.stripped_share <= 1 \
+            or not 0 <= args.contrast_share <= 1:
+        p.error("--epochs and --batch must be >= 1, --confidence in [0.25, 1), --stripped-share and --contrast-share "
+                "in [0, 1]")
     import keras
 
     from screening_core import artifact, preprocessing
@@ -220,11 +242,12 @@ def main(argv=None):
                   metrics=["accuracy"])
     t0 = time.time()
     train = x[~val]
-    hist = model.fit(dataset(train, args.batch, args.seed, epochs=args.epochs), epochs=args.epochs,
+    hist = model.fit(dataset(train, args.batch, args.seed, epochs=args.epochs, contrast=args.contrast_share),
+                     epochs=args.epochs,
                      steps_per_epoch=len(train) // args.batch,
                      validation_data=dataset(x[val], 256, args.seed + 1, train=False), verbose=2)
     fit_seconds = time.time() - t0
-    report = {"training_slices": int((~val).sum()), "fit_seconds": round(fit_seconds, 1),
+    report = {"training_slices": int((~val).sum()), "fit_seconds": round(fit_seconds, 1), "params": model.count_params(),
               "history": {k: [round(float(v), 4) for v in vs] for k, vs in hist.history.items()}}
     if held:
         report["evaluation"] = evaluate(model, [r for r in _rows(args.exclude)], spec, args.confidence)
@@ -235,9 +258,68 @@ def main(argv=None):
         target_sensitivity=0.0, validation_metrics={"accuracy": report["history"]["val_accuracy"][-1]},
         data_fingerprint="", training_config={**vars(args)},
         extra={"head": "orientation", "orientation": report}))
-    print(json.dumps(report.get("evaluation", {}), indent=1))
+    write_card(args.out)
+    print(card_table(report.get("evaluation", {})))
     print(f"written to {args.out}")
     return 0
+
+
+def card_table(evaluation):
+    """Where each source's slices end up, turned each way and put through the graph's rule, as a Markdown table."""
+    lines = ["| source | n | as given: upright / sideways / upside down | turned 90 | turned 180 | turned 270 |",
+             "|---|---|---|---|---|---|"]
+    for source, r in evaluation.items():
+        cells = [f"{100 * r[str(t)]['upright']:.1f} / {100 * r[str(t)]['sideways']:.1f} / "
+                 f"{100 * r[str(t)]['upside_down']:.1f} %" for t in TURNS]
+        lines.append(f"| {source} | {r['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_card(version_dir):
+    """model_card.md of an orientation artifact, from its metadata."""
+    from screening_core import artifact
+    md = artifact.read_metadata(version_dir)
+    report, cfg = md.get("orientation", {}), md.get("training_config", {})
+    text = f"""# Model card: {md['name']} v{md['version']}
+
+## Intended use
+Not a screening model: a part of the screening ensembles that name it (`trainer.ensemble --orientation`). It tells
+whether a prepared slice (`{md['input_spec']['preprocessing']}`) is turned by 0, 90, 180 or 270 degrees; the
+ensemble turns a slice it calls sideways with probability above {md['threshold']:g} upright before any member sees it
+(`screening_core.upright`). brain-score refuses it alone.
+
+## Model
+`trainer.orientation.make_model`: the 128 px input halved, four stages of two 3x3 convolutions (16-128 channels),
+a dense layer on the 4x4 map, softmax over the four turns; {report.get('params', '?')} parameters,
+trained from random weights (no pretrained weights).
+
+## Training data and recipe
+{report.get('training_slices', '?')} training slices per epoch: the upright slices of
+{', '.join(f'`{d}`' for d in cfg.get('data_dir', []))} (the slices scored in
+{', '.join(f'`{e}`' for e in cfg.get('exclude', []))} left out, and a tenth kept for the network's own validation),
+{cfg.get('stripped_share', 0):g} of them added again crudely skull-stripped; mirrored and gamma-jittered at random, {cfg.get('contrast_share', 0):g} of the draws with the head's intensities remapped (inverted
+or waved), each turned by a random quarter, the turn its label: no tumor label is used. {cfg.get('epochs')} epochs,
+batch {cfg.get('batch')}, Adam {cfg.get('learning_rate')}, seed {cfg.get('seed')}; {report.get('fit_seconds', '?')} s
+of fit. Rebuild: `make train-orientation`.
+
+## Evaluation
+Up to 200 slices of each source the exclusion lists scored (their validation, held-out site and external rows),
+each source image turned as a user's copy is (then prepared), put through the network and the ensemble's rule:
+where each ends up.
+
+{card_table(report.get('evaluation', {}))}
+
+## Limitations
+- A half turn is never undone: skull-stripped slices near the vertex or the skull base have no front or back the
+  network can tell, and an upside-down slice loses fewer tumors than a sideways one.
+- Its mistakes on upright slices are mostly tumor-free slices at the skull base, the vertex and far lateral
+  sagittal slices. It reads which way up a head is partly from the head's outline and the neck: sagittal and
+  coronal slices of a volume that covers only a slab of the head (no neck, a flat top) or of a skull-stripped brain
+  are its risk (it turned a quarter of the upright sagittal slices of three such T2 volumes of the tumor-free
+  probe): docs/model_v4_notes.md row ORI.
+"""
+    with open(os.path.join(version_dir, "model_card.md"), "w") as f:
+        f.write(text)
 
 
 def _rows(csv_paths):
