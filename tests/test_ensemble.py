@@ -502,7 +502,8 @@ def _orientation_artifact(tmp_path, turn_logits):
     artifact.write_artifact(model, out, dict(
         name="slice-orientation", version="1", input_spec=preprocessing.InputSpec(32, 32),
         class_names=[str(t) for t in orientation.TURNS], threshold=0.9, target_sensitivity=0.0,
-        validation_metrics={}, data_fingerprint="", training_config={}, extra={"head": "orientation"}))
+        validation_metrics={}, data_fingerprint="", training_config={},
+        extra={"head": "orientation", "orientation": {"fit_seconds": 12.5}}))
     return out
 
 
@@ -546,6 +547,8 @@ def test_an_orientation_network_puts_every_member_on_the_upright_slice_and_the_m
     turned_90 = _orientation_artifact(tmp_path / "t", [0.0, 6.0, 0.0, 0.0])  # sure: turned 90 degrees
     model, info = ensemble.build(first, classifier_dir, overlay=outline, orientation=turned_90)
     assert info["members"]["orientation"]["confidence"] == 0.9
+    _, plain_info = ensemble.build(first, classifier_dir, overlay=outline)
+    assert info["fit_seconds"] == plain_info["fit_seconds"] + 12.5  # the orientation network's fit counts too
     from trainer import model_card
     text = model_card._architecture({"head": "lesion_map", "training": {"members": info["members"]}})
     assert "the orientation network orientation/1 (trainer/orientation.py) calls turned sideways with probability above 0.9" in text

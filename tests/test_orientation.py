@@ -94,3 +94,15 @@ def test_a_contrast_remap_changes_the_head_and_leaves_the_background_black():
     inverted = orientation.remap_contrast(tf.constant(img), tf.constant([0.2, 0.0, 0.0, 0.0], tf.float32)).numpy()
     row = inverted[16, 8:24, 0]
     assert (np.diff(row) < 0).all()  # brightest where it was darkest: T2 against T1
+
+
+def test_a_band_keeps_the_middle_of_the_head_and_blanks_its_top_and_bottom():
+    from trainer import orientation
+    img = np.zeros((100, 80), np.float32)
+    img[10:90, 20:60] = 100.0
+    for seed in range(5):
+        out = orientation.banded(img, seed)
+        rows = np.flatnonzero(out.any(1))
+        assert 10 <= rows[0] <= 30 and 46 <= rows[-1] <= 78  # top 0-25 % and bottom 15-45 % of the 80-row head gone
+        assert np.array_equal(out[rows[0]:rows[-1] + 1], img[rows[0]:rows[-1] + 1])  # what is kept is untouched
+    assert np.array_equal(orientation.banded(np.zeros((20, 20), np.float32), 0), np.zeros((20, 20)))

@@ -324,6 +324,7 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     fit_seconds = sum(float(md.get("training", {}).get("fit_seconds") or 0)
                       for md in (lesion_md, classifier_md, tuned_md or {}, overlay_md or {},
                                  *(m for _, m in extra_md + extra_cls_md)))
+    fit_seconds += float((orientation_md or {}).get("orientation", {}).get("fit_seconds") or 0)
     return model, {"members": members, "fit_seconds": fit_seconds}
 
 

@@ -81,7 +81,23 @@ def stripped(gray, seed):
     return np.where(np.asarray(mask) > 0, gray, 0.0).astype(np.float32)
 
 
-def _prepared(path, spec, turn=0, strip_seed=None):
+def banded(gray, seed):
+    """`gray` with the head cut to a horizontal band: its top 0-25 % and bottom 15-45 % (of the head's height) set
+    to 0, as a volume that covers a slab of the head shows it in the sagittal and coronal planes (no neck, a flat
+    top: wider than tall, as a turned head is). Why: O3 turned a quarter of such upright T2 slices (row ORI)."""
+    top = float(np.percentile(gray, 99.5)) or 1.0
+    rows = np.flatnonzero((gray > 0.08 * top).any(1))
+    if rows.size < 8:
+        return gray
+    u = np.random.default_rng(seed).uniform(size=2)
+    height = rows[-1] - rows[0]
+    r0, r1 = rows[0] + int(0.25 * u[0] * height), rows[-1] - int((0.15 + 0.3 * u[1]) * height)
+    out = np.zeros_like(gray)
+    out[r0:r1] = gray[r0:r1]
+    return out
+
+
+def _prepared(path, spec, turn=0, strip_seed=None, band_seed=None):
     from PIL import Image
 
     from screening_core import preprocessing
@@ -89,6 +105,8 @@ def _prepared(path, spec, turn=0, strip_seed=None):
         gray = preprocessing.decode_raster(f.read())
     if strip_seed is not None:
         gray = stripped(gray, strip_seed)
+    if band_seed is not None:
+        gray = banded(gray, band_seed)
     if turn:
         gray = np.asarray(Image.fromarray(gray.astype(np.float32)).rotate(turn, expand=True))
     return preprocessing.prepare(gray, spec)[..., 0].astype(np.float16)
@@ -97,6 +115,11 @@ def _prepared(path, spec, turn=0, strip_seed=None):
 def _prepared_stripped(item, spec):
     path, seed = item
     return _prepared(path, spec, strip_seed=seed)
+
+
+def _prepared_banded(item, spec):
+    path, seed = item
+    return _prepared(path, spec, band_seed=seed)
 
 
 def prepare_all(paths, spec, turn=0, workers=2):
@@ -108,11 +131,12 @@ def prepare_all(paths, spec, turn=0, workers=2):
         return np.stack(pool.map(work, paths, chunksize=64))
 
 
-def prepare_stripped(paths, spec, seed, workers=2):
-    """(n, H, W) model inputs of `paths` skull-stripped (`stripped`, each by its own seeded depth)."""
+def prepare_stripped(paths, spec, seed, workers=2, how="stripped"):
+    """(n, H, W) model inputs of `paths` skull-stripped (`stripped`, each by its own seeded depth), or with
+    `how="banded"` cut to a band (`banded`)."""
     import functools
     from multiprocessing import Pool
-    work = functools.partial(_prepared_stripped, spec=spec)
+    work = functools.partial(_prepared_stripped if how == "stripped" else _prepared_banded, spec=spec)
     with Pool(workers) as pool:
         return np.stack(pool.map(work, [(p, seed * 100003 + i) for i, p in enumerate(paths)], chunksize=64))
 
@@ -208,6 +232,8 @@ def main(argv=None):
                    help="a sideways turn is undone only where the network gives it more than this")
     p.add_argument("--stripped-share", type=float, default=0.0,
                    help="share of the training slices added again skull-stripped (`stripped`), in [0, 1]")
+    p.add_argument("--band-share", type=float, default=0.0,
+                   help="share of the training slices added again cut to a band of the head (`banded`), in [0, 1]")
     p.add_argument("--contrast-share", type=float, default=0.0,
                    help="share of training draws whose head intensities are remapped (inverted or waved: "
                    "`remap_contrast`), in [0, 1]")
@@ -215,9 +241,9 @@ def main(argv=None):
     p.add_argument("--preprocessing", default=None, help="prepare() version (default: the newest)")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch < 1 or not 0.25 <= args.confidence < 1 or not 0 <= args.stripped_share <= 1 \
-            or not 0 <= args.contrast_share <= 1:
-        p.error("--epochs and --batch must be >= 1, --confidence in [0.25, 1), --stripped-share and --contrast-share "
-                "in [0, 1]")
+            or not 0 <= args.contrast_share <= 1 or not 0 <= args.band_share <= 1:
+        p.error("--epochs and --batch must be >= 1, --confidence in [0.25, 1), --stripped-share, --band-share and "
+                "--contrast-share in [0, 1]")
     import keras
 
     from screening_core import artifact, preprocessing
@@ -236,6 +262,12 @@ def main(argv=None):
         x = np.concatenate([x, prepare_stripped([paths[i] for i in pick], spec, args.seed)])
         val = np.concatenate([val, np.zeros(len(pick), bool)])
         print(f"{len(pick)} training slices added skull-stripped")
+    if args.band_share:
+        train_idx = np.flatnonzero(~val[:len(paths)])  # source slices only, not the stripped copies
+        pick = np.sort(rng.choice(train_idx, round(args.band_share * len(train_idx)), replace=False))
+        x = np.concatenate([x, prepare_stripped([paths[i] for i in pick], spec, args.seed + 1, how="banded")])
+        val = np.concatenate([val, np.zeros(len(pick), bool)])
+        print(f"{len(pick)} training slices added cut to a band")
     print(f"prepared in {time.time() - t0:.0f} s")
     model = make_model(spec.height)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="sparse_categorical_crossentropy",
