@@ -48,11 +48,7 @@ def slice_paths(roots, exclude=()):
 def excluded_paths(csv_paths):
     """The `path` column of each scored-rows CSV (an artifact's validation_predictions.csv): kept out of training
     so that the evaluation's slices are ones this network never saw."""
-    out = []
-    for p in csv_paths:
-        with open(p) as f:
-            out += [r["path"] for r in csv.DictReader(f)]
-    return out
+    return [r["path"] for r in _rows(csv_paths)]
 
 
 def stripped(gray, seed):
@@ -97,29 +93,24 @@ def banded(gray, seed):
     return out
 
 
-def _prepared(path, spec, turn=0, strip_seed=None, band_seed=None):
+def _prepared(path, spec, turn=0, change=None, seed=0):
+    """The model input of the image at `path`, changed first by `change` (a function of (gray, seed): `stripped`,
+    `banded`) where given, then turned `turn` degrees."""
     from PIL import Image
 
     from screening_core import preprocessing
     with open(path, "rb") as f:
         gray = preprocessing.decode_raster(f.read())
-    if strip_seed is not None:
-        gray = stripped(gray, strip_seed)
-    if band_seed is not None:
-        gray = banded(gray, band_seed)
+    if change is not None:
+        gray = change(gray, seed)
     if turn:
         gray = np.asarray(Image.fromarray(gray.astype(np.float32)).rotate(turn, expand=True))
     return preprocessing.prepare(gray, spec)[..., 0].astype(np.float16)
 
 
-def _prepared_stripped(item, spec):
+def _prepared_item(item, spec, change):
     path, seed = item
-    return _prepared(path, spec, strip_seed=seed)
-
-
-def _prepared_banded(item, spec):
-    path, seed = item
-    return _prepared(path, spec, band_seed=seed)
+    return _prepared(path, spec, change=change, seed=seed)
 
 
 def prepare_all(paths, spec, turn=0, workers=2):
@@ -131,12 +122,11 @@ def prepare_all(paths, spec, turn=0, workers=2):
         return np.stack(pool.map(work, paths, chunksize=64))
 
 
-def prepare_stripped(paths, spec, seed, workers=2, how="stripped"):
-    """(n, H, W) model inputs of `paths` skull-stripped (`stripped`, each by its own seeded depth), or with
-    `how="banded"` cut to a band (`banded`)."""
+def prepare_changed(paths, spec, change, seed, workers=2):
+    """(n, H, W) model inputs of `paths`, each changed by `change` (`stripped`, `banded`) with its own seed."""
     import functools
     from multiprocessing import Pool
-    work = functools.partial(_prepared_stripped if how == "stripped" else _prepared_banded, spec=spec)
+    work = functools.partial(_prepared_item, spec=spec, change=change)
     with Pool(workers) as pool:
         return np.stack(pool.map(work, [(p, seed * 100003 + i) for i, p in enumerate(paths)], chunksize=64))
 
@@ -164,13 +154,14 @@ def make_model(size=None, widths=(16, 32, 64, 128), seed=42):
 
 
 def remap_contrast(img, u):
-    """`img` (H, W, 1) in [0, 1] with its head's intensities remapped by draws `u` (4 uniforms): with probability
-    `u[0]`'s share the head inverted (bright fluid, dark tissue: T2 against T1), then a random wave added to the
+    """`img` (H, W, 1) in [0, 1] with its head's intensities remapped by draws `u` (4 uniforms): half the time
+    (`u[0]` < 0.5) the head inverted (bright fluid, dark tissue: T2 against T1), then a random wave added to the
     intensity curve (not monotone: tissue order changes too). The background stays 0.
 
-    Why: which way up a head is lies in its shape, not in its contrast, and the training slices are FLAIR and T1
-    in the sagittal and coronal planes: the network trained without this called 52 of 154 upright sagittal slices of
-    a healthy T2 volume sideways (docs/model_v4_notes.md row ORI)."""
+    Why it was tried: the sagittal and coronal training slices are FLAIR and T1, and the network trained without it
+    called 52 of 154 upright sagittal slices of a healthy T2 volume sideways. It did not help (run O4, worse on
+    those and on upright validation slices): the cue was the slab's outline, not T2's contrast (docs/model_v4_notes.md
+    row ORI). Kept as `--contrast-share`, off in the recipe."""
     import tensorflow as tf
     head = img > 0.05
     inverted = tf.where(head, 1.0 - 0.9 * img, 0.0)
@@ -256,18 +247,14 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     val = np.zeros(len(x), bool)
     val[rng.choice(len(x), len(x) // 10, replace=False)] = True
-    if args.stripped_share:
-        train_idx = np.flatnonzero(~val)
-        pick = np.sort(rng.choice(train_idx, round(args.stripped_share * len(train_idx)), replace=False))
-        x = np.concatenate([x, prepare_stripped([paths[i] for i in pick], spec, args.seed)])
-        val = np.concatenate([val, np.zeros(len(pick), bool)])
-        print(f"{len(pick)} training slices added skull-stripped")
-    if args.band_share:
-        train_idx = np.flatnonzero(~val[:len(paths)])  # source slices only, not the stripped copies
-        pick = np.sort(rng.choice(train_idx, round(args.band_share * len(train_idx)), replace=False))
-        x = np.concatenate([x, prepare_stripped([paths[i] for i in pick], spec, args.seed + 1, how="banded")])
-        val = np.concatenate([val, np.zeros(len(pick), bool)])
-        print(f"{len(pick)} training slices added cut to a band")
+    for share, change, seed, what in ((args.stripped_share, stripped, args.seed, "skull-stripped"),
+                                      (args.band_share, banded, args.seed + 1, "cut to a band")):
+        if share:  # copies of source slices of the training part (never of the validation tenth, nor of copies)
+            pick = np.sort(rng.choice(np.flatnonzero(~val[:len(paths)]), round(share * int((~val[:len(paths)]).sum())),
+                                      replace=False))
+            x = np.concatenate([x, prepare_changed([paths[i] for i in pick], spec, change, seed)])
+            val = np.concatenate([val, np.zeros(len(pick), bool)])
+            print(f"{len(pick)} training slices added {what}")
     print(f"prepared in {time.time() - t0:.0f} s")
     model = make_model(spec.height)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="sparse_categorical_crossentropy",
