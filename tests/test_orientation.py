@@ -59,12 +59,16 @@ def test_the_cli_trains_on_upright_slices_and_writes_a_sealed_orientation_artifa
     assert "| src | 6 |" in card and "brain-score refuses it alone" in card and f"{model.count_params()} parameters" in card
 
 
-@pytest.mark.parametrize("flags", [["--confidence", "1.0"], ["--epochs", "0"], ["--confidnce", "0.9"]])
-def test_bad_flags_are_refused_before_any_slice_is_read(tmp_path, flags):
+@pytest.mark.parametrize("flags", [["--confidence", "1.0"], ["--epochs", "0"], ["--confidnce", "0.9"],
+                                   ["--preprocessing", "gray-headcrop-pnorm-v9"], ["--exclude", "nope.csv"], []])
+def test_bad_flags_are_refused_before_any_slice_is_read(tmp_path, flags, capsys):
     from trainer import orientation
+    (tmp_path / "empty").mkdir()
+    data = str(tmp_path / ("empty" if not flags else "nowhere"))  # no flags: a folder without slices
     with pytest.raises(SystemExit) as e:
-        orientation.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *flags])
+        orientation.main(["--data-dir", data, "--out", str(tmp_path / "o"), *flags])
     assert e.value.code == 2
+    assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -210,15 +210,16 @@ def undo_rate(probs, true_turn, confidence):
 
 
 def main(argv=None):
+    from screening_core.preprocessing import PREPROCESSING_ID, PREPROCESSING_IDS
     p = argparse.ArgumentParser(prog="python -m trainer.orientation", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--data-dir", action="append", required=True, help="folder of upright slices (repeatable)")
     p.add_argument("--exclude", action="append", default=[],
                    help="scored-rows CSV whose paths stay out of training and are the evaluation (repeatable)")
     p.add_argument("--out", required=True, help="artifact folder to write")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=12, help="passes over the training slices")
+    p.add_argument("--batch", type=int, default=64, help="slices per step")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's")
     p.add_argument("--confidence", type=float, default=0.99,
                    help="a sideways turn is undone only where the network gives it more than this")
     p.add_argument("--stripped-share", type=float, default=0.0,
@@ -228,19 +229,25 @@ def main(argv=None):
     p.add_argument("--contrast-share", type=float, default=0.0,
                    help="share of training draws whose head intensities are remapped (inverted or waved: "
                    "`remap_contrast`), in [0, 1]")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--preprocessing", default=None, help="prepare() version (default: the newest)")
+    p.add_argument("--seed", type=int, default=42, help="the split, the copies, the draws and the initial weights")
+    p.add_argument("--preprocessing", default=PREPROCESSING_ID, choices=PREPROCESSING_IDS,
+                   help="prepare() version the slices are prepared with (that of the ensemble it joins)")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch < 1 or not 0.25 <= args.confidence < 1 or not 0 <= args.stripped_share <= 1 \
             or not 0 <= args.contrast_share <= 1 or not 0 <= args.band_share <= 1:
         p.error("--epochs and --batch must be >= 1, --confidence in [0.25, 1), --stripped-share, --band-share and "
                 "--contrast-share in [0, 1]")
+    missing = [d for d in args.data_dir + args.exclude if not os.path.exists(d)]
+    if missing:
+        p.error(f"no such folder or file: {', '.join(missing)}")
     import keras
 
     from screening_core import artifact, preprocessing
-    spec = preprocessing.InputSpec(preprocessing=args.preprocessing or preprocessing.PREPROCESSING_ID)
+    spec = preprocessing.InputSpec(preprocessing=args.preprocessing)
     held = excluded_paths(args.exclude)
     paths = slice_paths(args.data_dir, held)
+    if len(paths) < 10:
+        p.error(f"{len(paths)} slices under --data-dir once the excluded ones are left out: too few to train on")
     print(f"{len(paths)} training slices from {len(args.data_dir)} folders; {len(held)} evaluation slices kept out")
     t0 = time.time()
     x = prepare_all(paths, spec)
