@@ -118,6 +118,11 @@ def _second_pass(member, inputs, mirrored, name):
 _SHAPE_KEYS = ("height", "width", "channels", "dtype")
 
 
+def _same_input_size(spec, other):
+    """Whether two input specs (metadata dicts) take tensors of one shape and dtype, whatever their `prepare()` id."""
+    return all(spec[k] == other[k] for k in _SHAPE_KEYS)
+
+
 def _check_member(path, md, spec, lesion=True):
     """Refuse a member that is not of its kind (a lesion-map model, or with `lesion=False` a slice classifier)
     or takes another input shape than `spec`.
@@ -130,7 +135,7 @@ def _check_member(path, md, spec, lesion=True):
         raise SystemExit(f"{path} is not a lesion-map model (head {md.get('head')!r})")
     if not lesion and md.get("head") == "lesion_map":
         raise SystemExit(f"{path} is a lesion-map model, not a slice classifier")
-    if any(md["input_spec"][k] != spec[k] for k in _SHAPE_KEYS):
+    if not _same_input_size(md["input_spec"], spec):
         raise SystemExit(f"the members take different inputs: {md['input_spec']} vs {spec}; an ensemble needs "
                          "one input size")
     if md["input_spec"]["preprocessing"] != spec["preprocessing"]:
@@ -168,12 +173,12 @@ def _extra_member(path, prefix, spec, inputs, lesion=True):
 
 
 def _orientation_model(path, spec):
-    """(the orientation network at `path`, its confidence), refused unless it tells turns of `spec`'s input."""
+    """(the orientation network at `path`, its metadata), refused unless it tells turns of `spec`'s input."""
     from screening_core import artifact
     model, md = artifact.load(path)
     if md.get("head") != "orientation":
         raise SystemExit(f"{path} is not an orientation model (head {md.get('head')!r}; trainer.orientation writes one)")
-    if any(md["input_spec"][k] != spec[k] for k in _SHAPE_KEYS):
+    if not _same_input_size(md["input_spec"], spec):
         raise SystemExit(f"the orientation model takes {md['input_spec']}, the members {spec}: one input size")
     if spec["height"] != spec["width"]:
         raise SystemExit("a quarter turn needs a square input")
@@ -244,7 +249,7 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
     tuned_md = None
     if fine_tuned_dir:
         tuned, tuned_md = artifact.load(fine_tuned_dir)
-        if any(tuned_md["input_spec"][k] != classifier_md["input_spec"][k] for k in _SHAPE_KEYS):
+        if not _same_input_size(tuned_md["input_spec"], classifier_md["input_spec"]):
             raise SystemExit("the fine-tuned classifier takes another input than the base classifier")
         interpolate(classifier, tuned, alpha)
     _check_member(lesion_dir, lesion_md, classifier_md["input_spec"])
