@@ -43,6 +43,7 @@ def cases():
         "grey_frame": grey_frame,
         "grey_background": grey_background,
         "annotated": annotated,
+        "negative": 255.0 - head,  # a film negative or an inverted screenshot (v4 turns it back)
     }
 
 

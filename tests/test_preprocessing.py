@@ -57,7 +57,7 @@ def test_v2_removes_a_frame_and_changes_nothing_else():
         plain = mask[pad:pad + 224, pad:pad + 224]
         assert pad and np.abs(preprocessing.project_mask(gray, mask, v2)
                               - preprocessing.project_mask(cases["head_224_float"], plain, v2)).max() < 0.05
-    for name in set(cases) - {"white_frame", "grey_frame"}:
+    for name in set(cases) - {"white_frame", "grey_frame", "negative"}:  # a negative's background is a frame to v2
         np.testing.assert_array_equal(preprocessing.prepare(cases[name], v2), preprocessing.prepare(cases[name], v1),
                                       err_msg=name)
 
@@ -90,6 +90,34 @@ def test_v3_leaves_burned_in_marks_out_of_the_head_box_and_changes_nothing_else(
                                   preprocessing.project_mask(clean, mask, v3))
     assert not np.array_equal(preprocessing.project_mask(cases["annotated"], mask, v2),
                               preprocessing.project_mask(clean, mask, v2))
+
+
+def test_v4_takes_a_negative_for_the_slice_it_shows_and_changes_nothing_else():
+    """A negative copy (film, an inverted display saved as a screenshot, MONOCHROME1 exported as stored):
+    v3 gave the models dark tissue on a bright background, which none learnt; v4 gives what the positive
+    gives, framed or not. A positive whose corners are bright only in part (a neck or a tight crop filling
+    one, a light frame the head touches) is not a negative, and no other case moves."""
+    v3, v4 = (preprocessing.InputSpec(preprocessing=f"gray-headcrop-pnorm-v{n}") for n in (3, 4))
+    cases = golden_inputs.cases()
+    head = cases["head_224_float"]
+    positive = preprocessing.prepare(head, v4)
+    np.testing.assert_allclose(preprocessing.prepare(cases["negative"], v4), positive, atol=1e-6)
+    assert np.abs(preprocessing.prepare(cases["negative"], v3) - positive).mean() > 0.1  # what v3 did
+    framed_negative = np.pad(cases["negative"], 20, constant_values=255.0)
+    assert np.abs(preprocessing.prepare(framed_negative, v4) - positive).max() < 0.01
+    mask = np.zeros_like(head)
+    mask[100:140, 100:140] = 255
+    np.testing.assert_allclose(preprocessing.project_mask(cases["negative"], mask, v4),
+                               preprocessing.project_mask(head, mask, v4), atol=1e-6)
+    for name in set(cases) - {"negative"}:
+        np.testing.assert_array_equal(preprocessing.prepare(cases[name], v4), preprocessing.prepare(cases[name], v3),
+                                      err_msg=name)
+    neck = head.copy()
+    neck[190:, 150:] = 250.0  # one bright corner: a positive
+    tight = np.pad(head, 6, constant_values=200.0)[:, 6:]  # a light frame the head touches on one side
+    for name, gray in (("one bright corner", neck), ("light frame", tight)):
+        np.testing.assert_array_equal(preprocessing.prepare(gray, v4), preprocessing.prepare(gray, v3), err_msg=name)
+    assert not preprocessing._negative(np.zeros((3, 3), np.float32))  # too small for corners
 
 
 def test_connected_pieces_of_the_mark_grid_count_diagonal_neighbours_and_nothing_across_a_gap():
