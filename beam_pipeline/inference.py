@@ -45,36 +45,41 @@ def _tensorflow_threads(threads):
 
 class _Scorer:
     """What one worker process loads: the model, as one graph that also returns the OOD guard's
-    features (with a reference) and the class-activation map (where it equals Grad-CAM)."""
+    features (with a reference), the class-activation map (where it equals Grad-CAM) and the quarter turn
+    an orientation network undid (where the model has one)."""
 
     def __init__(self, model, reference):
-        from screening_core import gradcam, ood
+        from screening_core import gradcam, ood, upright
         self.reference = reference
         self.names = ood.layer_names(model) if reference is not None else []
         self.has_cam = gradcam.has_review_map(model)
-        self.features = ood.feature_model(model, self.names, cam=self.has_cam)
+        self.has_turn = upright.has_orientation(model)
+        self.features = ood.feature_model(model, self.names, cam=self.has_cam, turn=self.has_turn)
 
     def __call__(self, x):
-        """(probabilities[n], ood_scores[n] or None, cam maps[n, h, w, 1] or None) for a batch."""
+        """(probabilities[n], ood_scores[n] or None, cam maps[n, h, w, 1] or None, turns[n] or None) for a batch."""
         outputs = self.features.predict_on_batch(x)
         outputs = outputs if isinstance(outputs, list) else [outputs]
-        return _split(outputs, self.names, self.reference, self.has_cam, x)
+        return _split(outputs, self.names, self.reference, self.has_cam, x, self.has_turn)
 
 
-def _split(outputs, names, reference, has_cam, x):
-    """(probabilities, OOD scores or None, CAM maps or None) from [probability, *features of names, cam?]."""
+def _split(outputs, names, reference, has_cam, x, has_turn=False):
+    """(probabilities, OOD scores or None, CAM maps or None, degrees turned back or None) from
+    [probability, *features of names, cam?, turn?]."""
     from screening_core import ood
+    outputs = list(outputs)
+    turns = np.asarray(outputs.pop(), np.float32).reshape(-1) if has_turn else None
     cams = np.asarray(outputs[-1], np.float32) if has_cam else None
     if reference is None:
-        return np.asarray(outputs[0], np.float32).reshape(-1), None, cams
+        return np.asarray(outputs[0], np.float32).reshape(-1), None, cams, turns
     probs, feats = ood.split_outputs(names, outputs[:1 + len(names)], x)
-    return probs, reference.score(feats), cams
+    return probs, reference.score(feats), cams, turns
 
 
 class _OnnxScorer:
     """The same contract as _Scorer, on ONNX Runtime (model.onnx from `python -m trainer.export`)."""
 
-    def __init__(self, onnx_path, reference, feature_names, threads=0, has_cam=False):
+    def __init__(self, onnx_path, reference, feature_names, threads=0, has_cam=False, has_turn=False):
         import onnxruntime as ort
         options = ort.SessionOptions()
         if threads:
@@ -85,10 +90,11 @@ class _OnnxScorer:
         self.reference = reference
         self.names = feature_names if reference is not None else []
         self.has_cam = has_cam
+        self.has_turn = has_turn
 
     def __call__(self, x):
         outputs = self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})
-        return _split(outputs, self.names, self.reference, self.has_cam, x)
+        return _split(outputs, self.names, self.reference, self.has_cam, x, self.has_turn)
 
 
 def scores_heatmaps(metadata: dict[str, Any], engine: str) -> bool:
@@ -120,8 +126,9 @@ def resolve_engine(requested: str, metadata: dict[str, Any], gpu_workers: bool) 
 class ChunkModelHandler(ModelHandler):
     """Examples: float32 arrays (n, H, W, 1).
 
-    Predictions: PredictionResult(chunk, (probs[n], ood_scores[n] or None, cam maps or None)); the
-    OOD score and the class-activation map come from the same forward pass (screening_core/gradcam.py: cam_head)."""
+    Predictions: PredictionResult(chunk, (probs[n], ood_scores[n] or None, cam maps or None, degrees turned back[n]
+    or None)); the OOD score, the class-activation map (screening_core/gradcam.py: cam_head) and the turn an
+    orientation network undid (screening_core/upright.py: turn_output) come from the same forward pass."""
 
     def __init__(self, model_uri: str, batch_size: int = 64, chunks_per_batch: int = 1, engine: str = "tensorflow",
                  model_copies: int = 0, threads: int = 0) -> None:
@@ -166,7 +173,7 @@ class ChunkModelHandler(ModelHandler):
             md = artifact.verify(local)
             entry = md["engines"]["onnxruntime"]
             return _OnnxScorer(os.path.join(local, entry["file"]), reference, entry["feature_outputs"], self._threads,
-                               has_cam=scores_heatmaps(md, "onnxruntime"))
+                               has_cam=scores_heatmaps(md, "onnxruntime"), has_turn=bool(entry.get("turn_output")))
         if not _gpu_memory_growth() and self._threads:
             _tensorflow_threads(self._threads)
         model, _ = model_store.load(self._model_uri)
@@ -182,8 +189,8 @@ class ChunkModelHandler(ModelHandler):
             if not parts or parts[0][k] is None:
                 return [None] * len(batch)
             return np.split(np.concatenate([part[k] for part in parts]), cuts)
-        return [PredictionResult(chunk, (p, o, c), model_id=self._model_id)
-                for chunk, p, o, c in zip(batch, per_chunk(0), per_chunk(1), per_chunk(2), strict=True)]
+        return [PredictionResult(chunk, (p, o, c, t), model_id=self._model_id)
+                for chunk, p, o, c, t in zip(batch, per_chunk(0), per_chunk(1), per_chunk(2), per_chunk(3), strict=True)]
 
     def get_num_bytes(self, batch: Any) -> int:
         return int(sum(chunk.nbytes for chunk in batch))

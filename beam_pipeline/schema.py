@@ -63,6 +63,9 @@ IMAGE_SCHEMA = pa.schema([
     ("lesion_area_px", pa.float32()),     # lesion-map area >= 0.5, in source pixels; null unless a lesion-map model
     ("lesion_area_mm2", pa.float32()),    # the same in mm² where the pixel spacing is known
     ("scored_at", pa.timestamp("us", tz="UTC")),
+    # 90 / 270: the model's orientation network turned the slice upright before scoring; 0: scored as it came; null:
+    # a model without one. Last, so that a result carried from before it (incremental runs) lines up column by column.
+    ("turned_back_degrees", pa.int16()),
 ])
 
 COLUMNS = IMAGE_SCHEMA.names

@@ -85,19 +85,23 @@ class Reference:
             return cls(comps, float(z["threshold"]), hist if hist.size else None, json.loads(str(z["info"])))
 
 
-def feature_model(model, names=None, cam=False):
-    """One call: [tumor probability, pooled activations of `names` (default: layer_names()), CAM map if `cam`].
+def feature_model(model, names=None, cam=False, turn=False):
+    """One call: [tumor probability, pooled activations of `names` (default: layer_names()), CAM map if `cam`,
+    turn undone if `turn`].
 
-    With `cam`, the last output is the review map (gradcam.review_output): a lesion-first model's
+    With `cam`, the review map follows the features (gradcam.review_output): a lesion-first model's
     own lesion map, or relu(A . w) on the last conv's map where that equals Grad-CAM
-    (gradcam.cam_head), so the scoring pass also yields heatmaps."""
+    (gradcam.cam_head), so the scoring pass also yields heatmaps. With `turn`, the last output is the
+    quarter turn (degrees) an orientation network undid before scoring (upright.turn_output), where the
+    model has one."""
     import keras
 
-    from screening_core import gradcam
+    from screening_core import gradcam, upright
     names = layer_names(model) if names is None else names
     pooled = [keras.layers.GlobalAveragePooling2D(name=f"ood_pool_{n}")(model.get_layer(n).output)
               for n in names]
     extra = [gradcam.review_output(model)] if cam else []
+    extra += [upright.turn_output(model)] if turn else []
     return keras.Model(model.inputs, [model.output, *pooled, *[e for e in extra if e is not None]])
 
 

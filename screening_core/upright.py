@@ -7,7 +7,9 @@ second input of both layers here; a sideways turn is undone only where that netw
 `confidence`, so a slice it is unsure of reaches the members as it came (`chosen_turn`).
 
 The members then see the upright slice, so the review map comes out upright too: `AsGiven` turns it back
-onto the image as the user gave it, where the overlays, lesion areas and write-back draw it.
+onto the image as the user gave it, where the overlays, lesion areas and write-back draw it. The scorer also
+reads which turn was undone (`turn_output`, `TurnUndone`): a reader of a row should know that the slice was
+scored turned upright, since the turn was the orientation network's call, not the scanner's.
 
 Registered under this package, so an artifact that uses them loads in safe mode wherever `screening_core`
 is importable (`screening_core.artifact.load` imports this module).
@@ -87,3 +89,34 @@ class AsGiven(_Turn):
     def call(self, inputs):
         x, probabilities = inputs
         return _select(x, chosen_turn(probabilities, self.confidence), lambda k: k)
+
+
+UPRIGHT_LAYER = "upright_image"  # the `Upright` layer of an ensemble built with an orientation network
+
+
+@keras.saving.register_keras_serializable(package="screening_core")
+class TurnUndone(_Turn):
+    """Turn probabilities (n, 4) -> the quarter turn `Upright` undid, in degrees counter-clockwise (n,): 90 or 270,
+    or 0 where the slice was scored as it came. `confidence` must be the `Upright` layer's."""
+
+    def call(self, probabilities):
+        from keras import ops
+        degrees = ops.convert_to_tensor([0.0, 90.0, 180.0, 270.0], dtype=probabilities.dtype)
+        return ops.sum(chosen_turn(probabilities, self.confidence) * degrees, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)
+
+
+def has_orientation(model):
+    """Whether `model` turns slices upright first (an ensemble built with `trainer.ensemble --orientation`)."""
+    return any(layer.name == UPRIGHT_LAYER for layer in model.layers)
+
+
+def turn_output(model):
+    """The degrees a slice was turned back before scoring, as a tensor of `model`'s graph (`TurnUndone` on the
+    probabilities its `Upright` layer acted on, at that layer's confidence), or None for a model without one."""
+    if not has_orientation(model):
+        return None
+    layer = model.get_layer(UPRIGHT_LAYER)
+    return TurnUndone(layer.confidence, name="turned_back")(layer.input[1])

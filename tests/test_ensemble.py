@@ -33,7 +33,9 @@ def _saves_loads_and_exports(model, x, tmp_path):
     again = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
     version_dir = _write_ensemble(model, tmp_path)
-    assert export.export(version_dir)["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+    entry = export.export(version_dir)
+    assert entry["max_abs_probability_difference"] <= export.PARITY_TOLERANCE
+    return version_dir, entry
 
 
 def test_the_ensemble_adds_log_odds_and_keeps_the_lesion_map(tmp_path):
@@ -518,11 +520,15 @@ def test_upright_turns_a_sideways_slice_back_only_where_the_turn_is_sure():
         # sideways (90, 270) is turned back; upright and upside down are left as they came
         np.testing.assert_array_equal(undone, x if k % 2 else turned)
         np.testing.assert_array_equal(np.asarray(upright.AsGiven(0.99)([undone, sure])), turned)
+        # the row's turned_back_degrees: the quarter turn Upright undid
+        np.testing.assert_array_equal(np.asarray(upright.TurnUndone(0.99)(sure)), [90.0 * k if k % 2 else 0.0] * 3)
         unsure = np.full((3, 4), 0.05, np.float32)
         unsure[:, k] = 0.85
         np.testing.assert_array_equal(np.asarray(upright.Upright(0.99)([turned, unsure])), turned)
+        np.testing.assert_array_equal(np.asarray(upright.TurnUndone(0.99)(unsure)), [0.0] * 3)
     split = np.array([[0.0, 0.6, 0.0, 0.395]], np.float32)  # sure it is sideways, not of which way: the likelier
     np.testing.assert_array_equal(np.asarray(upright.Upright(0.99)([np.rot90(x[:1], 1, axes=(1, 2)), split])), x[:1])
+    np.testing.assert_array_equal(np.asarray(upright.TurnUndone(0.99)(split)), [90.0])
     with pytest.raises(ValueError, match="confidence"):
         upright.Upright(1.0)
 
@@ -560,9 +566,28 @@ def test_an_orientation_network_puts_every_member_on_the_upright_slice_and_the_m
     np.testing.assert_allclose(lesion_map, np.rot90(map_plain, 1, axes=(1, 2)), atol=1e-6)
     feats = ood.layer_names(model)
     assert not [n for n in feats if n.startswith("orient_")] and set(feats) == set(ood.layer_names(plain))
-    _saves_loads_and_exports(model, x, tmp_path)
+    version_dir, entry = _saves_loads_and_exports(model, x, tmp_path)
+    # every engine tells the row which turn it undid (turned_back_degrees); a model without the network, none
+    from beam_pipeline import inference
+    assert entry["turn_output"] is True and entry["cam_output"] is True
+    onnx = inference._OnnxScorer(os.path.join(version_dir, entry["file"]), None, [], has_cam=True, has_turn=True)
+    for scorer in (inference._Scorer(model, None), onnx):
+        probs, _, maps, turns = scorer(x)
+        np.testing.assert_allclose(probs, p.reshape(-1), atol=1e-4)
+        np.testing.assert_allclose(maps, lesion_map, atol=1e-4)
+        np.testing.assert_array_equal(turns, [90.0] * len(x))
+    assert inference._Scorer(plain, None)(x)[3] is None
+    from apache_beam.ml.inference.base import PredictionResult
+
+    from beam_pipeline.stages import score
+    for scored, want in ((model, 90), (plain, None)):
+        templates = [{"input_scale": 1.0, "pixel_area_mm2": None}] * len(x)
+        to_rows = score._ToRows(0.5, heatmaps=False, lesion_map=True)
+        rows = list(to_rows.process((templates, PredictionResult(x, inference._Scorer(scored, None)(x)))))
+        assert [r["turned_back_degrees"] for r in rows] == [want] * len(x)
     unsure = _orientation_artifact(tmp_path / "u", [0.0, 1.0, 0.0, 0.0])  # 0.48: below the confidence
     model, _ = ensemble.build(first, classifier_dir, overlay=outline, orientation=unsure)
     np.testing.assert_allclose(model.predict_on_batch(x), plain.predict_on_batch(x), atol=1e-6)
+    np.testing.assert_array_equal(inference._Scorer(model, None)(x)[3], [0.0] * len(x))
     with pytest.raises(SystemExit, match="not an orientation model"):
         ensemble.build(first, classifier_dir, orientation=classifier_dir)

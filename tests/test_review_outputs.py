@@ -313,3 +313,16 @@ def test_each_flagged_study_says_how_many_tumor_free_heads_scored_as_high(review
     assert "tumor-free heads as high" not in report._worklist_html([study], 1, {})
     quiet = {**study, "max_probability": 0.0, "flagged": False}  # below the threshold: every head was "as high"
     assert "<td>-</td>" in report._worklist_html([quiet], 1, md) and "4 of 4" not in report._worklist_html([quiet], 1, md)
+
+
+def test_a_caption_says_when_the_model_turned_the_slice_upright_before_scoring():
+    """turned_back_degrees (a model with an orientation network): the reader checks a turn that was the model's
+    call; a slice scored as it came, or a row of a model without the network or from before the column, says
+    nothing of it."""
+    row = {"series_instance_uid": "1.2.3", "series_description": "T2 AX", "series_number": 4, "instance_number": 9,
+           "member_path": "", "source_uri": "x", "tumor_probability": 0.81, "in_distribution": True}
+    assert "turned" not in report._caption(row)
+    for degrees in (0, None):
+        assert "turned" not in report._caption({**row, "turned_back_degrees": degrees})
+    caption = report._caption({**row, "turned_back_degrees": 270})
+    assert caption.startswith("T2 AX (series 4), image 9 p=0.810") and "it came turned 270&deg;" in caption

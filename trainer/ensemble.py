@@ -199,7 +199,7 @@ def upright_first(model, orientation, confidence, layer_name="lesion_map"):
     from screening_core import upright
     image = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name="image")
     turns = _clone_under(orientation, "", image).output
-    straight = upright.Upright(confidence, name="upright_image")([image, turns])
+    straight = upright.Upright(confidence, name=upright.UPRIGHT_LAYER)([image, turns])
     clones = {}
 
     def clone(layer):

@@ -4,9 +4,10 @@
 
 Writes `model.onnx` beside `model.keras`: the same weights, with the OOD
 guard's pooled activations as extra outputs when the artifact has an OOD
-reference, and the class-activation map that equals Grad-CAM for this head
-(screening_core/gradcam.py: cam_head), so one forward pass gives probability,
-features and heatmap, as on TensorFlow. The export is refused unless ONNX Runtime reproduces
+reference, the class-activation map that equals Grad-CAM for this head
+(screening_core/gradcam.py: cam_head) and, behind an orientation network, the
+quarter turn it undid (screening_core/upright.py: turn_output), so one forward
+pass gives probability, features, heatmap and turn, as on TensorFlow. The export is refused unless ONNX Runtime reproduces
 TensorFlow's probabilities within PARITY_TOLERANCE on the artifact's own
 validation images (or generated inputs when those are not on this machine);
 the measured difference, the opset and the output names go into
@@ -27,9 +28,11 @@ PARITY_TOLERANCE = 1e-4
 
 
 def _scoring_model(model, with_features):
-    """Probability, the OOD features when the artifact has a reference, and the CAM map where the head allows."""
-    from screening_core import gradcam, ood
-    return ood.feature_model(model, None if with_features else [], cam=gradcam.has_review_map(model))
+    """Probability, the OOD features when the artifact has a reference, the CAM map where the head allows, and the
+    quarter turn an orientation network undid where the model has one."""
+    from screening_core import gradcam, ood, upright
+    return ood.feature_model(model, None if with_features else [], cam=gradcam.has_review_map(model),
+                             turn=upright.has_orientation(model))
 
 
 def convert(model, path, with_features):
@@ -75,7 +78,7 @@ def export(version_dir):
     """Convert, check parity, record and seal; returns the metadata["engines"] entry."""
     import onnxruntime as ort
 
-    from screening_core import artifact, gradcam, ood, preprocessing
+    from screening_core import artifact, gradcam, ood, preprocessing, upright
     model, metadata = artifact.load(version_dir)
     spec = preprocessing.InputSpec.from_dict(metadata["input_spec"])
     with_features = bool(metadata.get("ood"))
@@ -88,19 +91,24 @@ def export(version_dir):
     want = _scoring_model(model, with_features).predict(x, batch_size=64, verbose=0)
     want = want if isinstance(want, list) else [want]
     dp = float(np.max(np.abs(np.asarray(got[0]).reshape(-1) - np.asarray(want[0]).reshape(-1))))
+    turn = upright.has_orientation(model)
+    turns_differ = 0
+    if turn:  # the last output; a turn is a decision, so ONNX Runtime must take every one TensorFlow takes
+        turns_differ = int(np.sum(np.asarray(got.pop()).reshape(-1) != np.asarray(want.pop()).reshape(-1)))
     dcam = None
     if gradcam.has_review_map(model):  # the heatmap maps, relative to their peak
         peak = max(float(np.max(want[-1])), 1e-6)
         dcam = float(np.max(np.abs(np.asarray(got[-1]) - np.asarray(want[-1])))) / peak
-    if dp > PARITY_TOLERANCE or (dcam is not None and dcam > PARITY_TOLERANCE):
+    if dp > PARITY_TOLERANCE or (dcam is not None and dcam > PARITY_TOLERANCE) or turns_differ:
         os.remove(tmp)
         raise artifact.ArtifactError(f"ONNX Runtime differs from TensorFlow by {dp:.2e} (probability), "
-                                     f"{dcam} (heatmap map, relative) > {PARITY_TOLERANCE}; not exported")
+                                     f"{dcam} (heatmap map, relative) > {PARITY_TOLERANCE}, or turns back "
+                                     f"{turns_differ} slices otherwise; not exported")
     os.replace(tmp, path)
     entry = {"file": ONNX_FILE, "opset": OPSET, "outputs": outputs,
              "sha256": artifact.sha256_file(path), "keras_sha256": metadata["model_sha256"],
              "feature_outputs": ood.layer_names(model) if with_features else [],
-             "cam_output": dcam is not None, "max_relative_cam_difference": dcam,
+             "cam_output": dcam is not None, "max_relative_cam_difference": dcam, "turn_output": turn,
              "max_abs_probability_difference": dp, "parity_checked_on": f"{len(x)} {what}"}
     artifact.update_metadata(version_dir, lambda md: md.setdefault("engines", {}).update(onnxruntime=entry))
     return entry

@@ -1,7 +1,8 @@
 """Stage 3, ScoreImages: (row templates, image batch) -> scored rows, via Beam's RunInference.
 
-One forward pass gives the probability, the OOD score and the review map (a lesion-first model's own
-lesion map, from which the lesion area is read; else the class-activation map where it equals Grad-CAM); the label is decided once, in `schema.label`. Flagged rows leave on FLAGGED_TAG,
+One forward pass gives the probability, the OOD score, the review map (a lesion-first model's own
+lesion map, from which the lesion area is read; else the class-activation map where it equals Grad-CAM) and,
+for a model with an orientation network, the quarter turn it undid; the label is decided once, in `schema.label`. Flagged rows leave on FLAGGED_TAG,
 with their model input and map, when heatmaps are on (stage 4, heatmaps.py).
 """
 from typing import Any
@@ -52,10 +53,11 @@ class _ToRows(beam.DoFn):
         templates, result = keyed
         scored_at = schema.now()
         console.COUNTS.add(scored=len(templates))
-        probs, oods, cams = result.inference
+        probs, oods, cams, turns = result.inference
         oods = [None] * len(templates) if oods is None else oods
         cams = [None] * len(templates) if cams is None else cams
-        for row, x, p, ood, cam in zip(templates, result.example, probs, oods, cams, strict=True):
+        turns = [None] * len(templates) if turns is None else turns
+        for row, x, p, ood, cam, turn in zip(templates, result.example, probs, oods, cams, turns, strict=True):
             p = float(p)
             in_dist = None if ood is None else bool(ood <= self._ood_threshold)
             label = schema.label(p, self._threshold, in_dist)
@@ -63,7 +65,7 @@ class _ToRows(beam.DoFn):
             row = {**row, "status": schema.STATUS_OK, "tumor_probability": p, "predicted_label": label,
                    "ood_score": None if ood is None else float(ood), "in_distribution": in_dist,
                    "threshold": float(self._threshold), "threshold_source": self._threshold_source,
-                   "scored_at": scored_at}
+                   "turned_back_degrees": None if turn is None else int(round(float(turn))), "scored_at": scored_at}
             if self._lesion_map and cam is not None:
                 row.update(lesion_area(cam, x.shape[0], row.get("input_scale"), row.get("pixel_area_mm2"),
                                        self._map_level))
