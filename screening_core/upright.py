@@ -4,7 +4,8 @@ Why in the graph: every engine (Keras, ONNX Runtime, RunInference on Dataflow) a
 artifact then scores a turned copy as its upright original, with nothing to keep in step outside the model.
 The turn is told by a small network (`trainer.orientation`) whose softmax over the four quarter turns is the
 second input of both layers here; a sideways turn is undone only where that network gives it more than
-`confidence`, so a slice it is unsure of reaches the members as it came (`chosen_turn`).
+`confidence`, a half turn (where asked) only above a far higher `half_turn_confidence`, so a slice it is unsure
+of reaches the members as it came (`chosen_turn`).
 
 The members then see the upright slice, so the review map comes out upright too: `AsGiven` turns it back
 onto the image as the user gave it, where the overlays, lesion areas and write-back draw it. The scorer also
@@ -25,9 +26,10 @@ def quarter_turn(x):
     return ops.flip(ops.transpose(x, (0, 2, 1, 3)), axis=1)
 
 
-def chosen_turn(probabilities, confidence):
+def chosen_turn(probabilities, confidence, half_turn_confidence=None):
     """(n, 4) one-hot of the turn to undo: 90 or 270 degrees, whichever is the more probable, where the two together
-    are above `confidence`; else 0 (leave the slice as it came).
+    are above `confidence`; else 180 where `half_turn_confidence` is given and the half turn's probability is above
+    it; else 0 (leave the slice as it came).
 
     Why only sideways: a slice turned by 90 or 270 degrees is what loses tumors (two fifths of brain-mri's
     validation tumors against 8 % upside down, `trainer.copy_check` on v37), and sideways is what the network
@@ -35,11 +37,19 @@ def chosen_turn(probabilities, confidence):
     the face and the posterior fossa, absent on skull-stripped slices near the vertex, where it was sure of a
     wrong half turn on 11-17 % of brats-sample's upright slices (docs/model_v4_notes.md row ORI). Which of
     90 and 270 (the head's front) is the weaker cue, so the two are summed to decide whether to turn at all;
-    a wrong choice between them leaves the slice upside down, the cheaper error."""
+    a wrong choice between them leaves the slice upside down, the cheaper error.
+
+    Upside down still costs tumors (v39 92 % found, 99 % upright), and a vertical flip, what a NIfTI volume saved
+    as images without its orientation often brings, reads as one to members trained with mirroring. The network is
+    sure of a half turn far less often than of a sideways one, and wrongly so on skull-stripped vertex slices at
+    0.9; at `half_turn_confidence` 0.9999 it turned none of 8,500 upright evaluation and probe slices upside down
+    and set 40 % of brain-mri's upside-down ones upright (docs/model_v4_notes.md row HALF)."""
     from keras import ops
     sideways = probabilities[:, 1:2] + probabilities[:, 3:4]
     k = ops.where(probabilities[:, 1] >= probabilities[:, 3], 1, 3)
     k = ops.where(sideways[:, 0] > confidence, k, 0)
+    if half_turn_confidence is not None:
+        k = ops.where((k == 0) & (probabilities[:, 2] > half_turn_confidence), 2, k)
     return ops.one_hot(k, QUARTERS, dtype=probabilities.dtype)
 
 
@@ -57,17 +67,26 @@ def _select(x, onehot, turns_of_k):
 
 
 class _Turn(keras.layers.Layer):
-    def __init__(self, confidence=0.9, **kwargs):
+    def __init__(self, confidence=0.9, half_turn_confidence=None, **kwargs):
         super().__init__(**kwargs)
         if not 0.25 <= float(confidence) < 1.0:
             raise ValueError(f"confidence is a probability in [0.25, 1), got {confidence}")
+        if half_turn_confidence is not None and not float(confidence) <= float(half_turn_confidence) < 1.0:
+            raise ValueError(f"half_turn_confidence is a probability in [confidence, 1), got {half_turn_confidence}")
         self.confidence = float(confidence)
+        self.half_turn_confidence = None if half_turn_confidence is None else float(half_turn_confidence)
+
+    def _choice(self, probabilities):
+        return chosen_turn(probabilities, self.confidence, self.half_turn_confidence)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
 
     def get_config(self):
-        return {**super().get_config(), "confidence": self.confidence}
+        config = {**super().get_config(), "confidence": self.confidence}
+        if self.half_turn_confidence is not None:  # absent: an artifact from before the option loads as it was
+            config["half_turn_confidence"] = self.half_turn_confidence
+        return config
 
 
 @keras.saving.register_keras_serializable(package="screening_core")
@@ -77,7 +96,7 @@ class Upright(_Turn):
 
     def call(self, inputs):
         x, probabilities = inputs
-        return _select(x, chosen_turn(probabilities, self.confidence), lambda k: QUARTERS - k)
+        return _select(x, self._choice(probabilities), lambda k: QUARTERS - k)
 
 
 @keras.saving.register_keras_serializable(package="screening_core")
@@ -88,7 +107,7 @@ class AsGiven(_Turn):
 
     def call(self, inputs):
         x, probabilities = inputs
-        return _select(x, chosen_turn(probabilities, self.confidence), lambda k: k)
+        return _select(x, self._choice(probabilities), lambda k: k)
 
 
 UPRIGHT_LAYER = "upright_image"  # the `Upright` layer of an ensemble built with an orientation network
@@ -96,13 +115,13 @@ UPRIGHT_LAYER = "upright_image"  # the `Upright` layer of an ensemble built with
 
 @keras.saving.register_keras_serializable(package="screening_core")
 class TurnUndone(_Turn):
-    """Turn probabilities (n, 4) -> the quarter turn `Upright` undid, in degrees counter-clockwise (n,): 90 or 270,
-    or 0 where the slice was scored as it came. `confidence` must be the `Upright` layer's."""
+    """Turn probabilities (n, 4) -> the turn `Upright` undid, in degrees counter-clockwise (n,): 90, 180 or 270,
+    or 0 where the slice was scored as it came. The confidences must be the `Upright` layer's."""
 
     def call(self, probabilities):
         from keras import ops
         degrees = ops.convert_to_tensor([0.0, 90.0, 180.0, 270.0], dtype=probabilities.dtype)
-        return ops.sum(chosen_turn(probabilities, self.confidence) * degrees, axis=1)
+        return ops.sum(self._choice(probabilities) * degrees, axis=1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0],)
@@ -119,4 +138,4 @@ def turn_output(model):
     if not has_orientation(model):
         return None
     layer = model.get_layer(UPRIGHT_LAYER)
-    return TurnUndone(layer.confidence, name="turned_back")(layer.input[1])
+    return TurnUndone(layer.confidence, layer.half_turn_confidence, name="turned_back")(layer.input[1])

@@ -533,6 +533,30 @@ def test_upright_turns_a_sideways_slice_back_only_where_the_turn_is_sure():
         upright.Upright(1.0)
 
 
+def test_a_half_turn_is_undone_only_where_asked_and_above_its_own_confidence():
+    """--half-turn-confidence (v40): an upside-down slice the network is all but certain of is turned back (180 in the
+    row), one it is merely sure of is left; an artifact built before the option loads and behaves as it did."""
+    from screening_core import upright
+    x = np.random.default_rng(1).random((2, 8, 8, 1)).astype(np.float32)
+    upside_down = np.rot90(x, 2, axes=(1, 2)).copy()
+    certain = np.array([[0.00002, 0.00002, 0.99995, 0.00001]] * 2, np.float32)
+    sure = np.array([[0.001, 0.001, 0.997, 0.001]] * 2, np.float32)
+    half = upright.Upright(0.99, 0.9999)
+    np.testing.assert_array_equal(np.asarray(half([upside_down, certain])), x)
+    np.testing.assert_array_equal(np.asarray(upright.AsGiven(0.99, 0.9999)([x, certain])), upside_down)
+    np.testing.assert_array_equal(np.asarray(upright.TurnUndone(0.99, 0.9999)(certain)), [180.0, 180.0])
+    np.testing.assert_array_equal(np.asarray(half([upside_down, sure])), upside_down)
+    np.testing.assert_array_equal(np.asarray(upright.Upright(0.99)([upside_down, certain])), upside_down)
+    np.testing.assert_array_equal(np.asarray(upright.TurnUndone(0.99)(certain)), [0.0, 0.0])
+    sideways = np.array([[0.0, 0.99995, 0.00005, 0.0]], np.float32)  # sideways wins where both could apply
+    np.testing.assert_array_equal(np.asarray(upright.TurnUndone(0.99, 0.9999)(sideways)), [90.0])
+    assert half.get_config()["half_turn_confidence"] == 0.9999
+    assert "half_turn_confidence" not in upright.Upright(0.99).get_config()  # v38's and v39's saved configs
+    assert upright.Upright.from_config(upright.Upright(0.99).get_config()).half_turn_confidence is None
+    with pytest.raises(ValueError, match="half_turn_confidence"):
+        upright.Upright(0.99, 0.5)
+
+
 def test_an_orientation_network_puts_every_member_on_the_upright_slice_and_the_map_back_on_the_given_one(tmp_path):
     """--orientation: where the orientation network is sure of a quarter turn, the ensemble scores the slice turned
     back (every member, the OOD features too) and its lesion map lies on the slice as given; where it is unsure the
@@ -591,3 +615,16 @@ def test_an_orientation_network_puts_every_member_on_the_upright_slice_and_the_m
     np.testing.assert_array_equal(inference._Scorer(model, None)(x)[3], [0.0] * len(x))
     with pytest.raises(SystemExit, match="not an orientation model"):
         ensemble.build(first, classifier_dir, orientation=classifier_dir)
+    upside_down = _orientation_artifact(tmp_path / "h", [0.0, 0.0, 12.0, 0.0])  # 0.99982 upside down
+    model, info = ensemble.build(first, classifier_dir, overlay=outline, orientation=upside_down,
+                                 half_turn_confidence=0.9995)
+    assert info["members"]["orientation"]["half_turn_confidence"] == 0.9995
+    flipped = plain.predict_on_batch(np.rot90(x, 2, axes=(1, 2)).copy())
+    assert not np.allclose(flipped, plain.predict_on_batch(x), atol=1e-4)  # so the next line can fail
+    np.testing.assert_allclose(model.predict_on_batch(x), flipped, atol=1e-6)
+    np.testing.assert_array_equal(inference._Scorer(model, None)(x)[3], [180.0] * len(x))
+    model, _ = ensemble.build(first, classifier_dir, overlay=outline, orientation=upside_down)
+    np.testing.assert_allclose(model.predict_on_batch(x), plain.predict_on_batch(x), atol=1e-6)
+    with pytest.raises(SystemExit):
+        ensemble.main(["--lesion", first, "--classifier", classifier_dir, "--half-turn-confidence", "0.9999",
+                       "--out", str(tmp_path / "x")])

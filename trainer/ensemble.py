@@ -185,7 +185,7 @@ def _orientation_model(path, spec):
     return model, md
 
 
-def upright_first(model, orientation, confidence, layer_name="lesion_map"):
+def upright_first(model, orientation, confidence, layer_name="lesion_map", half_turn_confidence=None):
     """`model` (an ensemble on one `image` input) rebuilt behind `orientation`: the image turned back to upright
     where the orientation network is sure of a quarter turn (`screening_core.upright.Upright`), every member as
     it was on the upright image, and the layer `layer_name` (the map the scorer, the overlays and the lesion
@@ -199,7 +199,7 @@ def upright_first(model, orientation, confidence, layer_name="lesion_map"):
     from screening_core import upright
     image = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name="image")
     turns = _clone_under(orientation, "", image).output
-    straight = upright.Upright(confidence, name=upright.UPRIGHT_LAYER)([image, turns])
+    straight = upright.Upright(confidence, half_turn_confidence, name=upright.UPRIGHT_LAYER)([image, turns])
     clones = {}
 
     def clone(layer):
@@ -213,7 +213,7 @@ def upright_first(model, orientation, confidence, layer_name="lesion_map"):
         new = clones[id(layer)][1]
         if layer.name != layer_name:
             return new
-        as_given = upright.AsGiven(confidence, name=layer_name)
+        as_given = upright.AsGiven(confidence, half_turn_confidence, name=layer_name)
         return lambda *args, **kwargs: as_given([new(*args, **kwargs), turns])
 
     out = model._run_through_graph(straight, operation_fn=clone)
@@ -224,7 +224,7 @@ def upright_first(model, orientation, confidence, layer_name="lesion_map"):
 
 
 def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="none", more_lesions=(),
-          more_classifiers=(), classifier_floor=None, overlay=None, orientation=None):
+          more_classifiers=(), classifier_floor=None, overlay=None, orientation=None, half_turn_confidence=None):
     """(ensemble model, description) from two artifact folders; with `fine_tuned_dir`, the classifier's
     weights are moved `alpha` of the way to that fine-tune's (`interpolate`). `mirror` (MIRROR_CHOICES):
     which members also score the image mirrored left to right, their two log-odds averaged
@@ -302,7 +302,8 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         if mirror != "none":
             raise SystemExit("--orientation and --mirror: one or the other")
         turner, orientation_md = _orientation_model(orientation, spec)
-        model = upright_first(model, turner, float(orientation_md["threshold"]))
+        model = upright_first(model, turner, float(orientation_md["threshold"]),
+                              half_turn_confidence=half_turn_confidence)
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},
                "classifier": {"artifact": classifier_dir, "model_sha256": classifier_md["model_sha256"]}}
     for name, which in (("classifier", "classifier"), ("lesion_map", "lesion")):
@@ -322,7 +323,8 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         members["overlay_map"] = {"artifact": overlay, "model_sha256": overlay_md["model_sha256"], "weight": 0.0}
     if orientation_md is not None:
         members["orientation"] = {"artifact": orientation, "model_sha256": orientation_md["model_sha256"],
-                                  "confidence": float(orientation_md["threshold"])}
+                                  "confidence": float(orientation_md["threshold"]),
+                                  "half_turn_confidence": half_turn_confidence}
     if tuned_md is not None:
         members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
                                                   "model_sha256": tuned_md["model_sha256"]}
@@ -363,14 +365,22 @@ def main(argv=None):
                         help="an orientation artifact (python -m trainer.orientation) the image passes first: a slice "
                         "it is sure was turned by a quarter reaches every member upright, and the map is turned "
                         "back onto the image as given")
+    parser.add_argument("--half-turn-confidence", type=float, default=None, metavar="P",
+                        help="with --orientation: also turn back a slice the network calls upside down with "
+                        "probability above P (at least the network's own confidence, below 1; v40: 0.9999); "
+                        "left out, an upside-down slice reaches the members as it came")
     parser.add_argument("--out", required=True, help="folder for best.keras and fit.json")
     args = parser.parse_args(argv)
     if args.alpha and not args.fine_tuned:
         parser.error("--alpha moves the classifier towards --fine-tuned: name that artifact")
+    if args.half_turn_confidence is not None and not args.orientation:
+        parser.error("--half-turn-confidence is a rule of --orientation's network: name that artifact")
+    if args.half_turn_confidence is not None and not 0.25 <= args.half_turn_confidence < 1:
+        parser.error(f"--half-turn-confidence is a probability below 1, got {args.half_turn_confidence}")
     model, info = build(args.lesion[0], args.classifier[0], args.fine_tuned or None, args.alpha, args.mirror,
                         more_lesions=args.lesion[1:], more_classifiers=args.classifier[1:],
                         classifier_floor=args.classifier_floor, overlay=args.overlay or None,
-                        orientation=args.orientation or None)
+                        orientation=args.orientation or None, half_turn_confidence=args.half_turn_confidence)
     os.makedirs(args.out, exist_ok=True)
     model.save(os.path.join(args.out, "best.keras"))
     with open(os.path.join(args.out, "fit.json"), "w") as f:

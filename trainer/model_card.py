@@ -315,9 +315,11 @@ def _ensemble(members):
               if any(m.get("mirrored") for m in members.values()) else "")
     orientation = members.get("orientation")
     where = "/".join(str(orientation.get("artifact") or "?").rstrip("/").split("/")[-2:]) if orientation else ""
+    half = (orientation or {}).get("half_turn_confidence")
+    half = f" (upside down above {half:g})" if half is not None else ""
     turned = (f"; a slice the orientation network {where} (trainer/orientation.py) "
-              f"calls turned sideways with probability above {orientation.get('confidence', 0):g} is turned back "
-              "before any member sees it, and its map turned onto the image as given" if orientation else "")
+              f"calls turned sideways with probability above {orientation.get('confidence', 0):g}{half} is turned "
+              "back before any member sees it, and its map turned onto the image as given" if orientation else "")
     return (f"Ensemble in one graph (trainer/ensemble.py): lesion-first U-Net map{'s' * (len(maps) > 1)} "
             f"{', '.join(maps)} and slice classifier{'s' * (len(classifiers) > 1)} {', '.join(classifiers)}, "
             f"trained from scratch (no pretrained weights); the slice probability adds {map_odds} and "
