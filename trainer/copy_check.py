@@ -92,6 +92,7 @@ def variants(img, rng):
         ("inverted", ImageOps.invert(img)),
         ("turned 90 degrees", img.rotate(90, expand=True)),
         ("upside down", img.rotate(180)),
+        ("flipped top to bottom", ImageOps.flip(img)),  # a volume saved as images with its rows reversed
         ("turned 270 degrees", img.rotate(270, expand=True)),
         ("turned 15 degrees", img.rotate(15, resample=Image.Resampling.BILINEAR)),
         ("mirrored", ImageOps.mirror(img)),
