@@ -269,16 +269,16 @@ define mark_member
 	$(PY) -m screening_core.artifact member $(MODEL_DIR)/brain-tumor-cnn/$(1) $(MEMBER_$(1))
 endef
 MEMBER_12 = --of brain-tumor-cnn/13 --reason "v3 fine-tuned with BraTS-PEDs, scored only as the end point v13's classifier is moved 0.3 of the way to (no ONNX export or OOD reference)"
-MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/40 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
+MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
 MEMBER_18 = --of brain-tumor-cnn/19 --reason "a fine-tune of v3 scored only as the end point v19's classifier is moved 0.3 of the way to"
 MEMBER_20 = --of brain-tumor-cnn/21 --reason "a fine-tune of v3 scored only as the end point v21's classifier is moved 0.6 of the way to"
-MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/40 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
+MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
 MEMBER_24 = --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a second draw of v22's classifier recipe, a worse one alone (brain-mri validation AUC 0.981), scored only beside v22 and the lesion maps"
 MEMBER_26 = --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a third draw of v22's classifier recipe scored only beside v22, v24 and the lesion maps: alone it has no lesion map to show and ranks brats-sample's FLAIR at AUC 0.821"
-MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/40 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
-MEMBER_31 = --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/40 --reason "a map trained only to outline, the overlays' map of v32 at weight 0 in its score; its own slice score is no detector (no slice loss)"
-MEMBER_33 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/40 --reason "a second draw of v22's classifier recipe (seed 43) on v22's validation split, scored beside v22 and v34"
-MEMBER_34 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/40 --reason "a third draw of v22's classifier recipe (seed 44, imitated skull stripping) on v22's validation split, scored beside v22 and v33"
+MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
+MEMBER_31 = --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --reason "a map trained only to outline, the overlays' map of v32 at weight 0 in its score; its own slice score is no detector (no slice loss)"
+MEMBER_33 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --reason "a second draw of v22's classifier recipe (seed 43) on v22's validation split, scored beside v22 and v34"
+MEMBER_34 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --reason "a third draw of v22's classifier recipe (seed 44, imitated skull stripping) on v22's validation split, scored beside v22 and v33"
 
 # Model v14, the lesion map trained with real tumor-free heads (make data-healthy-heads; docs/healthy_heads.md), and
 # no dark paint on T1 without contrast; then v15, v14 with v13's classifier (seeded; ~10 min of fit on 2 CPU cores
@@ -509,7 +509,7 @@ train-orientation: data-healthy-planes
 		$(foreach d,$(SHARED)/brain-mri $(SHARED)/lgg $(SHARED)/brats-ped $(HEALTHY_HEADS) $(HEALTHY_PLANES),--data-dir $(d)) \
 		--exclude models/brain-tumor-cnn/37/validation_predictions.csv --epochs 30 --stripped-share 0.3 --seed $(SEED) \
 		--out $(ORIENTATION)
-	$(PY) -m screening_core.artifact member $(ORIENTATION) --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/40 --reason "$(ORIENTATION_MEMBER)"
+	$(PY) -m screening_core.artifact member $(ORIENTATION) --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --reason "$(ORIENTATION_MEMBER)"
 ORIENTATION_MEMBER = an orientation network: its output is which way a slice is turned, not a tumor probability
 
 # v38 = v37 behind the orientation network: a slice it is sure was turned sideways reaches every member upright
@@ -526,16 +526,6 @@ train-v39: PREP = gray-headcrop-pnorm-v4
 train-v39: data-healthy-planes
 	$(call ensemble_artifact,,,39,,$(V22) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
 		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31) --orientation $(ORIENTATION))
-
-# v40 = v39 whose orientation network also turns back a slice it is all but certain is upside down (above 0.9999:
-# none of 8,500 upright evaluation and probe slices; docs/model_v4_notes.md row HALF); no training, ~10 min of
-# evaluation: make train-v40 MODEL_DIR=/tmp/models (with slice-orientation/1 and v16-v34 there)
-HALF_TURN_CONFIDENCE = 0.9999
-train-v40: PREP = gray-headcrop-pnorm-v4
-train-v40: data-healthy-planes
-	$(call ensemble_artifact,,,40,,$(V22) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
-		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31) --orientation $(ORIENTATION) \
-		--half-turn-confidence $(HALF_TURN_CONFIDENCE))
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):
 # make train-v3 TRAIN_ARGS="--version 3"

@@ -42,8 +42,10 @@ def chosen_turn(probabilities, confidence, half_turn_confidence=None):
     Upside down still costs tumors (v39 92 % found, 99 % upright), and a vertical flip, what a NIfTI volume saved
     as images without its orientation often brings, reads as one to members trained with mirroring. The network is
     sure of a half turn far less often than of a sideways one, and wrongly so on skull-stripped vertex slices at
-    0.9; at `half_turn_confidence` 0.9999 it turned none of 8,500 upright evaluation and probe slices upside down
-    and set 40 % of brain-mri's upside-down ones upright (docs/model_v4_notes.md row HALF)."""
+    0.9. At `half_turn_confidence` 0.9999 it turned one skull-stripped skull-base fragment of 13,500 upright slices
+    upside down and set 40 % of brain-mri's upside-down validation slices upright, but few skull-stripped ones
+    (brats-sample upside down: FLAIR AUC 0.822 -> 0.846, T1ce 0.620 -> 0.659): too little to publish
+    (docs/model_v4_notes.md row HALF), so no default uses it."""
     from keras import ops
     sideways = probabilities[:, 1:2] + probabilities[:, 3:4]
     k = ops.where(probabilities[:, 1] >= probabilities[:, 3], 1, 3)

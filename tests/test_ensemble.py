@@ -534,7 +534,7 @@ def test_upright_turns_a_sideways_slice_back_only_where_the_turn_is_sure():
 
 
 def test_a_half_turn_is_undone_only_where_asked_and_above_its_own_confidence():
-    """--half-turn-confidence (v40): an upside-down slice the network is all but certain of is turned back (180 in the
+    """--half-turn-confidence (row HALF): an upside-down slice the network is all but certain of is turned back (180 in the
     row), one it is merely sure of is left; an artifact built before the option loads and behaves as it did."""
     from screening_core import upright
     x = np.random.default_rng(1).random((2, 8, 8, 1)).astype(np.float32)

@@ -367,8 +367,9 @@ def main(argv=None):
                         "back onto the image as given")
     parser.add_argument("--half-turn-confidence", type=float, default=None, metavar="P",
                         help="with --orientation: also turn back a slice the network calls upside down with "
-                        "probability above P (at least the network's own confidence, below 1; v40: 0.9999); "
-                        "left out, an upside-down slice reaches the members as it came")
+                        "probability above P (at least the network's own confidence, below 1; tried at 0.9999, "
+                        "docs/model_v4_notes.md row HALF); left out, an upside-down slice reaches the members as it "
+                        "came")
     parser.add_argument("--out", required=True, help="folder for best.keras and fit.json")
     args = parser.parse_args(argv)
     if args.alpha and not args.fine_tuned:
