@@ -204,3 +204,13 @@ def test_an_exif_orientation_is_applied_as_every_viewer_applies_it():
     data = buf.getvalue()
     damaged = data[:2] + b"\xff\xe1\x00\x10Exif\x00\x00II*\x00\xff\xff\xff\xff" + data[2:]  # an unreadable EXIF block
     assert preprocessing.decode_raster(damaged).shape == stored.shape  # the pixels still count
+
+
+def test_the_corner_test_gives_what_the_median_gives():
+    """`_median_at_least` skips the median where fewer than half the values reach the level: it must answer as
+    np.median would, at every size and at ties on the level (v4 is pinned to the median)."""
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4, 9, 16, 484):
+        for _ in range(500):
+            v = rng.choice([0.0, 0.85, 0.9, 0.95, 1.0], size=n) if rng.random() < 0.5 else rng.random(n)
+            assert preprocessing._median_at_least(v, 0.9) == (float(np.median(v)) >= 0.9), v
