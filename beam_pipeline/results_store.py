@@ -137,6 +137,8 @@ def claim(output, run_id):
     if FileSystems.exists(marker):
         return
     present = [p for p in _match(f"{_prefix(output)}/*") if "/_write_probe_" not in p]
+    if present and FileSystems.exists(marker):
+        return  # another run of this job claimed the output between the two looks (two runs started at once)
     if present:
         raise OutputError(f"output {output} already holds {len(present)} file(s) that this job did not write "
                           f"(no {OWNER_MARKER} marker), e.g. {sorted(present)[0]}; choose a new or empty output")

@@ -13,6 +13,8 @@ import threading
 import time
 import zipfile
 
+import pytest
+
 from beam_pipeline import results_store, run
 from tests import rows as rows_mod
 from tests import synth, tiny_model
@@ -137,6 +139,29 @@ def test_kill_minus_9_mid_run_keeps_the_previous_result_and_the_rerun_scores_eve
     rows = rows_mod.images(out)
     assert len(rows) == 3 + 400
     assert {r["run_id"] for r in rows} == {"monday", "tuesday-again"}
+
+
+def test_a_run_that_sees_another_claim_the_output_between_its_two_looks_goes_on(tmp_path, monkeypatch):
+    """Two runs started at once on a new output: the other writes the ownership marker after this one found none
+    and before it lists the folder, so the listing holds the marker. Seen in CI: the run exited 2 ("holds 1
+    file(s) that this job did not write ... e.g. .../_BRAIN_SCREENING_OUTPUT"). A folder with someone else's files
+    is still refused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    listing = results_store._match
+
+    def other_run_claims_first(pattern):
+        monkeypatch.setattr(results_store, "_match", listing)
+        results_store.claim(str(out), "other")  # the racer's whole claim lands here
+        return listing(pattern)
+    monkeypatch.setattr(results_store, "_match", other_run_claims_first)
+    results_store.claim(str(out), "this")
+    assert json.loads((out / results_store.OWNER_MARKER).read_text())["first_run_id"] == "other"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("someone else's")
+    with pytest.raises(results_store.OutputError, match="did not write"):
+        results_store.claim(str(foreign), "this")
 
 
 def test_two_runs_racing_on_one_output_leave_one_consistent_result(tmp_path):
