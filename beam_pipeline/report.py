@@ -436,6 +436,19 @@ def _ood_note(row):
     return f', <b class="ood">{n} out of distribution</b>' if n else ""
 
 
+def _turned_note(series):
+    """', 3 of 9 scored turned upright (...)' where the orientation network turned some slices of the series
+    before scoring. A series comes in one orientation, so some of its slices turned and others not means the
+    network erred on one part: a false turn (slab and skull-stripped sagittal or coronal series) or a missed one
+    (40 brats-sample slices turned 90 degrees: 36 turned back); docs/output_schema.md."""
+    n, total = series.get("n_turned_back"), series.get("n_images") or 0
+    if not n:
+        return ""
+    why = ("the series came turned" if n == total else
+           "a series comes in one orientation: either the turned or the other slices were scored the wrong way up")
+    return f', <b class="ood">{n} of {total} scored turned upright</b> ({why})'
+
+
 def _caption(r):
     """What a reader finds the image by: series (description, number) and instance number; the file for
     non-DICOM images. Out-of-distribution images are marked, and so are images the model's orientation network
@@ -591,7 +604,8 @@ every study still needs a radiologist's read.</p>
                  f"volume {place_label(s)}" if is_volume_series(s) else f"folder {place_label(s)}")
         parts.append(f'<div class="study" data-max-probability="{s["max_probability"]:.4f}"><h3>{_esc(title)}</h3>'
                      f'<p>max <span class="prob">{s["max_probability"]:.3f}</span>, mean {s["mean_probability"]:.3f}, '
-                     f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}; '
+                     f'{s["n_flagged"]} of {s["n_images"]} images flagged{_lesion_note(s)}{_ood_note(s)}'
+                     f'{_turned_note(s)}; '
                      f'modality {_esc(s["modality"] or "-")}{_look_note(flagged_label(s), md, site, s.get("plane"))}</p>')
         top = sorted((r for r in by_study.get(s["study_key"], []) if r["heatmap_path"]),
                      key=lambda r: -r["tumor_probability"])[:4]

@@ -100,6 +100,7 @@ SERIES_SCHEMA = pa.schema([
     ("threshold", pa.float32()),
     ("model_name", pa.string()),
     ("model_version", pa.string()),
+    ("n_turned_back", pa.int64()),        # ok images the model's orientation network turned upright before scoring
 ])
 
 # One row per DICOM study (StudyInstanceUID), the unit a radiologist's worklist shows; a non-DICOM

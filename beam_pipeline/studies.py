@@ -40,13 +40,15 @@ class SeriesCombineFn(beam.CombineFn):
     """Scored image rows of one series (or folder) -> a SERIES_SCHEMA row (without run-level fields)."""
 
     def create_accumulator(self):
-        return {"n": 0, "flagged": 0, "ood": 0, "sum": 0.0, "max": -1.0, "top": [], "first": None, "lesion": None}
+        return {"n": 0, "flagged": 0, "ood": 0, "turned": 0, "sum": 0.0, "max": -1.0, "top": [], "first": None,
+                "lesion": None}
 
     def add_input(self, acc, row):
         p = float(row["tumor_probability"])
         acc["n"] += 1
         acc["flagged"] += int(row["predicted_label"] == schema.LABEL_TUMOR)
         acc["ood"] += int(row.get("in_distribution") is False)
+        acc["turned"] += int(bool(row.get("turned_back_degrees")))  # null (rows from before the column) counts 0
         acc["sum"] += p
         acc["max"] = max(acc["max"], p)
         label = _row_label(row)
@@ -66,6 +68,7 @@ class SeriesCombineFn(beam.CombineFn):
             out["n"] += a["n"]
             out["flagged"] += a["flagged"]
             out["ood"] += a["ood"]
+            out["turned"] += a["turned"]
             out["sum"] += a["sum"]
             out["max"] = max(out["max"], a["max"])
             out["top"] = sorted(out["top"] + a["top"], reverse=True)[:TOP_K]
@@ -92,7 +95,7 @@ class SeriesCombineFn(beam.CombineFn):
             "n_out_of_distribution": acc["ood"], "max_probability": acc["max"], "mean_probability": acc["sum"] / max(acc["n"], 1),
             "flagged": acc["flagged"] > 0, "top_members": [m for _, m in acc["top"]],
             "threshold": f.get("threshold"), "model_name": f.get("model_name"),
-            "model_version": f.get("model_version"),
+            "model_version": f.get("model_version"), "n_turned_back": acc["turned"],
             **_lesion_columns(acc["lesion"]),
         }
 

@@ -326,3 +326,25 @@ def test_a_caption_says_when_the_model_turned_the_slice_upright_before_scoring()
         assert "turned" not in report._caption({**row, "turned_back_degrees": degrees})
     caption = report._caption({**row, "turned_back_degrees": 270})
     assert caption.startswith("T2 AX (series 4), image 9 p=0.810") and "it came turned 270&deg;" in caption
+
+
+def test_a_series_counts_its_slices_scored_turned_upright_and_the_report_says_when_the_turn_is_mixed():
+    """n_turned_back: a series comes in one orientation, so a turn on some of its slices and not others is the
+    orientation network's error, and the report's flagged series say so; rows from before the column count 0."""
+    from beam_pipeline import studies
+    base = {"status": "ok", "predicted_label": "no_tumor", "in_distribution": True, "study_instance_uid": "1.2",
+            "series_instance_uid": "1.2.3", "source_uri": "x.zip", "member_path": "a/1.dcm", "instance_number": 1}
+    combine = studies.SeriesCombineFn()
+    parts = []
+    for turns in ((0, 90), (None, 270, 0)):
+        acc = combine.create_accumulator()
+        for i, t in enumerate(turns):
+            acc = combine.add_input(acc, {**base, "tumor_probability": 0.1 * (i + 1), "turned_back_degrees": t})
+        parts.append(acc)
+    row = combine.extract_output(combine.merge_accumulators(parts))
+    assert row["n_images"] == 5 and row["n_turned_back"] == 2
+    assert studies.series_table_row(row)["n_turned_back"] == 2
+    assert report._turned_note({"n_turned_back": 0, "n_images": 5}) == ""
+    assert report._turned_note({"n_images": 5}) == ""  # a table written before the column
+    assert "2 of 5 scored turned upright" in report._turned_note(row) and "the wrong way up" in report._turned_note(row)
+    assert "the series came turned" in report._turned_note({"n_turned_back": 5, "n_images": 5})
