@@ -625,6 +625,8 @@ def test_an_orientation_network_puts_every_member_on_the_upright_slice_and_the_m
     np.testing.assert_array_equal(inference._Scorer(model, None)(x)[3], [180.0] * len(x))
     model, _ = ensemble.build(first, classifier_dir, overlay=outline, orientation=upside_down)
     np.testing.assert_allclose(model.predict_on_batch(x), plain.predict_on_batch(x), atol=1e-6)
+    with pytest.raises(SystemExit, match="at least the orientation network's own confidence"):
+        ensemble.build(first, classifier_dir, orientation=upside_down, half_turn_confidence=0.5)
     with pytest.raises(SystemExit):
         ensemble.main(["--lesion", first, "--classifier", classifier_dir, "--half-turn-confidence", "0.9999",
                        "--out", str(tmp_path / "x")])

@@ -302,8 +302,11 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         if mirror != "none":
             raise SystemExit("--orientation and --mirror: one or the other")
         turner, orientation_md = _orientation_model(orientation, spec)
-        model = upright_first(model, turner, float(orientation_md["threshold"]),
-                              half_turn_confidence=half_turn_confidence)
+        confidence = float(orientation_md["threshold"])
+        if half_turn_confidence is not None and not confidence <= half_turn_confidence < 1:
+            raise SystemExit(f"--half-turn-confidence {half_turn_confidence:g}: below 1 and at least the orientation "
+                             f"network's own confidence ({confidence:g})")
+        model = upright_first(model, turner, confidence, half_turn_confidence=half_turn_confidence)
     members = {"lesion_map": {"artifact": lesion_dir, "model_sha256": lesion_md["model_sha256"]},
                "classifier": {"artifact": classifier_dir, "model_sha256": classifier_md["model_sha256"]}}
     for name, which in (("classifier", "classifier"), ("lesion_map", "lesion")):
@@ -323,8 +326,7 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         members["overlay_map"] = {"artifact": overlay, "model_sha256": overlay_md["model_sha256"], "weight": 0.0}
     if orientation_md is not None:
         members["orientation"] = {"artifact": orientation, "model_sha256": orientation_md["model_sha256"],
-                                  "confidence": float(orientation_md["threshold"]),
-                                  "half_turn_confidence": half_turn_confidence}
+                                  "confidence": confidence, "half_turn_confidence": half_turn_confidence}
     if tuned_md is not None:
         members["classifier"]["moved_towards"] = {"artifact": fine_tuned_dir, "alpha": alpha,
                                                   "model_sha256": tuned_md["model_sha256"]}
