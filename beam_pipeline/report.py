@@ -66,7 +66,8 @@ def _top(pattern, k, flagged_only=False):
 
 _IMAGE_COLUMNS = ["status", "error_code", "error_message", "source_uri", "member_path", "tumor_probability",
                   "threshold", "threshold_source", "heatmap_path", "study_instance_uid", "series_instance_uid",
-                  "series_description", "series_number", "instance_number", "in_distribution", "turned_back_degrees"]
+                  "series_description", "series_number", "instance_number", "in_distribution", "turned_back_degrees",
+                  "taken_for_negative"]
 
 
 def _data_uri(data, mime="image/png"):
@@ -452,7 +453,8 @@ def _turned_note(series):
 def _caption(r):
     """What a reader finds the image by: series (description, number) and instance number; the file for
     non-DICOM images. Out-of-distribution images are marked, and so are images the model's orientation network
-    turned upright before scoring: that was its call, and a reader should check it."""
+    turned upright before scoring (that was its call, and a reader should check it) and negatives scored as their
+    positive (the thumbnail shows the positive)."""
     if r.get("series_instance_uid"):
         series = r.get("series_description") or (f"series {r['series_number']}" if r.get("series_number") is not None
                                                  else "series ..." + r["series_instance_uid"][-6:])
@@ -464,7 +466,8 @@ def _caption(r):
     ood = ' <b class="ood">out of distribution</b>' if r.get("in_distribution") is False else ""
     turned = r.get("turned_back_degrees")
     turned = f" <i>scored turned upright (it came turned {turned}&deg;)</i>" if turned else ""
-    return f"{_esc(where)} p={r['tumor_probability']:.3f}{ood}{turned}"
+    negative = " <i>scored as its positive (the image is a negative)</i>" if r.get("taken_for_negative") else ""
+    return f"{_esc(where)} p={r['tumor_probability']:.3f}{ood}{turned}{negative}"
 
 
 def _lesion_note(row):

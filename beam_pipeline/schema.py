@@ -66,6 +66,9 @@ IMAGE_SCHEMA = pa.schema([
     # 90 / 270: the model's orientation network turned the slice upright before scoring; 0: scored as it came; null:
     # a model without one. Last, so that a result carried from before it (incremental runs) lines up column by column.
     ("turned_back_degrees", pa.int16()),
+    # true: the image was a negative (bright background) and was scored as its positive (preprocessing v4); null:
+    # a model on an earlier preprocessing, which does not ask
+    ("taken_for_negative", pa.bool_()),
 ])
 
 COLUMNS = IMAGE_SCHEMA.names

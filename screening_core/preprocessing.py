@@ -199,11 +199,14 @@ def _median_at_least(values, level):
 
 
 def _positive(spec, gray, img01):
-    """`img01`, or from v4 on the normalised inverse of `gray` where `img01` is a negative (`_negative`)."""
-    if PREPROCESSING_IDS.index(spec.preprocessing) < 3 or not _negative(img01):
-        return img01
+    """(`img01`, or from v4 on the normalised inverse of `gray` where `img01` is a negative (`_negative`); whether
+    it was taken for one: None before v4, which does not ask)."""
+    if PREPROCESSING_IDS.index(spec.preprocessing) < 3:
+        return img01, None
+    if not _negative(img01):
+        return img01, False
     inverse = _normalise(-np.asarray(gray, np.float32))
-    return img01 if inverse is None else inverse
+    return (img01, False) if inverse is None else (inverse, True)
 
 
 _MARK_CELLS = 64  # the grid the marks are found on: cells of about 1/64 of the longer side
@@ -400,22 +403,26 @@ def _square_resized(img, box, height, width):
 
 def prepare(gray: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     """Turn a 2-D grayscale array (any range) into a (H, W, 1) float32 in [0, 1]."""
-    return prepare_with_scale(gray, spec)[0]
+    return prepare_for_scoring(gray, spec)[0]
 
 
-def prepare_with_scale(gray: np.ndarray, spec: InputSpec = InputSpec()) -> tuple[np.ndarray, float]:
-    """`prepare`, and the side of one model-input pixel in source pixels.
+def prepare_for_scoring(gray: np.ndarray, spec: InputSpec = InputSpec()
+                        ) -> tuple[np.ndarray, float, bool | None]:
+    """`prepare`, the side of one model-input pixel in source pixels, and whether the image was taken for a
+    negative and prepared from its inverse (v4; None for earlier versions, which do not ask).
 
     The scale turns an area on the model input (a lesion map) back into source
-    pixels, and with the DICOM pixel spacing into mm², without a second pass.
+    pixels, and with the DICOM pixel spacing into mm², without a second pass. The
+    row says the image was a negative: the review thumbnail shows the positive it was scored as.
     """
     g01 = _normalise(gray)
     if g01 is None:
         h, w = np.shape(gray)
-        return np.zeros((spec.height, spec.width, 1), np.float32), max(h, w) / spec.height
-    g01, box = _framed_and_boxed(spec, _positive(spec, gray, g01))
+        return np.zeros((spec.height, spec.width, 1), np.float32), max(h, w) / spec.height, None
+    g01, negative = _positive(spec, gray, g01)
+    g01, box = _framed_and_boxed(spec, g01)
     scale = max(box[1] - box[0], box[3] - box[2]) / spec.height
-    return _finish(_square_resized(g01, box, spec.height, spec.width)), float(scale)
+    return _finish(_square_resized(g01, box, spec.height, spec.width)), float(scale), negative
 
 
 def _finish(small: np.ndarray) -> np.ndarray:
@@ -438,7 +445,7 @@ def project_mask(gray: np.ndarray, mask: np.ndarray, spec: InputSpec = InputSpec
     if mask.shape != np.shape(gray):
         raise ValueError(f"mask shape {mask.shape} differs from image shape {np.shape(gray)}")
     g01 = _normalise(gray)
-    box = _framed_and_boxed(spec, _positive(spec, gray, g01))[1] if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
+    box = _framed_and_boxed(spec, _positive(spec, gray, g01)[0])[1] if g01 is not None else (0, mask.shape[0], 0, mask.shape[1])
     return np.clip(_square_resized(mask / max(mask.max(), 1e-6), box, spec.height, spec.width), 0, 1)
 
 

@@ -52,7 +52,7 @@ def _inputs(root):
 
 def _expected_area(gray, size=32):
     """A map at 1 in every cell covers the whole model input: (input side x scale)² source pixels."""
-    _, scale = preprocessing.prepare_with_scale(gray.astype(np.float32), preprocessing.InputSpec(size, size))
+    _, scale, _ = preprocessing.prepare_for_scoring(gray.astype(np.float32), preprocessing.InputSpec(size, size))
     return (size * scale) ** 2
 
 

@@ -157,7 +157,8 @@ def test_training_and_scoring_paths_give_the_same_model_input(tmp_path):
     spec = preprocessing.InputSpec()
     blobs = {"a.png": synth.encode(synth.brain_slice(1, 224, lesion=True), "PNG"),
              "b.jpg": synth.encode(synth.brain_slice(2, 200), "JPEG"),
-             "c.png": synth.encode((synth.brain_slice(3, 160).astype(np.uint16) * 200), "PNG")}
+             "c.png": synth.encode((synth.brain_slice(3, 160).astype(np.uint16) * 200), "PNG"),
+             "d.png": synth.encode(255 - synth.brain_slice(4, 224, lesion=True), "PNG")}  # a negative copy
     paths = []
     for name, data in blobs.items():
         (tmp_path / name).write_bytes(data)
@@ -168,11 +169,13 @@ def test_training_and_scoring_paths_give_the_same_model_input(tmp_path):
               for p in paths]
 
     def same_arrays(batches):
-        scored = {}
+        scored, negative = {}, {}
         for templates, x in batches:
             for row, arr in zip(templates, x, strict=True):
                 scored[os.path.basename(row["source_uri"])] = arr
+                negative[os.path.basename(row["source_uri"])] = row["taken_for_negative"]
         assert sorted(scored) == sorted(trained_on)
+        assert negative == {"a.png": False, "b.jpg": False, "c.png": False, "d.png": True}  # the row says so
         for name, arr in scored.items():
             np.testing.assert_array_equal(arr, trained_on[name], err_msg=name)
 

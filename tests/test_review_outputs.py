@@ -326,6 +326,8 @@ def test_a_caption_says_when_the_model_turned_the_slice_upright_before_scoring()
         assert "turned" not in report._caption({**row, "turned_back_degrees": degrees})
     caption = report._caption({**row, "turned_back_degrees": 270})
     assert caption.startswith("T2 AX (series 4), image 9 p=0.810") and "it came turned 270&deg;" in caption
+    assert "negative" not in report._caption({**row, "taken_for_negative": False})
+    assert "scored as its positive (the image is a negative)" in report._caption({**row, "taken_for_negative": True})
 
 
 def test_a_series_counts_its_slices_scored_turned_upright_and_the_report_says_when_the_turn_is_mixed():

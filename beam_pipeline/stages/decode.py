@@ -140,7 +140,7 @@ class _DecodeChunk(beam.DoFn):
                 continue
             for frame in decoded.frames:
                 try:
-                    x, scale = preprocessing.prepare_with_scale(frame.gray, self._spec)
+                    x, scale, negative = preprocessing.prepare_for_scoring(frame.gray, self._spec)
                 except Exception as e:  # e.g. a degenerate frame shape
                     yield self._failed(chunk, ref, "undecodable_image", f"preprocessing failed: {e}",
                                        content_sha256=digest, image_format=decoded.image_format,
@@ -157,7 +157,8 @@ class _DecodeChunk(beam.DoFn):
                     chunk, ref, content_sha256=digest, image_format=decoded.image_format,
                     patient_group=None if dicom.get("study_instance_uid") else self._patient(chunk, ref),
                     width=decoded.width, height=decoded.height, frame_index=frame.frame_index,
-                    input_scale=scale, look=self._look(chunk, ref, decoded.dicom), **dicom))
+                    input_scale=scale, taken_for_negative=negative, look=self._look(chunk, ref, decoded.dicom),
+                    **dicom))
                 inputs.append(x)
         if inputs:
             yield templates, np.stack(inputs)
