@@ -575,19 +575,38 @@ BREAKER = _Breaker()
 
 
 def _get(http, url, headers, max_bytes, deadline_s, what, gate=None):
-    """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors
-    with back-off while half the deadline is left; each attempt holds `gate()` (the concurrency limit)
-    and then passes the BREAKER: a request that waited for the gate while the breaker opened is not sent
-    (checked before the wait, every queued request went out: 15 asked of a silent PACS, not 8 + 4)."""
+    """(status, content type, body) of a GET within `deadline_s` in all, retrying transient HTTP errors and
+    lost connections with back-off while half the deadline is left; each attempt holds `gate()` (the
+    concurrency limit) and then passes the BREAKER: a request that waited for the gate while the breaker
+    opened is not sent (checked before the wait, every queued request went out: 15 asked of a silent PACS,
+    not 8 + 4).
+
+    A lost connection (refused, or reset: a kept-alive connection the PACS closed between two requests) is
+    retried like a 503: CI saw a whole night end at its QIDO search on one, with Orthanc answering again at
+    once. A timeout is not: it has spent its time, and the breaker deals with a PACS gone silent."""
     start = time.monotonic()
     for attempt in range(_ATTEMPTS):
-        with (gate() if gate else contextlib.nullcontext()), BREAKER.watch(url):
-            status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, what)
-        if status in _TRANSIENT and attempt + 1 < _ATTEMPTS and time.monotonic() - start < deadline_s / 2:
+        again = attempt + 1 < _ATTEMPTS and time.monotonic() - start < deadline_s / 2
+        try:
+            with (gate() if gate else contextlib.nullcontext()), BREAKER.watch(url):
+                status, content_type, body = _stream(http, url, headers, max_bytes, start + deadline_s, what)
+        except RetrieveError as e:
+            if not (again and _lost_connection(e)):
+                raise
+            time.sleep(0.5 * 2 ** attempt)
+            continue
+        if status in _TRANSIENT and again:
             time.sleep(0.5 * 2 ** attempt)
             continue
         return status, content_type, body
-    return status, content_type, body  # not reached: the last attempt returns
+    raise AssertionError("not reached: the last attempt returns or raises")
+
+
+def _lost_connection(error):
+    """A request that found no connection to answer it (refused, reset or closed before an answer)."""
+    import requests
+    cause = error.__cause__
+    return isinstance(cause, requests.exceptions.ConnectionError) and not isinstance(cause, requests.exceptions.Timeout)
 
 
 def _stream(session, url, headers, max_bytes, deadline, what):

@@ -93,6 +93,9 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour == "silent":  # takes the request and never answers
             time.sleep(2)
             return
+        if behaviour == "dropped" and self.hits[sop] == 1:  # the connection closes without an answer
+            self.close_connection = True
+            return
         if behaviour == "down" or (behaviour == "flaky" and self.hits[sop] == 1):
             self.send_response(503)
             self.send_header("Content-Length", "0")
@@ -212,6 +215,19 @@ def hostile():
     yield f"127.0.0.1:{server.server_address[1]}", {b: s for s, (b, _) in _Handler.instances.items()}
     server.shutdown()
     _Handler.reset()
+
+
+def test_a_connection_closed_without_an_answer_is_asked_again(hostile, tmp_path):
+    """A PACS that closes a connection before answering (a kept-alive connection it dropped between requests):
+    the request is sent again, as after a 503, and the instance is scored, not left to the next night."""
+    host, _ = hostile
+    _Handler.reset(("ok", "dropped"))
+    dropped = next(sop for sop, (b, _) in _Handler.instances.items() if b == "dropped")
+    out = tmp_path / "out"
+    code = run.main(["--input", f"dicomweb://{host}/dicom-web", "--output", str(out),
+                     "--model", tiny_model.write_tiny_artifact(tmp_path), "--keep-paths"])
+    rows = {r["sop_instance_uid"]: r for r in rows_mod.images(out)}
+    assert code == 0 and rows[dropped]["status"] == "ok" and _Handler.hits[dropped] == 2
 
 
 def test_slow_huge_and_flaky_instances_are_bounded(hostile, tmp_path, monkeypatch):
