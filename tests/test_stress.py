@@ -78,6 +78,10 @@ def test_the_painter_follows_the_sequence_folder():
     assert augment.kind_of_sequence("t1ce") == augment.SYNTH_KINDS["enhancing"]
     assert augment.kind_of_sequence("flair") == augment.kind_of_sequence("t2") == augment.SYNTH_KINDS["bright"]
     assert augment.kind_of_sequence("") == augment.kind_of_sequence("odd") == augment.SYNTH_KINDS["bright-or-enhancing"]
+    # a folder naming its plane too keeps its look: no FLAIR tumor is set into a T1 slice as "unknown"
+    assert augment.kind_of_sequence("t1-sagittal") == augment.kind_of_sequence("t1-pre") == augment.SYNTH_KINDS["dark"]
+    assert augment.kind_of_sequence("flair-coronal") == augment.SYNTH_KINDS["bright"]
+    assert augment.kind_of_sequence(None) == augment.kind_of_sequence("pd") == augment.SYNTH_KINDS["bright-or-enhancing"]
 
 
 def test_the_command_refuses_donors_it_cannot_find(tmp_path, capsys):

@@ -25,6 +25,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from screening_core import looks
 from trainer.config import AUGMENT_MODES
 
 
@@ -400,9 +401,18 @@ _KIND_OF_SEQUENCE = {"flair": "bright", "t2": "bright", "t1-post": "enhancing", 
                      "t1-pre": "dark", "t1": "dark"}
 
 
+_KIND_OF_LOOK = {"flair": "bright", "t2": "bright", "t1ce": "enhancing", "t1": "dark"}
+
+
 def kind_of_sequence(sequence):
-    """The SYNTH_KINDS code of the tumor look a sequence folder gives (unknown: bright or enhancing)."""
-    return SYNTH_KINDS[_KIND_OF_SEQUENCE.get(sequence, "bright-or-enhancing")]
+    """The SYNTH_KINDS code of the tumor look a sequence folder gives (unknown: bright or enhancing).
+
+    A folder that names its plane too (the healthy planes' `flair-coronal`, `t1-sagittal`) has the look its
+    words name (`looks.look_of`): taken for unknown, T1 slices were given FLAIR tumors to learn as tumors
+    (docs/model_v4_notes.md row TPF)."""
+    if sequence in _KIND_OF_SEQUENCE:
+        return SYNTH_KINDS[_KIND_OF_SEQUENCE[sequence]]
+    return SYNTH_KINDS[_KIND_OF_LOOK.get(looks.look_of(sequence or ""), "bright-or-enhancing")]
 
 
 def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3, kinds=None):
