@@ -381,12 +381,14 @@ train-v21: data-healthy-planes
 V22 ?= $(MODEL_DIR)/brain-tumor-cnn/22
 # $(call scratch_classifier,seed,version[,augment]): v20's data, shares and T2-like FLAIR from random weights, v3's
 # 20 epochs (augment: contrast-strip unless given)
+# v22's classifier recipe but for the seed, split, preprocessing, augmentation, schedule and start (v22, v24, v26, v33, v34, v41)
+CLASSIFIER_RECIPE = $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
+	$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
+	--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --early-stopping-patience 15 \
+	--target-sensitivity 0.98 --lesion-weight 5.0 --fluid-bright 0.3 --source-shares $(V20_SHARES)
 define scratch_classifier
-	$(PY) -m trainer.task $(PREPARE) $(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
-		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
-		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(1) \
-		--early-stopping-patience 15 --target-sensitivity 0.98 --augment $(or $(3),contrast-strip) --lesion-weight 5.0 \
-		--epochs 20 --fluid-bright 0.3 --source-shares $(V20_SHARES) $(if $(4),--split-seed $(4)) --version $(2)
+	$(PY) -m trainer.task $(PREPARE) $(CLASSIFIER_RECIPE) --seed $(1) --augment $(or $(3),contrast-strip) --epochs 20 \
+		$(if $(4),--split-seed $(4)) --version $(2)
 endef
 train-v22: data-healthy-planes
 	$(call scratch_classifier,$(SEED),22)
@@ -535,13 +537,8 @@ train-v39: data-healthy-planes
 # make train-v41 train-v42 MODEL_DIR=/tmp/models (with slice-orientation/1 and v14-v34 there)
 V41 ?= $(MODEL_DIR)/brain-tumor-cnn/41
 train-v41: data-healthy-planes
-	$(PY) -m trainer.task --preprocessing gray-headcrop-pnorm-v4 \
-		$(foreach d,$(DATA) $(SHARED)/brats-ped $(HEALTHY_PLANES) $(HEALTHY_HEADS),--data-dir $(d)) \
-		$(foreach d,$(EVAL_DATA),--eval-data-dir $(d)) --group-pattern '$(GROUP_PATTERN)' --holdout-pattern '$(HOLDOUT)' \
-		--threshold-sources '$(THRESHOLD_SOURCES)' --model-dir $(MODEL_DIR) --seed $(SEED) --split-seed $(SEED) \
-		--early-stopping-patience 15 --target-sensitivity 0.98 --augment contrast-strip --lesion-weight 5.0 \
-		--epochs 4 --learning-rate 3e-4 --fluid-bright 0.3 --source-shares $(V20_SHARES) \
-		--init-from $(V22)/model.keras --transplant-tumors 0.5 --version 41
+	$(PY) -m trainer.task --preprocessing gray-headcrop-pnorm-v4 $(CLASSIFIER_RECIPE) --seed $(SEED) --split-seed $(SEED) \
+		--augment contrast-strip --epochs 4 --learning-rate 3e-4 --init-from $(V22)/model.keras --transplant-tumors 0.5 --version 41
 	$(call mark_member,41)
 train-v42: PREP = gray-headcrop-pnorm-v4
 train-v42: data-healthy-planes
