@@ -397,21 +397,15 @@ def maybe_mirror_pair(image, mask, extent, seed, p):
                    lambda: (image, mask, tf.constant(1.0), tf.constant(False)))
 
 
-_KIND_OF_SEQUENCE = {"flair": "bright", "t2": "bright", "t1-post": "enhancing", "t1ce": "enhancing",
-                     "t1-pre": "dark", "t1": "dark"}
-
-
 _KIND_OF_LOOK = {"flair": "bright", "t2": "bright", "t1ce": "enhancing", "t1": "dark"}
 
 
 def kind_of_sequence(sequence):
     """The SYNTH_KINDS code of the tumor look a sequence folder gives (unknown: bright or enhancing).
 
-    A folder that names its plane too (the healthy planes' `flair-coronal`, `t1-sagittal`) has the look its
-    words name (`looks.look_of`): taken for unknown, T1 slices were given FLAIR tumors to learn as tumors
-    (docs/model_v4_notes.md row TPF)."""
-    if sequence in _KIND_OF_SEQUENCE:
-        return SYNTH_KINDS[_KIND_OF_SEQUENCE[sequence]]
+    The look is the one its words name (`looks.look_of`: `t1-post` T1ce, `t1-pre` T1), so a folder that names
+    its plane too (the healthy planes' `flair-coronal`, `t1-sagittal`) keeps it: taken for unknown, T1 slices
+    were given FLAIR tumors to learn as tumors (docs/model_v4_notes.md row TPF)."""
     return SYNTH_KINDS[_KIND_OF_LOOK.get(looks.look_of(sequence or ""), "bright-or-enhancing")]
 
 
