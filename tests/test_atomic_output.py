@@ -164,6 +164,29 @@ def test_a_run_that_sees_another_claim_the_output_between_its_two_looks_goes_on(
         results_store.claim(str(foreign), "this")
 
 
+def test_a_run_that_sees_another_still_writing_its_claim_goes_on(tmp_path, monkeypatch):
+    """The other run has written its marker beside the final name but not yet moved it there when this run lists
+    the folder. Seen in CI: exit 2, "holds 1 file(s) ... e.g. .../_BRAIN_SCREENING_OUTPUT.tmp-4014-2a7ed7c3"."""
+    out = tmp_path / "out"
+    out.mkdir()
+    half_written = out / f"{results_store.OWNER_MARKER}.tmp-4014-2a7ed7c3"
+    listing = results_store._match
+
+    def other_run_mid_claim(pattern):
+        half_written.write_text("{")
+        try:
+            return listing(pattern)
+        finally:
+            half_written.unlink()
+    monkeypatch.setattr(results_store, "_match", other_run_mid_claim)
+    results_store.claim(str(out), "this")
+    assert json.loads((out / results_store.OWNER_MARKER).read_text())["first_run_id"] == "this"
+    (out / "notes.txt").write_text("someone else's")
+    (out / results_store.OWNER_MARKER).unlink()
+    with pytest.raises(results_store.OutputError, match="did not write"):
+        results_store.claim(str(out), "this")
+
+
 def test_two_runs_racing_on_one_output_leave_one_consistent_result(tmp_path):
     model_dir = tiny_model.write_tiny_artifact(tmp_path)
     _zip(tmp_path / "a.zip", range(40))
