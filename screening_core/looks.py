@@ -50,3 +50,14 @@ def look_of(text):
             continue
         return look
     return "other"
+
+
+_PLANE_WORDS = {"sagittal": {"sagittal", "sag"}, "coronal": {"coronal", "cor"}}
+
+
+def plane_of(text):
+    """'sagittal' or 'coronal' where a description, folder or file name says so, else 'axial': every training
+    collection but the healthy planes' (`flair-coronal`, `t1-sagittal`) is axial and says nothing of it."""
+    w = words(text)
+    return next((plane for plane, vocabulary in _PLANE_WORDS.items() if w & vocabulary), "axial")
+

@@ -259,6 +259,9 @@ def test_synthesis_plan_paints_only_pixel_known_negatives_above_the_skull_base()
     assert list(kind[:4]) == [k["bright"], k["enhancing"], k["dark"], k["bright-or-enhancing"]]
     p, _ = synthesis_plan(seq, labels, weight, level, 0.3, kinds=("bright", "enhancing", "bright-or-enhancing"))
     np.testing.assert_allclose(p, [0.3, 0.3, 0.0, 0.3, 0.0, 0.0, 0.0])  # T1 without contrast: no dark paint
+    planes = np.array(["flair", "flair-coronal", "flair-sagittal", "", "t2"])
+    p, _ = synthesis_plan(planes, np.zeros(5), np.ones(5), np.ones(5), 0.5, planes=("axial",))
+    np.testing.assert_allclose(p, [0.5, 0.0, 0.0, 0.5, 0.5])  # --transplant-axial-only: no axial tumor in other planes
 
 
 def test_a_higher_paint_contrast_gives_the_same_mass_brighter():

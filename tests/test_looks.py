@@ -28,3 +28,12 @@ def test_an_images_look_is_read_from_its_description_else_the_names_near_it_befo
     assert look(NS(source_uri="C:\\scans\\PD\\img.png"), NS(path=None), {}) == "pd"
     assert look(NS(source_uri="/t2/archive/p1/img.png"), NS(path=None), {}) is None  # only the nearest names count
     assert look(NS(source_uri="/scans/p1/img.png"), NS(path=None), None) is None
+
+
+@pytest.mark.parametrize("text, plane", [
+    ("flair-coronal", "coronal"), ("healthy-planes/t1-sagittal", "sagittal"), ("SAG T1 MPRAGE", "sagittal"),
+    ("COR STIR", "coronal"), ("flair", "axial"), ("AX T2 TSE", "axial"), ("", "axial"), (None, "axial"),
+])
+def test_the_plane_is_axial_unless_a_name_says_sagittal_or_coronal(text, plane):
+    from screening_core import looks
+    assert looks.plane_of(text) == plane

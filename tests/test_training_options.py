@@ -146,6 +146,7 @@ def test_a_t2_like_flair_slice_keeps_its_label_and_mask_and_only_its_fluid_turns
     (dict(mirror_tumors=0.5), "needs --lesion-weight"),
     (dict(mirror_tumors=-0.1, lesion_weight=1.0), "probability in [0, 1]"),
     (dict(fluid_bright=0.3), "needs --lesion-weight"),
+    (dict(transplant_axial_only=True, lesion_weight=1.0), "needs --transplant-tumors > 0"),
     (dict(fluid_bright=1.3, lesion_weight=1.0), "probability in [0, 1]"),
 ])
 def test_misused_synthetic_tumors_are_refused_before_any_work(tmp_path, kw, words):

@@ -409,7 +409,7 @@ def kind_of_sequence(sequence):
     return SYNTH_KINDS[_KIND_OF_LOOK.get(looks.look_of(sequence or ""), "bright-or-enhancing")]
 
 
-def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3, kinds=None):
+def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3, kinds=None, planes=None):
     """(probability, kind) per slice for `augment.synthetic_tumor`.
 
     Only tumor-free slices whose every pixel is a known negative (pixel weight 1) are painted, so
@@ -417,13 +417,17 @@ def synthesis_plan(sequences, labels, pixel_weight, level, p, min_level=0.3, kin
     slice is mostly face, orbits and skull base, where a mass painted into the 'head' lands outside
     the brain. The kind follows the sequence folder: FLAIR/T2 bright, T1 with contrast enhancing,
     T1 without dark, unknown (brain-mri) bright or enhancing. `kinds` (SYNTH_KINDS names) keeps painting to
-    the slices whose look gives one of them.
+    the slices whose look gives one of them; `planes` to the slices whose folder names one of them
+    (`looks.plane_of`): an axial donor's tumor set into a sagittal or coronal head lies where no tumor
+    would show that way.
     """
     sequences = np.asarray(sequences)
     kind = np.array([kind_of_sequence(q) for q in sequences], np.int32)
     eligible = (np.asarray(labels) == 0) & (np.asarray(pixel_weight) >= 1.0) & (np.asarray(level) >= min_level)
     if kinds is not None:
         eligible &= np.isin(kind, [SYNTH_KINDS[k] for k in kinds])
+    if planes is not None:
+        eligible &= np.isin([looks.plane_of(q or "") for q in sequences], list(planes))
     return np.where(eligible, p, 0.0).astype(np.float32), kind
 
 

@@ -64,6 +64,7 @@ class TrainConfig:
     synth_tumors: float = 0.0  # lesion head only: P(a tumor-free training slice gets a painted tumor)
     mirror_tumors: float = 0.0  # lesion head only: P(a one-sided tumor slice is mirrored, augment.mirror_pair)
     transplant_tumors: float = 0.0  # lesion head only: P(a tumor-free slice gets a real FLAIR/T2 tumor set in)
+    transplant_axial_only: bool = False  # transplant only into slices of axial folders (not the healthy planes)
     fluid_bright: float = 0.0  # lesion head only: P(a FLAIR training slice is made T2-like, augment.bright_fluid)
     masks_dir: list = dataclasses.field(default_factory=list)  # "collection=folder": masks kept outside a collection
     init_from: str = ""  # a model.keras whose weights start the run (fine-tuning)

@@ -29,6 +29,8 @@ _HELP = {
     "lesion_weight": "> 0: a training-only head also learns the tumor masks of collections with a masks/ "
                      "folder (loss weight); the exported model is unchanged in shape",
     "mask_sequence": "sequence folder whose images the masks/ were drawn on",
+    "transplant_axial_only": "with --transplant-tumors: set tumors only into axial slices (every folder that does "
+                             "not name a sagittal or coronal plane): the donors are axial tumors",
     "synth_tumors": "with --lesion-weight: probability that a tumor-free training slice above the skull base "
                     "gets a synthetic tumor painted into it (augment.synthetic_tumor) and trains as a tumor "
                     "slice with that mask: a tumor at every level, in every sequence and on every source",

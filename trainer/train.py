@@ -102,6 +102,9 @@ def train(cfg, extra_callbacks=()):
         raise ValueError(f"--transplant-tumors is a probability in [0, 1], got {cfg.transplant_tumors}")
     if cfg.transplant_tumors and cfg.lesion_weight <= 0:
         raise ValueError("--transplant-tumors cuts tumors with the lesion head's masks: it needs --lesion-weight > 0")
+    if cfg.transplant_axial_only and not cfg.transplant_tumors:
+        raise ValueError("--transplant-axial-only says where --transplant-tumors sets tumors: it needs "
+                         "--transplant-tumors > 0")
     if not 0.0 <= cfg.fluid_bright <= 1.0:
         raise ValueError(f"--fluid-bright is a probability in [0, 1], got {cfg.fluid_bright}")
     if cfg.fluid_bright and cfg.lesion_weight <= 0:
@@ -267,7 +270,8 @@ def _lesion_datasets(cfg, ex, paths, labels, sources, is_train, train_idx, is_va
     transplant = None
     if cfg.transplant_tumors:
         p, _ = augment.synthesis_plan(sequences, labels, np.ones(len(ex)), level, cfg.transplant_tumors,
-                                      kinds=("bright", "bright-or-enhancing"))  # the donors are FLAIR/T2 tumors
+                                      kinds=("bright", "bright-or-enhancing"),  # the donors are FLAIR/T2 tumors
+                                      planes=("axial",) if cfg.transplant_axial_only else None)
         known = ~np.isin(masks, (input_pipeline.MASK_UNKNOWN, input_pipeline.MASK_EMPTY))
         donor = is_train & (labels == 1) & known & np.isin(sequences, ("flair", "t2"))
         bank = input_pipeline.load_donors(paths[donor], masks[donor], spec)
