@@ -127,13 +127,6 @@ def check_not_inside_inputs(output, inputs):
                               "heatmaps; choose an output outside the inputs")
 
 
-def _in_flight_of_this_job(path):
-    """A write probe, or a marker another run of this job is writing beside its final name (two runs started at
-    once: seen in CI as "holds 1 file(s) ... e.g. .../_BRAIN_SCREENING_OUTPUT.tmp-4014-2a7ed7c3")."""
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    return name.startswith("_write_probe_") or name.startswith(f"{OWNER_MARKER}.tmp-")
-
-
 def claim(output, run_id):
     """Refuse a non-empty output this job did not create; mark a new one as ours.
 
@@ -143,7 +136,8 @@ def claim(output, run_id):
     marker = f"{_prefix(output)}/{OWNER_MARKER}"
     if FileSystems.exists(marker):
         return
-    present = [p for p in _match(f"{_prefix(output)}/*") if not _in_flight_of_this_job(p)]
+    present = [p for p in _match(f"{_prefix(output)}/*")  # less this job's own probe and another run's marker
+               if "/_write_probe_" not in p and not whole_file.being_written(p, marker)]  # half-written (CI: two at once)
     if present and FileSystems.exists(marker):
         return  # another run of this job claimed the output between the two looks (two runs started at once)
     if present:

@@ -7,6 +7,7 @@ would see it empty. Local files are written beside the target and renamed
 complete, so writing it directly is already all-or-nothing.
 """
 import os
+import re
 
 
 def write(path, data):
@@ -35,6 +36,14 @@ def create_new(path, data, mode=0o600):
         return False
     finally:
         os.unlink(tmp)
+
+
+def being_written(path, target):
+    """Whether `path` is the file a `write` or `create_new` of `target` (in another process too) is still
+    writing beside it: a listing taken meanwhile shows it. Compared by name, as a listing may spell the folder
+    otherwise."""
+    name, target_name = (p.rstrip("/").rsplit("/", 1)[-1] for p in (path, target))
+    return re.fullmatch(re.escape(target_name) + r"\.tmp-\d+-[0-9a-f]{8}", name) is not None
 
 
 def _written_beside(path, data, mode):
