@@ -269,17 +269,18 @@ define mark_member
 	$(PY) -m screening_core.artifact member $(MODEL_DIR)/brain-tumor-cnn/$(1) $(MEMBER_$(1))
 endef
 MEMBER_12 = --of brain-tumor-cnn/13 --reason "v3 fine-tuned with BraTS-PEDs, scored only as the end point v13's classifier is moved 0.3 of the way to (no ONNX export or OOD reference)"
-MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
+MEMBER_16 = --of brain-tumor-cnn/17 --of brain-tumor-cnn/19 --of brain-tumor-cnn/21 --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --of brain-tumor-cnn/44 --reason "a lesion map from random weights, weaker alone than v14's (brain-mri validation AUC 0.870), scored beside v14's map and a classifier"
 MEMBER_18 = --of brain-tumor-cnn/19 --reason "a fine-tune of v3 scored only as the end point v19's classifier is moved 0.3 of the way to"
 MEMBER_20 = --of brain-tumor-cnn/21 --reason "a fine-tune of v3 scored only as the end point v21's classifier is moved 0.6 of the way to"
 MEMBER_22 = --of brain-tumor-cnn/23 --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --reason "a slice classifier scored only beside the lesion maps: alone it has no lesion map to show and ranks brats-sample's T2 at AUC 0.598"
 MEMBER_24 = --of brain-tumor-cnn/25 --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a second draw of v22's classifier recipe, a worse one alone (brain-mri validation AUC 0.981), scored only beside v22 and the lesion maps"
 MEMBER_26 = --of brain-tumor-cnn/27 --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --reason "a third draw of v22's classifier recipe scored only beside v22, v24 and the lesion maps: alone it has no lesion map to show and ranks brats-sample's FLAIR at AUC 0.821"
-MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
-MEMBER_31 = --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --reason "a map trained only to outline, the overlays' map of v32 at weight 0 in its score; its own slice score is no detector (no slice loss)"
-MEMBER_33 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --reason "a second draw of v22's classifier recipe (seed 43) on v22's validation split, scored beside v22 and v34"
-MEMBER_34 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --reason "a third draw of v22's classifier recipe (seed 44, imitated skull stripping) on v22's validation split, scored beside v22 and v33"
+MEMBER_28 = --of brain-tumor-cnn/29 --of brain-tumor-cnn/30 --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --of brain-tumor-cnn/44 --reason "a lesion map trained without brain-mri: alone it ranks brain-mri's images below chance (AUC 0.437) and its own threshold flags 63 % of held-out older adults' axial FLAIR slices"
+MEMBER_31 = --of brain-tumor-cnn/32 --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --of brain-tumor-cnn/44 --reason "a map trained only to outline, the overlays' map of v32 at weight 0 in its score; its own slice score is no detector (no slice loss)"
+MEMBER_33 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --of brain-tumor-cnn/44 --reason "a second draw of v22's classifier recipe (seed 43) on v22's validation split, scored beside v22 and v34"
+MEMBER_34 = --of brain-tumor-cnn/35 --of brain-tumor-cnn/36 --of brain-tumor-cnn/37 --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --of brain-tumor-cnn/44 --reason "a third draw of v22's classifier recipe (seed 44, imitated skull stripping) on v22's validation split, scored beside v22 and v33"
 MEMBER_41 = --of brain-tumor-cnn/42 --reason "v22 trained 4 more epochs with real tumors set into its tumor-free FLAIR, T2 and brain-mri slices, scored beside v33, v34 and the lesion maps: alone it has no lesion map to show"
+MEMBER_43 = --of brain-tumor-cnn/44 --reason "v22 trained 4 more epochs with real tumors set into its tumor-free axial FLAIR, T2 and brain-mri slices, scored beside v33, v34 and the lesion maps: alone it has no lesion map to show"
 
 # Model v14, the lesion map trained with real tumor-free heads (make data-healthy-heads; docs/healthy_heads.md), and
 # no dark paint on T1 without contrast; then v15, v14 with v13's classifier (seeded; ~10 min of fit on 2 CPU cores
@@ -512,7 +513,7 @@ train-orientation: data-healthy-planes
 		$(foreach d,$(SHARED)/brain-mri $(SHARED)/lgg $(SHARED)/brats-ped $(HEALTHY_HEADS) $(HEALTHY_PLANES),--data-dir $(d)) \
 		--exclude models/brain-tumor-cnn/37/validation_predictions.csv --epochs 30 --stripped-share 0.3 --seed $(SEED) \
 		--out $(ORIENTATION)
-	$(PY) -m screening_core.artifact member $(ORIENTATION) --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --reason "$(ORIENTATION_MEMBER)"
+	$(PY) -m screening_core.artifact member $(ORIENTATION) --of brain-tumor-cnn/38 --of brain-tumor-cnn/39 --of brain-tumor-cnn/42 --of brain-tumor-cnn/44 --reason "$(ORIENTATION_MEMBER)"
 ORIENTATION_MEMBER = an orientation network: its output is which way a slice is turned, not a tumor probability
 
 # v38 = v37 behind the orientation network: a slice it is sure was turned sideways reaches every member upright
@@ -530,19 +531,37 @@ train-v39: data-healthy-planes
 	$(call ensemble_artifact,,,39,,$(V22) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
 		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31) --orientation $(ORIENTATION))
 
-# v41, v42's first classifier: v22 trained 4 more epochs at 3e-4 of its own recipe, on prepare() v4, with half of its
-# FLAIR, T2 and brain-mri tumor-free training slices above the skull base given a real FLAIR/T2 training tumor
-# (--transplant-tumors 0.5, augment.transplant_tumor; ~15 min of fit on 2 CPU cores). v42, the default: v39 with v41
-# in v22's place (docs/model_v4_notes.md rows TPF; ~12 min of evaluation):
+# $(call transplant_finetune,base artifact,seed,version[,flags]): the base classifier trained 4 more epochs at 3e-4 of
+# v22's recipe, on prepare() v4, with half of its FLAIR, T2 and brain-mri tumor-free training slices above the skull
+# base given a real FLAIR/T2 training tumor (--transplant-tumors 0.5, augment.transplant_tumor; ~15 min of fit on 2 CPU
+# cores; docs/model_v4_notes.md rows TPF)
+define transplant_finetune
+	$(PY) -m trainer.task --preprocessing gray-headcrop-pnorm-v4 $(CLASSIFIER_RECIPE) --seed $(2) --split-seed $(SEED) \
+		--augment contrast-strip --epochs 4 --learning-rate 3e-4 --init-from $(1)/model.keras --transplant-tumors 0.5 \
+		$(4) --version $(3)
+	$(call mark_member,$(3))
+endef
+
+# v41, v42's first classifier: v22's transplant fine-tune. v42: v39 with v41 in v22's place (~12 min of evaluation):
 # make train-v41 train-v42 MODEL_DIR=/tmp/models (with slice-orientation/1 and v14-v34 there)
 V41 ?= $(MODEL_DIR)/brain-tumor-cnn/41
 train-v41: data-healthy-planes
-	$(PY) -m trainer.task --preprocessing gray-headcrop-pnorm-v4 $(CLASSIFIER_RECIPE) --seed $(SEED) --split-seed $(SEED) \
-		--augment contrast-strip --epochs 4 --learning-rate 3e-4 --init-from $(V22)/model.keras --transplant-tumors 0.5 --version 41
-	$(call mark_member,41)
+	$(call transplant_finetune,$(V22),$(SEED),41)
 train-v42: PREP = gray-headcrop-pnorm-v4
 train-v42: data-healthy-planes
 	$(call ensemble_artifact,,,42,,$(V41) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
+		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31) --orientation $(ORIENTATION))
+
+# v43, v44's first classifier: v41 with the tumors set into axial slices only (--transplant-axial-only): v41's went
+# into the healthy planes' sagittal and coronal FLAIR too, at an axial donor's place. v44, the default: v39 with v43 in
+# v22's place (docs/model_v4_notes.md row TPF-A; ~12 min of evaluation):
+# make train-v43 train-v44 MODEL_DIR=/tmp/models (with slice-orientation/1 and v14-v34 there)
+V43 ?= $(MODEL_DIR)/brain-tumor-cnn/43
+train-v43: data-healthy-planes
+	$(call transplant_finetune,$(V22),$(SEED),43,--transplant-axial-only)
+train-v44: PREP = gray-headcrop-pnorm-v4
+train-v44: data-healthy-planes
+	$(call ensemble_artifact,,,44,,$(V43) --classifier $(V33) --classifier $(V34) --lesion $(V28) \
 		--classifier-floor $(CLASSIFIER_FLOOR) --overlay $(V31) --orientation $(ORIENTATION))
 
 # Reproduces model v3, the slice classifier (seeded; ~40 min of fit on 2 CPU cores):

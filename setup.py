@@ -7,7 +7,7 @@ present: the scoring worker images (Dockerfile) copy no `trainer/` folder, since
 the job needs only `screening_core` and `beam_pipeline`.
 
 Only the default model ships as package data (`default_model_files`): models/ holds every
-version (442 MB at v42, fifteen times the default's 29 MB), and each Dataflow job stages the sdist and
+version (473 MB at v44, sixteen times the default's 29 MB), and each Dataflow job stages the sdist and
 each worker installs it. Other versions are scored from a checkout or a gs:// copy (`--model`).
 """
 import functools

@@ -355,7 +355,8 @@ def test_each_recipe_is_rebuilt_on_the_preprocessing_its_model_was_made_on(tmp_p
         lesion_train._parse(["--data-dir", "x", "--preprocessing", "v2"])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for target, pid in (("train-v16", "v1"), ("train-v22", "v1"), ("train-v35", "v1"), ("train-v36", "v2"),
-                        ("train-v37", "v3"), ("train-v38", "v3"), ("train-v39", "v4"), ("train-orientation", "v3"),
+                        ("train-v37", "v3"), ("train-v38", "v3"), ("train-v39", "v4"), ("train-v43", "v4"), ("train-v44", "v4"),
+                        ("train-orientation", "v3"),
                         ("train", "v1")):
         out = subprocess.run(["make", "-n", "-s", target, "VENV=/nonexistent", "STAMP="], cwd=root,
                              capture_output=True, text=True, timeout=60)
