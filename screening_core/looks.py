@@ -60,4 +60,3 @@ def plane_of(text):
     collection but the healthy planes' (`flair-coronal`, `t1-sagittal`) is axial and says nothing of it."""
     w = words(text)
     return next((plane for plane, vocabulary in _PLANE_WORDS.items() if w & vocabulary), "axial")
-
