@@ -290,6 +290,32 @@ def test_a_second_classifier_joins_with_the_classifiers_log_odds_averaged(tmp_pa
     assert set(json.loads((out / "fit.json").read_text())["members"]) == {"lesion_map", "classifier", "classifier_2"}
 
 
+def test_a_classifier_fine_tuned_with_transplanted_tumors_is_recorded_and_its_t2_tumors_named_in_the_card(tmp_path):
+    """Issue 24 asks the card how many T2 tumor slices the model saw: v44's said only the maps' 50 brats-ped slices,
+    though its first classifier (v43) had real FLAIR/T2 tumors set into T2 and brain-mri slices in its fine-tune."""
+    from screening_core import artifact
+    from trainer import ensemble, model_card
+    lesion = _image_dependent_lesion(tmp_path, "a", seed=7)
+    plain = tiny_model.write_tiny_artifact(tmp_path / "c", seed=3)
+    tuned = tiny_model.write_tiny_artifact(tmp_path / "d", seed=5)
+
+    def recipe(md):
+        md["training_config"].update(transplant_tumors=0.5, transplant_axial_only=True)
+    artifact.update_metadata(tuned, recipe)
+    _, info = ensemble.build(lesion, plain, more_classifiers=[tuned])
+    assert "transplant_tumors" not in info["members"]["classifier"]
+    assert info["members"]["classifier_2"]["transplant_tumors"] == 0.5
+    assert info["members"]["classifier_2"]["transplant_axial_only"] is True
+    coverage = {"lesion": {"t2_coverage": {"tumor_slices": 50, "patients": 2, "collections": ["brats-ped"]}},
+                "threshold": 0.1}
+    text = model_card._lesion_section({**coverage, "training": {"members": info["members"]}})
+    assert "Training saw 50 T2 slices with a tumor from 2 patients (brats-ped)" in text
+    assert "except in the fine-tune of its classifier v1" in text and "each of its axial tumor-free" in text
+    assert "probability 0.5" in text
+    text = model_card._lesion_section({**coverage, "training": {"members": {"classifier": {"artifact": plain}}}})
+    assert "contrast augmentation.\n" in text and "transplant" not in text
+
+
 def _shifted_classifier(tmp_path, name, seed, images, centre):
     """A tiny classifier whose log-odds on `images` spread around `centre` (its last layer's bias moved)."""
     from screening_core import artifact, preprocessing

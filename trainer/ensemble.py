@@ -319,6 +319,9 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
         members[f"classifier_{k}"] = {"artifact": path, "model_sha256": md["model_sha256"],
                                       "mirrored": mirror in ("classifier", "both"),
                                       "layer_prefix": EXTRA_CLASSIFIER_PREFIX.format(k)}
+    for name, md in (("classifier", classifier_md),
+                     *((f"classifier_{k}", md) for k, (_, md) in enumerate(extra_cls_md, start=2))):
+        members[name].update(_transplanted(md))
     if classifier_floor is not None:
         members["classifier"]["log_odds_floor"] = classifier_floor
     if overlay_md is not None:
@@ -335,6 +338,16 @@ def build(lesion_dir, classifier_dir, fine_tuned_dir=None, alpha=0.0, mirror="no
                                  *(m for _, m in extra_md + extra_cls_md)))
     fit_seconds += float((orientation_md or {}).get("orientation", {}).get("fit_seconds") or 0)
     return model, {"members": members, "fit_seconds": fit_seconds}
+
+
+def _transplanted(md):
+    """A member's `--transplant-tumors` recipe, for the card's T2 coverage: real FLAIR/T2 tumors set into its
+    tumor-free T2 and brain-mri slices are T2 tumors it saw that no collection images."""
+    cfg = md.get("training_config") or {}
+    if not float(cfg.get("transplant_tumors") or 0):
+        return {}
+    return {"transplant_tumors": float(cfg["transplant_tumors"]),
+            "transplant_axial_only": bool(cfg.get("transplant_axial_only"))}
 
 
 def main(argv=None):

@@ -156,8 +156,25 @@ def _lesion_section(metadata):
     if t2:
         out += ["", "## T2 coverage", f"Training saw {t2['tumor_slices']} T2 slices with a tumor from "
                 f"{t2['patients']} patients ({', '.join(t2['collections']) or 'none'}); every other T2 "
-                "slice it saw was tumor-free or came through contrast augmentation."]
+                "slice it saw was tumor-free or came through contrast augmentation" + _transplant_note(metadata)]
     return "\n".join(out) + "\n"
+
+
+def _transplant_note(metadata):
+    """The end of the T2 coverage sentence for an ensemble whose classifiers were fine-tuned with transplanted
+    tumors (trainer.ensemble records each member's `--transplant-tumors`)."""
+    members = (metadata.get("training") or {}).get("members") or {}
+    tuned = [(_version(m["artifact"]), m) for _, m in sorted(members.items())
+             if isinstance(m, dict) and m.get("transplant_tumors")]
+    if not tuned:
+        return "."
+    named = ", ".join(v for v, _ in tuned)
+    shares = sorted({f"{m['transplant_tumors']:g}" for _, m in tuned})
+    axial = " axial" if all(m.get("transplant_axial_only") for _, m in tuned) else ""
+    return (f", except in the fine-tune of its classifier{'s' * (len(tuned) > 1)} {named}: a real FLAIR/T2 "
+            f"training tumor set into each of its{axial} tumor-free FLAIR, T2 and brain-mri training slices with "
+            f"probability {' or '.join(shares)} (`--transplant-tumors`), so it saw T2 tumors made by transplant, "
+            "not imaged ones.")
 
 
 def _look_check_section(metadata):
