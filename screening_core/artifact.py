@@ -161,6 +161,25 @@ def member_note(metadata):
             f"not a screening model alone: {member['reason']}")
 
 
+MEMBER_STATUS_HEADING = "## Status: an ensemble's member, not a model to run alone"
+
+
+def with_member_status(card, metadata):
+    """The model card with its member status section right under its title (replacing an older one), or
+    without one when the artifact is no member: the card is the first thing a reader opens, and a member's card
+    otherwise reads like a screening model's."""
+    lines = card.split("\n")
+    if MEMBER_STATUS_HEADING in lines:  # drop the old section: its heading up to the next heading
+        start = lines.index(MEMBER_STATUS_HEADING)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines = lines[:start] + lines[end:]
+    note = member_note(metadata)
+    if note:
+        lines[1:1] = ["", MEMBER_STATUS_HEADING, f"{note.rstrip('.')}. brain-score and brain-validate refuse it alone unless "
+                      "told `--allow-member-model`; score its ensemble instead."]
+    return "\n".join(lines)
+
+
 def _member_problem(member):
     """Why a `member_of` value breaks the contract (None when it holds): the one check of its shape, for the
     loaders (`contract_problems`) and for `mark_member`, which writes it."""
@@ -181,7 +200,15 @@ def mark_member(version_dir, ensembles, reason):
     if problem:
         raise ArtifactError(problem)
     read_metadata(version_dir)  # a folder that is no artifact is refused before anything is written
-    return update_metadata(version_dir, lambda md: md.__setitem__(MEMBER_KEY, member))
+    metadata = update_metadata(version_dir, lambda md: md.__setitem__(MEMBER_KEY, member))
+    card = os.path.join(version_dir, MODEL_CARD_FILE)
+    if os.path.exists(card):
+        with open(card) as f:
+            text = with_member_status(f.read(), metadata)
+        with open(card + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(card + ".tmp", card)
+    return metadata
 
 
 # metadata keys whose figures hold at one threshold only: (what they are, the command that writes them again)

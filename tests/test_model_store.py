@@ -76,3 +76,22 @@ def test_the_member_command_needs_an_ensemble_and_a_reason(tmp_path, capsys):
     assert artifact.main(["member", model_dir, "--of", "x/2", "--reason", "why"]) == 0
     assert artifact.member_note(artifact.verify(model_dir)) == "tiny v1 is a member of x/2, not a " \
                                                                "screening model alone: why"
+
+
+def test_a_members_card_says_so_under_its_title_once_whatever_it_was_marked_before(tmp_path):
+    """v41's and v43's cards read like screening models' though brain-score refuses them alone: the card is what
+    a reader opens first, the metadata is not."""
+    model_dir = tiny_model.write_tiny_artifact(tmp_path)
+    card = os.path.join(model_dir, artifact.MODEL_CARD_FILE)
+    with open(card, "w") as f:
+        f.write("# Model card: tiny v1\n\n## Intended use\nA screening aid.\n\n## Model\n- a CNN\n")
+    artifact.mark_member(model_dir, ["brain-tumor-cnn/29"], "scored only beside the maps")
+    artifact.mark_member(model_dir, ["brain-tumor-cnn/29", "brain-tumor-cnn/30"], "scored only beside three maps")
+    text = open(card).read()
+    assert text.count(artifact.MEMBER_STATUS_HEADING) == 1
+    assert text.startswith(f"# Model card: tiny v1\n\n{artifact.MEMBER_STATUS_HEADING}\ntiny v1 is a member of "
+                           "brain-tumor-cnn/29, brain-tumor-cnn/30, not a screening model alone: scored only beside "
+                           "three maps. brain-score and brain-validate refuse it alone")
+    assert "beside the maps." not in text and text.endswith("## Intended use\nA screening aid.\n\n## Model\n- a CNN\n")
+    plain = artifact.with_member_status(text, {"name": "tiny", "version": "1"})
+    assert plain == "# Model card: tiny v1\n\n## Intended use\nA screening aid.\n\n## Model\n- a CNN\n"

@@ -1,6 +1,8 @@
 """Render model_card.md from an artifact's metadata (one template, all models)."""
 import posixpath
 
+from screening_core import artifact
+
 
 def _pct(x):
     return f"{100 * x:.1f}%"
@@ -231,7 +233,7 @@ def render(metadata, eda):
     cfg = metadata["training_config"]
     spec = metadata["input_spec"]
     cm = m["confusion_matrix"]
-    return f"""# Model card: {metadata['name']} v{metadata['version']}
+    return artifact.with_member_status(f"""# Model card: {metadata['name']} v{metadata['version']}
 
 ## Intended use
 A **screening aid** that scores 2-D brain MRI slices for the presence of a tumor
@@ -310,7 +312,7 @@ MRI-sequence folders or a CSV index), or `python -m trainer.task --data-dir <fol
 --model-dir models --epochs {cfg['epochs']} --seed {cfg['seed']}
 --target-sensitivity {cfg['target_sensitivity']}` (see `python -m trainer.task --help`). The new artifact gets
 the next version number; point the pipeline at it with `--model <model-dir>/{metadata['name']}/<version>`.
-"""
+""", metadata)
 
 
 def _ensemble(members):
