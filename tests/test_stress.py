@@ -84,6 +84,27 @@ def test_the_painter_follows_the_sequence_folder():
     assert augment.kind_of_sequence(None) == augment.kind_of_sequence("pd") == augment.SYNTH_KINDS["bright-or-enhancing"]
 
 
+def test_spots_are_small_bright_foci_inside_the_brain_of_bright_looks_only_and_the_slice_stays_tumor_free(
+        tmp_path, capsys):
+    """Issue 24: bright lesions that are not tumors are the lesion map's risk; `spots` measures it."""
+    make = stress.spotter(seed=3)
+    target = np.asarray(synth.brain_slice(3, 128), np.float32) / 255.0
+    out, ok = make(target, 0, "lgg/flair")
+    assert ok and out.shape == target.shape
+    changed = np.abs(out - target) > 0.02
+    assert 0 < changed.sum() < 0.05 * target.size  # a few small foci, not a mass
+    assert (out >= target - 1e-6).all() and not changed[target < 0.05].any()  # brighter, and only inside the head
+    assert make(target, 0, "brain-mri")[1]  # its look unnamed: may be FLAIR or T2
+    assert make(target, 0, "lgg/t1-post") == (target, False)  # T1: such lesions are not bright there
+    again, _ = make(target, 0, "lgg/flair")
+    np.testing.assert_array_equal(again, out)  # the same slice gets the same spots for every artifact
+    everywhere, nowhere = _artifacts(tmp_path, _scored_rows(tmp_path))
+    assert stress.main(["spots", everywhere, nowhere]) == 0
+    text = capsys.readouterr().out
+    assert "flagged as they are / with spots" in text and "| lgg/t1-post | 8 | 100.0 % / - (of 0) |" in text
+    assert "| lgg/flair | 8 | 100.0 % / 100.0 % (of 8) | 0.0 % / 0.0 % (of 8) |" in text
+
+
 def test_the_command_refuses_donors_it_cannot_find(tmp_path, capsys):
     import pytest
     everywhere, _ = _artifacts(tmp_path, _scored_rows(tmp_path))

@@ -5,11 +5,11 @@ import os
 TITLE = "## Stress tests: a tumor where no collection shows one"
 
 
-def table(result):
-    """Markdown: one row per source, one column per artifact (flagged as they are / with a tumor)."""
+def table(result, added="a tumor"):
+    """Markdown: one row per source, one column per artifact (flagged as they are / with `added`)."""
     first = next(iter(result.values()))
-    lines = ["| source | n | " + " | ".join(f"{os.path.basename(a.rstrip('/'))}: flagged as they are / with a "
-                                            "tumor" for a in result) + " |",
+    lines = ["| source | n | " + " | ".join(f"{os.path.basename(a.rstrip('/'))}: flagged as they are / with "
+                                            f"{added}" for a in result) + " |",
              "|---|---|" + "---|" * len(result)]
     for source in first:
         cells = []
@@ -18,7 +18,7 @@ def table(result):
             changed = "-" if c["flagged_changed"] is None else f"{100 * c['flagged_changed']:.1f} %"
             cells.append(f"{100 * c['flagged_plain']:.1f} % / {changed} (of {c['n_changed']})")
         lines.append(f"| {source} | {first[source]['n']} | " + " | ".join(cells) + " |")
-    lines += ["", "With a tumor, by level bin (0 = the lowest slice of a patient's stack, or the smallest head):", "",
+    lines += ["", f"With {added}, by level bin (0 = the lowest slice of a patient's stack, or the smallest head):", "",
               "| source | level bin | n | " + " | ".join(os.path.basename(a.rstrip('/')) for a in result) + " |",
               "|---|---|---|" + "---|" * len(result)]
     for source in first:
