@@ -226,6 +226,7 @@ def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
                (("--hard-positives", "2"), "need --init-from"),
                (("--fluid-bright", "1.5"), "probability in [0, 1]"),
                (("--transplant-tumors", "-0.2"), "--transplant-tumors is a probability in [0, 1]"),
+               (("--transplant-axial-only",), "--transplant-axial-only says where --transplant-tumors"),
                (("--synth-kinds", "bright,glowing"), "--synth-kinds: a comma-separated subset of"),
                (("--synth-contrast", "0.5"), "--synth-contrast is a multiple"),
                (("--mimic-weight", "0.5"), "--mimic-weight is a pixel weight"),
@@ -237,6 +238,8 @@ def test_hard_negative_mining_needs_an_artifact_to_mine_with(tmp_path, capsys):
         assert message in capsys.readouterr().err, flags
     args = lesion_train._parse(["--data-dir", str(tmp_path), "--synth-kinds", " bright, enhancing"])
     assert args.synth_kinds == ("bright", "enhancing") and args.synth_contrast == 1.35
+    args = lesion_train._parse(["--data-dir", str(tmp_path), "--transplant-tumors", "0.5", "--transplant-axial-only"])
+    assert args.transplant_axial_only and not lesion_train._parse(["--data-dir", str(tmp_path)]).transplant_axial_only
 
 
 def test_pseudo_masks_are_the_init_models_map_where_it_is_confident(tmp_path):
@@ -318,6 +321,7 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
                        "--shares", "lgg=0.5,mri=0.5", "--image-size", "32", "--filters", "4,8,8,16",
                        "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", "--bootstrap", "10",
                        "--fluid-bright", "0.5", "--spots", "0.5", "--synth-tumors", "0.5", "--transplant-tumors", "0.5",
+                       "--transplant-axial-only",
                        "--select-on", "last", "--preprocessing", "gray-headcrop-pnorm-v2",  # as train-v36 rebuilds v36
                        "--threshold-sources", "", "--model-dir", str(tmp_path / "models"), "--version", "1",
                        "--cache-dir", str(tmp_path / "cache")])
@@ -331,7 +335,7 @@ def test_lesion_training_writes_a_lesion_map_artifact(tmp_path):
     assert "validation" in lesion["level_bins"]
     assert md["training_config"]["filters"] == [4, 8, 8, 16] and md["training_config"]["fluid_bright"] == 0.5
     assert md["training_config"]["synth_tumors"] == 0.5 and md["training"]["kept_epoch"] == 2  # --select-on last
-    assert md["training_config"]["transplant_tumors"] == 0.5
+    assert md["training_config"]["transplant_tumors"] == 0.5 and md["training_config"]["transplant_axial_only"]
     assert md["lesion"]["map_level"] in lesion_eval.MAP_LEVELS  # chosen on validation masks
     assert (version_dir / "roc.png").stat().st_size > 0 and (version_dir / "calibration.png").exists()  # the card names them
     # For artifacts trained before the level existed: chosen again from their rows, stored and re-sealed.

@@ -144,6 +144,9 @@ def _parse(argv):
                    help="set a real tumor, cut with its mask from a masked training tumor slice of the same look "
                         "(augment.transplant_tumor), into the same tumor-free slices --synth-tumors paints, with "
                         "probability P (before any painting); the slice then trains as a masked tumor slice")
+    p.add_argument("--transplant-axial-only", action="store_true",
+                   help="with --transplant-tumors: set tumors only into axial slices (every folder that does not "
+                        "name a sagittal or coronal plane), as trainer.task's flag of that name: the donors are axial")
     p.add_argument("--select-on", choices=("threshold-sources", "all", "last"), default="threshold-sources",
                    help="which validation sources' mean AUC picks the kept epoch: the threshold sources (trusted "
                         "labels), or all of them (how v4 was made; LGG T1 labels are noisy); 'last' keeps the "
@@ -187,6 +190,8 @@ def _parse(argv):
     for flag in ("fluid_bright", "spots", "synth_tumors", "transplant_tumors"):
         if not 0 <= getattr(args, flag) <= 1:
             p.error(f"--{flag.replace('_', '-')} is a probability in [0, 1], got {getattr(args, flag)}")
+    if args.transplant_axial_only and not args.transplant_tumors:
+        p.error("--transplant-axial-only says where --transplant-tumors sets tumors: it needs --transplant-tumors > 0")
     args.synth_kinds = tuple(k.strip() for k in args.synth_kinds.split(",") if k.strip())
     if not args.synth_kinds or set(args.synth_kinds) - set(SYNTH_LOOKS):
         p.error(f"--synth-kinds: a comma-separated subset of {', '.join(SYNTH_LOOKS)}, got {','.join(args.synth_kinds)!r}")
@@ -576,7 +581,8 @@ def main(argv=None):
             print(f"{int(np.count_nonzero(synth_p[idx]))} tumor-free training slices may get a synthetic tumor",
                   flush=True)
         transplant_p = augment.synthesis_plan(sequence, labels, arrays["pixel_weight"], arrays["level"],
-                                              args.transplant_tumors)[0]
+                                              args.transplant_tumors,
+                                              planes=("axial",) if args.transplant_axial_only else None)[0]
         donors = transplant_donors(sequence, labels, arrays, idx) if args.transplant_tumors else None
         if donors:
             print(f"{int(np.count_nonzero(transplant_p[idx]))} tumor-free training slices may get a real tumor "
