@@ -249,12 +249,28 @@ def _stress_html(md):
     by that look, which no validation split shows."""
     sources = ((md or {}).get("stress") or {}).get("sources") or {}
     found = {k: v["flagged_changed"] for k, v in sources.items() if v.get("flagged_changed") is not None}
-    if not found:
+    text = ""
+    if found:
+        parts = ", ".join(f"{_esc(k)} {v:.0%}" for k, v in found.items())
+        text = (f" With a real tumor set into tumor-free slices of its validation collections it flagged <b>{parts}"
+                f"</b> of them: a tumor on a slice that looks like a tumor-free collection (axial T2 archives look "
+                f"like brain-mri's) can go unflagged.")
+    return text + _spots_html(md)
+
+
+def _spots_html(md):
+    """How many more tumor-free FLAIR/T2 slices the model flags once small bright foci, the look of white-matter
+    lesions, are set into them (trainer.stress spots --write): a flag on an MS or small-vessel-disease scan is not
+    a tumor."""
+    spotted = [v for v in (((md or {}).get("stress_spots") or {}).get("sources") or {}).values() if v.get("n_changed")]
+    if not spotted:
         return ""
-    parts = ", ".join(f"{_esc(k)} {v:.0%}" for k, v in found.items())
-    return (f" With a real tumor set into tumor-free slices of its validation collections it flagged <b>{parts}</b>"
-            f" of them: a tumor on a slice that looks like a tumor-free collection (axial T2 archives look like "
-            f"brain-mri's) can go unflagged.")
+    n = sum(v["n_changed"] for v in spotted)
+    plain = sum(v["flagged_plain"] * v["n"] for v in spotted) / sum(v["n"] for v in spotted)
+    with_foci = sum(v["flagged_changed"] * v["n_changed"] for v in spotted) / n
+    return (f" With small bright foci like white-matter lesions set into {n} tumor-free FLAIR and T2 slices it "
+            f"flagged <b>{with_foci:.0%}</b> of them ({plain:.0%} as they were): a flag on a scan with multiple "
+            f"sclerosis or small-vessel disease is not a tumor until read.")
 
 
 LOOK_MISS_GAP = 0.15  # a look whose tumor slices are found this much less often than the best look's is named

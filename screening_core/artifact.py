@@ -216,7 +216,8 @@ THRESHOLD_BOUND_FIGURES = {
     "tumor_free_probe": ("tumor-free probe", "python -m trainer.tumor_free_probe --input DIR --model <artifact> --write"),
     "look_check": ("look check", "python -m trainer.look_check --input DIR --model <artifact> --write"),
     "targets": ("acceptance targets", "python -m trainer.targets <artifact> --write"),
-    "stress": ("stress test", "python -m trainer.stress transplant <artifact> --write")}
+    "stress": ("stress test", "python -m trainer.stress transplant <artifact> --write"),
+    "stress_spots": ("bright-foci stress test", "python -m trainer.stress spots <artifact> --write")}
 
 
 def contract_problems(metadata):

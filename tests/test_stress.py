@@ -161,6 +161,48 @@ def test_write_stores_the_figures_and_a_card_rendered_again_keeps_them(tmp_path)
     assert e.value.code == 2
 
 
+def test_write_stores_the_spots_figures_beside_the_transplant_ones_and_the_report_quotes_them(tmp_path):
+    """spots --write: metadata["stress_spots"] over the validation and external bright-look slices, its own card
+    section beside the transplant one, bound to the threshold, and a sentence in the run report's banner."""
+    import pytest
+
+    from beam_pipeline import report
+    from screening_core import artifact
+    from trainer import model_card
+    rows = _scored_rows(tmp_path)
+    rows += [{**r, "split": "external", "source": "heads/flair"} for r in rows if r["source"] == "lgg/flair"
+             and r["split"] == "validation" and r["label"] == 0 and os.path.exists(r["path"])]
+    everywhere, _ = _artifacts(tmp_path, rows)
+    card = os.path.join(everywhere, artifact.MODEL_CARD_FILE)
+    with open(card, "w") as f:
+        f.write("# Model card\n")
+    assert stress.main(["transplant", everywhere, "--write"]) == 0
+    assert stress.main(["spots", everywhere, "--write"]) == 0
+    assert stress.main(["spots", everywhere, "--write"]) == 0  # again: replaced, not appended
+    md = artifact.verify(everywhere)
+    spots = md["stress_spots"]
+    assert spots["test"] == "spots" and spots["threshold"] == md["threshold"]
+    assert set(spots["sources"]) == {"validation:lgg/flair", "external:heads/flair"}  # T1: no foci, left out
+    assert spots["sources"]["validation:lgg/flair"]["n_changed"] == 8
+    text = open(card).read()
+    assert text.count(stress.SPOTS_TITLE) == 1 and text.count(stress.TITLE) == 1
+    assert "| validation:lgg/flair | 8 | 100.0 % / 100.0 % (of 8) |" in text
+    both = model_card._stress_section(md)
+    assert stress.TITLE in both and stress.SPOTS_TITLE in both
+    banner = report._stress_html(md)
+    assert "into 16 tumor-free FLAIR and T2 slices it flagged <b>100%</b> of them (100% as they were)" in banner
+    assert "can go unflagged" in banner
+    assert report._spots_html({"stress": md["stress"]}) == ""
+    md["threshold"] = 0.3
+    assert any("bright-foci stress test figures were measured at threshold" in p
+               for p in artifact.contract_problems(md))
+    for bad in (["spots", everywhere, "--write", "--split", "external"], ["spots", everywhere, "--write",
+                                                                          "--max-per-source", "2"]):
+        with pytest.raises(SystemExit) as e:
+            stress.main(bad)
+        assert e.value.code == 2
+
+
 def test_a_section_is_spliced_between_its_neighbours():
     card = "# c\n\n## A\na\n\n## Stress tests: a tumor where no collection shows one\nold\n\n## B\nb\n"
     out = stress.splice(card, "\n## Stress tests: a tumor where no collection shows one\nnew\n")

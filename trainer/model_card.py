@@ -198,9 +198,9 @@ def _look_check_section(metadata):
 
 
 def _stress_section(metadata):
-    """The transplant stress test (trainer.stress), kept in metadata so a card rendered again keeps it."""
+    """The transplant and spots stress tests (trainer.stress), kept in metadata so a card rendered again keeps them."""
     from trainer import stress_report
-    return stress_report.section(metadata.get("stress")).lstrip("\n")
+    return "".join(stress_report.section(metadata.get(k)) for k in ("stress", "stress_spots")).lstrip("\n")
 
 
 def _targets_section(metadata):

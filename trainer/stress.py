@@ -38,7 +38,7 @@ import sys
 import numpy as np
 
 from trainer import HelpFormatter
-from trainer.stress_report import TITLE, section, table
+from trainer.stress_report import SPOTS_TITLE, TITLE, section, table
 
 LEVEL_BINS = 5
 
@@ -191,15 +191,33 @@ def measure(version_dir, donors="held_out_site:lgg/flair", seed=7):
                  artifact_io.read_metadata(version_dir)["threshold"], donors, len(cut), seed)
 
 
+SPOTS_SPLITS = ("validation", "external")
+
+
+def measure_spots(version_dir, seed=7):
+    """The spots test on the artifact's own validation and external tumor-free slices of a bright look, as
+    metadata["stress_spots"] stores it (sources named split:source; None where no slice could take foci)."""
+    from screening_core import artifact as artifact_io
+    sources = {}
+    for split in SPOTS_SPLITS:
+        for source, figures in stress([version_dir], spotter(seed), split)[version_dir].items():
+            if figures["n_changed"]:
+                sources[f"{split}:{source}"] = figures
+    if not sources:
+        return None
+    return {"test": "spots", "threshold": artifact_io.read_metadata(version_dir)["threshold"], "seed": seed,
+            "sources": sources}
+
+
 def entry(result, threshold, donors, n_donors, seed):
     """metadata["stress"]: one artifact's transplant result (`stress`'s per-source figures) and how it was made."""
     return {"test": "transplant", "threshold": threshold, "donors": donors, "n_donors": n_donors, "seed": seed,
             "sources": result}
 
 
-def splice(card, text):
-    """The card with its stress section replaced by `text` (appended where it has none)."""
-    start = card.find("\n" + TITLE)
+def splice(card, text, title=TITLE):
+    """The card with its section under `title` replaced by `text` (appended where it has none)."""
+    start = card.find("\n" + title)
     if start < 0:
         return card.rstrip("\n") + "\n" + text
     end = card.find("\n## ", start + 1)
@@ -210,13 +228,14 @@ def write_to_artifact(version_dir, figures):
     """Store the figures in metadata.json (re-sealed; bound to the artifact's threshold like the probe's) and put
     their section into the model card in place, keeping every other section as it is."""
     from screening_core import artifact as artifact_io
-    artifact_io.update_metadata(version_dir, lambda md: md.__setitem__("stress", figures))
+    spots = figures.get("test") == "spots"
+    artifact_io.update_metadata(version_dir, lambda md: md.__setitem__("stress_spots" if spots else "stress", figures))
     card = os.path.join(version_dir, artifact_io.MODEL_CARD_FILE)
     if os.path.exists(card):
         with open(card) as f:
             text = f.read()
         with open(card, "w") as f:
-            f.write(splice(text, section(figures)))
+            f.write(splice(text, section(figures), SPOTS_TITLE if spots else TITLE))
 
 
 def main(argv=None):
@@ -231,14 +250,28 @@ def main(argv=None):
     p.add_argument("--max-per-source", type=int, default=0, help="0: every tumor-free slice")
     p.add_argument("--seed", type=int, default=7, help="which slice gets which tumor (the same for every artifact)")
     p.add_argument("--out", default="", help="write the result as JSON here as well")
-    p.add_argument("--write", action="store_true", help="transplant on the validation split only: store each "
-                   "artifact's figures in its metadata.json (re-sealed) and its model card")
+    p.add_argument("--write", action="store_true", help="transplant (on the validation split) or spots (on the "
+                   "validation and external splits): store each artifact's own figures in its metadata.json (re-sealed) "
+                   "and its model card")
     args = p.parse_args(argv)
     if args.max_per_source < 0:
         p.error("--max-per-source must be >= 0")
-    if args.write and (args.test != "transplant" or args.split != "validation" or args.max_per_source):
-        p.error("--write stores the transplant test on every validation slice: no painted, --split or "
-                "--max-per-source with it")
+    if args.write and (args.test == "painted" or args.split != "validation" or args.max_per_source):
+        p.error("--write stores the transplant test on every validation slice, or the spots test on every validation "
+                "and external slice: no painted, --split or --max-per-source with it")
+    if args.write and args.test == "spots":
+        stored = []
+        for a in args.artifacts:
+            figures = measure_spots(a, args.seed)
+            if figures:
+                write_to_artifact(a, figures)
+                stored.append(os.path.join(a, "metadata.json"))
+                print(f"{a}:\n{table({a: figures['sources']}, 'spots')}")
+            else:
+                print(f"{a}: no FLAIR, T2 or brain-mri tumor-free slice in its scored rows: nothing stored",
+                      file=sys.stderr)
+        print("stored in: " + (", ".join(stored) or "nothing"), file=sys.stderr)
+        return 0
     if args.test == "painted":
         make = painter(args.seed)
     elif args.test == "spots":

@@ -3,6 +3,7 @@ renders the section from metadata). Formatting only, so the card renderer needs 
 import os
 
 TITLE = "## Stress tests: a tumor where no collection shows one"
+SPOTS_TITLE = "## Stress test: bright foci that are not tumors"
 
 
 def table(result, added="a tumor"):
@@ -29,11 +30,20 @@ def table(result, added="a tumor"):
 
 
 def section(figures):
-    """The model card's section for metadata["stress"] ("" without one): rendered with the card, and spliced into
-    an existing card by --write, so a card rendered again keeps it."""
+    """The model card's section for metadata["stress"] or ["stress_spots"] ("" without one): rendered with the card,
+    and spliced into an existing card by --write, so a card rendered again keeps it."""
     if not figures or not figures.get("sources"):
         return ""
     name = "this model"
+    if figures.get("test") == "spots":
+        return (f"\n{SPOTS_TITLE}\n"
+                f"Each source's tumor-free FLAIR, T2 and brain-mri slices (validation and external splits) as they are "
+                f"and with 2-8 small bright ovoid foci set into the brain (3-10 mm on an adult head, the look of "
+                f"white-matter lesions in multiple sclerosis or small-vessel disease: `augment.bright_spots`), at the "
+                f"threshold {figures['threshold']:.4f}. Every slice stays tumor-free, so each flag the foci add is a "
+                f"false alarm on a lesion that is not a tumor, the lesion map's risk; the foci are smaller and fewer "
+                f"than many such patients' lesions. A stress test, not a metric (`python -m trainer.stress spots "
+                f"<artifact> --write`).\n\n{table({name: figures['sources']}, 'spots')}\n")
     return (f"\n{TITLE}\n"
             f"Each source's tumor-free validation slices as they are and with a real tumor set in (one of "
             f"{figures['n_donors']} masked tumor slices of {figures['donors']}, which the model never trained on, at "
