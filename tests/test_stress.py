@@ -208,6 +208,11 @@ def test_a_section_is_spliced_between_its_neighbours():
     out = stress.splice(card, "\n## Stress tests: a tumor where no collection shows one\nnew\n")
     assert out == "# c\n\n## A\na\n\n## Stress tests: a tumor where no collection shows one\nnew\n\n## B\nb\n"
     assert stress.splice("# c\n", "\n## Stress tests: x\n").endswith("# c\n\n## Stress tests: x\n")
+    spots = "\n## Stress test: bright foci that are not tumors\nfoci\n"
+    out = stress.splice(out, spots, stress.SPOTS_TITLE, after=stress.TITLE)
+    assert out.endswith("## Stress tests: a tumor where no collection shows one\nnew\n\n## Stress test: bright foci that "
+                        "are not tumors\nfoci\n\n## B\nb\n")
+    assert stress.splice(out, spots.replace("foci\n", "again\n"), stress.SPOTS_TITLE, after=stress.TITLE).count("## Stress") == 2
 
 
 def test_the_run_report_quotes_the_stored_stress_figures_in_its_validation_banner():

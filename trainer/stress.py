@@ -215,9 +215,14 @@ def entry(result, threshold, donors, n_donors, seed):
             "sources": result}
 
 
-def splice(card, text, title=TITLE):
-    """The card with its section under `title` replaced by `text` (appended where it has none)."""
+def splice(card, text, title=TITLE, after=None):
+    """The card with its section under `title` replaced by `text`; where it has none, put right after the section
+    under `after` (as the card renders them), else appended."""
     start = card.find("\n" + title)
+    if start < 0 and after and card.find("\n" + after) >= 0:
+        end = card.find("\n## ", card.find("\n" + after) + 1)
+        if end >= 0:
+            return card[:end] + "\n" + text.strip("\n") + "\n" + card[end:]
     if start < 0:
         return card.rstrip("\n") + "\n" + text
     end = card.find("\n## ", start + 1)
@@ -235,7 +240,7 @@ def write_to_artifact(version_dir, figures):
         with open(card) as f:
             text = f.read()
         with open(card, "w") as f:
-            f.write(splice(text, section(figures), SPOTS_TITLE if spots else TITLE))
+            f.write(splice(text, section(figures), *((SPOTS_TITLE, TITLE) if spots else (TITLE,))))
 
 
 def main(argv=None):
