@@ -259,18 +259,18 @@ def _stress_html(md):
 
 
 def _spots_html(md):
-    """How many more tumor-free FLAIR/T2 slices the model flags once small bright foci, the look of white-matter
+    """Where the model flags more tumor-free FLAIR/T2 slices once small bright foci, the look of white-matter
     lesions, are set into them (trainer.stress spots --write): a flag on an MS or small-vessel-disease scan is not
-    a tumor."""
-    spotted = [v for v in (((md or {}).get("stress_spots") or {}).get("sources") or {}).values() if v.get("n_changed")]
-    if not spotted:
+    a tumor. Each source that moved is named, not a pooled share that the healthy planes' quiet slices would dilute."""
+    sources = ((md or {}).get("stress_spots") or {}).get("sources") or {}
+    moved = {k: v for k, v in sources.items() if v.get("n_changed") and v["flagged_changed"] > v["flagged_plain"]}
+    if not moved:
         return ""
-    n = sum(v["n_changed"] for v in spotted)
-    plain = sum(v["flagged_plain"] * v["n"] for v in spotted) / sum(v["n"] for v in spotted)
-    with_foci = sum(v["flagged_changed"] * v["n_changed"] for v in spotted) / n
-    return (f" With small bright foci like white-matter lesions set into {n} tumor-free FLAIR and T2 slices it "
-            f"flagged <b>{with_foci:.0%}</b> of them ({plain:.0%} as they were): a flag on a scan with multiple "
-            f"sclerosis or small-vessel disease is not a tumor until read.")
+    parts = ", ".join(f"{_esc(k.partition(':')[2] or k)} {v['flagged_plain']:.0%} &rarr; {v['flagged_changed']:.0%}"
+                      for k, v in moved.items())
+    return (f" With small bright foci like white-matter lesions set into tumor-free FLAIR and T2 slices it flagged more "
+            f"of them: <b>{parts}</b>; a flag on a scan with multiple sclerosis or small-vessel disease is not a tumor "
+            f"until read.")
 
 
 LOOK_MISS_GAP = 0.15  # a look whose tumor slices are found this much less often than the best look's is named

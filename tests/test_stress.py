@@ -190,7 +190,10 @@ def test_write_stores_the_spots_figures_beside_the_transplant_ones_and_the_repor
     both = model_card._stress_section(md)
     assert stress.TITLE in both and stress.SPOTS_TITLE in both
     banner = report._stress_html(md)
-    assert "into 16 tumor-free FLAIR and T2 slices it flagged <b>100%</b> of them (100% as they were)" in banner
+    assert "foci like white-matter lesions" not in banner  # flagged as they were: the foci added nothing
+    md["stress_spots"]["sources"]["external:heads/flair"].update(flagged_plain=0.125, flagged_changed=0.25)
+    banner = report._stress_html(md)
+    assert "flagged more of them: <b>heads/flair 12% &rarr; 25%</b>;" in banner and "lgg/flair 100% &rarr;" not in banner
     assert "can go unflagged" in banner
     assert report._spots_html({"stress": md["stress"]}) == ""
     md["threshold"] = 0.3
