@@ -28,7 +28,7 @@ Each is a stress test, not a metric: compare models, or a model with and without
 
   python -m trainer.stress transplant models/brain-tumor-cnn/15 models/brain-tumor-cnn/14
   python -m trainer.stress painted models/brain-tumor-cnn/15 models/brain-tumor-cnn/14 --split external
-  python -m trainer.stress spots models/brain-tumor-cnn/44 models/brain-tumor-cnn/3 --split external
+  python -m trainer.stress spots models/brain-tumor-cnn/44 models/brain-tumor-cnn/42 --split external
 """
 import csv
 import json
@@ -50,6 +50,11 @@ def _rows(artifact_dir, split, label, source=None):
                 and (source is None or r["source"] == source) and os.path.exists(r["path"])]
 
 
+def _sequence_of(source):
+    """The sequence folder of a scored row's source ("lgg/flair" -> "flair"; "brain-mri" -> "", a look unnamed)."""
+    return source.partition("/")[2]
+
+
 def painter(seed):
     """make(x, i, source) -> (slice with a painted tumor, painted?) for `stress`."""
     import tensorflow as tf
@@ -57,7 +62,7 @@ def painter(seed):
     from trainer import augment
 
     def make(x, i, source):
-        kind = tf.constant(augment.kind_of_sequence((source.split("/", 1) + [""])[1]))
+        kind = tf.constant(augment.kind_of_sequence(_sequence_of(source)))
         img, _, ok = augment.synthetic_tumor(tf.constant(x[..., None]), tf.constant([seed, i], tf.int64), kind)
         return img.numpy()[..., 0], bool(ok)
     return make
@@ -72,7 +77,7 @@ def spotter(seed):
     bright = {augment.SYNTH_KINDS[k] for k in ("bright", "bright-or-enhancing")}
 
     def make(x, i, source):
-        if augment.kind_of_sequence((source.split("/", 1) + [""])[1]) not in bright:
+        if augment.kind_of_sequence(_sequence_of(source)) not in bright:
             return x, False
         img = tf.constant(x[..., None], tf.float32)
         out = augment.bright_spots(img, tf.zeros_like(img), tf.constant([seed, i], tf.int64)).numpy()[..., 0]
