@@ -270,17 +270,12 @@ def main(argv=None):
         p.error("--write stores the transplant test on every validation slice, or the spots test on every validation "
                 "and external slice: no painted, --split or --max-per-source with it")
     if args.write and args.test == "spots":
-        stored = []
-        for a in args.artifacts:
+        def spots_of(a):
             figures = measure_spots(a, args.seed)
             if figures:
-                write_to_artifact(a, figures)
-                stored.append(os.path.join(a, "metadata.json"))
                 print(f"{a}:\n{table({a: figures['sources']}, 'spots')}")
-            else:
-                print(f"{a}: no FLAIR, T2 or brain-mri tumor-free slice in its scored rows: nothing stored",
-                      file=sys.stderr)
-        print("stored in: " + (", ".join(stored) or "nothing"), file=sys.stderr)
+            return figures
+        _store(args.artifacts, spots_of, "no FLAIR, T2 or brain-mri tumor-free slice in its scored rows")
         return 0
     if args.test == "painted":
         make = painter(args.seed)
@@ -303,17 +298,25 @@ def main(argv=None):
     if args.write:  # each artifact's own figures: the table above used the first one's slices for all
         from screening_core import artifact as artifact_io
         first = args.artifacts[0]
-        stored = []
-        for a in args.artifacts:
-            figures = (entry(result[a], artifact_io.read_metadata(a)["threshold"], args.donors, len(donors), args.seed)
-                       if a == first else measure(a, args.donors, args.seed))
-            if figures:
-                write_to_artifact(a, figures)
-                stored.append(os.path.join(a, "metadata.json"))
-            else:
-                print(f"{a}: no masked tumor slices of {args.donors} in its scored rows: nothing stored", file=sys.stderr)
-        print("stored in: " + (", ".join(stored) or "nothing"), file=sys.stderr)
+        _store(args.artifacts, lambda a: (
+            entry(result[a], artifact_io.read_metadata(a)["threshold"], args.donors, len(donors), args.seed)
+            if a == first else measure(a, args.donors, args.seed)),
+            f"no masked tumor slices of {args.donors} in its scored rows")
     return 0
+
+
+def _store(artifacts, figures_of, missing):
+    """--write: each artifact's own figures (`figures_of(a)`; None where its rows hold none, said as `missing`) into
+    its metadata and card, and where they went."""
+    stored = []
+    for a in artifacts:
+        figures = figures_of(a)
+        if figures:
+            write_to_artifact(a, figures)
+            stored.append(os.path.join(a, "metadata.json"))
+        else:
+            print(f"{a}: {missing}: nothing stored", file=sys.stderr)
+    print("stored in: " + (", ".join(stored) or "nothing"), file=sys.stderr)
 
 
 if __name__ == "__main__":
